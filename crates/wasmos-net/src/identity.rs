@@ -1,0 +1,130 @@
+//! Who is on the other end: the role and name a certificate's `wasmos://` URI SAN proves.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Identity {
+    Master(String),
+    Agent(String),
+    Operator(String),
+    Tenant { tenant: String, user: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer certificate could not be parsed: {0}")]
+    Unparsable(String),
+    #[error(
+        "the peer certificate names no wasmos identity (expected a URI SAN like wasmos://agent/<name>)"
+    )]
+    NoIdentity,
+    #[error(
+        "`{0}` is not a wasmos identity URI (wasmos://master|agent|operator/<name> or wasmos://tenant/<tenant>/<user>)"
+    )]
+    BadUri(String),
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Identity {
+    pub fn to_uri(&self) -> String {
+        match self {
+            Identity::Master(n) => format!("wasmos://master/{n}"),
+            Identity::Agent(n) => format!("wasmos://agent/{n}"),
+            Identity::Operator(n) => format!("wasmos://operator/{n}"),
+            Identity::Tenant { tenant, user } => format!("wasmos://tenant/{tenant}/{user}"),
+        }
+    }
+
+    pub fn from_uri(uri: &str) -> Result<Identity, IdentityError> {
+        let bad = || IdentityError::BadUri(uri.to_string());
+        let rest = uri.strip_prefix("wasmos://").ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if !parts[1..].iter().all(|p| valid_name(p)) {
+            return Err(bad());
+        }
+        match parts.as_slice() {
+            ["master", n] => Ok(Identity::Master(n.to_string())),
+            ["agent", n] => Ok(Identity::Agent(n.to_string())),
+            ["operator", n] => Ok(Identity::Operator(n.to_string())),
+            ["tenant", t, u] => Ok(Identity::Tenant {
+                tenant: t.to_string(),
+                user: u.to_string(),
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Extracts the identity from a DER certificate's first `wasmos://` URI SAN.
+    pub fn from_der(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| IdentityError::Unparsable(e.to_string()))?
+            .ok_or(IdentityError::NoIdentity)?;
+        san.value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                GeneralName::URI(u) if u.starts_with("wasmos://") => Some(Identity::from_uri(u)),
+                _ => None,
+            })
+            .unwrap_or(Err(IdentityError::NoIdentity))
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_uri())
+    }
+}
+
+/// The identity proven by the peer's (already CA-verified) client certificate.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError> {
+    let any = conn.peer_identity().ok_or(IdentityError::NoCertificate)?;
+    let certs = any
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .map_err(|_| IdentityError::NoCertificate)?;
+    let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
+    Identity::from_der(leaf.as_ref())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_round_trip_and_bad_ones_are_refused() {
+        for id in [
+            Identity::Master("m1".into()),
+            Identity::Agent("a-1".into()),
+            Identity::Operator("admin".into()),
+            Identity::Tenant {
+                tenant: "acme".into(),
+                user: "bob".into(),
+            },
+        ] {
+            assert_eq!(Identity::from_uri(&id.to_uri()).unwrap(), id);
+        }
+        for bad in [
+            "http://agent/a",
+            "wasmos://agent/",
+            "wasmos://agent/a/b",
+            "wasmos://king/a",
+            "wasmos://agent/a b",
+        ] {
+            assert!(Identity::from_uri(bad).is_err(), "{bad}");
+        }
+    }
+}

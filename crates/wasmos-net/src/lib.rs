@@ -1,0 +1,15 @@
+//! Wasmos transport: QUIC endpoints with mutual TLS, the identity a certificate proves, the
+//! length-prefixed frame format, and the PKI helpers that mint the cluster's certificates.
+//! This is the only crate that touches quinn and rustls.
+
+mod frame;
+mod identity;
+pub mod pki;
+mod tls;
+
+pub use frame::{FrameError, recv_frame, send_frame};
+pub use identity::{Identity, IdentityError, peer_identity};
+pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
+pub use tls::{
+    Credentials, MASTER_SERVER_NAME, NetError, client_endpoint, connect, describe, server_endpoint,
+};

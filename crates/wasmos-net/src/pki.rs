@@ -1,0 +1,135 @@
+//! The cluster PKI: a CA and the certificates it signs, each carrying a `wasmos://` URI SAN that
+//! names the holder's role. `wasmos dev` and `wasmos cert` both mint certificates here.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the CA key or certificate is unreadable: {0}")]
+    BadCa(String),
+}
+
+/// A CA certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct CaBundle {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle").finish_non_exhaustive()
+    }
+}
+
+/// An issued certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").finish_non_exhaustive()
+    }
+}
+
+pub fn new_ca(cluster: &str) -> Result<CaBundle, PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("wasmos cluster CA ({cluster})"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CaBundle {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a certificate for `who`, usable as both TLS client and server certificate. Masters
+/// also get the DNS name every client verifies them by, plus `dns` and `ips`.
+pub fn issue(
+    ca: &CaBundle,
+    who: &Identity,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> Result<Issued, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| PkiError::BadCa(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, who.to_uri());
+    params.distinguished_name = dn;
+    let mut sans = vec![SanType::URI(who.to_uri().try_into()?)];
+    if matches!(who, Identity::Master(_)) {
+        sans.push(SanType::DnsName(crate::MASTER_SERVER_NAME.try_into()?));
+    }
+    for d in dns {
+        sans.push(SanType::DnsName(d.as_str().try_into()?));
+    }
+    sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2074, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+    #[test]
+    fn issued_certificates_carry_their_identity() {
+        let ca = new_ca("test").unwrap();
+        let who = Identity::Tenant {
+            tenant: "acme".into(),
+            user: "bob".into(),
+        };
+        let issued = issue(&ca, &who, &[], &[]).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(Identity::from_der(der.as_ref()).unwrap(), who);
+    }
+
+    #[test]
+    fn a_corrupt_ca_key_is_a_clear_error() {
+        let mut ca = new_ca("test").unwrap();
+        ca.key_pem = "not a key".into();
+        let err = issue(&ca, &Identity::Agent("a".into()), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("CA key"), "{err}");
+    }
+}

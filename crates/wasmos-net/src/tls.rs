@@ -1,0 +1,194 @@
+//! QUIC endpoints with mutual TLS 1.3: both sides present a certificate signed by the cluster CA,
+//! and the ALPN names the channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The DNS name in every master certificate; clients verify masters by it, whatever address
+/// they dial.
+pub const MASTER_SERVER_NAME: &str = "master.wasmos";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{what} is not valid PEM: {detail}")]
+    Pem { what: &'static str, detail: String },
+    #[error("TLS configuration rejected: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("cannot bind UDP socket {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: {detail}")]
+    Connect { addr: SocketAddr, detail: String },
+    #[error("no master answered at {0} within 5s (is it running, and is this the right address?)")]
+    ConnectTimeout(SocketAddr),
+}
+
+/// A node's trust anchor and its own certificate chain and key.
+pub struct Credentials {
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Credentials {
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NetError::Pem {
+            what,
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(NetError::Pem {
+            what,
+            detail: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+impl Credentials {
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, NetError> {
+        Ok(Credentials {
+            ca: certs("the CA certificate", ca_pem)?,
+            chain: certs("the certificate", cert_pem)?,
+            key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| NetError::Pem {
+                what: "the private key",
+                detail: e.to_string(),
+            })?,
+        })
+    }
+
+    fn roots(&self) -> Result<RootCertStore, NetError> {
+        let mut roots = RootCertStore::empty();
+        for c in &self.ca {
+            roots.add(c.clone())?;
+        }
+        Ok(roots)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Agents hold one connection for their lifetime; keep-alives keep NAT bindings and let both
+    // sides notice a dead peer within the idle timeout.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(15_000).into()));
+    Arc::new(t)
+}
+
+/// A server endpoint that requires a client certificate signed by the cluster CA.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    creds: &Credentials,
+    alpns: &[&[u8]],
+) -> Result<quinn::Endpoint, NetError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
+            .build()
+            .map_err(|e| NetError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?;
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// A client endpoint that presents `creds` and speaks `alpn`.
+pub fn client_endpoint(
+    creds: &Credentials,
+    alpn: &[u8],
+    remote: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(creds.roots()?)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse().unwrap_or(remote)
+    } else {
+        "0.0.0.0:0".parse().unwrap_or(remote)
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Dials a master and completes the handshake, naming the cause when it fails.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, NetError> {
+    let connecting = endpoint
+        .connect(addr, MASTER_SERVER_NAME)
+        .map_err(|e| NetError::Connect {
+            addr,
+            detail: e.to_string(),
+        })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(NetError::Connect {
+            addr,
+            detail: describe(&e),
+        }),
+        Err(_) => Err(NetError::ConnectTimeout(addr)),
+    }
+}
+
+/// Turns a connection error into one line that says what most likely went wrong.
+pub fn describe(e: &quinn::ConnectionError) -> String {
+    let text = e.to_string();
+    let certificate_problem = text.contains("certificate")
+        || text.contains("UnknownIssuer")
+        || text.contains("crypto")
+        || text.contains("handshake");
+    if certificate_problem {
+        format!(
+            "TLS handshake failed ({text}); the peer's certificate is not signed by this cluster's CA, or ours is not"
+        )
+    } else {
+        text
+    }
+}

@@ -1,0 +1,105 @@
+//! The frame codec: every message is a postcard-encoded `(version, body)` pair.
+//!
+//! Length prefixes are added by the transport; this module only turns one message into bytes and
+//! back, and rejects a peer that speaks another protocol version or an unknown message kind with
+//! an error that says so.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Bumped whenever a wire type changes incompatibly.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest encoded message accepted from a peer. Bundles travel as raw stream bytes, not frames,
+/// so control messages stay small; this bound keeps a hostile peer from making us allocate.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("peer speaks wasmos protocol version {got}, this build speaks {expected}")]
+    Version { got: u16, expected: u16 },
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed or unknown message kind: {0}")]
+    Malformed(String),
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = postcard::to_stdvec(&(PROTOCOL_VERSION, msg))
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let (version, rest): (u16, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(CodecError::Version {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    let (msg, tail) =
+        postcard::take_from_bytes(rest).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !tail.is_empty() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after message",
+            tail.len()
+        )));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientRequest, TaskId};
+
+    #[test]
+    fn round_trips_a_message() {
+        let msg = ClientRequest::GetTask { id: TaskId(42) };
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(decode::<ClientRequest>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let bytes = postcard::to_stdvec(&(7u16, ClientRequest::ListAgents)).unwrap();
+        assert_eq!(
+            decode::<ClientRequest>(&bytes),
+            Err(CodecError::Version {
+                got: 7,
+                expected: PROTOCOL_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_message_kinds_and_garbage() {
+        // Variant index 200 does not exist.
+        let bytes = postcard::to_stdvec(&(PROTOCOL_VERSION, 200u8)).unwrap();
+        assert!(matches!(
+            decode::<ClientRequest>(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClientRequest>(&[]),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_trailing_bytes() {
+        let mut bytes = encode(&ClientRequest::ListAgents).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<ClientRequest>(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,119 @@
+//! Identifiers: tasks are numbered by the replicated state, agents are named by their
+//! certificates, bundles by the sha256 of their bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("`{0}` is not a task id (expected t-<number>, e.g. t-12)")]
+    Task(String),
+    #[error("`{0}` is not a bundle hash (expected 64 lowercase hex digits of a sha256)")]
+    Bundle(String),
+    #[error("`{0}` is not a valid agent name (letters, digits, '-', '_', '.'; 1-63 characters)")]
+    Agent(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t-{}", self.0)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("t-").unwrap_or(s);
+        digits
+            .parse::<u64>()
+            .map(TaskId)
+            .map_err(|_| IdError::Task(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn new(name: &str) -> Result<Self, IdError> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(AgentId(name.to_string()))
+        } else {
+            Err(IdError::Agent(name.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The sha256 of a bundle's bytes, as 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BundleHash(String);
+
+impl BundleHash {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(BundleHash(s.to_string()))
+        } else {
+            Err(IdError::Bundle(s.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// First 12 digits, for tables.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl fmt::Display for BundleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_parse_with_or_without_prefix() {
+        assert_eq!("t-7".parse::<TaskId>(), Ok(TaskId(7)));
+        assert_eq!("7".parse::<TaskId>(), Ok(TaskId(7)));
+        assert!("t-x".parse::<TaskId>().is_err());
+        assert_eq!(TaskId(7).to_string(), "t-7");
+    }
+
+    #[test]
+    fn bundle_hashes_are_checked() {
+        assert!(BundleHash::parse(&"a".repeat(64)).is_ok());
+        assert!(BundleHash::parse(&"A".repeat(64)).is_err());
+        assert!(BundleHash::parse("abc").is_err());
+    }
+
+    #[test]
+    fn agent_names_are_checked() {
+        assert!(AgentId::new("agent-1").is_ok());
+        assert!(AgentId::new("").is_err());
+        assert!(AgentId::new("a/b").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Wasmos wire vocabulary: ids, resources, task specs and states, and every message that crosses a
+//! connection, plus the versioned frame codec. Pure data: no I/O, no clock, no async runtime.
+
+mod codec;
+mod ids;
+mod messages;
+mod quantity;
+mod task;
+
+pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
+pub use ids::{AgentId, BundleHash, IdError, TaskId};
+pub use messages::{
+    AgentInfo, AgentState, AgentToMaster, ClientRequest, ClientResponse, ErrorKind, MasterToAgent,
+    OutputStream, StatusUpdate,
+};
+pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
+pub use task::{Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus};
+
+/// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.
+pub mod alpn {
+    pub const AGENT: &[u8] = b"wasmos-agent/1";
+    pub const CLIENT: &[u8] = b"wasmos-client/1";
+    pub const FRAMEWORK: &[u8] = b"wasmos-framework/1";
+    pub const RAFT: &[u8] = b"wasmos-raft/1";
+}

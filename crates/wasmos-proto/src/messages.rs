@@ -1,0 +1,162 @@
+//! Messages of each channel. A client request travels on its own QUIC stream and is answered on
+//! it; an agent keeps one long-lived control stream with the master.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentId, BundleHash, Resources, TaskId, TaskInfo, TaskSpec, TaskStatus};
+
+/// Requests on the `wasmos-client/1` channel, one per bidirectional stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Does the master already hold this bundle? Lets the CLI skip an identical upload.
+    HasBundle {
+        hash: BundleHash,
+    },
+    /// Followed on the same stream by exactly `size` raw bytes, then the end of the stream.
+    PushBundle {
+        hash: BundleHash,
+        size: u64,
+    },
+    SubmitTask {
+        spec: TaskSpec,
+    },
+    ListTasks,
+    GetTask {
+        id: TaskId,
+    },
+    ListAgents,
+    /// Streams the task's output from the start; with `follow`, keeps streaming until the task
+    /// ends and closes with `TaskEnded`.
+    WatchTask {
+        id: TaskId,
+        follow: bool,
+    },
+    KillTask {
+        id: TaskId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    InvalidRequest,
+    InvalidBundle,
+    TooLarge,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Ok,
+    HasBundle(bool),
+    Submitted {
+        id: TaskId,
+    },
+    Tasks(Vec<TaskInfo>),
+    Task(Box<TaskInfo>),
+    Agents(Vec<AgentInfo>),
+    Output {
+        stream: OutputStream,
+        data: Vec<u8>,
+    },
+    /// The last message of a watch: the task's final record.
+    TaskEnded(Box<TaskInfo>),
+    /// The watch without `follow` has sent all output there is.
+    EndOfOutput,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    Active,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: AgentId,
+    pub state: AgentState,
+    pub total: Resources,
+    pub used: Resources,
+    pub attributes: BTreeMap<String, String>,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// A change of a task's status, numbered by the agent so the master can acknowledge it and
+/// drop the duplicates that a resend after a reconnect produces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub seq: u64,
+    pub task: TaskId,
+    pub status: TaskStatus,
+}
+
+/// Agent to master, on the agent's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentToMaster {
+    /// First message. The agent's id is not here: it comes from its certificate.
+    Register {
+        resources: Resources,
+        attributes: BTreeMap<String, String>,
+        /// Tasks this agent is still running (after a reconnect); any other task the master
+        /// believes is on this agent is lost.
+        running: Vec<TaskId>,
+        /// Status updates not yet acknowledged, resent in order.
+        pending: Vec<StatusUpdate>,
+    },
+    Heartbeat,
+    Status(StatusUpdate),
+    Output {
+        task: TaskId,
+        stream: OutputStream,
+        data: Vec<u8>,
+    },
+    /// Sent as the first message of a new stream: the master answers with `Bundle` and then the
+    /// bundle's raw bytes on that stream.
+    FetchBundle {
+        hash: BundleHash,
+    },
+}
+
+/// Master to agent, on the agent's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterToAgent {
+    Registered {
+        agent: AgentId,
+        heartbeat_interval_ms: u64,
+        /// The highest status sequence number already recorded from this agent: a restarted
+        /// agent numbers its next updates above it so they are not taken for duplicates.
+        last_status_seq: u64,
+    },
+    Launch {
+        task: TaskId,
+        spec: TaskSpec,
+    },
+    Kill {
+        task: TaskId,
+    },
+    /// All status updates up to and including `seq` are durably recorded.
+    Ack {
+        seq: u64,
+    },
+    /// Answer to `FetchBundle`, followed by `size` raw bytes.
+    Bundle {
+        size: u64,
+    },
+    Error {
+        message: String,
+    },
+}
