@@ -1,1 +1,195 @@
-//! Integration tests.
+//! Harness for the integration tests: starts real `wasmos dev` processes on loopback (each in a
+//! temporary data dir, on a free port) and runs the real `wasmos` binary against them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// `target/release/wasmos` (or debug), next to the directory of this test executable.
+pub fn wasmos_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let bin = dir.join(format!("wasmos{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A compiled sample task; built by `cargo xtask samples`.
+pub fn sample(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sample-tasks/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds the samples",
+        path.display()
+    );
+    path
+}
+
+/// A `wasmos dev` process and its data dir.
+pub struct DevCluster {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Everything the dev process wrote to stderr (its log).
+    pub log: Arc<Mutex<String>>,
+    pub agents: u32,
+}
+
+impl DevCluster {
+    pub fn start(agents: u32) -> Result<DevCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut c = DevCluster {
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            agents,
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("client.toml")
+    }
+
+    /// Starts (or restarts) the dev process on this data dir and waits until every agent is
+    /// registered and active.
+    pub fn spawn(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.config());
+        let mut child = Command::new(wasmos_bin())
+            .args(["dev", "--listen", "127.0.0.1:0", "--agents"])
+            .arg(self.agents.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("WASMOS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning wasmos dev")?;
+        if let Some(err) = child.stderr.take() {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.config().is_file() {
+                let out = self.cli(&["agent", "list", "-o", "json"])?;
+                if out.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                    let active = v
+                        .as_array()
+                        .map(|a| a.iter().filter(|x| x["state"] == "Active").count())
+                        .unwrap_or(0);
+                    if active == self.agents as usize {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("wasmos dev exited with {status}:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("cluster did not come up in 60s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL on Unix, TerminateProcess on Windows: no chance to clean up.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs `wasmos --config <this cluster> ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.cmd(args).output()?)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(wasmos_bin());
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd.env_remove("WASMOS_CONFIG").env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// `wasmos run` with the given flags, sample and task arguments.
+    pub fn run(&self, flags: &[&str], task: &str, args: &[&str]) -> Result<Output> {
+        let sample = sample(task);
+        let mut cmd = self.cmd(&["run"]);
+        cmd.args(flags).arg(&sample).arg("--").args(args);
+        Ok(cmd.output()?)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!("wasmos {args:?} failed: {}", text(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.kill_hard();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts a failed command said one clear `error:` line and did not panic.
+pub fn assert_clean_error(out: &Output, must_contain: &str) {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(
+        err.contains(must_contain),
+        "stderr should mention `{must_contain}`: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+}

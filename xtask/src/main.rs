@@ -1,1 +1,145 @@
-fn main() {}
+//! Build and test tooling, so the README's commands work on a fresh machine with only rustup:
+//! `cargo xtask demo`, `cargo xtask test`, `cargo xtask lint`, `cargo xtask check-windows`,
+//! `cargo xtask samples`, `cargo xtask bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// rustup on some machines does not install the targets rust-toolchain.toml lists.
+fn ensure_target(target: &str) -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .context("cannot run rustup (needed to add the wasm32-wasip2 target)")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", target]))
+}
+
+fn samples() -> Result<()> {
+    ensure_target(WASM_TARGET)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        WASM_TARGET,
+        "--manifest-path",
+        "sample-tasks/Cargo.toml",
+    ]))
+}
+
+fn samples_dir() -> String {
+    format!("sample-tasks/target/{WASM_TARGET}/release")
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("samples") => samples(),
+        Some("demo") => {
+            samples()?;
+            let data = root().join("target").join("wasmos-demo");
+            let _ = std::fs::remove_dir_all(&data);
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "wasmos",
+                    "--",
+                    "dev",
+                    "--demo",
+                ])
+                .args(["--listen", "127.0.0.1:0", "--demo-dir", &samples_dir()])
+                .arg("--data-dir")
+                .arg(&data))
+        }
+        Some("test") => {
+            samples()?;
+            run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
+            run(cargo()
+                .args(["test", "--release", "--locked", "--workspace"])
+                .args(&rest))
+        }
+        Some("lint") => {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--release",
+                "--locked",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+        Some("check-windows") => {
+            ensure_target(WINDOWS_TARGET)?;
+            run(cargo().args([
+                "check",
+                "--release",
+                "--locked",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--target",
+                WINDOWS_TARGET,
+            ]))
+        }
+        Some("bench") => {
+            samples()?;
+            run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "wasmos-tests",
+                    "--test",
+                    "bench",
+                ])
+                .args(["--", "--ignored", "--nocapture"]))
+        }
+        _ => bail!(
+            "usage: cargo xtask <demo|test|lint|check-windows|samples|bench> [args for cargo test]"
+        ),
+    }
+}

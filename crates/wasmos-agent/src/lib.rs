@@ -1,1 +1,361 @@
-//! placeholder
+//! The agent daemon: keeps a session with the master (register, heartbeat, reconnect), runs the
+//! tasks it is given through `wasmos-exec`, and reports their status and output. Status updates
+//! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use wasmos_exec::{ExecConfig, RunRequest, Runner};
+use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
+use wasmos_proto::{
+    AgentToMaster, BundleHash, MasterToAgent, OutputStream, Reason, Resources, StatusUpdate,
+    TaskId, TaskSpec, TaskState, TaskStatus, alpn,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Net(#[from] wasmos_net::NetError),
+    #[error("the wasm runtime could not start: {0}")]
+    Exec(#[from] wasmos_exec::ExecError),
+    #[error("cannot create work directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub master: SocketAddr,
+    pub resources: Resources,
+    pub attributes: BTreeMap<String, String>,
+    /// Bundle cache and other local state.
+    pub work_dir: PathBuf,
+    pub exec: ExecConfig,
+}
+
+/// Attributes every agent advertises, so constraints can target an OS or architecture.
+pub fn default_attributes() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("os".to_string(), std::env::consts::OS.to_string()),
+        ("arch".to_string(), std::env::consts::ARCH.to_string()),
+    ])
+}
+
+struct Inner {
+    next_seq: u64,
+    unacked: Vec<StatusUpdate>,
+    /// Kill switches of the tasks running here.
+    tasks: BTreeMap<TaskId, watch::Sender<bool>>,
+    /// The current session's outgoing queue, if connected.
+    link: Option<mpsc::UnboundedSender<AgentToMaster>>,
+    conn: Option<Connection>,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    runner: Arc<Runner>,
+    inner: Mutex<Inner>,
+}
+
+impl Agent {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn report(&self, task: TaskId, status: TaskStatus) {
+        let mut inner = self.inner();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let update = StatusUpdate { seq, task, status };
+        inner.unacked.push(update.clone());
+        if let Some(link) = &inner.link {
+            let _ = link.send(AgentToMaster::Status(update));
+        }
+    }
+
+    fn output(&self, task: TaskId, stream: OutputStream, data: Vec<u8>) {
+        if let Some(link) = &self.inner().link {
+            let _ = link.send(AgentToMaster::Output { task, stream, data });
+        }
+    }
+}
+
+/// Runs an agent until `shutdown` turns true, reconnecting to the master whenever the session
+/// drops.
+pub async fn run(
+    cfg: AgentConfig,
+    creds: Credentials,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let bundles = cfg.work_dir.join("bundles");
+    std::fs::create_dir_all(&bundles).map_err(|source| AgentError::WorkDir {
+        path: bundles.clone(),
+        source,
+    })?;
+    let runner = Arc::new(Runner::new(cfg.exec.clone())?);
+    let endpoint = wasmos_net::client_endpoint(&creds, alpn::AGENT, cfg.master)?;
+    // Sequence numbers start from the clock so a restarted agent numbers above its previous
+    // life even before the master tells it the last number it recorded.
+    let first_seq = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64 * 1024);
+    let agent = Arc::new(Agent {
+        cfg,
+        runner,
+        inner: Mutex::new(Inner {
+            next_seq: first_seq,
+            unacked: Vec::new(),
+            tasks: BTreeMap::new(),
+            link: None,
+            conn: None,
+        }),
+    });
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let session = session(agent.clone(), &endpoint);
+        tokio::select! {
+            result = session => {
+                match result {
+                    Ok(()) => backoff = Duration::from_millis(200),
+                    Err(e) => tracing::warn!("agent session: {e}; retrying in {backoff:?}"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+        {
+            let mut inner = agent.inner();
+            inner.link = None;
+            inner.conn = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    for kill in agent.inner().tasks.values() {
+        let _ = kill.send(true);
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+    Ok(())
+}
+
+async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(), String> {
+    let conn = wasmos_net::connect(endpoint, agent.cfg.master)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| wasmos_net::describe(&e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        // Queue Register and become reachable in one step, so no update reported meanwhile is
+        // missed: it is either in `pending` or queued after Register.
+        let mut inner = agent.inner();
+        let register = AgentToMaster::Register {
+            resources: agent.cfg.resources,
+            attributes: agent.cfg.attributes.clone(),
+            running: inner.tasks.keys().copied().collect(),
+            pending: inner.unacked.clone(),
+        };
+        let _ = tx.send(register);
+        inner.link = Some(tx.clone());
+        inner.conn = Some(conn.clone());
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            send_frame(&mut send, &msg).await?;
+        }
+        Ok::<(), wasmos_net::FrameError>(())
+    });
+    let result = read_loop(&agent, &conn, &mut recv, tx).await;
+    writer.abort();
+    result
+}
+
+async fn read_loop(
+    agent: &Arc<Agent>,
+    conn: &Connection,
+    recv: &mut wasmos_net::RecvStream,
+    tx: mpsc::UnboundedSender<AgentToMaster>,
+) -> Result<(), String> {
+    let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
+    let result = loop {
+        let msg = match recv_frame::<MasterToAgent>(recv).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Err("the master closed the session".to_string()),
+            Err(e) => {
+                break Err(match conn.close_reason() {
+                    Some(reason) => wasmos_net::describe(&reason),
+                    None => e.to_string(),
+                });
+            }
+        };
+        match msg {
+            MasterToAgent::Registered {
+                agent: id,
+                heartbeat_interval_ms,
+                last_status_seq,
+            } => {
+                tracing::info!(agent = %id, "registered with master {}", agent.cfg.master);
+                {
+                    let mut inner = agent.inner();
+                    inner.next_seq = inner.next_seq.max(last_status_seq + 1);
+                }
+                let tx = tx.clone();
+                let every = Duration::from_millis(heartbeat_interval_ms.max(100));
+                heartbeat = Some(tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if tx.send(AgentToMaster::Heartbeat).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            MasterToAgent::Launch { task, spec } => launch(agent.clone(), task, spec),
+            MasterToAgent::Kill { task } => {
+                if let Some(kill) = agent.inner().tasks.get(&task) {
+                    let _ = kill.send(true);
+                }
+            }
+            MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
+            MasterToAgent::Error { message } => break Err(format!("master: {message}")),
+            MasterToAgent::Bundle { .. } => {
+                tracing::warn!("unexpected bundle header on the control stream");
+            }
+        }
+    };
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    result
+}
+
+fn failed(state: TaskState, reason: Option<Reason>, message: String) -> TaskStatus {
+    TaskStatus {
+        state,
+        reason,
+        message: Some(message),
+        exit_code: None,
+        fuel_used: 0,
+    }
+}
+
+fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
+    let (kill_tx, kill_rx) = watch::channel(false);
+    {
+        let mut inner = agent.inner();
+        if inner.tasks.contains_key(&task) {
+            return;
+        }
+        inner.tasks.insert(task, kill_tx);
+    }
+    tokio::spawn(async move {
+        let status = run_task(&agent, task, spec, kill_rx).await;
+        agent.report(task, status);
+        agent.inner().tasks.remove(&task);
+    });
+}
+
+async fn run_task(
+    agent: &Arc<Agent>,
+    task: TaskId,
+    spec: TaskSpec,
+    kill: watch::Receiver<bool>,
+) -> TaskStatus {
+    agent.report(task, TaskStatus::new(TaskState::Starting));
+    let bytes = match fetch_bundle(agent, &spec.bundle).await {
+        Ok(b) => b,
+        Err(e) => return failed(TaskState::Error, None, format!("cannot fetch bundle: {e}")),
+    };
+    let runner = agent.runner.clone();
+    let compiled = match tokio::task::spawn_blocking(move || runner.compile(&bytes)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return failed(TaskState::Error, Some(Reason::InvalidBundle), e.to_string()),
+        Err(e) => return failed(TaskState::Error, None, format!("compiler crashed: {e}")),
+    };
+    agent.report(task, TaskStatus::new(TaskState::Running));
+    let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
+    let forward = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Some((stream, data)) = out_rx.recv().await {
+                agent.output(task, stream, data);
+            }
+        })
+    };
+    let mut args = vec![spec.name.clone()];
+    args.extend(spec.args.iter().cloned());
+    let req = RunRequest {
+        args,
+        env: spec.env.clone(),
+        cpu_millis: spec.resources.cpu_millis,
+        mem_bytes: spec.resources.mem_bytes,
+        timeout: Duration::from_millis(spec.timeout_ms),
+        max_output_bytes: spec.max_output_bytes,
+        cpu_budget_fuel: None,
+    };
+    let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
+    // All output is queued before the final status, so watchers see it first.
+    let _ = forward.await;
+    outcome.status
+}
+
+/// The bundle's bytes, from the local cache or downloaded from the master and verified.
+async fn fetch_bundle(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, String> {
+    let path = agent
+        .cfg
+        .work_dir
+        .join("bundles")
+        .join(format!("{hash}.wasm"));
+    if let Ok(bytes) = tokio::fs::read(&path).await
+        && hex::encode(Sha256::digest(&bytes)) == hash.as_str()
+    {
+        return Ok(bytes);
+    }
+    let conn = agent
+        .inner()
+        .conn
+        .clone()
+        .ok_or("not connected to the master")?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send_frame(
+        &mut send,
+        &AgentToMaster::FetchBundle { hash: hash.clone() },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let size = match recv_frame::<MasterToAgent>(&mut recv).await {
+        Ok(Some(MasterToAgent::Bundle { size })) => size,
+        Ok(Some(MasterToAgent::Error { message })) => return Err(message),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    let max = agent.cfg.exec.max_component_bytes;
+    if size > max {
+        return Err(format!(
+            "bundle is {size} bytes, over this agent's {max}-byte limit"
+        ));
+    }
+    let bytes = recv
+        .read_to_end(size as usize)
+        .await
+        .map_err(|e| e.to_string())?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != hash.as_str() {
+        return Err(format!("downloaded bytes hash to {actual}, not {hash}"));
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    if tokio::fs::write(&tmp, &bytes).await.is_ok() {
+        let _ = tokio::fs::rename(&tmp, &path).await;
+    }
+    Ok(bytes)
+}

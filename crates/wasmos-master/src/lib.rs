@@ -1,1 +1,247 @@
-//! placeholder
+//! The master daemon: accepts agents and clients over QUIC + mTLS, records every durable change
+//! through Raft, places pending tasks on agents, stores bundles and task output.
+
+mod agents;
+mod bundles;
+mod client;
+mod logs;
+mod scheduler;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use wasmos_net::{Credentials, Identity};
+use wasmos_proto::{AgentId, MasterToAgent, alpn};
+use wasmos_raft::RaftNode;
+use wasmos_state::{ClusterState, Command, CommandResult};
+
+pub use bundles::sniff_component;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Net(#[from] wasmos_net::NetError),
+    #[error("raft: {0}")]
+    Raft(#[from] wasmos_raft::RaftError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub node_id: u64,
+    /// Largest bundle a client may upload.
+    pub max_bundle_bytes: u64,
+    pub heartbeat_interval: Duration,
+    /// How long a disconnected agent keeps its tasks before they are declared lost.
+    pub agent_grace: Duration,
+}
+
+impl MasterConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        MasterConfig {
+            data_dir,
+            listen,
+            node_id: 1,
+            max_bundle_bytes: 64 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            agent_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connected agent: where to send it messages, and which connection that is (a reconnect
+/// replaces the entry; the old session must not remove the new one when it ends).
+pub(crate) struct AgentLink {
+    pub conn_id: usize,
+    pub tx: mpsc::UnboundedSender<MasterToAgent>,
+    pub last_seen_ms: u64,
+}
+
+pub(crate) struct Shared {
+    pub cfg: MasterConfig,
+    pub raft: RaftNode,
+    pub bundles: bundles::BundleStore,
+    pub logs: logs::LogStore,
+    pub agents: Mutex<BTreeMap<AgentId, AgentLink>>,
+    /// When each registered but unconnected agent went away (master start for those never seen
+    /// since); past `agent_grace` its tasks are lost.
+    pub disconnected: Mutex<BTreeMap<AgentId, std::time::Instant>>,
+    /// Wakes the scheduler: a task was submitted, an agent came or went.
+    pub kick: Notify,
+    pub started: std::time::Instant,
+}
+
+impl Shared {
+    pub fn agents(&self) -> MutexGuard<'_, BTreeMap<AgentId, AgentLink>> {
+        // A poisoned lock means a panic elsewhere already; the map itself is still consistent
+        // (every update is a single insert or remove).
+        self.agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, wasmos_raft::RaftError> {
+        self.raft.write(cmd).await
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        self.raft.read(f)
+    }
+
+    pub fn touch(&self, agent: &AgentId) {
+        if let Some(link) = self.agents().get_mut(agent) {
+            link.last_seen_ms = now_ms();
+        }
+    }
+
+    fn disconnected(&self) -> MutexGuard<'_, BTreeMap<AgentId, std::time::Instant>> {
+        self.disconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn note_disconnect(&self, agent: &AgentId) {
+        self.disconnected()
+            .insert(agent.clone(), std::time::Instant::now());
+    }
+
+    pub fn forget_disconnect(&self, agent: &AgentId) {
+        self.disconnected().remove(agent);
+    }
+
+    /// How long `agent` has been gone (since master start if never seen by this master).
+    pub fn gone_for(&self, agent: &AgentId) -> std::time::Duration {
+        let since = self
+            .disconnected()
+            .get(agent)
+            .copied()
+            .unwrap_or(self.started);
+        since.elapsed()
+    }
+
+    pub fn send_to_agent(&self, agent: &AgentId, msg: MasterToAgent) -> bool {
+        self.agents()
+            .get(agent)
+            .is_some_and(|link| link.tx.send(msg).is_ok())
+    }
+}
+
+/// Milliseconds since the Unix epoch: the time stamped into commands the leader proposes.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A running master. Dropping it does not stop it; call `shutdown`.
+pub struct Master {
+    addr: SocketAddr,
+    endpoint: wasmos_net::Endpoint,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Master {
+    pub async fn start(cfg: MasterConfig, creds: &Credentials) -> Result<Master, MasterError> {
+        let io = |what, path: &PathBuf| {
+            let path = path.clone();
+            move |source| MasterError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(io("cannot create", &cfg.data_dir))?;
+        let bundles = bundles::BundleStore::open(cfg.data_dir.join("bundles"))
+            .map_err(io("cannot open bundle store", &cfg.data_dir))?;
+        let logs = logs::LogStore::open(cfg.data_dir.join("logs"))
+            .map_err(io("cannot open log store", &cfg.data_dir))?;
+        let endpoint =
+            wasmos_net::server_endpoint(cfg.listen, creds, &[alpn::AGENT, alpn::CLIENT])?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(io("cannot read bound address of", &cfg.data_dir))?;
+        let raft =
+            RaftNode::open(&cfg.data_dir.join("raft"), cfg.node_id, addr.to_string()).await?;
+        let shared = Arc::new(Shared {
+            cfg,
+            raft,
+            bundles,
+            logs,
+            agents: Mutex::new(BTreeMap::new()),
+            disconnected: Mutex::new(BTreeMap::new()),
+            kick: Notify::new(),
+            started: std::time::Instant::now(),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tasks.spawn(scheduler::run(shared.clone()));
+        tracing::info!(%addr, "master listening");
+        Ok(Master {
+            addr,
+            endpoint,
+            shared,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn shutdown(mut self) {
+        self.endpoint.close(0u32.into(), b"master shutting down");
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.shared.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%remote, "refused connection: {}", wasmos_net::describe(&e));
+                    return;
+                }
+            };
+            let identity = match wasmos_net::peer_identity(&conn) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(%remote, "refused connection: {e}");
+                    conn.close(1u32.into(), e.to_string().as_bytes());
+                    return;
+                }
+            };
+            let alpn = wasmos_net::negotiated_alpn(&conn);
+            match (alpn.as_deref(), &identity) {
+                (Some(alpn::AGENT), Identity::Agent(name)) => {
+                    agents::serve(shared, conn, name.clone()).await
+                }
+                (Some(alpn::CLIENT), Identity::Operator(_) | Identity::Tenant { .. }) => {
+                    client::serve(shared, conn, identity).await
+                }
+                _ => {
+                    let msg = format!("{identity} may not use this channel");
+                    tracing::warn!(%remote, "refused connection: {msg}");
+                    conn.close(1u32.into(), msg.as_bytes());
+                }
+            }
+        });
+    }
+}

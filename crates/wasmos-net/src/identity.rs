@@ -128,3 +128,11 @@ mod tests {
         }
     }
 }
+
+/// The channel (ALPN protocol) the peer and we agreed on.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}

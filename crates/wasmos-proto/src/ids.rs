@@ -76,6 +76,16 @@ impl BundleHash {
             Err(IdError::Bundle(s.to_string()))
         }
     }
+    /// The hash whose digest bytes are `digest`.
+    pub fn from_digest(digest: &[u8; 32]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in digest {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 0xf) as usize] as char);
+        }
+        BundleHash(s)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -108,6 +118,12 @@ mod tests {
         assert!(BundleHash::parse(&"a".repeat(64)).is_ok());
         assert!(BundleHash::parse(&"A".repeat(64)).is_err());
         assert!(BundleHash::parse("abc").is_err());
+        let mut d = [0u8; 32];
+        d[0] = 0xab;
+        d[31] = 0x0f;
+        let h = BundleHash::from_digest(&d);
+        assert_eq!(BundleHash::parse(h.as_str()), Ok(h.clone()));
+        assert!(h.as_str().starts_with("ab00") && h.as_str().ends_with("0f"));
     }
 
     #[test]

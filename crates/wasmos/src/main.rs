@@ -1,1 +1,652 @@
-fn main() {}
+//! The `wasmos` command: runs a master, an agent or a whole dev cluster, and is the user's CLI
+//! (run, task, logs, agent list).
+
+mod client;
+mod config;
+mod demo;
+mod dev;
+mod table;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmos_proto::{
+    AgentState, ClientRequest, ClientResponse, OutputStream, Reason, Resources, TaskId, TaskInfo,
+    TaskSpec, TaskState, format_bytes, format_cpu, parse_bytes, parse_cpu,
+};
+
+use crate::client::Client;
+use crate::config::ClientConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmos",
+    version,
+    about = "A cluster manager whose tasks are WebAssembly components"
+)]
+struct Cli {
+    /// Client config (master address and credentials). Default: $WASMOS_CONFIG, else the
+    /// client.toml of the default `wasmos dev` data dir.
+    #[arg(long, global = true, env = "WASMOS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a master and N agents in one process on loopback (creates its PKI on first start).
+    Dev(DevArgs),
+    /// Run a master.
+    Master(MasterArgs),
+    /// Run an agent, or list agents (`wasmos agent list`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        cmd: Option<AgentCmd>,
+        #[command(flatten)]
+        daemon: AgentArgs,
+    },
+    /// Upload a component, run it as a one-task job, stream its output, exit with its code.
+    Run(RunArgs),
+    /// List, show or kill tasks.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+    },
+    /// Print a task's output; with -f, follow it until the task ends.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    List(OutputArg),
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    Kill {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    List(OutputArg),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where the cluster keeps its state, PKI and client.toml [default: per-user data dir]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    agents: u32,
+    /// The master's UDP address; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7433")]
+    listen: SocketAddr,
+    /// CPU each agent offers.
+    #[arg(long, default_value = "2")]
+    agent_cpu: String,
+    /// Memory each agent offers.
+    #[arg(long, default_value = "2GiB")]
+    agent_mem: String,
+    /// Run the demo job, print its output, then stop.
+    #[arg(long)]
+    demo: bool,
+    /// Where the demo's compiled sample tasks are.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "sample-tasks/target/wasm32-wasip2/release"
+    )]
+    demo_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct TlsArgs {
+    /// The cluster CA certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the CA.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn credentials(&self) -> Result<wasmos_net::Credentials> {
+        let read = |what: &str, p: &Option<PathBuf>| -> Result<String> {
+            let p = p.as_ref().ok_or_else(|| anyhow!("--{what} is required"))?;
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        Ok(wasmos_net::Credentials::from_pem(
+            &read("ca", &self.ca)?,
+            &read("cert", &self.cert)?,
+            &read("key", &self.key)?,
+        )?)
+    }
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7433")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The master's address.
+    #[arg(long)]
+    master: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// CPU to offer [default: all cores]
+    #[arg(long)]
+    cpu: Option<String>,
+    #[arg(long, default_value = "2GiB")]
+    mem: String,
+    #[arg(long, default_value = "1GiB")]
+    disk: String,
+    /// Bundle cache and local state [default: per-user data dir]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Extra attribute to advertise, KEY=VALUE (repeatable).
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    attrs: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// CPU share, in cores or millicores (500m = half a core).
+    #[arg(long, default_value = "500m")]
+    cpu: String,
+    /// Memory limit.
+    #[arg(long, default_value = "64MiB")]
+    mem: String,
+    /// Wall-clock limit.
+    #[arg(long, default_value = "30s")]
+    timeout: humantime::Duration,
+    /// Cap on stdout + stderr.
+    #[arg(long, default_value = "1MiB")]
+    max_output: String,
+    /// Environment variable for the task, KEY=VALUE (repeatable). Nothing else is visible.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The Wasm component (wasm32-wasip2 command).
+    file: PathBuf,
+    /// Arguments for the task.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Exit status of `wasmos run` when the task was stopped rather than exiting by itself.
+const EXIT_STOPPED: u8 = 125;
+/// Same, for a timeout (as `timeout(1)` does).
+const EXIT_TIMEOUT: u8 = 124;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match &cli.cmd {
+        Cmd::Dev(a) if !a.demo => "info",
+        Cmd::Master(_) | Cmd::Agent { cmd: None, .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match cli.cmd {
+        Cmd::Dev(args) => dev_cmd(args).await,
+        Cmd::Master(args) => master_cmd(args).await,
+        Cmd::Agent {
+            cmd: Some(AgentCmd::List(out)),
+            ..
+        } => agent_list(config, out.format).await,
+        Cmd::Agent { cmd: None, daemon } => agent_cmd(daemon).await,
+        Cmd::Run(args) => run_cmd(config, args).await,
+        Cmd::Task {
+            cmd: TaskCmd::List(out),
+        } => task_list(config, out.format).await,
+        Cmd::Task {
+            cmd: TaskCmd::Show { id, out },
+        } => task_show(config, &id, out.format).await,
+        Cmd::Task {
+            cmd: TaskCmd::Kill { id },
+        } => {
+            let client = connect(config).await?;
+            client
+                .request(ClientRequest::KillTask { id: parse_id(&id)? })
+                .await?;
+            println!("kill requested for {id}");
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
+    }
+}
+
+fn parse_id(s: &str) -> Result<TaskId> {
+    Ok(s.parse::<TaskId>()?)
+}
+
+async fn connect(config: Option<&Path>) -> Result<Client> {
+    let cfg = ClientConfig::load(config)?;
+    Client::connect(&cfg).await
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn wait_for_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling on this platform: run until killed.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => config::default_data_dir()?,
+    };
+    let opts = dev::DevOptions {
+        data_dir,
+        agents: args.agents,
+        listen: args.listen,
+        agent_resources: Resources {
+            cpu_millis: parse_cpu(&args.agent_cpu)?,
+            mem_bytes: parse_bytes(&args.agent_mem)?,
+            disk_bytes: 1 << 30,
+        },
+    };
+    if args.demo {
+        // Check before starting anything, so a missing build is one clear line.
+        demo::check_dir(&args.demo_dir)?;
+    }
+    let cluster = dev::start(&opts).await?;
+    eprintln!("{}", dev::banner(&cluster, args.agents));
+    let code = if args.demo {
+        let cfg = ClientConfig::load(Some(&cluster.config_path))?;
+        let result = demo::run(&cfg, &args.demo_dir).await;
+        cluster.stop().await;
+        return result;
+    } else {
+        eprintln!("try: wasmos run sample-tasks/target/wasm32-wasip2/release/hello.wasm -- hi");
+        wait_for_ctrl_c().await;
+        ExitCode::SUCCESS
+    };
+    cluster.stop().await;
+    Ok(code)
+}
+
+async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
+    let creds = args.tls.credentials()?;
+    let master = wasmos_master::Master::start(
+        wasmos_master::MasterConfig::new(args.data_dir, args.listen),
+        &creds,
+    )
+    .await?;
+    eprintln!("wasmos master listening on {}", master.local_addr());
+    wait_for_ctrl_c().await;
+    master.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_values(pairs: &[String], what: &str) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("{what} `{p}` is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
+    let master = args.master.ok_or_else(|| anyhow!("--master is required"))?;
+    let creds = args.tls.credentials()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpu = match &args.cpu {
+        Some(c) => parse_cpu(c)?,
+        None => cores * 1000,
+    };
+    let mut attributes = wasmos_agent::default_attributes();
+    attributes.extend(key_values(&args.attrs, "attribute")?);
+    let work_dir = match args.work_dir {
+        Some(d) => d,
+        None => config::default_data_dir()?.with_file_name("agent"),
+    };
+    let cfg = wasmos_agent::AgentConfig {
+        master,
+        resources: Resources {
+            cpu_millis: cpu,
+            mem_bytes: parse_bytes(&args.mem)?,
+            disk_bytes: parse_bytes(&args.disk)?,
+        },
+        attributes,
+        work_dir,
+        exec: Default::default(),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
+    wait_for_ctrl_c().await;
+    let _ = tx.send(true);
+    agent.await.context("agent task")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_output(stream: OutputStream, data: &[u8]) {
+    // A closed stdout (e.g. piped into `head`) must not kill the watch loop.
+    let _ = match stream {
+        OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(data).and_then(|_| out.flush())
+        }
+        OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(data).and_then(|_| err.flush())
+        }
+    };
+}
+
+/// Reads and checks a component file before anything is sent anywhere.
+pub(crate) fn load_component(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    wasmos_exec::validate_component(
+        &bytes,
+        wasmos_exec::ExecConfig::default().max_component_bytes,
+    )
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+fn placeholder_hash() -> wasmos_proto::BundleHash {
+    wasmos_proto::BundleHash::from_digest(&[0; 32])
+}
+
+fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Result<TaskSpec> {
+    Ok(TaskSpec {
+        name,
+        bundle: hash,
+        args: args.args.clone(),
+        env: key_values(&args.env, "--env")?,
+        resources: Resources {
+            cpu_millis: parse_cpu(&args.cpu)?,
+            mem_bytes: parse_bytes(&args.mem)?,
+            disk_bytes: 0,
+        },
+        timeout_ms: Duration::from(args.timeout).as_millis() as u64,
+        max_output_bytes: parse_bytes(&args.max_output)?,
+    })
+}
+
+async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
+    let bytes = load_component(&args.file)?;
+    let name = args.file.file_name().map_or_else(
+        || "task.wasm".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    // Flags are checked before anything is sent.
+    let mut spec = task_spec(name, placeholder_hash(), &args)?;
+    let cfg = ClientConfig::load(config)?;
+    let client = Client::connect(&cfg).await?;
+    let (hash, uploaded) = client.push_bundle(&bytes).await?;
+    if uploaded {
+        tracing::info!(%hash, "uploaded bundle");
+    } else {
+        tracing::info!(%hash, "bundle already on the master; not uploading");
+    }
+    spec.bundle = hash;
+    let id = client.submit(spec).await?;
+    tracing::info!(%id, "submitted");
+    let ended = tokio::select! {
+        r = client.watch(id, true, write_output) => r?,
+        _ = wait_for_ctrl_c() => {
+            eprintln!("wasmos: interrupted; killing {id}");
+            let _ = client.request(ClientRequest::KillTask { id }).await;
+            client.watch(id, true, |_, _| {}).await?
+        }
+    };
+    client.close().await;
+    let info = ended.ok_or_else(|| anyhow!("the master stopped streaming {id} before it ended"))?;
+    Ok(exit_code_of(&info))
+}
+
+/// The task's own exit code, or a line naming why it was stopped and 124/125.
+fn exit_code_of(info: &TaskInfo) -> ExitCode {
+    let st = &info.status;
+    if st.state == TaskState::Finished {
+        let code = st.exit_code.unwrap_or(0);
+        return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_STOPPED));
+    }
+    let reason = st
+        .reason
+        .map_or_else(|| st.state.to_string(), |r| r.to_string());
+    let detail = st
+        .message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    eprintln!("wasmos: task {} {} ({reason}){detail}", info.id, st.state);
+    if st.reason == Some(Reason::Timeout) {
+        ExitCode::from(EXIT_TIMEOUT)
+    } else {
+        ExitCode::from(EXIT_STOPPED)
+    }
+}
+
+fn result_column(t: &TaskInfo) -> String {
+    match (t.status.state, t.status.exit_code, t.status.reason) {
+        (TaskState::Finished, Some(code), _) => format!("exit {code}"),
+        (_, _, Some(r)) => r.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn task_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let ClientResponse::Tasks(tasks) = client.request(ClientRequest::ListTasks).await? else {
+        bail!("unexpected answer to task list");
+    };
+    client.close().await;
+    match format {
+        Format::Json => print_json(&tasks)?,
+        Format::Table => {
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = tasks
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.spec.name.clone(),
+                        t.status.state.to_string(),
+                        result_column(t),
+                        t.agent
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |a| a.to_string()),
+                        format_cpu(t.spec.resources.cpu_millis),
+                        format_bytes(t.spec.resources.mem_bytes),
+                        table::age(now, t.submitted_ms),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table::render(
+                    &[
+                        "ID", "NAME", "STATE", "RESULT", "AGENT", "CPU", "MEM", "AGE"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<ExitCode> {
+    let id = parse_id(id)?;
+    let client = connect(config).await?;
+    let ClientResponse::Task(t) = client.request(ClientRequest::GetTask { id }).await? else {
+        bail!("unexpected answer to task show");
+    };
+    client.close().await;
+    match format {
+        Format::Json => print_json(&t)?,
+        Format::Table => {
+            let st = &t.status;
+            let env: Vec<String> = t.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let rows = [
+                ("id", t.id.to_string()),
+                ("name", t.spec.name.clone()),
+                ("state", st.state.to_string()),
+                (
+                    "exit code",
+                    st.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                ),
+                (
+                    "reason",
+                    st.reason.map_or_else(|| "-".into(), |r| r.to_string()),
+                ),
+                ("message", st.message.clone().unwrap_or_else(|| "-".into())),
+                (
+                    "agent",
+                    t.agent
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |a| a.to_string()),
+                ),
+                ("bundle", t.spec.bundle.to_string()),
+                ("args", t.spec.args.join(" ")),
+                ("env", env.join(" ")),
+                ("resources", t.spec.resources.to_string()),
+                ("timeout", format!("{}ms", t.spec.timeout_ms)),
+                ("fuel used", st.fuel_used.to_string()),
+                ("owner", t.owner.clone()),
+            ];
+            for (k, v) in rows {
+                println!("{:<10} {v}", format!("{k}:"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let ClientResponse::Agents(agents) = client.request(ClientRequest::ListAgents).await? else {
+        bail!("unexpected answer to agent list");
+    };
+    client.close().await;
+    match format {
+        Format::Json => print_json(&agents)?,
+        Format::Table => {
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = agents
+                .iter()
+                .map(|a| {
+                    let attrs: Vec<String> = a
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    vec![
+                        a.id.to_string(),
+                        match a.state {
+                            AgentState::Active => "active".into(),
+                            AgentState::Disconnected => "disconnected".into(),
+                        },
+                        format!(
+                            "{}/{}",
+                            format_cpu(a.used.cpu_millis),
+                            format_cpu(a.total.cpu_millis)
+                        ),
+                        format!(
+                            "{}/{}",
+                            format_bytes(a.used.mem_bytes),
+                            format_bytes(a.total.mem_bytes)
+                        ),
+                        table::age(now, a.last_seen_ms),
+                        attrs.join(","),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table::render(&["ID", "STATE", "CPU", "MEM", "SEEN", "ATTRIBUTES"], &rows)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs_cmd(config: Option<&Path>, id: &str, follow: bool) -> Result<ExitCode> {
+    let id = parse_id(id)?;
+    let client = connect(config).await?;
+    client.watch(id, follow, write_output).await?;
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,85 @@
+//! Wasmos task execution: validates and compiles WASI 0.2 command components and runs them in
+//! wasmtime under CPU (fuel), memory, wall-clock and output limits, with nothing ambient.
+//!
+//! The agent owns one [`Runner`] (cheap to clone) for its lifetime: it holds the wasmtime engine,
+//! the WASI linker, the epoch ticker that makes running guests interruptible, the calibrated fuel
+//! rate that turns a CPU share into a metering rate, and a cache of compiled components.
+
+mod calibrate;
+mod limits;
+mod output;
+mod runner;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::time::Duration;
+
+pub use runner::{Compiled, Runner};
+pub use validate::validate_component;
+pub use wasmos_proto::{OutputStream, TaskStatus};
+
+/// Settings of a [`Runner`], fixed for its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Fuel one core burns per second of guest execution. `None` measures it when the runner is
+    /// created (a few hundred milliseconds of one core); a fixed value makes CPU shares
+    /// reproducible across machines.
+    pub fuel_per_core_second: Option<u64>,
+    /// Largest component accepted by [`Runner::compile`].
+    pub max_component_bytes: u64,
+    /// How long [`Runner::compile`] waits for wasmtime to compile one component.
+    pub compile_timeout: Duration,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            fuel_per_core_second: None,
+            max_component_bytes: 64 * 1024 * 1024,
+            compile_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One execution of a compiled component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The guest's argv; `args[0]` is the program name (the caller passes the task name).
+    pub args: Vec<String>,
+    /// The guest's whole environment: nothing of the agent's leaks in.
+    pub env: Vec<(String, String)>,
+    /// CPU share in thousandths of a core: the guest burns fuel at most at
+    /// `cpu_millis / 1000 * fuel_per_core_second` per second. 1000 or more means unthrottled (a
+    /// guest is single-threaded); 0 is treated as 1.
+    pub cpu_millis: u64,
+    /// Cap on the total size of all linear memories of the instance.
+    pub mem_bytes: u64,
+    /// Wall-clock limit, from the start of instantiation.
+    pub timeout: Duration,
+    /// Cap on stdout + stderr bytes together. Output up to the cap is forwarded; the write that
+    /// crosses it stops the task. 0 allows no output at all.
+    pub max_output_bytes: u64,
+    /// Total fuel the task may burn; `None` is unlimited.
+    pub cpu_budget_fuel: Option<u64>,
+}
+
+/// How a run ended. `status.fuel_used` is always filled, whatever the ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExecError {
+    /// The bytes are not a component this runner can run; the message names the problem.
+    #[error("invalid component: {0}")]
+    InvalidComponent(String),
+    #[error("component is {size} bytes, larger than the {max}-byte limit")]
+    TooLarge { size: u64, max: u64 },
+    #[error("compiling the component took longer than {0:?}")]
+    CompileTimeout(Duration),
+    /// wasmtime itself failed (engine setup, calibration, compiler): not the component's fault.
+    #[error("wasmtime engine error: {0}")]
+    Engine(String),
+}

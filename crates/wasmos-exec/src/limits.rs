@@ -1,0 +1,202 @@
+//! Per-task resource limits enforced from inside the store: the memory cap (a wasmtime
+//! `ResourceLimiter`) and the CPU-share throttle (a token bucket of fuel, consulted on every
+//! epoch tick).
+
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+
+/// Cores, tables and memories a component may create. Real command components built by
+/// wit-component use a handful of each; these caps only stop pathological bundles from
+/// allocating host structures without bound.
+const MAX_INSTANCES: usize = 1_000;
+const MAX_TABLES: usize = 1_000;
+const MAX_MEMORIES: usize = 100;
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// The error a refused memory grow raises. Refusing with a trap rather than letting
+/// `memory.grow` return -1 makes a task over its memory cap stop at once, like an OOM kill,
+/// instead of leaving it to a guest allocator that might spin or abort with an unrelated trap.
+#[derive(Debug, thiserror::Error)]
+#[error("linear memory would grow to {wanted} bytes, over the task's {limit}-byte limit")]
+pub(crate) struct MemoryLimitExceeded {
+    pub wanted: u64,
+    pub limit: u64,
+}
+
+/// Caps the total size of all linear memories of one store.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    limit: u64,
+    /// Bytes currently allocated across all memories; memories never shrink within a store.
+    total: u64,
+    /// Set once a grow was refused because of `limit`, so the outcome can say `memory_limit`
+    /// whatever error the guest reports afterwards.
+    pub exceeded: Option<(u64, u64)>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limit: u64) -> Self {
+        MemoryLimiter {
+            limit,
+            total: 0,
+            exceeded: None,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            // The guest's own declared maximum: an ordinary failed grow, not our limit.
+            return Ok(false);
+        }
+        let grow_by = desired.saturating_sub(current) as u64;
+        let wanted = self.total.saturating_add(grow_by);
+        if wanted > self.limit {
+            self.exceeded = Some((wanted, self.limit));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                wanted,
+                limit: self.limit,
+            }));
+        }
+        self.total = wanted;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// How much fuel the bucket may bank while the guest is idle (blocked in a host call): enough
+/// to absorb tick jitter, too little to let an idle task later burst far above its share.
+const BURST: Duration = Duration::from_millis(100);
+
+/// A single pause is capped so that the bucket is re-evaluated regularly; the task stays
+/// cancellable during a pause either way.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Keeps a task's fuel consumption at or below `rate` fuel per second, averaged over time.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    rate: f64,
+    burst: f64,
+    /// Fuel the task may still burn without pausing; negative when it is ahead of its share.
+    tokens: f64,
+    last_at: Instant,
+    last_consumed: u64,
+}
+
+impl Throttle {
+    /// `None` when the share is a whole core or more: a guest runs on one thread, so throttling
+    /// could only slow it below what it reserved, through calibration error.
+    pub(crate) fn new(fuel_per_core_second: u64, cpu_millis: u64, now: Instant) -> Option<Self> {
+        let millis = cpu_millis.max(1);
+        if millis >= 1000 {
+            return None;
+        }
+        let rate = fuel_per_core_second as f64 * millis as f64 / 1000.0;
+        Some(Throttle {
+            rate,
+            burst: rate * BURST.as_secs_f64(),
+            tokens: 0.0,
+            last_at: now,
+            last_consumed: 0,
+        })
+    }
+
+    /// Accounts for fuel `consumed` so far (a running total) at `now`; returns how long the task
+    /// must pause to get back within its share.
+    pub(crate) fn on_tick(&mut self, consumed: u64, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.last_at).as_secs_f64();
+        self.last_at = now;
+        let burned = consumed.saturating_sub(self.last_consumed) as f64;
+        self.last_consumed = consumed;
+        self.tokens = (self.tokens + self.rate * elapsed).min(self.burst) - burned;
+        if self.tokens >= 0.0 {
+            return None;
+        }
+        Some(Duration::from_secs_f64(-self.tokens / self.rate).min(MAX_PAUSE))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn memory_is_capped_in_total_across_memories() {
+        let mut l = MemoryLimiter::new(3 * MIB as u64);
+        assert!(l.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(l.memory_growing(0, MIB, None).unwrap());
+        assert!(l.exceeded.is_none());
+        let err = l.memory_growing(MIB, 2 * MIB, None).unwrap_err();
+        assert!(err.is::<MemoryLimitExceeded>());
+        assert_eq!(l.exceeded, Some((4 * MIB as u64, 3 * MIB as u64)));
+    }
+
+    #[test]
+    fn the_guests_own_maximum_is_a_plain_refusal() {
+        let mut l = MemoryLimiter::new(100 * MIB as u64);
+        assert!(!l.memory_growing(MIB, 2 * MIB, Some(MIB)).unwrap());
+        assert!(l.exceeded.is_none());
+    }
+
+    #[test]
+    fn whole_cores_are_not_throttled() {
+        assert!(Throttle::new(1_000_000, 1000, Instant::now()).is_none());
+        assert!(Throttle::new(1_000_000, 4000, Instant::now()).is_none());
+        assert!(Throttle::new(1_000_000, 0, Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_task_ahead_of_its_share_pauses_for_the_excess() {
+        let t0 = Instant::now();
+        // Half of a 1000-fuel/s core: 500 fuel/s.
+        let mut t = Throttle::new(1000, 500, t0).unwrap();
+        // 100 ms at full speed burns 100 fuel but earns only 50: pause 100 ms to catch up.
+        let pause = t.on_tick(100, t0 + Duration::from_millis(100)).unwrap();
+        assert!((pause.as_secs_f64() - 0.1).abs() < 1e-6, "{pause:?}");
+        // After that pause, running at half speed keeps it even.
+        assert_eq!(t.on_tick(150, t0 + Duration::from_millis(300)), None);
+    }
+
+    #[test]
+    fn idle_time_banks_only_a_small_burst() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1000, 500, t0).unwrap();
+        // Ten idle seconds earn at most 100 ms worth (50 fuel), so burning 200 fuel right after
+        // must pause for the 150 fuel beyond that: 300 ms.
+        assert_eq!(t.on_tick(0, t0 + Duration::from_secs(10)), None);
+        let pause = t
+            .on_tick(200, t0 + Duration::from_secs(10) + Duration::from_nanos(1))
+            .unwrap();
+        assert!((pause.as_secs_f64() - 0.3).abs() < 1e-3, "{pause:?}");
+    }
+}

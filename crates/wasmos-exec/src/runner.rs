@@ -1,0 +1,467 @@
+//! The runner: one wasmtime engine and WASI linker shared by all tasks, the epoch ticker that keeps
+//! running guests interruptible, the compile cache, and the execution of one task under its
+//! limits.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::pending;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use wasmos_proto::{OutputStream, Reason, TaskState, TaskStatus};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::limits::{MemoryLimiter, Throttle};
+use crate::output::Output;
+use crate::{ExecConfig, ExecError, RunOutcome, RunRequest, calibrate, validate_component};
+
+/// Epoch period: how often a running guest yields to the executor, which bounds how late a kill,
+/// a timeout or a throttling pause takes effect.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Compiled components kept for reuse; agents run few distinct bundles at a time.
+const CACHE_ENTRIES: usize = 32;
+
+/// Longest trap message kept in a task status.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// Runs task components. Cheap to clone: clones share the engine, ticker and cache, and the
+/// epoch ticker stops once the last clone is dropped.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<TaskData>,
+    fuel_per_core_second: u64,
+    max_component_bytes: u64,
+    compile_timeout: Duration,
+    cache: Mutex<Cache>,
+    /// Dropping this disconnects the ticker thread's channel, which ends it.
+    _ticker_stop: std::sync::mpsc::Sender<()>,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_hash: HashMap<[u8; 32], Compiled>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("fuel_per_core_second", &self.inner.fuel_per_core_second)
+            .field("max_component_bytes", &self.inner.max_component_bytes)
+            .field("compile_timeout", &self.inner.compile_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A component compiled and linked against the runner's WASI, ready to instantiate. Cheap to
+/// clone; only usable with the [`Runner`] that produced it.
+#[derive(Clone)]
+pub struct Compiled {
+    pub(crate) inner: Arc<CompiledInner>,
+}
+
+pub(crate) struct CompiledInner {
+    sha256: String,
+    pre: CommandPre<TaskData>,
+}
+
+impl Compiled {
+    /// Hex sha256 of the component bytes this was compiled from.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled")
+            .field("sha256", &self.inner.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a task's store holds.
+struct TaskData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    throttle: Option<Throttle>,
+    /// Fuel put in the store at the start; consumption is this minus what is left.
+    fuel_start: u64,
+}
+
+impl WasiView for TaskData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn engine_err(context: &str) -> impl Fn(wasmtime::Error) -> ExecError + '_ {
+    move |e| ExecError::Engine(format!("{context}: {e:#}"))
+}
+
+impl Runner {
+    /// Builds the engine and linker, starts the epoch ticker and, unless the config fixes it,
+    /// measures the fuel rate (which blocks for a few hundred milliseconds: call this at startup
+    /// or from a blocking context).
+    pub fn new(cfg: ExecConfig) -> Result<Runner, ExecError> {
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            // The workspace builds wasmtime with `gc` but no collector, and command components
+            // built from Rust need neither GC nor exceptions; without this the engine refuses to
+            // start.
+            .gc_support(false);
+        let engine = Engine::new(&config).map_err(engine_err("creating the engine"))?;
+
+        // All of WASI 0.2; what a task can reach is decided per task by its `WasiCtx`, which
+        // grants nothing ambient. `exit-with-code` is stable in the WIT wasmtime 48 ships, so it
+        // is linked without `LinkOptions`.
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err("linking WASI"))?;
+
+        let ticker_stop = start_epoch_ticker(&engine)?;
+
+        let fuel_per_core_second = match cfg.fuel_per_core_second {
+            Some(rate) => rate.max(1),
+            None => match calibrate::fuel_per_core_second(&engine) {
+                Ok(rate) => rate,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        fallback = calibrate::FALLBACK_FUEL_PER_CORE_SECOND,
+                        "fuel calibration failed; using the built-in rate"
+                    );
+                    calibrate::FALLBACK_FUEL_PER_CORE_SECOND
+                }
+            },
+        };
+        tracing::debug!(fuel_per_core_second, "wasm runner ready");
+
+        Ok(Runner {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                fuel_per_core_second,
+                max_component_bytes: cfg.max_component_bytes,
+                compile_timeout: cfg.compile_timeout,
+                cache: Mutex::new(Cache::default()),
+                _ticker_stop: ticker_stop,
+            }),
+        })
+    }
+
+    /// Fuel one core burns per second: measured at startup or fixed by the config.
+    pub fn fuel_per_core_second(&self) -> u64 {
+        self.inner.fuel_per_core_second
+    }
+
+    /// Validates, compiles and links a component. Blocking (seconds for a large component): call
+    /// it from `spawn_blocking`. Compiling the same bytes again returns the cached result.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, ExecError> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(hit) = self.cache().by_hash.get(&digest) {
+            return Ok(hit.clone());
+        }
+        validate_component(bytes, self.inner.max_component_bytes)?;
+        let component = self.compile_with_timeout(bytes)?;
+
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            ExecError::InvalidComponent(format!(
+                "cannot be linked against WASI 0.2: {}",
+                one_line(&format!("{e:#}"))
+            ))
+        })?;
+        let pre = CommandPre::new(instance_pre).map_err(|e| {
+            ExecError::InvalidComponent(format!(
+                "is not a WASI command (it must export wasi:cli/run): {}",
+                one_line(&format!("{e:#}"))
+            ))
+        })?;
+        let compiled = Compiled {
+            inner: Arc::new(CompiledInner {
+                sha256: hex::encode(digest),
+                pre,
+            }),
+        };
+
+        let mut cache = self.cache();
+        if !cache.by_hash.contains_key(&digest) {
+            if cache.order.len() >= CACHE_ENTRIES
+                && let Some(oldest) = cache.order.pop_front()
+            {
+                cache.by_hash.remove(&oldest);
+            }
+            cache.order.push_back(digest);
+            cache.by_hash.insert(digest, compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic while holding the lock cannot leave the map half-updated in a harmful way.
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Cranelift cannot be interrupted, so compilation runs on its own thread and is abandoned
+    /// (left to finish and be dropped) when it overruns.
+    fn compile_with_timeout(&self, bytes: &[u8]) -> Result<Component, ExecError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let engine = self.inner.engine.clone();
+        let bytes = bytes.to_vec();
+        std::thread::Builder::new()
+            .name("wasmos-compile".to_string())
+            .spawn(move || {
+                // The receiver is gone only if we already gave up waiting.
+                let _ = tx.send(Component::new(&engine, &bytes));
+            })
+            .map_err(|e| ExecError::Engine(format!("starting a compile thread: {e}")))?;
+        match rx.recv_timeout(self.inner.compile_timeout) {
+            Ok(Ok(component)) => Ok(component),
+            Ok(Err(e)) => Err(ExecError::InvalidComponent(one_line(&format!("{e:#}")))),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(ExecError::CompileTimeout(self.inner.compile_timeout))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(ExecError::Engine(
+                "the compile thread died without a result".to_string(),
+            )),
+        }
+    }
+
+    /// Runs `compiled` as a WASI command until it returns, exits, hits a limit, times out or
+    /// `kill` becomes true. Output is sent to `output` as it is written, all of it before this
+    /// returns (unless killed). Never fails: every ending is a [`TaskStatus`].
+    pub async fn run(
+        &self,
+        compiled: &Compiled,
+        req: RunRequest,
+        output: mpsc::Sender<(OutputStream, Vec<u8>)>,
+        mut kill: watch::Receiver<bool>,
+    ) -> RunOutcome {
+        let out = Output::new(output, req.max_output_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&req.args)
+            .envs(&req.env)
+            .stdout(out.stream(OutputStream::Stdout))
+            .stderr(out.stream(OutputStream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let fuel_start = req.cpu_budget_fuel.unwrap_or(u64::MAX);
+        let data = TaskData {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory: MemoryLimiter::new(req.mem_bytes),
+            throttle: Throttle::new(
+                self.inner.fuel_per_core_second,
+                req.cpu_millis,
+                Instant::now(),
+            ),
+            fuel_start,
+        };
+        let mut store = Store::new(&self.inner.engine, data);
+        store.limiter(|data| &mut data.memory);
+        if let Err(e) = store.set_fuel(fuel_start) {
+            return outcome(failed(Reason::Trap, format!("cannot meter fuel: {e}")), 0);
+        }
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(on_epoch);
+
+        let ending = {
+            let pre = &compiled.inner.pre;
+            let task = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            };
+            tokio::select! {
+                biased;
+                () = killed(&mut kill) => Ending::Killed,
+                () = tokio::time::sleep(req.timeout) => Ending::Timeout,
+                result = task => Ending::Returned(result),
+            }
+        };
+
+        let fuel_used = fuel_start.saturating_sub(store.get_fuel().unwrap_or(0));
+        let status = match ending {
+            Ending::Killed => {
+                let mut s = TaskStatus::new(TaskState::Killed);
+                s.reason = Some(Reason::Killed);
+                s.message = Some("killed".to_string());
+                s
+            }
+            Ending::Timeout => failed(
+                Reason::Timeout,
+                format!(
+                    "ran longer than its {} ms wall-clock limit",
+                    req.timeout.as_millis()
+                ),
+            ),
+            Ending::Returned(result) => classify(result, store.data(), &out, fuel_start),
+        };
+        drop(store);
+
+        if status.state != TaskState::Killed {
+            tokio::select! {
+                biased;
+                () = killed(&mut kill) => {}
+                () = out.drain() => {}
+            }
+        }
+        outcome(status, fuel_used)
+    }
+}
+
+enum Ending {
+    Killed,
+    Timeout,
+    Returned(wasmtime::Result<Result<(), ()>>),
+}
+
+/// Resolves once `kill` is true; never if its sender is gone without asking for a kill.
+async fn killed(kill: &mut watch::Receiver<bool>) {
+    if kill.wait_for(|k| *k).await.is_err() {
+        pending::<()>().await;
+    }
+}
+
+/// Called on every epoch tick while the guest runs: yields to the executor so kills and timeouts
+/// are noticed, sleeping first if the task is ahead of its CPU share.
+fn on_epoch(mut cx: StoreContextMut<'_, TaskData>) -> wasmtime::Result<UpdateDeadline> {
+    let left = cx.get_fuel()?;
+    let data = cx.data_mut();
+    let consumed = data.fuel_start.saturating_sub(left);
+    let pause = data
+        .throttle
+        .as_mut()
+        .and_then(|t| t.on_tick(consumed, Instant::now()));
+    Ok(match pause {
+        Some(pause) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))),
+        None => UpdateDeadline::Yield(1),
+    })
+}
+
+fn start_epoch_ticker(engine: &Engine) -> Result<std::sync::mpsc::Sender<()>, ExecError> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmos-epoch".to_string())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| ExecError::Engine(format!("starting the epoch ticker: {e}")))?;
+    Ok(stop)
+}
+
+fn classify(
+    result: wasmtime::Result<Result<(), ()>>,
+    data: &TaskData,
+    out: &Output,
+    fuel_start: u64,
+) -> TaskStatus {
+    let error = match result {
+        Ok(Ok(())) => return finished(0),
+        Ok(Err(())) => return finished(1),
+        Err(error) => error,
+    };
+    // The limits are checked first: once one is hit the guest's own reaction (an abort, an exit
+    // code) is only a consequence of it.
+    if out.exceeded() {
+        return failed(
+            Reason::OutputLimit,
+            format!("wrote more than its {}-byte output limit", out.limit()),
+        );
+    }
+    if let Some((wanted, limit)) = data.memory.exceeded {
+        return failed(
+            Reason::MemoryLimit,
+            format!("tried to grow its memory to {wanted} bytes, over its {limit}-byte limit"),
+        );
+    }
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return finished(exit.0);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => failed(
+            Reason::CpuLimit,
+            format!("used up its CPU budget of {fuel_start} fuel"),
+        ),
+        Some(trap) => {
+            let mut message = trap.to_string();
+            if let Some(name) = error
+                .downcast_ref::<WasmBacktrace>()
+                .and_then(|bt| bt.frames().first())
+                .and_then(|frame| frame.func_name())
+                .filter(|name| !looks_mangled(name))
+            {
+                message.push_str(&format!(" in `{name}`"));
+            }
+            failed(Reason::Trap, one_line(&message))
+        }
+        None => failed(Reason::Trap, one_line(&format!("{error:#}"))),
+    }
+}
+
+/// Rust symbol manglings are noise in a one-line status; the guest's stderr has the panic text.
+fn looks_mangled(name: &str) -> bool {
+    name.starts_with("_ZN") || name.starts_with("_R")
+}
+
+fn finished(code: i32) -> TaskStatus {
+    let mut s = TaskStatus::new(TaskState::Finished);
+    s.exit_code = Some(code);
+    s
+}
+
+fn failed(reason: Reason, message: String) -> TaskStatus {
+    let mut s = TaskStatus::new(TaskState::Failed);
+    s.reason = Some(reason);
+    s.message = Some(message);
+    s
+}
+
+fn outcome(mut status: TaskStatus, fuel_used: u64) -> RunOutcome {
+    status.fuel_used = fuel_used;
+    RunOutcome { status }
+}
+
+/// Collapses a possibly multi-line error (wasmtime appends backtraces) into one bounded line.
+fn one_line(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.chars().count() <= MAX_MESSAGE_CHARS {
+        joined
+    } else {
+        let mut cut: String = joined.chars().take(MAX_MESSAGE_CHARS).collect();
+        cut.push('…');
+        cut
+    }
+}

@@ -1,0 +1,426 @@
+//! End-to-end tests of the runner on real wasmtime, with tiny command components written in the
+//! component-model text format (the real guest programs are built elsewhere).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use wasmos_proto::{OutputStream, Reason, TaskState, TaskStatus};
+
+use crate::{Compiled, ExecConfig, ExecError, RunRequest, Runner};
+
+/// A deliberately low rate, well below any real core, so CPU shares are measurable in tests.
+const TEST_FUEL_RATE: u64 = 100_000_000;
+
+fn runner() -> &'static Runner {
+    static RUNNER: OnceLock<Runner> = OnceLock::new();
+    RUNNER.get_or_init(|| {
+        Runner::new(ExecConfig {
+            fuel_per_core_second: Some(TEST_FUEL_RATE),
+            ..ExecConfig::default()
+        })
+        .unwrap()
+    })
+}
+
+/// A command component whose `run` is the given core function body (returning 0 for Ok, 1 for
+/// Err), with `extra` core-module fields (memories, data, helper functions).
+fn command(extra: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m
+                {extra}
+                (func (export "run") (result i32) (local i32) {body}))
+            (core instance $i (instantiate $m))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $inst (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $inst)))"#
+    ))
+    .unwrap()
+}
+
+const SPIN: &str = "(loop $l (br $l)) i32.const 0";
+
+fn compile(bytes: &[u8]) -> Compiled {
+    runner().compile(bytes).unwrap()
+}
+
+fn request() -> RunRequest {
+    RunRequest {
+        args: vec!["task".to_string()],
+        env: vec![],
+        cpu_millis: 1000,
+        mem_bytes: 64 << 20,
+        timeout: Duration::from_secs(20),
+        max_output_bytes: 1 << 20,
+        cpu_budget_fuel: None,
+    }
+}
+
+struct Ran {
+    status: TaskStatus,
+    output: Vec<(OutputStream, Vec<u8>)>,
+    elapsed: Duration,
+}
+
+/// Runs on a spawned task, which also proves the run future is `Send + 'static`-compatible.
+async fn run_with(compiled: &Compiled, req: RunRequest, kill: watch::Receiver<bool>) -> Ran {
+    let (tx, mut rx) = mpsc::channel(4);
+    let collector = tokio::spawn(async move {
+        let mut chunks = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            chunks.push(chunk);
+        }
+        chunks
+    });
+    let compiled = compiled.clone();
+    let start = Instant::now();
+    let outcome = tokio::spawn(async move { runner().run(&compiled, req, tx, kill).await })
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    Ran {
+        status: outcome.status,
+        output: collector.await.unwrap(),
+        elapsed,
+    }
+}
+
+async fn run(bytes: &[u8], req: RunRequest) -> Ran {
+    let (_keep, kill) = watch::channel(false);
+    run_with(&compile(bytes), req, kill).await
+}
+
+fn assert_failed(status: &TaskStatus, reason: Reason) {
+    assert_eq!(status.state, TaskState::Failed, "{status:?}");
+    assert_eq!(status.reason, Some(reason), "{status:?}");
+    assert!(status.message.is_some(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_from_run_finishes_with_exit_code_0_or_1() {
+    let ok = run(&command("", "i32.const 0"), request()).await.status;
+    assert_eq!(ok.state, TaskState::Finished);
+    assert_eq!(ok.exit_code, Some(0));
+    assert_eq!(ok.reason, None);
+    let err = run(&command("", "i32.const 1"), request()).await.status;
+    assert_eq!(err.state, TaskState::Finished);
+    assert_eq!(err.exit_code, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_with_code_reports_the_code() {
+    let bytes = wat::parse_str(
+        r#"(component
+            (import "wasi:cli/exit@0.2.12" (instance $exit
+                (export "exit-with-code" (func (param "status-code" u8)))))
+            (core func $exit_code (canon lower (func $exit "exit-with-code")))
+            (core instance $host (export "exit-with-code" (func $exit_code)))
+            (core module $m
+                (import "host" "exit-with-code" (func $x (param i32)))
+                (func (export "run") (result i32) i32.const 42 call $x unreachable))
+            (core instance $i (instantiate $m (with "host" (instance $host))))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $inst (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+    )
+    .unwrap();
+    let status = run(&bytes, request()).await.status;
+    assert_eq!(status.state, TaskState::Finished, "{status:?}");
+    assert_eq!(status.exit_code, Some(42));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_fails_with_a_one_line_message() {
+    let status = run(&command("", "unreachable"), request()).await.status;
+    assert_failed(&status, Reason::Trap);
+    let message = status.message.unwrap();
+    assert!(message.contains("unreachable"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_times_out() {
+    let mut req = request();
+    req.timeout = Duration::from_millis(300);
+    let ran = run(&command("", SPIN), req).await;
+    assert_failed(&ran.status, Reason::Timeout);
+    assert!(
+        ran.elapsed >= Duration::from_millis(300),
+        "{:?}",
+        ran.elapsed
+    );
+    assert!(ran.elapsed < Duration::from_secs(3), "{:?}", ran.elapsed);
+    assert!(ran.status.fuel_used > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_can_be_killed() {
+    let compiled = compile(&command("", SPIN));
+    let (kill_tx, kill) = watch::channel(false);
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill_tx.send(true).unwrap();
+        // Keep the sender alive until the run has seen the kill.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let ran = run_with(&compiled, request(), kill).await;
+    killer.abort();
+    assert_eq!(ran.status.state, TaskState::Killed, "{:?}", ran.status);
+    assert_eq!(ran.status.reason, Some(Reason::Killed));
+    assert!(ran.elapsed < Duration::from_secs(3), "{:?}", ran.elapsed);
+    assert!(ran.status.fuel_used > 0);
+
+    // A kill requested before the start stops the task before it does anything.
+    let (_kill_tx, kill) = watch::channel(true);
+    let ran = run_with(&compiled, request(), kill).await;
+    assert_eq!(ran.status.state, TaskState::Killed);
+    assert_eq!(ran.status.fuel_used, 0);
+
+    // A dropped kill sender is not a kill.
+    let (kill_tx, kill) = watch::channel(false);
+    drop(kill_tx);
+    let mut req = request();
+    req.timeout = Duration::from_millis(100);
+    assert_failed(
+        &run_with(&compiled, req, kill).await.status,
+        Reason::Timeout,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_the_cpu_budget_fails_with_cpu_limit() {
+    let mut req = request();
+    req.cpu_budget_fuel = Some(5_000_000);
+    let status = run(&command("", SPIN), req).await.status;
+    assert_failed(&status, Reason::CpuLimit);
+    assert_eq!(status.fuel_used, 5_000_000);
+}
+
+/// Counts down from `n`: 5 fuel per iteration (local.get, i32.const, i32.sub, local.tee, br_if).
+fn countdown(n: u32) -> Vec<u8> {
+    command(
+        "",
+        &format!(
+            "i32.const {n} local.set 0
+             (loop $l local.get 0 i32.const 1 i32.sub local.tee 0 br_if $l)
+             i32.const 0"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_used_counts_the_work_done() {
+    let status = run(&countdown(1_000_000), request()).await.status;
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    assert!(
+        (5_000_000..5_000_100).contains(&status.fuel_used),
+        "{}",
+        status.fuel_used
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_share_throttles_the_task() {
+    // 20M fuel: 0.2 s of a whole (test-rate) core, far less on the real one.
+    let bytes = countdown(4_000_000);
+    let full = run(&bytes, request()).await;
+    assert_eq!(full.status.exit_code, Some(0), "{:?}", full.status);
+    assert!(
+        full.elapsed < Duration::from_millis(500),
+        "{:?}",
+        full.elapsed
+    );
+
+    // A quarter core earns 25M fuel/s: 20M takes 0.8 s, less the 0.1 s burst allowance.
+    let mut req = request();
+    req.cpu_millis = 250;
+    let quarter = run(&bytes, req).await;
+    assert_eq!(quarter.status.exit_code, Some(0), "{:?}", quarter.status);
+    assert!(
+        quarter.elapsed >= Duration::from_millis(650),
+        "{:?}",
+        quarter.elapsed
+    );
+    assert!(
+        quarter.elapsed < Duration::from_secs(3),
+        "{:?}",
+        quarter.elapsed
+    );
+    assert_eq!(quarter.status.fuel_used, full.status.fuel_used);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_fails_with_memory_limit() {
+    // Grows 1 MiB at a time; returning would mean a grow was refused without stopping it.
+    let hog = command(
+        "(memory 1)",
+        "(loop $l i32.const 16 memory.grow i32.const -1 i32.ne br_if $l) i32.const 0",
+    );
+    let mut req = request();
+    req.mem_bytes = 8 << 20;
+    let ran = run(&hog, req).await;
+    assert_failed(&ran.status, Reason::MemoryLimit);
+    assert!(ran.elapsed < Duration::from_secs(2), "{:?}", ran.elapsed);
+
+    // An initial memory over the limit fails at instantiation, with the same reason.
+    let mut req = request();
+    req.mem_bytes = 8 << 20;
+    let big = command("(memory 200)", "i32.const 0");
+    assert_failed(&run(&big, req).await.status, Reason::MemoryLimit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guests_own_memory_maximum_is_not_a_limit_failure() {
+    let capped = command(
+        "(memory 1 4)",
+        "(loop $l i32.const 1 memory.grow i32.const -1 i32.ne br_if $l) i32.const 0",
+    );
+    let status = run(&capped, request()).await.status;
+    assert_eq!(status.state, TaskState::Finished, "{status:?}");
+    assert_eq!(status.exit_code, Some(0));
+}
+
+/// Writes `times` copies of a 15-byte line to stdout with WASI 0.2, returning 1 if a write
+/// reports an error.
+fn printer(times: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (import "wasi:io/error@0.2.0" (instance $error
+                (export "error" (type (sub resource)))))
+            (alias export $error "error" (type $error_t))
+            (import "wasi:io/streams@0.2.0" (instance $streams
+                (export "output-stream" (type $os (sub resource)))
+                (alias outer 1 $error_t (type $e_outer))
+                (export "error" (type $e (eq $e_outer)))
+                (type $se (variant (case "last-operation-failed" (own $e)) (case "closed")))
+                (export "stream-error" (type $se_t (eq $se)))
+                (export "[method]output-stream.blocking-write-and-flush"
+                    (func (param "self" (borrow $os)) (param "contents" (list u8))
+                          (result (result (error $se_t)))))))
+            (alias export $streams "output-stream" (type $os_t))
+            (import "wasi:cli/stdout@0.2.0" (instance $stdout
+                (alias outer 1 $os_t (type $os_outer))
+                (export "output-stream" (type $os (eq $os_outer)))
+                (export "get-stdout" (func (result (own $os))))))
+            (core module $mem (memory (export "mem") 1))
+            (core instance $mem_i (instantiate $mem))
+            (alias core export $mem_i "mem" (core memory $memory))
+            (core func $get (canon lower (func $stdout "get-stdout")))
+            (core func $write (canon lower
+                (func $streams "[method]output-stream.blocking-write-and-flush")
+                (memory $memory)))
+            (core instance $host
+                (export "mem" (memory $memory))
+                (export "get-stdout" (func $get))
+                (export "write" (func $write)))
+            (core module $m
+                (import "host" "mem" (memory 1))
+                (import "host" "get-stdout" (func $get (result i32)))
+                (import "host" "write" (func $write (param i32 i32 i32 i32)))
+                (data (i32.const 16) "hello from wat\n")
+                (func (export "run") (result i32) (local $out i32) (local $n i32)
+                    call $get
+                    local.set $out
+                    (loop $l
+                        local.get $n
+                        i32.const {times}
+                        i32.ge_u
+                        (if (then i32.const 0 return))
+                        local.get $out i32.const 16 i32.const 15 i32.const 64 call $write
+                        (if (i32.load8_u (i32.const 64)) (then i32.const 1 return))
+                        local.get $n i32.const 1 i32.add local.set $n
+                        br $l)
+                    unreachable))
+            (core instance $i (instantiate $m (with "host" (instance $host))))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $inst (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $inst)))"#
+    ))
+    .unwrap()
+}
+
+fn stdout_text(output: &[(OutputStream, Vec<u8>)]) -> String {
+    let mut text = Vec::new();
+    for (stream, data) in output {
+        assert_eq!(*stream, OutputStream::Stdout);
+        text.extend_from_slice(data);
+    }
+    String::from_utf8(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_is_forwarded_in_full() {
+    // More lines than the 4-slot channel holds: the guest must wait for the consumer, not lose
+    // output.
+    let ran = run(&printer(50), request()).await;
+    assert_eq!(ran.status.exit_code, Some(0), "{:?}", ran.status);
+    assert_eq!(stdout_text(&ran.output), "hello from wat\n".repeat(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_cap_fails_with_output_limit() {
+    let mut req = request();
+    req.max_output_bytes = 40;
+    let ran = run(&printer(10), req).await;
+    assert_failed(&ran.status, Reason::OutputLimit);
+    let text = stdout_text(&ran.output);
+    assert_eq!(text, "hello from wat\n".repeat(3)[..40]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_rejects_what_it_cannot_run() {
+    let r = runner();
+    let invalid = |bytes: &[u8]| match r.compile(bytes) {
+        Err(ExecError::InvalidComponent(m)) => m,
+        other => panic!("expected InvalidComponent, got {other:?}"),
+    };
+    assert!(invalid(b"garbage").contains("bad magic"));
+    assert!(invalid(&wat::parse_str("(module)").unwrap()).contains("core WebAssembly module"));
+    let no_run = invalid(&wat::parse_str("(component)").unwrap());
+    assert!(no_run.contains("wasi:cli/run"), "{no_run}");
+    let unknown_import = invalid(
+        &wat::parse_str(
+            r#"(component (import "acme:rockets/launch@1.0.0" (instance
+                (export "fire" (func)))))"#,
+        )
+        .unwrap(),
+    );
+    assert!(
+        unknown_import.contains("acme:rockets/launch"),
+        "{unknown_import}"
+    );
+
+    let small = Runner::new(ExecConfig {
+        fuel_per_core_second: Some(1),
+        max_component_bytes: 16,
+        ..ExecConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        small.compile(&command("", "i32.const 0")),
+        Err(ExecError::TooLarge { max: 16, .. })
+    ));
+}
+
+#[test]
+fn compiling_the_same_bytes_twice_hits_the_cache() {
+    let bytes = command("", "i32.const 7 drop i32.const 0");
+    let a = runner().compile(&bytes).unwrap();
+    let b = runner().compile(&bytes).unwrap();
+    assert!(Arc::ptr_eq(&a.inner, &b.inner));
+    assert_eq!(a.sha256().len(), 64);
+    let other = runner().compile(&command("", "i32.const 1")).unwrap();
+    assert_ne!(a.sha256(), other.sha256());
+}
+
+#[test]
+fn calibration_measures_a_plausible_rate() {
+    let runner = Runner::new(ExecConfig::default()).unwrap();
+    let rate = runner.fuel_per_core_second();
+    // Any machine that can run the tests burns between 10 million and 100 billion operators
+    // per second.
+    assert!((10_000_000..100_000_000_000).contains(&rate), "{rate}");
+}

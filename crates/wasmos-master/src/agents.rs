@@ -1,0 +1,203 @@
+//! Agent sessions: registration, the control stream (status updates in, launches and kills out,
+//! acknowledgements back) and bundle downloads on side streams.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use wasmos_net::{Connection, recv_frame, send_frame};
+use wasmos_proto::{AgentId, AgentToMaster, MasterToAgent, StatusUpdate};
+use wasmos_state::{Command, CommandResult};
+
+use crate::{AgentLink, Shared, now_ms};
+
+/// Output beyond a task's cap is dropped here too, in case an agent does not enforce it.
+const OUTPUT_SLACK: u64 = 64 * 1024;
+
+pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
+    let agent = match AgentId::new(&name) {
+        Ok(a) => a,
+        Err(e) => {
+            conn.close(1u32.into(), e.to_string().as_bytes());
+            return;
+        }
+    };
+    let (mut send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%agent, "agent left before registering: {e}");
+            return;
+        }
+    };
+    let (resources, attributes, running, pending) = match recv_frame(&mut recv).await {
+        Ok(Some(AgentToMaster::Register {
+            resources,
+            attributes,
+            running,
+            pending,
+        })) => (resources, attributes, running, pending),
+        other => {
+            let msg = format!("expected Register as the first message, got {other:?}");
+            tracing::warn!(%agent, "{msg}");
+            let _ = send_frame(&mut send, &MasterToAgent::Error { message: msg }).await;
+            return;
+        }
+    };
+    let registered = shared
+        .write(Command::RegisterAgent {
+            id: agent.clone(),
+            total: resources,
+            attributes,
+            running,
+            now_ms: now_ms(),
+        })
+        .await;
+    if let Err(e) = registered {
+        let message = format!("master cannot record the registration: {e}");
+        let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+        return;
+    }
+    let mut acks = Vec::new();
+    for update in pending {
+        if let Some(seq) = record_status(&shared, &agent, update).await {
+            acks.push(seq);
+        }
+    }
+    let last_status_seq = shared.read(|s| s.agents.get(&agent).map_or(0, |a| a.last_status_seq));
+    let hello = MasterToAgent::Registered {
+        agent: agent.clone(),
+        heartbeat_interval_ms: shared.cfg.heartbeat_interval.as_millis() as u64,
+        last_status_seq,
+    };
+    if send_frame(&mut send, &hello).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in acks {
+        let _ = tx.send(MasterToAgent::Ack { seq });
+    }
+    let conn_id = conn.stable_id();
+    shared.agents().insert(
+        agent.clone(),
+        AgentLink {
+            conn_id,
+            tx,
+            last_seen_ms: now_ms(),
+        },
+    );
+    shared.forget_disconnect(&agent);
+    shared.kick.notify_one();
+    tracing::info!(%agent, %resources, "agent registered");
+
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if send_frame(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let fetcher = tokio::spawn(serve_fetches(shared.clone(), conn.clone()));
+
+    loop {
+        match recv_frame::<AgentToMaster>(&mut recv).await {
+            Ok(Some(AgentToMaster::Heartbeat)) => shared.touch(&agent),
+            Ok(Some(AgentToMaster::Status(update))) => {
+                shared.touch(&agent);
+                if let Some(seq) = record_status(&shared, &agent, update).await {
+                    shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
+                }
+                shared.kick.notify_one();
+            }
+            Ok(Some(AgentToMaster::Output { task, stream, data })) => {
+                let cap = shared.read(|s| {
+                    s.tasks
+                        .get(&task)
+                        .filter(|t| t.agent.as_ref() == Some(&agent))
+                        .map(|t| t.spec.max_output_bytes.saturating_add(OUTPUT_SLACK))
+                });
+                match cap {
+                    Some(cap) if shared.logs.len(task) < cap => {
+                        if let Err(e) = shared.logs.append(task, stream, &data) {
+                            tracing::error!(%task, "cannot store output: {e}");
+                        }
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(%agent, %task, "output for a task not on this agent"),
+                }
+            }
+            Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%agent, "agent control stream failed: {e}");
+                break;
+            }
+        }
+    }
+    writer.abort();
+    fetcher.abort();
+    let mut agents = shared.agents();
+    if agents.get(&agent).is_some_and(|l| l.conn_id == conn_id) {
+        agents.remove(&agent);
+        drop(agents);
+        shared.note_disconnect(&agent);
+        tracing::warn!(%agent, "agent disconnected");
+    }
+    shared.kick.notify_one();
+}
+
+/// Records one status update; returns the sequence number to acknowledge once it is durable.
+async fn record_status(shared: &Shared, agent: &AgentId, update: StatusUpdate) -> Option<u64> {
+    let seq = update.seq;
+    let task = update.task;
+    match shared
+        .write(Command::AgentStatus {
+            agent: agent.clone(),
+            update,
+            now_ms: now_ms(),
+        })
+        .await
+    {
+        Ok(CommandResult::Rejected(why)) => {
+            // Recorded as seen: resending it would be rejected again.
+            tracing::warn!(%agent, %task, "status update rejected: {why}");
+            Some(seq)
+        }
+        Ok(_) => Some(seq),
+        Err(e) => {
+            tracing::error!(%agent, %task, "cannot record status update: {e}");
+            None
+        }
+    }
+}
+
+async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let reply = match recv_frame::<AgentToMaster>(&mut recv).await {
+                Ok(Some(AgentToMaster::FetchBundle { hash })) => match shared.bundles.get(&hash) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) => Err(format!("bundle {hash} is not available: {e}")),
+                },
+                other => Err(format!("expected FetchBundle, got {other:?}")),
+            };
+            let sent = match reply {
+                Ok(bytes) => {
+                    let head = MasterToAgent::Bundle {
+                        size: bytes.len() as u64,
+                    };
+                    match send_frame(&mut send, &head).await {
+                        Ok(()) => send.write_all(&bytes).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(message) => send_frame(&mut send, &MasterToAgent::Error { message })
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!("bundle download failed: {e}");
+            }
+            let _ = send.finish();
+        });
+    }
+}

@@ -1,0 +1,120 @@
+//! The bundle store: content-addressed component files, written atomically and only after their
+//! sha256 matches the name they were announced under.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use wasmos_proto::BundleHash;
+
+/// The first 8 bytes of every WebAssembly component (magic, then the component layer/version).
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+/// A cheap check of what kind of file this is, for a clear error before anything is stored.
+/// Full validation happens when the agent compiles the component.
+pub fn sniff_component(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || bytes[..4] != COMPONENT_HEADER[..4] {
+        return Err("not a WebAssembly file (bad magic number)".into());
+    }
+    if bytes[4..8] == [0x01, 0x00, 0x00, 0x00] {
+        return Err("a core WebAssembly module, not a component (build for wasm32-wasip2)".into());
+    }
+    if bytes[4..8] != COMPONENT_HEADER[4..] {
+        return Err("an unsupported WebAssembly version or layer".into());
+    }
+    Ok(())
+}
+
+pub(crate) struct BundleStore {
+    dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BundleError {
+    #[error("content hash is {actual}, not the announced {announced}")]
+    HashMismatch { announced: String, actual: String },
+    #[error("{0}")]
+    NotAComponent(String),
+    #[error("cannot store bundle: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BundleStore {
+    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(BundleStore { dir })
+    }
+
+    fn path(&self, hash: &BundleHash) -> PathBuf {
+        self.dir.join(format!("{hash}.wasm"))
+    }
+
+    pub fn contains(&self, hash: &BundleHash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Verifies and stores `bytes` under `hash`. The file appears under its final name only once
+    /// complete, so a crash never leaves a truncated bundle behind.
+    pub fn put(&self, hash: &BundleHash, bytes: &[u8]) -> Result<(), BundleError> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if actual != hash.as_str() {
+            return Err(BundleError::HashMismatch {
+                announced: hash.to_string(),
+                actual,
+            });
+        }
+        sniff_component(bytes).map_err(BundleError::NotAComponent)?;
+        if self.contains(hash) {
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!("{hash}.tmp-{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, self.path(hash))?;
+        Ok(())
+    }
+
+    pub fn get(&self, hash: &BundleHash) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(hash))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_names_the_problem() {
+        assert!(
+            sniff_component(b"hello world")
+                .unwrap_err()
+                .contains("not a WebAssembly")
+        );
+        let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+        assert!(
+            sniff_component(&core)
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        assert!(sniff_component(&COMPONENT_HEADER).is_ok());
+    }
+
+    #[test]
+    fn stores_only_what_matches_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BundleStore::open(dir.path().to_path_buf()).unwrap();
+        let bytes = COMPONENT_HEADER.to_vec();
+        let good = BundleHash::parse(&hex::encode(Sha256::digest(&bytes))).unwrap();
+        let bad = BundleHash::parse(&"0".repeat(64)).unwrap();
+        assert!(matches!(
+            store.put(&bad, &bytes),
+            Err(BundleError::HashMismatch { .. })
+        ));
+        assert!(!store.contains(&bad));
+        store.put(&good, &bytes).unwrap();
+        assert_eq!(store.get(&good).unwrap(), bytes);
+    }
+}

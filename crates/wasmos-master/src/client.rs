@@ -1,0 +1,284 @@
+//! The client channel: one request per QUIC stream from `wasmos` commands (upload, submit, list,
+//! watch). Tenants see only their own tasks; operators see everything.
+
+use std::sync::Arc;
+
+use wasmos_net::{
+    Connection, FrameError, Identity, RecvStream, SendStream, recv_frame, send_frame,
+};
+use wasmos_proto::{
+    AgentInfo, AgentState, BundleHash, ClientRequest, ClientResponse, ErrorKind, MasterToAgent,
+    Reason, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+};
+use wasmos_state::{Command, CommandResult};
+
+use crate::{Shared, now_ms};
+
+pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(handle(shared.clone(), who.clone(), send, recv));
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ClientResponse {
+    ClientResponse::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn visible(who: &Identity, task: &TaskInfo) -> bool {
+    match who {
+        Identity::Operator(_) | Identity::Master(_) => true,
+        Identity::Tenant { tenant, .. } => task
+            .owner
+            .starts_with(&format!("wasmos://tenant/{tenant}/")),
+        Identity::Agent(_) => false,
+    }
+}
+
+async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut recv: RecvStream) {
+    let req = match recv_frame::<ClientRequest>(&mut recv).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = send_frame(&mut send, &error(ErrorKind::InvalidRequest, e.to_string())).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let result = match req {
+        ClientRequest::WatchTask { id, follow } => {
+            watch(&shared, &who, id, follow, &mut send).await
+        }
+        ClientRequest::PushBundle { hash, size } => {
+            let resp = push_bundle(&shared, hash, size, &mut recv).await;
+            send_frame(&mut send, &resp).await
+        }
+        other => {
+            let resp = answer(&shared, &who, other).await;
+            send_frame(&mut send, &resp).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("client stream ended early: {e}");
+    }
+    let _ = send.finish();
+}
+
+fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, ClientResponse> {
+    shared
+        .read(|s| s.tasks.get(&id).cloned())
+        .filter(|t| visible(who, t))
+        .ok_or_else(|| error(ErrorKind::NotFound, format!("no task {id}")))
+}
+
+async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {
+    match req {
+        ClientRequest::HasBundle { hash } => {
+            let known = shared.read(|s| s.bundles.contains_key(&hash));
+            ClientResponse::HasBundle(known && shared.bundles.contains(&hash))
+        }
+        ClientRequest::SubmitTask { spec } => submit(shared, who, spec).await,
+        ClientRequest::ListTasks => ClientResponse::Tasks(shared.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| visible(who, t))
+                .cloned()
+                .collect()
+        })),
+        ClientRequest::GetTask { id } => match get_task(shared, who, id) {
+            Ok(t) => ClientResponse::Task(Box::new(t)),
+            Err(e) => e,
+        },
+        ClientRequest::ListAgents => {
+            let links: Vec<(wasmos_proto::AgentId, u64)> = shared
+                .agents()
+                .iter()
+                .map(|(id, l)| (id.clone(), l.last_seen_ms))
+                .collect();
+            ClientResponse::Agents(shared.read(|s| {
+                s.agents
+                    .values()
+                    .map(|a| {
+                        let link = links.iter().find(|(id, _)| id == &a.id);
+                        AgentInfo {
+                            id: a.id.clone(),
+                            state: if link.is_some() {
+                                AgentState::Active
+                            } else {
+                                AgentState::Disconnected
+                            },
+                            total: a.total,
+                            used: s.used_on(&a.id),
+                            attributes: a.attributes.clone(),
+                            registered_ms: a.registered_ms,
+                            last_seen_ms: link.map_or(a.registered_ms, |(_, t)| *t),
+                        }
+                    })
+                    .collect()
+            }))
+        }
+        ClientRequest::KillTask { id } => kill(shared, who, id).await,
+        ClientRequest::PushBundle { .. } | ClientRequest::WatchTask { .. } => {
+            error(ErrorKind::InvalidRequest, "handled elsewhere")
+        }
+    }
+}
+
+async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientResponse {
+    if spec.timeout_ms == 0 {
+        return error(
+            ErrorKind::InvalidRequest,
+            "timeout must be greater than zero",
+        );
+    }
+    if spec.resources.cpu_millis == 0 || spec.resources.mem_bytes == 0 {
+        return error(
+            ErrorKind::InvalidRequest,
+            "cpu and mem must be greater than zero",
+        );
+    }
+    let cmd = Command::SubmitTask {
+        spec,
+        owner: who.to_uri(),
+        now_ms: now_ms(),
+    };
+    match shared.write(cmd).await {
+        Ok(CommandResult::Submitted(id)) => {
+            shared.kick.notify_one();
+            ClientResponse::Submitted { id }
+        }
+        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
+        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
+    let task = match get_task(shared, who, id) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    if task.status.state.is_terminal() {
+        return error(
+            ErrorKind::InvalidRequest,
+            format!("task {id} already ended as {}", task.status.state),
+        );
+    }
+    if let Some(agent) = &task.agent
+        && shared.send_to_agent(agent, MasterToAgent::Kill { task: id })
+    {
+        return ClientResponse::Ok;
+    }
+    let status = TaskStatus {
+        state: TaskState::Killed,
+        reason: Some(Reason::Killed),
+        message: Some("killed before it started".into()),
+        exit_code: None,
+        fuel_used: 0,
+    };
+    match shared
+        .write(Command::SetStatus {
+            task: id,
+            status,
+            now_ms: now_ms(),
+        })
+        .await
+    {
+        Ok(_) => ClientResponse::Ok,
+        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+async fn push_bundle(
+    shared: &Shared,
+    hash: BundleHash,
+    size: u64,
+    recv: &mut RecvStream,
+) -> ClientResponse {
+    let max = shared.cfg.max_bundle_bytes;
+    if size > max {
+        return error(
+            ErrorKind::TooLarge,
+            format!("bundle is {size} bytes; this master accepts at most {max}"),
+        );
+    }
+    // One byte more than announced, so a client that sends extra is caught.
+    let bytes = match recv.read_to_end(size as usize + 1).await {
+        Ok(b) if b.len() as u64 == size => b,
+        Ok(b) => {
+            return error(
+                ErrorKind::InvalidBundle,
+                format!("announced {size} bytes but sent {}", b.len()),
+            );
+        }
+        Err(e) => return error(ErrorKind::InvalidBundle, format!("upload failed: {e}")),
+    };
+    if let Err(e) = shared.bundles.put(&hash, &bytes) {
+        return error(ErrorKind::InvalidBundle, e.to_string());
+    }
+    match shared
+        .write(Command::AddBundle {
+            hash,
+            size,
+            now_ms: now_ms(),
+        })
+        .await
+    {
+        Ok(_) => ClientResponse::Ok,
+        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+/// Streams a task's output: everything stored so far, then (with `follow`) new output as it
+/// arrives, and finally the task's record once it has ended.
+async fn watch(
+    shared: &Shared,
+    who: &Identity,
+    id: TaskId,
+    follow: bool,
+    send: &mut SendStream,
+) -> Result<(), FrameError> {
+    if let Err(e) = get_task(shared, who, id) {
+        return send_frame(send, &e).await;
+    }
+    let mut log_changes = shared.logs.subscribe();
+    let mut state_changes = shared.raft.subscribe();
+    let mut offset = 0;
+    loop {
+        // Read the state before the log: output is stored before the final status is recorded,
+        // so once we see the end, one more read of the log has everything.
+        let task = shared.read(|s| s.tasks.get(&id).cloned());
+        let ended = task.as_ref().is_none_or(|t| t.status.state.is_terminal());
+        log_changes.borrow_and_update();
+        state_changes.borrow_and_update();
+        let (records, next) = match shared.logs.read_from(id, offset) {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = error(ErrorKind::Internal, format!("cannot read output: {e}"));
+                return send_frame(send, &resp).await;
+            }
+        };
+        offset = next;
+        for (stream, data) in records {
+            send_frame(send, &ClientResponse::Output { stream, data }).await?;
+        }
+        if !follow {
+            return send_frame(send, &ClientResponse::EndOfOutput).await;
+        }
+        if ended {
+            return match task {
+                Some(t) => send_frame(send, &ClientResponse::TaskEnded(Box::new(t))).await,
+                None => {
+                    send_frame(send, &error(ErrorKind::NotFound, format!("no task {id}"))).await
+                }
+            };
+        }
+        tokio::select! {
+            _ = log_changes.changed() => {}
+            _ = state_changes.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Task output on the master's disk: one append-only file per task of `(stream, length, bytes)`
+//! records, plus a change counter that wakes `wasmos logs -f` watchers.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+use wasmos_proto::{OutputStream, TaskId};
+
+pub(crate) struct LogStore {
+    dir: PathBuf,
+    /// Serializes appends so records never interleave.
+    write_lock: Mutex<()>,
+    changes: watch::Sender<u64>,
+}
+
+const HEADER: usize = 5;
+
+impl LogStore {
+    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(LogStore {
+            dir,
+            write_lock: Mutex::new(()),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn path(&self, task: TaskId) -> PathBuf {
+        self.dir.join(format!("{task}.log"))
+    }
+
+    /// Appends one chunk; returns the bytes of output now stored for the task.
+    pub fn append(&self, task: TaskId, stream: OutputStream, data: &[u8]) -> std::io::Result<u64> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(task))?;
+        let mut rec = Vec::with_capacity(HEADER + data.len());
+        rec.push(match stream {
+            OutputStream::Stdout => 1,
+            OutputStream::Stderr => 2,
+        });
+        rec.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        rec.extend_from_slice(data);
+        f.write_all(&rec)?;
+        let len = f.metadata()?.len();
+        drop(_guard);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(len)
+    }
+
+    /// Size of the task's log file, records included.
+    pub fn len(&self, task: TaskId) -> u64 {
+        std::fs::metadata(self.path(task)).map_or(0, |m| m.len())
+    }
+
+    /// Complete records from byte `offset` on, and the offset just after the last one. A torn
+    /// record at the end (a crash mid-append) is left for a later read, never misparsed.
+    pub fn read_from(
+        &self,
+        task: TaskId,
+        offset: u64,
+    ) -> std::io::Result<(Vec<(OutputStream, Vec<u8>)>, u64)> {
+        let mut f = match std::fs::File::open(self.path(task)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        while buf.len() - pos >= HEADER {
+            let stream = match buf[pos] {
+                2 => OutputStream::Stderr,
+                _ => OutputStream::Stdout,
+            };
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&buf[pos + 1..pos + HEADER]);
+            let len = u32::from_be_bytes(len) as usize;
+            if buf.len() - pos - HEADER < len {
+                break;
+            }
+            out.push((stream, buf[pos + HEADER..pos + HEADER + len].to_vec()));
+            pos += HEADER + len;
+        }
+        Ok((out, offset + pos as u64))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_and_reads_back_in_order_and_ignores_torn_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path().to_path_buf()).unwrap();
+        let t = TaskId(1);
+        logs.append(t, OutputStream::Stdout, b"one").unwrap();
+        let mid = logs.append(t, OutputStream::Stderr, b"two").unwrap();
+        let (recs, end) = logs.read_from(t, 0).unwrap();
+        assert_eq!(
+            recs,
+            vec![
+                (OutputStream::Stdout, b"one".to_vec()),
+                (OutputStream::Stderr, b"two".to_vec())
+            ]
+        );
+        assert_eq!(end, mid);
+        // A torn record: header promising more bytes than are there.
+        let mut f = OpenOptions::new().append(true).open(logs.path(t)).unwrap();
+        f.write_all(&[1, 0, 0, 0, 9, b'x']).unwrap();
+        let (recs, end2) = logs.read_from(t, end).unwrap();
+        assert!(recs.is_empty());
+        assert_eq!(end2, end);
+        assert_eq!(logs.read_from(TaskId(9), 0).unwrap().0, vec![]);
+    }
+}

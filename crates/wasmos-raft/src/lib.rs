@@ -1,0 +1,58 @@
+//! The master's durable state: an openraft group replicating `wasmos_state::ClusterState`, with
+//! its log, vote and snapshots stored in one redb file (`<dir>/raft.redb`).
+//!
+//! [`RaftNode`] is the handle the master uses: [`RaftNode::write`] proposes a
+//! [`wasmos_state::Command`] and returns its result once it is committed and applied,
+//! [`RaftNode::read`] looks at the applied [`wasmos_state::ClusterState`] and
+//! [`RaftNode::subscribe`] wakes the master's loops whenever something new is applied.
+//!
+//! Today the group has a single voter (this master), so the network refuses every RPC with
+//! "multi-master replication not enabled yet" ([`network`]). Everything else — storage, snapshots,
+//! purging, restart recovery — is the real multi-node code path, so a QUIC network can drop in.
+//!
+//! Module map:
+//! - [`types`]: the openraft type configuration.
+//! - [`store`]: the redb file layout and codec shared by the two storage halves.
+//! - [`log_store`]: `RaftLogStorage` (log entries, vote, committed, last purged).
+//! - [`state_machine`]: `RaftStateMachine` (in-memory `ClusterState` + persisted snapshots).
+//! - [`network`]: the placeholder network.
+//! - [`node`]: [`RaftNode`] and its configuration.
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod store;
+pub mod types;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
+
+pub use log_store::LogStore;
+pub use network::{Network, PeerClient, ReplicationDisabled};
+pub use node::{RaftNode, RaftOptions};
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use store::{StoreError, open_stores};
+pub use types::{NodeId, TypeConfig};
+
+/// Why a [`RaftNode`] operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    /// The redb store could not be opened, read or written, or holds data that does not decode.
+    /// The message names the file, table or entry that was bad.
+    #[error("raft storage: {0}")]
+    Storage(String),
+    /// This node is not the leader; writes must go to `leader` (if known).
+    #[error("not the raft leader (leader: {})", leader.map_or_else(|| "unknown".to_string(), |l| l.to_string()))]
+    NotLeader { leader: Option<NodeId> },
+    /// The raft core stopped (shut down, panicked) or failed in a way that is not a storage error.
+    #[error("raft fatal: {0}")]
+    Fatal(String),
+    /// A bounded wait (leadership at startup, releasing the store at shutdown) ran out.
+    #[error("raft timeout: {0}")]
+    Timeout(String),
+    /// The options are invalid, or the store belongs to a group this node is not a voter of.
+    #[error("raft config: {0}")]
+    Config(String),
+}

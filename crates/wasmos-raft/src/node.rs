@@ -1,0 +1,354 @@
+//! [`RaftNode`]: the master's handle on its raft group — open (or recover) the store, become
+//! leader, propose commands, read the applied state, shut down.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, Fatal, InitializeError};
+use openraft::metrics::WaitError;
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use wasmos_state::{ClusterState, Command, CommandResult};
+
+use crate::RaftError;
+use crate::network::Network;
+use crate::state_machine::Shared;
+use crate::store::open_stores;
+use crate::types::{NodeId, TypeConfig};
+
+/// The file, inside the data directory, that holds the log, vote and snapshot.
+pub const DB_FILE: &str = "raft.redb";
+
+/// How long [`RaftNode::shutdown`] waits for openraft's tasks to release the store.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tunables of a [`RaftNode`]. The defaults suit a single master that must be leader again within
+/// a fraction of a second after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftOptions {
+    /// How often the leader heartbeats its followers.
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomized election timeout; must exceed the heartbeat interval.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout; must exceed the lower bound.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot once this many entries were applied since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries already covered by a snapshot that are kept in the log anyway, so a follower that
+    /// lags a little can catch up from the log instead of needing the whole snapshot.
+    pub logs_to_keep: u64,
+    /// How long [`RaftNode::open_with`] waits for this node to become leader and apply its log.
+    pub leader_timeout: Duration,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            // A single voter elects itself without any RPC, so these only bound how soon it tries
+            // (and, later, how fast a multi-master group fails over): the 150-300 ms window of the
+            // raft paper, with heartbeats well inside it.
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            // A snapshot serializes the whole cluster state; every 1000 commands keeps that cost
+            // rare while bounding both the log and the replay after a restart.
+            snapshot_logs_since_last: 1000,
+            logs_to_keep: 200,
+            leader_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn millis(d: Duration, name: &str) -> Result<u64, RaftError> {
+    u64::try_from(d.as_millis())
+        .map_err(|_| RaftError::Config(format!("{name} of {d:?} is too large")))
+}
+
+impl RaftOptions {
+    /// The openraft configuration for these options, validated.
+    pub fn to_config(&self) -> Result<Config, RaftError> {
+        if self.snapshot_logs_since_last == 0 {
+            return Err(RaftError::Config(
+                "snapshot_logs_since_last must be at least 1".to_string(),
+            ));
+        }
+        if self.leader_timeout.is_zero() {
+            return Err(RaftError::Config(
+                "leader_timeout must be positive".to_string(),
+            ));
+        }
+        let config = Config {
+            cluster_name: "wasmos".to_string(),
+            heartbeat_interval: millis(self.heartbeat_interval, "heartbeat_interval")?,
+            election_timeout_min: millis(self.election_timeout_min, "election_timeout_min")?,
+            election_timeout_max: millis(self.election_timeout_max, "election_timeout_max")?,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_to_keep,
+            ..Config::default()
+        };
+        // Rejects min >= max, min <= heartbeat and the like.
+        config
+            .validate()
+            .map_err(|e| RaftError::Config(e.to_string()))
+    }
+}
+
+/// The master's handle on its raft group. Cheap to clone (everything inside is shared).
+///
+/// Call [`RaftNode::shutdown`] before dropping the last clone: openraft runs in background tasks
+/// that keep the store (and its file lock) until told to stop.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    shared: Shared,
+    /// Lets `shutdown` wait until openraft's tasks have dropped and closed the database, so the
+    /// directory can be reopened at once.
+    closed: watch::Receiver<()>,
+}
+
+impl fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn from_fatal(fatal: Fatal<NodeId>) -> RaftError {
+    match fatal {
+        Fatal::StorageError(e) => RaftError::Storage(e.to_string()),
+        Fatal::Panicked => RaftError::Fatal("the raft core task panicked".to_string()),
+        Fatal::Stopped => RaftError::Fatal("raft has been shut down".to_string()),
+    }
+}
+
+impl RaftNode {
+    /// Opens (or creates) `dir/raft.redb` with the default [`RaftOptions`]; see
+    /// [`RaftNode::open_with`].
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        advertise_addr: String,
+    ) -> Result<RaftNode, RaftError> {
+        Self::open_with(dir, id, advertise_addr, RaftOptions::default()).await
+    }
+
+    /// Opens (or creates) `dir/raft.redb` holding the log, vote, committed index, last-purged id
+    /// and the latest state-machine snapshot.
+    ///
+    /// - On a fresh store it initializes a single-voter group whose only member is this node
+    ///   (`id`, reachable at `advertise_addr`).
+    /// - On an existing store it restores the snapshot and re-applies the committed log after it,
+    ///   so the state is exactly what it was before the process died (even by `kill -9`: every
+    ///   log write and the committed id are fsynced before openraft acts on them).
+    ///
+    /// It then waits (at most `options.leader_timeout`) until this node is leader and has applied
+    /// its whole log, so `read` sees everything written before a restart.
+    pub async fn open_with(
+        dir: &Path,
+        id: NodeId,
+        advertise_addr: String,
+        options: RaftOptions,
+    ) -> Result<RaftNode, RaftError> {
+        let config = options.to_config()?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| RaftError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let (log_store, state_machine) = open_stores(&path)
+            .await
+            .map_err(|e| RaftError::Storage(e.to_string()))?;
+        let closed = log_store.closed();
+        let shared = state_machine.shared();
+        // `Raft::new` reads the initial state: vote, log bounds, and re-applies committed entries
+        // the restored snapshot does not cover. Corrupt data surfaces here as a storage error.
+        let raft = Raft::new(id, Arc::new(config), Network, log_store, state_machine)
+            .await
+            .map_err(from_fatal)?;
+        let node = RaftNode {
+            id,
+            raft,
+            shared,
+            closed,
+        };
+        match node
+            .start(advertise_addr, &path, options.leader_timeout)
+            .await
+        {
+            Ok(()) => Ok(node),
+            Err(e) => {
+                // Release the store so the caller may retry; the start error is the one to report.
+                if let Err(shutdown) = node.shutdown().await {
+                    tracing::warn!(error = %shutdown, "shutting raft down after a failed open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Initializes a fresh group, checks this node is a voter, and waits for leadership and for
+    /// the log to be applied.
+    async fn start(
+        &self,
+        advertise_addr: String,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
+        if !self.raft.is_initialized().await.map_err(from_fatal)? {
+            let members = BTreeMap::from([(self.id, BasicNode::new(&advertise_addr))]);
+            match self.raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(id = self.id, addr = %advertise_addr, "initialized a single-voter raft group")
+                }
+                // Someone initialized it between the check and now: that is the goal anyway.
+                Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(openraft::error::RaftError::APIError(e)) => {
+                    return Err(RaftError::Config(e.to_string()));
+                }
+                Err(openraft::error::RaftError::Fatal(f)) => return Err(from_fatal(f)),
+            }
+        }
+
+        let id = self.id;
+        let (voters, addr) = self
+            .raft
+            .with_raft_state(move |st| {
+                let effective = st.membership_state.effective();
+                let voters: Vec<NodeId> = effective.voter_ids().collect();
+                (voters, effective.get_node(&id).map(|n| n.addr.clone()))
+            })
+            .await
+            .map_err(from_fatal)?;
+        if !voters.contains(&id) {
+            return Err(RaftError::Config(format!(
+                "{} belongs to a raft group whose voters are {voters:?}; node {id} is not one of them",
+                path.display()
+            )));
+        }
+        if let Some(addr) = addr.filter(|a| *a != advertise_addr) {
+            // Only peers dial this address, and there are none yet; changing it needs a
+            // membership change, which comes with multi-master replication.
+            tracing::warn!(recorded = %addr, advertised = %advertise_addr, "the raft group records another address for this node");
+        }
+
+        let leader = self
+            .wait_for(timeout, "become leader", move |m| {
+                m.state == ServerState::Leader && m.current_leader == Some(id)
+            })
+            .await?;
+        // Entries written before a restart but not yet known to be committed get committed by
+        // the new term; wait until they are applied too.
+        let last = leader.last_log_index;
+        self.wait_for(timeout, "apply its log", move |m| {
+            m.last_applied.map(|l| l.index) >= last
+        })
+        .await?;
+        tracing::info!(id, last_log_index = ?last, "raft node is leader");
+        Ok(())
+    }
+
+    /// Waits until `cond` holds on the metrics, failing early if raft stops.
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&RaftMetrics<NodeId, BasicNode>) -> bool + Send,
+    ) -> Result<RaftMetrics<NodeId, BasicNode>, RaftError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(move |m| m.running_state.is_err() || cond(m), what)
+            .await
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => RaftError::Timeout(format!(
+                    "raft node {} did not {what} within {timeout:?}",
+                    self.id
+                )),
+                WaitError::ShuttingDown => {
+                    RaftError::Fatal(format!("raft shut down while waiting to {what}"))
+                }
+            })?;
+        if let Err(fatal) = &metrics.running_state {
+            return Err(from_fatal(fatal.clone()));
+        }
+        Ok(metrics)
+    }
+
+    /// This node's raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes a command and returns its result once it is committed and applied.
+    ///
+    /// `CommandResult::Rejected` is a domain answer (the state is unchanged), not an error.
+    /// Errors: [`RaftError::NotLeader`] if this node lost leadership, [`RaftError::Storage`] /
+    /// [`RaftError::Fatal`] if raft has stopped.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e,
+            ))) => Err(RaftError::Fatal(format!(
+                "a command write failed as a membership change: {e}"
+            ))),
+            Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
+        }
+    }
+
+    /// Reads the applied state under a lock. Keep `f` short and do not call back into this node
+    /// from it: applying waits for the lock.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.shared.read().state)
+    }
+
+    /// A watch of the last applied log index: it changes whenever something new is applied, so
+    /// the master's loops can `changed().await` and re-read the state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.subscribe()
+    }
+
+    /// Whether this node currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The underlying openraft handle: metrics, triggers, and (for the future network server)
+    /// the RPC entry points `append_entries`, `vote` and `install_full_snapshot`.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Stops raft and waits until its tasks have released `raft.redb`, so the directory can be
+    /// reopened at once. Idempotent; every clone shares the same raft.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftError::Fatal(format!("the raft core task failed: {e}")))?;
+        // The core drops the log store when it returns, but the state-machine worker and any
+        // snapshot build finish a moment later, each holding the database. Nothing is ever sent
+        // on `closed`: `changed()` fails once the database is closed.
+        let mut closed = self.closed.clone();
+        tokio::time::timeout(RELEASE_TIMEOUT, async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .map_err(|_| {
+            RaftError::Timeout(format!(
+                "raft did not release {DB_FILE} within {RELEASE_TIMEOUT:?} of shutting down"
+            ))
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! The CLI's side of the client channel: one QUIC connection to the master, one stream per
+//! request, and the upload / submit / watch steps that `wasmos run` is made of.
+
+use anyhow::{Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use wasmos_net::{Connection, Endpoint, recv_frame, send_frame};
+use wasmos_proto::{
+    BundleHash, ClientRequest, ClientResponse, OutputStream, TaskId, TaskInfo, TaskSpec, alpn,
+};
+
+use crate::config::ClientConfig;
+
+pub struct Client {
+    conn: Connection,
+    endpoint: Endpoint,
+}
+
+impl Client {
+    pub async fn connect(cfg: &ClientConfig) -> Result<Client> {
+        let creds = cfg.credentials()?;
+        let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, cfg.master)?;
+        let conn = wasmos_net::connect(&endpoint, cfg.master).await?;
+        Ok(Client { conn, endpoint })
+    }
+
+    /// Names the real cause of a failed stream: usually the connection's close reason (such
+    /// as a refused certificate) rather than the stream error that surfaced it.
+    fn fail(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        match self.conn.close_reason() {
+            Some(reason) => anyhow!(
+                "lost the connection to the master at {}: {}",
+                self.conn.remote_address(),
+                wasmos_net::describe(&reason)
+            ),
+            None => anyhow!("talking to the master: {e}"),
+        }
+    }
+
+    async fn open(
+        &self,
+        req: &ClientRequest,
+    ) -> Result<(wasmos_net::SendStream, wasmos_net::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.fail(e))?;
+        send_frame(&mut send, req).await.map_err(|e| self.fail(e))?;
+        Ok((send, recv))
+    }
+
+    async fn next(&self, recv: &mut wasmos_net::RecvStream) -> Result<ClientResponse> {
+        match recv_frame::<ClientResponse>(recv).await {
+            Ok(Some(ClientResponse::Error { message, .. })) => bail!("{message}"),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(self.fail("the master closed the stream without answering")),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Sends one request and returns its single answer; errors from the master become errors.
+    pub async fn request(&self, req: ClientRequest) -> Result<ClientResponse> {
+        let (mut send, mut recv) = self.open(&req).await?;
+        let _ = send.finish();
+        self.next(&mut recv).await
+    }
+
+    /// Uploads a bundle unless the master already holds one with the same content hash.
+    /// Returns its hash and whether bytes were sent.
+    pub async fn push_bundle(&self, bytes: &[u8]) -> Result<(BundleHash, bool)> {
+        let hash = BundleHash::from_digest(&Sha256::digest(bytes).into());
+        if let ClientResponse::HasBundle(true) = self
+            .request(ClientRequest::HasBundle { hash: hash.clone() })
+            .await?
+        {
+            return Ok((hash, false));
+        }
+        let req = ClientRequest::PushBundle {
+            hash: hash.clone(),
+            size: bytes.len() as u64,
+        };
+        let (mut send, mut recv) = self.open(&req).await?;
+        send.write_all(bytes).await.map_err(|e| self.fail(e))?;
+        let _ = send.finish();
+        match self.next(&mut recv).await? {
+            ClientResponse::Ok => Ok((hash, true)),
+            other => bail!("unexpected answer to upload: {other:?}"),
+        }
+    }
+
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        match self.request(ClientRequest::SubmitTask { spec }).await? {
+            ClientResponse::Submitted { id } => Ok(id),
+            other => bail!("unexpected answer to submit: {other:?}"),
+        }
+    }
+
+    /// Streams a task's output into `sink`. With `follow`, returns the task's final record once
+    /// it ends; without, returns `None` after the output stored so far.
+    pub async fn watch(
+        &self,
+        id: TaskId,
+        follow: bool,
+        mut sink: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<Option<TaskInfo>> {
+        let (mut send, mut recv) = self.open(&ClientRequest::WatchTask { id, follow }).await?;
+        let _ = send.finish();
+        loop {
+            match self.next(&mut recv).await? {
+                ClientResponse::Output { stream, data } => sink(stream, &data),
+                ClientResponse::EndOfOutput => return Ok(None),
+                ClientResponse::TaskEnded(info) => return Ok(Some(*info)),
+                other => bail!("unexpected answer while watching: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}

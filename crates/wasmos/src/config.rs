@@ -1,0 +1,124 @@
+//! Where the CLI finds its cluster: `client.toml` (master address, CA, client certificate and
+//! key), looked up from `--config`, then `WASMOS_CONFIG`, then the default dev data dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use wasmos_net::Credentials;
+
+pub const CONFIG_FILE: &str = "client.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The master's QUIC address.
+    pub master: SocketAddr,
+    /// Paths are relative to the config file's directory unless absolute.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// The per-user directory `wasmos dev` uses when not given `--data-dir`.
+pub fn default_data_dir() -> Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "wasmos").ok_or_else(|| {
+        anyhow!("cannot find a home directory for the default data dir; pass --data-dir")
+    })?;
+    Ok(dirs.data_dir().join("dev"))
+}
+
+pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("WASMOS_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    Ok(default_data_dir()?.join(CONFIG_FILE))
+}
+
+impl ClientConfig {
+    pub fn load(explicit: Option<&Path>) -> Result<ClientConfig> {
+        let path = resolve_path(explicit)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no client config at {} (start a cluster with `wasmos dev`, or pass --config FILE / set WASMOS_CONFIG)",
+                path.display()
+            ),
+            Err(e) => bail!("cannot read client config {}: {e}", path.display()),
+        };
+        let mut cfg: ClientConfig = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "client config {} is invalid: {}",
+                path.display(),
+                e.message()
+            )
+        })?;
+        cfg.dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    pub fn credentials(&self) -> Result<Credentials> {
+        let read = |p: &PathBuf| {
+            let full = self.dir.join(p);
+            std::fs::read_to_string(&full)
+                .with_context(|| format!("cannot read {}", full.display()))
+        };
+        Credentials::from_pem(&read(&self.ca)?, &read(&self.cert)?, &read(&self.key)?)
+            .context("client config credentials")
+    }
+
+    /// Writes the config atomically, so a reader never sees half a file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = format!(
+            "# Written by `wasmos dev`: how the wasmos CLI reaches this cluster.\n{}",
+            toml::to_string(self).context("serializing client config")?
+        );
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_malformed_configs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let err = ClientConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("no client config at"), "{err}");
+        std::fs::write(&path, "master = 12").unwrap();
+        let err = ClientConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("is invalid"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_with_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let cfg = ClientConfig {
+            master: "127.0.0.1:7433".parse().unwrap(),
+            ca: "pki/ca.pem".into(),
+            cert: "pki/operator.pem".into(),
+            key: "pki/operator.key".into(),
+            dir: PathBuf::new(),
+        };
+        cfg.write(&path).unwrap();
+        let back = ClientConfig::load(Some(&path)).unwrap();
+        assert_eq!(back.master, cfg.master);
+        assert_eq!(back.dir, dir.path());
+    }
+}

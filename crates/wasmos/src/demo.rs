@@ -1,0 +1,169 @@
+//! The demo job of `wasmos dev --demo`: the sample tasks submitted together, each showing one
+//! thing the platform does (args and env, CPU work, exit codes, a timeout, a memory limit).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use wasmos_proto::{OutputStream, Reason, Resources, TaskSpec, TaskState};
+
+use crate::client::Client;
+use crate::config::ClientConfig;
+
+struct DemoTask {
+    file: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    mem: u64,
+    timeout: Duration,
+    expect: Expect,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Expect {
+    Exit(i32),
+    Stopped(Reason),
+}
+
+const TASKS: &[DemoTask] = &[
+    DemoTask {
+        file: "hello.wasm",
+        args: &["from", "the", "demo"],
+        env: &[("GREETING", "hi")],
+        mem: 64 << 20,
+        timeout: Duration::from_secs(30),
+        expect: Expect::Exit(0),
+    },
+    DemoTask {
+        file: "primes.wasm",
+        args: &["2000000"],
+        env: &[],
+        mem: 64 << 20,
+        timeout: Duration::from_secs(60),
+        expect: Expect::Exit(0),
+    },
+    DemoTask {
+        file: "exit-code.wasm",
+        args: &["3"],
+        env: &[],
+        mem: 64 << 20,
+        timeout: Duration::from_secs(30),
+        expect: Expect::Exit(3),
+    },
+    DemoTask {
+        file: "spin.wasm",
+        args: &[],
+        env: &[],
+        mem: 64 << 20,
+        timeout: Duration::from_secs(2),
+        expect: Expect::Stopped(Reason::Timeout),
+    },
+    DemoTask {
+        file: "hog.wasm",
+        args: &[],
+        env: &[],
+        mem: 32 << 20,
+        timeout: Duration::from_secs(30),
+        expect: Expect::Stopped(Reason::MemoryLimit),
+    },
+];
+
+pub fn check_dir(dir: &Path) -> Result<()> {
+    for t in TASKS {
+        if !dir.join(t.file).is_file() {
+            bail!(
+                "demo task {} not found in {} (build the samples with `cargo xtask samples`, or pass --demo-dir)",
+                t.file,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
+    let client = Client::connect(cfg).await?;
+    let mut submitted = Vec::new();
+    for t in TASKS {
+        let bytes = crate::load_component(&dir.join(t.file))?;
+        let (hash, _) = client.push_bundle(&bytes).await?;
+        let spec = TaskSpec {
+            name: t.file.to_string(),
+            bundle: hash,
+            args: t.args.iter().map(|s| s.to_string()).collect(),
+            env: t
+                .env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            resources: Resources {
+                cpu_millis: 500,
+                mem_bytes: t.mem,
+                disk_bytes: 0,
+            },
+            timeout_ms: t.timeout.as_millis() as u64,
+            max_output_bytes: 1 << 20,
+        };
+        let id = client.submit(spec).await?;
+        println!("submitted {id}: {} {}", t.file, t.args.join(" "));
+        submitted.push(id);
+    }
+    // The tasks run concurrently; their output is shown one task after the other.
+    let mut all_ok = true;
+    for (t, id) in TASKS.iter().zip(submitted) {
+        println!("\n── {id} {} ──", t.file);
+        let mut text = String::new();
+        let info = client
+            .watch(id, true, |stream, data| {
+                let s = String::from_utf8_lossy(data);
+                for line in s.lines() {
+                    let tag = if stream == OutputStream::Stderr {
+                        "err"
+                    } else {
+                        "out"
+                    };
+                    text.push_str(&format!("  {tag}| {line}\n"));
+                }
+            })
+            .await?;
+        print!("{text}");
+        let Some(info) = info else {
+            bail!("{id} did not end")
+        };
+        let st = &info.status;
+        let got = match (st.state, st.exit_code, st.reason) {
+            (TaskState::Finished, code, _) => Expect::Exit(code.unwrap_or(0)),
+            (_, _, Some(r)) => Expect::Stopped(r),
+            _ => Expect::Stopped(Reason::Trap),
+        };
+        let verdict = if got == t.expect {
+            "as expected"
+        } else {
+            "UNEXPECTED"
+        };
+        all_ok &= got == t.expect;
+        match got {
+            Expect::Exit(c) => println!("  => {} with exit code {c} ({verdict})", st.state),
+            Expect::Stopped(r) => println!(
+                "  => {} ({r}): {} ({verdict})",
+                st.state,
+                st.message.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    client.close().await;
+    println!(
+        "\ndemo {}",
+        if all_ok {
+            "finished: every task ended as expected"
+        } else {
+            "FAILED"
+        }
+    );
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,146 @@
+//! End to end through real processes: `wasmos run`, `task`, `logs` and `agent` commands against a
+//! `wasmos dev` cluster on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use wasmos_tests::{DevCluster, text};
+
+#[test]
+fn run_streams_output_and_exit_codes_and_reads_work() {
+    let c = DevCluster::start(2).unwrap();
+
+    // hello: sees exactly its args and env, on stdout and stderr.
+    let out = c
+        .run(
+            &["--env", "GREETING=hi", "--env", "EMPTY="],
+            "hello",
+            &["a", "b c"],
+        )
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("args: a b c"), "{stdout}");
+    let env: Vec<&str> = stdout.lines().filter(|l| l.starts_with("env: ")).collect();
+    assert_eq!(env, ["env: EMPTY=", "env: GREETING=hi"], "{stdout}");
+    assert!(text(&out.stderr).contains("(this line went to stderr)"));
+
+    // exit-code: the task's code becomes ours.
+    let out = c.run(&[], "exit-code", &["3"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("exiting with code 3"));
+    let out = c.run(&[], "exit-code", &["0"]).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    // Limits: one line naming the reason, and a non-zero exit.
+    let out = c.run(&["--timeout", "1s"], "spin", &[]).unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(timeout)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.run(&["--mem", "32MiB"], "hog", &[]).unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("(memory_limit)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // task list: every task with its final state and result, as JSON and as a table.
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 5);
+    let states: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["status"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["Finished", "Finished", "Finished", "Failed", "Failed"]
+    );
+    assert_eq!(tasks[1]["status"]["exit_code"], 3);
+    assert_eq!(tasks[3]["status"]["reason"], "Timeout");
+    assert_eq!(tasks[4]["status"]["reason"], "MemoryLimit");
+    let table = text(&c.cli(&["task", "list"]).unwrap().stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("t-2") && table.contains("exit 3"), "{table}");
+    assert!(table.contains("memory_limit"), "{table}");
+
+    // task show, both forms.
+    let shown = c.json(&["task", "show", "t-2", "-o", "json"]).unwrap();
+    assert_eq!(shown["spec"]["name"], "exit-code.wasm");
+    assert_eq!(shown["spec"]["args"][0], "3");
+    let shown = text(&c.cli(&["task", "show", "2"]).unwrap().stdout);
+    assert!(shown.contains("exit code: 3"), "{shown}");
+
+    // logs of a finished task, with and without -f.
+    let logs = c.cli(&["logs", "t-1"]).unwrap();
+    assert!(text(&logs.stdout).contains("args: a b c"));
+    assert!(text(&logs.stderr).contains("(this line went to stderr)"));
+    let logs = c.cli(&["logs", "-f", "t-1"]).unwrap();
+    assert!(logs.status.success());
+    assert!(text(&logs.stdout).contains("args: a b c"));
+
+    // agent list: both agents, active, with their attributes; tasks spread over both.
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    let agents = agents.as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert!(agents.iter().all(|a| a["state"] == "Active"));
+    assert_eq!(agents[0]["attributes"]["dev"], "true");
+    let used: Vec<&str> = tasks.iter().map(|t| t["agent"].as_str().unwrap()).collect();
+    assert!(
+        used.contains(&"agent-1") && used.contains(&"agent-2"),
+        "{used:?}"
+    );
+    let table = text(&c.cli(&["agent", "list"]).unwrap().stdout);
+    assert!(
+        table.contains("agent-2") && table.contains("active"),
+        "{table}"
+    );
+}
+
+#[test]
+fn output_streams_live_and_identical_uploads_are_not_resent() {
+    let c = DevCluster::start(1).unwrap();
+    // spin prints one line, then loops until its timeout: the line must arrive while it runs.
+    let mut child = c
+        .cmd(&["run", "--timeout", "20s"])
+        .arg(wasmos_tests::sample("spin"))
+        .env("RUST_LOG", "wasmos=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "spinning");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "should still be running"
+    );
+    // Kill it through the CLI; the run then ends with the kill reason.
+    c.cli(&["task", "kill", "t-1"]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("killed"), "{err}");
+    assert!(err.contains("uploaded bundle"), "{err}");
+
+    // The same bytes again: no upload.
+    let mut cmd = c.cmd(&["run", "--timeout", "1s"]);
+    cmd.arg(wasmos_tests::sample("spin"))
+        .env("RUST_LOG", "wasmos=info");
+    let out = cmd.output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("already on the master"), "{err}");
+    assert!(!err.contains("uploaded bundle"), "{err}");
+}

@@ -1,0 +1,91 @@
+//! Mutual TLS is enforced: a client whose certificate another CA signed is refused, and so is a
+//! master that the client's CA did not sign; both sides say so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use wasmos_net::Identity;
+use wasmos_net::pki;
+use wasmos_tests::{DevCluster, assert_clean_error};
+
+fn write_config(
+    dir: &std::path::Path,
+    master: &str,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.join("me.pem"), cert).unwrap();
+    std::fs::write(dir.join("me.key"), key).unwrap();
+    let path = dir.join("client.toml");
+    std::fs::write(
+        &path,
+        format!("master = \"{master}\"\nca = \"ca.pem\"\ncert = \"me.pem\"\nkey = \"me.key\"\n"),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn certificates_from_another_ca_are_refused_on_both_sides() {
+    let mut c = DevCluster::start(1).unwrap();
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    let master = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("master = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let real_ca = std::fs::read_to_string(c.dir.path().join("pki/ca.pem")).unwrap();
+
+    let rogue_ca = pki::new_ca("rogue").unwrap();
+    let rogue = pki::issue(&rogue_ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Our certificate is from the wrong CA: the master refuses it.
+    let path = write_config(
+        dir.path(),
+        &master,
+        &real_ca,
+        &rogue.cert_pem,
+        &rogue.key_pem,
+    );
+    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["task", "list"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "certificate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log_text().contains("refused connection") {
+        assert!(
+            Instant::now() < deadline,
+            "master did not log the refusal:\n{}",
+            c.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // We do not trust the master's CA: we refuse it.
+    let path = write_config(
+        dir.path(),
+        &master,
+        &rogue_ca.cert_pem,
+        &rogue.cert_pem,
+        &rogue.key_pem,
+    );
+    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["agent", "list"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "certificate");
+
+    // The cluster is unharmed.
+    assert!(c.is_running());
+    assert!(c.run(&[], "hello", &[]).unwrap().status.success());
+}
