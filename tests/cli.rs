@@ -86,22 +86,37 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert!(logs.status.success());
     assert!(text(&logs.stdout).contains("args: a b c"));
 
-    // agent list: both agents, active, with their attributes; tasks spread over both.
+    // agent list: both agents, active, with their attributes.
     let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
     let agents = agents.as_array().unwrap();
     assert_eq!(agents.len(), 2);
     assert!(agents.iter().all(|a| a["state"] == "Active"));
     assert_eq!(agents[0]["attributes"]["dev"], "true");
-    let used: Vec<&str> = tasks.iter().map(|t| t["agent"].as_str().unwrap()).collect();
-    assert!(
-        used.contains(&"agent-1") && used.contains(&"agent-2"),
-        "{used:?}"
-    );
     let table = text(&c.cli(&["agent", "list"]).unwrap().stdout);
     assert!(
         table.contains("agent-2") && table.contains("active"),
         "{table}"
     );
+
+    // Two tasks that cannot share one agent's 2 cores run side by side on both agents.
+    let spawn = || {
+        c.cmd(&["run", "--cpu", "1500m", "--timeout", "2s"])
+            .arg(wasmos_tests::sample("spin"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    assert_eq!(a.wait().unwrap().code(), Some(124));
+    assert_eq!(b.wait().unwrap().code(), Some(124));
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let placed: Vec<&str> = tasks.as_array().unwrap()[5..]
+        .iter()
+        .map(|t| t["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(placed.len(), 2);
+    assert_ne!(placed[0], placed[1], "both landed on one agent");
 }
 
 #[test]

@@ -25,6 +25,10 @@ use crate::{ExecConfig, ExecError, RunOutcome, RunRequest, calibrate, validate_c
 /// a timeout or a throttling pause takes effect.
 const TICK: Duration = Duration::from_millis(10);
 
+/// Smallest fuel slice between fuel write-backs: below this the yields themselves would cost
+/// more than the work between them.
+const MIN_FUEL_SLICE: u64 = 10_000;
+
 /// Compiled components kept for reuse; agents run few distinct bundles at a time.
 const CACHE_ENTRIES: usize = 32;
 
@@ -281,7 +285,16 @@ impl Runner {
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);
-        if let Err(e) = store.set_fuel(fuel_start) {
+        // Compiled code keeps its fuel count in a register and writes it back to the store only
+        // at calls, returns and when its injected fuel runs out; epoch ticks do not write it. A
+        // tight loop would thus look idle to the throttle and to `fuel_used` after a timeout.
+        // Injecting fuel in slices of about a millisecond forces a write-back (and a yield) that
+        // often, so the store's count is never staler than one slice.
+        let slice = (self.inner.fuel_per_core_second / 1000).max(MIN_FUEL_SLICE);
+        if let Err(e) = store
+            .set_fuel(fuel_start)
+            .and_then(|()| store.fuel_async_yield_interval(Some(slice)))
+        {
             return outcome(failed(Reason::Trap, format!("cannot meter fuel: {e}")), 0);
         }
         store.set_epoch_deadline(1);

@@ -11,8 +11,8 @@ use wasmos_proto::{OutputStream, Reason, TaskState, TaskStatus};
 
 use crate::{Compiled, ExecConfig, ExecError, RunRequest, Runner};
 
-/// A deliberately low rate, well below any real core, so CPU shares are measurable in tests.
-const TEST_FUEL_RATE: u64 = 100_000_000;
+/// A deliberately low rate, below any real core, so CPU shares are measurable in tests.
+const TEST_FUEL_RATE: u64 = 1_000_000_000;
 
 fn runner() -> &'static Runner {
     static RUNNER: OnceLock<Runner> = OnceLock::new();
@@ -224,32 +224,29 @@ async fn fuel_used_counts_the_work_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_share_throttles_the_task() {
-    // 20M fuel: 0.2 s of a whole (test-rate) core, far less on the real one.
-    let bytes = countdown(4_000_000);
+    // 400M fuel: 0.4 s of a whole (test-rate) core, well under 0.1 s on a real one.
+    let bytes = countdown(80_000_000);
     let full = run(&bytes, request()).await;
     assert_eq!(full.status.exit_code, Some(0), "{:?}", full.status);
-    assert!(
-        full.elapsed < Duration::from_millis(500),
-        "{:?}",
-        full.elapsed
-    );
 
-    // A quarter core earns 25M fuel/s: 20M takes 0.8 s, less the 0.1 s burst allowance.
+    // Half a core earns 500M fuel/s: 400M takes 0.8 s, less the 0.1 s burst allowance.
     let mut req = request();
-    req.cpu_millis = 250;
-    let quarter = run(&bytes, req).await;
-    assert_eq!(quarter.status.exit_code, Some(0), "{:?}", quarter.status);
+    req.cpu_millis = 500;
+    let half = run(&bytes, req).await;
+    assert_eq!(half.status.exit_code, Some(0), "{:?}", half.status);
     assert!(
-        quarter.elapsed >= Duration::from_millis(650),
+        half.elapsed >= Duration::from_millis(650),
         "{:?}",
-        quarter.elapsed
+        half.elapsed
     );
+    assert!(half.elapsed < Duration::from_secs(3), "{:?}", half.elapsed);
     assert!(
-        quarter.elapsed < Duration::from_secs(3),
-        "{:?}",
-        quarter.elapsed
+        full.elapsed < half.elapsed,
+        "{:?} vs {:?}",
+        full.elapsed,
+        half.elapsed
     );
-    assert_eq!(quarter.status.fuel_used, full.status.fuel_used);
+    assert_eq!(half.status.fuel_used, full.status.fuel_used);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

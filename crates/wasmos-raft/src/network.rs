@@ -3,7 +3,8 @@
 //! treats `Unreachable` as a transient condition (it backs off and retries), which is the right
 //! behaviour should a peer ever appear in the membership before the real network exists.
 //!
-//! Multi-master replication (QUIC, ALPN `wasmos-raft/1` from `wasmos-net`) replaces this module:
+//! Multi-master replication (QUIC via `wasmos-net`, ALPN `wasmos_proto::alpn::RAFT` =
+//! `wasmos-raft/1`) replaces this module:
 //! a factory that dials `BasicNode::addr` in `new_client`, and a server side that feeds incoming
 //! RPCs to `RaftNode::raft()` (`append_entries`, `vote`, `install_full_snapshot`). Nothing else
 //! in the crate depends on the network type.
