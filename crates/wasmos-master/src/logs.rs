@@ -18,6 +18,9 @@ pub(crate) struct LogStore {
 
 const HEADER: usize = 5;
 
+/// Output chunks in the order they were written.
+pub(crate) type Records = Vec<(OutputStream, Vec<u8>)>;
+
 impl LogStore {
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
@@ -63,11 +66,7 @@ impl LogStore {
 
     /// Complete records from byte `offset` on, and the offset just after the last one. A torn
     /// record at the end (a crash mid-append) is left for a later read, never misparsed.
-    pub fn read_from(
-        &self,
-        task: TaskId,
-        offset: u64,
-    ) -> std::io::Result<(Vec<(OutputStream, Vec<u8>)>, u64)> {
+    pub fn read_from(&self, task: TaskId, offset: u64) -> std::io::Result<(Records, u64)> {
         let mut f = match std::fs::File::open(self.path(task)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),

@@ -99,6 +99,14 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError
     Identity::from_der(leaf.as_ref())
 }
 
+/// The channel (ALPN protocol) the peer and we agreed on.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -127,12 +135,4 @@ mod tests {
             assert!(Identity::from_uri(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// The channel (ALPN protocol) the peer and we agreed on.
-pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
 }
