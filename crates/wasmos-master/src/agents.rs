@@ -126,6 +126,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             }
             Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
             Ok(None) => break,
+            Err(_) if wasmos_net::closed_by_peer(&conn) => break,
             Err(e) => {
                 tracing::warn!(%agent, "agent control stream failed: {e}");
                 break;
@@ -139,7 +140,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         agents.remove(&agent);
         drop(agents);
         shared.note_disconnect(&agent);
-        tracing::warn!(%agent, "agent disconnected");
+        if wasmos_net::closed_by_peer(&conn) {
+            tracing::info!(%agent, "agent closed its session");
+        } else {
+            tracing::warn!(%agent, "agent disconnected");
+        }
     }
     shared.kick.notify_one();
 }

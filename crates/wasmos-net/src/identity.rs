@@ -107,6 +107,15 @@ pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .protocol
 }
 
+/// Whether the connection ended because the peer closed it on purpose (a clean shutdown)
+/// rather than by a failure or timeout.
+pub fn closed_by_peer(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(_))
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
