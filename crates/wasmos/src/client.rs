@@ -1,6 +1,8 @@
 //! The CLI's side of the client channel: one QUIC connection to the master, one stream per
 //! request, and the upload / submit / watch steps that `wasmos run` is made of.
 
+use std::time::Duration;
+
 use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmos_net::{Connection, Endpoint, recv_frame, send_frame};
@@ -113,6 +115,9 @@ impl Client {
 
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"done");
-        self.endpoint.wait_idle().await;
+        // Long enough to put CONNECTION_CLOSE on the wire; the full draining period (3 PTOs,
+        // ~75 ms) would add that much to every command, and the master forgets a silent peer
+        // after its idle timeout anyway.
+        let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
     }
 }
