@@ -48,12 +48,7 @@ fn bad_components_ids_and_configs_are_clear_errors() {
     );
 
     let missing = dir.path().join("missing.toml");
-    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
-        .arg("--config")
-        .arg(&missing)
-        .args(["task", "list"])
-        .output()
-        .unwrap();
+    let out = wasmos_tests::wasmos_with(&missing, &["task", "list"]);
     assert_clean_error(&out, "no client config");
 
     // A config pointing at an address where nothing listens: a bounded wait, then one line.
@@ -75,12 +70,7 @@ fn bad_components_ids_and_configs_are_clear_errors() {
         .join("\n");
     std::fs::write(&dead, cfg).unwrap();
     let started = Instant::now();
-    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
-        .arg("--config")
-        .arg(&dead)
-        .args(["task", "list"])
-        .output()
-        .unwrap();
+    let out = wasmos_tests::wasmos_with(&dead, &["task", "list"]);
     assert_clean_error(&out, "127.0.0.1:9");
     assert!(started.elapsed() < Duration::from_secs(20));
 

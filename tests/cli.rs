@@ -43,6 +43,13 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
         "{}",
         text(&out.stderr)
     );
+    let out = c.run(&["--cpu-time", "200ms"], "spin", &[]).unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("(cpu_limit)"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = c.run(&["--mem", "32MiB"], "hog", &[]).unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(
@@ -54,18 +61,21 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     // task list: every task with its final state and result, as JSON and as a table.
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
     let tasks = tasks.as_array().unwrap();
-    assert_eq!(tasks.len(), 5);
+    assert_eq!(tasks.len(), 6);
     let states: Vec<&str> = tasks
         .iter()
         .map(|t| t["status"]["state"].as_str().unwrap())
         .collect();
     assert_eq!(
         states,
-        ["Finished", "Finished", "Finished", "Failed", "Failed"]
+        [
+            "Finished", "Finished", "Finished", "Failed", "Failed", "Failed"
+        ]
     );
     assert_eq!(tasks[1]["status"]["exit_code"], 3);
     assert_eq!(tasks[3]["status"]["reason"], "Timeout");
-    assert_eq!(tasks[4]["status"]["reason"], "MemoryLimit");
+    assert_eq!(tasks[4]["status"]["reason"], "CpuLimit");
+    assert_eq!(tasks[5]["status"]["reason"], "MemoryLimit");
     let table = text(&c.cli(&["task", "list"]).unwrap().stdout);
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("t-2") && table.contains("exit 3"), "{table}");
@@ -111,7 +121,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(a.wait().unwrap().code(), Some(124));
     assert_eq!(b.wait().unwrap().code(), Some(124));
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let placed: Vec<&str> = tasks.as_array().unwrap()[5..]
+    let placed: Vec<&str> = tasks.as_array().unwrap()[6..]
         .iter()
         .map(|t| t["agent"].as_str().unwrap())
         .collect();

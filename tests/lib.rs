@@ -145,10 +145,7 @@ impl DevCluster {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(wasmos_bin());
-        cmd.arg("--config").arg(self.config()).args(args);
-        cmd.env_remove("WASMOS_CONFIG").env_remove("RUST_LOG");
-        cmd
+        wasmos_cmd(&self.config(), args)
     }
 
     /// `wasmos run` with the given flags, sample and task arguments.
@@ -171,6 +168,22 @@ impl DevCluster {
 impl Drop for DevCluster {
     fn drop(&mut self) {
         let _ = self.kill_hard();
+    }
+}
+
+/// `wasmos --config CONFIG ARGS`, with no config or log level inherited from the environment.
+pub fn wasmos_cmd(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(wasmos_bin());
+    cmd.arg("--config").arg(config).args(args);
+    cmd.env_remove("WASMOS_CONFIG").env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `wasmos --config CONFIG ARGS` to completion.
+pub fn wasmos_with(config: &Path, args: &[&str]) -> Output {
+    match wasmos_cmd(config, args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run {}: {e}", wasmos_bin().display()),
     }
 }
 

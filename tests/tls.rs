@@ -52,12 +52,7 @@ fn certificates_from_another_ca_are_refused_on_both_sides() {
         &rogue.cert_pem,
         &rogue.key_pem,
     );
-    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
-        .arg("--config")
-        .arg(&path)
-        .args(["task", "list"])
-        .output()
-        .unwrap();
+    let out = wasmos_tests::wasmos_with(&path, &["task", "list"]);
     assert_clean_error(&out, "certificate");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !c.log_text().contains("refused connection") {
@@ -77,12 +72,7 @@ fn certificates_from_another_ca_are_refused_on_both_sides() {
         &rogue.cert_pem,
         &rogue.key_pem,
     );
-    let out = std::process::Command::new(wasmos_tests::wasmos_bin())
-        .arg("--config")
-        .arg(&path)
-        .args(["agent", "list"])
-        .output()
-        .unwrap();
+    let out = wasmos_tests::wasmos_with(&path, &["agent", "list"]);
     assert_clean_error(&out, "certificate");
 
     // The cluster is unharmed.

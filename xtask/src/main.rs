@@ -2,8 +2,9 @@
 //! `cargo xtask demo`, `cargo xtask test`, `cargo xtask lint`, `cargo xtask check-windows`,
 //! `cargo xtask samples`, `cargo xtask bench`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -66,6 +67,46 @@ fn samples_dir() -> String {
     format!("sample-tasks/target/{WASM_TARGET}/release")
 }
 
+/// Runs the workspace tests, echoing their output, and closes with one line totalling every
+/// test binary's results (cargo prints one summary per binary, the last often a doc-test run
+/// with nothing in it).
+fn test(extra: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--locked", "--workspace"])
+        .args(extra)
+        .current_dir(root())
+        .stdout(Stdio::piped());
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd.spawn().context("cannot start cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(summary) = line.strip_prefix("test result: ") {
+                for part in summary.split(['.', ';']) {
+                    let mut words = part.split_whitespace();
+                    if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match what {
+                            "passed" => passed += n,
+                            "failed" => failed += n,
+                            "ignored" => ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
@@ -93,9 +134,7 @@ fn main() -> Result<()> {
         Some("test") => {
             samples()?;
             run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
-            run(cargo()
-                .args(["test", "--release", "--locked", "--workspace"])
-                .args(&rest))
+            test(&rest)
         }
         Some("lint") => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;

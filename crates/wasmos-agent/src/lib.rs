@@ -301,7 +301,10 @@ async fn run_task(
         mem_bytes: spec.resources.mem_bytes,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output_bytes: spec.max_output_bytes,
-        cpu_budget_fuel: None,
+        cpu_budget_fuel: spec.cpu_time_ms.map(|ms| {
+            let per_ms = agent.runner.fuel_per_core_second() / 1000;
+            ms.saturating_mul(per_ms)
+        }),
     };
     let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
     // All output is queued before the final status, so watchers see it first.

@@ -65,6 +65,9 @@ pub struct TaskSpec {
     pub timeout_ms: u64,
     /// Cap on stdout + stderr bytes; a task that writes more is stopped with `output_limit`.
     pub max_output_bytes: u64,
+    /// Total CPU time the task may use, in milliseconds of one core (metered as fuel); `None`
+    /// for no budget beyond the timeout. Running out stops it with `cpu_limit`.
+    pub cpu_time_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -197,6 +197,9 @@ struct RunArgs {
     /// Wall-clock limit.
     #[arg(long, default_value = "30s")]
     timeout: humantime::Duration,
+    /// Total CPU time budget (of one core), metered as fuel; running out stops the task.
+    #[arg(long, value_name = "DURATION")]
+    cpu_time: Option<humantime::Duration>,
     /// Cap on stdout + stderr.
     #[arg(long, default_value = "1MiB")]
     max_output: String,
@@ -286,6 +289,14 @@ fn parse_id(s: &str) -> Result<TaskId> {
 async fn connect(config: Option<&Path>) -> Result<Client> {
     let cfg = ClientConfig::load(config)?;
     Client::connect(&cfg).await
+}
+
+/// One request on a fresh connection: what every read command does.
+async fn ask(config: Option<&Path>, req: ClientRequest) -> Result<ClientResponse> {
+    let client = connect(config).await?;
+    let resp = client.request(req).await;
+    client.close().await;
+    resp
 }
 
 fn now_ms() -> u64 {
@@ -436,6 +447,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         },
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
+        cpu_time_ms: args.cpu_time.map(|d| Duration::from(d).as_millis() as u64),
     })
 }
 
@@ -508,11 +520,9 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 async fn task_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
-    let client = connect(config).await?;
-    let ClientResponse::Tasks(tasks) = client.request(ClientRequest::ListTasks).await? else {
+    let ClientResponse::Tasks(tasks) = ask(config, ClientRequest::ListTasks).await? else {
         bail!("unexpected answer to task list");
     };
-    client.close().await;
     match format {
         Format::Json => print_json(&tasks)?,
         Format::Table => {
@@ -550,11 +560,9 @@ async fn task_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
 
 async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<ExitCode> {
     let id = parse_id(id)?;
-    let client = connect(config).await?;
-    let ClientResponse::Task(t) = client.request(ClientRequest::GetTask { id }).await? else {
+    let ClientResponse::Task(t) = ask(config, ClientRequest::GetTask { id }).await? else {
         bail!("unexpected answer to task show");
     };
-    client.close().await;
     match format {
         Format::Json => print_json(&t)?,
         Format::Table => {
@@ -584,6 +592,12 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                 ("env", env.join(" ")),
                 ("resources", t.spec.resources.to_string()),
                 ("timeout", format!("{}ms", t.spec.timeout_ms)),
+                (
+                    "cpu time",
+                    t.spec
+                        .cpu_time_ms
+                        .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+                ),
                 ("fuel used", st.fuel_used.to_string()),
                 ("owner", t.owner.clone()),
             ];
@@ -596,11 +610,9 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
 }
 
 async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
-    let client = connect(config).await?;
-    let ClientResponse::Agents(agents) = client.request(ClientRequest::ListAgents).await? else {
+    let ClientResponse::Agents(agents) = ask(config, ClientRequest::ListAgents).await? else {
         bail!("unexpected answer to agent list");
     };
-    client.close().await;
     match format {
         Format::Json => print_json(&agents)?,
         Format::Table => {
