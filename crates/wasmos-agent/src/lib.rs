@@ -146,6 +146,8 @@ pub async fn run(
         let _ = kill.send(true);
     }
     endpoint.close(0u32.into(), b"agent shutting down");
+    // Give the close a moment to reach the master, so it sees a clean shutdown, not a loss.
+    let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
     Ok(())
 }
 

@@ -126,7 +126,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             }
             Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
             Ok(None) => break,
-            Err(_) if wasmos_net::closed_by_peer(&conn) => break,
+            Err(_) if wasmos_net::closed_on_purpose(&conn) => break,
             Err(e) => {
                 tracing::warn!(%agent, "agent control stream failed: {e}");
                 break;
@@ -140,7 +140,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         agents.remove(&agent);
         drop(agents);
         shared.note_disconnect(&agent);
-        if wasmos_net::closed_by_peer(&conn) {
+        if wasmos_net::closed_on_purpose(&conn) {
             tracing::info!(%agent, "agent closed its session");
         } else {
             tracing::warn!(%agent, "agent disconnected");

@@ -107,12 +107,12 @@ pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .protocol
 }
 
-/// Whether the connection ended because the peer closed it on purpose (a clean shutdown)
-/// rather than by a failure or timeout.
-pub fn closed_by_peer(conn: &quinn::Connection) -> bool {
+/// Whether the connection ended because one side closed it on purpose (a clean shutdown of the
+/// peer, or our own) rather than by a failure or timeout.
+pub fn closed_on_purpose(conn: &quinn::Connection) -> bool {
     matches!(
         conn.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(_))
+        Some(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed)
     )
 }
 

@@ -8,7 +8,7 @@ pub mod pki;
 mod tls;
 
 pub use frame::{FrameError, recv_frame, send_frame};
-pub use identity::{Identity, IdentityError, closed_by_peer, negotiated_alpn, peer_identity};
+pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, client_endpoint, connect, describe, server_endpoint,
