@@ -220,9 +220,10 @@ const EXIT_TIMEOUT: u8 = 124;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // openraft narrates every election at info; its warnings are what an operator needs.
     let default_log = match &cli.cmd {
-        Cmd::Dev(a) if !a.demo => "info",
-        Cmd::Master(_) | Cmd::Agent { cmd: None, .. } => "info",
+        Cmd::Dev(a) if !a.demo => "info,openraft=warn",
+        Cmd::Master(_) | Cmd::Agent { cmd: None, .. } => "info,openraft=warn",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
