@@ -43,7 +43,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
         "{}",
         text(&out.stderr)
     );
-    let out = c.run(&["--cpu-time", "200ms"], "spin", &[]).unwrap();
+    let out = c.run(&["--cpu-budget", "200ms"], "spin", &[]).unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(
         text(&out.stderr).contains("(cpu_limit)"),
@@ -86,7 +86,16 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(shown["spec"]["name"], "exit-code.wasm");
     assert_eq!(shown["spec"]["args"][0], "3");
     let shown = text(&c.cli(&["task", "show", "2"]).unwrap().stdout);
-    assert!(shown.contains("exit code: 3"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("exit code:") && l.ends_with(" 3")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("peak mem:") && shown.contains("cpu used:"),
+        "{shown}"
+    );
 
     // logs of a finished task, with and without -f.
     let logs = c.cli(&["logs", "t-1"]).unwrap();

@@ -241,16 +241,6 @@ async fn read_loop(
     result
 }
 
-fn failed(state: TaskState, reason: Option<Reason>, message: String) -> TaskStatus {
-    TaskStatus {
-        state,
-        reason,
-        message: Some(message),
-        exit_code: None,
-        fuel_used: 0,
-    }
-}
-
 fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
     let (kill_tx, kill_rx) = watch::channel(false);
     {
@@ -276,13 +266,31 @@ async fn run_task(
     agent.report(task, TaskStatus::new(TaskState::Starting));
     let bytes = match fetch_bundle(agent, &spec.bundle).await {
         Ok(b) => b,
-        Err(e) => return failed(TaskState::Error, None, format!("cannot fetch bundle: {e}")),
+        Err(e) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                None,
+                format!("cannot fetch bundle: {e}"),
+            );
+        }
     };
     let runner = agent.runner.clone();
     let compiled = match tokio::task::spawn_blocking(move || runner.compile(&bytes)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return failed(TaskState::Error, Some(Reason::InvalidBundle), e.to_string()),
-        Err(e) => return failed(TaskState::Error, None, format!("compiler crashed: {e}")),
+        Ok(Err(e)) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                Some(Reason::InvalidBundle),
+                e.to_string(),
+            );
+        }
+        Err(e) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                None,
+                format!("compiler crashed: {e}"),
+            );
+        }
     };
     agent.report(task, TaskStatus::new(TaskState::Running));
     let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
@@ -303,7 +311,7 @@ async fn run_task(
         mem_bytes: spec.resources.mem_bytes,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output_bytes: spec.max_output_bytes,
-        cpu_budget_fuel: spec.cpu_time_ms.map(|ms| {
+        cpu_budget_fuel: spec.cpu_budget_ms.map(|ms| {
             let per_ms = agent.runner.fuel_per_core_second() / 1000;
             ms.saturating_mul(per_ms)
         }),

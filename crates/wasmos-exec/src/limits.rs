@@ -43,6 +43,11 @@ impl MemoryLimiter {
             exceeded: None,
         }
     }
+
+    /// The most linear memory the store held: memories never shrink, so this is the total.
+    pub(crate) fn peak(&self) -> u64 {
+        self.total
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

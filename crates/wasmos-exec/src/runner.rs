@@ -295,7 +295,8 @@ impl Runner {
             .set_fuel(fuel_start)
             .and_then(|()| store.fuel_async_yield_interval(Some(slice)))
         {
-            return outcome(failed(Reason::Trap, format!("cannot meter fuel: {e}")), 0);
+            let status = failed(Reason::Trap, format!("cannot meter fuel: {e}"));
+            return RunOutcome { status };
         }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(on_epoch);
@@ -315,7 +316,8 @@ impl Runner {
         };
 
         let fuel_used = fuel_start.saturating_sub(store.get_fuel().unwrap_or(0));
-        let status = match ending {
+        let peak_mem_bytes = store.data().memory.peak();
+        let mut status = match ending {
             Ending::Killed => {
                 let mut s = TaskStatus::new(TaskState::Killed);
                 s.reason = Some(Reason::Killed);
@@ -340,8 +342,17 @@ impl Runner {
                 () = out.drain() => {}
             }
         }
-        outcome(status, fuel_used)
+        status.fuel_used = fuel_used;
+        status.cpu_ms = fuel_to_ms(fuel_used, self.inner.fuel_per_core_second);
+        status.peak_mem_bytes = peak_mem_bytes;
+        RunOutcome { status }
     }
+}
+
+/// Core-milliseconds that `fuel` represents at `per_core_second` fuel per core-second.
+fn fuel_to_ms(fuel: u64, per_core_second: u64) -> u64 {
+    let ms = u128::from(fuel) * 1000 / u128::from(per_core_second.max(1));
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 enum Ending {
@@ -455,11 +466,6 @@ fn failed(reason: Reason, message: String) -> TaskStatus {
     s.reason = Some(reason);
     s.message = Some(message);
     s
-}
-
-fn outcome(mut status: TaskStatus, fuel_used: u64) -> RunOutcome {
-    status.fuel_used = fuel_used;
-    RunOutcome { status }
 }
 
 /// Collapses a possibly multi-line error (wasmtime appends backtraces) into one bounded line.

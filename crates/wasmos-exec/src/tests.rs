@@ -228,6 +228,10 @@ async fn a_cpu_share_throttles_the_task() {
     let bytes = countdown(80_000_000);
     let full = run(&bytes, request()).await;
     assert_eq!(full.status.exit_code, Some(0), "{:?}", full.status);
+    // Core-time is fuel at the runner's rate: 400M fuel at 1G/s is about 400 ms.
+    let expected = full.status.fuel_used * 1000 / TEST_FUEL_RATE;
+    assert_eq!(full.status.cpu_ms, expected, "{:?}", full.status);
+    assert!((350..=450).contains(&expected), "{:?}", full.status);
 
     // Half a core earns 500M fuel/s: 400M takes 0.8 s, less the 0.1 s burst allowance.
     let mut req = request();
@@ -261,6 +265,9 @@ async fn a_memory_hog_fails_with_memory_limit() {
     let ran = run(&hog, req).await;
     assert_failed(&ran.status, Reason::MemoryLimit);
     assert!(ran.elapsed < Duration::from_secs(2), "{:?}", ran.elapsed);
+    // The peak is what was granted: everything up to the refused grow, never past the cap.
+    let peak = ran.status.peak_mem_bytes;
+    assert!(peak > (6 << 20) && peak <= 8 << 20, "peak {peak}");
 
     // An initial memory over the limit fails at instantiation, with the same reason.
     let mut req = request();

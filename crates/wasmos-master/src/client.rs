@@ -171,13 +171,11 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
     {
         return ClientResponse::Ok;
     }
-    let status = TaskStatus {
-        state: TaskState::Killed,
-        reason: Some(Reason::Killed),
-        message: Some("killed before it started".into()),
-        exit_code: None,
-        fuel_used: 0,
-    };
+    let status = TaskStatus::with_reason(
+        TaskState::Killed,
+        Some(Reason::Killed),
+        "killed before it started",
+    );
     match shared
         .write(Command::SetStatus {
             task: id,

@@ -58,17 +58,15 @@ async fn schedule_once(shared: &Shared) -> Result<(), wasmos_raft::RaftError> {
             Decision::Unschedulable { task, largest } => {
                 let demand = shared.read(|s| s.tasks.get(&task).map(|t| t.spec.resources));
                 let Some(demand) = demand else { continue };
-                let status = TaskStatus {
-                    state: TaskState::Error,
-                    reason: Some(Reason::Unschedulable),
-                    message: Some(format!(
+                let status = TaskStatus::with_reason(
+                    TaskState::Error,
+                    Some(Reason::Unschedulable),
+                    format!(
                         "needs {demand}, but the largest agent has cpu {} mem {}",
                         format_cpu(largest.cpu_millis),
                         format_bytes(largest.mem_bytes)
-                    )),
-                    exit_code: None,
-                    fuel_used: 0,
-                };
+                    ),
+                );
                 shared
                     .write(Command::SetStatus {
                         task,

@@ -65,9 +65,9 @@ pub struct TaskSpec {
     pub timeout_ms: u64,
     /// Cap on stdout + stderr bytes; a task that writes more is stopped with `output_limit`.
     pub max_output_bytes: u64,
-    /// Total CPU time the task may use, in milliseconds of one core (metered as fuel); `None`
+    /// Total CPU the task may use, in milliseconds of one core (metered as fuel); `None`
     /// for no budget beyond the timeout. Running out stops it with `cpu_limit`.
-    pub cpu_time_ms: Option<u64>,
+    pub cpu_budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -166,9 +166,26 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     /// Fuel the task consumed: its metered CPU usage.
     pub fuel_used: u64,
+    /// The same usage in milliseconds of one core, at the agent's calibrated fuel rate.
+    pub cpu_ms: u64,
+    /// Largest total size its linear memories reached.
+    pub peak_mem_bytes: u64,
 }
 
 impl TaskStatus {
+    /// A status with a reason and a one-line message and no usage recorded.
+    pub fn with_reason(
+        state: TaskState,
+        reason: Option<Reason>,
+        message: impl Into<String>,
+    ) -> Self {
+        TaskStatus {
+            reason,
+            message: Some(message.into()),
+            ..TaskStatus::new(state)
+        }
+    }
+
     pub fn new(state: TaskState) -> Self {
         TaskStatus {
             state,
@@ -176,6 +193,8 @@ impl TaskStatus {
             message: None,
             exit_code: None,
             fuel_used: 0,
+            cpu_ms: 0,
+            peak_mem_bytes: 0,
         }
     }
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 
 use tokio::sync::watch;
 
 use crate::store::{
     Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, StoreError, blocking, db_err, decode,
-    encode, read_meta, write_meta,
+    encode, open_write, read_meta, read_table, write_meta, write_table, write_txn,
 };
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -54,21 +54,17 @@ fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<En
     if empty {
         return Ok(Vec::new());
     }
-    let txn = db
-        .begin_read()
-        .map_err(|e| db_err("begin read transaction", e))?;
-    let table = txn
-        .open_table(LOGS)
-        .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
-    let mut entries = Vec::new();
-    for item in table
-        .range(range)
-        .map_err(|e| db_err("read log entries", e))?
-    {
-        let (key, value) = item.map_err(|e| db_err("read log entries", e))?;
-        entries.push(decode_entry(key.value(), value.value())?);
-    }
-    Ok(entries)
+    read_table(db, LOGS, |table| {
+        let mut entries = Vec::new();
+        for item in table
+            .range(range)
+            .map_err(|e| db_err("read log entries", e))?
+        {
+            let (key, value) = item.map_err(|e| db_err("read log entries", e))?;
+            entries.push(decode_entry(key.value(), value.value())?);
+        }
+        Ok(entries)
+    })
 }
 
 fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
@@ -85,19 +81,15 @@ fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
 /// The last purged log id and the id of the last entry present (or the last purged one).
 fn read_log_state(db: &Database) -> Result<LogState<TypeConfig>, StoreError> {
     let last_purged: Option<LogId> = read_meta(db, KEY_LAST_PURGED)?;
-    let txn = db
-        .begin_read()
-        .map_err(|e| db_err("begin read transaction", e))?;
-    let table = txn
-        .open_table(LOGS)
-        .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
-    let last = table
-        .last()
-        .map_err(|e| db_err("read the last log entry", e))?;
-    let last_log_id = match last {
-        Some((key, value)) => Some(decode_entry(key.value(), value.value())?.log_id),
-        None => last_purged,
-    };
+    let last_log_id = read_table(db, LOGS, |table| {
+        let last = table
+            .last()
+            .map_err(|e| db_err("read the last log entry", e))?;
+        match last {
+            Some((key, value)) => Ok(Some(decode_entry(key.value(), value.value())?.log_id)),
+            None => Ok(last_purged),
+        }
+    })?;
     Ok(LogState {
         last_purged_log_id: last_purged,
         last_log_id,
@@ -106,37 +98,28 @@ fn read_log_state(db: &Database) -> Result<LogState<TypeConfig>, StoreError> {
 
 /// Writes `entries` (already encoded, by index) in one durable transaction.
 fn write_entries(db: &Database, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-    let txn = db
-        .begin_write()
-        .map_err(|e| db_err("begin write transaction", e))?;
-    {
-        let mut table = txn
-            .open_table(LOGS)
-            .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
+    write_table(db, LOGS, "commit log entries", |table| {
         for (index, bytes) in entries {
             table
                 .insert(index, bytes.as_slice())
                 .map_err(|e| db_err(format_args!("write log entry at index {index}"), e))?;
         }
-    }
-    txn.commit().map_err(|e| db_err("commit log entries", e))
+        Ok(())
+    })
 }
 
 /// Deletes every entry with index >= `since` in one durable transaction.
 fn truncate_entries(db: &Database, since: u64) -> Result<(), StoreError> {
-    let txn = db
-        .begin_write()
-        .map_err(|e| db_err("begin write transaction", e))?;
-    {
-        let mut table = txn
-            .open_table(LOGS)
-            .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
-        table
-            .retain_in(since.., |_, _| false)
-            .map_err(|e| db_err(format_args!("delete log entries from index {since}"), e))?;
-    }
-    txn.commit()
-        .map_err(|e| db_err(format_args!("commit truncation at index {since}"), e))
+    write_table(
+        db,
+        LOGS,
+        format_args!("commit truncation at index {since}"),
+        |table| {
+            table
+                .retain_in(since.., |_, _| false)
+                .map_err(|e| db_err(format_args!("delete log entries from index {since}"), e))
+        },
+    )
 }
 
 /// Records `upto` as the last purged log id and deletes every entry up to it, in one durable
@@ -150,23 +133,19 @@ fn purge_entries(db: &Database, upto: LogId) -> Result<(), StoreError> {
         _ => upto,
     };
     let bytes = encode(&last_purged, "last purged log id")?;
-    let txn = db
-        .begin_write()
-        .map_err(|e| db_err("begin write transaction", e))?;
-    {
-        let mut meta = txn
-            .open_table(META)
-            .map_err(|e| db_err(format_args!("open table {META}"), e))?;
-        meta.insert(KEY_LAST_PURGED, bytes.as_slice())
-            .map_err(|e| db_err("write last purged log id", e))?;
-        let mut logs = txn
-            .open_table(LOGS)
-            .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
-        logs.retain_in(..=upto.index, |_, _| false)
-            .map_err(|e| db_err(format_args!("purge log entries up to {}", upto.index), e))?;
-    }
-    txn.commit()
-        .map_err(|e| db_err(format_args!("commit purge up to index {}", upto.index), e))
+    let index = upto.index;
+    write_txn(
+        db,
+        format_args!("commit purge up to index {index}"),
+        |txn| {
+            open_write(txn, META)?
+                .insert(KEY_LAST_PURGED, bytes.as_slice())
+                .map_err(|e| db_err("write last purged log id", e))?;
+            open_write(txn, LOGS)?
+                .retain_in(..=index, |_, _| false)
+                .map_err(|e| db_err(format_args!("purge log entries up to {index}"), e))
+        },
+    )
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -15,13 +15,13 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
 };
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 use tokio::sync::watch;
 use wasmos_state::{ClusterState, CommandResult};
 
 use crate::store::{
     Db, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT, StoreError, blocking, db_err, decode,
-    encode,
+    encode, open_write, read_table,
 };
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -109,28 +109,24 @@ impl StateMachineStore {
 
 /// Reads the stored snapshot: its metadata and its (still encoded) data.
 fn read_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| db_err("begin read transaction", e))?;
-    let table = txn
-        .open_table(SNAPSHOT)
-        .map_err(|e| db_err(format_args!("open table {SNAPSHOT}"), e))?;
-    let meta = table
-        .get(KEY_SNAPSHOT_META)
-        .map_err(|e| db_err("read snapshot metadata", e))?;
-    let data = table
-        .get(KEY_SNAPSHOT_DATA)
-        .map_err(|e| db_err("read snapshot data", e))?;
-    match (meta, data) {
-        (Some(meta), Some(data)) => Ok(Some((
-            decode(meta.value(), "snapshot metadata")?,
-            data.value().to_vec(),
-        ))),
-        (None, None) => Ok(None),
-        _ => Err(StoreError::new(
-            "corrupt snapshot in raft.redb: only one of its metadata and data is present",
-        )),
-    }
+    read_table(db, SNAPSHOT, |table| {
+        let meta = table
+            .get(KEY_SNAPSHOT_META)
+            .map_err(|e| db_err("read snapshot metadata", e))?;
+        let data = table
+            .get(KEY_SNAPSHOT_DATA)
+            .map_err(|e| db_err("read snapshot data", e))?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => Ok(Some((
+                decode(meta.value(), "snapshot metadata")?,
+                data.value().to_vec(),
+            ))),
+            (None, None) => Ok(None),
+            _ => Err(StoreError::new(
+                "corrupt snapshot in raft.redb: only one of its metadata and data is present",
+            )),
+        }
+    })
 }
 
 /// Stores a snapshot (metadata and data in one durable transaction). With `only_if_newer`, a
@@ -143,13 +139,13 @@ fn write_snapshot(
     only_if_newer: bool,
 ) -> Result<bool, StoreError> {
     let meta_bytes = encode(meta, "snapshot metadata")?;
+    // Written by hand rather than with `write_table`: a stale snapshot aborts the transaction
+    // (dropping it) instead of committing an empty one, which would cost an fsync for nothing.
     let txn = db
         .begin_write()
         .map_err(|e| db_err("begin write transaction", e))?;
     {
-        let mut table = txn
-            .open_table(SNAPSHOT)
-            .map_err(|e| db_err(format_args!("open table {SNAPSHOT}"), e))?;
+        let mut table = open_write(&txn, SNAPSHOT)?;
         if only_if_newer {
             let current = table
                 .get(KEY_SNAPSHOT_META)

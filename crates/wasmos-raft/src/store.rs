@@ -21,7 +21,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
-use redb::{Builder, Database, ReadableDatabase, TableDefinition};
+use redb::{
+    Builder, Database, Key, ReadOnlyTable, ReadableDatabase, Table, TableDefinition, Value,
+    WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -150,18 +153,64 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
         .create(path)
         .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
 
+    write_txn(&db, "commit table creation", |txn| {
+        for table in [META, SNAPSHOT] {
+            open_write(txn, table)?;
+        }
+        open_write(txn, LOGS)?;
+        Ok(())
+    })?;
+    Ok(db)
+}
+
+/// Opens `table` in the write transaction `txn` (creating it if missing).
+pub(crate) fn open_write<'txn, K: Key + 'static, V: Value + 'static>(
+    txn: &'txn WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Table<'txn, K, V>, StoreError> {
+    txn.open_table(table)
+        .map_err(|e| db_err(format_args!("open table {table}"), e))
+}
+
+/// Runs `body` in one write transaction and commits it durably if `body` succeeds (`commit_what`
+/// names the commit in its error). If `body` fails the transaction is aborted: nothing is written.
+/// Tables `body` opens must be dropped before it returns.
+pub(crate) fn write_txn<R>(
+    db: &Database,
+    commit_what: impl Display,
+    body: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
     let txn = db
         .begin_write()
         .map_err(|e| db_err("begin write transaction", e))?;
-    for table in [META, SNAPSHOT] {
-        txn.open_table(table)
-            .map_err(|e| db_err(format_args!("open table {table}"), e))?;
-    }
-    txn.open_table(LOGS)
-        .map_err(|e| db_err(format_args!("open table {LOGS}"), e))?;
-    txn.commit()
-        .map_err(|e| db_err("commit table creation", e))?;
-    Ok(db)
+    let result = body(&txn)?;
+    txn.commit().map_err(|e| db_err(commit_what, e))?;
+    Ok(result)
+}
+
+/// [`write_txn`] over the single table `table`.
+pub(crate) fn write_table<K: Key + 'static, V: Value + 'static, R>(
+    db: &Database,
+    table: TableDefinition<K, V>,
+    commit_what: impl Display,
+    body: impl FnOnce(&mut Table<'_, K, V>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    write_txn(db, commit_what, |txn| body(&mut open_write(txn, table)?))
+}
+
+/// Runs `body` over `table` in one read transaction.
+pub(crate) fn read_table<K: Key + 'static, V: Value + 'static, R>(
+    db: &Database,
+    table: TableDefinition<K, V>,
+    body: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| db_err("begin read transaction", e))?;
+    let table = txn
+        .open_table(table)
+        .map_err(|e| db_err(format_args!("open table {table}"), e))?;
+    body(&table)
 }
 
 /// Reads and decodes one value of the `raft_meta` table.
@@ -169,36 +218,25 @@ pub(crate) fn read_meta<T: DeserializeOwned>(
     db: &Database,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
-    let txn = db
-        .begin_read()
-        .map_err(|e| db_err("begin read transaction", e))?;
-    let table = txn
-        .open_table(META)
-        .map_err(|e| db_err(format_args!("open table {META}"), e))?;
-    let value = table
-        .get(key)
-        .map_err(|e| db_err(format_args!("read {key}"), e))?;
-    match value {
-        Some(v) => decode(v.value(), format_args!("{key} (table raft_meta)")).map(Some),
-        None => Ok(None),
-    }
+    read_table(db, META, |table| {
+        let value = table
+            .get(key)
+            .map_err(|e| db_err(format_args!("read {key}"), e))?;
+        match value {
+            Some(v) => decode(v.value(), format_args!("{key} (table raft_meta)")).map(Some),
+            None => Ok(None),
+        }
+    })
 }
 
 /// Writes one already-encoded value of the `raft_meta` table in its own durable transaction.
 pub(crate) fn write_meta(db: &Database, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let txn = db
-        .begin_write()
-        .map_err(|e| db_err("begin write transaction", e))?;
-    {
-        let mut table = txn
-            .open_table(META)
-            .map_err(|e| db_err(format_args!("open table {META}"), e))?;
+    write_table(db, META, format_args!("commit {key}"), |table| {
         table
             .insert(key, bytes)
             .map_err(|e| db_err(format_args!("write {key}"), e))?;
-    }
-    txn.commit()
-        .map_err(|e| db_err(format_args!("commit {key}"), e))
+        Ok(())
+    })
 }
 
 /// Opens (or creates) the redb file at `path` and returns the two storage halves over it: the

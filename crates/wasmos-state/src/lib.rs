@@ -250,13 +250,12 @@ impl ClusterState {
 
     fn finish(&mut self, task: TaskId, state: TaskState, reason: Reason, msg: &str, now_ms: u64) {
         if let Some(info) = self.tasks.get_mut(&task) {
-            let fuel_used = info.status.fuel_used;
+            // Keep the usage last reported: it was consumed even if the end was not seen.
             info.status = TaskStatus {
-                state,
-                reason: Some(reason),
-                message: Some(msg.to_string()),
-                exit_code: None,
-                fuel_used,
+                fuel_used: info.status.fuel_used,
+                cpu_ms: info.status.cpu_ms,
+                peak_mem_bytes: info.status.peak_mem_bytes,
+                ..TaskStatus::with_reason(state, Some(reason), msg)
             };
             info.updated_ms = now_ms;
         }

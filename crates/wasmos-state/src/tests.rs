@@ -24,7 +24,7 @@ fn spec(cpu: u64) -> TaskSpec {
         },
         timeout_ms: 1000,
         max_output_bytes: 1 << 20,
-        cpu_time_ms: None,
+        cpu_budget_ms: None,
     }
 }
 

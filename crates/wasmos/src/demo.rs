@@ -104,7 +104,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
             },
             timeout_ms: t.timeout.as_millis() as u64,
             max_output_bytes: 1 << 20,
-            cpu_time_ms: None,
+            cpu_budget_ms: None,
         };
         let id = client.submit(spec).await?;
         println!("submitted {id}: {} {}", t.file, t.args.join(" "));

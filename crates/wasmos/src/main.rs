@@ -197,9 +197,10 @@ struct RunArgs {
     /// Wall-clock limit.
     #[arg(long, default_value = "30s")]
     timeout: humantime::Duration,
-    /// Total CPU time budget (of one core), metered as fuel; running out stops the task.
+    /// Total CPU budget in core-seconds (e.g. 10s, 500ms), metered as fuel; running out stops
+    /// the task with cpu_limit.
     #[arg(long, value_name = "DURATION")]
-    cpu_time: Option<humantime::Duration>,
+    cpu_budget: Option<humantime::Duration>,
     /// Cap on stdout + stderr.
     #[arg(long, default_value = "1MiB")]
     max_output: String,
@@ -448,7 +449,9 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         },
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
-        cpu_time_ms: args.cpu_time.map(|d| Duration::from(d).as_millis() as u64),
+        cpu_budget_ms: args
+            .cpu_budget
+            .map(|d| Duration::from(d).as_millis() as u64),
     })
 }
 
@@ -594,16 +597,20 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                 ("resources", t.spec.resources.to_string()),
                 ("timeout", format!("{}ms", t.spec.timeout_ms)),
                 (
-                    "cpu time",
+                    "cpu budget",
                     t.spec
-                        .cpu_time_ms
+                        .cpu_budget_ms
                         .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
                 ),
-                ("fuel used", st.fuel_used.to_string()),
+                (
+                    "cpu used",
+                    format!("{:.3}s ({} fuel)", st.cpu_ms as f64 / 1000.0, st.fuel_used),
+                ),
+                ("peak mem", format_bytes(st.peak_mem_bytes)),
                 ("owner", t.owner.clone()),
             ];
             for (k, v) in rows {
-                println!("{:<10} {v}", format!("{k}:"));
+                println!("{:<11} {v}", format!("{k}:"));
             }
         }
     }
