@@ -165,6 +165,14 @@ fn main() -> Result<()> {
         Some("bench") => {
             samples()?;
             run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
+            run(cargo().args([
+                "bench",
+                "--locked",
+                "-p",
+                "wasmos-exec",
+                "--bench",
+                "sandbox",
+            ]))?;
             run(cargo()
                 .args([
                     "test",

@@ -23,6 +23,8 @@ pub enum AgentError {
     Net(#[from] wasmos_net::NetError),
     #[error("the wasm runtime could not start: {0}")]
     Exec(#[from] wasmos_exec::ExecError),
+    #[error("cannot start the task worker pool: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot create work directory {path}: {source}")]
     WorkDir {
         path: PathBuf,
@@ -61,6 +63,8 @@ struct Inner {
 struct Agent {
     cfg: AgentConfig,
     runner: Arc<Runner>,
+    /// Where tasks run: a runtime of their own (see `TaskPool`).
+    pool: tokio::runtime::Handle,
     inner: Mutex<Inner>,
 }
 
@@ -89,6 +93,39 @@ impl Agent {
     }
 }
 
+/// The worker threads tasks run on, one per core the agent offers. Guests are CPU-bound and
+/// yield only every fuel slice; on a runtime of their own they can keep every worker busy while
+/// the session (heartbeats, acks, status updates, launches) keeps its own threads.
+struct TaskPool {
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl TaskPool {
+    fn new(cpu_millis: u64) -> Result<TaskPool, AgentError> {
+        let workers = cpu_millis.div_ceil(1000).clamp(1, 1024) as usize;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("wasmos-task")
+            .enable_all()
+            .build()
+            .map_err(AgentError::Runtime)?;
+        Ok(TaskPool {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
+    }
+}
+
+impl Drop for TaskPool {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code blocks and panics; let its threads wind down.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Runs an agent until `shutdown` turns true, reconnecting to the master whenever the session
 /// drops.
 pub async fn run(
@@ -101,7 +138,17 @@ pub async fn run(
         path: bundles.clone(),
         source,
     })?;
-    let runner = Arc::new(Runner::new(cfg.exec.clone())?);
+    // Calibration keeps a core busy for a moment: not on the async workers.
+    let exec = cfg.exec.clone();
+    let runner = tokio::task::spawn_blocking(move || Runner::new(exec))
+        .await
+        .map_err(|e| wasmos_exec::ExecError::Engine(format!("runner setup panicked: {e}")))??;
+    let runner = Arc::new(runner);
+    tracing::info!(
+        fuel_per_core_second = runner.fuel_per_core_second(),
+        "calibrated CPU metering"
+    );
+    let pool = TaskPool::new(cfg.resources.cpu_millis)?;
     let endpoint = wasmos_net::client_endpoint(&creds, alpn::AGENT, cfg.master)?;
     // Sequence numbers start from the clock so a restarted agent numbers above its previous
     // life even before the master tells it the last number it recorded.
@@ -111,6 +158,7 @@ pub async fn run(
     let agent = Arc::new(Agent {
         cfg,
         runner,
+        pool: pool.handle.clone(),
         inner: Mutex::new(Inner {
             next_seq: first_seq,
             unacked: Vec::new(),
@@ -148,6 +196,7 @@ pub async fn run(
     endpoint.close(0u32.into(), b"agent shutting down");
     // Give the close a moment to reach the master, so it sees a clean shutdown, not a loss.
     let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
+    drop(pool);
     Ok(())
 }
 
@@ -250,7 +299,7 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
         }
         inner.tasks.insert(task, kill_tx);
     }
-    tokio::spawn(async move {
+    agent.pool.clone().spawn(async move {
         let status = run_task(&agent, task, spec, kill_rx).await;
         agent.report(task, status);
         agent.inner().tasks.remove(&task);
@@ -366,9 +415,16 @@ async fn fetch_bundle(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, Strin
     if actual != hash.as_str() {
         return Err(format!("downloaded bytes hash to {actual}, not {hash}"));
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    if tokio::fs::write(&tmp, &bytes).await.is_ok() {
-        let _ = tokio::fs::rename(&tmp, &path).await;
-    }
+    // Caching is best effort (a failure only means the next launch downloads again); the
+    // temporary file is unique because two tasks may fetch the same bundle at once.
+    let cached = bytes.clone();
+    let dir = agent.cfg.work_dir.join("bundles");
+    let _ = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut f = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut f, &cached)?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await;
     Ok(bytes)
 }

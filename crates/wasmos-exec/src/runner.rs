@@ -129,9 +129,8 @@ impl Runner {
             .consume_fuel(true)
             .epoch_interruption(true)
             .wasm_component_model(true)
-            // The workspace builds wasmtime with `gc` but no collector, and command components
-            // built from Rust need neither GC nor exceptions; without this the engine refuses to
-            // start.
+            // Command components built from Rust need neither GC nor exceptions, and the
+            // workspace builds wasmtime without a collector.
             .gc_support(false);
         let engine = Engine::new(&config).map_err(engine_err("creating the engine"))?;
 

@@ -67,12 +67,11 @@ impl BundleStore {
         if self.contains(hash) {
             return Ok(());
         }
-        let tmp = self.dir.join(format!("{hash}.tmp-{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
+        // A uniquely named temporary file: two clients may upload the same bundle at once.
+        let mut f = tempfile::NamedTempFile::new_in(&self.dir)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, self.path(hash))?;
+        f.as_file().sync_all()?;
+        f.persist(self.path(hash)).map_err(|e| e.error)?;
         Ok(())
     }
 
@@ -116,5 +115,23 @@ mod tests {
         assert!(!store.contains(&bad));
         store.put(&good, &bytes).unwrap();
         assert_eq!(store.get(&good).unwrap(), bytes);
+    }
+
+    #[test]
+    fn concurrent_uploads_of_one_bundle_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BundleStore::open(dir.path().to_path_buf()).unwrap();
+        let mut bytes = COMPONENT_HEADER.to_vec();
+        bytes.extend(std::iter::repeat_n(7u8, 4 << 20));
+        let hash = BundleHash::parse(&hex::encode(Sha256::digest(&bytes))).unwrap();
+        std::thread::scope(|s| {
+            let a = s.spawn(|| store.put(&hash, &bytes));
+            let b = s.spawn(|| store.put(&hash, &bytes));
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        });
+        assert_eq!(store.get(&hash).unwrap(), bytes);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "temporary files left behind");
     }
 }

@@ -1,0 +1,271 @@
+//! Exec-layer figures for BENCHMARKS.md, each against a baseline measured in the same run:
+//! metering overhead (the sandbox vs plain wasmtime without fuel or epochs), CPU-share fairness,
+//! and launch rate and latency of a trivial cached component. Run with `cargo xtask bench`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use wasmos_exec::{Compiled, ExecConfig, RunRequest, Runner, TaskStatus};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn sample(name: &str) -> Res<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sample-tasks/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).map_err(|e| {
+        format!(
+            "{}: {e} (build the samples with `cargo xtask samples`)",
+            path.display()
+        )
+        .into()
+    })
+}
+
+struct Plain {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Plain {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Stock wasmtime: same compiler settings, no fuel, no epochs, no limiter.
+fn plain_pre(bytes: &[u8]) -> Res<CommandPre<Plain>> {
+    let mut config = Config::new();
+    config.wasm_component_model(true).gc_support(false);
+    let engine = Engine::new(&config)?;
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    let component = Component::new(&engine, bytes)?;
+    Ok(CommandPre::new(linker.instantiate_pre(&component)?)?)
+}
+
+async fn run_plain(pre: &CommandPre<Plain>, args: &[&str]) -> Res<Duration> {
+    let start = Instant::now();
+    let wasi = WasiCtxBuilder::new()
+        .args(args)
+        .stdout(MemoryOutputPipe::new(1 << 20))
+        .build();
+    let mut store = Store::new(
+        pre.engine(),
+        Plain {
+            wasi,
+            table: ResourceTable::new(),
+        },
+    );
+    let command = pre.instantiate_async(&mut store).await?;
+    let result = command.wasi_cli_run().call_run(&mut store).await?;
+    if result.is_err() {
+        return Err("plain run failed".into());
+    }
+    Ok(start.elapsed())
+}
+
+fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
+    RunRequest {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cpu_millis,
+        mem_bytes: 256 << 20,
+        timeout,
+        max_output_bytes: 1 << 20,
+        cpu_budget_fuel: None,
+    }
+}
+
+async fn run_sandbox(
+    runner: &Runner,
+    compiled: &Compiled,
+    req: RunRequest,
+) -> (Duration, TaskStatus) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let (_kill_tx, kill) = watch::channel(false);
+    let start = Instant::now();
+    let outcome = runner.run(compiled, req, tx, kill).await;
+    let took = start.elapsed();
+    let _ = drain.await;
+    (took, outcome.status)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// This process's user + system CPU time (Linux only; None elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux configuration that matters here.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+async fn metering(runner: &Runner) -> Res<()> {
+    let bytes = sample("primes")?;
+    let compiled = runner.compile(&bytes)?;
+    let plain = plain_pre(&bytes)?;
+    let args = ["primes", "3000000"];
+    let (mut sandboxed, mut baseline) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        baseline.push(run_plain(&plain, &args).await?);
+        let (took, status) = run_sandbox(
+            runner,
+            &compiled,
+            request(&args, 1000, Duration::from_secs(60)),
+        )
+        .await;
+        if status.exit_code != Some(0) {
+            return Err(format!("sandboxed primes failed: {status:?}").into());
+        }
+        sandboxed.push(took);
+    }
+    let (s, b) = (median(sandboxed), median(baseline));
+    println!(
+        "bench metering: primes 3000000 sandboxed {:.1} ms, plain wasmtime {:.1} ms, ratio {:.3} (median of 7)",
+        s.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3,
+        s.as_secs_f64() / b.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// 250m and 750m spinners sharing one worker thread (a 1000m agent), and a 500m spinner alone.
+fn fairness(runner: &Runner) -> Res<()> {
+    let bytes = sample("spin")?;
+    let compiled = runner.compile(&bytes)?;
+    let one_core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (a, b) = one_core.block_on(async {
+        let (r1, c1) = (runner.clone(), compiled.clone());
+        let (r2, c2) = (runner.clone(), compiled.clone());
+        let small = tokio::spawn(async move {
+            run_sandbox(&r1, &c1, request(&["spin"], 250, Duration::from_secs(3))).await
+        });
+        let big = tokio::spawn(async move {
+            run_sandbox(&r2, &c2, request(&["spin"], 750, Duration::from_secs(3))).await
+        });
+        (small.await, big.await)
+    });
+    let (a, b) = (a?.1.fuel_used, b?.1.fuel_used);
+    let share = a as f64 / (a + b) as f64;
+    println!(
+        "bench fairness: 250m vs 750m on one core for 3 s: fuel {a} vs {b}, the 250m task got {:.1}% (target 25% +/- 10% of it)",
+        share * 100.0
+    );
+    one_core.shutdown_background();
+
+    let two_cores = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cpu_before = process_cpu();
+    let start = Instant::now();
+    let (_, status) = two_cores.block_on(run_sandbox(
+        runner,
+        &compiled,
+        request(&["spin"], 500, Duration::from_secs(3)),
+    ));
+    let wall = start.elapsed();
+    let metered = status.cpu_ms as f64 / wall.as_millis() as f64;
+    match (cpu_before, process_cpu()) {
+        (Some(before), Some(after)) => println!(
+            "bench share: 500m alone on 2 cores for 3 s: metered {:.2} cores, process CPU {:.2} cores",
+            metered,
+            (after - before).as_secs_f64() / wall.as_secs_f64()
+        ),
+        _ => println!("bench share: 500m alone on 2 cores for 3 s: metered {metered:.2} cores"),
+    }
+    two_cores.shutdown_background();
+    Ok(())
+}
+
+async fn launch(runner: &Runner) -> Res<()> {
+    let bytes = sample("noop")?;
+    let compiled = runner.compile(&bytes)?;
+    let plain = plain_pre(&bytes)?;
+    let mut lat = Vec::new();
+    let mut plain_lat = Vec::new();
+    for _ in 0..500 {
+        plain_lat.push(run_plain(&plain, &["noop"]).await?);
+        let (took, status) = run_sandbox(
+            runner,
+            &compiled,
+            request(&["noop"], 1000, Duration::from_secs(10)),
+        )
+        .await;
+        if status.exit_code != Some(0) {
+            return Err(format!("noop failed: {status:?}").into());
+        }
+        lat.push(took);
+    }
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    let (pp50, pp99) = (
+        percentile(&mut plain_lat, 0.5),
+        percentile(&mut plain_lat, 0.99),
+    );
+    println!(
+        "bench launch latency: noop instantiate+run p50 {:.0} us p99 {:.0} us; plain wasmtime p50 {:.0} us p99 {:.0} us",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        pp50.as_secs_f64() * 1e6,
+        pp99.as_secs_f64() * 1e6
+    );
+    let n = 5000;
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if i >= 64 {
+            let _ = set.join_next().await;
+        }
+        let (r, c) = (runner.clone(), compiled.clone());
+        set.spawn(async move {
+            run_sandbox(&r, &c, request(&["noop"], 1000, Duration::from_secs(10))).await
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "bench launch rate: {n} noop tasks, 64 in flight, 2 workers: {:.0} tasks/s",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let runner = Runner::new(ExecConfig::default())?;
+    println!(
+        "bench calibration: {} fuel per core-second",
+        runner.fuel_per_core_second()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(metering(&runner))?;
+    fairness(&runner)?;
+    rt.block_on(launch(&runner))?;
+    Ok(())
+}
