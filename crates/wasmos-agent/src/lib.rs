@@ -213,6 +213,7 @@ async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(
         let register = AgentToMaster::Register {
             resources: agent.cfg.resources,
             attributes: agent.cfg.attributes.clone(),
+            fuel_per_core_second: agent.runner.fuel_per_core_second(),
             running: inner.tasks.keys().copied().collect(),
             pending: inner.unacked.clone(),
         };

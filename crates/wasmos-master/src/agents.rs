@@ -28,25 +28,34 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             return;
         }
     };
-    let (resources, attributes, running, pending) = match recv_frame(&mut recv).await {
-        Ok(Some(AgentToMaster::Register {
-            resources,
-            attributes,
-            running,
-            pending,
-        })) => (resources, attributes, running, pending),
-        other => {
-            let msg = format!("expected Register as the first message, got {other:?}");
-            tracing::warn!(%agent, "{msg}");
-            let _ = send_frame(&mut send, &MasterToAgent::Error { message: msg }).await;
-            return;
-        }
-    };
+    let (resources, attributes, fuel_per_core_second, running, pending) =
+        match recv_frame(&mut recv).await {
+            Ok(Some(AgentToMaster::Register {
+                resources,
+                attributes,
+                fuel_per_core_second,
+                running,
+                pending,
+            })) => (
+                resources,
+                attributes,
+                fuel_per_core_second,
+                running,
+                pending,
+            ),
+            other => {
+                let msg = format!("expected Register as the first message, got {other:?}");
+                tracing::warn!(%agent, "{msg}");
+                let _ = send_frame(&mut send, &MasterToAgent::Error { message: msg }).await;
+                return;
+            }
+        };
     let registered = shared
         .write(Command::RegisterAgent {
             id: agent.clone(),
             total: resources,
             attributes,
+            fuel_per_core_second,
             running,
             now_ms: now_ms(),
         })

@@ -112,6 +112,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             total: a.total,
                             used: s.used_on(&a.id),
                             attributes: a.attributes.clone(),
+                            fuel_per_core_second: a.fuel_per_core_second,
                             registered_ms: a.registered_ms,
                             last_seen_ms: link.map_or(a.registered_ms, |(_, t)| *t),
                         }

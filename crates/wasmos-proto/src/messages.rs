@@ -91,6 +91,8 @@ pub struct AgentInfo {
     pub total: Resources,
     pub used: Resources,
     pub attributes: BTreeMap<String, String>,
+    /// The agent's calibrated CPU metering rate.
+    pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
 }
@@ -111,6 +113,8 @@ pub enum AgentToMaster {
     Register {
         resources: Resources,
         attributes: BTreeMap<String, String>,
+        /// Fuel one core burns per second, as the agent measured at start.
+        fuel_per_core_second: u64,
         /// Tasks this agent is still running (after a reconnect); any other task the master
         /// believes is on this agent is lost.
         running: Vec<TaskId>,

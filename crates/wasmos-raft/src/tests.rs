@@ -82,6 +82,7 @@ fn history() -> Vec<Command> {
                 disk_bytes: 0,
             },
             attributes: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            fuel_per_core_second: 1_000_000_000,
             running: vec![],
             now_ms: 2,
         },

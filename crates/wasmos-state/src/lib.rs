@@ -16,6 +16,7 @@ pub struct AgentRecord {
     pub id: AgentId,
     pub total: Resources,
     pub attributes: BTreeMap<String, String>,
+    pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     /// Highest status-update sequence number recorded from this agent; lower ones are duplicates.
     pub last_status_seq: u64,
@@ -43,6 +44,7 @@ pub enum Command {
         id: AgentId,
         total: Resources,
         attributes: BTreeMap<String, String>,
+        fuel_per_core_second: u64,
         /// Tasks the agent still runs; its other live tasks are lost.
         running: Vec<TaskId>,
         now_ms: u64,
@@ -96,6 +98,7 @@ impl ClusterState {
                 id,
                 total,
                 attributes,
+                fuel_per_core_second,
                 running,
                 now_ms,
             } => {
@@ -106,6 +109,7 @@ impl ClusterState {
                         id: id.clone(),
                         total,
                         attributes,
+                        fuel_per_core_second,
                         registered_ms: now_ms,
                         last_status_seq,
                     },

@@ -37,6 +37,7 @@ fn register(s: &mut ClusterState, name: &str, running: Vec<TaskId>) {
             disk_bytes: 0,
         },
         attributes: BTreeMap::new(),
+        fuel_per_core_second: 1_000_000_000,
         running,
         now_ms: 1,
     });
@@ -162,6 +163,7 @@ proptest! {
                     id: agent(name),
                     total: Resources { cpu_millis: 1000, mem_bytes: 1 << 30, disk_bytes: 0 },
                     attributes: BTreeMap::new(),
+                    fuel_per_core_second: 1_000_000_000,
                     running: vec![TaskId(n)],
                     now_ms: n,
                 },

@@ -650,13 +650,25 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                             format_bytes(a.total.mem_bytes)
                         ),
                         table::age(now, a.last_seen_ms),
+                        format!("{:.2e}", a.fuel_per_core_second as f64),
                         attrs.join(","),
                     ]
                 })
                 .collect();
             println!(
                 "{}",
-                table::render(&["ID", "STATE", "CPU", "MEM", "SEEN", "ATTRIBUTES"], &rows)
+                table::render(
+                    &[
+                        "ID",
+                        "STATE",
+                        "CPU",
+                        "MEM",
+                        "SEEN",
+                        "FUEL/CORE-S",
+                        "ATTRIBUTES"
+                    ],
+                    &rows
+                )
             );
         }
     }
