@@ -28,6 +28,34 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(env, ["env: EMPTY=", "env: GREETING=hi"], "{stdout}");
     assert!(text(&out.stderr).contains("(this line went to stderr)"));
 
+    // stdin: from a file, or piped through `--stdin -`; uploaded as a data blob.
+    let input = c.dir.path().join("input.txt");
+    std::fs::write(&input, "first line\nsecond line\n").unwrap();
+    let out = c
+        .cmd(&["run", "--stdin", input.to_str().unwrap()])
+        .arg(wasmos_tests::sample("hello"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("stdin: first line\nstdin: second line"),
+        "{stdout}"
+    );
+    let mut child = c
+        .cmd(&["run", "--stdin", "-"])
+        .arg(wasmos_tests::sample("hello"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped in").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        text(&out.stdout).contains("stdin: piped in"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // exit-code: the task's code becomes ours.
     let out = c.run(&[], "exit-code", &["3"]).unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
@@ -61,7 +89,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     // task list: every task with its final state and result, as JSON and as a table.
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
     let tasks = tasks.as_array().unwrap();
-    assert_eq!(tasks.len(), 6);
+    assert_eq!(tasks.len(), 8);
     let states: Vec<&str> = tasks
         .iter()
         .map(|t| t["status"]["state"].as_str().unwrap())
@@ -69,23 +97,25 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(
         states,
         [
-            "Finished", "Finished", "Finished", "Failed", "Failed", "Failed"
+            "Finished", "Finished", "Finished", "Finished", "Finished", "Failed", "Failed",
+            "Failed"
         ]
     );
-    assert_eq!(tasks[1]["status"]["exit_code"], 3);
-    assert_eq!(tasks[3]["status"]["reason"], "Timeout");
-    assert_eq!(tasks[4]["status"]["reason"], "CpuLimit");
-    assert_eq!(tasks[5]["status"]["reason"], "MemoryLimit");
+    assert_eq!(tasks[3]["status"]["exit_code"], 3);
+    assert!(tasks[1]["spec"]["stdin"].is_string());
+    assert_eq!(tasks[5]["status"]["reason"], "Timeout");
+    assert_eq!(tasks[6]["status"]["reason"], "CpuLimit");
+    assert_eq!(tasks[7]["status"]["reason"], "MemoryLimit");
     let table = text(&c.cli(&["task", "list"]).unwrap().stdout);
     assert!(table.starts_with("ID"), "{table}");
-    assert!(table.contains("t-2") && table.contains("exit 3"), "{table}");
+    assert!(table.contains("t-4") && table.contains("exit 3"), "{table}");
     assert!(table.contains("memory_limit"), "{table}");
 
     // task show, both forms.
-    let shown = c.json(&["task", "show", "t-2", "-o", "json"]).unwrap();
+    let shown = c.json(&["task", "show", "t-4", "-o", "json"]).unwrap();
     assert_eq!(shown["spec"]["name"], "exit-code.wasm");
     assert_eq!(shown["spec"]["args"][0], "3");
-    let shown = text(&c.cli(&["task", "show", "2"]).unwrap().stdout);
+    let shown = text(&c.cli(&["task", "show", "4"]).unwrap().stdout);
     assert!(
         shown
             .lines()
@@ -133,7 +163,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(a.wait().unwrap().code(), Some(124));
     assert_eq!(b.wait().unwrap().code(), Some(124));
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let placed: Vec<&str> = tasks.as_array().unwrap()[6..]
+    let placed: Vec<&str> = tasks.as_array().unwrap()[8..]
         .iter()
         .map(|t| t["agent"].as_str().unwrap())
         .collect();

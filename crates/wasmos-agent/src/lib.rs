@@ -324,6 +324,16 @@ async fn run_task(
             );
         }
     };
+    let stdin = match &spec.stdin {
+        None => Vec::new(),
+        Some(hash) => match fetch_bundle(agent, hash).await {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("cannot fetch stdin blob: {e}");
+                return TaskStatus::with_reason(TaskState::Error, None, msg);
+            }
+        },
+    };
     let runner = agent.runner.clone();
     let compiled = match tokio::task::spawn_blocking(move || runner.compile(&bytes)).await {
         Ok(Ok(c)) => c,
@@ -361,6 +371,7 @@ async fn run_task(
         mem_bytes: spec.resources.mem_bytes,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output_bytes: spec.max_output_bytes,
+        stdin,
         cpu_budget_fuel: spec.cpu_budget_ms.map(|ms| {
             let per_ms = agent.runner.fuel_per_core_second() / 1000;
             ms.saturating_mul(per_ms)

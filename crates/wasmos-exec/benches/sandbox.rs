@@ -83,6 +83,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         timeout,
         max_output_bytes: 1 << 20,
         cpu_budget_fuel: None,
+        stdin: Vec::new(),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct RunRequest {
     pub max_output_bytes: u64,
     /// Total fuel the task may burn; `None` is unlimited.
     pub cpu_budget_fuel: Option<u64>,
+    /// What the guest reads from stdin; empty means an immediately closed stdin.
+    pub stdin: Vec<u8>,
 }
 
 /// How a run ended. `status.fuel_used` is always filled, whatever the ending.

@@ -15,6 +15,7 @@ use wasmos_proto::{OutputStream, Reason, TaskState, TaskStatus};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::{MemoryLimiter, Throttle};
@@ -265,6 +266,7 @@ impl Runner {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&req.args)
             .envs(&req.env)
+            .stdin(MemoryInputPipe::new(req.stdin))
             .stdout(out.stream(OutputStream::Stdout))
             .stderr(out.stream(OutputStream::Stderr))
             .allow_tcp(false)

@@ -56,6 +56,7 @@ fn request() -> RunRequest {
         timeout: Duration::from_secs(20),
         max_output_bytes: 1 << 20,
         cpu_budget_fuel: None,
+        stdin: Vec::new(),
     }
 }
 

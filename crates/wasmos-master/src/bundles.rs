@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
-use wasmos_proto::BundleHash;
+use wasmos_proto::{BlobKind, BundleHash};
 
 /// The first 8 bytes of every WebAssembly component (magic, then the component layer/version).
 const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
@@ -55,7 +55,7 @@ impl BundleStore {
 
     /// Verifies and stores `bytes` under `hash`. The file appears under its final name only once
     /// complete, so a crash never leaves a truncated bundle behind.
-    pub fn put(&self, hash: &BundleHash, bytes: &[u8]) -> Result<(), BundleError> {
+    pub fn put(&self, hash: &BundleHash, bytes: &[u8], kind: BlobKind) -> Result<(), BundleError> {
         let actual = hex::encode(Sha256::digest(bytes));
         if actual != hash.as_str() {
             return Err(BundleError::HashMismatch {
@@ -63,7 +63,9 @@ impl BundleStore {
                 actual,
             });
         }
-        sniff_component(bytes).map_err(BundleError::NotAComponent)?;
+        if kind == BlobKind::Component {
+            sniff_component(bytes).map_err(BundleError::NotAComponent)?;
+        }
         if self.contains(hash) {
             return Ok(());
         }
@@ -109,11 +111,19 @@ mod tests {
         let good = BundleHash::parse(&hex::encode(Sha256::digest(&bytes))).unwrap();
         let bad = BundleHash::parse(&"0".repeat(64)).unwrap();
         assert!(matches!(
-            store.put(&bad, &bytes),
+            store.put(&bad, &bytes, BlobKind::Component),
             Err(BundleError::HashMismatch { .. })
         ));
         assert!(!store.contains(&bad));
-        store.put(&good, &bytes).unwrap();
+        store.put(&good, &bytes, BlobKind::Component).unwrap();
+        // Data blobs are not sniffed; components are.
+        let text = b"plain text".to_vec();
+        let text_hash = BundleHash::parse(&hex::encode(Sha256::digest(&text))).unwrap();
+        assert!(matches!(
+            store.put(&text_hash, &text, BlobKind::Component),
+            Err(BundleError::NotAComponent(_))
+        ));
+        store.put(&text_hash, &text, BlobKind::Data).unwrap();
         assert_eq!(store.get(&good).unwrap(), bytes);
     }
 
@@ -125,8 +135,8 @@ mod tests {
         bytes.extend(std::iter::repeat_n(7u8, 4 << 20));
         let hash = BundleHash::parse(&hex::encode(Sha256::digest(&bytes))).unwrap();
         std::thread::scope(|s| {
-            let a = s.spawn(|| store.put(&hash, &bytes));
-            let b = s.spawn(|| store.put(&hash, &bytes));
+            let a = s.spawn(|| store.put(&hash, &bytes, BlobKind::Component));
+            let b = s.spawn(|| store.put(&hash, &bytes, BlobKind::Component));
             a.join().unwrap().unwrap();
             b.join().unwrap().unwrap();
         });

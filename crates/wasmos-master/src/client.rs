@@ -7,8 +7,8 @@ use wasmos_net::{
     Connection, FrameError, Identity, RecvStream, SendStream, recv_frame, send_frame,
 };
 use wasmos_proto::{
-    AgentInfo, AgentState, BundleHash, ClientRequest, ClientResponse, ErrorKind, MasterToAgent,
-    Reason, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
+    MasterToAgent, Reason, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_state::{Command, CommandResult};
 
@@ -51,8 +51,8 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
         ClientRequest::WatchTask { id, follow } => {
             watch(&shared, &who, id, follow, &mut send).await
         }
-        ClientRequest::PushBundle { hash, size } => {
-            let resp = push_bundle(&shared, hash, size, &mut recv).await;
+        ClientRequest::PushBundle { hash, size, kind } => {
+            let resp = push_bundle(&shared, hash, size, kind, &mut recv).await;
             send_frame(&mut send, &resp).await
         }
         other => {
@@ -194,6 +194,7 @@ async fn push_bundle(
     shared: &Shared,
     hash: BundleHash,
     size: u64,
+    kind: BlobKind,
     recv: &mut RecvStream,
 ) -> ClientResponse {
     let max = shared.cfg.max_bundle_bytes;
@@ -214,7 +215,7 @@ async fn push_bundle(
         }
         Err(e) => return error(ErrorKind::InvalidBundle, format!("upload failed: {e}")),
     };
-    if let Err(e) = shared.bundles.put(&hash, &bytes) {
+    if let Err(e) = shared.bundles.put(&hash, &bytes, kind) {
         return error(ErrorKind::InvalidBundle, e.to_string());
     }
     match shared

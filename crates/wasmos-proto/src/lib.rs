@@ -10,8 +10,8 @@ mod task;
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use ids::{AgentId, BundleHash, IdError, TaskId};
 pub use messages::{
-    AgentInfo, AgentState, AgentToMaster, ClientRequest, ClientResponse, ErrorKind, MasterToAgent,
-    OutputStream, StatusUpdate,
+    AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ErrorKind,
+    MasterToAgent, OutputStream, StatusUpdate,
 };
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
 pub use task::{Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus};

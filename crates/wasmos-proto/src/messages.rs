@@ -15,9 +15,11 @@ pub enum ClientRequest {
         hash: BundleHash,
     },
     /// Followed on the same stream by exactly `size` raw bytes, then the end of the stream.
+    /// A `Component` must be a Wasm component; `Data` (stdin, input files) may be anything.
     PushBundle {
         hash: BundleHash,
         size: u64,
+        kind: BlobKind,
     },
     SubmitTask {
         spec: TaskSpec,
@@ -36,6 +38,13 @@ pub enum ClientRequest {
     KillTask {
         id: TaskId,
     },
+}
+
+/// What an uploaded blob is for; both live in the same content-addressed store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobKind {
+    Component,
+    Data,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

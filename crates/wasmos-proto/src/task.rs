@@ -68,6 +68,8 @@ pub struct TaskSpec {
     /// Total CPU the task may use, in milliseconds of one core (metered as fuel); `None`
     /// for no budget beyond the timeout. Running out stops it with `cpu_limit`.
     pub cpu_budget_ms: Option<u64>,
+    /// A data blob (uploaded like a bundle) the task reads as its stdin; none means empty.
+    pub stdin: Option<BundleHash>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

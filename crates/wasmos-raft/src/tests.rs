@@ -63,6 +63,7 @@ fn spec(bundle: BundleHash) -> TaskSpec {
         timeout_ms: 1000,
         max_output_bytes: 1 << 20,
         cpu_budget_ms: None,
+        stdin: None,
     }
 }
 

@@ -147,6 +147,15 @@ impl ClusterState {
                         spec.bundle
                     ));
                 }
+                if let Some(stdin) = spec
+                    .stdin
+                    .as_ref()
+                    .filter(|h| !self.bundles.contains_key(h))
+                {
+                    return CommandResult::Rejected(format!(
+                        "stdin blob {stdin} has not been uploaded"
+                    ));
+                }
                 self.next_task_id += 1;
                 let id = TaskId(self.next_task_id);
                 self.tasks.insert(

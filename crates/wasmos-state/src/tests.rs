@@ -25,6 +25,7 @@ fn spec(cpu: u64) -> TaskSpec {
         timeout_ms: 1000,
         max_output_bytes: 1 << 20,
         cpu_budget_ms: None,
+        stdin: None,
     }
 }
 

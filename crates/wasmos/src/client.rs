@@ -7,7 +7,8 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmos_net::{Connection, Endpoint, recv_frame, send_frame};
 use wasmos_proto::{
-    BundleHash, ClientRequest, ClientResponse, OutputStream, TaskId, TaskInfo, TaskSpec, alpn,
+    BlobKind, BundleHash, ClientRequest, ClientResponse, OutputStream, TaskId, TaskInfo, TaskSpec,
+    alpn,
 };
 
 use crate::config::ClientConfig;
@@ -63,9 +64,9 @@ impl Client {
         self.next(&mut recv).await
     }
 
-    /// Uploads a bundle unless the master already holds one with the same content hash.
+    /// Uploads a blob unless the master already holds one with the same content hash.
     /// Returns its hash and whether bytes were sent.
-    pub async fn push_bundle(&self, bytes: &[u8]) -> Result<(BundleHash, bool)> {
+    pub async fn push_blob(&self, bytes: &[u8], kind: BlobKind) -> Result<(BundleHash, bool)> {
         let hash = BundleHash::from_digest(&Sha256::digest(bytes).into());
         if let ClientResponse::HasBundle(true) = self
             .request(ClientRequest::HasBundle { hash: hash.clone() })
@@ -76,6 +77,7 @@ impl Client {
         let req = ClientRequest::PushBundle {
             hash: hash.clone(),
             size: bytes.len() as u64,
+            kind,
         };
         let (mut send, mut recv) = self.open(&req).await?;
         send.write_all(bytes).await.map_err(|e| self.fail(e))?;

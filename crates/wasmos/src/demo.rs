@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use wasmos_proto::{OutputStream, Reason, Resources, TaskSpec, TaskState};
+use wasmos_proto::{BlobKind, OutputStream, Reason, Resources, TaskSpec, TaskState};
 
 use crate::client::Client;
 use crate::config::ClientConfig;
@@ -87,7 +87,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
     let mut submitted = Vec::new();
     for t in TASKS {
         let bytes = crate::load_component(&dir.join(t.file))?;
-        let (hash, _) = client.push_bundle(&bytes).await?;
+        let (hash, _) = client.push_blob(&bytes, BlobKind::Component).await?;
         let spec = TaskSpec {
             name: t.file.to_string(),
             bundle: hash,
@@ -105,6 +105,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
             timeout_ms: t.timeout.as_millis() as u64,
             max_output_bytes: 1 << 20,
             cpu_budget_ms: None,
+            stdin: None,
         };
         let id = client.submit(spec).await?;
         println!("submitted {id}: {} {}", t.file, t.args.join(" "));

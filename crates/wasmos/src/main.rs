@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmos_proto::{
-    AgentState, ClientRequest, ClientResponse, OutputStream, Reason, Resources, TaskId, TaskInfo,
-    TaskSpec, TaskState, format_bytes, format_cpu, parse_bytes, parse_cpu,
+    AgentState, BlobKind, ClientRequest, ClientResponse, OutputStream, Reason, Resources, TaskId,
+    TaskInfo, TaskSpec, TaskState, format_bytes, format_cpu, parse_bytes, parse_cpu,
 };
 
 use crate::client::Client;
@@ -201,6 +201,9 @@ struct RunArgs {
     /// the task with cpu_limit.
     #[arg(long, value_name = "DURATION")]
     cpu_budget: Option<humantime::Duration>,
+    /// A file the task reads as its stdin (`-` for this command's own stdin). Default: empty.
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
     /// Cap on stdout + stderr.
     #[arg(long, default_value = "1MiB")]
     max_output: String,
@@ -449,6 +452,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         },
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
+        stdin: None,
         cpu_budget_ms: args
             .cpu_budget
             .map(|d| Duration::from(d).as_millis() as u64),
@@ -463,9 +467,25 @@ async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
     );
     // Flags are checked before anything is sent.
     let mut spec = task_spec(name, placeholder_hash(), &args)?;
+    let stdin = match &args.stdin {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
+                .context("cannot read standard input for --stdin -")?;
+            Some(data)
+        }
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("cannot read {} for --stdin", p.display()))?,
+        ),
+    };
     let cfg = ClientConfig::load(config)?;
     let client = Client::connect(&cfg).await?;
-    let (hash, uploaded) = client.push_bundle(&bytes).await?;
+    if let Some(data) = stdin {
+        let (hash, _) = client.push_blob(&data, BlobKind::Data).await?;
+        spec.stdin = Some(hash);
+    }
+    let (hash, uploaded) = client.push_blob(&bytes, BlobKind::Component).await?;
     if uploaded {
         tracing::info!(%hash, "uploaded bundle");
     } else {
@@ -594,6 +614,13 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                 ("bundle", t.spec.bundle.to_string()),
                 ("args", t.spec.args.join(" ")),
                 ("env", env.join(" ")),
+                (
+                    "stdin",
+                    t.spec
+                        .stdin
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |h| format!("blob {}", h.short())),
+                ),
                 ("resources", t.spec.resources.to_string()),
                 ("timeout", format!("{}ms", t.spec.timeout_ms)),
                 (
