@@ -86,10 +86,30 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
         text(&out.stderr)
     );
 
+    // Past --max-output, by default the stream is cut with a marker and the task goes on.
+    let out = c
+        .cmd(&["run", "--max-output", "1KiB", "--timeout", "1s"])
+        .arg(wasmos_tests::sample("hostile"))
+        .arg("--")
+        .arg("flood")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.ends_with("\n[wasmos: stdout truncated after 1024 bytes]\n"),
+        "{}",
+        &stdout[stdout.len().saturating_sub(200)..]
+    );
+    assert_eq!(
+        stdout.len(),
+        1024 + "\n[wasmos: stdout truncated after 1024 bytes]\n".len()
+    );
+
     // task list: every task with its final state and result, as JSON and as a table.
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
     let tasks = tasks.as_array().unwrap();
-    assert_eq!(tasks.len(), 8);
+    assert_eq!(tasks.len(), 9);
     let states: Vec<&str> = tasks
         .iter()
         .map(|t| t["status"]["state"].as_str().unwrap())
@@ -98,7 +118,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
         states,
         [
             "Finished", "Finished", "Finished", "Finished", "Finished", "Failed", "Failed",
-            "Failed"
+            "Failed", "Failed"
         ]
     );
     assert_eq!(tasks[3]["status"]["exit_code"], 3);
@@ -106,6 +126,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(tasks[5]["status"]["reason"], "Timeout");
     assert_eq!(tasks[6]["status"]["reason"], "CpuLimit");
     assert_eq!(tasks[7]["status"]["reason"], "MemoryLimit");
+    assert_eq!(tasks[8]["status"]["reason"], "Timeout");
     let table = text(&c.cli(&["task", "list"]).unwrap().stdout);
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("t-4") && table.contains("exit 3"), "{table}");
@@ -163,7 +184,7 @@ fn run_streams_output_and_exit_codes_and_reads_work() {
     assert_eq!(a.wait().unwrap().code(), Some(124));
     assert_eq!(b.wait().unwrap().code(), Some(124));
     let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let placed: Vec<&str> = tasks.as_array().unwrap()[8..]
+    let placed: Vec<&str> = tasks.as_array().unwrap()[9..]
         .iter()
         .map(|t| t["agent"].as_str().unwrap())
         .collect();

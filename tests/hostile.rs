@@ -17,6 +17,8 @@ const FLAGS: &[&str] = &[
     "32MiB",
     "--max-output",
     "64KiB",
+    "--on-output-limit",
+    "stop",
     "--cpu",
     "100m",
 ];

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 use wasmos_exec::{ExecConfig, RunRequest, Runner};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
-    AgentToMaster, BundleHash, MasterToAgent, OutputStream, Reason, Resources, StatusUpdate,
-    TaskId, TaskSpec, TaskState, TaskStatus, alpn,
+    AgentToMaster, BundleHash, MasterToAgent, OutputPolicy, OutputStream, Reason, Resources,
+    StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +371,7 @@ async fn run_task(
         mem_bytes: spec.resources.mem_bytes,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output_bytes: spec.max_output_bytes,
+        truncate_output: spec.on_output_limit == OutputPolicy::Truncate,
         stdin,
         cpu_budget_fuel: spec.cpu_budget_ms.map(|ms| {
             let per_ms = agent.runner.fuel_per_core_second() / 1000;

@@ -82,6 +82,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         mem_bytes: 256 << 20,
         timeout,
         max_output_bytes: 1 << 20,
+        truncate_output: false,
         cpu_budget_fuel: None,
         stdin: Vec::new(),
     }

@@ -57,9 +57,11 @@ pub struct RunRequest {
     pub mem_bytes: u64,
     /// Wall-clock limit, from the start of instantiation.
     pub timeout: Duration,
-    /// Cap on stdout + stderr bytes together. Output up to the cap is forwarded; the write that
-    /// crosses it stops the task. 0 allows no output at all.
+    /// Cap on the bytes of each of stdout and stderr. Output up to the cap is forwarded; past
+    /// it the stream is truncated (`truncate_output`) or the write stops the task.
     pub max_output_bytes: u64,
+    /// Past the cap: drop the rest and go on (true), or stop with `output_limit` (false).
+    pub truncate_output: bool,
     /// Total fuel the task may burn; `None` is unlimited.
     pub cpu_budget_fuel: Option<u64>,
     /// What the guest reads from stdin; empty means an immediately closed stdin.

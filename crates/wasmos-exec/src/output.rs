@@ -1,5 +1,7 @@
-//! Guest stdout and stderr: WASI output streams that count bytes against the task's output cap and
-//! forward chunks, in the order written, to the agent's output channel.
+//! Guest stdout and stderr: WASI output streams that count bytes against the task's per-stream
+//! output cap and forward chunks, in the order written, to the agent's output channel. Past the
+//! cap a stream is either truncated (the guest goes on; one marker line says so) or the write
+//! stops the task, as the task's policy says.
 //!
 //! Writes never block the guest on the channel: they are queued, and the queue drains into the
 //! channel opportunistically on every write and, with back-pressure, whenever WASI waits for the
@@ -23,17 +25,35 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 /// has to wait for the consumer.
 const CHUNK: usize = 64 * 1024;
 
-/// The write that crossed the cap; it stops the task.
+/// The write that crossed the cap under the `stop` policy; it stops the task.
 #[derive(Debug, thiserror::Error)]
 #[error("task wrote more than its {limit}-byte output limit")]
 pub(crate) struct OutputLimitExceeded {
     pub limit: u64,
 }
 
+fn index(which: Stream) -> usize {
+    match which {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+fn name(which: Stream) -> &'static str {
+    match which {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
 #[derive(Debug)]
 struct State {
+    /// Cap of each stream.
     limit: u64,
-    written: u64,
+    /// Past the cap: drop the rest (true) or stop the task (false).
+    truncate: bool,
+    written: [u64; 2],
+    truncated: [bool; 2],
     exceeded: bool,
     queue: VecDeque<(Stream, Vec<u8>)>,
     queued_bytes: usize,
@@ -48,11 +68,13 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    pub(crate) fn new(tx: mpsc::Sender<(Stream, Vec<u8>)>, limit: u64) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<(Stream, Vec<u8>)>, limit: u64, truncate: bool) -> Self {
         Output {
             state: Arc::new(Mutex::new(State {
                 limit,
-                written: 0,
+                truncate,
+                written: [0; 2],
+                truncated: [false; 2],
                 exceeded: false,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -68,9 +90,19 @@ impl Output {
         }
     }
 
-    /// True once the task has tried to write past its limit.
+    /// True once the task has tried to write past its limit under the `stop` policy.
     pub(crate) fn exceeded(&self) -> bool {
         self.lock().exceeded
+    }
+
+    /// The streams that were cut short under the `truncate` policy.
+    pub(crate) fn truncated(&self) -> Vec<&'static str> {
+        let s = self.lock();
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .filter(|w| s.truncated[index(*w)])
+            .map(name)
+            .collect()
     }
 
     pub(crate) fn limit(&self) -> u64 {
@@ -84,13 +116,15 @@ impl Output {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts and queues `data`; past the limit, queues only what fits and refuses the rest.
+    /// Counts and queues `data`; past the stream's limit, queues only what fits and then either
+    /// drops the rest (noting the truncation once) or refuses it.
     fn accept(&self, which: Stream, data: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut s = self.lock();
         if s.exceeded {
             return Err(OutputLimitExceeded { limit: s.limit });
         }
-        let room = s.limit.saturating_sub(s.written);
+        let i = index(which);
+        let room = s.limit.saturating_sub(s.written[i]);
         let len = data.len() as u64;
         let (take, over) = if len > room {
             (room as usize, true)
@@ -98,9 +132,20 @@ impl Output {
             (data.len(), false)
         };
         if take > 0 {
-            s.written += take as u64;
+            s.written[i] += take as u64;
             s.queued_bytes += take;
             s.queue.push_back((which, data[..take].to_vec()));
+        }
+        let over = over && !s.truncate;
+        if len > room && s.truncate && !s.truncated[i] {
+            s.truncated[i] = true;
+            let marker = format!(
+                "\n[wasmos: {} truncated after {} bytes]\n",
+                name(which),
+                s.limit
+            );
+            s.queued_bytes += marker.len();
+            s.queue.push_back((which, marker.into_bytes()));
         }
         if over {
             s.exceeded = true;
@@ -258,13 +303,13 @@ mod tests {
     #[tokio::test]
     async fn forwards_in_order_and_stops_at_the_cap() {
         let (tx, mut rx) = mpsc::channel(16);
-        let out = Output::new(tx, 10);
+        let out = Output::new(tx, 10, false);
         let mut stdout = out.stream(Stream::Stdout).p2_stream();
         let mut stderr = out.stream(Stream::Stderr).p2_stream();
         stdout.write(Bytes::from_static(b"hello ")).unwrap();
         stderr.write(Bytes::from_static(b"ab")).unwrap();
         assert!(!out.exceeded());
-        let err = stdout.write(Bytes::from_static(b"world")).unwrap_err();
+        let err = stdout.write(Bytes::from_static(b"world!")).unwrap_err();
         assert!(matches!(err, StreamError::Trap(_)));
         assert!(out.exceeded());
         // Anything after the cap is refused outright.
@@ -282,7 +327,37 @@ mod tests {
             vec![
                 (Stream::Stdout, b"hello ".to_vec()),
                 (Stream::Stderr, b"ab".to_vec()),
-                (Stream::Stdout, b"wo".to_vec()),
+                (Stream::Stdout, b"worl".to_vec()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn truncation_caps_each_stream_says_so_once_and_lets_the_guest_go_on() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let out = Output::new(tx, 4, true);
+        let mut stdout = out.stream(Stream::Stdout).p2_stream();
+        let mut stderr = out.stream(Stream::Stderr).p2_stream();
+        stdout.write(Bytes::from_static(b"abcdef")).unwrap();
+        stdout.write(Bytes::from_static(b"more")).unwrap();
+        stderr.write(Bytes::from_static(b"xy")).unwrap();
+        assert!(!out.exceeded());
+        assert_eq!(out.truncated(), vec!["stdout"]);
+        out.drain().await;
+        drop((out, stdout, stderr));
+        let mut got = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            got.push(chunk);
+        }
+        assert_eq!(
+            got,
+            vec![
+                (Stream::Stdout, b"abcd".to_vec()),
+                (
+                    Stream::Stdout,
+                    b"\n[wasmos: stdout truncated after 4 bytes]\n".to_vec()
+                ),
+                (Stream::Stderr, b"xy".to_vec()),
             ]
         );
     }
@@ -290,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_channel_applies_back_pressure_without_losing_output() {
         let (tx, mut rx) = mpsc::channel(1);
-        let out = Output::new(tx, u64::MAX);
+        let out = Output::new(tx, u64::MAX, false);
         let mut s = out.stream(Stream::Stdout).p2_stream();
         s.write(Bytes::from(vec![1u8; CHUNK / 2])).unwrap();
         s.write(Bytes::from(vec![2u8; CHUNK / 2])).unwrap();
@@ -314,7 +389,7 @@ mod tests {
     async fn output_is_dropped_when_nobody_listens() {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
-        let out = Output::new(tx, 100);
+        let out = Output::new(tx, 100, false);
         let mut s = out.stream(Stream::Stdout).p2_stream();
         s.write(Bytes::from_static(b"into the void")).unwrap();
         s.ready().await;

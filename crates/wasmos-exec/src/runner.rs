@@ -262,7 +262,7 @@ impl Runner {
         output: mpsc::Sender<(OutputStream, Vec<u8>)>,
         mut kill: watch::Receiver<bool>,
     ) -> RunOutcome {
-        let out = Output::new(output, req.max_output_bytes);
+        let out = Output::new(output, req.max_output_bytes, req.truncate_output);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&req.args)
             .envs(&req.env)
@@ -342,6 +342,10 @@ impl Runner {
                 () = killed(&mut kill) => {}
                 () = out.drain() => {}
             }
+        }
+        let truncated = out.truncated();
+        if !truncated.is_empty() && status.message.is_none() {
+            status.message = Some(format!("output truncated ({})", truncated.join(", ")));
         }
         status.fuel_used = fuel_used;
         status.cpu_ms = fuel_to_ms(fuel_used, self.inner.fuel_per_core_second);

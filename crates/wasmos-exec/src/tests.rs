@@ -55,6 +55,7 @@ fn request() -> RunRequest {
         mem_bytes: 64 << 20,
         timeout: Duration::from_secs(20),
         max_output_bytes: 1 << 20,
+        truncate_output: false,
         cpu_budget_fuel: None,
         stdin: Vec::new(),
     }
@@ -373,6 +374,25 @@ async fn output_past_the_cap_fails_with_output_limit() {
     assert_failed(&ran.status, Reason::OutputLimit);
     let text = stdout_text(&ran.output);
     assert_eq!(text, "hello from wat\n".repeat(3)[..40]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_cap_is_truncated_when_asked_and_the_task_finishes() {
+    let mut req = request();
+    req.max_output_bytes = 40;
+    req.truncate_output = true;
+    let ran = run(&printer(10), req).await;
+    assert_eq!(ran.status.exit_code, Some(0), "{:?}", ran.status);
+    assert_eq!(
+        ran.status.message.as_deref(),
+        Some("output truncated (stdout)")
+    );
+    let text = stdout_text(&ran.output);
+    let expected = format!(
+        "{}\n[wasmos: stdout truncated after 40 bytes]\n",
+        &"hello from wat\n".repeat(3)[..40]
+    );
+    assert_eq!(text, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

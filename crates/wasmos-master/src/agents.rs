@@ -121,7 +121,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                     s.tasks
                         .get(&task)
                         .filter(|t| t.agent.as_ref() == Some(&agent))
-                        .map(|t| t.spec.max_output_bytes.saturating_add(OUTPUT_SLACK))
+                        // Two streams, each with its truncation marker.
+                        .map(|t| {
+                            t.spec
+                                .max_output_bytes
+                                .saturating_mul(2)
+                                .saturating_add(OUTPUT_SLACK)
+                        })
                 });
                 match cap {
                     Some(cap) if shared.logs.len(task) < cap => {

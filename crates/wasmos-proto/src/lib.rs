@@ -14,7 +14,7 @@ pub use messages::{
     MasterToAgent, OutputStream, StatusUpdate,
 };
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
-pub use task::{Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus};
+pub use task::{OutputPolicy, Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus};
 
 /// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.
 pub mod alpn {

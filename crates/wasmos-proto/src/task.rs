@@ -63,13 +63,25 @@ pub struct TaskSpec {
     pub resources: Resources,
     /// Wall-clock limit in milliseconds.
     pub timeout_ms: u64,
-    /// Cap on stdout + stderr bytes; a task that writes more is stopped with `output_limit`.
+    /// Cap on the bytes of each of stdout and stderr.
     pub max_output_bytes: u64,
+    /// What happens past that cap.
+    pub on_output_limit: OutputPolicy,
     /// Total CPU the task may use, in milliseconds of one core (metered as fuel); `None`
     /// for no budget beyond the timeout. Running out stops it with `cpu_limit`.
     pub cpu_budget_ms: Option<u64>,
     /// A data blob (uploaded like a bundle) the task reads as its stdin; none means empty.
     pub stdin: Option<BundleHash>,
+}
+
+/// What happens when a task writes more than its output cap to a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputPolicy {
+    /// Keep the first bytes, drop the rest, say so in the log; the task goes on.
+    #[default]
+    Truncate,
+    /// Stop the task with `output_limit`.
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

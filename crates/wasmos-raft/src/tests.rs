@@ -62,6 +62,7 @@ fn spec(bundle: BundleHash) -> TaskSpec {
         },
         timeout_ms: 1000,
         max_output_bytes: 1 << 20,
+        on_output_limit: wasmos_proto::OutputPolicy::Truncate,
         cpu_budget_ms: None,
         stdin: None,
     }

@@ -104,6 +104,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
             },
             timeout_ms: t.timeout.as_millis() as u64,
             max_output_bytes: 1 << 20,
+            on_output_limit: wasmos_proto::OutputPolicy::Truncate,
             cpu_budget_ms: None,
             stdin: None,
         };

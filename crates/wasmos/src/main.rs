@@ -67,6 +67,21 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputLimitArg {
+    Truncate,
+    Stop,
+}
+
+impl From<OutputLimitArg> for wasmos_proto::OutputPolicy {
+    fn from(a: OutputLimitArg) -> Self {
+        match a {
+            OutputLimitArg::Truncate => wasmos_proto::OutputPolicy::Truncate,
+            OutputLimitArg::Stop => wasmos_proto::OutputPolicy::Stop,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, Default)]
 enum Format {
     #[default]
@@ -204,9 +219,12 @@ struct RunArgs {
     /// A file the task reads as its stdin (`-` for this command's own stdin). Default: empty.
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
-    /// Cap on stdout + stderr.
+    /// Cap on each of stdout and stderr.
     #[arg(long, default_value = "1MiB")]
     max_output: String,
+    /// Past the cap: keep the first bytes and go on (truncate), or stop the task (stop).
+    #[arg(long, value_enum, default_value_t = OutputLimitArg::Truncate)]
+    on_output_limit: OutputLimitArg,
     /// Environment variable for the task, KEY=VALUE (repeatable). Nothing else is visible.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -452,6 +470,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         },
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
+        on_output_limit: args.on_output_limit.into(),
         stdin: None,
         cpu_budget_ms: args
             .cpu_budget
