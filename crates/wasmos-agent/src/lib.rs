@@ -373,6 +373,7 @@ async fn run_task(
         max_output_bytes: spec.max_output_bytes,
         truncate_output: spec.on_output_limit == OutputPolicy::Truncate,
         stdin,
+        net_allow: spec.net_allow.clone(),
         cpu_budget_fuel: spec.cpu_budget_ms.map(|ms| {
             let per_ms = agent.runner.fuel_per_core_second() / 1000;
             ms.saturating_mul(per_ms)

@@ -85,6 +85,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         truncate_output: false,
         cpu_budget_fuel: None,
         stdin: Vec::new(),
+        net_allow: Vec::new(),
     }
 }
 

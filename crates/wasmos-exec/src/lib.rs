@@ -7,6 +7,7 @@
 
 mod calibrate;
 mod limits;
+mod net;
 mod output;
 mod runner;
 #[cfg(test)]
@@ -66,6 +67,8 @@ pub struct RunRequest {
     pub cpu_budget_fuel: Option<u64>,
     /// What the guest reads from stdin; empty means an immediately closed stdin.
     pub stdin: Vec<u8>,
+    /// TCP destinations the guest may connect to; empty means no sockets at all.
+    pub net_allow: Vec<wasmos_proto::NetRule>,
 }
 
 /// How a run ended. `status.fuel_used` is always filled, whatever the ending.

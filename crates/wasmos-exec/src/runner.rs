@@ -269,9 +269,18 @@ impl Runner {
             .stdin(MemoryInputPipe::new(req.stdin))
             .stdout(out.stream(OutputStream::Stdout))
             .stderr(out.stream(OutputStream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_udp(false);
+        if req.net_allow.is_empty() {
+            wasi.allow_tcp(false).allow_ip_name_lookup(false);
+        } else {
+            let allowed = Arc::new(crate::net::resolve(&req.net_allow).await);
+            wasi.allow_tcp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(move |addr, usage| {
+                    let ok = crate::net::permits(&allowed, addr, usage);
+                    Box::pin(async move { ok })
+                });
+        }
         let fuel_start = req.cpu_budget_fuel.unwrap_or(u64::MAX);
         let data = TaskData {
             wasi: wasi.build(),

@@ -58,6 +58,7 @@ fn request() -> RunRequest {
         truncate_output: false,
         cpu_budget_fuel: None,
         stdin: Vec::new(),
+        net_allow: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 mod codec;
 mod ids;
 mod messages;
+mod net;
 mod quantity;
 mod task;
 
@@ -13,6 +14,7 @@ pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ErrorKind,
     MasterToAgent, OutputStream, StatusUpdate,
 };
+pub use net::{NetRule, NetRuleError};
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
 pub use task::{OutputPolicy, Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus};
 

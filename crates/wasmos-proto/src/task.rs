@@ -72,6 +72,8 @@ pub struct TaskSpec {
     pub cpu_budget_ms: Option<u64>,
     /// A data blob (uploaded like a bundle) the task reads as its stdin; none means empty.
     pub stdin: Option<BundleHash>,
+    /// Destinations the task may open TCP connections to; empty means no network at all.
+    pub net_allow: Vec<crate::NetRule>,
 }
 
 /// What happens when a task writes more than its output cap to a stream.

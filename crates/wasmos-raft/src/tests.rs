@@ -65,6 +65,7 @@ fn spec(bundle: BundleHash) -> TaskSpec {
         on_output_limit: wasmos_proto::OutputPolicy::Truncate,
         cpu_budget_ms: None,
         stdin: None,
+        net_allow: vec![],
     }
 }
 

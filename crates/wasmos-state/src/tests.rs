@@ -27,6 +27,7 @@ fn spec(cpu: u64) -> TaskSpec {
         on_output_limit: wasmos_proto::OutputPolicy::Truncate,
         cpu_budget_ms: None,
         stdin: None,
+        net_allow: vec![],
     }
 }
 

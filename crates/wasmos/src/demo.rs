@@ -107,6 +107,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
             on_output_limit: wasmos_proto::OutputPolicy::Truncate,
             cpu_budget_ms: None,
             stdin: None,
+            net_allow: vec![],
         };
         let id = client.submit(spec).await?;
         println!("submitted {id}: {} {}", t.file, t.args.join(" "));

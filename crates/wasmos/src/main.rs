@@ -216,6 +216,10 @@ struct RunArgs {
     /// the task with cpu_limit.
     #[arg(long, value_name = "DURATION")]
     cpu_budget: Option<humantime::Duration>,
+    /// Let the task open TCP connections to HOST:PORT or HOST:* (repeatable). Default: no
+    /// network at all.
+    #[arg(long, value_name = "HOST:PORT")]
+    net: Vec<String>,
     /// A file the task reads as its stdin (`-` for this command's own stdin). Default: empty.
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -472,6 +476,11 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         max_output_bytes: parse_bytes(&args.max_output)?,
         on_output_limit: args.on_output_limit.into(),
         stdin: None,
+        net_allow: args
+            .net
+            .iter()
+            .map(|r| r.parse())
+            .collect::<Result<_, _>>()?,
         cpu_budget_ms: args
             .cpu_budget
             .map(|d| Duration::from(d).as_millis() as u64),
@@ -633,6 +642,16 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                 ("bundle", t.spec.bundle.to_string()),
                 ("args", t.spec.args.join(" ")),
                 ("env", env.join(" ")),
+                (
+                    "network",
+                    if t.spec.net_allow.is_empty() {
+                        "none".to_string()
+                    } else {
+                        let rules: Vec<String> =
+                            t.spec.net_allow.iter().map(|r| r.to_string()).collect();
+                        rules.join(" ")
+                    },
+                ),
                 (
                     "stdin",
                     t.spec

@@ -80,6 +80,21 @@ fn main() {
             println!("reachable: {leaked:?}");
             std::process::exit(if leaked.is_empty() { 0 } else { 1 });
         }
+        "connect" => {
+            // Not an attack: the probe tests use to check a network grant. Exit 0 connected,
+            // 1 refused or denied.
+            let addr = std::env::args().nth(2).unwrap_or_default();
+            match std::net::TcpStream::connect(&addr) {
+                Ok(mut s) => {
+                    let _ = s.write_all(b"hello from a task");
+                    println!("connected to {addr}");
+                }
+                Err(e) => {
+                    println!("cannot connect to {addr}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         "cwd" => {
             let cwd = std::env::current_dir();
             println!("current dir: {cwd:?}");
