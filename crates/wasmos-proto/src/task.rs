@@ -76,6 +76,30 @@ pub struct TaskSpec {
     pub net_allow: Vec<crate::NetRule>,
 }
 
+impl TaskSpec {
+    /// A spec with the CLI's defaults: no args, env, stdin or network; half a core, 64 MiB,
+    /// 30 s, 1 MiB of output per stream (truncated past it), no CPU budget.
+    pub fn new(name: impl Into<String>, bundle: BundleHash) -> Self {
+        TaskSpec {
+            name: name.into(),
+            bundle,
+            args: Vec::new(),
+            env: Vec::new(),
+            resources: Resources {
+                cpu_millis: 500,
+                mem_bytes: 64 << 20,
+                disk_bytes: 0,
+            },
+            timeout_ms: 30_000,
+            max_output_bytes: 1 << 20,
+            on_output_limit: OutputPolicy::Truncate,
+            cpu_budget_ms: None,
+            stdin: None,
+            net_allow: Vec::new(),
+        }
+    }
+}
+
 /// What happens when a task writes more than its output cap to a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OutputPolicy {

@@ -51,8 +51,6 @@ fn agent() -> AgentId {
 
 fn spec(bundle: BundleHash) -> TaskSpec {
     TaskSpec {
-        name: "hello.wasm".into(),
-        bundle,
         args: vec!["--greet".into()],
         env: vec![("LANG".into(), "C".into())],
         resources: Resources {
@@ -61,11 +59,7 @@ fn spec(bundle: BundleHash) -> TaskSpec {
             disk_bytes: 0,
         },
         timeout_ms: 1000,
-        max_output_bytes: 1 << 20,
-        on_output_limit: wasmos_proto::OutputPolicy::Truncate,
-        cpu_budget_ms: None,
-        stdin: None,
-        net_allow: vec![],
+        ..TaskSpec::new("hello.wasm", bundle)
     }
 }
 

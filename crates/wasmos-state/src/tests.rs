@@ -13,21 +13,13 @@ fn hash() -> BundleHash {
 
 fn spec(cpu: u64) -> TaskSpec {
     TaskSpec {
-        name: "hello.wasm".into(),
-        bundle: hash(),
-        args: vec![],
-        env: vec![],
         resources: Resources {
             cpu_millis: cpu,
             mem_bytes: 1 << 20,
             disk_bytes: 0,
         },
         timeout_ms: 1000,
-        max_output_bytes: 1 << 20,
-        on_output_limit: wasmos_proto::OutputPolicy::Truncate,
-        cpu_budget_ms: None,
-        stdin: None,
-        net_allow: vec![],
+        ..TaskSpec::new("hello.wasm", hash())
     }
 }
 

@@ -89,8 +89,6 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
         let bytes = crate::load_component(&dir.join(t.file))?;
         let (hash, _) = client.push_blob(&bytes, BlobKind::Component).await?;
         let spec = TaskSpec {
-            name: t.file.to_string(),
-            bundle: hash,
             args: t.args.iter().map(|s| s.to_string()).collect(),
             env: t
                 .env
@@ -103,11 +101,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
                 disk_bytes: 0,
             },
             timeout_ms: t.timeout.as_millis() as u64,
-            max_output_bytes: 1 << 20,
-            on_output_limit: wasmos_proto::OutputPolicy::Truncate,
-            cpu_budget_ms: None,
-            stdin: None,
-            net_allow: vec![],
+            ..TaskSpec::new(t.file, hash)
         };
         let id = client.submit(spec).await?;
         println!("submitted {id}: {} {}", t.file, t.args.join(" "));
