@@ -314,7 +314,7 @@ async fn run_task(
     kill: watch::Receiver<bool>,
 ) -> TaskStatus {
     agent.report(task, TaskStatus::new(TaskState::Starting));
-    let bytes = match fetch_bundle(agent, &spec.bundle).await {
+    let bytes = match fetch_blob(agent, &spec.bundle).await {
         Ok(b) => b,
         Err(e) => {
             return TaskStatus::with_reason(
@@ -326,7 +326,7 @@ async fn run_task(
     };
     let stdin = match &spec.stdin {
         None => Vec::new(),
-        Some(hash) => match fetch_bundle(agent, hash).await {
+        Some(hash) => match fetch_blob(agent, hash).await {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("cannot fetch stdin blob: {e}");
@@ -385,8 +385,9 @@ async fn run_task(
     outcome.status
 }
 
-/// The bundle's bytes, from the local cache or downloaded from the master and verified.
-async fn fetch_bundle(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, String> {
+/// A blob's bytes (a bundle or a stdin blob), from the local cache or downloaded from the
+/// master and verified against its hash.
+async fn fetch_blob(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, String> {
     let path = agent
         .cfg
         .work_dir

@@ -12,7 +12,7 @@ const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x0
 
 /// A cheap check of what kind of file this is, for a clear error before anything is stored.
 /// Full validation happens when the agent compiles the component.
-pub fn sniff_component(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn sniff_component(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || bytes[..4] != COMPONENT_HEADER[..4] {
         return Err("not a WebAssembly file (bad magic number)".into());
     }

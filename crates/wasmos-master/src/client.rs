@@ -1,6 +1,7 @@
 //! The client channel: one request per QUIC stream from `wasmos` commands (upload, submit, list,
 //! watch). Tenants see only their own tasks; operators see everything.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmos_net::{
@@ -92,29 +93,30 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             Err(e) => e,
         },
         ClientRequest::ListAgents => {
-            let links: Vec<(wasmos_proto::AgentId, u64)> = shared
+            let last_seen: BTreeMap<wasmos_proto::AgentId, u64> = shared
                 .agents()
                 .iter()
                 .map(|(id, l)| (id.clone(), l.last_seen_ms))
                 .collect();
             ClientResponse::Agents(shared.read(|s| {
+                let used = s.used_by_agent();
                 s.agents
                     .values()
                     .map(|a| {
-                        let link = links.iter().find(|(id, _)| id == &a.id);
+                        let seen = last_seen.get(&a.id);
                         AgentInfo {
                             id: a.id.clone(),
-                            state: if link.is_some() {
+                            state: if seen.is_some() {
                                 AgentState::Active
                             } else {
                                 AgentState::Disconnected
                             },
                             total: a.total,
-                            used: s.used_on(&a.id),
+                            used: used.get(&a.id).copied().unwrap_or_default(),
                             attributes: a.attributes.clone(),
                             fuel_per_core_second: a.fuel_per_core_second,
                             registered_ms: a.registered_ms,
-                            last_seen_ms: link.map_or(a.registered_ms, |(_, t)| *t),
+                            last_seen_ms: seen.copied().unwrap_or(a.registered_ms),
                         }
                     })
                     .collect()

@@ -20,8 +20,6 @@ use wasmos_proto::{AgentId, MasterToAgent, alpn};
 use wasmos_raft::RaftNode;
 use wasmos_state::{ClusterState, Command, CommandResult};
 
-pub use bundles::sniff_component;
-
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error(transparent)]

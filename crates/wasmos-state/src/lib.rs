@@ -291,15 +291,35 @@ impl ClusterState {
             })
     }
 
+    /// Resources reserved by live tasks, for every agent at once: one pass over the tasks
+    /// instead of one per agent. Agents without live tasks are absent.
+    pub fn used_by_agent(&self) -> BTreeMap<&AgentId, Resources> {
+        let mut used: BTreeMap<&AgentId, Resources> = BTreeMap::new();
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+        {
+            if let Some(agent) = &t.agent {
+                let entry = used.entry(agent).or_default();
+                *entry = entry.saturating_add(&t.spec.resources);
+            }
+        }
+        used
+    }
+
     /// The allocator's view of the given agents (callers pass the connected ones).
     pub fn agent_views<'a>(&self, agents: impl IntoIterator<Item = &'a AgentId>) -> Vec<AgentView> {
+        let used = self.used_by_agent();
         agents
             .into_iter()
             .filter_map(|id| self.agents.get(id))
             .map(|a| AgentView {
                 id: a.id.clone(),
                 total: a.total,
-                free: a.total.saturating_sub(&self.used_on(&a.id)),
+                free: a
+                    .total
+                    .saturating_sub(used.get(&a.id).unwrap_or(&Resources::default())),
             })
             .collect()
     }

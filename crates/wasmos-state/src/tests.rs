@@ -177,8 +177,10 @@ proptest! {
         for c in &cmds {
             s1.apply(c.clone());
             s2.apply(c.clone());
+            let used = s1.used_by_agent();
             for a in s1.agents.values() {
                 prop_assert!(s1.used_on(&a.id).fits_in(&a.total));
+                prop_assert_eq!(used.get(&a.id).copied().unwrap_or_default(), s1.used_on(&a.id));
             }
         }
         prop_assert_eq!(&s1, &s2);
