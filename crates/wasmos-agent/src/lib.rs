@@ -138,16 +138,16 @@ pub async fn run(
         path: bundles.clone(),
         source,
     })?;
-    // Calibration keeps a core busy for a moment: not on the async workers.
+    // Fuel calibration keeps a core busy for a moment: not on the async workers.
     let exec = cfg.exec.clone();
     let runner = tokio::task::spawn_blocking(move || Runner::new(exec))
         .await
         .map_err(|e| wasmos_exec::ExecError::Engine(format!("runner setup panicked: {e}")))??;
     let runner = Arc::new(runner);
-    tracing::info!(
-        fuel_per_core_second = runner.fuel_per_core_second(),
-        "calibrated CPU metering"
-    );
+    match runner.fuel_per_core_second() {
+        Some(rate) => tracing::info!(fuel_per_core_second = rate, "metering CPU by fuel"),
+        None => tracing::info!("metering CPU by the thread clock"),
+    }
     let pool = TaskPool::new(cfg.resources.cpu_millis)?;
     let endpoint = wasmos_net::client_endpoint(&creds, alpn::AGENT, cfg.master)?;
     // Sequence numbers start from the clock so a restarted agent numbers above its previous
@@ -213,7 +213,7 @@ async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(
         let register = AgentToMaster::Register {
             resources: agent.cfg.resources,
             attributes: agent.cfg.attributes.clone(),
-            fuel_per_core_second: agent.runner.fuel_per_core_second(),
+            fuel_per_core_second: agent.runner.fuel_per_core_second().unwrap_or(0),
             running: inner.tasks.keys().copied().collect(),
             pending: inner.unacked.clone(),
         };
@@ -374,10 +374,7 @@ async fn run_task(
         truncate_output: spec.on_output_limit == OutputPolicy::Truncate,
         stdin,
         net_allow: spec.net_allow.clone(),
-        cpu_budget_fuel: spec.cpu_budget_ms.map(|ms| {
-            let per_ms = agent.runner.fuel_per_core_second() / 1000;
-            ms.saturating_mul(per_ms)
-        }),
+        cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
     };
     let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
     // All output is queued before the final status, so watchers see it first.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use wasmos_exec::{Compiled, ExecConfig, RunRequest, Runner, TaskStatus};
+use wasmos_exec::{Compiled, ExecConfig, Metering, RunRequest, Runner, TaskStatus};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -42,10 +42,14 @@ impl WasiView for Plain {
     }
 }
 
-/// Stock wasmtime: same compiler settings, no fuel, no epochs, no limiter.
-fn plain_pre(bytes: &[u8]) -> Res<CommandPre<Plain>> {
+/// Stock wasmtime: same compiler settings, no fuel, no limiter, and no epochs unless `epochs`
+/// (then with a deadline that never comes: the cost of the checks alone).
+fn plain_pre(bytes: &[u8], epochs: bool) -> Res<CommandPre<Plain>> {
     let mut config = Config::new();
-    config.wasm_component_model(true).gc_support(false);
+    config
+        .wasm_component_model(true)
+        .gc_support(false)
+        .epoch_interruption(epochs);
     let engine = Engine::new(&config)?;
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -66,6 +70,7 @@ async fn run_plain(pre: &CommandPre<Plain>, args: &[&str]) -> Res<Duration> {
             table: ResourceTable::new(),
         },
     );
+    store.set_epoch_deadline(u64::MAX);
     let command = pre.instantiate_async(&mut store).await?;
     let result = command.wasi_cli_run().call_run(&mut store).await?;
     if result.is_err() {
@@ -83,7 +88,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         timeout,
         max_output_bytes: 1 << 20,
         truncate_output: false,
-        cpu_budget_fuel: None,
+        cpu_budget: None,
         stdin: Vec::new(),
         net_allow: Vec::new(),
     }
@@ -104,11 +109,6 @@ async fn run_sandbox(
     (took, outcome.status)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -124,37 +124,61 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-async fn metering(runner: &Runner) -> Res<()> {
-    let bytes = sample("primes")?;
-    let compiled = runner.compile(&bytes)?;
-    let plain = plain_pre(&bytes)?;
-    let args = ["primes", "3000000"];
-    let (mut sandboxed, mut baseline) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        baseline.push(run_plain(&plain, &args).await?);
-        let (took, status) = run_sandbox(
-            runner,
-            &compiled,
-            request(&args, 1000, Duration::from_secs(60)),
-        )
-        .await;
-        if status.exit_code != Some(0) {
-            return Err(format!("sandboxed primes failed: {status:?}").into());
+fn median_ratio(mut ratios: Vec<f64>) -> f64 {
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// The CPU-bound workloads compared: a sieve (the worst case for interruption checks: a loop
+/// of a few instructions), a SHA-256 chain and a JSON parse/serialize round trip.
+const WORKLOADS: [&[&str]; 3] = [&["primes", "10000000"], &["hash", "64"], &["json", "20000"]];
+
+/// Each workload through `runners` (the sandbox, in each metering mode) and through plain
+/// wasmtime, with and without epoch checks.
+async fn metering(runners: &[(&str, &Runner)]) -> Res<()> {
+    for args in WORKLOADS {
+        let bytes = sample(args[0])?;
+        let plain = plain_pre(&bytes, false)?;
+        let epochs = plain_pre(&bytes, true)?;
+        let mut compiled = Vec::new();
+        for (_, runner) in runners {
+            compiled.push(runner.compile(&bytes)?);
         }
-        sandboxed.push(took);
+        let mut baseline = Vec::new();
+        let mut epoch_ratios = Vec::new();
+        let mut ratios = vec![Vec::new(); runners.len()];
+        // Interleaved rounds, so drifts in machine load hit every side alike; the median of
+        // the per-round ratios is the figure.
+        for _ in 0..15 {
+            let plain_took = run_plain(&plain, args).await?.as_secs_f64();
+            baseline.push(plain_took);
+            epoch_ratios.push(run_plain(&epochs, args).await?.as_secs_f64() / plain_took);
+            for (i, (_, runner)) in runners.iter().enumerate() {
+                let req = request(args, 1000, Duration::from_secs(60));
+                let (took, status) = run_sandbox(runner, &compiled[i], req).await;
+                if status.exit_code != Some(0) {
+                    return Err(format!("sandboxed {} failed: {status:?}", args[0]).into());
+                }
+                ratios[i].push(took.as_secs_f64() / plain_took);
+            }
+        }
+        baseline.sort_by(f64::total_cmp);
+        let mut line = format!(
+            "bench metering: {} (plain wasmtime {:.1} ms): epoch checks alone {:.3}x",
+            args.join(" "),
+            baseline[baseline.len() / 2] * 1e3,
+            median_ratio(epoch_ratios)
+        );
+        for ((label, _), r) in runners.iter().zip(ratios) {
+            line.push_str(&format!(", sandbox {label} {:.3}x", median_ratio(r)));
+        }
+        println!("{line} (medians of 15 interleaved rounds)");
     }
-    let (s, b) = (median(sandboxed), median(baseline));
-    println!(
-        "bench metering: primes 3000000 sandboxed {:.1} ms, plain wasmtime {:.1} ms, ratio {:.3} (median of 7)",
-        s.as_secs_f64() * 1e3,
-        b.as_secs_f64() * 1e3,
-        s.as_secs_f64() / b.as_secs_f64()
-    );
     Ok(())
 }
 
 /// 250m and 750m spinners sharing one worker thread (a 1000m agent), and a 500m spinner alone.
-fn fairness(runner: &Runner) -> Res<()> {
+fn fairness(runner: &Runner, label: &str) -> Res<()> {
     let bytes = sample("spin")?;
     let compiled = runner.compile(&bytes)?;
     let one_core = tokio::runtime::Builder::new_multi_thread()
@@ -172,10 +196,10 @@ fn fairness(runner: &Runner) -> Res<()> {
         });
         (small.await, big.await)
     });
-    let (a, b) = (a?.1.fuel_used, b?.1.fuel_used);
+    let (a, b) = (a?.1.cpu_ms, b?.1.cpu_ms);
     let share = a as f64 / (a + b) as f64;
     println!(
-        "bench fairness: 250m vs 750m on one core for 3 s: fuel {a} vs {b}, the 250m task got {:.1}% (target 25% +/- 10% of it)",
+        "bench fairness ({label}): 250m vs 750m on one core for 3 s: {a} vs {b} core-ms, the 250m task got {:.1}% (target 25% +/- 10% of it)",
         share * 100.0
     );
     one_core.shutdown_background();
@@ -195,11 +219,13 @@ fn fairness(runner: &Runner) -> Res<()> {
     let metered = status.cpu_ms as f64 / wall.as_millis() as f64;
     match (cpu_before, process_cpu()) {
         (Some(before), Some(after)) => println!(
-            "bench share: 500m alone on 2 cores for 3 s: metered {:.2} cores, process CPU {:.2} cores",
+            "bench share ({label}): 500m alone on 2 cores for 3 s: metered {:.2} cores, process CPU {:.2} cores",
             metered,
             (after - before).as_secs_f64() / wall.as_secs_f64()
         ),
-        _ => println!("bench share: 500m alone on 2 cores for 3 s: metered {metered:.2} cores"),
+        _ => println!(
+            "bench share ({label}): 500m alone on 2 cores for 3 s: metered {metered:.2} cores"
+        ),
     }
     two_cores.shutdown_background();
     Ok(())
@@ -208,7 +234,7 @@ fn fairness(runner: &Runner) -> Res<()> {
 async fn launch(runner: &Runner) -> Res<()> {
     let bytes = sample("noop")?;
     let compiled = runner.compile(&bytes)?;
-    let plain = plain_pre(&bytes)?;
+    let plain = plain_pre(&bytes, false)?;
     let mut lat = Vec::new();
     let mut plain_lat = Vec::new();
     for _ in 0..500 {
@@ -259,16 +285,23 @@ async fn launch(runner: &Runner) -> Res<()> {
 
 fn main() -> Res<()> {
     let runner = Runner::new(ExecConfig::default())?;
+    let fuel = Runner::new(ExecConfig {
+        metering: Metering::Fuel {
+            per_core_second: None,
+        },
+        ..ExecConfig::default()
+    })?;
     println!(
         "bench calibration: {} fuel per core-second",
-        runner.fuel_per_core_second()
+        fuel.fuel_per_core_second().unwrap_or(0)
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(metering(&runner))?;
-    fairness(&runner)?;
+    rt.block_on(metering(&[("cpu-time", &runner), ("fuel", &fuel)]))?;
+    fairness(&runner, "cpu-time")?;
+    fairness(&fuel, "fuel")?;
     rt.block_on(launch(&runner))?;
     Ok(())
 }

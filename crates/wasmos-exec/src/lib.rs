@@ -1,12 +1,13 @@
 //! Wasmos task execution: validates and compiles WASI 0.2 command components and runs them in
-//! wasmtime under CPU (fuel), memory, wall-clock and output limits, with nothing ambient.
+//! wasmtime under CPU (metered time or fuel), memory, wall-clock and output limits, with nothing ambient.
 //!
 //! The agent owns one [`Runner`] (cheap to clone) for its lifetime: it holds the wasmtime engine,
-//! the WASI linker, the epoch ticker that makes running guests interruptible, the calibrated fuel
-//! rate that turns a CPU share into a metering rate, and a cache of compiled components.
+//! the WASI linker, the epoch ticker that makes running guests interruptible, the metering mode
+//! (thread CPU time, or fuel at a calibrated rate), and a cache of compiled components.
 
 mod calibrate;
 mod limits;
+mod meter;
 mod net;
 mod output;
 mod runner;
@@ -20,13 +21,28 @@ pub use runner::{Compiled, Runner};
 pub use validate::validate_component;
 pub use wasmos_proto::{OutputStream, TaskStatus};
 
+/// How a [`Runner`] measures the CPU a task uses, which drives both its CPU share (throttling)
+/// and its CPU budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metering {
+    /// The thread CPU clock, read around every poll of the task and on every epoch tick. It
+    /// charges wasm and host calls alike and costs the guest almost nothing, so it is the
+    /// default.
+    #[default]
+    CpuTime,
+    /// Fuel (counted WebAssembly operators) for the guest's own code, converted to time at
+    /// `per_core_second`, plus whatever the thread CPU clock saw beyond that (host calls).
+    /// Deterministic for pure computation, at the price of fuel instrumentation in every loop
+    /// (see BENCHMARKS.md). `per_core_second: None` measures the rate when the runner is
+    /// created (a few hundred milliseconds of one core); a fixed value makes shares reproducible
+    /// across machines.
+    Fuel { per_core_second: Option<u64> },
+}
+
 /// Settings of a [`Runner`], fixed for its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecConfig {
-    /// Fuel one core burns per second of guest execution. `None` measures it when the runner is
-    /// created (a few hundred milliseconds of one core); a fixed value makes CPU shares
-    /// reproducible across machines.
-    pub fuel_per_core_second: Option<u64>,
+    pub metering: Metering,
     /// Largest component accepted by [`Runner::compile`].
     pub max_component_bytes: u64,
     /// How long [`Runner::compile`] waits for wasmtime to compile one component.
@@ -36,7 +52,7 @@ pub struct ExecConfig {
 impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig {
-            fuel_per_core_second: None,
+            metering: Metering::default(),
             max_component_bytes: 64 * 1024 * 1024,
             compile_timeout: Duration::from_secs(60),
         }
@@ -50,9 +66,9 @@ pub struct RunRequest {
     pub args: Vec<String>,
     /// The guest's whole environment: nothing of the agent's leaks in.
     pub env: Vec<(String, String)>,
-    /// CPU share in thousandths of a core: the guest burns fuel at most at
-    /// `cpu_millis / 1000 * fuel_per_core_second` per second. 1000 or more means unthrottled (a
-    /// guest is single-threaded); 0 is treated as 1.
+    /// CPU share in thousandths of a core: the task is paused whenever it is ahead of
+    /// `cpu_millis / 1000` core-seconds per second. 1000 or more means unthrottled (a guest is
+    /// single-threaded); 0 is treated as 1.
     pub cpu_millis: u64,
     /// Cap on the total size of all linear memories of the instance.
     pub mem_bytes: u64,
@@ -63,15 +79,16 @@ pub struct RunRequest {
     pub max_output_bytes: u64,
     /// Past the cap: drop the rest and go on (true), or stop with `output_limit` (false).
     pub truncate_output: bool,
-    /// Total fuel the task may burn; `None` is unlimited.
-    pub cpu_budget_fuel: Option<u64>,
+    /// Total CPU time (core time, as metered) the task may use; `None` is unlimited.
+    pub cpu_budget: Option<Duration>,
     /// What the guest reads from stdin; empty means an immediately closed stdin.
     pub stdin: Vec<u8>,
     /// TCP destinations the guest may connect to; empty means no sockets at all.
     pub net_allow: Vec<wasmos_proto::NetRule>,
 }
 
-/// How a run ended. `status.fuel_used` is always filled, whatever the ending.
+/// How a run ended. `status.cpu_ms` (and `fuel_used` when metering by fuel) is always filled,
+/// whatever the ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
     pub status: TaskStatus,

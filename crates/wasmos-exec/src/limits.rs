@@ -1,6 +1,6 @@
 //! Per-task resource limits enforced from inside the store: the memory cap (a wasmtime
-//! `ResourceLimiter`) and the CPU-share throttle (a token bucket of fuel, consulted on every
-//! epoch tick).
+//! `ResourceLimiter`) and the CPU-share throttle (a token bucket of metered core time, consulted
+//! on every epoch tick).
 
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,7 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// How much fuel the bucket may bank while the guest is idle (blocked in a host call): enough
+/// How much CPU time the bucket may bank while the guest is idle (blocked in a host call): enough
 /// to absorb tick jitter, too little to let an idle task later burst far above its share.
 const BURST: Duration = Duration::from_millis(100);
 
@@ -104,12 +104,13 @@ const BURST: Duration = Duration::from_millis(100);
 /// cancellable during a pause either way.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// Keeps a task's fuel consumption at or below `rate` fuel per second, averaged over time.
+/// Keeps a task's consumption (in whatever unit it is metered, `units_per_core_second` of them
+/// making one core-second) at or below its share, averaged over time.
 #[derive(Debug)]
 pub(crate) struct Throttle {
     rate: f64,
     burst: f64,
-    /// Fuel the task may still burn without pausing; negative when it is ahead of its share.
+    /// Units the task may still burn without pausing; negative when it is ahead of its share.
     tokens: f64,
     last_at: Instant,
     last_consumed: u64,
@@ -118,12 +119,12 @@ pub(crate) struct Throttle {
 impl Throttle {
     /// `None` when the share is a whole core or more: a guest runs on one thread, so throttling
     /// could only slow it below what it reserved, through calibration error.
-    pub(crate) fn new(fuel_per_core_second: u64, cpu_millis: u64, now: Instant) -> Option<Self> {
+    pub(crate) fn new(units_per_core_second: u64, cpu_millis: u64, now: Instant) -> Option<Self> {
         let millis = cpu_millis.max(1);
         if millis >= 1000 {
             return None;
         }
-        let rate = fuel_per_core_second as f64 * millis as f64 / 1000.0;
+        let rate = units_per_core_second as f64 * millis as f64 / 1000.0;
         Some(Throttle {
             rate,
             burst: rate * BURST.as_secs_f64(),
@@ -133,7 +134,7 @@ impl Throttle {
         })
     }
 
-    /// Accounts for fuel `consumed` so far (a running total) at `now`; returns how long the task
+    /// Accounts for the units `consumed` so far (a running total) at `now`; returns how long the task
     /// must pause to get back within its share.
     pub(crate) fn on_tick(&mut self, consumed: u64, now: Instant) -> Option<Duration> {
         let elapsed = now.saturating_duration_since(self.last_at).as_secs_f64();

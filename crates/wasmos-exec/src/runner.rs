@@ -19,8 +19,11 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::{MemoryLimiter, Throttle};
+use crate::meter::CpuMeter;
 use crate::output::Output;
-use crate::{ExecConfig, ExecError, RunOutcome, RunRequest, calibrate, validate_component};
+use crate::{
+    ExecConfig, ExecError, Metering, RunOutcome, RunRequest, calibrate, validate_component,
+};
 
 /// Epoch period: how often a running guest yields to the executor, which bounds how late a kill,
 /// a timeout or a throttling pause takes effect.
@@ -29,6 +32,8 @@ const TICK: Duration = Duration::from_millis(10);
 /// Smallest fuel slice between fuel write-backs: below this the yields themselves would cost
 /// more than the work between them.
 const MIN_FUEL_SLICE: u64 = 10_000;
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 /// Compiled components kept for reuse; agents run few distinct bundles at a time.
 const CACHE_ENTRIES: usize = 32;
@@ -46,7 +51,8 @@ pub struct Runner {
 struct Inner {
     engine: Engine,
     linker: Linker<TaskData>,
-    fuel_per_core_second: u64,
+    /// `Some` when metering by fuel: the rate that converts fuel to core time.
+    fuel_per_core_second: Option<u64>,
     max_component_bytes: u64,
     compile_timeout: Duration,
     cache: Mutex<Cache>,
@@ -102,10 +108,42 @@ struct TaskData {
     wasi: WasiCtx,
     table: ResourceTable,
     memory: MemoryLimiter,
+    /// Charged in nanoseconds of core time.
     throttle: Option<Throttle>,
-    /// Fuel put in the store at the start; consumption is this minus what is left.
-    fuel_start: u64,
+    cpu: Arc<CpuMeter>,
+    fuel: Option<FuelMeter>,
+    budget: Option<Duration>,
+    /// Set when the epoch callback stopped the task for using up `budget`.
+    budget_exhausted: bool,
 }
+
+/// Fuel bookkeeping of a task when the runner meters by fuel.
+struct FuelMeter {
+    /// Fuel put in the store at the start; consumption is this minus what is left.
+    start: u64,
+    per_core_second: u64,
+}
+
+impl TaskData {
+    /// Core time to charge the task with, given the fuel left in its store (fuel metering).
+    /// Fuel converted to time covers the guest's code deterministically; the thread clock
+    /// covers host calls too, so the larger of the two is charged.
+    fn charged_ns(&self, fuel_left: Option<u64>) -> u64 {
+        let cpu = self.cpu.spent_ns();
+        match (&self.fuel, fuel_left) {
+            (Some(fuel), Some(left)) => cpu.max(fuel_to_ns(
+                fuel.start.saturating_sub(left),
+                fuel.per_core_second,
+            )),
+            _ => cpu,
+        }
+    }
+}
+
+/// The error the epoch callback stops a task with when its CPU budget is used up.
+#[derive(Debug, thiserror::Error)]
+#[error("CPU budget used up")]
+struct BudgetExhausted;
 
 impl WasiView for TaskData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -121,13 +159,14 @@ fn engine_err(context: &str) -> impl Fn(wasmtime::Error) -> ExecError + '_ {
 }
 
 impl Runner {
-    /// Builds the engine and linker, starts the epoch ticker and, unless the config fixes it,
-    /// measures the fuel rate (which blocks for a few hundred milliseconds: call this at startup
-    /// or from a blocking context).
+    /// Builds the engine and linker, starts the epoch ticker and, when metering by fuel at an
+    /// unknown rate, measures the rate (which blocks for a few hundred milliseconds: call this
+    /// at startup or from a blocking context).
     pub fn new(cfg: ExecConfig) -> Result<Runner, ExecError> {
+        let fuel = matches!(cfg.metering, Metering::Fuel { .. });
         let mut config = Config::new();
         config
-            .consume_fuel(true)
+            .consume_fuel(fuel)
             .epoch_interruption(true)
             .wasm_component_model(true)
             // Command components built from Rust need neither GC nor exceptions, and the
@@ -143,9 +182,14 @@ impl Runner {
 
         let ticker_stop = start_epoch_ticker(&engine)?;
 
-        let fuel_per_core_second = match cfg.fuel_per_core_second {
-            Some(rate) => rate.max(1),
-            None => match calibrate::fuel_per_core_second(&engine) {
+        let fuel_per_core_second = match cfg.metering {
+            Metering::CpuTime => None,
+            Metering::Fuel {
+                per_core_second: Some(rate),
+            } => Some(rate.max(1)),
+            Metering::Fuel {
+                per_core_second: None,
+            } => Some(match calibrate::fuel_per_core_second(&engine) {
                 Ok(rate) => rate,
                 Err(e) => {
                     tracing::warn!(
@@ -155,9 +199,9 @@ impl Runner {
                     );
                     calibrate::FALLBACK_FUEL_PER_CORE_SECOND
                 }
-            },
+            }),
         };
-        tracing::debug!(fuel_per_core_second, "wasm runner ready");
+        tracing::debug!(?fuel_per_core_second, "wasm runner ready");
 
         Ok(Runner {
             inner: Arc::new(Inner {
@@ -172,8 +216,9 @@ impl Runner {
         })
     }
 
-    /// Fuel one core burns per second: measured at startup or fixed by the config.
-    pub fn fuel_per_core_second(&self) -> u64 {
+    /// Fuel one core burns per second (measured at startup or fixed by the config) when
+    /// metering by fuel; `None` when metering by CPU time.
+    pub fn fuel_per_core_second(&self) -> Option<u64> {
         self.inner.fuel_per_core_second
     }
 
@@ -281,42 +326,57 @@ impl Runner {
                     Box::pin(async move { ok })
                 });
         }
-        let fuel_start = req.cpu_budget_fuel.unwrap_or(u64::MAX);
+        let fuel = self
+            .inner
+            .fuel_per_core_second
+            .map(|per_core_second| FuelMeter {
+                start: match req.cpu_budget {
+                    Some(budget) => duration_to_fuel(budget, per_core_second),
+                    None => u64::MAX,
+                },
+                per_core_second,
+            });
+        let cpu = CpuMeter::new();
         let data = TaskData {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimiter::new(req.mem_bytes),
-            throttle: Throttle::new(
-                self.inner.fuel_per_core_second,
-                req.cpu_millis,
-                Instant::now(),
-            ),
-            fuel_start,
+            throttle: Throttle::new(NANOS_PER_SECOND, req.cpu_millis, Instant::now()),
+            cpu: cpu.clone(),
+            fuel,
+            budget: req.cpu_budget,
+            budget_exhausted: false,
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);
-        // Compiled code keeps its fuel count in a register and writes it back to the store only
-        // at calls, returns and when its injected fuel runs out; epoch ticks do not write it. A
-        // tight loop would thus look idle to the throttle and to `fuel_used` after a timeout.
-        // Injecting fuel in slices of about a millisecond forces a write-back (and a yield) that
-        // often, so the store's count is never staler than one slice.
-        let slice = (self.inner.fuel_per_core_second / 1000).max(MIN_FUEL_SLICE);
-        if let Err(e) = store
-            .set_fuel(fuel_start)
-            .and_then(|()| store.fuel_async_yield_interval(Some(slice)))
-        {
-            let status = failed(Reason::Trap, format!("cannot meter fuel: {e}"));
-            return RunOutcome { status };
+        if let Some(fuel) = &store.data().fuel {
+            // Compiled code keeps its fuel count in a register and writes it back to the store
+            // only at calls, returns and when its injected fuel runs out; epoch ticks do not
+            // write it. A tight loop would thus look idle to the throttle and to `fuel_used`
+            // after a timeout. Injecting fuel in slices of about a millisecond forces a
+            // write-back (and a yield) that often, so the store's count is never staler than
+            // one slice.
+            let (start, slice) = (
+                fuel.start,
+                (fuel.per_core_second / 1000).max(MIN_FUEL_SLICE),
+            );
+            if let Err(e) = store
+                .set_fuel(start)
+                .and_then(|()| store.fuel_async_yield_interval(Some(slice)))
+            {
+                let status = failed(Reason::Trap, format!("cannot meter fuel: {e}"));
+                return RunOutcome { status };
+            }
         }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(on_epoch);
 
         let ending = {
             let pre = &compiled.inner.pre;
-            let task = async {
+            let task = cpu.meter(async {
                 let command = pre.instantiate_async(&mut store).await?;
                 command.wasi_cli_run().call_run(&mut store).await
-            };
+            });
             tokio::select! {
                 biased;
                 () = killed(&mut kill) => Ending::Killed,
@@ -325,7 +385,12 @@ impl Runner {
             }
         };
 
-        let fuel_used = fuel_start.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_left = store.get_fuel().ok();
+        let fuel_used = match (&store.data().fuel, fuel_left) {
+            (Some(fuel), Some(left)) => fuel.start.saturating_sub(left),
+            _ => 0,
+        };
+        let cpu_ns = store.data().charged_ns(fuel_left);
         let peak_mem_bytes = store.data().memory.peak();
         let mut status = match ending {
             Ending::Killed => {
@@ -341,7 +406,7 @@ impl Runner {
                     req.timeout.as_millis()
                 ),
             ),
-            Ending::Returned(result) => classify(result, store.data(), &out, fuel_start),
+            Ending::Returned(result) => classify(result, store.data(), &out, req.cpu_budget),
         };
         drop(store);
 
@@ -357,16 +422,21 @@ impl Runner {
             status.message = Some(format!("output truncated ({})", truncated.join(", ")));
         }
         status.fuel_used = fuel_used;
-        status.cpu_ms = fuel_to_ms(fuel_used, self.inner.fuel_per_core_second);
+        status.cpu_ms = cpu_ns / 1_000_000;
         status.peak_mem_bytes = peak_mem_bytes;
         RunOutcome { status }
     }
 }
 
-/// Core-milliseconds that `fuel` represents at `per_core_second` fuel per core-second.
-fn fuel_to_ms(fuel: u64, per_core_second: u64) -> u64 {
-    let ms = u128::from(fuel) * 1000 / u128::from(per_core_second.max(1));
-    u64::try_from(ms).unwrap_or(u64::MAX)
+/// Core-nanoseconds that `fuel` represents at `per_core_second` fuel per core-second.
+fn fuel_to_ns(fuel: u64, per_core_second: u64) -> u64 {
+    let ns = u128::from(fuel) * u128::from(NANOS_PER_SECOND) / u128::from(per_core_second.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+fn duration_to_fuel(d: Duration, per_core_second: u64) -> u64 {
+    let fuel = d.as_nanos() * u128::from(per_core_second) / u128::from(NANOS_PER_SECOND);
+    u64::try_from(fuel).unwrap_or(u64::MAX)
 }
 
 enum Ending {
@@ -382,16 +452,27 @@ async fn killed(kill: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Called on every epoch tick while the guest runs: yields to the executor so kills and timeouts
-/// are noticed, sleeping first if the task is ahead of its CPU share.
+/// Called on every epoch tick while the guest runs: stops the task if its CPU budget is used
+/// up, and otherwise yields to the executor so kills and timeouts are noticed, sleeping first if
+/// the task is ahead of its CPU share.
 fn on_epoch(mut cx: StoreContextMut<'_, TaskData>) -> wasmtime::Result<UpdateDeadline> {
-    let left = cx.get_fuel()?;
+    let fuel_left = match cx.data().fuel {
+        Some(_) => Some(cx.get_fuel()?),
+        None => None,
+    };
     let data = cx.data_mut();
-    let consumed = data.fuel_start.saturating_sub(left);
+    let charged = data.charged_ns(fuel_left);
+    if data
+        .budget
+        .is_some_and(|b| u128::from(charged) >= b.as_nanos())
+    {
+        data.budget_exhausted = true;
+        return Err(wasmtime::Error::new(BudgetExhausted));
+    }
     let pause = data
         .throttle
         .as_mut()
-        .and_then(|t| t.on_tick(consumed, Instant::now()));
+        .and_then(|t| t.on_tick(charged, Instant::now()));
     Ok(match pause {
         Some(pause) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))),
         None => UpdateDeadline::Yield(1),
@@ -419,7 +500,7 @@ fn classify(
     result: wasmtime::Result<Result<(), ()>>,
     data: &TaskData,
     out: &Output,
-    fuel_start: u64,
+    cpu_budget: Option<Duration>,
 ) -> TaskStatus {
     let error = match result {
         Ok(Ok(())) => return finished(0),
@@ -443,11 +524,15 @@ fn classify(
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return finished(exit.0);
     }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => failed(
+    let trap = error.downcast_ref::<Trap>();
+    if data.budget_exhausted || trap == Some(&Trap::OutOfFuel) {
+        let budget = cpu_budget.unwrap_or_default().as_secs_f64();
+        return failed(
             Reason::CpuLimit,
-            format!("used up its CPU budget of {fuel_start} fuel"),
-        ),
+            format!("used up its CPU budget of {budget:.3} core-seconds"),
+        );
+    }
+    match trap {
         Some(trap) => {
             let mut message = trap.to_string();
             if let Some(name) = error

@@ -100,7 +100,7 @@ pub struct AgentInfo {
     pub total: Resources,
     pub used: Resources,
     pub attributes: BTreeMap<String, String>,
-    /// The agent's calibrated CPU metering rate.
+    /// The agent's fuel metering rate; 0 when it meters CPU by the thread clock.
     pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
@@ -122,7 +122,8 @@ pub enum AgentToMaster {
     Register {
         resources: Resources,
         attributes: BTreeMap<String, String>,
-        /// Fuel one core burns per second, as the agent measured at start.
+        /// Fuel one core burns per second, as the agent measured at start; 0 when the agent
+        /// meters CPU by the thread clock instead of fuel.
         fuel_per_core_second: u64,
         /// Tasks this agent is still running (after a reconnect); any other task the master
         /// believes is on this agent is lost.

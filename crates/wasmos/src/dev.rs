@@ -82,6 +82,7 @@ pub struct DevOptions {
     pub agents: u32,
     pub listen: SocketAddr,
     pub agent_resources: Resources,
+    pub exec: wasmos_exec::ExecConfig,
 }
 
 /// A running dev cluster.
@@ -139,7 +140,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             resources: opts.agent_resources,
             attributes,
             work_dir: data.join("agents").join(&name),
-            exec: Default::default(),
+            exec: opts.exec.clone(),
         };
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();

@@ -140,6 +140,8 @@ struct DevArgs {
         default_value = "sample-tasks/target/wasm32-wasip2/release"
     )]
     demo_dir: PathBuf,
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 #[derive(Args)]
@@ -199,6 +201,42 @@ struct AgentArgs {
     /// Extra attribute to advertise, KEY=VALUE (repeatable).
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     attrs: Vec<String>,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// How agents measure the CPU tasks use: the thread CPU clock (cpu-time), or fuel, which
+    /// counts wasm operators deterministically but slows tasks down.
+    #[arg(long, value_enum, default_value_t = MeteringArg::CpuTime)]
+    metering: MeteringArg,
+    /// With --metering fuel: fuel per core-second, instead of measuring it at start.
+    #[arg(long, value_name = "N")]
+    fuel_rate: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MeteringArg {
+    CpuTime,
+    Fuel,
+}
+
+impl ExecArgs {
+    fn config(&self) -> Result<wasmos_exec::ExecConfig> {
+        let metering = match (self.metering, self.fuel_rate) {
+            (MeteringArg::CpuTime, Some(_)) => bail!("--fuel-rate needs --metering fuel"),
+            (MeteringArg::CpuTime, None) => wasmos_exec::Metering::CpuTime,
+            (MeteringArg::Fuel, Some(0)) => bail!("--fuel-rate must be above 0"),
+            (MeteringArg::Fuel, rate) => wasmos_exec::Metering::Fuel {
+                per_core_second: rate,
+            },
+        };
+        Ok(wasmos_exec::ExecConfig {
+            metering,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -212,8 +250,8 @@ struct RunArgs {
     /// Wall-clock limit.
     #[arg(long, default_value = "30s")]
     timeout: humantime::Duration,
-    /// Total CPU budget in core-seconds (e.g. 10s, 500ms), metered as fuel; running out stops
-    /// the task with cpu_limit.
+    /// Total CPU budget in core-seconds (e.g. 10s, 500ms), counting host calls made for the
+    /// task; running out stops it with cpu_limit.
     #[arg(long, value_name = "DURATION")]
     cpu_budget: Option<humantime::Duration>,
     /// Let the task open TCP connections to HOST:PORT or HOST:* (repeatable). Default: no
@@ -353,6 +391,7 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             mem_bytes: parse_bytes(&args.agent_mem)?,
             disk_bytes: 1 << 30,
         },
+        exec: args.exec.config()?,
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.
@@ -422,7 +461,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
         },
         attributes,
         work_dir,
-        exec: Default::default(),
+        exec: args.exec.config()?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
@@ -669,7 +708,10 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                 ),
                 (
                     "cpu used",
-                    format!("{:.3}s ({} fuel)", st.cpu_ms as f64 / 1000.0, st.fuel_used),
+                    match st.fuel_used {
+                        0 => format!("{:.3}s", st.cpu_ms as f64 / 1000.0),
+                        fuel => format!("{:.3}s ({fuel} fuel)", st.cpu_ms as f64 / 1000.0),
+                    },
                 ),
                 ("peak mem", format_bytes(st.peak_mem_bytes)),
                 ("owner", t.owner.clone()),
@@ -715,7 +757,10 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                             format_bytes(a.total.mem_bytes)
                         ),
                         table::age(now, a.last_seen_ms),
-                        format!("{:.2e}", a.fuel_per_core_second as f64),
+                        match a.fuel_per_core_second {
+                            0 => "cpu-time".to_string(),
+                            rate => format!("fuel {:.2e}/s", rate as f64),
+                        },
                         attrs.join(","),
                     ]
                 })
@@ -729,7 +774,7 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                         "CPU",
                         "MEM",
                         "SEEN",
-                        "FUEL/CORE-S",
+                        "METERING",
                         "ATTRIBUTES"
                     ],
                     &rows
