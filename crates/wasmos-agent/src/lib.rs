@@ -2,6 +2,8 @@
 //! tasks it is given through `wasmos-exec`, and reports their status and output. Status updates
 //! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
 
+mod taskdir;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +39,11 @@ pub struct AgentConfig {
     pub master: SocketAddr,
     pub resources: Resources,
     pub attributes: BTreeMap<String, String>,
-    /// Bundle cache and other local state.
+    /// Bundle cache, task directories and other local state.
     pub work_dir: PathBuf,
     pub exec: ExecConfig,
+    /// Keep each task's directory (scratch space and inputs) after it ends, for debugging.
+    pub keep_task_dirs: bool,
 }
 
 /// Attributes every agent advertises, so constraints can target an OS or architecture.
@@ -138,6 +142,17 @@ pub async fn run(
         path: bundles.clone(),
         source,
     })?;
+    // Task directories left by a previous life of this agent belong to tasks that are gone.
+    let task_dirs = taskdir::TaskDir::parent(&cfg.work_dir);
+    if !cfg.keep_task_dirs
+        && let Err(source) = std::fs::remove_dir_all(&task_dirs)
+        && source.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(AgentError::WorkDir {
+            path: task_dirs,
+            source,
+        });
+    }
     // Fuel calibration keeps a core busy for a moment: not on the async workers.
     let exec = cfg.exec.clone();
     let runner = tokio::task::spawn_blocking(move || Runner::new(exec))
@@ -334,6 +349,53 @@ async fn run_task(
             }
         },
     };
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        match fetch_blob(agent, &m.archive).await {
+            Ok(b) => mounts.push(b),
+            Err(e) => {
+                let msg = format!("cannot fetch the archive for mount {}: {e}", m.guest);
+                return TaskStatus::with_reason(TaskState::Error, None, msg);
+            }
+        }
+    }
+    let mut inputs = Vec::new();
+    for i in &spec.inputs {
+        match fetch_blob(agent, &i.blob).await {
+            Ok(b) => inputs.push(b),
+            Err(e) => {
+                let msg = format!("cannot fetch input {}: {e}", i.guest);
+                return TaskStatus::with_reason(TaskState::Error, None, msg);
+            }
+        }
+    }
+    let prepared = {
+        let (work_dir, spec, keep) = (
+            agent.cfg.work_dir.clone(),
+            spec.clone(),
+            agent.cfg.keep_task_dirs,
+        );
+        tokio::task::spawn_blocking(move || {
+            taskdir::TaskDir::prepare(&work_dir, task, &spec, &mounts, &inputs, keep)
+        })
+        .await
+    };
+    let dir = match prepared {
+        Ok(Ok(dir)) => dir,
+        Ok(Err(e @ taskdir::PrepareError::OverQuota { .. })) => {
+            let mut s = TaskStatus::new(TaskState::Failed);
+            s.reason = Some(Reason::DiskLimit);
+            s.message = Some(format!("cannot start: {e}"));
+            return s;
+        }
+        Ok(Err(e)) => {
+            return TaskStatus::with_reason(TaskState::Error, None, e.to_string());
+        }
+        Err(e) => {
+            let msg = format!("preparing the task directory panicked: {e}");
+            return TaskStatus::with_reason(TaskState::Error, None, msg);
+        }
+    };
     let runner = agent.runner.clone();
     let compiled = match tokio::task::spawn_blocking(move || runner.compile(&bytes)).await {
         Ok(Ok(c)) => c,
@@ -375,10 +437,14 @@ async fn run_task(
         stdin,
         net_allow: spec.net_allow.clone(),
         cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
+        preopens: dir.preopens(&spec),
+        disk: Some(dir.quota(&spec)),
     };
     let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
     // All output is queued before the final status, so watchers see it first.
     let _ = forward.await;
+    // Deleting a full scratch space can take a while: not on the task workers.
+    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     outcome.status
 }
 

@@ -91,6 +91,8 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         cpu_budget: None,
         stdin: Vec::new(),
         net_allow: Vec::new(),
+        preopens: Vec::new(),
+        disk: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! (thread CPU time, or fuel at a calibrated rate), and a cache of compiled components.
 
 mod calibrate;
+mod disk;
 mod limits;
 mod meter;
 mod net;
@@ -17,6 +18,7 @@ mod validate;
 
 use std::time::Duration;
 
+pub use disk::{DiskQuota, Preopen};
 pub use runner::{Compiled, Runner};
 pub use validate::validate_component;
 pub use wasmos_proto::{OutputStream, TaskStatus};
@@ -85,6 +87,10 @@ pub struct RunRequest {
     pub stdin: Vec<u8>,
     /// TCP destinations the guest may connect to; empty means no sockets at all.
     pub net_allow: Vec<wasmos_proto::NetRule>,
+    /// Host directories the guest sees; empty means no filesystem at all.
+    pub preopens: Vec<Preopen>,
+    /// The quota on the writable part of those, if any.
+    pub disk: Option<DiskQuota>,
 }
 
 /// How a run ended. `status.cpu_ms` (and `fuel_used` when metering by fuel) is always filled,

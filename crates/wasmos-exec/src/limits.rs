@@ -12,26 +12,25 @@ use wasmtime::ResourceLimiter;
 const MAX_INSTANCES: usize = 1_000;
 const MAX_TABLES: usize = 1_000;
 const MAX_MEMORIES: usize = 100;
-const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
-/// The error a refused memory grow raises. Refusing with a trap rather than letting
-/// `memory.grow` return -1 makes a task over its memory cap stop at once, like an OOM kill,
-/// instead of leaving it to a guest allocator that might spin or abort with an unrelated trap.
-#[derive(Debug, thiserror::Error)]
-#[error("linear memory would grow to {wanted} bytes, over the task's {limit}-byte limit")]
-pub(crate) struct MemoryLimitExceeded {
-    pub wanted: u64,
-    pub limit: u64,
-}
+/// What one table element costs the host: tables live outside linear memory, so without
+/// counting them a task could allocate gigabytes of host memory through `table.grow`.
+/// Wasmtime stores funcref and externref elements as one pointer each.
+const TABLE_ELEMENT_BYTES: u64 = 8;
 
-/// Caps the total size of all linear memories of one store.
+/// Caps the total size of all linear memories and tables of one store.
+///
+/// A refused grow fails inside the guest as WebAssembly specifies (`memory.grow` and
+/// `table.grow` return -1; a too-large initial memory fails instantiation): a guest that copes
+/// with it goes on. The refusal is remembered, so a task that then traps (as Rust's allocator
+/// does on a failed allocation) ends with `memory_limit` rather than an unrelated trap.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     limit: u64,
-    /// Bytes currently allocated across all memories; memories never shrink within a store.
+    /// Bytes currently allocated across all memories and tables; they never shrink within a
+    /// store.
     total: u64,
-    /// Set once a grow was refused because of `limit`, so the outcome can say `memory_limit`
-    /// whatever error the guest reports afterwards.
+    /// Set once a grow was refused because of `limit`: (the total it asked for, the limit).
     pub exceeded: Option<(u64, u64)>,
 }
 
@@ -44,9 +43,20 @@ impl MemoryLimiter {
         }
     }
 
-    /// The most linear memory the store held: memories never shrink, so this is the total.
+    /// The most memory the store held: memories and tables never shrink, so this is the
+    /// total.
     pub(crate) fn peak(&self) -> u64 {
         self.total
+    }
+
+    fn grow(&mut self, by: u64) -> bool {
+        let wanted = self.total.saturating_add(by);
+        if wanted > self.limit {
+            self.exceeded = Some((wanted, self.limit));
+            return false;
+        }
+        self.total = wanted;
+        true
     }
 }
 
@@ -61,26 +71,20 @@ impl ResourceLimiter for MemoryLimiter {
             // The guest's own declared maximum: an ordinary failed grow, not our limit.
             return Ok(false);
         }
-        let grow_by = desired.saturating_sub(current) as u64;
-        let wanted = self.total.saturating_add(grow_by);
-        if wanted > self.limit {
-            self.exceeded = Some((wanted, self.limit));
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                wanted,
-                limit: self.limit,
-            }));
-        }
-        self.total = wanted;
-        Ok(true)
+        Ok(self.grow(desired.saturating_sub(current) as u64))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let elements = desired.saturating_sub(current) as u64;
+        Ok(self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 
     fn instances(&self) -> usize {
@@ -157,14 +161,19 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     #[test]
-    fn memory_is_capped_in_total_across_memories() {
+    fn memory_is_capped_in_total_across_memories_and_tables() {
         let mut l = MemoryLimiter::new(3 * MIB as u64);
         assert!(l.memory_growing(0, 2 * MIB, None).unwrap());
-        assert!(l.memory_growing(0, MIB, None).unwrap());
+        assert!(l.memory_growing(0, MIB / 2, None).unwrap());
         assert!(l.exceeded.is_none());
-        let err = l.memory_growing(MIB, 2 * MIB, None).unwrap_err();
-        assert!(err.is::<MemoryLimitExceeded>());
+        // 64Ki table elements are 512 KiB of host memory: exactly what is left.
+        assert!(l.table_growing(0, 65536, None).unwrap());
+        assert_eq!(l.peak(), 3 * MIB as u64);
+        assert!(!l.table_growing(65536, 65537, None).unwrap());
+        assert!(!l.memory_growing(MIB, 2 * MIB, None).unwrap());
         assert_eq!(l.exceeded, Some((4 * MIB as u64, 3 * MIB as u64)));
+        // Refused grows do not count.
+        assert_eq!(l.peak(), 3 * MIB as u64);
     }
 
     #[test]

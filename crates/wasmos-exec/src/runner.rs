@@ -16,8 +16,9 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::disk::DiskWatch;
 use crate::limits::{MemoryLimiter, Throttle};
 use crate::meter::CpuMeter;
 use crate::output::Output;
@@ -115,6 +116,7 @@ struct TaskData {
     budget: Option<Duration>,
     /// Set when the epoch callback stopped the task for using up `budget`.
     budget_exhausted: bool,
+    disk: Option<DiskWatch>,
 }
 
 /// Fuel bookkeeping of a task when the runner meters by fuel.
@@ -144,6 +146,11 @@ impl TaskData {
 #[derive(Debug, thiserror::Error)]
 #[error("CPU budget used up")]
 struct BudgetExhausted;
+
+/// The error the epoch callback stops a task with when it is over its disk quota.
+#[derive(Debug, thiserror::Error)]
+#[error("disk quota exceeded")]
+struct DiskQuotaExceeded;
 
 impl WasiView for TaskData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -315,6 +322,20 @@ impl Runner {
             .stdout(out.stream(OutputStream::Stdout))
             .stderr(out.stream(OutputStream::Stderr))
             .allow_udp(false);
+        for p in &req.preopens {
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
+                let status = failed(
+                    Reason::Trap,
+                    format!("cannot open the task's directory {}: {e}", p.guest),
+                );
+                return RunOutcome { status };
+            }
+        }
         if req.net_allow.is_empty() {
             wasi.allow_tcp(false).allow_ip_name_lookup(false);
         } else {
@@ -346,6 +367,7 @@ impl Runner {
             fuel,
             budget: req.cpu_budget,
             budget_exhausted: false,
+            disk: req.disk.map(|q| DiskWatch::new(q, Instant::now())),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);
@@ -392,6 +414,8 @@ impl Runner {
         };
         let cpu_ns = store.data().charged_ns(fuel_left);
         let peak_mem_bytes = store.data().memory.peak();
+        // Writes since the last tick (or by a task that never ticked) are measured here.
+        let disk_overrun = store.data_mut().disk.as_mut().and_then(DiskWatch::check);
         let mut status = match ending {
             Ending::Killed => {
                 let mut s = TaskStatus::new(TaskState::Killed);
@@ -408,6 +432,11 @@ impl Runner {
             ),
             Ending::Returned(result) => classify(result, store.data(), &out, req.cpu_budget),
         };
+        if let Some(overrun) = disk_overrun
+            && status.state != TaskState::Killed
+        {
+            status = failed(Reason::DiskLimit, overrun.message());
+        }
         drop(store);
 
         if status.state != TaskState::Killed {
@@ -469,6 +498,11 @@ fn on_epoch(mut cx: StoreContextMut<'_, TaskData>) -> wasmtime::Result<UpdateDea
         data.budget_exhausted = true;
         return Err(wasmtime::Error::new(BudgetExhausted));
     }
+    if let Some(disk) = data.disk.as_mut()
+        && disk.on_tick(Instant::now()).is_some()
+    {
+        return Err(wasmtime::Error::new(DiskQuotaExceeded));
+    }
     let pause = data
         .throttle
         .as_mut()
@@ -515,14 +549,15 @@ fn classify(
             format!("wrote more than its {}-byte output limit", out.limit()),
         );
     }
+    // An explicit exit is the guest's own decision, even after a refused grow.
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return finished(exit.0);
+    }
     if let Some((wanted, limit)) = data.memory.exceeded {
         return failed(
             Reason::MemoryLimit,
             format!("tried to grow its memory to {wanted} bytes, over its {limit}-byte limit"),
         );
-    }
-    if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return finished(exit.0);
     }
     let trap = error.downcast_ref::<Trap>();
     if data.budget_exhausted || trap == Some(&Trap::OutOfFuel) {

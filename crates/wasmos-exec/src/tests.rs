@@ -71,6 +71,8 @@ fn request() -> RunRequest {
         cpu_budget: None,
         stdin: Vec::new(),
         net_allow: Vec::new(),
+        preopens: Vec::new(),
+        disk: None,
     }
 }
 
@@ -343,10 +345,10 @@ async fn a_cpu_share_throttles_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_fails_with_memory_limit() {
-    // Grows 1 MiB at a time; returning would mean a grow was refused without stopping it.
+    // Grows 1 MiB at a time until refused, then traps the way an allocator aborts.
     let hog = command(
         "(memory 1)",
-        "(loop $l i32.const 16 memory.grow i32.const -1 i32.ne br_if $l) i32.const 0",
+        "(loop $l i32.const 16 memory.grow i32.const -1 i32.ne br_if $l) unreachable",
     );
     let mut req = request();
     req.mem_bytes = 8 << 20;
@@ -362,6 +364,37 @@ async fn a_memory_hog_fails_with_memory_limit() {
     req.mem_bytes = 8 << 20;
     let big = command("(memory 200)", "i32.const 0");
     assert_failed(&run(&big, req).await.status, Reason::MemoryLimit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grow_fails_in_the_guest_which_may_carry_on() {
+    // memory.grow returns -1 over the limit; this guest notices and returns normally.
+    let careful = command(
+        "(memory 1)",
+        "i32.const 1000 memory.grow i32.const -1 i32.eq (if (then i32.const 0 return)) unreachable",
+    );
+    let mut req = request();
+    req.mem_bytes = 8 << 20;
+    let status = run(&careful, req).await.status;
+    assert_eq!(status.state, TaskState::Finished, "{status:?}");
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(status.peak_mem_bytes, 64 << 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_growth_counts_against_the_memory_limit() {
+    // 100k funcref elements at a time: 800 KB of host memory each, 8 MiB cap.
+    let bomb = command(
+        "(table 1 funcref)",
+        "(loop $l ref.null func i32.const 100000 table.grow i32.const -1 i32.ne br_if $l)
+         unreachable",
+    );
+    let mut req = request();
+    req.mem_bytes = 8 << 20;
+    let ran = run(&bomb, req).await;
+    assert_failed(&ran.status, Reason::MemoryLimit);
+    assert!(ran.status.peak_mem_bytes <= 8 << 20, "{:?}", ran.status);
+    assert!(ran.status.peak_mem_bytes > 6 << 20, "{:?}", ran.status);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,9 @@ async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientRespon
             "cpu and mem must be greater than zero",
         );
     }
+    if let Err(e) = spec.check() {
+        return error(ErrorKind::InvalidRequest, e);
+    }
     let cmd = Command::SubmitTask {
         spec,
         owner: who.to_uri(),

@@ -67,18 +67,65 @@ pub struct TaskSpec {
     pub max_output_bytes: u64,
     /// What happens past that cap.
     pub on_output_limit: OutputPolicy,
-    /// Total CPU the task may use, in milliseconds of one core (metered as fuel); `None`
-    /// for no budget beyond the timeout. Running out stops it with `cpu_limit`.
+    /// Total CPU the task may use, in milliseconds of one core (as the agent meters it, host
+    /// calls included); `None` for no budget beyond the timeout. Running out stops it with
+    /// `cpu_limit`.
     pub cpu_budget_ms: Option<u64>,
     /// A data blob (uploaded like a bundle) the task reads as its stdin; none means empty.
     pub stdin: Option<BundleHash>,
     /// Destinations the task may open TCP connections to; empty means no network at all.
     pub net_allow: Vec<crate::NetRule>,
+    /// Local directories shipped with the task, each a writable copy inside its scratch space.
+    pub mounts: Vec<Mount>,
+    /// Files the task can read but not change.
+    pub inputs: Vec<InputFile>,
+}
+
+/// A directory shipped with a task: a tar archive (uploaded as a data blob) unpacked at `guest`
+/// inside the task's scratch space, so it is writable and counts against the `disk` quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub archive: BundleHash,
+    /// Absolute guest path; `/` makes the directory the task's whole filesystem.
+    pub guest: String,
+}
+
+/// A read-only file: the blob's bytes at guest path `guest` (whose directory becomes a
+/// read-only directory of the task's filesystem, holding only input files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub blob: BundleHash,
+    pub guest: String,
+}
+
+/// Most mounts and input files one task may have.
+pub const MAX_MOUNTS: usize = 16;
+pub const MAX_INPUTS: usize = 64;
+
+/// Whether `guest` is an absolute, normalized guest path: `/`, `/data`, `/a/b`, without `.`,
+/// `..`, empty components, backslashes or NULs.
+pub fn valid_guest_path(guest: &str) -> bool {
+    guest == "/"
+        || (guest.len() <= 1024
+            && guest.starts_with('/')
+            && !guest.ends_with('/')
+            && guest[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\\', '\0'])))
+}
+
+/// The directory part of a normalized guest file path (`/in/a.csv` -> `/in`).
+pub fn guest_parent(guest: &str) -> &str {
+    match guest.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &guest[..i],
+    }
 }
 
 impl TaskSpec {
-    /// A spec with the CLI's defaults: no args, env, stdin or network; half a core, 64 MiB,
-    /// 30 s, 1 MiB of output per stream (truncated past it), no CPU budget.
+    /// A spec with the CLI's defaults: no args, env, stdin, network, mounts or inputs; half a
+    /// core, 64 MiB of memory and 64 MiB of scratch disk, 30 s, 1 MiB of output per stream
+    /// (truncated past it), no CPU budget.
     pub fn new(name: impl Into<String>, bundle: BundleHash) -> Self {
         TaskSpec {
             name: name.into(),
@@ -88,7 +135,7 @@ impl TaskSpec {
             resources: Resources {
                 cpu_millis: 500,
                 mem_bytes: 64 << 20,
-                disk_bytes: 0,
+                disk_bytes: 64 << 20,
             },
             timeout_ms: 30_000,
             max_output_bytes: 1 << 20,
@@ -96,7 +143,68 @@ impl TaskSpec {
             cpu_budget_ms: None,
             stdin: None,
             net_allow: Vec::new(),
+            mounts: Vec::new(),
+            inputs: Vec::new(),
         }
+    }
+
+    /// Checks what the master can check before accepting the spec: the filesystem layout
+    /// (mount and input paths) and its sizes. The message names the offending entry.
+    pub fn check(&self) -> Result<(), String> {
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(format!("at most {MAX_MOUNTS} mounts per task"));
+        }
+        if self.inputs.len() > MAX_INPUTS {
+            return Err(format!("at most {MAX_INPUTS} input files per task"));
+        }
+        let mut mounts = std::collections::BTreeSet::new();
+        for m in &self.mounts {
+            if !valid_guest_path(&m.guest) {
+                return Err(format!(
+                    "mount path `{}` must be absolute and normalized, like /data",
+                    m.guest
+                ));
+            }
+            if !mounts.insert(m.guest.as_str()) {
+                return Err(format!("two mounts at `{}`", m.guest));
+            }
+        }
+        let mut files = std::collections::BTreeSet::new();
+        for i in &self.inputs {
+            if !valid_guest_path(&i.guest) || i.guest == "/" {
+                return Err(format!(
+                    "input path `{}` must be an absolute, normalized file path, like /in/data.csv",
+                    i.guest
+                ));
+            }
+            let dir = guest_parent(&i.guest);
+            if dir == "/" {
+                return Err(format!(
+                    "input `{}` must be in a directory (like /in/{}): / is the task's writable scratch space",
+                    i.guest,
+                    &i.guest[1..]
+                ));
+            }
+            if mounts.contains(dir) {
+                return Err(format!(
+                    "input `{}` is in `{dir}`, which is a mount; input directories are read-only",
+                    i.guest
+                ));
+            }
+            if !files.insert(i.guest.as_str()) {
+                return Err(format!("two inputs at `{}`", i.guest));
+            }
+        }
+        for i in &self.inputs {
+            // An input directory holding another input's directory would hide it.
+            if files.contains(guest_parent(&i.guest)) {
+                return Err(format!(
+                    "input `{}` is inside another input's path",
+                    i.guest
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +280,8 @@ pub enum Reason {
     InvalidBundle,
     Killed,
     Unschedulable,
+    /// Wrote more to its scratch directory than its `disk` quota.
+    DiskLimit,
 }
 
 impl Reason {
@@ -187,6 +297,7 @@ impl Reason {
             Reason::InvalidBundle => "invalid_bundle",
             Reason::Killed => "killed",
             Reason::Unschedulable => "unschedulable",
+            Reason::DiskLimit => "disk_limit",
         }
     }
 }
@@ -204,9 +315,9 @@ pub struct TaskStatus {
     /// One human line with details (the trap message, the limit that was hit...).
     pub message: Option<String>,
     pub exit_code: Option<i32>,
-    /// Fuel the task consumed: its metered CPU usage.
+    /// Fuel the task consumed, when its agent meters by fuel; 0 otherwise.
     pub fuel_used: u64,
-    /// The same usage in milliseconds of one core, at the agent's calibrated fuel rate.
+    /// CPU the task used, in milliseconds of one core, host calls included.
     pub cpu_ms: u64,
     /// Largest total size its linear memories reached.
     pub peak_mem_bytes: u64,
@@ -250,4 +361,62 @@ pub struct TaskInfo {
     pub status: TaskStatus,
     pub submitted_ms: u64,
     pub updated_ms: u64,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod fs_layout_tests {
+    use super::*;
+
+    fn spec(mounts: &[&str], inputs: &[&str]) -> TaskSpec {
+        let hash = BundleHash::from_digest(&[7; 32]);
+        let mut s = TaskSpec::new("t", hash.clone());
+        s.mounts = mounts
+            .iter()
+            .map(|g| Mount {
+                archive: hash.clone(),
+                guest: g.to_string(),
+            })
+            .collect();
+        s.inputs = inputs
+            .iter()
+            .map(|g| InputFile {
+                blob: hash.clone(),
+                guest: g.to_string(),
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn guest_paths_must_be_absolute_and_normalized() {
+        for ok in ["/", "/data", "/a/b.txt", "/a b/ü"] {
+            assert!(valid_guest_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "data", "/data/", "//x", "/a/../b", "/./a", "/a\\b", "/a\0", "C:\\x",
+        ] {
+            assert!(!valid_guest_path(bad), "{bad:?}");
+        }
+        assert_eq!(guest_parent("/in/a.csv"), "/in");
+        assert_eq!(guest_parent("/a.csv"), "/");
+    }
+
+    #[test]
+    fn layouts_are_checked_with_a_message_naming_the_entry() {
+        assert_eq!(
+            spec(&["/", "/data"], &["/in/a", "/in/b", "/x/y/z"]).check(),
+            Ok(())
+        );
+        let err = |m: &[&str], i: &[&str]| spec(m, i).check().unwrap_err();
+        assert!(err(&["data"], &[]).contains("`data`"));
+        assert!(err(&["/d", "/d"], &[]).contains("two mounts at `/d`"));
+        assert!(err(&[], &["/a.csv"]).contains("/in/a.csv"));
+        assert!(err(&["/in"], &["/in/a"]).contains("is a mount"));
+        assert!(err(&[], &["/in/a", "/in/a"]).contains("two inputs"));
+        assert!(err(&[], &["/in/a", "/in/a/b"]).contains("inside another input"));
+        let many: Vec<String> = (0..=MAX_MOUNTS).map(|i| format!("/m{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(err(&many, &[]).contains("at most"));
+    }
 }

@@ -83,6 +83,7 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     pub agent_resources: Resources,
     pub exec: wasmos_exec::ExecConfig,
+    pub keep_task_dirs: bool,
 }
 
 /// A running dev cluster.
@@ -141,6 +142,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             attributes,
             work_dir: data.join("agents").join(&name),
             exec: opts.exec.clone(),
+            keep_task_dirs: opts.keep_task_dirs,
         };
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();

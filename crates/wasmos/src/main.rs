@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod dev;
+mod files;
 mod table;
 
 use std::io::Write;
@@ -16,8 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmos_proto::{
-    AgentState, BlobKind, ClientRequest, ClientResponse, OutputStream, Reason, Resources, TaskId,
-    TaskInfo, TaskSpec, TaskState, format_bytes, format_cpu, parse_bytes, parse_cpu,
+    AgentState, BlobKind, ClientRequest, ClientResponse, InputFile, Mount, OutputStream, Reason,
+    Resources, TaskId, TaskInfo, TaskSpec, TaskState, format_bytes, format_cpu, parse_bytes,
+    parse_cpu,
 };
 
 use crate::client::Client;
@@ -207,6 +209,10 @@ struct AgentArgs {
 
 #[derive(Args)]
 struct ExecArgs {
+    /// Keep each task's directory (scratch space, inputs) on the agent after it ends, for
+    /// debugging; they are under the agent's work directory, in tasks/.
+    #[arg(long)]
+    keep_task_dirs: bool,
     /// How agents measure the CPU tasks use: the thread CPU clock (cpu-time), or fuel, which
     /// counts wasm operators deterministically but slows tasks down.
     #[arg(long, value_enum, default_value_t = MeteringArg::CpuTime)]
@@ -247,6 +253,17 @@ struct RunArgs {
     /// Memory limit.
     #[arg(long, default_value = "64MiB")]
     mem: String,
+    /// Disk quota of the task's scratch space (its filesystem at /, mounts included).
+    #[arg(long, default_value = "64MiB")]
+    disk: String,
+    /// Ship a local directory with the task as a writable copy at GUEST_PATH in its scratch
+    /// space, counted against --disk (repeatable). GUEST_PATH / makes it the whole filesystem.
+    #[arg(long, value_name = "LOCAL_DIR:GUEST_PATH")]
+    mount: Vec<String>,
+    /// A file the task can read but not change, at GUEST_PATH (default /input/NAME); its
+    /// directory is read-only and holds only input files (repeatable).
+    #[arg(long, value_name = "FILE[:GUEST_PATH]")]
+    input: Vec<String>,
     /// Wall-clock limit.
     #[arg(long, default_value = "30s")]
     timeout: humantime::Duration,
@@ -392,6 +409,7 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             disk_bytes: 1 << 30,
         },
         exec: args.exec.config()?,
+        keep_task_dirs: args.exec.keep_task_dirs,
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.
@@ -462,6 +480,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
         attributes,
         work_dir,
         exec: args.exec.config()?,
+        keep_task_dirs: args.exec.keep_task_dirs,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
@@ -501,7 +520,29 @@ fn placeholder_hash() -> wasmos_proto::BundleHash {
 }
 
 fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Result<TaskSpec> {
-    Ok(TaskSpec {
+    let mounts = args
+        .mount
+        .iter()
+        .map(|m| {
+            let (_, guest) = files::parse_mount(m)?;
+            Ok(Mount {
+                archive: hash.clone(),
+                guest,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let inputs = args
+        .input
+        .iter()
+        .map(|i| {
+            let (_, guest) = files::parse_input(i)?;
+            Ok(InputFile {
+                blob: hash.clone(),
+                guest,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let spec = TaskSpec {
         name,
         bundle: hash,
         args: args.args.clone(),
@@ -509,7 +550,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         resources: Resources {
             cpu_millis: parse_cpu(&args.cpu)?,
             mem_bytes: parse_bytes(&args.mem)?,
-            disk_bytes: 0,
+            disk_bytes: parse_bytes(&args.disk)?,
         },
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
@@ -523,7 +564,11 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         cpu_budget_ms: args
             .cpu_budget
             .map(|d| Duration::from(d).as_millis() as u64),
-    })
+        mounts,
+        inputs,
+    };
+    spec.check().map_err(|e| anyhow!("{e}"))?;
+    Ok(spec)
 }
 
 async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
@@ -546,11 +591,29 @@ async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
             std::fs::read(p).with_context(|| format!("cannot read {} for --stdin", p.display()))?,
         ),
     };
+    let mut archives = Vec::new();
+    for m in &args.mount {
+        let (local, _) = files::parse_mount(m)?;
+        archives.push(files::pack_dir(&local)?);
+    }
+    let mut input_files = Vec::new();
+    for i in &args.input {
+        let (local, _) = files::parse_input(i)?;
+        let data =
+            std::fs::read(&local).with_context(|| format!("cannot read {}", local.display()))?;
+        input_files.push(data);
+    }
     let cfg = ClientConfig::load(config)?;
     let client = Client::connect(&cfg).await?;
     if let Some(data) = stdin {
         let (hash, _) = client.push_blob(&data, BlobKind::Data).await?;
         spec.stdin = Some(hash);
+    }
+    for (m, archive) in spec.mounts.iter_mut().zip(&archives) {
+        m.archive = client.push_blob(archive, BlobKind::Data).await?.0;
+    }
+    for (i, data) in spec.inputs.iter_mut().zip(&input_files) {
+        i.blob = client.push_blob(data, BlobKind::Data).await?.0;
     }
     let (hash, uploaded) = client.push_blob(&bytes, BlobKind::Component).await?;
     if uploaded {

@@ -1,0 +1,358 @@
+//! A task's directory on the agent: its writable scratch space (preopened at `/`, holding the
+//! unpacked `--mount` archives) and its read-only input files, created before the task starts
+//! and deleted when it ends.
+//!
+//! Layout under `WORK_DIR/tasks/t-N/`: `root/` is the scratch space (the only part that counts
+//! against the disk quota), `inputs/` mirrors the guest paths of the input files.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use wasmos_exec::{DiskQuota, Preopen};
+use wasmos_proto::{TaskId, TaskSpec, guest_parent};
+
+/// Most files and directories a task may have in its scratch space (bounds inode use and the
+/// cost of measuring the quota).
+pub(crate) const MAX_ENTRIES: u64 = 10_000;
+
+/// Why a task's directory could not be prepared. `OverQuota` is the task's own doing (its
+/// mounts do not fit its disk quota); the rest are bad archives or agent-side I/O failures.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    #[error("its mounts hold more than its {limit}-byte disk quota")]
+    OverQuota { limit: u64 },
+    #[error("mount {guest}: {message}")]
+    BadArchive { guest: String, message: String },
+    #[error("cannot prepare the task directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The host directory under `root` that the normalized guest path `guest` maps to.
+pub(crate) fn host_path(root: &Path, guest: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(guest.split('/').filter(|c| !c.is_empty()));
+    p
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
+    move |source| PrepareError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A prepared task directory; deleted on drop unless kept for debugging.
+#[derive(Debug)]
+pub(crate) struct TaskDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TaskDir {
+    /// The directory all of this agent's task directories live in.
+    pub(crate) fn parent(work_dir: &Path) -> PathBuf {
+        work_dir.join("tasks")
+    }
+
+    /// Creates the directory of `task`, unpacks `mounts` (archive bytes, in the spec's order)
+    /// into its scratch space and writes `inputs` (file bytes, in the spec's order). Blocking.
+    pub(crate) fn prepare(
+        work_dir: &Path,
+        task: TaskId,
+        spec: &TaskSpec,
+        mounts: &[Vec<u8>],
+        inputs: &[Vec<u8>],
+        keep: bool,
+    ) -> Result<TaskDir, PrepareError> {
+        let path = Self::parent(work_dir).join(task.to_string());
+        // A directory left by an earlier life of this agent is stale: start clean.
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+        let dir = TaskDir { path, keep };
+        let root = dir.scratch();
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let mut budget = Budget {
+            bytes_left: spec.resources.disk_bytes,
+            entries_left: MAX_ENTRIES,
+            limit: spec.resources.disk_bytes,
+        };
+        for (m, archive) in spec.mounts.iter().zip(mounts) {
+            let dest = host_path(&root, &m.guest);
+            std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
+            unpack(archive, &dest, &mut budget).map_err(|e| match e {
+                Unpack::Prepare(e) => e,
+                Unpack::Bad(message) => PrepareError::BadArchive {
+                    guest: m.guest.clone(),
+                    message,
+                },
+            })?;
+        }
+        for (i, bytes) in spec.inputs.iter().zip(inputs) {
+            let file = host_path(&dir.inputs(), &i.guest);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            std::fs::write(&file, bytes).map_err(io_err(&file))?;
+        }
+        Ok(dir)
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.path.join("root")
+    }
+
+    fn inputs(&self) -> PathBuf {
+        self.path.join("inputs")
+    }
+
+    /// What the guest sees: the scratch space at `/`, each mount at its own path (also inside
+    /// the scratch space, as `wasmtime run --dir` would name it), and each input directory,
+    /// read-only.
+    pub(crate) fn preopens(&self, spec: &TaskSpec) -> Vec<Preopen> {
+        let mut preopens = vec![Preopen {
+            host: self.scratch(),
+            guest: "/".to_string(),
+            read_only: false,
+        }];
+        for m in spec.mounts.iter().filter(|m| m.guest != "/") {
+            preopens.push(Preopen {
+                host: host_path(&self.scratch(), &m.guest),
+                guest: m.guest.clone(),
+                read_only: false,
+            });
+        }
+        let mut dirs: Vec<&str> = spec.inputs.iter().map(|i| guest_parent(&i.guest)).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        for d in dirs {
+            preopens.push(Preopen {
+                host: host_path(&self.inputs(), d),
+                guest: d.to_string(),
+                read_only: true,
+            });
+        }
+        preopens
+    }
+
+    pub(crate) fn quota(&self, spec: &TaskSpec) -> DiskQuota {
+        DiskQuota {
+            root: self.scratch(),
+            max_bytes: spec.resources.disk_bytes,
+            max_entries: MAX_ENTRIES,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TaskDir {
+    fn drop(&mut self) {
+        if self.keep {
+            tracing::info!(dir = %self.path.display(), "keeping the task directory");
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.path.display(), "cannot delete the task directory: {e}");
+        }
+    }
+}
+
+struct Budget {
+    bytes_left: u64,
+    entries_left: u64,
+    limit: u64,
+}
+
+enum Unpack {
+    Prepare(PrepareError),
+    Bad(String),
+}
+
+impl From<std::io::Error> for Unpack {
+    fn from(e: std::io::Error) -> Self {
+        Unpack::Bad(e.to_string())
+    }
+}
+
+/// Unpacks a tar archive of plain files and directories into `dest`. The archive comes from a
+/// user, so every path must stay below `dest` (no `..`, no absolute paths) and nothing but files
+/// and directories is accepted: a symlink could later lead a write outside the scratch space.
+fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack> {
+    let mut ar = tar::Archive::new(archive);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let rel = entry.path()?.into_owned();
+        let shown = rel.display().to_string();
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Unpack::Bad(format!(
+                "archive entry `{shown}` leaves the mount directory"
+            )));
+        }
+        budget.entries_left = budget
+            .entries_left
+            .checked_sub(1)
+            .ok_or_else(|| Unpack::Bad(format!("more than {MAX_ENTRIES} files and directories")))?;
+        let target = dest.join(&rel);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target)
+                    .map_err(|e| Unpack::Prepare(io_err(&target)(e)))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                budget.bytes_left = budget.bytes_left.checked_sub(size).ok_or(Unpack::Prepare(
+                    PrepareError::OverQuota {
+                        limit: budget.limit,
+                    },
+                ))?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Unpack::Prepare(io_err(parent)(e)))?;
+                }
+                let mut file = std::fs::File::create(&target)
+                    .map_err(|e| Unpack::Prepare(io_err(&target)(e)))?;
+                // `take` guards against an entry longer than its header says.
+                let copied = std::io::copy(&mut (&mut entry).take(size), &mut file)?;
+                if copied != size {
+                    return Err(Unpack::Bad(format!("archive entry `{shown}` is truncated")));
+                }
+            }
+            other => {
+                return Err(Unpack::Bad(format!(
+                    "archive entry `{shown}` is a {other:?}: only files and directories can be mounted"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use wasmos_proto::{BundleHash, InputFile, Mount};
+
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// An archive with one raw header, bypassing the builder's own path checks the way a
+    /// hostile client would.
+    fn raw_archive(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_size(0);
+        h.set_entry_type(kind);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn spec(mounts: &[&str], inputs: &[&str], disk: u64) -> TaskSpec {
+        let hash = BundleHash::from_digest(&[1; 32]);
+        let mut s = TaskSpec::new("t", hash.clone());
+        s.resources.disk_bytes = disk;
+        s.mounts = mounts
+            .iter()
+            .map(|g| Mount {
+                archive: hash.clone(),
+                guest: g.to_string(),
+            })
+            .collect();
+        s.inputs = inputs
+            .iter()
+            .map(|g| InputFile {
+                blob: hash.clone(),
+                guest: g.to_string(),
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn prepares_mounts_and_inputs_and_deletes_everything_on_drop() {
+        let work = tempfile::tempdir().unwrap();
+        let s = spec(&["/data"], &["/in/a.txt"], 1000);
+        let dir = TaskDir::prepare(
+            work.path(),
+            TaskId(7),
+            &s,
+            &[archive(&[("x/y.txt", b"hello")])],
+            &[b"input".to_vec()],
+            false,
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        assert_eq!(std::fs::read(root.join("data/x/y.txt")).unwrap(), b"hello");
+        let pre = dir.preopens(&s);
+        assert_eq!(
+            pre.iter()
+                .map(|p| (p.guest.as_str(), p.read_only))
+                .collect::<Vec<_>>(),
+            [("/", false), ("/data", false), ("/in", true)]
+        );
+        assert_eq!(std::fs::read(pre[2].host.join("a.txt")).unwrap(), b"input");
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn mounts_over_the_quota_are_refused_before_the_task_runs() {
+        let work = tempfile::tempdir().unwrap();
+        let err = TaskDir::prepare(
+            work.path(),
+            TaskId(1),
+            &spec(&["/"], &[], 10),
+            &[archive(&[("big", &[0u8; 11])])],
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PrepareError::OverQuota { limit: 10 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostile_archives_are_refused_naming_the_entry() {
+        let work = tempfile::tempdir().unwrap();
+        let s = spec(&["/m"], &[], 1 << 20);
+        let prepare = |bytes: Vec<u8>| {
+            TaskDir::prepare(work.path(), TaskId(2), &s, &[bytes], &[], false)
+                .unwrap_err()
+                .to_string()
+        };
+        let escape = prepare(raw_archive("../evil", tar::EntryType::Regular, None));
+        assert!(escape.contains("`../evil` leaves the mount"), "{escape}");
+        let link = prepare(raw_archive("l", tar::EntryType::Symlink, Some("/etc")));
+        assert!(link.contains("only files and directories"), "{link}");
+        let garbage = prepare(vec![7u8; 700]);
+        assert!(garbage.starts_with("mount /m:"), "{garbage}");
+        assert!(!work.path().join("evil").exists());
+    }
+}
