@@ -46,16 +46,23 @@ pub struct DevCluster {
     /// Everything the dev process wrote to stderr (its log).
     pub log: Arc<Mutex<String>>,
     pub agents: u32,
+    /// Extra flags for `wasmos dev`.
+    pub flags: Vec<String>,
 }
 
 impl DevCluster {
     pub fn start(agents: u32) -> Result<DevCluster> {
+        Self::start_with(agents, &[])
+    }
+
+    pub fn start_with(agents: u32, flags: &[&str]) -> Result<DevCluster> {
         let dir = tempfile::tempdir()?;
         let mut c = DevCluster {
             dir,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             agents,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         c.spawn()?;
         Ok(c)
@@ -74,6 +81,7 @@ impl DevCluster {
             .arg(self.agents.to_string())
             .arg("--data-dir")
             .arg(self.dir.path())
+            .args(&self.flags)
             .env("RUST_LOG", "info")
             .env_remove("WASMOS_CONFIG")
             .stdin(Stdio::null())
@@ -131,6 +139,16 @@ impl DevCluster {
 
     pub fn log_text(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The dev process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where agent `n` (from 1) of the dev cluster keeps its bundles and task directories.
+    pub fn agent_dir(&self, n: u32) -> PathBuf {
+        self.dir.path().join("agents").join(format!("agent-{n}"))
     }
 
     pub fn is_running(&mut self) -> bool {

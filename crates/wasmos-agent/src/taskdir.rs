@@ -11,9 +11,9 @@ use std::path::{Component, Path, PathBuf};
 use wasmos_exec::{DiskQuota, Preopen};
 use wasmos_proto::{TaskId, TaskSpec, guest_parent};
 
-/// Most files and directories a task may have in its scratch space (bounds inode use and the
-/// cost of measuring the quota).
-pub(crate) const MAX_ENTRIES: u64 = 10_000;
+/// Most files and directories a task may have in its scratch space, whatever its quota: bounds
+/// the cost of measuring it.
+pub(crate) const MAX_ENTRIES: u64 = 100_000;
 
 /// Why a task's directory could not be prepared. `OverQuota` is the task's own doing (its
 /// mounts do not fit its disk quota); the rest are bad archives or agent-side I/O failures.
@@ -202,6 +202,13 @@ fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack
             .entries_left
             .checked_sub(1)
             .ok_or_else(|| Unpack::Bad(format!("more than {MAX_ENTRIES} files and directories")))?;
+        // Counted as the quota counts it later, so what unpacks also fits at the first check.
+        budget.bytes_left = budget
+            .bytes_left
+            .checked_sub(wasmos_exec::charged_bytes(entry.size()))
+            .ok_or(Unpack::Prepare(PrepareError::OverQuota {
+                limit: budget.limit,
+            }))?;
         let target = dest.join(&rel);
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
@@ -210,11 +217,6 @@ fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
-                budget.bytes_left = budget.bytes_left.checked_sub(size).ok_or(Unpack::Prepare(
-                    PrepareError::OverQuota {
-                        limit: budget.limit,
-                    },
-                ))?;
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| Unpack::Prepare(io_err(parent)(e)))?;
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn prepares_mounts_and_inputs_and_deletes_everything_on_drop() {
         let work = tempfile::tempdir().unwrap();
-        let s = spec(&["/data"], &["/in/a.txt"], 1000);
+        let s = spec(&["/data"], &["/in/a.txt"], 3 * 4096);
         let dir = TaskDir::prepare(
             work.path(),
             TaskId(7),
@@ -326,14 +328,14 @@ mod tests {
         let err = TaskDir::prepare(
             work.path(),
             TaskId(1),
-            &spec(&["/"], &[], 10),
-            &[archive(&[("big", &[0u8; 11])])],
+            &spec(&["/"], &[], 4096),
+            &[archive(&[("big", &[0u8; 4097])])],
             &[],
             false,
         )
         .unwrap_err();
         assert!(
-            matches!(err, PrepareError::OverQuota { limit: 10 }),
+            matches!(err, PrepareError::OverQuota { limit: 4096 }),
             "{err}"
         );
     }

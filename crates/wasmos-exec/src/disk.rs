@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 /// overshoot its quota by what it writes in this window before it is stopped.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(50);
 
+/// The unit disk use is counted in, like a filesystem block: a file takes its length rounded up
+/// to it, and every directory, link and empty file takes one, so a flood of empty files uses up
+/// the quota as it would use up a real disk's inodes and blocks.
+pub const DISK_BLOCK: u64 = 4096;
+
+/// The bytes an entry of `len` bytes is charged with.
+pub fn charged_bytes(len: u64) -> u64 {
+    len.div_ceil(DISK_BLOCK).max(1).saturating_mul(DISK_BLOCK)
+}
+
 /// One host directory the guest sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preopen {
@@ -27,8 +37,8 @@ pub struct Preopen {
 pub struct DiskQuota {
     /// The directory measured: everything the task can write lives under it.
     pub root: PathBuf,
-    /// Total size of the regular files under `root` (their lengths, so a sparse file counts in
-    /// full).
+    /// Total size of what is under `root`, counted as [`charged_bytes`] per entry (by length,
+    /// so a sparse file counts in full).
     pub max_bytes: u64,
     /// Files, directories and links under `root`, which bounds inode use and the cost of
     /// measuring.
@@ -47,7 +57,7 @@ impl Overrun {
         match self {
             Overrun::Bytes { used, limit } => {
                 format!(
-                    "wrote {used} bytes to its scratch directory, over its {limit}-byte disk quota"
+                    "uses at least {used} bytes of its scratch directory (in {DISK_BLOCK}-byte blocks), over its {limit}-byte disk quota"
                 )
             }
             Overrun::Entries { limit } => {
@@ -78,16 +88,16 @@ pub(crate) fn measure(quota: &DiskQuota) -> Option<Overrun> {
             let Ok(meta) = entry.path().symlink_metadata() else {
                 continue;
             };
+            let len = if meta.is_file() { meta.len() } else { 0 };
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() {
-                bytes = bytes.saturating_add(meta.len());
-                if bytes > quota.max_bytes {
-                    return Some(Overrun::Bytes {
-                        used: bytes,
-                        limit: quota.max_bytes,
-                    });
-                }
+            }
+            bytes = bytes.saturating_add(charged_bytes(len));
+            if bytes > quota.max_bytes {
+                return Some(Overrun::Bytes {
+                    used: bytes,
+                    limit: quota.max_bytes,
+                });
             }
         }
     }
@@ -144,15 +154,15 @@ mod tests {
         };
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         std::fs::write(dir.path().join("a/b/f"), vec![1u8; 1000]).unwrap();
-        std::fs::write(dir.path().join("g"), vec![1u8; 500]).unwrap();
-        // 1500 bytes in 4 entries (a, a/b, a/b/f, g).
-        assert_eq!(measure(&quota(1500, 4)), None);
+        std::fs::write(dir.path().join("g"), vec![1u8; 5000]).unwrap();
+        // 4 entries (a, a/b, a/b/f, g): three of one block, g of two.
+        assert_eq!(measure(&quota(5 * DISK_BLOCK, 4)), None);
         assert!(matches!(
-            measure(&quota(1499, 4)),
-            Some(Overrun::Bytes { limit: 1499, .. })
+            measure(&quota(5 * DISK_BLOCK - 1, 4)),
+            Some(Overrun::Bytes { .. })
         ));
         assert_eq!(
-            measure(&quota(1500, 3)),
+            measure(&quota(5 * DISK_BLOCK, 3)),
             Some(Overrun::Entries { limit: 3 })
         );
         // A sparse file counts at its full length.

@@ -18,7 +18,7 @@ mod validate;
 
 use std::time::Duration;
 
-pub use disk::{DiskQuota, Preopen};
+pub use disk::{DISK_BLOCK, DiskQuota, Preopen, charged_bytes};
 pub use runner::{Compiled, Runner};
 pub use validate::validate_component;
 pub use wasmos_proto::{OutputStream, TaskStatus};

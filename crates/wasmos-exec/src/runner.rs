@@ -360,7 +360,7 @@ impl Runner {
         let cpu = CpuMeter::new();
         let data = TaskData {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: resource_table(),
             memory: MemoryLimiter::new(req.mem_bytes),
             throttle: Throttle::new(NANOS_PER_SECOND, req.cpu_millis, Instant::now()),
             cpu: cpu.clone(),
@@ -455,6 +455,18 @@ impl Runner {
         status.peak_mem_bytes = peak_mem_bytes;
         RunOutcome { status }
     }
+}
+
+/// Most WASI handles (open files and directories, streams, sockets, pollables) one task may
+/// hold at once. Files and sockets are host descriptors; without a cap one task could exhaust
+/// the agent's descriptor limit and break every other task. Past it, opening fails inside the
+/// guest like `EMFILE`.
+const MAX_HANDLES: usize = 1024;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HANDLES);
+    table
 }
 
 /// Core-nanoseconds that `fuel` represents at `per_core_second` fuel per core-second.
@@ -580,7 +592,9 @@ fn classify(
             }
             failed(Reason::Trap, one_line(&message))
         }
-        None => failed(Reason::Trap, one_line(&format!("{error:#}"))),
+        // A host error: its root cause says what went wrong; the context wasmtime wraps around
+        // it is a backtrace of unnamed functions.
+        None => failed(Reason::Trap, one_line(&error.root_cause().to_string())),
     }
 }
 

@@ -218,14 +218,18 @@ async fn an_endless_loop_can_be_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_the_cpu_budget_fails_with_cpu_limit() {
-    // 5 ms at the test rate is 5M fuel, which a real core burns in well under 5 ms, so the
-    // fuel count (not the clock) stops it, exactly.
+    // At 100M fuel per core-second, 50 ms is 5M fuel, which any real core burns in a fraction
+    // of that, so the fuel count (not the clock) stops it, exactly.
+    static SLOW: OnceLock<Runner> = OnceLock::new();
+    let slow = SLOW.get_or_init(|| fuel_runner(100_000_000));
+    let compiled = slow.compile(&command("", SPIN)).unwrap();
+    let (_keep, kill) = watch::channel(false);
     let mut req = request();
-    req.cpu_budget = Some(Duration::from_millis(5));
-    let status = run(&command("", SPIN), req).await.status;
+    req.cpu_budget = Some(Duration::from_millis(50));
+    let status = run_on(slow, &compiled, req, kill).await.status;
     assert_failed(&status, Reason::CpuLimit);
     assert_eq!(status.fuel_used, 5_000_000);
-    assert!(status.message.unwrap().contains("0.005 core-seconds"));
+    assert!(status.message.unwrap().contains("0.050 core-seconds"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, BundleHash, Resources, TaskId, TaskInfo, TaskSpec, TaskStatus};
 
 /// Requests on the `wasmos-client/1` channel, one per bidirectional stream.
+// Messages live only between decoding and handling, one at a time: boxing the large variant
+// would buy nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// Does the master already hold this bundle? Lets the CLI skip an identical upload.
@@ -146,6 +149,7 @@ pub enum AgentToMaster {
 }
 
 /// Master to agent, on the agent's control stream.
+#[allow(clippy::large_enum_variant)] // as for `ClientRequest`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterToAgent {
     Registered {

@@ -299,6 +299,16 @@ const EXIT_STOPPED: u8 = 125;
 /// Same, for a timeout (as `timeout(1)` does).
 const EXIT_TIMEOUT: u8 = 124;
 
+/// Tasks hold host descriptors (files, sockets), up to a cap each, so an agent needs more than
+/// the usual soft limit of 1024: raise it to the hard limit.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // openraft narrates every election at info; its warnings are what an operator needs.
@@ -313,6 +323,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Agent { cmd: None, .. }) {
+        raise_open_file_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

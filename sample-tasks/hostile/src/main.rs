@@ -52,17 +52,166 @@ fn main() {
             std::process::exit(if vars.is_empty() { 0 } else { 1 });
         }
         "fs" => {
+            // The task's own scratch space at / is fine; nothing of the host may show.
             let mut leaked = Vec::new();
-            for path in ["/etc/passwd", "/", ".", "..", "../..", "/proc/self/environ", "C:\\Windows"] {
+            for path in ["/etc/passwd", "/proc/self/environ", "/etc", "/proc", "/home", "C:\\Windows"] {
                 if std::fs::read_dir(path).is_ok() || std::fs::read(path).is_ok() {
-                    leaked.push(path);
+                    leaked.push(path.to_string());
                 }
             }
-            if std::fs::write("/tmp/hostile-was-here", b"x").is_ok() {
-                leaked.push("write /tmp");
+            let root: Vec<String> = std::fs::read_dir("/")
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            if !root.is_empty() {
+                leaked.push(format!("scratch space not empty: {root:?}"));
             }
             println!("reachable: {leaked:?}");
             std::process::exit(if leaked.is_empty() { 0 } else { 1 });
+        }
+        "dotdot" => {
+            let mut leaked = Vec::new();
+            for path in ["../etc/passwd", "../../../../etc/passwd", "/../etc/passwd", "/..", "..", "/../.."] {
+                let listing: Option<Vec<_>> = std::fs::read_dir(path).ok().map(|d| d.flatten().map(|e| e.file_name()).collect());
+                if std::fs::read(path).is_ok() || listing.is_some_and(|l| !l.is_empty()) {
+                    leaked.push(path);
+                }
+            }
+            println!("reachable: {leaked:?}");
+            std::process::exit(if leaked.is_empty() { 0 } else { 1 });
+        }
+        "symlink" => {
+            // Links may be created inside the scratch space, but never followed out of it.
+            let mut leaked = Vec::new();
+            let symlink_path = |target: &str, link: &str| {
+                let (Ok(t), Ok(l)) = (std::ffi::CString::new(target), std::ffi::CString::new(link)) else {
+                    return -1;
+                };
+                // SAFETY: both are valid NUL-terminated strings for the duration of the call.
+                unsafe { libc::symlink(t.as_ptr(), l.as_ptr()) }
+            };
+            for (link, target) in [("up", "../../../../.."), ("abs", "/etc"), ("pw", "/etc/passwd"), ("deep", "../../../../etc/passwd")] {
+                let _ = symlink_path(target, link);
+                if std::fs::read(link).is_ok() || std::fs::read(format!("{link}/passwd")).is_ok() || std::fs::read_dir(link).is_ok_and(|mut d| d.next().is_some()) {
+                    leaked.push(link);
+                }
+            }
+            if std::fs::write("up/hostile-was-here", b"x").is_ok() {
+                leaked.push("write through a link");
+            }
+            println!("reachable: {leaked:?}");
+            std::process::exit(if leaked.is_empty() { 0 } else { 1 });
+        }
+        "input-write" => {
+            // Run with an --input at /input/data.txt: readable, never writable.
+            let mut leaked = Vec::new();
+            match std::fs::read("/input/data.txt") {
+                Ok(d) if !d.is_empty() => {}
+                _ => leaked.push("cannot read the input"),
+            }
+            if std::fs::write("/input/data.txt", b"changed").is_ok() {
+                leaked.push("overwrote the input");
+            }
+            if std::fs::write("/input/new.txt", b"x").is_ok() {
+                leaked.push("created a file among the inputs");
+            }
+            if std::fs::remove_file("/input/data.txt").is_ok() {
+                leaked.push("deleted the input");
+            }
+            println!("problems: {leaked:?}");
+            std::process::exit(if leaked.is_empty() { 0 } else { 1 });
+        }
+        "disk-fill" => {
+            let chunk = vec![7u8; 1 << 20];
+            let mut f = std::fs::File::create("/fill").unwrap_or_else(|e| {
+                eprintln!("cannot create /fill: {e}");
+                std::process::exit(2)
+            });
+            loop {
+                if let Err(e) = f.write_all(&chunk) {
+                    eprintln!("write failed: {e}");
+                    std::process::exit(3);
+                }
+            }
+        }
+        "file-bomb" => {
+            for i in 0u64.. {
+                let _ = std::fs::write(format!("/f{i}"), b"");
+            }
+        }
+        "sparse" => {
+            let f = std::fs::File::create("/sparse");
+            let _ = f.map(|f| f.set_len(1 << 40));
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        "fd-exhaust" => {
+            let _ = std::fs::write("/f", b"x");
+            let mut open = Vec::new();
+            loop {
+                match std::fs::File::open("/f") {
+                    Ok(f) => open.push(f),
+                    Err(e) => {
+                        println!("refused after {} open files: {e}", open.len());
+                        std::process::exit(0);
+                    }
+                }
+            }
+        }
+        "sleep-loop" => loop {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        },
+        "yield-loop" => loop {
+            std::thread::yield_now();
+        },
+        "clock-poll" => {
+            let mut n = 0u64;
+            loop {
+                n = n.wrapping_add(std::hint::black_box(std::time::Instant::now()).elapsed().as_nanos() as u64);
+                std::hint::black_box(n);
+            }
+        }
+        "random-burn" => loop {
+            std::hint::black_box(std::collections::hash_map::RandomState::new());
+        },
+        "div-zero" => {
+            let zero = std::hint::black_box(0u32);
+            println!("{}", 1 / zero);
+        }
+        "oob" => {
+            // SAFETY: none; reading far past linear memory is the point of this case.
+            let v = unsafe { std::ptr::read_volatile(0xFFFF_FFF0usize as *const u64) };
+            println!("{v}");
+        }
+        "unreachable" => core::arch::wasm32::unreachable(),
+        "exit-42" => std::process::exit(42),
+        "grow-raw" => {
+            let got = core::arch::wasm32::memory_grow(0, 65_000);
+            println!("memory.grow(65000 pages) returned {got}");
+            std::process::exit(if got == usize::MAX { 0 } else { 1 });
+        }
+        "stack-huge" => println!("{}", stack_huge()),
+        "long-line" => {
+            let line = "y".repeat(10 << 20);
+            let _ = std::io::stdout().write_all(line.as_bytes());
+        }
+        "dns" => {
+            use std::net::ToSocketAddrs;
+            let mut leaked = Vec::new();
+            for host in ["localhost:80", "example.com:443"] {
+                if host.to_socket_addrs().is_ok_and(|mut a| a.next().is_some()) {
+                    leaked.push(host);
+                }
+            }
+            println!("resolved: {leaked:?}");
+            std::process::exit(if leaked.is_empty() { 0 } else { 1 });
+        }
+        "clocks" => {
+            // Not an attack: WASI's clocks are there and behave.
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let t0 = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let slept = t0.elapsed();
+            println!("wall {wall}, slept {slept:?}");
+            std::process::exit(if wall > 1_700_000_000 && slept.as_millis() >= 20 { 0 } else { 1 });
         }
         "net" => {
             let mut leaked = Vec::new();
@@ -116,6 +265,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// An 8 MiB stack frame, far past the 1 MiB shadow stack. In a function of its own: in `main`
+/// the frame would be allocated on entry, for every case.
+#[inline(never)]
+fn stack_huge() -> u8 {
+    let big = std::hint::black_box([7u8; 8 << 20]);
+    big[std::hint::black_box(12345)]
 }
 
 fn recurse(n: u64) -> u64 {
