@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, text};
+use wasmos_tests::{DevCluster, assert_clean_error, text};
 
 #[test]
 fn run_streams_output_and_exit_codes_and_reads_work() {
@@ -230,4 +230,58 @@ fn output_streams_live_and_identical_uploads_are_not_resent() {
     let err = text(&out.stderr);
     assert!(err.contains("already on the master"), "{err}");
     assert!(!err.contains("uploaded bundle"), "{err}");
+}
+
+#[test]
+fn mounts_are_writable_copies_within_the_disk_quota() {
+    let c = DevCluster::start(1).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("hello.txt"), "hi from the host\n").unwrap();
+    std::fs::create_dir(local.path().join("sub")).unwrap();
+    let mount = format!("{}:/data", local.path().display());
+
+    let out = c
+        .run(
+            &["--mount", &mount, "--disk", "1MiB"],
+            "hostile",
+            &["mount"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        r#"hello.txt: hi from the host; wrote: true; /data: ["hello.txt", "new.txt", "sub"]"#
+    );
+    // The task wrote to its copy, never to the user's directory.
+    assert!(!local.path().join("new.txt").exists());
+
+    // A mount larger than the quota is refused before the task runs.
+    std::fs::write(local.path().join("big"), vec![0u8; 200 << 10]).unwrap();
+    let out = c
+        .run(
+            &["--mount", &mount, "--disk", "100KiB"],
+            "hostile",
+            &["mount"],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(disk_limit)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Bad layouts are refused by the CLI, naming the flag.
+    let out = c
+        .run(
+            &["--mount", &format!("{}:data", local.path().display())],
+            "hostile",
+            &["mount"],
+        )
+        .unwrap();
+    assert_clean_error(&out, "--mount");
+    let out = c
+        .run(&["--input", "/no/such/file:/in/x"], "hostile", &["mount"])
+        .unwrap();
+    assert_clean_error(&out, "not a file");
 }

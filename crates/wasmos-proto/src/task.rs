@@ -76,8 +76,11 @@ pub struct TaskSpec {
     /// Destinations the task may open TCP connections to; empty means no network at all.
     pub net_allow: Vec<crate::NetRule>,
     /// Local directories shipped with the task, each a writable copy inside its scratch space.
+    /// (`default`: Raft state written before mounts existed is JSON without the field.)
+    #[serde(default)]
     pub mounts: Vec<Mount>,
     /// Files the task can read but not change.
+    #[serde(default)]
     pub inputs: Vec<InputFile>,
 }
 

@@ -204,6 +204,18 @@ fn main() {
             println!("resolved: {leaked:?}");
             std::process::exit(if leaked.is_empty() { 0 } else { 1 });
         }
+        "mount" => {
+            // Not an attack: what tests use to check a --mount at /data. Reads data/hello.txt,
+            // writes a file next to it, and lists the directory.
+            let text = std::fs::read_to_string("/data/hello.txt").unwrap_or_default();
+            let wrote = std::fs::write("/data/new.txt", b"written by the task").is_ok();
+            let mut names: Vec<String> = std::fs::read_dir("/data")
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            names.sort();
+            println!("hello.txt: {}; wrote: {wrote}; /data: {names:?}", text.trim());
+            std::process::exit(if wrote && !text.is_empty() { 0 } else { 1 });
+        }
         "clocks" => {
             // Not an attack: WASI's clocks are there and behave.
             let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
