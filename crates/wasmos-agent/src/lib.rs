@@ -154,7 +154,10 @@ pub async fn run(
         });
     }
     // Fuel calibration keeps a core busy for a moment: not on the async workers.
-    let exec = cfg.exec.clone();
+    let mut exec = cfg.exec.clone();
+    if exec.cache_dir.is_none() {
+        exec.cache_dir = Some(cfg.work_dir.join("artifacts"));
+    }
     let runner = tokio::task::spawn_blocking(move || Runner::new(exec))
         .await
         .map_err(|e| wasmos_exec::ExecError::Engine(format!("runner setup panicked: {e}")))??;

@@ -5,6 +5,7 @@
 //! the WASI linker, the epoch ticker that makes running guests interruptible, the metering mode
 //! (thread CPU time, or fuel at a calibrated rate), and a cache of compiled components.
 
+mod artifact;
 mod calibrate;
 mod disk;
 mod limits;
@@ -18,6 +19,7 @@ mod validate;
 
 use std::time::Duration;
 
+pub use artifact::{CompileWorker, run_compile_worker};
 pub use disk::{DISK_BLOCK, DiskQuota, Preopen, charged_bytes};
 pub use runner::{Compiled, Runner};
 pub use validate::validate_component;
@@ -49,6 +51,12 @@ pub struct ExecConfig {
     pub max_component_bytes: u64,
     /// How long [`Runner::compile`] waits for wasmtime to compile one component.
     pub compile_timeout: Duration,
+    /// Compile in this child process, under its memory limit, instead of on a thread of the
+    /// runner's own process (where a compile bomb's memory cannot be bounded).
+    pub compile_worker: Option<CompileWorker>,
+    /// Where compiled artifacts are kept across runs and restarts; `None` keeps them in memory
+    /// only.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ExecConfig {
@@ -57,6 +65,8 @@ impl Default for ExecConfig {
             metering: Metering::default(),
             max_component_bytes: 64 * 1024 * 1024,
             compile_timeout: Duration::from_secs(60),
+            compile_worker: None,
+            cache_dir: None,
         }
     }
 }
@@ -109,6 +119,8 @@ pub enum ExecError {
     TooLarge { size: u64, max: u64 },
     #[error("compiling the component took longer than {0:?}")]
     CompileTimeout(Duration),
+    #[error("compiling the component needed more than {0} bytes of memory")]
+    CompileMemory(u64),
     /// wasmtime itself failed (engine setup, calibration, compiler): not the component's fault.
     #[error("wasmtime engine error: {0}")]
     Engine(String),

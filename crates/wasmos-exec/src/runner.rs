@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use wasmos_proto::{OutputStream, Reason, TaskState, TaskStatus};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::artifact::{self, CompileWorker, DiskCache};
 use crate::disk::DiskWatch;
 use crate::limits::{MemoryLimiter, Throttle};
 use crate::meter::CpuMeter;
@@ -56,6 +57,10 @@ struct Inner {
     fuel_per_core_second: Option<u64>,
     max_component_bytes: u64,
     compile_timeout: Duration,
+    compile_worker: Option<CompileWorker>,
+    disk_cache: Option<DiskCache>,
+    /// Whether the engine meters fuel (the compile worker must configure its engine alike).
+    fuel: bool,
     cache: Mutex<Cache>,
     /// Dropping this disconnects the ticker thread's channel, which ends it.
     _ticker_stop: std::sync::mpsc::Sender<()>,
@@ -171,15 +176,12 @@ impl Runner {
     /// at startup or from a blocking context).
     pub fn new(cfg: ExecConfig) -> Result<Runner, ExecError> {
         let fuel = matches!(cfg.metering, Metering::Fuel { .. });
-        let mut config = Config::new();
-        config
-            .consume_fuel(fuel)
-            .epoch_interruption(true)
-            .wasm_component_model(true)
-            // Command components built from Rust need neither GC nor exceptions, and the
-            // workspace builds wasmtime without a collector.
-            .gc_support(false);
-        let engine = Engine::new(&config).map_err(engine_err("creating the engine"))?;
+        let engine = Engine::new(&artifact::engine_config(fuel))
+            .map_err(engine_err("creating the engine"))?;
+        let disk_cache = cfg.cache_dir.map(|dir| DiskCache {
+            dir,
+            engine_key: artifact::engine_key(&engine),
+        });
 
         // All of WASI 0.2; what a task can reach is decided per task by its `WasiCtx`, which
         // grants nothing ambient. `exit-with-code` is stable in the WIT wasmtime 48 ships, so it
@@ -217,6 +219,9 @@ impl Runner {
                 fuel_per_core_second,
                 max_component_bytes: cfg.max_component_bytes,
                 compile_timeout: cfg.compile_timeout,
+                compile_worker: cfg.compile_worker,
+                disk_cache,
+                fuel,
                 cache: Mutex::new(Cache::default()),
                 _ticker_stop: ticker_stop,
             }),
@@ -237,7 +242,7 @@ impl Runner {
             return Ok(hit.clone());
         }
         validate_component(bytes, self.inner.max_component_bytes)?;
-        let component = self.compile_with_timeout(bytes)?;
+        let component = self.compile_or_load(&digest, bytes)?;
 
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             ExecError::InvalidComponent(format!(
@@ -277,6 +282,37 @@ impl Runner {
             .cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The component from the disk cache, else compiled (in the worker if there is one) and
+    /// stored there.
+    fn compile_or_load(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<Component, ExecError> {
+        let engine = &self.inner.engine;
+        let disk = self.inner.disk_cache.as_ref();
+        if let Some(component) = disk.and_then(|d| d.get(engine, digest)) {
+            return Ok(component);
+        }
+        if let Some(worker) = &self.inner.compile_worker {
+            let artifact = artifact::compile_in_worker(
+                worker,
+                self.inner.fuel,
+                bytes,
+                self.inner.compile_timeout,
+            )?;
+            let component = artifact::load(engine, &artifact)?;
+            if let Some(d) = disk {
+                d.put(digest, &artifact);
+            }
+            return Ok(component);
+        }
+        let component = self.compile_with_timeout(bytes)?;
+        if let Some(d) = disk {
+            match component.serialize() {
+                Ok(artifact) => d.put(digest, &artifact),
+                Err(e) => tracing::warn!("cannot serialize a compiled component: {e:#}"),
+            }
+        }
+        Ok(component)
     }
 
     /// Cranelift cannot be interrupted, so compilation runs on its own thread and is abandoned

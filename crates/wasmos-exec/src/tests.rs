@@ -578,3 +578,54 @@ fn calibration_measures_a_plausible_rate() {
     // per second.
     assert!((10_000_000..100_000_000_000).contains(&rate), "{rate}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_artifacts_are_cached_on_disk_and_damaged_entries_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_cache = || {
+        Runner::new(ExecConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..ExecConfig::default()
+        })
+        .unwrap()
+    };
+    let ok = command("", "i32.const 0");
+    let err = command("", "i32.const 1");
+    let first = with_cache();
+    first.compile(&ok).unwrap();
+    first.compile(&err).unwrap();
+    let entry = |bytes: &[u8]| {
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha))
+            .unwrap()
+    };
+    let (ok_entry, err_entry) = (entry(&ok), entry(&err));
+
+    // A fresh runner (as after a restart) loads from disk instead of compiling: swapping the
+    // two entries makes `ok` behave like `err`, which only the cache could cause.
+    let ok_artifact = std::fs::read(&ok_entry).unwrap();
+    std::fs::copy(&err_entry, &ok_entry).unwrap();
+    let runner: &'static Runner = Box::leak(Box::new(with_cache()));
+    let (_keep, kill) = watch::channel(false);
+    let compiled = runner.compile(&ok).unwrap();
+    let status = run_on(runner, &compiled, request(), kill.clone())
+        .await
+        .status;
+    assert_eq!(status.exit_code, Some(1), "{status:?}");
+
+    // A damaged entry (bad checksum) is dropped and rebuilt from the component.
+    let mut damaged = ok_artifact.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    std::fs::write(&ok_entry, &damaged).unwrap();
+    let runner: &'static Runner = Box::leak(Box::new(with_cache()));
+    let compiled = runner.compile(&ok).unwrap();
+    let status = run_on(runner, &compiled, request(), kill).await.status;
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    assert_eq!(std::fs::read(&ok_entry).unwrap(), ok_artifact);
+}

@@ -67,6 +67,14 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Internal: the agent's compile worker (component on stdin, artifact on stdout).
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        max_memory: u64,
+        #[arg(long)]
+        fuel: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,6 +228,12 @@ struct ExecArgs {
     /// With --metering fuel: fuel per core-second, instead of measuring it at start.
     #[arg(long, value_name = "N")]
     fuel_rate: Option<u64>,
+    /// Memory one component's compilation may use (it runs in a child process).
+    #[arg(long, default_value = "2GiB")]
+    compile_memory: String,
+    /// How long one component's compilation may take.
+    #[arg(long, default_value = "60s")]
+    compile_timeout: humantime::Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,8 +252,16 @@ impl ExecArgs {
                 per_core_second: rate,
             },
         };
+        let program = std::env::current_exe()
+            .context("cannot find this program's path to start compile workers")?;
         Ok(wasmos_exec::ExecConfig {
             metering,
+            compile_timeout: self.compile_timeout.into(),
+            compile_worker: Some(wasmos_exec::CompileWorker {
+                program,
+                args: vec!["compile-worker".into()],
+                max_memory_bytes: parse_bytes(&self.compile_memory)?,
+            }),
             ..Default::default()
         })
     }
@@ -323,6 +345,16 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Cmd::CompileWorker { max_memory, fuel } = cli.cmd {
+        let max_input = wasmos_exec::ExecConfig::default().max_component_bytes;
+        return match wasmos_exec::run_compile_worker(fuel, max_memory, max_input) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Agent { cmd: None, .. }) {
         raise_open_file_limit();
     }
@@ -374,6 +406,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
+        Cmd::CompileWorker { .. } => Ok(ExitCode::FAILURE),
     }
 }
 
