@@ -63,6 +63,52 @@ fn samples() -> Result<()> {
     ]))
 }
 
+/// componentize-py, pinned: it embeds its own CPython and WASI adapter, so a new release can
+/// change what the Python sample imports.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// Builds `sample-tasks/python/app.py` into an ~18 MB component with componentize-py,
+/// installed from PyPI into a venv under target/. The WASI WIT it targets is the one wasmtime-wasi
+/// ships (found through `cargo metadata`), so the component imports exactly what agents link.
+fn python_sample() -> Result<()> {
+    let root = root();
+    let out = root.join("sample-tasks/target/python/hello-py.wasm");
+    let app = root.join("sample-tasks/python/app.py");
+    let fresh = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(built), Some(src)) = (fresh(&out), fresh(&app))
+        && built >= src
+    {
+        return Ok(());
+    }
+    let venv = root.join("target/componentize-py");
+    let tool = venv.join("bin/componentize-py");
+    if !tool.is_file() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+    }
+    let meta = cargo()
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(&root)
+        .output()
+        .context("cannot run cargo metadata")?;
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    // The manifest path of wasmtime-wasi, without a JSON parser: `"manifest_path":"…/wasmtime-wasi-X/Cargo.toml"`.
+    let wit = meta
+        .split("\"manifest_path\":\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|p| p.contains("/wasmtime-wasi-") && p.ends_with("/Cargo.toml"))
+        .map(|p| std::path::PathBuf::from(p.trim_end_matches("Cargo.toml")).join("src/p2/wit"))
+        .context("wasmtime-wasi is not in cargo metadata")?;
+    std::fs::create_dir_all(out.parent().context("no parent")?)?;
+    run(Command::new(&tool)
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "wasi:cli/command@0.2.12", "componentize", "-p"])
+        .arg(root.join("sample-tasks/python"))
+        .args(["app", "-o"])
+        .arg(&out))
+}
+
 fn samples_dir() -> String {
     format!("sample-tasks/target/{WASM_TARGET}/release")
 }
@@ -131,8 +177,10 @@ fn main() -> Result<()> {
                 .arg("--data-dir")
                 .arg(&data))
         }
+        Some("python-sample") => python_sample(),
         Some("test") => {
             samples()?;
+            python_sample()?;
             run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
             test(&rest)
         }
@@ -186,7 +234,7 @@ fn main() -> Result<()> {
                 .args(["--", "--ignored", "--nocapture"]))
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|lint|check-windows|samples|bench> [args for cargo test]"
+            "usage: cargo xtask <demo|test|lint|check-windows|samples|python-sample|bench> [args for cargo test]"
         ),
     }
 }
