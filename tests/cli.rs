@@ -285,3 +285,28 @@ fn mounts_are_writable_copies_within_the_disk_quota() {
         .unwrap();
     assert_clean_error(&out, "not a file");
 }
+
+#[test]
+fn tasks_beyond_the_agents_instance_slots_wait_for_one() {
+    // One pooling-allocator slot: the second task waits in `starting` until the first ends,
+    // instead of failing to instantiate.
+    let c = DevCluster::start_with(1, &["--max-tasks", "1"]).unwrap();
+    let spawn = || {
+        let mut cmd = c.cmd(&["run", "--timeout", "1s", "--cpu", "100m"]);
+        cmd.arg(wasmos_tests::sample("spin"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let start = Instant::now();
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -69,6 +69,9 @@ struct Agent {
     runner: Arc<Runner>,
     /// Where tasks run: a runtime of their own (see `TaskPool`).
     pool: tokio::runtime::Handle,
+    /// One permit per instance slot of the runner's pooling allocator: a task waits (in
+    /// `starting`) for a slot rather than failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
     inner: Mutex<Inner>,
 }
 
@@ -155,6 +158,7 @@ pub async fn run(
     }
     // Fuel calibration keeps a core busy for a moment: not on the async workers.
     let mut exec = cfg.exec.clone();
+    let cfg_slots = exec.pool;
     if exec.cache_dir.is_none() {
         exec.cache_dir = Some(cfg.work_dir.join("artifacts"));
     }
@@ -177,6 +181,9 @@ pub async fn run(
         cfg,
         runner,
         pool: pool.handle.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            cfg_slots.map_or(tokio::sync::Semaphore::MAX_PERMITS, |n| n as usize),
+        )),
         inner: Mutex::new(Inner {
             next_seq: first_seq,
             unacked: Vec::new(),
@@ -442,6 +449,15 @@ async fn run_task(
         cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
+    };
+    let mut waiting = kill.clone();
+    let slot = tokio::select! {
+        permit = agent.slots.clone().acquire_owned() => permit.ok(),
+        _ = waiting.wait_for(|k| *k) => None,
+    };
+    let Some(_slot) = slot else {
+        let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+        return TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "killed");
     };
     let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
     // All output is queued before the final status, so watchers see it first.

@@ -233,7 +233,7 @@ fn fairness(runner: &Runner, label: &str) -> Res<()> {
     Ok(())
 }
 
-async fn launch(runner: &Runner) -> Res<()> {
+async fn launch(runner: &Runner, label: &str) -> Res<()> {
     let bytes = sample("noop")?;
     let compiled = runner.compile(&bytes)?;
     let plain = plain_pre(&bytes, false)?;
@@ -258,7 +258,7 @@ async fn launch(runner: &Runner) -> Res<()> {
         percentile(&mut plain_lat, 0.99),
     );
     println!(
-        "bench launch latency: noop instantiate+run p50 {:.0} us p99 {:.0} us; plain wasmtime p50 {:.0} us p99 {:.0} us",
+        "bench launch latency ({label}): noop instantiate+run p50 {:.0} us p99 {:.0} us; plain wasmtime p50 {:.0} us p99 {:.0} us",
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6,
         pp50.as_secs_f64() * 1e6,
@@ -279,7 +279,7 @@ async fn launch(runner: &Runner) -> Res<()> {
     while set.join_next().await.is_some() {}
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "bench launch rate: {n} noop tasks, 64 in flight, 2 workers: {:.0} tasks/s",
+        "bench launch rate ({label}): {n} noop tasks, 64 in flight, 2 workers: {:.0} tasks/s",
         n as f64 / secs
     );
     Ok(())
@@ -304,6 +304,11 @@ fn main() -> Res<()> {
     rt.block_on(metering(&[("cpu-time", &runner), ("fuel", &fuel)]))?;
     fairness(&runner, "cpu-time")?;
     fairness(&fuel, "fuel")?;
-    rt.block_on(launch(&runner))?;
+    rt.block_on(launch(&runner, "on-demand"))?;
+    let pooled = Runner::new(ExecConfig {
+        pool: Some(1000),
+        ..ExecConfig::default()
+    })?;
+    rt.block_on(launch(&pooled, "pooling"))?;
     Ok(())
 }

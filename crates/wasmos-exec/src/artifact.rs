@@ -33,6 +33,33 @@ pub struct CompileWorker {
     pub max_memory_bytes: u64,
 }
 
+/// Pooling allocator sizing: how many tasks can be instantiated at once, and how many core
+/// instances, memories and tables each may use (a Rust command component has three to five
+/// core instances, one memory and a couple of tables; a componentize-py one a few more).
+const CORE_INSTANCES_PER_TASK: u32 = 16;
+const MEMORIES_PER_TASK: u32 = 2;
+const TABLES_PER_TASK: u32 = 4;
+/// Elements one table may have under the pooling allocator (8 MB of address space per table).
+pub(crate) const TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Adds the pooling instance allocator for `tasks` concurrent instances: memory, tables, fiber
+/// stacks and instance state are reserved once and reused, instead of mapped and unmapped per
+/// task. Compiled code does not depend on it, so the compile worker leaves it out.
+pub(crate) fn use_pooling(config: &mut Config, tasks: u32) {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(tasks)
+        .total_core_instances(tasks.saturating_mul(CORE_INSTANCES_PER_TASK))
+        .total_memories(tasks.saturating_mul(MEMORIES_PER_TASK))
+        .total_tables(tasks.saturating_mul(TABLES_PER_TASK))
+        .total_stacks(tasks)
+        .max_memories_per_component(MEMORIES_PER_TASK)
+        .max_tables_per_component(TABLES_PER_TASK)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_TASK)
+        .max_tables_per_module(TABLES_PER_TASK)
+        .table_elements(TABLE_ELEMENTS);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+}
+
 /// The engine configuration of the runner and of the compile worker: they must agree exactly,
 /// or the worker's artifacts would not load.
 pub(crate) fn engine_config(fuel: bool) -> Config {

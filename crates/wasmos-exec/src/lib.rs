@@ -57,6 +57,9 @@ pub struct ExecConfig {
     /// Where compiled artifacts are kept across runs and restarts; `None` keeps them in memory
     /// only.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Use wasmtime's pooling allocator sized for this many concurrent tasks; more than that
+    /// at once fail to instantiate. `None`: allocate each task's memory on demand.
+    pub pool: Option<u32>,
 }
 
 impl Default for ExecConfig {
@@ -67,6 +70,7 @@ impl Default for ExecConfig {
             compile_timeout: Duration::from_secs(60),
             compile_worker: None,
             cache_dir: None,
+            pool: None,
         }
     }
 }

@@ -81,6 +81,14 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if maximum.is_some_and(|max| desired > max) {
+            // Past the pooling allocator's per-table cap the refusal is the platform's, like
+            // the memory limit; below it, it is the guest's own declared maximum.
+            if desired > crate::artifact::TABLE_ELEMENTS {
+                self.exceeded = Some((
+                    (desired as u64).saturating_mul(TABLE_ELEMENT_BYTES),
+                    self.limit,
+                ));
+            }
             return Ok(false);
         }
         let elements = desired.saturating_sub(current) as u64;

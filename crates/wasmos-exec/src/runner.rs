@@ -176,8 +176,11 @@ impl Runner {
     /// at startup or from a blocking context).
     pub fn new(cfg: ExecConfig) -> Result<Runner, ExecError> {
         let fuel = matches!(cfg.metering, Metering::Fuel { .. });
-        let engine = Engine::new(&artifact::engine_config(fuel))
-            .map_err(engine_err("creating the engine"))?;
+        let mut config = artifact::engine_config(fuel);
+        if let Some(tasks) = cfg.pool {
+            artifact::use_pooling(&mut config, tasks);
+        }
+        let engine = Engine::new(&config).map_err(engine_err("creating the engine"))?;
         let disk_cache = cfg.cache_dir.map(|dir| DiskCache {
             dir,
             engine_key: artifact::engine_key(&engine),

@@ -228,6 +228,10 @@ struct ExecArgs {
     /// With --metering fuel: fuel per core-second, instead of measuring it at start.
     #[arg(long, value_name = "N")]
     fuel_rate: Option<u64>,
+    /// Most tasks running at once on an agent: instance slots of wasmtime's pooling allocator
+    /// (faster launches), reserved up front. 0 allocates per task, without a cap.
+    #[arg(long, default_value_t = 1000)]
+    max_tasks: u32,
     /// Memory one component's compilation may use (it runs in a child process).
     #[arg(long, default_value = "2GiB")]
     compile_memory: String,
@@ -257,6 +261,7 @@ impl ExecArgs {
         Ok(wasmos_exec::ExecConfig {
             metering,
             compile_timeout: self.compile_timeout.into(),
+            pool: (self.max_tasks > 0).then_some(self.max_tasks),
             compile_worker: Some(wasmos_exec::CompileWorker {
                 program,
                 args: vec!["compile-worker".into()],
