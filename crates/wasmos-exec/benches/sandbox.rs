@@ -285,6 +285,90 @@ async fn launch(runner: &Runner, label: &str) -> Res<()> {
     Ok(())
 }
 
+/// This process's resident memory (Linux only).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident memory with 10,000 tasks sleeping at once (each has started and printed before it
+/// is counted), on the runner as an agent uses it.
+async fn density(runner: &Runner, label: &str) -> Res<()> {
+    let tasks: usize = std::env::var("WASMOS_DENSITY_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let compiled = runner.compile(&sample("hostile")?)?;
+    let before = rss_bytes().unwrap_or(0);
+    let (kill_tx, kill) = watch::channel(false);
+    let (started_tx, mut started_rx) = mpsc::channel::<()>(tasks);
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..tasks {
+        let (r, c, k, started) = (
+            runner.clone(),
+            compiled.clone(),
+            kill.clone(),
+            started_tx.clone(),
+        );
+        set.spawn(async move {
+            let (tx, mut rx) = mpsc::channel(4);
+            let run = tokio::spawn(async move {
+                let mut req = request(&["hostile", "sleep"], 1000, Duration::from_secs(600));
+                req.mem_bytes = 16 << 20;
+                r.run(&c, req, tx, k).await
+            });
+            if rx.recv().await.is_some() {
+                let _ = started.send(()).await;
+            }
+            while rx.recv().await.is_some() {}
+            run.await
+        });
+    }
+    drop(started_tx);
+    for n in 0..tasks {
+        if started_rx.recv().await.is_none() {
+            let _ = kill_tx.send(true);
+            let mut first_failure = None;
+            while let Some(done) = set.join_next().await {
+                if let Ok(Ok(outcome)) = done
+                    && outcome.status.reason != Some(wasmos_proto::Reason::Killed)
+                {
+                    first_failure.get_or_insert(outcome.status);
+                }
+            }
+            return Err(
+                format!("only {n} sleepers started; one ended with {first_failure:?}").into(),
+            );
+        }
+    }
+    let ramp = start.elapsed();
+    let during = rss_bytes().unwrap_or(0);
+    let _ = kill_tx.send(true);
+    while let Some(done) = set.join_next().await {
+        let status = done??.status;
+        if status.reason != Some(wasmos_proto::Reason::Killed) {
+            return Err(format!("a sleeper ended with {status:?}").into());
+        }
+    }
+    println!(
+        "bench density ({label}): {tasks} sleeping tasks: RSS {:.0} MiB (process before: {:.0} MiB; {:.1} KiB per task), all started in {:.1} s",
+        during as f64 / 1048576.0,
+        before as f64 / 1048576.0,
+        (during.saturating_sub(before)) as f64 / tasks as f64 / 1024.0,
+        ramp.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let runner = Runner::new(ExecConfig::default())?;
     let fuel = Runner::new(ExecConfig {
@@ -301,14 +385,34 @@ fn main() -> Res<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(metering(&[("cpu-time", &runner), ("fuel", &fuel)]))?;
-    fairness(&runner, "cpu-time")?;
-    fairness(&fuel, "fuel")?;
-    rt.block_on(launch(&runner, "on-demand"))?;
-    let pooled = Runner::new(ExecConfig {
-        pool: Some(1000),
-        ..ExecConfig::default()
-    })?;
-    rt.block_on(launch(&pooled, "pooling"))?;
+    // `cargo bench -p wasmos-exec -- NAME...` runs only the named parts.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if want("metering") {
+        rt.block_on(metering(&[("cpu-time", &runner), ("fuel", &fuel)]))?;
+    }
+    if want("fairness") {
+        fairness(&runner, "cpu-time")?;
+        fairness(&fuel, "fuel")?;
+    }
+    if want("launch") {
+        rt.block_on(launch(&runner, "on-demand"))?;
+        let pooled = Runner::new(ExecConfig {
+            pool: Some(1000),
+            ..ExecConfig::default()
+        })?;
+        rt.block_on(launch(&pooled, "pooling"))?;
+    }
+    if want("density") {
+        // As an agent runs them: the pooling allocator with a slot for each task.
+        let pooled = Runner::new(ExecConfig {
+            pool: Some(10_000),
+            ..ExecConfig::default()
+        })?;
+        rt.block_on(density(&pooled, "pooling, 10000 slots"))?;
+    }
     Ok(())
 }

@@ -37,7 +37,10 @@ fn main() {
         "flood-stderr" => loop {
             eprintln!("{}", "e".repeat(4095));
         },
-        "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        "sleep" => {
+            println!("sleeping");
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         "abort" => std::process::abort(),
         "panic" => panic!("hostile task panics on purpose"),
         "stdin" => {
