@@ -359,26 +359,19 @@ async fn run_task(
             }
         },
     };
-    let mut mounts = Vec::new();
-    for m in &spec.mounts {
-        match fetch_blob(agent, &m.archive).await {
-            Ok(b) => mounts.push(b),
-            Err(e) => {
-                let msg = format!("cannot fetch the archive for mount {}: {e}", m.guest);
-                return TaskStatus::with_reason(TaskState::Error, None, msg);
-            }
-        }
-    }
-    let mut inputs = Vec::new();
-    for i in &spec.inputs {
-        match fetch_blob(agent, &i.blob).await {
-            Ok(b) => inputs.push(b),
-            Err(e) => {
-                let msg = format!("cannot fetch input {}: {e}", i.guest);
-                return TaskStatus::with_reason(TaskState::Error, None, msg);
-            }
-        }
-    }
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| (&m.archive, "the archive for mount", &m.guest));
+    let mounts = match fetch_all(agent, mounts).await {
+        Ok(b) => b,
+        Err(msg) => return TaskStatus::with_reason(TaskState::Error, None, msg),
+    };
+    let inputs = spec.inputs.iter().map(|i| (&i.blob, "input", &i.guest));
+    let inputs = match fetch_all(agent, inputs).await {
+        Ok(b) => b,
+        Err(msg) => return TaskStatus::with_reason(TaskState::Error, None, msg),
+    };
     let prepared = {
         let (work_dir, spec, keep) = (
             agent.cfg.work_dir.clone(),
@@ -465,6 +458,23 @@ async fn run_task(
     // Deleting a full scratch space can take a while: not on the task workers.
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     outcome.status
+}
+
+/// The bytes of each `(hash, what, guest path)` blob, in order; the error names the first that
+/// could not be fetched.
+async fn fetch_all<'a>(
+    agent: &Agent,
+    blobs: impl Iterator<Item = (&'a BundleHash, &'static str, &'a String)>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for (hash, what, guest) in blobs {
+        out.push(
+            fetch_blob(agent, hash)
+                .await
+                .map_err(|e| format!("cannot fetch {what} {guest}: {e}"))?,
+        );
+    }
+    Ok(out)
 }
 
 /// A blob's bytes (a bundle or a stdin blob), from the local cache or downloaded from the
