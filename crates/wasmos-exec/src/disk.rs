@@ -108,9 +108,9 @@ pub(crate) fn measure(quota: &DiskQuota) -> Option<Overrun> {
 /// epoch tick.
 #[derive(Debug)]
 pub(crate) struct DiskWatch {
-    pub(crate) quota: DiskQuota,
+    quota: DiskQuota,
     next_at: Instant,
-    pub(crate) overrun: Option<Overrun>,
+    overrun: Option<Overrun>,
 }
 
 impl DiskWatch {

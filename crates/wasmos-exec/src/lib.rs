@@ -20,7 +20,7 @@ mod validate;
 use std::time::Duration;
 
 pub use artifact::{CompileWorker, run_compile_worker};
-pub use disk::{DISK_BLOCK, DiskQuota, Preopen, charged_bytes};
+pub use disk::{DiskQuota, Preopen, charged_bytes};
 pub use runner::{Compiled, Runner};
 pub use validate::validate_component;
 pub use wasmos_proto::{OutputStream, TaskStatus};

@@ -59,8 +59,6 @@ struct Inner {
     compile_timeout: Duration,
     compile_worker: Option<CompileWorker>,
     disk_cache: Option<DiskCache>,
-    /// Whether the engine meters fuel (the compile worker must configure its engine alike).
-    fuel: bool,
     cache: Mutex<Cache>,
     /// Dropping this disconnects the ticker thread's channel, which ends it.
     _ticker_stop: std::sync::mpsc::Sender<()>,
@@ -224,7 +222,6 @@ impl Runner {
                 compile_timeout: cfg.compile_timeout,
                 compile_worker: cfg.compile_worker,
                 disk_cache,
-                fuel,
                 cache: Mutex::new(Cache::default()),
                 _ticker_stop: ticker_stop,
             }),
@@ -298,7 +295,8 @@ impl Runner {
         if let Some(worker) = &self.inner.compile_worker {
             let artifact = artifact::compile_in_worker(
                 worker,
-                self.inner.fuel,
+                // The worker's engine must meter fuel exactly when this one does.
+                self.inner.fuel_per_core_second.is_some(),
                 bytes,
                 self.inner.compile_timeout,
             )?;
