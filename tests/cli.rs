@@ -254,6 +254,18 @@ fn mounts_are_writable_copies_within_the_disk_quota() {
     );
     // The task wrote to its copy, never to the user's directory.
     assert!(!local.path().join("new.txt").exists());
+    let shown = text(&c.cli(&["task", "show", "t-1"]).unwrap().stdout);
+    let mounts = shown.lines().find(|l| l.starts_with("mounts:"));
+    assert!(
+        mounts.is_some_and(|l| l.contains("/data (archive ")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("inputs:") && l.ends_with(" -")),
+        "{shown}"
+    );
 
     // A mount larger than the quota is refused before the task runs.
     std::fs::write(local.path().join("big"), vec![0u8; 200 << 10]).unwrap();

@@ -63,6 +63,11 @@ fn load_cases(work: &Path) -> Vec<Case> {
                 std::fs::write(&p, bytes).unwrap();
                 p
             }
+            "@compile-bomb" => {
+                let p = work.join("compile-bomb.wasm");
+                std::fs::write(&p, compile_bomb(12_000)).unwrap();
+                p
+            }
             "@text" => {
                 let p = work.join("text.wasm");
                 std::fs::write(&p, "(component) ;; text format is not accepted").unwrap();
@@ -97,6 +102,30 @@ fn load_cases(work: &Path) -> Vec<Case> {
         });
     }
     cases
+}
+
+/// A small, valid component that is costly to compile: one function with `n` i64 locals,
+/// `n` conditional writes to them and a final read of every one. Cranelift's SSA construction
+/// then does work (and keeps memory) proportional to n²: at n = 3,000 (45 KB) compiling takes
+/// 3 s and 320 MB here, at 6,000 (90 KB) 11 s and 1.3 GB, and at 12,000 (180 KB) it runs into
+/// the agent's default 2 GiB bound after 7 s.
+fn compile_bomb(n: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for j in 0..n {
+        let k = j * 7919 % n + 1;
+        body.push_str(&format!(
+            "(if (local.get 0) (then (local.set {k} (i64.const {j}))))"
+        ));
+    }
+    body.push_str("(i64.const 0)");
+    for i in 1..=n {
+        body.push_str(&format!("(local.get {i}) (i64.add)"));
+    }
+    let locals = vec!["i64"; n].join(" ");
+    let wat = format!(
+        "(component (core module (func (export \"f\") (param i32) (result i64) (local {locals}) {body})))"
+    );
+    wat::parse_str(wat).unwrap()
 }
 
 /// Open descriptors and threads of a process (Linux only: the figures come from /proc).
@@ -179,7 +208,21 @@ fn run_corpus(c: &DevCluster, cases: &[Case]) {
 #[test]
 fn hostile_cases_are_contained_while_a_good_task_progresses() {
     // Room for every case's 100m share and memory at once.
-    let mut c = DevCluster::start_with(1, &["--agent-cpu", "8", "--agent-mem", "4GiB"]).unwrap();
+    let mut c = DevCluster::start_with(
+        1,
+        &[
+            "--agent-cpu",
+            "8",
+            "--agent-mem",
+            "4GiB",
+            // The compile bomb meets these; every other case compiles well within them.
+            "--compile-timeout",
+            "2s",
+            "--compile-memory",
+            "512MiB",
+        ],
+    )
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
     let cases = load_cases(work.path());
     assert!(cases.len() >= 40, "only {} cases", cases.len());

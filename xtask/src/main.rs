@@ -109,6 +109,40 @@ fn python_sample() -> Result<()> {
         .arg(&out))
 }
 
+/// The version of a package in the workspace's Cargo.lock.
+fn locked_version(package: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).context("reading Cargo.lock")?;
+    let mut lines = lock.lines();
+    let wanted = format!("name = \"{package}\"");
+    while let Some(line) = lines.next() {
+        if line == wanted
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_string());
+        }
+    }
+    bail!("{package} is not in Cargo.lock")
+}
+
+/// Installs the `wasmtime` CLI of the version the workspace links, into
+/// `target/tools/wasmtime-VERSION`, for the WASI fidelity test. Only `run` and what it needs
+/// are built, which takes a fraction of a full install; an existing install is kept.
+fn wasmtime_cli() -> Result<()> {
+    let version = locked_version("wasmtime")?;
+    let dir = root().join(format!("target/tools/wasmtime-{version}"));
+    if dir.join("bin/wasmtime").is_file() {
+        return Ok(());
+    }
+    run(cargo()
+        .args(["install", "--locked", "--no-default-features"])
+        .args(["--features", "run,cranelift,component-model,clap/default"])
+        .arg(format!("wasmtime-cli@{version}"))
+        .arg("--root")
+        .arg(&dir)
+        .arg("--target-dir")
+        .arg(root().join("target/wasmtime-cli-build")))
+}
+
 fn samples_dir() -> String {
     format!("sample-tasks/target/{WASM_TARGET}/release")
 }
@@ -178,9 +212,11 @@ fn main() -> Result<()> {
                 .arg(&data))
         }
         Some("python-sample") => python_sample(),
+        Some("wasmtime-cli") => wasmtime_cli(),
         Some("test") => {
             samples()?;
             python_sample()?;
+            wasmtime_cli()?;
             run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
             test(&rest)
         }
@@ -234,7 +270,7 @@ fn main() -> Result<()> {
                 .args(["--", "--ignored", "--nocapture"]))
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|lint|check-windows|samples|python-sample|bench> [args for cargo test]"
+            "usage: cargo xtask <demo|test|lint|check-windows|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
         ),
     }
 }

@@ -812,6 +812,24 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
                         .as_ref()
                         .map_or_else(|| "-".into(), |h| format!("blob {}", h.short())),
                 ),
+                (
+                    "mounts",
+                    list_or_dash(
+                        t.spec
+                            .mounts
+                            .iter()
+                            .map(|m| format!("{} (archive {})", m.guest, m.archive.short())),
+                    ),
+                ),
+                (
+                    "inputs",
+                    list_or_dash(
+                        t.spec
+                            .inputs
+                            .iter()
+                            .map(|i| format!("{} (blob {})", i.guest, i.blob.short())),
+                    ),
+                ),
                 ("resources", t.spec.resources.to_string()),
                 ("timeout", format!("{}ms", t.spec.timeout_ms)),
                 (
@@ -836,6 +854,16 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The items joined by ", ", or "-" when there are none.
+fn list_or_dash(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
