@@ -267,17 +267,28 @@ async fn launch(runner: &Runner, label: &str) -> Res<()> {
     let n = 5000;
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
+    let mut failed = 0;
+    let mut check = |joined: Option<Result<(Duration, TaskStatus), tokio::task::JoinError>>| {
+        if !matches!(joined, Some(Ok((_, ref status))) if status.exit_code == Some(0)) {
+            failed += 1;
+        }
+    };
     for i in 0..n {
         if i >= 64 {
-            let _ = set.join_next().await;
+            check(set.join_next().await);
         }
         let (r, c) = (runner.clone(), compiled.clone());
         set.spawn(async move {
             run_sandbox(&r, &c, request(&["noop"], 1000, Duration::from_secs(10))).await
         });
     }
-    while set.join_next().await.is_some() {}
+    while let Some(joined) = set.join_next().await {
+        check(Some(joined));
+    }
     let secs = start.elapsed().as_secs_f64();
+    if failed > 0 {
+        return Err(format!("{failed} of {n} noop tasks failed").into());
+    }
     println!(
         "bench launch rate ({label}): {n} noop tasks, 64 in flight, 2 workers: {:.0} tasks/s",
         n as f64 / secs
