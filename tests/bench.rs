@@ -1,12 +1,18 @@
-//! Latency of `wasmos run hello.wasm` end to end (a cached bundle, median of 20), as a ratio to
-//! `wasmos agent list` (same process start, config load and QUIC + mTLS handshake, no task) run
-//! in the same loop. Ignored by default; `cargo xtask bench` runs it and prints the figures.
+//! End-to-end figures, ignored by default; `cargo xtask bench` runs them and prints them:
+//! latency of `wasmos run hello.wasm` (a cached bundle, median of 20) as a ratio to `wasmos
+//! agent list` (same process start, config load and QUIC + mTLS handshake, no task) run in the
+//! same loop; and the resident memory of a real `wasmos agent` process, idle and with 10,000
+//! sleeping tasks (`WASMOS_DENSITY_TASKS=N` changes the count).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmos_tests::DevCluster;
+use wasmos_net::{Credentials, recv_frame, send_frame};
+use wasmos_proto::{ClientRequest, ClientResponse, TaskSpec, alpn};
+use wasmos_tests::{DevCluster, sample, text, wasmos_bin, wasmos_cmd};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -40,5 +46,214 @@ fn run_hello_latency() {
     println!(
         "bench ratio run_hello / agent_list: {:.2}",
         run.as_secs_f64() / base.as_secs_f64()
+    );
+}
+
+/// A process's resident memory in KiB (Linux: /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(args: &[&str], log: &Path) -> Daemon {
+    let child = Command::new(wasmos_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+/// Submits `n` copies of `spec` over one connection, 64 requests in flight.
+async fn submit_many(dir: &Path, master: std::net::SocketAddr, spec: TaskSpec, n: usize) {
+    let read = |f: &str| std::fs::read_to_string(dir.join("pki").join(f)).unwrap();
+    let creds = Credentials::from_pem(
+        &read("ca.pem"),
+        &read("operator.pem"),
+        &read("operator.key"),
+    )
+    .unwrap();
+    let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, master).unwrap();
+    let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if i >= 64 {
+            set.join_next().await.unwrap().unwrap();
+        }
+        let (conn, spec) = (conn.clone(), spec.clone());
+        set.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send_frame(&mut send, &ClientRequest::SubmitTask { spec })
+                .await
+                .unwrap();
+            let _ = send.finish();
+            let answer = recv_frame::<ClientResponse>(&mut recv).await.unwrap();
+            assert!(
+                matches!(answer, Some(ClientResponse::Submitted { .. })),
+                "{answer:?}"
+            );
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn agent_density() {
+    let n: usize = std::env::var("WASMOS_DENSITY_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // A dev cluster only to mint the certificates and client config; then a master and an
+    // agent as processes of their own, so the agent's memory is its own.
+    let mut dev = DevCluster::start(1).unwrap();
+    dev.kill_hard().unwrap();
+    let dir = dev.dir.path();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let master: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pki = |f: &str| dir.join("pki").join(f).display().to_string();
+    let _m = daemon(
+        &[
+            "master",
+            "--data-dir",
+            &dir.join("m1").display().to_string(),
+            "--listen",
+            &master.to_string(),
+            "--ca",
+            &pki("ca.pem"),
+            "--cert",
+            &pki("master.pem"),
+            "--key",
+            &pki("master.key"),
+        ],
+        &dir.join("master.log"),
+    );
+    let agent = daemon(
+        &[
+            "agent",
+            "--master",
+            &master.to_string(),
+            "--ca",
+            &pki("ca.pem"),
+            "--cert",
+            &pki("agent-1.pem"),
+            "--key",
+            &pki("agent-1.key"),
+            "--work-dir",
+            &dir.join("a1").display().to_string(),
+            "--cpu",
+            &format!("{n}m"),
+            "--mem",
+            &format!("{}MiB", n * 4),
+            "--disk",
+            &format!("{}MiB", n),
+            "--max-tasks",
+            &n.to_string(),
+        ],
+        &dir.join("agent.log"),
+    );
+    let config = dir.join("client.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("master") {
+                format!("master = \"{master}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&config, toml).unwrap();
+    let cli = |args: &[&str]| wasmos_cmd(&config, args).output().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&cli(&["agent", "list"]).stdout).contains("active") {
+        assert!(Instant::now() < deadline, "the agent did not register");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh = rss_kib(agent.0.id());
+    // One real run uploads the bundle and gives a spec to copy.
+    let mut cmd = wasmos_cmd(&config, &["run", "--cpu", "1m", "--mem", "4MiB"]);
+    let out = cmd
+        .arg(sample("hostile"))
+        .args(["--", "env"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(agent.0.id());
+
+    let shown = cli(&["task", "show", "t-1", "-o", "json"]);
+    let info: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let mut spec: TaskSpec = serde_json::from_value(info["spec"].clone()).unwrap();
+    spec.args = vec!["sleep".to_string()];
+    spec.timeout_ms = 3_600_000;
+    spec.resources.cpu_millis = 1;
+    spec.resources.mem_bytes = 4 << 20;
+    spec.resources.disk_bytes = 1 << 20;
+    let started = Instant::now();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(submit_many(dir, master, spec, n));
+    let submitted = started.elapsed();
+    // Wait until every copy runs (and has had a moment to reach its sleep).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = cli(&["task", "list", "-o", "json"]);
+        let tasks: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let running = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"]["state"] == "Running")
+            .count();
+        if running == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {running} of {n} tasks running after 600 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let all_running = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let loaded = rss_kib(agent.0.id());
+    println!(
+        "bench agent_density: idle agent RSS {:.1} MiB registered, {:.1} MiB after one task; with {n} sleeping tasks {:.0} MiB ({:.1} KiB per task, {:.1}x idle)",
+        fresh as f64 / 1024.0,
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        (loaded - idle) as f64 / n as f64,
+        loaded as f64 / idle as f64
+    );
+    println!(
+        "bench agent_density: {n} submissions acknowledged in {:.1} s, all running after {:.1} s",
+        submitted.as_secs_f64(),
+        all_running.as_secs_f64()
     );
 }
