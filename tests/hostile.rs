@@ -258,9 +258,10 @@ fn hostile_cases_are_contained_while_a_good_task_progresses() {
             if settled || Instant::now() > deadline {
                 assert!(fds2 <= fds1 + 4, "descriptors {fds1} -> {fds2}");
                 assert!(threads2 <= threads1 + 2, "threads {threads1} -> {threads2}");
-                // Allocators keep freed memory around, so allow some growth, but not another
-                // corpus' worth of task memory.
-                assert!(rss2 <= rss1 + 64 * 1024, "RSS {rss1} KiB -> {rss2} KiB");
+                // Allocators keep freed memory around, so allow some growth (2-4 MiB is
+                // usual), but not another corpus' worth of task memory: one leaked store per
+                // case, with its linear memory, would be well over this.
+                assert!(rss2 <= rss1 + 16 * 1024, "RSS {rss1} KiB -> {rss2} KiB");
                 eprintln!(
                     "after run 1: {fds1} fds, {threads1} threads, {rss1} KiB; after run 2: {fds2} fds, {threads2} threads, {rss2} KiB"
                 );
