@@ -236,7 +236,7 @@ async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(
         // missed: it is either in `pending` or queued after Register.
         let mut inner = agent.inner();
         let register = AgentToMaster::Register {
-            resources: agent.cfg.resources,
+            resources: agent.cfg.resources.clone(),
             attributes: agent.cfg.attributes.clone(),
             fuel_per_core_second: agent.runner.fuel_per_core_second().unwrap_or(0),
             running: inner.tasks.keys().copied().collect(),

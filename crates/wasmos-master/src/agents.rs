@@ -53,7 +53,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     let registered = shared
         .write(Command::RegisterAgent {
             id: agent.clone(),
-            total: resources,
+            total: resources.clone(),
             attributes,
             fuel_per_core_second,
             running,

@@ -111,8 +111,8 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             } else {
                                 AgentState::Disconnected
                             },
-                            total: a.total,
-                            used: used.get(&a.id).copied().unwrap_or_default(),
+                            total: a.total.clone(),
+                            used: used.get(&a.id).cloned().unwrap_or_default(),
                             attributes: a.attributes.clone(),
                             fuel_per_core_second: a.fuel_per_core_second,
                             registered_ms: a.registered_ms,

@@ -56,7 +56,7 @@ async fn schedule_once(shared: &Shared) -> Result<(), wasmos_raft::RaftError> {
                 }
             }
             Decision::Unschedulable { task, largest } => {
-                let demand = shared.read(|s| s.tasks.get(&task).map(|t| t.spec.resources));
+                let demand = shared.read(|s| s.tasks.get(&task).map(|t| t.spec.resources.clone()));
                 let Some(demand) = demand else { continue };
                 let status = TaskStatus::with_reason(
                     TaskState::Error,

@@ -36,6 +36,27 @@ impl FromStr for TaskId {
     }
 }
 
+/// A framework, numbered by the master when it first subscribes (`fw-3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FrameworkId(pub u64);
+
+impl fmt::Display for FrameworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fw-{}", self.0)
+    }
+}
+
+/// A resource offer, numbered by the leader's allocator (`o-17`); offers live only on the
+/// leader and die with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OfferId(pub u64);
+
+impl fmt::Display for OfferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "o-{}", self.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AgentId(String);
 

@@ -9,7 +9,7 @@ mod quantity;
 mod task;
 
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
-pub use ids::{AgentId, BundleHash, IdError, TaskId};
+pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ErrorKind,
     MasterToAgent, OutputStream, StatusUpdate,
@@ -17,8 +17,8 @@ pub use messages::{
 pub use net::{NetRule, NetRuleError};
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
 pub use task::{
-    InputFile, MAX_INPUTS, MAX_MOUNTS, Mount, OutputPolicy, Reason, Resources, TaskInfo, TaskSpec,
-    TaskState, TaskStatus, guest_parent, valid_guest_path,
+    InputFile, MAX_INPUTS, MAX_MOUNTS, Mount, OutputPolicy, Qos, Reason, Resources, TaskInfo,
+    TaskSpec, TaskState, TaskStatus, guest_parent, valid_guest_path,
 };
 
 /// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.

@@ -1,6 +1,7 @@
 //! Tasks: what a user asks to run (`TaskSpec`), the resources it reserves, and the states it
 //! moves through with the reason it stopped.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -8,34 +9,104 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, BundleHash, TaskId};
 
 /// A bundle of resources. Integers only, so comparisons and sums are exact and deterministic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Besides CPU, memory and disk, an agent may advertise custom scalars (`gpu`, `fpga`, ...)
+/// that tasks request by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     /// Thousandths of a core.
     pub cpu_millis: u64,
     pub mem_bytes: u64,
     /// Scratch disk space.
     pub disk_bytes: u64,
+    /// Custom scalar resources by name; a missing name is zero. (`default`: Raft state written
+    /// before scalars existed is JSON without the field.)
+    #[serde(default)]
+    pub scalars: BTreeMap<String, u64>,
 }
 
 impl Resources {
+    pub fn new(cpu_millis: u64, mem_bytes: u64, disk_bytes: u64) -> Resources {
+        Resources {
+            cpu_millis,
+            mem_bytes,
+            disk_bytes,
+            scalars: BTreeMap::new(),
+        }
+    }
+
+    /// With custom scalar `name` set to `amount`.
+    pub fn with_scalar(mut self, name: &str, amount: u64) -> Resources {
+        if amount == 0 {
+            self.scalars.remove(name);
+        } else {
+            self.scalars.insert(name.to_string(), amount);
+        }
+        self
+    }
+
+    pub fn scalar(&self, name: &str) -> u64 {
+        self.scalars.get(name).copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cpu_millis == 0
+            && self.mem_bytes == 0
+            && self.disk_bytes == 0
+            && self.scalars.values().all(|v| *v == 0)
+    }
+
     pub fn fits_in(&self, free: &Resources) -> bool {
         self.cpu_millis <= free.cpu_millis
             && self.mem_bytes <= free.mem_bytes
             && self.disk_bytes <= free.disk_bytes
+            && self.scalars.iter().all(|(k, v)| *v <= free.scalar(k))
     }
+
     pub fn saturating_sub(&self, other: &Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
-            mem_bytes: self.mem_bytes.saturating_sub(other.mem_bytes),
-            disk_bytes: self.disk_bytes.saturating_sub(other.disk_bytes),
+        let mut out = Resources::new(
+            self.cpu_millis.saturating_sub(other.cpu_millis),
+            self.mem_bytes.saturating_sub(other.mem_bytes),
+            self.disk_bytes.saturating_sub(other.disk_bytes),
+        );
+        for (k, v) in &self.scalars {
+            let left = v.saturating_sub(other.scalar(k));
+            if left > 0 {
+                out.scalars.insert(k.clone(), left);
+            }
         }
+        out
     }
+
     pub fn saturating_add(&self, other: &Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
-            mem_bytes: self.mem_bytes.saturating_add(other.mem_bytes),
-            disk_bytes: self.disk_bytes.saturating_add(other.disk_bytes),
+        let mut out = Resources::new(
+            self.cpu_millis.saturating_add(other.cpu_millis),
+            self.mem_bytes.saturating_add(other.mem_bytes),
+            self.disk_bytes.saturating_add(other.disk_bytes),
+        );
+        out.scalars = self.scalars.clone();
+        for (k, v) in &other.scalars {
+            let sum = out.scalar(k).saturating_add(*v);
+            if sum > 0 {
+                out.scalars.insert(k.clone(), sum);
+            }
         }
+        out
+    }
+
+    /// The smaller of each quantity.
+    pub fn min(&self, other: &Resources) -> Resources {
+        let mut out = Resources::new(
+            self.cpu_millis.min(other.cpu_millis),
+            self.mem_bytes.min(other.mem_bytes),
+            self.disk_bytes.min(other.disk_bytes),
+        );
+        for (k, v) in &self.scalars {
+            let m = (*v).min(other.scalar(k));
+            if m > 0 {
+                out.scalars.insert(k.clone(), m);
+            }
+        }
+        out
     }
 }
 
@@ -47,7 +118,29 @@ impl fmt::Display for Resources {
             crate::format_cpu(self.cpu_millis),
             crate::format_bytes(self.mem_bytes),
             crate::format_bytes(self.disk_bytes)
-        )
+        )?;
+        for (k, v) in &self.scalars {
+            write!(f, " {k} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Quality of service: how a task's resources are held. `Guaranteed` and `Burstable` tasks are
+/// placed on resources allocated to them (a burstable task may use more than it requested when
+/// the agent has it to spare); `BestEffort` tasks run on revocable resources, the allocated but
+/// unused share of others, and are preempted (reason `preempted`) when the owner needs it back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Qos {
+    #[default]
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl Qos {
+    pub fn is_revocable(self) -> bool {
+        self == Qos::BestEffort
     }
 }
 
@@ -135,11 +228,7 @@ impl TaskSpec {
             bundle,
             args: Vec::new(),
             env: Vec::new(),
-            resources: Resources {
-                cpu_millis: 500,
-                mem_bytes: 64 << 20,
-                disk_bytes: 64 << 20,
-            },
+            resources: Resources::new(500, 64 << 20, 64 << 20),
             timeout_ms: 30_000,
             max_output_bytes: 1 << 20,
             on_output_limit: OutputPolicy::Truncate,

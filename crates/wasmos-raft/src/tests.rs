@@ -53,11 +53,7 @@ fn spec(bundle: BundleHash) -> TaskSpec {
     TaskSpec {
         args: vec!["--greet".into()],
         env: vec![("LANG".into(), "C".into())],
-        resources: Resources {
-            cpu_millis: 100,
-            mem_bytes: 1 << 20,
-            disk_bytes: 0,
-        },
+        resources: Resources::new(100, 1 << 20, 0),
         timeout_ms: 1000,
         ..TaskSpec::new("hello.wasm", bundle)
     }
@@ -73,11 +69,7 @@ fn history() -> Vec<Command> {
         },
         Command::RegisterAgent {
             id: agent(),
-            total: Resources {
-                cpu_millis: 1000,
-                mem_bytes: 1 << 30,
-                disk_bytes: 0,
-            },
+            total: Resources::new(1000, 1 << 30, 0),
             attributes: BTreeMap::from([("zone".to_string(), "a".to_string())]),
             fuel_per_core_second: 1_000_000_000,
             running: vec![],

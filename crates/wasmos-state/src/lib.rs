@@ -316,7 +316,7 @@ impl ClusterState {
             .filter_map(|id| self.agents.get(id))
             .map(|a| AgentView {
                 id: a.id.clone(),
-                total: a.total,
+                total: a.total.clone(),
                 free: a
                     .total
                     .saturating_sub(used.get(&a.id).unwrap_or(&Resources::default())),
@@ -331,7 +331,7 @@ impl ClusterState {
             .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
             .map(|t| PendingTask {
                 id: t.id,
-                demand: t.spec.resources,
+                demand: t.spec.resources.clone(),
             })
             .collect()
     }

@@ -13,11 +13,7 @@ fn hash() -> BundleHash {
 
 fn spec(cpu: u64) -> TaskSpec {
     TaskSpec {
-        resources: Resources {
-            cpu_millis: cpu,
-            mem_bytes: 1 << 20,
-            disk_bytes: 0,
-        },
+        resources: Resources::new(cpu, 1 << 20, 0),
         timeout_ms: 1000,
         ..TaskSpec::new("hello.wasm", hash())
     }
@@ -26,11 +22,7 @@ fn spec(cpu: u64) -> TaskSpec {
 fn register(s: &mut ClusterState, name: &str, running: Vec<TaskId>) {
     let r = s.apply(Command::RegisterAgent {
         id: agent(name),
-        total: Resources {
-            cpu_millis: 1000,
-            mem_bytes: 1 << 30,
-            disk_bytes: 0,
-        },
+        total: Resources::new(1000, 1 << 30, 0),
         attributes: BTreeMap::new(),
         fuel_per_core_second: 1_000_000_000,
         running,
@@ -156,7 +148,7 @@ proptest! {
             cmds.push(match kind {
                 0 => Command::RegisterAgent {
                     id: agent(name),
-                    total: Resources { cpu_millis: 1000, mem_bytes: 1 << 30, disk_bytes: 0 },
+                    total: Resources::new(1000, 1 << 30, 0),
                     attributes: BTreeMap::new(),
                     fuel_per_core_second: 1_000_000_000,
                     running: vec![TaskId(n)],
@@ -180,7 +172,7 @@ proptest! {
             let used = s1.used_by_agent();
             for a in s1.agents.values() {
                 prop_assert!(s1.used_on(&a.id).fits_in(&a.total));
-                prop_assert_eq!(used.get(&a.id).copied().unwrap_or_default(), s1.used_on(&a.id));
+                prop_assert_eq!(used.get(&a.id).cloned().unwrap_or_default(), s1.used_on(&a.id));
             }
         }
         prop_assert_eq!(&s1, &s2);

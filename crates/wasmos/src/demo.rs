@@ -95,11 +95,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            resources: Resources {
-                cpu_millis: 500,
-                mem_bytes: t.mem,
-                disk_bytes: 0,
-            },
+            resources: Resources::new(500, t.mem, 0),
             timeout_ms: t.timeout.as_millis() as u64,
             ..TaskSpec::new(t.file, hash)
         };

@@ -138,7 +138,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
         attributes.insert("dev".into(), "true".into());
         let cfg = wasmos_agent::AgentConfig {
             master: addr,
-            resources: opts.agent_resources,
+            resources: opts.agent_resources.clone(),
             attributes,
             work_dir: data.join("agents").join(&name),
             exec: opts.exec.clone(),

@@ -454,11 +454,11 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         data_dir,
         agents: args.agents,
         listen: args.listen,
-        agent_resources: Resources {
-            cpu_millis: parse_cpu(&args.agent_cpu)?,
-            mem_bytes: parse_bytes(&args.agent_mem)?,
-            disk_bytes: 1 << 30,
-        },
+        agent_resources: Resources::new(
+            parse_cpu(&args.agent_cpu)?,
+            parse_bytes(&args.agent_mem)?,
+            1 << 30,
+        ),
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
     };
@@ -523,11 +523,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
     };
     let cfg = wasmos_agent::AgentConfig {
         master,
-        resources: Resources {
-            cpu_millis: cpu,
-            mem_bytes: parse_bytes(&args.mem)?,
-            disk_bytes: parse_bytes(&args.disk)?,
-        },
+        resources: Resources::new(cpu, parse_bytes(&args.mem)?, parse_bytes(&args.disk)?),
         attributes,
         work_dir,
         exec: args.exec.config()?,
@@ -598,11 +594,11 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         bundle: hash,
         args: args.args.clone(),
         env: key_values(&args.env, "--env")?,
-        resources: Resources {
-            cpu_millis: parse_cpu(&args.cpu)?,
-            mem_bytes: parse_bytes(&args.mem)?,
-            disk_bytes: parse_bytes(&args.disk)?,
-        },
+        resources: Resources::new(
+            parse_cpu(&args.cpu)?,
+            parse_bytes(&args.mem)?,
+            parse_bytes(&args.disk)?,
+        ),
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
         on_output_limit: args.on_output_limit.into(),
