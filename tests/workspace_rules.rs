@@ -52,6 +52,7 @@ fn internal_dependencies_follow_the_table() {
         ("wasmos-proto", &[][..]),
         ("wasmos-alloc", &["wasmos-proto"][..]),
         ("wasmos-state", &["wasmos-proto", "wasmos-alloc"][..]),
+        ("wasmos-sim", &["wasmos-proto", "wasmos-alloc"][..]),
         ("wasmos-net", &["wasmos-proto"][..]),
         ("wasmos-exec", &["wasmos-proto"][..]),
         (
@@ -93,7 +94,7 @@ fn pure_cores_and_single_gateways() {
     let forbidden_in_cores = [
         "tokio", "quinn", "rustls", "wasmtime", "openraft", "redb", "axum", "futures",
     ];
-    for core in ["wasmos-proto", "wasmos-alloc", "wasmos-state"] {
+    for core in ["wasmos-proto", "wasmos-alloc", "wasmos-state", "wasmos-sim"] {
         for f in forbidden_in_cores {
             assert!(
                 !deps[core].contains(f),

