@@ -350,6 +350,8 @@ impl AgentState {
 #[derive(Debug, Clone)]
 struct FrameworkState {
     role: Role,
+    /// Index of its role in `Allocator::roles`.
+    rix: RoleIx,
     suppressed: bool,
     /// Takes revocable offers (for best-effort tasks).
     revocable: bool,
@@ -362,8 +364,14 @@ struct FrameworkState {
     key: u64,
 }
 
+/// A role's index in `Allocator::roles`. Roles are kept sorted by name, so comparing indices
+/// orders roles by name: the DRF tie-break stays independent of the order roles appeared in.
+type RoleIx = usize;
+
 #[derive(Debug, Clone)]
 struct RoleNode {
+    name: Role,
+    parent: Option<RoleIx>,
     weight: f64,
     quota: Quota,
     /// Held by tasks and offers of frameworks in this role and beneath it.
@@ -379,8 +387,10 @@ struct RoleNode {
 }
 
 impl RoleNode {
-    fn new() -> RoleNode {
+    fn new(name: Role) -> RoleNode {
         RoleNode {
+            name,
+            parent: None,
             weight: 1.0,
             quota: Quota::default(),
             allocated: Resources::default(),
@@ -403,7 +413,7 @@ impl RoleNode {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Child {
-    Role(Role),
+    Role(RoleIx),
     Framework(FrameworkId),
 }
 
@@ -452,7 +462,10 @@ pub struct Allocator {
     total: Resources,
     agents: BTreeMap<AgentId, AgentState>,
     frameworks: BTreeMap<FrameworkId, FrameworkState>,
-    roles: BTreeMap<Role, RoleNode>,
+    /// Every role that has a framework, a weight or a quota, and their ancestors, sorted by
+    /// name (see `RoleIx`).
+    roles: Vec<RoleNode>,
+    role_ix: BTreeMap<Role, RoleIx>,
     /// Active top-level roles, by weighted share.
     top: BTreeSet<(u64, Child)>,
     offers: BTreeMap<OfferId, Offer>,
@@ -622,18 +635,13 @@ impl Allocator {
         if self.frameworks.contains_key(&id) {
             return Err(ConfigError::DuplicateFramework(id));
         }
-        for r in role.self_and_ancestors() {
-            if let Ok(r) = Role::new(r) {
-                self.roles.entry(r).or_insert_with(RoleNode::new);
-            }
-        }
-        if let Some(node) = self.roles.get_mut(&role) {
-            node.frameworks += 1;
-        }
+        let rix = self.ensure_role(&role);
+        self.roles[rix].frameworks += 1;
         self.frameworks.insert(
             id,
             FrameworkState {
                 role,
+                rix,
                 suppressed: false,
                 revocable,
                 allocated: Resources::default(),
@@ -672,7 +680,7 @@ impl Allocator {
         }
         self.activate(id, false);
         if let Some(f) = self.frameworks.remove(&id)
-            && let Some(node) = self.roles.get_mut(&f.role)
+            && let Some(node) = self.roles.get_mut(f.rix)
         {
             node.frameworks = node.frameworks.saturating_sub(1);
         }
@@ -700,7 +708,8 @@ impl Allocator {
         if !(weight.is_finite() && weight > 0.0) {
             return Err(ConfigError::BadWeight(weight));
         }
-        self.role_node(role).weight = weight;
+        let ix = self.ensure_role(role);
+        self.roles[ix].weight = weight;
         self.stale_order = true;
         Ok(())
     }
@@ -715,17 +724,44 @@ impl Allocator {
                 limit: limit.clone(),
             });
         }
-        self.role_node(role).quota = quota;
+        let ix = self.ensure_role(role);
+        self.roles[ix].quota = quota;
         Ok(())
     }
 
-    fn role_node(&mut self, role: &Role) -> &mut RoleNode {
+    /// The index of `role`, adding it and its ancestors if new. Adding renumbers every role
+    /// (indices follow names) and rebuilds the ordering; roles are added rarely.
+    fn ensure_role(&mut self, role: &Role) -> RoleIx {
+        if let Some(ix) = self.role_ix.get(role) {
+            return *ix;
+        }
+        let mut nodes: BTreeMap<Role, RoleNode> = std::mem::take(&mut self.roles)
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
         for r in role.self_and_ancestors() {
-            if let Ok(r) = Role::new(r) {
-                self.roles.entry(r).or_insert_with(RoleNode::new);
+            nodes
+                .entry(Role::unchecked(r))
+                .or_insert_with(|| RoleNode::new(Role::unchecked(r)));
+        }
+        self.roles = nodes.into_values().collect();
+        self.role_ix = self
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        for i in 0..self.roles.len() {
+            let parent = self.roles[i].name.parent();
+            self.roles[i].parent = parent.and_then(|p| self.role_ix.get(&p).copied());
+        }
+        for f in self.frameworks.values_mut() {
+            if let Some(ix) = self.role_ix.get(&f.role) {
+                f.rix = *ix;
             }
         }
-        self.roles.entry(role.clone()).or_insert_with(RoleNode::new)
+        self.resort_all();
+        self.role_ix.get(role).copied().unwrap_or(0)
     }
 
     // ---- the DRF ordering ----
@@ -734,15 +770,11 @@ impl Allocator {
         dominant_share(&f.allocated.saturating_add(&f.offered), &self.total)
     }
 
-    fn role_share(&self, node: &RoleNode) -> f64 {
-        dominant_share(&node.held(), &self.total) / node.weight
-    }
-
     /// The ordered set a child sits in: its parent role's, or the top level's.
-    fn siblings(&mut self, parent: Option<&Role>) -> Option<&mut BTreeSet<(u64, Child)>> {
-        match parent {
-            None => Some(&mut self.top),
-            Some(p) => self.roles.get_mut(p).map(|n| &mut n.children),
+    fn siblings(&mut self, parent: Option<RoleIx>) -> &mut BTreeSet<(u64, Child)> {
+        match parent.and_then(|p| self.roles.get_mut(p)) {
+            Some(node) => &mut node.children,
+            None => &mut self.top,
         }
     }
 
@@ -751,35 +783,34 @@ impl Allocator {
         let Some(f) = self.frameworks.get(&id) else {
             return;
         };
+        let rix = f.rix;
         let in_tree = !f.suppressed
             && self
                 .roles
-                .get(&f.role)
+                .get(rix)
                 .is_some_and(|n| n.children.contains(&(f.key, Child::Framework(id))));
         if in_tree == on {
             return;
         }
-        let role = f.role.clone();
         let old = f.key;
         let key = share_key(self.framework_share(f));
         if let Some(f) = self.frameworks.get_mut(&id) {
             f.key = key;
         }
-        if let Some(set) = self.siblings(Some(&role)) {
-            if on {
-                set.insert((key, Child::Framework(id)));
-            } else {
-                set.remove(&(old, Child::Framework(id)));
-            }
+        let set = self.siblings(Some(rix));
+        if on {
+            set.insert((key, Child::Framework(id)));
+        } else {
+            set.remove(&(old, Child::Framework(id)));
         }
         // Each role up the chain gains or loses an active framework; one that becomes active
         // (or idle) enters (or leaves) its parent's ordering.
-        let mut cur = Some(role);
+        let mut cur = Some(rix);
         while let Some(r) = cur {
-            let parent = r.parent();
-            let Some(node) = self.roles.get_mut(&r) else {
+            let Some(node) = self.roles.get_mut(r) else {
                 break;
             };
+            let parent = node.parent;
             let was = node.active > 0;
             node.active = if on {
                 node.active + 1
@@ -789,16 +820,13 @@ impl Allocator {
             let is = node.active > 0;
             if was != is {
                 let old = node.key;
-                let key = share_key(self.role_share(&self.roles[&r]));
-                if let Some(node) = self.roles.get_mut(&r) {
-                    node.key = key;
-                }
-                if let Some(set) = self.siblings(parent.as_ref()) {
-                    if is {
-                        set.insert((key, Child::Role(r.clone())));
-                    } else {
-                        set.remove(&(old, Child::Role(r.clone())));
-                    }
+                let key = share_key(dominant_share(&node.held(), &self.total) / node.weight);
+                node.key = key;
+                let set = self.siblings(parent);
+                if is {
+                    set.insert((key, Child::Role(r)));
+                } else {
+                    set.remove(&(old, Child::Role(r)));
                 }
             }
             cur = parent;
@@ -808,8 +836,7 @@ impl Allocator {
     /// Adds `delta` (positive or negative, as two parts) to a framework's allocated or offered
     /// resources and to every role above it, moving each in its siblings' ordering.
     fn account(&mut self, id: FrameworkId, add: &Resources, sub: &Resources, offered: bool) {
-        // The hottest path of a cycle: fields are borrowed one by one and roles looked up by
-        // `&str`, so that nothing is cloned but the one role name a reordering needs.
+        // The hottest path of a cycle: roles are reached by index, nothing is cloned.
         let Some(f) = self.frameworks.get_mut(&id) else {
             return;
         };
@@ -825,14 +852,16 @@ impl Allocator {
             &self.total,
         ));
         f.key = new;
+        let rix = f.rix;
         if !f.suppressed
             && old != new
-            && let Some(node) = self.roles.get_mut(f.role.as_str())
+            && let Some(node) = self.roles.get_mut(rix)
             && node.children.remove(&(old, Child::Framework(id)))
         {
             node.children.insert((new, Child::Framework(id)));
         }
-        for r in f.role.self_and_ancestors() {
+        let mut cur = Some(rix);
+        while let Some(r) = cur {
             let Some(node) = self.roles.get_mut(r) else {
                 break;
             };
@@ -845,68 +874,42 @@ impl Allocator {
             let old = node.key;
             let new = share_key(dominant_share(&node.held(), &self.total) / node.weight);
             node.key = new;
-            if node.active == 0 || old == new {
-                continue;
+            let parent = node.parent;
+            if node.active > 0 && old != new {
+                let set = self.siblings(parent);
+                if set.remove(&(old, Child::Role(r))) {
+                    set.insert((new, Child::Role(r)));
+                }
             }
-            let set = match r.rfind('/') {
-                None => &mut self.top,
-                Some(i) => match self.roles.get_mut(&r[..i]) {
-                    Some(parent) => &mut parent.children,
-                    None => continue,
-                },
-            };
-            let child = Child::Role(Role::unchecked(r));
-            if set.remove(&(old, child.clone())) {
-                set.insert((new, child));
-            }
+            cur = parent;
         }
     }
 
     /// Recomputes every key: shares all change when the cluster's total does.
     fn resort_all(&mut self) {
-        let keys: Vec<(FrameworkId, u64)> = self
-            .frameworks
-            .iter()
-            .map(|(id, f)| (*id, share_key(self.framework_share(f))))
-            .collect();
-        for (id, key) in keys {
-            if let Some(f) = self.frameworks.get_mut(&id) {
-                f.key = key;
-            }
+        let total = &self.total;
+        for f in self.frameworks.values_mut() {
+            f.key = share_key(dominant_share(
+                &f.allocated.saturating_add(&f.offered),
+                total,
+            ));
         }
-        let keys: Vec<(Role, u64)> = self
-            .roles
-            .iter()
-            .map(|(r, n)| (r.clone(), share_key(self.role_share(n))))
-            .collect();
-        for (r, key) in keys {
-            if let Some(n) = self.roles.get_mut(&r) {
-                n.key = key;
-                n.children.clear();
-            }
+        for n in &mut self.roles {
+            n.key = share_key(dominant_share(&n.held(), total) / n.weight);
+            n.children.clear();
         }
         self.top.clear();
-        let fw: Vec<(Role, u64, FrameworkId)> = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| !f.suppressed)
-            .map(|(id, f)| (f.role.clone(), f.key, *id))
-            .collect();
-        for (role, key, id) in fw {
-            if let Some(n) = self.roles.get_mut(&role) {
-                n.children.insert((key, Child::Framework(id)));
+        for (id, f) in &self.frameworks {
+            if !f.suppressed
+                && let Some(n) = self.roles.get_mut(f.rix)
+            {
+                n.children.insert((f.key, Child::Framework(*id)));
             }
         }
-        let active: Vec<(Role, u64)> = self
-            .roles
-            .iter()
-            .filter(|(_, n)| n.active > 0)
-            .map(|(r, n)| (r.clone(), n.key))
-            .collect();
-        for (r, key) in active {
-            let parent = r.parent();
-            if let Some(set) = self.siblings(parent.as_ref()) {
-                set.insert((key, Child::Role(r)));
+        for i in 0..self.roles.len() {
+            if self.roles[i].active > 0 {
+                let (key, parent) = (self.roles[i].key, self.roles[i].parent);
+                self.siblings(parent).insert((key, Child::Role(i)));
             }
         }
     }
@@ -914,14 +917,15 @@ impl Allocator {
     // ---- offers ----
 
     /// The quota limits on `role` and every role above it: (room left, limit) for each.
-    fn limit_caps(&self, role: &Role) -> Vec<(Resources, &Resources)> {
-        role.self_and_ancestors()
-            .filter_map(|r| self.roles.get(r))
-            .filter_map(|node| {
-                let limit = node.quota.limit.as_ref()?;
-                Some((limit.saturating_sub(&node.held()), limit))
-            })
-            .collect()
+    fn limit_caps(&self, role: RoleIx) -> Vec<(Resources, &Resources)> {
+        std::iter::successors(self.roles.get(role), |n| {
+            n.parent.and_then(|p| self.roles.get(p))
+        })
+        .filter_map(|node| {
+            let limit = node.quota.limit.as_ref()?;
+            Some((limit.saturating_sub(&node.held()), limit))
+        })
+        .collect()
     }
 
     /// Whether `pools` is big enough to be worth offering (`min_offer_*`).
@@ -954,7 +958,7 @@ impl Allocator {
             }
         }
         pools.unreserved = cap_named(&agent.free_unreserved(), scope.cap, scope.named);
-        for (mut room, limit) in self.limit_caps(&f.role) {
+        for (mut room, limit) in self.limit_caps(f.rix) {
             for r in pools.reserved.values_mut() {
                 *r = cap_named(r, &room, limit);
                 room = room.saturating_sub(r);
@@ -1005,7 +1009,7 @@ impl Allocator {
                 }
                 Child::Role(r) => {
                     // A role at its limit in CPU or memory can take nothing useful.
-                    let full = self.limit_caps(r).iter().any(|(room, limit)| {
+                    let full = self.limit_caps(*r).iter().any(|(room, limit)| {
                         (limit.cpu_millis > 0 && room.cpu_millis < self.cfg.min_offer_cpu_millis)
                             || (limit.mem_bytes > 0
                                 && room.mem_bytes < self.cfg.min_offer_mem_bytes)
@@ -1013,7 +1017,7 @@ impl Allocator {
                     if full {
                         continue;
                     }
-                    if let Some(node) = self.roles.get(r)
+                    if let Some(node) = self.roles.get(*r)
                         && let Some(found) = self.pick(&node.children, agent, scope, now)
                     {
                         return Some(found);
@@ -1068,15 +1072,16 @@ impl Allocator {
     /// its descendants').
     fn headroom(&self) -> Resources {
         let mut need = Resources::default();
-        for (role, node) in &self.roles {
+        for node in &self.roles {
             if node.quota.guarantee.is_empty() {
                 continue;
             }
-            let covered = role.self_and_ancestors().skip(1).any(|a| {
-                self.roles
-                    .get(a)
-                    .is_some_and(|n| !n.quota.guarantee.is_empty())
-            });
+            let covered =
+                std::iter::successors(node.parent, |p| self.roles.get(*p)?.parent).any(|a| {
+                    self.roles
+                        .get(a)
+                        .is_some_and(|n| !n.quota.guarantee.is_empty())
+                });
             if !covered {
                 need = need.saturating_add(&node.unmet_guarantee());
             }
@@ -1127,16 +1132,17 @@ impl Allocator {
         ids.sort_unstable_by_key(|a| (a.0, a.1, a.2));
 
         // Stage 1: roles below their guarantee, poorest first, up to what they lack.
-        let mut quota_roles: Vec<(u64, Role)> = self
+        let mut quota_roles: Vec<(u64, RoleIx)> = self
             .roles
             .iter()
+            .enumerate()
             .filter(|(_, n)| n.active > 0 && !n.unmet_guarantee().is_empty())
-            .map(|(r, n)| (n.key, r.clone()))
+            .map(|(i, n)| (n.key, i))
             .collect();
         quota_roles.sort();
         for (_, role) in &quota_roles {
             for (_, _, _, agent) in ids.iter().rev() {
-                let Some(node) = self.roles.get(role) else {
+                let Some(node) = self.roles.get(*role) else {
                     break;
                 };
                 let unmet = node.unmet_guarantee();
@@ -1170,11 +1176,11 @@ impl Allocator {
             while let Some(a) = self.agents.get(agent) {
                 let unreserved = self.worth_offering(&a.free_unreserved().min(&spare));
                 let revocable = any_revocable && !a.free_revocable().is_empty();
-                let reserved: Vec<Role> = a
+                let reserved: Vec<RoleIx> = a
                     .reserved
                     .keys()
                     .filter(|r| !a.free_reserved(r.as_str()).is_empty())
-                    .cloned()
+                    .filter_map(|r| self.role_ix.get(r).copied())
                     .collect();
                 let scope = Scope {
                     cap: &spare,
@@ -1187,7 +1193,7 @@ impl Allocator {
                     self.pick(&self.top, agent, scope, now)
                 } else {
                     reserved.iter().find_map(|r| {
-                        let node = self.roles.get(r)?;
+                        let node = self.roles.get(*r)?;
                         (node.active > 0).then_some(())?;
                         self.pick(&node.children, agent, scope, now)
                     })
@@ -1572,8 +1578,8 @@ impl Allocator {
     pub fn role_summaries(&self) -> Vec<RoleSummary> {
         self.roles
             .iter()
-            .map(|(role, n)| RoleSummary {
-                role: role.clone(),
+            .map(|n| RoleSummary {
+                role: n.name.clone(),
                 weight: n.weight,
                 quota: n.quota.clone(),
                 allocated: n.allocated.clone(),
@@ -1582,7 +1588,7 @@ impl Allocator {
                     .agents
                     .values()
                     .flat_map(|a| a.reserved.iter())
-                    .filter(|(r, _)| r.is_within(role))
+                    .filter(|(r, _)| r.is_within(&n.name))
                     .fold(Resources::default(), |acc, (_, r)| acc.saturating_add(r)),
                 share: dominant_share(&n.held(), &self.total),
                 frameworks: n.frameworks,
@@ -1628,6 +1634,25 @@ impl Allocator {
                     .saturating_add(&a.offered.reserved_for(role.as_str()));
                 if !held.fits_in(r) {
                     return Err(format!("{id}: reservation for {role} over-committed"));
+                }
+            }
+        }
+        // The DRF ordering kept up incrementally is the one a full re-sort would build.
+        if !self.stale_order {
+            let mut fresh = self.clone();
+            fresh.resort_all();
+            if fresh.top != self.top {
+                return Err(format!(
+                    "top-level order drifted: {:?} vs {:?}",
+                    self.top, fresh.top
+                ));
+            }
+            for (a, b) in self.roles.iter().zip(&fresh.roles) {
+                if a.children != b.children || a.key != b.key {
+                    return Err(format!(
+                        "order under {} drifted: {:?} vs {:?}",
+                        a.name, a.children, b.children
+                    ));
                 }
             }
         }
