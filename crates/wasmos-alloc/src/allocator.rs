@@ -292,6 +292,7 @@ pub struct RoleSummary {
 
 #[derive(Debug, Clone)]
 struct AgentState {
+    id: AgentId,
     total: Resources,
     /// Static (agent configuration) and dynamic reservations together.
     reserved: BTreeMap<Role, Resources>,
@@ -306,6 +307,79 @@ struct AgentState {
     offers: BTreeMap<FrameworkId, OfferId>,
     /// Best-effort tasks, in preemption order: lowest priority, then newest, first.
     revocable_tasks: BTreeSet<(i32, std::cmp::Reverse<TaskId>)>,
+}
+
+/// Agents by name (ordered, for every iteration that decides something) and by slot index
+/// (for the allocation cycle's hot path, which would otherwise spend its time comparing
+/// names in a map).
+#[derive(Debug, Clone, Default)]
+struct Agents {
+    by_id: BTreeMap<AgentId, usize>,
+    slots: Vec<Option<AgentState>>,
+    free: Vec<usize>,
+}
+
+impl Agents {
+    fn get(&self, id: &AgentId) -> Option<&AgentState> {
+        self.by_id.get(id).and_then(|i| self.at(*i))
+    }
+
+    fn get_mut(&mut self, id: &AgentId) -> Option<&mut AgentState> {
+        let i = *self.by_id.get(id)?;
+        self.at_mut(i)
+    }
+
+    fn at(&self, i: usize) -> Option<&AgentState> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    fn at_mut(&mut self, i: usize) -> Option<&mut AgentState> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    fn contains_key(&self, id: &AgentId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn insert(&mut self, state: AgentState) {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = None;
+                i
+            }
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(state.id.clone(), i);
+        self.slots[i] = Some(state);
+    }
+
+    fn remove(&mut self, id: &AgentId) -> Option<AgentState> {
+        let i = self.by_id.remove(id)?;
+        self.free.push(i);
+        self.slots.get_mut(i).and_then(Option::take)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// In name order, with slot indices.
+    fn iter(&self) -> impl Iterator<Item = (usize, &AgentState)> {
+        self.by_id
+            .values()
+            .filter_map(|i| self.at(*i).map(|a| (*i, a)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &AgentState> {
+        self.iter().map(|(_, a)| a)
+    }
 }
 
 impl AgentState {
@@ -460,7 +534,7 @@ pub struct Allocator {
     cfg: Config,
     /// Sum of all agents' resources: the denominator of every share.
     total: Resources,
-    agents: BTreeMap<AgentId, AgentState>,
+    agents: Agents,
     frameworks: BTreeMap<FrameworkId, FrameworkState>,
     /// Every role that has a framework, a weight or a quota, and their ancestors, sorted by
     /// name (see `RoleIx`).
@@ -533,22 +607,20 @@ impl Allocator {
             });
         }
         self.total = self.total.saturating_add(&total);
-        self.agents.insert(
+        self.agents.insert(AgentState {
             id,
-            AgentState {
-                total,
-                reserved: reservations
-                    .into_iter()
-                    .filter(|(_, r)| !r.is_empty())
-                    .collect(),
-                dynamic: BTreeMap::new(),
-                taken: Pools::default(),
-                offered: Pools::default(),
-                usage: None,
-                offers: BTreeMap::new(),
-                revocable_tasks: BTreeSet::new(),
-            },
-        );
+            total,
+            reserved: reservations
+                .into_iter()
+                .filter(|(_, r)| !r.is_empty())
+                .collect(),
+            dynamic: BTreeMap::new(),
+            taken: Pools::default(),
+            offered: Pools::default(),
+            usage: None,
+            offers: BTreeMap::new(),
+            revocable_tasks: BTreeSet::new(),
+        });
         self.stale_order = true;
         Ok(())
     }
@@ -936,15 +1008,9 @@ impl Allocator {
 
     /// What `fw` would be offered on `agent` now, or `None` if nothing (or only what it
     /// declined there) is available to it.
-    fn offerable(
-        &self,
-        fw: FrameworkId,
-        agent_id: &AgentId,
-        scope: Scope,
-        now: u64,
-    ) -> Option<Pools> {
+    fn offerable(&self, fw: FrameworkId, agent: usize, scope: Scope, now: u64) -> Option<Pools> {
         let f = self.frameworks.get(&fw)?;
-        let agent = self.agents.get(agent_id)?;
+        let agent = self.agents.at(agent)?;
         if agent.offers.contains_key(&fw) {
             return None;
         }
@@ -979,7 +1045,7 @@ impl Allocator {
         if pools.is_empty() {
             return None;
         }
-        if let Some((declined, until)) = f.filters.get(agent_id)
+        if let Some((declined, until)) = f.filters.get(&agent.id)
             && now < *until
             && pools
                 .non_revocable()
@@ -996,7 +1062,7 @@ impl Allocator {
     fn pick(
         &self,
         children: &BTreeSet<(u64, Child)>,
-        agent: &AgentId,
+        agent: usize,
         scope: Scope,
         now: u64,
     ) -> Option<(FrameworkId, Pools)> {
@@ -1028,19 +1094,26 @@ impl Allocator {
         None
     }
 
-    fn make_offer(&mut self, fw: FrameworkId, agent: &AgentId, pools: Pools, now: u64) -> Offer {
+    fn make_offer(
+        &mut self,
+        fw: FrameworkId,
+        agent: usize,
+        pools: Pools,
+        now: u64,
+    ) -> Option<Offer> {
+        let a = self.agents.at_mut(agent)?;
         self.next_offer += 1;
+        let id = OfferId(self.next_offer);
+        a.offered.add(&pools);
+        a.offers.insert(fw, id);
+        let agent_id = a.id.clone();
         let offer = Offer {
-            id: OfferId(self.next_offer),
+            id,
             framework: fw,
-            agent: agent.clone(),
+            agent: agent_id,
             resources: pools,
             created_ms: now,
         };
-        if let Some(a) = self.agents.get_mut(agent) {
-            a.offered.add(&offer.resources);
-            a.offers.insert(fw, offer.id);
-        }
         self.account(
             fw,
             &offer.resources.non_revocable(),
@@ -1048,7 +1121,7 @@ impl Allocator {
             true,
         );
         self.offers.insert(offer.id, offer.clone());
-        offer
+        Some(offer)
     }
 
     /// Takes an outstanding offer back: its resources return to the agent's pools.
@@ -1108,25 +1181,18 @@ impl Allocator {
         // cycle, so no agent is always the first one handed out.
         let n = self.agents.len();
         let start = (self.cycles % n as u64) as usize;
-        let mut ids: Vec<(u64, u64, usize, AgentId)> = self
+        let mut ids: Vec<(u64, u64, usize, usize)> = self
             .agents
             .iter()
             .enumerate()
-            .filter_map(|(i, (id, a))| {
+            .filter_map(|(i, (slot, a))| {
                 let free = a.free_unreserved();
                 let any = !free.is_empty()
                     || a.reserved
                         .keys()
                         .any(|r| !a.free_reserved(r.as_str()).is_empty())
                     || !a.free_revocable().is_empty();
-                any.then(|| {
-                    (
-                        free.cpu_millis,
-                        free.mem_bytes,
-                        (i + n - start) % n,
-                        id.clone(),
-                    )
-                })
+                any.then(|| (free.cpu_millis, free.mem_bytes, (i + n - start) % n, slot))
             })
             .collect();
         ids.sort_unstable_by_key(|a| (a.0, a.1, a.2));
@@ -1154,8 +1220,8 @@ impl Allocator {
                     named: &node.quota.guarantee,
                     revocable: false,
                 };
-                if let Some((fw, pools)) = self.pick(&node.children, agent, scope, now) {
-                    out.push(self.make_offer(fw, agent, pools, now));
+                if let Some((fw, pools)) = self.pick(&node.children, *agent, scope, now) {
+                    out.extend(self.make_offer(fw, *agent, pools, now));
                 }
             }
         }
@@ -1172,8 +1238,8 @@ impl Allocator {
             .frameworks
             .values()
             .any(|f| f.revocable && !f.suppressed);
-        for (_, _, _, agent) in &ids {
-            while let Some(a) = self.agents.get(agent) {
+        for &(_, _, _, agent) in &ids {
+            while let Some(a) = self.agents.at(agent) {
                 let unreserved = self.worth_offering(&a.free_unreserved().min(&spare));
                 let revocable = any_revocable && !a.free_revocable().is_empty();
                 let reserved: Vec<RoleIx> = a
@@ -1202,7 +1268,7 @@ impl Allocator {
                     break;
                 };
                 spare = spare.saturating_sub(&pools.unreserved);
-                out.push(self.make_offer(fw, agent, pools, now));
+                out.extend(self.make_offer(fw, agent, pools, now));
             }
         }
         out
@@ -1522,7 +1588,8 @@ impl Allocator {
     /// lent: lowest priority first, then newest, until the rest fits. Each task is named once.
     pub fn preemptions(&mut self) -> Vec<Preemption> {
         let mut out = Vec::new();
-        for (agent_id, a) in &self.agents {
+        for a in self.agents.values() {
+            let agent_id = &a.id;
             if a.taken.revocable.is_empty() {
                 continue;
             }
@@ -1609,7 +1676,8 @@ impl Allocator {
     /// no agent pool is over-committed, and every role's and framework's totals are the sums
     /// of what its offers and tasks hold.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, a) in &self.agents {
+        for a in self.agents.values() {
+            let id = &a.id;
             let reserved = a.reserved_total();
             if !reserved.fits_in(&a.total) {
                 return Err(format!("{id}: reservations {reserved} exceed {}", a.total));
