@@ -33,12 +33,7 @@ fn heartbeats_flow_while_every_core_runs_a_guest() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-        let running = tasks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["status"]["state"] == "Running")
-            .count();
+        let running = wasmos_tests::count_in_state(&tasks, "Running");
         if running == 2 {
             break;
         }

@@ -225,12 +225,7 @@ fn agent_density() {
     loop {
         let list = cli(&["task", "list", "-o", "json"]);
         let tasks: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        let running = tasks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["status"]["state"] == "Running")
-            .count();
+        let running = wasmos_tests::count_in_state(&tasks, "Running");
         if running == n {
             break;
         }

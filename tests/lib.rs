@@ -224,3 +224,11 @@ pub fn assert_clean_error(out: &Output, must_contain: &str) {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
 }
+
+/// How many tasks of a `task list -o json` answer are in `state` (e.g. "Running").
+pub fn count_in_state(tasks: &serde_json::Value, state: &str) -> usize {
+    tasks
+        .as_array()
+        .map(|a| a.iter().filter(|t| t["status"]["state"] == state).count())
+        .unwrap_or(0)
+}

@@ -551,6 +551,18 @@ pub struct Allocator {
     stale_order: bool,
 }
 
+/// Adds `add` to and takes `sub` from the offered part of a holding, or the allocated one.
+fn adjust(
+    allocated: &mut Resources,
+    offered_part: &mut Resources,
+    offered: bool,
+    add: &Resources,
+    sub: &Resources,
+) {
+    let held = if offered { offered_part } else { allocated };
+    *held = held.saturating_add(add).saturating_sub(sub);
+}
+
 /// A share as an order-preserving integer key (shares are never negative).
 fn share_key(share: f64) -> u64 {
     if share.is_finite() && share > 0.0 {
@@ -912,12 +924,7 @@ impl Allocator {
         let Some(f) = self.frameworks.get_mut(&id) else {
             return;
         };
-        let held = if offered {
-            &mut f.offered
-        } else {
-            &mut f.allocated
-        };
-        *held = held.saturating_add(add).saturating_sub(sub);
+        adjust(&mut f.allocated, &mut f.offered, offered, add, sub);
         let old = f.key;
         let new = share_key(dominant_share(
             &f.allocated.saturating_add(&f.offered),
@@ -937,12 +944,7 @@ impl Allocator {
             let Some(node) = self.roles.get_mut(r) else {
                 break;
             };
-            let held = if offered {
-                &mut node.offered
-            } else {
-                &mut node.allocated
-            };
-            *held = held.saturating_add(add).saturating_sub(sub);
+            adjust(&mut node.allocated, &mut node.offered, offered, add, sub);
             let old = node.key;
             let new = share_key(dominant_share(&node.held(), &self.total) / node.weight);
             node.key = new;

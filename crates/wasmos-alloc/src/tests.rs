@@ -418,49 +418,36 @@ fn dynamic_reservations_are_made_by_accepts_and_can_be_released() {
 
 #[test]
 fn quota_guarantees_are_offered_first_and_held_back_from_others() {
-    let mut a = cluster(4, res(1000, 4));
-    a.add_framework(FrameworkId(1), role("batch"), false)
-        .unwrap();
-    a.add_framework(FrameworkId(2), role("prod"), false)
-        .unwrap();
-    a.set_quota(
-        &role("prod"),
-        Quota {
+    // Four 1-core agents; batch and prod (guaranteed 3 cores) each with a framework.
+    let cluster_with_prod = |prod_suppressed: bool| {
+        let mut a = cluster(4, res(1000, 4));
+        a.add_framework(FrameworkId(1), role("batch"), false)
+            .unwrap();
+        a.add_framework(FrameworkId(2), role("prod"), false)
+            .unwrap();
+        if prod_suppressed {
+            a.suppress(FrameworkId(2));
+        }
+        let quota = Quota {
             guarantee: res(3000, 0),
             limit: None,
-        },
-    )
-    .unwrap();
-    let offers = a.allocate(0);
-    let prod: u64 = offers
-        .iter()
-        .filter(|o| o.framework == FrameworkId(2))
-        .map(|o| o.resources.unreserved.cpu_millis)
-        .sum();
-    assert!(prod >= 3000, "prod got {prod}m");
-
+        };
+        a.set_quota(&role("prod"), quota).unwrap();
+        a
+    };
+    let cpu_to = |offers: &[Offer], fw: u64| -> u64 {
+        offers
+            .iter()
+            .filter(|o| o.framework == FrameworkId(fw))
+            .map(|o| o.resources.unreserved.cpu_millis)
+            .sum()
+    };
+    let offers = cluster_with_prod(false).allocate(0);
+    assert!(cpu_to(&offers, 2) >= 3000, "{offers:?}");
     // When prod's framework declines for now, what its guarantee still needs is not handed
     // to batch either.
-    let mut a = cluster(4, res(1000, 4));
-    a.add_framework(FrameworkId(1), role("batch"), false)
-        .unwrap();
-    a.add_framework(FrameworkId(2), role("prod"), false)
-        .unwrap();
-    a.suppress(FrameworkId(2));
-    a.set_quota(
-        &role("prod"),
-        Quota {
-            guarantee: res(3000, 0),
-            limit: None,
-        },
-    )
-    .unwrap();
-    let offers = a.allocate(0);
-    let batch: u64 = offers
-        .iter()
-        .map(|o| o.resources.unreserved.cpu_millis)
-        .sum();
-    assert_eq!(batch, 1000, "3 cores held back for prod");
+    let offers = cluster_with_prod(true).allocate(0);
+    assert_eq!(cpu_to(&offers, 1), 1000, "3 cores held back for prod");
 }
 
 #[test]
