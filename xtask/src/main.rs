@@ -257,6 +257,14 @@ fn main() -> Result<()> {
                 "--bench",
                 "sandbox",
             ]))?;
+            run(cargo().args([
+                "bench",
+                "--locked",
+                "-p",
+                "wasmos-alloc",
+                "--bench",
+                "cycle",
+            ]))?;
             run(cargo()
                 .args([
                     "test",
