@@ -322,3 +322,26 @@ fn tasks_beyond_the_agents_instance_slots_wait_for_one() {
         start.elapsed()
     );
 }
+
+#[test]
+fn custom_resources_are_offered_and_requested() {
+    let c = DevCluster::start_with(1, &["--agent-resource", "gpu=1"]).unwrap();
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    assert_eq!(agents[0]["total"]["scalars"]["gpu"], 1, "{agents}");
+
+    let out = c.run(&["--resource", "gpu=1"], "hello", &[]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // More than any agent has, or a kind no agent has: refused as unschedulable, saying why.
+    for ask in ["gpu=2", "fpga=1"] {
+        let out = c.run(&["--resource", ask], "hello", &[]).unwrap();
+        assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains("(unschedulable)"), "{err}");
+        assert!(err.contains(&ask.replace('=', " ")), "{err}");
+    }
+    // Malformed requests are refused by the CLI, naming the flag.
+    for bad in ["gpu", "cpu=1", "GPU=1", "gpu=-1"] {
+        let out = c.run(&["--resource", bad], "hello", &[]).unwrap();
+        assert_clean_error(&out, "--resource");
+    }
+}

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmos_alloc::{Decision, place};
-use wasmos_proto::{
-    AgentId, MasterToAgent, Reason, TaskState, TaskStatus, format_bytes, format_cpu,
-};
+use wasmos_proto::{AgentId, MasterToAgent, Reason, TaskState, TaskStatus};
 use wasmos_state::{Command, CommandResult};
 
 use crate::{Shared, now_ms};
@@ -61,11 +59,7 @@ async fn schedule_once(shared: &Shared) -> Result<(), wasmos_raft::RaftError> {
                 let status = TaskStatus::with_reason(
                     TaskState::Error,
                     Some(Reason::Unschedulable),
-                    format!(
-                        "needs {demand}, but the largest agent has cpu {} mem {}",
-                        format_cpu(largest.cpu_millis),
-                        format_bytes(largest.mem_bytes)
-                    ),
+                    format!("needs {demand}, but the largest agent has {largest}"),
                 );
                 shared
                     .write(Command::SetStatus {

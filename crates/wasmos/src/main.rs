@@ -168,6 +168,9 @@ struct DevArgs {
     /// Memory each agent offers.
     #[arg(long, default_value = "2GiB")]
     agent_mem: String,
+    /// A custom resource each agent offers, NAME=AMOUNT, e.g. gpu=2 (repeatable).
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    agent_resource: Vec<String>,
     /// Run the demo job, print its output, then stop.
     #[arg(long)]
     demo: bool,
@@ -233,6 +236,10 @@ struct AgentArgs {
     mem: String,
     #[arg(long, default_value = "1GiB")]
     disk: String,
+    /// A custom resource to offer, NAME=AMOUNT, e.g. gpu=2 (repeatable). Tasks ask for it with
+    /// `wasmos run --resource`.
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    resource: Vec<String>,
     /// Bundle cache and local state [default: per-user data dir]
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -311,6 +318,10 @@ struct RunArgs {
     /// Disk quota of the task's scratch space (its filesystem at /, mounts included).
     #[arg(long, default_value = "64MiB")]
     disk: String,
+    /// A custom resource the task needs, NAME=AMOUNT, e.g. gpu=1 (repeatable): it runs only
+    /// on an agent offering that much.
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    resource: Vec<String>,
     /// Ship a local directory with the task as a writable copy at GUEST_PATH in its scratch
     /// space, counted against --disk (repeatable). GUEST_PATH / makes it the whole filesystem.
     #[arg(long, value_name = "LOCAL_DIR:GUEST_PATH")]
@@ -502,11 +513,15 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         data_dir,
         agents: args.agents,
         listen: args.listen,
-        agent_resources: Resources::new(
-            parse_cpu(&args.agent_cpu)?,
-            parse_bytes(&args.agent_mem)?,
-            1 << 30,
-        ),
+        agent_resources: with_scalars(
+            Resources::new(
+                parse_cpu(&args.agent_cpu)?,
+                parse_bytes(&args.agent_mem)?,
+                1 << 30,
+            ),
+            &args.agent_resource,
+            "--agent-resource",
+        )?,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
     };
@@ -543,6 +558,27 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `base` plus the custom scalar resources given as NAME=AMOUNT to `flag`.
+fn with_scalars(mut base: Resources, pairs: &[String], flag: &str) -> Result<Resources> {
+    for (name, amount) in key_values(pairs, flag)? {
+        let valid = name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid || matches!(name.as_str(), "cpu" | "mem" | "disk") {
+            bail!(
+                "{flag} `{name}={amount}`: a custom resource name is lowercase letters, digits, `-` and `_` (not cpu, mem or disk, which have their own flags)"
+            );
+        }
+        let amount: u64 = amount
+            .parse()
+            .map_err(|_| anyhow!("{flag} `{name}={amount}`: the amount is not a whole number"))?;
+        let total = base.scalar(&name).saturating_add(amount);
+        base = base.with_scalar(&name, total);
+    }
+    Ok(base)
+}
+
 fn key_values(pairs: &[String], what: &str) -> Result<Vec<(String, String)>> {
     pairs
         .iter()
@@ -571,7 +607,11 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
     };
     let cfg = wasmos_agent::AgentConfig {
         master,
-        resources: Resources::new(cpu, parse_bytes(&args.mem)?, parse_bytes(&args.disk)?),
+        resources: with_scalars(
+            Resources::new(cpu, parse_bytes(&args.mem)?, parse_bytes(&args.disk)?),
+            &args.resource,
+            "--resource",
+        )?,
         attributes,
         work_dir,
         exec: args.exec.config()?,
@@ -642,11 +682,15 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         bundle: hash,
         args: args.args.clone(),
         env: key_values(&args.env, "--env")?,
-        resources: Resources::new(
-            parse_cpu(&args.cpu)?,
-            parse_bytes(&args.mem)?,
-            parse_bytes(&args.disk)?,
-        ),
+        resources: with_scalars(
+            Resources::new(
+                parse_cpu(&args.cpu)?,
+                parse_bytes(&args.mem)?,
+                parse_bytes(&args.disk)?,
+            ),
+            &args.resource,
+            "--resource",
+        )?,
         timeout_ms: Duration::from(args.timeout).as_millis() as u64,
         max_output_bytes: parse_bytes(&args.max_output)?,
         on_output_limit: args.on_output_limit.into(),
