@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use wasmos_net::{Credentials, recv_frame, send_frame};
 use wasmos_proto::{ClientRequest, ClientResponse, TaskSpec, alpn};
-use wasmos_tests::{DevCluster, sample, text, wasmos_bin, wasmos_cmd};
+use wasmos_tests::{DevCluster, rss_kib, sample, text, wasmos_bin, wasmos_cmd};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -47,16 +47,6 @@ fn run_hello_latency() {
         "bench ratio run_hello / agent_list: {:.2}",
         run.as_secs_f64() / base.as_secs_f64()
     );
-}
-
-/// A process's resident memory in KiB (Linux: /proc).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
@@ -195,7 +185,7 @@ fn agent_density() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let fresh = rss_kib(agent.0.id());
+    let fresh = rss_kib(agent.0.id()).expect("the agent's /proc status");
     // One real run uploads the bundle and gives a spec to copy.
     let mut cmd = wasmos_cmd(&config, &["run", "--cpu", "1m", "--mem", "4MiB"]);
     let out = cmd
@@ -205,7 +195,7 @@ fn agent_density() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(agent.0.id());
+    let idle = rss_kib(agent.0.id()).expect("the agent's /proc status");
 
     let shown = cli(&["task", "show", "t-1", "-o", "json"]);
     let info: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
@@ -237,7 +227,7 @@ fn agent_density() {
     }
     let all_running = started.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let loaded = rss_kib(agent.0.id());
+    let loaded = rss_kib(agent.0.id()).expect("the agent's /proc status");
     println!(
         "bench agent_density: idle agent RSS {:.1} MiB registered, {:.1} MiB after one task; with {n} sleeping tasks {:.0} MiB ({:.1} KiB per task, {:.1}x idle)",
         fresh as f64 / 1024.0,

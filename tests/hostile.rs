@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, sample, text};
+use wasmos_tests::{DevCluster, rss_kib, sample, text};
 
 /// Every case runs with these limits, unless its own flags override one.
 const BASE: &[(&str, &str)] = &[
@@ -139,18 +139,6 @@ fn fds_and_threads(pid: u32) -> Option<(usize, usize)> {
         .parse()
         .ok()?;
     Some((fds, threads))
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Runs the whole corpus at once, beside a well-behaved task, and checks every outcome.

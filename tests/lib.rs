@@ -232,3 +232,16 @@ pub fn count_in_state(tasks: &serde_json::Value, state: &str) -> usize {
         .map(|a| a.iter().filter(|t| t["status"]["state"] == state).count())
         .unwrap_or(0)
 }
+
+/// A process's resident memory in KiB, from /proc (Linux only; `None` elsewhere).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
