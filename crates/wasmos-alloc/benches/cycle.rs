@@ -79,22 +79,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("allocation cycle, 1000 frameworks");
     g.sample_size(10);
     for agents in [100, 1_000, 10_000, 50_000] {
-        let cold = cluster(agents);
-        g.bench_with_input(BenchmarkId::new("cold", agents), &cold, |b, a| {
-            b.iter_batched(
-                || a.clone(),
-                |mut a| black_box(a.allocate(2)),
-                BatchSize::LargeInput,
-            )
-        });
-        let warm = steady(agents);
-        g.bench_with_input(BenchmarkId::new("steady", agents), &warm, |b, a| {
-            b.iter_batched(
-                || a.clone(),
-                |mut a| black_box(a.allocate(2)),
-                BatchSize::LargeInput,
-            )
-        });
+        for (case, start) in [("cold", cluster(agents)), ("steady", steady(agents))] {
+            g.bench_with_input(BenchmarkId::new(case, agents), &start, |b, a| {
+                b.iter_batched(
+                    || a.clone(),
+                    |mut a| black_box(a.allocate(2)),
+                    BatchSize::LargeInput,
+                )
+            });
+        }
     }
     g.finish();
 }

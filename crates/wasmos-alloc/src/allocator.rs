@@ -572,8 +572,8 @@ fn share_key(share: f64) -> u64 {
     }
 }
 
-/// The largest fraction of `total` that `held` takes of any one resource.
-fn dominant_share(held: &Resources, total: &Resources) -> f64 {
+/// The largest fraction of `total` that `held` takes of any one resource: DRF's measure.
+pub fn dominant_share(held: &Resources, total: &Resources) -> f64 {
     let frac = |h: u64, t: u64| if t == 0 { 0.0 } else { h as f64 / t as f64 };
     let mut share = frac(held.cpu_millis, total.cpu_millis)
         .max(frac(held.mem_bytes, total.mem_bytes))

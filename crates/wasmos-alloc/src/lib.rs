@@ -11,6 +11,7 @@ mod tests;
 pub use allocator::{
     AcceptError, Accepted, AgentSummary, Allocator, Config, ConfigError, Launch, Offer, Operation,
     Pools, Preemption, Quota, Rescind, RescindReason, ReservationChange, RoleSummary, TaskRequest,
+    dominant_share,
 };
 pub use place::{AgentView, Decision, PendingTask, place};
 pub use role::{MAX_ROLE_DEPTH, MAX_ROLE_LEN, Role, RoleError};

@@ -940,10 +940,7 @@ proptest! {
         }
         let offers = a.allocate(0);
         let total = a.cluster_total().clone();
-        let share = |r: &Resources| {
-            let f = |h: u64, t: u64| if t == 0 { 0.0 } else { h as f64 / t as f64 };
-            f(r.cpu_millis, total.cpu_millis).max(f(r.mem_bytes, total.mem_bytes))
-        };
+        let share = |r: &Resources| crate::dominant_share(r, &total);
         let mut last: BTreeMap<u64, f64> = BTreeMap::new();
         for o in &offers {
             last.insert(o.framework.0, share(&o.resources.unreserved));

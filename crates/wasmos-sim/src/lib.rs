@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use serde::Serialize;
-use wasmos_alloc::{Allocator, Config, Offer, Operation, Quota, Role, TaskRequest};
+use wasmos_alloc::{Allocator, Config, Offer, Operation, Quota, Role, TaskRequest, dominant_share};
 use wasmos_proto::{AgentId, FrameworkId, OfferId, Qos, Resources, TaskId};
 
 const GIB: u64 = 1 << 30;
@@ -444,11 +444,6 @@ pub fn run(s: &Scenario, seed: u64) -> Report {
     }
 }
 
-fn dominant(r: &Resources, total: &Resources) -> f64 {
-    let f = |h: u64, t: u64| if t == 0 { 0.0 } else { h as f64 / t as f64 };
-    f(r.cpu_millis, total.cpu_millis).max(f(r.mem_bytes, total.mem_bytes))
-}
-
 fn sample(now: u64, s: &Scenario, fws: &[FrameworkSim], alloc: &Allocator) -> Sample {
     let total = alloc.cluster_total().clone();
     let summaries: BTreeMap<String, Resources> = alloc
@@ -477,7 +472,7 @@ fn sample(now: u64, s: &Scenario, fws: &[FrameworkSim], alloc: &Allocator) -> Sa
         .collect();
     Sample {
         time_s: now / 1000,
-        shares: held.iter().map(|r| dominant(r, &total)).collect(),
+        shares: held.iter().map(|r| dominant_share(r, &total)).collect(),
         ideal: ideal_drf(s, &demand, &total),
         cpu_utilization: used.cpu_millis as f64 / total.cpu_millis.max(1) as f64,
         mem_utilization: used.mem_bytes as f64 / total.mem_bytes.max(1) as f64,
@@ -490,7 +485,11 @@ fn sample(now: u64, s: &Scenario, fws: &[FrameworkSim], alloc: &Allocator) -> Sa
 /// Tasks are treated as divisible, so this is the ideal the discrete allocator approaches.
 pub fn ideal_drf(s: &Scenario, demand_tasks: &[f64], total: &Resources) -> Vec<f64> {
     let n = s.tenants.len();
-    let dom: Vec<f64> = s.tenants.iter().map(|t| dominant(&t.task, total)).collect();
+    let dom: Vec<f64> = s
+        .tenants
+        .iter()
+        .map(|t| dominant_share(&t.task, total))
+        .collect();
     let cap: Vec<f64> = (0..n).map(|i| demand_tasks[i] * dom[i]).collect();
     let mut frozen: Vec<Option<f64>> = vec![None; n];
     let kinds = |r: &Resources| [r.cpu_millis as f64, r.mem_bytes as f64];
