@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub master: SocketAddr,
     pub resources: Resources,
     pub attributes: BTreeMap<String, String>,
+    /// Static reservations: resources offered only to the named role (and its descendants).
+    pub reserved: BTreeMap<String, Resources>,
     /// Bundle cache, task directories and other local state.
     pub work_dir: PathBuf,
     pub exec: ExecConfig,
@@ -59,6 +61,8 @@ struct Inner {
     unacked: Vec<StatusUpdate>,
     /// Kill switches of the tasks running here.
     tasks: BTreeMap<TaskId, watch::Sender<bool>>,
+    /// Tasks the master stopped to take back the revocable resources they ran on.
+    preempted: std::collections::BTreeSet<TaskId>,
     /// The current session's outgoing queue, if connected.
     link: Option<mpsc::UnboundedSender<AgentToMaster>>,
     conn: Option<Connection>,
@@ -188,6 +192,7 @@ pub async fn run(
             next_seq: first_seq,
             unacked: Vec::new(),
             tasks: BTreeMap::new(),
+            preempted: Default::default(),
             link: None,
             conn: None,
         }),
@@ -239,6 +244,7 @@ async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(
             resources: agent.cfg.resources.clone(),
             attributes: agent.cfg.attributes.clone(),
             fuel_per_core_second: agent.runner.fuel_per_core_second().unwrap_or(0),
+            reserved: agent.cfg.reserved.clone(),
             running: inner.tasks.keys().copied().collect(),
             pending: inner.unacked.clone(),
         };
@@ -298,9 +304,13 @@ async fn read_loop(
                 }));
             }
             MasterToAgent::Launch { task, spec } => launch(agent.clone(), task, spec),
-            MasterToAgent::Kill { task } => {
-                if let Some(kill) = agent.inner().tasks.get(&task) {
+            MasterToAgent::Kill { task, reason } => {
+                let mut inner = agent.inner();
+                if let Some(kill) = inner.tasks.get(&task) {
                     let _ = kill.send(true);
+                    if reason == Some(Reason::Preempted) {
+                        inner.preempted.insert(task);
+                    }
                 }
             }
             MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
@@ -326,9 +336,17 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
         inner.tasks.insert(task, kill_tx);
     }
     agent.pool.clone().spawn(async move {
-        let status = run_task(&agent, task, spec, kill_rx).await;
+        let mut status = run_task(&agent, task, spec, kill_rx).await;
+        let preempted = {
+            let mut inner = agent.inner();
+            inner.tasks.remove(&task);
+            inner.preempted.remove(&task)
+        };
+        if preempted && status.state == TaskState::Killed {
+            status.reason = Some(Reason::Preempted);
+            status.message = Some("preempted: its revocable resources were needed back".into());
+        }
         agent.report(task, status);
-        agent.inner().tasks.remove(&task);
     });
 }
 

@@ -60,8 +60,8 @@ pub struct Quota {
     pub limit: Option<Resources>,
 }
 
-/// Resources in one offer, by the pool they come from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Resources in one offer, or charged to one task, by the pool they come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pools {
     pub unreserved: Resources,
     /// Reserved for a role (the framework's own or an ancestor of it).
@@ -84,7 +84,19 @@ impl Pools {
             .fold(self.unreserved.clone(), |acc, r| acc.saturating_add(r))
     }
 
-    fn add(&mut self, other: &Pools) {
+    /// Everything in the pools, revocable included.
+    pub fn total(&self) -> Resources {
+        self.non_revocable().saturating_add(&self.revocable)
+    }
+
+    /// Takes what a task of `role` with `qos` needs, as an accept would (reservations of the
+    /// role and its ancestors first, then unreserved; revocable only for best-effort), and
+    /// returns its charge; on failure returns what was available and changes nothing.
+    pub fn take(&mut self, role: &Role, want: &Resources, qos: Qos) -> Result<Pools, Resources> {
+        take(self, role, want, qos)
+    }
+
+    pub fn add(&mut self, other: &Pools) {
         self.unreserved = self.unreserved.saturating_add(&other.unreserved);
         for (role, r) in &other.reserved {
             let entry = self.reserved.entry(role.clone()).or_default();
@@ -93,7 +105,7 @@ impl Pools {
         self.revocable = self.revocable.saturating_add(&other.revocable);
     }
 
-    fn sub(&mut self, other: &Pools) {
+    pub fn sub(&mut self, other: &Pools) {
         self.unreserved = self.unreserved.saturating_sub(&other.unreserved);
         for (role, r) in &other.reserved {
             if let Some(entry) = self.reserved.get_mut(role) {
@@ -106,7 +118,7 @@ impl Pools {
         self.revocable = self.revocable.saturating_sub(&other.revocable);
     }
 
-    fn reserved_for(&self, role: &str) -> Resources {
+    pub fn reserved_for(&self, role: &str) -> Resources {
         self.reserved.get(role).cloned().unwrap_or_default()
     }
 }
@@ -1626,6 +1638,11 @@ impl Allocator {
 
     pub fn offer(&self, id: OfferId) -> Option<&Offer> {
         self.offers.get(&id)
+    }
+
+    /// Tasks the allocator holds resources for.
+    pub fn task_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.tasks.keys().copied()
     }
 
     pub fn offers(&self) -> impl Iterator<Item = &Offer> {

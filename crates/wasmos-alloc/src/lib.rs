@@ -1,9 +1,8 @@
 //! The allocator's pure core: who is offered which resources (the master's half of two-level
-//! scheduling), and where the master's own queued tasks go. Deterministic: same input, same
-//! output; no clock (time is an argument), no I/O, iteration over ordered maps only.
+//! scheduling). Deterministic: same input, same output; no clock (time is an argument), no
+//! I/O, iteration over ordered maps only.
 
 mod allocator;
-mod place;
 mod role;
 #[cfg(test)]
 mod tests;
@@ -13,5 +12,4 @@ pub use allocator::{
     Pools, Preemption, Quota, Rescind, RescindReason, ReservationChange, RoleSummary, TaskRequest,
     dominant_share,
 };
-pub use place::{AgentView, Decision, PendingTask, place};
 pub use role::{MAX_ROLE_DEPTH, MAX_ROLE_LEN, Role, RoleError};

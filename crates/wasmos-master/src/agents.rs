@@ -1,13 +1,16 @@
 //! Agent sessions: registration, the control stream (status updates in, launches and kills out,
 //! acknowledgements back) and bundle downloads on side streams.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use wasmos_alloc::Role;
 use wasmos_net::{Connection, recv_frame, send_frame};
-use wasmos_proto::{AgentId, AgentToMaster, MasterToAgent, StatusUpdate};
+use wasmos_proto::{AgentId, AgentToMaster, MasterToAgent, Resources, StatusUpdate};
 use wasmos_state::{Command, CommandResult};
 
+use crate::offers::Event;
 use crate::{AgentLink, Shared, now_ms};
 
 /// Output beyond a task's cap is dropped here too, in case an agent does not enforce it.
@@ -28,18 +31,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             return;
         }
     };
-    let (resources, attributes, fuel_per_core_second, running, pending) =
+    let (resources, attributes, fuel_per_core_second, reserved, running, pending) =
         match recv_frame(&mut recv).await {
             Ok(Some(AgentToMaster::Register {
                 resources,
                 attributes,
                 fuel_per_core_second,
+                reserved,
                 running,
                 pending,
             })) => (
                 resources,
                 attributes,
                 fuel_per_core_second,
+                reserved,
                 running,
                 pending,
             ),
@@ -50,12 +55,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 return;
             }
         };
+    let reserved = match check_reservations(&resources, reserved) {
+        Ok(r) => r,
+        Err(message) => {
+            tracing::warn!(%agent, "refused registration: {message}");
+            let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+            return;
+        }
+    };
     let registered = shared
         .write(Command::RegisterAgent {
             id: agent.clone(),
             total: resources.clone(),
             attributes,
             fuel_per_core_second,
+            reserved,
             running,
             now_ms: now_ms(),
         })
@@ -94,7 +108,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         },
     );
     shared.forget_disconnect(&agent);
-    shared.kick.notify_one();
+    shared.offer_event(Event::AgentUp(agent.clone()));
     tracing::info!(%agent, %resources, "agent registered");
 
     let writer = tokio::spawn(async move {
@@ -111,10 +125,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             Ok(Some(AgentToMaster::Heartbeat)) => shared.touch(&agent),
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
+                let task = update.task;
                 if let Some(seq) = record_status(&shared, &agent, update).await {
                     shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
                 }
-                shared.kick.notify_one();
+                shared.offer_event(Event::TaskChanged(task));
             }
             Ok(Some(AgentToMaster::Output { task, stream, data })) => {
                 let cap = shared.read(|s| {
@@ -155,13 +170,34 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         agents.remove(&agent);
         drop(agents);
         shared.note_disconnect(&agent);
+        shared.offer_event(Event::AgentDown(agent.clone()));
         if wasmos_net::closed_on_purpose(&conn) {
             tracing::info!(%agent, "agent closed its session");
         } else {
             tracing::warn!(%agent, "agent disconnected");
         }
     }
-    shared.kick.notify_one();
+}
+
+/// Validates an agent's static reservations: known role paths, all of them within its
+/// resources.
+fn check_reservations(
+    total: &Resources,
+    reserved: BTreeMap<String, Resources>,
+) -> Result<BTreeMap<Role, Resources>, String> {
+    let mut out = BTreeMap::new();
+    let mut sum = Resources::default();
+    for (role, r) in reserved {
+        let role = Role::new(&role).map_err(|e| format!("reservation: {e}"))?;
+        sum = sum.saturating_add(&r);
+        out.insert(role, r);
+    }
+    if !sum.fits_in(total) {
+        return Err(format!(
+            "reservations ({sum}) exceed the agent's resources ({total})"
+        ));
+    }
+    Ok(out)
 }
 
 /// Records one status update; returns the sequence number to acknowledge once it is durable.

@@ -4,16 +4,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use wasmos_alloc::Role;
 use wasmos_net::{
     Connection, FrameError, Identity, RecvStream, SendStream, recv_frame, send_frame,
 };
 use wasmos_proto::{
     AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
-    MasterToAgent, Reason, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    MasterToAgent, Reason, RoleInfo, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_state::{Command, CommandResult};
 
+use crate::offers::{Event, Snapshot};
 use crate::{Shared, now_ms};
+
+/// The role of operators' submissions that name none.
+const DEFAULT_ROLE: &str = "default";
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -93,6 +98,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             Err(e) => e,
         },
         ClientRequest::ListAgents => {
+            let snap = snapshot(shared).await;
             let last_seen: BTreeMap<wasmos_proto::AgentId, u64> = shared
                 .agents()
                 .iter()
@@ -104,6 +110,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                     .values()
                     .map(|a| {
                         let seen = last_seen.get(&a.id);
+                        let summary = snap.agents.get(&a.id);
                         AgentInfo {
                             id: a.id.clone(),
                             state: if seen.is_some() {
@@ -113,6 +120,15 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             },
                             total: a.total.clone(),
                             used: used.get(&a.id).cloned().unwrap_or_default(),
+                            reserved: s
+                                .reserved_on(&a.id)
+                                .into_iter()
+                                .map(|(r, res)| (r.to_string(), res))
+                                .collect(),
+                            offered: summary.map(|x| x.offered.clone()).unwrap_or_default(),
+                            revocable: summary
+                                .map(|x| x.revocable_free.clone())
+                                .unwrap_or_default(),
                             attributes: a.attributes.clone(),
                             fuel_per_core_second: a.fuel_per_core_second,
                             registered_ms: a.registered_ms,
@@ -123,6 +139,13 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             }))
         }
         ClientRequest::KillTask { id } => kill(shared, who, id).await,
+        ClientRequest::SetRole {
+            role,
+            weight_milli,
+            guarantee,
+            limit,
+        } => set_role(shared, who, &role, weight_milli, guarantee, limit).await,
+        ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::PushBundle { .. } | ClientRequest::WatchTask { .. } => {
             error(ErrorKind::InvalidRequest, "handled elsewhere")
         }
@@ -145,14 +168,20 @@ async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientRespon
     if let Err(e) = spec.check() {
         return error(ErrorKind::InvalidRequest, e);
     }
+    let mut spec = spec;
+    match resolve_role(who, spec.role.as_deref()) {
+        Ok(role) => spec.role = Some(role.to_string()),
+        Err(e) => return error(ErrorKind::InvalidRequest, e),
+    }
     let cmd = Command::SubmitTask {
+        id: None,
         spec,
         owner: who.to_uri(),
         now_ms: now_ms(),
     };
     match shared.write(cmd).await {
         Ok(CommandResult::Submitted(id)) => {
-            shared.kick.notify_one();
+            shared.offer_event(Event::Submitted(id));
             ClientResponse::Submitted { id }
         }
         Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
@@ -173,7 +202,13 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
         );
     }
     if let Some(agent) = &task.agent
-        && shared.send_to_agent(agent, MasterToAgent::Kill { task: id })
+        && shared.send_to_agent(
+            agent,
+            MasterToAgent::Kill {
+                task: id,
+                reason: None,
+            },
+        )
     {
         return ClientResponse::Ok;
     }
@@ -190,9 +225,142 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
         })
         .await
     {
-        Ok(_) => ClientResponse::Ok,
+        Ok(_) => {
+            shared.offer_event(Event::TaskChanged(id));
+            ClientResponse::Ok
+        }
         Err(e) => error(ErrorKind::Unavailable, e.to_string()),
     }
+}
+
+/// The role a submission runs under: the one it names, else the submitter's own (a tenant's
+/// name; `default` for operators). Tenants may only use their role and roles below it.
+fn resolve_role(who: &Identity, asked: Option<&str>) -> Result<Role, String> {
+    let home = match who {
+        Identity::Tenant { tenant, .. } => Some(
+            Role::new(tenant)
+                .map_err(|e| format!("tenant `{tenant}` cannot be used as a role: {e}"))?,
+        ),
+        _ => None,
+    };
+    let role = match (asked, &home) {
+        (Some(r), _) => Role::new(r).map_err(|e| e.to_string())?,
+        (None, Some(home)) => home.clone(),
+        (None, None) => Role::new(DEFAULT_ROLE).map_err(|e| e.to_string())?,
+    };
+    if let Some(home) = home
+        && !role.is_within(&home)
+    {
+        return Err(format!(
+            "role `{role}` is not yours: tenant `{home}` may use role `{home}` and roles under it, such as `{home}/batch`"
+        ));
+    }
+    Ok(role)
+}
+
+/// What the leader's allocator shows; empty if the offer cycle does not answer in time.
+async fn snapshot(shared: &Shared) -> Snapshot {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared.offer_event(Event::Snapshot(tx));
+    match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+        Ok(Ok(s)) => s,
+        _ => Snapshot::default(),
+    }
+}
+
+async fn set_role(
+    shared: &Shared,
+    who: &Identity,
+    role: &str,
+    weight_milli: Option<u64>,
+    guarantee: Option<wasmos_proto::Resources>,
+    limit: Option<Option<wasmos_proto::Resources>>,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may change weights and quotas",
+        );
+    }
+    let role = match Role::new(role) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorKind::InvalidRequest, e.to_string()),
+    };
+    let mut record = shared.read(|s| s.roles.get(&role).cloned().unwrap_or_default());
+    if let Some(w) = weight_milli {
+        record.weight_milli = w;
+    }
+    if let Some(g) = guarantee {
+        record.guarantee = g;
+    }
+    if let Some(l) = limit {
+        record.limit = l;
+    }
+    match shared.write(Command::SetRole { role, record }).await {
+        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(_) => {
+            shared.offer_event(Event::RolesChanged);
+            ClientResponse::Ok
+        }
+        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
+    let snap = snapshot(shared).await;
+    let records = shared.read(|s| s.roles.clone());
+    let mut roles: BTreeMap<Role, RoleInfo> = BTreeMap::new();
+    for (role, r) in &records {
+        roles.insert(
+            role.clone(),
+            RoleInfo {
+                role: role.to_string(),
+                weight_milli: r.weight_milli,
+                guarantee: r.guarantee.clone(),
+                limit: r.limit.clone(),
+                allocated: Default::default(),
+                offered: Default::default(),
+                reserved: Default::default(),
+                share_ppm: 0,
+                frameworks: 0,
+            },
+        );
+    }
+    for summary in snap.roles {
+        let info = roles
+            .entry(summary.role.clone())
+            .or_insert_with(|| RoleInfo {
+                role: summary.role.to_string(),
+                weight_milli: (summary.weight * 1000.0).round() as u64,
+                guarantee: summary.quota.guarantee.clone(),
+                limit: summary.quota.limit.clone(),
+                allocated: Default::default(),
+                offered: Default::default(),
+                reserved: Default::default(),
+                share_ppm: 0,
+                frameworks: 0,
+            });
+        info.allocated = summary.allocated;
+        info.offered = summary.offered;
+        info.reserved = summary.reserved;
+        info.share_ppm = (summary.share * 1e6).round() as u64;
+        info.frameworks = summary.frameworks as u64;
+    }
+    let home = match who {
+        Identity::Tenant { tenant, .. } => Some(Role::new(tenant).ok()),
+        _ => None,
+    };
+    ClientResponse::Roles(
+        roles
+            .into_iter()
+            .filter(|(r, _)| match &home {
+                None => true,
+                Some(Some(home)) => r.is_within(home),
+                Some(None) => false,
+            })
+            .map(|(_, info)| info)
+            .collect(),
+    )
 }
 
 async fn push_bundle(

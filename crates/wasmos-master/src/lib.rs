@@ -5,6 +5,7 @@ mod agents;
 mod bundles;
 mod client;
 mod logs;
+mod offers;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wasmos_net::{Credentials, Identity};
 use wasmos_proto::{AgentId, MasterToAgent, alpn};
@@ -44,6 +45,8 @@ pub struct MasterConfig {
     pub heartbeat_interval: Duration,
     /// How long a disconnected agent keeps its tasks before they are declared lost.
     pub agent_grace: Duration,
+    /// How often the offer cycle runs when nothing happens (events run it sooner).
+    pub offer_interval: Duration,
 }
 
 impl MasterConfig {
@@ -55,6 +58,7 @@ impl MasterConfig {
             max_bundle_bytes: 64 << 20,
             heartbeat_interval: Duration::from_secs(1),
             agent_grace: Duration::from_secs(10),
+            offer_interval: Duration::from_secs(1),
         }
     }
 }
@@ -76,8 +80,8 @@ pub(crate) struct Shared {
     /// When each registered but unconnected agent went away (master start for those never seen
     /// since); past `agent_grace` its tasks are lost.
     pub disconnected: Mutex<BTreeMap<AgentId, std::time::Instant>>,
-    /// Wakes the scheduler: a task was submitted, an agent came or went.
-    pub kick: Notify,
+    /// Tells the offer cycle what changed.
+    pub events: mpsc::UnboundedSender<offers::Event>,
     pub started: std::time::Instant,
 }
 
@@ -96,6 +100,11 @@ impl Shared {
 
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         self.raft.read(f)
+    }
+
+    pub fn offer_event(&self, ev: offers::Event) {
+        // Fails only while the master shuts down.
+        let _ = self.events.send(ev);
     }
 
     pub fn touch(&self, agent: &AgentId) {
@@ -169,6 +178,7 @@ impl Master {
             .map_err(io("cannot read bound address of", &cfg.data_dir))?;
         let raft =
             RaftNode::open(&cfg.data_dir.join("raft"), cfg.node_id, addr.to_string()).await?;
+        let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             cfg,
             raft,
@@ -176,11 +186,12 @@ impl Master {
             logs,
             agents: Mutex::new(BTreeMap::new()),
             disconnected: Mutex::new(BTreeMap::new()),
-            kick: Notify::new(),
+            events,
             started: std::time::Instant::now(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tasks.spawn(offers::run(shared.clone(), events_rx));
         tasks.spawn(scheduler::run(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {

@@ -41,6 +41,16 @@ pub enum ClientRequest {
     KillTask {
         id: TaskId,
     },
+    /// Operators only: changes a role's weight and quota. `None` leaves a field as it is;
+    /// `limit: Some(None)` removes the limit.
+    SetRole {
+        role: String,
+        weight_milli: Option<u64>,
+        guarantee: Option<Resources>,
+        limit: Option<Option<Resources>>,
+    },
+    /// Roles with their configuration and what they hold now (tenants see their own).
+    ListRoles,
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -76,6 +86,7 @@ pub enum ClientResponse {
     Tasks(Vec<TaskInfo>),
     Task(Box<TaskInfo>),
     Agents(Vec<AgentInfo>),
+    Roles(Vec<RoleInfo>),
     Output {
         stream: OutputStream,
         data: Vec<u8>,
@@ -101,12 +112,35 @@ pub struct AgentInfo {
     pub id: AgentId,
     pub state: AgentState,
     pub total: Resources,
+    /// Held by tasks (best-effort tasks on revocable resources included).
     pub used: Resources,
+    /// Reserved for roles, static and dynamic, by role.
+    pub reserved: BTreeMap<String, Resources>,
+    /// In outstanding offers.
+    pub offered: Resources,
+    /// Allocated but unused, lendable to best-effort tasks (free of them).
+    pub revocable: Resources,
     pub attributes: BTreeMap<String, String>,
     /// The agent's fuel metering rate; 0 when it meters CPU by the thread clock.
     pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+}
+
+/// A role as `wasmos role list` shows it. Weights are in thousandths (1000 is weight 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleInfo {
+    pub role: String,
+    pub weight_milli: u64,
+    pub guarantee: Resources,
+    pub limit: Option<Resources>,
+    /// Held by the role's tasks (its descendants' included).
+    pub allocated: Resources,
+    pub offered: Resources,
+    pub reserved: Resources,
+    /// Dominant share of the cluster, in millionths.
+    pub share_ppm: u64,
+    pub frameworks: u64,
 }
 
 /// A change of a task's status, numbered by the agent so the master can acknowledge it and
@@ -128,6 +162,9 @@ pub enum AgentToMaster {
         /// Fuel one core burns per second, as the agent measured at start; 0 when the agent
         /// meters CPU by the thread clock instead of fuel.
         fuel_per_core_second: u64,
+        /// Static reservations from the agent's configuration: resources only the named role
+        /// (and its descendants) is offered.
+        reserved: BTreeMap<String, Resources>,
         /// Tasks this agent is still running (after a reconnect); any other task the master
         /// believes is on this agent is lost.
         running: Vec<TaskId>,
@@ -165,6 +202,8 @@ pub enum MasterToAgent {
     },
     Kill {
         task: TaskId,
+        /// Why, when it is not an operator's kill (`Preempted`).
+        reason: Option<crate::Reason>,
     },
     /// All status updates up to and including `seq` are durably recorded.
     Ack {

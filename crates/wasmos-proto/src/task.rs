@@ -175,6 +175,16 @@ pub struct TaskSpec {
     /// Files the task can read but not change.
     #[serde(default)]
     pub inputs: Vec<InputFile>,
+    /// The role whose share the task counts against (`tenant-a/analytics`); `None` at submit
+    /// time means the submitter's default (a tenant's name, `default` for operators), which the
+    /// master fills in.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub qos: Qos,
+    /// Higher launches first; among best-effort tasks the lowest is preempted first.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// A directory shipped with a task: a tar archive (uploaded as a data blob) unpacked at `guest`
@@ -237,6 +247,9 @@ impl TaskSpec {
             net_allow: Vec::new(),
             mounts: Vec::new(),
             inputs: Vec::new(),
+            role: None,
+            qos: Qos::Guaranteed,
+            priority: 0,
         }
     }
 
@@ -449,6 +462,10 @@ pub struct TaskInfo {
     pub spec: TaskSpec,
     /// The identity (certificate name) that submitted it.
     pub owner: String,
+    /// The framework that launched it from an offer (`wasmos run` tasks belong to the master's
+    /// built-in framework of their role).
+    #[serde(default)]
+    pub framework: Option<crate::FrameworkId>,
     pub agent: Option<AgentId>,
     pub status: TaskStatus,
     pub submitted_ms: u64,

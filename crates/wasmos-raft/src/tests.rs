@@ -72,15 +72,18 @@ fn history() -> Vec<Command> {
             total: Resources::new(1000, 1 << 30, 0),
             attributes: BTreeMap::from([("zone".to_string(), "a".to_string())]),
             fuel_per_core_second: 1_000_000_000,
+            reserved: BTreeMap::new(),
             running: vec![],
             now_ms: 2,
         },
         Command::SubmitTask {
+            id: None,
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 3,
         },
         Command::SubmitTask {
+            id: None,
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 4,
@@ -155,6 +158,7 @@ async fn open_write_read() -> anyhow::Result<()> {
     // A refused command is an answer, not an error, and changes nothing.
     let rejected = node
         .write(Command::SubmitTask {
+            id: None,
             spec: spec(bundle(99)),
             owner: "op".into(),
             now_ms: 7,
@@ -220,6 +224,7 @@ async fn restart_restores_identical_state() -> anyhow::Result<()> {
     // The restored state keeps counting where it stopped.
     let next = node
         .write(Command::SubmitTask {
+            id: None,
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 10,

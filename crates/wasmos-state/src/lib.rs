@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wasmos_alloc::{AgentView, PendingTask};
+use wasmos_alloc::{Pools, Role};
 use wasmos_proto::{
-    AgentId, BundleHash, Reason, Resources, StatusUpdate, TaskId, TaskInfo, TaskSpec, TaskState,
-    TaskStatus,
+    AgentId, BundleHash, FrameworkId, Reason, Resources, StatusUpdate, TaskId, TaskInfo, TaskSpec,
+    TaskState, TaskStatus,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,56 @@ pub struct AgentRecord {
     pub registered_ms: u64,
     /// Highest status-update sequence number recorded from this agent; lower ones are duplicates.
     pub last_status_seq: u64,
+    /// Static reservations from the agent's configuration (as of its last registration).
+    #[serde(default)]
+    pub reserved: BTreeMap<Role, Resources>,
+}
+
+/// A role's share settings. Roles without a record have weight 1 and no quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRecord {
+    /// Thousandths: 1000 is weight 1.
+    pub weight_milli: u64,
+    pub guarantee: Resources,
+    pub limit: Option<Resources>,
+}
+
+impl Default for RoleRecord {
+    fn default() -> Self {
+        RoleRecord {
+            weight_milli: 1000,
+            guarantee: Resources::default(),
+            limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkRecord {
+    pub id: FrameworkId,
+    pub name: String,
+    pub role: Role,
+    /// The identity (certificate URI) that subscribed it; its tasks are owned by it.
+    pub owner: String,
+    /// Whether it takes revocable resources (for best-effort tasks).
+    pub revocable: bool,
+    pub registered_ms: u64,
+}
+
+/// A task launched from an offer: which pools of its agent it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTask {
+    pub id: TaskId,
+    /// `None` launches a task already submitted (and waiting); `Some` creates it.
+    pub spec: Option<TaskSpec>,
+    pub charge: Pools,
+}
+
+/// A dynamic reservation change made by an accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReservationOp {
+    Reserve { role: Role, resources: Resources },
+    Unreserve { role: Role, resources: Resources },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +84,18 @@ pub struct ClusterState {
     pub agents: BTreeMap<AgentId, AgentRecord>,
     pub bundles: BTreeMap<BundleHash, BundleMeta>,
     pub tasks: BTreeMap<TaskId, TaskInfo>,
+    #[serde(default)]
+    pub next_framework_id: u64,
+    #[serde(default)]
+    pub frameworks: BTreeMap<FrameworkId, FrameworkRecord>,
+    #[serde(default)]
+    pub roles: BTreeMap<Role, RoleRecord>,
+    /// Dynamic reservations (made by frameworks' RESERVE operations), by agent and role.
+    #[serde(default)]
+    pub reservations: BTreeMap<AgentId, BTreeMap<Role, Resources>>,
+    /// The pools each live task launched from an offer holds; removed when it ends.
+    #[serde(default)]
+    pub charges: BTreeMap<TaskId, Pools>,
 }
 
 /// Every change to the cluster state. Time is carried in the command (`now_ms`, the leader's
@@ -45,6 +107,8 @@ pub enum Command {
         total: Resources,
         attributes: BTreeMap<String, String>,
         fuel_per_core_second: u64,
+        #[serde(default)]
+        reserved: BTreeMap<Role, Resources>,
         /// Tasks the agent still runs; its other live tasks are lost.
         running: Vec<TaskId>,
         now_ms: u64,
@@ -55,6 +119,9 @@ pub enum Command {
         now_ms: u64,
     },
     SubmitTask {
+        /// The id the leader handed out; `None` takes the next one.
+        #[serde(default)]
+        id: Option<TaskId>,
         spec: TaskSpec,
         owner: String,
         now_ms: u64,
@@ -77,7 +144,31 @@ pub enum Command {
         now_ms: u64,
     },
     /// The agent is gone for good: every live task on it is lost.
-    AgentLost { agent: AgentId, now_ms: u64 },
+    AgentLost {
+        agent: AgentId,
+        now_ms: u64,
+    },
+    RegisterFramework {
+        name: String,
+        role: Role,
+        owner: String,
+        revocable: bool,
+        now_ms: u64,
+    },
+    SetRole {
+        role: Role,
+        record: RoleRecord,
+    },
+    /// An accepted offer: reservation changes, then tasks placed on `agent`, all or nothing.
+    /// Re-checked against the recorded state, so two frameworks can never hold the same
+    /// resources even if an allocator was wrong or a leader changed in between.
+    Launch {
+        framework: FrameworkId,
+        agent: AgentId,
+        reservations: Vec<ReservationOp>,
+        tasks: Vec<LaunchTask>,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +178,7 @@ pub enum CommandResult {
     /// Already applied earlier (a resent status update): nothing changed.
     Duplicate,
     Submitted(TaskId),
+    Framework(FrameworkId),
     /// The command was refused; the state is unchanged. A domain answer, not a failure.
     Rejected(String),
 }
@@ -99,6 +191,7 @@ impl ClusterState {
                 total,
                 attributes,
                 fuel_per_core_second,
+                reserved,
                 running,
                 now_ms,
             } => {
@@ -112,6 +205,7 @@ impl ClusterState {
                         fuel_per_core_second,
                         registered_ms: now_ms,
                         last_status_seq,
+                        reserved,
                     },
                 );
                 let lost: Vec<TaskId> = self
@@ -137,6 +231,7 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::SubmitTask {
+                id,
                 spec,
                 owner,
                 now_ms,
@@ -156,14 +251,26 @@ impl ClusterState {
                         "stdin blob {stdin} has not been uploaded"
                     ));
                 }
-                self.next_task_id += 1;
-                let id = TaskId(self.next_task_id);
+                if let Some(role) = &spec.role
+                    && let Err(e) = Role::new(role)
+                {
+                    return CommandResult::Rejected(e.to_string());
+                }
+                let id = match id {
+                    Some(id) if self.tasks.contains_key(&id) => {
+                        return CommandResult::Rejected(format!("task {id} already exists"));
+                    }
+                    Some(id) => id,
+                    None => TaskId(self.next_task_id + 1),
+                };
+                self.next_task_id = self.next_task_id.max(id.0);
                 self.tasks.insert(
                     id,
                     TaskInfo {
                         id,
                         spec,
                         owner,
+                        framework: None,
                         agent: None,
                         status: TaskStatus::new(TaskState::Staging),
                         submitted_ms: now_ms,
@@ -225,6 +332,9 @@ impl ClusterState {
                 }
                 info.status = update.status;
                 info.updated_ms = now_ms;
+                if info.status.state.is_terminal() {
+                    self.charges.remove(&update.task);
+                }
                 CommandResult::Ok
             }
             Command::SetStatus {
@@ -243,6 +353,9 @@ impl ClusterState {
                 }
                 info.status = status;
                 info.updated_ms = now_ms;
+                if info.status.state.is_terminal() {
+                    self.charges.remove(&task);
+                }
                 CommandResult::Ok
             }
             Command::AgentLost { agent, now_ms } => {
@@ -258,6 +371,259 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
+            Command::RegisterFramework {
+                name,
+                role,
+                owner,
+                revocable,
+                now_ms,
+            } => {
+                self.next_framework_id += 1;
+                let id = FrameworkId(self.next_framework_id);
+                self.frameworks.insert(
+                    id,
+                    FrameworkRecord {
+                        id,
+                        name,
+                        role,
+                        owner,
+                        revocable,
+                        registered_ms: now_ms,
+                    },
+                );
+                CommandResult::Framework(id)
+            }
+            Command::SetRole { role, record } => {
+                if record.weight_milli == 0 {
+                    return CommandResult::Rejected(format!("role {role}: weight must be > 0"));
+                }
+                if let Some(limit) = &record.limit
+                    && !record.guarantee.fits_in(limit)
+                {
+                    return CommandResult::Rejected(format!(
+                        "role {role}: guarantee {} exceeds limit {limit}",
+                        record.guarantee
+                    ));
+                }
+                self.roles.insert(role, record);
+                CommandResult::Ok
+            }
+            Command::Launch {
+                framework,
+                agent,
+                reservations,
+                tasks,
+                now_ms,
+            } => match self.check_launch(framework, &agent, &reservations, &tasks) {
+                Err(why) => CommandResult::Rejected(why),
+                Ok(()) => {
+                    self.launch(framework, agent, reservations, tasks, now_ms);
+                    CommandResult::Ok
+                }
+            },
+        }
+    }
+
+    /// Everything reserved on `agent`, static and dynamic, by role.
+    pub fn reserved_on(&self, agent: &AgentId) -> BTreeMap<Role, Resources> {
+        let mut out = self
+            .agents
+            .get(agent)
+            .map(|a| a.reserved.clone())
+            .unwrap_or_default();
+        for (role, r) in self.reservations.get(agent).into_iter().flatten() {
+            let e = out.entry(role.clone()).or_default();
+            *e = e.saturating_add(r);
+        }
+        out
+    }
+
+    /// What the live tasks on `agent` hold, by pool. Tasks placed without an offer (before
+    /// offers existed) count as unreserved.
+    pub fn held_on(&self, agent: &AgentId) -> Pools {
+        let mut held = Pools::default();
+        for id in self.live_tasks_on(agent) {
+            match (self.charges.get(&id), self.tasks.get(&id)) {
+                (Some(c), _) => held.add(c),
+                (None, Some(t)) => {
+                    held.unreserved = held.unreserved.saturating_add(&t.spec.resources);
+                }
+                (None, None) => {}
+            }
+        }
+        held
+    }
+
+    fn check_launch(
+        &self,
+        framework: FrameworkId,
+        agent: &AgentId,
+        reservations: &[ReservationOp],
+        tasks: &[LaunchTask],
+    ) -> Result<(), String> {
+        let fw = self
+            .frameworks
+            .get(&framework)
+            .ok_or_else(|| format!("unknown framework {framework}"))?;
+        let record = self
+            .agents
+            .get(agent)
+            .ok_or_else(|| format!("unknown agent {agent}"))?;
+        let mut reserved = self.reserved_on(agent);
+        let mut dynamic = self.reservations.get(agent).cloned().unwrap_or_default();
+        let mut held = self.held_on(agent);
+        for op in reservations {
+            match op {
+                ReservationOp::Reserve { role, resources } => {
+                    let e = reserved.entry(role.clone()).or_default();
+                    *e = e.saturating_add(resources);
+                    let d = dynamic.entry(role.clone()).or_default();
+                    *d = d.saturating_add(resources);
+                }
+                ReservationOp::Unreserve { role, resources } => {
+                    let d = dynamic.get(role).cloned().unwrap_or_default();
+                    if !resources.fits_in(&d) {
+                        return Err(format!(
+                            "cannot unreserve {resources} of role {role} on {agent}: only {d} is dynamically reserved"
+                        ));
+                    }
+                    if let Some(e) = reserved.get_mut(role) {
+                        *e = e.saturating_sub(resources);
+                    }
+                    if let Some(e) = dynamic.get_mut(role) {
+                        *e = e.saturating_sub(resources);
+                    }
+                }
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tasks {
+            if !ids.insert(t.id) {
+                return Err(format!("task {} appears twice", t.id));
+            }
+            let resources = match (&t.spec, self.tasks.get(&t.id)) {
+                (None, Some(info))
+                    if info.agent.is_none() && info.status.state == TaskState::Staging =>
+                {
+                    &info.spec.resources
+                }
+                (None, Some(_)) => return Err(format!("task {} is already placed", t.id)),
+                (None, None) => return Err(format!("unknown task {}", t.id)),
+                (Some(_), Some(_)) => return Err(format!("task {} already exists", t.id)),
+                (Some(spec), None) => &spec.resources,
+            };
+            if &t.charge.total() != resources {
+                return Err(format!(
+                    "task {} is charged {} but needs {resources}",
+                    t.id,
+                    t.charge.total()
+                ));
+            }
+            let task_role = match (&t.spec, self.tasks.get(&t.id)) {
+                (Some(spec), _) => spec.role.clone(),
+                (None, Some(info)) => info.spec.role.clone(),
+                (None, None) => None,
+            }
+            .unwrap_or_else(|| fw.role.to_string());
+            for role in t.charge.reserved.keys() {
+                if !Role::new(&task_role).is_ok_and(|r| r.is_within(role)) {
+                    return Err(format!(
+                        "task {} of role {task_role} cannot use resources reserved for {role}",
+                        t.id
+                    ));
+                }
+            }
+            held.add(&t.charge);
+        }
+        let all_reserved = reserved
+            .values()
+            .fold(Resources::default(), |acc, r| acc.saturating_add(r));
+        if !all_reserved.fits_in(&record.total) {
+            return Err(format!(
+                "agent {agent} would have {all_reserved} reserved but has {}",
+                record.total
+            ));
+        }
+        let unreserved = record.total.saturating_sub(&all_reserved);
+        if !held.unreserved.fits_in(&unreserved) {
+            return Err(format!(
+                "agent {agent} has {unreserved} unreserved; its tasks would hold {}",
+                held.unreserved
+            ));
+        }
+        for (role, r) in &held.reserved {
+            let have = reserved.get(role).cloned().unwrap_or_default();
+            if !r.fits_in(&have) {
+                return Err(format!(
+                    "agent {agent} has {have} reserved for {role}; its tasks would hold {r}"
+                ));
+            }
+        }
+        if !held.revocable.fits_in(&record.total) {
+            return Err(format!(
+                "agent {agent} has {}; its best-effort tasks would hold {}",
+                record.total, held.revocable
+            ));
+        }
+        Ok(())
+    }
+
+    fn launch(
+        &mut self,
+        framework: FrameworkId,
+        agent: AgentId,
+        reservations: Vec<ReservationOp>,
+        tasks: Vec<LaunchTask>,
+        now_ms: u64,
+    ) {
+        let dynamic = self.reservations.entry(agent.clone()).or_default();
+        for op in reservations {
+            match op {
+                ReservationOp::Reserve { role, resources } => {
+                    let e = dynamic.entry(role).or_default();
+                    *e = e.saturating_add(&resources);
+                }
+                ReservationOp::Unreserve { role, resources } => {
+                    if let Some(e) = dynamic.get_mut(&role) {
+                        *e = e.saturating_sub(&resources);
+                        if e.is_empty() {
+                            dynamic.remove(&role);
+                        }
+                    }
+                }
+            }
+        }
+        if dynamic.is_empty() {
+            self.reservations.remove(&agent);
+        }
+        let owner = self
+            .frameworks
+            .get(&framework)
+            .map(|f| f.owner.clone())
+            .unwrap_or_default();
+        for t in tasks {
+            self.next_task_id = self.next_task_id.max(t.id.0);
+            let info = match t.spec {
+                Some(spec) => self.tasks.entry(t.id).or_insert(TaskInfo {
+                    id: t.id,
+                    spec,
+                    owner: owner.clone(),
+                    framework: None,
+                    agent: None,
+                    status: TaskStatus::new(TaskState::Staging),
+                    submitted_ms: now_ms,
+                    updated_ms: now_ms,
+                }),
+                // Checked to exist.
+                None => match self.tasks.get_mut(&t.id) {
+                    Some(info) => info,
+                    None => continue,
+                },
+            };
+            info.framework = Some(framework);
+            info.agent = Some(agent.clone());
+            info.updated_ms = now_ms;
+            self.charges.insert(t.id, t.charge);
         }
     }
 
@@ -272,6 +638,7 @@ impl ClusterState {
             };
             info.updated_ms = now_ms;
         }
+        self.charges.remove(&task);
     }
 
     /// Non-terminal tasks placed on `agent`, in id order.
@@ -306,34 +673,6 @@ impl ClusterState {
             }
         }
         used
-    }
-
-    /// The allocator's view of the given agents (callers pass the connected ones).
-    pub fn agent_views<'a>(&self, agents: impl IntoIterator<Item = &'a AgentId>) -> Vec<AgentView> {
-        let used = self.used_by_agent();
-        agents
-            .into_iter()
-            .filter_map(|id| self.agents.get(id))
-            .map(|a| AgentView {
-                id: a.id.clone(),
-                total: a.total.clone(),
-                free: a
-                    .total
-                    .saturating_sub(used.get(&a.id).unwrap_or(&Resources::default())),
-            })
-            .collect()
-    }
-
-    /// Tasks waiting for an agent, in submission order.
-    pub fn pending(&self) -> Vec<PendingTask> {
-        self.tasks
-            .values()
-            .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
-            .map(|t| PendingTask {
-                id: t.id,
-                demand: t.spec.resources.clone(),
-            })
-            .collect()
     }
 }
 

@@ -25,6 +25,7 @@ fn register(s: &mut ClusterState, name: &str, running: Vec<TaskId>) {
         total: Resources::new(1000, 1 << 30, 0),
         attributes: BTreeMap::new(),
         fuel_per_core_second: 1_000_000_000,
+        reserved: BTreeMap::new(),
         running,
         now_ms: 1,
     });
@@ -38,6 +39,7 @@ fn submitted(s: &mut ClusterState, cpu: u64) -> TaskId {
         now_ms: 1,
     });
     match s.apply(Command::SubmitTask {
+        id: None,
         spec: spec(cpu),
         owner: "op".into(),
         now_ms: 2,
@@ -59,6 +61,7 @@ fn status(seq: u64, task: TaskId, state: TaskState) -> StatusUpdate {
 fn submit_requires_an_uploaded_bundle() {
     let mut s = ClusterState::default();
     let r = s.apply(Command::SubmitTask {
+        id: None,
         spec: spec(100),
         owner: "op".into(),
         now_ms: 0,
@@ -81,7 +84,7 @@ fn assignment_respects_free_resources() {
     assert_eq!(s.apply(assign(t1)), CommandResult::Ok);
     assert!(matches!(s.apply(assign(t2)), CommandResult::Rejected(_)));
     assert!(matches!(s.apply(assign(t1)), CommandResult::Rejected(_)));
-    assert_eq!(s.pending().len(), 1);
+    assert_eq!(s.tasks.values().filter(|t| t.agent.is_none()).count(), 1);
 }
 
 #[test]
@@ -137,11 +140,245 @@ fn re_registering_loses_tasks_the_agent_no_longer_runs() {
     assert_eq!(s.tasks[&dropped].status.reason, Some(Reason::AgentLost));
 }
 
+fn role(r: &str) -> Role {
+    Role::new(r).unwrap()
+}
+
+fn framework(s: &mut ClusterState, r: &str) -> FrameworkId {
+    match s.apply(Command::RegisterFramework {
+        name: "test".into(),
+        role: role(r),
+        owner: "wasmos://tenant/a/u".into(),
+        revocable: false,
+        now_ms: 1,
+    }) {
+        CommandResult::Framework(id) => id,
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+fn unreserved(cpu: u64) -> Pools {
+    Pools {
+        unreserved: Resources::new(cpu, 1 << 20, 0),
+        ..Pools::default()
+    }
+}
+
+fn launch(fw: FrameworkId, on: &str, tasks: Vec<LaunchTask>) -> Command {
+    Command::Launch {
+        framework: fw,
+        agent: agent(on),
+        reservations: Vec::new(),
+        tasks,
+        now_ms: 5,
+    }
+}
+
+#[test]
+fn launches_are_rechecked_so_two_frameworks_never_share_resources() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let f1 = framework(&mut s, "x");
+    let f2 = framework(&mut s, "y");
+    let t1 = submitted(&mut s, 700);
+    let t2 = submitted(&mut s, 700);
+    let one = |id| LaunchTask {
+        id,
+        spec: None,
+        charge: unreserved(700),
+    };
+    assert_eq!(s.apply(launch(f1, "a", vec![one(t1)])), CommandResult::Ok);
+    assert_eq!(s.tasks[&t1].agent, Some(agent("a")));
+    assert_eq!(s.tasks[&t1].framework, Some(f1));
+    // A second allocator decision for the same CPU (a stale offer) is refused whole.
+    let r = s.apply(launch(f2, "a", vec![one(t2)]));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("unreserved")),
+        "{r:?}"
+    );
+    assert_eq!(s.tasks[&t2].agent, None);
+    // Launching a placed task again, or with a charge that is not its size, is refused.
+    let r = s.apply(launch(f1, "a", vec![one(t1)]));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("already placed")),
+        "{r:?}"
+    );
+    let wrong = LaunchTask {
+        id: t2,
+        spec: None,
+        charge: unreserved(100),
+    };
+    let r = s.apply(launch(f2, "a", vec![wrong]));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("charged")),
+        "{r:?}"
+    );
+    // Once t1 ends its resources are free again.
+    s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: status(1, t1, TaskState::Finished),
+        now_ms: 6,
+    });
+    assert!(s.charges.is_empty());
+    assert_eq!(s.apply(launch(f2, "a", vec![one(t2)])), CommandResult::Ok);
+    // Unknown framework or agent.
+    let t3 = submitted(&mut s, 10);
+    let r = s.apply(launch(
+        FrameworkId(99),
+        "a",
+        vec![LaunchTask {
+            id: t3,
+            spec: None,
+            charge: unreserved(10),
+        }],
+    ));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("unknown framework")),
+        "{r:?}"
+    );
+    let r = s.apply(launch(
+        f1,
+        "zz",
+        vec![LaunchTask {
+            id: t3,
+            spec: None,
+            charge: unreserved(10),
+        }],
+    ));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("unknown agent")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
+    let mut s = ClusterState::default();
+    s.apply(Command::RegisterAgent {
+        id: agent("a"),
+        total: Resources::new(1000, 1 << 30, 0),
+        attributes: BTreeMap::new(),
+        fuel_per_core_second: 0,
+        reserved: BTreeMap::from([(role("x"), Resources::new(400, 64 << 20, 0))]),
+        running: vec![],
+        now_ms: 1,
+    });
+    let fx = framework(&mut s, "x/sub");
+    let fy = framework(&mut s, "y");
+    // y takes the 600 unreserved; the reserved 400 is x's alone.
+    let ty = submitted(&mut s, 600);
+    assert_eq!(
+        s.apply(launch(
+            fy,
+            "a",
+            vec![LaunchTask {
+                id: ty,
+                spec: None,
+                charge: unreserved(600)
+            }]
+        )),
+        CommandResult::Ok
+    );
+    let ty2 = submitted(&mut s, 100);
+    let r = s.apply(launch(
+        fy,
+        "a",
+        vec![LaunchTask {
+            id: ty2,
+            spec: None,
+            charge: unreserved(100),
+        }],
+    ));
+    assert!(matches!(r, CommandResult::Rejected(_)), "{r:?}");
+    // Charging y's task to x's reservation is refused too.
+    let stolen = Pools {
+        reserved: BTreeMap::from([(role("x"), Resources::new(100, 1 << 20, 0))]),
+        ..Pools::default()
+    };
+    let r = s.apply(launch(
+        fy,
+        "a",
+        vec![LaunchTask {
+            id: ty2,
+            spec: None,
+            charge: stolen.clone(),
+        }],
+    ));
+    assert!(
+        matches!(&r, CommandResult::Rejected(m) if m.contains("cannot use")),
+        "{r:?}"
+    );
+    // A task of x/sub may use it: a framework's new task, created by the launch.
+    let mut sx = spec(100);
+    sx.role = Some("x/sub".into());
+    let tx = TaskId(50);
+    let r = s.apply(launch(
+        fx,
+        "a",
+        vec![LaunchTask {
+            id: tx,
+            spec: Some(sx),
+            charge: stolen,
+        }],
+    ));
+    assert_eq!(r, CommandResult::Ok);
+    assert_eq!(s.tasks[&tx].owner, "wasmos://tenant/a/u");
+    assert_eq!(s.next_task_id, 50);
+    // The static reservation cannot be unreserved; a dynamic one can.
+    let unreserve = |cpu| Command::Launch {
+        framework: fx,
+        agent: agent("a"),
+        reservations: vec![ReservationOp::Unreserve {
+            role: role("x"),
+            resources: Resources::new(cpu, 0, 0),
+        }],
+        tasks: vec![],
+        now_ms: 9,
+    };
+    assert!(
+        matches!(s.apply(unreserve(100)), CommandResult::Rejected(m) if m.contains("dynamically"))
+    );
+    s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: status(1, ty, TaskState::Finished),
+        now_ms: 7,
+    });
+    let reserve = Command::Launch {
+        framework: fx,
+        agent: agent("a"),
+        reservations: vec![ReservationOp::Reserve {
+            role: role("x"),
+            resources: Resources::new(300, 0, 0),
+        }],
+        tasks: vec![],
+        now_ms: 9,
+    };
+    assert_eq!(s.apply(reserve.clone()), CommandResult::Ok);
+    assert_eq!(
+        s.reserved_on(&agent("a"))[&role("x")],
+        Resources::new(700, 64 << 20, 0)
+    );
+    // 700 reserved + the 300 left: a second reserve of 400 does not fit.
+    let too_much = Command::Launch {
+        framework: fx,
+        agent: agent("a"),
+        reservations: vec![ReservationOp::Reserve {
+            role: role("x"),
+            resources: Resources::new(400, 0, 0),
+        }],
+        tasks: vec![],
+        now_ms: 9,
+    };
+    assert!(matches!(s.apply(too_much), CommandResult::Rejected(_)));
+    assert_eq!(s.apply(unreserve(300)), CommandResult::Ok);
+    assert!(s.reservations.is_empty());
+}
+
 proptest! {
     /// Whatever sequence of commands arrives, an agent is never over-committed, task ids are
     /// unique and increasing, and replaying the same commands gives the same state.
     #[test]
-    fn never_overcommits_and_is_deterministic(ops in proptest::collection::vec((0u8..5, 0u64..1500, 0u64..6), 0..60)) {
+    fn never_overcommits_and_is_deterministic(ops in proptest::collection::vec((0u8..8, 0u64..1500, 0u64..6), 0..60)) {
         let mut cmds = vec![Command::AddBundle { hash: hash(), size: 1, now_ms: 0 }];
         for (kind, cpu, n) in ops {
             let name = if n % 2 == 0 { "a" } else { "b" };
@@ -151,17 +388,49 @@ proptest! {
                     total: Resources::new(1000, 1 << 30, 0),
                     attributes: BTreeMap::new(),
                     fuel_per_core_second: 1_000_000_000,
+                    reserved: BTreeMap::new(),
                     running: vec![TaskId(n)],
                     now_ms: n,
                 },
-                1 => Command::SubmitTask { spec: spec(cpu), owner: "o".into(), now_ms: n },
+                1 => Command::SubmitTask { id: None, spec: spec(cpu), owner: "o".into(), now_ms: n },
                 2 => Command::AssignTask { task: TaskId(n), agent: agent(name), now_ms: n },
                 3 => Command::AgentStatus {
                     agent: agent(name),
                     update: status(cpu, TaskId(n), if cpu % 2 == 0 { TaskState::Finished } else { TaskState::Running }),
                     now_ms: n,
                 },
-                _ => Command::AgentLost { agent: agent(name), now_ms: n },
+                4 => Command::AgentLost { agent: agent(name), now_ms: n },
+                5 => Command::RegisterFramework {
+                    name: "f".into(), role: role("r"), owner: "o".into(), revocable: false, now_ms: n,
+                },
+                // Launch a waiting task, charged partly to a reservation.
+                6 => Command::Launch {
+                    framework: FrameworkId(n % 3),
+                    agent: agent(name),
+                    reservations: vec![ReservationOp::Reserve { role: role("r"), resources: Resources::new(cpu / 3, 0, 0) }],
+                    tasks: vec![LaunchTask {
+                        id: TaskId(n),
+                        spec: None,
+                        charge: Pools {
+                            unreserved: Resources::new(cpu / 2, 1 << 20, 0),
+                            reserved: BTreeMap::from([(role("r"), Resources::new(cpu - cpu / 2, 0, 0))]),
+                            revocable: Resources::default(),
+                        },
+                    }],
+                    now_ms: n,
+                },
+                // Launch a new task straight from the framework.
+                _ => Command::Launch {
+                    framework: FrameworkId(n % 3),
+                    agent: agent(name),
+                    reservations: vec![ReservationOp::Unreserve { role: role("r"), resources: Resources::new(cpu / 4, 0, 0) }],
+                    tasks: vec![LaunchTask {
+                        id: TaskId(100 + cpu),
+                        spec: Some(spec(cpu)),
+                        charge: Pools { unreserved: Resources::new(cpu, 1 << 20, 0), ..Pools::default() },
+                    }],
+                    now_ms: n,
+                },
             });
         }
         let mut s1 = ClusterState::default();
@@ -172,6 +441,14 @@ proptest! {
             let used = s1.used_by_agent();
             for a in s1.agents.values() {
                 prop_assert!(s1.used_on(&a.id).fits_in(&a.total));
+                let reserved = s1.reserved_on(&a.id);
+                let all = reserved.values().fold(Resources::default(), |x, r| x.saturating_add(r));
+                prop_assert!(all.fits_in(&a.total));
+                let held = s1.held_on(&a.id);
+                prop_assert!(held.unreserved.fits_in(&a.total.saturating_sub(&all)));
+                for (r, h) in &held.reserved {
+                    prop_assert!(h.fits_in(&reserved.get(r).cloned().unwrap_or_default()));
+                }
                 prop_assert_eq!(used.get(&a.id).cloned().unwrap_or_default(), s1.used_on(&a.id));
             }
         }

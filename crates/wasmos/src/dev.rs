@@ -140,6 +140,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             master: addr,
             resources: opts.agent_resources.clone(),
             attributes,
+            reserved: Default::default(),
             work_dir: data.join("agents").join(&name),
             exec: opts.exec.clone(),
             keep_task_dirs: opts.keep_task_dirs,

@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod dev;
 mod files;
+mod roles;
 mod table;
 
 use std::io::Write;
@@ -56,6 +57,11 @@ enum Cmd {
     },
     /// Upload a component, run it as a one-task job, stream its output, exit with its code.
     Run(RunArgs),
+    /// Set roles' weights and quotas, or list roles with what they hold.
+    Role {
+        #[command(subcommand)]
+        cmd: roles::RoleCmd,
+    },
     /// List, show or kill tasks.
     Task {
         #[command(subcommand)]
@@ -91,6 +97,23 @@ impl From<OutputLimitArg> for wasmos_proto::OutputPolicy {
         match a {
             OutputLimitArg::Truncate => wasmos_proto::OutputPolicy::Truncate,
             OutputLimitArg::Stop => wasmos_proto::OutputPolicy::Stop,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QosArg {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl From<QosArg> for wasmos_proto::Qos {
+    fn from(a: QosArg) -> Self {
+        match a {
+            QosArg::Guaranteed => wasmos_proto::Qos::Guaranteed,
+            QosArg::Burstable => wasmos_proto::Qos::Burstable,
+            QosArg::BestEffort => wasmos_proto::Qos::BestEffort,
         }
     }
 }
@@ -218,6 +241,10 @@ struct MasterArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "0.0.0.0:7433")]
     listen: SocketAddr,
+    /// How often resources are offered when nothing happens (agents joining, tasks ending
+    /// and submissions offer at once).
+    #[arg(long, default_value = "1s")]
+    offer_interval: humantime::Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -240,6 +267,10 @@ struct AgentArgs {
     /// `wasmos run --resource`.
     #[arg(long, value_name = "NAME=AMOUNT")]
     resource: Vec<String>,
+    /// Reserve part of this agent for a role, ROLE:RESOURCES, e.g. `team-a:cpu=1,mem=1GiB`
+    /// (repeatable): only that role and roles under it are offered it.
+    #[arg(long, value_name = "ROLE:RESOURCES")]
+    reserve: Vec<String>,
     /// Bundle cache and local state [default: per-user data dir]
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -353,6 +384,17 @@ struct RunArgs {
     /// Environment variable for the task, KEY=VALUE (repeatable). Nothing else is visible.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// The role whose share the task counts against [default: your tenant, or `default` for
+    /// operators]. Tenants may name roles under their own, e.g. acme/batch.
+    #[arg(long)]
+    role: Option<String>,
+    /// guaranteed or burstable run on allocated resources; best-effort runs on resources
+    /// others hold but do not use, and is preempted when they need them back.
+    #[arg(long, value_enum, default_value_t = QosArg::Guaranteed)]
+    qos: QosArg,
+    /// Higher launches first among its role's waiting tasks; lower is preempted first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// The Wasm component (wasm32-wasip2 command).
     file: PathBuf,
     /// Arguments for the task.
@@ -450,6 +492,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
+        Cmd::Role { cmd } => roles::run(config, cmd).await,
         Cmd::Sim(args) => sim_cmd(&args),
         Cmd::CompileWorker { .. } => Ok(ExitCode::FAILURE),
     }
@@ -547,11 +590,11 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
 
 async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     let creds = args.tls.credentials()?;
-    let master = wasmos_master::Master::start(
-        wasmos_master::MasterConfig::new(args.data_dir, args.listen),
-        &creds,
-    )
-    .await?;
+    let cfg = wasmos_master::MasterConfig {
+        offer_interval: args.offer_interval.into(),
+        ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)
+    };
+    let master = wasmos_master::Master::start(cfg, &creds).await?;
     eprintln!("wasmos master listening on {}", master.local_addr());
     wait_for_ctrl_c().await;
     master.shutdown().await;
@@ -577,6 +620,35 @@ fn with_scalars(mut base: Resources, pairs: &[String], flag: &str) -> Result<Res
         base = base.with_scalar(&name, total);
     }
     Ok(base)
+}
+
+/// `cpu=2,mem=4GiB,gpu=1`: CPU in cores or millicores, memory and disk in bytes with units,
+/// anything else a custom resource. Kinds not named are zero.
+pub(crate) fn parse_resource_list(list: &str, flag: &str) -> Result<Resources> {
+    let mut r = Resources::default();
+    let mut scalars = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("{flag} `{list}`: `{part}` is not KIND=AMOUNT (e.g. cpu=2,mem=4GiB)");
+        };
+        let bad = |e: String| anyhow!("{flag} `{list}`: {k}: {e}");
+        match k {
+            "cpu" => r.cpu_millis = parse_cpu(v).map_err(|e| bad(e.to_string()))?,
+            "mem" => r.mem_bytes = parse_bytes(v).map_err(|e| bad(e.to_string()))?,
+            "disk" => r.disk_bytes = parse_bytes(v).map_err(|e| bad(e.to_string()))?,
+            _ => scalars.push(part.to_string()),
+        }
+    }
+    with_scalars(r, &scalars, flag)
+}
+
+/// `ROLE:RESOURCES` of `wasmos agent --reserve`.
+fn parse_reservation(s: &str) -> Result<(String, Resources)> {
+    let Some((role, list)) = s.split_once(':') else {
+        bail!("--reserve `{s}` is not ROLE:RESOURCES (e.g. team-a:cpu=1,mem=1GiB)");
+    };
+    wasmos_alloc::Role::new(role).map_err(|e| anyhow!("--reserve `{s}`: {e}"))?;
+    Ok((role.to_string(), parse_resource_list(list, "--reserve")?))
 }
 
 fn key_values(pairs: &[String], what: &str) -> Result<Vec<(String, String)>> {
@@ -613,6 +685,11 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
             "--resource",
         )?,
         attributes,
+        reserved: args
+            .reserve
+            .iter()
+            .map(|r| parse_reservation(r))
+            .collect::<Result<_>>()?,
         work_dir,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
@@ -705,6 +782,9 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
             .map(|d| Duration::from(d).as_millis() as u64),
         mounts,
         inputs,
+        role: args.role.clone(),
+        qos: args.qos.into(),
+        priority: args.priority,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
@@ -986,6 +1066,13 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                             format_bytes(a.used.mem_bytes),
                             format_bytes(a.total.mem_bytes)
                         ),
+                        roles::short(&a.offered),
+                        list_or_dash(
+                            a.reserved
+                                .iter()
+                                .map(|(role, r)| format!("{role}: {}", roles::short(r))),
+                        ),
+                        roles::short(&a.revocable),
                         table::age(now, a.last_seen_ms),
                         match a.fuel_per_core_second {
                             0 => "cpu-time".to_string(),
@@ -1003,6 +1090,9 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                         "STATE",
                         "CPU",
                         "MEM",
+                        "OFFERED",
+                        "RESERVED",
+                        "REVOCABLE",
                         "SEEN",
                         "METERING",
                         "ATTRIBUTES"

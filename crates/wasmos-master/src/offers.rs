@@ -1,0 +1,603 @@
+//! The leader's offer cycle: one task owns the pure allocator, feeds it the live cluster (agents
+//! as they connect and leave, tasks as they end, roles as operators change them), runs a cycle
+//! every `offer_interval` and after every batch of events, and hands offers to frameworks. An
+//! accepted offer becomes a `Launch` command, which the state machine re-checks before it is
+//! committed; only then are agents told to launch.
+//!
+//! `wasmos run` tasks are launched by the master's built-in framework, one per role: it takes
+//! its role's waiting tasks (highest priority, then oldest first) from the offers it gets, so
+//! plain submissions share the cluster by the same DRF, quotas and reservations as any other
+//! framework.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use wasmos_alloc::{
+    AgentSummary, Allocator, Config, Offer, Operation, Pools, Quota, Rescind, Role, RoleSummary,
+    TaskRequest,
+};
+use wasmos_proto::{
+    AgentId, FrameworkId, MasterToAgent, Qos, Reason, Resources, TaskId, TaskInfo, TaskState,
+    TaskStatus,
+};
+use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask};
+
+use crate::{Shared, now_ms};
+
+/// The name and owner the built-in `wasmos run` frameworks are registered with.
+pub(crate) const BUILTIN_NAME: &str = "wasmos-run";
+pub(crate) const BUILTIN_OWNER: &str = "wasmos://master/builtin";
+
+/// How many waiting tasks that do not fit one offer are tried before giving up on it: keeps a
+/// cycle bounded when a long queue meets a nearly full agent.
+const MAX_MISSES_PER_OFFER: usize = 256;
+
+/// What the rest of the master tells the offer cycle.
+pub(crate) enum Event {
+    AgentUp(AgentId),
+    AgentDown(AgentId),
+    Submitted(TaskId),
+    /// A task's status was recorded (it may have ended).
+    TaskChanged(TaskId),
+    /// Many tasks may have changed at once (an agent was declared lost or re-registered).
+    Reconcile,
+    RolesChanged,
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// What `agent list` and `role list` show from the leader's allocator.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    pub agents: BTreeMap<AgentId, AgentSummary>,
+    pub roles: Vec<RoleSummary>,
+}
+
+struct Builtin {
+    id: FrameworkId,
+    role: Role,
+    /// Waiting tasks by (priority descending, id).
+    queue: BTreeMap<(Reverse<i32>, TaskId), TaskRequest>,
+    suppressed: bool,
+}
+
+struct Cycle {
+    shared: Arc<Shared>,
+    alloc: Allocator,
+    builtin: BTreeMap<Role, Builtin>,
+    builtin_ids: BTreeMap<FrameworkId, Role>,
+    /// Connected agents' totals, for the unschedulable check.
+    agent_totals: BTreeMap<AgentId, Resources>,
+    /// Queued tasks not yet checked against the agents' sizes.
+    unchecked: BTreeSet<TaskId>,
+    agents_changed: bool,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
+    let mut cycle = Cycle::new(shared.clone());
+    let interval = shared.cfg.offer_interval;
+    loop {
+        let first = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => Some(ev),
+                None => return,
+            },
+            _ = tokio::time::sleep(interval) => None,
+        };
+        let mut batch: Vec<Event> = first.into_iter().collect();
+        while let Ok(ev) = events.try_recv() {
+            batch.push(ev);
+        }
+        let mut reconcile = false;
+        for ev in batch {
+            match ev {
+                Event::Reconcile => reconcile = true,
+                other => cycle.handle(other),
+            }
+        }
+        if reconcile {
+            cycle.reconcile();
+        }
+        if let Err(e) = cycle.run_once(now_ms()).await {
+            tracing::error!("offer cycle failed: {e}");
+            // The state store failing is not something a tight retry fixes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The role a task counts against: the one it names, else its builtin framework's default.
+fn task_role(t: &TaskInfo) -> Option<Role> {
+    t.spec.role.as_deref().and_then(|r| Role::new(r).ok())
+}
+
+fn request(t: &TaskInfo) -> TaskRequest {
+    TaskRequest {
+        id: t.id,
+        resources: t.spec.resources.clone(),
+        qos: t.spec.qos,
+        priority: t.spec.priority,
+    }
+}
+
+impl Cycle {
+    fn new(shared: Arc<Shared>) -> Cycle {
+        let mut cycle = Cycle {
+            shared,
+            alloc: Allocator::new(Config::default()),
+            builtin: BTreeMap::new(),
+            builtin_ids: BTreeMap::new(),
+            agent_totals: BTreeMap::new(),
+            unchecked: BTreeSet::new(),
+            agents_changed: false,
+        };
+        let (frameworks, waiting) = cycle.shared.read(|s| {
+            let waiting: Vec<TaskInfo> = s
+                .tasks
+                .values()
+                .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
+                .cloned()
+                .collect();
+            (s.frameworks.clone(), waiting)
+        });
+        cycle.apply_roles();
+        for f in frameworks.values() {
+            if let Err(e) = cycle.alloc.add_framework(f.id, f.role.clone(), f.revocable) {
+                tracing::error!(framework = %f.id, "cannot restore framework: {e}");
+                continue;
+            }
+            if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME {
+                cycle.builtin_ids.insert(f.id, f.role.clone());
+                cycle.builtin.insert(
+                    f.role.clone(),
+                    Builtin {
+                        id: f.id,
+                        role: f.role.clone(),
+                        queue: BTreeMap::new(),
+                        suppressed: false,
+                    },
+                );
+            }
+            // Frameworks get offers only while subscribed; the built-in ones are revived as
+            // soon as they have work.
+            cycle.alloc.suppress(f.id);
+        }
+        for b in cycle.builtin.values_mut() {
+            b.suppressed = true;
+        }
+        for t in waiting {
+            cycle.enqueue(&t);
+        }
+        cycle
+    }
+
+    fn apply_roles(&mut self) {
+        let roles = self.shared.read(|s| s.roles.clone());
+        for (role, r) in roles {
+            let weight = r.weight_milli as f64 / 1000.0;
+            if let Err(e) = self.alloc.set_weight(&role, weight) {
+                tracing::error!(%role, "cannot apply weight: {e}");
+            }
+            let quota = Quota {
+                guarantee: r.guarantee,
+                limit: r.limit,
+            };
+            if let Err(e) = self.alloc.set_quota(&role, quota) {
+                tracing::error!(%role, "cannot apply quota: {e}");
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::AgentUp(agent) => self.agent_up(agent),
+            Event::AgentDown(agent) => {
+                let (rescinds, _lost) = self.alloc.remove_agent(&agent);
+                self.rescinded(rescinds);
+                self.agent_totals.remove(&agent);
+                self.agents_changed = true;
+            }
+            Event::Submitted(task) => {
+                if let Some(t) = self.shared.read(|s| s.tasks.get(&task).cloned()) {
+                    self.enqueue(&t);
+                }
+            }
+            Event::TaskChanged(task) => self.task_changed(task),
+            Event::Reconcile => self.reconcile(),
+            Event::RolesChanged => self.apply_roles(),
+            Event::Snapshot(reply) => {
+                let agents = self
+                    .agent_totals
+                    .keys()
+                    .filter_map(|a| self.alloc.agent_summary(a).map(|s| (a.clone(), s)))
+                    .collect();
+                let _ = reply.send(Snapshot {
+                    agents,
+                    roles: self.alloc.role_summaries(),
+                });
+            }
+        }
+    }
+
+    /// Adds a connected agent with its reservations and the tasks it holds.
+    fn agent_up(&mut self, agent: AgentId) {
+        let (_, lost) = self.alloc.remove_agent(&agent);
+        debug_assert!(lost.is_empty() || self.agent_totals.contains_key(&agent));
+        let snapshot = self.shared.read(|s| {
+            let record = s.agents.get(&agent).cloned()?;
+            let dynamic = s.reservations.get(&agent).cloned().unwrap_or_default();
+            let tasks: Vec<(TaskInfo, Pools)> = s
+                .live_tasks_on(&agent)
+                .filter_map(|id| s.tasks.get(&id))
+                .map(|t| {
+                    let charge = s.charges.get(&t.id).cloned().unwrap_or_else(|| Pools {
+                        unreserved: t.spec.resources.clone(),
+                        ..Pools::default()
+                    });
+                    (t.clone(), charge)
+                })
+                .collect();
+            Some((record, dynamic, tasks))
+        });
+        let Some((record, dynamic, tasks)) = snapshot else {
+            return;
+        };
+        if let Err(e) = self
+            .alloc
+            .add_agent(agent.clone(), record.total.clone(), record.reserved)
+        {
+            tracing::error!(%agent, "agent not offered: {e}");
+            return;
+        }
+        for (role, r) in dynamic {
+            if let Err(e) = self.alloc.restore_reservation(&agent, role, r) {
+                tracing::error!(%agent, "cannot restore a reservation: {e}");
+            }
+        }
+        for (t, charge) in tasks {
+            let fw = match t.framework {
+                Some(fw) => fw,
+                // Placed before offers existed: count it against its role's built-in framework.
+                None => match self.builtin_for(&t) {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            if let Err(e) = self
+                .alloc
+                .restore_task(t.id, &agent, fw, charge, t.spec.priority)
+            {
+                tracing::error!(task = %t.id, "cannot restore task: {e}");
+            }
+        }
+        self.agent_totals.insert(agent, record.total);
+        self.agents_changed = true;
+    }
+
+    fn task_changed(&mut self, task: TaskId) {
+        let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+        match info {
+            Some(t) if !t.status.state.is_terminal() => {}
+            _ => {
+                self.alloc.release(task);
+                self.dequeue(task, info.as_ref());
+            }
+        }
+    }
+
+    /// Releases whatever the allocator holds for tasks that have ended, and drops queued tasks
+    /// that no longer wait.
+    fn reconcile(&mut self) {
+        let held: Vec<TaskId> = self.alloc.task_ids().collect();
+        let queued: Vec<TaskId> = self
+            .builtin
+            .values()
+            .flat_map(|b| b.queue.values().map(|r| r.id))
+            .collect();
+        let (ended, placed) = self.shared.read(|s| {
+            let live = |id: &TaskId| {
+                s.tasks
+                    .get(id)
+                    .is_some_and(|t| !t.status.state.is_terminal())
+            };
+            let ended: Vec<TaskId> = held.iter().copied().filter(|t| !live(t)).collect();
+            let placed: Vec<TaskInfo> = queued
+                .iter()
+                .filter(|id| {
+                    s.tasks
+                        .get(id)
+                        .is_none_or(|t| t.agent.is_some() || t.status.state.is_terminal())
+                })
+                .filter_map(|id| s.tasks.get(id).cloned())
+                .collect();
+            (ended, placed)
+        });
+        for t in ended {
+            self.alloc.release(t);
+        }
+        for t in placed {
+            self.dequeue(t.id, Some(&t));
+        }
+    }
+
+    /// The built-in framework of a task's role, registered (through Raft) on first use.
+    fn builtin_for(&mut self, t: &TaskInfo) -> Option<FrameworkId> {
+        let role = task_role(t)?;
+        self.builtin.get(&role).map(|b| b.id)
+    }
+
+    fn enqueue(&mut self, t: &TaskInfo) {
+        if t.agent.is_some() || t.status.state != TaskState::Staging {
+            return;
+        }
+        let Some(role) = task_role(t) else {
+            tracing::error!(task = %t.id, "task has no valid role; it cannot be offered");
+            return;
+        };
+        let b = self.builtin.entry(role.clone()).or_insert_with(|| Builtin {
+            // Registered in `run_once` before it is offered anything.
+            id: FrameworkId(0),
+            role,
+            queue: BTreeMap::new(),
+            suppressed: true,
+        });
+        b.queue.insert((Reverse(t.spec.priority), t.id), request(t));
+        self.unchecked.insert(t.id);
+        if b.id != FrameworkId(0) {
+            // New work: forget declines, so the task is not kept waiting for their timeout.
+            self.alloc.revive(b.id);
+            b.suppressed = false;
+        }
+    }
+
+    fn dequeue(&mut self, task: TaskId, info: Option<&TaskInfo>) {
+        let Some(t) = info else { return };
+        let Some(role) = task_role(t) else { return };
+        if let Some(b) = self.builtin.get_mut(&role) {
+            b.queue.remove(&(Reverse(t.spec.priority), task));
+        }
+        self.unchecked.remove(&task);
+    }
+
+    fn rescinded(&mut self, rescinds: Vec<Rescind>) {
+        for r in rescinds {
+            tracing::debug!(offer = %r.offer, framework = %r.framework, "offer rescinded: {:?}", r.reason);
+        }
+    }
+
+    async fn run_once(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
+        self.register_builtins(now).await?;
+        let expired = self.alloc.expire(now);
+        self.rescinded(expired);
+        self.check_unschedulable().await?;
+        for b in self.builtin.values_mut() {
+            if b.queue.is_empty() && !b.suppressed && b.id != FrameworkId(0) {
+                self.alloc.suppress(b.id);
+                b.suppressed = true;
+            }
+        }
+        let offers = self.alloc.allocate(now);
+        for offer in offers {
+            if self.builtin_ids.contains_key(&offer.framework) {
+                self.builtin_accept(offer, now).await?;
+            } else {
+                // No external framework is connected yet in this build of the cycle: give
+                // the resources back at once.
+                self.alloc
+                    .decline(offer.framework, &[offer.id], Some(0), now);
+            }
+        }
+        for p in self.alloc.preemptions() {
+            tracing::info!(task = %p.task, agent = %p.agent, "preempting a best-effort task");
+            self.shared.send_to_agent(
+                &p.agent,
+                MasterToAgent::Kill {
+                    task: p.task,
+                    reason: Some(Reason::Preempted),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Registers the built-in framework of every role that has waiting tasks but none yet.
+    async fn register_builtins(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
+        let missing: Vec<Role> = self
+            .builtin
+            .values()
+            .filter(|b| b.id == FrameworkId(0))
+            .map(|b| b.role.clone())
+            .collect();
+        for role in missing {
+            let result = self
+                .shared
+                .write(Command::RegisterFramework {
+                    name: BUILTIN_NAME.into(),
+                    role: role.clone(),
+                    owner: BUILTIN_OWNER.into(),
+                    revocable: true,
+                    now_ms: now,
+                })
+                .await?;
+            let CommandResult::Framework(id) = result else {
+                tracing::error!(%role, "cannot register the built-in framework: {result:?}");
+                continue;
+            };
+            if let Err(e) = self.alloc.add_framework(id, role.clone(), true) {
+                tracing::error!(%role, "cannot add the built-in framework: {e}");
+                continue;
+            }
+            self.builtin_ids.insert(id, role.clone());
+            if let Some(b) = self.builtin.get_mut(&role) {
+                b.id = id;
+                b.suppressed = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the waiting tasks that no connected agent could hold even when empty (with no
+    /// agent connected, they wait).
+    async fn check_unschedulable(&mut self) -> Result<(), wasmos_raft::RaftError> {
+        if self.agent_totals.is_empty() {
+            return Ok(());
+        }
+        let candidates: Vec<TaskRequest> = if std::mem::take(&mut self.agents_changed) {
+            self.builtin
+                .values()
+                .flat_map(|b| b.queue.values().cloned())
+                .collect()
+        } else {
+            let unchecked = std::mem::take(&mut self.unchecked);
+            self.builtin
+                .values()
+                .flat_map(|b| b.queue.values())
+                .filter(|r| unchecked.contains(&r.id))
+                .cloned()
+                .collect()
+        };
+        self.unchecked.clear();
+        // Demands repeat (a job's tasks are alike): decide each distinct one once.
+        let mut verdicts: Vec<(Resources, bool)> = Vec::new();
+        for r in candidates {
+            let fits = match verdicts.iter().find(|(d, _)| d == &r.resources) {
+                Some((_, v)) => *v,
+                None => {
+                    let v = self.agent_totals.values().any(|t| r.resources.fits_in(t));
+                    verdicts.push((r.resources.clone(), v));
+                    v
+                }
+            };
+            if fits {
+                continue;
+            }
+            let largest = self
+                .agent_totals
+                .values()
+                .max_by_key(|t| (t.cpu_millis, t.mem_bytes, t.disk_bytes))
+                .cloned()
+                .unwrap_or_default();
+            let status = TaskStatus::with_reason(
+                TaskState::Error,
+                Some(Reason::Unschedulable),
+                format!("needs {}, but the largest agent has {largest}", r.resources),
+            );
+            self.shared
+                .write(Command::SetStatus {
+                    task: r.id,
+                    status,
+                    now_ms: now_ms(),
+                })
+                .await?;
+            self.task_changed(r.id);
+        }
+        Ok(())
+    }
+
+    /// The built-in framework takes waiting tasks of its role from an offer, in queue order.
+    async fn builtin_accept(
+        &mut self,
+        offer: Offer,
+        now: u64,
+    ) -> Result<(), wasmos_raft::RaftError> {
+        let Some(role) = self.builtin_ids.get(&offer.framework).cloned() else {
+            return Ok(());
+        };
+        let mut pools = offer.resources.clone();
+        let mut chosen = Vec::new();
+        if let Some(b) = self.builtin.get(&role) {
+            let mut misses = 0;
+            for req in b.queue.values() {
+                if req.qos == Qos::BestEffort && pools.revocable.is_empty() {
+                    continue;
+                }
+                match pools.take(&role, &req.resources, req.qos) {
+                    Ok(_) => chosen.push(req.clone()),
+                    Err(_) => {
+                        misses += 1;
+                        if misses >= MAX_MISSES_PER_OFFER {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if chosen.is_empty() {
+            self.alloc.decline(offer.framework, &[offer.id], None, now);
+            return Ok(());
+        }
+        let accepted = match self.alloc.accept(
+            offer.framework,
+            &[offer.id],
+            &[Operation::Launch(chosen)],
+            None,
+            now,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(offer = %offer.id, "built-in framework's accept refused: {e}");
+                return Ok(());
+            }
+        };
+        let tasks: Vec<LaunchTask> = accepted
+            .launches
+            .iter()
+            .map(|l| LaunchTask {
+                id: l.task,
+                spec: None,
+                charge: l.charge.clone(),
+            })
+            .collect();
+        let result = self
+            .shared
+            .write(Command::Launch {
+                framework: offer.framework,
+                agent: accepted.agent.clone(),
+                reservations: Vec::new(),
+                tasks,
+                now_ms: now_ms(),
+            })
+            .await;
+        match result {
+            Ok(CommandResult::Ok) => {}
+            Ok(other) => {
+                tracing::warn!(agent = %accepted.agent, "launch refused: {other:?}");
+                for l in &accepted.launches {
+                    self.alloc.release(l.task);
+                }
+                // Tasks that ended meanwhile (killed while waiting) leave the queue.
+                self.reconcile();
+                return Ok(());
+            }
+            Err(e) => {
+                for l in &accepted.launches {
+                    self.alloc.release(l.task);
+                }
+                return Err(e);
+            }
+        }
+        let specs = self.shared.read(|s: &ClusterState| {
+            accepted
+                .launches
+                .iter()
+                .filter_map(|l| s.tasks.get(&l.task).cloned())
+                .collect::<Vec<_>>()
+        });
+        for t in specs {
+            self.dequeue(t.id, Some(&t));
+            tracing::info!(task = %t.id, agent = %accepted.agent, "launching");
+            // If the agent is gone by now, its re-registration (or the grace period) declares
+            // the task lost.
+            self.shared.send_to_agent(
+                &accepted.agent,
+                MasterToAgent::Launch {
+                    task: t.id,
+                    spec: t.spec,
+                },
+            );
+        }
+        Ok(())
+    }
+}
