@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
-use wasmos_exec::{ExecConfig, RunRequest, Runner};
+use wasmos_exec::{ExecConfig, RunRequest, Runner, TaskUsage};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
     AgentToMaster, BundleHash, MasterToAgent, OutputPolicy, OutputStream, Reason, Resources,
@@ -63,6 +63,8 @@ struct Inner {
     tasks: BTreeMap<TaskId, watch::Sender<bool>>,
     /// Tasks the master stopped to take back the revocable resources they ran on.
     preempted: std::collections::BTreeSet<TaskId>,
+    /// What each running guaranteed or burstable task uses, for the usage reports.
+    usage: BTreeMap<TaskId, Arc<TaskUsage>>,
     /// The current session's outgoing queue, if connected.
     link: Option<mpsc::UnboundedSender<AgentToMaster>>,
     conn: Option<Connection>,
@@ -193,6 +195,7 @@ pub async fn run(
             unacked: Vec::new(),
             tasks: BTreeMap::new(),
             preempted: Default::default(),
+            usage: BTreeMap::new(),
             link: None,
             conn: None,
         }),
@@ -294,10 +297,13 @@ async fn read_loop(
                 }
                 let tx = tx.clone();
                 let every = Duration::from_millis(heartbeat_interval_ms.max(100));
+                let agent = agent.clone();
                 heartbeat = Some(tokio::spawn(async move {
+                    let mut meter = UsageMeter::default();
                     loop {
                         tokio::time::sleep(every).await;
-                        if tx.send(AgentToMaster::Heartbeat).is_err() {
+                        let usage = Some(meter.sample(&agent.inner().usage));
+                        if tx.send(AgentToMaster::Heartbeat { usage }).is_err() {
                             break;
                         }
                     }
@@ -326,6 +332,39 @@ async fn read_loop(
     result
 }
 
+/// Turns the running tasks' CPU counters into a rate between two heartbeats.
+#[derive(Default)]
+struct UsageMeter {
+    last: Option<std::time::Instant>,
+    cpu_ns: BTreeMap<TaskId, u64>,
+}
+
+impl UsageMeter {
+    fn sample(&mut self, tasks: &BTreeMap<TaskId, Arc<TaskUsage>>) -> Resources {
+        let now = std::time::Instant::now();
+        let elapsed_ns = self
+            .last
+            .map_or(0, |l| now.duration_since(l).as_nanos() as u64);
+        self.last = Some(now);
+        let mut spent_ns = 0u64;
+        let mut mem = 0u64;
+        let mut seen = BTreeMap::new();
+        for (task, u) in tasks {
+            let cpu = u.cpu_ns();
+            let before = self.cpu_ns.get(task).copied().unwrap_or(0);
+            spent_ns = spent_ns.saturating_add(cpu.saturating_sub(before));
+            mem = mem.saturating_add(u.mem_bytes());
+            seen.insert(*task, cpu);
+        }
+        self.cpu_ns = seen;
+        let cpu_millis = match elapsed_ns {
+            0 => 0,
+            e => (u128::from(spent_ns) * 1000 / u128::from(e)) as u64,
+        };
+        Resources::new(cpu_millis, mem, 0)
+    }
+}
+
 fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
     let (kill_tx, kill_rx) = watch::channel(false);
     {
@@ -335,11 +374,16 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
         }
         inner.tasks.insert(task, kill_tx);
     }
+    let usage = Arc::new(TaskUsage::default());
+    if !spec.qos.is_revocable() {
+        agent.inner().usage.insert(task, usage.clone());
+    }
     agent.pool.clone().spawn(async move {
-        let mut status = run_task(&agent, task, spec, kill_rx).await;
+        let mut status = run_task(&agent, task, spec, kill_rx, usage).await;
         let preempted = {
             let mut inner = agent.inner();
             inner.tasks.remove(&task);
+            inner.usage.remove(&task);
             inner.preempted.remove(&task)
         };
         if preempted && status.state == TaskState::Killed {
@@ -355,6 +399,7 @@ async fn run_task(
     task: TaskId,
     spec: TaskSpec,
     kill: watch::Receiver<bool>,
+    usage: Arc<TaskUsage>,
 ) -> TaskStatus {
     agent.report(task, TaskStatus::new(TaskState::Starting));
     let bytes = match fetch_blob(agent, &spec.bundle).await {
@@ -460,6 +505,7 @@ async fn run_task(
         cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
+        usage: Some(usage),
     };
     let mut waiting = kill.clone();
     let slot = tokio::select! {

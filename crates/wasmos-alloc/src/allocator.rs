@@ -60,6 +60,16 @@ pub struct Quota {
     pub limit: Option<Resources>,
 }
 
+impl Quota {
+    /// Whether the guarantee stays within the limit in every kind the limit names (kinds
+    /// the limit leaves at zero are not limited).
+    pub fn guarantee_within_limit(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_none_or(|l| cap_named(&self.guarantee, l, l) == self.guarantee)
+    }
+}
+
 /// Resources in one offer, or charged to one task, by the pool they come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pools {
@@ -812,7 +822,7 @@ impl Allocator {
 
     pub fn set_quota(&mut self, role: &Role, quota: Quota) -> Result<(), ConfigError> {
         if let Some(limit) = &quota.limit
-            && !quota.guarantee.fits_in(limit)
+            && !quota.guarantee_within_limit()
         {
             return Err(ConfigError::GuaranteeOverLimit {
                 role: role.clone(),

@@ -969,3 +969,36 @@ fn pools_sum_and_split() {
     assert_eq!(p.non_revocable(), res(3, 3));
     assert!(!p.is_empty());
 }
+
+#[test]
+fn a_limit_constrains_only_the_kinds_it_names() {
+    let q = |g: Resources, l: Resources| Quota {
+        guarantee: g,
+        limit: Some(l),
+    };
+    // The limit names CPU only: memory in the guarantee is not over it.
+    assert!(
+        q(
+            Resources::new(500, 128 << 20, 0),
+            Resources::new(1000, 0, 0)
+        )
+        .guarantee_within_limit()
+    );
+    assert!(!q(Resources::new(1500, 0, 0), Resources::new(1000, 0, 0)).guarantee_within_limit());
+    let mut a = Allocator::new(Config::default());
+    let err = a.set_quota(
+        &role("x"),
+        q(Resources::new(2000, 0, 0), Resources::new(1000, 1 << 30, 0)),
+    );
+    assert!(
+        matches!(err, Err(ConfigError::GuaranteeOverLimit { .. })),
+        "{err:?}"
+    );
+    assert!(
+        a.set_quota(
+            &role("x"),
+            q(Resources::new(500, 64 << 20, 0), Resources::new(1000, 0, 0))
+        )
+        .is_ok()
+    );
+}

@@ -93,6 +93,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         net_allow: Vec::new(),
         preopens: Vec::new(),
         disk: None,
+        usage: None,
     }
 }
 

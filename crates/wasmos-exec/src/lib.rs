@@ -22,6 +22,7 @@ use std::time::Duration;
 pub use artifact::{CompileWorker, run_compile_worker};
 pub use disk::{DiskQuota, Preopen, charged_bytes};
 pub use runner::{Compiled, Runner};
+
 pub use validate::validate_component;
 pub use wasmos_proto::{OutputStream, TaskStatus};
 
@@ -105,7 +106,43 @@ pub struct RunRequest {
     pub preopens: Vec<Preopen>,
     /// The quota on the writable part of those, if any.
     pub disk: Option<DiskQuota>,
+    /// Where the run publishes what it uses while it runs, for the agent's usage reports.
+    pub usage: Option<std::sync::Arc<TaskUsage>>,
 }
+
+/// A running task's use so far, updated on every epoch tick: the CPU time charged to it and
+/// the memory (linear memories and tables) it holds.
+#[derive(Debug, Default)]
+pub struct TaskUsage {
+    cpu_ns: std::sync::atomic::AtomicU64,
+    mem_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl TaskUsage {
+    pub fn cpu_ns(&self) -> u64 {
+        self.cpu_ns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn record(&self, cpu_ns: u64, mem_bytes: u64) {
+        self.cpu_ns
+            .store(cpu_ns, std::sync::atomic::Ordering::Relaxed);
+        self.mem_bytes
+            .store(mem_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Two meters are equal when they read the same (requests compare by value).
+impl PartialEq for TaskUsage {
+    fn eq(&self, other: &Self) -> bool {
+        self.cpu_ns() == other.cpu_ns() && self.mem_bytes() == other.mem_bytes()
+    }
+}
+
+impl Eq for TaskUsage {}
 
 /// How a run ended. `status.cpu_ms` (and `fuel_used` when metering by fuel) is always filled,
 /// whatever the ending.

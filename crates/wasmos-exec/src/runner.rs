@@ -120,6 +120,7 @@ struct TaskData {
     /// Set when the epoch callback stopped the task for using up `budget`.
     budget_exhausted: bool,
     disk: Option<DiskWatch>,
+    usage: Option<Arc<crate::TaskUsage>>,
 }
 
 /// Fuel bookkeeping of a task when the runner meters by fuel.
@@ -405,6 +406,7 @@ impl Runner {
             budget: req.cpu_budget,
             budget_exhausted: false,
             disk: req.disk.map(|q| DiskWatch::new(q, Instant::now())),
+            usage: req.usage.clone(),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);
@@ -540,6 +542,9 @@ fn on_epoch(mut cx: StoreContextMut<'_, TaskData>) -> wasmtime::Result<UpdateDea
     };
     let data = cx.data_mut();
     let charged = data.charged_ns(fuel_left);
+    if let Some(usage) = &data.usage {
+        usage.record(charged, data.memory.peak());
+    }
     if data
         .budget
         .is_some_and(|b| u128::from(charged) >= b.as_nanos())

@@ -73,6 +73,7 @@ fn request() -> RunRequest {
         net_allow: Vec::new(),
         preopens: Vec::new(),
         disk: None,
+        usage: None,
     }
 }
 

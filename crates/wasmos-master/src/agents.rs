@@ -122,7 +122,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
 
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
-            Ok(Some(AgentToMaster::Heartbeat)) => shared.touch(&agent),
+            Ok(Some(AgentToMaster::Heartbeat { usage })) => {
+                shared.touch(&agent);
+                shared.offer_event(Event::Usage(agent.clone(), usage));
+            }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
                 let task = update.task;

@@ -45,6 +45,8 @@ pub(crate) enum Event {
     /// Many tasks may have changed at once (an agent was declared lost or re-registered).
     Reconcile,
     RolesChanged,
+    /// An agent's report of what its non-revocable tasks use.
+    Usage(AgentId, Option<Resources>),
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -207,6 +209,7 @@ impl Cycle {
             Event::TaskChanged(task) => self.task_changed(task),
             Event::Reconcile => self.reconcile(),
             Event::RolesChanged => self.apply_roles(),
+            Event::Usage(agent, usage) => self.alloc.set_usage(&agent, usage),
             Event::Snapshot(reply) => {
                 let agents = self
                     .agent_totals

@@ -171,7 +171,11 @@ pub enum AgentToMaster {
         /// Status updates not yet acknowledged, resent in order.
         pending: Vec<StatusUpdate>,
     },
-    Heartbeat,
+    Heartbeat {
+        /// What the agent's guaranteed and burstable tasks use now (CPU over the last interval,
+        /// memory held): what they hold beyond it is lent to best-effort tasks as revocable.
+        usage: Option<Resources>,
+    },
     Status(StatusUpdate),
     Output {
         task: TaskId,

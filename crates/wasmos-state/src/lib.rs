@@ -397,8 +397,12 @@ impl ClusterState {
                 if record.weight_milli == 0 {
                     return CommandResult::Rejected(format!("role {role}: weight must be > 0"));
                 }
+                let quota = wasmos_alloc::Quota {
+                    guarantee: record.guarantee.clone(),
+                    limit: record.limit.clone(),
+                };
                 if let Some(limit) = &record.limit
-                    && !record.guarantee.fits_in(limit)
+                    && !quota.guarantee_within_limit()
                 {
                     return CommandResult::Rejected(format!(
                         "role {role}: guarantee {} exceeds limit {limit}",

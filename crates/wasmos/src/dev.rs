@@ -82,6 +82,8 @@ pub struct DevOptions {
     pub agents: u32,
     pub listen: SocketAddr,
     pub agent_resources: Resources,
+    /// Static reservations of each agent, by role.
+    pub agent_reserved: std::collections::BTreeMap<String, Resources>,
     pub exec: wasmos_exec::ExecConfig,
     pub keep_task_dirs: bool,
 }
@@ -140,7 +142,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             master: addr,
             resources: opts.agent_resources.clone(),
             attributes,
-            reserved: Default::default(),
+            reserved: opts.agent_reserved.clone(),
             work_dir: data.join("agents").join(&name),
             exec: opts.exec.clone(),
             keep_task_dirs: opts.keep_task_dirs,

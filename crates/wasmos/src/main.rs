@@ -194,6 +194,10 @@ struct DevArgs {
     /// A custom resource each agent offers, NAME=AMOUNT, e.g. gpu=2 (repeatable).
     #[arg(long, value_name = "NAME=AMOUNT")]
     agent_resource: Vec<String>,
+    /// Reserve part of each agent for a role, ROLE:RESOURCES, e.g. `team-a:cpu=1,mem=512MiB`
+    /// (repeatable).
+    #[arg(long, value_name = "ROLE:RESOURCES")]
+    agent_reserve: Vec<String>,
     /// Run the demo job, print its output, then stop.
     #[arg(long)]
     demo: bool,
@@ -565,6 +569,11 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             &args.agent_resource,
             "--agent-resource",
         )?,
+        agent_reserved: args
+            .agent_reserve
+            .iter()
+            .map(|r| parse_reservation(r, "--agent-reserve"))
+            .collect::<Result<_>>()?,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
     };
@@ -642,13 +651,13 @@ pub(crate) fn parse_resource_list(list: &str, flag: &str) -> Result<Resources> {
     with_scalars(r, &scalars, flag)
 }
 
-/// `ROLE:RESOURCES` of `wasmos agent --reserve`.
-fn parse_reservation(s: &str) -> Result<(String, Resources)> {
+/// `ROLE:RESOURCES` of `wasmos agent --reserve` (and `dev --agent-reserve`).
+fn parse_reservation(s: &str, flag: &str) -> Result<(String, Resources)> {
     let Some((role, list)) = s.split_once(':') else {
-        bail!("--reserve `{s}` is not ROLE:RESOURCES (e.g. team-a:cpu=1,mem=1GiB)");
+        bail!("{flag} `{s}` is not ROLE:RESOURCES (e.g. team-a:cpu=1,mem=1GiB)");
     };
-    wasmos_alloc::Role::new(role).map_err(|e| anyhow!("--reserve `{s}`: {e}"))?;
-    Ok((role.to_string(), parse_resource_list(list, "--reserve")?))
+    wasmos_alloc::Role::new(role).map_err(|e| anyhow!("{flag} `{s}`: {e}"))?;
+    Ok((role.to_string(), parse_resource_list(list, flag)?))
 }
 
 fn key_values(pairs: &[String], what: &str) -> Result<Vec<(String, String)>> {
@@ -688,7 +697,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
         reserved: args
             .reserve
             .iter()
-            .map(|r| parse_reservation(r))
+            .map(|r| parse_reservation(r, "--reserve"))
             .collect::<Result<_>>()?,
         work_dir,
         exec: args.exec.config()?,
