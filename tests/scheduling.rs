@@ -2,6 +2,8 @@
 //! static reservations held for their role, best-effort tasks on revocable resources and their
 //! preemption, role and quota commands, and tenants kept to their own roles.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,7 +103,7 @@ fn freed_resources_go_to_roles_by_weighted_drf() {
     // ends with 3 tasks, beta with 1. Equal weights would have given 2 and 2.
     let shares = wait_for("the fill tasks to end", 30, || {
         let r = running_by_role(&c);
-        (r.get("default").is_none() && r.values().sum::<usize>() == 4).then_some(r)
+        (!r.contains_key("default") && r.values().sum::<usize>() == 4).then_some(r)
     });
     assert_eq!(shares.get("acme"), Some(&3), "{shares:?}");
     assert_eq!(shares.get("beta"), Some(&1), "{shares:?}");
@@ -290,7 +292,10 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
         (&["role", "set", "acme", "--weight", "0"][..], "--weight"),
         (&["role", "set", "Acme", "--weight", "1"][..], "role path"),
         (&["role", "set", "acme"][..], "nothing to change"),
-        (&["role", "set", "acme", "--limit", "cpu=lots"][..], "--limit"),
+        (
+            &["role", "set", "acme", "--limit", "cpu=lots"][..],
+            "--limit",
+        ),
     ] {
         assert_clean_error(&c.cli(args).unwrap(), says);
     }
@@ -338,7 +343,7 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
     kill_all(two);
     // With acme's tasks gone, the tenant's own run fits under the limit again.
     wait_for("acme's tasks to end", 30, || {
-        running_by_role(&c).get("acme").is_none().then_some(())
+        (!running_by_role(&c).contains_key("acme")).then_some(())
     });
     let out = run(&["--role", "acme/etl"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -991,7 +991,7 @@ fn a_limit_constrains_only_the_kinds_it_names() {
         q(Resources::new(2000, 0, 0), Resources::new(1000, 1 << 30, 0)),
     );
     assert!(
-        matches!(err, Err(ConfigError::GuaranteeOverLimit { .. })),
+        matches!(err, Err(crate::ConfigError::GuaranteeOverLimit { .. })),
         "{err:?}"
     );
     assert!(
