@@ -72,6 +72,15 @@ impl DevCluster {
         self.dir.path().join("client.toml")
     }
 
+    /// The master's address, from the client config `wasmos dev` wrote.
+    pub fn master_addr(&self) -> std::net::SocketAddr {
+        let cfg = std::fs::read_to_string(self.config()).unwrap_or_default();
+        cfg.lines()
+            .find_map(|l| l.strip_prefix("master = "))
+            .and_then(|v| v.trim().trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no master address in {cfg}"))
+    }
+
     /// Starts (or restarts) the dev process on this data dir and waits until every agent is
     /// registered and active.
     pub fn spawn(&mut self) -> Result<()> {

@@ -152,20 +152,19 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
     }
 }
 
-async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientResponse {
+/// What the master checks of any task spec before it records it.
+pub(crate) fn validate_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.timeout_ms == 0 {
-        return error(
-            ErrorKind::InvalidRequest,
-            "timeout must be greater than zero",
-        );
+        return Err("timeout must be greater than zero".into());
     }
     if spec.resources.cpu_millis == 0 || spec.resources.mem_bytes == 0 {
-        return error(
-            ErrorKind::InvalidRequest,
-            "cpu and mem must be greater than zero",
-        );
+        return Err("cpu and mem must be greater than zero".into());
     }
-    if let Err(e) = spec.check() {
+    spec.check()
+}
+
+async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientResponse {
+    if let Err(e) = validate_spec(&spec) {
         return error(ErrorKind::InvalidRequest, e);
     }
     let mut spec = spec;
@@ -174,7 +173,7 @@ async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientRespon
         Err(e) => return error(ErrorKind::InvalidRequest, e),
     }
     let cmd = Command::SubmitTask {
-        id: None,
+        id: Some(shared.new_task_id()),
         spec,
         owner: who.to_uri(),
         now_ms: now_ms(),
@@ -235,7 +234,7 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
 
 /// The role a submission runs under: the one it names, else the submitter's own (a tenant's
 /// name; `default` for operators). Tenants may only use their role and roles below it.
-fn resolve_role(who: &Identity, asked: Option<&str>) -> Result<Role, String> {
+pub(crate) fn resolve_role(who: &Identity, asked: Option<&str>) -> Result<Role, String> {
     let home = match who {
         Identity::Tenant { tenant, .. } => Some(
             Role::new(tenant)

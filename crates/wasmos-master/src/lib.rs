@@ -4,6 +4,7 @@
 mod agents;
 mod bundles;
 mod client;
+mod frameworks;
 mod logs;
 mod offers;
 mod scheduler;
@@ -82,6 +83,10 @@ pub(crate) struct Shared {
     pub disconnected: Mutex<BTreeMap<AgentId, std::time::Instant>>,
     /// Tells the offer cycle what changed.
     pub events: mpsc::UnboundedSender<offers::Event>,
+    /// The last task id handed out. Ids are given before the command that creates the task is
+    /// proposed (an accept must name its tasks before they are committed), so client
+    /// submissions and framework launches draw from this one counter.
+    pub last_task_id: std::sync::atomic::AtomicU64,
     pub started: std::time::Instant,
 }
 
@@ -100,6 +105,14 @@ impl Shared {
 
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         self.raft.read(f)
+    }
+
+    pub fn new_task_id(&self) -> wasmos_proto::TaskId {
+        wasmos_proto::TaskId(
+            self.last_task_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+        )
     }
 
     pub fn offer_event(&self, ev: offers::Event) {
@@ -171,14 +184,18 @@ impl Master {
             .map_err(io("cannot open bundle store", &cfg.data_dir))?;
         let logs = logs::LogStore::open(cfg.data_dir.join("logs"))
             .map_err(io("cannot open log store", &cfg.data_dir))?;
-        let endpoint =
-            wasmos_net::server_endpoint(cfg.listen, creds, &[alpn::AGENT, alpn::CLIENT])?;
+        let endpoint = wasmos_net::server_endpoint(
+            cfg.listen,
+            creds,
+            &[alpn::AGENT, alpn::CLIENT, alpn::FRAMEWORK],
+        )?;
         let addr = endpoint
             .local_addr()
             .map_err(io("cannot read bound address of", &cfg.data_dir))?;
         let raft =
             RaftNode::open(&cfg.data_dir.join("raft"), cfg.node_id, addr.to_string()).await?;
         let (events, events_rx) = mpsc::unbounded_channel();
+        let last_task_id = raft.read(|s| s.next_task_id);
         let shared = Arc::new(Shared {
             cfg,
             raft,
@@ -187,6 +204,7 @@ impl Master {
             agents: Mutex::new(BTreeMap::new()),
             disconnected: Mutex::new(BTreeMap::new()),
             events,
+            last_task_id: std::sync::atomic::AtomicU64::new(last_task_id),
             started: std::time::Instant::now(),
         });
         let mut tasks = JoinSet::new();
@@ -244,6 +262,9 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
                 }
                 (Some(alpn::CLIENT), Identity::Operator(_) | Identity::Tenant { .. }) => {
                     client::serve(shared, conn, identity).await
+                }
+                (Some(alpn::FRAMEWORK), Identity::Operator(_) | Identity::Tenant { .. }) => {
+                    frameworks::serve(shared, conn, identity).await
                 }
                 _ => {
                     let msg = format!("{identity} may not use this channel");

@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use wasmos_alloc::{
-    AgentSummary, Allocator, Config, Offer, Operation, Pools, Quota, Rescind, Role, RoleSummary,
-    TaskRequest,
+    AgentSummary, Allocator, Config, Offer, Operation, Pools, Quota, Rescind, ReservationChange,
+    Role, RoleSummary, TaskRequest,
 };
 use wasmos_proto::{
-    AgentId, FrameworkId, MasterToAgent, Qos, Reason, Resources, TaskId, TaskInfo, TaskState,
-    TaskStatus,
+    AgentId, FrameworkCall, FrameworkEvent, FrameworkId, MasterToAgent, OfferId, OfferInfo,
+    OfferOperation, Qos, Reason, Resources, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
-use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask};
+use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask, ReservationOp};
 
+use crate::client::validate_spec;
 use crate::{Shared, now_ms};
 
 /// The name and owner the built-in `wasmos run` frameworks are registered with.
@@ -47,6 +48,20 @@ pub(crate) enum Event {
     RolesChanged,
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
+    /// A framework subscribed on connection `conn`; its events go to `tx`.
+    FrameworkUp {
+        id: FrameworkId,
+        conn: usize,
+        tx: mpsc::UnboundedSender<FrameworkEvent>,
+    },
+    FrameworkDown {
+        id: FrameworkId,
+        conn: usize,
+    },
+    FrameworkCall {
+        id: FrameworkId,
+        call: FrameworkCall,
+    },
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -75,6 +90,8 @@ struct Cycle {
     /// Queued tasks not yet checked against the agents' sizes.
     unchecked: BTreeSet<TaskId>,
     agents_changed: bool,
+    /// Subscribed frameworks: their connection and where their events go.
+    external: BTreeMap<FrameworkId, (usize, mpsc::UnboundedSender<FrameworkEvent>)>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
@@ -96,7 +113,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
         for ev in batch {
             match ev {
                 Event::Reconcile => reconcile = true,
-                other => cycle.handle(other),
+                other => {
+                    if let Err(e) = cycle.handle(other).await {
+                        tracing::error!("offer cycle event failed: {e}");
+                    }
+                }
             }
         }
         if reconcile {
@@ -124,6 +145,22 @@ fn request(t: &TaskInfo) -> TaskRequest {
     }
 }
 
+fn offer_info(offer: &Offer) -> OfferInfo {
+    OfferInfo {
+        id: offer.id,
+        agent: offer.agent.clone(),
+        attributes: BTreeMap::new(),
+        unreserved: offer.resources.unreserved.clone(),
+        reserved: offer
+            .resources
+            .reserved
+            .iter()
+            .map(|(r, res)| (r.to_string(), res.clone()))
+            .collect(),
+        revocable: offer.resources.revocable.clone(),
+    }
+}
+
 impl Cycle {
     fn new(shared: Arc<Shared>) -> Cycle {
         let mut cycle = Cycle {
@@ -134,6 +171,7 @@ impl Cycle {
             agent_totals: BTreeMap::new(),
             unchecked: BTreeSet::new(),
             agents_changed: false,
+            external: BTreeMap::new(),
         };
         let (frameworks, waiting) = cycle.shared.read(|s| {
             let waiting: Vec<TaskInfo> = s
@@ -192,7 +230,7 @@ impl Cycle {
         }
     }
 
-    fn handle(&mut self, ev: Event) {
+    async fn handle(&mut self, ev: Event) -> Result<(), wasmos_raft::RaftError> {
         match ev {
             Event::AgentUp(agent) => self.agent_up(agent),
             Event::AgentDown(agent) => {
@@ -210,6 +248,21 @@ impl Cycle {
             Event::Reconcile => self.reconcile(),
             Event::RolesChanged => self.apply_roles(),
             Event::Usage(agent, usage) => self.alloc.set_usage(&agent, usage),
+            Event::FrameworkUp { id, conn, tx } => self.framework_up(id, conn, tx),
+            Event::FrameworkDown { id, conn } => {
+                if self.external.get(&id).is_some_and(|(c, _)| *c == conn) {
+                    self.external.remove(&id);
+                    let outstanding: Vec<_> = self
+                        .alloc
+                        .offers()
+                        .filter(|o| o.framework == id)
+                        .map(|o| o.id)
+                        .collect();
+                    self.alloc.decline(id, &outstanding, Some(0), now_ms());
+                    self.alloc.suppress(id);
+                }
+            }
+            Event::FrameworkCall { id, call } => return self.framework_call(id, call).await,
             Event::Snapshot(reply) => {
                 let agents = self
                     .agent_totals
@@ -222,12 +275,226 @@ impl Cycle {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn send(&self, fw: FrameworkId, ev: FrameworkEvent) {
+        if let Some((_, tx)) = self.external.get(&fw) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    fn framework_up(
+        &mut self,
+        id: FrameworkId,
+        conn: usize,
+        tx: mpsc::UnboundedSender<FrameworkEvent>,
+    ) {
+        if self.alloc.framework_dominant_share(id).is_none() {
+            let Some(f) = self.shared.read(|s| s.frameworks.get(&id).cloned()) else {
+                return;
+            };
+            if let Err(e) = self.alloc.add_framework(id, f.role, f.revocable) {
+                tracing::error!(framework = %id, "cannot add framework: {e}");
+                return;
+            }
+        }
+        self.alloc.revive(id);
+        self.external.insert(id, (conn, tx));
+    }
+
+    async fn framework_call(
+        &mut self,
+        fw: FrameworkId,
+        call: FrameworkCall,
+    ) -> Result<(), wasmos_raft::RaftError> {
+        let now = now_ms();
+        match call {
+            FrameworkCall::Subscribe { .. } => {}
+            FrameworkCall::Decline { offers, refuse_ms } => {
+                self.alloc.decline(fw, &offers, refuse_ms, now);
+            }
+            FrameworkCall::Suppress => self.alloc.suppress(fw),
+            FrameworkCall::Revive => self.alloc.revive(fw),
+            FrameworkCall::Kill { task } => {
+                let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+                match info {
+                    Some(t) if t.framework == Some(fw) && !t.status.state.is_terminal() => {
+                        if let Some(agent) = &t.agent {
+                            self.shared
+                                .send_to_agent(agent, MasterToAgent::Kill { task, reason: None });
+                        }
+                    }
+                    _ => self.send(
+                        fw,
+                        FrameworkEvent::Error {
+                            request: None,
+                            message: format!("no live task {task} of this framework"),
+                        },
+                    ),
+                }
+            }
+            FrameworkCall::Accept {
+                request,
+                offers,
+                operations,
+                refuse_ms,
+            } => {
+                let outcome = self
+                    .external_accept(fw, &offers, operations, refuse_ms, now)
+                    .await?;
+                let ev = match outcome {
+                    Ok(tasks) => FrameworkEvent::Accepted { request, tasks },
+                    Err(message) => FrameworkEvent::Error {
+                        request: Some(request),
+                        message,
+                    },
+                };
+                self.send(fw, ev);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a framework's accept, applies it to the allocator, records it through Raft and
+    /// launches its tasks. A refusal withdraws the named offers and launches nothing.
+    async fn external_accept(
+        &mut self,
+        fw: FrameworkId,
+        offers: &[OfferId],
+        operations: Vec<OfferOperation>,
+        refuse_ms: Option<u64>,
+        now: u64,
+    ) -> Result<Result<Vec<TaskId>, String>, wasmos_raft::RaftError> {
+        let Some(role) = self
+            .shared
+            .read(|s| s.frameworks.get(&fw).map(|f| f.role.clone()))
+        else {
+            return Ok(Err(format!("framework {fw} is not known")));
+        };
+        let mut ops = Vec::new();
+        let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
+        let mut ids = Vec::new();
+        for op in operations {
+            let (list, group) = match op {
+                OfferOperation::Reserve(r) => {
+                    ops.push(Operation::Reserve(r));
+                    continue;
+                }
+                OfferOperation::Unreserve(r) => {
+                    ops.push(Operation::Unreserve(r));
+                    continue;
+                }
+                OfferOperation::Launch(list) => (list, false),
+                OfferOperation::LaunchGroup(list) => (list, true),
+            };
+            let mut requests = Vec::new();
+            for mut spec in list {
+                if let Err(e) = validate_spec(&spec) {
+                    self.alloc.decline(fw, offers, Some(0), now);
+                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
+                }
+                spec.role = Some(role.to_string());
+                let id = self.shared.new_task_id();
+                requests.push(TaskRequest {
+                    id,
+                    resources: spec.resources.clone(),
+                    qos: spec.qos,
+                    priority: spec.priority,
+                });
+                ids.push(id);
+                specs.insert(id, spec);
+            }
+            ops.push(if group {
+                Operation::LaunchGroup(requests)
+            } else {
+                Operation::Launch(requests)
+            });
+        }
+        let accepted = match self.alloc.accept(fw, offers, &ops, refuse_ms, now) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let reservations = accepted
+            .reservations
+            .iter()
+            .map(|c| match c {
+                ReservationChange::Reserved {
+                    role, resources, ..
+                } => ReservationOp::Reserve {
+                    role: role.clone(),
+                    resources: resources.clone(),
+                },
+                ReservationChange::Unreserved {
+                    role, resources, ..
+                } => ReservationOp::Unreserve {
+                    role: role.clone(),
+                    resources: resources.clone(),
+                },
+            })
+            .collect();
+        let tasks = accepted
+            .launches
+            .iter()
+            .map(|l| LaunchTask {
+                id: l.task,
+                spec: specs.get(&l.task).cloned(),
+                charge: l.charge.clone(),
+            })
+            .collect();
+        let agent = accepted.agent.clone();
+        if let Err(why) = self.commit_launch(fw, &agent, reservations, tasks).await? {
+            return Ok(Err(why));
+        }
+        for (id, spec) in specs {
+            tracing::info!(task = %id, %agent, framework = %fw, "launching");
+            self.shared
+                .send_to_agent(&agent, MasterToAgent::Launch { task: id, spec });
+        }
+        Ok(Ok(ids))
+    }
+
+    /// Records an accepted offer. If the state machine refuses it (the allocator's view was
+    /// stale), the agent is rebuilt in the allocator from the recorded state.
+    async fn commit_launch(
+        &mut self,
+        fw: FrameworkId,
+        agent: &AgentId,
+        reservations: Vec<ReservationOp>,
+        tasks: Vec<LaunchTask>,
+    ) -> Result<Result<(), String>, wasmos_raft::RaftError> {
+        let result = self
+            .shared
+            .write(Command::Launch {
+                framework: fw,
+                agent: agent.clone(),
+                reservations,
+                tasks,
+                now_ms: now_ms(),
+            })
+            .await;
+        match result {
+            Ok(CommandResult::Ok) => Ok(Ok(())),
+            Ok(other) => {
+                tracing::warn!(%agent, framework = %fw, "launch refused: {other:?}");
+                self.refresh_agent(agent);
+                Ok(Err(match other {
+                    CommandResult::Rejected(why) => why,
+                    other => format!("{other:?}"),
+                }))
+            }
+            Err(e) => {
+                self.refresh_agent(agent);
+                Err(e)
+            }
+        }
     }
 
     /// Adds a connected agent with its reservations and the tasks it holds.
     fn agent_up(&mut self, agent: AgentId) {
-        let (_, lost) = self.alloc.remove_agent(&agent);
-        debug_assert!(lost.is_empty() || self.agent_totals.contains_key(&agent));
+        let (rescinds, _) = self.alloc.remove_agent(&agent);
+        self.rescinded(rescinds);
+
         let snapshot = self.shared.read(|s| {
             let record = s.agents.get(&agent).cloned()?;
             let dynamic = s.reservations.get(&agent).cloned().unwrap_or_default();
@@ -279,8 +546,30 @@ impl Cycle {
         self.agents_changed = true;
     }
 
+    /// Rebuilds an agent in the allocator from the recorded state (if it is connected).
+    fn refresh_agent(&mut self, agent: &AgentId) {
+        if self.agent_totals.contains_key(agent) {
+            self.agent_up(agent.clone());
+        } else {
+            let (rescinds, _) = self.alloc.remove_agent(agent);
+            self.rescinded(rescinds);
+        }
+    }
+
     fn task_changed(&mut self, task: TaskId) {
         let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+        if let Some(t) = &info
+            && let Some(fw) = t.framework
+            && self.external.contains_key(&fw)
+        {
+            self.send(
+                fw,
+                FrameworkEvent::Update {
+                    task,
+                    status: t.status.clone(),
+                },
+            );
+        }
         match info {
             Some(t) if !t.status.state.is_terminal() => {}
             _ => {
@@ -367,6 +656,7 @@ impl Cycle {
     fn rescinded(&mut self, rescinds: Vec<Rescind>) {
         for r in rescinds {
             tracing::debug!(offer = %r.offer, framework = %r.framework, "offer rescinded: {:?}", r.reason);
+            self.send(r.framework, FrameworkEvent::Rescind { offer: r.offer });
         }
     }
 
@@ -382,14 +672,33 @@ impl Cycle {
             }
         }
         let offers = self.alloc.allocate(now);
+        let mut outgoing: BTreeMap<FrameworkId, Vec<OfferInfo>> = BTreeMap::new();
         for offer in offers {
             if self.builtin_ids.contains_key(&offer.framework) {
                 self.builtin_accept(offer, now).await?;
+            } else if self.external.contains_key(&offer.framework) {
+                outgoing
+                    .entry(offer.framework)
+                    .or_default()
+                    .push(offer_info(&offer));
             } else {
-                // No external framework is connected yet in this build of the cycle: give
-                // the resources back at once.
+                // Its framework has just gone: give the resources back at once.
                 self.alloc
                     .decline(offer.framework, &[offer.id], Some(0), now);
+            }
+        }
+        if !outgoing.is_empty() {
+            self.shared.read(|s| {
+                for infos in outgoing.values_mut() {
+                    for info in infos.iter_mut() {
+                        if let Some(a) = s.agents.get(&info.agent) {
+                            info.attributes = a.attributes.clone();
+                        }
+                    }
+                }
+            });
+            for (fw, infos) in outgoing {
+                self.send(fw, FrameworkEvent::Offers(infos));
             }
         }
         for p in self.alloc.preemptions() {
@@ -553,33 +862,13 @@ impl Cycle {
                 charge: l.charge.clone(),
             })
             .collect();
-        let result = self
-            .shared
-            .write(Command::Launch {
-                framework: offer.framework,
-                agent: accepted.agent.clone(),
-                reservations: Vec::new(),
-                tasks,
-                now_ms: now_ms(),
-            })
-            .await;
-        match result {
-            Ok(CommandResult::Ok) => {}
-            Ok(other) => {
-                tracing::warn!(agent = %accepted.agent, "launch refused: {other:?}");
-                for l in &accepted.launches {
-                    self.alloc.release(l.task);
-                }
-                // Tasks that ended meanwhile (killed while waiting) leave the queue.
-                self.reconcile();
-                return Ok(());
-            }
-            Err(e) => {
-                for l in &accepted.launches {
-                    self.alloc.release(l.task);
-                }
-                return Err(e);
-            }
+        let committed = self
+            .commit_launch(offer.framework, &accepted.agent, Vec::new(), tasks)
+            .await?;
+        if committed.is_err() {
+            // Tasks that ended meanwhile (killed while waiting) leave the queue.
+            self.reconcile();
+            return Ok(());
         }
         let specs = self.shared.read(|s: &ClusterState| {
             accepted

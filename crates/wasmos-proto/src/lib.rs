@@ -2,6 +2,7 @@
 //! connection, plus the versioned frame codec. Pure data: no I/O, no clock, no async runtime.
 
 mod codec;
+mod framework;
 mod ids;
 mod messages;
 mod net;
@@ -9,6 +10,7 @@ mod quantity;
 mod task;
 
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
+pub use framework::{FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation};
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ErrorKind,

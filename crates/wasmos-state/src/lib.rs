@@ -236,20 +236,8 @@ impl ClusterState {
                 owner,
                 now_ms,
             } => {
-                if !self.bundles.contains_key(&spec.bundle) {
-                    return CommandResult::Rejected(format!(
-                        "bundle {} has not been uploaded",
-                        spec.bundle
-                    ));
-                }
-                if let Some(stdin) = spec
-                    .stdin
-                    .as_ref()
-                    .filter(|h| !self.bundles.contains_key(h))
-                {
-                    return CommandResult::Rejected(format!(
-                        "stdin blob {stdin} has not been uploaded"
-                    ));
+                if let Err(why) = self.check_blobs(&spec) {
+                    return CommandResult::Rejected(why);
                 }
                 if let Some(role) = &spec.role
                     && let Err(e) = Role::new(role)
@@ -428,6 +416,21 @@ impl ClusterState {
         }
     }
 
+    /// A spec's bundle and stdin blob must have been uploaded.
+    fn check_blobs(&self, spec: &TaskSpec) -> Result<(), String> {
+        if !self.bundles.contains_key(&spec.bundle) {
+            return Err(format!("bundle {} has not been uploaded", spec.bundle));
+        }
+        if let Some(stdin) = spec
+            .stdin
+            .as_ref()
+            .filter(|h| !self.bundles.contains_key(h))
+        {
+            return Err(format!("stdin blob {stdin} has not been uploaded"));
+        }
+        Ok(())
+    }
+
     /// Everything reserved on `agent`, static and dynamic, by role.
     pub fn reserved_on(&self, agent: &AgentId) -> BTreeMap<Role, Resources> {
         let mut out = self
@@ -514,7 +517,10 @@ impl ClusterState {
                 (None, Some(_)) => return Err(format!("task {} is already placed", t.id)),
                 (None, None) => return Err(format!("unknown task {}", t.id)),
                 (Some(_), Some(_)) => return Err(format!("task {} already exists", t.id)),
-                (Some(spec), None) => &spec.resources,
+                (Some(spec), None) => {
+                    self.check_blobs(spec)?;
+                    &spec.resources
+                }
             };
             if &t.charge.total() != resources {
                 return Err(format!(

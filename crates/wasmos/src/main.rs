@@ -57,6 +57,11 @@ enum Cmd {
     },
     /// Upload a component, run it as a one-task job, stream its output, exit with its code.
     Run(RunArgs),
+    /// Upload components: `wasmos bundle push task.wasm` prints the hash frameworks launch.
+    Bundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+    },
     /// Set roles' weights and quotas, or list roles with what they hold.
     Role {
         #[command(subcommand)]
@@ -168,6 +173,12 @@ enum TaskCmd {
     Kill {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BundleCmd {
+    /// Check and upload a component (skipped if the master has it); prints its sha256.
+    Push { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -497,6 +508,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
+        Cmd::Bundle {
+            cmd: BundleCmd::Push { file },
+        } => {
+            let bytes = load_component(&file)?;
+            let cfg = ClientConfig::load(config)?;
+            let client = Client::connect(&cfg).await?;
+            let (hash, uploaded) = client.push_blob(&bytes, BlobKind::Component).await?;
+            client.close().await;
+            let note = if uploaded {
+                "uploaded"
+            } else {
+                "already there"
+            };
+            eprintln!("{}: {note}", file.display());
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Sim(args) => sim_cmd(&args),
         Cmd::CompileWorker { .. } => Ok(ExitCode::FAILURE),
     }

@@ -1,0 +1,102 @@
+//! The scheduler API on `wasmos-framework/1`: a framework opens one bidirectional stream,
+//! subscribes, and from then on sends calls and receives events on it, each side in order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentId, FrameworkId, OfferId, Resources, TaskId, TaskSpec, TaskStatus};
+
+/// Framework to master.
+#[allow(clippy::large_enum_variant)] // as for `ClientRequest`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameworkCall {
+    /// The first call. `framework` re-attaches to an id this identity subscribed before (its
+    /// tasks stay its own); `None` registers a new framework. `role: None` is the
+    /// subscriber's default role (a tenant's name, `default` for operators).
+    Subscribe {
+        name: String,
+        role: Option<String>,
+        /// Also take revocable resources, for best-effort tasks.
+        revocable: bool,
+        framework: Option<FrameworkId>,
+    },
+    /// Uses offers (all on one agent): the operations apply in order, all or nothing. What the
+    /// offers had left is declined for `refuse_ms` (default 5 s). Answered by `Accepted` or
+    /// `Error` with the same `request`.
+    Accept {
+        request: u64,
+        offers: Vec<OfferId>,
+        operations: Vec<OfferOperation>,
+        refuse_ms: Option<u64>,
+    },
+    /// Gives offers back; their resources are not offered to this framework again for
+    /// `refuse_ms` (default 5 s) unless more becomes free.
+    Decline {
+        offers: Vec<OfferId>,
+        refuse_ms: Option<u64>,
+    },
+    /// No more offers until `Revive`.
+    Suppress,
+    /// Offers again, forgetting earlier declines.
+    Revive,
+    Kill {
+        task: TaskId,
+    },
+}
+
+#[allow(clippy::large_enum_variant)] // as for `ClientRequest`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferOperation {
+    /// Tasks to start; the master numbers them (see `Accepted`).
+    Launch(Vec<TaskSpec>),
+    /// Tasks that start together or not at all.
+    LaunchGroup(Vec<TaskSpec>),
+    /// Turns offered unreserved resources into a reservation for the framework's role.
+    Reserve(Resources),
+    /// Gives resources dynamically reserved for the framework's role back.
+    Unreserve(Resources),
+}
+
+/// Resources of one agent offered to one framework, by pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferInfo {
+    pub id: OfferId,
+    pub agent: AgentId,
+    pub attributes: BTreeMap<String, String>,
+    pub unreserved: Resources,
+    /// Reserved for the framework's role or one of its ancestors.
+    pub reserved: BTreeMap<String, Resources>,
+    /// Lent from others' unused allocation: only for best-effort tasks, which may be preempted.
+    pub revocable: Resources,
+}
+
+/// Master to framework.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameworkEvent {
+    Subscribed {
+        framework: FrameworkId,
+        role: String,
+    },
+    Offers(Vec<OfferInfo>),
+    /// The offer is withdrawn (timed out, or its agent left); accepting it now fails.
+    Rescind {
+        offer: OfferId,
+    },
+    /// The accept succeeded: the ids of the tasks it launched, in the order of its specs.
+    Accepted {
+        request: u64,
+        tasks: Vec<TaskId>,
+    },
+    /// A status change of one of the framework's tasks.
+    Update {
+        task: TaskId,
+        status: TaskStatus,
+    },
+    /// A call was refused (`request` names the accept, if it was one); nothing it asked for
+    /// happened.
+    Error {
+        request: Option<u64>,
+        message: String,
+    },
+}

@@ -1,0 +1,266 @@
+//! The scheduler API on `wasmos-framework/1` against a real cluster: a framework subscribes
+//! under a role, receives offers with agent attributes, is refused accepts that ask for more
+//! than offered or name a stale offer (nothing launches), launches a task from an offer and
+//! follows its status updates, suppresses and revives, and re-attaches to its id.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wasmos_net::{Connection, Credentials, Endpoint, RecvStream, SendStream};
+use wasmos_net::{recv_frame, send_frame};
+use wasmos_proto::{
+    BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, OfferId, OfferInfo, OfferOperation,
+    Resources, TaskSpec, TaskState, alpn,
+};
+use wasmos_tests::{DevCluster, sample, text};
+
+struct Framework {
+    _endpoint: Endpoint,
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    /// The dev cluster's log, for failure messages.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Offers received and not yet used, declined or rescinded.
+    outstanding: BTreeMap<OfferId, OfferInfo>,
+}
+
+impl Framework {
+    async fn connect(c: &DevCluster) -> Framework {
+        let pki = c.dir.path().join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        let creds = Credentials::from_pem(
+            &read("ca.pem"),
+            &read("operator.pem"),
+            &read("operator.key"),
+        )
+        .unwrap();
+        let master = c.master_addr();
+        let endpoint = wasmos_net::client_endpoint(&creds, alpn::FRAMEWORK, master).unwrap();
+        let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Framework {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+            log: c.log.clone(),
+            outstanding: BTreeMap::new(),
+        }
+    }
+
+    async fn call(&mut self, call: &FrameworkCall) {
+        send_frame(&mut self.send, call).await.unwrap();
+    }
+
+    /// The next event, or `None` if none comes within `secs`.
+    async fn next(&mut self, secs: u64) -> Option<FrameworkEvent> {
+        let ev = tokio::time::timeout(Duration::from_secs(secs), recv_frame(&mut self.recv))
+            .await
+            .ok()
+            .map(|r| r.unwrap().expect("the master closed the framework stream"));
+        match &ev {
+            Some(FrameworkEvent::Offers(offers)) => {
+                for o in offers {
+                    self.outstanding.insert(o.id, o.clone());
+                }
+            }
+            Some(FrameworkEvent::Rescind { offer }) => {
+                self.outstanding.remove(offer);
+            }
+            _ => {}
+        }
+        ev
+    }
+
+    /// Accepts `offer` with `operations`; it is no longer outstanding either way.
+    async fn accept(&mut self, request: u64, offer: OfferId, operations: Vec<OfferOperation>) {
+        self.outstanding.remove(&offer);
+        self.call(&FrameworkCall::Accept {
+            request,
+            offers: vec![offer],
+            operations,
+            refuse_ms: Some(0),
+        })
+        .await;
+    }
+
+    /// Waits for offers, skipping other events; returns them and what was skipped.
+    async fn offers(&mut self, secs: u64) -> (Vec<OfferInfo>, Vec<FrameworkEvent>) {
+        let mut skipped = Vec::new();
+        loop {
+            match self.next(secs).await {
+                Some(FrameworkEvent::Offers(o)) => return (o, skipped),
+                Some(other) => skipped.push(other),
+                None => panic!(
+                    "no offers within {secs}s; got {skipped:?}; master log:\n{}",
+                    self.log.lock().map(|l| l.clone()).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, role: &str, id: Option<FrameworkId>) -> FrameworkId {
+        self.call(&FrameworkCall::Subscribe {
+            name: "test-framework".into(),
+            role: Some(role.into()),
+            revocable: false,
+            framework: id,
+        })
+        .await;
+        match self.next(10).await {
+            Some(FrameworkEvent::Subscribed { framework, role: r }) => {
+                assert_eq!(r, role);
+                framework
+            }
+            other => panic!("not subscribed: {other:?}"),
+        }
+    }
+}
+
+fn hello_spec(c: &DevCluster, cpu: u64) -> TaskSpec {
+    let out = c
+        .cli(&["bundle", "push", sample("hello").to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = BundleHash::parse(text(&out.stdout).trim()).unwrap();
+    TaskSpec {
+        args: vec!["from-framework".into()],
+        resources: Resources::new(cpu, 64 << 20, 16 << 20),
+        ..TaskSpec::new("hello.wasm", hash)
+    }
+}
+
+#[test]
+fn a_framework_is_offered_resources_and_launches_from_them() {
+    let c = DevCluster::start_with(2, &["--agent-cpu", "2"]).unwrap();
+    let spec = hello_spec(&c, 500);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut fw = Framework::connect(&c).await;
+        let id = fw.subscribe("analytics", None).await;
+        // One offer per agent (no other framework wants anything), with its attributes.
+        let (offers, _) = fw.offers(10).await;
+        assert_eq!(offers.len(), 2, "{offers:?}");
+        for o in &offers {
+            assert_eq!(o.unreserved.cpu_millis, 2000, "{o:?}");
+            assert_eq!(o.attributes.get("dev").map(String::as_str), Some("true"));
+        }
+        let first = offers[0].clone();
+        let second = offers[1].clone();
+
+        // More than offered: refused with the reason, nothing launched.
+        let too_big = TaskSpec {
+            resources: Resources::new(3000, 64 << 20, 0),
+            ..spec.clone()
+        };
+        fw.accept(1, first.id, vec![OfferOperation::Launch(vec![too_big])])
+            .await;
+        match fw.next(10).await {
+            Some(FrameworkEvent::Error {
+                request: Some(1),
+                message,
+            }) => assert!(message.contains("needs"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The refused offer is gone: naming it again is a stale offer.
+        fw.accept(
+            2,
+            first.id,
+            vec![OfferOperation::Launch(vec![spec.clone()])],
+        )
+        .await;
+        let mut launched = None;
+        loop {
+            match fw.next(10).await {
+                Some(FrameworkEvent::Error {
+                    request: Some(2),
+                    message,
+                }) => {
+                    assert!(message.contains("not outstanding"), "{message}");
+                    break;
+                }
+                Some(FrameworkEvent::Offers(_) | FrameworkEvent::Rescind { .. }) => {}
+                other => panic!("expected a stale-offer refusal, got {other:?}"),
+            }
+        }
+        let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+        assert_eq!(tasks.as_array().unwrap().len(), 0, "{tasks}");
+
+        // A valid offer, accepted: the task runs and its updates come back.
+        fw.accept(
+            3,
+            second.id,
+            vec![OfferOperation::Launch(vec![spec.clone()])],
+        )
+        .await;
+        let mut states = Vec::new();
+        while states.last() != Some(&TaskState::Finished) {
+            match fw.next(20).await {
+                Some(FrameworkEvent::Accepted { request: 3, tasks }) => {
+                    assert_eq!(tasks.len(), 1);
+                    launched = Some(tasks[0]);
+                }
+                Some(FrameworkEvent::Update { task, status }) => {
+                    assert_eq!(Some(task), launched);
+                    states.push(status.state);
+                }
+                Some(FrameworkEvent::Offers(_) | FrameworkEvent::Rescind { .. }) => {}
+                other => panic!("unexpected {other:?} (states so far {states:?})"),
+            }
+        }
+        assert!(states.contains(&TaskState::Running), "{states:?}");
+        let task = launched.unwrap();
+        let logs = c.cli(&["logs", &task.to_string()]).unwrap();
+        assert!(text(&logs.stdout).contains("args: from-framework"));
+        let info = c
+            .json(&["task", "show", &task.to_string(), "-o", "json"])
+            .unwrap();
+        assert_eq!(info["framework"], id.0, "{info}");
+        assert_eq!(info["spec"]["role"], "analytics", "{info}");
+
+        // Suppressed, it is offered nothing; revived, it is offered again.
+        let held: Vec<OfferId> = fw.outstanding.keys().copied().collect();
+        fw.outstanding.clear();
+        fw.call(&FrameworkCall::Decline {
+            offers: held,
+            refuse_ms: Some(0),
+        })
+        .await;
+        fw.call(&FrameworkCall::Suppress).await;
+        while let Some(ev) = fw.next(3).await {
+            assert!(
+                !matches!(ev, FrameworkEvent::Offers(_)),
+                "offered while suppressed: {ev:?}"
+            );
+        }
+        fw.call(&FrameworkCall::Revive).await;
+        let (offers, _) = fw.offers(10).await;
+        assert!(!offers.is_empty());
+
+        // Disconnected and back with its id: the same framework, offered again.
+        fw.conn.close(0u32.into(), b"bye");
+        let mut again = Framework::connect(&c).await;
+        assert_eq!(again.subscribe("analytics", Some(id)).await, id);
+        let (offers, _) = again.offers(10).await;
+        assert!(!offers.is_empty());
+        // An id that is not ours is refused.
+        let mut other = Framework::connect(&c).await;
+        other
+            .call(&FrameworkCall::Subscribe {
+                name: "x".into(),
+                role: None,
+                revocable: false,
+                framework: Some(FrameworkId(999)),
+            })
+            .await;
+        match other.next(10).await {
+            Some(FrameworkEvent::Error { message, .. }) => {
+                assert!(message.contains("not one of yours"), "{message}")
+            }
+            e => panic!("expected a refusal, got {e:?}"),
+        }
+    });
+}
