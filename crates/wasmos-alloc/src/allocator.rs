@@ -326,7 +326,9 @@ struct AgentState {
     offered: Pools,
     /// Measured use of this agent's non-revocable tasks, if reported.
     usage: Option<Resources>,
-    offers: BTreeMap<FrameworkId, OfferId>,
+    /// Outstanding offers here, by framework (at most one each, and rarely more than a few:
+    /// a vector is cheaper than a map for that).
+    offers: Vec<(FrameworkId, OfferId)>,
     /// Best-effort tasks, in preemption order: lowest priority, then newest, first.
     revocable_tasks: BTreeSet<(i32, std::cmp::Reverse<TaskId>)>,
 }
@@ -411,11 +413,16 @@ impl AgentState {
             .fold(Resources::default(), |acc, r| acc.saturating_add(r))
     }
 
+    // The cycle calls this for every agent, more than once: most agents reserve nothing.
     fn free_unreserved(&self) -> Resources {
-        self.total
-            .saturating_sub(&self.reserved_total())
-            .saturating_sub(&self.taken.unreserved)
-            .saturating_sub(&self.offered.unreserved)
+        let free = if self.reserved.is_empty() {
+            self.total.saturating_sub(&self.taken.unreserved)
+        } else {
+            self.total
+                .saturating_sub(&self.reserved_total())
+                .saturating_sub(&self.taken.unreserved)
+        };
+        free.saturating_sub(&self.offered.unreserved)
     }
 
     fn free_reserved(&self, role: &str) -> Resources {
@@ -437,6 +444,9 @@ impl AgentState {
     }
 
     fn free_revocable(&self) -> Resources {
+        if self.usage.is_none() {
+            return Resources::default();
+        }
         self.revocable_capacity()
             .saturating_sub(&self.taken.revocable)
             .saturating_sub(&self.offered.revocable)
@@ -582,7 +592,13 @@ fn adjust(
     sub: &Resources,
 ) {
     let held = if offered { offered_part } else { allocated };
-    *held = held.saturating_add(add).saturating_sub(sub);
+    // One of the two is usually empty (an offer made, a task released): one operation then.
+    *held = match (add.is_empty(), sub.is_empty()) {
+        (true, true) => return,
+        (false, true) => held.saturating_add(add),
+        (true, false) => held.saturating_sub(sub),
+        (false, false) => held.saturating_add(add).saturating_sub(sub),
+    };
 }
 
 /// A share as an order-preserving integer key (shares are never negative).
@@ -592,6 +608,23 @@ fn share_key(share: f64) -> u64 {
     } else {
         0
     }
+}
+
+/// `dominant_share(a + b, total)` without building the sum.
+fn dominant_share_of_sum(a: &Resources, b: &Resources, total: &Resources) -> f64 {
+    if !a.scalars.is_empty() || !b.scalars.is_empty() {
+        return dominant_share(&a.saturating_add(b), total);
+    }
+    let frac = |h: u64, t: u64| if t == 0 { 0.0 } else { h as f64 / t as f64 };
+    frac(a.cpu_millis.saturating_add(b.cpu_millis), total.cpu_millis)
+        .max(frac(
+            a.mem_bytes.saturating_add(b.mem_bytes),
+            total.mem_bytes,
+        ))
+        .max(frac(
+            a.disk_bytes.saturating_add(b.disk_bytes),
+            total.disk_bytes,
+        ))
 }
 
 /// The largest fraction of `total` that `held` takes of any one resource: DRF's measure.
@@ -652,7 +685,7 @@ impl Allocator {
             taken: Pools::default(),
             offered: Pools::default(),
             usage: None,
-            offers: BTreeMap::new(),
+            offers: Vec::new(),
             revocable_tasks: BTreeSet::new(),
         });
         self.stale_order = true;
@@ -691,7 +724,7 @@ impl Allocator {
         let Some(agent) = self.agents.get(id) else {
             return (Vec::new(), Vec::new());
         };
-        let offers: Vec<OfferId> = agent.offers.values().copied().collect();
+        let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
         let mut rescinds = Vec::new();
         for o in offers {
             if let Some(offer) = self.withdraw_offer(o) {
@@ -948,10 +981,7 @@ impl Allocator {
         };
         adjust(&mut f.allocated, &mut f.offered, offered, add, sub);
         let old = f.key;
-        let new = share_key(dominant_share(
-            &f.allocated.saturating_add(&f.offered),
-            &self.total,
-        ));
+        let new = share_key(dominant_share_of_sum(&f.allocated, &f.offered, &self.total));
         f.key = new;
         let rix = f.rix;
         if !f.suppressed
@@ -968,7 +998,9 @@ impl Allocator {
             };
             adjust(&mut node.allocated, &mut node.offered, offered, add, sub);
             let old = node.key;
-            let new = share_key(dominant_share(&node.held(), &self.total) / node.weight);
+            let new = share_key(
+                dominant_share_of_sum(&node.allocated, &node.offered, &self.total) / node.weight,
+            );
             node.key = new;
             let parent = node.parent;
             if node.active > 0 && old != new {
@@ -1035,11 +1067,16 @@ impl Allocator {
     fn offerable(&self, fw: FrameworkId, agent: usize, scope: Scope, now: u64) -> Option<Pools> {
         let f = self.frameworks.get(&fw)?;
         let agent = self.agents.at(agent)?;
-        if agent.offers.contains_key(&fw) {
+        if agent.offers.iter().any(|(f, _)| *f == fw) {
             return None;
         }
         let mut pools = Pools::default();
-        for r in f.role.self_and_ancestors() {
+        let reserving = if agent.reserved.is_empty() {
+            None
+        } else {
+            Some(f.role.self_and_ancestors())
+        };
+        for r in reserving.into_iter().flatten() {
             let free = agent.free_reserved(r);
             if !free.is_empty()
                 && let Ok(r) = Role::new(r)
@@ -1129,7 +1166,7 @@ impl Allocator {
         self.next_offer += 1;
         let id = OfferId(self.next_offer);
         a.offered.add(&pools);
-        a.offers.insert(fw, id);
+        a.offers.push((fw, id));
         let agent_id = a.id.clone();
         let offer = Offer {
             id,
@@ -1153,7 +1190,7 @@ impl Allocator {
         let offer = self.offers.remove(&id)?;
         if let Some(a) = self.agents.get_mut(&offer.agent) {
             a.offered.sub(&offer.resources);
-            a.offers.remove(&offer.framework);
+            a.offers.retain(|(f, _)| *f != offer.framework);
         }
         self.account(
             offer.framework,
@@ -1205,21 +1242,24 @@ impl Allocator {
         // cycle, so no agent is always the first one handed out.
         let n = self.agents.len();
         let start = (self.cycles % n as u64) as usize;
-        let mut ids: Vec<(u64, u64, usize, usize)> = self
-            .agents
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (slot, a))| {
-                let free = a.free_unreserved();
-                let any = !free.is_empty()
-                    || a.reserved
-                        .keys()
-                        .any(|r| !a.free_reserved(r.as_str()).is_empty())
-                    || !a.free_revocable().is_empty();
-                any.then(|| (free.cpu_millis, free.mem_bytes, (i + n - start) % n, slot))
-            })
-            .collect();
+        // One pass: the agents with anything free, and the unreserved total (for stage 2).
+        let mut free_total = Resources::default();
+        let mut ids: Vec<(u64, u64, usize, usize)> = Vec::with_capacity(n);
+        for (i, (slot, a)) in self.agents.iter().enumerate() {
+            let free = a.free_unreserved();
+            let any = !free.is_empty()
+                || a.reserved
+                    .keys()
+                    .any(|r| !a.free_reserved(r.as_str()).is_empty())
+                || !a.free_revocable().is_empty();
+            if any {
+                ids.push((free.cpu_millis, free.mem_bytes, (i + n - start) % n, slot));
+            }
+            free_total = free_total.saturating_add(&free);
+        }
         ids.sort_unstable_by_key(|a| (a.0, a.1, a.2));
+        // Usually one offer per agent with anything free: no regrowing on the way.
+        out.reserve(ids.len());
 
         // Stage 1: roles below their guarantee, poorest first, up to what they lack.
         let mut quota_roles: Vec<(u64, RoleIx)> = self
@@ -1245,19 +1285,14 @@ impl Allocator {
                     revocable: false,
                 };
                 if let Some((fw, pools)) = self.pick(&node.children, *agent, scope, now) {
+                    free_total = free_total.saturating_sub(&pools.unreserved);
                     out.extend(self.make_offer(fw, *agent, pools, now));
                 }
             }
         }
 
         // Stage 2: fair shares, holding back what unmet guarantees still need.
-        let mut spare = self
-            .agents
-            .values()
-            .fold(Resources::default(), |acc, a| {
-                acc.saturating_add(&a.free_unreserved())
-            })
-            .saturating_sub(&self.headroom());
+        let mut spare = free_total.saturating_sub(&self.headroom());
         let any_revocable = self
             .frameworks
             .values()

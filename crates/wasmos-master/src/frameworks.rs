@@ -32,7 +32,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             revocable,
             framework,
         })) => (name, role, revocable, framework),
-                other => {
+        other => {
             let msg = format!("expected Subscribe as the first call, got {other:?}");
             refuse_and_close(send, refuse(msg)).await;
             return;
@@ -43,7 +43,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     {
         Ok(s) => s,
         Err(msg) => {
-                        tracing::warn!(%owner, "framework refused: {msg}");
+            tracing::warn!(%owner, "framework refused: {msg}");
             refuse_and_close(send, refuse(msg)).await;
             return;
         }

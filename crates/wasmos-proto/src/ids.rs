@@ -57,8 +57,12 @@ impl fmt::Display for OfferId {
     }
 }
 
+/// An agent's name. Shared, not copied: the allocator keys offers, filters and tasks by it,
+/// and a cycle over 50,000 agents clones it once per offer. On the wire it is a string,
+/// checked when decoded.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AgentId(String);
+#[serde(try_from = "String", into = "String")]
+pub struct AgentId(std::sync::Arc<str>);
 
 impl AgentId {
     pub fn new(name: &str) -> Result<Self, IdError> {
@@ -68,13 +72,26 @@ impl AgentId {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if ok {
-            Ok(AgentId(name.to_string()))
+            Ok(AgentId(name.into()))
         } else {
             Err(IdError::Agent(name.to_string()))
         }
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for AgentId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        AgentId::new(&s)
+    }
+}
+
+impl From<AgentId> for String {
+    fn from(a: AgentId) -> String {
+        a.0.to_string()
     }
 }
 

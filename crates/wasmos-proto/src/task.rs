@@ -25,6 +25,7 @@ pub struct Resources {
 }
 
 impl Resources {
+    #[inline]
     pub fn new(cpu_millis: u64, mem_bytes: u64, disk_bytes: u64) -> Resources {
         Resources {
             cpu_millis,
@@ -48,6 +49,7 @@ impl Resources {
         self.scalars.get(name).copied().unwrap_or(0)
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.cpu_millis == 0
             && self.mem_bytes == 0
@@ -55,6 +57,7 @@ impl Resources {
             && self.scalars.values().all(|v| *v == 0)
     }
 
+    #[inline]
     pub fn fits_in(&self, free: &Resources) -> bool {
         self.cpu_millis <= free.cpu_millis
             && self.mem_bytes <= free.mem_bytes
@@ -62,12 +65,16 @@ impl Resources {
             && self.scalars.iter().all(|(k, v)| *v <= free.scalar(k))
     }
 
+    #[inline]
     pub fn saturating_sub(&self, other: &Resources) -> Resources {
         let mut out = Resources::new(
             self.cpu_millis.saturating_sub(other.cpu_millis),
             self.mem_bytes.saturating_sub(other.mem_bytes),
             self.disk_bytes.saturating_sub(other.disk_bytes),
         );
+        if self.scalars.is_empty() {
+            return out;
+        }
         for (k, v) in &self.scalars {
             let left = v.saturating_sub(other.scalar(k));
             if left > 0 {
@@ -77,12 +84,17 @@ impl Resources {
         out
     }
 
+    #[inline]
     pub fn saturating_add(&self, other: &Resources) -> Resources {
         let mut out = Resources::new(
             self.cpu_millis.saturating_add(other.cpu_millis),
             self.mem_bytes.saturating_add(other.mem_bytes),
             self.disk_bytes.saturating_add(other.disk_bytes),
         );
+        // Most resources have no custom scalars: skip the maps.
+        if self.scalars.is_empty() && other.scalars.is_empty() {
+            return out;
+        }
         out.scalars = self.scalars.clone();
         for (k, v) in &other.scalars {
             let sum = out.scalar(k).saturating_add(*v);
@@ -94,6 +106,7 @@ impl Resources {
     }
 
     /// The smaller of each quantity.
+    #[inline]
     pub fn min(&self, other: &Resources) -> Resources {
         let mut out = Resources::new(
             self.cpu_millis.min(other.cpu_millis),
