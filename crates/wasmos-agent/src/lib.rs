@@ -388,7 +388,7 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
         };
         if preempted && status.state == TaskState::Killed {
             status.reason = Some(Reason::Preempted);
-            status.message = Some("preempted: its revocable resources were needed back".into());
+            status.message = Some("its revocable resources were needed back by their owner".into());
         }
         agent.report(task, status);
     });

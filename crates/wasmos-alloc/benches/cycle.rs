@@ -2,7 +2,7 @@
 //! 1,000 frameworks in 50 roles under 10 tenants (issue 5's targets: <= 10 ms at 10,000 agents,
 //! <= 100 ms at 50,000). Two cases per size: a cold cycle, where every agent is free and gets
 //! an offer, and a steady one, where 1 % of the agents have just freed resources and the rest
-//! are held by tasks.
+//! are held by tasks; and a baseline in the same run, reading every agent's summary once.
 
 // Set-up failures are bugs of this benchmark; there is no outside input.
 #![allow(clippy::expect_used)]
@@ -79,6 +79,19 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("allocation cycle, 1000 frameworks");
     g.sample_size(10);
     for agents in [100, 1_000, 10_000, 50_000] {
+        // The baseline the cycle is compared with (this machine is noisy): reading every
+        // agent's pools once, which any cycle must at least do.
+        let a = cluster(agents);
+        let ids: Vec<AgentId> = (0..agents)
+            .map(|i| AgentId::new(&format!("agent-{i:05}")).expect("valid agent name"))
+            .collect();
+        g.bench_with_input(BenchmarkId::new("baseline", agents), &a, |b, a| {
+            b.iter(|| {
+                for id in &ids {
+                    black_box(a.agent_summary(id));
+                }
+            })
+        });
         for (case, start) in [("cold", cluster(agents)), ("steady", steady(agents))] {
             g.bench_with_input(BenchmarkId::new(case, agents), &start, |b, a| {
                 // The allocator is returned with the offers so that dropping it (freeing a

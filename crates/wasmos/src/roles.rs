@@ -73,12 +73,20 @@ async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// CPU and memory of `r`, plus any custom resource it has, or `-` when empty.
+/// CPU and memory of `r` (CPU without a unit, `500m` or `2`), plus any custom resource it
+/// has, or `-` when empty.
 pub(crate) fn short(r: &Resources) -> String {
     if r.is_empty() {
         return "-".into();
     }
-    let mut parts = vec![format_cpu(r.cpu_millis), format_bytes(r.mem_bytes)];
+    // Zero kinds are left out: in a limit or guarantee they are not constrained.
+    let mut parts = Vec::new();
+    if r.cpu_millis > 0 {
+        parts.push(format_cpu(r.cpu_millis));
+    }
+    if r.mem_bytes > 0 {
+        parts.push(format_bytes(r.mem_bytes));
+    }
     parts.extend(r.scalars.iter().map(|(k, v)| format!("{k}={v}")));
     parts.join(" ")
 }
