@@ -348,3 +348,52 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
     let out = run(&["--role", "acme/etl"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn burstable_tasks_use_spare_memory_up_to_their_limit() {
+    let c = DevCluster::start(1).unwrap();
+    // Allocated 16 MiB, allowed 64: the hog grows past its request to the limit.
+    let out = c
+        .run(
+            &[
+                "--qos",
+                "burstable",
+                "--mem",
+                "16MiB",
+                "--mem-limit",
+                "64MiB",
+            ],
+            "hog",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("memory_limit"));
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let peak = tasks[0]["status"]["peak_mem_bytes"].as_u64().unwrap();
+    assert!(peak > 48 << 20 && peak <= 64 << 20, "peak {peak}");
+    // A guaranteed task with the same request stops at it.
+    let out = c.run(&["--mem", "16MiB"], "hog", &[]).unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let peak = tasks[1]["status"]["peak_mem_bytes"].as_u64().unwrap();
+    assert!(peak <= 16 << 20, "peak {peak}");
+    // Limits are for burstable tasks, and not below the request.
+    let out = c.run(&["--mem-limit", "64MiB"], "hog", &[]).unwrap();
+    assert_clean_error(&out, "burstable");
+    let out = c
+        .run(
+            &[
+                "--qos",
+                "burstable",
+                "--mem",
+                "16MiB",
+                "--mem-limit",
+                "8MiB",
+            ],
+            "hog",
+            &[],
+        )
+        .unwrap();
+    assert_clean_error(&out, "below the request");
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
-use wasmos_exec::{ExecConfig, RunRequest, Runner, TaskUsage};
+use wasmos_exec::{Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskUsage};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
     AgentToMaster, BundleHash, MasterToAgent, OutputPolicy, OutputStream, Reason, Resources,
@@ -78,6 +78,8 @@ struct Agent {
     /// One permit per instance slot of the runner's pooling allocator: a task waits (in
     /// `starting`) for a slot rather than failing to instantiate.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Memory no running task requested: what burstable tasks may borrow past their requests.
+    memory: Arc<MemoryPool>,
     inner: Mutex<Inner>,
 }
 
@@ -183,7 +185,9 @@ pub async fn run(
     let first_seq = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64 * 1024);
+    let memory = MemoryPool::new(cfg.resources.mem_bytes);
     let agent = Arc::new(Agent {
+        memory,
         cfg,
         runner,
         pool: pool.handle.clone(),
@@ -492,11 +496,18 @@ async fn run_task(
     };
     let mut args = vec![spec.name.clone()];
     args.extend(spec.args.iter().cloned());
+    let burstable = spec.qos == wasmos_proto::Qos::Burstable;
     let req = RunRequest {
         args,
         env: spec.env.clone(),
-        cpu_millis: spec.resources.cpu_millis,
-        mem_bytes: spec.resources.mem_bytes,
+        cpu_millis: match spec.cpu_limit_millis {
+            Some(limit) if burstable => limit,
+            _ => spec.resources.cpu_millis,
+        },
+        mem_bytes: match spec.mem_limit_bytes {
+            Some(limit) if burstable => limit,
+            _ => spec.resources.mem_bytes,
+        },
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output_bytes: spec.max_output_bytes,
         truncate_output: spec.on_output_limit == OutputPolicy::Truncate,
@@ -506,6 +517,10 @@ async fn run_task(
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
         usage: Some(usage),
+        burst: burstable.then(|| Burst {
+            request_bytes: spec.resources.mem_bytes,
+            pool: agent.memory.clone(),
+        }),
     };
     let mut waiting = kill.clone();
     let slot = tokio::select! {
@@ -516,7 +531,10 @@ async fn run_task(
         let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
         return TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "killed");
     };
+    // The request is set aside while the task runs, so no burst borrows it.
+    agent.memory.reserve(spec.resources.mem_bytes);
     let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
+    agent.memory.release(spec.resources.mem_bytes);
     // All output is queued before the final status, so watchers see it first.
     let _ = forward.await;
     // Deleting a full scratch space can take a while: not on the task workers.

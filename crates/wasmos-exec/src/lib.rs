@@ -108,7 +108,72 @@ pub struct RunRequest {
     pub disk: Option<DiskQuota>,
     /// Where the run publishes what it uses while it runs, for the agent's usage reports.
     pub usage: Option<std::sync::Arc<TaskUsage>>,
+    /// For a burstable task: memory past `burst.request_bytes` (up to `mem_bytes`) is granted
+    /// only while the agent's pool has it to lend.
+    pub burst: Option<Burst>,
 }
+
+/// Memory an agent can lend to burstable tasks beyond their requests: its advertised memory,
+/// less what running tasks requested and what is lent out. Requests may drive it below zero
+/// (best-effort tasks run on lent resources); then nothing is lent.
+#[derive(Debug)]
+pub struct MemoryPool {
+    free: std::sync::atomic::AtomicI64,
+}
+
+impl MemoryPool {
+    pub fn new(bytes: u64) -> std::sync::Arc<MemoryPool> {
+        std::sync::Arc::new(MemoryPool {
+            free: std::sync::atomic::AtomicI64::new(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        })
+    }
+
+    /// A task's request is set aside for it while it runs.
+    pub fn reserve(&self, bytes: u64) {
+        let b = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.free.fetch_sub(b, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn release(&self, bytes: u64) {
+        let b = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.free.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lends `bytes` if that much is free.
+    pub(crate) fn try_borrow(&self, bytes: u64) -> bool {
+        let Ok(b) = i64::try_from(bytes) else {
+            return false;
+        };
+        self.free
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |free| (free >= b).then(|| free - b),
+            )
+            .is_ok()
+    }
+
+    /// Bytes free to lend now (negative when requests exceed the agent's memory).
+    pub fn free(&self) -> i64 {
+        self.free.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How a burstable task may exceed its memory request.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    pub request_bytes: u64,
+    pub pool: std::sync::Arc<MemoryPool>,
+}
+
+/// Requests compare by value; the pool by identity.
+impl PartialEq for Burst {
+    fn eq(&self, other: &Self) -> bool {
+        self.request_bytes == other.request_bytes && std::sync::Arc::ptr_eq(&self.pool, &other.pool)
+    }
+}
+
+impl Eq for Burst {}
 
 /// A running task's use so far, updated on every epoch tick: the CPU time charged to it and
 /// the memory (linear memories and tables) it holds.

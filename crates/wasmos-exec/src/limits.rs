@@ -32,6 +32,10 @@ pub(crate) struct MemoryLimiter {
     total: u64,
     /// Set once a grow was refused because of `limit`: (the total it asked for, the limit).
     pub exceeded: Option<(u64, u64)>,
+    /// A burstable task's request and the agent's pool it borrows from past it.
+    burst: Option<crate::Burst>,
+    /// Borrowed from the pool so far; given back when the store is dropped.
+    borrowed: u64,
 }
 
 impl MemoryLimiter {
@@ -40,6 +44,16 @@ impl MemoryLimiter {
             limit,
             total: 0,
             exceeded: None,
+            burst: None,
+            borrowed: 0,
+        }
+    }
+
+    /// Memory past `burst.request_bytes` is granted only while `burst.pool` can lend it.
+    pub(crate) fn with_burst(limit: u64, burst: Option<crate::Burst>) -> Self {
+        MemoryLimiter {
+            burst,
+            ..MemoryLimiter::new(limit)
         }
     }
 
@@ -55,8 +69,32 @@ impl MemoryLimiter {
             self.exceeded = Some((wanted, self.limit));
             return false;
         }
+        if let Some(burst) = &self.burst {
+            let need = wanted
+                .saturating_sub(burst.request_bytes)
+                .saturating_sub(self.borrowed);
+            if need > 0 {
+                if !burst.pool.try_borrow(need) {
+                    // The agent has nothing more to lend: as far as the task is concerned, its
+                    // limit is what it holds.
+                    self.exceeded = Some((wanted, self.total.max(burst.request_bytes)));
+                    return false;
+                }
+                self.borrowed += need;
+            }
+        }
         self.total = wanted;
         true
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(burst) = &self.burst
+            && self.borrowed > 0
+        {
+            burst.pool.release(self.borrowed);
+        }
     }
 }
 

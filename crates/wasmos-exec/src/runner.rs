@@ -399,7 +399,7 @@ impl Runner {
         let data = TaskData {
             wasi: wasi.build(),
             table: resource_table(),
-            memory: MemoryLimiter::new(req.mem_bytes),
+            memory: MemoryLimiter::with_burst(req.mem_bytes, req.burst.clone()),
             throttle: Throttle::new(NANOS_PER_SECOND, req.cpu_millis, Instant::now()),
             cpu: cpu.clone(),
             fuel,

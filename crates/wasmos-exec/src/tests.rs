@@ -74,6 +74,7 @@ fn request() -> RunRequest {
         preopens: Vec::new(),
         disk: None,
         usage: None,
+        burst: None,
     }
 }
 
@@ -369,6 +370,42 @@ async fn a_memory_hog_fails_with_memory_limit() {
     req.mem_bytes = 8 << 20;
     let big = command("(memory 200)", "i32.const 0");
     assert_failed(&run(&big, req).await.status, Reason::MemoryLimit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burstable_task_grows_past_its_request_only_while_the_agent_can_lend() {
+    let hog = command(
+        "(memory 1)",
+        "(loop $l i32.const 16 memory.grow i32.const -1 i32.ne br_if $l) unreachable",
+    );
+    let burstable = |pool: &std::sync::Arc<crate::MemoryPool>| {
+        let mut req = request();
+        req.mem_bytes = 32 << 20;
+        req.burst = Some(crate::Burst {
+            request_bytes: 4 << 20,
+            pool: pool.clone(),
+        });
+        req
+    };
+    // 16 MiB to lend: the task gets its 4 MiB request plus those 16, not its 32 MiB limit.
+    let pool = crate::MemoryPool::new(16 << 20);
+    let ran = run(&hog, burstable(&pool)).await;
+    assert_failed(&ran.status, Reason::MemoryLimit);
+    let peak = ran.status.peak_mem_bytes;
+    assert!(peak > (18 << 20) && peak <= 20 << 20, "peak {peak}");
+    // What it borrowed is back in the pool once it has ended.
+    assert_eq!(pool.free(), 16 << 20);
+    // With plenty to lend it reaches its limit, and no further.
+    let pool = crate::MemoryPool::new(1 << 30);
+    let ran = run(&hog, burstable(&pool)).await;
+    let peak = ran.status.peak_mem_bytes;
+    assert!(peak > (30 << 20) && peak <= 32 << 20, "peak {peak}");
+    // Nothing to lend (requests already exceed the agent's memory): only the request.
+    let pool = crate::MemoryPool::new(0);
+    pool.reserve(4 << 20);
+    let ran = run(&hog, burstable(&pool)).await;
+    assert!(ran.status.peak_mem_bytes <= 4 << 20, "{:?}", ran.status);
+    assert_eq!(pool.free(), -(4 << 20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

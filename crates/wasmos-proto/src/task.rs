@@ -198,6 +198,13 @@ pub struct TaskSpec {
     /// Higher launches first; among best-effort tasks the lowest is preempted first.
     #[serde(default)]
     pub priority: i32,
+    /// A burstable task's CPU share ceiling, above its request (`resources.cpu_millis`).
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u64>,
+    /// A burstable task's memory ceiling: memory past its request is granted only while its
+    /// agent has memory no task requested.
+    #[serde(default)]
+    pub mem_limit_bytes: Option<u64>,
 }
 
 /// A directory shipped with a task: a tar archive (uploaded as a data blob) unpacked at `guest`
@@ -263,12 +270,47 @@ impl TaskSpec {
             role: None,
             qos: Qos::Guaranteed,
             priority: 0,
+            cpu_limit_millis: None,
+            mem_limit_bytes: None,
         }
     }
 
     /// Checks what the master can check before accepting the spec: the filesystem layout
     /// (mount and input paths) and its sizes. The message names the offending entry.
     pub fn check(&self) -> Result<(), String> {
+        let cpu = |v: u64| crate::format_cpu(v);
+        let mem = |v: u64| crate::format_bytes(v);
+        let limits: [(&str, Option<u64>, u64, &dyn Fn(u64) -> String); 2] = [
+            (
+                "cpu",
+                self.cpu_limit_millis,
+                self.resources.cpu_millis,
+                &cpu,
+            ),
+            (
+                "memory",
+                self.mem_limit_bytes,
+                self.resources.mem_bytes,
+                &mem,
+            ),
+        ];
+        for (what, limit, request, show) in limits {
+            match limit {
+                Some(_) if self.qos != Qos::Burstable => {
+                    return Err(format!(
+                        "a {what} limit is for burstable tasks (qos burstable); others get exactly what they request"
+                    ));
+                }
+                Some(l) if l < request => {
+                    return Err(format!(
+                        "the {what} limit ({}) is below the request ({})",
+                        show(l),
+                        show(request)
+                    ));
+                }
+                _ => {}
+            }
+        }
         if self.mounts.len() > MAX_MOUNTS {
             return Err(format!("at most {MAX_MOUNTS} mounts per task"));
         }

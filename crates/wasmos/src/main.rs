@@ -407,6 +407,14 @@ struct RunArgs {
     /// others hold but do not use, and is preempted when they need them back.
     #[arg(long, value_enum, default_value_t = QosArg::Guaranteed)]
     qos: QosArg,
+    /// With --qos burstable: the CPU share the task may use when the agent's CPU is idle,
+    /// above its --cpu request.
+    #[arg(long, value_name = "CPU")]
+    cpu_limit: Option<String>,
+    /// With --qos burstable: memory the task may grow to past its --mem request, granted
+    /// while its agent has memory no task requested.
+    #[arg(long, value_name = "BYTES")]
+    mem_limit: Option<String>,
     /// Higher launches first among its role's waiting tasks; lower is preempted first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
@@ -822,6 +830,8 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         role: args.role.clone(),
         qos: args.qos.into(),
         priority: args.priority,
+        cpu_limit_millis: args.cpu_limit.as_deref().map(parse_cpu).transpose()?,
+        mem_limit_bytes: args.mem_limit.as_deref().map(parse_bytes).transpose()?,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
