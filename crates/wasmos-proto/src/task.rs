@@ -278,20 +278,19 @@ impl TaskSpec {
     /// Checks what the master can check before accepting the spec: the filesystem layout
     /// (mount and input paths) and its sizes. The message names the offending entry.
     pub fn check(&self) -> Result<(), String> {
-        let cpu = |v: u64| crate::format_cpu(v);
-        let mem = |v: u64| crate::format_bytes(v);
-        let limits: [(&str, Option<u64>, u64, &dyn Fn(u64) -> String); 2] = [
+        type Show = fn(u64) -> String;
+        let limits: [(&str, Option<u64>, u64, Show); 2] = [
             (
                 "cpu",
                 self.cpu_limit_millis,
                 self.resources.cpu_millis,
-                &cpu,
+                crate::format_cpu,
             ),
             (
                 "memory",
                 self.mem_limit_bytes,
                 self.resources.mem_bytes,
-                &mem,
+                crate::format_bytes,
             ),
         ];
         for (what, limit, request, show) in limits {
