@@ -221,6 +221,55 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
         assert_eq!(info["framework"], id.0, "{info}");
         assert_eq!(info["spec"]["role"], "analytics", "{info}");
 
+        // RESERVE makes offered resources the role's: agent list shows them, and they come
+        // back in offers as reserved for it. UNRESERVE gives them back.
+        let offer = loop {
+            if let Some(o) = fw.outstanding.values().next().cloned() {
+                break o;
+            }
+            fw.next(10).await.expect("an offer");
+        };
+        let part = Resources::new(1000, 256 << 20, 0);
+        fw.accept(4, offer.id, vec![OfferOperation::Reserve(part.clone())])
+            .await;
+        let reserved_here = || {
+            let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+            agents
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["id"] == offer.agent.as_str())
+                .map(|a| a["reserved"]["analytics"]["cpu_millis"].clone())
+                .unwrap()
+        };
+        let reserved_offer = loop {
+            match fw.next(10).await {
+                Some(FrameworkEvent::Accepted { request: 4, tasks }) => assert!(tasks.is_empty()),
+                Some(FrameworkEvent::Offers(offers)) => {
+                    if let Some(o) = offers.iter().find(|o| {
+                        o.agent == offer.agent
+                            && o.reserved.get("analytics").map(|r| r.cpu_millis) == Some(1000)
+                    }) {
+                        break o.clone();
+                    }
+                }
+                Some(FrameworkEvent::Rescind { .. } | FrameworkEvent::Update { .. }) => {}
+                other => panic!("expected the reservation back in an offer, got {other:?}"),
+            }
+        };
+        assert_eq!(reserved_here(), 1000);
+        fw.accept(5, reserved_offer.id, vec![OfferOperation::Unreserve(part)])
+            .await;
+        loop {
+            match fw.next(10).await {
+                Some(FrameworkEvent::Accepted { request: 5, .. }) => break,
+                Some(FrameworkEvent::Error { message, .. }) => panic!("{message}"),
+                Some(_) => {}
+                None => panic!("no answer to the unreserve"),
+            }
+        }
+        assert_eq!(reserved_here(), serde_json::Value::Null);
+
         // Suppressed, it is offered nothing; revived, it is offered again.
         let held: Vec<OfferId> = fw.outstanding.keys().copied().collect();
         fw.outstanding.clear();
@@ -230,6 +279,18 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
         })
         .await;
         fw.call(&FrameworkCall::Suppress).await;
+        // Offers made before the master handled the suppress may still arrive: give them back.
+        while let Some(ev) = fw.next(1).await {
+            if let FrameworkEvent::Offers(offers) = ev {
+                fw.outstanding.clear();
+                let ids = offers.iter().map(|o| o.id).collect();
+                fw.call(&FrameworkCall::Decline {
+                    offers: ids,
+                    refuse_ms: Some(0),
+                })
+                .await;
+            }
+        }
         while let Some(ev) = fw.next(3).await {
             assert!(
                 !matches!(ev, FrameworkEvent::Offers(_)),

@@ -315,6 +315,16 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(running_by_role(&c).get("acme"), Some(&2));
+    // A task larger than the limit could never run: it ends unschedulable, saying why.
+    let out = c
+        .run(&["--role", "acme", "--cpu", "2"], "hello", &[])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("(unschedulable)") && err.contains("role acme's limit"),
+        "{err}"
+    );
 
     // A tenant runs under its own role by default, may use roles under it, nothing else.
     let tenant = tenant_config(&c, "acme");

@@ -87,9 +87,10 @@ struct Cycle {
     builtin_ids: BTreeMap<FrameworkId, Role>,
     /// Connected agents' totals, for the unschedulable check.
     agent_totals: BTreeMap<AgentId, Resources>,
-    /// Queued tasks not yet checked against the agents' sizes.
+    /// Queued tasks not yet checked against the agents' sizes and their roles' limits.
     unchecked: BTreeSet<TaskId>,
-    agents_changed: bool,
+    /// Agents or limits changed: check every queued task again.
+    recheck_all: bool,
     /// Subscribed frameworks: their connection and where their events go.
     external: BTreeMap<FrameworkId, (usize, mpsc::UnboundedSender<FrameworkEvent>)>,
 }
@@ -170,7 +171,7 @@ impl Cycle {
             builtin_ids: BTreeMap::new(),
             agent_totals: BTreeMap::new(),
             unchecked: BTreeSet::new(),
-            agents_changed: false,
+            recheck_all: false,
             external: BTreeMap::new(),
         };
         let (frameworks, waiting) = cycle.shared.read(|s| {
@@ -237,7 +238,7 @@ impl Cycle {
                 let (rescinds, _lost) = self.alloc.remove_agent(&agent);
                 self.rescinded(rescinds);
                 self.agent_totals.remove(&agent);
-                self.agents_changed = true;
+                self.recheck_all = true;
             }
             Event::Submitted(task) => {
                 if let Some(t) = self.shared.read(|s| s.tasks.get(&task).cloned()) {
@@ -246,7 +247,11 @@ impl Cycle {
             }
             Event::TaskChanged(task) => self.task_changed(task),
             Event::Reconcile => self.reconcile(),
-            Event::RolesChanged => self.apply_roles(),
+            Event::RolesChanged => {
+                self.apply_roles();
+                // A new limit may leave waiting tasks unable ever to run.
+                self.recheck_all = true;
+            }
             Event::Usage(agent, usage) => self.alloc.set_usage(&agent, usage),
             Event::FrameworkUp { id, conn, tx } => self.framework_up(id, conn, tx),
             Event::FrameworkDown { id, conn } => {
@@ -543,7 +548,7 @@ impl Cycle {
             }
         }
         self.agent_totals.insert(agent, record.total);
-        self.agents_changed = true;
+        self.recheck_all = true;
     }
 
     /// Rebuilds an agent in the allocator from the recorded state (if it is connected).
@@ -756,24 +761,38 @@ impl Cycle {
         if self.agent_totals.is_empty() {
             return Ok(());
         }
-        let candidates: Vec<TaskRequest> = if std::mem::take(&mut self.agents_changed) {
-            self.builtin
-                .values()
-                .flat_map(|b| b.queue.values().cloned())
-                .collect()
-        } else {
-            let unchecked = std::mem::take(&mut self.unchecked);
-            self.builtin
-                .values()
-                .flat_map(|b| b.queue.values())
-                .filter(|r| unchecked.contains(&r.id))
-                .cloned()
-                .collect()
-        };
-        self.unchecked.clear();
+        let all = std::mem::take(&mut self.recheck_all);
+        let unchecked = std::mem::take(&mut self.unchecked);
+        let candidates: Vec<(Role, TaskRequest)> = self
+            .builtin
+            .values()
+            .flat_map(|b| b.queue.values().map(|r| (b.role.clone(), r)))
+            .filter(|(_, r)| all || unchecked.contains(&r.id))
+            .map(|(role, r)| (role, r.clone()))
+            .collect();
+        let roles = self.shared.read(|s| s.roles.clone());
         // Demands repeat (a job's tasks are alike): decide each distinct one once.
         let mut verdicts: Vec<(Resources, bool)> = Vec::new();
-        for r in candidates {
+        for (role, r) in candidates {
+            // A role limit smaller than the task (in a kind it names) never lets it run.
+            let over_limit = role.self_and_ancestors().find_map(|name| {
+                let limit = roles.get(name)?.limit.clone()?;
+                let within = Quota {
+                    guarantee: r.resources.clone(),
+                    limit: Some(limit.clone()),
+                }
+                .guarantee_within_limit();
+                (!within).then(|| {
+                    format!(
+                        "needs {}, more than role {name}'s limit of {limit}",
+                        r.resources
+                    )
+                })
+            });
+            if let Some(why) = over_limit {
+                self.unschedulable(r.id, why).await?;
+                continue;
+            }
             let fits = match verdicts.iter().find(|(d, _)| d == &r.resources) {
                 Some((_, v)) => *v,
                 None => {
@@ -791,20 +810,26 @@ impl Cycle {
                 .max_by_key(|t| (t.cpu_millis, t.mem_bytes, t.disk_bytes))
                 .cloned()
                 .unwrap_or_default();
-            let status = TaskStatus::with_reason(
-                TaskState::Error,
-                Some(Reason::Unschedulable),
-                format!("needs {}, but the largest agent has {largest}", r.resources),
-            );
-            self.shared
-                .write(Command::SetStatus {
-                    task: r.id,
-                    status,
-                    now_ms: now_ms(),
-                })
-                .await?;
-            self.task_changed(r.id);
+            let why = format!("needs {}, but the largest agent has {largest}", r.resources);
+            self.unschedulable(r.id, why).await?;
         }
+        Ok(())
+    }
+
+    async fn unschedulable(
+        &mut self,
+        task: TaskId,
+        why: String,
+    ) -> Result<(), wasmos_raft::RaftError> {
+        let status = TaskStatus::with_reason(TaskState::Error, Some(Reason::Unschedulable), why);
+        self.shared
+            .write(Command::SetStatus {
+                task,
+                status,
+                now_ms: now_ms(),
+            })
+            .await?;
+        self.task_changed(task);
         Ok(())
     }
 
