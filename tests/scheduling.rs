@@ -36,6 +36,15 @@ fn running_by_role(c: &DevCluster) -> std::collections::BTreeMap<String, usize> 
     out
 }
 
+/// Waits until `role` runs `n` tasks, then checks that it stays at `n` (more are waiting).
+fn assert_runs_exactly(c: &DevCluster, role: &str, n: usize) {
+    wait_for(&format!("{n} tasks of role {role} to run"), 20, || {
+        (running_by_role(c).get(role) == Some(&n)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_by_role(c).get(role), Some(&n));
+}
+
 fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -149,11 +158,7 @@ fn reservations_are_held_for_their_role() {
     let others: Vec<Child> = (0..3)
         .map(|_| spawn_run(&c, &["--timeout", "60s"], "hostile", &["sleep"]))
         .collect();
-    wait_for("two tasks of role default to run", 20, || {
-        (running_by_role(&c).get("default") == Some(&2)).then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running_by_role(&c).get("default"), Some(&2));
+    assert_runs_exactly(&c, "default", 2);
     // acme (and roles under it) runs at once on its reservation.
     let out = c
         .run(&["--role", "acme/batch", "--cpu", "1"], "hello", &["mine"])
@@ -310,11 +315,7 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
             )
         })
         .collect();
-    wait_for("acme to run up to its limit", 20, || {
-        (running_by_role(&c).get("acme") == Some(&2)).then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running_by_role(&c).get("acme"), Some(&2));
+    assert_runs_exactly(&c, "acme", 2);
     // A task larger than the limit could never run: it ends unschedulable, saying why.
     let out = c
         .run(&["--role", "acme", "--cpu", "2"], "hello", &[])
@@ -362,48 +363,38 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
 #[test]
 fn burstable_tasks_use_spare_memory_up_to_their_limit() {
     let c = DevCluster::start(1).unwrap();
+    // Runs the memory hog with `flags`; its exit code and the most memory it held.
+    let hog = |flags: &[&str]| {
+        let out = c.run(flags, "hog", &[]).unwrap();
+        let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+        let last = tasks.as_array().unwrap().last().unwrap().clone();
+        (out, last["status"]["peak_mem_bytes"].as_u64().unwrap_or(0))
+    };
     // Allocated 16 MiB, allowed 64: the hog grows past its request to the limit.
-    let out = c
-        .run(
-            &[
-                "--qos",
-                "burstable",
-                "--mem",
-                "16MiB",
-                "--mem-limit",
-                "64MiB",
-            ],
-            "hog",
-            &[],
-        )
-        .unwrap();
+    let (out, peak) = hog(&[
+        "--qos",
+        "burstable",
+        "--mem",
+        "16MiB",
+        "--mem-limit",
+        "64MiB",
+    ]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("memory_limit"));
-    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let peak = tasks[0]["status"]["peak_mem_bytes"].as_u64().unwrap();
     assert!(peak > 48 << 20 && peak <= 64 << 20, "peak {peak}");
     // A guaranteed task with the same request stops at it.
-    let out = c.run(&["--mem", "16MiB"], "hog", &[]).unwrap();
+    let (out, peak) = hog(&["--mem", "16MiB"]);
     assert_eq!(out.status.code(), Some(125));
-    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let peak = tasks[1]["status"]["peak_mem_bytes"].as_u64().unwrap();
     assert!(peak <= 16 << 20, "peak {peak}");
     // Limits are for burstable tasks, and not below the request.
-    let out = c.run(&["--mem-limit", "64MiB"], "hog", &[]).unwrap();
-    assert_clean_error(&out, "burstable");
-    let out = c
-        .run(
-            &[
-                "--qos",
-                "burstable",
-                "--mem",
-                "16MiB",
-                "--mem-limit",
-                "8MiB",
-            ],
-            "hog",
-            &[],
-        )
-        .unwrap();
+    assert_clean_error(&hog(&["--mem-limit", "64MiB"]).0, "burstable");
+    let (out, _) = hog(&[
+        "--qos",
+        "burstable",
+        "--mem",
+        "16MiB",
+        "--mem-limit",
+        "8MiB",
+    ]);
     assert_clean_error(&out, "below the request");
 }

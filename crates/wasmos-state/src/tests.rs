@@ -140,6 +140,13 @@ fn re_registering_loses_tasks_the_agent_no_longer_runs() {
     assert_eq!(s.tasks[&dropped].status.reason, Some(Reason::AgentLost));
 }
 
+fn assert_rejected(r: &CommandResult, says: &str) {
+    assert!(
+        matches!(r, CommandResult::Rejected(m) if m.contains(says)),
+        "expected a refusal saying `{says}`, got {r:?}"
+    );
+}
+
 fn role(r: &str) -> Role {
     Role::new(r).unwrap()
 }
@@ -162,6 +169,15 @@ fn unreserved(cpu: u64) -> Pools {
         unreserved: Resources::new(cpu, 1 << 20, 0),
         ..Pools::default()
     }
+}
+
+/// One waiting task, launched with `charge`.
+fn waiting(id: TaskId, charge: Pools) -> Vec<LaunchTask> {
+    vec![LaunchTask {
+        id,
+        spec: None,
+        charge,
+    }]
 }
 
 fn launch(fw: FrameworkId, on: &str, tasks: Vec<LaunchTask>) -> Command {
@@ -192,27 +208,18 @@ fn launches_are_rechecked_so_two_frameworks_never_share_resources() {
     assert_eq!(s.tasks[&t1].framework, Some(f1));
     // A second allocator decision for the same CPU (a stale offer) is refused whole.
     let r = s.apply(launch(f2, "a", vec![one(t2)]));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("unreserved")),
-        "{r:?}"
-    );
+    assert_rejected(&r, "unreserved");
     assert_eq!(s.tasks[&t2].agent, None);
     // Launching a placed task again, or with a charge that is not its size, is refused.
     let r = s.apply(launch(f1, "a", vec![one(t1)]));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("already placed")),
-        "{r:?}"
-    );
+    assert_rejected(&r, "already placed");
     let wrong = LaunchTask {
         id: t2,
         spec: None,
         charge: unreserved(100),
     };
     let r = s.apply(launch(f2, "a", vec![wrong]));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("charged")),
-        "{r:?}"
-    );
+    assert_rejected(&r, "charged");
     // Once t1 ends its resources are free again.
     s.apply(Command::AgentStatus {
         agent: agent("a"),
@@ -223,32 +230,12 @@ fn launches_are_rechecked_so_two_frameworks_never_share_resources() {
     assert_eq!(s.apply(launch(f2, "a", vec![one(t2)])), CommandResult::Ok);
     // Unknown framework or agent.
     let t3 = submitted(&mut s, 10);
-    let r = s.apply(launch(
-        FrameworkId(99),
-        "a",
-        vec![LaunchTask {
-            id: t3,
-            spec: None,
-            charge: unreserved(10),
-        }],
-    ));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("unknown framework")),
-        "{r:?}"
+    let small = || waiting(t3, unreserved(10));
+    assert_rejected(
+        &s.apply(launch(FrameworkId(99), "a", small())),
+        "unknown framework",
     );
-    let r = s.apply(launch(
-        f1,
-        "zz",
-        vec![LaunchTask {
-            id: t3,
-            spec: None,
-            charge: unreserved(10),
-        }],
-    ));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("unknown agent")),
-        "{r:?}"
-    );
+    assert_rejected(&s.apply(launch(f1, "zz", small())), "unknown agent");
 }
 
 #[test]
@@ -268,46 +255,19 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
     // y takes the 600 unreserved; the reserved 400 is x's alone.
     let ty = submitted(&mut s, 600);
     assert_eq!(
-        s.apply(launch(
-            fy,
-            "a",
-            vec![LaunchTask {
-                id: ty,
-                spec: None,
-                charge: unreserved(600)
-            }]
-        )),
+        s.apply(launch(fy, "a", waiting(ty, unreserved(600)))),
         CommandResult::Ok
     );
     let ty2 = submitted(&mut s, 100);
-    let r = s.apply(launch(
-        fy,
-        "a",
-        vec![LaunchTask {
-            id: ty2,
-            spec: None,
-            charge: unreserved(100),
-        }],
-    ));
+    let r = s.apply(launch(fy, "a", waiting(ty2, unreserved(100))));
     assert!(matches!(r, CommandResult::Rejected(_)), "{r:?}");
     // Charging y's task to x's reservation is refused too.
     let stolen = Pools {
         reserved: BTreeMap::from([(role("x"), Resources::new(100, 1 << 20, 0))]),
         ..Pools::default()
     };
-    let r = s.apply(launch(
-        fy,
-        "a",
-        vec![LaunchTask {
-            id: ty2,
-            spec: None,
-            charge: stolen.clone(),
-        }],
-    ));
-    assert!(
-        matches!(&r, CommandResult::Rejected(m) if m.contains("cannot use")),
-        "{r:?}"
-    );
+    let r = s.apply(launch(fy, "a", waiting(ty2, stolen.clone())));
+    assert_rejected(&r, "cannot use");
     // A task of x/sub may use it: a framework's new task, created by the launch.
     let mut sx = spec(100);
     sx.role = Some("x/sub".into());
@@ -324,53 +284,40 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
     assert_eq!(r, CommandResult::Ok);
     assert_eq!(s.tasks[&tx].owner, "wasmos://tenant/a/u");
     assert_eq!(s.next_task_id, 50);
-    // The static reservation cannot be unreserved; a dynamic one can.
-    let unreserve = |cpu| Command::Launch {
-        framework: fx,
-        agent: agent("a"),
-        reservations: vec![ReservationOp::Unreserve {
-            role: role("x"),
-            resources: Resources::new(cpu, 0, 0),
-        }],
-        tasks: vec![],
-        now_ms: 9,
+    // A reservation change of x's CPU on agent a, with nothing launched. The static
+    // reservation cannot be unreserved; a dynamic one can.
+    let change = |reserve: bool, cpu| {
+        let (role, resources) = (role("x"), Resources::new(cpu, 0, 0));
+        let op = if reserve {
+            ReservationOp::Reserve { role, resources }
+        } else {
+            ReservationOp::Unreserve { role, resources }
+        };
+        Command::Launch {
+            framework: fx,
+            agent: agent("a"),
+            reservations: vec![op],
+            tasks: vec![],
+            now_ms: 9,
+        }
     };
-    assert!(
-        matches!(s.apply(unreserve(100)), CommandResult::Rejected(m) if m.contains("dynamically"))
-    );
+    assert_rejected(&s.apply(change(false, 100)), "dynamically");
     s.apply(Command::AgentStatus {
         agent: agent("a"),
         update: status(1, ty, TaskState::Finished),
         now_ms: 7,
     });
-    let reserve = Command::Launch {
-        framework: fx,
-        agent: agent("a"),
-        reservations: vec![ReservationOp::Reserve {
-            role: role("x"),
-            resources: Resources::new(300, 0, 0),
-        }],
-        tasks: vec![],
-        now_ms: 9,
-    };
-    assert_eq!(s.apply(reserve.clone()), CommandResult::Ok);
+    assert_eq!(s.apply(change(true, 300)), CommandResult::Ok);
     assert_eq!(
         s.reserved_on(&agent("a"))[&role("x")],
         Resources::new(700, 64 << 20, 0)
     );
     // 700 reserved + the 300 left: a second reserve of 400 does not fit.
-    let too_much = Command::Launch {
-        framework: fx,
-        agent: agent("a"),
-        reservations: vec![ReservationOp::Reserve {
-            role: role("x"),
-            resources: Resources::new(400, 0, 0),
-        }],
-        tasks: vec![],
-        now_ms: 9,
-    };
-    assert!(matches!(s.apply(too_much), CommandResult::Rejected(_)));
-    assert_eq!(s.apply(unreserve(300)), CommandResult::Ok);
+    assert!(matches!(
+        s.apply(change(true, 400)),
+        CommandResult::Rejected(_)
+    ));
+    assert_eq!(s.apply(change(false, 300)), CommandResult::Ok);
     assert!(s.reservations.is_empty());
 }
 
