@@ -6,16 +6,16 @@
 //! [`RaftNode::read`] looks at the applied [`wasmos_state::ClusterState`] and
 //! [`RaftNode::subscribe`] wakes the master's loops whenever something new is applied.
 //!
-//! Today the group has a single voter (this master), so the network refuses every RPC with
-//! "multi-master replication not enabled yet" ([`network`]). Everything else — storage, snapshots,
-//! purging, restart recovery — is the real multi-node code path, so a QUIC network can drop in.
+//! A single master is a one-voter group that never sends an RPC; several masters form a group
+//! over QUIC with mutual TLS ([`network`], ALPN `wasmos-raft/1`), opened with
+//! [`RaftNode::open_cluster`].
 //!
 //! Module map:
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb file layout and codec shared by the two storage halves.
 //! - [`log_store`]: `RaftLogStorage` (log entries, vote, committed, last purged).
 //! - [`state_machine`]: `RaftStateMachine` (in-memory `ClusterState` + persisted snapshots).
-//! - [`network`]: the placeholder network.
+//! - [`network`]: openraft's RPCs over QUIC, client and server side.
 //! - [`node`]: [`RaftNode`] and its configuration.
 
 pub mod log_store;
@@ -29,9 +29,13 @@ pub mod types;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod cluster_tests;
+
 pub use log_store::LogStore;
-pub use network::{Network, PeerClient, ReplicationDisabled};
-pub use node::{RaftNode, RaftOptions};
+pub use network::{Network, PeerClient, PeerError, RaftReply, RaftRequest, serve};
+pub use node::{Peers, RaftNode, RaftOptions};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use store::{StoreError, open_stores};
 pub use types::{NodeId, TypeConfig};

@@ -1,53 +1,105 @@
-//! The raft network. The group has a single voter for now, so there is never anyone to talk to:
-//! every RPC fails as `Unreachable` with "multi-master replication not enabled yet". openraft
-//! treats `Unreachable` as a transient condition (it backs off and retries), which is the right
-//! behaviour should a peer ever appear in the membership before the real network exists.
+//! The raft network: openraft's RPCs between masters over QUIC with mutual TLS, ALPN
+//! `wasmos-raft/1`. Each RPC is one bidirectional stream on a connection kept per peer: the
+//! request, then the reply, each one frame holding openraft's own types as JSON (the same codec
+//! as the log on disk; openraft's types are not in `wasmos-proto`, which stays free of it).
 //!
-//! Multi-master replication (QUIC via `wasmos-net`, ALPN `wasmos_proto::alpn::RAFT` =
-//! `wasmos-raft/1`) replaces this module:
-//! a factory that dials `BasicNode::addr` in `new_client`, and a server side that feeds incoming
-//! RPCs to `RaftNode::raft()` (`append_entries`, `vote`, `install_full_snapshot`). Nothing else
-//! in the crate depends on the network type.
+//! The client side ([`Network`], [`PeerClient`]) dials a peer's advertised address with this
+//! master's certificate; the server side ([`serve`]) runs on the master's endpoint and feeds
+//! each request to the local [`Raft`]. Only master certificates of the cluster's CA are
+//! accepted on either side (the master's accept loop checks the identity before calling
+//! [`serve`]; dialing verifies the peer's master name).
+//!
+//! A single-voter group never calls the network: [`Network::none`] fails every RPC as
+//! unreachable, which openraft treats as transient.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::Raft;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wasmos_net::{Connection, Credentials, Endpoint, recv_frame, send_frame};
 
 use crate::types::{NodeId, TypeConfig};
 
-/// Creates a [`PeerClient`] per peer. Holds no state today.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
-
-/// The error every RPC to a peer returns until multi-master replication exists.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("multi-master replication not enabled yet: cannot reach raft node {target} at {addr}")]
-pub struct ReplicationDisabled {
-    /// The peer the RPC was for.
-    pub target: NodeId,
-    /// The address it advertised.
-    pub addr: String,
+/// One RPC, as sent on a stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RaftRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
-/// A (never connected) client for one peer.
+/// The answer to a [`RaftRequest`], as the receiving raft gave it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RaftReply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The request could not be decoded or did not match the channel.
+    Refused(String),
+}
+
+/// Why an RPC did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("no network: raft node {target} at {addr} is not reachable from a single-master group")]
+    NoNetwork { target: NodeId, addr: String },
+    #[error("raft node {target}: `{addr}` is not an address (host:port)")]
+    BadAddress { target: NodeId, addr: String },
+    #[error("cannot reach raft node {target} at {addr}: {detail}")]
+    Connect {
+        target: NodeId,
+        addr: String,
+        detail: String,
+    },
+    #[error("raft node {target} at {addr}: {detail}")]
+    Exchange {
+        target: NodeId,
+        addr: String,
+        detail: String,
+    },
+}
+
+/// Creates a [`PeerClient`] per peer; holds the endpoint all of them dial from.
 #[derive(Debug, Clone)]
+pub struct Network {
+    endpoint: Option<Endpoint>,
+}
+
+impl Network {
+    /// No peers: every RPC fails as unreachable (a single-voter group never sends one).
+    pub fn none() -> Network {
+        Network { endpoint: None }
+    }
+
+    /// Dials peers as the holder of `creds` (a master certificate of the cluster).
+    pub fn quic(creds: &Credentials) -> Result<Network, wasmos_net::NetError> {
+        // Any address family works for the bind; peers are dialed per connection.
+        let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let endpoint = wasmos_net::client_endpoint(creds, wasmos_proto::alpn::RAFT, any)?;
+        Ok(Network {
+            endpoint: Some(endpoint),
+        })
+    }
+}
+
+/// The connection to one peer, made on first use and again after it breaks.
+#[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-}
-
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let err = ReplicationDisabled {
-            target: self.target,
-            addr: self.addr.clone(),
-        };
-        RPCError::Unreachable(Unreachable::new(&err))
-    }
+    endpoint: Option<Endpoint>,
+    conn: Option<Connection>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -57,35 +109,177 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            endpoint: self.endpoint.clone(),
+            conn: None,
         }
     }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl PeerClient {
+    fn error(&self, detail: impl std::fmt::Display) -> PeerError {
+        PeerError::Exchange {
+            target: self.target,
+            addr: self.addr.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn connection(&mut self) -> Result<Connection, PeerError> {
+        if let Some(c) = self.conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let Some(endpoint) = &self.endpoint else {
+            return Err(PeerError::NoNetwork {
+                target: self.target,
+                addr: self.addr.clone(),
+            });
+        };
+        let addr: SocketAddr = self.addr.parse().map_err(|_| PeerError::BadAddress {
+            target: self.target,
+            addr: self.addr.clone(),
+        })?;
+        let conn = wasmos_net::connect(endpoint, addr)
+            .await
+            .map_err(|e| PeerError::Connect {
+                target: self.target,
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `req` and returns the reply, within `ttl`. A failure to connect is `Unreachable`
+    /// (openraft backs off); a failure after that is a network error (it retries at once).
+    async fn call<E: std::error::Error>(
+        &mut self,
+        req: RaftRequest,
+        ttl: Duration,
+    ) -> RpcResult<RaftReply, E> {
+        let conn = self
+            .connection()
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.error(e))?;
+            let body = serde_json::to_vec(&req).map_err(|e| self.error(e))?;
+            send_frame(&mut send, &body)
+                .await
+                .map_err(|e| self.error(e))?;
+            let _ = send.finish();
+            let reply: Vec<u8> = recv_frame(&mut recv)
+                .await
+                .map_err(|e| self.error(e))?
+                .ok_or_else(|| self.error("the peer closed the stream without a reply"))?;
+            serde_json::from_slice::<RaftReply>(&reply).map_err(|e| self.error(e))
+        };
+        let reply = match tokio::time::timeout(ttl, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(self.error(format!("no reply within {ttl:?}"))),
+        };
+        reply.map_err(|e| {
+            // The next call dials afresh: the connection may be what broke.
+            self.conn = None;
+            RPCError::Network(NetworkError::new(&e))
+        })
+    }
+}
+
+fn unexpected<E: std::error::Error>(
+    client: &PeerClient,
+    reply: RaftReply,
+) -> RPCError<NodeId, BasicNode, E> {
+    let detail = match reply {
+        RaftReply::Refused(why) => format!("refused the request: {why}"),
+        other => format!("answered another kind of request: {other:?}"),
+    };
+    RPCError::Network(NetworkError::new(&client.error(detail)))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        match self
+            .call(RaftRequest::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            RaftReply::Append(r) => r.map_err(|e| RPCError::RemoteError(remote(self, e))),
+            other => Err(unexpected(self, other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        match self
+            .call(RaftRequest::Snapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            RaftReply::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(remote(self, e))),
+            other => Err(unexpected(self, other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await? {
+            RaftReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(remote(self, e))),
+            other => Err(unexpected(self, other)),
+        }
     }
+}
+
+fn remote<E: std::error::Error>(
+    client: &PeerClient,
+    e: E,
+) -> openraft::error::RemoteError<NodeId, BasicNode, E> {
+    openraft::error::RemoteError::new_with_node(client.target, BasicNode::new(&client.addr), e)
+}
+
+/// Answers raft RPCs arriving on `conn` (a peer master's connection on `wasmos-raft/1`, its
+/// identity already checked) until it closes.
+pub async fn serve(raft: Raft<TypeConfig>, conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let reply = match recv_frame::<Vec<u8>>(&mut recv).await {
+                Ok(Some(body)) => answer(&raft, &body).await,
+                Ok(None) => return,
+                Err(e) => RaftReply::Refused(e.to_string()),
+            };
+            let sent = match serde_json::to_vec(&reply) {
+                Ok(bytes) => send_frame(&mut send, &bytes)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                tracing::debug!("raft reply not delivered: {e}");
+            }
+            let _ = send.finish();
+        });
+    }
+}
+
+async fn answer(raft: &Raft<TypeConfig>, body: &[u8]) -> RaftReply {
+    match decode::<RaftRequest>(body) {
+        Ok(RaftRequest::Append(rpc)) => RaftReply::Append(raft.append_entries(rpc).await),
+        Ok(RaftRequest::Vote(rpc)) => RaftReply::Vote(raft.vote(rpc).await),
+        Ok(RaftRequest::Snapshot(rpc)) => RaftReply::Snapshot(raft.install_snapshot(rpc).await),
+        Err(why) => RaftReply::Refused(why),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("undecodable raft request: {e}"))
 }

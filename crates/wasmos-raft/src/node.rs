@@ -108,6 +108,17 @@ pub struct RaftNode {
     /// Lets `shutdown` wait until openraft's tasks have dropped and closed the database, so the
     /// directory can be reopened at once.
     closed: watch::Receiver<()>,
+    /// Part of a multi-master group (peers are dialed over QUIC).
+    multi: bool,
+}
+
+/// The members of a multi-master group and this master's credentials for reaching them.
+#[derive(Clone)]
+pub struct Peers {
+    /// A master certificate of the cluster.
+    pub creds: wasmos_net::Credentials,
+    /// Every member (this one included): raft id → the `host:port` its peers dial.
+    pub members: BTreeMap<NodeId, String>,
 }
 
 impl fmt::Debug for RaftNode {
@@ -154,7 +165,45 @@ impl RaftNode {
         advertise_addr: String,
         options: RaftOptions,
     ) -> Result<RaftNode, RaftError> {
+        let timeout = options.leader_timeout;
+        let node = Self::create(dir, id, &advertise_addr, options, None).await?;
+        node.ready(timeout).await?;
+        Ok(node)
+    }
+
+    /// Opens (or creates) this master's store as member `id` of a multi-master group. A fresh
+    /// group is initialized with `peers.members` by its lowest-numbered member; the others
+    /// wait to hear from it. Returns at once: serve [`RaftNode::raft`]'s RPCs (see
+    /// [`crate::network::serve`]) and then call [`RaftNode::ready`].
+    pub async fn open_cluster(
+        dir: &Path,
+        id: NodeId,
+        options: RaftOptions,
+        peers: &Peers,
+    ) -> Result<RaftNode, RaftError> {
+        let addr = peers.members.get(&id).cloned().ok_or_else(|| {
+            RaftError::Config(format!(
+                "node {id} is not among the group's members {:?}",
+                peers.members.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        Self::create(dir, id, &addr, options, Some(peers)).await
+    }
+
+    /// Opens the store, starts raft and initializes a fresh group; does not wait for a leader.
+    async fn create(
+        dir: &Path,
+        id: NodeId,
+        advertise_addr: &str,
+        options: RaftOptions,
+        peers: Option<&Peers>,
+    ) -> Result<RaftNode, RaftError> {
         let config = options.to_config()?;
+        let network = match peers {
+            None => Network::none(),
+            Some(p) => Network::quic(&p.creds)
+                .map_err(|e| RaftError::Config(format!("raft network: {e}")))?,
+        };
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| RaftError::Storage(format!("cannot create {}: {e}", dir.display())))?;
@@ -166,7 +215,7 @@ impl RaftNode {
         let shared = state_machine.shared();
         // `Raft::new` reads the initial state: vote, log bounds, and re-applies committed entries
         // the restored snapshot does not cover. Corrupt data surfaces here as a storage error.
-        let raft = Raft::new(id, Arc::new(config), Network, log_store, state_machine)
+        let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
             .await
             .map_err(from_fatal)?;
         let node = RaftNode {
@@ -174,11 +223,13 @@ impl RaftNode {
             raft,
             shared,
             closed,
+            multi: peers.is_some(),
         };
-        match node
-            .start(advertise_addr, &path, options.leader_timeout)
-            .await
-        {
+        let members = match peers {
+            Some(p) => p.members.clone(),
+            None => BTreeMap::from([(id, advertise_addr.to_string())]),
+        };
+        match node.start(advertise_addr, members, &path).await {
             Ok(()) => Ok(node),
             Err(e) => {
                 // Release the store so the caller may retry; the start error is the one to report.
@@ -190,19 +241,24 @@ impl RaftNode {
         }
     }
 
-    /// Initializes a fresh group, checks this node is a voter, and waits for leadership and for
-    /// the log to be applied.
+    /// Initializes a fresh group (only its lowest-numbered member does) and checks this node is
+    /// a voter of the group its store belongs to.
     async fn start(
         &self,
-        advertise_addr: String,
+        advertise_addr: &str,
+        members: BTreeMap<NodeId, String>,
         path: &Path,
-        timeout: Duration,
     ) -> Result<(), RaftError> {
-        if !self.raft.is_initialized().await.map_err(from_fatal)? {
-            let members = BTreeMap::from([(self.id, BasicNode::new(&advertise_addr))]);
+        let initializer = members.keys().next() == Some(&self.id);
+        if !self.raft.is_initialized().await.map_err(from_fatal)? && initializer {
+            let n = members.len();
+            let members: BTreeMap<NodeId, BasicNode> = members
+                .into_iter()
+                .map(|(id, addr)| (id, BasicNode::new(addr)))
+                .collect();
             match self.raft.initialize(members).await {
                 Ok(()) => {
-                    tracing::info!(id = self.id, addr = %advertise_addr, "initialized a single-voter raft group")
+                    tracing::info!(id = self.id, addr = %advertise_addr, voters = n, "initialized the raft group")
                 }
                 // Someone initialized it between the check and now: that is the goal anyway.
                 Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -223,32 +279,52 @@ impl RaftNode {
             })
             .await
             .map_err(from_fatal)?;
-        if !voters.contains(&id) {
+        // A member of a fresh multi-master group learns the membership from the leader.
+        let undecided = self.multi && voters.is_empty();
+        if !undecided && !voters.contains(&id) {
             return Err(RaftError::Config(format!(
                 "{} belongs to a raft group whose voters are {voters:?}; node {id} is not one of them",
                 path.display()
             )));
         }
-        if let Some(addr) = addr.filter(|a| *a != advertise_addr) {
-            // Only peers dial this address, and there are none yet; changing it needs a
-            // membership change, which comes with multi-master replication.
+        if let Some(addr) = addr.filter(|a| a != advertise_addr) {
+            // Peers dial the recorded address; changing it needs a membership change.
             tracing::warn!(recorded = %addr, advertised = %advertise_addr, "the raft group records another address for this node");
         }
+        Ok(())
+    }
 
-        let leader = self
-            .wait_for(timeout, "become leader", move |m| {
-                m.state == ServerState::Leader && m.current_leader == Some(id)
+    /// Waits (at most `timeout`) until the group has a leader this node knows and, on the
+    /// leader, until its whole log is applied, so `read` there sees everything written before
+    /// a restart. A single master waits to be leader itself.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), RaftError> {
+        let id = self.id;
+        let multi = self.multi;
+        let known = self
+            .wait_for(timeout, "see a leader", move |m| {
+                if multi {
+                    m.current_leader.is_some()
+                } else {
+                    m.state == ServerState::Leader && m.current_leader == Some(id)
+                }
             })
             .await?;
-        // Entries written before a restart but not yet known to be committed get committed by
-        // the new term; wait until they are applied too.
-        let last = leader.last_log_index;
-        self.wait_for(timeout, "apply its log", move |m| {
-            m.last_applied.map(|l| l.index) >= last
-        })
-        .await?;
-        tracing::info!(id, last_log_index = ?last, "raft node is leader");
+        if known.current_leader == Some(id) {
+            // Entries written before a restart but not yet known to be committed get committed
+            // by the new term; wait until they are applied too.
+            let last = known.last_log_index;
+            self.wait_for(timeout, "apply its log", move |m| {
+                m.last_applied.map(|l| l.index) >= last
+            })
+            .await?;
+        }
+        tracing::info!(id, leader = ?known.current_leader, last_log_index = ?known.last_log_index, "raft node is ready");
         Ok(())
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
     }
 
     /// Waits until `cond` holds on the metrics, failing early if raft stops.
