@@ -48,6 +48,9 @@ pub struct MasterConfig {
     pub agent_grace: Duration,
     /// How often the offer cycle runs when nothing happens (events run it sooner).
     pub offer_interval: Duration,
+    /// The masters of a multi-master group (this one included): raft id → the `host:port` its
+    /// peers reach it at. `None` runs a single master.
+    pub peers: Option<BTreeMap<u64, String>>,
 }
 
 impl MasterConfig {
@@ -60,6 +63,7 @@ impl MasterConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_grace: Duration::from_secs(10),
             offer_interval: Duration::from_secs(1),
+            peers: None,
         }
     }
 }
@@ -187,13 +191,23 @@ impl Master {
         let endpoint = wasmos_net::server_endpoint(
             cfg.listen,
             creds,
-            &[alpn::AGENT, alpn::CLIENT, alpn::FRAMEWORK],
+            &[alpn::AGENT, alpn::CLIENT, alpn::FRAMEWORK, alpn::RAFT],
         )?;
         let addr = endpoint
             .local_addr()
             .map_err(io("cannot read bound address of", &cfg.data_dir))?;
-        let raft =
-            RaftNode::open(&cfg.data_dir.join("raft"), cfg.node_id, addr.to_string()).await?;
+        let raft_dir = cfg.data_dir.join("raft");
+        let raft = match &cfg.peers {
+            None => RaftNode::open(&raft_dir, cfg.node_id, addr.to_string()).await?,
+            Some(members) => {
+                let peers = wasmos_raft::Peers {
+                    creds: creds.clone(),
+                    members: members.clone(),
+                };
+                let options = wasmos_raft::RaftOptions::default();
+                RaftNode::open_cluster(&raft_dir, cfg.node_id, options, &peers).await?
+            }
+        };
         let (events, events_rx) = mpsc::unbounded_channel();
         let last_task_id = raft.read(|s| s.next_task_id);
         let shared = Arc::new(Shared {
@@ -209,6 +223,13 @@ impl Master {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        if shared.cfg.peers.is_some() {
+            // Peers reach this raft through the accept loop, so only now can a leader emerge.
+            let wait = wasmos_raft::RaftOptions::default().leader_timeout;
+            if let Err(e) = shared.raft.ready(wait).await {
+                tracing::warn!("no raft leader yet ({e}); serving as a follower until there is");
+            }
+        }
         tasks.spawn(offers::run(shared.clone(), events_rx));
         tasks.spawn(scheduler::run(shared.clone()));
         tracing::info!(%addr, "master listening");
@@ -265,6 +286,9 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
                 }
                 (Some(alpn::FRAMEWORK), Identity::Operator(_) | Identity::Tenant { .. }) => {
                     frameworks::serve(shared, conn, identity).await
+                }
+                (Some(alpn::RAFT), Identity::Master(_)) => {
+                    wasmos_raft::serve(shared.raft.raft().clone(), conn).await
                 }
                 _ => {
                     let msg = format!("{identity} may not use this channel");

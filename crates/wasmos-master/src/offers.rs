@@ -96,13 +96,45 @@ struct Cycle {
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
-    let mut cycle = Cycle::new(shared.clone());
     let interval = shared.cfg.offer_interval;
     loop {
+        // Only the leader offers. A master that becomes leader rebuilds the allocator from the
+        // replicated state (and the agents connected to it); one that stops being leader drops
+        // it, with every outstanding offer.
+        if !shared.raft.is_leader() {
+            tokio::select! {
+                ev = events.recv() => if ev.is_none() { return },
+                _ = tokio::time::sleep(interval) => {}
+            }
+            continue;
+        }
+        let next = shared.raft.read(|s| s.next_task_id);
+        shared
+            .last_task_id
+            .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+        let mut cycle = Cycle::new(shared.clone());
+        lead(&shared, &mut cycle, &mut events, interval).await;
+        if events.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The offer cycle while this master is leader.
+async fn lead(
+    shared: &Shared,
+    cycle: &mut Cycle,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    interval: Duration,
+) {
+    while shared.raft.is_leader() {
         let first = tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => Some(ev),
-                None => return,
+                None => {
+                    events.close();
+                    return;
+                }
             },
             _ = tokio::time::sleep(interval) => None,
         };
@@ -210,6 +242,11 @@ impl Cycle {
         }
         for t in waiting {
             cycle.enqueue(&t);
+        }
+        // Agents already connected (to a master that has just become leader).
+        let connected: Vec<AgentId> = cycle.shared.agents().keys().cloned().collect();
+        for agent in connected {
+            cycle.agent_up(agent);
         }
         cycle
     }

@@ -12,6 +12,9 @@ use crate::{Shared, now_ms};
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if !shared.raft.is_leader() {
+            continue;
+        }
         if let Err(e) = reap_lost_agents(&shared).await {
             tracing::error!("lost-agent pass failed: {e}");
         }

@@ -13,8 +13,8 @@ pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use framework::{FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation};
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use messages::{
-    AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ErrorKind,
-    MasterToAgent, OutputStream, RoleInfo, StatusUpdate,
+    AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
+    ErrorKind, MasterInfo, MasterToAgent, OutputStream, RoleInfo, StatusUpdate,
 };
 pub use net::{NetRule, NetRuleError};
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};

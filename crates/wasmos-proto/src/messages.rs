@@ -51,6 +51,8 @@ pub enum ClientRequest {
     },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
+    /// The answering master's view of the master group (answered by any master).
+    ClusterStatus,
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -87,6 +89,7 @@ pub enum ClientResponse {
     Task(Box<TaskInfo>),
     Agents(Vec<AgentInfo>),
     Roles(Vec<RoleInfo>),
+    Cluster(Box<ClusterInfo>),
     Output {
         stream: OutputStream,
         data: Vec<u8>,
@@ -125,6 +128,31 @@ pub struct AgentInfo {
     pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+}
+
+/// One master's view of the master group, as `wasmos cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The master that answered.
+    pub node: u64,
+    /// Its raft state: `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// The log index its latest snapshot covers.
+    pub snapshot: Option<u64>,
+    pub members: Vec<MasterInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterInfo {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// Reported by the leader: the last log index replicated to this member.
+    pub matched: Option<u64>,
 }
 
 /// A role as `wasmos role list` shows it. Weights are in thousandths (1000 is weight 1).

@@ -112,6 +112,30 @@ pub struct RaftNode {
     multi: bool,
 }
 
+/// One node's view of its raft group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// The log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+    /// On the leader: the last log index known to be replicated to this member.
+    pub matched: Option<u64>,
+}
+
 /// The members of a multi-master group and this master's credentials for reaching them.
 #[derive(Clone)]
 pub struct Peers {
@@ -325,6 +349,37 @@ impl RaftNode {
     /// The leader this node knows of, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// What this node knows of its group now (as `wasmos cluster status` shows it).
+    pub fn status(&self) -> GroupStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let members = m
+            .membership_config
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index),
+            })
+            .collect();
+        GroupStatus {
+            id: self.id,
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            members,
+        }
     }
 
     /// Waits until `cond` holds on the metrics, failing early if raft stops.

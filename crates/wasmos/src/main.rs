@@ -62,6 +62,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BundleCmd,
     },
+    /// The master group: `wasmos cluster status` shows members, leader, term and log indexes.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Set roles' weights and quotas, or list roles with what they hold.
     Role {
         #[command(subcommand)]
@@ -176,6 +181,13 @@ enum TaskCmd {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// The answering master's view: its state, the leader, term, log and snapshot indexes, and
+    /// each member (with replication progress when asked of the leader).
+    Status(OutputArg),
+}
+
+#[derive(Subcommand)]
 enum BundleCmd {
     /// Check and upload a component (skipped if the master has it); prints its sha256.
     Push { file: PathBuf },
@@ -260,6 +272,13 @@ struct MasterArgs {
     /// and submissions offer at once).
     #[arg(long, default_value = "1s")]
     offer_interval: humantime::Duration,
+    /// This master's raft id in a multi-master group (see --peers).
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Every master of the group, this one included: ID=HOST:PORT,... (e.g.
+    /// 1=10.0.0.1:7433,2=10.0.0.2:7433,3=10.0.0.3:7433). Without it the master runs alone.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    peers: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -516,6 +535,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status(out),
+        } => cluster_status(config, out.format).await,
         Cmd::Bundle {
             cmd: BundleCmd::Push { file },
         } => {
@@ -635,8 +657,15 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
 
 async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     let creds = args.tls.credentials()?;
+    let peers = args
+        .peers
+        .as_deref()
+        .map(|p| parse_peers(p, args.id))
+        .transpose()?;
     let cfg = wasmos_master::MasterConfig {
         offer_interval: args.offer_interval.into(),
+        node_id: args.id,
+        peers,
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)
     };
     let master = wasmos_master::Master::start(cfg, &creds).await?;
@@ -685,6 +714,28 @@ pub(crate) fn parse_resource_list(list: &str, flag: &str) -> Result<Resources> {
         }
     }
     with_scalars(r, &scalars, flag)
+}
+
+/// `--peers 1=HOST:PORT,2=HOST:PORT,...`: every member of the group, `id` among them.
+fn parse_peers(list: &str, id: u64) -> Result<std::collections::BTreeMap<u64, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (n, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--peers: `{part}` is not ID=HOST:PORT"))?;
+        let n: u64 = n
+            .parse()
+            .map_err(|_| anyhow!("--peers: `{n}` in `{part}` is not a master id (a number)"))?;
+        addr.parse::<SocketAddr>()
+            .map_err(|_| anyhow!("--peers: `{addr}` in `{part}` is not HOST:PORT"))?;
+        if out.insert(n, addr.to_string()).is_some() {
+            bail!("--peers: master {n} is listed twice");
+        }
+    }
+    if !out.contains_key(&id) {
+        bail!("--peers must list this master too (--id {id})");
+    }
+    Ok(out)
 }
 
 /// `ROLE:RESOURCES` of `wasmos agent --reserve` (and `dev --agent-reserve`).
@@ -1146,6 +1197,57 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
                     ],
                     &rows
                 )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster_status(config: Option<&Path>, format: Format) -> Result<ExitCode> {
+    let ClientResponse::Cluster(c) = ask(config, ClientRequest::ClusterStatus).await? else {
+        bail!("unexpected answer to cluster status");
+    };
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    match format {
+        Format::Json => print_json(&c)?,
+        Format::Table => {
+            println!(
+                "master {} is {}; leader {}; term {}; log {}; applied {}; snapshot {}",
+                c.node,
+                c.state,
+                opt(c.leader),
+                c.term,
+                opt(c.last_log_index),
+                opt(c.last_applied),
+                opt(c.snapshot)
+            );
+            let rows: Vec<Vec<String>> = c
+                .members
+                .iter()
+                .map(|m| {
+                    let role = if Some(m.id) == c.leader {
+                        "leader"
+                    } else if m.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    let lag = match (m.matched, c.last_log_index) {
+                        (Some(matched), Some(last)) => last.saturating_sub(matched).to_string(),
+                        _ => "-".into(),
+                    };
+                    vec![
+                        m.id.to_string(),
+                        m.addr.clone(),
+                        role.into(),
+                        opt(m.matched),
+                        lag,
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table::render(&["ID", "ADDRESS", "ROLE", "MATCHED", "LAG"], &rows)
             );
         }
     }

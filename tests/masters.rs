@@ -1,0 +1,179 @@
+//! Three `wasmos master` processes in one raft group over QUIC on loopback: they elect a
+//! leader that `wasmos cluster status` names on every member, a write through the leader is
+//! replicated, and after `kill -9` of the leader the other two elect a new one, which still has
+//! every acknowledged write and accepts new ones. A follower refuses writes, naming the leader.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmos_net::Identity;
+use wasmos_net::pki;
+use wasmos_tests::{text, wasmos_bin, wasmos_with};
+
+struct Master {
+    id: u64,
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free UDP port on loopback (released again for the master to bind).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_pem(dir: &Path, name: &str, cert: &str, key: &str) {
+    std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
+}
+
+/// An operator's client config pointing at `addr`.
+fn client_config(dir: &Path, addr: &str) -> PathBuf {
+    let path = dir.join(format!("client-{}.toml", addr.replace([':', '.'], "-")));
+    std::fs::write(
+        &path,
+        format!(
+            "master = \"{addr}\"\nca = \"ca.pem\"\ncert = \"operator.pem\"\nkey = \"operator.key\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn status(dir: &Path, addr: &str) -> Option<serde_json::Value> {
+    let out = wasmos_with(
+        &client_config(dir, addr),
+        &["cluster", "status", "-o", "json"],
+    );
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Waits until every live master names the same leader, other than `not`.
+fn agreed_leader(dir: &Path, masters: &[&Master], not: Option<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders: Vec<Option<u64>> = masters
+            .iter()
+            .map(|m| status(dir, &m.addr).and_then(|s| s["leader"].as_u64()))
+            .collect();
+        if let Some(Some(l)) = leaders.first()
+            && Some(*l) != not
+            && leaders.iter().all(|x| x == &Some(*l))
+        {
+            return *l;
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::new_ca("masters-test").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    let op = pki::issue(&ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
+    write_pem(dir.path(), "operator", &op.cert_pem, &op.key_pem);
+    let mut masters: Vec<Master> = (1..=3)
+        .map(|id| Master {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        })
+        .collect();
+    let peers: Vec<String> = masters
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect();
+    let peers = peers.join(",");
+    for m in &mut masters {
+        let name = format!("m{}", m.id);
+        let issued = pki::issue(&ca, &Identity::Master(name.clone()), &[], &[]).unwrap();
+        write_pem(dir.path(), &name, &issued.cert_pem, &issued.key_pem);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(wasmos_bin())
+            .current_dir(dir.path())
+            .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
+            .args(["--peers", &peers, "--data-dir", &name])
+            .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
+            .args(["--key", &format!("{name}.key")])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+    let all: Vec<&Master> = masters.iter().collect();
+    let leader = agreed_leader(dir.path(), &all, None);
+    let leader_addr = masters[(leader - 1) as usize].addr.clone();
+    let first = status(dir.path(), &leader_addr).unwrap();
+    assert_eq!(first["state"], "leader", "{first}");
+    assert_eq!(first["members"].as_array().unwrap().len(), 3, "{first}");
+
+    // A write through the leader; a follower refuses one, naming the leader.
+    let on_leader = client_config(dir.path(), &leader_addr);
+    let out = wasmos_with(&on_leader, &["role", "set", "team-a", "--weight", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let follower = masters.iter().find(|m| m.id != leader).unwrap();
+    let out = wasmos_with(
+        &client_config(dir.path(), &follower.addr),
+        &["role", "set", "team-b", "--weight", "2"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("leader: {leader}")),
+        "{}",
+        text(&out.stderr)
+    );
+    // The leader reports every member's replication progress.
+    let st = status(dir.path(), &leader_addr).unwrap();
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["matched"].as_u64().is_some()),
+        "{st}"
+    );
+
+    // kill -9 of the leader: the other two elect a new one in a later term.
+    let killed = masters.iter_mut().find(|m| m.id == leader).unwrap();
+    let mut child = killed.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    let rest: Vec<&Master> = masters.iter().filter(|m| m.id != leader).collect();
+    let next = agreed_leader(dir.path(), &rest, Some(leader));
+    let failover = started.elapsed();
+    let next_addr = masters[(next - 1) as usize].addr.clone();
+    let st = status(dir.path(), &next_addr).unwrap();
+    assert!(st["term"].as_u64() > first["term"].as_u64(), "{st}");
+    // The acknowledged write survived; new writes are accepted.
+    let on_next = client_config(dir.path(), &next_addr);
+    let roles = wasmos_with(&on_next, &["role", "list", "-o", "json"]);
+    let roles: serde_json::Value = serde_json::from_slice(&roles.stdout).unwrap();
+    assert_eq!(roles[0]["role"], "team-a", "{roles}");
+    assert_eq!(roles[0]["weight_milli"], 3000, "{roles}");
+    let out = wasmos_with(&on_next, &["role", "set", "team-c", "--weight", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!("failover after kill -9 of master {leader}: master {next} leads after {failover:?}");
+}
