@@ -2,6 +2,7 @@
 //! leader that `wasmos cluster status` names on every member, a write through the leader is
 //! replicated, and after `kill -9` of the leader the other two elect a new one, which still has
 //! every acknowledged write and accepts new ones. A follower refuses writes, naming the leader.
+//! An agent and a client config given every master find the new leader by themselves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -122,6 +123,35 @@ fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
             .unwrap();
         m.child = Some(child);
     }
+    // An agent given every master finds the leader, and follows it.
+    let issued = pki::issue(&ca, &Identity::Agent("agent-1".into()), &[], &[]).unwrap();
+    write_pem(dir.path(), "agent-1", &issued.cert_pem, &issued.key_pem);
+    let addrs: Vec<String> = masters.iter().map(|m| m.addr.clone()).collect();
+    let agent_log = std::fs::File::create(dir.path().join("agent-1.log")).unwrap();
+    // Killed by its drop at the end, like the masters.
+    let _agent = Master {
+        id: 0,
+        addr: String::new(),
+        child: Some(
+            Command::new(wasmos_bin())
+                .current_dir(dir.path())
+                .args(["agent", "--master", &addrs.join(",")])
+                .args([
+                    "--ca",
+                    "ca.pem",
+                    "--cert",
+                    "agent-1.pem",
+                    "--key",
+                    "agent-1.key",
+                ])
+                .args(["--cpu", "1", "--mem", "1GiB", "--work-dir", "agent-1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(agent_log)
+                .spawn()
+                .unwrap(),
+        ),
+    };
     let all: Vec<&Master> = masters.iter().collect();
     let leader = agreed_leader(dir.path(), &all, None);
     let leader_addr = masters[(leader - 1) as usize].addr.clone();
@@ -175,5 +205,33 @@ fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
     assert_eq!(roles[0]["weight_milli"], 3000, "{roles}");
     let out = wasmos_with(&on_next, &["role", "set", "team-c", "--weight", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A client config that lists every master reaches the new leader even though its first
+    // address is the dead one.
+    let every = dir.path().join("every.toml");
+    let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        &every,
+        format!(
+            "master = \"{leader_addr}\"\nmasters = [{}]\nca = \"ca.pem\"\ncert = \"operator.pem\"\nkey = \"operator.key\"\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = wasmos_with(&every, &["role", "set", "team-d", "--weight", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The agent re-registered with the new leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = wasmos_with(&every, &["agent", "list", "-o", "json"]);
+        let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if agents[0]["state"] == "Active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not follow the leader: {agents}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eprintln!("failover after kill -9 of master {leader}: master {next} leads after {failover:?}");
 }

@@ -37,6 +37,9 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub master: SocketAddr,
+    /// The other masters of a multi-master group: after a session fails the agent tries the
+    /// next one, so it finds whichever leads.
+    pub other_masters: Vec<SocketAddr>,
     pub resources: Resources,
     pub attributes: BTreeMap<String, String>,
     /// Static reservations: resources offered only to the named role (and its descendants).
@@ -205,13 +208,28 @@ pub async fn run(
         }),
     });
     let mut backoff = Duration::from_millis(200);
+    let mut masters = vec![agent.cfg.master];
+    masters.extend(
+        agent
+            .cfg
+            .other_masters
+            .iter()
+            .filter(|m| **m != agent.cfg.master),
+    );
+    let mut next = 0;
     loop {
-        let session = session(agent.clone(), &endpoint);
+        let master = masters[next % masters.len()];
+        let session = session(agent.clone(), &endpoint, master);
         tokio::select! {
             result = session => {
                 match result {
                     Ok(()) => backoff = Duration::from_millis(200),
-                    Err(e) => tracing::warn!("agent session: {e}; retrying in {backoff:?}"),
+                    Err(e) => {
+                        // A follower refuses to register agents, a dead master does not answer:
+                        // try the next master of the group.
+                        next += 1;
+                        tracing::warn!("agent session with {master}: {e}; retrying in {backoff:?}");
+                    }
                 }
             }
             _ = shutdown.changed() => break,
@@ -237,8 +255,12 @@ pub async fn run(
     Ok(())
 }
 
-async fn session(agent: Arc<Agent>, endpoint: &wasmos_net::Endpoint) -> Result<(), String> {
-    let conn = wasmos_net::connect(endpoint, agent.cfg.master)
+async fn session(
+    agent: Arc<Agent>,
+    endpoint: &wasmos_net::Endpoint,
+    master: SocketAddr,
+) -> Result<(), String> {
+    let conn = wasmos_net::connect(endpoint, master)
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| wasmos_net::describe(&e))?;
@@ -294,7 +316,7 @@ async fn read_loop(
                 heartbeat_interval_ms,
                 last_status_seq,
             } => {
-                tracing::info!(agent = %id, "registered with master {}", agent.cfg.master);
+                tracing::info!(agent = %id, "registered with master {}", conn.remote_address());
                 {
                     let mut inner = agent.inner();
                     inner.next_seq = inner.next_seq.max(last_status_seq + 1);

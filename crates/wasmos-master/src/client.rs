@@ -149,7 +149,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => {
             let st = shared.raft.status();
-                        ClientResponse::Cluster(Box::new(ClusterInfo {
+            ClientResponse::Cluster(Box::new(ClusterInfo {
                 node: st.id,
                 state: st.state,
                 leader: st.leader,
@@ -166,7 +166,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                         voter: m.voter,
                         matched: m.matched,
                     })
-                                        .collect(),
+                    .collect(),
             }))
         }
         ClientRequest::PushBundle { .. } | ClientRequest::WatchTask { .. } => {

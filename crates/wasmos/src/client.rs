@@ -19,11 +19,64 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the master group's leader: the configured masters are asked in turn who
+    /// leads, and the client talks to that one. If no leader is known it keeps the first master
+    /// that answered (reads work; writes then say there is no leader).
     pub async fn connect(cfg: &ClientConfig) -> Result<Client> {
         let creds = cfg.credentials()?;
         let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, cfg.master)?;
-        let conn = wasmos_net::connect(&endpoint, cfg.master).await?;
-        Ok(Client { conn, endpoint })
+        let mut candidates = vec![cfg.master];
+        candidates.extend(cfg.masters.iter().filter(|a| **a != cfg.master));
+        if candidates.len() == 1 {
+            let conn = wasmos_net::connect(&endpoint, cfg.master).await?;
+            return Ok(Client { conn, endpoint });
+        }
+        let mut fallback = None;
+        let mut last_error = None;
+        for addr in &candidates {
+            let conn = match wasmos_net::connect(&endpoint, *addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    continue;
+                }
+            };
+            let client = Client {
+                conn,
+                endpoint: endpoint.clone(),
+            };
+            let Ok(ClientResponse::Cluster(st)) =
+                client.request(ClientRequest::ClusterStatus).await
+            else {
+                continue;
+            };
+            if st.leader == Some(st.node) {
+                return Ok(client);
+            }
+            let leader_addr = st
+                .members
+                .iter()
+                .find(|m| Some(m.id) == st.leader)
+                .and_then(|m| m.addr.parse::<std::net::SocketAddr>().ok());
+            if let Some(leader) = leader_addr
+                && let Ok(conn) = wasmos_net::connect(&endpoint, leader).await
+            {
+                client.conn.close(0u32.into(), b"going to the leader");
+                return Ok(Client { conn, endpoint });
+            }
+            fallback.get_or_insert(client);
+        }
+        fallback.ok_or_else(|| {
+            anyhow!(
+                "no master answered (tried {}): {}",
+                candidates
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                last_error.unwrap_or_default()
+            )
+        })
     }
 
     /// Names the real cause of a failed stream: usually the connection's close reason (such

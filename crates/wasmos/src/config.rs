@@ -15,6 +15,10 @@ pub const CONFIG_FILE: &str = "client.toml";
 pub struct ClientConfig {
     /// The master's QUIC address.
     pub master: SocketAddr,
+    /// The other masters of a multi-master group: the CLI asks whichever answers who leads,
+    /// and talks to the leader.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masters: Vec<SocketAddr>,
     /// Paths are relative to the config file's directory unless absolute.
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -111,6 +115,7 @@ mod tests {
         let path = dir.path().join(CONFIG_FILE);
         let cfg = ClientConfig {
             master: "127.0.0.1:7433".parse().unwrap(),
+            masters: Vec::new(),
             ca: "pki/ca.pem".into(),
             cert: "pki/operator.pem".into(),
             key: "pki/operator.key".into(),

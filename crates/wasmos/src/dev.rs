@@ -124,6 +124,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     let config_path = data.join(CONFIG_FILE);
     ClientConfig {
         master: addr,
+        masters: Vec::new(),
         ca: PathBuf::from("pki").join("ca.pem"),
         cert: PathBuf::from("pki").join("operator.pem"),
         key: PathBuf::from("pki").join("operator.key"),
@@ -140,6 +141,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
         attributes.insert("dev".into(), "true".into());
         let cfg = wasmos_agent::AgentConfig {
             master: addr,
+            other_masters: Vec::new(),
             resources: opts.agent_resources.clone(),
             attributes,
             reserved: opts.agent_reserved.clone(),

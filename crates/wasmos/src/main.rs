@@ -285,9 +285,10 @@ struct MasterArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The master's address.
-    #[arg(long)]
-    master: Option<SocketAddr>,
+    /// The master's address; for a multi-master group, every master's, comma-separated (the
+    /// agent finds the leader and follows it).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
+    master: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
     /// CPU to offer [default: all cores]
@@ -760,7 +761,18 @@ fn key_values(pairs: &[String], what: &str) -> Result<Vec<(String, String)>> {
 }
 
 async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
-    let master = args.master.ok_or_else(|| anyhow!("--master is required"))?;
+    let list = args.master.ok_or_else(|| anyhow!("--master is required"))?;
+    let masters: Vec<SocketAddr> = list
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse()
+                .map_err(|_| anyhow!("--master: `{m}` is not HOST:PORT"))
+        })
+        .collect::<Result<_>>()?;
+    let Some((&master, others)) = masters.split_first() else {
+        bail!("--master is required");
+    };
     let creds = args.tls.credentials()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let cpu = match &args.cpu {
@@ -775,6 +787,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
     };
     let cfg = wasmos_agent::AgentConfig {
         master,
+        other_masters: others.to_vec(),
         resources: with_scalars(
             Resources::new(cpu, parse_bytes(&args.mem)?, parse_bytes(&args.disk)?),
             &args.resource,
