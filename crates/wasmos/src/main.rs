@@ -62,6 +62,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BundleCmd,
     },
+            /// Issue certificates from a cluster CA (for example the one `wasmos dev` made, in
+    /// DATA_DIR/pki).
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
     /// The master group: `wasmos cluster status` shows members, leader, term and log indexes.
     Cluster {
         #[command(subcommand)]
@@ -177,6 +183,26 @@ enum TaskCmd {
     },
     Kill {
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+        /// Writes NAME.pem and NAME.key into the CA's directory (kept if they exist), signed by
+    /// its ca.pem/ca.key (created there first if missing): `--master m2`, `--agent host-7`,
+    /// `--operator alice`, `--tenant acme/alice`.
+    Issue {
+        /// The directory holding ca.pem and ca.key.
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        #[arg(long, value_name = "NAME", group = "who")]
+        master: Option<String>,
+        #[arg(long, value_name = "NAME", group = "who")]
+        agent: Option<String>,
+        #[arg(long, value_name = "NAME", group = "who")]
+        operator: Option<String>,
+        #[arg(long, value_name = "TENANT/USER", group = "who")]
+        tenant: Option<String>,
     },
 }
 
@@ -536,9 +562,47 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
-        Cmd::Cluster {
+                Cmd::Cluster {
             cmd: ClusterCmd::Status(out),
         } => cluster_status(config, out.format).await,
+        Cmd::Cert {
+            cmd:
+                CertCmd::Issue {
+                    pki,
+                    master,
+                    agent,
+                    operator,
+                    tenant,
+                },
+        } => {
+            use wasmos_net::Identity;
+            let (who, file) = match (master, agent, operator, tenant) {
+                (Some(n), ..) => (Identity::Master(n.clone()), n),
+                (_, Some(n), ..) => (Identity::Agent(n.clone()), n),
+                (_, _, Some(n), _) => (Identity::Operator(n.clone()), n),
+                (_, _, _, Some(t)) => {
+                    let (tenant, user) = t
+                        .split_once('/')
+                        .ok_or_else(|| anyhow!("--tenant `{t}` is not TENANT/USER"))?;
+                    let who = Identity::Tenant {
+                        tenant: tenant.into(),
+                        user: user.into(),
+                    };
+                    (who, format!("{tenant}-{user}"))
+                }
+                _ => bail!("say whose certificate: --master, --agent, --operator or --tenant"),
+            };
+            // The identity URI must parse back: this checks the names.
+            wasmos_net::Identity::from_uri(&who.to_uri())
+                .map_err(|e| anyhow!("{e}"))?;
+                        if !pki.join("ca.key").is_file() {
+                eprintln!("creating a new cluster CA in {}", pki.display());
+            }
+            let ca = dev::ensure_ca(&pki)?;
+            let files = dev::ensure_cert(&pki, &ca, &who, &file)?;
+            println!("{}\n{}", files.cert.display(), files.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bundle {
             cmd: BundleCmd::Push { file },
         } => {
