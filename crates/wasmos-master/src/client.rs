@@ -9,9 +9,8 @@ use wasmos_net::{
     Connection, FrameError, Identity, RecvStream, SendStream, recv_frame, send_frame,
 };
 use wasmos_proto::{
-    AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ClusterInfo,
-    ErrorKind, MasterInfo, MasterToAgent, Reason, RoleInfo, TaskId, TaskInfo, TaskSpec, TaskState,
-    TaskStatus,
+    AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
+    MasterToAgent, Reason, RoleInfo, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_state::{Command, CommandResult};
 
@@ -147,28 +146,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             limit,
         } => set_role(shared, who, &role, weight_milli, guarantee, limit).await,
         ClientRequest::ListRoles => list_roles(shared, who).await,
-        ClientRequest::ClusterStatus => {
-            let st = shared.raft.status();
-            ClientResponse::Cluster(Box::new(ClusterInfo {
-                node: st.id,
-                state: st.state,
-                leader: st.leader,
-                term: st.term,
-                last_log_index: st.last_log_index,
-                last_applied: st.last_applied,
-                snapshot: st.snapshot,
-                members: st
-                    .members
-                    .into_iter()
-                    .map(|m| MasterInfo {
-                        id: m.id,
-                        addr: m.addr,
-                        voter: m.voter,
-                        matched: m.matched,
-                    })
-                    .collect(),
-            }))
-        }
+        ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::PushBundle { .. } | ClientRequest::WatchTask { .. } => {
             error(ErrorKind::InvalidRequest, "handled elsewhere")
         }

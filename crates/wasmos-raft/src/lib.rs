@@ -35,7 +35,7 @@ mod cluster_tests;
 
 pub use log_store::LogStore;
 pub use network::{Network, PeerClient, PeerError, RaftReply, RaftRequest, serve};
-pub use node::{GroupStatus, MemberStatus, Peers, RaftNode, RaftOptions};
+pub use node::{Peers, RaftNode, RaftOptions};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use store::{StoreError, open_stores};
 pub use types::{NodeId, TypeConfig};

@@ -11,6 +11,7 @@ use openraft::error::{ClientWriteError, Fatal, InitializeError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use wasmos_proto::{ClusterInfo, MasterInfo};
 use wasmos_state::{ClusterState, Command, CommandResult};
 
 use crate::RaftError;
@@ -110,30 +111,6 @@ pub struct RaftNode {
     closed: watch::Receiver<()>,
     /// Part of a multi-master group (peers are dialed over QUIC).
     multi: bool,
-}
-
-/// One node's view of its raft group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupStatus {
-    pub id: NodeId,
-    /// `leader`, `follower`, `candidate` or `learner`.
-    pub state: String,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub last_applied: Option<u64>,
-    /// The log index the latest snapshot covers.
-    pub snapshot: Option<u64>,
-    pub members: Vec<MemberStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub addr: String,
-    pub voter: bool,
-    /// On the leader: the last log index known to be replicated to this member.
-    pub matched: Option<u64>,
 }
 
 /// The members of a multi-master group and this master's credentials for reaching them.
@@ -352,14 +329,14 @@ impl RaftNode {
     }
 
     /// What this node knows of its group now (as `wasmos cluster status` shows it).
-    pub fn status(&self) -> GroupStatus {
+    pub fn status(&self) -> ClusterInfo {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let members = m
             .membership_config
             .nodes()
-            .map(|(id, node)| MemberStatus {
+            .map(|(id, node)| MasterInfo {
                 id: *id,
                 addr: node.addr.clone(),
                 voter: voters.contains(id),
@@ -370,8 +347,8 @@ impl RaftNode {
                     .map(|l| l.index),
             })
             .collect();
-        GroupStatus {
-            id: self.id,
+        ClusterInfo {
+            node: self.id,
             state: format!("{:?}", m.state).to_lowercase(),
             leader: m.current_leader,
             term: m.current_term,

@@ -62,7 +62,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BundleCmd,
     },
-            /// Issue certificates from a cluster CA (for example the one `wasmos dev` made, in
+    /// Issue certificates from a cluster CA (for example the one `wasmos dev` made, in
     /// DATA_DIR/pki).
     Cert {
         #[command(subcommand)]
@@ -188,7 +188,7 @@ enum TaskCmd {
 
 #[derive(Subcommand)]
 enum CertCmd {
-        /// Writes NAME.pem and NAME.key into the CA's directory (kept if they exist), signed by
+    /// Writes NAME.pem and NAME.key into the CA's directory (kept if they exist), signed by
     /// its ca.pem/ca.key (created there first if missing): `--master m2`, `--agent host-7`,
     /// `--operator alice`, `--tenant acme/alice`.
     Issue {
@@ -562,7 +562,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
-                Cmd::Cluster {
+        Cmd::Cluster {
             cmd: ClusterCmd::Status(out),
         } => cluster_status(config, out.format).await,
         Cmd::Cert {
@@ -593,9 +593,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 _ => bail!("say whose certificate: --master, --agent, --operator or --tenant"),
             };
             // The identity URI must parse back: this checks the names.
-            wasmos_net::Identity::from_uri(&who.to_uri())
-                .map_err(|e| anyhow!("{e}"))?;
-                        if !pki.join("ca.key").is_file() {
+            wasmos_net::Identity::from_uri(&who.to_uri()).map_err(|e| anyhow!("{e}"))?;
+            if !pki.join("ca.key").is_file() {
                 eprintln!("creating a new cluster CA in {}", pki.display());
             }
             let ca = dev::ensure_ca(&pki)?;
