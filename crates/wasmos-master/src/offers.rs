@@ -807,6 +807,9 @@ impl Cycle {
             .filter(|(_, r)| all || unchecked.contains(&r.id))
             .map(|(role, r)| (role, r.clone()))
             .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
         let roles = self.shared.read(|s| s.roles.clone());
         // Demands repeat (a job's tasks are alike): decide each distinct one once.
         let mut verdicts: Vec<(Resources, bool)> = Vec::new();
