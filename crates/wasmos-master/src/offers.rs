@@ -656,10 +656,14 @@ impl Cycle {
         }
     }
 
-    /// The built-in framework of a task's role, registered (through Raft) on first use.
-    fn builtin_for(&mut self, t: &TaskInfo) -> Option<FrameworkId> {
+    /// The built-in framework of a task's role, if one is registered (`register_builtins` does
+    /// that for roles with waiting tasks).
+    fn builtin_for(&self, t: &TaskInfo) -> Option<FrameworkId> {
         let role = task_role(t)?;
-        self.builtin.get(&role).map(|b| b.id)
+        self.builtin
+            .get(&role)
+            .map(|b| b.id)
+            .filter(|id| *id != FrameworkId(0))
     }
 
     fn enqueue(&mut self, t: &TaskInfo) {
