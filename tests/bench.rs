@@ -90,7 +90,7 @@ async fn submit_many(dir: &Path, master: std::net::SocketAddr, spec: TaskSpec, n
         let (conn, spec) = (conn.clone(), spec.clone());
         set.spawn(async move {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            send_frame(&mut send, &ClientRequest::SubmitTask { spec })
+            send_frame(&mut send, &ClientRequest::SubmitTask { spec, key: None })
                 .await
                 .unwrap();
             let _ = send.finish();

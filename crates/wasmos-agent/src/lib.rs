@@ -220,13 +220,25 @@ pub async fn run(
     loop {
         let master = masters[next % masters.len()];
         let session = session(agent.clone(), &endpoint, master);
+        let mut redirected = false;
         tokio::select! {
             result = session => {
                 match result {
                     Ok(()) => backoff = Duration::from_millis(200),
+                    Err(SessionEnd::NotLeader(Some(leader))) => {
+                        // A follower (or a deposed leader) names the leader: go there at once.
+                        tracing::info!("master {master} is not the leader; registering with {leader}");
+                        next = match masters.iter().position(|m| *m == leader) {
+                            Some(i) => i,
+                            None => {
+                                masters.push(leader);
+                                masters.len() - 1
+                            }
+                        };
+                        redirected = true;
+                    }
                     Err(e) => {
-                        // A follower refuses to register agents, a dead master does not answer:
-                        // try the next master of the group.
+                        // A master without a leader, or a dead one: try the next of the group.
                         next += 1;
                         tracing::warn!("agent session with {master}: {e}; retrying in {backoff:?}");
                     }
@@ -238,6 +250,9 @@ pub async fn run(
             let mut inner = agent.inner();
             inner.link = None;
             inner.conn = None;
+        }
+        if redirected {
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -255,11 +270,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Why a session with a master ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The master is not the leader; the leader's address, when it named one that parses.
+    NotLeader(Option<SocketAddr>),
+    Failed(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::NotLeader(Some(a)) => write!(f, "not the leader (the leader is at {a})"),
+            SessionEnd::NotLeader(None) => write!(f, "not the leader, and knows of no leader"),
+            SessionEnd::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for SessionEnd {
+    fn from(e: String) -> Self {
+        SessionEnd::Failed(e)
+    }
+}
+
 async fn session(
     agent: Arc<Agent>,
     endpoint: &wasmos_net::Endpoint,
     master: SocketAddr,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     let conn = wasmos_net::connect(endpoint, master)
         .await
         .map_err(|e| e.to_string())?;
@@ -297,17 +336,18 @@ async fn read_loop(
     conn: &Connection,
     recv: &mut wasmos_net::RecvStream,
     tx: mpsc::UnboundedSender<AgentToMaster>,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         let msg = match recv_frame::<MasterToAgent>(recv).await {
             Ok(Some(m)) => m,
-            Ok(None) => break Err("the master closed the session".to_string()),
+            Ok(None) => break Err("the master closed the session".to_string().into()),
             Err(e) => {
                 break Err(match conn.close_reason() {
                     Some(reason) => wasmos_net::describe(&reason),
                     None => e.to_string(),
-                });
+                }
+                .into());
             }
         };
         match msg {
@@ -346,7 +386,11 @@ async fn read_loop(
                 }
             }
             MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
-            MasterToAgent::Error { message } => break Err(format!("master: {message}")),
+            MasterToAgent::Error { message } => break Err(format!("master: {message}").into()),
+            MasterToAgent::NotLeader { addr } => {
+                conn.close(0u32.into(), b"going to the leader");
+                break Err(SessionEnd::NotLeader(addr.and_then(|a| a.parse().ok())));
+            }
             MasterToAgent::Bundle { .. } => {
                 tracing::warn!("unexpected bundle header on the control stream");
             }

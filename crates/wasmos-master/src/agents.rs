@@ -74,10 +74,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             now_ms: now_ms(),
         })
         .await;
-    if let Err(e) = registered {
-        let message = format!("master cannot record the registration: {e}");
-        let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
-        return;
+    match registered {
+        Ok(_) => {}
+        Err(wasmos_raft::RaftError::NotLeader { .. }) => {
+            let (_, addr) = shared.raft.leader_addr();
+            let _ = send_frame(&mut send, &MasterToAgent::NotLeader { addr }).await;
+            let _ = send.finish();
+            // Let the agent read the redirect; it closes the connection itself.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            return;
+        }
+        Err(e) => {
+            let message = format!("master cannot record the registration: {e}");
+            let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+            return;
+        }
     }
     let mut acks = Vec::new();
     for update in pending {
@@ -233,10 +244,9 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let reply = match recv_frame::<AgentToMaster>(&mut recv).await {
-                Ok(Some(AgentToMaster::FetchBundle { hash })) => match shared.bundles.get(&hash) {
-                    Ok(bytes) => Ok(bytes),
-                    Err(e) => Err(format!("bundle {hash} is not available: {e}")),
-                },
+                Ok(Some(AgentToMaster::FetchBundle { hash })) => {
+                    crate::peers::blob(&shared, &hash).await
+                }
                 other => Err(format!("expected FetchBundle, got {other:?}")),
             };
             let sent = match reply {

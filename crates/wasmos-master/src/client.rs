@@ -53,6 +53,19 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             return;
         }
     };
+    let req = match route(&shared, req).await {
+        Ok(req) => req,
+        Err(refusal) => {
+            if let Err(e) = send_frame(&mut send, &refusal).await {
+                tracing::debug!("client stream ended early: {e}");
+            }
+            let _ = send.finish();
+            // An upload's bytes are not wanted here: stop them instead of letting the client
+            // block on flow control.
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    };
     let result = match req {
         ClientRequest::WatchTask { id, follow } => {
             watch(&shared, &who, id, follow, &mut send).await
@@ -72,6 +85,43 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
     let _ = send.finish();
 }
 
+/// Decides whether this master answers `req` itself. Cluster status: always. Stale reads: from
+/// the local applied state. Other reads: only on a leader that confirms with a majority that it
+/// still leads (so no read misses an acknowledged write). Writes: only on the leader (the
+/// write itself then needs the majority). Everything else is redirected to the leader.
+async fn route(shared: &Shared, req: ClientRequest) -> Result<ClientRequest, ClientResponse> {
+    match req {
+        ClientRequest::ClusterStatus => Ok(req),
+        ClientRequest::Stale(inner) if inner.is_read() => Ok(*inner),
+        ClientRequest::Stale(inner) => Err(error(
+            ErrorKind::InvalidRequest,
+            format!("only reads may be answered stale, not {inner:?}"),
+        )),
+        read if read.is_read() => match shared.raft.linearize().await {
+            Ok(()) => Ok(read),
+            Err(e) => Err(raft_error(shared, e)),
+        },
+        write if shared.raft.is_leader() => Ok(write),
+        _ => Err(raft_error(
+            shared,
+            wasmos_raft::RaftError::NotLeader {
+                leader: shared.raft.leader(),
+            },
+        )),
+    }
+}
+
+/// A raft failure as the client sees it: a redirect when another master leads.
+pub(crate) fn raft_error(shared: &Shared, e: wasmos_raft::RaftError) -> ClientResponse {
+    match e {
+        wasmos_raft::RaftError::NotLeader { .. } => {
+            let (leader, addr) = shared.raft.leader_addr();
+            ClientResponse::NotLeader { leader, addr }
+        }
+        other => error(ErrorKind::Unavailable, other.to_string()),
+    }
+}
+
 fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, ClientResponse> {
     shared
         .read(|s| s.tasks.get(&id).cloned())
@@ -82,10 +132,12 @@ fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, Cli
 async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {
     match req {
         ClientRequest::HasBundle { hash } => {
+            // Recorded means a majority of masters held it; this one fetches its own copy now
+            // if it lacks one, so an upload is skipped only when the bytes really are there.
             let known = shared.read(|s| s.bundles.contains_key(&hash));
-            ClientResponse::HasBundle(known && shared.bundles.contains(&hash))
+            ClientResponse::HasBundle(known && crate::peers::blob(shared, &hash).await.is_ok())
         }
-        ClientRequest::SubmitTask { spec } => submit(shared, who, spec).await,
+        ClientRequest::SubmitTask { spec, key } => submit(shared, who, spec, key).await,
         ClientRequest::ListTasks => ClientResponse::Tasks(shared.read(|s| {
             s.tasks
                 .values()
@@ -147,9 +199,9 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         } => set_role(shared, who, &role, weight_milli, guarantee, limit).await,
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
-        ClientRequest::PushBundle { .. } | ClientRequest::WatchTask { .. } => {
-            error(ErrorKind::InvalidRequest, "handled elsewhere")
-        }
+        ClientRequest::PushBundle { .. }
+        | ClientRequest::WatchTask { .. }
+        | ClientRequest::Stale(_) => error(ErrorKind::InvalidRequest, "handled elsewhere"),
     }
 }
 
@@ -164,7 +216,18 @@ pub(crate) fn validate_spec(spec: &TaskSpec) -> Result<(), String> {
     spec.check()
 }
 
-async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientResponse {
+async fn submit(
+    shared: &Shared,
+    who: &Identity,
+    spec: TaskSpec,
+    key: Option<String>,
+) -> ClientResponse {
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "a submission key must be 1 to 128 bytes",
+        );
+    }
     if let Err(e) = validate_spec(&spec) {
         return error(ErrorKind::InvalidRequest, e);
     }
@@ -178,6 +241,7 @@ async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientRespon
         spec,
         owner: who.to_uri(),
         now_ms: now_ms(),
+        key,
     };
     match shared.write(cmd).await {
         Ok(CommandResult::Submitted(id)) => {
@@ -186,7 +250,7 @@ async fn submit(shared: &Shared, who: &Identity, spec: TaskSpec) -> ClientRespon
         }
         Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
-        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+        Err(e) => raft_error(shared, e),
     }
 }
 
@@ -229,7 +293,7 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
             shared.offer_event(Event::TaskChanged(id));
             ClientResponse::Ok
         }
-        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+        Err(e) => raft_error(shared, e),
     }
 }
 
@@ -302,7 +366,7 @@ async fn set_role(
             shared.offer_event(Event::RolesChanged);
             ClientResponse::Ok
         }
-        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+        Err(e) => raft_error(shared, e),
     }
 }
 
@@ -364,7 +428,7 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
 }
 
 async fn push_bundle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     hash: BundleHash,
     size: u64,
     kind: BlobKind,
@@ -391,6 +455,14 @@ async fn push_bundle(
     if let Err(e) = shared.bundles.put(&hash, &bytes, kind) {
         return error(ErrorKind::InvalidBundle, e.to_string());
     }
+    // Acknowledged only once a majority of masters holds the bytes: the record below must never
+    // name a bundle that the loss of a minority of masters could take away.
+    if let Err(e) = crate::peers::replicate(shared, &hash, kind, Arc::new(bytes)).await {
+        return error(
+            ErrorKind::Unavailable,
+            format!("bundle {hash} not stored: {e}"),
+        );
+    }
     match shared
         .write(Command::AddBundle {
             hash,
@@ -400,7 +472,7 @@ async fn push_bundle(
         .await
     {
         Ok(_) => ClientResponse::Ok,
-        Err(e) => error(ErrorKind::Unavailable, e.to_string()),
+        Err(e) => raft_error(shared, e),
     }
 }
 

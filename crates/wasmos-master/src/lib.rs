@@ -7,6 +7,7 @@ mod client;
 mod frameworks;
 mod logs;
 mod offers;
+mod peers;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub cfg: MasterConfig,
     pub raft: RaftNode,
     pub bundles: bundles::BundleStore,
+    /// Connections to the other masters, for bundle blobs.
+    pub peers: peers::PeerLinks,
     pub logs: logs::LogStore,
     pub agents: Mutex<BTreeMap<AgentId, AgentLink>>,
     /// When each registered but unconnected agent went away (master start for those never seen
@@ -191,7 +194,13 @@ impl Master {
         let endpoint = wasmos_net::server_endpoint(
             cfg.listen,
             creds,
-            &[alpn::AGENT, alpn::CLIENT, alpn::FRAMEWORK, alpn::RAFT],
+            &[
+                alpn::AGENT,
+                alpn::CLIENT,
+                alpn::FRAMEWORK,
+                alpn::RAFT,
+                alpn::PEER,
+            ],
         )?;
         let addr = endpoint
             .local_addr()
@@ -208,12 +217,14 @@ impl Master {
                 RaftNode::open_cluster(&raft_dir, cfg.node_id, options, &peers).await?
             }
         };
+        let peers = peers::PeerLinks::new(cfg.peers.as_ref().map(|_| creds))?;
         let (events, events_rx) = mpsc::unbounded_channel();
         let last_task_id = raft.read(|s| s.next_task_id);
         let shared = Arc::new(Shared {
             cfg,
             raft,
             bundles,
+            peers,
             logs,
             agents: Mutex::new(BTreeMap::new()),
             disconnected: Mutex::new(BTreeMap::new()),
@@ -230,6 +241,7 @@ impl Master {
                 tracing::warn!("no raft leader yet ({e}); serving as a follower until there is");
             }
         }
+        tasks.spawn(follow_leadership(shared.clone()));
         tasks.spawn(offers::run(shared.clone(), events_rx));
         tasks.spawn(scheduler::run(shared.clone()));
         tracing::info!(%addr, "master listening");
@@ -253,6 +265,33 @@ impl Master {
             tracing::warn!("raft shutdown: {e}");
         }
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// When this master stops leading, sends its agents to the new leader: their status updates
+/// and registrations can only be recorded there, and a deposed leader would otherwise keep
+/// them (their heartbeats still succeed) while another master declares their tasks lost.
+async fn follow_leadership(shared: Arc<Shared>) {
+    let mut metrics = shared.raft.raft().metrics();
+    let mut led = false;
+    loop {
+        let leads = shared.raft.is_leader();
+        if led && !leads {
+            let (leader, addr) = shared.raft.leader_addr();
+            tracing::warn!(
+                ?leader,
+                "this master no longer leads; redirecting its agents"
+            );
+            for link in shared.agents().values() {
+                let _ = link
+                    .tx
+                    .send(MasterToAgent::NotLeader { addr: addr.clone() });
+            }
+        }
+        led = leads;
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -290,6 +329,7 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
                 (Some(alpn::RAFT), Identity::Master(_)) => {
                     wasmos_raft::serve(shared.raft.raft().clone(), conn).await
                 }
+                (Some(alpn::PEER), Identity::Master(_)) => peers::serve(shared, conn).await,
                 _ => {
                     let msg = format!("{identity} may not use this channel");
                     tracing::warn!(%remote, "refused connection: {msg}");

@@ -104,9 +104,11 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Agents hold one connection for their lifetime; keep-alives keep NAT bindings and let both
-    // sides notice a dead peer within the idle timeout.
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    t.max_idle_timeout(Some(quinn::VarInt::from_u32(15_000).into()));
+    // sides notice a dead peer within the idle timeout. A killed master sends nothing (UDP has
+    // no reset), so this timeout is how soon its agents go looking for the new leader: a few
+    // lost keep-alives, not a quarter of a minute.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(6_000).into()));
     Arc::new(t)
 }
 

@@ -14,7 +14,8 @@ pub use framework::{FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation};
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
-    ErrorKind, MasterInfo, MasterToAgent, OutputStream, RoleInfo, StatusUpdate,
+    ErrorKind, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse, RoleInfo,
+    StatusUpdate,
 };
 pub use net::{NetRule, NetRuleError};
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
@@ -29,4 +30,6 @@ pub mod alpn {
     pub const CLIENT: &[u8] = b"wasmos-client/1";
     pub const FRAMEWORK: &[u8] = b"wasmos-framework/1";
     pub const RAFT: &[u8] = b"wasmos-raft/1";
+    /// Master to master, besides raft: copies of bundle blobs.
+    pub const PEER: &[u8] = b"wasmos-peer/1";
 }

@@ -26,6 +26,10 @@ pub enum ClientRequest {
     },
     SubmitTask {
         spec: TaskSpec,
+        /// Chosen by the client, unique per submission: resending the same submission (its
+        /// answer was lost when a master failed) returns the task the first one created.
+        #[serde(default)]
+        key: Option<String>,
     },
     ListTasks,
     GetTask {
@@ -53,6 +57,26 @@ pub enum ClientRequest {
     ListRoles,
     /// The answering master's view of the master group (answered by any master).
     ClusterStatus,
+    /// A read (list, show, watch, has-bundle) answered from this master's applied state even if
+    /// it is a follower, so possibly behind the leader. Without it a follower redirects reads to
+    /// the leader like writes.
+    Stale(Box<ClientRequest>),
+}
+
+impl ClientRequest {
+    /// Whether the request only reads, so a follower may answer it when asked to (`Stale`).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::HasBundle { .. }
+                | ClientRequest::ListTasks
+                | ClientRequest::GetTask { .. }
+                | ClientRequest::ListAgents
+                | ClientRequest::WatchTask { .. }
+                | ClientRequest::ListRoles
+                | ClientRequest::ClusterStatus
+        )
+    }
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -101,6 +125,12 @@ pub enum ClientResponse {
     Error {
         kind: ErrorKind,
         message: String,
+    },
+    /// This master is not the leader (or the request needs one and there is none): send the
+    /// request to `leader` at `addr`, when known.
+    NotLeader {
+        leader: Option<u64>,
+        addr: Option<String>,
     },
 }
 
@@ -169,6 +199,33 @@ pub struct RoleInfo {
     /// Dominant share of the cluster, in millionths.
     pub share_ppm: u64,
     pub frameworks: u64,
+}
+
+/// Master to master on `wasmos-peer/1`, one request per stream: the bundle blobs raft does not
+/// carry (they are too large for log entries), copied to a majority before an upload is
+/// acknowledged and fetched by a master that lacks one it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Followed by exactly `size` raw bytes; answered `Stored` once the copy is on disk.
+    PutBlob {
+        hash: BundleHash,
+        kind: BlobKind,
+        size: u64,
+    },
+    /// Answered `Blob` and the bytes, or `Error` if this master does not hold it.
+    GetBlob { hash: BundleHash },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Stored,
+    /// Followed by exactly `size` raw bytes.
+    Blob {
+        size: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// A change of a task's status, numbered by the agent so the master can acknowledge it and
@@ -240,6 +297,11 @@ pub enum MasterToAgent {
     /// All status updates up to and including `seq` are durably recorded.
     Ack {
         seq: u64,
+    },
+    /// This master is not (or no longer) the leader: the agent should register with `addr`,
+    /// the leader's address when known, and ends this session.
+    NotLeader {
+        addr: Option<String>,
     },
     /// Answer to `FetchBundle`, followed by `size` raw bytes.
     Bundle {

@@ -50,6 +50,10 @@ pub enum RaftError {
     /// This node is not the leader; writes must go to `leader` (if known).
     #[error("not the raft leader (leader: {})", leader.map_or_else(|| "unknown".to_string(), |l| l.to_string()))]
     NotLeader { leader: Option<NodeId> },
+    /// This node leads but cannot reach a majority: the write or read was not confirmed in
+    /// time. A write may still commit if the majority comes back before a new leader is elected.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
     /// The raft core stopped (shut down, panicked) or failed in a way that is not a storage error.
     #[error("raft fatal: {0}")]
     Fatal(String),

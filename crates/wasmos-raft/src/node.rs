@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, Fatal, InitializeError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -43,6 +43,10 @@ pub struct RaftOptions {
     pub logs_to_keep: u64,
     /// How long [`RaftNode::open_with`] waits for this node to become leader and apply its log.
     pub leader_timeout: Duration,
+    /// How long a write (or a linearizable read) waits for a majority before it fails with
+    /// [`RaftError::NoQuorum`]: a leader cut off from its peers keeps believing it leads until
+    /// it hears of a later term, so without a bound its callers would wait forever.
+    pub quorum_timeout: Duration,
 }
 
 impl Default for RaftOptions {
@@ -59,6 +63,9 @@ impl Default for RaftOptions {
             snapshot_logs_since_last: 1000,
             logs_to_keep: 200,
             leader_timeout: Duration::from_secs(10),
+            // Several election timeouts: a healthy group elects a new leader well within it, so
+            // a write that waits longer is on a leader that lost its majority.
+            quorum_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -76,9 +83,9 @@ impl RaftOptions {
                 "snapshot_logs_since_last must be at least 1".to_string(),
             ));
         }
-        if self.leader_timeout.is_zero() {
+        if self.leader_timeout.is_zero() || self.quorum_timeout.is_zero() {
             return Err(RaftError::Config(
-                "leader_timeout must be positive".to_string(),
+                "leader_timeout and quorum_timeout must be positive".to_string(),
             ));
         }
         let config = Config {
@@ -111,6 +118,7 @@ pub struct RaftNode {
     closed: watch::Receiver<()>,
     /// Part of a multi-master group (peers are dialed over QUIC).
     multi: bool,
+    quorum_timeout: Duration,
 }
 
 /// The members of a multi-master group and this master's credentials for reaching them.
@@ -225,6 +233,7 @@ impl RaftNode {
             shared,
             closed,
             multi: peers.is_some(),
+            quorum_timeout: options.quorum_timeout,
         };
         let members = match peers {
             Some(p) => p.members.clone(),
@@ -328,6 +337,55 @@ impl RaftNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The leader this node knows of and the address the group records for it.
+    pub fn leader_addr(&self) -> (Option<NodeId>, Option<String>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l))
+            .map(|(_, node)| node.addr.clone());
+        (m.current_leader, addr)
+    }
+
+    /// Confirms, with a round of heartbeats to a majority, that this node still leads, and waits
+    /// until it has applied everything committed before: a read of the state after this sees
+    /// every write acknowledged anywhere (a linearizable read). A single master needs no round.
+    pub async fn linearize(&self) -> Result<(), RaftError> {
+        if !self.multi {
+            return if self.is_leader() {
+                Ok(())
+            } else {
+                Err(RaftError::NotLeader {
+                    leader: self.leader(),
+                })
+            };
+        }
+        let confirmed = tokio::time::timeout(self.quorum_timeout, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                RaftError::NoQuorum(format!(
+                    "master {} could not confirm its leadership with a majority within {:?}",
+                    self.id, self.quorum_timeout
+                ))
+            })?;
+        match confirmed {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(RaftError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(RaftError::NoQuorum(format!(
+                    "master {} leads but a majority did not answer: {q}",
+                    self.id
+                )))
+            }
+            Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
+        }
+    }
+
     /// What this node knows of its group now (as `wasmos cluster status` shows it).
     pub fn status(&self) -> ClusterInfo {
         let metrics = self.raft.metrics();
@@ -394,10 +452,19 @@ impl RaftNode {
     /// Proposes a command and returns its result once it is committed and applied.
     ///
     /// `CommandResult::Rejected` is a domain answer (the state is unchanged), not an error.
-    /// Errors: [`RaftError::NotLeader`] if this node lost leadership, [`RaftError::Storage`] /
+    /// Errors: [`RaftError::NotLeader`] if this node lost leadership, [`RaftError::NoQuorum`] if
+    /// a majority did not confirm it in time, [`RaftError::Storage`] /
     /// [`RaftError::Fatal`] if raft has stopped.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
-        match self.raft.client_write(cmd).await {
+        let written = tokio::time::timeout(self.quorum_timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| {
+                RaftError::NoQuorum(format!(
+                    "master {} leads but a majority did not confirm the write within {:?}",
+                    self.id, self.quorum_timeout
+                ))
+            })?;
+        match written {
             Ok(resp) => Ok(resp.data),
             Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(RaftError::NotLeader {

@@ -81,12 +81,14 @@ fn history() -> Vec<Command> {
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 3,
+            key: None,
         },
         Command::SubmitTask {
             id: None,
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 4,
+            key: None,
         },
         Command::AssignTask {
             task: TaskId(1),
@@ -162,6 +164,7 @@ async fn open_write_read() -> anyhow::Result<()> {
             spec: spec(bundle(99)),
             owner: "op".into(),
             now_ms: 7,
+            key: None,
         })
         .await?;
     ensure!(
@@ -228,6 +231,7 @@ async fn restart_restores_identical_state() -> anyhow::Result<()> {
             spec: spec(bundle(1)),
             owner: "op".into(),
             now_ms: 10,
+            key: None,
         })
         .await?;
     ensure!(next == CommandResult::Submitted(TaskId(3)), "{next:?}");

@@ -96,7 +96,19 @@ pub struct ClusterState {
     /// The pools each live task launched from an offer holds; removed when it ends.
     #[serde(default)]
     pub charges: BTreeMap<TaskId, Pools>,
+    /// Recent submissions by their client-chosen key (scoped to the owner): a client that
+    /// lost the answer to a submission (a leader crashed) sends it again with the same key and
+    /// gets the task the first one created, not a second task.
+    #[serde(default)]
+    pub submissions: BTreeMap<String, TaskId>,
+    /// The same keys by the time they were recorded, to forget them after
+    /// [`SUBMISSION_KEY_TTL_MS`].
+    #[serde(default)]
+    pub submission_times: std::collections::BTreeSet<(u64, String)>,
 }
+
+/// How long a submission key is remembered: far longer than any client retries.
+pub const SUBMISSION_KEY_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// Every change to the cluster state. Time is carried in the command (`now_ms`, the leader's
 /// clock when it proposed it), so replaying the log gives the same state on every master.
@@ -128,6 +140,10 @@ pub enum Command {
         spec: TaskSpec,
         owner: String,
         now_ms: u64,
+        /// The client's key for this submission: a second submission with the same key and
+        /// owner within [`SUBMISSION_KEY_TTL_MS`] returns the first one's task.
+        #[serde(default)]
+        key: Option<String>,
     },
     AssignTask {
         task: TaskId,
@@ -187,6 +203,18 @@ pub enum CommandResult {
 }
 
 impl ClusterState {
+    /// Drops submission keys older than [`SUBMISSION_KEY_TTL_MS`].
+    fn forget_submissions(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(SUBMISSION_KEY_TTL_MS);
+        while let Some((at, _)) = self.submission_times.first()
+            && *at < horizon
+        {
+            if let Some((_, key)) = self.submission_times.pop_first() {
+                self.submissions.remove(&key);
+            }
+        }
+    }
+
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
         match cmd {
             Command::RegisterAgent {
@@ -238,7 +266,13 @@ impl ClusterState {
                 spec,
                 owner,
                 now_ms,
+                key,
             } => {
+                self.forget_submissions(now_ms);
+                let key = key.map(|k| format!("{owner} {k}"));
+                if let Some(first) = key.as_ref().and_then(|k| self.submissions.get(k)) {
+                    return CommandResult::Submitted(*first);
+                }
                 if let Err(why) = self.check_blobs(&spec) {
                     return CommandResult::Rejected(why);
                 }
@@ -268,6 +302,10 @@ impl ClusterState {
                         updated_ms: now_ms,
                     },
                 );
+                if let Some(key) = key {
+                    self.submissions.insert(key.clone(), id);
+                    self.submission_times.insert((now_ms, key));
+                }
                 CommandResult::Submitted(id)
             }
             Command::AssignTask {

@@ -43,6 +43,7 @@ fn submitted(s: &mut ClusterState, cpu: u64) -> TaskId {
         spec: spec(cpu),
         owner: "op".into(),
         now_ms: 2,
+        key: None,
     }) {
         CommandResult::Submitted(id) => id,
         other => panic!("not submitted: {other:?}"),
@@ -65,6 +66,7 @@ fn submit_requires_an_uploaded_bundle() {
         spec: spec(100),
         owner: "op".into(),
         now_ms: 0,
+        key: None,
     });
     assert!(matches!(r, CommandResult::Rejected(_)));
     assert!(s.tasks.is_empty());
@@ -339,7 +341,7 @@ proptest! {
                     running: vec![TaskId(n)],
                     now_ms: n,
                 },
-                1 => Command::SubmitTask { id: None, spec: spec(cpu), owner: "o".into(), now_ms: n },
+                1 => Command::SubmitTask { id: None, spec: spec(cpu), owner: "o".into(), now_ms: n, key: None },
                 2 => Command::AssignTask { task: TaskId(n), agent: agent(name), now_ms: n },
                 3 => Command::AgentStatus {
                     agent: agent(name),
@@ -403,4 +405,40 @@ proptest! {
         let ids: Vec<u64> = s1.tasks.keys().map(|t| t.0).collect();
         prop_assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
+}
+
+#[test]
+fn a_resent_submission_key_returns_the_first_task_until_it_expires() {
+    let mut s = ClusterState::default();
+    s.apply(Command::AddBundle {
+        hash: hash(),
+        size: 10,
+        now_ms: 1,
+    });
+    let submit = |s: &mut ClusterState, owner: &str, key: &str, now_ms: u64| match s.apply(
+        Command::SubmitTask {
+            id: None,
+            spec: spec(100),
+            owner: owner.into(),
+            now_ms,
+            key: Some(key.into()),
+        },
+    ) {
+        CommandResult::Submitted(id) => id,
+        other => panic!("not submitted: {other:?}"),
+    };
+    let first = submit(&mut s, "alice", "k1", 10);
+    // The retry of a submission whose answer was lost: the same task, no second one.
+    assert_eq!(submit(&mut s, "alice", "k1", 20), first);
+    assert_eq!(s.tasks.len(), 1);
+    // Keys are per owner: another owner's identical key is another submission.
+    let other = submit(&mut s, "bob", "k1", 30);
+    assert_ne!(other, first);
+    // Once the key has expired, it is a new submission, and the old key is forgotten.
+    let later = submit(&mut s, "alice", "k1", 10 + SUBMISSION_KEY_TTL_MS + 1);
+    assert_ne!(later, first);
+    assert_eq!(s.tasks.len(), 3);
+    // Alice's old entry is gone; Bob's (recorded later) and Alice's new one remain.
+    assert_eq!(s.submissions.len(), 2, "{:?}", s.submissions);
+    assert_eq!(s.submission_times.len(), 2);
 }

@@ -7,18 +7,101 @@ use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmos_net::{Connection, Endpoint, recv_frame, send_frame};
 use wasmos_proto::{
-    BlobKind, BundleHash, ClientRequest, ClientResponse, OutputStream, TaskId, TaskInfo, TaskSpec,
-    alpn,
+    BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind, OutputStream, TaskId, TaskInfo,
+    TaskSpec, alpn,
 };
 
 use crate::config::ClientConfig;
 
-pub struct Client {
-    conn: Connection,
-    endpoint: Endpoint,
+/// How many times one request follows a redirect (or waits for an election) before giving up.
+const MAX_REDIRECTS: u32 = 20;
+/// How long to wait before asking again when no master knows of a leader (an election).
+const ELECTION_WAIT: Duration = Duration::from_millis(250);
+
+static STALE_READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `--stale`: let reads be answered by any master from its own, possibly older, state instead
+/// of being redirected to the leader. Set once at start.
+pub fn allow_stale_reads(stale: bool) {
+    let _ = STALE_READS.set(stale);
 }
 
+fn stale_reads() -> bool {
+    STALE_READS.get().copied().unwrap_or(false)
+}
+
+pub struct Client {
+    /// Replaced when a master redirects the client to the leader.
+    conn: std::sync::Mutex<Connection>,
+    endpoint: Endpoint,
+    /// Every configured master, to find the leader again after losing the connection.
+    masters: Vec<std::net::SocketAddr>,
+}
+
+/// How long a submission keeps being retried (across a master's crash and the election
+/// that follows) before the CLI gives up.
+const SUBMIT_RETRY: Duration = Duration::from_secs(30);
+
 impl Client {
+    fn new(conn: Connection, endpoint: Endpoint) -> Client {
+        Client {
+            conn: std::sync::Mutex::new(conn),
+            endpoint,
+            masters: Vec::new(),
+        }
+    }
+
+    fn replace_conn(&self, conn: Connection) {
+        let old = std::mem::replace(
+            &mut *self
+                .conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            conn,
+        );
+        old.close(0u32.into(), b"going to the leader");
+    }
+
+    fn conn(&self) -> Connection {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Follows a `NotLeader` answer: connects to the leader it names, or, while no master knows
+    /// one (an election is under way), waits a moment before the request is asked again.
+    async fn redirect(&self, leader: Option<u64>, addr: Option<String>) -> Result<()> {
+        let from = self.conn().remote_address();
+        let Some(addr) = addr else {
+            tracing::debug!(%from, "no leader known; waiting for an election");
+            tokio::time::sleep(ELECTION_WAIT).await;
+            return Ok(());
+        };
+        let target: std::net::SocketAddr = addr.parse().map_err(|e| {
+            anyhow!("master {from} names the leader at `{addr}`, which is not an address: {e}")
+        })?;
+        let conn = wasmos_net::connect(&self.endpoint, target)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "master {from} says master {} at {target} leads, which did not answer: {e}",
+                    leader.map_or_else(|| "?".to_string(), |l| l.to_string())
+                )
+            })?;
+        self.replace_conn(conn);
+        Ok(())
+    }
+
+    /// Wraps reads in `Stale` when the user allowed stale reads.
+    fn wrap(req: ClientRequest) -> ClientRequest {
+        if stale_reads() && req.is_read() && req != ClientRequest::ClusterStatus {
+            ClientRequest::Stale(Box::new(req))
+        } else {
+            req
+        }
+    }
+
     /// Connects to the master group's leader: the configured masters are asked in turn who
     /// leads, and the client talks to that one. If no leader is known it keeps the first master
     /// that answered (reads work; writes then say there is no leader).
@@ -27,29 +110,66 @@ impl Client {
         let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, cfg.master)?;
         let mut candidates = vec![cfg.master];
         candidates.extend(cfg.masters.iter().filter(|a| **a != cfg.master));
-        if candidates.len() == 1 {
-            let conn = wasmos_net::connect(&endpoint, cfg.master).await?;
-            return Ok(Client { conn, endpoint });
+        let mut client = Self::find_leader(&endpoint, &candidates).await?;
+        client.masters = candidates;
+        Ok(client)
+    }
+
+    /// Connects to the leader among `candidates` again (after the connection broke).
+    async fn reconnect(&self) -> Result<()> {
+        let mut candidates = self.masters.clone();
+        if candidates.is_empty() {
+            candidates.push(self.conn().remote_address());
         }
+        let found = Self::find_leader(&self.endpoint, &candidates).await?;
+        self.replace_conn(found.conn());
+        Ok(())
+    }
+
+    async fn find_leader(
+        endpoint: &Endpoint,
+        candidates: &[std::net::SocketAddr],
+    ) -> Result<Client> {
+        let endpoint = endpoint.clone();
+        if let [only] = candidates {
+            let conn = wasmos_net::connect(&endpoint, *only).await?;
+            return Ok(Client::new(conn, endpoint));
+        }
+        // Ask every master at once: a dead one costs nothing but its own connect timeout,
+        // and the first answer that names a reachable leader wins.
+        let mut asks: futures::stream::FuturesUnordered<_> = candidates
+            .iter()
+            .map(|addr| {
+                let endpoint = endpoint.clone();
+                let addr = *addr;
+                async move {
+                    let conn = wasmos_net::connect(&endpoint, addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let client = Client::new(conn, endpoint);
+                    if stale_reads() {
+                        return Ok((client, None));
+                    }
+                    match client.request(ClientRequest::ClusterStatus).await {
+                        Ok(ClientResponse::Cluster(st)) => Ok((client, Some(st))),
+                        Ok(other) => Err(format!("{addr}: unexpected answer {other:?}")),
+                        Err(e) => Err(format!("{addr}: {e}")),
+                    }
+                }
+            })
+            .collect();
         let mut fallback = None;
-        let mut last_error = None;
-        for addr in &candidates {
-            let conn = match wasmos_net::connect(&endpoint, *addr).await {
-                Ok(c) => c,
+        let mut errors = Vec::new();
+        while let Some(answer) = futures::StreamExt::next(&mut asks).await {
+            let (client, st) = match answer {
+                Ok(a) => a,
                 Err(e) => {
-                    last_error = Some(e.to_string());
+                    errors.push(e);
                     continue;
                 }
             };
-            let client = Client {
-                conn,
-                endpoint: endpoint.clone(),
-            };
-            let Ok(ClientResponse::Cluster(st)) =
-                client.request(ClientRequest::ClusterStatus).await
-            else {
-                continue;
-            };
+            // Stale reads: any master will do.
+            let Some(st) = st else { return Ok(client) };
             if st.leader == Some(st.node) {
                 return Ok(client);
             }
@@ -61,9 +181,10 @@ impl Client {
             if let Some(leader) = leader_addr
                 && let Ok(conn) = wasmos_net::connect(&endpoint, leader).await
             {
-                client.conn.close(0u32.into(), b"going to the leader");
-                return Ok(Client { conn, endpoint });
+                client.conn().close(0u32.into(), b"going to the leader");
+                return Ok(Client::new(conn, endpoint));
             }
+            // No leader known yet: requests follow redirects (and wait out the election).
             fallback.get_or_insert(client);
         }
         fallback.ok_or_else(|| {
@@ -74,7 +195,7 @@ impl Client {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-                last_error.unwrap_or_default()
+                errors.join("; ")
             )
         })
     }
@@ -82,10 +203,11 @@ impl Client {
     /// Names the real cause of a failed stream: usually the connection's close reason (such
     /// as a refused certificate) rather than the stream error that surfaced it.
     fn fail(&self, e: impl std::fmt::Display) -> anyhow::Error {
-        match self.conn.close_reason() {
+        let conn = self.conn();
+        match conn.close_reason() {
             Some(reason) => anyhow!(
                 "lost the connection to the master at {}: {}",
-                self.conn.remote_address(),
+                conn.remote_address(),
                 wasmos_net::describe(&reason)
             ),
             None => anyhow!("talking to the master: {e}"),
@@ -96,7 +218,7 @@ impl Client {
         &self,
         req: &ClientRequest,
     ) -> Result<(wasmos_net::SendStream, wasmos_net::RecvStream)> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.fail(e))?;
+        let (mut send, recv) = self.conn().open_bi().await.map_err(|e| self.fail(e))?;
         send_frame(&mut send, req).await.map_err(|e| self.fail(e))?;
         Ok((send, recv))
     }
@@ -111,10 +233,25 @@ impl Client {
     }
 
     /// Sends one request and returns its single answer; errors from the master become errors.
+    /// A redirect to the leader is followed.
     pub async fn request(&self, req: ClientRequest) -> Result<ClientResponse> {
-        let (mut send, mut recv) = self.open(&req).await?;
-        let _ = send.finish();
-        self.next(&mut recv).await
+        let req = Self::wrap(req);
+        for _ in 0..MAX_REDIRECTS {
+            let (mut send, mut recv) = self.open(&req).await?;
+            let _ = send.finish();
+            match self.next(&mut recv).await? {
+                ClientResponse::NotLeader { leader, addr } => self.redirect(leader, addr).await?,
+                other => return Ok(other),
+            }
+        }
+        Err(self.no_leader())
+    }
+
+    fn no_leader(&self) -> anyhow::Error {
+        anyhow!(
+            "no leader: the masters did not agree on one in time (last asked: {}); an election may be under way, or a majority of masters is down",
+            self.conn().remote_address()
+        )
     }
 
     /// Uploads a blob unless the master already holds one with the same content hash.
@@ -132,20 +269,76 @@ impl Client {
             size: bytes.len() as u64,
             kind,
         };
-        let (mut send, mut recv) = self.open(&req).await?;
-        send.write_all(bytes).await.map_err(|e| self.fail(e))?;
-        let _ = send.finish();
-        match self.next(&mut recv).await? {
-            ClientResponse::Ok => Ok((hash, true)),
-            other => bail!("unexpected answer to upload: {other:?}"),
+        for _ in 0..MAX_REDIRECTS {
+            let (mut send, mut recv) = self.open(&req).await?;
+            // A master that refuses the upload (not the leader, too large) answers and stops
+            // the stream: its answer says more than the failed write.
+            let written = send.write_all(bytes).await;
+            let _ = send.finish();
+            let answer = self.next(&mut recv).await;
+            match (answer, written) {
+                (Ok(ClientResponse::NotLeader { leader, addr }), _) => {
+                    self.redirect(leader, addr).await?
+                }
+                (Ok(ClientResponse::Ok), Ok(())) => return Ok((hash, true)),
+                (Ok(other), Ok(())) => bail!("unexpected answer to upload: {other:?}"),
+                (Err(e), _) => return Err(e),
+                (Ok(_), Err(e)) => return Err(self.fail(e)),
+            }
+        }
+        Err(self.no_leader())
+    }
+
+    /// Submits a task. If the answer is lost (the master crashed, or a leader without a
+    /// majority gave up), the same submission is sent again, with the same key, to whichever
+    /// master leads next: the task is created once, and its id returned, or the error says why
+    /// not.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
+        let req = ClientRequest::SubmitTask {
+            spec,
+            key: Some(submission_key()),
+        };
+        let deadline = tokio::time::Instant::now() + SUBMIT_RETRY;
+        loop {
+            let failure = match self.request_raw(&req).await {
+                Ok(ClientResponse::Submitted { id }) => return Ok(id),
+                Ok(ClientResponse::Error {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                }) => anyhow!("{message}"),
+                Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
+                Ok(other) => bail!("unexpected answer to submit: {other:?}"),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failure.context(format!(
+                    "the submission was not acknowledged within {SUBMIT_RETRY:?}"
+                )));
+            }
+            tracing::info!("submission not acknowledged ({failure:#}); sending it again");
+            tokio::time::sleep(ELECTION_WAIT).await;
+            if let Err(e) = self.reconnect().await {
+                tracing::info!("finding the leader again: {e:#}");
+            }
         }
     }
 
-    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId> {
-        match self.request(ClientRequest::SubmitTask { spec }).await? {
-            ClientResponse::Submitted { id } => Ok(id),
-            other => bail!("unexpected answer to submit: {other:?}"),
+    /// One request, following redirects; the master's errors are returned as answers, and only
+    /// transport failures as errors.
+    async fn request_raw(&self, req: &ClientRequest) -> Result<ClientResponse> {
+        for _ in 0..MAX_REDIRECTS {
+            let (mut send, mut recv) = self.open(req).await?;
+            let _ = send.finish();
+            match recv_frame::<ClientResponse>(&mut recv).await {
+                Ok(Some(ClientResponse::NotLeader { leader, addr })) => {
+                    self.redirect(leader, addr).await?
+                }
+                Ok(Some(other)) => return Ok(other),
+                Ok(None) => return Err(self.fail("the master closed the stream without answering")),
+                Err(e) => return Err(self.fail(e)),
+            }
         }
+        Err(self.no_leader())
     }
 
     /// Streams a task's output into `sink`. With `follow`, returns the task's final record once
@@ -156,10 +349,18 @@ impl Client {
         follow: bool,
         mut sink: impl FnMut(OutputStream, &[u8]),
     ) -> Result<Option<TaskInfo>> {
-        let (mut send, mut recv) = self.open(&ClientRequest::WatchTask { id, follow }).await?;
+        let req = Self::wrap(ClientRequest::WatchTask { id, follow });
+        let mut redirects = 0;
+        let (mut send, mut recv) = self.open(&req).await?;
         let _ = send.finish();
         loop {
             match self.next(&mut recv).await? {
+                ClientResponse::NotLeader { leader, addr } if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    self.redirect(leader, addr).await?;
+                    (send, recv) = self.open(&req).await?;
+                    let _ = send.finish();
+                }
                 ClientResponse::Output { stream, data } => sink(stream, &data),
                 ClientResponse::EndOfOutput => return Ok(None),
                 ClientResponse::TaskEnded(info) => return Ok(Some(*info)),
@@ -169,10 +370,21 @@ impl Client {
     }
 
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"done");
+        self.conn().close(0u32.into(), b"done");
         // Long enough to put CONNECTION_CLOSE on the wire; the full draining period (3 PTOs,
         // ~75 ms) would add that much to every command, and the master forgets a silent peer
         // after its idle timeout anyway.
         let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A key unique to one submission: the time, this process and a counter, hashed.
+fn submission_key() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let digest = Sha256::digest(format!("{nanos} {} {n}", std::process::id()));
+    hex::encode(&digest[..16])
 }

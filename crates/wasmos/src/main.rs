@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod dev;
+mod dev_group;
 mod files;
 mod roles;
 mod table;
@@ -37,6 +38,10 @@ struct Cli {
     /// client.toml of the default `wasmos dev` data dir.
     #[arg(long, global = true, env = "WASMOS_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Let any master answer reads from its own state, which may be behind the leader's;
+    /// without it reads go to the leader, which confirms it still leads first.
+    #[arg(long, global = true)]
+    stale: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -231,7 +236,15 @@ struct DevArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     agents: u32,
-    /// The master's UDP address; port 0 picks a free one.
+    /// Masters in the raft group. With more than one, every master and agent runs as its own
+    /// child process (pids, addresses and logs in <data-dir>/cluster.json), restarted if it dies.
+    #[arg(long, default_value_t = 1)]
+    masters: u32,
+    /// With --masters: leave children that die down instead of restarting them.
+    #[arg(long)]
+    no_restart: bool,
+    /// The master's UDP address (with --masters, the first one's; the others take the next
+    /// ports); port 0 picks free ones.
     #[arg(long, default_value = "127.0.0.1:7433")]
     listen: SocketAddr,
     /// CPU each agent offers.
@@ -374,6 +387,30 @@ enum MeteringArg {
 }
 
 impl ExecArgs {
+    /// The same settings as `wasmos agent` arguments (for the agents `wasmos dev` starts).
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--metering".to_string(),
+            match self.metering {
+                MeteringArg::CpuTime => "cpu-time".to_string(),
+                MeteringArg::Fuel => "fuel".to_string(),
+            },
+            "--max-tasks".to_string(),
+            self.max_tasks.to_string(),
+            "--compile-memory".to_string(),
+            self.compile_memory.clone(),
+            "--compile-timeout".to_string(),
+            self.compile_timeout.to_string(),
+        ];
+        if let Some(rate) = self.fuel_rate {
+            args.extend(["--fuel-rate".to_string(), rate.to_string()]);
+        }
+        if self.keep_task_dirs {
+            args.push("--keep-task-dirs".to_string());
+        }
+        args
+    }
+
     fn config(&self) -> Result<wasmos_exec::ExecConfig> {
         let metering = match (self.metering, self.fuel_rate) {
             (MeteringArg::CpuTime, Some(_)) => bail!("--fuel-rate needs --metering fuel"),
@@ -464,6 +501,10 @@ struct RunArgs {
     /// Higher launches first among its role's waiting tasks; lower is preempted first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
+    /// Print the task's id once the submission is acknowledged and exit, instead of streaming
+    /// its output (`wasmos logs -f ID` / `wasmos task show ID` follow it later).
+    #[arg(long, short = 'd')]
+    detach: bool,
     /// The Wasm component (wasm32-wasip2 command).
     file: PathBuf,
     /// Arguments for the task.
@@ -533,7 +574,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    crate::client::allow_stale_reads(cli.stale);
     let config = cli.config.as_deref();
+    if matches!(cli.cmd, Cmd::Master(_) | Cmd::Agent { cmd: None, .. }) {
+        dev_group::exit_with_parent();
+    }
     match cli.cmd {
         Cmd::Dev(args) => dev_cmd(args).await,
         Cmd::Master(args) => master_cmd(args).await,
@@ -674,10 +719,43 @@ async fn wait_for_ctrl_c() {
 }
 
 async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => config::default_data_dir()?,
     };
+    if args.masters != 1 {
+        if args.demo {
+            bail!("--demo runs on one master; drop --masters");
+        }
+        // Check the agents' settings here, where a mistake is one clear line, not N child logs.
+        args.exec.config()?;
+        parse_cpu(&args.agent_cpu)?;
+        parse_bytes(&args.agent_mem)?;
+        let mut agent_args = vec![
+            "--cpu".to_string(),
+            args.agent_cpu.clone(),
+            "--mem".to_string(),
+            args.agent_mem.clone(),
+        ];
+        for r in &args.agent_resource {
+            agent_args.extend(["--resource".to_string(), r.clone()]);
+        }
+        for r in &args.agent_reserve {
+            parse_reservation(r, "--agent-reserve")?;
+            agent_args.extend(["--reserve".to_string(), r.clone()]);
+        }
+        agent_args.extend(args.exec.to_args());
+        dev_group::run(dev_group::GroupOptions {
+            data_dir,
+            masters: args.masters,
+            agents: args.agents,
+            listen: args.listen,
+            agent_args,
+            restart: !args.no_restart,
+        })
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = dev::DevOptions {
         data_dir,
         agents: args.agents,
@@ -1017,6 +1095,11 @@ async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
     spec.bundle = hash;
     let id = client.submit(spec).await?;
     tracing::info!(%id, "submitted");
+    if args.detach {
+        client.close().await;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let ended = tokio::select! {
         r = client.watch(id, true, write_output) => r?,
         _ = wait_for_ctrl_c() => {

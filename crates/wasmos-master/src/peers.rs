@@ -1,0 +1,285 @@
+//! Bundle blobs across the master group (`wasmos-peer/1`): an upload is copied to a majority of
+//! masters before it is acknowledged, so losing any minority loses no bundle, and a master that
+//! lacks a blob the replicated state names (it was down, or not among the first copies) fetches
+//! it from its peers when an agent or client needs it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use wasmos_net::{Connection, Credentials, Endpoint, recv_frame, send_frame};
+use wasmos_proto::{BlobKind, BundleHash, PeerRequest, PeerResponse, alpn};
+
+use crate::Shared;
+
+/// How long one copy to or from a peer may take (a large bundle over a slow link).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections to the other masters, made on first use and again after they break.
+pub(crate) struct PeerLinks {
+    endpoint: Option<Endpoint>,
+    conns: tokio::sync::Mutex<BTreeMap<SocketAddr, Connection>>,
+}
+
+impl PeerLinks {
+    /// `None` for a single master, which has no peers.
+    pub fn new(creds: Option<&Credentials>) -> Result<PeerLinks, wasmos_net::NetError> {
+        let endpoint = match creds {
+            Some(creds) => {
+                let any = SocketAddr::from(([0, 0, 0, 0], 0));
+                Some(wasmos_net::client_endpoint(creds, alpn::PEER, any)?)
+            }
+            None => None,
+        };
+        Ok(PeerLinks {
+            endpoint,
+            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Connection, String> {
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| "this master has no peers".to_string())?;
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let conn = wasmos_net::connect(endpoint, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.insert(addr, conn.clone());
+        Ok(conn)
+    }
+}
+
+/// The other members of the group and how many of them must hold a copy (besides this one) for
+/// a majority of voters to have it.
+fn others(shared: &Shared) -> (Vec<(u64, SocketAddr)>, usize) {
+    let status = shared.raft.status();
+    let voters = status.members.iter().filter(|m| m.voter).count();
+    let others = status
+        .members
+        .iter()
+        .filter(|m| m.id != status.node)
+        .filter_map(|m| Some((m.id, m.addr.parse().ok()?)))
+        .collect();
+    (others, (voters / 2 + 1).saturating_sub(1))
+}
+
+async fn put(
+    links: &PeerLinks,
+    addr: SocketAddr,
+    hash: &BundleHash,
+    kind: BlobKind,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let conn = links.conn(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let req = PeerRequest::PutBlob {
+        hash: hash.clone(),
+        kind,
+        size: bytes.len() as u64,
+    };
+    send_frame(&mut send, &req)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match recv_frame::<PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Stored)) => Ok(()),
+        Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Copies a blob this master just stored to its peers and returns once a majority of the
+/// group's voters (this master included) holds it. The remaining copies go on in the
+/// background. A single master has nothing to do.
+pub(crate) async fn replicate(
+    shared: &Arc<Shared>,
+    hash: &BundleHash,
+    kind: BlobKind,
+    bytes: Arc<Vec<u8>>,
+) -> Result<(), String> {
+    let (others, needed) = others(shared);
+    if needed == 0 {
+        return Ok(());
+    }
+    let mut copies: futures::stream::FuturesUnordered<_> = others
+        .into_iter()
+        .map(|(id, addr)| {
+            let shared = shared.clone();
+            let hash = hash.clone();
+            let bytes = bytes.clone();
+            // Spawned, so the copies still running when the majority is reached complete.
+            tokio::spawn(async move {
+                let done = tokio::time::timeout(
+                    TRANSFER_TIMEOUT,
+                    put(&shared.peers, addr, &hash, kind, &bytes),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {TRANSFER_TIMEOUT:?}")));
+                if let Err(e) = &done {
+                    tracing::warn!(%hash, master = id, "copying the blob to master {id} failed: {e}");
+                }
+                done.map_err(|e| format!("master {id}: {e}"))
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    let mut errors = Vec::new();
+    while let Some(done) = copies.next().await {
+        match done {
+            Ok(Ok(())) => {
+                stored += 1;
+                if stored >= needed {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(format!(
+        "the bundle reached {} of the {} masters a majority needs ({})",
+        stored + 1,
+        needed + 1,
+        errors.join("; ")
+    ))
+}
+
+async fn get(links: &PeerLinks, addr: SocketAddr, hash: &BundleHash) -> Result<Vec<u8>, String> {
+    let conn = links.conn(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send_frame(&mut send, &PeerRequest::GetBlob { hash: hash.clone() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match recv_frame::<PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Blob { size })) => {
+            let bytes = recv
+                .read_to_end(size as usize + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            if bytes.len() as u64 != size {
+                return Err(format!("announced {size} bytes but sent {}", bytes.len()));
+            }
+            Ok(bytes)
+        }
+        Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A blob from this master's store, else from the first peer that holds it (the copy is then
+/// kept here). The hash check in the store guards against a peer sending anything else.
+pub(crate) async fn blob(shared: &Shared, hash: &BundleHash) -> Result<Vec<u8>, String> {
+    match shared.bundles.get(hash) {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot read bundle {hash}: {e}"));
+        }
+        Err(_) => {}
+    }
+    let (others, _) = others(shared);
+    let mut errors = Vec::new();
+    for (id, addr) in others {
+        match tokio::time::timeout(TRANSFER_TIMEOUT, get(&shared.peers, addr, hash)).await {
+            Ok(Ok(bytes)) => {
+                // Kind is not recorded with the blob; the bytes were checked when first stored,
+                // so only the hash is checked again here.
+                shared
+                    .bundles
+                    .put(hash, &bytes, BlobKind::Data)
+                    .map_err(|e| format!("master {id} sent a bad copy of {hash}: {e}"))?;
+                tracing::info!(%hash, from = id, "fetched a bundle from a peer");
+                return Ok(bytes);
+            }
+            Ok(Err(e)) => errors.push(format!("master {id}: {e}")),
+            Err(_) => errors.push(format!("master {id}: timed out")),
+        }
+    }
+    Err(if errors.is_empty() {
+        format!("bundle {hash} is not stored on this master")
+    } else {
+        format!(
+            "bundle {hash} is on no reachable master ({})",
+            errors.join("; ")
+        )
+    })
+}
+
+/// Serves one peer master's requests.
+pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let reply = match recv_frame::<PeerRequest>(&mut recv).await {
+                Ok(Some(PeerRequest::PutBlob { hash, kind, size })) => {
+                    store(&shared, &hash, kind, size, &mut recv).await
+                }
+                Ok(Some(PeerRequest::GetBlob { hash })) => match shared.bundles.get(&hash) {
+                    Ok(bytes) => {
+                        let head = PeerResponse::Blob {
+                            size: bytes.len() as u64,
+                        };
+                        if send_frame(&mut send, &head).await.is_ok() {
+                            let _ = send.write_all(&bytes).await;
+                        }
+                        let _ = send.finish();
+                        return;
+                    }
+                    Err(e) => PeerResponse::Error {
+                        message: format!("bundle {hash}: {e}"),
+                    },
+                },
+                Ok(None) => return,
+                Err(e) => PeerResponse::Error {
+                    message: e.to_string(),
+                },
+            };
+            let _ = send_frame(&mut send, &reply).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+async fn store(
+    shared: &Shared,
+    hash: &BundleHash,
+    kind: BlobKind,
+    size: u64,
+    recv: &mut wasmos_net::RecvStream,
+) -> PeerResponse {
+    let max = shared.cfg.max_bundle_bytes;
+    if size > max {
+        return PeerResponse::Error {
+            message: format!("bundle is {size} bytes; this master accepts at most {max}"),
+        };
+    }
+    let bytes = match recv.read_to_end(size as usize + 1).await {
+        Ok(b) if b.len() as u64 == size => b,
+        Ok(b) => {
+            return PeerResponse::Error {
+                message: format!("announced {size} bytes but sent {}", b.len()),
+            };
+        }
+        Err(e) => {
+            return PeerResponse::Error {
+                message: format!("copy failed: {e}"),
+            };
+        }
+    };
+    match shared.bundles.put(hash, &bytes, kind) {
+        Ok(()) => PeerResponse::Stored,
+        Err(e) => PeerResponse::Error {
+            message: e.to_string(),
+        },
+    }
+}
