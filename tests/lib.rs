@@ -183,6 +183,42 @@ impl DevCluster {
         Ok(cmd.output()?)
     }
 
+    /// `cluster.json` of a `wasmos dev --masters N` group: pids, roles and addresses.
+    pub fn cluster_file(&self) -> Result<serde_json::Value> {
+        let path = self.dir.path().join("cluster.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The pid of master `id` of a `wasmos dev --masters N` group, while it runs.
+    pub fn master_pid(&self, id: u64) -> Option<u64> {
+        let file = self.cluster_file().ok()?;
+        file["masters"].as_array()?.iter().find(|m| m["id"] == id)?["pid"].as_u64()
+    }
+
+    /// The leader the group agrees on, asked through the client config (which lists every
+    /// master, so the answer comes from the leader itself), other than `not`; waits up to 30 s.
+    pub fn leader(&self, not: Option<u64>) -> Result<(u64, serde_json::Value)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(st) = self.json(&["cluster", "status", "-o", "json"])
+                && let Some(leader) = st["leader"].as_u64()
+                && st["node"] == leader
+                && Some(leader) != not
+            {
+                return Ok((leader, st));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no leader (other than {not:?}) within 30s:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = self.cli(args)?;
         if !out.status.success() {

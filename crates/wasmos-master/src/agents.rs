@@ -63,6 +63,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             return;
         }
     };
+    // Tasks with updates still to record count as known to the agent: their results are
+    // recorded right after, instead of the registration declaring them lost first.
+    let mut known = running;
+    known.extend(pending.iter().map(|u| u.task));
+    known.sort_unstable();
+    known.dedup();
     let registered = shared
         .write(Command::RegisterAgent {
             id: agent.clone(),
@@ -70,7 +76,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             attributes,
             fuel_per_core_second,
             reserved,
-            running,
+            running: known.clone(),
             now_ms: now_ms(),
         })
         .await;
@@ -108,6 +114,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     for seq in acks {
         let _ = tx.send(MasterToAgent::Ack { seq });
+    }
+    // Launches recorded for this agent that it never received (the master that recorded them
+    // failed before sending): send them now.
+    let unsent: Vec<(wasmos_proto::TaskId, wasmos_proto::TaskSpec)> = shared.read(|s| {
+        s.live_tasks_on(&agent)
+            .filter(|t| known.binary_search(t).is_err())
+            .filter_map(|t| s.tasks.get(&t))
+            .filter(|t| t.status.state == wasmos_proto::TaskState::Staging)
+            .map(|t| (t.id, t.spec.clone()))
+            .collect()
+    });
+    for (task, spec) in unsent {
+        tracing::info!(%agent, %task, "launching again: the agent never received it");
+        let _ = tx.send(MasterToAgent::Launch { task, spec });
     }
     let conn_id = conn.stable_id();
     shared.agents().insert(

@@ -101,13 +101,10 @@ async fn route(shared: &Shared, req: ClientRequest) -> Result<ClientRequest, Cli
             Ok(()) => Ok(read),
             Err(e) => Err(raft_error(shared, e)),
         },
-        write if shared.raft.is_leader() => Ok(write),
-        _ => Err(raft_error(
-            shared,
-            wasmos_raft::RaftError::NotLeader {
-                leader: shared.raft.leader(),
-            },
-        )),
+        write => match shared.raft.leader_applied().await {
+            Ok(()) => Ok(write),
+            Err(e) => Err(raft_error(shared, e)),
+        },
     }
 }
 

@@ -115,11 +115,12 @@ impl Shared {
     }
 
     pub fn new_task_id(&self) -> wasmos_proto::TaskId {
-        wasmos_proto::TaskId(
-            self.last_task_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1,
-        )
+        use std::sync::atomic::Ordering::Relaxed;
+        // Ids handed out by earlier leaders are in the replicated state: a master that just
+        // became leader must not hand them out again.
+        let recorded = self.read(|s| s.next_task_id);
+        self.last_task_id.fetch_max(recorded, Relaxed);
+        wasmos_proto::TaskId(self.last_task_id.fetch_add(1, Relaxed) + 1)
     }
 
     pub fn offer_event(&self, ev: offers::Event) {

@@ -97,15 +97,23 @@ struct Cycle {
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
     let interval = shared.cfg.offer_interval;
+    let mut metrics = shared.raft.raft().metrics();
     loop {
         // Only the leader offers. A master that becomes leader rebuilds the allocator from the
         // replicated state (and the agents connected to it); one that stops being leader drops
         // it, with every outstanding offer.
         if !shared.raft.is_leader() {
+            // Followers drop events; a change of raft state may make this master the leader.
             tokio::select! {
                 ev = events.recv() => if ev.is_none() { return },
+                _ = metrics.changed() => {}
                 _ = tokio::time::sleep(interval) => {}
             }
+            continue;
+        }
+        // The allocator is rebuilt from the state: all of it, earlier leaders' writes included.
+        if let Err(e) = shared.raft.leader_applied().await {
+            tracing::info!("not offering yet: {e}");
             continue;
         }
         let next = shared.raft.read(|s| s.next_task_id);

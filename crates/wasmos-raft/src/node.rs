@@ -348,6 +348,48 @@ impl RaftNode {
         (m.current_leader, addr)
     }
 
+    /// Waits (at most the quorum timeout) until this node leads and has applied every entry of
+    /// earlier terms: the first entry of its own term is applied. Before that its state may
+    /// lack writes acknowledged by the previous leader, so it must not act on it (hand out ids,
+    /// rebuild the allocator). Fails at once with [`RaftError::NotLeader`] on a follower.
+    pub async fn leader_applied(&self) -> Result<(), RaftError> {
+        let caught_up = |m: &RaftMetrics<NodeId, BasicNode>| {
+            m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+        };
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if m.state != ServerState::Leader {
+                return Err(RaftError::NotLeader {
+                    leader: m.current_leader,
+                });
+            }
+            if caught_up(&m) {
+                return Ok(());
+            }
+        }
+        let id = self.id;
+        let m = self
+            .wait_for(
+                self.quorum_timeout,
+                "apply the entries of earlier terms",
+                move |m| m.state != ServerState::Leader || caught_up(m),
+            )
+            .await
+            .map_err(|e| match e {
+                RaftError::Timeout(t) => RaftError::NoQuorum(format!(
+                    "master {id} leads but has not committed an entry of its term: {t}"
+                )),
+                other => other,
+            })?;
+        if m.state != ServerState::Leader {
+            return Err(RaftError::NotLeader {
+                leader: m.current_leader,
+            });
+        }
+        Ok(())
+    }
+
     /// Confirms, with a round of heartbeats to a majority, that this node still leads, and waits
     /// until it has applied everything committed before: a read of the state after this sees
     /// every write acknowledged anywhere (a linearizable read). A single master needs no round.

@@ -124,7 +124,8 @@ pub enum Command {
         fuel_per_core_second: u64,
         #[serde(default)]
         reserved: BTreeMap<Role, Resources>,
-        /// Tasks the agent still runs; its other live tasks are lost.
+        /// Tasks the agent still runs (or has unacknowledged updates for); its other live
+        /// tasks are lost, except those still staging (never started there).
         running: Vec<TaskId>,
         now_ms: u64,
     },
@@ -239,9 +240,18 @@ impl ClusterState {
                         reserved,
                     },
                 );
+                // A task still staging was never reported on by the agent: its launch never
+                // arrived (a master failed between recording and sending it), so it is kept, to
+                // be launched again, not lost. The master passes the tasks of the agent's
+                // unacknowledged updates as running, so their results are applied after this.
                 let lost: Vec<TaskId> = self
                     .live_tasks_on(&id)
                     .filter(|t| !running.contains(t))
+                    .filter(|t| {
+                        self.tasks
+                            .get(t)
+                            .is_some_and(|i| i.status.state != TaskState::Staging)
+                    })
                     .collect();
                 for task in lost {
                     self.finish(

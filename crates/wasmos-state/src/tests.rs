@@ -136,10 +136,27 @@ fn re_registering_loses_tasks_the_agent_no_longer_runs() {
             now_ms: 3,
         });
     }
+    // The agent reported `dropped` running once: it knew the task, and has lost it since.
+    let r = s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: status(1, dropped, TaskState::Running),
+        now_ms: 4,
+    });
+    assert_eq!(r, CommandResult::Ok);
+    let never_heard = submitted(&mut s, 100);
+    s.apply(Command::AssignTask {
+        task: never_heard,
+        agent: agent("a"),
+        now_ms: 5,
+    });
     register(&mut s, "a", vec![kept]);
     assert_eq!(s.tasks[&kept].status.state, TaskState::Staging);
     assert_eq!(s.tasks[&dropped].status.state, TaskState::Lost);
     assert_eq!(s.tasks[&dropped].status.reason, Some(Reason::AgentLost));
+    // A task the agent never reported on was never started there (the launch was lost with a
+    // master, say): it stays placed, for the master to send again, rather than lost.
+    assert_eq!(s.tasks[&never_heard].status.state, TaskState::Staging);
+    assert_eq!(s.tasks[&never_heard].agent, Some(agent("a")));
 }
 
 fn assert_rejected(r: &CommandResult, says: &str) {

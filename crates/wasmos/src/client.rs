@@ -16,7 +16,11 @@ use crate::config::ClientConfig;
 /// How many times one request follows a redirect (or waits for an election) before giving up.
 const MAX_REDIRECTS: u32 = 20;
 /// How long to wait before asking again when no master knows of a leader (an election).
-const ELECTION_WAIT: Duration = Duration::from_millis(250);
+const ELECTION_WAIT: Duration = Duration::from_millis(100);
+/// How often the masters are asked who leads while looking for the leader.
+const POLL_LEADER: Duration = Duration::from_millis(50);
+/// How long to look for a leader before settling for any master that answers.
+const FIND_LEADER: Duration = Duration::from_secs(5);
 
 static STALE_READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
@@ -126,6 +130,11 @@ impl Client {
         Ok(())
     }
 
+    /// Finds the leader among `candidates`: connects to all of them at once (a dead master
+    /// costs only its own connect timeout) and asks those that answer who leads, again every
+    /// [`POLL_LEADER`] while an election is under way, until one says it is the leader itself.
+    /// With `--stale`, the first master that answers will do. If no master knows a leader by
+    /// [`FIND_LEADER`], a follower is kept: its requests follow redirects once there is one.
     async fn find_leader(
         endpoint: &Endpoint,
         candidates: &[std::net::SocketAddr],
@@ -135,69 +144,92 @@ impl Client {
             let conn = wasmos_net::connect(&endpoint, *only).await?;
             return Ok(Client::new(conn, endpoint));
         }
-        // Ask every master at once: a dead one costs nothing but its own connect timeout,
-        // and the first answer that names a reachable leader wins.
-        let mut asks: futures::stream::FuturesUnordered<_> = candidates
-            .iter()
-            .map(|addr| {
-                let endpoint = endpoint.clone();
-                let addr = *addr;
-                async move {
-                    let conn = wasmos_net::connect(&endpoint, addr)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let client = Client::new(conn, endpoint);
-                    if stale_reads() {
-                        return Ok((client, None));
-                    }
-                    match client.request(ClientRequest::ClusterStatus).await {
-                        Ok(ClientResponse::Cluster(st)) => Ok((client, Some(st))),
-                        Ok(other) => Err(format!("{addr}: unexpected answer {other:?}")),
-                        Err(e) => Err(format!("{addr}: {e}")),
-                    }
-                }
+        let (found, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let dial = |addr: std::net::SocketAddr| {
+            let endpoint = endpoint.clone();
+            let found = found.clone();
+            tokio::spawn(async move {
+                let answer = wasmos_net::connect(&endpoint, addr)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = found.send((addr, answer));
             })
-            .collect();
-        let mut fallback = None;
-        let mut errors = Vec::new();
-        while let Some(answer) = futures::StreamExt::next(&mut asks).await {
-            let (client, st) = match answer {
-                Ok(a) => a,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            // Stale reads: any master will do.
-            let Some(st) = st else { return Ok(client) };
-            if st.leader == Some(st.node) {
-                return Ok(client);
-            }
-            let leader_addr = st
-                .members
-                .iter()
-                .find(|m| Some(m.id) == st.leader)
-                .and_then(|m| m.addr.parse::<std::net::SocketAddr>().ok());
-            if let Some(leader) = leader_addr
-                && let Ok(conn) = wasmos_net::connect(&endpoint, leader).await
-            {
-                client.conn().close(0u32.into(), b"going to the leader");
-                return Ok(Client::new(conn, endpoint));
-            }
-            // No leader known yet: requests follow redirects (and wait out the election).
-            fallback.get_or_insert(client);
+        };
+        let mut dialing: std::collections::BTreeSet<std::net::SocketAddr> =
+            candidates.iter().copied().collect();
+        for addr in candidates {
+            dial(*addr);
         }
-        fallback.ok_or_else(|| {
-            anyhow!(
-                "no master answered (tried {}): {}",
-                candidates
+        let deadline = tokio::time::Instant::now() + FIND_LEADER;
+        let mut live: Vec<Client> = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            while let Ok((addr, answer)) = answers.try_recv() {
+                dialing.remove(&addr);
+                match answer {
+                    Ok(conn) => live.push(Client::new(conn, endpoint.clone())),
+                    Err(e) => errors.push(e),
+                }
+            }
+            if stale_reads() && !live.is_empty() {
+                return Ok(live.swap_remove(0));
+            }
+            let asks = live.iter().map(|c| {
+                tokio::time::timeout(POLL_LEADER * 5, c.request(ClientRequest::ClusterStatus))
+            });
+            let statuses = futures::future::join_all(asks).await;
+            for (i, st) in statuses.into_iter().enumerate() {
+                let Ok(Ok(ClientResponse::Cluster(st))) = st else {
+                    continue;
+                };
+                if st.leader == Some(st.node) {
+                    return Ok(live.swap_remove(i));
+                }
+                // A leader not among those dialed (the config lists only some masters).
+                let named = st
+                    .members
                     .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                errors.join("; ")
-            )
-        })
+                    .find(|m| Some(m.id) == st.leader)
+                    .and_then(|m| m.addr.parse::<std::net::SocketAddr>().ok());
+                if let Some(addr) = named
+                    && !candidates.contains(&addr)
+                    && dialing.insert(addr)
+                {
+                    dial(addr);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || (live.is_empty() && dialing.is_empty()) {
+                break;
+            }
+            if live.is_empty() {
+                // Nothing to ask yet: wait for the next connection (or failure).
+                match tokio::time::timeout_at(deadline, answers.recv()).await {
+                    Ok(Some((addr, answer))) => {
+                        dialing.remove(&addr);
+                        match answer {
+                            Ok(conn) => live.push(Client::new(conn, endpoint.clone())),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    _ => break,
+                }
+            } else {
+                tokio::time::sleep(POLL_LEADER).await;
+            }
+        }
+        if !live.is_empty() {
+            return Ok(live.swap_remove(0));
+        }
+        bail!(
+            "no master answered (tried {}): {}",
+            candidates
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            errors.join("; ")
+        )
     }
 
     /// Names the real cause of a failed stream: usually the connection's close reason (such
