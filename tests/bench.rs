@@ -49,6 +49,63 @@ fn run_hello_latency() {
     );
 }
 
+/// The p-th percentile (0-100) of `v`, nearest rank.
+fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
+    v.sort();
+    let rank = (p * v.len()).div_ceil(100).max(1);
+    v[rank - 1]
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn failover_latency() {
+    let runs: usize = std::env::var("WASMOS_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let g = DevCluster::start_with(1, &["--masters", "3"]).unwrap();
+    let submit = || {
+        let out = g.run(&["-d"], "hello", &[]).unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    // Warm-up: uploads the bundle.
+    submit();
+    let (mut failovers, mut baseline) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        submit();
+        baseline.push(t.elapsed());
+        let (leader, _) = g.leader(None).unwrap();
+        let pid = g.master_pid(leader).unwrap();
+        wasmos_tests::kill_dash_nine(pid);
+        let t = Instant::now();
+        submit();
+        failovers.push(t.elapsed());
+        g.wait_master_back(leader, pid).unwrap();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p99, max) = (
+        percentile(failovers.clone(), 50),
+        percentile(failovers.clone(), 99),
+        percentile(failovers, 100),
+    );
+    let base = median(baseline);
+    println!(
+        "bench failover: kill -9 of the leader to an acknowledged `wasmos run -d`, {runs} runs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+    println!(
+        "bench baseline submit without failover: median {:.0} ms",
+        ms(base)
+    );
+    println!(
+        "bench ratio failover p50 / submit: {:.1}",
+        p50.as_secs_f64() / base.as_secs_f64()
+    );
+}
+
 /// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
 struct Daemon(Child);
 

@@ -14,40 +14,6 @@ use std::time::{Duration, Instant};
 
 use wasmos_tests::{DevCluster, sample, text};
 
-fn kill_dash_nine(pid: u64) {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -9 {pid} failed");
-}
-
-/// Waits until master `id` runs again (restarted by `wasmos dev`) and the leader has
-/// replicated to it close to the end of its log.
-fn caught_up(g: &DevCluster, id: u64, old_pid: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let restarted = g.master_pid(id).is_some_and(|p| p != old_pid);
-        if restarted
-            && let Ok((_, st)) = g.leader(None)
-            && let Some(last) = st["last_log_index"].as_u64()
-            && st["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["id"] == id && m["matched"].as_u64().is_some_and(|x| x + 20 >= last))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "master {id} did not come back and catch up:\n{}",
-            g.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn leader_killed_repeatedly_while_submitting_loses_no_acknowledged_task() {
     let g = DevCluster::start_with(2, &["--masters", "3"]).unwrap();
@@ -101,7 +67,7 @@ fn leader_killed_repeatedly_while_submitting_loses_no_acknowledged_task() {
         std::thread::sleep(Duration::from_millis(1500));
         let (leader, _) = g.leader(None).unwrap();
         let pid = g.master_pid(leader).unwrap();
-        kill_dash_nine(pid);
+        wasmos_tests::kill_dash_nine(pid);
         let killed = Instant::now();
         let (next, st) = g.leader(Some(leader)).unwrap();
         eprintln!(
@@ -109,7 +75,7 @@ fn leader_killed_repeatedly_while_submitting_loses_no_acknowledged_task() {
             st["term"],
             killed.elapsed()
         );
-        caught_up(&g, leader, pid);
+        g.wait_master_back(leader, pid).unwrap();
     }
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);

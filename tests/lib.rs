@@ -219,6 +219,33 @@ impl DevCluster {
         }
     }
 
+    /// Waits until master `id` runs again (restarted by `wasmos dev`, with a pid other than
+    /// `old_pid`) and the leader has replicated to it close to the end of its log.
+    pub fn wait_master_back(&self, id: u64, old_pid: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let restarted = self.master_pid(id).is_some_and(|p| p != old_pid);
+            if restarted
+                && let Ok((_, st)) = self.leader(None)
+                && let Some(last) = st["last_log_index"].as_u64()
+                && st["members"].as_array().is_some_and(|members| {
+                    members.iter().any(|m| {
+                        m["id"] == id && m["matched"].as_u64().is_some_and(|x| x + 20 >= last)
+                    })
+                })
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "master {id} did not come back and catch up:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = self.cli(args)?;
         if !out.status.success() {
@@ -289,4 +316,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// `kill -9 PID` (Unix).
+pub fn kill_dash_nine(pid: u64) {
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -9 {pid} failed");
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use wasmos_net::{Credentials, Identity};
 use wasmos_proto::{AgentId, MasterToAgent, alpn};
 use wasmos_raft::RaftNode;
+pub use wasmos_raft::RaftOptions;
 use wasmos_state::{ClusterState, Command, CommandResult};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub struct MasterConfig {
     /// The masters of a multi-master group (this one included): raft id → the `host:port` its
     /// peers reach it at. `None` runs a single master.
     pub peers: Option<BTreeMap<u64, String>>,
+    /// Raft timings (election timeout, heartbeats) and bounds.
+    pub raft: wasmos_raft::RaftOptions,
 }
 
 impl MasterConfig {
@@ -65,6 +68,7 @@ impl MasterConfig {
             agent_grace: Duration::from_secs(10),
             offer_interval: Duration::from_secs(1),
             peers: None,
+            raft: wasmos_raft::RaftOptions::default(),
         }
     }
 }
@@ -208,14 +212,16 @@ impl Master {
             .map_err(io("cannot read bound address of", &cfg.data_dir))?;
         let raft_dir = cfg.data_dir.join("raft");
         let raft = match &cfg.peers {
-            None => RaftNode::open(&raft_dir, cfg.node_id, addr.to_string()).await?,
+            None => {
+                RaftNode::open_with(&raft_dir, cfg.node_id, addr.to_string(), cfg.raft.clone())
+                    .await?
+            }
             Some(members) => {
                 let peers = wasmos_raft::Peers {
                     creds: creds.clone(),
                     members: members.clone(),
                 };
-                let options = wasmos_raft::RaftOptions::default();
-                RaftNode::open_cluster(&raft_dir, cfg.node_id, options, &peers).await?
+                RaftNode::open_cluster(&raft_dir, cfg.node_id, cfg.raft.clone(), &peers).await?
             }
         };
         let peers = peers::PeerLinks::new(cfg.peers.as_ref().map(|_| creds))?;
@@ -237,7 +243,7 @@ impl Master {
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         if shared.cfg.peers.is_some() {
             // Peers reach this raft through the accept loop, so only now can a leader emerge.
-            let wait = wasmos_raft::RaftOptions::default().leader_timeout;
+            let wait = shared.cfg.raft.leader_timeout;
             if let Err(e) = shared.raft.ready(wait).await {
                 tracing::warn!("no raft leader yet ({e}); serving as a follower until there is");
             }

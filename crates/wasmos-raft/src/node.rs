@@ -52,12 +52,14 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
-            // A single voter elects itself without any RPC, so these only bound how soon it tries
-            // (and, later, how fast a multi-master group fails over): the 150-300 ms window of the
-            // raft paper, with heartbeats well inside it.
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(150),
-            election_timeout_max: Duration::from_millis(300),
+            // How fast a group fails over. openraft's followers wait a leader lease (the upper
+            // bound) plus a random election timeout after the last heartbeat before they elect,
+            // on ticks of 1.5 heartbeats: 240-320 ms here, so a new leader accepts writes
+            // within about 400 ms of the old one dying. Heartbeats every 25 ms keep a spurious
+            // election (a heartbeat late by 240 ms) unlikely on a LAN; see `election_timeout`.
+            heartbeat_interval: Duration::from_millis(25),
+            election_timeout_min: Duration::from_millis(80),
+            election_timeout_max: Duration::from_millis(160),
             // A snapshot serializes the whole cluster state; every 1000 commands keeps that cost
             // rare while bounding both the log and the replay after a restart.
             snapshot_logs_since_last: 1000,
@@ -76,6 +78,17 @@ fn millis(d: Duration, name: &str) -> Result<u64, RaftError> {
 }
 
 impl RaftOptions {
+    /// Options whose randomized election timeout runs from `min` to twice it, with heartbeats
+    /// every third of `min` (for `wasmos master --election-timeout`).
+    pub fn with_election_timeout(min: Duration) -> RaftOptions {
+        RaftOptions {
+            heartbeat_interval: min / 3,
+            election_timeout_min: min,
+            election_timeout_max: min * 2,
+            ..RaftOptions::default()
+        }
+    }
+
     /// The openraft configuration for these options, validated.
     pub fn to_config(&self) -> Result<Config, RaftError> {
         if self.snapshot_logs_since_last == 0 {

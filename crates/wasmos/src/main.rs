@@ -318,6 +318,12 @@ struct MasterArgs {
     /// 1=10.0.0.1:7433,2=10.0.0.2:7433,3=10.0.0.3:7433). Without it the master runs alone.
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     peers: Option<String>,
+    /// The shortest time followers wait after the leader's last heartbeat before electing a new
+    /// one (plus a lease and a random part, up to three times it in all); heartbeats go out
+    /// every third of it. Raise it on slow or distant networks, where a short one causes
+    /// needless elections.
+    #[arg(long, default_value = "80ms")]
+    election_timeout: humantime::Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -804,7 +810,12 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|p| parse_peers(p, args.id))
         .transpose()?;
+    let election: Duration = args.election_timeout.into();
+    if election < Duration::from_millis(30) {
+        bail!("--election-timeout must be at least 30ms");
+    }
     let cfg = wasmos_master::MasterConfig {
+        raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
         node_id: args.id,
         peers,
