@@ -480,6 +480,17 @@ fn invalid_options_are_rejected() {
         );
     }
     let config = RaftOptions::default().to_config().unwrap();
-    assert_eq!(config.election_timeout_min, 150);
-    assert_eq!(config.election_timeout_max, 300);
+    assert_eq!(config.election_timeout_min, 80);
+    assert_eq!(config.election_timeout_max, 160);
+    let slow = RaftOptions::with_election_timeout(Duration::from_millis(600))
+        .to_config()
+        .unwrap();
+    assert_eq!(
+        (
+            slow.heartbeat_interval,
+            slow.election_timeout_min,
+            slow.election_timeout_max
+        ),
+        (200, 600, 1200)
+    );
 }
