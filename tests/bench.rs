@@ -106,6 +106,77 @@ fn failover_latency() {
     );
 }
 
+/// Concurrent client connections of the throughput benchmark.
+const CLIENTS: usize = 4;
+
+/// Submissions per second through the leader of a `wasmos dev --masters N` group whose one
+/// agent is kept busy, so every submission waits and costs exactly one raft write.
+fn submit_rate(masters: u32, n: usize) -> f64 {
+    let g = DevCluster::start_with(1, &["--masters", &masters.to_string(), "--agent-cpu", "1"])
+        .unwrap();
+    let out = g
+        .run(
+            &["-d", "--cpu", "1", "--timeout", "1h"],
+            "hostile",
+            &["sleep"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = g.json(&["task", "show", "t-1", "-o", "json"]).unwrap();
+    let spec: TaskSpec = serde_json::from_value(shown["spec"].clone()).unwrap();
+    let master = if masters == 1 {
+        g.master_addr()
+    } else {
+        let (leader, st) = g.leader(None).unwrap();
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == leader)
+            .unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    runtime.block_on(submit_many(g.dir.path(), master, spec, n, 96, CLIENTS));
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    // Every submission was recorded: the last id exists (a full listing of this many tasks
+    // exceeds a message).
+    let last = format!("t-{}", n + 1);
+    let shown = g.json(&["task", "show", &last, "-o", "json"]).unwrap();
+    assert_eq!(shown["status"]["state"], "Staging", "{shown}");
+    rate
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn replicated_write_throughput() {
+    let n: usize = std::env::var("WASMOS_THROUGHPUT_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    // WASMOS_THROUGHPUT_MASTERS=1 or 3 runs one side only.
+    let only = std::env::var("WASMOS_THROUGHPUT_MASTERS").ok();
+    let single = if only.as_deref() == Some("3") {
+        f64::NAN
+    } else {
+        submit_rate(1, n)
+    };
+    let three = if only.as_deref() == Some("1") {
+        f64::NAN
+    } else {
+        submit_rate(3, n)
+    };
+    println!(
+        "bench submissions through 1 master: {single:.0}/s ({n} tasks, {CLIENTS} clients with 96 in flight each)"
+    );
+    println!("bench submissions through the leader of 3 masters: {three:.0}/s");
+    println!("bench ratio 3 masters / 1 master: {:.2}", three / single);
+}
+
 /// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
 struct Daemon(Child);
 
@@ -128,8 +199,34 @@ fn daemon(args: &[&str], log: &Path) -> Daemon {
     Daemon(child)
 }
 
-/// Submits `n` copies of `spec` over one connection, 64 requests in flight.
-async fn submit_many(dir: &Path, master: std::net::SocketAddr, spec: TaskSpec, n: usize) {
+/// Submits `n` copies of `spec` over `clients` connections (as many clients would), each with
+/// `in_flight` requests at a time (QUIC allows 100 streams at once).
+async fn submit_many(
+    dir: &Path,
+    master: std::net::SocketAddr,
+    spec: TaskSpec,
+    n: usize,
+    in_flight: usize,
+    clients: usize,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let share = n / clients + usize::from(c < n % clients);
+        let (dir, spec) = (dir.to_path_buf(), spec.clone());
+        set.spawn(async move { submit_on_one(&dir, master, spec, share, in_flight).await });
+    }
+    while let Some(done) = set.join_next().await {
+        done.unwrap();
+    }
+}
+
+async fn submit_on_one(
+    dir: &Path,
+    master: std::net::SocketAddr,
+    spec: TaskSpec,
+    n: usize,
+    in_flight: usize,
+) {
     let read = |f: &str| std::fs::read_to_string(dir.join("pki").join(f)).unwrap();
     let creds = Credentials::from_pem(
         &read("ca.pem"),
@@ -141,7 +238,7 @@ async fn submit_many(dir: &Path, master: std::net::SocketAddr, spec: TaskSpec, n
     let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
-        if i >= 64 {
+        if i >= in_flight {
             set.join_next().await.unwrap().unwrap();
         }
         let (conn, spec) = (conn.clone(), spec.clone());
@@ -265,7 +362,7 @@ fn agent_density() {
     let started = Instant::now();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(submit_many(dir, master, spec, n));
+        .block_on(submit_many(dir, master, spec, n, 64, 1));
     let submitted = started.elapsed();
     // Wait until every copy runs (and has had a moment to reach its sleep).
     let deadline = Instant::now() + Duration::from_secs(600);

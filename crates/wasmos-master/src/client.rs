@@ -76,7 +76,17 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
         }
         other => {
             let resp = answer(&shared, &who, other).await;
-            send_frame(&mut send, &resp).await
+            match send_frame(&mut send, &resp).await {
+                // Nothing was sent yet: say why instead of closing the stream silently.
+                Err(FrameError::Codec(wasmos_proto::CodecError::TooLarge(n))) => {
+                    let message = format!(
+                        "the answer is {n} bytes, over the {}-byte message limit; ask for less (e.g. one task with `task show`)",
+                        wasmos_proto::MAX_FRAME_BYTES
+                    );
+                    send_frame(&mut send, &error(ErrorKind::TooLarge, message)).await
+                }
+                other => other,
+            }
         }
     };
     if let Err(e) = result {

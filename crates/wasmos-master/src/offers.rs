@@ -10,7 +10,7 @@
 //! framework.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ struct Cycle {
     /// Connected agents' totals, for the unschedulable check.
     agent_totals: BTreeMap<AgentId, Resources>,
     /// Queued tasks not yet checked against the agents' sizes and their roles' limits.
-    unchecked: BTreeSet<TaskId>,
+    unchecked: BTreeMap<TaskId, (Role, TaskRequest)>,
     /// Agents or limits changed: check every queued task again.
     recheck_all: bool,
     /// Subscribed frameworks: their connection and where their events go.
@@ -210,7 +210,7 @@ impl Cycle {
             builtin: BTreeMap::new(),
             builtin_ids: BTreeMap::new(),
             agent_totals: BTreeMap::new(),
-            unchecked: BTreeSet::new(),
+            unchecked: BTreeMap::new(),
             recheck_all: false,
             external: BTreeMap::new(),
         };
@@ -689,8 +689,9 @@ impl Cycle {
             queue: BTreeMap::new(),
             suppressed: true,
         });
-        b.queue.insert((Reverse(t.spec.priority), t.id), request(t));
-        self.unchecked.insert(t.id);
+        let req = request(t);
+        self.unchecked.insert(t.id, (b.role.clone(), req.clone()));
+        b.queue.insert((Reverse(t.spec.priority), t.id), req);
         if b.id != FrameworkId(0) {
             // New work: forget declines, so the task is not kept waiting for their timeout.
             self.alloc.revive(b.id);
@@ -812,13 +813,17 @@ impl Cycle {
         }
         let all = std::mem::take(&mut self.recheck_all);
         let unchecked = std::mem::take(&mut self.unchecked);
-        let candidates: Vec<(Role, TaskRequest)> = self
-            .builtin
-            .values()
-            .flat_map(|b| b.queue.values().map(|r| (b.role.clone(), r)))
-            .filter(|(_, r)| all || unchecked.contains(&r.id))
-            .map(|(role, r)| (role, r.clone()))
-            .collect();
+        // Only the tasks queued since the last cycle, unless something (a role's limit)
+        // changed for all: going through the whole queue every cycle made each cycle cost as
+        // much as the backlog.
+        let candidates: Vec<(Role, TaskRequest)> = if all {
+            self.builtin
+                .values()
+                .flat_map(|b| b.queue.values().map(|r| (b.role.clone(), r.clone())))
+                .collect()
+        } else {
+            unchecked.into_values().collect()
+        };
         if candidates.is_empty() {
             return Ok(());
         }

@@ -29,7 +29,7 @@ pub mod alpn {
     pub const AGENT: &[u8] = b"wasmos-agent/1";
     pub const CLIENT: &[u8] = b"wasmos-client/1";
     pub const FRAMEWORK: &[u8] = b"wasmos-framework/1";
-    pub const RAFT: &[u8] = b"wasmos-raft/1";
+    pub const RAFT: &[u8] = b"wasmos-raft/2";
     /// Master to master, besides raft: copies of bundle blobs.
     pub const PEER: &[u8] = b"wasmos-peer/1";
 }

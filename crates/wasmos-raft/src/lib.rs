@@ -7,7 +7,7 @@
 //! [`RaftNode::subscribe`] wakes the master's loops whenever something new is applied.
 //!
 //! A single master is a one-voter group that never sends an RPC; several masters form a group
-//! over QUIC with mutual TLS ([`network`], ALPN `wasmos-raft/1`), opened with
+//! over QUIC with mutual TLS ([`network`], ALPN `wasmos-raft/2`), opened with
 //! [`RaftNode::open_cluster`].
 //!
 //! Module map:

@@ -1,7 +1,8 @@
 //! The raft network: openraft's RPCs between masters over QUIC with mutual TLS, ALPN
-//! `wasmos-raft/1`. Each RPC is one bidirectional stream on a connection kept per peer: the
-//! request, then the reply, each one frame holding openraft's own types as JSON (the same codec
-//! as the log on disk; openraft's types are not in `wasmos-proto`, which stays free of it).
+//! `wasmos-raft/2`. Each RPC is one bidirectional stream on a connection kept per peer: the
+//! request, then the reply, each one frame holding openraft's own types in postcard (the same
+//! codec as the log on disk; openraft's types are not in `wasmos-proto`, which stays free of
+//! it). Version 1 carried JSON.
 //!
 //! The client side ([`Network`], [`PeerClient`]) dials a peer's advertised address with this
 //! master's certificate; the server side ([`serve`]) runs on the master's endpoint and feeds
@@ -164,7 +165,7 @@ impl PeerClient {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.error(e))?;
-            let body = serde_json::to_vec(&req).map_err(|e| self.error(e))?;
+            let body = postcard::to_stdvec(&req).map_err(|e| self.error(e))?;
             send_frame(&mut send, &body)
                 .await
                 .map_err(|e| self.error(e))?;
@@ -173,7 +174,7 @@ impl PeerClient {
                 .await
                 .map_err(|e| self.error(e))?
                 .ok_or_else(|| self.error("the peer closed the stream without a reply"))?;
-            serde_json::from_slice::<RaftReply>(&reply).map_err(|e| self.error(e))
+            postcard::from_bytes::<RaftReply>(&reply).map_err(|e| self.error(e))
         };
         let reply = match tokio::time::timeout(ttl, exchange).await {
             Ok(r) => r,
@@ -246,7 +247,7 @@ fn remote<E: std::error::Error>(
     openraft::error::RemoteError::new_with_node(client.target, BasicNode::new(&client.addr), e)
 }
 
-/// Answers raft RPCs arriving on `conn` (a peer master's connection on `wasmos-raft/1`, its
+/// Answers raft RPCs arriving on `conn` (a peer master's connection on `wasmos-raft/2`, its
 /// identity already checked) until it closes.
 pub async fn serve(raft: Raft<TypeConfig>, conn: Connection) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -257,7 +258,7 @@ pub async fn serve(raft: Raft<TypeConfig>, conn: Connection) {
                 Ok(None) => return,
                 Err(e) => RaftReply::Refused(e.to_string()),
             };
-            let sent = match serde_json::to_vec(&reply) {
+            let sent = match postcard::to_stdvec(&reply) {
                 Ok(bytes) => send_frame(&mut send, &bytes)
                     .await
                     .map_err(|e| e.to_string()),
@@ -281,5 +282,5 @@ async fn answer(raft: &Raft<TypeConfig>, body: &[u8]) -> RaftReply {
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("undecodable raft request: {e}"))
+    postcard::from_bytes(body).map_err(|e| format!("undecodable raft request: {e}"))
 }

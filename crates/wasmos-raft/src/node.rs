@@ -10,7 +10,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use wasmos_proto::{ClusterInfo, MasterInfo};
 use wasmos_state::{ClusterState, Command, CommandResult};
 
@@ -54,12 +54,14 @@ impl Default for RaftOptions {
         RaftOptions {
             // How fast a group fails over. openraft's followers wait a leader lease (the upper
             // bound) plus a random election timeout after the last heartbeat before they elect,
-            // on ticks of 1.5 heartbeats: 240-320 ms here, so a new leader accepts writes
-            // within about 400 ms of the old one dying. Heartbeats every 25 ms keep a spurious
-            // election (a heartbeat late by 240 ms) unlikely on a LAN; see `election_timeout`.
-            heartbeat_interval: Duration::from_millis(25),
-            election_timeout_min: Duration::from_millis(80),
-            election_timeout_max: Duration::from_millis(160),
+            // on ticks of 1.5 heartbeats: 300-400 ms here, so a new leader accepts writes
+            // within about half a second of the old one dying. openraft also bounds every
+            // AppendEntries RPC (with its entries written to the follower's disk) by the
+            // heartbeat interval, so that cannot be much shorter than 50 ms: under load an RPC
+            // that always times out would stall replication.
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(100),
+            election_timeout_max: Duration::from_millis(200),
             // A snapshot serializes the whole cluster state; every 1000 commands keeps that cost
             // rare while bounding both the log and the replay after a restart.
             snapshot_logs_since_last: 1000,
@@ -79,10 +81,10 @@ fn millis(d: Duration, name: &str) -> Result<u64, RaftError> {
 
 impl RaftOptions {
     /// Options whose randomized election timeout runs from `min` to twice it, with heartbeats
-    /// every third of `min` (for `wasmos master --election-timeout`).
+    /// every half of `min` (for `wasmos master --election-timeout`).
     pub fn with_election_timeout(min: Duration) -> RaftOptions {
         RaftOptions {
-            heartbeat_interval: min / 3,
+            heartbeat_interval: min / 2,
             election_timeout_min: min,
             election_timeout_max: min * 2,
             ..RaftOptions::default()
@@ -108,6 +110,9 @@ impl RaftOptions {
             election_timeout_max: millis(self.election_timeout_max, "election_timeout_max")?,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
+            // An entry holds up to MAX_BATCH commands: a few of them make a large RPC already,
+            // and one RPC must fit in a heartbeat interval (see `heartbeat_interval`).
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Config::default()
         };
         // Rejects min >= max, min <= heartbeat and the like.
@@ -132,7 +137,19 @@ pub struct RaftNode {
     /// Part of a multi-master group (peers are dialed over QUIC).
     multi: bool,
     quorum_timeout: Duration,
+    /// Feeds [`batch_writes`]: commands proposed together while earlier ones are being written.
+    proposals: mpsc::UnboundedSender<Proposal>,
 }
+
+type Proposal = (Command, oneshot::Sender<Result<CommandResult, RaftError>>);
+
+/// Most commands in one raft entry.
+const MAX_BATCH: usize = 256;
+/// Most entries in one AppendEntries RPC.
+const MAX_PAYLOAD_ENTRIES: u64 = 16;
+/// Raft entries being written at once: while they are on their way to disk and to the
+/// followers, new commands gather into the next one.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// The members of a multi-master group and this master's credentials for reaching them.
 #[derive(Clone)]
@@ -240,6 +257,8 @@ impl RaftNode {
         let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
             .await
             .map_err(from_fatal)?;
+        let (proposals, queue) = mpsc::unbounded_channel();
+        tokio::spawn(batch_writes(raft.clone(), queue));
         let node = RaftNode {
             id,
             raft,
@@ -247,6 +266,7 @@ impl RaftNode {
             closed,
             multi: peers.is_some(),
             quorum_timeout: options.quorum_timeout,
+            proposals,
         };
         let members = match peers {
             Some(p) => p.members.clone(),
@@ -510,29 +530,24 @@ impl RaftNode {
     /// Errors: [`RaftError::NotLeader`] if this node lost leadership, [`RaftError::NoQuorum`] if
     /// a majority did not confirm it in time, [`RaftError::Storage`] /
     /// [`RaftError::Fatal`] if raft has stopped.
+    ///
+    /// Commands written concurrently share raft entries (see [`batch_writes`]): openraft appends
+    /// and fsyncs each entry on its own, so one command per entry would cap the rate of writes
+    /// at the rate of fsyncs.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
-        let written = tokio::time::timeout(self.quorum_timeout, self.raft.client_write(cmd))
+        let (done, result) = oneshot::channel();
+        self.proposals
+            .send((cmd, done))
+            .map_err(|_| RaftError::Fatal("the write batcher stopped".to_string()))?;
+        tokio::time::timeout(self.quorum_timeout, result)
             .await
             .map_err(|_| {
                 RaftError::NoQuorum(format!(
                     "master {} leads but a majority did not confirm the write within {:?}",
                     self.id, self.quorum_timeout
                 ))
-            })?;
-        match written {
-            Ok(resp) => Ok(resp.data),
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RaftError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                e,
-            ))) => Err(RaftError::Fatal(format!(
-                "a command write failed as a membership change: {e}"
-            ))),
-            Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
-        }
+            })?
+            .map_err(|_| RaftError::Fatal("the write batcher dropped a write".to_string()))?
     }
 
     /// Reads the applied state under a lock. Keep `f` short and do not call back into this node
@@ -580,5 +595,76 @@ impl RaftNode {
                 "raft did not release {DB_FILE} within {RELEASE_TIMEOUT:?} of shutting down"
             ))
         })
+    }
+}
+
+/// Proposes queued commands: whatever has gathered while earlier entries were being written
+/// goes into one entry (a `Command::Batch` when there are several), with at most
+/// [`WRITES_IN_FLIGHT`] entries on their way at once. Ends when every [`RaftNode`] is dropped.
+async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let single = cmds.len() == 1;
+            let cmd = if single {
+                cmds.into_iter()
+                    .next()
+                    .unwrap_or(Command::Batch(Vec::new()))
+            } else {
+                Command::Batch(cmds)
+            };
+            let result = propose(&raft, cmd).await;
+            drop(slot);
+            match result {
+                Ok(CommandResult::Batch(results)) if !single => {
+                    for (waiter, r) in waiters.into_iter().zip(results) {
+                        let _ = waiter.send(Ok(r));
+                    }
+                }
+                Ok(r) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Ok(r.clone()));
+                    }
+                }
+                Err(e) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One raft entry, proposed and waited for until applied.
+async fn propose(raft: &Raft<TypeConfig>, cmd: Command) -> Result<CommandResult, RaftError> {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(resp.data),
+        Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(RaftError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(RaftError::Fatal(format!(
+                "a command write failed as a membership change: {e}"
+            )))
+        }
+        Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
     }
 }

@@ -179,44 +179,46 @@ fn snapshot_id(last_log_id: Option<LogId>) -> String {
     }
 }
 
-/// Builds a snapshot from a copy of the state taken when openraft asked for the builder, so
-/// entries applied meanwhile do not leak into it.
+/// Builds a snapshot from a copy of the state taken, with the log id and membership it
+/// matches, when the build starts. The copy and the encoding both happen on the blocking pool:
+/// a large state takes long enough to copy that doing it on an async worker delayed heartbeats
+/// into needless elections.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
-    last_applied: Option<LogId>,
-    last_membership: StoredMembership,
-    state: Arc<ClusterState>,
+    shared: Shared,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            snapshot_id: snapshot_id(self.last_applied),
-        };
         let db = self.db.clone();
-        let state = self.state.clone();
-        let stored_meta = meta.clone();
-        // Serializing a large state is CPU work, so it runs on the blocking pool with the write.
-        let data = blocking(move || {
-            let data = encode(&*state, "snapshot data (ClusterState)")?;
-            let stored = write_snapshot(&db, &stored_meta, &data, true)?;
+        let shared = self.shared.clone();
+        let (meta, data) = blocking(move || {
+            let (last_applied, last_membership, state) = {
+                let applied = shared.read();
+                (
+                    applied.last_applied,
+                    applied.last_membership.clone(),
+                    applied.state.clone(),
+                )
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership,
+                snapshot_id: snapshot_id(last_applied),
+            };
+            let data = encode(&state, "snapshot data (ClusterState)")?;
+            drop(state);
+            let stored = write_snapshot(&db, &meta, &data, true)?;
             if !stored {
                 tracing::info!(
-                    snapshot = %stored_meta.snapshot_id,
+                    snapshot = %meta.snapshot_id,
                     "a newer snapshot is already stored; keeping it"
                 );
             }
-            Ok(data)
+            Ok((meta, data))
         })
         .await
-        .map_err(|e| {
-            e.into_storage(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-            )
-        })?;
+        .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built raft snapshot");
         Ok(Snapshot {
             meta,
@@ -262,12 +264,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let applied = self.shared.read();
         SnapshotBuilder {
             db: self.db.clone(),
-            last_applied: applied.last_applied,
-            last_membership: applied.last_membership.clone(),
-            state: Arc::new(applied.state.clone()),
+            shared: self.shared.clone(),
         }
     }
 

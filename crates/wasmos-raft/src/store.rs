@@ -1,11 +1,15 @@
-//! The redb file both storage halves share: table layout, opening, the JSON codec and the error
-//! type whose messages name what was bad.
+//! The redb file both storage halves share: table layout, opening, the codec (postcard) and the
+//! error type whose messages name what was bad.
 //!
 //! Layout of `raft.redb`:
-//! - `raft_log`: `u64` log index → JSON of the openraft `Entry` (carrying a `Command`).
-//! - `raft_meta`: `"vote"`, `"committed"`, `"last_purged"` → JSON of a `Vote` / `LogId`.
-//! - `raft_snapshot`: `"meta"` → JSON of the `SnapshotMeta`, `"data"` → the snapshot bytes
-//!   (JSON of `ClusterState`). Both are written in one transaction, so they always match.
+//! - `raft_log`: `u64` log index → the openraft `Entry` (carrying a `Command`).
+//! - `raft_meta`: `"vote"`, `"committed"`, `"last_purged"` → a `Vote` / `LogId`; `"format"` →
+//!   [`FORMAT`], the encoding of everything else.
+//! - `raft_snapshot`: `"meta"` → the `SnapshotMeta`, `"data"` → the snapshot bytes (the encoded
+//!   `ClusterState`). Both are written in one transaction, so they always match.
+//!
+//! Values are postcard, not JSON: a snapshot of a large state and every log entry are encoded
+//! on each master, and JSON cost several times the CPU and the bytes.
 //!
 //! Blocking: every redb write transaction is committed with `Durability::Immediate` (the
 //! default), i.e. it ends in an fsync that can take milliseconds. openraft calls the storage
@@ -22,8 +26,8 @@ use std::sync::Arc;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 use redb::{
-    Builder, Database, Key, ReadOnlyTable, ReadableDatabase, Table, TableDefinition, Value,
-    WriteTransaction,
+    Builder, Database, Key, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, TableDefinition, Value, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -45,6 +49,10 @@ pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
+/// Which encoding the file's values use.
+pub(crate) const KEY_FORMAT: &str = "format";
+/// The encoding this build writes and reads: postcard. (Format 1, JSON, was never marked.)
+pub(crate) const FORMAT: &[u8] = b"postcard-2";
 
 /// The redb page cache. The file holds a bounded log (purged behind snapshots) and one snapshot,
 /// so redb's 1 GiB default would only reserve memory the master needs elsewhere.
@@ -116,7 +124,7 @@ pub(crate) fn db_err(what: impl Display, e: impl Display) -> StoreError {
 
 /// Serializes a value stored in redb.
 pub(crate) fn encode<T: Serialize>(value: &T, what: impl Display) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError(format!("cannot serialize {what}: {e}")))
+    postcard::to_stdvec(value).map_err(|e| StoreError(format!("cannot serialize {what}: {e}")))
 }
 
 /// Deserializes a value read from redb; a failure means the file holds data we did not write (or
@@ -125,8 +133,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     what: impl Display,
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError(format!("corrupt {what} in raft.redb: {e}")))
+    postcard::from_bytes(bytes).map_err(|e| StoreError(format!("corrupt {what} in raft.redb: {e}")))
 }
 
 /// Runs a redb transaction on the blocking pool (see the module docs for why) and waits for it.
@@ -157,7 +164,37 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
         for table in [META, SNAPSHOT] {
             open_write(txn, table)?;
         }
-        open_write(txn, LOGS)?;
+        let logs = open_write(txn, LOGS)?;
+        let mut meta = open_write(txn, META)?;
+        let format = meta
+            .get(KEY_FORMAT)
+            .map_err(|e| db_err("read the format", e))?
+            .map(|v| v.value().to_vec());
+        let used = !logs.is_empty().map_err(|e| db_err("read the log", e))?
+            || !meta
+                .is_empty()
+                .map_err(|e| db_err("read the metadata", e))?;
+        match format {
+            Some(f) if f == FORMAT => {}
+            Some(f) => {
+                return Err(StoreError(format!(
+                    "{} is in format `{}`; this build reads `{}`",
+                    path.display(),
+                    String::from_utf8_lossy(&f),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+            None if used => {
+                return Err(StoreError(format!(
+                    "{} was written by an older wasmos (JSON values); start this master on an empty data directory",
+                    path.display()
+                )));
+            }
+            None => {
+                meta.insert(KEY_FORMAT, FORMAT)
+                    .map_err(|e| db_err("write the format", e))?;
+            }
+        }
         Ok(())
     })?;
     Ok(db)

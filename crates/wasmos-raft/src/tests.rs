@@ -269,7 +269,7 @@ fn inspect(dir: &Path) -> anyhow::Result<(Option<u64>, Option<LogId>, bool)> {
     let first = logs.first()?.map(|(k, _)| k.value());
     let meta = txn.open_table(META)?;
     let purged = match meta.get(KEY_LAST_PURGED)? {
-        Some(v) => serde_json::from_slice(v.value())?,
+        Some(v) => Some(postcard::from_bytes::<LogId>(v.value())?),
         None => None,
     };
     let snapshot = txn.open_table(SNAPSHOT)?.get(KEY_SNAPSHOT_DATA)?.is_some();
@@ -480,8 +480,8 @@ fn invalid_options_are_rejected() {
         );
     }
     let config = RaftOptions::default().to_config().unwrap();
-    assert_eq!(config.election_timeout_min, 80);
-    assert_eq!(config.election_timeout_max, 160);
+    assert_eq!(config.election_timeout_min, 100);
+    assert_eq!(config.election_timeout_max, 200);
     let slow = RaftOptions::with_election_timeout(Duration::from_millis(600))
         .to_config()
         .unwrap();
@@ -491,6 +491,6 @@ fn invalid_options_are_rejected() {
             slow.election_timeout_min,
             slow.election_timeout_max
         ),
-        (200, 600, 1200)
+        (300, 600, 1200)
     );
 }

@@ -189,12 +189,17 @@ pub enum Command {
         tasks: Vec<LaunchTask>,
         now_ms: u64,
     },
+    /// Several commands in one raft entry, applied in order, each on its own (one refused
+    /// does not undo the others): how concurrent writes share one log append and fsync.
+    Batch(Vec<Command>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     #[default]
     Ok,
+    /// The results of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
     /// Already applied earlier (a resent status update): nothing changed.
     Duplicate,
     Submitted(TaskId),
@@ -218,6 +223,17 @@ impl ClusterState {
 
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
         match cmd {
+            Command::Batch(cmds) => CommandResult::Batch(
+                cmds.into_iter()
+                    .map(|cmd| match cmd {
+                        // One level only: a batch is the unit of one raft entry, not a tree.
+                        Command::Batch(_) => {
+                            CommandResult::Rejected("a batch may not contain a batch".into())
+                        }
+                        cmd => self.apply(cmd),
+                    })
+                    .collect(),
+            ),
             Command::RegisterAgent {
                 id,
                 total,

@@ -319,10 +319,10 @@ struct MasterArgs {
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     peers: Option<String>,
     /// The shortest time followers wait after the leader's last heartbeat before electing a new
-    /// one (plus a lease and a random part, up to three times it in all); heartbeats go out
-    /// every third of it. Raise it on slow or distant networks, where a short one causes
-    /// needless elections.
-    #[arg(long, default_value = "80ms")]
+    /// one (plus a lease and a random part, up to four times it in all); heartbeats go out
+    /// every half of it, and each replication message must be answered within a heartbeat.
+    /// Raise it on slow or distant networks, where a short one causes needless elections.
+    #[arg(long, default_value = "100ms")]
     election_timeout: humantime::Duration,
     #[command(flatten)]
     tls: TlsArgs,
@@ -811,8 +811,8 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         .map(|p| parse_peers(p, args.id))
         .transpose()?;
     let election: Duration = args.election_timeout.into();
-    if election < Duration::from_millis(30) {
-        bail!("--election-timeout must be at least 30ms");
+    if election < Duration::from_millis(50) {
+        bail!("--election-timeout must be at least 50ms");
     }
     let cfg = wasmos_master::MasterConfig {
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
