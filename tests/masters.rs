@@ -244,3 +244,108 @@ fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
     }
     eprintln!("failover after kill -9 of master {leader}: master {next} leads after {failover:?}");
 }
+
+/// `wasmos master --join` processes form a group only when told: `cluster init` starts it on
+/// one, `cluster join` adds the others (they catch up and become voters), and `cluster leave`
+/// removes a master, the leader included, after which the rest elect a leader and go on.
+#[test]
+fn masters_join_and_leave_with_cluster_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::new_ca("membership-test").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    let op = pki::issue(&ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
+    write_pem(dir.path(), "operator", &op.cert_pem, &op.key_pem);
+    let mut masters: Vec<Master> = (1..=3)
+        .map(|id| Master {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        })
+        .collect();
+    for m in &mut masters {
+        let name = format!("m{}", m.id);
+        let issued = pki::issue(&ca, &Identity::Master(name.clone()), &[], &[]).unwrap();
+        write_pem(dir.path(), &name, &issued.cert_pem, &issued.key_pem);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        m.child = Some(
+            Command::new(wasmos_bin())
+                .current_dir(dir.path())
+                .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
+                .args(["--join", "--data-dir", &name])
+                .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
+                .args(["--key", &format!("{name}.key")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let on = |i: usize| client_config(dir.path(), &masters[i].addr);
+    // Until told, no master leads: a write has nowhere to go.
+    std::thread::sleep(Duration::from_millis(500));
+    let st = status(dir.path(), &masters[0].addr).unwrap();
+    assert!(st["leader"].is_null(), "{st}");
+
+    let out = wasmos_with(&on(0), &["cluster", "init"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = wasmos_with(&on(0), &["role", "set", "team-a", "--weight", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A second init is refused, naming the problem.
+    let out = wasmos_with(&on(0), &["cluster", "init"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already belongs"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for i in [1, 2] {
+        let (id, addr) = (masters[i].id.to_string(), masters[i].addr.clone());
+        let out = wasmos_with(&on(0), &["cluster", "join", &id, &addr]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(&format!("master {id} joined")));
+    }
+    let st = status(dir.path(), &masters[0].addr).unwrap();
+    let voters = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 3, "{st}");
+    // Joining twice, or an address that is not one, is refused.
+    let out = wasmos_with(&on(0), &["cluster", "join", "2", &masters[1].addr]);
+    assert!(
+        text(&out.stderr).contains("already a member"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = wasmos_with(&on(0), &["cluster", "join", "7", "nowhere"]);
+    assert!(
+        text(&out.stderr).contains("not HOST:PORT"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The newcomer has the write made before it joined.
+    let out = wasmos_with(&on(2), &["--stale", "role", "list", "-o", "json"]);
+    let roles: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(roles[0]["role"], "team-a", "{roles}");
+
+    // The leader (master 1) leaves; 2 and 3 elect a leader and accept writes.
+    let out = wasmos_with(&on(1), &["cluster", "leave", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rest: Vec<&Master> = masters[1..].iter().collect();
+    let next = agreed_leader(dir.path(), &rest, Some(1));
+    assert!(next == 2 || next == 3);
+    let out = wasmos_with(&on(1), &["role", "set", "team-b", "--weight", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st = status(dir.path(), &masters[1].addr).unwrap();
+    let ids: Vec<u64> = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3], "{st}");
+}

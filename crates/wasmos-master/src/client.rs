@@ -101,7 +101,8 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
 /// write itself then needs the majority). Everything else is redirected to the leader.
 async fn route(shared: &Shared, req: ClientRequest) -> Result<ClientRequest, ClientResponse> {
     match req {
-        ClientRequest::ClusterStatus => Ok(req),
+        // Asked of a master that has no group yet, so of no leader.
+        ClientRequest::ClusterStatus | ClientRequest::InitCluster => Ok(req),
         ClientRequest::Stale(inner) if inner.is_read() => Ok(*inner),
         ClientRequest::Stale(inner) => Err(error(
             ErrorKind::InvalidRequest,
@@ -206,9 +207,50 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         } => set_role(shared, who, &role, weight_milli, guarantee, limit).await,
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
+        ClientRequest::InitCluster
+        | ClientRequest::AddMaster { .. }
+        | ClientRequest::RemoveMaster { .. } => membership(shared, who, req).await,
         ClientRequest::PushBundle { .. }
         | ClientRequest::WatchTask { .. }
         | ClientRequest::Stale(_) => error(ErrorKind::InvalidRequest, "handled elsewhere"),
+    }
+}
+
+/// `wasmos cluster init / join / leave`.
+async fn membership(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may change the master group",
+        );
+    }
+    let done = match req {
+        ClientRequest::InitCluster => match shared.raft.initialize_alone().await {
+            Ok(()) => shared.raft.ready(shared.cfg.raft.leader_timeout).await,
+            Err(e) => Err(e),
+        },
+        ClientRequest::AddMaster { id, addr } => {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!("`{addr}` is not HOST:PORT (an address the other masters can reach)"),
+                );
+            }
+            if shared.raft.status().members.iter().any(|m| m.id == id) {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!("master {id} is already a member"),
+                );
+            }
+            shared.raft.add_master(id, addr).await
+        }
+        ClientRequest::RemoveMaster { id } => shared.raft.remove_master(id).await,
+        _ => return error(ErrorKind::InvalidRequest, "not a membership change"),
+    };
+    match done {
+        Ok(()) => ClientResponse::Cluster(Box::new(shared.raft.status())),
+        Err(wasmos_raft::RaftError::Config(msg)) => error(ErrorKind::InvalidRequest, msg),
+        Err(e) => raft_error(shared, e),
     }
 }
 

@@ -55,6 +55,9 @@ pub struct MasterConfig {
     pub peers: Option<BTreeMap<u64, String>>,
     /// Raft timings (election timeout, heartbeats) and bounds.
     pub raft: wasmos_raft::RaftOptions,
+    /// With `peers` holding only this master: do not start a group; wait to be added to one
+    /// (`wasmos cluster join`) or told to start one (`wasmos cluster init`).
+    pub join: bool,
 }
 
 impl MasterConfig {
@@ -69,6 +72,7 @@ impl MasterConfig {
             offer_interval: Duration::from_secs(1),
             peers: None,
             raft: wasmos_raft::RaftOptions::default(),
+            join: false,
         }
     }
 }
@@ -220,6 +224,7 @@ impl Master {
                 let peers = wasmos_raft::Peers {
                     creds: creds.clone(),
                     members: members.clone(),
+                    bootstrap: !cfg.join,
                 };
                 RaftNode::open_cluster(&raft_dir, cfg.node_id, cfg.raft.clone(), &peers).await?
             }

@@ -57,6 +57,19 @@ pub enum ClientRequest {
     ListRoles,
     /// The answering master's view of the master group (answered by any master).
     ClusterStatus,
+    /// Operators only, to a master started with `--join` that belongs to no group yet: start a
+    /// group with this master as its only voter.
+    InitCluster,
+    /// Operators only: add master `id`, started with `--join` and reachable by its peers at
+    /// `addr`, as a voter (it catches up first; joint consensus).
+    AddMaster {
+        id: u64,
+        addr: String,
+    },
+    /// Operators only: remove master `id` from the group (joint consensus).
+    RemoveMaster {
+        id: u64,
+    },
     /// A read (list, show, watch, has-bundle) answered from this master's applied state even if
     /// it is a follower, so possibly behind the leader. Without it a follower redirects reads to
     /// the leader like writes.

@@ -80,6 +80,7 @@ fn peers_for(ca: &CaBundle, id: NodeId, members: &BTreeMap<NodeId, String>) -> P
         creds: wasmos_net::Credentials::from_pem(&ca.cert_pem, &issued.cert_pem, &issued.key_pem)
             .unwrap(),
         members: members.clone(),
+        bootstrap: true,
     }
 }
 
@@ -240,6 +241,100 @@ async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
         states.windows(2).all(|w| w[0] == w[1]),
         "state machines differ"
     );
+    for m in &members {
+        m.node.as_ref().unwrap().shutdown().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_join_and_leave_through_joint_consensus() -> anyhow::Result<()> {
+    let ca = pki::new_ca("raft-membership-test")?;
+    let mut members: Vec<Member> = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3 {
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let issued = pki::issue(&ca, &Identity::Master(format!("m{id}")), &[], &[ip])?;
+        let creds =
+            wasmos_net::Credentials::from_pem(&ca.cert_pem, &issued.cert_pem, &issued.key_pem)?;
+        let endpoint = wasmos_net::server_endpoint(
+            "127.0.0.1:0".parse()?,
+            &creds,
+            &[wasmos_proto::alpn::RAFT],
+        )?;
+        addrs.insert(id, endpoint.local_addr()?.to_string());
+        members.push(Member {
+            id,
+            dir: tempfile::tempdir()?,
+            creds,
+            endpoint: Some(endpoint),
+            node: None,
+        });
+    }
+    // Each starts knowing only itself and waiting (`wasmos master --join`).
+    for m in &mut members {
+        let alone = BTreeMap::from([(m.id, addrs[&m.id].clone())]);
+        let peers = Peers {
+            bootstrap: false,
+            ..peers_for(&ca, m.id, &alone)
+        };
+        let node = RaftNode::open_cluster(m.dir.path(), m.id, options(), &peers).await?;
+        serve(m.endpoint.clone().context("endpoint")?, node.clone());
+        m.node = Some(node);
+    }
+    let node = |id: NodeId| members[id as usize - 1].node.clone().unwrap();
+    // Nothing starts a group by itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        node(1).leader().is_none(),
+        "a waiting master elected itself"
+    );
+
+    // `cluster init` on 1, then 2 and 3 join; past 20 writes the joiners catch up by snapshot.
+    node(1).initialize_alone().await?;
+    node(1).ready(Duration::from_secs(10)).await?;
+    for n in 1..=30 {
+        ensure!(node(1).write(bundle(n)).await? == CommandResult::Ok);
+    }
+    match node(1).initialize_alone().await {
+        Err(RaftError::Config(msg)) => ensure!(msg.contains("already"), "{msg}"),
+        other => bail!("initialized twice: {other:?}"),
+    }
+    node(1).add_master(2, addrs[&2].clone()).await?;
+    node(1).add_master(3, addrs[&3].clone()).await?;
+    let status = node(1).status();
+    ensure!(
+        status.members.iter().filter(|m| m.voter).count() == 3,
+        "{status:?}"
+    );
+    for id in 2..=3 {
+        has_bundles(&node(id), 30).await?;
+    }
+    // A follower cannot change membership.
+    match node(2).remove_master(1).await {
+        Err(RaftError::NotLeader { .. }) => {}
+        other => bail!("a follower removed a master: {other:?}"),
+    }
+
+    // The leader removes itself: the other two elect a leader and accept writes.
+    node(1).remove_master(1).await?;
+    let rest = [node(2), node(3)];
+    let refs: Vec<&RaftNode> = rest.iter().collect();
+    let next = leader_of(&refs, Some(1)).await?;
+    ensure!(next != 1);
+    ensure!(node(next).write(bundle(31)).await? == CommandResult::Ok);
+    let status = node(next).status();
+    let voters: Vec<NodeId> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
+    ensure!(voters == vec![2, 3], "{status:?}");
+    match node(next).remove_master(9).await {
+        Err(RaftError::Config(msg)) => ensure!(msg.contains("not a member"), "{msg}"),
+        other => bail!("removed an unknown master: {other:?}"),
+    }
     for m in &members {
         m.node.as_ref().unwrap().shutdown().await?;
     }

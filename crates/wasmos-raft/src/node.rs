@@ -137,11 +137,16 @@ pub struct RaftNode {
     /// Part of a multi-master group (peers are dialed over QUIC).
     multi: bool,
     quorum_timeout: Duration,
+    /// The address peers reach this node at.
+    addr: String,
     /// Feeds [`batch_writes`]: commands proposed together while earlier ones are being written.
     proposals: mpsc::UnboundedSender<Proposal>,
 }
 
 type Proposal = (Command, oneshot::Sender<Result<CommandResult, RaftError>>);
+
+/// How long adding or removing a master may take (a new master catches up first).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most commands in one raft entry.
 const MAX_BATCH: usize = 256;
@@ -158,6 +163,10 @@ pub struct Peers {
     pub creds: wasmos_net::Credentials,
     /// Every member (this one included): raft id → the `host:port` its peers dial.
     pub members: BTreeMap<NodeId, String>,
+    /// A fresh store: whether the lowest-numbered member initializes the group from `members`
+    /// (a group started with `--peers`), or the node waits to be added to a group or told to
+    /// start one ([`RaftNode::initialize_alone`]; `wasmos master --join`).
+    pub bootstrap: bool,
 }
 
 impl fmt::Debug for RaftNode {
@@ -266,13 +275,14 @@ impl RaftNode {
             closed,
             multi: peers.is_some(),
             quorum_timeout: options.quorum_timeout,
+            addr: advertise_addr.to_string(),
             proposals,
         };
-        let members = match peers {
-            Some(p) => p.members.clone(),
-            None => BTreeMap::from([(id, advertise_addr.to_string())]),
+        let (members, bootstrap) = match peers {
+            Some(p) => (p.members.clone(), p.bootstrap),
+            None => (BTreeMap::from([(id, advertise_addr.to_string())]), true),
         };
-        match node.start(advertise_addr, members, &path).await {
+        match node.start(advertise_addr, members, bootstrap, &path).await {
             Ok(()) => Ok(node),
             Err(e) => {
                 // Release the store so the caller may retry; the start error is the one to report.
@@ -290,9 +300,10 @@ impl RaftNode {
         &self,
         advertise_addr: &str,
         members: BTreeMap<NodeId, String>,
+        bootstrap: bool,
         path: &Path,
     ) -> Result<(), RaftError> {
-        let initializer = members.keys().next() == Some(&self.id);
+        let initializer = bootstrap && members.keys().next() == Some(&self.id);
         if !self.raft.is_initialized().await.map_err(from_fatal)? && initializer {
             let n = members.len();
             let members: BTreeMap<NodeId, BasicNode> = members
@@ -322,9 +333,10 @@ impl RaftNode {
             })
             .await
             .map_err(from_fatal)?;
-        // A member of a fresh multi-master group learns the membership from the leader.
+        // A member of a fresh multi-master group learns the membership from the leader; a
+        // learner (being added) is a member without a vote.
         let undecided = self.multi && voters.is_empty();
-        if !undecided && !voters.contains(&id) {
+        if !undecided && !voters.contains(&id) && addr.is_none() {
             return Err(RaftError::Config(format!(
                 "{} belongs to a raft group whose voters are {voters:?}; node {id} is not one of them",
                 path.display()
@@ -421,6 +433,77 @@ impl RaftNode {
             });
         }
         Ok(())
+    }
+
+    /// Starts a new group whose only voter is this node (`wasmos cluster init`), for a node
+    /// opened to wait (`bootstrap: false`). Others join it with [`RaftNode::add_master`].
+    pub async fn initialize_alone(&self) -> Result<(), RaftError> {
+        let members = BTreeMap::from([(self.id, BasicNode::new(self.addr.clone()))]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => Err(
+                RaftError::Config(format!("master {} already belongs to a group", self.id)),
+            ),
+            Err(openraft::error::RaftError::APIError(e)) => Err(RaftError::Config(e.to_string())),
+            Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
+        }
+    }
+
+    /// Adds master `id` (reachable at `addr`, started to wait for this) to the group: first as a
+    /// learner, which catches up from the log or a snapshot, then as a voter through a joint
+    /// consensus change. Only the leader can; waits at most [`MEMBERSHIP_TIMEOUT`].
+    pub async fn add_master(&self, id: NodeId, addr: String) -> Result<(), RaftError> {
+        let node = BasicNode::new(addr);
+        let added = async {
+            self.raft
+                .add_learner(id, node, true)
+                .await
+                .map_err(membership_error)?;
+            let mut voters = self.voters();
+            voters.insert(id);
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(membership_error)
+        };
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, added).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(RaftError::Timeout(format!(
+                "master {id} did not catch up and join within {MEMBERSHIP_TIMEOUT:?}; is it running with --join?"
+            ))),
+        }
+    }
+
+    /// Removes master `id` from the group through a joint consensus change. The leader may
+    /// remove itself: it steps down once the change is committed.
+    pub async fn remove_master(&self, id: NodeId) -> Result<(), RaftError> {
+        let mut voters = self.voters();
+        let member = voters.remove(&id) || self.status().members.iter().any(|m| m.id == id);
+        if !member {
+            return Err(RaftError::Config(format!("master {id} is not a member")));
+        }
+        if voters.is_empty() {
+            return Err(RaftError::Config(format!(
+                "master {id} is the last voter; a group cannot remove its last voter"
+            )));
+        }
+        let removed = self.raft.change_membership(voters, false);
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, removed).await {
+            Ok(r) => r.map(|_| ()).map_err(membership_error),
+            Err(_) => Err(RaftError::Timeout(format!(
+                "the change removing master {id} did not commit within {MEMBERSHIP_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     /// Confirms, with a round of heartbeats to a majority, that this node still leads, and waits
@@ -666,5 +749,21 @@ async fn propose(raft: &Raft<TypeConfig>, cmd: Command) -> Result<CommandResult,
             )))
         }
         Err(openraft::error::RaftError::Fatal(f)) => Err(from_fatal(f)),
+    }
+}
+
+fn membership_error(
+    e: openraft::error::RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> RaftError {
+    match e {
+        openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            RaftError::NotLeader {
+                leader: f.leader_id,
+            }
+        }
+        openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            RaftError::Config(e.to_string())
+        }
+        openraft::error::RaftError::Fatal(f) => from_fatal(f),
     }
 }

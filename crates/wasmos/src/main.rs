@@ -216,6 +216,22 @@ enum ClusterCmd {
     /// The answering master's view: its state, the leader, term, log and snapshot indexes, and
     /// each member (with replication progress when asked of the leader).
     Status(OutputArg),
+    /// Start a group on the config's master (started with `wasmos master --join`), as its only
+    /// voter; add the others with `cluster join`.
+    Init,
+    /// Add a master started with `wasmos master --id ID --join` to the group, as a voter once it
+    /// has caught up.
+    Join {
+        /// Its raft id.
+        id: u64,
+        /// The address the other masters reach it at.
+        addr: String,
+    },
+    /// Remove a master from the group (it may be the leader).
+    Leave {
+        /// Its raft id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,8 +332,16 @@ struct MasterArgs {
     id: u64,
     /// Every master of the group, this one included: ID=HOST:PORT,... (e.g.
     /// 1=10.0.0.1:7433,2=10.0.0.2:7433,3=10.0.0.3:7433). Without it the master runs alone.
-    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    #[arg(long, value_name = "ID=HOST:PORT,...", conflicts_with = "join")]
     peers: Option<String>,
+    /// Belong to no group until `wasmos cluster init` starts one here or `wasmos cluster join`
+    /// (asked of a group's leader) adds this master. A restart resumes whatever group it joined.
+    #[arg(long)]
+    join: bool,
+    /// The address other masters reach this one at [default: --listen, which must then not be
+    /// a wildcard such as 0.0.0.0].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<SocketAddr>,
     /// The shortest time followers wait after the leader's last heartbeat before electing a new
     /// one (plus a lease and a random part, up to four times it in all); heartbeats go out
     /// every half of it, and each replication message must be answered within a heartbeat.
@@ -616,6 +640,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Cluster {
             cmd: ClusterCmd::Status(out),
         } => cluster_status(config, out.format).await,
+        Cmd::Cluster { cmd } => cluster_change(config, cmd).await,
         Cmd::Cert {
             cmd:
                 CertCmd::Issue {
@@ -814,7 +839,25 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     if election < Duration::from_millis(50) {
         bail!("--election-timeout must be at least 50ms");
     }
+    let peers = match (peers, args.join) {
+        (Some(p), _) => Some(p),
+        (None, true) => {
+            let addr = args.advertise.unwrap_or(args.listen);
+            if addr.ip().is_unspecified() {
+                bail!(
+                    "--join needs an address the other masters can reach: pass --advertise HOST:PORT (--listen is {})",
+                    args.listen
+                );
+            }
+            Some(std::collections::BTreeMap::from([(
+                args.id,
+                addr.to_string(),
+            )]))
+        }
+        (None, false) => None,
+    };
     let cfg = wasmos_master::MasterConfig {
+        join: args.join,
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
         node_id: args.id,
@@ -1370,6 +1413,40 @@ async fn agent_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster_change(config: Option<&Path>, cmd: ClusterCmd) -> Result<ExitCode> {
+    let mut cfg = ClientConfig::load(config)?;
+    let (req, done) = match cmd {
+        ClusterCmd::Init => {
+            // The group does not exist yet: talk to exactly this master, not to a leader.
+            cfg.masters.clear();
+            (ClientRequest::InitCluster, "started a group".to_string())
+        }
+        ClusterCmd::Join { id, addr } => (
+            ClientRequest::AddMaster { id, addr },
+            format!("master {id} joined"),
+        ),
+        ClusterCmd::Leave { id } => (
+            ClientRequest::RemoveMaster { id },
+            format!("master {id} left"),
+        ),
+        ClusterCmd::Status(_) => bail!("not a membership change"),
+    };
+    let client = Client::connect(&cfg).await?;
+    let resp = client.request(req).await;
+    client.close().await;
+    let ClientResponse::Cluster(c) = resp? else {
+        bail!("unexpected answer to a membership change");
+    };
+    let voters: Vec<String> = c
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| format!("{} ({})", m.id, m.addr))
+        .collect();
+    println!("{done}; voters: {}", voters.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 
