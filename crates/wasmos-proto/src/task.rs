@@ -396,6 +396,17 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// How far along a task in this state is: staging, starting, running, ended. A task's
+    /// state never moves to a lower step.
+    pub fn step(self) -> u8 {
+        match self {
+            TaskState::Staging => 0,
+            TaskState::Starting => 1,
+            TaskState::Running => 2,
+            _ => 3,
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

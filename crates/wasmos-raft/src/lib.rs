@@ -33,6 +33,10 @@ mod tests;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod cluster_tests;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod sim;
+
 pub use log_store::LogStore;
 pub use network::{Network, PeerClient, PeerError, RaftReply, RaftRequest, serve};
 pub use node::{Peers, RaftNode, RaftOptions};

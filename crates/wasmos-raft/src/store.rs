@@ -136,12 +136,27 @@ pub(crate) fn decode<T: DeserializeOwned>(
     postcard::from_bytes(bytes).map_err(|e| StoreError(format!("corrupt {what} in raft.redb: {e}")))
 }
 
+thread_local! {
+    /// Set by the deterministic simulation on its single thread: storage then runs inline, so
+    /// no other thread's timing decides the order of events.
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes [`blocking`] run storage inline on this thread (the simulation's), or not.
+#[cfg(test)]
+pub(crate) fn run_storage_inline(inline: bool) {
+    INLINE.with(|c| c.set(inline));
+}
+
 /// Runs a redb transaction on the blocking pool (see the module docs for why) and waits for it.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
 where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
+    if INLINE.with(std::cell::Cell::get) {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError(format!("raft.redb: storage task failed: {e}")))?

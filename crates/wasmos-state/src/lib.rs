@@ -385,6 +385,12 @@ impl ClusterState {
                         update.task, info.status.state
                     ));
                 }
+                if update.status.state.step() < info.status.state.step() {
+                    return CommandResult::Rejected(format!(
+                        "task {} is {}; it cannot go back to {}",
+                        update.task, info.status.state, update.status.state
+                    ));
+                }
                 info.status = update.status;
                 info.updated_ms = now_ms;
                 if info.status.state.is_terminal() {

@@ -459,3 +459,26 @@ fn a_resent_submission_key_returns_the_first_task_until_it_expires() {
     assert_eq!(s.submissions.len(), 2, "{:?}", s.submissions);
     assert_eq!(s.submission_times.len(), 2);
 }
+
+#[test]
+fn a_task_state_never_moves_back() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let t = submitted(&mut s, 100);
+    s.apply(Command::AssignTask {
+        task: t,
+        agent: agent("a"),
+        now_ms: 3,
+    });
+    let update = |s: &mut ClusterState, seq, state| {
+        s.apply(Command::AgentStatus {
+            agent: agent("a"),
+            update: status(seq, t, state),
+            now_ms: 4,
+        })
+    };
+    assert_eq!(update(&mut s, 1, TaskState::Running), CommandResult::Ok);
+    assert_rejected(&update(&mut s, 2, TaskState::Starting), "cannot go back");
+    assert_eq!(s.tasks[&t].status.state, TaskState::Running);
+    assert_eq!(update(&mut s, 3, TaskState::Finished), CommandResult::Ok);
+}
