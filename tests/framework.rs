@@ -29,6 +29,10 @@ struct Framework {
 
 impl Framework {
     async fn connect(c: &DevCluster) -> Framework {
+        Self::connect_to(c, c.master_addr()).await
+    }
+
+    async fn connect_to(c: &DevCluster, master: std::net::SocketAddr) -> Framework {
         let pki = c.dir.path().join("pki");
         let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
         let creds = Credentials::from_pem(
@@ -37,7 +41,6 @@ impl Framework {
             &read("operator.key"),
         )
         .unwrap();
-        let master = c.master_addr();
         let endpoint = wasmos_net::client_endpoint(&creds, alpn::FRAMEWORK, master).unwrap();
         let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
@@ -323,5 +326,43 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
             }
             e => panic!("expected a refusal, got {e:?}"),
         }
+    });
+}
+
+/// With several masters, a framework that subscribes at a follower is sent to the leader.
+#[test]
+fn a_follower_sends_frameworks_to_the_leader() {
+    let c = DevCluster::start_with(1, &["--masters", "3"]).unwrap();
+    let (leader, st) = c.leader(None).unwrap();
+    let addr_of = |id: u64| -> std::net::SocketAddr {
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut fw = Framework::connect_to(&c, addr_of(follower)).await;
+        fw.call(&FrameworkCall::Subscribe {
+            name: "test-framework".into(),
+            role: Some("batch".into()),
+            revocable: false,
+            framework: None,
+        })
+        .await;
+        match fw.next(10).await {
+            Some(FrameworkEvent::NotLeader { addr: Some(a) }) => {
+                assert_eq!(a, addr_of(leader).to_string());
+            }
+            other => panic!("a follower took a framework: {other:?}"),
+        }
+        let mut fw = Framework::connect_to(&c, addr_of(leader)).await;
+        fw.subscribe("batch", None).await;
     });
 }

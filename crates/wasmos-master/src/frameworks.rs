@@ -38,6 +38,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             return;
         }
     };
+    // Only the leader offers: anywhere else the framework would wait for nothing.
+    if let Err(wasmos_raft::RaftError::NotLeader { .. }) = shared.raft.leader_applied().await {
+        let (_, addr) = shared.raft.leader_addr();
+        refuse_and_close(send, FrameworkEvent::NotLeader { addr }).await;
+        return;
+    }
     let owner = who.to_uri();
     let subscribed = match subscribe(&shared, &who, &owner, name, role, revocable, framework).await
     {

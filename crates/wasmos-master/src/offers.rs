@@ -122,6 +122,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
             .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
         let mut cycle = Cycle::new(shared.clone());
         lead(&shared, &mut cycle, &mut events, interval).await;
+        // No longer the leader: send the frameworks to the one that is.
+        let (_, addr) = shared.raft.leader_addr();
+        for (_, tx) in cycle.external.values() {
+            let _ = tx.send(FrameworkEvent::NotLeader { addr: addr.clone() });
+        }
         if events.is_closed() {
             return;
         }

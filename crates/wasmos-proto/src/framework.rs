@@ -99,4 +99,10 @@ pub enum FrameworkEvent {
         request: Option<u64>,
         message: String,
     },
+    /// This master is not (or no longer) the leader: subscribe again, with the framework id,
+    /// at `addr` (the leader's address, when known; else try the other masters). The stream
+    /// ends after this event.
+    NotLeader {
+        addr: Option<String>,
+    },
 }
