@@ -157,7 +157,7 @@ fn replicated_write_throughput() {
     let n: usize = std::env::var("WASMOS_THROUGHPUT_TASKS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(100_000);
     // WASMOS_THROUGHPUT_MASTERS=1 or 3 runs one side only.
     let only = std::env::var("WASMOS_THROUGHPUT_MASTERS").ok();
     let single = if only.as_deref() == Some("3") {
