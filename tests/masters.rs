@@ -86,20 +86,27 @@ fn agreed_leader(dir: &Path, masters: &[&Master], not: Option<u64>) -> u64 {
     }
 }
 
-#[test]
-fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
+/// A temporary directory with a new CA and an operator's certificate in it, and three masters
+/// (not started) on free loopback ports.
+fn three_masters(cluster: &str) -> (tempfile::TempDir, pki::CaBundle, Vec<Master>) {
     let dir = tempfile::tempdir().unwrap();
-    let ca = pki::new_ca("masters-test").unwrap();
+    let ca = pki::new_ca(cluster).unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
     let op = pki::issue(&ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
     write_pem(dir.path(), "operator", &op.cert_pem, &op.key_pem);
-    let mut masters: Vec<Master> = (1..=3)
+    let masters = (1..=3)
         .map(|id| Master {
             id,
             addr: format!("127.0.0.1:{}", free_port()),
             child: None,
         })
         .collect();
+    (dir, ca, masters)
+}
+
+#[test]
+fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
+    let (dir, ca, mut masters) = three_masters("masters-test");
     let peers: Vec<String> = masters
         .iter()
         .map(|m| format!("{}={}", m.id, m.addr))
@@ -250,18 +257,7 @@ fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
 /// removes a master, the leader included, after which the rest elect a leader and go on.
 #[test]
 fn masters_join_and_leave_with_cluster_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = pki::new_ca("membership-test").unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-    let op = pki::issue(&ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
-    write_pem(dir.path(), "operator", &op.cert_pem, &op.key_pem);
-    let mut masters: Vec<Master> = (1..=3)
-        .map(|id| Master {
-            id,
-            addr: format!("127.0.0.1:{}", free_port()),
-            child: None,
-        })
-        .collect();
+    let (dir, ca, mut masters) = three_masters("membership-test");
     for m in &mut masters {
         let name = format!("m{}", m.id);
         let issued = pki::issue(&ca, &Identity::Master(name.clone()), &[], &[]).unwrap();

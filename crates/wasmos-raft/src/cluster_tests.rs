@@ -149,17 +149,19 @@ async fn has_bundles(node: &RaftNode, n: usize) -> anyhow::Result<()> {
     .with_context(|| format!("node {} never applied {n} bundles", node.id()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
-    let ca = pki::new_ca("raft-test")?;
-    let mut members: Vec<Member> = Vec::new();
+/// Three members (not opened) with master certificates of `ca`, each with its raft endpoint
+/// bound on a free loopback port, and their addresses.
+fn three_members(ca: &CaBundle) -> anyhow::Result<(Vec<Member>, BTreeMap<NodeId, String>)> {
+    let mut members = Vec::new();
+    let mut addrs = BTreeMap::new();
     for id in 1..=3 {
         let ip: std::net::IpAddr = [127, 0, 0, 1].into();
-        let issued = pki::issue(&ca, &Identity::Master(format!("m{id}")), &[], &[ip])?;
+        let issued = pki::issue(ca, &Identity::Master(format!("m{id}")), &[], &[ip])?;
         let creds =
             wasmos_net::Credentials::from_pem(&ca.cert_pem, &issued.cert_pem, &issued.key_pem)?;
         let addr: SocketAddr = "127.0.0.1:0".parse()?;
         let endpoint = wasmos_net::server_endpoint(addr, &creds, &[wasmos_proto::alpn::RAFT])?;
+        addrs.insert(id, endpoint.local_addr()?.to_string());
         members.push(Member {
             id,
             dir: tempfile::tempdir()?,
@@ -168,13 +170,13 @@ async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
             node: None,
         });
     }
-    let addrs: BTreeMap<NodeId, String> = members
-        .iter()
-        .map(|m| {
-            let endpoint = m.endpoint.as_ref().context("endpoint")?;
-            Ok((m.id, endpoint.local_addr()?.to_string()))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    Ok((members, addrs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
+    let ca = pki::new_ca("raft-test")?;
+    let (mut members, addrs) = three_members(&ca)?;
     for m in &mut members {
         open(m, &ca, &addrs).await?;
     }
@@ -250,27 +252,7 @@ async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_join_and_leave_through_joint_consensus() -> anyhow::Result<()> {
     let ca = pki::new_ca("raft-membership-test")?;
-    let mut members: Vec<Member> = Vec::new();
-    let mut addrs = BTreeMap::new();
-    for id in 1..=3 {
-        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
-        let issued = pki::issue(&ca, &Identity::Master(format!("m{id}")), &[], &[ip])?;
-        let creds =
-            wasmos_net::Credentials::from_pem(&ca.cert_pem, &issued.cert_pem, &issued.key_pem)?;
-        let endpoint = wasmos_net::server_endpoint(
-            "127.0.0.1:0".parse()?,
-            &creds,
-            &[wasmos_proto::alpn::RAFT],
-        )?;
-        addrs.insert(id, endpoint.local_addr()?.to_string());
-        members.push(Member {
-            id,
-            dir: tempfile::tempdir()?,
-            creds,
-            endpoint: Some(endpoint),
-            node: None,
-        });
-    }
+    let (mut members, addrs) = three_members(&ca)?;
     // Each starts knowing only itself and waiting (`wasmos master --join`).
     for m in &mut members {
         let alone = BTreeMap::from([(m.id, addrs[&m.id].clone())]);

@@ -79,6 +79,34 @@ struct Proc {
     down_since: Option<std::time::Instant>,
 }
 
+impl Proc {
+    /// A child not started yet; its log goes to `<data>/logs/<name>.log`.
+    fn new(
+        data: &Path,
+        role: &str,
+        name: String,
+        master: Option<(u64, SocketAddr)>,
+        dir: PathBuf,
+        args: Vec<OsString>,
+    ) -> Proc {
+        Proc {
+            member: Member {
+                role: role.into(),
+                log: data.join("logs").join(format!("{name}.log")),
+                name,
+                id: master.map(|(id, _)| id),
+                addr: master.map(|(_, a)| a.to_string()),
+                pid: None,
+                restarts: 0,
+                dir,
+            },
+            args,
+            child: None,
+            down_since: None,
+        }
+    }
+}
+
 /// Addresses for `n` masters: the ones recorded by an earlier run on this data dir (the raft
 /// group remembers its members' addresses), else consecutive ports from `listen`, else (port 0)
 /// free ports.
@@ -169,21 +197,14 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         args.extend(os(&["--peers", &peers, "--data-dir"]));
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
-        procs.push(Proc {
-            member: Member {
-                role: "master".into(),
-                name: name.clone(),
-                id: Some(id),
-                addr: Some(addr.to_string()),
-                pid: None,
-                restarts: 0,
-                dir,
-                log: data.join("logs").join(format!("{name}.log")),
-            },
+        procs.push(Proc::new(
+            &data,
+            "master",
+            name,
+            Some((id, *addr)),
+            dir,
             args,
-            child: None,
-            down_since: None,
-        });
+        ));
     }
     for i in 1..=opts.agents {
         let name = format!("agent-{i}");
@@ -200,21 +221,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
         args.extend(opts.agent_args.iter().map(OsString::from));
-        procs.push(Proc {
-            member: Member {
-                role: "agent".into(),
-                name: name.clone(),
-                id: None,
-                addr: None,
-                pid: None,
-                restarts: 0,
-                dir,
-                log: data.join("logs").join(format!("{name}.log")),
-            },
-            args,
-            child: None,
-            down_since: None,
-        });
+        procs.push(Proc::new(&data, "agent", name, None, dir, args));
     }
 
     let config_path = data.join(CONFIG_FILE);
