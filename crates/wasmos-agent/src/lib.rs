@@ -252,6 +252,12 @@ pub async fn run(
             inner.conn = None;
         }
         if redirected {
+            // Two masters with stale views could name each other during an election: a short
+            // pause keeps that from spinning.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => break,
+            }
             continue;
         }
         tokio::select! {

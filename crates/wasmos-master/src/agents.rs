@@ -139,6 +139,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         },
     );
     shared.forget_disconnect(&agent);
+    // Leadership may have moved since the registration committed, before this agent was in
+    // the map `follow_leadership` redirects.
+    if !shared.raft.is_leader() {
+        let (_, addr) = shared.raft.leader_addr();
+        shared.send_to_agent(&agent, MasterToAgent::NotLeader { addr });
+    }
     shared.offer_event(Event::AgentUp(agent.clone()));
     tracing::info!(%agent, %resources, "agent registered");
 
@@ -252,6 +258,12 @@ async fn record_status(shared: &Shared, agent: &AgentId, update: StatusUpdate) -
             Some(seq)
         }
         Ok(_) => Some(seq),
+        Err(wasmos_raft::RaftError::NotLeader { .. }) => {
+            // Recorded nowhere: the agent keeps it and resends it to the leader.
+            let (_, addr) = shared.raft.leader_addr();
+            shared.send_to_agent(agent, MasterToAgent::NotLeader { addr });
+            None
+        }
         Err(e) => {
             tracing::error!(%agent, %task, "cannot record status update: {e}");
             None

@@ -143,7 +143,11 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             // Recorded means a majority of masters held it; this one fetches its own copy now
             // if it lacks one, so an upload is skipped only when the bytes really are there.
             let known = shared.read(|s| s.bundles.contains_key(&hash));
-            ClientResponse::HasBundle(known && crate::peers::blob(shared, &hash).await.is_ok())
+            ClientResponse::HasBundle(
+                known
+                    && (shared.bundles.contains(&hash)
+                        || crate::peers::blob(shared, &hash).await.is_ok()),
+            )
         }
         ClientRequest::SubmitTask { spec, key } => submit(shared, who, spec, key).await,
         ClientRequest::ListTasks => ClientResponse::Tasks(shared.read(|s| {

@@ -518,6 +518,7 @@ impl Cycle {
         reservations: Vec<ReservationOp>,
         tasks: Vec<LaunchTask>,
     ) -> Result<Result<(), String>, wasmos_raft::RaftError> {
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         let result = self
             .shared
             .write(Command::Launch {
@@ -528,6 +529,11 @@ impl Cycle {
                 now_ms: now_ms(),
             })
             .await;
+        if let Err(wasmos_raft::RaftError::NoQuorum(_)) = &result {
+            // The write may still commit after its caller gave up: if it does, the tasks are
+            // placed on the agent and must be sent to it.
+            launch_if_committed_late(self.shared.clone(), agent.clone(), ids);
+        }
         match result {
             Ok(CommandResult::Ok) => Ok(Ok(())),
             Ok(other) => {
@@ -979,4 +985,35 @@ impl Cycle {
         }
         Ok(())
     }
+}
+
+/// Watches, for a while, whether a launch whose write timed out committed after all, and if so
+/// sends its tasks to the agent (only tasks still staging there: nothing has started them).
+fn launch_if_committed_late(shared: Arc<Shared>, agent: AgentId, tasks: Vec<TaskId>) {
+    tokio::spawn(async move {
+        let mut applied = shared.raft.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let placed: Vec<(TaskId, wasmos_proto::TaskSpec)> = shared.read(|s| {
+                tasks
+                    .iter()
+                    .filter_map(|id| s.tasks.get(id))
+                    .filter(|t| t.agent.as_ref() == Some(&agent))
+                    .filter(|t| t.status.state == TaskState::Staging)
+                    .map(|t| (t.id, t.spec.clone()))
+                    .collect()
+            });
+            if !placed.is_empty() {
+                for (task, spec) in placed {
+                    tracing::info!(%task, %agent, "a launch committed late; sending it");
+                    shared.send_to_agent(&agent, MasterToAgent::Launch { task, spec });
+                }
+                return;
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
 }

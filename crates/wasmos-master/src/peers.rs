@@ -44,30 +44,47 @@ impl PeerLinks {
             .endpoint
             .as_ref()
             .ok_or_else(|| "this master has no peers".to_string())?;
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr).filter(|c| c.close_reason().is_none()) {
+        if let Some(c) = self
+            .conns
+            .lock()
+            .await
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+        {
             return Ok(c.clone());
         }
+        // Dialed without the lock: a dead master must not hold up copies to the others.
         let conn = wasmos_net::connect(endpoint, addr)
             .await
             .map_err(|e| e.to_string())?;
-        conns.insert(addr, conn.clone());
+        self.conns.lock().await.insert(addr, conn.clone());
         Ok(conn)
     }
 }
 
-/// The other members of the group and how many of them must hold a copy (besides this one) for
-/// a majority of voters to have it.
-fn others(shared: &Shared) -> (Vec<(u64, SocketAddr)>, usize) {
+/// A peer master: id, address, whether it votes.
+type Peer = (u64, SocketAddr, bool);
+
+/// The other members of the group, and how many other voters must hold a copy for a majority
+/// of voters to have it (this master counts only if it votes itself). Copies to learners are
+/// made but not counted.
+fn others(shared: &Shared) -> (Vec<Peer>, usize) {
     let status = shared.raft.status();
     let voters = status.members.iter().filter(|m| m.voter).count();
+    let self_votes = status
+        .members
+        .iter()
+        .any(|m| m.id == status.node && m.voter);
     let others = status
         .members
         .iter()
         .filter(|m| m.id != status.node)
-        .filter_map(|m| Some((m.id, m.addr.parse().ok()?)))
+        .filter_map(|m| Some((m.id, m.addr.parse().ok()?, m.voter)))
         .collect();
-    (others, (voters / 2 + 1).saturating_sub(1))
+    (
+        others,
+        (voters / 2 + 1).saturating_sub(usize::from(self_votes)),
+    )
 }
 
 async fn put(
@@ -112,7 +129,7 @@ pub(crate) async fn replicate(
     }
     let mut copies: futures::stream::FuturesUnordered<_> = others
         .into_iter()
-        .map(|(id, addr)| {
+        .map(|(id, addr, voter)| {
             let shared = shared.clone();
             let hash = hash.clone();
             let bytes = bytes.clone();
@@ -127,7 +144,7 @@ pub(crate) async fn replicate(
                 if let Err(e) = &done {
                     tracing::warn!(%hash, master = id, "copying the blob to master {id} failed: {e}");
                 }
-                done.map_err(|e| format!("master {id}: {e}"))
+                done.map(|()| voter).map_err(|e| format!("master {id}: {e}"))
             })
         })
         .collect();
@@ -135,8 +152,8 @@ pub(crate) async fn replicate(
     let mut errors = Vec::new();
     while let Some(done) = copies.next().await {
         match done {
-            Ok(Ok(())) => {
-                stored += 1;
+            Ok(Ok(voter)) => {
+                stored += usize::from(voter);
                 if stored >= needed {
                     return Ok(());
                 }
@@ -146,14 +163,17 @@ pub(crate) async fn replicate(
         }
     }
     Err(format!(
-        "the bundle reached {} of the {} masters a majority needs ({})",
-        stored + 1,
-        needed + 1,
+        "the bundle reached {stored} of the {needed} other voting masters a majority needs ({})",
         errors.join("; ")
     ))
 }
 
-async fn get(links: &PeerLinks, addr: SocketAddr, hash: &BundleHash) -> Result<Vec<u8>, String> {
+async fn get(
+    links: &PeerLinks,
+    addr: SocketAddr,
+    hash: &BundleHash,
+    max: u64,
+) -> Result<Vec<u8>, String> {
     let conn = links.conn(addr).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send_frame(&mut send, &PeerRequest::GetBlob { hash: hash.clone() })
@@ -162,6 +182,11 @@ async fn get(links: &PeerLinks, addr: SocketAddr, hash: &BundleHash) -> Result<V
     let _ = send.finish();
     match recv_frame::<PeerResponse>(&mut recv).await {
         Ok(Some(PeerResponse::Blob { size })) => {
+            if size > max {
+                return Err(format!(
+                    "announced {size} bytes; this master accepts at most {max}"
+                ));
+            }
             let bytes = recv
                 .read_to_end(size as usize + 1)
                 .await
@@ -189,8 +214,9 @@ pub(crate) async fn blob(shared: &Shared, hash: &BundleHash) -> Result<Vec<u8>, 
     }
     let (others, _) = others(shared);
     let mut errors = Vec::new();
-    for (id, addr) in others {
-        match tokio::time::timeout(TRANSFER_TIMEOUT, get(&shared.peers, addr, hash)).await {
+    let max = shared.cfg.max_bundle_bytes;
+    for (id, addr, _) in others {
+        match tokio::time::timeout(TRANSFER_TIMEOUT, get(&shared.peers, addr, hash, max)).await {
             Ok(Ok(bytes)) => {
                 // Kind is not recorded with the blob; the bytes were checked when first stored,
                 // so only the hash is checked again here.

@@ -190,6 +190,11 @@ async fn three_masters_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     let nodes: Vec<&RaftNode> = members.iter().map(|m| m.node.as_ref().unwrap()).collect();
     let leader = leader_of(&nodes, None).await?;
     let by_id = |id: NodeId| nodes.iter().find(|n| n.id() == id).copied().unwrap();
+    // `cluster init` is for `--join` masters only: here it would split the group.
+    match nodes[2].initialize_alone().await {
+        Err(RaftError::Config(msg)) => ensure!(msg.contains("--join"), "{msg}"),
+        other => bail!("a --peers master started a group of its own: {other:?}"),
+    }
 
     // Writes go through the leader and reach every follower; past 20 entries a snapshot is
     // built and the log purged behind it.

@@ -139,6 +139,8 @@ pub struct RaftNode {
     quorum_timeout: Duration,
     /// The address peers reach this node at.
     addr: String,
+    /// Whether a fresh store starts its group by itself (not a `--join` master).
+    bootstrap: bool,
     /// Feeds [`batch_writes`]: commands proposed together while earlier ones are being written.
     proposals: mpsc::UnboundedSender<Proposal>,
 }
@@ -276,6 +278,7 @@ impl RaftNode {
             multi: peers.is_some(),
             quorum_timeout: options.quorum_timeout,
             addr: advertise_addr.to_string(),
+            bootstrap: peers.is_none_or(|p| p.bootstrap),
             proposals,
         };
         let (members, bootstrap) = match peers {
@@ -438,6 +441,14 @@ impl RaftNode {
     /// Starts a new group whose only voter is this node (`wasmos cluster init`), for a node
     /// opened to wait (`bootstrap: false`). Others join it with [`RaftNode::add_master`].
     pub async fn initialize_alone(&self) -> Result<(), RaftError> {
+        if !self.multi || self.bootstrap {
+            // A `--peers` member may not have heard from its group yet: starting a group of
+            // its own here would split the cluster.
+            return Err(RaftError::Config(format!(
+                "master {} was not started with --join; its group starts by itself",
+                self.id
+            )));
+        }
         let members = BTreeMap::from([(self.id, BasicNode::new(self.addr.clone()))]);
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
@@ -699,6 +710,11 @@ async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        // A caller that gave up (its write timed out) was told it failed: do not propose it.
+        batch.retain(|(_, waiter)| !waiter.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {

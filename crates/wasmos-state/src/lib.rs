@@ -107,8 +107,8 @@ pub struct ClusterState {
     pub submission_times: std::collections::BTreeSet<(u64, String)>,
 }
 
-/// How long a submission key is remembered: far longer than any client retries.
-pub const SUBMISSION_KEY_TTL_MS: u64 = 60 * 60 * 1000;
+/// How long a submission key is remembered: ten times as long as the CLI retries.
+pub const SUBMISSION_KEY_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// Every change to the cluster state. Time is carried in the command (`now_ms`, the leader's
 /// clock when it proposed it), so replaying the log gives the same state on every master.

@@ -178,13 +178,25 @@ impl Client {
                 tokio::time::timeout(POLL_LEADER * 5, c.request(ClientRequest::ClusterStatus))
             });
             let statuses = futures::future::join_all(asks).await;
-            for (i, st) in statuses.into_iter().enumerate() {
+            // A leader cut off from the others still believes it leads: of several that claim
+            // to, the one in the latest term is the real one.
+            let claimant = statuses
+                .iter()
+                .enumerate()
+                .filter_map(|(i, st)| match st {
+                    Ok(Ok(ClientResponse::Cluster(st))) if st.leader == Some(st.node) => {
+                        Some((st.term, i))
+                    }
+                    _ => None,
+                })
+                .max();
+            if let Some((_, i)) = claimant {
+                return Ok(live.swap_remove(i));
+            }
+            for st in statuses {
                 let Ok(Ok(ClientResponse::Cluster(st))) = st else {
                     continue;
                 };
-                if st.leader == Some(st.node) {
-                    return Ok(live.swap_remove(i));
-                }
                 // A leader not among those dialed (the config lists only some masters).
                 let named = st
                     .members

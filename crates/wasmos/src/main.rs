@@ -1450,13 +1450,52 @@ async fn cluster_change(config: Option<&Path>, cmd: ClusterCmd) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Each member's own view (term, applied and snapshot indexes), asked of it directly; `None`
+/// for a member that does not answer within a second.
+async fn member_views(
+    cfg: &ClientConfig,
+    c: &wasmos_proto::ClusterInfo,
+) -> Vec<Option<wasmos_proto::ClusterInfo>> {
+    let asks = c.members.iter().map(|m| {
+        let mut direct = cfg.clone();
+        direct.masters.clear();
+        async move {
+            direct.master = m.addr.parse().ok()?;
+            let ask = async {
+                let client = Client::connect(&direct).await.ok()?;
+                let resp = client.request(ClientRequest::ClusterStatus).await;
+                client.close().await;
+                match resp {
+                    Ok(ClientResponse::Cluster(v)) => Some(*v),
+                    _ => None,
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(1), ask)
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
 async fn cluster_status(config: Option<&Path>, format: Format) -> Result<ExitCode> {
-    let ClientResponse::Cluster(c) = ask(config, ClientRequest::ClusterStatus).await? else {
+    let cfg = ClientConfig::load(config)?;
+    let client = Client::connect(&cfg).await?;
+    let resp = client.request(ClientRequest::ClusterStatus).await;
+    client.close().await;
+    let ClientResponse::Cluster(c) = resp? else {
         bail!("unexpected answer to cluster status");
     };
+    let views = member_views(&cfg, &c).await;
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     match format {
-        Format::Json => print_json(&c)?,
+        Format::Json => {
+            // The answering master's view, plus each member's own (null if it did not answer).
+            let mut json = serde_json::to_value(&*c)?;
+            json["views"] = serde_json::to_value(&views)?;
+            print_json(&json)?
+        }
         Format::Table => {
             println!(
                 "master {} is {}; leader {}; term {}; log {}; applied {}; snapshot {}",
@@ -1471,7 +1510,8 @@ async fn cluster_status(config: Option<&Path>, format: Format) -> Result<ExitCod
             let rows: Vec<Vec<String>> = c
                 .members
                 .iter()
-                .map(|m| {
+                .zip(&views)
+                .map(|(m, view)| {
                     let role = if Some(m.id) == c.leader {
                         "leader"
                     } else if m.voter {
@@ -1483,10 +1523,17 @@ async fn cluster_status(config: Option<&Path>, format: Format) -> Result<ExitCod
                         (Some(matched), Some(last)) => last.saturating_sub(matched).to_string(),
                         _ => "-".into(),
                     };
+                    let (term, applied, snapshot) = match view {
+                        Some(v) => (v.term.to_string(), opt(v.last_applied), opt(v.snapshot)),
+                        None => ("down".into(), "-".into(), "-".into()),
+                    };
                     vec![
                         m.id.to_string(),
                         m.addr.clone(),
                         role.into(),
+                        term,
+                        applied,
+                        snapshot,
                         opt(m.matched),
                         lag,
                     ]
@@ -1494,7 +1541,12 @@ async fn cluster_status(config: Option<&Path>, format: Format) -> Result<ExitCod
                 .collect();
             println!(
                 "{}",
-                table::render(&["ID", "ADDRESS", "ROLE", "MATCHED", "LAG"], &rows)
+                table::render(
+                    &[
+                        "ID", "ADDRESS", "ROLE", "TERM", "APPLIED", "SNAPSHOT", "MATCHED", "LAG"
+                    ],
+                    &rows
+                )
             );
         }
     }
