@@ -184,7 +184,10 @@ impl Client {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, st)| match st {
-                    Ok(Ok(ClientResponse::Cluster(st))) if st.leader == Some(st.node) => {
+                    // A master that removed itself may still name itself leader for a moment.
+                    Ok(Ok(ClientResponse::Cluster(st)))
+                        if st.leader == Some(st.node) && st.state == "leader" =>
+                    {
                         Some((st.term, i))
                     }
                     _ => None,
