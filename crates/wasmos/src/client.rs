@@ -34,6 +34,12 @@ fn stale_reads() -> bool {
     STALE_READS.get().copied().unwrap_or(false)
 }
 
+/// Why an upload attempt failed: the master said no, or the master was lost on the way.
+enum Upload {
+    Refused(anyhow::Error),
+    Lost(anyhow::Error),
+}
+
 pub struct Client {
     /// Replaced when a master redirects the client to the leader.
     conn: std::sync::Mutex<Connection>,
@@ -283,15 +289,25 @@ impl Client {
     /// A redirect to the leader is followed.
     pub async fn request(&self, req: ClientRequest) -> Result<ClientResponse> {
         let req = Self::wrap(req);
-        for _ in 0..MAX_REDIRECTS {
-            let (mut send, mut recv) = self.open(&req).await?;
-            let _ = send.finish();
-            match self.next(&mut recv).await? {
-                ClientResponse::NotLeader { leader, addr } => self.redirect(leader, addr).await?,
-                other => return Ok(other),
+        // Asking again changes nothing for these, so a master lost mid-request (the leader
+        // died) is retried at the next leader instead of failing the command.
+        let again =
+            req.is_read() || matches!(req, ClientRequest::Stale(_) | ClientRequest::SetRole { .. });
+        let deadline = tokio::time::Instant::now() + SUBMIT_RETRY;
+        loop {
+            match self.request_raw(&req).await {
+                Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
+                Ok(answer) => return Ok(answer),
+                Err(e) if again && tokio::time::Instant::now() < deadline => {
+                    tracing::info!("request failed ({e:#}); asking the leader again");
+                    tokio::time::sleep(ELECTION_WAIT).await;
+                    if let Err(e) = self.reconnect().await {
+                        tracing::info!("finding the leader again: {e:#}");
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(self.no_leader())
     }
 
     fn no_leader(&self) -> anyhow::Error {
@@ -316,24 +332,49 @@ impl Client {
             size: bytes.len() as u64,
             kind,
         };
-        for _ in 0..MAX_REDIRECTS {
-            let (mut send, mut recv) = self.open(&req).await?;
-            // A master that refuses the upload (not the leader, too large) answers and stops
-            // the stream: its answer says more than the failed write.
-            let written = send.write_all(bytes).await;
-            let _ = send.finish();
-            let answer = self.next(&mut recv).await;
-            match (answer, written) {
-                (Ok(ClientResponse::NotLeader { leader, addr }), _) => {
-                    self.redirect(leader, addr).await?
+        // Uploads are content-addressed, so one lost with a master is sent again.
+        let deadline = tokio::time::Instant::now() + SUBMIT_RETRY;
+        loop {
+            match self.push_once(&req, bytes).await {
+                Ok(Some(())) => return Ok((hash, true)),
+                Ok(None) => continue,
+                Err(Upload::Refused(e)) => return Err(e),
+                Err(Upload::Lost(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!("upload failed ({e:#}); sending it to the leader again");
+                    tokio::time::sleep(ELECTION_WAIT).await;
+                    if let Err(e) = self.reconnect().await {
+                        tracing::info!("finding the leader again: {e:#}");
+                    }
                 }
-                (Ok(ClientResponse::Ok), Ok(())) => return Ok((hash, true)),
-                (Ok(other), Ok(())) => bail!("unexpected answer to upload: {other:?}"),
-                (Err(e), _) => return Err(e),
-                (Ok(_), Err(e)) => return Err(self.fail(e)),
+                Err(Upload::Lost(e)) => return Err(e),
             }
         }
-        Err(self.no_leader())
+    }
+
+    /// One upload attempt: `Some` when stored, `None` after following a redirect.
+    async fn push_once(&self, req: &ClientRequest, bytes: &[u8]) -> Result<Option<()>, Upload> {
+        let (mut send, mut recv) = self.open(req).await.map_err(Upload::Lost)?;
+        // A master that refuses the upload (not the leader, too large) answers and stops the
+        // stream: its answer says more than the failed write.
+        let written = send.write_all(bytes).await;
+        let _ = send.finish();
+        match recv_frame::<ClientResponse>(&mut recv).await {
+            Ok(Some(ClientResponse::NotLeader { leader, addr })) => {
+                self.redirect(leader, addr).await.map_err(Upload::Lost)?;
+                Ok(None)
+            }
+            Ok(Some(ClientResponse::Ok)) if written.is_ok() => Ok(Some(())),
+            Ok(Some(ClientResponse::Error { message, .. })) => {
+                Err(Upload::Refused(anyhow!("{message}")))
+            }
+            Ok(Some(other)) => Err(Upload::Refused(anyhow!(
+                "unexpected answer to upload: {other:?}"
+            ))),
+            Ok(None) => Err(Upload::Lost(
+                self.fail("the master closed the stream without answering"),
+            )),
+            Err(e) => Err(Upload::Lost(self.fail(e))),
+        }
     }
 
     /// Submits a task. If the answer is lost (the master crashed, or a leader without a
