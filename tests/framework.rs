@@ -12,9 +12,9 @@ use wasmos_net::{Connection, Credentials, Endpoint, RecvStream, SendStream};
 use wasmos_net::{recv_frame, send_frame};
 use wasmos_proto::{
     BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, OfferId, OfferInfo, OfferOperation,
-    Resources, TaskSpec, TaskState, alpn,
+    Reason, Resources, TaskId, TaskSpec, TaskState, alpn,
 };
-use wasmos_tests::{DevCluster, sample, text};
+use wasmos_tests::{DevCluster, example_bin, kill_dash_nine, sample, text};
 
 struct Framework {
     _endpoint: Endpoint,
@@ -25,6 +25,8 @@ struct Framework {
     log: std::sync::Arc<std::sync::Mutex<String>>,
     /// Offers received and not yet used, declined or rescinded.
     outstanding: BTreeMap<OfferId, OfferInfo>,
+    /// What `subscribe` asks for.
+    failover_timeout_ms: Option<u64>,
 }
 
 impl Framework {
@@ -51,6 +53,7 @@ impl Framework {
             recv,
             log: c.log.clone(),
             outstanding: BTreeMap::new(),
+            failover_timeout_ms: None,
         }
     }
 
@@ -58,12 +61,18 @@ impl Framework {
         send_frame(&mut self.send, call).await.unwrap();
     }
 
-    /// The next event, or `None` if none comes within `secs`.
+    /// The next event but heartbeats, or `None` if none comes within `secs`.
     async fn next(&mut self, secs: u64) -> Option<FrameworkEvent> {
-        let ev = tokio::time::timeout(Duration::from_secs(secs), recv_frame(&mut self.recv))
-            .await
-            .ok()
-            .map(|r| r.unwrap().expect("the master closed the framework stream"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let ev = loop {
+            let ev = tokio::time::timeout_at(deadline, recv_frame(&mut self.recv))
+                .await
+                .ok()
+                .map(|r| r.unwrap().expect("the master closed the framework stream"));
+            if ev != Some(FrameworkEvent::Heartbeat) {
+                break ev;
+            }
+        };
         match &ev {
             Some(FrameworkEvent::Offers(offers)) => {
                 for o in offers {
@@ -105,16 +114,58 @@ impl Framework {
         }
     }
 
+    /// Launches `spec` on the next offer; returns the task's id.
+    async fn launch_one(&mut self, request: u64, spec: &TaskSpec) -> TaskId {
+        let offer = match self.outstanding.keys().next().copied() {
+            Some(o) => o,
+            None => self.offers(10).await.0[0].id,
+        };
+        self.accept(
+            request,
+            offer,
+            vec![OfferOperation::Launch(vec![spec.clone()])],
+        )
+        .await;
+        loop {
+            match self.next(10).await {
+                Some(FrameworkEvent::Accepted { request: r, tasks }) if r == request => {
+                    return tasks[0];
+                }
+                Some(FrameworkEvent::Error { message, .. }) => panic!("launch refused: {message}"),
+                Some(_) => {}
+                None => panic!("no answer to the accept"),
+            }
+        }
+    }
+
+    /// Waits for an update of `task` in `state` (without acknowledging it); returns its id.
+    async fn update_in(&mut self, task: TaskId, state: TaskState) -> u64 {
+        loop {
+            match self.next(20).await {
+                Some(FrameworkEvent::Update {
+                    task: t,
+                    status,
+                    update,
+                }) if t == task && status.state == state => return update,
+                Some(_) => {}
+                None => panic!("{task} did not reach {state}"),
+            }
+        }
+    }
+
     async fn subscribe(&mut self, role: &str, id: Option<FrameworkId>) -> FrameworkId {
         self.call(&FrameworkCall::Subscribe {
             name: "test-framework".into(),
             role: Some(role.into()),
             revocable: false,
             framework: id,
+            failover_timeout_ms: self.failover_timeout_ms,
         })
         .await;
         match self.next(10).await {
-            Some(FrameworkEvent::Subscribed { framework, role: r }) => {
+            Some(FrameworkEvent::Subscribed {
+                framework, role: r, ..
+            }) => {
                 assert_eq!(r, role);
                 framework
             }
@@ -123,17 +174,185 @@ impl Framework {
     }
 }
 
-fn hello_spec(c: &DevCluster, cpu: u64) -> TaskSpec {
+/// A spec for sample `name` (pushed to the cluster) with `args`.
+fn sample_spec(c: &DevCluster, name: &str, cpu: u64, args: &[&str]) -> TaskSpec {
     let out = c
-        .cli(&["bundle", "push", sample("hello").to_str().unwrap()])
+        .cli(&["bundle", "push", sample(name).to_str().unwrap()])
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let hash = BundleHash::parse(text(&out.stdout).trim()).unwrap();
     TaskSpec {
-        args: vec!["from-framework".into()],
+        args: args.iter().map(|a| a.to_string()).collect(),
         resources: Resources::new(cpu, 64 << 20, 16 << 20),
-        ..TaskSpec::new("hello.wasm", hash)
+        ..TaskSpec::new(format!("{name}.wasm"), hash)
     }
+}
+
+fn hello_spec(c: &DevCluster, cpu: u64) -> TaskSpec {
+    sample_spec(c, "hello", cpu, &["from-framework"])
+}
+
+/// A task's state and reason from `wasmos task show`.
+fn task_state(c: &DevCluster, task: TaskId) -> (String, String) {
+    let v = c
+        .json(&["task", "show", &task.to_string(), "-o", "json"])
+        .unwrap();
+    let s = &v["status"];
+    (
+        s["state"].as_str().unwrap_or_default().to_string(),
+        s["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Status updates carry ids and are sent again until acknowledged; reconciliation answers
+/// for known and unknown tasks.
+#[test]
+fn updates_are_resent_until_acknowledged_and_reconciliation_answers() {
+    let c = DevCluster::start(1).unwrap();
+    let spec = sample_spec(&c, "exit-code", 250, &["0"]);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut fw = Framework::connect(&c).await;
+        fw.subscribe("batch", None).await;
+        let task = fw.launch_one(1, &spec).await;
+        let first = fw.update_in(task, TaskState::Finished).await;
+        assert!(first > 0);
+        // Not acknowledged: the same update comes again, with the same id.
+        let again = fw.update_in(task, TaskState::Finished).await;
+        assert_eq!(again, first);
+        fw.call(&FrameworkCall::Acknowledge {
+            task,
+            update: first,
+        })
+        .await;
+        // Acknowledged: no more (the next resend would be due within 4 s).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+        while tokio::time::Instant::now() < deadline {
+            match fw.next(1).await {
+                Some(FrameworkEvent::Update { task: t, .. }) if t == task => {
+                    panic!("an acknowledged update was sent again")
+                }
+                _ => {}
+            }
+        }
+        // Explicit reconciliation: a known task's latest status; an unknown one is lost.
+        let unknown = TaskId(999_999);
+        fw.call(&FrameworkCall::Reconcile {
+            tasks: vec![task, unknown],
+        })
+        .await;
+        let mut answers = BTreeMap::new();
+        while answers.len() < 2 {
+            if let Some(FrameworkEvent::Update {
+                task,
+                status,
+                update,
+            }) = fw.next(10).await
+            {
+                answers.insert(task, (status, update));
+            }
+        }
+        assert_eq!(answers[&task].0.state, TaskState::Finished);
+        assert_eq!(answers[&unknown].0.state, TaskState::Lost);
+        assert_eq!(answers[&unknown].0.reason, Some(Reason::Unknown));
+        assert_eq!(answers[&unknown].1, 0, "nothing to acknowledge");
+        // Implicit reconciliation reports live tasks only: this one ended and was acknowledged.
+        fw.call(&FrameworkCall::Reconcile { tasks: vec![] }).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(FrameworkEvent::Update { task: t, .. }) = fw.next(1).await {
+                assert_ne!(t, task, "an ended, acknowledged task was reported");
+            }
+        }
+    });
+}
+
+/// An update that happens while the framework is away is delivered when it comes back with
+/// its id; a framework away past its failover timeout is removed and its tasks killed; a
+/// teardown does the same at once and ends the stream.
+#[test]
+fn frameworks_keep_tasks_within_their_failover_timeout_and_lose_them_after() {
+    let c = DevCluster::start_with(1, &["--agent-cpu", "4"]).unwrap();
+    let quick = sample_spec(&c, "exit-code", 250, &["0", "1500"]);
+    let spin = sample_spec(&c, "spin", 250, &[]);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        // Away while its task finishes, back within the timeout: the update is waiting.
+        let mut fw = Framework::connect(&c).await;
+        fw.failover_timeout_ms = Some(20_000);
+        let id = fw.subscribe("batch", None).await;
+        let task = fw.launch_one(1, &quick).await;
+        let running = fw.update_in(task, TaskState::Running).await;
+        fw.call(&FrameworkCall::Acknowledge {
+            task,
+            update: running,
+        })
+        .await;
+        fw.conn.close(0u32.into(), b"crash");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(task_state(&c, task).0, "Finished");
+        let mut back = Framework::connect(&c).await;
+        back.failover_timeout_ms = Some(1_500);
+        assert_eq!(back.subscribe("batch", Some(id)).await, id);
+        let done = back.update_in(task, TaskState::Finished).await;
+        assert!(done > running);
+        back.call(&FrameworkCall::Acknowledge { task, update: done })
+            .await;
+
+        // Now with a 1.5 s timeout: away for longer, its running task is killed.
+        let long = back.launch_one(2, &spin).await;
+        back.update_in(long, TaskState::Running).await;
+        back.conn.close(0u32.into(), b"crash");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (state, reason) = task_state(&c, long);
+            if state == "Killed" {
+                assert_eq!(reason, "FrameworkRemoved");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{long} still {state} long after its framework's failover timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut late = Framework::connect(&c).await;
+        late.call(&FrameworkCall::Subscribe {
+            name: "test-framework".into(),
+            role: Some("batch".into()),
+            revocable: false,
+            framework: Some(id),
+            failover_timeout_ms: None,
+        })
+        .await;
+        match late.next(10).await {
+            Some(FrameworkEvent::Error { message, .. }) => {
+                assert!(message.contains("was removed"), "{message}")
+            }
+            other => panic!("a removed framework subscribed again: {other:?}"),
+        }
+
+        // Teardown: tasks killed at once, the stream ends.
+        let mut td = Framework::connect(&c).await;
+        td.subscribe("batch", None).await;
+        let victim = td.launch_one(1, &spin).await;
+        td.update_in(victim, TaskState::Running).await;
+        td.call(&FrameworkCall::Teardown).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match recv_frame::<FrameworkEvent>(&mut td.recv).await {
+                    Ok(None) | Err(_) => break,
+                    Ok(Some(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream did not end after the teardown");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while task_state(&c, victim).0 != "Killed" {
+            assert!(std::time::Instant::now() < deadline, "{victim} not killed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(task_state(&c, victim).1, "FrameworkRemoved");
+    });
 }
 
 #[test]
@@ -206,7 +425,7 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
                     assert_eq!(tasks.len(), 1);
                     launched = Some(tasks[0]);
                 }
-                Some(FrameworkEvent::Update { task, status }) => {
+                Some(FrameworkEvent::Update { task, status, .. }) => {
                     assert_eq!(Some(task), launched);
                     states.push(status.state);
                 }
@@ -318,6 +537,7 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
                 role: None,
                 revocable: false,
                 framework: Some(FrameworkId(999)),
+                failover_timeout_ms: None,
             })
             .await;
         match other.next(10).await {
@@ -354,6 +574,7 @@ fn a_follower_sends_frameworks_to_the_leader() {
             role: Some("batch".into()),
             revocable: false,
             framework: None,
+            failover_timeout_ms: None,
         })
         .await;
         match fw.next(10).await {
@@ -365,4 +586,60 @@ fn a_follower_sends_frameworks_to_the_leader() {
         let mut fw = Framework::connect_to(&c, addr_of(leader)).await;
         fw.subscribe("batch", None).await;
     });
+}
+
+/// The SDK example framework as a process: `kill -9` it after it launched its tasks, start it
+/// again with its id within the failover timeout, and it gets its tasks back (reconciliation
+/// reports them running) and sees them finish; they were never killed.
+#[test]
+fn the_example_framework_killed_and_restarted_keeps_its_tasks() {
+    let c = DevCluster::start(1).unwrap();
+    let spec = sample_spec(&c, "exit-code", 250, &[]);
+    let hash = spec.bundle.to_string();
+    let config = c.config();
+    let framework = |args: &[&str]| {
+        std::process::Command::new(example_bin("framework"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = framework(&["--failover-timeout-ms", "30000", &hash, "2", "0", "6000"]);
+    let stdout = first.stdout.take().unwrap();
+    let (mut id, mut tasks) = (None, Vec::new());
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("subscribed as ") {
+            id = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("launched ") {
+            tasks.extend(rest.split(", ").map(|t| t.parse::<TaskId>().unwrap()));
+        }
+        if tasks.len() == 2 {
+            break;
+        }
+    }
+    let id = id.expect("the framework did not say its id");
+    assert_eq!(tasks.len(), 2);
+    kill_dash_nine(first.id().into());
+    let _ = first.wait();
+    for t in &tasks {
+        assert_ne!(task_state(&c, *t).0, "Killed");
+    }
+    let second = framework(&["--framework", &id, &hash, "0"]);
+    let out = second.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("subscribed as {id}")), "{stdout}");
+    for t in &tasks {
+        assert!(stdout.contains(&format!("{t}: finished")), "{stdout}");
+        assert_eq!(task_state(&c, *t).0, "Finished");
+    }
+    assert!(
+        stdout.contains("all 2 task(s) ended, 0 without exit code 0"),
+        "{stdout}"
+    );
 }

@@ -26,6 +26,19 @@ pub fn wasmos_bin() -> PathBuf {
     bin
 }
 
+/// `target/release/examples/NAME`, an example program of the `wasmos` crate.
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = wasmos_bin()
+        .with_file_name("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
 /// A compiled sample task; built by `cargo xtask samples`.
 pub fn sample(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -67,8 +67,10 @@ fn internal_dependencies_follow_the_table() {
                 "wasmos-state",
                 "wasmos-net",
                 "wasmos-raft",
+                "wasmos-sdk",
             ][..],
         ),
+        ("wasmos-sdk", &["wasmos-proto", "wasmos-net"][..]),
         (
             "wasmos-agent",
             &["wasmos-proto", "wasmos-net", "wasmos-exec"][..],

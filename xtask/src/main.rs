@@ -217,7 +217,16 @@ fn main() -> Result<()> {
             samples()?;
             python_sample()?;
             wasmtime_cli()?;
-            run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
+            // The example framework too: a test runs it as a process.
+            run(cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "wasmos",
+                "--bins",
+                "--examples",
+            ]))?;
             test(&rest)
         }
         Some("lint") => {

@@ -64,8 +64,8 @@ struct Inner {
     unacked: Vec<StatusUpdate>,
     /// Kill switches of the tasks running here.
     tasks: BTreeMap<TaskId, watch::Sender<bool>>,
-    /// Tasks the master stopped to take back the revocable resources they ran on.
-    preempted: std::collections::BTreeSet<TaskId>,
+    /// Why the master killed a task, when it said (preempted, its framework removed).
+    kill_reasons: BTreeMap<TaskId, Reason>,
     /// What each running guaranteed or burstable task uses, for the usage reports.
     usage: BTreeMap<TaskId, Arc<TaskUsage>>,
     /// The current session's outgoing queue, if connected.
@@ -201,7 +201,7 @@ pub async fn run(
             next_seq: first_seq,
             unacked: Vec::new(),
             tasks: BTreeMap::new(),
-            preempted: Default::default(),
+            kill_reasons: Default::default(),
             usage: BTreeMap::new(),
             link: None,
             conn: None,
@@ -386,8 +386,8 @@ async fn read_loop(
                 let mut inner = agent.inner();
                 if let Some(kill) = inner.tasks.get(&task) {
                     let _ = kill.send(true);
-                    if reason == Some(Reason::Preempted) {
-                        inner.preempted.insert(task);
+                    if let Some(reason) = reason {
+                        inner.kill_reasons.insert(task, reason);
                     }
                 }
             }
@@ -456,15 +456,26 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
     }
     agent.pool.clone().spawn(async move {
         let mut status = run_task(&agent, task, spec, kill_rx, usage).await;
-        let preempted = {
+        let killed_for = {
             let mut inner = agent.inner();
             inner.tasks.remove(&task);
             inner.usage.remove(&task);
-            inner.preempted.remove(&task)
+            inner.kill_reasons.remove(&task)
         };
-        if preempted && status.state == TaskState::Killed {
-            status.reason = Some(Reason::Preempted);
-            status.message = Some("its revocable resources were needed back by their owner".into());
+        if let Some(reason) = killed_for
+            && status.state == TaskState::Killed
+        {
+            status.reason = Some(reason);
+            status.message = Some(
+                match reason {
+                    Reason::Preempted => "its revocable resources were needed back by their owner",
+                    Reason::FrameworkRemoved => {
+                        "its framework was torn down or did not return within its failover timeout"
+                    }
+                    _ => "killed by the master",
+                }
+                .into(),
+            );
         }
         agent.report(task, status);
     });

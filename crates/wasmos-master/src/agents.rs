@@ -129,11 +129,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         tracing::info!(%agent, %task, "launching again: the agent never received it");
         let _ = tx.send(MasterToAgent::Launch { task, spec });
     }
+    // Tasks the agent still runs that the cluster gave up on (declared lost while the agent
+    // was away, or whose framework is gone): they must not go on using its resources.
+    let given_up: Vec<(wasmos_proto::TaskId, wasmos_proto::Reason)> = shared.read(|s| {
+        known
+            .iter()
+            .filter_map(|id| {
+                let Some(t) = s.tasks.get(id) else {
+                    return Some((*id, wasmos_proto::Reason::Unknown));
+                };
+                if t.status.state.is_terminal() || t.agent.as_ref() != Some(&agent) {
+                    return Some((*id, wasmos_proto::Reason::AgentLost));
+                }
+                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                removed.then_some((*id, wasmos_proto::Reason::FrameworkRemoved))
+            })
+            .collect()
+    });
+    for (task, reason) in given_up {
+        tracing::info!(%agent, %task, "killing a task the cluster gave up on ({reason})");
+        let _ = tx.send(MasterToAgent::Kill {
+            task,
+            reason: Some(reason),
+        });
+    }
     let conn_id = conn.stable_id();
     shared.agents().insert(
         agent.clone(),
         AgentLink {
             conn_id,
+            conn: conn.clone(),
             tx,
             last_seen_ms: now_ms(),
         },
@@ -207,9 +232,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     fetcher.abort();
     let mut agents = shared.agents();
     if agents.get(&agent).is_some_and(|l| l.conn_id == conn_id) {
-        agents.remove(&agent);
+        let seen = agents
+            .remove(&agent)
+            .map_or_else(now_ms, |l| l.last_seen_ms);
         drop(agents);
-        shared.note_disconnect(&agent);
+        shared.note_disconnect(&agent, seen);
         shared.offer_event(Event::AgentDown(agent.clone()));
         if wasmos_net::closed_on_purpose(&conn) {
             tracing::info!(%agent, "agent closed its session");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use wasmos_net::{Connection, Identity, recv_frame, send_frame};
-use wasmos_proto::{FrameworkCall, FrameworkEvent, FrameworkId};
+use wasmos_proto::{DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, FrameworkId};
 use wasmos_state::{Command, CommandResult};
 
 use crate::client::resolve_role;
@@ -25,13 +25,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         request: None,
         message,
     };
-    let (name, role, revocable, framework) = match recv_frame(&mut recv).await {
+    let sub = match recv_frame(&mut recv).await {
         Ok(Some(FrameworkCall::Subscribe {
             name,
             role,
             revocable,
             framework,
-        })) => (name, role, revocable, framework),
+            failover_timeout_ms,
+        })) => Subscription {
+            name,
+            role,
+            revocable,
+            framework,
+            failover_timeout_ms,
+        },
         other => {
             let msg = format!("expected Subscribe as the first call, got {other:?}");
             refuse_and_close(send, refuse(msg)).await;
@@ -45,8 +52,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         return;
     }
     let owner = who.to_uri();
-    let subscribed = match subscribe(&shared, &who, &owner, name, role, revocable, framework).await
-    {
+    let subscribed = match subscribe(&shared, &who, &owner, sub).await {
         Ok(s) => s,
         Err(msg) => {
             tracing::warn!(%owner, "framework refused: {msg}");
@@ -54,11 +60,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             return;
         }
     };
-    let (id, role) = subscribed;
+    let (id, role, failover_timeout_ms) = subscribed;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let heartbeat = shared.cfg.framework_heartbeat;
     let hello = FrameworkEvent::Subscribed {
         framework: id,
         role: role.clone(),
+        heartbeat_interval_ms: heartbeat.as_millis() as u64,
+        failover_timeout_ms,
     };
     if send_frame(&mut send, &hello).await.is_err() {
         return;
@@ -71,7 +80,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     });
     tracing::info!(framework = %id, %role, %owner, "framework subscribed");
     let writer = tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev,
+                    // The offer cycle let go of this framework (torn down, or this master
+                    // stopped leading): the stream ends.
+                    None => break,
+                },
+                _ = beat.tick() => FrameworkEvent::Heartbeat,
+            };
             if send_frame(&mut send, &ev).await.is_err() {
                 break;
             }
@@ -105,39 +124,86 @@ async fn refuse_and_close(mut send: wasmos_net::SendStream, ev: FrameworkEvent) 
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
 }
 
-/// Registers a new framework, or checks that a returning one is the caller's.
-async fn subscribe(
+/// The fields of a `Subscribe` call.
+pub(crate) struct Subscription {
+    pub name: String,
+    pub role: Option<String>,
+    pub revocable: bool,
+    pub framework: Option<FrameworkId>,
+    pub failover_timeout_ms: Option<u64>,
+}
+
+/// Longest failover timeout a framework may ask for: a week, as a bound on how long a
+/// vanished framework can hold resources.
+const MAX_FAILOVER_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Registers a new framework, or checks that a returning one is the caller's (and records a
+/// new failover timeout if it asks for one). Returns its id, role and failover timeout.
+pub(crate) async fn subscribe(
     shared: &Shared,
     who: &Identity,
     owner: &str,
-    name: String,
-    role: Option<String>,
-    revocable: bool,
-    framework: Option<FrameworkId>,
-) -> Result<(FrameworkId, String), String> {
+    sub: Subscription,
+) -> Result<(FrameworkId, String, u64), String> {
+    let Subscription {
+        name,
+        role,
+        revocable,
+        framework,
+        failover_timeout_ms,
+    } = sub;
+    if let Some(t) = failover_timeout_ms.filter(|t| *t > MAX_FAILOVER_TIMEOUT_MS) {
+        return Err(format!(
+            "failover timeout {t} ms is longer than the most allowed, {MAX_FAILOVER_TIMEOUT_MS} ms (7 days)"
+        ));
+    }
     if let Some(id) = framework {
-        let known = shared.read(|s| s.frameworks.get(&id).cloned());
-        return match known {
-            Some(f) if f.owner == owner => Ok((id, f.role.to_string())),
-            _ => Err(format!("framework {id} is not one of yours")),
+        let known = shared.read(|s| {
+            let f = s.frameworks.get(&id).filter(|f| f.owner == owner)?;
+            Some(s.live_framework(id).cloned().map_err(|_| f.clone()))
+        });
+        let f = match known {
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                return Err(format!(
+                    "framework {id} was removed (torn down, or away longer than its failover timeout); subscribe without an id to start a new one"
+                ));
+            }
+            None => return Err(format!("framework {id} is not one of yours")),
         };
+        let mut timeout = f.failover_timeout_ms;
+        if let Some(t) = failover_timeout_ms.filter(|t| *t != timeout) {
+            let cmd = Command::SetFailoverTimeout {
+                framework: id,
+                failover_timeout_ms: t,
+            };
+            match shared.write(cmd).await {
+                Ok(CommandResult::Ok) => timeout = t,
+                Ok(other) => return Err(format!("cannot record the failover timeout: {other:?}")),
+                Err(e) => return Err(format!("cannot record the failover timeout: {e}")),
+            }
+        }
+        return Ok((id, f.role.to_string(), timeout));
     }
     if name.is_empty() || name.len() > 100 {
         return Err("a framework name must be 1 to 100 bytes".into());
     }
     let role = resolve_role(who, role.as_deref())?;
+    let timeout = failover_timeout_ms.unwrap_or(DEFAULT_FAILOVER_TIMEOUT_MS);
     let result = shared
         .write(Command::RegisterFramework {
             name,
             role: role.clone(),
             owner: owner.to_string(),
             revocable,
+            failover_timeout_ms: timeout,
+            acknowledges: true,
             now_ms: now_ms(),
         })
         .await
         .map_err(|e| format!("cannot record the framework: {e}"))?;
     match result {
-        CommandResult::Framework(id) => Ok((id, role.to_string())),
+        CommandResult::Framework(id) => Ok((id, role.to_string(), timeout)),
         other => Err(format!("cannot record the framework: {other:?}")),
     }
 }

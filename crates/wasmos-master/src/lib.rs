@@ -46,8 +46,11 @@ pub struct MasterConfig {
     /// Largest bundle a client may upload.
     pub max_bundle_bytes: u64,
     pub heartbeat_interval: Duration,
-    /// How long a disconnected agent keeps its tasks before they are declared lost.
-    pub agent_grace: Duration,
+    /// How long an agent may go without a heartbeat before it is declared lost, with its
+    /// tasks.
+    pub agent_timeout: Duration,
+    /// How often an idle framework stream carries a `Heartbeat`.
+    pub framework_heartbeat: Duration,
     /// How often the offer cycle runs when nothing happens (events run it sooner).
     pub offer_interval: Duration,
     /// The masters of a multi-master group (this one included): raft id → the `host:port` its
@@ -68,7 +71,8 @@ impl MasterConfig {
             node_id: 1,
             max_bundle_bytes: 64 << 20,
             heartbeat_interval: Duration::from_secs(1),
-            agent_grace: Duration::from_secs(10),
+            agent_timeout: Duration::from_secs(15),
+            framework_heartbeat: Duration::from_secs(5),
             offer_interval: Duration::from_secs(1),
             peers: None,
             raft: wasmos_raft::RaftOptions::default(),
@@ -81,6 +85,8 @@ impl MasterConfig {
 /// replaces the entry; the old session must not remove the new one when it ends).
 pub(crate) struct AgentLink {
     pub conn_id: usize,
+    /// To end a session whose agent stopped heartbeating but whose connection lingers.
+    pub conn: wasmos_net::Connection,
     pub tx: mpsc::UnboundedSender<MasterToAgent>,
     pub last_seen_ms: u64,
 }
@@ -93,8 +99,8 @@ pub(crate) struct Shared {
     pub peers: peers::PeerLinks,
     pub logs: logs::LogStore,
     pub agents: Mutex<BTreeMap<AgentId, AgentLink>>,
-    /// When each registered but unconnected agent went away (master start for those never seen
-    /// since); past `agent_grace` its tasks are lost.
+    /// When each registered but unconnected agent was last heard from (master start for those
+    /// never seen since); past `agent_timeout` its tasks are lost.
     pub disconnected: Mutex<BTreeMap<AgentId, std::time::Instant>>,
     /// Tells the offer cycle what changed.
     pub events: mpsc::UnboundedSender<offers::Event>,
@@ -148,16 +154,19 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn note_disconnect(&self, agent: &AgentId) {
-        self.disconnected()
-            .insert(agent.clone(), std::time::Instant::now());
+    /// Records that `agent` went away, last heard from at `last_seen_ms`.
+    pub fn note_disconnect(&self, agent: &AgentId, last_seen_ms: u64) {
+        let silent = Duration::from_millis(now_ms().saturating_sub(last_seen_ms));
+        let now = std::time::Instant::now();
+        let since = now.checked_sub(silent).unwrap_or(now);
+        self.disconnected().insert(agent.clone(), since);
     }
 
     pub fn forget_disconnect(&self, agent: &AgentId) {
         self.disconnected().remove(agent);
     }
 
-    /// How long `agent` has been gone (since master start if never seen by this master).
+    /// How long `agent` has been silent (since master start if never seen by this master).
     pub fn gone_for(&self, agent: &AgentId) -> std::time::Duration {
         let since = self
             .disconnected()

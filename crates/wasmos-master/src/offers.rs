@@ -36,6 +36,20 @@ pub(crate) const BUILTIN_OWNER: &str = "wasmos://master/builtin";
 /// cycle bounded when a long queue meets a nearly full agent.
 const MAX_MISSES_PER_OFFER: usize = 256;
 
+/// An unacknowledged status update is sent again after this long, then after twice as long
+/// each time, up to `RESEND_MAX_MS`.
+const RESEND_FIRST_MS: u64 = 2_000;
+const RESEND_MAX_MS: u64 = 30_000;
+/// How often the unacknowledged updates are looked through.
+const RESEND_SCAN_MS: u64 = 500;
+
+/// When an unacknowledged update goes out again.
+struct Resend {
+    update: u64,
+    due_ms: u64,
+    delay_ms: u64,
+}
+
 /// What the rest of the master tells the offer cycle.
 pub(crate) enum Event {
     AgentUp(AgentId),
@@ -43,8 +57,8 @@ pub(crate) enum Event {
     Submitted(TaskId),
     /// A task's status was recorded (it may have ended).
     TaskChanged(TaskId),
-    /// Many tasks may have changed at once (an agent was declared lost or re-registered).
-    Reconcile,
+    /// An agent was declared lost with its tasks.
+    AgentLost(AgentId),
     RolesChanged,
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
@@ -93,6 +107,12 @@ struct Cycle {
     recheck_all: bool,
     /// Subscribed frameworks: their connection and where their events go.
     external: BTreeMap<FrameworkId, (usize, mpsc::UnboundedSender<FrameworkEvent>)>,
+    /// Frameworks of the scheduler API that are not subscribed, since when (this leader's
+    /// start for those it never saw): removed past their failover timeout.
+    away: BTreeMap<FrameworkId, u64>,
+    /// Updates sent and not yet acknowledged, by framework and task.
+    resend: BTreeMap<(FrameworkId, TaskId), Resend>,
+    next_resend_scan_ms: u64,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
@@ -158,7 +178,17 @@ async fn lead(
         let mut reconcile = false;
         for ev in batch {
             match ev {
-                Event::Reconcile => reconcile = true,
+                Event::AgentLost(agent) => {
+                    reconcile = true;
+                    for fw in cycle.external.keys() {
+                        cycle.send(
+                            *fw,
+                            FrameworkEvent::Failure {
+                                agent: agent.clone(),
+                            },
+                        );
+                    }
+                }
                 other => {
                     if let Err(e) = cycle.handle(other).await {
                         tracing::error!("offer cycle event failed: {e}");
@@ -218,7 +248,11 @@ impl Cycle {
             unchecked: BTreeMap::new(),
             recheck_all: false,
             external: BTreeMap::new(),
+            away: BTreeMap::new(),
+            resend: BTreeMap::new(),
+            next_resend_scan_ms: 0,
         };
+        let now = now_ms();
         let (frameworks, waiting) = cycle.shared.read(|s| {
             let waiting: Vec<TaskInfo> = s
                 .tasks
@@ -249,6 +283,11 @@ impl Cycle {
             // Frameworks get offers only while subscribed; the built-in ones are revived as
             // soon as they have work.
             cycle.alloc.suppress(f.id);
+            if f.acknowledges && f.removed_ms.is_none() {
+                // Whether it was connected to the previous leader or not, its failover timeout
+                // runs from now: it needs time to find this one.
+                cycle.away.insert(f.id, now);
+            }
         }
         for b in cycle.builtin.values_mut() {
             b.suppressed = true;
@@ -296,7 +335,7 @@ impl Cycle {
                 }
             }
             Event::TaskChanged(task) => self.task_changed(task),
-            Event::Reconcile => self.reconcile(),
+            Event::AgentLost(_) => self.reconcile(),
             Event::RolesChanged => {
                 self.apply_roles();
                 // A new limit may leave waiting tasks unable ever to run.
@@ -307,6 +346,8 @@ impl Cycle {
             Event::FrameworkDown { id, conn } => {
                 if self.external.get(&id).is_some_and(|(c, _)| *c == conn) {
                     self.external.remove(&id);
+                    self.away.insert(id, now_ms());
+                    self.resend.retain(|(f, _), _| *f != id);
                     let outstanding: Vec<_> = self
                         .alloc
                         .offers()
@@ -356,6 +397,134 @@ impl Cycle {
         }
         self.alloc.revive(id);
         self.external.insert(id, (conn, tx));
+        self.away.remove(&id);
+        // Everything it has not acknowledged goes out again at once.
+        self.resend.retain(|(f, _), _| *f != id);
+        self.next_resend_scan_ms = 0;
+    }
+
+    /// Sends unacknowledged updates to subscribed frameworks: those never sent by this leader
+    /// (recorded while the framework was away, or by an earlier leader, or by a bulk change
+    /// such as a lost agent) at once, the others when their backoff is due.
+    fn resend_updates(&mut self, now: u64) {
+        if now < self.next_resend_scan_ms || self.external.is_empty() {
+            return;
+        }
+        self.next_resend_scan_ms = now + RESEND_SCAN_MS;
+        let (due, kept) = self.shared.read(|s| {
+            let mut due = Vec::new();
+            for fw in self.external.keys() {
+                for key in s.unacked.range((*fw, TaskId(0))..=(*fw, TaskId(u64::MAX))) {
+                    let Some(t) = s.tasks.get(&key.1) else {
+                        continue;
+                    };
+                    let delay = match self.resend.get(key) {
+                        Some(r) if r.update == t.status_seq && r.due_ms > now => continue,
+                        Some(r) if r.update == t.status_seq => (r.delay_ms * 2).min(RESEND_MAX_MS),
+                        _ => RESEND_FIRST_MS,
+                    };
+                    due.push((*key, t.status.clone(), t.status_seq, delay));
+                }
+            }
+            let kept: Vec<(FrameworkId, TaskId)> = self
+                .resend
+                .keys()
+                .filter(|k| s.unacked.contains(k))
+                .copied()
+                .collect();
+            (due, kept)
+        });
+        let mut resend = std::mem::take(&mut self.resend);
+        self.resend = kept
+            .into_iter()
+            .filter_map(|k| resend.remove(&k).map(|r| (k, r)))
+            .collect();
+        for ((fw, task), status, update, delay_ms) in due {
+            self.resend.insert(
+                (fw, task),
+                Resend {
+                    update,
+                    due_ms: now + delay_ms,
+                    delay_ms,
+                },
+            );
+            self.send(
+                fw,
+                FrameworkEvent::Update {
+                    task,
+                    status,
+                    update,
+                },
+            );
+        }
+    }
+
+    /// Removes the frameworks away for longer than their failover timeout.
+    async fn expire_frameworks(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
+        let expired: Vec<FrameworkId> = self.shared.read(|s| {
+            self.away
+                .iter()
+                .filter(|(id, since)| {
+                    s.frameworks
+                        .get(id)
+                        .is_none_or(|f| now.saturating_sub(**since) >= f.failover_timeout_ms)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        for fw in expired {
+            tracing::warn!(framework = %fw, "framework did not return within its failover timeout; removing it");
+            self.remove_framework(fw).await?;
+        }
+        Ok(())
+    }
+
+    /// Retires a framework (torn down or timed out): records it, kills its live tasks and
+    /// stops offering to it. Its resources are released as its tasks end.
+    async fn remove_framework(&mut self, fw: FrameworkId) -> Result<(), wasmos_raft::RaftError> {
+        let result = self
+            .shared
+            .write(Command::RemoveFramework {
+                framework: fw,
+                now_ms: now_ms(),
+            })
+            .await?;
+        if let CommandResult::Rejected(why) = result {
+            tracing::warn!(framework = %fw, "cannot remove framework: {why}");
+        }
+        let live: Vec<(TaskId, Option<AgentId>)> = self.shared.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| t.framework == Some(fw) && !t.status.state.is_terminal())
+                .map(|t| (t.id, t.agent.clone()))
+                .collect()
+        });
+        for (task, agent) in live {
+            // An agent away now kills the task when it registers again (its framework is
+            // gone), or it is lost with the agent.
+            if let Some(agent) = agent {
+                self.shared.send_to_agent(
+                    &agent,
+                    MasterToAgent::Kill {
+                        task,
+                        reason: Some(Reason::FrameworkRemoved),
+                    },
+                );
+            }
+        }
+        let outstanding: Vec<_> = self
+            .alloc
+            .offers()
+            .filter(|o| o.framework == fw)
+            .map(|o| o.id)
+            .collect();
+        self.alloc.decline(fw, &outstanding, Some(0), now_ms());
+        self.alloc.suppress(fw);
+        // Dropping its sender ends its stream.
+        self.external.remove(&fw);
+        self.away.remove(&fw);
+        self.resend.retain(|(f, _), _| *f != fw);
+        Ok(())
     }
 
     async fn framework_call(
@@ -366,6 +535,68 @@ impl Cycle {
         let now = now_ms();
         match call {
             FrameworkCall::Subscribe { .. } => {}
+            FrameworkCall::Acknowledge { task, update } => {
+                self.resend.remove(&(fw, task));
+                // Off the cycle: an acknowledgement changes nothing the cycle decides, and a
+                // lost one only means the update is sent (and acknowledged) again.
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let cmd = Command::Acknowledge {
+                        framework: fw,
+                        task,
+                        update,
+                    };
+                    if let Err(e) = shared.write(cmd).await {
+                        tracing::debug!(framework = %fw, %task, "acknowledgement not recorded: {e}");
+                    }
+                });
+            }
+            FrameworkCall::Reconcile { tasks } => {
+                let updates: Vec<(TaskId, TaskStatus, u64)> = self.shared.read(|s| {
+                    if tasks.is_empty() {
+                        return s
+                            .tasks
+                            .values()
+                            .filter(|t| t.framework == Some(fw))
+                            .filter(|t| {
+                                !t.status.state.is_terminal() || s.unacked.contains(&(fw, t.id))
+                            })
+                            .map(|t| (t.id, t.status.clone(), t.status_seq))
+                            .collect();
+                    }
+                    tasks
+                        .iter()
+                        .map(|id| match s.tasks.get(id) {
+                            Some(t) if t.framework == Some(fw) => {
+                                (t.id, t.status.clone(), t.status_seq)
+                            }
+                            _ => {
+                                let why = "not a task of this framework";
+                                let status = TaskStatus::with_reason(
+                                    TaskState::Lost,
+                                    Some(Reason::Unknown),
+                                    why,
+                                );
+                                (*id, status, 0)
+                            }
+                        })
+                        .collect()
+                });
+                for (task, status, update) in updates {
+                    self.send(
+                        fw,
+                        FrameworkEvent::Update {
+                            task,
+                            status,
+                            update,
+                        },
+                    );
+                }
+            }
+            FrameworkCall::Teardown => {
+                tracing::info!(framework = %fw, "framework tore itself down");
+                self.remove_framework(fw).await?;
+            }
             FrameworkCall::Decline { offers, refuse_ms } => {
                 self.alloc.decline(fw, &offers, refuse_ms, now);
             }
@@ -628,6 +859,15 @@ impl Cycle {
                 FrameworkEvent::Update {
                     task,
                     status: t.status.clone(),
+                    update: t.status_seq,
+                },
+            );
+            self.resend.insert(
+                (fw, task),
+                Resend {
+                    update: t.status_seq,
+                    due_ms: now_ms() + RESEND_FIRST_MS,
+                    delay_ms: RESEND_FIRST_MS,
                 },
             );
         }
@@ -728,6 +968,8 @@ impl Cycle {
 
     async fn run_once(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
         self.register_builtins(now).await?;
+        self.expire_frameworks(now).await?;
+        self.resend_updates(now);
         let expired = self.alloc.expire(now);
         self.rescinded(expired);
         self.check_unschedulable().await?;
@@ -796,6 +1038,9 @@ impl Cycle {
                     role: role.clone(),
                     owner: BUILTIN_OWNER.into(),
                     revocable: true,
+                    // Never away: the master runs it.
+                    failover_timeout_ms: u64::MAX,
+                    acknowledges: false,
                     now_ms: now,
                 })
                 .await?;

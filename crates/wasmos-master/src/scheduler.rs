@@ -1,6 +1,6 @@
-//! The lost-agent reaper: declares the tasks of agents gone past their grace period lost. A
-//! master that has just become leader gives every agent the whole grace period to reconnect
-//! to it first.
+//! The lost-agent reaper: an agent silent (no heartbeat) for `agent_timeout` is declared lost
+//! with its tasks. A master that has just become leader gives every agent the whole timeout to
+//! reconnect to it first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,16 @@ async fn reap_lost_agents(
     shared: &Shared,
     leading_since: Instant,
 ) -> Result<(), wasmos_raft::RaftError> {
+    let timeout = shared.cfg.agent_timeout;
+    // Connected but silent (hung, or its heartbeats cannot get through while its connection
+    // lingers): end the session; the agent counts as gone since it was last heard from.
+    let silent_ms = timeout.as_millis() as u64;
+    for link in shared.agents().values() {
+        if now_ms().saturating_sub(link.last_seen_ms) >= silent_ms {
+            link.conn
+                .close(1u32.into(), b"no heartbeat within the agent timeout");
+        }
+    }
     let connected: Vec<AgentId> = shared.agents().keys().cloned().collect();
     let with_tasks: Vec<AgentId> = shared.read(|s| {
         s.agents
@@ -40,15 +50,15 @@ async fn reap_lost_agents(
     });
     for agent in with_tasks {
         let gone = shared.gone_for(&agent).min(leading_since.elapsed());
-        if gone >= shared.cfg.agent_grace {
-            tracing::warn!(%agent, "agent gone past its grace period; its tasks are lost");
+        if gone >= timeout {
+            tracing::warn!(%agent, "agent silent past the agent timeout; its tasks are lost");
             shared
                 .write(Command::AgentLost {
-                    agent,
+                    agent: agent.clone(),
                     now_ms: now_ms(),
                 })
                 .await?;
-            shared.offer_event(Event::Reconcile);
+            shared.offer_event(Event::AgentLost(agent));
         }
     }
     Ok(())

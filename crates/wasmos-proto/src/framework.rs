@@ -20,6 +20,11 @@ pub enum FrameworkCall {
         /// Also take revocable resources, for best-effort tasks.
         revocable: bool,
         framework: Option<FrameworkId>,
+        /// How long the master keeps a disconnected framework's tasks running, waiting for it
+        /// to subscribe again with its id; past it the framework is removed and its tasks
+        /// killed. `None` is [`DEFAULT_FAILOVER_TIMEOUT_MS`]. Taken from the latest
+        /// subscription.
+        failover_timeout_ms: Option<u64>,
     },
     /// Uses offers (all on one agent): the operations apply in order, all or nothing. What the
     /// offers had left is declined for `refuse_ms` (default 5 s). Answered by `Accepted` or
@@ -43,7 +48,27 @@ pub enum FrameworkCall {
     Kill {
         task: TaskId,
     },
+    /// The framework has handled update `update` of `task` (the id an `Update` event carried):
+    /// the master stops resending it. Acknowledging an older or unknown update does nothing.
+    Acknowledge {
+        task: TaskId,
+        update: u64,
+    },
+    /// Asks for the latest status of `tasks` (explicit reconciliation), or of every live task
+    /// and every unacknowledged update of this framework when `tasks` is empty (implicit).
+    /// Answered by `Update` events; a task the master does not know as this framework's is
+    /// reported `lost` with reason `unknown` and update id 0 (nothing to acknowledge).
+    Reconcile {
+        tasks: Vec<TaskId>,
+    },
+    /// Ends the framework now: its tasks are killed, its resources freed, and its id can no
+    /// longer be subscribed with. The stream ends after the master has recorded it.
+    Teardown,
 }
+
+/// How long a disconnected framework keeps its tasks unless it asks otherwise: one minute,
+/// long enough for a restart or a master failover.
+pub const DEFAULT_FAILOVER_TIMEOUT_MS: u64 = 60_000;
 
 #[allow(clippy::large_enum_variant)] // as for `ClientRequest`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +102,10 @@ pub enum FrameworkEvent {
     Subscribed {
         framework: FrameworkId,
         role: String,
+        /// A `Heartbeat` comes at least this often; a framework that hears nothing for a few
+        /// intervals should assume the master is gone and subscribe again.
+        heartbeat_interval_ms: u64,
+        failover_timeout_ms: u64,
     },
     Offers(Vec<OfferInfo>),
     /// The offer is withdrawn (timed out, or its agent left); accepting it now fails.
@@ -88,11 +117,20 @@ pub enum FrameworkEvent {
         request: u64,
         tasks: Vec<TaskId>,
     },
-    /// A status change of one of the framework's tasks.
+    /// A status change of one of the framework's tasks. `update` identifies it: it is sent
+    /// again (the latest status of the task, with its own id) until the framework
+    /// acknowledges it. 0 marks an answer to reconciliation that needs no acknowledgement.
     Update {
         task: TaskId,
         status: TaskStatus,
+        update: u64,
     },
+    /// An agent was declared lost (its tasks are reported lost in their own updates).
+    Failure {
+        agent: AgentId,
+    },
+    /// The master is alive and this stream still works.
+    Heartbeat,
     /// A call was refused (`request` names the accept, if it was one); nothing it asked for
     /// happened.
     Error {

@@ -14,6 +14,8 @@ pub enum IdError {
     Bundle(String),
     #[error("`{0}` is not a valid agent name (letters, digits, '-', '_', '.'; 1-63 characters)")]
     Agent(String),
+    #[error("`{0}` is not a framework id (expected fw-<number>, e.g. fw-3)")]
+    Framework(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -43,6 +45,17 @@ pub struct FrameworkId(pub u64);
 impl fmt::Display for FrameworkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "fw-{}", self.0)
+    }
+}
+
+impl FromStr for FrameworkId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("fw-").unwrap_or(s);
+        digits
+            .parse::<u64>()
+            .map(FrameworkId)
+            .map_err(|_| IdError::Framework(s.to_string()))
     }
 }
 

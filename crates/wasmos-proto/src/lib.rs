@@ -10,7 +10,9 @@ mod quantity;
 mod task;
 
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
-pub use framework::{FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation};
+pub use framework::{
+    DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
+};
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,

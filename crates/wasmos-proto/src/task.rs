@@ -452,6 +452,10 @@ pub enum Reason {
     Unschedulable,
     /// Wrote more to its scratch directory than its `disk` quota.
     DiskLimit,
+    /// Asked about in reconciliation, but not a task of the asking framework.
+    Unknown,
+    /// Its framework was torn down or did not come back within its failover timeout.
+    FrameworkRemoved,
 }
 
 impl Reason {
@@ -468,6 +472,8 @@ impl Reason {
             Reason::Killed => "killed",
             Reason::Unschedulable => "unschedulable",
             Reason::DiskLimit => "disk_limit",
+            Reason::Unknown => "unknown",
+            Reason::FrameworkRemoved => "framework_removed",
         }
     }
 }
@@ -535,6 +541,14 @@ pub struct TaskInfo {
     pub status: TaskStatus,
     pub submitted_ms: u64,
     pub updated_ms: u64,
+    /// Counts the task's status changes: the id of the update that reported the current
+    /// status to its framework.
+    #[serde(default)]
+    pub status_seq: u64,
+    /// The highest update its framework acknowledged; below `status_seq`, the latest status
+    /// is still being resent.
+    #[serde(default)]
+    pub acked_seq: u64,
 }
 
 #[cfg(test)]

@@ -54,6 +54,13 @@ pub struct FrameworkRecord {
     /// Whether it takes revocable resources (for best-effort tasks).
     pub revocable: bool,
     pub registered_ms: u64,
+    /// How long it keeps its tasks while disconnected.
+    pub failover_timeout_ms: u64,
+    /// Whether its tasks' status updates are resent until it acknowledges them (true for
+    /// frameworks on the scheduler API; the master's own `wasmos run` frameworks need not).
+    pub acknowledges: bool,
+    /// When it was torn down or timed out: its id is retired and its tasks are killed.
+    pub removed_ms: Option<u64>,
 }
 
 /// A task launched from an offer: which pools of its agent it holds.
@@ -105,6 +112,10 @@ pub struct ClusterState {
     /// [`SUBMISSION_KEY_TTL_MS`].
     #[serde(default)]
     pub submission_times: std::collections::BTreeSet<(u64, String)>,
+    /// Tasks whose latest status their framework has not acknowledged yet: what the leader
+    /// resends, and what a framework gets again when it subscribes.
+    #[serde(default)]
+    pub unacked: std::collections::BTreeSet<(FrameworkId, TaskId)>,
 }
 
 /// How long a submission key is remembered: ten times as long as the CLI retries.
@@ -173,6 +184,25 @@ pub enum Command {
         role: Role,
         owner: String,
         revocable: bool,
+        failover_timeout_ms: u64,
+        acknowledges: bool,
+        now_ms: u64,
+    },
+    /// A returning framework asked for another failover timeout.
+    SetFailoverTimeout {
+        framework: FrameworkId,
+        failover_timeout_ms: u64,
+    },
+    /// The framework handled update `update` of `task`.
+    Acknowledge {
+        framework: FrameworkId,
+        task: TaskId,
+        update: u64,
+    },
+    /// Torn down, or gone past its failover timeout: the id is retired (the leader kills its
+    /// tasks through their agents).
+    RemoveFramework {
+        framework: FrameworkId,
         now_ms: u64,
     },
     SetRole {
@@ -326,6 +356,8 @@ impl ClusterState {
                         status: TaskStatus::new(TaskState::Staging),
                         submitted_ms: now_ms,
                         updated_ms: now_ms,
+                        status_seq: 0,
+                        acked_seq: 0,
                     },
                 );
                 if let Some(key) = key {
@@ -396,6 +428,7 @@ impl ClusterState {
                 if info.status.state.is_terminal() {
                     self.charges.remove(&update.task);
                 }
+                self.status_changed(update.task);
                 CommandResult::Ok
             }
             Command::SetStatus {
@@ -417,6 +450,7 @@ impl ClusterState {
                 if info.status.state.is_terminal() {
                     self.charges.remove(&task);
                 }
+                self.status_changed(task);
                 CommandResult::Ok
             }
             Command::AgentLost { agent, now_ms } => {
@@ -437,6 +471,8 @@ impl ClusterState {
                 role,
                 owner,
                 revocable,
+                failover_timeout_ms,
+                acknowledges,
                 now_ms,
             } => {
                 self.next_framework_id += 1;
@@ -450,9 +486,65 @@ impl ClusterState {
                         owner,
                         revocable,
                         registered_ms: now_ms,
+                        failover_timeout_ms,
+                        acknowledges,
+                        removed_ms: None,
                     },
                 );
                 CommandResult::Framework(id)
+            }
+            Command::SetFailoverTimeout {
+                framework,
+                failover_timeout_ms,
+            } => match self.live_framework(framework) {
+                Err(why) => CommandResult::Rejected(why),
+                Ok(_) => {
+                    if let Some(f) = self.frameworks.get_mut(&framework) {
+                        f.failover_timeout_ms = failover_timeout_ms;
+                    }
+                    CommandResult::Ok
+                }
+            },
+            Command::Acknowledge {
+                framework,
+                task,
+                update,
+            } => {
+                let Some(info) = self.tasks.get_mut(&task) else {
+                    return CommandResult::Rejected(format!("unknown task {task}"));
+                };
+                if info.framework != Some(framework) {
+                    return CommandResult::Rejected(format!(
+                        "task {task} is not framework {framework}'s"
+                    ));
+                }
+                if update <= info.acked_seq {
+                    return CommandResult::Duplicate;
+                }
+                // An update past the current one was never sent: acknowledging it would
+                // swallow the next real one.
+                info.acked_seq = update.min(info.status_seq);
+                if info.acked_seq >= info.status_seq {
+                    self.unacked.remove(&(framework, task));
+                }
+                CommandResult::Ok
+            }
+            Command::RemoveFramework { framework, now_ms } => {
+                if let Err(why) = self.live_framework(framework) {
+                    return CommandResult::Rejected(why);
+                }
+                if let Some(f) = self.frameworks.get_mut(&framework) {
+                    f.removed_ms = Some(now_ms);
+                }
+                let gone: Vec<_> = self
+                    .unacked
+                    .range((framework, TaskId(0))..=(framework, TaskId(u64::MAX)))
+                    .copied()
+                    .collect();
+                for k in gone {
+                    self.unacked.remove(&k);
+                }
+                CommandResult::Ok
             }
             Command::SetRole { role, record } => {
                 if record.weight_milli == 0 {
@@ -541,10 +633,7 @@ impl ClusterState {
         reservations: &[ReservationOp],
         tasks: &[LaunchTask],
     ) -> Result<(), String> {
-        let fw = self
-            .frameworks
-            .get(&framework)
-            .ok_or_else(|| format!("unknown framework {framework}"))?;
+        let fw = self.live_framework(framework)?;
         let record = self
             .agents
             .get(agent)
@@ -696,6 +785,8 @@ impl ClusterState {
                     status: TaskStatus::new(TaskState::Staging),
                     submitted_ms: now_ms,
                     updated_ms: now_ms,
+                    status_seq: 0,
+                    acked_seq: 0,
                 }),
                 // Checked to exist.
                 None => match self.tasks.get_mut(&t.id) {
@@ -722,6 +813,35 @@ impl ClusterState {
             info.updated_ms = now_ms;
         }
         self.charges.remove(&task);
+        self.status_changed(task);
+    }
+
+    /// Gives a task's new status its update id, and queues it for its framework when that
+    /// framework acknowledges updates.
+    fn status_changed(&mut self, task: TaskId) {
+        let Some(info) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        info.status_seq += 1;
+        if let Some(fw) = info.framework
+            && self
+                .frameworks
+                .get(&fw)
+                .is_some_and(|f| f.acknowledges && f.removed_ms.is_none())
+        {
+            self.unacked.insert((fw, task));
+        }
+    }
+
+    /// The framework, if it exists and has not been removed.
+    pub fn live_framework(&self, id: FrameworkId) -> Result<&FrameworkRecord, String> {
+        match self.frameworks.get(&id) {
+            None => Err(format!("unknown framework {id}")),
+            Some(f) if f.removed_ms.is_some() => Err(format!(
+                "framework {id} was removed (torn down, or away longer than its failover timeout)"
+            )),
+            Some(f) => Ok(f),
+        }
     }
 
     /// Non-terminal tasks placed on `agent`, in id order.

@@ -176,6 +176,8 @@ fn framework(s: &mut ClusterState, r: &str) -> FrameworkId {
         role: role(r),
         owner: "wasmos://tenant/a/u".into(),
         revocable: false,
+        failover_timeout_ms: 60_000,
+        acknowledges: true,
         now_ms: 1,
     }) {
         CommandResult::Framework(id) => id,
@@ -367,7 +369,8 @@ proptest! {
                 },
                 4 => Command::AgentLost { agent: agent(name), now_ms: n },
                 5 => Command::RegisterFramework {
-                    name: "f".into(), role: role("r"), owner: "o".into(), revocable: false, now_ms: n,
+                    name: "f".into(), role: role("r"), owner: "o".into(), revocable: false,
+                    failover_timeout_ms: 1, acknowledges: n % 2 == 0, now_ms: n,
                 },
                 // Launch a waiting task, charged partly to a reservation.
                 6 => Command::Launch {
@@ -481,4 +484,85 @@ fn a_task_state_never_moves_back() {
     assert_rejected(&update(&mut s, 2, TaskState::Starting), "cannot go back");
     assert_eq!(s.tasks[&t].status.state, TaskState::Running);
     assert_eq!(update(&mut s, 3, TaskState::Finished), CommandResult::Ok);
+}
+
+#[test]
+fn framework_updates_wait_for_acknowledgement_and_die_with_the_framework() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let fw = framework(&mut s, "r");
+    let t = submitted(&mut s, 100);
+    assert_eq!(
+        s.apply(launch(fw, "a", waiting(t, unreserved(100)))),
+        CommandResult::Ok
+    );
+    assert!(s.unacked.is_empty(), "a launch is not a status change");
+    let agent_status = |seq, state| Command::AgentStatus {
+        agent: agent("a"),
+        update: status(seq, t, state),
+        now_ms: 6,
+    };
+    assert_eq!(
+        s.apply(agent_status(1, TaskState::Running)),
+        CommandResult::Ok
+    );
+    assert_eq!(s.tasks[&t].status_seq, 1);
+    assert!(s.unacked.contains(&(fw, t)));
+    let ack = |update| Command::Acknowledge {
+        framework: fw,
+        task: t,
+        update,
+    };
+    // Acknowledging an update not sent yet does not swallow it.
+    assert_eq!(
+        s.apply(agent_status(2, TaskState::Finished)),
+        CommandResult::Ok
+    );
+    assert_eq!(s.apply(ack(1)), CommandResult::Ok);
+    assert!(s.unacked.contains(&(fw, t)), "update 2 is still owed");
+    assert_eq!(s.apply(ack(9)), CommandResult::Ok);
+    assert_eq!(s.tasks[&t].acked_seq, 2);
+    assert!(s.unacked.is_empty());
+    assert_eq!(s.apply(ack(2)), CommandResult::Duplicate);
+    let other = framework(&mut s, "r");
+    assert_rejected(
+        &s.apply(Command::Acknowledge {
+            framework: other,
+            task: t,
+            update: 3,
+        }),
+        "not framework",
+    );
+
+    // A removed framework's id is retired: no launches, no second removal, nothing owed.
+    let t2 = submitted(&mut s, 100);
+    assert_eq!(
+        s.apply(launch(fw, "a", waiting(t2, unreserved(100)))),
+        CommandResult::Ok
+    );
+    s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: status(3, t2, TaskState::Running),
+        now_ms: 7,
+    });
+    assert!(s.unacked.contains(&(fw, t2)));
+    let remove = Command::RemoveFramework {
+        framework: fw,
+        now_ms: 8,
+    };
+    assert_eq!(s.apply(remove.clone()), CommandResult::Ok);
+    assert!(s.unacked.is_empty());
+    assert_rejected(&s.apply(remove), "was removed");
+    let t3 = submitted(&mut s, 100);
+    assert_rejected(
+        &s.apply(launch(fw, "a", waiting(t3, unreserved(100)))),
+        "was removed",
+    );
+    assert_rejected(
+        &s.apply(Command::SetFailoverTimeout {
+            framework: fw,
+            failover_timeout_ms: 5,
+        }),
+        "was removed",
+    );
 }

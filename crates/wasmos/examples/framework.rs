@@ -1,6 +1,6 @@
-//! A small framework on the `wasmos-framework/1` scheduler API: subscribes under a role, takes
-//! offers until it has launched COUNT copies of a bundle, declines what it does not need, and
-//! prints its tasks' status updates until they have all ended.
+//! A small framework on the Rust SDK (`wasmos-sdk`): subscribes under a role, takes offers
+//! until it has launched COUNT copies of a bundle, declines what it does not need, and prints
+//! its tasks' status updates until they have all ended.
 //!
 //! ```text
 //! wasmos dev &
@@ -9,26 +9,27 @@
 //! ```
 //!
 //! The cluster comes from `--config FILE`, else `WASMOS_CONFIG`, else `wasmos dev`'s default.
-//! With several masters (`masters = [...]` in the config) it follows the leader: a master that
-//! does not lead answers `NotLeader` with the leader's address, and the framework subscribes
-//! there again with its framework id, keeping its tasks.
+//! The SDK follows the leader of a multi-master group, re-subscribes with the framework id
+//! after a failover (keeping the tasks), and acknowledges each update once `update` returns.
 
 #[path = "../src/config.rs"]
 #[allow(dead_code)]
 mod config;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
-use wasmos_net::{recv_frame, send_frame};
-use wasmos_proto::{
-    BundleHash, FrameworkCall, FrameworkEvent, OfferOperation, Resources, TaskSpec, alpn,
+use anyhow::{Context as _, Result, anyhow};
+use wasmos_sdk::proto::{
+    BundleHash, FrameworkId, OfferInfo, Resources, TaskId, TaskSpec, TaskStatus,
 };
+use wasmos_sdk::{Cluster, Context, Options, Scheduler};
 
 struct Args {
     config: Option<PathBuf>,
     role: Option<String>,
+    framework: Option<FrameworkId>,
+    failover_timeout_ms: Option<u64>,
     bundle: BundleHash,
     count: usize,
     task_args: Vec<String>,
@@ -37,15 +38,22 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut raw = std::env::args().skip(1);
     let (mut config, mut role, mut positional) = (None, None, Vec::new());
+    let (mut framework, mut failover_timeout_ms) = (None, None);
     while let Some(a) = raw.next() {
         match a.as_str() {
             "--config" => config = Some(PathBuf::from(raw.next().context("--config FILE")?)),
             "--role" => role = Some(raw.next().context("--role ROLE")?),
+            "--framework" => framework = Some(raw.next().context("--framework ID")?.parse()?),
+            "--failover-timeout-ms" => {
+                let ms = raw.next().context("--failover-timeout-ms MS")?;
+                failover_timeout_ms = Some(ms.parse().context("--failover-timeout-ms MS")?);
+            }
             _ => positional.push(a),
         }
     }
     let mut positional = positional.into_iter();
-    let usage = "usage: framework [--config FILE] [--role ROLE] BUNDLE_HASH COUNT [ARGS...]";
+    let usage = "usage: framework [--config FILE] [--role ROLE] [--framework ID] \
+                 [--failover-timeout-ms MS] BUNDLE_HASH COUNT [ARGS...]";
     let bundle = BundleHash::parse(&positional.next().context(usage)?)?;
     let count = positional
         .next()
@@ -55,136 +63,127 @@ fn parse_args() -> Result<Args> {
     Ok(Args {
         config,
         role,
+        framework,
+        failover_timeout_ms,
         bundle,
         count,
         task_args: positional.collect(),
     })
 }
 
+/// Launches `to_launch` copies of `task`, then waits for them to end.
+struct Copies {
+    task: TaskSpec,
+    to_launch: usize,
+    running: BTreeSet<TaskId>,
+    /// Copies asked for by each accept not yet answered.
+    asked: BTreeMap<u64, usize>,
+    ended: BTreeSet<TaskId>,
+    failed: usize,
+}
+
+impl Scheduler for Copies {
+    fn subscribed(&mut self, _cx: &mut Context, framework: FrameworkId, role: &str) {
+        println!("subscribed as {framework} in role {role}");
+    }
+
+    fn offers(&mut self, cx: &mut Context, offers: Vec<OfferInfo>) {
+        let need = &self.task.resources;
+        for offer in offers {
+            // As many copies as fit in this offer's unreserved and reserved resources.
+            let mut left = offer
+                .reserved
+                .values()
+                .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
+            let mut specs = Vec::new();
+            while self.to_launch > specs.len() && need.fits_in(&left) {
+                left = left.saturating_sub(need);
+                specs.push(self.task.clone());
+            }
+            if specs.is_empty() {
+                cx.decline(vec![offer.id], Some(30_000));
+                continue;
+            }
+            self.to_launch -= specs.len();
+            println!(
+                "accepting {} on {} for {} task(s)",
+                offer.id,
+                offer.agent,
+                specs.len()
+            );
+            let n = specs.len();
+            let request = cx.launch(offer.id, specs);
+            self.asked.insert(request, n);
+        }
+        if self.to_launch == 0 {
+            cx.suppress();
+        }
+    }
+
+    fn launched(&mut self, _cx: &mut Context, request: u64, tasks: &[TaskId]) {
+        self.asked.remove(&request);
+        let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
+        println!("launched {}", ids.join(", "));
+        self.running.extend(tasks);
+    }
+
+    fn update(&mut self, cx: &mut Context, task: TaskId, status: &TaskStatus) {
+        println!("{task}: {}", status.state);
+        if !status.state.is_terminal() {
+            // After a restart with --framework, reconciliation reports the live tasks.
+            self.running.insert(task);
+        } else {
+            self.running.remove(&task);
+            // Updates may come twice (resent, or answering reconciliation).
+            if self.ended.insert(task) && status.exit_code != Some(0) {
+                self.failed += 1;
+            }
+            if self.running.is_empty() && self.to_launch == 0 && self.asked.is_empty() {
+                cx.finish();
+            }
+        }
+    }
+
+    fn error(&mut self, cx: &mut Context, request: Option<u64>, message: &str) {
+        eprintln!("the master refused request {request:?}: {message}");
+        // A refused accept launched nothing: its copies are still to launch.
+        if let Some(n) = request.and_then(|r| self.asked.remove(&r)) {
+            self.to_launch += n;
+            cx.revive();
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let cfg = config::ClientConfig::load(args.config.as_deref())?;
-    let endpoint = wasmos_net::client_endpoint(&cfg.credentials()?, alpn::FRAMEWORK, cfg.master)?;
     let mut masters = vec![cfg.master];
     masters.extend(cfg.masters.iter().filter(|m| **m != cfg.master));
-    let (mut target, mut framework) = (cfg.master, None);
-
-    let task = TaskSpec {
-        args: args.task_args.clone(),
-        resources: Resources::new(250, 64 << 20, 16 << 20),
-        ..TaskSpec::new("example-task", args.bundle.clone())
+    let cluster = Cluster::new(cfg.credentials()?, masters);
+    let copies = Copies {
+        task: TaskSpec {
+            args: args.task_args.clone(),
+            resources: Resources::new(250, 64 << 20, 16 << 20),
+            ..TaskSpec::new("example-task", args.bundle.clone())
+        },
+        to_launch: args.count,
+        running: BTreeSet::new(),
+        asked: BTreeMap::new(),
+        ended: BTreeSet::new(),
+        failed: 0,
     };
-    let per_task = task.resources.clone();
-    let (mut to_launch, mut running) = (args.count, BTreeSet::new());
-    let mut request = 0;
-    let mut attempts = 0;
-    'session: loop {
-        attempts += 1;
-        if attempts > 50 {
-            bail!("no master would take this framework (last tried {target})");
-        }
-        // (Re)subscribe at `target`; a broken connection moves on to the next master.
-        let next_master =
-            |t| masters[(masters.iter().position(|m| *m == t).unwrap_or(0) + 1) % masters.len()];
-        let Ok(conn) = wasmos_net::connect(&endpoint, target).await else {
-            target = next_master(target);
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        };
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let subscribe = FrameworkCall::Subscribe {
-            name: "example".into(),
-            role: args.role.clone(),
-            revocable: false,
-            framework,
-        };
-        send_frame(&mut send, &subscribe).await?;
-        loop {
-            let Ok(Some(event)) = recv_frame::<FrameworkEvent>(&mut recv).await else {
-                println!("lost the master at {target}; trying the others");
-                target = next_master(target);
-                continue 'session;
-            };
-            match event {
-                FrameworkEvent::Subscribed {
-                    framework: id,
-                    role,
-                } => {
-                    println!("subscribed as {id} in role {role} at {target}");
-                    framework = Some(id);
-                    attempts = 0;
-                }
-                FrameworkEvent::NotLeader { addr } => {
-                    target = addr
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(|| next_master(target));
-                    println!("not the leader; subscribing again at {target}");
-                    continue 'session;
-                }
-                FrameworkEvent::Offers(offers) => {
-                    for offer in offers {
-                        // As many copies as fit in this offer's unreserved and reserved resources.
-                        let mut left = offer
-                            .reserved
-                            .values()
-                            .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
-                        let mut specs = Vec::new();
-                        while to_launch > specs.len() && per_task.fits_in(&left) {
-                            left = left.saturating_sub(&per_task);
-                            specs.push(task.clone());
-                        }
-                        if specs.is_empty() {
-                            let call = FrameworkCall::Decline {
-                                offers: vec![offer.id],
-                                refuse_ms: Some(30_000),
-                            };
-                            send_frame(&mut send, &call).await?;
-                            continue;
-                        }
-                        request += 1;
-                        to_launch -= specs.len();
-                        println!(
-                            "accepting {} on {} for {} task(s)",
-                            offer.id,
-                            offer.agent,
-                            specs.len()
-                        );
-                        let call = FrameworkCall::Accept {
-                            request,
-                            offers: vec![offer.id],
-                            operations: vec![OfferOperation::Launch(specs)],
-                            refuse_ms: None,
-                        };
-                        send_frame(&mut send, &call).await?;
-                    }
-                    if to_launch == 0 {
-                        send_frame(&mut send, &FrameworkCall::Suppress).await?;
-                    }
-                }
-                FrameworkEvent::Accepted { tasks, .. } => {
-                    let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
-                    println!("launched {}", ids.join(", "));
-                    running.extend(tasks);
-                }
-                FrameworkEvent::Rescind { offer } => println!("{offer} rescinded"),
-                FrameworkEvent::Update { task, status } => {
-                    println!("{task}: {}", status.state);
-                    if status.state.is_terminal() {
-                        running.remove(&task);
-                        if running.is_empty() && to_launch == 0 {
-                            conn.close(0u32.into(), b"done");
-                            break 'session;
-                        }
-                    }
-                }
-                FrameworkEvent::Error { request, message } => {
-                    bail!("the master refused request {request:?}: {message}")
-                }
-            }
-        }
-    }
-    println!("all {} task(s) ended", args.count);
-    endpoint.wait_idle().await;
+    let options = Options {
+        role: args.role.clone(),
+        framework: args.framework,
+        failover_timeout_ms: args.failover_timeout_ms,
+        ..Options::new("example")
+    };
+    let done = wasmos_sdk::run(&cluster, copies, options).await?;
+    println!(
+        "all {} task(s) ended, {} without exit code 0",
+        done.ended.len(),
+        done.failed
+    );
     Ok(())
 }

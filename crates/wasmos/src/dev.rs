@@ -86,6 +86,7 @@ pub struct DevOptions {
     pub agent_reserved: std::collections::BTreeMap<String, Resources>,
     pub exec: wasmos_exec::ExecConfig,
     pub keep_task_dirs: bool,
+    pub agent_timeout: std::time::Duration,
 }
 
 /// A running dev cluster.
@@ -114,7 +115,10 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     )?;
 
     let master = wasmos_master::Master::start(
-        wasmos_master::MasterConfig::new(data.join("master"), opts.listen),
+        wasmos_master::MasterConfig {
+            agent_timeout: opts.agent_timeout,
+            ..wasmos_master::MasterConfig::new(data.join("master"), opts.listen)
+        },
         &credentials(&ca, &master_files)?,
     )
     .await

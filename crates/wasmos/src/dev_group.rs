@@ -38,6 +38,8 @@ pub struct GroupOptions {
     /// Arguments every agent gets besides its identity, masters and work dir (resources,
     /// reservations, execution settings).
     pub agent_args: Vec<String>,
+    /// Arguments every master gets besides its id, address, peers, data dir and certificate.
+    pub master_args: Vec<String>,
     /// Restart children that die.
     pub restart: bool,
 }
@@ -197,6 +199,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         args.extend(os(&["--peers", &peers, "--data-dir"]));
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
+        args.extend(opts.master_args.iter().map(Into::into));
         procs.push(Proc::new(
             &data,
             "master",

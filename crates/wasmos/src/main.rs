@@ -256,6 +256,9 @@ struct DevArgs {
     /// child process (pids, addresses and logs in <data-dir>/cluster.json), restarted if it dies.
     #[arg(long, default_value_t = 1)]
     masters: u32,
+    /// How long an agent may go without a heartbeat before it is declared lost, with its tasks.
+    #[arg(long, default_value = "15s")]
+    agent_timeout: humantime::Duration,
     /// With --masters: leave children that die down instead of restarting them.
     #[arg(long)]
     no_restart: bool,
@@ -348,6 +351,10 @@ struct MasterArgs {
     /// Raise it on slow or distant networks, where a short one causes needless elections.
     #[arg(long, default_value = "100ms")]
     election_timeout: humantime::Duration,
+    /// How long an agent may go without a heartbeat before it is declared lost: its tasks are
+    /// reported lost to their frameworks (batch jobs re-run them, services replace them).
+    #[arg(long, default_value = "15s")]
+    agent_timeout: humantime::Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -782,6 +789,7 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             agents: args.agents,
             listen: args.listen,
             agent_args,
+            master_args: vec!["--agent-timeout".into(), args.agent_timeout.to_string()],
             restart: !args.no_restart,
         })
         .await?;
@@ -807,6 +815,7 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             .collect::<Result<_>>()?,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
+        agent_timeout: args.agent_timeout.into(),
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.
@@ -860,6 +869,7 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         join: args.join,
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
+        agent_timeout: args.agent_timeout.into(),
         node_id: args.id,
         peers,
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)

@@ -1,0 +1,176 @@
+//! The async client: runs a [`Driver`] over QUIC (`wasmos-framework/1`) against a group of
+//! masters, connecting to whichever leads and following it through failovers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wasmos_net::{Credentials, NetError, recv_frame, send_frame};
+use wasmos_proto::{FrameworkEvent, alpn};
+
+use crate::{Action, Driver, Options, Scheduler};
+
+/// Where the masters are and who this framework is (its certificate).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub credentials: Credentials,
+    /// Every master of the group (one for a single master); any will do, the driver follows
+    /// redirects to the leader.
+    pub masters: Vec<SocketAddr>,
+    /// How long to keep trying when no master takes the subscription, before giving up.
+    pub give_up_after: Duration,
+}
+
+impl Cluster {
+    pub fn new(credentials: Credentials, masters: Vec<SocketAddr>) -> Cluster {
+        Cluster {
+            credentials,
+            masters,
+            give_up_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no masters given")]
+    NoMasters,
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("the master refused the framework: {0}")]
+    Refused(String),
+    #[error("no master took the framework for {secs}s (last tried {last}: {why})")]
+    Unreachable {
+        secs: u64,
+        last: SocketAddr,
+        why: String,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Pause between attempts when a master cannot be reached or does not lead.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Subscribes `scheduler` and runs it until it finishes ([`crate::Context::finish`] or
+/// [`crate::Context::teardown`]); returns it then, for its results.
+pub async fn run<S: Scheduler>(
+    cluster: &Cluster,
+    scheduler: S,
+    options: Options,
+) -> Result<S, ClientError> {
+    let first = *cluster.masters.first().ok_or(ClientError::NoMasters)?;
+    let endpoint = wasmos_net::client_endpoint(&cluster.credentials, alpn::FRAMEWORK, first)?;
+    let mut driver = Driver::new(scheduler, options);
+    let mut target = first;
+    let mut unreachable_since = tokio::time::Instant::now();
+    loop {
+        let why = match session(&endpoint, &mut driver, target).await {
+            Ok(Ended::Finished) => {
+                endpoint.wait_idle().await;
+                return Ok(driver.into_scheduler());
+            }
+            Ok(Ended::Failed(message)) => return Err(ClientError::Refused(message)),
+            Ok(Ended::Moved(addr)) => {
+                // Redirects are progress (an election is settling), but a loop of them is not.
+                target = addr.unwrap_or_else(|| next(&cluster.masters, target));
+                "not the leader".to_string()
+            }
+            Err(e) => {
+                target = next(&cluster.masters, target);
+                e
+            }
+        };
+        if driver.is_subscribed() {
+            unreachable_since = tokio::time::Instant::now();
+        }
+        if unreachable_since.elapsed() > cluster.give_up_after {
+            return Err(ClientError::Unreachable {
+                secs: cluster.give_up_after.as_secs(),
+                last: target,
+                why,
+            });
+        }
+        tracing::debug!(%target, "framework reconnecting: {why}");
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+fn next(masters: &[SocketAddr], current: SocketAddr) -> SocketAddr {
+    let i = masters
+        .iter()
+        .position(|m| *m == current)
+        .map_or(0, |i| i + 1);
+    masters
+        .get(i % masters.len().max(1))
+        .copied()
+        .unwrap_or(current)
+}
+
+enum Ended {
+    Finished,
+    Failed(String),
+    /// Go to this master (or the next one).
+    Moved(Option<SocketAddr>),
+}
+
+/// One connection: subscribe, then events in and calls out until it ends.
+async fn session<S: Scheduler>(
+    endpoint: &wasmos_net::Endpoint,
+    driver: &mut Driver<S>,
+    target: SocketAddr,
+) -> Result<Ended, String> {
+    let conn = wasmos_net::connect(endpoint, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut actions = driver.connected(now_ms());
+    let outcome = 'session: loop {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(call) => {
+                    if let Err(e) = send_frame(&mut send, &call).await {
+                        break 'session Err(e.to_string());
+                    }
+                }
+                Action::Reconnect { addr } => {
+                    break 'session Ok(Ended::Moved(addr.and_then(|a| a.parse().ok())));
+                }
+                Action::Finished => {
+                    let _ = send.finish();
+                    // Let the master read the last calls before the connection goes.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+                    break 'session Ok(Ended::Finished);
+                }
+                Action::Failed(message) => break 'session Ok(Ended::Failed(message)),
+            }
+        }
+        let wake = driver.next_tick_ms();
+        let sleep = wake.map_or(Duration::from_secs(3600), |w| {
+            Duration::from_millis(w.saturating_sub(now_ms()))
+        });
+        tokio::select! {
+            ev = recv_frame::<FrameworkEvent>(&mut recv) => match ev {
+                Ok(Some(ev)) => actions = driver.event(ev, now_ms()),
+                Ok(None) => {
+                    actions = driver.disconnected();
+                    if actions.is_empty() {
+                        break 'session Err("the master ended the stream".into());
+                    }
+                }
+                Err(e) => {
+                    actions = driver.disconnected();
+                    if !actions.contains(&Action::Finished) {
+                        break 'session Err(e.to_string());
+                    }
+                }
+            },
+            _ = tokio::time::sleep(sleep) => actions = driver.tick(now_ms()),
+        }
+    };
+    conn.close(0u32.into(), b"framework done");
+    outcome
+}
