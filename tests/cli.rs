@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, assert_clean_error, text};
+use wasmos_tests::{DevCluster, assert_clean_error, sample, text};
 
 #[test]
 fn run_streams_output_and_exit_codes_and_reads_work() {
@@ -344,4 +344,59 @@ fn custom_resources_are_offered_and_requested() {
         let out = c.run(&["--resource", bad], "hello", &[]).unwrap();
         assert_clean_error(&out, "--resource");
     }
+}
+
+/// `--outputs DIR`: the files a task leaves there (finished with exit code 0) are stored as
+/// blobs, listed by `task show` and downloaded with `blob get`; a failed task's are not.
+#[test]
+fn outputs_of_a_finished_task_are_stored_and_downloaded() {
+    let c = DevCluster::start(1).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let input = local.path().join("a.txt");
+    std::fs::write(&input, "the cat the dog\nA cat!\n").unwrap();
+    let input_flag = format!("{}:/in/a.txt", input.display());
+    let args = ["map", "--reducers", "2", "--out", "/out", "/in"];
+    let out = c
+        .run(
+            &["--input", &input_flag, "--outputs", "/out"],
+            "wordcount",
+            &args,
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = c.json(&["task", "show", "t-1", "-o", "json"]).unwrap();
+    let outputs = info["status"]["outputs"].as_array().unwrap().clone();
+    let paths: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["part-0", "part-1"]);
+    let mut words = String::new();
+    for o in &outputs {
+        let got = c
+            .cli(&["blob", "get", o["blob"].as_str().unwrap()])
+            .unwrap();
+        assert!(got.status.success(), "{}", text(&got.stderr));
+        assert_eq!(got.stdout.len() as u64, o["size"].as_u64().unwrap());
+        words.push_str(&text(&got.stdout));
+    }
+    let mut lines: Vec<&str> = words.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["a\t1", "cat\t2", "dog\t1", "the\t2"]);
+    let shown = text(&c.cli(&["task", "show", "t-1"]).unwrap().stdout);
+    assert!(shown.contains("outputs:    /out (2 files)"), "{shown}");
+
+    // A task that fails leaves no outputs; an unknown hash is a clean error.
+    let out = c
+        .run(&["--outputs", "/out"], "wordcount", &["reduce"])
+        .unwrap();
+    assert!(!out.status.success());
+    let info = c.json(&["task", "show", "t-2", "-o", "json"]).unwrap();
+    assert_eq!(info["status"]["outputs"].as_array().map(Vec::len), Some(0));
+    let missing = c.cli(&["blob", "get", &"ab".repeat(32)]).unwrap();
+    assert_clean_error(&missing, "no blob");
+    let bad = c
+        .cli(&["run", "--outputs", "out", sample("hello").to_str().unwrap()])
+        .unwrap();
+    assert_clean_error(&bad, "outputs directory");
 }

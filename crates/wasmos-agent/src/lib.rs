@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use wasmos_exec::{Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskUsage};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
-    AgentToMaster, BundleHash, MasterToAgent, OutputPolicy, OutputStream, Reason, Resources,
-    StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
+    AgentToMaster, BundleHash, MasterToAgent, OutputFile, OutputPolicy, OutputStream, Reason,
+    Resources, StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -397,8 +397,8 @@ async fn read_loop(
                 conn.close(0u32.into(), b"going to the leader");
                 break Err(SessionEnd::NotLeader(addr.and_then(|a| a.parse().ok())));
             }
-            MasterToAgent::Bundle { .. } => {
-                tracing::warn!("unexpected bundle header on the control stream");
+            MasterToAgent::Bundle { .. } | MasterToAgent::Stored => {
+                tracing::warn!("unexpected blob answer on the control stream");
             }
         }
     };
@@ -620,9 +620,92 @@ async fn run_task(
     agent.memory.release(spec.resources.mem_bytes);
     // All output is queued before the final status, so watchers see it first.
     let _ = forward.await;
+    let mut status = outcome.status;
+    if let Some(guest) = &spec.outputs_dir
+        && status.state == TaskState::Finished
+        && status.exit_code == Some(0)
+    {
+        // Results are stored before the task is reported finished: whoever reads the final
+        // status can fetch them.
+        let result = store_outputs(agent, dir.scratch_path(guest), guest.clone()).await;
+        match result {
+            Ok(files) => status.outputs = files,
+            Err(e) => {
+                status.state = TaskState::Error;
+                status.message = Some(format!("cannot store its outputs: {e}"));
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+        return status;
+    }
     // Deleting a full scratch space can take a while: not on the task workers.
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
-    outcome.status
+    status
+}
+
+/// How long a task's outputs are retried while no master takes them (a failover).
+const OUTPUT_UPLOAD_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Uploads the files of a task's outputs directory (`root` on the host, `guest` in the task).
+async fn store_outputs(
+    agent: &Arc<Agent>,
+    root: std::path::PathBuf,
+    guest: String,
+) -> Result<Vec<OutputFile>, String> {
+    let files = tokio::task::spawn_blocking(move || taskdir::output_files(root, &guest))
+        .await
+        .map_err(|e| format!("listing the outputs panicked: {e}"))??;
+    let mut out = Vec::new();
+    for (path, host) in files {
+        let bytes = tokio::fs::read(&host)
+            .await
+            .map_err(|e| format!("cannot read output {path}: {e}"))?;
+        let hash = BundleHash::from_digest(&Sha256::digest(&bytes).into());
+        let size = bytes.len() as u64;
+        let deadline = tokio::time::Instant::now() + OUTPUT_UPLOAD_PATIENCE;
+        loop {
+            match put_blob(agent, &hash, &bytes).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("cannot upload output {path}: {e}"));
+                }
+                Err(e) => {
+                    tracing::debug!("output {path} not stored yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        out.push(OutputFile {
+            path,
+            blob: hash,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// Stores a blob on the master it is connected to.
+async fn put_blob(agent: &Agent, hash: &BundleHash, bytes: &[u8]) -> Result<(), String> {
+    let conn = agent
+        .inner()
+        .conn
+        .clone()
+        .ok_or("not connected to the master")?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let head = AgentToMaster::PutBlob {
+        hash: hash.clone(),
+        size: bytes.len() as u64,
+    };
+    send_frame(&mut send, &head)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match recv_frame::<MasterToAgent>(&mut recv).await {
+        Ok(Some(MasterToAgent::Stored)) => Ok(()),
+        Ok(Some(MasterToAgent::Error { message })) => Err(message),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
 }
 
 /// The bytes of each `(hash, what, guest path)` blob, in order; the error names the first that

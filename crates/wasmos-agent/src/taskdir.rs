@@ -138,6 +138,56 @@ impl TaskDir {
         preopens
     }
 
+    /// The host directory of the scratch space's guest directory `guest`.
+    pub(crate) fn scratch_path(&self, guest: &str) -> PathBuf {
+        host_path(&self.scratch(), guest)
+    }
+}
+
+/// The files under `root` (the host side of guest directory `guest`), as (path relative to it,
+/// `/`-separated; host path), sorted. A directory the task never created holds nothing.
+/// Blocking. Only regular files count: the guest cannot make links, and anything else is not a
+/// result.
+pub(crate) fn output_files(root: PathBuf, guest: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    {
+        let mut out = Vec::new();
+        let mut dirs = vec![(root.clone(), String::new())];
+        while let Some((dir, rel)) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir == root => break,
+                Err(e) => return Err(format!("cannot read {guest}/{rel}: {e}")),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("cannot read {guest}/{rel}: {e}"))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let kind = entry
+                    .file_type()
+                    .map_err(|e| format!("cannot read {guest}/{path}: {e}"))?;
+                if kind.is_dir() {
+                    dirs.push((entry.path(), path));
+                } else if kind.is_file() {
+                    out.push((path, entry.path()));
+                    if out.len() > wasmos_proto::MAX_OUTPUT_FILES {
+                        return Err(format!(
+                            "{guest} holds more than {} files",
+                            wasmos_proto::MAX_OUTPUT_FILES
+                        ));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl TaskDir {
     pub(crate) fn quota(&self, spec: &TaskSpec) -> DiskQuota {
         DiskQuota {
             root: self.scratch(),

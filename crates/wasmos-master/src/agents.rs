@@ -306,7 +306,26 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                 Ok(Some(AgentToMaster::FetchBundle { hash })) => {
                     crate::peers::blob(&shared, &hash).await
                 }
-                other => Err(format!("expected FetchBundle, got {other:?}")),
+                Ok(Some(AgentToMaster::PutBlob { hash, size })) => {
+                    let stored = crate::client::store_blob(
+                        &shared,
+                        hash,
+                        size,
+                        wasmos_proto::BlobKind::Data,
+                        &mut recv,
+                    )
+                    .await;
+                    let answer = match stored {
+                        Ok(()) => MasterToAgent::Stored,
+                        Err(e) => MasterToAgent::Error {
+                            message: e.message(),
+                        },
+                    };
+                    let _ = send_frame(&mut send, &answer).await;
+                    let _ = send.finish();
+                    return;
+                }
+                other => Err(format!("expected FetchBundle or PutBlob, got {other:?}")),
             };
             let sent = match reply {
                 Ok(bytes) => {

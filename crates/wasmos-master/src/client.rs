@@ -74,6 +74,7 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             let resp = push_bundle(&shared, hash, size, kind, &mut recv).await;
             send_frame(&mut send, &resp).await
         }
+        ClientRequest::GetBlob { hash } => get_blob(&shared, &who, &hash, &mut send).await,
         other => {
             let resp = answer(&shared, &who, other).await;
             match send_frame(&mut send, &resp).await {
@@ -215,6 +216,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         | ClientRequest::AddMaster { .. }
         | ClientRequest::RemoveMaster { .. } => membership(shared, who, req).await,
         ClientRequest::PushBundle { .. }
+        | ClientRequest::GetBlob { .. }
         | ClientRequest::WatchTask { .. }
         | ClientRequest::Stale(_) => error(ErrorKind::InvalidRequest, "handled elsewhere"),
     }
@@ -480,6 +482,43 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
     )
 }
 
+/// Sends a blob's bytes after a `Blob` header.
+async fn get_blob(
+    shared: &Shared,
+    who: &Identity,
+    hash: &BundleHash,
+    send: &mut SendStream,
+) -> Result<(), FrameError> {
+    let names = |t: &TaskInfo| {
+        &t.spec.bundle == hash
+            || t.spec.stdin.as_ref() == Some(hash)
+            || t.spec.inputs.iter().any(|i| &i.blob == hash)
+            || t.spec.mounts.iter().any(|m| &m.archive == hash)
+            || t.status.outputs.iter().any(|o| &o.blob == hash)
+    };
+    let allowed = matches!(who, Identity::Operator(_))
+        || shared.read(|s| s.tasks.values().any(|t| visible(who, t) && names(t)));
+    let missing = || {
+        error(
+            ErrorKind::NotFound,
+            format!("no blob {hash} that you may read"),
+        )
+    };
+    if !allowed {
+        return send_frame(send, &missing()).await;
+    }
+    match crate::peers::blob(shared, hash).await {
+        Ok(bytes) => {
+            let head = ClientResponse::Blob {
+                size: bytes.len() as u64,
+            };
+            send_frame(send, &head).await?;
+            send.write_all(&bytes).await.map_err(FrameError::Write)
+        }
+        Err(_) => send_frame(send, &missing()).await,
+    }
+}
+
 async fn push_bundle(
     shared: &Arc<Shared>,
     hash: BundleHash,
@@ -487,6 +526,37 @@ async fn push_bundle(
     kind: BlobKind,
     recv: &mut RecvStream,
 ) -> ClientResponse {
+    match store_blob(shared, hash, size, kind, recv).await {
+        Ok(()) => ClientResponse::Ok,
+        Err(StoreFailure::Refused(kind, message)) => error(kind, message),
+        Err(StoreFailure::Raft(e)) => raft_error(shared, e),
+    }
+}
+
+pub(crate) enum StoreFailure {
+    Refused(ErrorKind, String),
+    Raft(wasmos_raft::RaftError),
+}
+
+impl StoreFailure {
+    pub(crate) fn message(&self) -> String {
+        match self {
+            StoreFailure::Refused(_, m) => m.clone(),
+            StoreFailure::Raft(e) => e.to_string(),
+        }
+    }
+}
+
+/// Reads an announced blob from `recv`, checks it against its hash, copies it to a majority of
+/// masters and records it: a client's upload, or a task's output an agent sends.
+pub(crate) async fn store_blob(
+    shared: &Arc<Shared>,
+    hash: BundleHash,
+    size: u64,
+    kind: BlobKind,
+    recv: &mut RecvStream,
+) -> Result<(), StoreFailure> {
+    let error = |kind, message| Err(StoreFailure::Refused(kind, message));
     let max = shared.cfg.max_bundle_bytes;
     if size > max {
         return error(
@@ -516,17 +586,15 @@ async fn push_bundle(
             format!("bundle {hash} not stored: {e}"),
         );
     }
-    match shared
+    shared
         .write(Command::AddBundle {
             hash,
             size,
             now_ms: now_ms(),
         })
         .await
-    {
-        Ok(_) => ClientResponse::Ok,
-        Err(e) => raft_error(shared, e),
-    }
+        .map(|_| ())
+        .map_err(StoreFailure::Raft)
 }
 
 /// Streams a task's output: everything stored so far, then (with `follow`) new output as it

@@ -22,8 +22,8 @@ pub use messages::{
 pub use net::{NetRule, NetRuleError};
 pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
 pub use task::{
-    InputFile, MAX_INPUTS, MAX_MOUNTS, Mount, OutputPolicy, Qos, Reason, Resources, TaskInfo,
-    TaskSpec, TaskState, TaskStatus, guest_parent, valid_guest_path,
+    InputFile, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy, Qos,
+    Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus, guest_parent, valid_guest_path,
 };
 
 /// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.

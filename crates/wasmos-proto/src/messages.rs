@@ -24,6 +24,11 @@ pub enum ClientRequest {
         size: u64,
         kind: BlobKind,
     },
+    /// A blob's bytes (a task's output file, say): answered `Blob` followed by the bytes.
+    /// Tenants may fetch only blobs their own tasks name.
+    GetBlob {
+        hash: BundleHash,
+    },
     SubmitTask {
         spec: TaskSpec,
         /// Chosen by the client, unique per submission: resending the same submission (its
@@ -82,6 +87,7 @@ impl ClientRequest {
         matches!(
             self,
             ClientRequest::HasBundle { .. }
+                | ClientRequest::GetBlob { .. }
                 | ClientRequest::ListTasks
                 | ClientRequest::GetTask { .. }
                 | ClientRequest::ListAgents
@@ -119,6 +125,10 @@ pub enum OutputStream {
 pub enum ClientResponse {
     Ok,
     HasBundle(bool),
+    /// Followed by exactly `size` raw bytes.
+    Blob {
+        size: u64,
+    },
     Submitted {
         id: TaskId,
     },
@@ -285,6 +295,13 @@ pub enum AgentToMaster {
     FetchBundle {
         hash: BundleHash,
     },
+    /// A task's output file, as the first message of a new stream followed by `size` raw
+    /// bytes: the master stores it as a data blob (on a majority of masters) and answers
+    /// `Stored`, or `Error`.
+    PutBlob {
+        hash: BundleHash,
+        size: u64,
+    },
 }
 
 /// Master to agent, on the agent's control stream.
@@ -311,6 +328,8 @@ pub enum MasterToAgent {
     Ack {
         seq: u64,
     },
+    /// The blob of a `PutBlob` is stored.
+    Stored,
     /// This master is not (or no longer) the leader: the agent should register with `addr`,
     /// the leader's address when known, and ends this session.
     NotLeader {

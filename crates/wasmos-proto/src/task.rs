@@ -205,7 +205,24 @@ pub struct TaskSpec {
     /// agent has memory no task requested.
     #[serde(default)]
     pub mem_limit_bytes: Option<u64>,
+    /// A guest directory of results: when the task finishes with exit code 0, every file under
+    /// it is uploaded to the master as a data blob and listed in the final status (`outputs`),
+    /// where frameworks find them (a batch job hands them to its later stages).
+    #[serde(default)]
+    pub outputs_dir: Option<String>,
 }
+
+/// A file a task left in its outputs directory, stored as a data blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Relative to the outputs directory, `/`-separated (`part-0`, `sub/x.csv`).
+    pub path: String,
+    pub blob: BundleHash,
+    pub size: u64,
+}
+
+/// Most files one task's outputs directory may hold.
+pub const MAX_OUTPUT_FILES: usize = 256;
 
 /// A directory shipped with a task: a tar archive (uploaded as a data blob) unpacked at `guest`
 /// inside the task's scratch space, so it is writable and counts against the `disk` quota.
@@ -272,6 +289,7 @@ impl TaskSpec {
             priority: 0,
             cpu_limit_millis: None,
             mem_limit_bytes: None,
+            outputs_dir: None,
         }
     }
 
@@ -327,6 +345,13 @@ impl TaskSpec {
             if !mounts.insert(m.guest.as_str()) {
                 return Err(format!("two mounts at `{}`", m.guest));
             }
+        }
+        if let Some(dir) = &self.outputs_dir
+            && (!valid_guest_path(dir) || dir == "/")
+        {
+            return Err(format!(
+                "outputs directory `{dir}` must be an absolute, normalized path below /, like /out"
+            ));
         }
         let mut files = std::collections::BTreeSet::new();
         for i in &self.inputs {
@@ -497,6 +522,9 @@ pub struct TaskStatus {
     pub cpu_ms: u64,
     /// Largest total size its linear memories reached.
     pub peak_mem_bytes: u64,
+    /// What it left in its outputs directory (finished with exit code 0 only).
+    #[serde(default)]
+    pub outputs: Vec<OutputFile>,
 }
 
 impl TaskStatus {
@@ -522,6 +550,7 @@ impl TaskStatus {
             fuel_used: 0,
             cpu_ms: 0,
             peak_mem_bytes: 0,
+            outputs: Vec::new(),
         }
     }
 }

@@ -429,6 +429,34 @@ impl Client {
         Err(self.no_leader())
     }
 
+    /// A blob's bytes (a task's output file), checked against its hash.
+    pub async fn get_blob(&self, hash: &BundleHash) -> Result<Vec<u8>> {
+        let req = Self::wrap(ClientRequest::GetBlob { hash: hash.clone() });
+        for _ in 0..MAX_REDIRECTS {
+            let (mut send, mut recv) = self.open(&req).await?;
+            let _ = send.finish();
+            match self.next(&mut recv).await? {
+                ClientResponse::NotLeader { leader, addr } => self.redirect(leader, addr).await?,
+                ClientResponse::Blob { size } => {
+                    let bytes = recv
+                        .read_to_end(size as usize)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    let got = hex::encode(sha2::Sha256::digest(&bytes));
+                    if bytes.len() as u64 != size || got != hash.as_str() {
+                        bail!(
+                            "blob {hash} arrived damaged ({} bytes, sha256 {got})",
+                            bytes.len()
+                        );
+                    }
+                    return Ok(bytes);
+                }
+                other => bail!("unexpected answer to a blob download: {other:?}"),
+            }
+        }
+        Err(self.no_leader())
+    }
+
     /// Streams a task's output into `sink`. With `follow`, returns the task's final record once
     /// it ends; without, returns `None` after the output stored so far.
     pub async fn watch(

@@ -67,6 +67,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BundleCmd,
     },
+    /// Download stored blobs, such as the files tasks leave in their outputs directory.
+    Blob {
+        #[command(subcommand)]
+        cmd: BlobCmd,
+    },
     /// Issue certificates from a cluster CA (for example the one `wasmos dev` made, in
     /// DATA_DIR/pki).
     Cert {
@@ -238,6 +243,17 @@ enum ClusterCmd {
 enum BundleCmd {
     /// Check and upload a component (skipped if the master has it); prints its sha256.
     Push { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BlobCmd {
+    /// Download a blob (a task's output file, as `task show` lists them) by its sha256.
+    Get {
+        hash: String,
+        /// Write it to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -535,6 +551,11 @@ struct RunArgs {
     /// while its agent has memory no task requested.
     #[arg(long, value_name = "BYTES")]
     mem_limit: Option<String>,
+    /// A guest directory of results (like /out): if the task finishes with exit code 0, each
+    /// file in it is stored as a blob and listed by `wasmos task show`; `wasmos blob get HASH`
+    /// fetches one.
+    #[arg(long, value_name = "GUEST_DIR")]
+    outputs: Option<String>,
     /// Higher launches first among its role's waiting tasks; lower is preempted first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
@@ -683,6 +704,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let ca = dev::ensure_ca(&pki)?;
             let files = dev::ensure_cert(&pki, &ca, &who, &file)?;
             println!("{}\n{}", files.cert.display(), files.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Blob {
+            cmd: BlobCmd::Get { hash, output },
+        } => {
+            let hash = wasmos_proto::BundleHash::parse(&hash)?;
+            let cfg = ClientConfig::load(config)?;
+            let client = Client::connect(&cfg).await?;
+            let bytes = client.get_blob(&hash).await;
+            client.close().await;
+            let bytes = bytes?;
+            match output {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)
+                    .context("cannot write to standard output")?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bundle {
@@ -1101,6 +1139,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         priority: args.priority,
         cpu_limit_millis: args.cpu_limit.as_deref().map(parse_cpu).transpose()?,
         mem_limit_bytes: args.mem_limit.as_deref().map(parse_bytes).transpose()?,
+        outputs_dir: args.outputs.clone(),
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
@@ -1339,6 +1378,13 @@ async fn task_show(config: Option<&Path>, id: &str, format: Format) -> Result<Ex
             ];
             for (k, v) in rows {
                 println!("{:<11} {v}", format!("{k}:"));
+            }
+            if let Some(dir) = &t.spec.outputs_dir {
+                // One per line with the whole hash: what `wasmos blob get` takes.
+                println!("{:<11} {dir} ({} files)", "outputs:", st.outputs.len());
+                for o in &st.outputs {
+                    println!("  {} {} {}", o.blob, format_bytes(o.size), o.path);
+                }
             }
         }
     }
