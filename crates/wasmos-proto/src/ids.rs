@@ -16,6 +16,8 @@ pub enum IdError {
     Agent(String),
     #[error("`{0}` is not a framework id (expected fw-<number>, e.g. fw-3)")]
     Framework(String),
+    #[error("`{0}` is not a job id (expected job-<number>, e.g. job-3)")]
+    Job(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

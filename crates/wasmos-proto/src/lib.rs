@@ -4,6 +4,7 @@
 mod codec;
 mod framework;
 mod ids;
+mod job;
 mod messages;
 mod net;
 mod quantity;
@@ -14,6 +15,9 @@ pub use framework::{
     DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
 };
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
+pub use job::{
+    GroupProgress, GroupSpec, JobEvent, JobId, JobInfo, JobKind, JobSpec, JobState, MAX_GROUP_COUNT,
+};
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
     ErrorKind, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse, RoleInfo,

@@ -40,6 +40,24 @@ pub enum ClientRequest {
     GetTask {
         id: TaskId,
     },
+    /// Starts a batch job or service, run by the master's built-in frameworks.
+    SubmitJob {
+        spec: crate::JobSpec,
+    },
+    ListJobs,
+    GetJob {
+        id: crate::JobId,
+    },
+    /// Stops a job: its tasks are killed.
+    KillJob {
+        id: crate::JobId,
+    },
+    /// Sets how many instances a service group keeps running.
+    ScaleJob {
+        id: crate::JobId,
+        group: String,
+        count: u32,
+    },
     ListAgents,
     /// Streams the task's output from the start; with `follow`, keeps streaming until the task
     /// ends and closes with `TaskEnded`.
@@ -89,6 +107,8 @@ impl ClientRequest {
             ClientRequest::HasBundle { .. }
                 | ClientRequest::GetBlob { .. }
                 | ClientRequest::ListTasks
+                | ClientRequest::ListJobs
+                | ClientRequest::GetJob { .. }
                 | ClientRequest::GetTask { .. }
                 | ClientRequest::ListAgents
                 | ClientRequest::WatchTask { .. }
@@ -133,6 +153,10 @@ pub enum ClientResponse {
         id: TaskId,
     },
     Tasks(Vec<TaskInfo>),
+    JobSubmitted {
+        id: crate::JobId,
+    },
+    Jobs(Vec<crate::JobInfo>),
     Task(Box<TaskInfo>),
     Agents(Vec<AgentInfo>),
     Roles(Vec<RoleInfo>),

@@ -243,7 +243,7 @@ pub struct InputFile {
 
 /// Most mounts and input files one task may have.
 pub const MAX_MOUNTS: usize = 16;
-pub const MAX_INPUTS: usize = 64;
+pub const MAX_INPUTS: usize = 1024;
 
 /// Whether `guest` is an absolute, normalized guest path: `/`, `/data`, `/a/b`, without `.`,
 /// `..`, empty components, backslashes or NULs.

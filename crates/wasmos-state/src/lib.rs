@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use wasmos_alloc::{Pools, Role};
 use wasmos_proto::{
-    AgentId, BundleHash, FrameworkId, Reason, Resources, StatusUpdate, TaskId, TaskInfo, TaskSpec,
-    TaskState, TaskStatus,
+    AgentId, BundleHash, FrameworkId, JobEvent, JobId, JobSpec, JobState, OutputFile, Reason,
+    Resources, StatusUpdate, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,28 @@ pub enum ReservationOp {
     Unreserve { role: Role, resources: Resources },
 }
 
+/// A job and what its framework has recorded of its progress: enough for a new leader's
+/// framework to carry on where the old one stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub owner: String,
+    /// The role its tasks count against (resolved at submission).
+    pub role: Role,
+    pub submitted_ms: u64,
+    pub state: JobState,
+    pub ended_ms: Option<u64>,
+    /// The framework running it, once registered.
+    pub framework: Option<FrameworkId>,
+    /// Its tasks not yet known to have ended: (group, index).
+    pub tasks: BTreeMap<TaskId, (String, u32)>,
+    /// Batch slots done: the task that did it and its outputs.
+    pub done: BTreeMap<(String, u32), (TaskId, Vec<OutputFile>)>,
+    /// Failed attempts by slot.
+    pub failures: BTreeMap<(String, u32), u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleMeta {
     pub size: u64,
@@ -116,6 +138,8 @@ pub struct ClusterState {
     /// resends, and what a framework gets again when it subscribes.
     #[serde(default)]
     pub unacked: std::collections::BTreeSet<(FrameworkId, TaskId)>,
+    pub next_job_id: u64,
+    pub jobs: BTreeMap<JobId, JobRecord>,
 }
 
 /// How long a submission key is remembered: ten times as long as the CLI retries.
@@ -222,6 +246,17 @@ pub enum Command {
     /// Several commands in one raft entry, applied in order, each on its own (one refused
     /// does not undo the others): how concurrent writes share one log append and fsync.
     Batch(Vec<Command>),
+    SubmitJob {
+        spec: JobSpec,
+        owner: String,
+        role: Role,
+        now_ms: u64,
+    },
+    Job {
+        job: JobId,
+        event: JobEvent,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +269,7 @@ pub enum CommandResult {
     Duplicate,
     Submitted(TaskId),
     Framework(FrameworkId),
+    Job(JobId),
     /// The command was refused; the state is unchanged. A domain answer, not a failure.
     Rejected(String),
 }
@@ -563,6 +599,101 @@ impl ClusterState {
                     ));
                 }
                 self.roles.insert(role, record);
+                CommandResult::Ok
+            }
+            Command::SubmitJob {
+                spec,
+                owner,
+                role,
+                now_ms,
+            } => {
+                if let Err(why) = spec.check() {
+                    return CommandResult::Rejected(why);
+                }
+                for g in &spec.groups {
+                    if let Err(why) = self.check_blobs(&g.task) {
+                        return CommandResult::Rejected(format!("group `{}`: {why}", g.name));
+                    }
+                    for input in g.inputs.iter().flatten() {
+                        if !self.bundles.contains_key(&input.blob) {
+                            return CommandResult::Rejected(format!(
+                                "group `{}`: input blob {} has not been uploaded",
+                                g.name, input.blob
+                            ));
+                        }
+                    }
+                }
+                self.next_job_id += 1;
+                let id = JobId(self.next_job_id);
+                self.jobs.insert(
+                    id,
+                    JobRecord {
+                        id,
+                        spec,
+                        owner,
+                        role,
+                        submitted_ms: now_ms,
+                        state: JobState::Running,
+                        ended_ms: None,
+                        framework: None,
+                        tasks: BTreeMap::new(),
+                        done: BTreeMap::new(),
+                        failures: BTreeMap::new(),
+                    },
+                );
+                CommandResult::Job(id)
+            }
+            Command::Job { job, event, now_ms } => {
+                let Some(record) = self.jobs.get_mut(&job) else {
+                    return CommandResult::Rejected(format!("unknown job {job}"));
+                };
+                if record.state.is_terminal() {
+                    return CommandResult::Rejected(format!("job {job} has ended"));
+                }
+                match event {
+                    JobEvent::Framework(fw) => record.framework = Some(fw),
+                    JobEvent::Launched { task, group, index } => {
+                        record.tasks.insert(task, (group, index));
+                    }
+                    JobEvent::Done {
+                        task,
+                        group,
+                        index,
+                        outputs,
+                    } => {
+                        record.tasks.remove(&task);
+                        record.done.insert((group, index), (task, outputs));
+                    }
+                    JobEvent::Failed { task, group, index } => {
+                        // Once per task, however often its end is reported.
+                        if record.tasks.remove(&task).is_some() {
+                            *record.failures.entry((group, index)).or_default() += 1;
+                        }
+                    }
+                    JobEvent::Stopped { task } => {
+                        record.tasks.remove(&task);
+                    }
+                    JobEvent::Scaled { group, count } => {
+                        if count == 0 || count > wasmos_proto::MAX_GROUP_COUNT {
+                            return CommandResult::Rejected(format!(
+                                "count must be 1 to {}",
+                                wasmos_proto::MAX_GROUP_COUNT
+                            ));
+                        }
+                        match record.spec.groups.iter_mut().find(|g| g.name == group) {
+                            Some(g) => g.count = count,
+                            None => {
+                                return CommandResult::Rejected(format!(
+                                    "job {job} has no group `{group}`"
+                                ));
+                            }
+                        }
+                    }
+                    JobEvent::Ended(state) => {
+                        record.state = state;
+                        record.ended_ms = Some(now_ms);
+                    }
+                }
                 CommandResult::Ok
             }
             Command::Launch {

@@ -1,0 +1,499 @@
+//! The built-in frameworks, written on the public SDK only: batch jobs (a DAG of task groups run
+//! to completion, with retries and backoff, a deadline, agent constraints and delay scheduling
+//! toward agents that already hold the bundle compiled) and services (N instances of each group
+//! kept running, restarted with backoff, scaled, stopped).
+//!
+//! One [`JobFramework`] runs one job. What it must not forget it hands to its host as
+//! [`JobEvent`]s ([`JobFramework::take_events`]); the host records them before it sends the
+//! calls the same callback made, acknowledgements included, so an update whose consequence was
+//! not recorded is delivered again to the next instance (after a master failover).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wasmos_proto::{
+    AgentId, BundleHash, FrameworkId, InputFile, JobEvent, JobId, JobKind, JobSpec, JobState,
+    OfferInfo, OutputFile, Qos, Resources, TaskId, TaskSpec, TaskState, TaskStatus,
+};
+use wasmos_sdk::{Context, Scheduler};
+
+/// A task's place in its job: (group number, index).
+type Slot = (usize, u32);
+
+/// How long a task waits for an offer from an agent that already ran its bundle before it
+/// takes any agent (delay scheduling).
+pub const LOCALITY_WAIT_MS: u64 = 3_000;
+/// The longest wait between a service instance's restarts.
+const MAX_BACKOFF_MS: u64 = 60_000;
+/// How long declined offers stay away: short, so a slot whose wait ends soon gets offers.
+const DECLINE_MS: u64 = 1_000;
+
+/// What a job has recorded so far (from the replicated state), to resume from.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub framework: Option<FrameworkId>,
+    /// Tasks not known to have ended.
+    pub tasks: BTreeMap<TaskId, (String, u32)>,
+    pub done: BTreeMap<(String, u32), (TaskId, Vec<OutputFile>)>,
+    pub failures: BTreeMap<(String, u32), u32>,
+}
+
+#[derive(Debug)]
+pub struct JobFramework {
+    id: JobId,
+    spec: JobSpec,
+    submitted_ms: u64,
+    progress: Progress,
+    /// Slots with a task on its way (`None`: the accept is not answered yet) or live.
+    busy: BTreeMap<Slot, Option<TaskId>>,
+    live: BTreeMap<TaskId, Slot>,
+    agent_of: BTreeMap<TaskId, AgentId>,
+    launching: BTreeMap<u64, Vec<(Slot, AgentId)>>,
+    /// Tasks this framework killed itself (scaled down, job stopped): their end is no failure.
+    killing: BTreeSet<TaskId>,
+    retry_at: BTreeMap<Slot, u64>,
+    waiting_since: BTreeMap<Slot, u64>,
+    /// Agents that have run a bundle, so hold it compiled.
+    warm: BTreeMap<BundleHash, BTreeSet<AgentId>>,
+    events: Vec<JobEvent>,
+    suppressed: bool,
+    stop: bool,
+    ended: bool,
+    pub locality_wait_ms: u64,
+}
+
+impl JobFramework {
+    pub fn new(id: JobId, spec: JobSpec, submitted_ms: u64, progress: Progress) -> JobFramework {
+        let index: BTreeMap<&str, usize> = spec
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i))
+            .collect();
+        let mut busy = BTreeMap::new();
+        let mut live = BTreeMap::new();
+        for (task, (group, i)) in &progress.tasks {
+            if let Some(g) = index.get(group.as_str()) {
+                busy.insert((*g, *i), Some(*task));
+                live.insert(*task, (*g, *i));
+            }
+        }
+        JobFramework {
+            id,
+            spec,
+            submitted_ms,
+            progress,
+            busy,
+            live,
+            agent_of: BTreeMap::new(),
+            launching: BTreeMap::new(),
+            killing: BTreeSet::new(),
+            retry_at: BTreeMap::new(),
+            waiting_since: BTreeMap::new(),
+            warm: BTreeMap::new(),
+            events: Vec::new(),
+            suppressed: false,
+            stop: false,
+            ended: false,
+            locality_wait_ms: LOCALITY_WAIT_MS,
+        }
+    }
+
+    /// What the host must record before it sends the calls of the same callback.
+    pub fn take_events(&mut self) -> Vec<JobEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Whether any group runs best-effort tasks (the framework then takes revocable offers).
+    pub fn wants_revocable(spec: &JobSpec) -> bool {
+        spec.groups.iter().any(|g| g.task.qos == Qos::BestEffort)
+    }
+
+    /// The owner stopped the job: its tasks are killed at the next callback.
+    pub fn stop(&mut self) {
+        self.stop = true;
+    }
+
+    /// A service group's new instance count: more start, the highest indexes stop.
+    pub fn set_count(&mut self, group: &str, count: u32) {
+        if let Some(g) = self.spec.groups.iter_mut().find(|g| g.name == group) {
+            g.count = count;
+        }
+    }
+
+    fn name(&self, slot: Slot) -> (String, u32) {
+        (self.spec.groups[slot.0].name.clone(), slot.1)
+    }
+
+    fn group_done(&self, g: usize) -> bool {
+        let group = &self.spec.groups[g];
+        (0..group.count).all(|i| self.progress.done.contains_key(&(group.name.clone(), i)))
+    }
+
+    /// Slots that could launch now, in order: earlier groups first, then by index.
+    fn pending(&self, now: u64) -> Vec<Slot> {
+        let mut out = Vec::new();
+        for (gi, g) in self.spec.groups.iter().enumerate() {
+            if self.spec.kind == JobKind::Batch {
+                let ready = g.depends_on.iter().all(|d| {
+                    self.spec
+                        .groups
+                        .iter()
+                        .position(|x| &x.name == d)
+                        .is_some_and(|di| self.group_done(di))
+                });
+                if !ready {
+                    continue;
+                }
+            }
+            for i in 0..g.count {
+                let slot = (gi, i);
+                let done = self.progress.done.contains_key(&(g.name.clone(), i));
+                let waiting = self.retry_at.get(&slot).is_some_and(|t| *t > now);
+                if !done && !waiting && !self.busy.contains_key(&slot) {
+                    out.push(slot);
+                }
+            }
+        }
+        out
+    }
+
+    /// The task of `slot`: the group's template with `{index}` filled in, its own input
+    /// files, and the outputs of the groups it depends on.
+    fn task_for(&self, slot: Slot) -> TaskSpec {
+        let g = &self.spec.groups[slot.0];
+        let index = slot.1.to_string();
+        let fill = |s: &str| s.replace("{index}", &index);
+        let mut t = g.task.clone();
+        t.args = t.args.iter().map(|a| fill(a)).collect();
+        t.env = t.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
+        if let Some(own) = g.inputs.get(slot.1 as usize) {
+            t.inputs.extend(own.iter().cloned());
+        }
+        let pattern = g.input_pattern.as_deref().map(fill);
+        for dep in &g.depends_on {
+            let done = self
+                .progress
+                .done
+                .range((dep.clone(), 0)..=(dep.clone(), u32::MAX));
+            for ((_, i), (_, outputs)) in done {
+                for o in outputs {
+                    if pattern.as_ref().is_some_and(|p| p != &o.path) {
+                        continue;
+                    }
+                    t.inputs.push(InputFile {
+                        blob: o.blob.clone(),
+                        guest: format!("/in/{dep}/{i}/{}", o.path),
+                    });
+                }
+            }
+        }
+        t
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        match self.spec.kind {
+            JobKind::Batch => self.spec.deadline_ms.map(|d| self.submitted_ms + d),
+            JobKind::Service => None,
+        }
+    }
+
+    /// Ends the job: records how, kills what still runs (the teardown does), stops.
+    fn end(&mut self, cx: &mut Context, state: JobState) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.events.push(JobEvent::Ended(state));
+        cx.teardown();
+    }
+
+    /// Ends the job if it was stopped or ran past its deadline; true if it has ended.
+    fn check_end(&mut self, cx: &mut Context) -> bool {
+        if self.stop {
+            self.end(cx, JobState::Killed);
+        }
+        if let Some(d) = self.deadline()
+            && cx.now_ms() >= d
+        {
+            self.end(cx, JobState::Failed("it ran past its deadline".into()));
+        }
+        self.ended
+    }
+
+    fn revive(&mut self, cx: &mut Context) {
+        if self.suppressed {
+            self.suppressed = false;
+            cx.revive();
+        }
+    }
+
+    /// A slot's attempt ended without success: retry it after its backoff, or fail the job.
+    fn failed(&mut self, cx: &mut Context, slot: Slot, task: TaskId, status: &TaskStatus) {
+        let (group, index) = self.name(slot);
+        self.events.push(JobEvent::Failed {
+            task,
+            group: group.clone(),
+            index,
+        });
+        let n = self.progress.failures.entry((group.clone(), index)).or_default();
+        *n += 1;
+        let n = *n;
+        let g = &self.spec.groups[slot.0];
+        if self.spec.kind == JobKind::Batch && n > g.retries {
+            let why = format!(
+                "task {index} of group {group} failed {n} times; the last time {}{}",
+                status.state,
+                status
+                    .message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .or_else(|| status.exit_code.map(|c| format!(" (exit code {c})")))
+                    .unwrap_or_default()
+            );
+            self.end(cx, JobState::Failed(why));
+            return;
+        }
+        let backoff = g
+            .backoff_ms
+            .saturating_mul(1u64 << (n - 1).min(16))
+            .min(MAX_BACKOFF_MS);
+        let at = cx.now_ms() + backoff;
+        self.retry_at.insert(slot, at);
+        cx.wake_at(at);
+    }
+}
+
+fn fits(need: &Resources, left: &Resources) -> bool {
+    need.fits_in(left)
+}
+
+impl Scheduler for JobFramework {
+    fn subscribed(&mut self, cx: &mut Context, framework: FrameworkId, _role: &str) {
+        if self.progress.framework != Some(framework) {
+            self.progress.framework = Some(framework);
+            self.events.push(JobEvent::Framework(framework));
+        }
+        // The tasks a previous instance launched: their state, live or ended.
+        let known: Vec<TaskId> = self.live.keys().copied().collect();
+        if !known.is_empty() {
+            cx.reconcile(known);
+        }
+        if let Some(d) = self.deadline() {
+            cx.wake_at(d);
+        }
+    }
+
+    fn offers(&mut self, cx: &mut Context, offers: Vec<OfferInfo>) {
+        if self.check_end(cx) {
+            cx.decline(offers.iter().map(|o| o.id).collect(), None);
+            return;
+        }
+        let now = cx.now_ms();
+        let pending = self.pending(now);
+        if pending.is_empty() {
+            cx.decline(offers.iter().map(|o| o.id).collect(), None);
+            if self.launching.is_empty() {
+                self.suppressed = true;
+                cx.suppress();
+            }
+            return;
+        }
+        let mut taken: BTreeSet<Slot> = BTreeSet::new();
+        for offer in offers {
+            let mut left = offer
+                .reserved
+                .values()
+                .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
+            let mut revocable = offer.revocable.clone();
+            let mut chosen = Vec::new();
+            for slot in &pending {
+                if taken.contains(slot) {
+                    continue;
+                }
+                let g = &self.spec.groups[slot.0];
+                let matches = g
+                    .constraints
+                    .iter()
+                    .all(|(k, v)| offer.attributes.get(k) == Some(v));
+                if !matches {
+                    continue;
+                }
+                // Delay scheduling: wait a while for an agent that already ran the bundle.
+                let warm = self.warm.get(&g.task.bundle);
+                if warm.is_some_and(|w| !w.contains(&offer.agent)) {
+                    let since = *self.waiting_since.entry(*slot).or_insert(now);
+                    let until = since + self.locality_wait_ms;
+                    if now < until {
+                        cx.wake_at(until);
+                        continue;
+                    }
+                }
+                let need = &g.task.resources;
+                let pool = if g.task.qos == Qos::BestEffort {
+                    &mut revocable
+                } else {
+                    &mut left
+                };
+                if !fits(need, pool) {
+                    continue;
+                }
+                *pool = pool.saturating_sub(need);
+                taken.insert(*slot);
+                chosen.push(*slot);
+            }
+            if chosen.is_empty() {
+                cx.decline(vec![offer.id], Some(DECLINE_MS));
+                continue;
+            }
+            let specs = chosen.iter().map(|s| self.task_for(*s)).collect();
+            let request = cx.launch(offer.id, specs);
+            for s in &chosen {
+                self.busy.insert(*s, None);
+                self.waiting_since.remove(s);
+            }
+            self.launching.insert(
+                request,
+                chosen.into_iter().map(|s| (s, offer.agent.clone())).collect(),
+            );
+        }
+    }
+
+    fn launched(&mut self, _cx: &mut Context, request: u64, tasks: &[TaskId]) {
+        let Some(slots) = self.launching.remove(&request) else {
+            return;
+        };
+        for ((slot, agent), task) in slots.into_iter().zip(tasks) {
+            self.busy.insert(slot, Some(*task));
+            self.live.insert(*task, slot);
+            self.agent_of.insert(*task, agent);
+            let (group, index) = self.name(slot);
+            self.progress
+                .tasks
+                .insert(*task, (group.clone(), index));
+            self.events.push(JobEvent::Launched {
+                task: *task,
+                group,
+                index,
+            });
+        }
+    }
+
+    fn error(&mut self, cx: &mut Context, request: Option<u64>, _message: &str) {
+        // A refused accept launched nothing: its slots wait for other offers.
+        if let Some(slots) = request.and_then(|r| self.launching.remove(&r)) {
+            for (slot, _) in slots {
+                self.busy.remove(&slot);
+            }
+            self.revive(cx);
+        }
+    }
+
+    fn update(&mut self, cx: &mut Context, task: TaskId, status: &TaskStatus) {
+        let Some(slot) = self.live.get(&task).copied() else {
+            // Not one this job knows (launched by an instance that failed before recording
+            // it): it must not hold resources.
+            if !status.state.is_terminal() {
+                cx.kill(task);
+            }
+            return;
+        };
+        if status.state == TaskState::Running
+            && let Some(agent) = self.agent_of.get(&task)
+        {
+            let bundle = self.spec.groups[slot.0].task.bundle.clone();
+            self.warm.entry(bundle).or_default().insert(agent.clone());
+        }
+        if !status.state.is_terminal() {
+            if self.slot_retired(slot) && self.killing.insert(task) {
+                cx.kill(task);
+            }
+            return;
+        }
+        self.live.remove(&task);
+        self.agent_of.remove(&task);
+        self.progress.tasks.remove(&task);
+        if self.busy.get(&slot) == Some(&Some(task)) {
+            self.busy.remove(&slot);
+        }
+        let killed_by_us = self.killing.remove(&task);
+        let ok = status.state == TaskState::Finished && status.exit_code == Some(0);
+        let (group, index) = self.name(slot);
+        if self.spec.kind == JobKind::Batch && ok {
+            self.events.push(JobEvent::Done {
+                task,
+                group: group.clone(),
+                index,
+                outputs: status.outputs.clone(),
+            });
+            self.progress
+                .done
+                .insert((group, index), (task, status.outputs.clone()));
+            if (0..self.spec.groups.len()).all(|g| self.group_done(g)) {
+                self.end(cx, JobState::Finished);
+                return;
+            }
+        } else if killed_by_us || self.ended {
+            // Scaled down or stopped: nothing to replace.
+            self.events.push(JobEvent::Stopped { task });
+        } else {
+            self.failed(cx, slot, task, status);
+        }
+        if !self.ended {
+            self.revive(cx);
+        }
+    }
+
+    fn failure(&mut self, cx: &mut Context, agent: &AgentId) {
+        // Its tasks' lost updates follow; it no longer holds any bundle warm.
+        for w in self.warm.values_mut() {
+            w.remove(agent);
+        }
+        self.revive(cx);
+    }
+
+    fn tick(&mut self, cx: &mut Context) {
+        if self.check_end(cx) {
+            return;
+        }
+        let now = cx.now_ms();
+        // Instances past a service's new count stop.
+        let retired: Vec<TaskId> = self
+            .live
+            .iter()
+            .filter(|(t, s)| self.slot_retired(**s) && !self.killing.contains(t))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in retired {
+            self.killing.insert(t);
+            cx.kill(t);
+        }
+        if !self.pending(now).is_empty() {
+            self.revive(cx);
+        }
+        if let Some(next) = self.retry_at.values().filter(|t| **t > now).min() {
+            cx.wake_at(*next);
+        }
+        if let Some(d) = self.deadline() {
+            cx.wake_at(d);
+        }
+    }
+}
+
+impl JobFramework {
+    /// Past its group's count (a service scaled down).
+    fn slot_retired(&self, slot: Slot) -> bool {
+        slot.1 >= self.spec.groups[slot.0].count
+    }
+
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

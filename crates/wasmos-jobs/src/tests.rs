@@ -1,0 +1,275 @@
+//! The job framework through the SDK's sans-IO driver: offers in, calls out, no cluster.
+
+use std::collections::BTreeMap;
+
+use wasmos_proto::{
+    AgentId, BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, GroupSpec, JobEvent, JobId,
+    JobKind, JobSpec, JobState, OfferId, OfferInfo, OfferOperation, OutputFile, Resources,
+    TaskId, TaskSpec, TaskState, TaskStatus,
+};
+use wasmos_sdk::{Action, Driver, Options};
+
+use super::*;
+
+fn hash(b: u8) -> BundleHash {
+    BundleHash::parse(&format!("{b:02x}").repeat(32)).unwrap()
+}
+
+fn group(name: &str, count: u32, deps: &[&str]) -> GroupSpec {
+    GroupSpec {
+        name: name.into(),
+        count,
+        task: TaskSpec {
+            args: vec!["--part".into(), "{index}".into()],
+            resources: Resources::new(500, 1 << 20, 0),
+            ..TaskSpec::new("wc.wasm", hash(1))
+        },
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        input_pattern: None,
+        inputs: Vec::new(),
+        constraints: BTreeMap::new(),
+        retries: 1,
+        backoff_ms: 1000,
+    }
+}
+
+fn job(groups: Vec<GroupSpec>) -> JobSpec {
+    JobSpec {
+        name: "wc".into(),
+        kind: JobKind::Batch,
+        role: None,
+        deadline_ms: None,
+        groups,
+    }
+}
+
+struct Harness {
+    d: Driver<JobFramework>,
+    next_offer: u64,
+    next_task: u64,
+    now: u64,
+}
+
+impl Harness {
+    fn new(spec: JobSpec) -> Harness {
+        let fw = JobFramework::new(JobId(1), spec, 0, Progress::default());
+        let mut d = Driver::new(fw, Options::new("job"));
+        d.connected(0);
+        d.event(
+            FrameworkEvent::Subscribed {
+                framework: FrameworkId(4),
+                role: "r".into(),
+                heartbeat_interval_ms: 0,
+                failover_timeout_ms: 1,
+            },
+            0,
+        );
+        assert_eq!(
+            d.scheduler_mut().take_events(),
+            [JobEvent::Framework(FrameworkId(4))]
+        );
+        Harness {
+            d,
+            next_offer: 0,
+            next_task: 0,
+            now: 0,
+        }
+    }
+
+    /// Offers one agent with `cpu` millicores; returns the specs launched on it and the
+    /// tasks they became.
+    fn offer(&mut self, agent: &str, cpu: u64, attrs: &[(&str, &str)]) -> Vec<(TaskId, TaskSpec)> {
+        self.next_offer += 1;
+        let offer = OfferInfo {
+            id: OfferId(self.next_offer),
+            agent: AgentId::new(agent).unwrap(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            unreserved: Resources::new(cpu, 1 << 30, 1 << 30),
+            reserved: BTreeMap::new(),
+            revocable: Resources::default(),
+        };
+        let actions = self.d.event(FrameworkEvent::Offers(vec![offer]), self.now);
+        let mut launched = Vec::new();
+        for a in actions {
+            if let Action::Send(FrameworkCall::Accept {
+                request,
+                operations,
+                ..
+            }) = a
+            {
+                let OfferOperation::Launch(specs) = &operations[0] else {
+                    panic!("{operations:?}")
+                };
+                let ids: Vec<TaskId> = specs
+                    .iter()
+                    .map(|_| {
+                        self.next_task += 1;
+                        TaskId(self.next_task)
+                    })
+                    .collect();
+                self.d.event(
+                    FrameworkEvent::Accepted {
+                        request,
+                        tasks: ids.clone(),
+                    },
+                    self.now,
+                );
+                launched.extend(ids.into_iter().zip(specs.iter().cloned()));
+            }
+        }
+        launched
+    }
+
+    fn update(&mut self, task: TaskId, status: TaskStatus) -> Vec<Action> {
+        self.d.event(
+            FrameworkEvent::Update {
+                task,
+                status,
+                update: 1,
+            },
+            self.now,
+        )
+    }
+
+    fn finish(&mut self, task: TaskId, outputs: Vec<OutputFile>) -> Vec<Action> {
+        let mut s = TaskStatus::new(TaskState::Finished);
+        s.exit_code = Some(0);
+        s.outputs = outputs;
+        self.update(task, s)
+    }
+}
+
+fn output(path: &str, b: u8) -> OutputFile {
+    OutputFile {
+        path: path.into(),
+        blob: hash(b),
+        size: 1,
+    }
+}
+
+#[test]
+fn a_dag_runs_in_order_and_later_groups_read_earlier_outputs() {
+    let mut reduce = group("reduce", 2, &["map"]);
+    reduce.input_pattern = Some("part-{index}".into());
+    let mut h = Harness::new(job(vec![group("map", 2, &[]), reduce]));
+    // Only the maps are ready; {index} is filled in.
+    let maps = h.offer("a1", 4000, &[]);
+    assert_eq!(maps.len(), 2);
+    assert_eq!(maps[1].1.args, ["--part", "1"]);
+    let events = h.d.scheduler_mut().take_events();
+    assert!(matches!(&events[..], [JobEvent::Launched { group, index: 0, .. }, JobEvent::Launched { index: 1, .. }] if group == "map"), "{events:?}");
+    assert!(h.offer("a1", 4000, &[]).is_empty(), "reduce waits for map");
+    for (i, (task, _)) in maps.iter().enumerate() {
+        let out = vec![output("part-0", 10 + i as u8), output("part-1", 20 + i as u8)];
+        let actions = h.finish(*task, out);
+        // The outcome is recorded before the update is acknowledged (the host sends the
+        // calls only after recording the events).
+        assert!(actions.iter().any(|a| matches!(a, Action::Send(FrameworkCall::Acknowledge { .. }))));
+        assert!(matches!(h.d.scheduler_mut().take_events()[..], [JobEvent::Done { .. }]));
+    }
+    let reducers = h.offer("a1", 4000, &[]);
+    assert_eq!(reducers.len(), 2);
+    let inputs: Vec<(&str, BundleHash)> = reducers[1]
+        .1
+        .inputs
+        .iter()
+        .map(|i| (i.guest.as_str(), i.blob.clone()))
+        .collect();
+    assert_eq!(
+        inputs,
+        [("/in/map/0/part-1", hash(20)), ("/in/map/1/part-1", hash(21))]
+    );
+    h.finish(reducers[0].0, vec![]);
+    let last = h.finish(reducers[1].0, vec![output("counts.tsv", 99)]);
+    let events = h.d.scheduler_mut().take_events();
+    assert_eq!(events.last(), Some(&JobEvent::Ended(JobState::Finished)));
+    assert!(last.contains(&Action::Send(FrameworkCall::Teardown)), "{last:?}");
+}
+
+#[test]
+fn failures_are_retried_with_backoff_then_fail_the_job() {
+    let mut h = Harness::new(job(vec![group("map", 1, &[])]));
+    let (t1, _) = h.offer("a1", 4000, &[])[0].clone();
+    h.d.scheduler_mut().take_events();
+    let mut failed = TaskStatus::new(TaskState::Finished);
+    failed.exit_code = Some(3);
+    h.update(t1, failed.clone());
+    assert!(matches!(h.d.scheduler_mut().take_events()[..], [JobEvent::Failed { .. }]));
+    // Not before its backoff.
+    h.now = 500;
+    assert!(h.offer("a1", 4000, &[]).is_empty());
+    h.now = 1000;
+    let (t2, _) = h.offer("a1", 4000, &[])[0].clone();
+    let actions = h.update(t2, failed);
+    let events = h.d.scheduler_mut().take_events();
+    match events.last() {
+        Some(JobEvent::Ended(JobState::Failed(why))) => {
+            assert!(why.contains("failed 2 times") && why.contains("exit code 3"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(actions.contains(&Action::Send(FrameworkCall::Teardown)));
+}
+
+#[test]
+fn constraints_and_delay_scheduling_choose_the_agent() {
+    let mut g = group("map", 3, &[]);
+    g.constraints.insert("zone".into(), "b".into());
+    let mut h = Harness::new(job(vec![g]));
+    assert!(h.offer("a1", 4000, &[("zone", "a")]).is_empty(), "constraint");
+    // One task runs on b1: b1 now holds the bundle compiled.
+    let (t, _) = h.offer("b1", 500, &[("zone", "b")])[0].clone();
+    h.update(t, TaskStatus::new(TaskState::Running));
+    // Another agent is passed over for a while...
+    h.now = 100;
+    assert!(h.offer("b2", 4000, &[("zone", "b")]).is_empty(), "delay");
+    // ...the warm one is taken at once...
+    h.now = 200;
+    assert_eq!(h.offer("b1", 500, &[("zone", "b")]).len(), 1);
+    // ...and once the wait is over, any agent.
+    h.now = 100 + LOCALITY_WAIT_MS;
+    assert_eq!(h.offer("b2", 4000, &[("zone", "b")]).len(), 1);
+}
+
+#[test]
+fn a_deadline_fails_the_job_and_a_stop_kills_it() {
+    let mut spec = job(vec![group("map", 1, &[])]);
+    spec.deadline_ms = Some(10_000);
+    let mut h = Harness::new(spec);
+    h.offer("a1", 4000, &[]);
+    let actions = h.d.tick(10_000);
+    assert!(actions.contains(&Action::Send(FrameworkCall::Teardown)));
+    let events = h.d.scheduler_mut().take_events();
+    assert!(matches!(events.last(), Some(JobEvent::Ended(JobState::Failed(w))) if w.contains("deadline")));
+
+    let mut h = Harness::new(job(vec![group("map", 1, &[])]));
+    h.d.scheduler_mut().stop();
+    h.d.tick(1);
+    assert_eq!(
+        h.d.scheduler_mut().take_events(),
+        [JobEvent::Ended(JobState::Killed)]
+    );
+}
+
+#[test]
+fn a_service_replaces_ended_instances_and_scales() {
+    let mut spec = job(vec![group("web", 2, &[])]);
+    spec.kind = JobKind::Service;
+    let mut h = Harness::new(spec);
+    let running = h.offer("a1", 4000, &[]);
+    assert_eq!(running.len(), 2);
+    h.finish(running[0].0, vec![]);
+    h.now = 1000;
+    let replaced = h.offer("a1", 4000, &[]);
+    assert_eq!(replaced.len(), 1, "one instance replaced after its backoff");
+    h.d.scheduler_mut().set_count("web", 1);
+    let actions = h.d.tick(1001);
+    let killed: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Send(FrameworkCall::Kill { .. })))
+        .collect();
+    assert_eq!(killed.len(), 1, "{actions:?}");
+}
