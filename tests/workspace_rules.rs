@@ -68,8 +68,10 @@ fn internal_dependencies_follow_the_table() {
                 "wasmos-net",
                 "wasmos-raft",
                 "wasmos-sdk",
+                "wasmos-jobs",
             ][..],
         ),
+        ("wasmos-jobs", &["wasmos-proto", "wasmos-sdk"][..]),
         ("wasmos-sdk", &["wasmos-proto", "wasmos-net"][..]),
         (
             "wasmos-agent",

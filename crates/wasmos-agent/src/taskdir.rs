@@ -30,6 +30,14 @@ pub(crate) enum PrepareError {
     },
 }
 
+/// The top-level directory of a normalized guest file path (`/in` for `/in/map/0/x`).
+pub(crate) fn input_root(guest: &str) -> &str {
+    match guest[1..].find('/') {
+        Some(i) => &guest[..i + 1],
+        None => guest_parent(guest),
+    }
+}
+
 /// The host directory under `root` that the normalized guest path `guest` maps to.
 pub(crate) fn host_path(root: &Path, guest: &str) -> PathBuf {
     let mut p = root.to_path_buf();
@@ -125,7 +133,9 @@ impl TaskDir {
                 read_only: false,
             });
         }
-        let mut dirs: Vec<&str> = spec.inputs.iter().map(|i| guest_parent(&i.guest)).collect();
+        // One read-only preopen per top-level input directory (`/in` for `/in/map/0/part-1`),
+        // so a task can list the whole tree (a reducer reads `/in/map`).
+        let mut dirs: Vec<&str> = spec.inputs.iter().map(|i| input_root(&i.guest)).collect();
         dirs.sort_unstable();
         dirs.dedup();
         for d in dirs {

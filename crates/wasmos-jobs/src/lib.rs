@@ -239,7 +239,11 @@ impl JobFramework {
             group: group.clone(),
             index,
         });
-        let n = self.progress.failures.entry((group.clone(), index)).or_default();
+        let n = self
+            .progress
+            .failures
+            .entry((group.clone(), index))
+            .or_default();
         *n += 1;
         let n = *n;
         let g = &self.spec.groups[slot.0];
@@ -357,7 +361,10 @@ impl Scheduler for JobFramework {
             }
             self.launching.insert(
                 request,
-                chosen.into_iter().map(|s| (s, offer.agent.clone())).collect(),
+                chosen
+                    .into_iter()
+                    .map(|s| (s, offer.agent.clone()))
+                    .collect(),
             );
         }
     }
@@ -371,9 +378,7 @@ impl Scheduler for JobFramework {
             self.live.insert(*task, slot);
             self.agent_of.insert(*task, agent);
             let (group, index) = self.name(slot);
-            self.progress
-                .tasks
-                .insert(*task, (group.clone(), index));
+            self.progress.tasks.insert(*task, (group.clone(), index));
             self.events.push(JobEvent::Launched {
                 task: *task,
                 group,
@@ -439,6 +444,12 @@ impl Scheduler for JobFramework {
         } else if killed_by_us || self.ended {
             // Scaled down or stopped: nothing to replace.
             self.events.push(JobEvent::Stopped { task });
+        } else if ok {
+            // A service instance that ended well is started again, after the base backoff.
+            self.events.push(JobEvent::Stopped { task });
+            let at = cx.now_ms() + self.spec.groups[slot.0].backoff_ms;
+            self.retry_at.insert(slot, at);
+            cx.wake_at(at);
         } else {
             self.failed(cx, slot, task, status);
         }

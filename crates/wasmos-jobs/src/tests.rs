@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use wasmos_proto::{
     AgentId, BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, GroupSpec, JobEvent, JobId,
-    JobKind, JobSpec, JobState, OfferId, OfferInfo, OfferOperation, OutputFile, Resources,
-    TaskId, TaskSpec, TaskState, TaskStatus,
+    JobKind, JobSpec, JobState, OfferId, OfferInfo, OfferOperation, OutputFile, Resources, TaskId,
+    TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_sdk::{Action, Driver, Options};
 
@@ -160,15 +160,28 @@ fn a_dag_runs_in_order_and_later_groups_read_earlier_outputs() {
     assert_eq!(maps.len(), 2);
     assert_eq!(maps[1].1.args, ["--part", "1"]);
     let events = h.d.scheduler_mut().take_events();
-    assert!(matches!(&events[..], [JobEvent::Launched { group, index: 0, .. }, JobEvent::Launched { index: 1, .. }] if group == "map"), "{events:?}");
+    assert!(
+        matches!(&events[..], [JobEvent::Launched { group, index: 0, .. }, JobEvent::Launched { index: 1, .. }] if group == "map"),
+        "{events:?}"
+    );
     assert!(h.offer("a1", 4000, &[]).is_empty(), "reduce waits for map");
     for (i, (task, _)) in maps.iter().enumerate() {
-        let out = vec![output("part-0", 10 + i as u8), output("part-1", 20 + i as u8)];
+        let out = vec![
+            output("part-0", 10 + i as u8),
+            output("part-1", 20 + i as u8),
+        ];
         let actions = h.finish(*task, out);
         // The outcome is recorded before the update is acknowledged (the host sends the
         // calls only after recording the events).
-        assert!(actions.iter().any(|a| matches!(a, Action::Send(FrameworkCall::Acknowledge { .. }))));
-        assert!(matches!(h.d.scheduler_mut().take_events()[..], [JobEvent::Done { .. }]));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Send(FrameworkCall::Acknowledge { .. })))
+        );
+        assert!(matches!(
+            h.d.scheduler_mut().take_events()[..],
+            [JobEvent::Done { .. }]
+        ));
     }
     let reducers = h.offer("a1", 4000, &[]);
     assert_eq!(reducers.len(), 2);
@@ -180,13 +193,19 @@ fn a_dag_runs_in_order_and_later_groups_read_earlier_outputs() {
         .collect();
     assert_eq!(
         inputs,
-        [("/in/map/0/part-1", hash(20)), ("/in/map/1/part-1", hash(21))]
+        [
+            ("/in/map/0/part-1", hash(20)),
+            ("/in/map/1/part-1", hash(21))
+        ]
     );
     h.finish(reducers[0].0, vec![]);
     let last = h.finish(reducers[1].0, vec![output("counts.tsv", 99)]);
     let events = h.d.scheduler_mut().take_events();
     assert_eq!(events.last(), Some(&JobEvent::Ended(JobState::Finished)));
-    assert!(last.contains(&Action::Send(FrameworkCall::Teardown)), "{last:?}");
+    assert!(
+        last.contains(&Action::Send(FrameworkCall::Teardown)),
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -197,7 +216,10 @@ fn failures_are_retried_with_backoff_then_fail_the_job() {
     let mut failed = TaskStatus::new(TaskState::Finished);
     failed.exit_code = Some(3);
     h.update(t1, failed.clone());
-    assert!(matches!(h.d.scheduler_mut().take_events()[..], [JobEvent::Failed { .. }]));
+    assert!(matches!(
+        h.d.scheduler_mut().take_events()[..],
+        [JobEvent::Failed { .. }]
+    ));
     // Not before its backoff.
     h.now = 500;
     assert!(h.offer("a1", 4000, &[]).is_empty());
@@ -207,7 +229,10 @@ fn failures_are_retried_with_backoff_then_fail_the_job() {
     let events = h.d.scheduler_mut().take_events();
     match events.last() {
         Some(JobEvent::Ended(JobState::Failed(why))) => {
-            assert!(why.contains("failed 2 times") && why.contains("exit code 3"), "{why}")
+            assert!(
+                why.contains("failed 2 times") && why.contains("exit code 3"),
+                "{why}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -219,7 +244,10 @@ fn constraints_and_delay_scheduling_choose_the_agent() {
     let mut g = group("map", 3, &[]);
     g.constraints.insert("zone".into(), "b".into());
     let mut h = Harness::new(job(vec![g]));
-    assert!(h.offer("a1", 4000, &[("zone", "a")]).is_empty(), "constraint");
+    assert!(
+        h.offer("a1", 4000, &[("zone", "a")]).is_empty(),
+        "constraint"
+    );
     // One task runs on b1: b1 now holds the bundle compiled.
     let (t, _) = h.offer("b1", 500, &[("zone", "b")])[0].clone();
     h.update(t, TaskStatus::new(TaskState::Running));
@@ -243,7 +271,9 @@ fn a_deadline_fails_the_job_and_a_stop_kills_it() {
     let actions = h.d.tick(10_000);
     assert!(actions.contains(&Action::Send(FrameworkCall::Teardown)));
     let events = h.d.scheduler_mut().take_events();
-    assert!(matches!(events.last(), Some(JobEvent::Ended(JobState::Failed(w))) if w.contains("deadline")));
+    assert!(
+        matches!(events.last(), Some(JobEvent::Ended(JobState::Failed(w))) if w.contains("deadline"))
+    );
 
     let mut h = Harness::new(job(vec![group("map", 1, &[])]));
     h.d.scheduler_mut().stop();

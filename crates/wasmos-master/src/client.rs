@@ -26,7 +26,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> ClientResponse {
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ClientResponse {
     ClientResponse::Error {
         kind,
         message: message.into(),
@@ -151,6 +151,11 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             )
         }
         ClientRequest::SubmitTask { spec, key } => submit(shared, who, spec, key).await,
+        req @ (ClientRequest::SubmitJob { .. }
+        | ClientRequest::ListJobs
+        | ClientRequest::GetJob { .. }
+        | ClientRequest::KillJob { .. }
+        | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,
         ClientRequest::ListTasks => ClientResponse::Tasks(shared.read(|s| {
             s.tasks
                 .values()

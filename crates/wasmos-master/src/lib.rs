@@ -5,6 +5,7 @@ mod agents;
 mod bundles;
 mod client;
 mod frameworks;
+mod jobs;
 mod logs;
 mod offers;
 mod peers;
@@ -265,6 +266,7 @@ impl Master {
         tasks.spawn(follow_leadership(shared.clone()));
         tasks.spawn(offers::run(shared.clone(), events_rx));
         tasks.spawn(scheduler::run(shared.clone()));
+        tasks.spawn(jobs::run(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {
             addr,

@@ -369,9 +369,21 @@ impl TaskSpec {
                     &i.guest[1..]
                 ));
             }
-            if mounts.contains(dir) {
+            // Inputs are seen through their top-level directory, read-only: no mount may be
+            // that directory, inside it, or around it.
+            let top = match i.guest[1..].find('/') {
+                Some(n) => &i.guest[..n + 1],
+                None => dir,
+            };
+            let overlaps = |m: &str| {
+                m != "/"
+                    && (m == top
+                        || m.starts_with(&format!("{top}/"))
+                        || top.starts_with(&format!("{m}/")))
+            };
+            if let Some(m) = mounts.iter().find(|m| overlaps(m)) {
                 return Err(format!(
-                    "input `{}` is in `{dir}`, which is a mount; input directories are read-only",
+                    "input `{}` is under `{top}`, which overlaps mount `{m}`; input directories are read-only",
                     i.guest
                 ));
             }
@@ -629,7 +641,9 @@ mod fs_layout_tests {
         assert!(err(&["data"], &[]).contains("`data`"));
         assert!(err(&["/d", "/d"], &[]).contains("two mounts at `/d`"));
         assert!(err(&[], &["/a.csv"]).contains("/in/a.csv"));
-        assert!(err(&["/in"], &["/in/a"]).contains("is a mount"));
+        assert!(err(&["/in"], &["/in/a"]).contains("overlaps mount `/in`"));
+        assert!(err(&["/in/m"], &["/in/a/b"]).contains("overlaps mount `/in/m`"));
+        assert!(spec(&["/data"], &["/in/a/b"]).check().is_ok());
         assert!(err(&[], &["/in/a", "/in/a"]).contains("two inputs"));
         assert!(err(&[], &["/in/a", "/in/a/b"]).contains("inside another input"));
         let many: Vec<String> = (0..=MAX_MOUNTS).map(|i| format!("/m{i}")).collect();

@@ -7,6 +7,7 @@ mod demo;
 mod dev;
 mod dev_group;
 mod files;
+mod job;
 mod roles;
 mod table;
 
@@ -66,6 +67,17 @@ enum Cmd {
     Bundle {
         #[command(subcommand)]
         cmd: BundleCmd,
+    },
+    /// Batch jobs from a TOML file: task groups with dependencies (map -> reduce), retries, a
+    /// deadline, constraints; their progress and results.
+    Job {
+        #[command(subcommand)]
+        cmd: job::JobCmd,
+    },
+    /// Services: keep N instances of each group running; scale, stop.
+    Service {
+        #[command(subcommand)]
+        cmd: job::ServiceCmd,
     },
     /// Download stored blobs, such as the files tasks leave in their outputs directory.
     Blob {
@@ -706,6 +718,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}\n{}", files.cert.display(), files.key.display());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Job { cmd } => job::run_job(config, cmd).await,
+        Cmd::Service { cmd } => job::run_service(config, cmd).await,
         Cmd::Blob {
             cmd: BlobCmd::Get { hash, output },
         } => {

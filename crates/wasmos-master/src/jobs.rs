@@ -1,0 +1,371 @@
+//! The leader's job host: runs every running job's framework (`wasmos-jobs`, on the SDK's
+//! sans-IO driver) in-process. Each subscribes like any framework, with the job owner's
+//! identity and role, and talks to the offer cycle over the same channels a QUIC framework
+//! session uses. What a framework must not forget it records in the job's replicated record
+//! before its calls (acknowledgements included) go out; a master that becomes leader starts
+//! the jobs' frameworks again from those records, re-attaching to their framework ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wasmos_jobs::{JobFramework, Progress};
+use wasmos_net::Identity;
+use wasmos_proto::{FrameworkCall, FrameworkEvent, JobEvent, JobId, JobState};
+use wasmos_sdk::{Action, Driver, Options};
+use wasmos_state::{Command, CommandResult, JobRecord};
+
+use crate::frameworks::{Subscription, subscribe};
+use crate::offers::Event;
+use crate::{Shared, now_ms};
+
+/// How often the host looks for new, stopped or rescaled jobs.
+const POLL: Duration = Duration::from_millis(300);
+
+/// Connection ids for in-process frameworks, far from QUIC's (which count up from 0).
+static NEXT_CONN: AtomicUsize = AtomicUsize::new(usize::MAX / 2);
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut runners: BTreeMap<JobId, JoinHandle<()>> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(POLL).await;
+        if !shared.raft.is_leader() || shared.raft.leader_applied().await.is_err() {
+            for (_, h) in std::mem::take(&mut runners) {
+                h.abort();
+            }
+            continue;
+        }
+        runners.retain(|_, h| !h.is_finished());
+        let running: Vec<JobId> = shared.read(|s| {
+            s.jobs
+                .values()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| j.id)
+                .collect()
+        });
+        for job in running {
+            runners
+                .entry(job)
+                .or_insert_with(|| tokio::spawn(runner(shared.clone(), job)));
+        }
+    }
+}
+
+fn record(shared: &Shared, job: JobId) -> Option<JobRecord> {
+    shared.read(|s| s.jobs.get(&job).cloned())
+}
+
+/// Writes a job's events; false if they could not all be recorded (this runner must stop).
+async fn persist(shared: &Shared, job: JobId, events: Vec<JobEvent>) -> bool {
+    for event in events {
+        let cmd = Command::Job {
+            job,
+            event,
+            now_ms: now_ms(),
+        };
+        match shared.write(cmd).await {
+            Ok(CommandResult::Rejected(why)) => {
+                tracing::debug!(%job, "job event not recorded: {why}");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%job, "cannot record job progress: {e}");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Runs one job's framework until it ends or this master stops leading.
+async fn runner(shared: Arc<Shared>, job: JobId) {
+    let Some(rec) = record(&shared, job) else {
+        return;
+    };
+    let who = match Identity::from_uri(&rec.owner) {
+        Ok(w) => w,
+        Err(e) => {
+            let why = format!("its owner {} is not an identity: {e}", rec.owner);
+            persist(&shared, job, vec![JobEvent::Ended(JobState::Failed(why))]).await;
+            return;
+        }
+    };
+    let revocable = JobFramework::wants_revocable(&rec.spec);
+    let progress = Progress {
+        framework: rec.framework,
+        tasks: rec.tasks.clone(),
+        done: rec.done.clone(),
+        failures: rec.failures.clone(),
+    };
+    let fw = JobFramework::new(job, rec.spec.clone(), rec.submitted_ms, progress);
+    let options = Options {
+        role: Some(rec.role.to_string()),
+        revocable,
+        framework: rec.framework,
+        // A job outlives any failover; it ends by itself or by its owner.
+        failover_timeout_ms: Some(3_600_000),
+        ..Options::new(format!("{job} ({})", rec.spec.name))
+    };
+    let mut driver = Driver::new(fw, options);
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut id = None;
+    let mut counts: BTreeMap<String, u32> = rec
+        .spec
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.count))
+        .collect();
+    let mut actions = driver.connected(now_ms());
+    'run: loop {
+        // Recorded before any call of the same callback goes out.
+        let events = driver.scheduler_mut().take_events();
+        if !persist(&shared, job, events).await {
+            break;
+        }
+        for action in std::mem::take(&mut actions) {
+            match action {
+                Action::Send(FrameworkCall::Subscribe {
+                    name,
+                    role,
+                    revocable,
+                    framework,
+                    failover_timeout_ms,
+                }) => {
+                    let sub = Subscription {
+                        name,
+                        role,
+                        revocable,
+                        framework,
+                        failover_timeout_ms,
+                    };
+                    match subscribe(&shared, &who, &rec.owner, sub).await {
+                        Ok((fw, role, timeout)) => {
+                            id = Some(fw);
+                            shared.offer_event(Event::FrameworkUp {
+                                id: fw,
+                                conn,
+                                tx: tx.clone(),
+                            });
+                            let _ = tx.send(FrameworkEvent::Subscribed {
+                                framework: fw,
+                                role,
+                                heartbeat_interval_ms: 0,
+                                failover_timeout_ms: timeout,
+                            });
+                        }
+                        Err(why) => {
+                            tracing::warn!(%job, "job framework refused: {why}");
+                            let ended = JobEvent::Ended(JobState::Failed(why));
+                            persist(&shared, job, vec![ended]).await;
+                            break 'run;
+                        }
+                    }
+                }
+                Action::Send(call) => {
+                    if let Some(fw) = id {
+                        shared.offer_event(Event::FrameworkCall { id: fw, call });
+                    }
+                }
+                // Leadership moved (the new leader runs the job) or the job ended.
+                Action::Reconnect { .. } | Action::Finished | Action::Failed(_) => break 'run,
+            }
+        }
+        let next = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => driver.event(ev, now_ms()),
+                None => break,
+            },
+            _ = tokio::time::sleep(POLL) => {
+                // The owner may have stopped or rescaled the job.
+                match record(&shared, job) {
+                    Some(r) if r.state.is_terminal() => driver.scheduler_mut().stop(),
+                    Some(r) => {
+                        for g in &r.spec.groups {
+                            if counts.get(&g.name) != Some(&g.count) {
+                                counts.insert(g.name.clone(), g.count);
+                                driver.scheduler_mut().set_count(&g.name, g.count);
+                            }
+                        }
+                    }
+                    None => break,
+                }
+                driver.tick(now_ms())
+            }
+        };
+        actions = next;
+    }
+    if let Some(fw) = id {
+        shared.offer_event(Event::FrameworkDown { id: fw, conn });
+    }
+}
+
+/// The job requests of the client API.
+pub(crate) async fn answer(
+    shared: &Shared,
+    who: &Identity,
+    req: wasmos_proto::ClientRequest,
+) -> wasmos_proto::ClientResponse {
+    use wasmos_proto::{ClientRequest, ClientResponse, ErrorKind};
+    let error = crate::client::error;
+    let mine = |r: &JobRecord| match who {
+        Identity::Operator(_) => true,
+        _ => r.owner == who.to_uri(),
+    };
+    match req {
+        ClientRequest::SubmitJob { mut spec } => {
+            if let Err(why) = spec.check() {
+                return error(ErrorKind::InvalidRequest, why);
+            }
+            let role = match crate::client::resolve_role(who, spec.role.as_deref()) {
+                Ok(r) => r,
+                Err(why) => return error(ErrorKind::InvalidRequest, why),
+            };
+            spec.role = Some(role.to_string());
+            for g in &mut spec.groups {
+                if let Err(e) = crate::client::validate_spec(&g.task) {
+                    return error(
+                        ErrorKind::InvalidRequest,
+                        format!("group `{}`: {e}", g.name),
+                    );
+                }
+                g.task.role = Some(role.to_string());
+            }
+            let cmd = Command::SubmitJob {
+                spec,
+                owner: who.to_uri(),
+                role,
+                now_ms: now_ms(),
+            };
+            match shared.write(cmd).await {
+                Ok(CommandResult::Job(id)) => ClientResponse::JobSubmitted { id },
+                Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+                Ok(other) => error(ErrorKind::Internal, format!("{other:?}")),
+                Err(e) => crate::client::raft_error(shared, e),
+            }
+        }
+        ClientRequest::ListJobs => ClientResponse::Jobs(shared.read(|s| {
+            s.jobs
+                .values()
+                .filter(|j| mine(j))
+                .map(|j| info(s, j))
+                .collect()
+        })),
+        ClientRequest::GetJob { id } => {
+            match shared.read(|s| s.jobs.get(&id).filter(|j| mine(j)).map(|j| info(s, j))) {
+                Some(j) => ClientResponse::Jobs(vec![j]),
+                None => error(ErrorKind::NotFound, format!("no job {id} of yours")),
+            }
+        }
+        ClientRequest::KillJob { id } | ClientRequest::ScaleJob { id, .. }
+            if !shared.read(|s| s.jobs.get(&id).is_some_and(mine)) =>
+        {
+            error(ErrorKind::NotFound, format!("no job {id} of yours"))
+        }
+        ClientRequest::KillJob { id } => {
+            let event = JobEvent::Ended(JobState::Killed);
+            write_event(shared, id, event).await
+        }
+        ClientRequest::ScaleJob { id, group, count } => {
+            let service = shared.read(|s| {
+                s.jobs
+                    .get(&id)
+                    .is_some_and(|j| j.spec.kind == wasmos_proto::JobKind::Service)
+            });
+            if !service {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!("{id} is a batch job; only services scale"),
+                );
+            }
+            write_event(shared, id, JobEvent::Scaled { group, count }).await
+        }
+        other => error(
+            ErrorKind::InvalidRequest,
+            format!("not a job request: {other:?}"),
+        ),
+    }
+}
+
+async fn write_event(shared: &Shared, job: JobId, event: JobEvent) -> wasmos_proto::ClientResponse {
+    use wasmos_proto::{ClientResponse, ErrorKind};
+    let cmd = Command::Job {
+        job,
+        event,
+        now_ms: now_ms(),
+    };
+    match shared.write(cmd).await {
+        Ok(CommandResult::Rejected(why)) => crate::client::error(ErrorKind::InvalidRequest, why),
+        Ok(_) => ClientResponse::Ok,
+        Err(e) => crate::client::raft_error(shared, e),
+    }
+}
+
+/// A job's progress, group by group, from its record and its tasks' states.
+fn info(s: &wasmos_state::ClusterState, j: &JobRecord) -> wasmos_proto::JobInfo {
+    use wasmos_proto::{GroupProgress, JobKind};
+    let groups = j
+        .spec
+        .groups
+        .iter()
+        .map(|g| {
+            let live = j
+                .tasks
+                .iter()
+                .filter(|(_, (group, _))| group == &g.name)
+                .filter_map(|(t, _)| s.tasks.get(t))
+                .filter(|t| !t.status.state.is_terminal())
+                .count() as u32;
+            let done = match j.spec.kind {
+                JobKind::Batch => {
+                    j.done.keys().filter(|(group, _)| group == &g.name).count() as u32
+                }
+                JobKind::Service => 0,
+            };
+            let ended = j.state.is_terminal();
+            let running = if ended { 0 } else { live };
+            GroupProgress {
+                name: g.name.clone(),
+                count: g.count,
+                // A stopped service waits for nothing; a failed batch job's unrun tasks show.
+                pending: match (j.spec.kind, ended) {
+                    (JobKind::Service, true) => 0,
+                    _ => g.count.saturating_sub(done + running),
+                },
+                running,
+                done,
+                failed: j
+                    .failures
+                    .iter()
+                    .filter(|((group, _), _)| group == &g.name)
+                    .map(|(_, n)| *n)
+                    .sum(),
+            }
+        })
+        .collect();
+    let results = j
+        .spec
+        .groups
+        .last()
+        .map(|g| {
+            j.done
+                .range((g.name.clone(), 0)..=(g.name.clone(), u32::MAX))
+                .map(|((_, i), (t, outputs))| (*i, *t, outputs.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    wasmos_proto::JobInfo {
+        id: j.id,
+        name: j.spec.name.clone(),
+        kind: j.spec.kind,
+        owner: j.owner.clone(),
+        state: j.state.clone(),
+        submitted_ms: j.submitted_ms,
+        ended_ms: j.ended_ms,
+        groups,
+        results,
+    }
+}

@@ -1,0 +1,354 @@
+//! Built-in frameworks against real clusters: the shipped word-count map-reduce job gives
+//! exact counts; a job survives `kill -9` of an agent in the middle (its tasks are lost after
+//! the agent timeout and run again elsewhere); services keep, replace, scale and stop their
+//! instances; bad job files are refused with the reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wasmos_tests::{DevCluster, assert_clean_error, kill_dash_nine, text};
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Word counts as the sample defines them: lowercased runs of alphanumeric characters.
+fn naive_counts(files: &[std::path::PathBuf]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for w in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            *counts.entry(w.to_lowercase()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn results(c: &DevCluster, job: &str) -> BTreeMap<String, u64> {
+    let out = c.cli(&["job", "results", job]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (w, n) = l.split_once('\t').unwrap();
+            (w.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_wordcount_sample_job_gives_exact_counts() {
+    let c = DevCluster::start(2).unwrap();
+    let job_file = repo().join("sample-tasks/wordcount/job.toml");
+    let out = c
+        .cli(&["job", "submit", job_file.to_str().unwrap(), "--wait"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let shown = text(&out.stdout);
+    assert!(shown.starts_with("job-1\n"), "{shown}");
+    assert!(shown.contains("finished"), "{shown}");
+    let want = naive_counts(&data_files(&repo().join("sample-tasks/wordcount/data")));
+    assert_eq!(results(&c, "job-1"), want);
+
+    let status = c.json(&["job", "status", "job-1", "-o", "json"]).unwrap();
+    assert_eq!(status["state"], "Finished");
+    let groups = status["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["name"], "map");
+    assert_eq!(groups[0]["done"], 4);
+    assert_eq!(groups[1]["done"], 2);
+    assert_eq!(groups[1]["pending"], 0);
+    // Each reducer read only its partition of every map task's output.
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let reducers: Vec<&serde_json::Value> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["spec"]["args"][0] == "reduce")
+        .collect();
+    assert_eq!(reducers.len(), 2);
+    for r in reducers {
+        let part = r["spec"]["args"][2].as_str().unwrap();
+        let inputs = r["spec"]["inputs"].as_array().unwrap();
+        assert_eq!(inputs.len(), 4);
+        assert!(inputs.iter().all(|i| {
+            i["guest"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/part-{part}"))
+        }));
+    }
+    let list = text(&c.cli(&["job", "list"]).unwrap().stdout);
+    assert!(list.contains("wordcount") && list.contains("6/6"), "{list}");
+}
+
+/// Writes `n` files of generated text into `dir`; returns them.
+fn generate(dir: &Path, n: usize, words_each: usize) -> Vec<std::path::PathBuf> {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "wasm", "agent", "master", "offer", "task", "job", "raft", "quic",
+        "Mesos", "reduce", "map", "count", "word", "tenant", "role", "fuel", "epoch",
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|f| {
+            let mut s = String::new();
+            for i in 0..words_each {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Skewed: low indexes far more often.
+                let r = (x % 1000) as usize;
+                s.push_str(WORDS[(r * r / 1000) * WORDS.len() / 1000]);
+                s.push(if i % 12 == 11 { '\n' } else { ' ' });
+            }
+            let path = dir.join(format!("in-{f}.txt"));
+            std::fs::write(&path, s).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn a_map_reduce_job_survives_kill_dash_nine_of_an_agent() {
+    let c = DevCluster::start_with(
+        2,
+        &["--masters", "3", "--no-restart", "--agent-timeout", "3s"],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate(dir.path(), 8, 150_000);
+    let wasm = repo().join("sample-tasks/target/wasm32-wasip2/release/wordcount.wasm");
+    let job = format!(
+        r#"
+name = "wc-faults"
+[[group]]
+name = "map"
+bundle = "{wasm}"
+inputs = ["in-*.txt"]
+args = ["map", "--reducers", "3", "--out", "/out", "/in/input"]
+cpu = "200m"
+timeout = "5m"
+retries = 3
+backoff = "200ms"
+[[group]]
+name = "reduce"
+bundle = "{wasm}"
+depends_on = ["map"]
+count = 3
+input_pattern = "part-{{index}}"
+args = ["reduce", "--part", "{{index}}", "--out", "/out", "/in/map"]
+timeout = "5m"
+retries = 3
+"#,
+        wasm = wasm.display()
+    );
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(&job_file, job).unwrap();
+    let out = c
+        .cli(&["job", "submit", job_file.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Once a map task runs, kill its agent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+        let running = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["status"]["state"] == "Running" && t["spec"]["args"][0] == "map");
+        if let Some(t) = running {
+            break t["agent"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no map task ran: {tasks}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let cluster = c.cluster_file().unwrap();
+    let pid = cluster["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == victim.as_str())
+        .and_then(|a| a["pid"].as_u64())
+        .unwrap();
+    kill_dash_nine(pid);
+
+    let out = c.cli(&["job", "status", "job-1", "--watch"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(results(&c, "job-1"), naive_counts(&files));
+    let status = c.json(&["job", "status", "job-1", "-o", "json"]).unwrap();
+    assert_eq!(status["state"], "Finished", "{status}");
+    let failed: u64 = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["failed"].as_u64().unwrap())
+        .sum();
+    assert!(
+        failed >= 1,
+        "the killed agent's tasks count as failed attempts: {status}"
+    );
+    // Its tasks were reported lost, and the job ran them on the other agent.
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let lost: Vec<_> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"]["state"] == "Lost")
+        .collect();
+    assert!(!lost.is_empty(), "{tasks}");
+    assert!(lost.iter().all(|t| t["agent"] == victim.as_str()));
+}
+
+#[test]
+fn services_keep_replace_scale_and_stop_their_instances() {
+    let c = DevCluster::start_with(2, &["--agent-cpu", "2"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spin = repo().join("sample-tasks/target/wasm32-wasip2/release/spin.wasm");
+    let file = dir.path().join("svc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"spinners\"\n[[group]]\nname = \"spin\"\nbundle = \"{}\"\ncount = 2\ncpu = \"100m\"\ntimeout = \"10m\"\nbackoff = \"200ms\"\n",
+            spin.display()
+        ),
+    )
+    .unwrap();
+    let out = c.cli(&["service", "run", file.to_str().unwrap()]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let running = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+            let live: Vec<String> = tasks
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["status"]["state"] == "Running")
+                .map(|t| format!("t-{}", t["id"]))
+                .collect();
+            if live.len() == n {
+                return live;
+            }
+            assert!(Instant::now() < deadline, "wanted {n} running: {tasks}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = running(2);
+    // One killed: replaced.
+    assert!(
+        c.cli(&["task", "kill", &first[0]])
+            .unwrap()
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = running(2);
+    assert!(!after.contains(&first[0]), "{after:?}");
+    assert!(
+        c.cli(&["service", "scale", &id, "spin", "3"])
+            .unwrap()
+            .status
+            .success()
+    );
+    running(3);
+    assert!(
+        c.cli(&["service", "scale", &id, "spin", "1"])
+            .unwrap()
+            .status
+            .success()
+    );
+    running(1);
+    let status = c.json(&["service", "status", &id, "-o", "json"]).unwrap();
+    assert_eq!(status["groups"][0]["count"], 1);
+    assert!(c.cli(&["service", "stop", &id]).unwrap().status.success());
+    running(0);
+    let status = c.json(&["job", "status", &id, "-o", "json"]).unwrap();
+    assert_eq!(status["state"], "Killed");
+    // Scaling a batch job, or another's job, is refused.
+    let out = c.cli(&["service", "scale", "job-99", "spin", "2"]).unwrap();
+    assert_clean_error(&out, "no job job-99");
+}
+
+#[test]
+fn bad_job_files_are_refused_with_the_reason() {
+    let c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hello = repo().join("sample-tasks/target/wasm32-wasip2/release/hello.wasm");
+    let group = |name: &str, extra: &str| {
+        format!(
+            "[[group]]\nname = \"{name}\"\nbundle = \"{}\"\n{extra}\n",
+            hello.display()
+        )
+    };
+    let cases = [
+        (
+            format!("name = \"x\"\n{}", group("a", "depends_on = [\"b\"]")),
+            "unknown group `b`",
+        ),
+        (
+            format!(
+                "name = \"x\"\n{}{}",
+                group("a", "depends_on = [\"b\"]"),
+                group("b", "depends_on = [\"a\"]")
+            ),
+            "cycle",
+        ),
+        (
+            format!("name = \"x\"\n{}", group("a", "colour = 1")),
+            "colour",
+        ),
+        (
+            format!("name = \"x\"\n{}", group("a", "count = 0")),
+            "count",
+        ),
+        (
+            format!(
+                "name = \"x\"\n{}",
+                group("a", "inputs = [\"nothing-*.txt\"]")
+            ),
+            "matches no file",
+        ),
+        (
+            format!("name = \"x\"\ntype = \"cron\"\n{}", group("a", "")),
+            "cron",
+        ),
+    ];
+    for (i, (toml, says)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&f, toml).unwrap();
+        let out = c.cli(&["job", "submit", f.to_str().unwrap()]).unwrap();
+        assert_clean_error(&out, says);
+    }
+    let out = c.cli(&["job", "status", "job-7"]).unwrap();
+    assert_clean_error(&out, "no job job-7");
+    let out = c.cli(&["job", "status", "seven"]).unwrap();
+    assert_clean_error(&out, "not a job id");
+}
