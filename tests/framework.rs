@@ -643,3 +643,125 @@ fn the_example_framework_killed_and_restarted_keeps_its_tasks() {
         "{stdout}"
     );
 }
+
+/// Every JSON example in docs/frameworks.md is a call or an event as this build encodes it.
+#[test]
+fn the_documented_json_examples_parse() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/frameworks.md"
+    ))
+    .unwrap();
+    let mut examples = 0;
+    for block in doc.split("```json\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for line in block.lines().filter(|l| !l.trim().is_empty()) {
+            let call = serde_json::from_str::<FrameworkCall>(line);
+            let event = serde_json::from_str::<FrameworkEvent>(line);
+            assert!(
+                call.is_ok() || event.is_ok(),
+                "{line}\nas a call: {call:?}\nas an event: {event:?}"
+            );
+            examples += 1;
+        }
+    }
+    assert!(examples >= 19, "only {examples} examples found");
+}
+
+/// The Python example framework (standard library only) launches tasks over the HTTPS/JSON
+/// API, acknowledges their updates and tears itself down; calls without a stream, on another
+/// identity's stream, or that are not JSON calls are refused.
+#[test]
+fn a_python_framework_launches_tasks_over_https() {
+    let c = DevCluster::start(1).unwrap();
+    let spec = hello_spec(&c, 250);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/framework.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--config")
+        .arg(c.config())
+        .args([spec.bundle.as_str(), "2", "from", "python"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("subscribed as fw-1 in role default"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(": finished").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("all 2 task(s) ended, 0 without exit code 0"),
+        "{stdout}"
+    );
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        assert_eq!(t["framework"], 1);
+        assert_eq!(t["spec"]["args"], serde_json::json!(["from", "python"]));
+        // Every update was acknowledged: nothing is owed.
+        assert_eq!(t["status_seq"], t["acked_seq"], "{t}");
+    }
+    let logs = c.cli(&["logs", "t-1"]).unwrap();
+    assert!(text(&logs.stdout).contains("args: from python"));
+    // The framework tore itself down: its id is retired.
+    let mut again = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut fw = Framework::connect(&c).await;
+        fw.call(&FrameworkCall::Subscribe {
+            name: "x".into(),
+            role: None,
+            revocable: false,
+            framework: Some(FrameworkId(1)),
+            failover_timeout_ms: None,
+        })
+        .await;
+        fw.next(10).await
+    });
+    match again.take() {
+        Some(FrameworkEvent::Error { message, .. }) => {
+            assert!(message.contains("was removed"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bad calls, straight over HTTPS with the operator's certificate.
+    let probe = r#"
+import http.client, json, ssl, sys, tomllib, os
+cfg_path = sys.argv[1]
+cfg = tomllib.load(open(cfg_path, "rb"))
+base = os.path.dirname(cfg_path)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
+ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
+ctx.check_hostname = False
+host, _, port = cfg["http"].rpartition(":")
+def post(body, headers):
+    c = http.client.HTTPSConnection(host, int(port), context=ctx)
+    c.request("POST", "/api/v1/scheduler", body, headers)
+    r = c.getresponse()
+    print(r.status, r.read().decode())
+post("not json", {})
+post(json.dumps("Revive"), {})
+post(json.dumps("Revive"), {"Wasmos-Stream-Id": "fw-9-0000"})
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .arg(c.config())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(
+        lines[0].starts_with("400 ") && lines[0].contains("not a scheduler call"),
+        "{said}"
+    );
+    assert!(
+        lines[1].starts_with("400 ") && lines[1].contains("Wasmos-Stream-Id"),
+        "{said}"
+    );
+    assert!(
+        lines[2].starts_with("404 ") && lines[2].contains("no open subscription"),
+        "{said}"
+    );
+}

@@ -72,6 +72,10 @@ fn internal_dependencies_follow_the_table() {
             ][..],
         ),
         ("wasmos-jobs", &["wasmos-proto", "wasmos-sdk"][..]),
+        (
+            "wasmos-web",
+            &["wasmos-proto", "wasmos-net", "wasmos-master"][..],
+        ),
         ("wasmos-sdk", &["wasmos-proto", "wasmos-net"][..]),
         (
             "wasmos-agent",
@@ -109,11 +113,13 @@ fn pure_cores_and_single_gateways() {
     let gateways = [
         ("quinn", "wasmos-net"),
         ("rustls", "wasmos-net"),
+        ("tokio-rustls", "wasmos-net"),
         ("wasmtime", "wasmos-exec"),
         ("wasmtime-wasi", "wasmos-exec"),
         ("openraft", "wasmos-raft"),
         ("redb", "wasmos-raft"),
         ("axum", "wasmos-web"),
+        ("hyper", "wasmos-web"),
     ];
     for (dep, only) in gateways {
         for (krate, list) in &deps {

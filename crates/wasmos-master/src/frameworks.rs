@@ -207,3 +207,132 @@ pub(crate) async fn subscribe(
         other => Err(format!("cannot record the framework: {other:?}")),
     }
 }
+
+/// Framework sessions for other front ends (the HTTPS/JSON API): subscribe as a QUIC framework
+/// would, then pass calls in and read events out.
+#[derive(Clone)]
+pub struct Frameworks {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Frameworks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frameworks").finish_non_exhaustive()
+    }
+}
+
+/// An open subscription; dropping it disconnects the framework (its failover timeout starts).
+pub struct FrameworkSession {
+    id: FrameworkId,
+    conn: usize,
+    heartbeat: std::time::Duration,
+    first: Option<FrameworkEvent>,
+    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    shared: Arc<Shared>,
+}
+
+/// Connection ids for sessions of other front ends, apart from QUIC's and the job host's.
+static NEXT_SESSION: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX / 4);
+
+impl Frameworks {
+    /// Subscribes with a `Subscribe` call; a refusal is the event to show (`NotLeader` or
+    /// `Error`).
+    pub async fn subscribe(
+        &self,
+        who: &Identity,
+        call: FrameworkCall,
+    ) -> Result<FrameworkSession, FrameworkEvent> {
+        let refuse = |message: String| FrameworkEvent::Error {
+            request: None,
+            message,
+        };
+        let FrameworkCall::Subscribe {
+            name,
+            role,
+            revocable,
+            framework,
+            failover_timeout_ms,
+        } = call
+        else {
+            return Err(refuse("the first call must be Subscribe".into()));
+        };
+        let shared = &self.shared;
+        if let Err(wasmos_raft::RaftError::NotLeader { .. }) = shared.raft.leader_applied().await {
+            let (_, addr) = shared.raft.leader_addr();
+            return Err(FrameworkEvent::NotLeader { addr });
+        }
+        let sub = Subscription {
+            name,
+            role,
+            revocable,
+            framework,
+            failover_timeout_ms,
+        };
+        let (id, role, failover_timeout_ms) = subscribe(shared, who, &who.to_uri(), sub)
+            .await
+            .map_err(refuse)?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let conn = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let heartbeat = shared.cfg.framework_heartbeat;
+        shared.offer_event(Event::FrameworkUp { id, conn, tx });
+        tracing::info!(framework = %id, %role, owner = %who, "framework subscribed over HTTPS");
+        Ok(FrameworkSession {
+            id,
+            conn,
+            heartbeat,
+            first: Some(FrameworkEvent::Subscribed {
+                framework: id,
+                role,
+                heartbeat_interval_ms: heartbeat.as_millis() as u64,
+                failover_timeout_ms,
+            }),
+            events,
+            shared: shared.clone(),
+        })
+    }
+
+    /// A call of subscribed framework `id` (its session's owner checked by the caller).
+    pub fn call(&self, id: FrameworkId, call: FrameworkCall) {
+        if !matches!(call, FrameworkCall::Subscribe { .. }) {
+            self.shared.offer_event(Event::FrameworkCall { id, call });
+        }
+    }
+}
+
+impl std::fmt::Debug for FrameworkSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameworkSession")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameworkSession {
+    pub fn id(&self) -> FrameworkId {
+        self.id
+    }
+
+    /// How often an idle stream should carry a heartbeat.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        self.heartbeat
+    }
+
+    /// The next event; `None` once the master let go of the framework (torn down, or this
+    /// master stopped leading after a `NotLeader`).
+    pub async fn next(&mut self) -> Option<FrameworkEvent> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        self.events.recv().await
+    }
+}
+
+impl Drop for FrameworkSession {
+    fn drop(&mut self) {
+        self.shared.offer_event(Event::FrameworkDown {
+            id: self.id,
+            conn: self.conn,
+        });
+    }
+}

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wasmos_net::{Credentials, Identity};
@@ -278,6 +279,13 @@ impl Master {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Framework sessions, for the HTTPS/JSON API.
+    pub fn frameworks(&self) -> frameworks::Frameworks {
+        frameworks::Frameworks {
+            shared: self.shared.clone(),
+        }
     }
 
     pub async fn shutdown(mut self) {

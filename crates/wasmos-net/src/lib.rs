@@ -3,11 +3,13 @@
 //! This is the only crate that touches quinn and rustls.
 
 mod frame;
+mod https;
 mod identity;
 pub mod pki;
 mod tls;
 
 pub use frame::{FrameError, recv_frame, send_frame};
+pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use tls::{

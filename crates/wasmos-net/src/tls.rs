@@ -88,7 +88,12 @@ impl Credentials {
         })
     }
 
-    fn roots(&self) -> Result<RootCertStore, NetError> {
+    /// The certificate chain and key, for a TLS server.
+    pub(crate) fn server_pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
+
+    pub(crate) fn roots(&self) -> Result<RootCertStore, NetError> {
         let mut roots = RootCertStore::empty();
         for c in &self.ca {
             roots.add(c.clone())?;
@@ -97,7 +102,7 @@ impl Credentials {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -19,6 +19,10 @@ pub struct ClientConfig {
     /// and talks to the leader.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masters: Vec<SocketAddr>,
+    /// The master's HTTPS/JSON API (`wasmos master --http-listen`), for frameworks in other
+    /// languages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
     /// Paths are relative to the config file's directory unless absolute.
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -114,6 +118,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(CONFIG_FILE);
         let cfg = ClientConfig {
+            http: None,
             master: "127.0.0.1:7433".parse().unwrap(),
             masters: Vec::new(),
             ca: "pki/ca.pem".into(),

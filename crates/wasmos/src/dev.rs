@@ -92,6 +92,7 @@ pub struct DevOptions {
 /// A running dev cluster.
 pub struct DevCluster {
     pub master: wasmos_master::Master,
+    pub web: wasmos_web::WebServer,
     pub config_path: PathBuf,
     shutdown: watch::Sender<bool>,
     agents: Vec<tokio::task::JoinHandle<()>>,
@@ -124,9 +125,18 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     .await
     .context("starting the master")?;
     let addr = master.local_addr();
+    // The HTTPS/JSON API on the same interface, on a free port.
+    let web = wasmos_web::serve(
+        master.frameworks(),
+        &credentials(&ca, &master_files)?,
+        std::net::SocketAddr::new(opts.listen.ip(), 0),
+    )
+    .await
+    .context("starting the HTTPS API")?;
 
     let config_path = data.join(CONFIG_FILE);
     ClientConfig {
+        http: Some(web.local_addr()),
         master: addr,
         masters: Vec::new(),
         ca: PathBuf::from("pki").join("ca.pem"),
@@ -163,6 +173,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     }
     Ok(DevCluster {
         master,
+        web,
         config_path,
         shutdown,
         agents,
@@ -175,6 +186,7 @@ impl DevCluster {
         for a in self.agents {
             let _ = a.await;
         }
+        self.web.shutdown();
         self.master.shutdown().await;
     }
 }

@@ -229,6 +229,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
 
     let config_path = data.join(CONFIG_FILE);
     ClientConfig {
+        http: None,
         master: addrs[0],
         masters: addrs.clone(),
         ca: PathBuf::from("pki").join("ca.pem"),

@@ -383,6 +383,10 @@ struct MasterArgs {
     /// reported lost to their frameworks (batch jobs re-run them, services replace them).
     #[arg(long, default_value = "15s")]
     agent_timeout: humantime::Duration,
+    /// Also serve the HTTPS/JSON API here (the scheduler API for frameworks in any language;
+    /// same certificates as QUIC), e.g. 127.0.0.1:7480.
+    #[arg(long, value_name = "HOST:PORT")]
+    http_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -928,7 +932,18 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     };
     let master = wasmos_master::Master::start(cfg, &creds).await?;
     eprintln!("wasmos master listening on {}", master.local_addr());
+    let web = match args.http_listen {
+        Some(addr) => {
+            let web = wasmos_web::serve(master.frameworks(), &creds, addr).await?;
+            eprintln!("wasmos master HTTPS API on {}", web.local_addr());
+            Some(web)
+        }
+        None => None,
+    };
     wait_for_ctrl_c().await;
+    if let Some(web) = web {
+        web.shutdown();
+    }
     master.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

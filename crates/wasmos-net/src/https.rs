@@ -1,0 +1,66 @@
+//! HTTPS with the cluster's mutual TLS: the master's HTTP/JSON API accepts TCP connections
+//! through [`HttpsAcceptor`], which requires a client certificate signed by the cluster CA and
+//! returns the identity it proves, as the QUIC endpoints do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpStream;
+
+use crate::Identity;
+use crate::tls::{Credentials, NetError, provider};
+
+/// A TLS stream accepted by [`HttpsAcceptor`].
+pub type HttpsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// How long a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct HttpsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for HttpsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl HttpsAcceptor {
+    pub fn new(creds: &Credentials) -> Result<HttpsAcceptor, NetError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
+                .build()
+                .map_err(|e| NetError::Verifier(e.to_string()))?;
+        let (chain, key) = creds.server_pair();
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(HttpsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        })
+    }
+
+    /// Completes the handshake; the error names what went wrong (no or a foreign certificate,
+    /// no wasmos identity in it, a client too slow).
+    pub async fn accept(&self, tcp: TcpStream) -> Result<(HttpsStream, Identity), String> {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+            Err(_) => return Err("TLS handshake timed out".into()),
+        };
+        let identity = {
+            let (_, conn) = stream.get_ref();
+            let cert = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or("no client certificate")?;
+            Identity::from_der(cert.as_ref()).map_err(|e| e.to_string())?
+        };
+        Ok((stream, identity))
+    }
+}

@@ -1,0 +1,257 @@
+//! The master's HTTPS/JSON API (axum over the cluster's mutual TLS): the scheduler API for
+//! frameworks written in any language, like Mesos' scheduler HTTP API.
+//!
+//! `POST /api/v1/scheduler` with a JSON `Subscribe` call answers `200` with a stream of events,
+//! one JSON object per line, and a `Wasmos-Stream-Id` header. Every other call is a `POST` of
+//! its JSON with that header, answered `202 Accepted` (its outcome comes as events on the
+//! stream) or `4xx` with `{"error": "..."}`. The JSON is that of `FrameworkCall` and
+//! `FrameworkEvent` (docs/frameworks.md). Identity is the client certificate's, as on QUIC.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use wasmos_master::Frameworks;
+use wasmos_net::{Credentials, HttpsAcceptor, Identity};
+use wasmos_proto::{FrameworkCall, FrameworkEvent, FrameworkId};
+
+/// The header naming a subscription's stream on later calls.
+pub const STREAM_HEADER: &str = "Wasmos-Stream-Id";
+/// Largest call body: an accept of many task specs.
+const MAX_BODY: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("cannot listen for HTTPS on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] wasmos_net::NetError),
+}
+
+/// Open subscriptions by stream id: which framework, and whose.
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<HashMap<String, (FrameworkId, String)>>>);
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (FrameworkId, String)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    frameworks: Frameworks,
+    streams: Streams,
+}
+
+/// A running HTTPS listener.
+pub struct WebServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the API on `addr` with the master's certificate.
+pub async fn serve(
+    frameworks: Frameworks,
+    creds: &Credentials,
+    addr: SocketAddr,
+) -> Result<WebServer, WebError> {
+    let acceptor = HttpsAcceptor::new(creds)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let app = App {
+        frameworks,
+        streams: Streams::default(),
+    };
+    let router = Router::new()
+        .route("/api/v1/scheduler", post(scheduler))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("HTTPS accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let (stream, who) = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%remote, "refused HTTPS connection: {e}");
+                        return;
+                    }
+                };
+                if !matches!(who, Identity::Operator(_) | Identity::Tenant { .. }) {
+                    tracing::warn!(%remote, "refused HTTPS connection: {who} may not use the API");
+                    return;
+                }
+                let service = TowerToHyperService::new(router.layer(Extension(who)));
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(%remote, "HTTPS connection ended: {e}");
+                }
+            });
+        }
+    });
+    Ok(WebServer { addr: bound, task })
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() });
+    (status, Json(body)).into_response()
+}
+
+async fn scheduler(
+    State(app): State<App>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let call: FrameworkCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a scheduler call: {e}"),
+            );
+        }
+    };
+    if matches!(call, FrameworkCall::Subscribe { .. }) {
+        return subscribe(app, who, call).await;
+    }
+    let Some(stream) = headers.get(STREAM_HEADER).and_then(|v| v.to_str().ok()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("calls other than Subscribe name their stream in the {STREAM_HEADER} header"),
+        );
+    };
+    let known = app.streams.lock().get(stream).cloned();
+    match known {
+        Some((id, owner)) if owner == who.to_uri() => {
+            app.frameworks.call(id, call);
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no open subscription {stream} of yours"),
+        ),
+    }
+}
+
+/// Opens a subscription and streams its events, one JSON line each, with heartbeats.
+async fn subscribe(app: App, who: Identity, call: FrameworkCall) -> Response {
+    let session = match app.frameworks.subscribe(&who, call).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            // NotLeader or Error: one event, then the end, as on QUIC.
+            let line = event_line(&refusal);
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-ndjson")],
+                line,
+            )
+                .into_response();
+        }
+    };
+    let stream_id = format!("{}-{:016x}", session.id(), rand_u64());
+    app.streams
+        .lock()
+        .insert(stream_id.clone(), (session.id(), who.to_uri()));
+    let heartbeat = session.heartbeat();
+    let streams = app.streams.clone();
+    let key = stream_id.clone();
+    // The session (and the subscription with it) lives as long as the response body.
+    let events = futures::stream::unfold(
+        (
+            session,
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+            Cleanup(streams, key),
+        ),
+        |(mut session, mut beat, cleanup)| async move {
+            let ev = tokio::select! {
+                ev = session.next() => ev?,
+                _ = beat.tick() => FrameworkEvent::Heartbeat,
+            };
+            let line = event_line(&ev);
+            Some((
+                Ok::<_, std::convert::Infallible>(line),
+                (session, beat, cleanup),
+            ))
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE.as_str(), "application/x-ndjson"),
+            (STREAM_HEADER, stream_id.as_str()),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+/// Forgets a stream id when its response ends.
+struct Cleanup(Streams, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+fn event_line(ev: &FrameworkEvent) -> String {
+    let mut line = serde_json::to_string(ev).unwrap_or_else(|e| {
+        format!("{{\"Error\":{{\"request\":null,\"message\":\"cannot encode an event: {e}\"}}}}")
+    });
+    line.push('\n');
+    line
+}
+
+/// A stream id nobody can guess: the time and the address of a fresh allocation are not
+/// secret, so this mixes in the OS's randomness through std's hasher keys.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
