@@ -396,3 +396,260 @@ fn agent_density() {
         all_running.as_secs_f64()
     );
 }
+
+/// Writes about `total` bytes of text over `files` files (words skewed like prose); returns the
+/// paths.
+fn write_corpus(dir: &Path, files: usize, total: usize) -> Vec<std::path::PathBuf> {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on",
+        "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had",
+        "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there",
+        "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do",
+    ];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..files)
+        .map(|f| {
+            let mut s = String::with_capacity(total / files + 64);
+            let mut n = 0;
+            while s.len() < total / files {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let r = (x % 1000) as usize;
+                s.push_str(WORDS[(r * r / 1000) * WORDS.len() / 1000]);
+                n += 1;
+                s.push(if n % 12 == 0 { '\n' } else { ' ' });
+            }
+            let path = dir.join(format!("part-{f:03}.txt"));
+            std::fs::write(&path, s).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Word count over 100 MB as a map-reduce job on a dev cluster (2 agents): wall time from
+/// submission to the end, and tasks per second; against the same count done natively in this
+/// process, single-threaded.
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn wordcount_100mb() {
+    let mb: usize = std::env::var("WASMOS_WORDCOUNT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let (maps, reducers) = (40usize, 8usize);
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_corpus(dir.path(), maps, mb << 20);
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sample-tasks/target/wasm32-wasip2/release/wordcount.wasm");
+    let job = format!(
+        r#"
+name = "wordcount-{mb}mb"
+[[group]]
+name = "map"
+bundle = "{wasm}"
+inputs = ["part-*.txt"]
+args = ["map", "--reducers", "{reducers}", "--out", "/out", "/in/input"]
+cpu = "1"
+mem = "256MiB"
+disk = "64MiB"
+timeout = "10m"
+[[group]]
+name = "reduce"
+bundle = "{wasm}"
+depends_on = ["map"]
+count = {reducers}
+input_pattern = "part-{{index}}"
+args = ["reduce", "--part", "{{index}}", "--out", "/out", "/in/map"]
+cpu = "1"
+mem = "256MiB"
+timeout = "10m"
+"#,
+        wasm = wasm.display()
+    );
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(&job_file, job).unwrap();
+    let c = DevCluster::start_with(2, &["--agent-cpu", "2", "--agent-mem", "4GiB"]).unwrap();
+    // Warm-up: the bundle uploaded and compiled on both agents.
+    let _ = c.run(&[], "wordcount", &["help"]);
+    let t = Instant::now();
+    let out = c
+        .cli(&["job", "submit", job_file.to_str().unwrap(), "--wait"])
+        .unwrap();
+    let wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let results = c.cli(&["job", "results", "job-1"]).unwrap();
+    let total_words: u64 = text(&results.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t')?.1.parse::<u64>().ok())
+        .sum();
+
+    // The baseline: the same count, natively, in this process.
+    let t = Instant::now();
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for w in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            *counts.entry(w.to_lowercase()).or_default() += 1;
+        }
+    }
+    let native = t.elapsed();
+    let native_total: u64 = counts.values().sum();
+    assert_eq!(
+        total_words, native_total,
+        "the job's counts differ from the native count"
+    );
+    let tasks = maps + reducers;
+    println!(
+        "bench wordcount {mb} MB: {maps} map + {reducers} reduce tasks on 2 agents: wall {:.2} s, {:.1} tasks/s, {:.1} MB/s",
+        wall.as_secs_f64(),
+        tasks as f64 / wall.as_secs_f64(),
+        mb as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "bench baseline native single-threaded count of the same {mb} MB: {:.2} s",
+        native.as_secs_f64()
+    );
+    println!(
+        "bench ratio job wall / native: {:.2}",
+        wall.as_secs_f64() / native.as_secs_f64()
+    );
+}
+
+/// An SDK framework that launches `want` tasks one offer at a time and records, for each
+/// launch, the time from the offer's arrival to the `Accepted` answer.
+struct Launcher {
+    spec: TaskSpec,
+    want: usize,
+    launched: usize,
+    asked: std::collections::BTreeMap<u64, Instant>,
+    latencies: Vec<Duration>,
+}
+
+impl wasmos_sdk::Scheduler for Launcher {
+    fn offers(&mut self, cx: &mut wasmos_sdk::Context, offers: Vec<wasmos_sdk::proto::OfferInfo>) {
+        let arrived = Instant::now();
+        for o in offers {
+            if self.launched + self.asked.len() >= self.want
+                || !self.spec.resources.fits_in(&o.unreserved)
+            {
+                cx.decline(vec![o.id], Some(100));
+                continue;
+            }
+            let request = cx.launch(o.id, vec![self.spec.clone()]);
+            self.asked.insert(request, arrived);
+        }
+    }
+
+    fn launched(
+        &mut self,
+        cx: &mut wasmos_sdk::Context,
+        request: u64,
+        _tasks: &[wasmos_proto::TaskId],
+    ) {
+        if let Some(t) = self.asked.remove(&request) {
+            self.latencies.push(t.elapsed());
+            self.launched += 1;
+        }
+        if self.launched >= self.want {
+            cx.teardown();
+        }
+    }
+
+    fn error(&mut self, _cx: &mut wasmos_sdk::Context, request: Option<u64>, _message: &str) {
+        // A lost race for an offer: that launch is retried on a later one.
+        if let Some(r) = request {
+            self.asked.remove(&r);
+        }
+    }
+
+    fn update(
+        &mut self,
+        _cx: &mut wasmos_sdk::Context,
+        _task: wasmos_proto::TaskId,
+        _status: &wasmos_proto::TaskStatus,
+    ) {
+    }
+}
+
+/// Offer-to-launch latency through the SDK: `n` frameworks at once each launch tasks until they
+/// have 40; p50/p99 with 10 frameworks against the same with 1, in the same run.
+fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> Vec<Duration> {
+    let pki = c.dir.path().join("pki");
+    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+    let creds = Credentials::from_pem(
+        &read("ca.pem"),
+        &read("operator.pem"),
+        &read("operator.key"),
+    )
+    .unwrap();
+    let cluster = wasmos_sdk::Cluster::new(creds, vec![c.master_addr()]);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut all = Vec::new();
+        let runs = (0..n).map(|i| {
+            let cluster = cluster.clone();
+            let fw = Launcher {
+                spec: spec.clone(),
+                want: 40,
+                launched: 0,
+                asked: Default::default(),
+                latencies: Vec::new(),
+            };
+            let options = wasmos_sdk::Options {
+                role: Some(format!("bench/fw{i}")),
+                ..wasmos_sdk::Options::new(format!("bench-{i}"))
+            };
+            tokio::spawn(async move { wasmos_sdk::run(&cluster, fw, options).await })
+        });
+        for h in runs.collect::<Vec<_>>() {
+            let done = h.await.unwrap().unwrap();
+            all.extend(done.latencies);
+        }
+        all
+    })
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn offer_to_launch_latency() {
+    let c = DevCluster::start_with(4, &["--agent-cpu", "8", "--agent-mem", "8GiB"]).unwrap();
+    let out = c
+        .cli(&["bundle", "push", sample("noop").to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = wasmos_proto::BundleHash::parse(text(&out.stdout).trim()).unwrap();
+    let spec = TaskSpec {
+        resources: wasmos_proto::Resources::new(100, 16 << 20, 1 << 20),
+        ..TaskSpec::new("noop.wasm", hash)
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let one = offer_to_launch(&c, 1, &spec);
+    let ten = offer_to_launch(&c, 10, &spec);
+    let (b50, b99) = (percentile(one.clone(), 50), percentile(one.clone(), 99));
+    let (p50, p99) = (percentile(ten.clone(), 50), percentile(ten.clone(), 99));
+    println!(
+        "bench offer-to-launch, 10 frameworks at once ({} launches): p50 {:.1} ms, p99 {:.1} ms",
+        ten.len(),
+        ms(p50),
+        ms(p99)
+    );
+    println!(
+        "bench baseline offer-to-launch, 1 framework ({} launches): p50 {:.1} ms, p99 {:.1} ms",
+        one.len(),
+        ms(b50),
+        ms(b99)
+    );
+    println!(
+        "bench ratio 10 frameworks / 1: p50 {:.2}, p99 {:.2}",
+        p50.as_secs_f64() / b50.as_secs_f64(),
+        p99.as_secs_f64() / b99.as_secs_f64()
+    );
+}

@@ -262,6 +262,17 @@ fn services_keep_replace_scale_and_stop_their_instances() {
         }
     };
     let first = running(2);
+    // Spread: one instance on each agent.
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let mut agents: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"]["state"] == "Running")
+        .map(|t| t["agent"].as_str().unwrap())
+        .collect();
+    agents.sort_unstable();
+    assert_eq!(agents, ["agent-1", "agent-2"], "{tasks}");
     // One killed: replaced.
     assert!(
         c.cli(&["task", "kill", &first[0]])

@@ -54,6 +54,8 @@ pub struct JobFramework {
     waiting_since: BTreeMap<Slot, u64>,
     /// Agents that have run a bundle, so hold it compiled.
     warm: BTreeMap<BundleHash, BTreeSet<AgentId>>,
+    /// Agents this framework has been offered, for spreading services.
+    agents_seen: BTreeSet<AgentId>,
     events: Vec<JobEvent>,
     suppressed: bool,
     stop: bool,
@@ -90,6 +92,7 @@ impl JobFramework {
             retry_at: BTreeMap::new(),
             waiting_since: BTreeMap::new(),
             warm: BTreeMap::new(),
+            agents_seen: BTreeSet::new(),
             events: Vec::new(),
             suppressed: false,
             stop: false,
@@ -307,18 +310,28 @@ impl Scheduler for JobFramework {
             return;
         }
         let mut taken: BTreeSet<Slot> = BTreeSet::new();
+        for o in &offers {
+            self.agents_seen.insert(o.agent.clone());
+        }
         for offer in offers {
             let mut left = offer
                 .reserved
                 .values()
                 .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
             let mut revocable = offer.revocable.clone();
-            let mut chosen = Vec::new();
+            let mut chosen: Vec<Slot> = Vec::new();
             for slot in &pending {
                 if taken.contains(slot) {
                     continue;
                 }
                 let g = &self.spec.groups[slot.0];
+                // A service spreads its instances: one per group per offer (each agent's
+                // offer), and none where the group already runs more than elsewhere.
+                if self.spec.kind == JobKind::Service
+                    && (chosen.iter().any(|s| s.0 == slot.0) || self.crowded(slot.0, &offer.agent))
+                {
+                    continue;
+                }
                 let matches = g
                     .constraints
                     .iter()
@@ -463,6 +476,7 @@ impl Scheduler for JobFramework {
         for w in self.warm.values_mut() {
             w.remove(agent);
         }
+        self.agents_seen.remove(agent);
         self.revive(cx);
     }
 
@@ -495,6 +509,22 @@ impl Scheduler for JobFramework {
 }
 
 impl JobFramework {
+    /// Whether `agent` runs more instances of group `g` than some other agent that runs it, or
+    /// than the group's fair share of the agents it has been seen on.
+    fn crowded(&self, g: usize, agent: &AgentId) -> bool {
+        let mut per_agent: BTreeMap<&AgentId, usize> = BTreeMap::new();
+        for (task, slot) in &self.live {
+            if slot.0 == g
+                && let Some(a) = self.agent_of.get(task)
+            {
+                *per_agent.entry(a).or_default() += 1;
+            }
+        }
+        let here = per_agent.get(agent).copied().unwrap_or(0);
+        let fewest = per_agent.values().copied().min().unwrap_or(0);
+        here > fewest || (here > 0 && per_agent.len() == 1 && self.agents_seen.len() > 1)
+    }
+
     /// Past its group's count (a service scaled down).
     fn slot_retired(&self, slot: Slot) -> bool {
         slot.1 >= self.spec.groups[slot.0].count

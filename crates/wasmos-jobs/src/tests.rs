@@ -285,12 +285,71 @@ fn a_deadline_fails_the_job_and_a_stop_kills_it() {
 }
 
 #[test]
+fn a_service_spreads_its_instances_over_agents() {
+    let mut spec = job(vec![group("web", 4, &[])]);
+    spec.kind = JobKind::Service;
+    let mut h = Harness::new(spec);
+    // Two agents offered together: one instance each, not four on the first.
+    h.next_offer += 1;
+    let offers: Vec<OfferInfo> = ["a1", "a2"]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| OfferInfo {
+            id: OfferId(100 + i as u64),
+            agent: AgentId::new(a).unwrap(),
+            attributes: BTreeMap::new(),
+            unreserved: Resources::new(8000, 1 << 30, 1 << 30),
+            reserved: BTreeMap::new(),
+            revocable: Resources::default(),
+        })
+        .collect();
+    let actions = h.d.event(FrameworkEvent::Offers(offers), 0);
+    let mut per_offer = Vec::new();
+    for a in &actions {
+        if let Action::Send(FrameworkCall::Accept {
+            request,
+            offers,
+            operations,
+            ..
+        }) = a
+        {
+            let OfferOperation::Launch(specs) = &operations[0] else {
+                panic!()
+            };
+            per_offer.push((offers[0], specs.len()));
+            let ids: Vec<TaskId> = (0..specs.len())
+                .map(|i| TaskId(50 + *request * 10 + i as u64))
+                .collect();
+            h.d.event(
+                FrameworkEvent::Accepted {
+                    request: *request,
+                    tasks: ids,
+                },
+                0,
+            );
+        }
+    }
+    assert_eq!(per_offer, [(OfferId(100), 1), (OfferId(101), 1)]);
+    // The next round again puts one on each.
+    assert_eq!(h.offer("a1", 8000, &[]).len(), 1);
+    assert!(
+        h.offer("a1", 8000, &[]).is_empty(),
+        "a1 already runs more than a2"
+    );
+    assert_eq!(h.offer("a2", 8000, &[]).len(), 1);
+}
+
+#[test]
 fn a_service_replaces_ended_instances_and_scales() {
     let mut spec = job(vec![group("web", 2, &[])]);
     spec.kind = JobKind::Service;
     let mut h = Harness::new(spec);
-    let running = h.offer("a1", 4000, &[]);
+    // One agent: one instance per offer, until the group's count runs there.
+    let mut running = h.offer("a1", 4000, &[]);
+    assert_eq!(running.len(), 1);
+    running.extend(h.offer("a1", 4000, &[]));
     assert_eq!(running.len(), 2);
+    assert!(h.offer("a1", 4000, &[]).is_empty());
     h.finish(running[0].0, vec![]);
     h.now = 1000;
     let replaced = h.offer("a1", 4000, &[]);

@@ -1,5 +1,6 @@
 //! The demo job of `wasmos dev --demo`: the sample tasks submitted together, each showing one
-//! thing the platform does (args and env, CPU work, exit codes, a timeout, a memory limit).
+//! thing the platform does (args and env, CPU work, exit codes, a timeout, a memory limit),
+//! then the word-count map-reduce batch job of `sample-tasks/wordcount/job.toml`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -69,7 +70,37 @@ const TASKS: &[DemoTask] = &[
     },
 ];
 
+/// The word-count job file, beside the samples' build directory
+/// (`sample-tasks/target/wasm32-wasip2/release` → `sample-tasks/wordcount/job.toml`).
+fn job_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("../../../wordcount/job.toml")
+}
+
+/// Runs the word-count job and shows its progress and most frequent words.
+async fn wordcount(client: &Client, dir: &Path) -> Result<bool> {
+    let file = job_file(dir);
+    let file = file.canonicalize().unwrap_or(file);
+    println!("\n── the word-count batch job ({}) ──", file.display());
+    let (info, top) = crate::job::submit_and_wait(client, &file).await?;
+    let ok = info.state == wasmos_proto::JobState::Finished;
+    for (word, n) in top.iter().take(5) {
+        println!("  {n:>6} {word}");
+    }
+    println!(
+        "  => {} ({})",
+        info.state,
+        if ok { "as expected" } else { "UNEXPECTED" }
+    );
+    Ok(ok)
+}
+
 pub fn check_dir(dir: &Path) -> Result<()> {
+    if !job_file(dir).is_file() || !dir.join("wordcount.wasm").is_file() {
+        bail!(
+            "the word-count job (sample-tasks/wordcount/job.toml and wordcount.wasm) is not beside {} (build the samples with `cargo xtask samples`, or pass --demo-dir)",
+            dir.display()
+        );
+    }
     for t in TASKS {
         if !dir.join(t.file).is_file() {
             bail!(
@@ -146,6 +177,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
             ),
         }
     }
+    all_ok &= wordcount(&client, dir).await?;
     client.close().await;
     println!(
         "\ndemo {}",

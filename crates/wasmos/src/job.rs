@@ -420,6 +420,33 @@ fn exit_for(j: &JobInfo) -> ExitCode {
     }
 }
 
+/// Submits a batch job file, shows its progress until it ends, and returns it with its
+/// results' lines (`word<TAB>count` for the word-count sample) sorted by count.
+pub(crate) async fn submit_and_wait(
+    client: &Client,
+    file: &Path,
+) -> Result<(JobInfo, Vec<(String, u64)>)> {
+    let id = submit(client, file, false).await?;
+    let info = watch(client, id).await?;
+    let mut lines = Vec::new();
+    if info.state == JobState::Finished {
+        for (_, _, outputs) in &info.results {
+            for o in outputs {
+                let bytes = client.get_blob(&o.blob).await?;
+                for l in String::from_utf8_lossy(&bytes).lines() {
+                    if let Some((w, n)) = l.split_once('\t')
+                        && let Ok(n) = n.parse::<u64>()
+                    {
+                        lines.push((w.to_string(), n));
+                    }
+                }
+            }
+        }
+    }
+    lines.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok((info, lines))
+}
+
 async fn submit(client: &Client, file: &Path, service: bool) -> Result<JobId> {
     let spec = load(client, file, service).await?;
     match client.request(ClientRequest::SubmitJob { spec }).await? {
