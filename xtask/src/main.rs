@@ -284,7 +284,8 @@ fn main() -> Result<()> {
                     "--test",
                     "bench",
                 ])
-                .args(["--", "--ignored", "--nocapture"]))
+                // One at a time: each measures against a baseline of its own, on a quiet machine.
+                .args(["--", "--ignored", "--nocapture", "--test-threads=1"]))
         }
         _ => bail!(
             "usage: cargo xtask <demo|test|lint|check-windows|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
