@@ -397,36 +397,6 @@ fn agent_density() {
     );
 }
 
-/// Writes about `total` bytes of text over `files` files (words skewed like prose); returns the
-/// paths.
-fn write_corpus(dir: &Path, files: usize, total: usize) -> Vec<std::path::PathBuf> {
-    const WORDS: &[&str] = &[
-        "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on",
-        "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had",
-        "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there",
-        "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do",
-    ];
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..files)
-        .map(|f| {
-            let mut s = String::with_capacity(total / files + 64);
-            let mut n = 0;
-            while s.len() < total / files {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let r = (x % 1000) as usize;
-                s.push_str(WORDS[(r * r / 1000) * WORDS.len() / 1000]);
-                n += 1;
-                s.push(if n % 12 == 0 { '\n' } else { ' ' });
-            }
-            let path = dir.join(format!("part-{f:03}.txt"));
-            std::fs::write(&path, s).unwrap();
-            path
-        })
-        .collect()
-}
-
 /// Word count over 100 MB as a map-reduce job on a dev cluster (2 agents): wall time from
 /// submission to the end, and tasks per second; against the same count done natively in this
 /// process, single-threaded.
@@ -439,7 +409,7 @@ fn wordcount_100mb() {
         .unwrap_or(100);
     let (maps, reducers) = (40usize, 8usize);
     let dir = tempfile::tempdir().unwrap();
-    let files = write_corpus(dir.path(), maps, mb << 20);
+    let files = wasmos_tests::write_corpus(dir.path(), maps, mb << 20);
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../sample-tasks/target/wasm32-wasip2/release/wordcount.wasm");
     let job = format!(
@@ -583,15 +553,7 @@ impl wasmos_sdk::Scheduler for Launcher {
 /// Offer-to-launch latency through the SDK: `n` frameworks at once each launch tasks until they
 /// have 40; p50/p99 with 10 frameworks against the same with 1, in the same run.
 fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> Vec<Duration> {
-    let pki = c.dir.path().join("pki");
-    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
-    let creds = Credentials::from_pem(
-        &read("ca.pem"),
-        &read("operator.pem"),
-        &read("operator.key"),
-    )
-    .unwrap();
-    let cluster = wasmos_sdk::Cluster::new(creds, vec![c.master_addr()]);
+    let cluster = wasmos_sdk::Cluster::new(c.operator_credentials(), vec![c.master_addr()]);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut all = Vec::new();
         let runs = (0..n).map(|i| {

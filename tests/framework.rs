@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wasmos_net::{Connection, Credentials, Endpoint, RecvStream, SendStream};
+use wasmos_net::{Connection, Endpoint, RecvStream, SendStream};
 use wasmos_net::{recv_frame, send_frame};
 use wasmos_proto::{
     BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, OfferId, OfferInfo, OfferOperation,
@@ -35,14 +35,7 @@ impl Framework {
     }
 
     async fn connect_to(c: &DevCluster, master: std::net::SocketAddr) -> Framework {
-        let pki = c.dir.path().join("pki");
-        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
-        let creds = Credentials::from_pem(
-            &read("ca.pem"),
-            &read("operator.pem"),
-            &read("operator.key"),
-        )
-        .unwrap();
+        let creds = c.operator_credentials();
         let endpoint = wasmos_net::client_endpoint(&creds, alpn::FRAMEWORK, master).unwrap();
         let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();

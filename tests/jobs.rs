@@ -102,32 +102,6 @@ fn the_wordcount_sample_job_gives_exact_counts() {
     assert!(list.contains("wordcount") && list.contains("6/6"), "{list}");
 }
 
-/// Writes `n` files of generated text into `dir`; returns them.
-fn generate(dir: &Path, n: usize, words_each: usize) -> Vec<std::path::PathBuf> {
-    const WORDS: &[&str] = &[
-        "the", "of", "and", "wasm", "agent", "master", "offer", "task", "job", "raft", "quic",
-        "Mesos", "reduce", "map", "count", "word", "tenant", "role", "fuel", "epoch",
-    ];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|f| {
-            let mut s = String::new();
-            for i in 0..words_each {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                // Skewed: low indexes far more often.
-                let r = (x % 1000) as usize;
-                s.push_str(WORDS[(r * r / 1000) * WORDS.len() / 1000]);
-                s.push(if i % 12 == 11 { '\n' } else { ' ' });
-            }
-            let path = dir.join(format!("in-{f}.txt"));
-            std::fs::write(&path, s).unwrap();
-            path
-        })
-        .collect()
-}
-
 #[test]
 fn a_map_reduce_job_survives_kill_dash_nine_of_an_agent() {
     let c = DevCluster::start_with(
@@ -136,7 +110,7 @@ fn a_map_reduce_job_survives_kill_dash_nine_of_an_agent() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = generate(dir.path(), 8, 150_000);
+    let files = wasmos_tests::write_corpus(dir.path(), 8, 6 << 20);
     let wasm = repo().join("sample-tasks/target/wasm32-wasip2/release/wordcount.wasm");
     let job = format!(
         r#"
@@ -144,7 +118,7 @@ name = "wc-faults"
 [[group]]
 name = "map"
 bundle = "{wasm}"
-inputs = ["in-*.txt"]
+inputs = ["part-*.txt"]
 args = ["map", "--reducers", "3", "--out", "/out", "/in/input"]
 cpu = "200m"
 timeout = "5m"

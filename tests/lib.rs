@@ -336,3 +336,51 @@ pub fn kill_dash_nine(pid: u64) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
     assert!(status.is_ok_and(|s| s.success()), "kill -9 {pid} failed");
 }
+
+impl DevCluster {
+    /// The operator's credentials `wasmos dev` wrote into its PKI dir, for clients and
+    /// frameworks the tests run in-process.
+    pub fn operator_credentials(&self) -> wasmos_net::Credentials {
+        let pki = self.dir.path().join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap_or_default();
+        wasmos_net::Credentials::from_pem(
+            &read("ca.pem"),
+            &read("operator.pem"),
+            &read("operator.key"),
+        )
+        .unwrap_or_else(|e| panic!("the dev cluster's operator credentials: {e}"))
+    }
+}
+
+/// Writes about `total` bytes of prose-like text (common words, skewed like real text, in
+/// lines of 12) over `files` files `part-NNN.txt` in `dir`; returns their paths. Deterministic.
+pub fn write_corpus(dir: &Path, files: usize, total: usize) -> Vec<PathBuf> {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on",
+        "are", "with", "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had",
+        "by", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there",
+        "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "Wasm",
+        "agent", "master", "offer", "task", "job", "raft", "quic", "Mesos", "fuel",
+    ];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..files)
+        .map(|f| {
+            let mut s = String::with_capacity(total / files.max(1) + 64);
+            let mut n = 0;
+            while s.len() < total / files.max(1) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let r = (x % 1000) as usize;
+                s.push_str(WORDS[(r * r / 1000) * WORDS.len() / 1000]);
+                n += 1;
+                s.push(if n % 12 == 0 { '\n' } else { ' ' });
+            }
+            let path = dir.join(format!("part-{f:03}.txt"));
+            if let Err(e) = std::fs::write(&path, s) {
+                panic!("cannot write {}: {e}", path.display());
+            }
+            path
+        })
+        .collect()
+}

@@ -684,21 +684,30 @@ async fn store_outputs(
     Ok(out)
 }
 
-/// Stores a blob on the master it is connected to.
-async fn put_blob(agent: &Agent, hash: &BundleHash, bytes: &[u8]) -> Result<(), String> {
+/// Opens a side stream to the master this agent is connected to and sends its first message.
+async fn side_stream(
+    agent: &Agent,
+    first: &AgentToMaster,
+) -> Result<(wasmos_net::SendStream, wasmos_net::RecvStream), String> {
     let conn = agent
         .inner()
         .conn
         .clone()
         .ok_or("not connected to the master")?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send_frame(&mut send, first)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((send, recv))
+}
+
+/// Stores a blob on the master it is connected to.
+async fn put_blob(agent: &Agent, hash: &BundleHash, bytes: &[u8]) -> Result<(), String> {
     let head = AgentToMaster::PutBlob {
         hash: hash.clone(),
         size: bytes.len() as u64,
     };
-    send_frame(&mut send, &head)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = side_stream(agent, &head).await?;
     send.write_all(bytes).await.map_err(|e| e.to_string())?;
     let _ = send.finish();
     match recv_frame::<MasterToAgent>(&mut recv).await {
@@ -738,18 +747,8 @@ async fn fetch_blob(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, String>
     {
         return Ok(bytes);
     }
-    let conn = agent
-        .inner()
-        .conn
-        .clone()
-        .ok_or("not connected to the master")?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send_frame(
-        &mut send,
-        &AgentToMaster::FetchBundle { hash: hash.clone() },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let ask = AgentToMaster::FetchBundle { hash: hash.clone() };
+    let (mut send, mut recv) = side_stream(agent, &ask).await?;
     let _ = send.finish();
     let size = match recv_frame::<MasterToAgent>(&mut recv).await {
         Ok(Some(MasterToAgent::Bundle { size })) => size,

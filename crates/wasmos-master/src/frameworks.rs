@@ -25,20 +25,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         request: None,
         message,
     };
-    let sub = match recv_frame(&mut recv).await {
-        Ok(Some(FrameworkCall::Subscribe {
-            name,
-            role,
-            revocable,
-            framework,
-            failover_timeout_ms,
-        })) => Subscription {
-            name,
-            role,
-            revocable,
-            framework,
-            failover_timeout_ms,
-        },
+    let first = recv_frame(&mut recv)
+        .await
+        .map(|c| c.map(Subscription::from_call));
+    let sub = match first {
+        Ok(Some(Ok(sub))) => sub,
         other => {
             let msg = format!("expected Subscribe as the first call, got {other:?}");
             refuse_and_close(send, refuse(msg)).await;
@@ -125,12 +116,35 @@ async fn refuse_and_close(mut send: wasmos_net::SendStream, ev: FrameworkEvent) 
 }
 
 /// The fields of a `Subscribe` call.
+#[derive(Debug)]
 pub(crate) struct Subscription {
     pub name: String,
     pub role: Option<String>,
     pub revocable: bool,
     pub framework: Option<FrameworkId>,
     pub failover_timeout_ms: Option<u64>,
+}
+
+impl Subscription {
+    /// The fields of a `Subscribe` call; any other call is handed back.
+    pub(crate) fn from_call(call: FrameworkCall) -> Result<Subscription, FrameworkCall> {
+        match call {
+            FrameworkCall::Subscribe {
+                name,
+                role,
+                revocable,
+                framework,
+                failover_timeout_ms,
+            } => Ok(Subscription {
+                name,
+                role,
+                revocable,
+                framework,
+                failover_timeout_ms,
+            }),
+            other => Err(other),
+        }
+    }
 }
 
 /// Longest failover timeout a framework may ask for: a week, as a bound on how long a
@@ -247,14 +261,7 @@ impl Frameworks {
             request: None,
             message,
         };
-        let FrameworkCall::Subscribe {
-            name,
-            role,
-            revocable,
-            framework,
-            failover_timeout_ms,
-        } = call
-        else {
+        let Ok(sub) = Subscription::from_call(call) else {
             return Err(refuse("the first call must be Subscribe".into()));
         };
         let shared = &self.shared;
@@ -262,13 +269,6 @@ impl Frameworks {
             let (_, addr) = shared.raft.leader_addr();
             return Err(FrameworkEvent::NotLeader { addr });
         }
-        let sub = Subscription {
-            name,
-            role,
-            revocable,
-            framework,
-            failover_timeout_ms,
-        };
         let (id, role, failover_timeout_ms) = subscribe(shared, who, &who.to_uri(), sub)
             .await
             .map_err(refuse)?;

@@ -128,19 +128,9 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         }
         for action in std::mem::take(&mut actions) {
             match action {
-                Action::Send(FrameworkCall::Subscribe {
-                    name,
-                    role,
-                    revocable,
-                    framework,
-                    failover_timeout_ms,
-                }) => {
-                    let sub = Subscription {
-                        name,
-                        role,
-                        revocable,
-                        framework,
-                        failover_timeout_ms,
+                Action::Send(call @ FrameworkCall::Subscribe { .. }) => {
+                    let Ok(sub) = Subscription::from_call(call) else {
+                        break 'run;
                     };
                     match subscribe(&shared, &who, &rec.owner, sub).await {
                         Ok((fw, role, timeout)) => {

@@ -345,17 +345,8 @@ impl Cycle {
             Event::FrameworkUp { id, conn, tx } => self.framework_up(id, conn, tx),
             Event::FrameworkDown { id, conn } => {
                 if self.external.get(&id).is_some_and(|(c, _)| *c == conn) {
-                    self.external.remove(&id);
+                    self.detach(id);
                     self.away.insert(id, now_ms());
-                    self.resend.retain(|(f, _), _| *f != id);
-                    let outstanding: Vec<_> = self
-                        .alloc
-                        .offers()
-                        .filter(|o| o.framework == id)
-                        .map(|o| o.id)
-                        .collect();
-                    self.alloc.decline(id, &outstanding, Some(0), now_ms());
-                    self.alloc.suppress(id);
                 }
             }
             Event::FrameworkCall { id, call } => return self.framework_call(id, call).await,
@@ -512,6 +503,14 @@ impl Cycle {
                 );
             }
         }
+        self.detach(fw);
+        self.away.remove(&fw);
+        Ok(())
+    }
+
+    /// Lets go of a framework's session: its outstanding offers go back, it is offered
+    /// nothing more, its pending resends are dropped, and dropping its sender ends its stream.
+    fn detach(&mut self, fw: FrameworkId) {
         let outstanding: Vec<_> = self
             .alloc
             .offers()
@@ -520,11 +519,8 @@ impl Cycle {
             .collect();
         self.alloc.decline(fw, &outstanding, Some(0), now_ms());
         self.alloc.suppress(fw);
-        // Dropping its sender ends its stream.
         self.external.remove(&fw);
-        self.away.remove(&fw);
         self.resend.retain(|(f, _), _| *f != fw);
-        Ok(())
     }
 
     async fn framework_call(
