@@ -395,6 +395,17 @@ fn outputs_of_a_finished_task_are_stored_and_downloaded() {
     assert_eq!(info["status"]["outputs"].as_array().map(Vec::len), Some(0));
     let missing = c.cli(&["blob", "get", &"ab".repeat(32)]).unwrap();
     assert_clean_error(&missing, "no blob");
+    // A task that makes its outputs directory a link out of its scratch space gets nothing
+    // stored: the agent does not follow it to host files.
+    let out = c
+        .run(&["--outputs", "/up"], "hostile", &["symlink"])
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let info = c.json(&["task", "show", "t-3", "-o", "json"]).unwrap();
+    assert_eq!(info["status"]["state"], "Error", "{info}");
+    let why = info["status"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("symbolic link"), "{why}");
+    assert_eq!(info["status"]["outputs"].as_array().map(Vec::len), Some(0));
     let bad = c
         .cli(&["run", "--outputs", "out", sample("hello").to_str().unwrap()])
         .unwrap();

@@ -627,7 +627,7 @@ async fn run_task(
     {
         // Results are stored before the task is reported finished: whoever reads the final
         // status can fetch them.
-        let result = store_outputs(agent, dir.scratch_path(guest), guest.clone()).await;
+        let result = store_outputs(agent, dir.scratch_root(), guest.clone()).await;
         match result {
             Ok(files) => status.outputs = files,
             Err(e) => {
@@ -649,14 +649,21 @@ const OUTPUT_UPLOAD_PATIENCE: Duration = Duration::from_secs(60);
 /// Uploads the files of a task's outputs directory (`root` on the host, `guest` in the task).
 async fn store_outputs(
     agent: &Arc<Agent>,
-    root: std::path::PathBuf,
+    scratch: std::path::PathBuf,
     guest: String,
 ) -> Result<Vec<OutputFile>, String> {
-    let files = tokio::task::spawn_blocking(move || taskdir::output_files(root, &guest))
+    let files = tokio::task::spawn_blocking(move || taskdir::output_files(&scratch, &guest))
         .await
         .map_err(|e| format!("listing the outputs panicked: {e}"))??;
     let mut out = Vec::new();
-    for (path, host) in files {
+    for (path, host, size) in files {
+        // The master takes blobs up to the size of a bundle; larger ones are refused there.
+        if size > agent.cfg.exec.max_component_bytes {
+            return Err(format!(
+                "output {path} is {size} bytes, over the {}-byte blob limit",
+                agent.cfg.exec.max_component_bytes
+            ));
+        }
         let bytes = tokio::fs::read(&host)
             .await
             .map_err(|e| format!("cannot read output {path}: {e}"))?;
@@ -666,10 +673,12 @@ async fn store_outputs(
         loop {
             match put_blob(agent, &hash, &bytes).await {
                 Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
+                // The master looked at it and said no: sending it again changes nothing.
+                Err(Put::Refused(e)) => return Err(format!("output {path} refused: {e}")),
+                Err(Put::Lost(e)) if tokio::time::Instant::now() >= deadline => {
                     return Err(format!("cannot upload output {path}: {e}"));
                 }
-                Err(e) => {
+                Err(Put::Lost(e)) => {
                     tracing::debug!("output {path} not stored yet: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -701,19 +710,31 @@ async fn side_stream(
     Ok((send, recv))
 }
 
+/// Why a blob was not stored.
+enum Put {
+    /// The master answered no.
+    Refused(String),
+    /// No answer (no master, a failover): worth sending again.
+    Lost(String),
+}
+
 /// Stores a blob on the master it is connected to.
-async fn put_blob(agent: &Agent, hash: &BundleHash, bytes: &[u8]) -> Result<(), String> {
+async fn put_blob(agent: &Agent, hash: &BundleHash, bytes: &[u8]) -> Result<(), Put> {
     let head = AgentToMaster::PutBlob {
         hash: hash.clone(),
         size: bytes.len() as u64,
     };
-    let (mut send, mut recv) = side_stream(agent, &head).await?;
-    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = side_stream(agent, &head).await.map_err(Put::Lost)?;
+    send.write_all(bytes)
+        .await
+        .map_err(|e| Put::Lost(e.to_string()))?;
     let _ = send.finish();
     match recv_frame::<MasterToAgent>(&mut recv).await {
         Ok(Some(MasterToAgent::Stored)) => Ok(()),
-        Ok(Some(MasterToAgent::Error { message })) => Err(message),
-        other => Err(format!("unexpected answer {other:?}")),
+        Ok(Some(MasterToAgent::Error { message })) => Err(Put::Refused(message)),
+        // The master ends the stream without an answer when it could not store the blob for
+        // now (it stopped leading, no majority to copy to).
+        other => Err(Put::Lost(format!("no answer ({other:?})"))),
     }
 }
 

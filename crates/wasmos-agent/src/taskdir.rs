@@ -148,17 +148,39 @@ impl TaskDir {
         preopens
     }
 
-    /// The host directory of the scratch space's guest directory `guest`.
-    pub(crate) fn scratch_path(&self, guest: &str) -> PathBuf {
-        host_path(&self.scratch(), guest)
+    /// The scratch space, where guest path `/` is.
+    pub(crate) fn scratch_root(&self) -> PathBuf {
+        self.scratch()
     }
 }
 
-/// The files under `root` (the host side of guest directory `guest`), as (path relative to it,
-/// `/`-separated; host path), sorted. A directory the task never created holds nothing.
-/// Blocking. Only regular files count: the guest cannot make links, and anything else is not a
-/// result.
-pub(crate) fn output_files(root: PathBuf, guest: &str) -> Result<Vec<(String, PathBuf)>, String> {
+/// The files under guest directory `guest` of the scratch space at `scratch`, as (path
+/// relative to `guest`, `/`-separated; host path; size), sorted. A directory the task never
+/// created holds nothing. Blocking; only once the task has ended (nothing changes them then).
+///
+/// The guest may have made symlinks (WASI allows relative ones): neither `guest` nor any
+/// directory on the way to it may be one, and links inside are skipped, since the agent
+/// reading through them would hand out host files outside the scratch space. Only regular
+/// files count.
+pub(crate) fn output_files(
+    scratch: &Path,
+    guest: &str,
+) -> Result<Vec<(String, PathBuf, u64)>, String> {
+    let mut root = scratch.to_path_buf();
+    for part in guest.split('/').filter(|c| !c.is_empty()) {
+        root.push(part);
+        match std::fs::symlink_metadata(&root) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{guest} leads through a symbolic link; outputs must be plain files"
+                ));
+            }
+            Ok(m) if !m.is_dir() => return Err(format!("{guest} is not a directory")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("cannot read {guest}: {e}")),
+        }
+    }
     {
         let mut out = Vec::new();
         let mut dirs = vec![(root.clone(), String::new())];
@@ -179,10 +201,15 @@ pub(crate) fn output_files(root: PathBuf, guest: &str) -> Result<Vec<(String, Pa
                 let kind = entry
                     .file_type()
                     .map_err(|e| format!("cannot read {guest}/{path}: {e}"))?;
+                // `file_type` does not follow links: a link is neither, and is skipped.
                 if kind.is_dir() {
                     dirs.push((entry.path(), path));
                 } else if kind.is_file() {
-                    out.push((path, entry.path()));
+                    let size = entry
+                        .metadata()
+                        .map_err(|e| format!("cannot read {guest}/{path}: {e}"))?
+                        .len();
+                    out.push((path, entry.path(), size));
                     if out.len() > wasmos_proto::MAX_OUTPUT_FILES {
                         return Err(format!(
                             "{guest} holds more than {} files",
@@ -304,6 +331,35 @@ fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack
 mod tests {
     use super::*;
     use wasmos_proto::{BundleHash, InputFile, Mount};
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_never_follow_links_out_of_the_scratch_space() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"key").unwrap();
+        let out = scratch.path().join("out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("a.txt"), b"aa").unwrap();
+        std::fs::write(out.join("sub/b.txt"), b"b").unwrap();
+        std::os::unix::fs::symlink(outside.path(), out.join("link-dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), out.join("link-file")).unwrap();
+        let files = output_files(scratch.path(), "/out").unwrap();
+        let names: Vec<(&str, u64)> = files.iter().map(|(p, _, s)| (p.as_str(), *s)).collect();
+        assert_eq!(names, [("a.txt", 2), ("sub/b.txt", 1)]);
+        // The directory itself, or one on the way, a link: refused.
+        std::os::unix::fs::symlink(outside.path(), scratch.path().join("up")).unwrap();
+        let err = output_files(scratch.path(), "/up").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::create_dir(outside.path().join("d")).unwrap();
+        let err = output_files(scratch.path(), "/up/d").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(
+            output_files(scratch.path(), "/never-made")
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());

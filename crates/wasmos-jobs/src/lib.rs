@@ -54,8 +54,6 @@ pub struct JobFramework {
     waiting_since: BTreeMap<Slot, u64>,
     /// Agents that have run a bundle, so hold it compiled.
     warm: BTreeMap<BundleHash, BTreeSet<AgentId>>,
-    /// Agents this framework has been offered, for spreading services.
-    agents_seen: BTreeSet<AgentId>,
     events: Vec<JobEvent>,
     suppressed: bool,
     stop: bool,
@@ -92,7 +90,6 @@ impl JobFramework {
             retry_at: BTreeMap::new(),
             waiting_since: BTreeMap::new(),
             warm: BTreeMap::new(),
-            agents_seen: BTreeSet::new(),
             events: Vec::new(),
             suppressed: false,
             stop: false,
@@ -310,9 +307,6 @@ impl Scheduler for JobFramework {
             return;
         }
         let mut taken: BTreeSet<Slot> = BTreeSet::new();
-        for o in &offers {
-            self.agents_seen.insert(o.agent.clone());
-        }
         for offer in offers {
             let mut left = offer
                 .reserved
@@ -366,7 +360,22 @@ impl Scheduler for JobFramework {
                 cx.decline(vec![offer.id], Some(DECLINE_MS));
                 continue;
             }
-            let specs = chosen.iter().map(|s| self.task_for(*s)).collect();
+            let specs: Vec<TaskSpec> = chosen.iter().map(|s| self.task_for(*s)).collect();
+            // A task built from its group and its inputs may still be invalid (too many input
+            // files, two of one name): no retry can change that, so the job fails, saying why.
+            if let Some((slot, why)) = chosen
+                .iter()
+                .zip(&specs)
+                .find_map(|(s, t)| t.check().err().map(|e| (*s, e)))
+            {
+                let (group, index) = self.name(slot);
+                cx.decline(vec![offer.id], None);
+                self.end(
+                    cx,
+                    JobState::Failed(format!("task {index} of group {group}: {why}")),
+                );
+                return;
+            }
             let request = cx.launch(offer.id, specs);
             for s in &chosen {
                 self.busy.insert(*s, None);
@@ -476,7 +485,6 @@ impl Scheduler for JobFramework {
         for w in self.warm.values_mut() {
             w.remove(agent);
         }
-        self.agents_seen.remove(agent);
         self.revive(cx);
     }
 
@@ -509,8 +517,7 @@ impl Scheduler for JobFramework {
 }
 
 impl JobFramework {
-    /// Whether `agent` runs more instances of group `g` than some other agent that runs it, or
-    /// than the group's fair share of the agents it has been seen on.
+    /// Whether `agent` runs more instances of group `g` than some other agent that runs it.
     fn crowded(&self, g: usize, agent: &AgentId) -> bool {
         let mut per_agent: BTreeMap<&AgentId, usize> = BTreeMap::new();
         for (task, slot) in &self.live {
@@ -522,7 +529,7 @@ impl JobFramework {
         }
         let here = per_agent.get(agent).copied().unwrap_or(0);
         let fewest = per_agent.values().copied().min().unwrap_or(0);
-        here > fewest || (here > 0 && per_agent.len() == 1 && self.agents_seen.len() > 1)
+        here > fewest
     }
 
     /// Past its group's count (a service scaled down).

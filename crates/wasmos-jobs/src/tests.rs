@@ -362,3 +362,21 @@ fn a_service_replaces_ended_instances_and_scales() {
         .collect();
     assert_eq!(killed.len(), 1, "{actions:?}");
 }
+
+#[test]
+fn a_task_that_can_never_be_valid_fails_the_job_at_once() {
+    let mut g = group("map", 1, &[]);
+    let input = wasmos_proto::InputFile {
+        blob: hash(7),
+        guest: "/in/input/a.txt".into(),
+    };
+    g.inputs = vec![vec![input.clone(), input]];
+    let mut h = Harness::new(job(vec![g]));
+    assert!(h.offer("a1", 4000, &[]).is_empty());
+    match h.d.scheduler_mut().take_events().last() {
+        Some(JobEvent::Ended(JobState::Failed(why))) => {
+            assert!(why.contains("task 0 of group map") && why.contains("two inputs"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -316,12 +316,21 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                     )
                     .await;
                     let answer = match stored {
-                        Ok(()) => MasterToAgent::Stored,
-                        Err(e) => MasterToAgent::Error {
+                        Ok(()) => Some(MasterToAgent::Stored),
+                        // Not for now (a failover, no majority): no answer, so the agent
+                        // sends it again, to the leader.
+                        Err(crate::client::StoreFailure::Raft(_))
+                        | Err(crate::client::StoreFailure::Refused(
+                            wasmos_proto::ErrorKind::Unavailable,
+                            _,
+                        )) => None,
+                        Err(e) => Some(MasterToAgent::Error {
                             message: e.message(),
-                        },
+                        }),
                     };
-                    let _ = send_frame(&mut send, &answer).await;
+                    if let Some(answer) = answer {
+                        let _ = send_frame(&mut send, &answer).await;
+                    }
                     let _ = send.finish();
                     return;
                 }

@@ -39,13 +39,28 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             continue;
         }
         runners.retain(|_, h| !h.is_finished());
-        let running: Vec<JobId> = shared.read(|s| {
-            s.jobs
+        let (running, ended): (Vec<JobId>, Vec<wasmos_proto::FrameworkId>) = shared.read(|s| {
+            let running = s
+                .jobs
                 .values()
                 .filter(|j| !j.state.is_terminal())
                 .map(|j| j.id)
-                .collect()
+                .collect();
+            // Jobs that ended (killed, past a deadline) while no runner was there to tear
+            // their framework down (a leader change, a runner that failed): their tasks must
+            // not run on until the failover timeout.
+            let ended = s
+                .jobs
+                .values()
+                .filter(|j| j.state.is_terminal() && !runners.contains_key(&j.id))
+                .filter_map(|j| j.framework)
+                .filter(|fw| s.live_framework(*fw).is_ok())
+                .collect();
+            (running, ended)
         });
+        for fw in ended {
+            shared.offer_event(Event::RemoveFramework(fw));
+        }
         for job in running {
             runners
                 .entry(job)
@@ -111,8 +126,12 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
     };
     let mut driver = Driver::new(fw, options);
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    // The sender goes to the offer cycle once subscribed: when the cycle lets go of the
+    // framework, the channel closes and this runner ends.
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut tx = Some(tx);
     let mut id = None;
+    let mut poll = tokio::time::interval(POLL);
     let mut counts: BTreeMap<String, u32> = rec
         .spec
         .groups
@@ -134,18 +153,23 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                     };
                     match subscribe(&shared, &who, &rec.owner, sub).await {
                         Ok((fw, role, timeout)) => {
+                            let Some(tx) = tx.take() else {
+                                break 'run;
+                            };
                             id = Some(fw);
-                            shared.offer_event(Event::FrameworkUp {
-                                id: fw,
-                                conn,
-                                tx: tx.clone(),
-                            });
                             let _ = tx.send(FrameworkEvent::Subscribed {
                                 framework: fw,
                                 role,
                                 heartbeat_interval_ms: 0,
                                 failover_timeout_ms: timeout,
                             });
+                            shared.offer_event(Event::FrameworkUp { id: fw, conn, tx });
+                        }
+                        // Not recorded for now (no quorum, a failover): the next runner tries
+                        // again.
+                        Err(why) if why.starts_with("cannot record") => {
+                            tracing::info!(%job, "job framework not subscribed yet: {why}");
+                            break 'run;
                         }
                         Err(why) => {
                             tracing::warn!(%job, "job framework refused: {why}");
@@ -169,7 +193,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                 Some(ev) => driver.event(ev, now_ms()),
                 None => break,
             },
-            _ = tokio::time::sleep(POLL) => {
+            _ = poll.tick() => {
                 // The owner may have stopped or rescaled the job.
                 match record(&shared, job) {
                     Some(r) if r.state.is_terminal() => driver.scheduler_mut().stop(),

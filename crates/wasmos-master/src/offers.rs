@@ -59,6 +59,8 @@ pub(crate) enum Event {
     TaskChanged(TaskId),
     /// An agent was declared lost with its tasks.
     AgentLost(AgentId),
+    /// Retire a framework and kill its tasks (a job that ended with nobody to tear it down).
+    RemoveFramework(FrameworkId),
     RolesChanged,
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
@@ -336,6 +338,12 @@ impl Cycle {
             }
             Event::TaskChanged(task) => self.task_changed(task),
             Event::AgentLost(_) => self.reconcile(),
+            Event::RemoveFramework(fw) => {
+                if self.shared.read(|s| s.live_framework(fw).is_ok()) {
+                    tracing::info!(framework = %fw, "removing the framework of an ended job");
+                    return self.remove_framework(fw).await;
+                }
+            }
             Event::RolesChanged => {
                 self.apply_roles();
                 // A new limit may leave waiting tasks unable ever to run.
@@ -377,6 +385,15 @@ impl Cycle {
         conn: usize,
         tx: mpsc::UnboundedSender<FrameworkEvent>,
     ) {
+        // Removed between its subscription and now (its timeout ran out): no session; dropping
+        // the sender ends the stream.
+        if let Err(message) = self.shared.read(|s| s.live_framework(id).map(|_| ())) {
+            let _ = tx.send(FrameworkEvent::Error {
+                request: None,
+                message,
+            });
+            return;
+        }
         if self.alloc.framework_dominant_share(id).is_none() {
             let Some(f) = self.shared.read(|s| s.frameworks.get(&id).cloned()) else {
                 return;
@@ -532,7 +549,21 @@ impl Cycle {
         match call {
             FrameworkCall::Subscribe { .. } => {}
             FrameworkCall::Acknowledge { task, update } => {
-                self.resend.remove(&(fw, task));
+                // Nothing owed for this update (a duplicate, an old one): no write.
+                let owed = self.shared.read(|s| {
+                    s.unacked.contains(&(fw, task))
+                        && s.tasks.get(&task).is_some_and(|t| update > t.acked_seq)
+                });
+                if !owed {
+                    return Ok(());
+                }
+                // Not resent while the acknowledgement is being recorded; if that write is
+                // lost, the update goes out again later and is acknowledged again.
+                if let Some(r) = self.resend.get_mut(&(fw, task))
+                    && update >= r.update
+                {
+                    r.due_ms = now + RESEND_MAX_MS;
+                }
                 // Off the cycle: an acknowledgement changes nothing the cycle decides, and a
                 // lost one only means the update is sent (and acknowledged) again.
                 let shared = self.shared.clone();

@@ -68,7 +68,12 @@ pub async fn run<S: Scheduler>(
     let mut target = first;
     let mut unreachable_since = tokio::time::Instant::now();
     loop {
-        let why = match session(&endpoint, &mut driver, target).await {
+        let (ended, subscribed) = session(&endpoint, &mut driver, target).await;
+        if subscribed {
+            // It worked for a while: the patience starts over from this failure.
+            unreachable_since = tokio::time::Instant::now();
+        }
+        let why = match ended {
             Ok(Ended::Finished) => {
                 endpoint.wait_idle().await;
                 return Ok(driver.into_scheduler());
@@ -84,9 +89,6 @@ pub async fn run<S: Scheduler>(
                 e
             }
         };
-        if driver.is_subscribed() {
-            unreachable_since = tokio::time::Instant::now();
-        }
         if unreachable_since.elapsed() > cluster.give_up_after {
             return Err(ClientError::Unreachable {
                 secs: cluster.give_up_after.as_secs(),
@@ -117,16 +119,22 @@ enum Ended {
     Moved(Option<SocketAddr>),
 }
 
-/// One connection: subscribe, then events in and calls out until it ends.
+/// One connection: subscribe, then events in and calls out until it ends. Also says whether
+/// the framework was subscribed on it.
 async fn session<S: Scheduler>(
     endpoint: &wasmos_net::Endpoint,
     driver: &mut Driver<S>,
     target: SocketAddr,
-) -> Result<Ended, String> {
-    let conn = wasmos_net::connect(endpoint, target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+) -> (Result<Ended, String>, bool) {
+    let conn = match wasmos_net::connect(endpoint, target).await {
+        Ok(c) => c,
+        Err(e) => return (Err(e.to_string()), false),
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return (Err(e.to_string()), false),
+    };
+    let mut subscribed = false;
     let mut actions = driver.connected(now_ms());
     let outcome = 'session: loop {
         for action in actions.drain(..) {
@@ -152,6 +160,7 @@ async fn session<S: Scheduler>(
         let sleep = wake.map_or(Duration::from_secs(3600), |w| {
             Duration::from_millis(w.saturating_sub(now_ms()))
         });
+        subscribed |= driver.is_subscribed();
         tokio::select! {
             ev = recv_frame::<FrameworkEvent>(&mut recv) => match ev {
                 Ok(Some(ev)) => actions = driver.event(ev, now_ms()),
@@ -172,5 +181,5 @@ async fn session<S: Scheduler>(
         }
     };
     conn.close(0u32.into(), b"framework done");
-    outcome
+    (outcome, subscribed || driver.is_subscribed())
 }
