@@ -337,3 +337,61 @@ fn bad_job_files_are_refused_with_the_reason() {
     let out = c.cli(&["job", "status", "seven"]).unwrap();
     assert_clean_error(&out, "not a job id");
 }
+
+/// An agent that stops heartbeating (here: paused) has its tasks reported lost after the agent
+/// timeout; when it comes back it re-registers with the same identity and is told to kill the
+/// tasks the cluster gave up on.
+#[test]
+fn a_returning_agent_kills_the_tasks_the_cluster_gave_up_on() {
+    let c = DevCluster::start_with(
+        1,
+        &["--masters", "3", "--no-restart", "--agent-timeout", "2s"],
+    )
+    .unwrap();
+    let out = c.run(&["-d", "--timeout", "5m"], "spin", &[]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let task = text(&out.stdout).trim().to_string();
+    let state = |c: &DevCluster| {
+        let v = c.json(&["task", "show", &task, "-o", "json"]).unwrap();
+        v["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !f() {
+            assert!(Instant::now() < deadline, "waited in vain for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the task to run", &|| state(&c) == "Running");
+    let cluster = c.cluster_file().unwrap();
+    let pid = cluster["agents"][0]["pid"].as_u64().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    wait_for("the task to be declared lost", &|| state(&c) == "Lost");
+    signal("-CONT");
+    let logs = c.dir.path().join("logs");
+    wait_for("the returning agent to be told to kill it", &|| {
+        std::fs::read_dir(&logs).is_ok_and(|d| {
+            d.flatten().any(|f| {
+                std::fs::read_to_string(f.path()).is_ok_and(|l| {
+                    l.lines().any(|line| {
+                        line.contains("killing a task the cluster gave up on")
+                            && line.contains(&task)
+                    })
+                })
+            })
+        })
+    });
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    assert_eq!(agents[0]["state"], "Active", "re-registered: {agents}");
+    assert_eq!(state(&c), "Lost");
+}

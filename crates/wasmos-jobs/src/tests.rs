@@ -375,7 +375,10 @@ fn a_task_that_can_never_be_valid_fails_the_job_at_once() {
     assert!(h.offer("a1", 4000, &[]).is_empty());
     match h.d.scheduler_mut().take_events().last() {
         Some(JobEvent::Ended(JobState::Failed(why))) => {
-            assert!(why.contains("task 0 of group map") && why.contains("two inputs"), "{why}")
+            assert!(
+                why.contains("task 0 of group map") && why.contains("two inputs"),
+                "{why}"
+            )
         }
         other => panic!("{other:?}"),
     }
