@@ -362,7 +362,15 @@ fn render(j: &JobInfo, now_ms: u64) -> String {
         .map(|g| {
             vec![
                 g.name.clone(),
-                format!("{} {}/{}", bar(g.done, g.running, g.count), g.done, g.count),
+                // A service is never done: its bar and figure show instances running.
+                match j.kind {
+                    JobKind::Batch => {
+                        format!("{} {}/{}", bar(g.done, g.running, g.count), g.done, g.count)
+                    }
+                    JobKind::Service => {
+                        format!("{} {}/{}", bar(g.running, 0, g.count), g.running, g.count)
+                    }
+                },
                 g.pending.to_string(),
                 g.running.to_string(),
                 g.done.to_string(),
