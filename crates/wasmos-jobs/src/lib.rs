@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wasmos_proto::{
-    AgentId, BundleHash, FrameworkId, InputFile, JobEvent, JobId, JobKind, JobSpec, JobState,
-    OfferInfo, OutputFile, Qos, Resources, TaskId, TaskSpec, TaskState, TaskStatus,
+    AgentId, BundleHash, FrameworkId, InputFile, JobEvent, JobKind, JobSpec, JobState, OfferInfo,
+    OutputFile, Qos, TaskId, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_sdk::{Context, Scheduler};
 
@@ -39,7 +39,6 @@ pub struct Progress {
 
 #[derive(Debug)]
 pub struct JobFramework {
-    id: JobId,
     spec: JobSpec,
     submitted_ms: u64,
     progress: Progress,
@@ -62,7 +61,7 @@ pub struct JobFramework {
 }
 
 impl JobFramework {
-    pub fn new(id: JobId, spec: JobSpec, submitted_ms: u64, progress: Progress) -> JobFramework {
+    pub fn new(spec: JobSpec, submitted_ms: u64, progress: Progress) -> JobFramework {
         let index: BTreeMap<&str, usize> = spec
             .groups
             .iter()
@@ -78,7 +77,6 @@ impl JobFramework {
             }
         }
         JobFramework {
-            id,
             spec,
             submitted_ms,
             progress,
@@ -101,10 +99,6 @@ impl JobFramework {
     /// What the host must record before it sends the calls of the same callback.
     pub fn take_events(&mut self) -> Vec<JobEvent> {
         std::mem::take(&mut self.events)
-    }
-
-    pub fn is_ended(&self) -> bool {
-        self.ended
     }
 
     /// Whether any group runs best-effort tasks (the framework then takes revocable offers).
@@ -271,10 +265,6 @@ impl JobFramework {
     }
 }
 
-fn fits(need: &Resources, left: &Resources) -> bool {
-    need.fits_in(left)
-}
-
 impl Scheduler for JobFramework {
     fn subscribed(&mut self, cx: &mut Context, framework: FrameworkId, _role: &str) {
         if self.progress.framework != Some(framework) {
@@ -349,7 +339,7 @@ impl Scheduler for JobFramework {
                 } else {
                     &mut left
                 };
-                if !fits(need, pool) {
+                if !need.fits_in(pool) {
                     continue;
                 }
                 *pool = pool.saturating_sub(need);
@@ -535,10 +525,6 @@ impl JobFramework {
     /// Past its group's count (a service scaled down).
     fn slot_retired(&self, slot: Slot) -> bool {
         slot.1 >= self.spec.groups[slot.0].count
-    }
-
-    pub fn id(&self) -> JobId {
-        self.id
     }
 }
 

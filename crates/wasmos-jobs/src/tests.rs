@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use wasmos_proto::{
-    AgentId, BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, GroupSpec, JobEvent, JobId,
-    JobKind, JobSpec, JobState, OfferId, OfferInfo, OfferOperation, OutputFile, Resources, TaskId,
-    TaskSpec, TaskState, TaskStatus,
+    AgentId, BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, GroupSpec, JobEvent, JobKind,
+    JobSpec, JobState, OfferId, OfferInfo, OfferOperation, OutputFile, Resources, TaskId, TaskSpec,
+    TaskState, TaskStatus,
 };
 use wasmos_sdk::{Action, Driver, Options};
 
@@ -52,7 +52,7 @@ struct Harness {
 
 impl Harness {
     fn new(spec: JobSpec) -> Harness {
-        let fw = JobFramework::new(JobId(1), spec, 0, Progress::default());
+        let fw = JobFramework::new(spec, 0, Progress::default());
         let mut d = Driver::new(fw, Options::new("job"));
         d.connected(0);
         d.event(

@@ -115,7 +115,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         done: rec.done.clone(),
         failures: rec.failures.clone(),
     };
-    let fw = JobFramework::new(job, rec.spec.clone(), rec.submitted_ms, progress);
+    let fw = JobFramework::new(rec.spec.clone(), rec.submitted_ms, progress);
     let options = Options {
         role: Some(rec.role.to_string()),
         revocable,
