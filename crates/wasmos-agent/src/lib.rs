@@ -49,6 +49,9 @@ pub struct AgentConfig {
     pub exec: ExecConfig,
     /// Keep each task's directory (scratch space and inputs) after it ends, for debugging.
     pub keep_task_dirs: bool,
+    /// The host operator's egress rules, tried before the roles' rules and the built-in
+    /// protection of loopback, link-local, multicast and this host's own addresses.
+    pub egress: Vec<wasmos_proto::EgressRule>,
 }
 
 /// Attributes every agent advertises, so constraints can target an OS or architecture.
@@ -83,6 +86,9 @@ struct Agent {
     slots: Arc<tokio::sync::Semaphore>,
     /// Memory no running task requested: what burstable tasks may borrow past their requests.
     memory: Arc<MemoryPool>,
+    /// Destinations no task reaches unless a rule allows it: the defaults and this host's
+    /// own addresses (read at start).
+    protected: Vec<wasmos_proto::Cidr>,
     inner: Mutex<Inner>,
 }
 
@@ -152,10 +158,13 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let bundles = cfg.work_dir.join("bundles");
-    std::fs::create_dir_all(&bundles).map_err(|source| AgentError::WorkDir {
-        path: bundles.clone(),
-        source,
-    })?;
+    // Tasks' files and the cached blobs of every tenant: the agent's user only.
+    wasmos_net::create_private_dir(&cfg.work_dir)
+        .and_then(|()| std::fs::create_dir_all(&bundles))
+        .map_err(|source| AgentError::WorkDir {
+            path: bundles.clone(),
+            source,
+        })?;
     // Task directories left by a previous life of this agent belong to tasks that are gone.
     let task_dirs = taskdir::TaskDir::parent(&cfg.work_dir);
     if !cfg.keep_task_dirs
@@ -189,8 +198,17 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64 * 1024);
     let memory = MemoryPool::new(cfg.resources.mem_bytes);
+    let own: Vec<std::net::IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!("cannot list this host's addresses ({e}); protecting the defaults only");
+            Vec::new()
+        }
+    };
+    let protected = wasmos_exec::EgressPolicy::protected_defaults(&own);
     let agent = Arc::new(Agent {
         memory,
+        protected,
         cfg,
         runner,
         pool: pool.handle.clone(),
@@ -381,7 +399,9 @@ async fn read_loop(
                     }
                 }));
             }
-            MasterToAgent::Launch { task, spec } => launch(agent.clone(), task, spec),
+            MasterToAgent::Launch { task, spec, egress } => {
+                launch(agent.clone(), task, spec, egress)
+            }
             MasterToAgent::Kill { task, reason } => {
                 let mut inner = agent.inner();
                 if let Some(kill) = inner.tasks.get(&task) {
@@ -441,7 +461,7 @@ impl UsageMeter {
     }
 }
 
-fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
+fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec, egress: Vec<wasmos_proto::EgressRule>) {
     let (kill_tx, kill_rx) = watch::channel(false);
     {
         let mut inner = agent.inner();
@@ -455,7 +475,7 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec) {
         agent.inner().usage.insert(task, usage.clone());
     }
     agent.pool.clone().spawn(async move {
-        let mut status = run_task(&agent, task, spec, kill_rx, usage).await;
+        let mut status = run_task(&agent, task, spec, egress, kill_rx, usage).await;
         let killed_for = {
             let mut inner = agent.inner();
             inner.tasks.remove(&task);
@@ -485,6 +505,7 @@ async fn run_task(
     agent: &Arc<Agent>,
     task: TaskId,
     spec: TaskSpec,
+    role_egress: Vec<wasmos_proto::EgressRule>,
     kill: watch::Receiver<bool>,
     usage: Arc<TaskUsage>,
 ) -> TaskStatus {
@@ -579,10 +600,30 @@ async fn run_task(
     };
     let mut args = vec![spec.name.clone()];
     args.extend(spec.args.iter().cloned());
+    let mut env = spec.env.clone();
+    for s in &spec.secret_env {
+        match &s.value {
+            wasmos_proto::SecretValue::Plain(v) => env.push((s.name.clone(), v.clone())),
+            _ => {
+                return TaskStatus::with_reason(
+                    TaskState::Error,
+                    Some(Reason::InvalidBundle),
+                    format!("secret {} did not arrive opened", s.name),
+                );
+            }
+        }
+    }
+    let mut rules = agent.cfg.egress.clone();
+    rules.extend(role_egress);
+    let egress = Arc::new(wasmos_exec::EgressPolicy {
+        rules,
+        protected: agent.protected.clone(),
+    });
     let burstable = spec.qos == wasmos_proto::Qos::Burstable;
     let req = RunRequest {
         args,
-        env: spec.env.clone(),
+        env,
+        egress,
         cpu_millis: match spec.cpu_limit_millis {
             Some(limit) if burstable => limit,
             _ => spec.resources.cpu_millis,

@@ -263,9 +263,26 @@ enum Unpack {
 }
 
 impl From<std::io::Error> for Unpack {
+    /// The tar reader's errors quote the bytes they choked on; the archive may not be a tar at
+    /// all, so none of it goes into a message (status messages are shown to users).
     fn from(e: std::io::Error) -> Self {
-        Unpack::Bad(e.to_string())
+        Unpack::Bad(format!(
+            "not a tar archive of files and directories ({:?})",
+            e.kind()
+        ))
     }
+}
+
+/// An entry name as messages show it: at most 64 printable characters.
+fn shown_name(rel: &Path) -> String {
+    let s: String = rel
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(64)
+        .collect();
+    s
 }
 
 /// Unpacks a tar archive of plain files and directories into `dest`. The archive comes from a
@@ -276,7 +293,7 @@ fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack
     for entry in ar.entries()? {
         let mut entry = entry?;
         let rel = entry.path()?.into_owned();
-        let shown = rel.display().to_string();
+        let shown = shown_name(&rel);
         if rel
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))

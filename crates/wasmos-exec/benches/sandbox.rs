@@ -91,6 +91,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         cpu_budget: None,
         stdin: Vec::new(),
         net_allow: Vec::new(),
+        egress: Default::default(),
         preopens: Vec::new(),
         disk: None,
         usage: None,

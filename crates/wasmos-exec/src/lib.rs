@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use artifact::{CompileWorker, run_compile_worker};
 pub use disk::{DiskQuota, Preopen, charged_bytes};
+pub use net::EgressPolicy;
 pub use runner::{Compiled, Runner};
 
 pub use validate::validate_component;
@@ -102,6 +103,8 @@ pub struct RunRequest {
     pub stdin: Vec<u8>,
     /// TCP destinations the guest may connect to; empty means no sockets at all.
     pub net_allow: Vec<wasmos_proto::NetRule>,
+    /// What of those it may really reach (operators' rules, the host's protection).
+    pub egress: std::sync::Arc<EgressPolicy>,
     /// Host directories the guest sees; empty means no filesystem at all.
     pub preopens: Vec<Preopen>,
     /// The quota on the writable part of those, if any.

@@ -378,10 +378,11 @@ impl Runner {
             wasi.allow_tcp(false).allow_ip_name_lookup(false);
         } else {
             let allowed = Arc::new(crate::net::resolve(&req.net_allow).await);
+            let policy = req.egress.clone();
             wasi.allow_tcp(true)
                 .allow_ip_name_lookup(true)
                 .socket_addr_check(move |addr, usage| {
-                    let ok = crate::net::permits(&allowed, addr, usage);
+                    let ok = crate::net::permits(&allowed, &policy, addr, usage);
                     Box::pin(async move { ok })
                 });
         }

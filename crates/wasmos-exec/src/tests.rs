@@ -71,6 +71,7 @@ fn request() -> RunRequest {
         cpu_budget: None,
         stdin: Vec::new(),
         net_allow: Vec::new(),
+        egress: Default::default(),
         preopens: Vec::new(),
         disk: None,
         usage: None,

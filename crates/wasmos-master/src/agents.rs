@@ -127,7 +127,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     });
     for (task, spec) in unsent {
         tracing::info!(%agent, %task, "launching again: the agent never received it");
-        let _ = tx.send(MasterToAgent::Launch { task, spec });
+        match shared.read(|s| crate::policy::launch_message(&shared.secrets, s, task, spec)) {
+            Ok(msg) => {
+                let _ = tx.send(msg);
+            }
+            Err(e) => tracing::error!(%task, "cannot launch: {e}"),
+        }
     }
     // Tasks the agent still runs that the cluster gave up on (declared lost while the agent
     // was away, or whose framework is gone): they must not go on using its resources.
@@ -312,6 +317,8 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                         hash,
                         size,
                         wasmos_proto::BlobKind::Data,
+                        // Its readers come with the final status of the task that made it.
+                        None,
                         &mut recv,
                     )
                     .await;

@@ -41,7 +41,7 @@ pub(crate) enum BundleError {
 
 impl BundleStore {
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        wasmos_net::create_private_dir(&dir)?;
         Ok(BundleStore { dir })
     }
 
@@ -79,6 +79,35 @@ impl BundleStore {
 
     pub fn get(&self, hash: &BundleHash) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(hash))
+    }
+
+    /// Removes blob files `keep` says no to once they are older than `grace` (an upload's
+    /// bytes land before its record); returns how many went.
+    pub fn sweep(&self, keep: impl Fn(&BundleHash) -> bool, grace: std::time::Duration) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(hash) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wasm"))
+                .and_then(|n| BundleHash::parse(n).ok())
+            else {
+                continue;
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > grace);
+            if old && !keep(&hash) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 

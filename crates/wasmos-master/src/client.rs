@@ -10,7 +10,7 @@ use wasmos_net::{
 };
 use wasmos_proto::{
     AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
-    MasterToAgent, Reason, RoleInfo, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    MasterToAgent, Reason, RoleInfo, TaskFilter, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_state::{Command, CommandResult};
 
@@ -34,13 +34,15 @@ pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ClientRespon
 }
 
 fn visible(who: &Identity, task: &TaskInfo) -> bool {
-    match who {
-        Identity::Operator(_) | Identity::Master(_) => true,
-        Identity::Tenant { tenant, .. } => task
-            .owner
-            .starts_with(&format!("wasmos://tenant/{tenant}/")),
-        Identity::Agent(_) => false,
+    crate::policy::may_see(who, &task.owner)
+}
+
+/// A task record as a client may see it: secret values hidden.
+fn shown(mut task: TaskInfo) -> TaskInfo {
+    if !task.spec.secret_env.is_empty() {
+        task.spec = task.spec.redacted();
     }
+    task
 }
 
 async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut recv: RecvStream) {
@@ -53,6 +55,18 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             return;
         }
     };
+    if let Some(tenant) = crate::policy::tenant(&who)
+        && !req.is_read()
+        && let Err(why) = shared
+            .admission
+            .admit(&tenant, shared.cfg.tenancy.tenant_write_rate)
+            .await
+    {
+        let _ = send_frame(&mut send, &error(ErrorKind::Unavailable, why)).await;
+        let _ = send.finish();
+        let _ = recv.stop(0u32.into());
+        return;
+    }
     let req = match route(&shared, req).await {
         Ok(req) => req,
         Err(refusal) => {
@@ -71,7 +85,8 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             watch(&shared, &who, id, follow, &mut send).await
         }
         ClientRequest::PushBundle { hash, size, kind } => {
-            let resp = push_bundle(&shared, hash, size, kind, &mut recv).await;
+            let reader = crate::policy::tenant(&who);
+            let resp = push_bundle(&shared, hash, size, kind, reader, &mut recv).await;
             send_frame(&mut send, &resp).await
         }
         ClientRequest::GetBlob { hash } => get_blob(&shared, &who, &hash, &mut send).await,
@@ -133,9 +148,47 @@ pub(crate) fn raft_error(shared: &Shared, e: wasmos_raft::RaftError) -> ClientRe
 
 fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, ClientResponse> {
     shared
-        .read(|s| s.tasks.get(&id).cloned())
-        .filter(|t| visible(who, t))
+        .read(|s| s.tasks.get(&id).filter(|t| visible(who, t)).cloned())
+        .map(shown)
         .ok_or_else(|| error(ErrorKind::NotFound, format!("no task {id}")))
+}
+
+/// A page of the tasks `who` may see, as `filter` asks, small enough for one message.
+fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientResponse {
+    let limit = filter
+        .limit
+        .unwrap_or(wasmos_proto::MAX_TASK_PAGE)
+        .clamp(1, wasmos_proto::MAX_TASK_PAGE) as usize;
+    let start = filter.after.map_or(0, |t| t.0.saturating_add(1));
+    let mut page: Vec<TaskInfo> = shared.read(|s| {
+        s.tasks
+            .range(TaskId(start)..)
+            .map(|(_, t)| t)
+            .filter(|t| visible(who, t))
+            .filter(|t| filter.states.is_empty() || filter.states.contains(&t.status.state))
+            .take(limit)
+            .cloned()
+            .collect()
+    });
+    // Fit the page in one message (tasks may carry large arguments): halve until it does;
+    // the client asks for the rest with `after`.
+    loop {
+        let page_shown: Vec<TaskInfo> = page.iter().cloned().map(shown).collect();
+        let resp = ClientResponse::Tasks(page_shown);
+        match wasmos_proto::encode(&resp) {
+            Ok(_) => return resp,
+            Err(_) if page.len() > 1 => page.truncate(page.len() / 2),
+            Err(e) => {
+                return error(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "task {} alone is too large to list ({e}); see it with `task show`",
+                        page.first().map_or(TaskId(0), |t| t.id)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {
@@ -143,7 +196,9 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::HasBundle { hash } => {
             // Recorded means a majority of masters held it; this one fetches its own copy now
             // if it lacks one, so an upload is skipped only when the bytes really are there.
-            let known = shared.read(|s| s.bundles.contains_key(&hash));
+            // Only blobs the caller may read count: whether another tenant holds some bytes
+            // is not the caller's to learn, and a tenant that wants them sends them.
+            let known = shared.read(|s| s.may_read(&who.to_uri(), &hash));
             ClientResponse::HasBundle(
                 known
                     && (shared.bundles.contains(&hash)
@@ -156,13 +211,11 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         | ClientRequest::GetJob { .. }
         | ClientRequest::KillJob { .. }
         | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,
-        ClientRequest::ListTasks => ClientResponse::Tasks(shared.read(|s| {
-            s.tasks
-                .values()
-                .filter(|t| visible(who, t))
-                .cloned()
-                .collect()
-        })),
+        ClientRequest::ListTasks { filter } => list_tasks(shared, who, &filter),
+        ClientRequest::ListReservations => list_reservations(shared, who),
+        ClientRequest::RemoveReservation { agent, role } => {
+            remove_reservation(shared, who, agent, &role).await
+        }
         ClientRequest::GetTask { id } => match get_task(shared, who, id) {
             Ok(t) => ClientResponse::Task(Box::new(t)),
             Err(e) => e,
@@ -209,12 +262,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             }))
         }
         ClientRequest::KillTask { id } => kill(shared, who, id).await,
-        ClientRequest::SetRole {
-            role,
-            weight_milli,
-            guarantee,
-            limit,
-        } => set_role(shared, who, &role, weight_milli, guarantee, limit).await,
+        req @ ClientRequest::SetRole { .. } => set_role(shared, who, req).await,
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster
@@ -288,10 +336,12 @@ async fn submit(
             "a submission key must be 1 to 128 bytes",
         );
     }
-    if let Err(e) = validate_spec(&spec) {
+    let mut spec = spec;
+    if let Err(e) =
+        validate_spec(&spec).and_then(|()| crate::policy::seal(&shared.secrets, &mut spec))
+    {
         return error(ErrorKind::InvalidRequest, e);
     }
-    let mut spec = spec;
     match resolve_role(who, spec.role.as_deref()) {
         Ok(role) => spec.role = Some(role.to_string()),
         Err(e) => return error(ErrorKind::InvalidRequest, e),
@@ -319,6 +369,15 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
         Ok(t) => t,
         Err(e) => return e,
     };
+    if !crate::policy::may_change(who, &task.owner) {
+        return error(
+            ErrorKind::InvalidRequest,
+            format!(
+                "task {id} is {}'s; only its owner or an operator may kill it",
+                task.owner
+            ),
+        );
+    }
     if task.status.state.is_terminal() {
         return error(
             ErrorKind::InvalidRequest,
@@ -392,21 +451,26 @@ async fn snapshot(shared: &Shared) -> Snapshot {
     }
 }
 
-async fn set_role(
-    shared: &Shared,
-    who: &Identity,
-    role: &str,
-    weight_milli: Option<u64>,
-    guarantee: Option<wasmos_proto::Resources>,
-    limit: Option<Option<wasmos_proto::Resources>>,
-) -> ClientResponse {
+async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {
+    let ClientRequest::SetRole {
+        role,
+        weight_milli,
+        guarantee,
+        limit,
+        ceilings,
+        reservation_allowance,
+        egress,
+    } = req
+    else {
+        return error(ErrorKind::InvalidRequest, "not a role change");
+    };
     if !matches!(who, Identity::Operator(_)) {
         return error(
             ErrorKind::InvalidRequest,
-            "only operators may change weights and quotas",
+            "only operators may change weights, quotas, ceilings and egress rules",
         );
     }
-    let role = match Role::new(role) {
+    let role = match Role::new(&role) {
         Ok(r) => r,
         Err(e) => return error(ErrorKind::InvalidRequest, e.to_string()),
     };
@@ -420,12 +484,89 @@ async fn set_role(
     if let Some(l) = limit {
         record.limit = l;
     }
+    record.ceilings = record.ceilings.merged(&ceilings);
+    if let Some(a) = reservation_allowance {
+        record.reservation_allowance = a;
+    }
+    if let Some(e) = egress {
+        record.egress = e;
+    }
     match shared.write(Command::SetRole { role, record }).await {
         Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
         Ok(_) => {
             shared.offer_event(Event::RolesChanged);
             ClientResponse::Ok
         }
+        Err(e) => raft_error(shared, e),
+    }
+}
+
+/// Whether `who` may see role `role`'s settings and holdings: operators all, tenants theirs.
+fn role_visible(who: &Identity, role: &Role) -> bool {
+    match who {
+        Identity::Tenant { tenant, .. } => {
+            Role::new(tenant).is_ok_and(|home| role.is_within(&home))
+        }
+        _ => true,
+    }
+}
+
+fn list_reservations(shared: &Shared, who: &Identity) -> ClientResponse {
+    ClientResponse::Reservations(shared.read(|s| {
+        let mut out = Vec::new();
+        for (agent, by_role) in &s.reservations {
+            for (role, resources) in by_role {
+                if !role_visible(who, role) {
+                    continue;
+                }
+                let held = s
+                    .live_tasks_on(agent)
+                    .filter_map(|t| s.charges.get(&t))
+                    .filter_map(|c| c.reserved.get(role))
+                    .fold(wasmos_proto::Resources::default(), |acc, r| {
+                        acc.saturating_add(r)
+                    });
+                out.push(wasmos_proto::ReservationInfo {
+                    agent: agent.clone(),
+                    role: role.to_string(),
+                    resources: resources.clone(),
+                    held,
+                });
+            }
+        }
+        out
+    }))
+}
+
+async fn remove_reservation(
+    shared: &Shared,
+    who: &Identity,
+    agent: wasmos_proto::AgentId,
+    role: &str,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may remove reservations",
+        );
+    }
+    let role = match Role::new(role) {
+        Ok(r) => r,
+        Err(e) => return error(ErrorKind::InvalidRequest, e.to_string()),
+    };
+    match shared
+        .write(Command::RemoveReservation {
+            agent: agent.clone(),
+            role,
+        })
+        .await
+    {
+        Ok(CommandResult::Unreserved { removed, held }) => {
+            shared.offer_event(Event::ReservationsChanged(agent));
+            ClientResponse::Unreserved { removed, held }
+        }
+        Ok(CommandResult::Rejected(why)) => error(ErrorKind::NotFound, why),
+        Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }
 }
@@ -447,6 +588,11 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
                 reserved: Default::default(),
                 share_ppm: 0,
                 frameworks: 0,
+                ceilings: r.ceilings.clone(),
+                effective: Default::default(),
+                reservation_allowance: r.reservation_allowance.clone(),
+                dynamically_reserved: Default::default(),
+                egress: r.egress.clone(),
             },
         );
     }
@@ -463,6 +609,11 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
                 reserved: Default::default(),
                 share_ppm: 0,
                 frameworks: 0,
+                ceilings: Default::default(),
+                effective: Default::default(),
+                reservation_allowance: None,
+                dynamically_reserved: Default::default(),
+                egress: Vec::new(),
             });
         info.allocated = summary.allocated;
         info.offered = summary.offered;
@@ -470,18 +621,43 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
         info.share_ppm = (summary.share * 1e6).round() as u64;
         info.frameworks = summary.frameworks as u64;
     }
-    let home = match who {
-        Identity::Tenant { tenant, .. } => Some(Role::new(tenant).ok()),
-        _ => None,
-    };
+    // A tenant's own top-level role shows even before anything is set for it: its
+    // ceilings and quota are what the tenant meets.
+    if let Identity::Tenant { tenant, .. } = who
+        && let Ok(home) = Role::new(tenant)
+    {
+        roles.entry(home.clone()).or_insert_with(|| RoleInfo {
+            role: home.to_string(),
+            weight_milli: 1000,
+            guarantee: Default::default(),
+            limit: None,
+            allocated: Default::default(),
+            offered: Default::default(),
+            reserved: Default::default(),
+            share_ppm: 0,
+            frameworks: 0,
+            ceilings: Default::default(),
+            effective: Default::default(),
+            reservation_allowance: None,
+            dynamically_reserved: Default::default(),
+            egress: Vec::new(),
+        });
+    }
+    shared.read(|s| {
+        for (role, info) in roles.iter_mut() {
+            info.effective = s
+                .ceilings_for(role)
+                .into_iter()
+                .map(|(_, c)| c)
+                .reduce(|a, b| a.min(&b))
+                .unwrap_or(wasmos_state::DEFAULT_CEILINGS);
+            info.dynamically_reserved = s.dynamically_reserved(role);
+        }
+    });
     ClientResponse::Roles(
         roles
             .into_iter()
-            .filter(|(r, _)| match &home {
-                None => true,
-                Some(Some(home)) => r.is_within(home),
-                Some(None) => false,
-            })
+            .filter(|(r, _)| role_visible(who, r))
             .map(|(_, info)| info)
             .collect(),
     )
@@ -494,15 +670,9 @@ async fn get_blob(
     hash: &BundleHash,
     send: &mut SendStream,
 ) -> Result<(), FrameError> {
-    let names = |t: &TaskInfo| {
-        &t.spec.bundle == hash
-            || t.spec.stdin.as_ref() == Some(hash)
-            || t.spec.inputs.iter().any(|i| &i.blob == hash)
-            || t.spec.mounts.iter().any(|m| &m.archive == hash)
-            || t.status.outputs.iter().any(|o| &o.blob == hash)
-    };
-    let allowed = matches!(who, Identity::Operator(_))
-        || shared.read(|s| s.tasks.values().any(|t| visible(who, t) && names(t)));
+    // The blob's readers decide, not whether some visible task names it: a task spec may
+    // name any hash, and naming one must not be a way to read it.
+    let allowed = shared.read(|s| s.may_read(&who.to_uri(), hash));
     let missing = || {
         error(
             ErrorKind::NotFound,
@@ -529,9 +699,10 @@ async fn push_bundle(
     hash: BundleHash,
     size: u64,
     kind: BlobKind,
+    reader: Option<String>,
     recv: &mut RecvStream,
 ) -> ClientResponse {
-    match store_blob(shared, hash, size, kind, recv).await {
+    match store_blob(shared, hash, size, kind, reader, recv).await {
         Ok(()) => ClientResponse::Ok,
         Err(StoreFailure::Refused(kind, message)) => error(kind, message),
         Err(StoreFailure::Raft(e)) => raft_error(shared, e),
@@ -553,12 +724,14 @@ impl StoreFailure {
 }
 
 /// Reads an announced blob from `recv`, checks it against its hash, copies it to a majority of
-/// masters and records it: a client's upload, or a task's output an agent sends.
+/// masters and records it: a client's upload (`reader`: the uploading tenant, which may read
+/// it from then on), or a task's output an agent sends.
 pub(crate) async fn store_blob(
     shared: &Arc<Shared>,
     hash: BundleHash,
     size: u64,
     kind: BlobKind,
+    reader: Option<String>,
     recv: &mut RecvStream,
 ) -> Result<(), StoreFailure> {
     let error = |kind, message| Err(StoreFailure::Refused(kind, message));
@@ -568,6 +741,21 @@ pub(crate) async fn store_blob(
             ErrorKind::TooLarge,
             format!("bundle is {size} bytes; this master accepts at most {max}"),
         );
+    }
+    if let Some(tenant) = &reader {
+        // Refused before the bytes are read: a full quota stops a flood at the door.
+        let (held, quota) = shared.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
+        if held.saturating_add(size) > quota {
+            return error(
+                ErrorKind::TooLarge,
+                format!(
+                    "tenant {tenant} stores {} of its {} storage quota; {} more does not fit",
+                    wasmos_proto::format_bytes(held),
+                    wasmos_proto::format_bytes(quota),
+                    wasmos_proto::format_bytes(size)
+                ),
+            );
+        }
     }
     // One byte more than announced, so a client that sends extra is caught.
     let bytes = match recv.read_to_end(size as usize + 1).await {
@@ -591,15 +779,19 @@ pub(crate) async fn store_blob(
             format!("bundle {hash} not stored: {e}"),
         );
     }
-    shared
+    match shared
         .write(Command::AddBundle {
             hash,
             size,
             now_ms: now_ms(),
+            reader,
         })
         .await
-        .map(|_| ())
-        .map_err(StoreFailure::Raft)
+    {
+        Ok(CommandResult::Rejected(why)) => error(ErrorKind::TooLarge, why),
+        Ok(_) => Ok(()),
+        Err(e) => Err(StoreFailure::Raft(e)),
+    }
 }
 
 /// Streams a task's output: everything stored so far, then (with `follow`) new output as it
@@ -640,7 +832,7 @@ async fn watch(
         }
         if ended {
             return match task {
-                Some(t) => send_frame(send, &ClientResponse::TaskEnded(Box::new(t))).await,
+                Some(t) => send_frame(send, &ClientResponse::TaskEnded(Box::new(shown(t)))).await,
                 None => {
                     send_frame(send, &error(ErrorKind::NotFound, format!("no task {id}"))).await
                 }

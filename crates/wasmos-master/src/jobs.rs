@@ -225,10 +225,9 @@ pub(crate) async fn answer(
 ) -> wasmos_proto::ClientResponse {
     use wasmos_proto::{ClientRequest, ClientResponse, ErrorKind};
     let error = crate::client::error;
-    let mine = |r: &JobRecord| match who {
-        Identity::Operator(_) => true,
-        _ => r.owner == who.to_uri(),
-    };
+    // Users of a tenant see its jobs; only a job's owner (or an operator) changes it.
+    let mine = |r: &JobRecord| crate::policy::may_see(who, &r.owner);
+    let changeable = |r: &JobRecord| crate::policy::may_change(who, &r.owner);
     match req {
         ClientRequest::SubmitJob { mut spec } => {
             if let Err(why) = spec.check() {
@@ -240,7 +239,9 @@ pub(crate) async fn answer(
             };
             spec.role = Some(role.to_string());
             for g in &mut spec.groups {
-                if let Err(e) = crate::client::validate_spec(&g.task) {
+                if let Err(e) = crate::client::validate_spec(&g.task)
+                    .and_then(|()| crate::policy::seal(&shared.secrets, &mut g.task))
+                {
                     return error(
                         ErrorKind::InvalidRequest,
                         format!("group `{}`: {e}", g.name),
@@ -278,6 +279,14 @@ pub(crate) async fn answer(
             if !shared.read(|s| s.jobs.get(&id).is_some_and(mine)) =>
         {
             error(ErrorKind::NotFound, format!("no job {id} of yours"))
+        }
+        ClientRequest::KillJob { id } | ClientRequest::ScaleJob { id, .. }
+            if !shared.read(|s| s.jobs.get(&id).is_some_and(changeable)) =>
+        {
+            error(
+                ErrorKind::InvalidRequest,
+                format!("job {id} is another user's; only its owner or an operator may change it"),
+            )
         }
         ClientRequest::KillJob { id } => {
             let event = JobEvent::Ended(JobState::Killed);

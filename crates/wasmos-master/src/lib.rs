@@ -1,6 +1,7 @@
 //! The master daemon: accepts agents and clients over QUIC + mTLS, records every durable change
 //! through Raft, places pending tasks on agents, stores bundles and task output.
 
+mod admission;
 mod agents;
 mod bundles;
 mod client;
@@ -9,6 +10,8 @@ mod jobs;
 mod logs;
 mod offers;
 mod peers;
+mod policy;
+mod retention;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -63,6 +66,32 @@ pub struct MasterConfig {
     /// With `peers` holding only this master: do not start a group; wait to be added to one
     /// (`wasmos cluster join`) or told to start one (`wasmos cluster init`).
     pub join: bool,
+    pub tenancy: TenancyConfig,
+}
+
+/// What keeps tenants apart over time: sealed secrets, retention, fair admission.
+#[derive(Debug, Clone)]
+pub struct TenancyConfig {
+    /// The key that seals tasks' secrets in the replicated state (64 hex digits), created if
+    /// missing; every master of a group needs the same file. `None`: `<data>/secrets.key`.
+    pub secrets_key: Option<PathBuf>,
+    /// How long ended tasks, ended jobs and unreferenced blobs are kept.
+    pub retention: Duration,
+    /// Most ended tasks kept, whatever their age.
+    pub retention_count: u64,
+    /// Writes (submissions, uploads, kills...) one tenant may make per second, sustained.
+    pub tenant_write_rate: u32,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            secrets_key: None,
+            retention: Duration::from_secs(24 * 3600),
+            retention_count: 10_000,
+            tenant_write_rate: 200,
+        }
+    }
 }
 
 impl MasterConfig {
@@ -79,6 +108,7 @@ impl MasterConfig {
             peers: None,
             raft: wasmos_raft::RaftOptions::default(),
             join: false,
+            tenancy: TenancyConfig::default(),
         }
     }
 }
@@ -111,6 +141,10 @@ pub(crate) struct Shared {
     /// submissions and framework launches draw from this one counter.
     pub last_task_id: std::sync::atomic::AtomicU64,
     pub started: std::time::Instant,
+    /// Seals and opens tasks' secrets.
+    pub secrets: wasmos_net::seal::SecretsKey,
+    /// Per-tenant admission of writes.
+    pub admission: admission::Admission,
 }
 
 impl Shared {
@@ -178,6 +212,24 @@ impl Shared {
         since.elapsed()
     }
 
+    /// Sends `task` to `agent` with its secrets opened and its role's egress rules; false if
+    /// the agent is not connected (or the secrets do not open: the task is then failed).
+    pub fn launch(
+        &self,
+        agent: &AgentId,
+        task: wasmos_proto::TaskId,
+        spec: wasmos_proto::TaskSpec,
+    ) -> bool {
+        let msg = self.read(|s| policy::launch_message(&self.secrets, s, task, spec));
+        match msg {
+            Ok(msg) => self.send_to_agent(agent, msg),
+            Err(e) => {
+                tracing::error!(%task, "cannot launch: {e}");
+                false
+            }
+        }
+    }
+
     pub fn send_to_agent(&self, agent: &AgentId, msg: MasterToAgent) -> bool {
         self.agents()
             .get(agent)
@@ -206,7 +258,21 @@ impl Master {
             let path = path.clone();
             move |source| MasterError::Io { what, path, source }
         };
-        std::fs::create_dir_all(&cfg.data_dir).map_err(io("cannot create", &cfg.data_dir))?;
+        // Task specs, logs and blobs of every tenant: readable by the master's user only.
+        wasmos_net::create_private_dir(&cfg.data_dir)
+            .map_err(io("cannot create", &cfg.data_dir))?;
+        let key_path = cfg
+            .tenancy
+            .secrets_key
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("secrets.key"));
+        let secrets = wasmos_net::seal::SecretsKey::load_or_create(&key_path).map_err(|e| {
+            MasterError::Io {
+                what: "cannot use the secrets key",
+                path: key_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
         let bundles = bundles::BundleStore::open(cfg.data_dir.join("bundles"))
             .map_err(io("cannot open bundle store", &cfg.data_dir))?;
         let logs = logs::LogStore::open(cfg.data_dir.join("logs"))
@@ -254,6 +320,8 @@ impl Master {
             events,
             last_task_id: std::sync::atomic::AtomicU64::new(last_task_id),
             started: std::time::Instant::now(),
+            secrets,
+            admission: admission::Admission::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -268,6 +336,7 @@ impl Master {
         tasks.spawn(offers::run(shared.clone(), events_rx));
         tasks.spawn(scheduler::run(shared.clone()));
         tasks.spawn(jobs::run(shared.clone()));
+        tasks.spawn(retention::run(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {
             addr,

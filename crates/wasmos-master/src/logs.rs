@@ -18,12 +18,15 @@ pub(crate) struct LogStore {
 
 const HEADER: usize = 5;
 
+/// Most bytes one read takes from a log: what a reader of even a huge log costs in memory.
+pub(crate) const READ_CHUNK: u64 = 256 << 10;
+
 /// Output chunks in the order they were written.
 pub(crate) type Records = Vec<(OutputStream, Vec<u8>)>;
 
 impl LogStore {
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        wasmos_net::create_private_dir(&dir)?;
         Ok(LogStore {
             dir,
             write_lock: Mutex::new(()),
@@ -41,10 +44,14 @@ impl LogStore {
             .write_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(task))?;
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(self.path(task))?;
         let mut rec = Vec::with_capacity(HEADER + data.len());
         rec.push(match stream {
             OutputStream::Stdout => 1,
@@ -64,8 +71,9 @@ impl LogStore {
         std::fs::metadata(self.path(task)).map_or(0, |m| m.len())
     }
 
-    /// Complete records from byte `offset` on, and the offset just after the last one. A torn
-    /// record at the end (a crash mid-append) is left for a later read, never misparsed.
+    /// Complete records from byte `offset` on, at most about [`READ_CHUNK`] bytes of them, and
+    /// the offset just after the last one: call again from there for the rest. A torn record
+    /// at the end (a crash mid-append) is left for a later read, never misparsed.
     pub fn read_from(&self, task: TaskId, offset: u64) -> std::io::Result<(Records, u64)> {
         let mut f = match std::fs::File::open(self.path(task)) {
             Ok(f) => f,
@@ -74,7 +82,18 @@ impl LogStore {
         };
         f.seek(SeekFrom::Start(offset))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
+        (&mut f).take(READ_CHUNK).read_to_end(&mut buf)?;
+        // A record larger than a chunk (agents send at most 64 KiB, so only a damaged file):
+        // read that whole record rather than never progressing.
+        if buf.len() >= HEADER {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as u64;
+            let need = HEADER as u64 + len;
+            if need > buf.len() as u64 && need > READ_CHUNK {
+                (&mut f)
+                    .take(need.min(16 << 20) - buf.len() as u64)
+                    .read_to_end(&mut buf)?;
+            }
+        }
         let mut out = Vec::new();
         let mut pos = 0usize;
         while buf.len() - pos >= HEADER {
@@ -92,6 +111,28 @@ impl LogStore {
             pos += HEADER + len;
         }
         Ok((out, offset + pos as u64))
+    }
+
+    /// Removes the logs of tasks `keep` says no to; returns how many.
+    pub fn sweep(&self, keep: impl Fn(TaskId) -> bool) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<TaskId>().ok())
+            else {
+                continue;
+            };
+            if !keep(id) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -127,5 +168,44 @@ mod tests {
         assert!(recs.is_empty());
         assert_eq!(end2, end);
         assert_eq!(logs.read_from(TaskId(9), 0).unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn huge_logs_are_read_a_chunk_at_a_time_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path().to_path_buf()).unwrap();
+        let t = TaskId(3);
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..40 {
+            logs.append(t, OutputStream::Stdout, &chunk).unwrap();
+        }
+        let (mut offset, mut total, mut reads) = (0, 0, 0);
+        loop {
+            let (recs, next) = logs.read_from(t, offset).unwrap();
+            if recs.is_empty() {
+                break;
+            }
+            let bytes: usize = recs.iter().map(|(_, d)| d.len()).sum();
+            assert!(bytes as u64 <= READ_CHUNK, "one read took {bytes}");
+            total += bytes;
+            reads += 1;
+            offset = next;
+        }
+        assert_eq!(total, 40 * (64 << 10));
+        assert!(reads >= 10, "{reads} reads");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(logs.path(t))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        logs.append(TaskId(4), OutputStream::Stdout, b"keep")
+            .unwrap();
+        assert_eq!(logs.sweep(|id| id == TaskId(4)), 1);
+        assert_eq!(logs.len(t), 0);
+        assert!(logs.len(TaskId(4)) > 0);
     }
 }

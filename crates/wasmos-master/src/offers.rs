@@ -62,6 +62,8 @@ pub(crate) enum Event {
     /// Retire a framework and kill its tasks (a job that ended with nobody to tear it down).
     RemoveFramework(FrameworkId),
     RolesChanged,
+    /// An agent's reservations changed outside an offer (an operator removed one).
+    ReservationsChanged(AgentId),
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
     /// A framework subscribed on connection `conn`; its events go to `tx`.
@@ -344,6 +346,7 @@ impl Cycle {
                     return self.remove_framework(fw).await;
                 }
             }
+            Event::ReservationsChanged(agent) => self.refresh_agent(&agent),
             Event::RolesChanged => {
                 self.apply_roles();
                 // A new limit may leave waiting tasks unable ever to run.
@@ -703,7 +706,9 @@ impl Cycle {
             };
             let mut requests = Vec::new();
             for mut spec in list {
-                if let Err(e) = validate_spec(&spec) {
+                if let Err(e) = validate_spec(&spec)
+                    .and_then(|()| crate::policy::seal(&self.shared.secrets, &mut spec))
+                {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Ok(Err(format!("task `{}`: {e}", spec.name)));
                 }
@@ -761,8 +766,7 @@ impl Cycle {
         }
         for (id, spec) in specs {
             tracing::info!(task = %id, %agent, framework = %fw, "launching");
-            self.shared
-                .send_to_agent(&agent, MasterToAgent::Launch { task: id, spec });
+            self.shared.launch(&agent, id, spec);
         }
         Ok(Ok(ids))
     }
@@ -1247,13 +1251,7 @@ impl Cycle {
             tracing::info!(task = %t.id, agent = %accepted.agent, "launching");
             // If the agent is gone by now, its re-registration (or the grace period) declares
             // the task lost.
-            self.shared.send_to_agent(
-                &accepted.agent,
-                MasterToAgent::Launch {
-                    task: t.id,
-                    spec: t.spec,
-                },
-            );
+            self.shared.launch(&accepted.agent, t.id, t.spec);
         }
         Ok(())
     }
@@ -1278,7 +1276,7 @@ fn launch_if_committed_late(shared: Arc<Shared>, agent: AgentId, tasks: Vec<Task
             if !placed.is_empty() {
                 for (task, spec) in placed {
                     tracing::info!(%task, %agent, "a launch committed late; sending it");
-                    shared.send_to_agent(&agent, MasterToAgent::Launch { task, spec });
+                    shared.launch(&agent, task, spec);
                 }
                 return;
             }

@@ -23,16 +23,29 @@ pub enum IdentityError {
     )]
     NoIdentity,
     #[error(
-        "`{0}` is not a wasmos identity URI (wasmos://master|agent|operator/<name> or wasmos://tenant/<tenant>/<user>)"
+        "`{0}` is not a wasmos identity URI (wasmos://master|agent|operator/<name> or wasmos://tenant/<tenant>/<user>; names are lowercase letters, digits, `-` and `_`, host names of agents and masters may also have dots between labels)"
     )]
     BadUri(String),
+    #[error("the certificate names more than one wasmos identity; it must name exactly one")]
+    SeveralIdentities,
+    #[error("`default` is the operators' role and cannot be a tenant")]
+    ReservedTenant,
 }
 
+/// A tenant, user or operator name: it becomes a role, a file name and part of URIs, so only
+/// lowercase letters, digits, `-` and `_`, starting with a letter or digit.
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// An agent or master name: a host name is natural, so labels of [`valid_name`] joined by
+/// single dots (no empty, `.` or `..` labels).
+fn valid_host_name(s: &str) -> bool {
+    s.len() <= 63 && s.split('.').all(valid_name)
 }
 
 impl Identity {
@@ -49,14 +62,12 @@ impl Identity {
         let bad = || IdentityError::BadUri(uri.to_string());
         let rest = uri.strip_prefix("wasmos://").ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split('/').collect();
-        if !parts[1..].iter().all(|p| valid_name(p)) {
-            return Err(bad());
-        }
         match parts.as_slice() {
-            ["master", n] => Ok(Identity::Master(n.to_string())),
-            ["agent", n] => Ok(Identity::Agent(n.to_string())),
-            ["operator", n] => Ok(Identity::Operator(n.to_string())),
-            ["tenant", t, u] => Ok(Identity::Tenant {
+            ["master", n] if valid_host_name(n) => Ok(Identity::Master(n.to_string())),
+            ["agent", n] if valid_host_name(n) => Ok(Identity::Agent(n.to_string())),
+            ["operator", n] if valid_name(n) => Ok(Identity::Operator(n.to_string())),
+            ["tenant", "default", _] => Err(IdentityError::ReservedTenant),
+            ["tenant", t, u] if valid_name(t) && valid_name(u) => Ok(Identity::Tenant {
                 tenant: t.to_string(),
                 user: u.to_string(),
             }),
@@ -64,7 +75,8 @@ impl Identity {
         }
     }
 
-    /// Extracts the identity from a DER certificate's first `wasmos://` URI SAN.
+    /// Extracts the identity from a DER certificate's `wasmos://` URI SAN; a certificate
+    /// naming several is refused, whichever they are.
     pub fn from_der(der: &[u8]) -> Result<Identity, IdentityError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
@@ -72,14 +84,20 @@ impl Identity {
             .subject_alternative_name()
             .map_err(|e| IdentityError::Unparsable(e.to_string()))?
             .ok_or(IdentityError::NoIdentity)?;
-        san.value
+        let uris: Vec<&str> = san
+            .value
             .general_names
             .iter()
-            .find_map(|n| match n {
-                GeneralName::URI(u) if u.starts_with("wasmos://") => Some(Identity::from_uri(u)),
+            .filter_map(|n| match n {
+                GeneralName::URI(u) if u.to_ascii_lowercase().starts_with("wasmos:") => Some(*u),
                 _ => None,
             })
-            .unwrap_or(Err(IdentityError::NoIdentity))
+            .collect();
+        match uris.as_slice() {
+            [] => Err(IdentityError::NoIdentity),
+            [one] => Identity::from_uri(one),
+            _ => Err(IdentityError::SeveralIdentities),
+        }
     }
 }
 
@@ -134,12 +152,29 @@ mod tests {
         ] {
             assert_eq!(Identity::from_uri(&id.to_uri()).unwrap(), id);
         }
+        assert_eq!(
+            Identity::from_uri("wasmos://agent/host-7.dc1").unwrap(),
+            Identity::Agent("host-7.dc1".into())
+        );
         for bad in [
             "http://agent/a",
             "wasmos://agent/",
             "wasmos://agent/a/b",
             "wasmos://king/a",
             "wasmos://agent/a b",
+            "wasmos://tenant/../x",
+            "wasmos://tenant/./x",
+            "wasmos://tenant/acme/.",
+            "wasmos://tenant/ACME/x",
+            "wasmos://tenant//x",
+            "wasmos://tenant/acme/",
+            "wasmos://tenant/a.b/x",
+            "wasmos://tenant/default/x",
+            "wasmos://operator/Root",
+            "wasmos://agent/a..b",
+            "wasmos://agent/.a",
+            "wasmos://agent/a.",
+            "wasmos://tenant/-x/y",
         ] {
             assert!(Identity::from_uri(bad).is_err(), "{bad}");
         }

@@ -1,16 +1,20 @@
 //! Wasmos transport: QUIC endpoints with mutual TLS, the identity a certificate proves, the
 //! length-prefixed frame format, and the PKI helpers that mint the cluster's certificates.
-//! This is the only crate that touches quinn and rustls.
+//! This is the only crate that touches quinn, rustls and ring
+//! (which also seals secrets at rest).
 
 mod frame;
 mod https;
 mod identity;
 pub mod pki;
+mod private;
+pub mod seal;
 mod tls;
 
 pub use frame::{FrameError, recv_frame, send_frame};
 pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
+pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, client_endpoint, connect, describe, server_endpoint,

@@ -65,8 +65,10 @@ pub fn new_ca(cluster: &str) -> Result<CaBundle, PkiError> {
     })
 }
 
-/// Issues a certificate for `who`, usable as both TLS client and server certificate. Masters
-/// also get the DNS name every client verifies them by, plus `dns` and `ips`.
+/// Issues a certificate for `who`. Only masters serve: theirs is a TLS server and client
+/// certificate with the DNS name every client verifies them by, plus `dns` and `ips` (for
+/// HTTPS clients that dial an address). Agents', operators' and tenants' are client
+/// certificates only, with no names to serve under: no leaf but a master's can pose as one.
 pub fn issue(
     ca: &CaBundle,
     who: &Identity,
@@ -81,22 +83,27 @@ pub fn issue(
     dn.push(DnType::CommonName, who.to_uri());
     params.distinguished_name = dn;
     let mut sans = vec![SanType::URI(who.to_uri().try_into()?)];
-    if matches!(who, Identity::Master(_)) {
+    let master = matches!(who, Identity::Master(_));
+    if master {
         sans.push(SanType::DnsName(crate::MASTER_SERVER_NAME.try_into()?));
+        for d in dns {
+            sans.push(SanType::DnsName(d.as_str().try_into()?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     }
-    for d in dns {
-        sans.push(SanType::DnsName(d.as_str().try_into()?));
-    }
-    sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.subject_alt_names = sans;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = if master {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2074, 1, 1);
     let key = KeyPair::generate()?;
@@ -105,6 +112,15 @@ pub fn issue(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// The identity the first certificate of a PEM file names, if it names one.
+pub fn identity_of_pem(pem: &str) -> Option<Identity> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    Identity::from_der(der.as_ref()).ok()
 }
 
 #[cfg(test)]
@@ -123,6 +139,60 @@ mod tests {
         let issued = issue(&ca, &who, &[], &[]).unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(Identity::from_der(der.as_ref()).unwrap(), who);
+        assert_eq!(identity_of_pem(&issued.cert_pem), Some(who));
+    }
+
+    #[test]
+    fn only_masters_may_serve_and_a_certificate_names_one_identity() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let ca = new_ca("test").unwrap();
+        let eku = |who: &Identity| {
+            let issued = issue(
+                &ca,
+                who,
+                &["localhost".into()],
+                &["127.0.0.1".parse().unwrap()],
+            )
+            .unwrap();
+            let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+            let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+            let eku = cert.extended_key_usage().unwrap().unwrap().value.clone();
+            let sans = cert
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .len();
+            (eku.server_auth, eku.client_auth, sans)
+        };
+        assert_eq!(eku(&Identity::Master("m1".into())), (true, true, 4));
+        for who in [
+            Identity::Agent("a1".into()),
+            Identity::Operator("root".into()),
+            Identity::Tenant {
+                tenant: "acme".into(),
+                user: "alice".into(),
+            },
+        ] {
+            assert_eq!(
+                eku(&who),
+                (false, true, 1),
+                "{who}: client-only, its URI alone"
+            );
+        }
+        // Two identities in one certificate: refused, whichever comes first.
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![
+            SanType::URI("wasmos://tenant/evil/bob".try_into().unwrap()),
+            SanType::URI("wasmos://operator/root".try_into().unwrap()),
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            Identity::from_der(cert.der()),
+            Err(crate::IdentityError::SeveralIdentities)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Wasmos wire vocabulary: ids, resources, task specs and states, and every message that crosses a
 //! connection, plus the versioned frame codec. Pure data: no I/O, no clock, no async runtime.
 
+mod ceilings;
 mod codec;
 mod framework;
 mod ids;
@@ -10,6 +11,7 @@ mod net;
 mod quantity;
 mod task;
 
+pub use ceilings::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
 pub use framework::{
     DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
@@ -20,14 +22,17 @@ pub use job::{
 };
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
-    ErrorKind, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse, RoleInfo,
-    StatusUpdate,
+    ErrorKind, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse,
+    ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
 };
-pub use net::{NetRule, NetRuleError};
-pub use quantity::{QuantityError, format_bytes, format_cpu, parse_bytes, parse_cpu};
+pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
+pub use quantity::{
+    QuantityError, format_bytes, format_cpu, format_duration_ms, parse_bytes, parse_cpu,
+};
 pub use task::{
     InputFile, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy, Qos,
-    Reason, Resources, TaskInfo, TaskSpec, TaskState, TaskStatus, guest_parent, valid_guest_path,
+    Reason, Resources, SecretEnv, SecretValue, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    guest_parent, valid_guest_path,
 };
 
 /// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.

@@ -36,7 +36,12 @@ pub enum ClientRequest {
         #[serde(default)]
         key: Option<String>,
     },
-    ListTasks,
+    /// A page of tasks in id order, filtered; answered `Tasks`. A page holds at most
+    /// `limit` tasks (at most [`MAX_TASK_PAGE`]) and never more than fits in one message:
+    /// ask again with `after` set to the last id for the next.
+    ListTasks {
+        filter: TaskFilter,
+    },
     GetTask {
         id: TaskId,
     },
@@ -68,13 +73,25 @@ pub enum ClientRequest {
     KillTask {
         id: TaskId,
     },
-    /// Operators only: changes a role's weight and quota. `None` leaves a field as it is;
-    /// `limit: Some(None)` removes the limit.
+    /// Operators only: changes a role's weight, quota, ceilings, reservation allowance and
+    /// egress rules. `None` leaves a field as it is; `limit: Some(None)` removes the limit;
+    /// each ceiling set in `ceilings` replaces that one.
     SetRole {
         role: String,
         weight_milli: Option<u64>,
         guarantee: Option<Resources>,
         limit: Option<Option<Resources>>,
+        ceilings: crate::Ceilings,
+        reservation_allowance: Option<Option<Resources>>,
+        egress: Option<Vec<crate::EgressRule>>,
+    },
+    /// Dynamic reservations, by agent and role (tenants see their own roles').
+    ListReservations,
+    /// Operators only: removes what `role` has dynamically reserved on `agent`, except what its
+    /// live tasks hold.
+    RemoveReservation {
+        agent: AgentId,
+        role: String,
     },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
@@ -106,7 +123,8 @@ impl ClientRequest {
             self,
             ClientRequest::HasBundle { .. }
                 | ClientRequest::GetBlob { .. }
-                | ClientRequest::ListTasks
+                | ClientRequest::ListTasks { .. }
+                | ClientRequest::ListReservations
                 | ClientRequest::ListJobs
                 | ClientRequest::GetJob { .. }
                 | ClientRequest::GetTask { .. }
@@ -116,6 +134,30 @@ impl ClientRequest {
                 | ClientRequest::ClusterStatus
         )
     }
+}
+
+/// Most tasks one `ListTasks` answer holds.
+pub const MAX_TASK_PAGE: u32 = 1000;
+
+/// Which tasks a `ListTasks` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFilter {
+    /// Only tasks in these states (all when empty).
+    pub states: Vec<crate::TaskState>,
+    /// Only tasks with ids above this one.
+    pub after: Option<TaskId>,
+    /// At most this many (and at most [`MAX_TASK_PAGE`]); `None` for the most.
+    pub limit: Option<u32>,
+}
+
+/// A dynamic reservation as `wasmos reservation list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    pub agent: AgentId,
+    pub role: String,
+    pub resources: Resources,
+    /// What live tasks of the role hold of it on that agent.
+    pub held: Resources,
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -160,6 +202,12 @@ pub enum ClientResponse {
     Task(Box<TaskInfo>),
     Agents(Vec<AgentInfo>),
     Roles(Vec<RoleInfo>),
+    Reservations(Vec<ReservationInfo>),
+    /// A `RemoveReservation` done: what was removed, and what live tasks still hold.
+    Unreserved {
+        removed: Resources,
+        held: Resources,
+    },
     Cluster(Box<ClusterInfo>),
     Output {
         stream: OutputStream,
@@ -246,6 +294,14 @@ pub struct RoleInfo {
     /// Dominant share of the cluster, in millionths.
     pub share_ppm: u64,
     pub frameworks: u64,
+    /// The ceilings this role sets itself (unset ones come from above or the defaults).
+    pub ceilings: crate::Ceilings,
+    /// The ceilings in force for it, defaults included (the tightest on its path).
+    pub effective: crate::EffectiveCeilings,
+    pub reservation_allowance: Option<Resources>,
+    /// Dynamic reservations it (with its sub-roles) holds now.
+    pub dynamically_reserved: Resources,
+    pub egress: Vec<crate::EgressRule>,
 }
 
 /// Master to master on `wasmos-peer/1`, one request per stream: the bundle blobs raft does not
@@ -341,7 +397,11 @@ pub enum MasterToAgent {
     },
     Launch {
         task: TaskId,
+        /// With secret values in plain text: this channel is the agent's mutual TLS session.
         spec: TaskSpec,
+        /// The egress rules of the task's role and the roles above it, most specific first,
+        /// tried after the agent's own.
+        egress: Vec<crate::EgressRule>,
     },
     Kill {
         task: TaskId,

@@ -1,6 +1,7 @@
 //! Network grants: the `host:port` patterns a task may connect to. Everything else is denied.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,144 @@ impl fmt::Display for NetRule {
     }
 }
 
+/// An address block: `10.0.0.0/8`, `fe80::/10`, or one address (`127.0.0.1` is `/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` (IPv4-mapped IPv6 addresses taken as IPv4) lies in this block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || {
+            format!(
+                "`{s}` is not an address block (expected e.g. 10.0.0.0/8, fe80::/10 or 127.0.0.1)"
+            )
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| err())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(err)?,
+        };
+        Ok(Cidr {
+            addr: addr.to_canonical(),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One egress rule: destinations in `net` (on `ports`, all ports when `None`) are allowed or
+/// denied. Rules are tried in order and the first that matches decides; see
+/// `docs/security.md` for how agents' and roles' rules combine with the built-in defaults.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EgressRule {
+    pub allow: bool,
+    pub net: Cidr,
+    /// An inclusive port range.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl EgressRule {
+    /// Parses `CIDR`, `CIDR:PORT` or `CIDR:LOW-HIGH` (IPv6 blocks with a port in brackets:
+    /// `[fd00::/8]:443`) as an allow or deny rule.
+    pub fn parse(allow: bool, s: &str) -> Result<EgressRule, String> {
+        let err = || {
+            format!(
+                "`{s}` is not an egress rule (expected CIDR, CIDR:PORT or CIDR:LOW-HIGH, e.g. 10.0.0.0/8:5432, 127.0.0.1, [fd00::/8]:443)"
+            )
+        };
+        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (net, after) = rest.split_once(']').ok_or_else(err)?;
+            let ports = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(err)?),
+            };
+            (net, ports)
+        } else if s.matches(':').count() == 1 {
+            let (net, p) = s.split_once(':').ok_or_else(err)?;
+            (net, Some(p))
+        } else {
+            (s, None)
+        };
+        let net: Cidr = net.parse().map_err(|_| err())?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(err);
+        let ports = match ports {
+            None | Some("*") => None,
+            Some(p) => match p.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (port(lo)?, port(hi)?);
+                    if lo > hi {
+                        return Err(err());
+                    }
+                    Some((lo, hi))
+                }
+                None => {
+                    let p = port(p)?;
+                    Some((p, p))
+                }
+            },
+        };
+        Ok(EgressRule { allow, net, ports })
+    }
+
+    /// Whether this rule speaks about `addr`.
+    pub fn matches(&self, addr: std::net::SocketAddr) -> bool {
+        self.net.contains(addr.ip())
+            && self
+                .ports
+                .is_none_or(|(lo, hi)| (lo..=hi).contains(&addr.port()))
+    }
+}
+
+impl fmt::Display for EgressRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.allow { "allow " } else { "deny " })?;
+        match self.ports {
+            None => write!(f, "{}", self.net),
+            Some(_) if self.net.addr.is_ipv6() => write!(f, "[{}]", self.net),
+            Some(_) => write!(f, "{}", self.net),
+        }?;
+        match self.ports {
+            Some((lo, hi)) if lo == hi => write!(f, ":{lo}"),
+            Some((lo, hi)) => write!(f, ":{lo}-{hi}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +225,39 @@ mod tests {
             "host:",
         ] {
             assert!(bad.parse::<NetRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn egress_rules_parse_and_match() {
+        let r = EgressRule::parse(true, "10.0.0.0/8:5432").unwrap();
+        assert!(r.matches("10.1.2.3:5432".parse().unwrap()));
+        assert!(!r.matches("10.1.2.3:5433".parse().unwrap()));
+        assert!(!r.matches("11.0.0.1:5432".parse().unwrap()));
+        assert_eq!(r.to_string(), "allow 10.0.0.0/8:5432");
+        let r = EgressRule::parse(false, "127.0.0.1").unwrap();
+        assert!(r.matches("127.0.0.1:80".parse().unwrap()));
+        assert!(
+            r.matches("[::ffff:127.0.0.1]:80".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!r.matches("127.0.0.2:80".parse().unwrap()));
+        let r = EgressRule::parse(true, "[fe80::/10]:443-444").unwrap();
+        assert!(r.matches("[fe80::1]:444".parse().unwrap()));
+        assert!(!r.matches("[fe80::1]:445".parse().unwrap()));
+        assert_eq!(r.to_string(), "allow [fe80::/10]:443-444");
+        let r = EgressRule::parse(true, "0.0.0.0/0").unwrap();
+        assert!(r.matches("8.8.8.8:53".parse().unwrap()));
+        assert!(!r.matches("[2001:db8::1]:53".parse().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/8:0",
+            "host:80",
+            "10.0.0.1:9-8",
+            "[::1/129]",
+            "",
+        ] {
+            assert!(EgressRule::parse(true, bad).is_err(), "{bad}");
         }
     }
 }

@@ -94,6 +94,22 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// A duration in milliseconds the way users write them: `90s`, `2h`, `1500ms`.
+pub fn format_duration_ms(ms: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ];
+    for (name, size) in UNITS {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{name}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +138,8 @@ mod tests {
         assert_eq!(format_bytes(64 << 20), "64MiB");
         assert_eq!(format_bytes(1536), "1.5KiB");
         assert_eq!(format_bytes(12), "12B");
+        assert_eq!(format_duration_ms(86_400_000), "1d");
+        assert_eq!(format_duration_ms(90_000), "90s");
+        assert_eq!(format_duration_ms(1500), "1500ms");
     }
 }

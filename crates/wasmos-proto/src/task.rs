@@ -210,6 +210,68 @@ pub struct TaskSpec {
     /// where frameworks find them (a batch job hands them to its later stages).
     #[serde(default)]
     pub outputs_dir: Option<String>,
+    /// Environment variables whose values are secret: the task sees them like `env`, but no
+    /// listing, `task show`, `-o json` or log prints their values, and the replicated state
+    /// holds them only sealed (encrypted with a key only masters hold).
+    #[serde(default)]
+    pub secret_env: Vec<SecretEnv>,
+}
+
+/// A secret environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    pub name: String,
+    pub value: SecretValue,
+}
+
+/// A secret's value in each place it travels.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretValue {
+    /// From a client to the master, and from the master to the agent that runs the task (both
+    /// over mutual TLS).
+    Plain(String),
+    /// In the replicated state and on the masters' disks: sealed with the masters' key.
+    Sealed(Vec<u8>),
+    /// In every answer a client gets: the value is not there.
+    Hidden,
+}
+
+impl SecretValue {
+    /// Bytes the value takes, as counted against the role's ceiling on arguments and
+    /// environment.
+    pub fn len(&self) -> usize {
+        match self {
+            SecretValue::Plain(s) => s.len(),
+            SecretValue::Sealed(b) => b.len(),
+            SecretValue::Hidden => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Never prints a value: specs end up in logs.
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretValue::Plain(_) => f.write_str("Plain(<secret>)"),
+            SecretValue::Sealed(b) => write!(f, "Sealed({} bytes)", b.len()),
+            SecretValue::Hidden => f.write_str("Hidden"),
+        }
+    }
+}
+
+impl TaskSpec {
+    /// The spec as a client may see it: secret values hidden.
+    pub fn redacted(&self) -> TaskSpec {
+        let mut spec = self.clone();
+        for s in &mut spec.secret_env {
+            s.value = SecretValue::Hidden;
+        }
+        spec
+    }
 }
 
 /// A file a task left in its outputs directory, stored as a data blob.
@@ -290,6 +352,7 @@ impl TaskSpec {
             cpu_limit_millis: None,
             mem_limit_bytes: None,
             outputs_dir: None,
+            secret_env: Vec::new(),
         }
     }
 

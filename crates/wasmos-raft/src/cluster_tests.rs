@@ -69,6 +69,7 @@ fn bundle(n: u64) -> Command {
         hash: BundleHash::parse(&format!("{n:064x}")).unwrap(),
         size: n,
         now_ms: n,
+        reader: None,
     }
 }
 

@@ -254,13 +254,15 @@ impl RaftNode {
             Some(p) => Network::quic(&p.creds)
                 .map_err(|e| RaftError::Config(format!("raft network: {e}")))?,
         };
-        tokio::fs::create_dir_all(dir)
-            .await
+        // The state holds every tenant's task specs: only the master's user may read it.
+        wasmos_net::create_private_dir(dir)
             .map_err(|e| RaftError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let (log_store, state_machine) = open_stores(&path)
             .await
             .map_err(|e| RaftError::Storage(e.to_string()))?;
+        wasmos_net::restrict(&path)
+            .map_err(|e| RaftError::Storage(format!("cannot restrict {}: {e}", path.display())))?;
         let closed = log_store.closed();
         let shared = state_machine.shared();
         // `Raft::new` reads the initial state: vote, log bounds, and re-applies committed entries

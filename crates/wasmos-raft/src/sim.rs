@@ -432,6 +432,7 @@ async fn run(seed: u64, dir: &std::path::Path) -> anyhow::Result<usize> {
             hash: BundleHash::parse(HASH)?,
             size: 1,
             now_ms: 1,
+            reader: None,
         },
         Command::RegisterAgent {
             id: agent(),
@@ -476,6 +477,7 @@ async fn run(seed: u64, dir: &std::path::Path) -> anyhow::Result<usize> {
             hash: BundleHash::parse(HASH)?,
             size: 1,
             now_ms: 2,
+            reader: None,
         };
         if let Some((_, index)) = sim.write_at(marker).await {
             break index;

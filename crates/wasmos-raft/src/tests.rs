@@ -66,6 +66,7 @@ fn history() -> Vec<Command> {
             hash: bundle(1),
             size: 10,
             now_ms: 1,
+            reader: None,
         },
         Command::RegisterAgent {
             id: agent(),
@@ -182,6 +183,7 @@ async fn open_write_read() -> anyhow::Result<()> {
         hash: bundle(2),
         size: 1,
         now_ms: 8,
+        reader: None,
     })
     .await?;
     let index = tokio::time::timeout(Duration::from_secs(5), waiter).await???;
@@ -195,6 +197,7 @@ async fn open_write_read() -> anyhow::Result<()> {
             hash: bundle(3),
             size: 1,
             now_ms: 9,
+            reader: None,
         })
         .await;
     ensure!(matches!(after, Err(RaftError::Fatal(_))), "{after:?}");
@@ -285,6 +288,7 @@ async fn snapshot_purge_and_restart() -> anyhow::Result<()> {
         hash: bundle(n),
         size: n,
         now_ms: n,
+        reader: None,
     }));
     for cmd in &cmds {
         node.write(cmd.clone()).await?;
@@ -328,12 +332,14 @@ async fn snapshot_purge_and_restart() -> anyhow::Result<()> {
         hash: bundle(100),
         size: 1,
         now_ms: 100,
+        reader: None,
     })
     .await?;
     cmds.push(Command::AddBundle {
         hash: bundle(100),
         size: 1,
         now_ms: 100,
+        reader: None,
     });
     ensure!(node.read(|s| s.clone()) == replayed(&cmds));
     node.shutdown().await?;

@@ -2,7 +2,12 @@
 //! deterministic `apply`. Raft feeds it committed commands; everything the cluster must not forget
 //! (agents, bundles, tasks and their final states) lives here.
 
-use std::collections::BTreeMap;
+mod tenancy;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use tenancy::{spec_bytes, tenant_of};
+pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 
 use serde::{Deserialize, Serialize};
 use wasmos_alloc::{Pools, Role};
@@ -32,6 +37,14 @@ pub struct RoleRecord {
     pub weight_milli: u64,
     pub guarantee: Resources,
     pub limit: Option<Resources>,
+    /// Limits on what the role's tasks may ask for (see [`Ceilings`]).
+    pub ceilings: Ceilings,
+    /// Most the role (with its sub-roles) may hold in dynamic reservations; `None` allows
+    /// its guarantee.
+    pub reservation_allowance: Option<Resources>,
+    /// Egress rules for the role's tasks, beyond the agents' own policy, checked in order
+    /// after each agent's defaults (see `wasmos_proto::EgressRule`).
+    pub egress: Vec<wasmos_proto::EgressRule>,
 }
 
 impl Default for RoleRecord {
@@ -40,6 +53,9 @@ impl Default for RoleRecord {
             weight_milli: 1000,
             guarantee: Resources::default(),
             limit: None,
+            ceilings: Ceilings::default(),
+            reservation_allowance: None,
+            egress: Vec::new(),
         }
     }
 }
@@ -105,6 +121,9 @@ pub struct JobRecord {
 pub struct BundleMeta {
     pub size: u64,
     pub added_ms: u64,
+    /// Tenants that may read it: each that uploaded the bytes itself, and each whose task
+    /// produced them. Operators read every blob.
+    pub readers: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +187,9 @@ pub enum Command {
         hash: BundleHash,
         size: u64,
         now_ms: u64,
+        /// The tenant that uploaded it, which may read it from now on (none for operators'
+        /// uploads and agents' output files, whose readers come with the task's status).
+        reader: Option<String>,
     },
     SubmitTask {
         /// The id the leader handed out; `None` takes the next one.
@@ -257,6 +279,20 @@ pub enum Command {
         event: JobEvent,
         now_ms: u64,
     },
+    /// Operators: drops the dynamic reservations `role` holds on `agent`, except what its
+    /// live tasks hold there (they keep running; what they free is not reserved again).
+    RemoveReservation {
+        agent: AgentId,
+        role: Role,
+    },
+    /// Retention: forgets tasks that ended before `before_ms` or beyond the newest `keep`
+    /// ended ones, jobs that ended before `before_ms`, and blobs added before `before_ms`
+    /// that nothing kept names.
+    Collect {
+        before_ms: u64,
+        keep: u64,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +306,17 @@ pub enum CommandResult {
     Submitted(TaskId),
     Framework(FrameworkId),
     Job(JobId),
+    /// What a `Collect` forgot.
+    Collected {
+        tasks: u64,
+        jobs: u64,
+        blobs: u64,
+    },
+    /// What a `RemoveReservation` removed, and what live tasks still hold.
+    Unreserved {
+        removed: Resources,
+        held: Resources,
+    },
     /// The command was refused; the state is unchanged. A domain answer, not a failure.
     Rejected(String),
 }
@@ -346,11 +393,38 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            Command::AddBundle { hash, size, now_ms } => {
-                self.bundles.entry(hash).or_insert(BundleMeta {
+            Command::AddBundle {
+                hash,
+                size,
+                now_ms,
+                reader,
+            } => {
+                if let Some(tenant) = &reader {
+                    let quota = self.storage_quota(tenant);
+                    let held = self.stored_by(tenant);
+                    let adds = self
+                        .bundles
+                        .get(&hash)
+                        .is_none_or(|b| !b.readers.contains(tenant));
+                    if adds && held.saturating_add(size) > quota {
+                        return CommandResult::Rejected(format!(
+                            "tenant {tenant} stores {} of its {} storage quota; {} more does not fit (remove tasks' outputs or ask an operator for more)",
+                            wasmos_proto::format_bytes(held),
+                            wasmos_proto::format_bytes(quota),
+                            wasmos_proto::format_bytes(size)
+                        ));
+                    }
+                }
+                let meta = self.bundles.entry(hash).or_insert(BundleMeta {
                     size,
                     added_ms: now_ms,
+                    readers: BTreeSet::new(),
                 });
+                // Re-uploaded bytes are fresh again for retention.
+                meta.added_ms = meta.added_ms.max(now_ms);
+                if let Some(tenant) = reader {
+                    meta.readers.insert(tenant);
+                }
                 CommandResult::Ok
             }
             Command::SubmitTask {
@@ -365,13 +439,20 @@ impl ClusterState {
                 if let Some(first) = key.as_ref().and_then(|k| self.submissions.get(k)) {
                     return CommandResult::Submitted(*first);
                 }
-                if let Err(why) = self.check_blobs(&spec) {
+                if let Err(why) = self.check_blobs(&spec, &owner) {
                     return CommandResult::Rejected(why);
                 }
-                if let Some(role) = &spec.role
-                    && let Err(e) = Role::new(role)
-                {
-                    return CommandResult::Rejected(e.to_string());
+                if let Some(role) = &spec.role {
+                    let role = match Role::new(role) {
+                        Ok(r) => r,
+                        Err(e) => return CommandResult::Rejected(e.to_string()),
+                    };
+                    if let Err(why) = self.check_ceilings(&spec, &role, 0) {
+                        return CommandResult::Rejected(why);
+                    }
+                }
+                if let Err(why) = check_sealed(&spec) {
+                    return CommandResult::Rejected(why);
                 }
                 let id = match id {
                     Some(id) if self.tasks.contains_key(&id) => {
@@ -461,8 +542,20 @@ impl ClusterState {
                 }
                 info.status = update.status;
                 info.updated_ms = now_ms;
-                if info.status.state.is_terminal() {
+                let ended = info.status.state.is_terminal();
+                // What a task produced, its tenant may read.
+                let grant: Vec<BundleHash> =
+                    info.status.outputs.iter().map(|o| o.blob.clone()).collect();
+                let tenant = tenant_of(&info.owner).map(str::to_string);
+                if ended {
                     self.charges.remove(&update.task);
+                }
+                if let Some(tenant) = tenant {
+                    for hash in grant {
+                        if let Some(meta) = self.bundles.get_mut(&hash) {
+                            meta.readers.insert(tenant.clone());
+                        }
+                    }
                 }
                 self.status_changed(update.task);
                 CommandResult::Ok
@@ -511,6 +604,9 @@ impl ClusterState {
                 acknowledges,
                 now_ms,
             } => {
+                if acknowledges && let Err(why) = self.check_framework_ceiling(&role) {
+                    return CommandResult::Rejected(why);
+                }
                 self.next_framework_id += 1;
                 let id = FrameworkId(self.next_framework_id);
                 self.frameworks.insert(
@@ -610,12 +706,19 @@ impl ClusterState {
                 if let Err(why) = spec.check() {
                     return CommandResult::Rejected(why);
                 }
+                if let Err(why) = self.check_framework_ceiling(&role) {
+                    return CommandResult::Rejected(why);
+                }
                 for g in &spec.groups {
-                    if let Err(why) = self.check_blobs(&g.task) {
+                    let checked = self
+                        .check_blobs(&g.task, &owner)
+                        .and_then(|()| self.check_spec_ceilings(&g.task, &role))
+                        .and_then(|()| check_sealed(&g.task));
+                    if let Err(why) = checked {
                         return CommandResult::Rejected(format!("group `{}`: {why}", g.name));
                     }
                     for input in g.inputs.iter().flatten() {
-                        if !self.bundles.contains_key(&input.blob) {
+                        if !self.may_read(&owner, &input.blob) {
                             return CommandResult::Rejected(format!(
                                 "group `{}`: input blob {} has not been uploaded",
                                 g.name, input.blob
@@ -696,6 +799,15 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
+            Command::RemoveReservation { agent, role } => self.remove_reservation(&agent, &role),
+            Command::Collect {
+                before_ms,
+                keep,
+                now_ms,
+            } => {
+                self.forget_submissions(now_ms);
+                self.collect(before_ms, keep)
+            }
             Command::Launch {
                 framework,
                 agent,
@@ -712,19 +824,92 @@ impl ClusterState {
         }
     }
 
-    /// A spec's bundle and stdin blob must have been uploaded.
-    fn check_blobs(&self, spec: &TaskSpec) -> Result<(), String> {
-        if !self.bundles.contains_key(&spec.bundle) {
-            return Err(format!("bundle {} has not been uploaded", spec.bundle));
+    fn remove_reservation(&mut self, agent: &AgentId, role: &Role) -> CommandResult {
+        let Some(have) = self
+            .reservations
+            .get(agent)
+            .and_then(|r| r.get(role))
+            .cloned()
+        else {
+            return CommandResult::Rejected(format!(
+                "role {role} holds no dynamic reservation on agent {agent}"
+            ));
+        };
+        let mut held = Resources::default();
+        for id in self.live_tasks_on(agent) {
+            if let Some(r) = self.charges.get(&id).and_then(|c| c.reserved.get(role)) {
+                held = held.saturating_add(r);
+            }
         }
-        if let Some(stdin) = spec
-            .stdin
-            .as_ref()
-            .filter(|h| !self.bundles.contains_key(h))
-        {
-            return Err(format!("stdin blob {stdin} has not been uploaded"));
+        let keep = have.min(&held);
+        let removed = have.saturating_sub(&keep);
+        if let Some(by_role) = self.reservations.get_mut(agent) {
+            if keep.is_empty() {
+                by_role.remove(role);
+            } else {
+                by_role.insert(role.clone(), keep.clone());
+            }
+            if by_role.is_empty() {
+                self.reservations.remove(agent);
+            }
         }
-        Ok(())
+        CommandResult::Unreserved {
+            removed,
+            held: keep,
+        }
+    }
+
+    fn collect(&mut self, before_ms: u64, keep: u64) -> CommandResult {
+        let mut ended: Vec<(u64, TaskId)> = self
+            .tasks
+            .values()
+            .filter(|t| t.status.state.is_terminal())
+            .map(|t| (t.updated_ms, t.id))
+            .collect();
+        ended.sort_unstable();
+        let excess = ended.len().saturating_sub(keep as usize);
+        let unacked: BTreeSet<TaskId> = self.unacked.iter().map(|(_, t)| *t).collect();
+        let mut tasks = 0;
+        for (i, (at, id)) in ended.into_iter().enumerate() {
+            if (at < before_ms || i < excess) && !unacked.contains(&id) {
+                self.tasks.remove(&id);
+                tasks += 1;
+            }
+        }
+        let jobs_before = self.jobs.len();
+        self.jobs
+            .retain(|_, j| !(j.state.is_terminal() && j.ended_ms.is_some_and(|e| e < before_ms)));
+        let jobs = (jobs_before - self.jobs.len()) as u64;
+        let mut named: BTreeSet<&BundleHash> = BTreeSet::new();
+        for t in self.tasks.values() {
+            if !t.status.state.is_terminal() {
+                named.extend(spec_blobs(&t.spec));
+            }
+            named.extend(t.status.outputs.iter().map(|o| &o.blob));
+        }
+        for j in self.jobs.values() {
+            for g in &j.spec.groups {
+                named.extend(spec_blobs(&g.task));
+                named.extend(g.inputs.iter().flatten().map(|i| &i.blob));
+            }
+            for (_, outputs) in j.done.values() {
+                named.extend(outputs.iter().map(|o| &o.blob));
+            }
+        }
+        let gone: Vec<BundleHash> = self
+            .bundles
+            .iter()
+            .filter(|(h, b)| b.added_ms < before_ms && !named.contains(h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in &gone {
+            self.bundles.remove(h);
+        }
+        CommandResult::Collected {
+            tasks,
+            jobs,
+            blobs: gone.len() as u64,
+        }
     }
 
     /// Everything reserved on `agent`, static and dynamic, by role.
@@ -775,6 +960,13 @@ impl ClusterState {
         for op in reservations {
             match op {
                 ReservationOp::Reserve { role, resources } => {
+                    if !role.is_within(&fw.role) {
+                        return Err(format!(
+                            "framework {framework} of role {} cannot reserve for role {role}",
+                            fw.role
+                        ));
+                    }
+                    self.check_reservation(role, resources)?;
                     let e = reserved.entry(role.clone()).or_default();
                     *e = e.saturating_add(resources);
                     let d = dynamic.entry(role.clone()).or_default();
@@ -797,6 +989,7 @@ impl ClusterState {
             }
         }
         let mut ids = std::collections::BTreeSet::new();
+        let mut created = 0;
         for t in tasks {
             if !ids.insert(t.id) {
                 return Err(format!("task {} appears twice", t.id));
@@ -811,7 +1004,14 @@ impl ClusterState {
                 (None, None) => return Err(format!("unknown task {}", t.id)),
                 (Some(_), Some(_)) => return Err(format!("task {} already exists", t.id)),
                 (Some(spec), None) => {
-                    self.check_blobs(spec)?;
+                    self.check_blobs(spec, &fw.owner)?;
+                    check_sealed(spec)?;
+                    let role = match &spec.role {
+                        Some(r) => Role::new(r).map_err(|e| e.to_string())?,
+                        None => fw.role.clone(),
+                    };
+                    self.check_ceilings(spec, &role, created)?;
+                    created += 1;
                     &spec.resources
                 }
             };
@@ -1007,6 +1207,26 @@ impl ClusterState {
             }
         }
         used
+    }
+}
+
+/// Every blob a spec names.
+pub fn spec_blobs(spec: &TaskSpec) -> impl Iterator<Item = &BundleHash> {
+    std::iter::once(&spec.bundle)
+        .chain(spec.stdin.iter())
+        .chain(spec.mounts.iter().map(|m| &m.archive))
+        .chain(spec.inputs.iter().map(|i| &i.blob))
+}
+
+/// The replicated state never holds a secret in plain text.
+fn check_sealed(spec: &TaskSpec) -> Result<(), String> {
+    match spec
+        .secret_env
+        .iter()
+        .find(|s| !matches!(s.value, wasmos_proto::SecretValue::Sealed(_)))
+    {
+        Some(s) => Err(format!("secret {} was not sealed by the master", s.name)),
+        None => Ok(()),
     }
 }
 

@@ -37,6 +37,8 @@ fn submitted(s: &mut ClusterState, cpu: u64) -> TaskId {
         hash: hash(),
         size: 10,
         now_ms: 1,
+        // The tenant of the test frameworks, so their launches may name it.
+        reader: Some("a".into()),
     });
     match s.apply(Command::SubmitTask {
         id: None,
@@ -273,6 +275,7 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
     });
     let fx = framework(&mut s, "x/sub");
     let fy = framework(&mut s, "y");
+    let fxx = framework(&mut s, "x");
     // y takes the 600 unreserved; the reserved 400 is x's alone.
     let ty = submitted(&mut s, 600);
     assert_eq!(
@@ -315,7 +318,7 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
             ReservationOp::Unreserve { role, resources }
         };
         Command::Launch {
-            framework: fx,
+            framework: fxx,
             agent: agent("a"),
             reservations: vec![op],
             tasks: vec![],
@@ -323,6 +326,29 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
         }
     };
     assert_rejected(&s.apply(change(false, 100)), "dynamically");
+    // Dynamic reservations stay within what operators allow the role: its guarantee (none
+    // here) or an allowance.
+    assert_rejected(&s.apply(change(true, 300)), "may hold at most");
+    let allowance = RoleRecord {
+        reservation_allowance: Some(Resources::new(800, 0, 0)),
+        ..RoleRecord::default()
+    };
+    s.apply(Command::SetRole {
+        role: role("x"),
+        record: allowance,
+    });
+    // Only for the framework's own role (or beneath it).
+    let r = s.apply(Command::Launch {
+        framework: fy,
+        agent: agent("a"),
+        reservations: vec![ReservationOp::Reserve {
+            role: role("x"),
+            resources: Resources::new(100, 0, 0),
+        }],
+        tasks: vec![],
+        now_ms: 9,
+    });
+    assert_rejected(&r, "cannot reserve for role x");
     s.apply(Command::AgentStatus {
         agent: agent("a"),
         update: status(1, ty, TaskState::Finished),
@@ -346,8 +372,15 @@ proptest! {
     /// Whatever sequence of commands arrives, an agent is never over-committed, task ids are
     /// unique and increasing, and replaying the same commands gives the same state.
     #[test]
-    fn never_overcommits_and_is_deterministic(ops in proptest::collection::vec((0u8..8, 0u64..1500, 0u64..6), 0..60)) {
-        let mut cmds = vec![Command::AddBundle { hash: hash(), size: 1, now_ms: 0 }];
+    fn never_overcommits_and_is_deterministic(ops in proptest::collection::vec((0u8..10, 0u64..1500, 0u64..6), 0..60)) {
+        let allowance = RoleRecord {
+            reservation_allowance: Some(Resources::new(1500, 0, 0)),
+            ..RoleRecord::default()
+        };
+        let mut cmds = vec![
+            Command::AddBundle { hash: hash(), size: 1, now_ms: 0, reader: None },
+            Command::SetRole { role: role("r"), record: allowance },
+        ];
         for (kind, cpu, n) in ops {
             let name = if n % 2 == 0 { "a" } else { "b" };
             cmds.push(match kind {
@@ -388,6 +421,8 @@ proptest! {
                     }],
                     now_ms: n,
                 },
+                8 => Command::RemoveReservation { agent: agent(name), role: role("r") },
+                9 => Command::Collect { before_ms: n, keep: cpu % 4, now_ms: n },
                 // Launch a new task straight from the framework.
                 _ => Command::Launch {
                     framework: FrameworkId(n % 3),
@@ -434,6 +469,7 @@ fn a_resent_submission_key_returns_the_first_task_until_it_expires() {
         hash: hash(),
         size: 10,
         now_ms: 1,
+        reader: None,
     });
     let submit = |s: &mut ClusterState, owner: &str, key: &str, now_ms: u64| match s.apply(
         Command::SubmitTask {
@@ -564,5 +600,363 @@ fn framework_updates_wait_for_acknowledgement_and_die_with_the_framework() {
             failover_timeout_ms: 5,
         }),
         "was removed",
+    );
+}
+
+fn other_hash(n: u8) -> BundleHash {
+    BundleHash::parse(&format!("{n:02x}").repeat(32)).unwrap()
+}
+
+const ALICE: &str = "wasmos://tenant/acme/alice";
+const CAROL: &str = "wasmos://tenant/acme/carol";
+const BOB: &str = "wasmos://tenant/evil/bob";
+const OP: &str = "wasmos://operator/root";
+
+fn upload(s: &mut ClusterState, h: &BundleHash, size: u64, by: Option<&str>) -> CommandResult {
+    s.apply(Command::AddBundle {
+        hash: h.clone(),
+        size,
+        now_ms: 10,
+        reader: by.map(str::to_string),
+    })
+}
+
+fn submit_as(s: &mut ClusterState, owner: &str, spec: TaskSpec) -> CommandResult {
+    s.apply(Command::SubmitTask {
+        id: None,
+        spec,
+        owner: owner.into(),
+        now_ms: 20,
+        key: None,
+    })
+}
+
+fn tenant_spec(bundle: &BundleHash, role: &str) -> TaskSpec {
+    TaskSpec {
+        role: Some(role.into()),
+        ..TaskSpec {
+            bundle: bundle.clone(),
+            ..spec(100)
+        }
+    }
+}
+
+#[test]
+fn a_blob_is_read_only_by_tenants_that_uploaded_or_produced_it() {
+    let mut s = ClusterState::default();
+    let private = other_hash(1);
+    let secret_input = other_hash(2);
+    let nowhere = other_hash(3);
+    upload(&mut s, &private, 10, Some("acme"));
+    upload(&mut s, &secret_input, 10, Some("acme"));
+    // Alice and Carol (same tenant) may use it; the operator may; Bob may not, and Bob's
+    // refusal reads exactly like a hash nobody uploaded.
+    assert!(matches!(
+        submit_as(&mut s, ALICE, tenant_spec(&private, "acme")),
+        CommandResult::Submitted(_)
+    ));
+    assert!(matches!(
+        submit_as(&mut s, CAROL, tenant_spec(&private, "acme")),
+        CommandResult::Submitted(_)
+    ));
+    assert!(matches!(
+        submit_as(&mut s, OP, tenant_spec(&private, "default")),
+        CommandResult::Submitted(_)
+    ));
+    let theirs = submit_as(&mut s, BOB, tenant_spec(&private, "evil"));
+    let none = submit_as(&mut s, BOB, tenant_spec(&nowhere, "evil"));
+    let text = |r: &CommandResult, h: &BundleHash| match r {
+        CommandResult::Rejected(m) => m.replace(h.as_str(), "HASH"),
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(text(&theirs, &private), text(&none, &nowhere));
+    // Every field that names a blob is checked: stdin, mounts, inputs.
+    upload(&mut s, &other_hash(9), 10, Some("evil"));
+    let mine = other_hash(9);
+    let with = |f: &dyn Fn(&mut TaskSpec)| {
+        let mut spec = tenant_spec(&mine, "evil");
+        f(&mut spec);
+        spec
+    };
+    for (what, spec) in [
+        ("stdin", with(&|t| t.stdin = Some(secret_input.clone()))),
+        (
+            "mount",
+            with(&|t| {
+                t.mounts = vec![wasmos_proto::Mount {
+                    archive: secret_input.clone(),
+                    guest: "/data".into(),
+                }]
+            }),
+        ),
+        (
+            "input",
+            with(&|t| {
+                t.inputs = vec![wasmos_proto::InputFile {
+                    blob: secret_input.clone(),
+                    guest: "/in/x".into(),
+                }]
+            }),
+        ),
+    ] {
+        let r = submit_as(&mut s, BOB, spec);
+        assert_rejected(&r, "has not been uploaded");
+        assert!(!format!("{r:?}").contains("acme"), "{what}: {r:?}");
+    }
+    assert!(!s.may_read(BOB, &secret_input));
+    // Bob sends the same bytes himself: now he holds them too.
+    upload(&mut s, &secret_input, 10, Some("evil"));
+    assert!(s.may_read(BOB, &secret_input));
+    assert!(matches!(
+        submit_as(&mut s, BOB, with(&|t| t.stdin = Some(secret_input.clone()))),
+        CommandResult::Submitted(_)
+    ));
+}
+
+#[test]
+fn outputs_are_readable_by_the_producing_tenant_only() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let CommandResult::Submitted(t) = submit_as(&mut s, ALICE, tenant_spec(&bundle, "acme")) else {
+        panic!()
+    };
+    s.apply(Command::AssignTask {
+        task: t,
+        agent: agent("a"),
+        now_ms: 21,
+    });
+    let out = other_hash(7);
+    upload(&mut s, &out, 5, None);
+    assert!(!s.may_read(ALICE, &out) && !s.may_read(BOB, &out));
+    let mut done = TaskStatus::new(TaskState::Finished);
+    done.outputs = vec![wasmos_proto::OutputFile {
+        path: "part-0".into(),
+        blob: out.clone(),
+        size: 5,
+    }];
+    s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: StatusUpdate {
+            seq: 1,
+            task: t,
+            status: done,
+        },
+        now_ms: 22,
+    });
+    assert!(s.may_read(ALICE, &out) && s.may_read(CAROL, &out) && s.may_read(OP, &out));
+    assert!(!s.may_read(BOB, &out));
+}
+
+#[test]
+fn ceilings_bound_what_a_role_may_ask_for() {
+    let mut s = ClusterState::default();
+    let b = other_hash(1);
+    upload(&mut s, &b, 10, Some("acme"));
+    // Defaults: a day of timeout, 64 MiB of output per stream.
+    let mut long = tenant_spec(&b, "acme");
+    long.timeout_ms = 100_000 * 3600 * 1000;
+    assert_rejected(
+        &submit_as(&mut s, ALICE, long),
+        "over role acme's ceiling of 1d",
+    );
+    let mut loud = tenant_spec(&b, "acme");
+    loud.max_output_bytes = 4 << 30;
+    assert_rejected(&submit_as(&mut s, ALICE, loud), "64MiB");
+    let mut fat = tenant_spec(&b, "acme");
+    fat.args = vec!["x".repeat(300 << 10)];
+    assert_rejected(&submit_as(&mut s, ALICE, fat), "arguments and environment");
+    // Operators tighten them: at most 2 live tasks, 1 role in use.
+    let record = RoleRecord {
+        ceilings: Ceilings {
+            tasks: Some(2),
+            sub_roles: Some(1),
+            ..Ceilings::default()
+        },
+        ..RoleRecord::default()
+    };
+    s.apply(Command::SetRole {
+        role: role("acme"),
+        record,
+    });
+    assert!(matches!(
+        submit_as(&mut s, ALICE, tenant_spec(&b, "acme/a")),
+        CommandResult::Submitted(_)
+    ));
+    assert_rejected(
+        &submit_as(&mut s, ALICE, tenant_spec(&b, "acme/b")),
+        "uses 1 roles",
+    );
+    let ok = submit_as(&mut s, ALICE, tenant_spec(&b, "acme/a"));
+    assert!(matches!(ok, CommandResult::Submitted(_)), "{ok:?}");
+    assert_rejected(
+        &submit_as(&mut s, CAROL, tenant_spec(&b, "acme/a")),
+        "2 tasks not yet ended",
+    );
+    // Another tenant is not counted against acme's.
+    upload(&mut s, &b, 10, Some("evil"));
+    assert!(matches!(
+        submit_as(&mut s, BOB, tenant_spec(&b, "evil")),
+        CommandResult::Submitted(_)
+    ));
+    // A plain secret never reaches the state.
+    let mut plain = tenant_spec(&b, "evil");
+    plain.secret_env = vec![wasmos_proto::SecretEnv {
+        name: "K".into(),
+        value: wasmos_proto::SecretValue::Plain("v".into()),
+    }];
+    assert_rejected(&submit_as(&mut s, BOB, plain), "not sealed");
+}
+
+#[test]
+fn storage_quota_counts_what_a_tenant_holds() {
+    let mut s = ClusterState::default();
+    let record = RoleRecord {
+        ceilings: Ceilings {
+            stored_bytes: Some(100),
+            ..Ceilings::default()
+        },
+        ..RoleRecord::default()
+    };
+    s.apply(Command::SetRole {
+        role: role("acme"),
+        record,
+    });
+    assert_eq!(
+        upload(&mut s, &other_hash(1), 60, Some("acme")),
+        CommandResult::Ok
+    );
+    // Uploading the same bytes again costs nothing more.
+    assert_eq!(
+        upload(&mut s, &other_hash(1), 60, Some("acme")),
+        CommandResult::Ok
+    );
+    assert_rejected(
+        &upload(&mut s, &other_hash(2), 60, Some("acme")),
+        "storage quota",
+    );
+    assert_eq!(
+        upload(&mut s, &other_hash(2), 60, Some("evil")),
+        CommandResult::Ok
+    );
+    assert_eq!(s.stored_by("acme"), 60);
+}
+
+#[test]
+fn collection_forgets_what_ended_and_blobs_nothing_names() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let (old_blob, live_blob, fresh_blob) = (other_hash(1), other_hash(2), other_hash(3));
+    upload(&mut s, &old_blob, 1, Some("acme"));
+    upload(&mut s, &live_blob, 1, Some("acme"));
+    let CommandResult::Submitted(ended) = submit_as(&mut s, ALICE, tenant_spec(&old_blob, "acme"))
+    else {
+        panic!()
+    };
+    let CommandResult::Submitted(live) = submit_as(&mut s, ALICE, tenant_spec(&live_blob, "acme"))
+    else {
+        panic!()
+    };
+    s.apply(Command::SetStatus {
+        task: ended,
+        status: TaskStatus::new(TaskState::Killed),
+        now_ms: 30,
+    });
+    s.apply(Command::AddBundle {
+        hash: fresh_blob.clone(),
+        size: 1,
+        now_ms: 1000,
+        reader: Some("acme".into()),
+    });
+    let r = s.apply(Command::Collect {
+        before_ms: 500,
+        keep: 100,
+        now_ms: 1000,
+    });
+    assert_eq!(
+        r,
+        CommandResult::Collected {
+            tasks: 1,
+            jobs: 0,
+            blobs: 1
+        }
+    );
+    assert!(!s.tasks.contains_key(&ended) && s.tasks.contains_key(&live));
+    assert!(
+        !s.bundles.contains_key(&old_blob),
+        "named only by the ended task"
+    );
+    assert!(s.bundles.contains_key(&live_blob), "a live task names it");
+    assert!(
+        s.bundles.contains_key(&fresh_blob),
+        "younger than the retention"
+    );
+    // By count: keep 0 ended tasks, whatever their age.
+    s.apply(Command::SetStatus {
+        task: live,
+        status: TaskStatus::new(TaskState::Killed),
+        now_ms: 2000,
+    });
+    s.apply(Command::Collect {
+        before_ms: 0,
+        keep: 0,
+        now_ms: 2001,
+    });
+    assert!(s.tasks.is_empty());
+}
+
+#[test]
+fn operators_remove_reservations_but_not_what_tasks_hold() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    upload(&mut s, &hash(), 10, Some("a"));
+    let record = RoleRecord {
+        reservation_allowance: Some(Resources::new(1000, 1 << 30, 0)),
+        ..RoleRecord::default()
+    };
+    s.apply(Command::SetRole {
+        role: role("x"),
+        record,
+    });
+    let fx = framework(&mut s, "x");
+    let mut sx = spec(200);
+    sx.role = Some("x".into());
+    let held = Pools {
+        reserved: BTreeMap::from([(role("x"), Resources::new(200, 1 << 20, 0))]),
+        ..Pools::default()
+    };
+    let r = s.apply(Command::Launch {
+        framework: fx,
+        agent: agent("a"),
+        reservations: vec![ReservationOp::Reserve {
+            role: role("x"),
+            resources: Resources::new(800, 1 << 20, 0),
+        }],
+        tasks: vec![LaunchTask {
+            id: TaskId(7),
+            spec: Some(sx),
+            charge: held,
+        }],
+        now_ms: 5,
+    });
+    assert_eq!(r, CommandResult::Ok);
+    let r = s.apply(Command::RemoveReservation {
+        agent: agent("a"),
+        role: role("x"),
+    });
+    assert_eq!(
+        r,
+        CommandResult::Unreserved {
+            removed: Resources::new(600, 0, 0),
+            held: Resources::new(200, 1 << 20, 0)
+        }
+    );
+    assert_rejected(
+        &s.apply(Command::RemoveReservation {
+            agent: agent("a"),
+            role: role("y"),
+        }),
+        "holds no dynamic reservation",
     );
 }

@@ -23,20 +23,13 @@ fn read(path: &Path) -> Result<String> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
-    }
-    // On Windows the file inherits the per-user ACL of the data directory.
-    Ok(())
+    wasmos_net::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The dev cluster's CA, created on first start.
 pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
-    std::fs::create_dir_all(pki_dir)
+    wasmos_net::create_private_dir(pki_dir)
         .with_context(|| format!("cannot create {}", pki_dir.display()))?;
     let cert = pki_dir.join("ca.pem");
     let key = pki_dir.join("ca.key");
@@ -55,17 +48,38 @@ pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
 
 /// The certificate for `who` named `file`, issued on first use.
 pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) -> Result<PkiFiles> {
+    if matches!(file, "ca" | "secrets") || file.is_empty() || file.contains(['/', '\\', '.']) {
+        bail!(
+            "`{file}` cannot name a certificate file in {}",
+            pki_dir.display()
+        );
+    }
     let files = PkiFiles {
         cert: pki_dir.join(format!("{file}.pem")),
         key: pki_dir.join(format!("{file}.key")),
     };
-    if !(files.cert.exists() && files.key.exists()) {
-        let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
-        let issued = pki::issue(ca, who, &["localhost".to_string()], &ips)?;
-        write_private(&files.key, &issued.key_pem)?;
-        std::fs::write(&files.cert, &issued.cert_pem)
-            .with_context(|| format!("cannot write {}", files.cert.display()))?;
+    if files.cert.exists() || files.key.exists() {
+        // Only ever hand back the same identity's files: names of different identities can
+        // meet (`--agent acme-x` and `--tenant acme/x`).
+        let pem = read(&files.cert)?;
+        let held = pki::identity_of_pem(&pem);
+        if held.as_ref() != Some(who) || !files.key.exists() {
+            bail!(
+                "{} already holds {}, not {who}: choose another name or directory",
+                files.cert.display(),
+                held.map_or_else(
+                    || "something else".to_string(),
+                    |h| format!("the certificate of {h}")
+                )
+            );
+        }
+        return Ok(files);
     }
+    let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
+    let issued = pki::issue(ca, who, &["localhost".to_string()], &ips)?;
+    write_private(&files.key, &issued.key_pem)?;
+    std::fs::write(&files.cert, &issued.cert_pem)
+        .with_context(|| format!("cannot write {}", files.cert.display()))?;
     Ok(files)
 }
 
@@ -86,6 +100,9 @@ pub struct DevOptions {
     pub agent_reserved: std::collections::BTreeMap<String, Resources>,
     pub exec: wasmos_exec::ExecConfig,
     pub keep_task_dirs: bool,
+    /// The agents' egress rules (`--egress-allow`/`--egress-deny`).
+    pub egress: Vec<wasmos_proto::EgressRule>,
+    pub tenancy: wasmos_master::TenancyConfig,
     pub agent_timeout: std::time::Duration,
 }
 
@@ -118,6 +135,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     let master = wasmos_master::Master::start(
         wasmos_master::MasterConfig {
             agent_timeout: opts.agent_timeout,
+            tenancy: opts.tenancy.clone(),
             ..wasmos_master::MasterConfig::new(data.join("master"), opts.listen)
         },
         &credentials(&ca, &master_files)?,
@@ -162,6 +180,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             work_dir: data.join("agents").join(&name),
             exec: opts.exec.clone(),
             keep_task_dirs: opts.keep_task_dirs,
+            egress: opts.egress.clone(),
         };
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();

@@ -200,6 +200,11 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
         args.extend(opts.master_args.iter().map(Into::into));
+        if !opts.master_args.iter().any(|a| a == "--secrets-key") {
+            // One key for the group: a secret sealed by one leader opens on the next.
+            args.push("--secrets-key".into());
+            args.push(pki.join("secrets.key").into());
+        }
         procs.push(Proc::new(
             &data,
             "master",

@@ -95,10 +95,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
-    /// Set roles' weights and quotas, or list roles with what they hold.
+    /// Set roles' weights, quotas, ceilings and egress rules, or list roles with what they
+    /// hold.
     Role {
         #[command(subcommand)]
         cmd: roles::RoleCmd,
+    },
+    /// Dynamic reservations frameworks made: list them, or remove one (operators).
+    Reservation {
+        #[command(subcommand)]
+        cmd: roles::ReservationCmd,
     },
     /// List, show or kill tasks.
     Task {
@@ -156,7 +162,7 @@ impl From<QosArg> for wasmos_proto::Qos {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum, Default)]
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
 enum Format {
     #[default]
     Table,
@@ -197,7 +203,8 @@ enum SimScenario {
 
 #[derive(Subcommand)]
 enum TaskCmd {
-    List(OutputArg),
+    /// Tasks you may see, in id order, a page at a time from the master.
+    List(TaskListArgs),
     Show {
         id: String,
         #[command(flatten)]
@@ -206,6 +213,22 @@ enum TaskCmd {
     Kill {
         id: String,
     },
+}
+
+#[derive(Args)]
+struct TaskListArgs {
+    /// Only tasks in this state (repeatable): staging, starting, running, finished, failed,
+    /// killed, lost, error; `live` for the first three.
+    #[arg(long, value_name = "STATE")]
+    state: Vec<String>,
+    /// At most this many tasks (default: all).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Only tasks after this id (the last id of a previous page).
+    #[arg(long, value_name = "ID")]
+    after: Option<String>,
+    #[command(flatten)]
+    out: OutputArg,
 }
 
 #[derive(Subcommand)]
@@ -319,6 +342,8 @@ struct DevArgs {
     demo_dir: PathBuf,
     #[command(flatten)]
     exec: ExecArgs,
+    #[command(flatten)]
+    tenancy: TenancyArgs,
 }
 
 #[derive(Args)]
@@ -389,6 +414,56 @@ struct MasterArgs {
     http_listen: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    tenancy: TenancyArgs,
+}
+
+/// What masters do to keep tenants apart over time: secrets, retention, admission.
+#[derive(Args)]
+struct TenancyArgs {
+    /// The key sealing tasks' secrets in the replicated state (64 hex digits; created if
+    /// missing). Every master of a group needs the same file. [default: DATA_DIR/secrets.key]
+    #[arg(long, value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// How long ended tasks (with their logs and outputs), ended jobs and blobs no task names
+    /// are kept.
+    #[arg(long, default_value = "24h")]
+    retention: humantime::Duration,
+    /// Most ended tasks kept, whatever their age (the oldest go first).
+    #[arg(long, default_value_t = 10_000)]
+    retention_count: u64,
+    /// Writes (submissions, uploads, kills, ...) each tenant may make per second, sustained;
+    /// past it a tenant's requests wait their turn (up to 5 s), without slowing other tenants.
+    #[arg(long, default_value_t = 200)]
+    tenant_write_rate: u32,
+}
+
+impl TenancyArgs {
+    fn config(&self) -> wasmos_master::TenancyConfig {
+        wasmos_master::TenancyConfig {
+            secrets_key: self.secrets_key.clone(),
+            retention: self.retention.into(),
+            retention_count: self.retention_count,
+            tenant_write_rate: self.tenant_write_rate,
+        }
+    }
+
+    /// The same settings as `wasmos master` arguments (for the masters `wasmos dev` starts).
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--retention".to_string(),
+            self.retention.to_string(),
+            "--retention-count".to_string(),
+            self.retention_count.to_string(),
+            "--tenant-write-rate".to_string(),
+            self.tenant_write_rate.to_string(),
+        ];
+        if let Some(k) = &self.secrets_key {
+            args.push("--secrets-key".to_string());
+            args.push(k.display().to_string());
+        }
+        args
+    }
 }
 
 #[derive(Args)]
@@ -447,6 +522,14 @@ struct ExecArgs {
     /// How long one component's compilation may take.
     #[arg(long, default_value = "60s")]
     compile_timeout: humantime::Duration,
+    /// Let tasks on this agent reach CIDR[:PORT[-PORT]] although it is protected (loopback,
+    /// link-local, multicast, this host's addresses), if their grants name it (repeatable).
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    egress_allow: Vec<String>,
+    /// Keep tasks on this agent from CIDR[:PORT[-PORT]] whatever they were granted
+    /// (repeatable; tried after the --egress-allow rules).
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    egress_deny: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -477,7 +560,17 @@ impl ExecArgs {
         if self.keep_task_dirs {
             args.push("--keep-task-dirs".to_string());
         }
+        for r in &self.egress_allow {
+            args.extend(["--egress-allow".to_string(), r.clone()]);
+        }
+        for r in &self.egress_deny {
+            args.extend(["--egress-deny".to_string(), r.clone()]);
+        }
         args
+    }
+
+    fn egress(&self) -> Result<Vec<wasmos_proto::EgressRule>> {
+        roles::egress_rules(&self.egress_allow, &self.egress_deny)
     }
 
     fn config(&self) -> Result<wasmos_exec::ExecConfig> {
@@ -551,6 +644,11 @@ struct RunArgs {
     /// Environment variable for the task, KEY=VALUE (repeatable). Nothing else is visible.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A secret environment variable: KEY=VALUE, or KEY alone to take this command's own
+    /// $KEY (repeatable). The task sees it like --env; listings, `task show`, `-o json` and
+    /// logs never print its value, and the masters store it encrypted.
+    #[arg(long = "secret-env", value_name = "KEY[=VALUE]")]
+    secret_env: Vec<String>,
     /// The role whose share the task counts against [default: your tenant, or `default` for
     /// operators]. Tenants may name roles under their own, e.g. acme/batch.
     #[arg(long)]
@@ -584,6 +682,31 @@ struct RunArgs {
     /// Arguments for the task.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// `--secret-env` values: `KEY=VALUE`, or `KEY` for this process's own `$KEY`.
+pub(crate) fn secret_env(items: &[String]) -> Result<Vec<wasmos_proto::SecretEnv>> {
+    items
+        .iter()
+        .map(|item| {
+            let (name, value) = match item.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let v = std::env::var(item).map_err(|_| {
+                        anyhow!("--secret-env {item}: ${item} is not set here (give {item}=VALUE, or export it)")
+                    })?;
+                    (item.clone(), v)
+                }
+            };
+            if name.is_empty() {
+                bail!("--secret-env `{item}` has no name");
+            }
+            Ok(wasmos_proto::SecretEnv {
+                name,
+                value: wasmos_proto::SecretValue::Plain(value),
+            })
+        })
+        .collect()
 }
 
 /// Exit status of `wasmos run` when the task was stopped rather than exiting by itself.
@@ -663,8 +786,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Agent { cmd: None, daemon } => agent_cmd(daemon).await,
         Cmd::Run(args) => run_cmd(config, args).await,
         Cmd::Task {
-            cmd: TaskCmd::List(out),
-        } => task_list(config, out.format).await,
+            cmd: TaskCmd::List(args),
+        } => task_list(config, args).await,
         Cmd::Task {
             cmd: TaskCmd::Show { id, out },
         } => task_show(config, &id, out.format).await,
@@ -681,6 +804,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
+        Cmd::Reservation { cmd } => roles::reservations(config, cmd).await,
         Cmd::Cluster {
             cmd: ClusterCmd::Status(out),
         } => cluster_status(config, out.format).await,
@@ -845,7 +969,14 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             agents: args.agents,
             listen: args.listen,
             agent_args,
-            master_args: vec!["--agent-timeout".into(), args.agent_timeout.to_string()],
+            master_args: {
+                let mut m = vec![
+                    "--agent-timeout".to_string(),
+                    args.agent_timeout.to_string(),
+                ];
+                m.extend(args.tenancy.to_args());
+                m
+            },
             restart: !args.no_restart,
         })
         .await?;
@@ -871,6 +1002,8 @@ async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             .collect::<Result<_>>()?,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
+        egress: args.exec.egress()?,
+        tenancy: args.tenancy.config(),
         agent_timeout: args.agent_timeout.into(),
     };
     if args.demo {
@@ -922,6 +1055,7 @@ async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         (None, false) => None,
     };
     let cfg = wasmos_master::MasterConfig {
+        tenancy: args.tenancy.config(),
         join: args.join,
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
@@ -1074,6 +1208,7 @@ async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
         work_dir,
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
+        egress: args.exec.egress()?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
@@ -1169,6 +1304,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         cpu_limit_millis: args.cpu_limit.as_deref().map(parse_cpu).transpose()?,
         mem_limit_bytes: args.mem_limit.as_deref().map(parse_bytes).transpose()?,
         outputs_dir: args.outputs.clone(),
+        secret_env: secret_env(&args.secret_env)?,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
@@ -1281,10 +1417,53 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-async fn task_list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
-    let ClientResponse::Tasks(tasks) = ask(config, ClientRequest::ListTasks).await? else {
-        bail!("unexpected answer to task list");
+/// The task states `--state` names.
+fn parse_states(names: &[String]) -> Result<Vec<TaskState>> {
+    use TaskState::*;
+    let all = [
+        Staging, Starting, Running, Finished, Failed, Killed, Lost, Error,
+    ];
+    let mut out = Vec::new();
+    for n in names.iter().flat_map(|n| n.split(',')) {
+        match n {
+            "live" => out.extend([Staging, Starting, Running]),
+            n => out.push(
+                all.into_iter()
+                    .find(|s| s.as_str() == n)
+                    .ok_or_else(|| anyhow!("--state {n}: not a task state (staging, starting, running, finished, failed, killed, lost, error, live)"))?,
+            ),
+        }
+    }
+    Ok(out)
+}
+
+async fn task_list(config: Option<&Path>, args: TaskListArgs) -> Result<ExitCode> {
+    let format = args.out.format;
+    let mut filter = wasmos_proto::TaskFilter {
+        states: parse_states(&args.state)?,
+        after: args.after.as_deref().map(str::parse).transpose()?,
+        limit: None,
     };
+    // Page through the master's answers: each fits in one message.
+    let mut tasks: Vec<TaskInfo> = Vec::new();
+    loop {
+        let want = args.limit.map(|l| l.saturating_sub(tasks.len() as u32));
+        if want == Some(0) {
+            break;
+        }
+        filter.limit = want.map(|w| w.min(wasmos_proto::MAX_TASK_PAGE));
+        let req = ClientRequest::ListTasks {
+            filter: filter.clone(),
+        };
+        let ClientResponse::Tasks(page) = ask(config, req).await? else {
+            bail!("unexpected answer to task list");
+        };
+        let Some(last) = page.last().map(|t| t.id) else {
+            break;
+        };
+        filter.after = Some(last);
+        tasks.extend(page);
+    }
     match format {
         Format::Json => print_json(&tasks)?,
         Format::Table => {

@@ -1,11 +1,15 @@
-//! `wasmos role set` and `wasmos role list`: weights and quotas of roles, and what each holds.
+//! `wasmos role set/list/show` and `wasmos reservation list/remove`: weights, quotas, ceilings
+//! and egress rules of roles, what each holds, and dynamic reservations.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use wasmos_proto::{ClientRequest, ClientResponse, Resources, RoleInfo, format_bytes, format_cpu};
+use wasmos_proto::{
+    AgentId, Ceilings, ClientRequest, ClientResponse, EgressRule, Resources, RoleInfo,
+    format_bytes, format_cpu, format_duration_ms, parse_bytes,
+};
 
 use crate::{Format, OutputArg, ask, parse_resource_list, print_json, table};
 
@@ -15,6 +19,22 @@ pub(crate) enum RoleCmd {
     Set(SetArgs),
     /// Roles with their weight, quota and what they hold (tenants see their own).
     List(OutputArg),
+    /// One role in full: quota, ceilings in force, reservation allowance, egress rules.
+    Show {
+        role: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ReservationCmd {
+    /// Dynamic reservations by agent and role, with what live tasks hold of them (tenants see
+    /// their own roles').
+    List(OutputArg),
+    /// Remove what ROLE dynamically reserved on AGENT, except what its live tasks hold
+    /// (operators only).
+    Remove { agent: String, role: String },
 }
 
 #[derive(Args)]
@@ -34,12 +54,97 @@ pub(crate) struct SetArgs {
     /// Remove the role's limit.
     #[arg(long)]
     no_limit: bool,
+    /// Ceiling: the longest timeout a task may ask for (default 24h), e.g. 2h.
+    #[arg(long, value_name = "DURATION")]
+    max_timeout: Option<humantime::Duration>,
+    /// Ceiling: the largest output cap per stream (default 64MiB).
+    #[arg(long, value_name = "BYTES")]
+    max_output: Option<String>,
+    /// Ceiling: bytes of arguments plus environment of one task (default 256KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_spec_bytes: Option<String>,
+    /// Ceiling: tasks not yet ended, pending and running (default 10000).
+    #[arg(long, value_name = "N")]
+    max_tasks: Option<u64>,
+    /// Ceiling: distinct roles in use beneath this one (default 64).
+    #[arg(long, value_name = "N")]
+    max_sub_roles: Option<u64>,
+    /// Ceiling: frameworks and running jobs at once (default 256).
+    #[arg(long, value_name = "N")]
+    max_frameworks: Option<u64>,
+    /// Storage quota of the tenant: bytes of blobs it holds (default 10GiB; top-level roles).
+    #[arg(long, value_name = "BYTES")]
+    storage_quota: Option<String>,
+    /// Most the role may hold in dynamic reservations (its guarantee by default), e.g.
+    /// cpu=2,mem=4GiB; `none` goes back to the guarantee.
+    #[arg(long, value_name = "RESOURCES")]
+    reservation_allowance: Option<String>,
+    /// Egress: let the role's tasks reach CIDR[:PORT[-PORT]] even where the agents protect it
+    /// (loopback, link-local, the agent's addresses). Repeatable; with --egress-deny these
+    /// replace the role's rules, in the order given.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    egress_allow: Vec<String>,
+    /// Egress: keep the role's tasks from CIDR[:PORT[-PORT]] whatever they were granted.
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    egress_deny: Vec<String>,
+    /// Remove the role's egress rules.
+    #[arg(long, conflicts_with_all = ["egress_allow", "egress_deny"])]
+    egress_clear: bool,
 }
 
 pub(crate) async fn run(config: Option<&Path>, cmd: RoleCmd) -> Result<ExitCode> {
     match cmd {
         RoleCmd::Set(args) => set(config, args).await,
         RoleCmd::List(out) => list(config, out.format).await,
+        RoleCmd::Show { role, out } => show(config, &role, out.format).await,
+    }
+}
+
+pub(crate) async fn reservations(config: Option<&Path>, cmd: ReservationCmd) -> Result<ExitCode> {
+    match cmd {
+        ReservationCmd::List(out) => {
+            let ClientResponse::Reservations(list) =
+                ask(config, ClientRequest::ListReservations).await?
+            else {
+                bail!("unexpected answer to reservation list");
+            };
+            match out.format {
+                Format::Json => print_json(&list)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.agent.to_string(),
+                                r.role.clone(),
+                                r.resources.to_string(),
+                                short(&r.held),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        table::render(&["AGENT", "ROLE", "RESERVED", "HELD BY TASKS"], &rows)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReservationCmd::Remove { agent, role } => {
+            let agent = AgentId::new(&agent)?;
+            let req = ClientRequest::RemoveReservation {
+                agent: agent.clone(),
+                role: role.clone(),
+            };
+            let ClientResponse::Unreserved { removed, held } = ask(config, req).await? else {
+                bail!("unexpected answer to reservation remove");
+            };
+            println!("removed {removed} reserved for {role} on {agent}");
+            if !held.is_empty() {
+                println!("{held} stays reserved while live tasks of {role} hold it");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -59,17 +164,140 @@ async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
         (None, true) => Some(None),
         (None, false) => None,
     };
-    if weight_milli.is_none() && guarantee.is_none() && limit.is_none() {
-        bail!("nothing to change: give --weight, --guarantee, --limit or --no-limit");
+    let bytes = |v: &Option<String>, flag: &str| -> Result<Option<u64>> {
+        v.as_deref()
+            .map(|b| parse_bytes(b).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let ceilings = Ceilings {
+        timeout_ms: args
+            .max_timeout
+            .map(|d| std::time::Duration::from(d).as_millis() as u64),
+        output_bytes: bytes(&args.max_output, "--max-output")?,
+        spec_bytes: bytes(&args.max_spec_bytes, "--max-spec-bytes")?,
+        tasks: args.max_tasks,
+        sub_roles: args.max_sub_roles,
+        frameworks: args.max_frameworks,
+        stored_bytes: bytes(&args.storage_quota, "--storage-quota")?,
+    };
+    let reservation_allowance = match args.reservation_allowance.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(r) => Some(Some(parse_resource_list(r, "--reservation-allowance")?)),
+    };
+    let egress = if args.egress_clear {
+        Some(Vec::new())
+    } else if args.egress_allow.is_empty() && args.egress_deny.is_empty() {
+        None
+    } else {
+        Some(egress_rules(&args.egress_allow, &args.egress_deny)?)
+    };
+    if weight_milli.is_none()
+        && guarantee.is_none()
+        && limit.is_none()
+        && ceilings == Ceilings::default()
+        && reservation_allowance.is_none()
+        && egress.is_none()
+    {
+        bail!(
+            "nothing to change: give --weight, --guarantee, --limit, --no-limit, a --max-* ceiling, --storage-quota, --reservation-allowance or --egress-*"
+        );
     }
     let req = ClientRequest::SetRole {
         role: args.role.clone(),
         weight_milli,
         guarantee,
         limit,
+        ceilings,
+        reservation_allowance,
+        egress,
     };
     ask(config, req).await?;
     println!("role {} updated", args.role);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Allow rules, then deny rules, as parsed egress rules.
+pub(crate) fn egress_rules(allow: &[String], deny: &[String]) -> Result<Vec<EgressRule>> {
+    allow
+        .iter()
+        .map(|r| EgressRule::parse(true, r))
+        .chain(deny.iter().map(|r| EgressRule::parse(false, r)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn show(config: Option<&Path>, role: &str, format: Format) -> Result<ExitCode> {
+    let ClientResponse::Roles(roles) = ask(config, ClientRequest::ListRoles).await? else {
+        bail!("unexpected answer to role list");
+    };
+    let Some(r) = roles.into_iter().find(|r| r.role == role) else {
+        bail!("no role {role} that you may see (roles appear once they are set or used)");
+    };
+    if format == Format::Json {
+        print_json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &r.effective;
+    let set = |v: Option<u64>| {
+        if v.is_some() {
+            ""
+        } else {
+            " (default or inherited)"
+        }
+    };
+    println!("role {}", r.role);
+    println!("  weight            {}", r.weight_milli as f64 / 1000.0);
+    println!("  guarantee         {}", short(&r.guarantee));
+    println!(
+        "  limit             {}",
+        r.limit.as_ref().map_or_else(|| "-".into(), short)
+    );
+    println!("  allocated         {}", short(&r.allocated));
+    println!(
+        "  reservations      {} of {}",
+        short(&r.dynamically_reserved),
+        r.reservation_allowance
+            .as_ref()
+            .map_or_else(|| format!("{} (its guarantee)", short(&r.guarantee)), short)
+    );
+    println!(
+        "  max timeout       {}{}",
+        format_duration_ms(c.timeout_ms),
+        set(r.ceilings.timeout_ms)
+    );
+    println!(
+        "  max output        {} per stream{}",
+        format_bytes(c.output_bytes),
+        set(r.ceilings.output_bytes)
+    );
+    println!(
+        "  max spec bytes    {}{}",
+        format_bytes(c.spec_bytes),
+        set(r.ceilings.spec_bytes)
+    );
+    println!("  max tasks         {}{}", c.tasks, set(r.ceilings.tasks));
+    println!(
+        "  max sub-roles     {}{}",
+        c.sub_roles,
+        set(r.ceilings.sub_roles)
+    );
+    println!(
+        "  max frameworks    {}{}",
+        c.frameworks,
+        set(r.ceilings.frameworks)
+    );
+    println!(
+        "  storage quota     {}{}",
+        format_bytes(c.stored_bytes),
+        set(r.ceilings.stored_bytes)
+    );
+    if r.egress.is_empty() {
+        println!("  egress            the agents' rules and protection only");
+    }
+    for rule in &r.egress {
+        println!("  egress            {rule}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,172 @@
+//! Who may see and change what, and the secrets of task specs: sealed before they are
+//! recorded, opened only for the agent that runs the task, hidden from every answer.
+//!
+//! The policy inside a tenant: every user of a tenant sees the tenant's tasks, jobs and roles
+//! (never secret values); only the user who created a task, job or framework may change it
+//! (kill, scale, stop, tear down). Operators see and change everything.
+
+use wasmos_net::Identity;
+use wasmos_net::seal::SecretsKey;
+use wasmos_proto::{EgressRule, MasterToAgent, SecretValue, TaskId, TaskSpec};
+use wasmos_state::ClusterState;
+
+/// Whether `who` may see an object created by `owner` (an identity URI).
+pub(crate) fn may_see(who: &Identity, owner: &str) -> bool {
+    match who {
+        Identity::Operator(_) | Identity::Master(_) => true,
+        Identity::Tenant { tenant, .. } => {
+            wasmos_state::tenant_of(owner).is_some_and(|t| t == tenant)
+        }
+        Identity::Agent(_) => false,
+    }
+}
+
+/// Whether `who` may change (kill, scale, stop) an object created by `owner`.
+pub(crate) fn may_change(who: &Identity, owner: &str) -> bool {
+    match who {
+        Identity::Operator(_) | Identity::Master(_) => true,
+        Identity::Tenant { .. } => who.to_uri() == owner,
+        Identity::Agent(_) => false,
+    }
+}
+
+/// The tenant whose quota and blob rights a caller's uploads count toward (none for operators).
+pub(crate) fn tenant(who: &Identity) -> Option<String> {
+    match who {
+        Identity::Tenant { tenant, .. } => Some(tenant.clone()),
+        _ => None,
+    }
+}
+
+/// Seals every secret of a spec that came from a client or framework. A value already sealed
+/// (a job's task, from its recorded spec) must open with this cluster's key under its name;
+/// no answer ever carries sealed bytes, so only the masters' own values can.
+pub(crate) fn seal(key: &SecretsKey, spec: &mut TaskSpec) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for s in &mut spec.secret_env {
+        if !valid_env_name(&s.name) {
+            return Err(format!("`{}` is not an environment variable name", s.name));
+        }
+        if !names.insert(s.name.clone()) || spec.env.iter().any(|(k, _)| k == &s.name) {
+            return Err(format!("{} is given twice", s.name));
+        }
+        match &s.value {
+            SecretValue::Plain(plain) => {
+                let sealed = key
+                    .seal(&s.name, plain.as_bytes())
+                    .map_err(|e| format!("cannot seal secret {}: {e}", s.name))?;
+                s.value = SecretValue::Sealed(sealed);
+            }
+            SecretValue::Sealed(sealed) => {
+                key.open(&s.name, sealed)
+                    .map_err(|_| format!("secret {} must be sent as its value", s.name))?;
+            }
+            SecretValue::Hidden => {
+                return Err(format!("secret {} must be sent as its value", s.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && !name.contains(['=', '\0'])
+}
+
+/// The `Launch` an agent gets: secrets opened, the role's egress rules attached.
+pub(crate) fn launch_message(
+    key: &SecretsKey,
+    state: &ClusterState,
+    task: TaskId,
+    mut spec: TaskSpec,
+) -> Result<MasterToAgent, String> {
+    for s in &mut spec.secret_env {
+        if let SecretValue::Sealed(sealed) = &s.value {
+            let plain = key.open(&s.name, sealed).map_err(|e| e.to_string())?;
+            let plain =
+                String::from_utf8(plain).map_err(|_| format!("secret {} is not UTF-8", s.name))?;
+            s.value = SecretValue::Plain(plain);
+        }
+    }
+    let egress = egress_for(state, spec.role.as_deref());
+    Ok(MasterToAgent::Launch { task, spec, egress })
+}
+
+/// The egress rules of `role` and the roles above it, the most specific role's first.
+pub(crate) fn egress_for(state: &ClusterState, role: Option<&str>) -> Vec<EgressRule> {
+    let Some(role) = role.and_then(|r| wasmos_alloc::Role::new(r).ok()) else {
+        return Vec::new();
+    };
+    role.self_and_ancestors()
+        .filter_map(|r| state.roles.get(r))
+        .flat_map(|rec| rec.egress.iter().cloned())
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_tenant_users_see_but_only_owners_change() {
+        let alice = Identity::Tenant {
+            tenant: "acme".into(),
+            user: "alice".into(),
+        };
+        let carol = Identity::Tenant {
+            tenant: "acme".into(),
+            user: "carol".into(),
+        };
+        let bob = Identity::Tenant {
+            tenant: "evil".into(),
+            user: "bob".into(),
+        };
+        let op = Identity::Operator("root".into());
+        let owner = alice.to_uri();
+        assert!(may_see(&alice, &owner) && may_change(&alice, &owner));
+        assert!(may_see(&carol, &owner) && !may_change(&carol, &owner));
+        assert!(!may_see(&bob, &owner) && !may_change(&bob, &owner));
+        assert!(may_see(&op, &owner) && may_change(&op, &owner));
+        // A tenant named like a prefix of another is not that tenant.
+        let acme2 = Identity::Tenant {
+            tenant: "acme2".into(),
+            user: "x".into(),
+        };
+        assert!(!may_see(&acme2, &owner));
+    }
+
+    #[test]
+    fn secrets_are_sealed_from_clients_and_opened_for_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretsKey::load_or_create(&dir.path().join("k")).unwrap();
+        let hash = wasmos_proto::BundleHash::parse(&"ab".repeat(32)).unwrap();
+        let mut spec = TaskSpec::new("t", hash);
+        spec.secret_env.push(wasmos_proto::SecretEnv {
+            name: "DB_PASSWORD".into(),
+            value: SecretValue::Plain("hunter2".into()),
+        });
+        seal(&key, &mut spec).unwrap();
+        assert!(matches!(spec.secret_env[0].value, SecretValue::Sealed(_)));
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        seal(&key, &mut spec.clone()).unwrap();
+        let mut forged = spec.clone();
+        forged.secret_env[0].value = SecretValue::Sealed(vec![0; 40]);
+        assert!(
+            seal(&key, &mut forged).is_err(),
+            "foreign sealed bytes refused"
+        );
+        let mut hidden = spec.redacted();
+        assert!(seal(&key, &mut hidden).is_err());
+        let redacted = spec.redacted();
+        assert_eq!(redacted.secret_env[0].value, SecretValue::Hidden);
+        let msg = launch_message(&key, &ClusterState::default(), TaskId(1), spec).unwrap();
+        let MasterToAgent::Launch { spec, .. } = msg else {
+            panic!()
+        };
+        assert_eq!(
+            spec.secret_env[0].value,
+            SecretValue::Plain("hunter2".into())
+        );
+    }
+}

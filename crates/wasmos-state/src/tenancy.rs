@@ -1,0 +1,255 @@
+//! What keeps tenants apart in the replicated state: who may read a blob, the ceilings every
+//! role's submissions are held to, and how much a role may reserve. Checked inside `apply`, so
+//! every path that creates a task (the CLI, frameworks over QUIC and HTTPS, the in-leader job
+//! host) meets the same rules, whatever the master in front of it checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wasmos_alloc::Role;
+use wasmos_proto::{
+    BundleHash, Ceilings, DEFAULT_CEILINGS, EffectiveCeilings, Resources, TaskSpec,
+};
+
+use crate::ClusterState;
+
+/// The tenant an owner URI (`wasmos://tenant/<tenant>/<user>`) belongs to. Owners that are not
+/// tenants (operators, the master's own frameworks) are not confined: `None`.
+pub fn tenant_of(owner: &str) -> Option<&str> {
+    let rest = owner.strip_prefix("wasmos://tenant/")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+/// Bytes of a spec's arguments and environment.
+pub fn spec_bytes(spec: &TaskSpec) -> u64 {
+    let args: usize = spec.args.iter().map(String::len).sum();
+    let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let secrets: usize = spec
+        .secret_env
+        .iter()
+        .map(|s| s.name.len() + s.value.len())
+        .sum();
+    (args + env + secrets) as u64
+}
+
+impl ClusterState {
+    /// Whether `owner` may read blob `hash`: it is recorded, and the owner is not a tenant or
+    /// its tenant uploaded the bytes or produced them.
+    pub fn may_read(&self, owner: &str, hash: &BundleHash) -> bool {
+        let Some(meta) = self.bundles.get(hash) else {
+            return false;
+        };
+        match tenant_of(owner) {
+            None => true,
+            Some(t) => meta.readers.contains(t),
+        }
+    }
+
+    /// Every blob a spec names must be one its owner may read. A blob the owner may not read
+    /// gets the same answer as one that does not exist, so no answer tells a tenant what
+    /// others hold.
+    pub(crate) fn check_blobs(&self, spec: &TaskSpec, owner: &str) -> Result<(), String> {
+        if !self.may_read(owner, &spec.bundle) {
+            return Err(format!("bundle {} has not been uploaded", spec.bundle));
+        }
+        let named = spec
+            .stdin
+            .iter()
+            .map(|h| ("stdin blob", h))
+            .chain(spec.mounts.iter().map(|m| ("mount archive", &m.archive)))
+            .chain(spec.inputs.iter().map(|i| ("input blob", &i.blob)));
+        for (what, hash) in named {
+            if !self.may_read(owner, hash) {
+                return Err(format!("{what} {hash} has not been uploaded"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ceilings that hold for `role`: its top-level role's (with the defaults), then any a
+    /// sub-role on the way down sets for itself. Each role on the path is checked with the
+    /// ceilings it set (or inherited), counting its own subtree.
+    pub fn ceilings_for(&self, role: &Role) -> Vec<(Role, EffectiveCeilings)> {
+        let mut path: Vec<&str> = role.self_and_ancestors().collect();
+        path.reverse();
+        let mut out = Vec::new();
+        let mut inherited = Ceilings::default();
+        for (depth, r) in path.into_iter().enumerate() {
+            let own = self.roles.get(r).map(|rec| &rec.ceilings);
+            if depth == 0 || own.is_some_and(|c| *c != Ceilings::default()) {
+                inherited = inherited.merged(own.unwrap_or(&Ceilings::default()));
+                if let Ok(r) = Role::new(r) {
+                    out.push((r, inherited.or_defaults()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks one new task against the ceilings of its role and the roles above it, with
+    /// `extra` tasks of the same command created before it.
+    pub(crate) fn check_ceilings(
+        &self,
+        spec: &TaskSpec,
+        role: &Role,
+        extra: u64,
+    ) -> Result<(), String> {
+        self.check_spec_ceilings(spec, role)?;
+        for (scope, c) in self.ceilings_for(role) {
+            let (live, roles) = self.live_in(&scope);
+            let live = live + extra;
+            if live >= c.tasks {
+                return Err(format!(
+                    "role {scope} has {live} tasks not yet ended, its ceiling; wait for some to end"
+                ));
+            }
+            if !roles.contains(role) && roles.len() as u64 >= c.sub_roles {
+                return Err(format!(
+                    "role {scope} already uses {} roles, its ceiling; use one of them",
+                    roles.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What one spec may ask for under the ceilings of `role` and the roles above it (no
+    /// counts: a job's specs are checked at submission, its tasks when launched).
+    pub(crate) fn check_spec_ceilings(&self, spec: &TaskSpec, role: &Role) -> Result<(), String> {
+        for (scope, c) in self.ceilings_for(role) {
+            if spec.timeout_ms > c.timeout_ms {
+                return Err(format!(
+                    "timeout {} is over role {scope}'s ceiling of {}",
+                    wasmos_proto::format_duration_ms(spec.timeout_ms),
+                    wasmos_proto::format_duration_ms(c.timeout_ms)
+                ));
+            }
+            if spec.max_output_bytes > c.output_bytes {
+                return Err(format!(
+                    "output cap {} per stream is over role {scope}'s ceiling of {}",
+                    wasmos_proto::format_bytes(spec.max_output_bytes),
+                    wasmos_proto::format_bytes(c.output_bytes)
+                ));
+            }
+            let bytes = spec_bytes(spec);
+            if bytes > c.spec_bytes {
+                return Err(format!(
+                    "arguments and environment take {} bytes, over role {scope}'s ceiling of {}",
+                    bytes, c.spec_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new framework (or job) of `role` against the frameworks ceilings above it.
+    pub(crate) fn check_framework_ceiling(&self, role: &Role) -> Result<(), String> {
+        for (scope, c) in self.ceilings_for(role) {
+            let frameworks = self
+                .frameworks
+                .values()
+                .filter(|f| f.removed_ms.is_none() && f.acknowledges && f.role.is_within(&scope))
+                .count() as u64;
+            let jobs = self
+                .jobs
+                .values()
+                .filter(|j| !j.state.is_terminal() && j.framework.is_none())
+                .filter(|j| j.role.is_within(&scope))
+                .count() as u64;
+            if frameworks + jobs >= c.frameworks {
+                return Err(format!(
+                    "role {scope} has {} frameworks and jobs, its ceiling; end one first",
+                    frameworks + jobs
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tasks not yet ended within `scope`, and the roles in use there (by those tasks and by
+    /// live frameworks).
+    fn live_in(&self, scope: &Role) -> (u64, BTreeSet<Role>) {
+        let mut live = 0;
+        let mut roles = BTreeSet::new();
+        for t in self.tasks.values() {
+            if t.status.state.is_terminal() {
+                continue;
+            }
+            if let Some(r) = t.spec.role.as_deref().and_then(|r| Role::new(r).ok())
+                && r.is_within(scope)
+            {
+                live += 1;
+                roles.insert(r);
+            }
+        }
+        for f in self.frameworks.values() {
+            if f.removed_ms.is_none() && f.role.is_within(scope) {
+                roles.insert(f.role.clone());
+            }
+        }
+        (live, roles)
+    }
+
+    /// Bytes of blobs `tenant` may read: what counts against its storage quota.
+    pub fn stored_by(&self, tenant: &str) -> u64 {
+        self.bundles
+            .values()
+            .filter(|b| b.readers.contains(tenant))
+            .map(|b| b.size)
+            .sum()
+    }
+
+    /// The storage quota of `tenant` (its top-level role's ceiling).
+    pub fn storage_quota(&self, tenant: &str) -> u64 {
+        self.roles
+            .get(tenant)
+            .map_or(DEFAULT_CEILINGS.stored_bytes, |r| {
+                r.ceilings.or_defaults().stored_bytes
+            })
+    }
+
+    /// Dynamic reservations held by `role` and its sub-roles, over all agents.
+    pub fn dynamically_reserved(&self, role: &Role) -> Resources {
+        self.reservations
+            .values()
+            .flat_map(|by_role| by_role.iter())
+            .filter(|(r, _)| r.is_within(role))
+            .fold(Resources::default(), |acc, (_, r)| acc.saturating_add(r))
+    }
+
+    /// How much `role` may hold in dynamic reservations: each role on its path has an
+    /// allowance (set by operators; its quota guarantee otherwise), and its whole subtree must
+    /// stay within it.
+    pub(crate) fn check_reservation(&self, role: &Role, adding: &Resources) -> Result<(), String> {
+        for scope in role.self_and_ancestors() {
+            let Ok(scope) = Role::new(scope) else {
+                continue;
+            };
+            let record = self.roles.get(&scope).cloned().unwrap_or_default();
+            let allowance = record
+                .reservation_allowance
+                .clone()
+                .unwrap_or(record.guarantee.clone());
+            let top = scope.parent().is_none();
+            // A sub-role without a record of its own is bounded by its ancestors.
+            if !top && !self.roles.contains_key(&scope) {
+                continue;
+            }
+            let after = self.dynamically_reserved(&scope).saturating_add(adding);
+            if !after.fits_in(&allowance) {
+                return Err(format!(
+                    "role {scope} may hold at most {allowance} in dynamic reservations (its guarantee, or the allowance operators set); {after} would be over it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The blob records a tenant holds that only it may read, for listings.
+    pub fn blobs_of(&self, tenant: &str) -> BTreeMap<BundleHash, u64> {
+        self.bundles
+            .iter()
+            .filter(|(_, b)| b.readers.contains(tenant))
+            .map(|(h, b)| (h.clone(), b.size))
+            .collect()
+    }
+}
