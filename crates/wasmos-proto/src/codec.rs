@@ -69,11 +69,11 @@ mod tests {
 
     #[test]
     fn rejects_other_versions() {
-        let bytes = postcard::to_stdvec(&(7u16, ClientRequest::ListAgents)).unwrap();
+        let bytes = postcard::to_stdvec(&(99u16, ClientRequest::ListAgents)).unwrap();
         assert_eq!(
             decode::<ClientRequest>(&bytes),
             Err(CodecError::Version {
-                got: 7,
+                got: 99,
                 expected: PROTOCOL_VERSION
             })
         );
