@@ -16,7 +16,7 @@ use crate::{Format, OutputArg, ask, parse_resource_list, print_json, table};
 #[derive(Subcommand)]
 pub(crate) enum RoleCmd {
     /// Change a role's weight or quota (operators only). Unnamed settings stay as they are.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Roles with their weight, quota and what they hold (tenants see their own).
     List(OutputArg),
     /// One role in full: quota, ceilings in force, reservation allowance, egress rules.
@@ -94,7 +94,7 @@ pub(crate) struct SetArgs {
 
 pub(crate) async fn run(config: Option<&Path>, cmd: RoleCmd) -> Result<ExitCode> {
     match cmd {
-        RoleCmd::Set(args) => set(config, args).await,
+        RoleCmd::Set(args) => set(config, *args).await,
         RoleCmd::List(out) => list(config, out.format).await,
         RoleCmd::Show { role, out } => show(config, &role, out.format).await,
     }
