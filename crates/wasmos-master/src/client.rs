@@ -160,12 +160,14 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
         .unwrap_or(wasmos_proto::MAX_TASK_PAGE)
         .clamp(1, wasmos_proto::MAX_TASK_PAGE) as usize;
     let start = filter.after.map_or(0, |t| t.0.saturating_add(1));
+    // However many a caller lists, there are only eight states to compare against.
+    let states: std::collections::BTreeSet<TaskState> = filter.states.iter().copied().collect();
     let mut page: Vec<TaskInfo> = shared.read(|s| {
         s.tasks
             .range(TaskId(start)..)
             .map(|(_, t)| t)
             .filter(|t| visible(who, t))
-            .filter(|t| filter.states.is_empty() || filter.states.contains(&t.status.state))
+            .filter(|t| states.is_empty() || states.contains(&t.status.state))
             .take(limit)
             .cloned()
             .collect()
@@ -571,50 +573,43 @@ async fn remove_reservation(
     }
 }
 
+/// A role's settings as `role list` shows them, before what the allocator reports.
+fn role_info(role: &Role, r: &wasmos_state::RoleRecord) -> RoleInfo {
+    RoleInfo {
+        role: role.to_string(),
+        weight_milli: r.weight_milli,
+        guarantee: r.guarantee.clone(),
+        limit: r.limit.clone(),
+        allocated: Default::default(),
+        offered: Default::default(),
+        reserved: Default::default(),
+        share_ppm: 0,
+        frameworks: 0,
+        ceilings: r.ceilings.clone(),
+        effective: Default::default(),
+        reservation_allowance: r.reservation_allowance.clone(),
+        dynamically_reserved: Default::default(),
+        egress: r.egress.clone(),
+    }
+}
+
 async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
     let snap = snapshot(shared).await;
     let records = shared.read(|s| s.roles.clone());
-    let mut roles: BTreeMap<Role, RoleInfo> = BTreeMap::new();
-    for (role, r) in &records {
-        roles.insert(
-            role.clone(),
-            RoleInfo {
-                role: role.to_string(),
-                weight_milli: r.weight_milli,
-                guarantee: r.guarantee.clone(),
-                limit: r.limit.clone(),
-                allocated: Default::default(),
-                offered: Default::default(),
-                reserved: Default::default(),
-                share_ppm: 0,
-                frameworks: 0,
-                ceilings: r.ceilings.clone(),
-                effective: Default::default(),
-                reservation_allowance: r.reservation_allowance.clone(),
-                dynamically_reserved: Default::default(),
-                egress: r.egress.clone(),
-            },
-        );
-    }
+    let mut roles: BTreeMap<Role, RoleInfo> = records
+        .iter()
+        .map(|(role, r)| (role.clone(), role_info(role, r)))
+        .collect();
     for summary in snap.roles {
-        let info = roles
-            .entry(summary.role.clone())
-            .or_insert_with(|| RoleInfo {
-                role: summary.role.to_string(),
+        let info = roles.entry(summary.role.clone()).or_insert_with(|| {
+            let record = wasmos_state::RoleRecord {
                 weight_milli: (summary.weight * 1000.0).round() as u64,
                 guarantee: summary.quota.guarantee.clone(),
                 limit: summary.quota.limit.clone(),
-                allocated: Default::default(),
-                offered: Default::default(),
-                reserved: Default::default(),
-                share_ppm: 0,
-                frameworks: 0,
-                ceilings: Default::default(),
-                effective: Default::default(),
-                reservation_allowance: None,
-                dynamically_reserved: Default::default(),
-                egress: Vec::new(),
-            });
+                ..Default::default()
+            };
+            role_info(&summary.role, &record)
+        });
         info.allocated = summary.allocated;
         info.offered = summary.offered;
         info.reserved = summary.reserved;
@@ -626,22 +621,8 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
     if let Identity::Tenant { tenant, .. } = who
         && let Ok(home) = Role::new(tenant)
     {
-        roles.entry(home.clone()).or_insert_with(|| RoleInfo {
-            role: home.to_string(),
-            weight_milli: 1000,
-            guarantee: Default::default(),
-            limit: None,
-            allocated: Default::default(),
-            offered: Default::default(),
-            reserved: Default::default(),
-            share_ppm: 0,
-            frameworks: 0,
-            ceilings: Default::default(),
-            effective: Default::default(),
-            reservation_allowance: None,
-            dynamically_reserved: Default::default(),
-            egress: Vec::new(),
-        });
+        let info = role_info(&home, &Default::default());
+        roles.entry(home).or_insert(info);
     }
     shared.read(|s| {
         for (role, info) in roles.iter_mut() {
