@@ -445,6 +445,34 @@ fn a_framework_is_offered_resources_and_launches_from_them() {
             fw.next(10).await.expect("an offer");
         };
         let part = Resources::new(1000, 256 << 20, 0);
+        // Without a guarantee or an allowance from an operator, a role reserves nothing.
+        fw.accept(40, offer.id, vec![OfferOperation::Reserve(part.clone())])
+            .await;
+        let offer = loop {
+            match fw.next(10).await {
+                Some(FrameworkEvent::Error {
+                    request: Some(40),
+                    message,
+                }) => assert!(message.contains("dynamic reservations"), "{message}"),
+                Some(FrameworkEvent::Offers(offers)) => {
+                    if let Some(o) = offers.iter().find(|o| o.agent == offer.agent) {
+                        break o.clone();
+                    }
+                }
+                Some(_) => {}
+                None => panic!("the declined offer did not come back"),
+            }
+        };
+        let set = c
+            .cli(&[
+                "role",
+                "set",
+                "analytics",
+                "--reservation-allowance",
+                "cpu=1,mem=256MiB",
+            ])
+            .unwrap();
+        assert!(set.status.success(), "{}", text(&set.stderr));
         fw.accept(4, offer.id, vec![OfferOperation::Reserve(part.clone())])
             .await;
         let reserved_here = || {
