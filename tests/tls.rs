@@ -52,8 +52,16 @@ fn certificates_from_another_ca_are_refused_on_both_sides() {
         &rogue.cert_pem,
         &rogue.key_pem,
     );
+    // The refusal is final: no retrying at the next leader, the command says why at once
+    // (it used to retry for 30 s).
+    let started = Instant::now();
     let out = wasmos_tests::wasmos_with(&path, &["task", "list"]);
     assert_clean_error(&out, "certificate");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refused client took {:?} to give up",
+        started.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !c.log_text().contains("refused connection") {
         assert!(
@@ -63,6 +71,20 @@ fn certificates_from_another_ca_are_refused_on_both_sides() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A peer that keeps dialling with a refused certificate gets one log line per window,
+    // not one per attempt.
+    for _ in 0..10 {
+        let out = wasmos_tests::wasmos_with(&path, &["agent", "list"]);
+        assert!(!out.status.success());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = c.log_text().matches("refused connection").count();
+    assert!(
+        lines <= 2,
+        "{lines} refusal lines for 11 attempts:\n{}",
+        c.log_text()
+    );
 
     // We do not trust the master's CA: we refuse it.
     let path = write_config(

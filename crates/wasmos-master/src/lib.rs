@@ -145,6 +145,7 @@ pub(crate) struct Shared {
     pub secrets: wasmos_net::seal::SecretsKey,
     /// Per-tenant admission of writes.
     pub admission: admission::Admission,
+    pub refusals: wasmos_net::Refusals,
 }
 
 impl Shared {
@@ -322,6 +323,7 @@ impl Master {
             started: std::time::Instant::now(),
             secrets,
             admission: admission::Admission::default(),
+            refusals: wasmos_net::Refusals::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -400,18 +402,23 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
+            let refused = |why: &str| {
+                if let Some(skipped) = shared.refusals.admit(remote.ip()) {
+                    tracing::warn!(%remote, skipped, "refused connection: {why}");
+                }
+            };
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(%remote, "refused connection: {}", wasmos_net::describe(&e));
+                    refused(&wasmos_net::describe(&e));
                     return;
                 }
             };
             let identity = match wasmos_net::peer_identity(&conn) {
                 Ok(id) => id,
                 Err(e) => {
-                    tracing::warn!(%remote, "refused connection: {e}");
-                    conn.close(1u32.into(), e.to_string().as_bytes());
+                    refused(&e.to_string());
+                    conn.close(wasmos_net::REFUSED.into(), e.to_string().as_bytes());
                     return;
                 }
             };
@@ -432,8 +439,8 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
                 (Some(alpn::PEER), Identity::Master(_)) => peers::serve(shared, conn).await,
                 _ => {
                     let msg = format!("{identity} may not use this channel");
-                    tracing::warn!(%remote, "refused connection: {msg}");
-                    conn.close(1u32.into(), msg.as_bytes());
+                    refused(&msg);
+                    conn.close(wasmos_net::REFUSED.into(), msg.as_bytes());
                 }
             }
         });

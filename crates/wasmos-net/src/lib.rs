@@ -8,6 +8,7 @@ mod https;
 mod identity;
 pub mod pki;
 mod private;
+mod refusals;
 pub mod seal;
 mod tls;
 
@@ -16,6 +17,8 @@ pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
+pub use refusals::Refusals;
 pub use tls::{
-    Credentials, MASTER_SERVER_NAME, NetError, client_endpoint, connect, describe, server_endpoint,
+    Credentials, MASTER_SERVER_NAME, NetError, REFUSED, client_endpoint, connect, describe,
+    is_refusal, server_endpoint,
 };

@@ -16,6 +16,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// they dial.
 pub const MASTER_SERVER_NAME: &str = "master.wasmos";
 
+/// The application close code a master gives a connection it refuses for who the peer is (an
+/// identity it cannot read, or a channel that identity may not use).
+pub const REFUSED: u32 = 1;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +185,19 @@ pub async fn connect(
             detail: describe(&e),
         }),
         Err(_) => Err(NetError::ConnectTimeout(addr)),
+    }
+}
+
+/// Whether a connection ended because a peer refused the other's certificate or identity: a
+/// TLS alert (QUIC's crypto error codes, 0x100 to 0x1ff) or a master's [`REFUSED`] close.
+/// Trying again cannot help, so callers stop at once and say why.
+pub fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: u64| (0x100..0x200).contains(&code);
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code.into()),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code.into()),
+        quinn::ConnectionError::ApplicationClosed(a) => a.error_code == REFUSED.into(),
+        _ => false,
     }
 }
 

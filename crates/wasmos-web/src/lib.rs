@@ -95,6 +95,7 @@ pub async fn serve(
         .route("/api/v1/scheduler", post(scheduler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
+    let refusals = Arc::new(wasmos_net::Refusals::default());
     let task = tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -107,16 +108,22 @@ pub async fn serve(
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let refusals = refusals.clone();
             tokio::spawn(async move {
+                let refused = |why: &dyn std::fmt::Display| {
+                    if let Some(skipped) = refusals.admit(remote.ip()) {
+                        tracing::warn!(%remote, skipped, "refused HTTPS connection: {why}");
+                    }
+                };
                 let (stream, who) = match acceptor.accept(tcp).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(%remote, "refused HTTPS connection: {e}");
+                        refused(&e);
                         return;
                     }
                 };
                 if !matches!(who, Identity::Operator(_) | Identity::Tenant { .. }) {
-                    tracing::warn!(%remote, "refused HTTPS connection: {who} may not use the API");
+                    refused(&format_args!("{who} may not use the API"));
                     return;
                 }
                 let service = TowerToHyperService::new(router.layer(Extension(who)));

@@ -48,6 +48,24 @@ pub struct Client {
     masters: Vec<std::net::SocketAddr>,
 }
 
+/// A master refused this client's certificate or identity: final, never retried, since
+/// asking again (or another master of the same cluster) gives the same answer.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether an error is worth retrying at the next leader: not a refusal.
+fn retryable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>().is_none()
+}
+
 /// How long a submission keeps being retried (across a master's crash and the election
 /// that follows) before the CLI gives up.
 const SUBMIT_RETRY: Duration = Duration::from_secs(30);
@@ -184,6 +202,19 @@ impl Client {
                 tokio::time::timeout(POLL_LEADER * 5, c.request(ClientRequest::ClusterStatus))
             });
             let statuses = futures::future::join_all(asks).await;
+            // Every master that answered refused us, and none is left to dial: say so now.
+            let refusal = statuses.iter().find_map(|st| match st {
+                Ok(Err(e)) if !retryable(e) => Some(e.to_string()),
+                _ => None,
+            });
+            if let Some(why) = refusal
+                && dialing.is_empty()
+                && statuses
+                    .iter()
+                    .all(|st| matches!(st, Ok(Err(e)) if !retryable(e)))
+            {
+                bail!("{why}");
+            }
             // A leader cut off from the others still believes it leads: of several that claim
             // to, the one in the latest term is the real one.
             let claimant = statuses
@@ -258,6 +289,13 @@ impl Client {
     fn fail(&self, e: impl std::fmt::Display) -> anyhow::Error {
         let conn = self.conn();
         match conn.close_reason() {
+            Some(reason) if wasmos_net::is_refusal(&reason) => {
+                anyhow::Error::new(Refused(format!(
+                    "the master at {} refused this client: {}",
+                    conn.remote_address(),
+                    wasmos_net::describe(&reason)
+                )))
+            }
             Some(reason) => anyhow!(
                 "lost the connection to the master at {}: {}",
                 conn.remote_address(),
@@ -298,7 +336,7 @@ impl Client {
             match self.request_raw(&req).await {
                 Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
                 Ok(answer) => return Ok(answer),
-                Err(e) if again && tokio::time::Instant::now() < deadline => {
+                Err(e) if again && retryable(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::info!("request failed ({e:#}); asking the leader again");
                     tokio::time::sleep(ELECTION_WAIT).await;
                     if let Err(e) = self.reconnect().await {
@@ -339,7 +377,7 @@ impl Client {
                 Ok(Some(())) => return Ok((hash, true)),
                 Ok(None) => continue,
                 Err(Upload::Refused(e)) => return Err(e),
-                Err(Upload::Lost(e)) if tokio::time::Instant::now() < deadline => {
+                Err(Upload::Lost(e)) if retryable(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::info!("upload failed ({e:#}); sending it to the leader again");
                     tokio::time::sleep(ELECTION_WAIT).await;
                     if let Err(e) = self.reconnect().await {
@@ -396,6 +434,7 @@ impl Client {
                 }) => anyhow!("{message}"),
                 Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
                 Ok(other) => bail!("unexpected answer to submit: {other:?}"),
+                Err(e) if !retryable(&e) => return Err(e),
                 Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {

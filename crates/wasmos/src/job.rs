@@ -95,6 +95,10 @@ struct GroupFile {
     args: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Secret environment variables, as `--secret-env` takes them: `KEY` (this shell's own
+    /// `$KEY`, so the value need not sit in the file) or `KEY=VALUE`.
+    #[serde(default)]
+    secret_env: Vec<String>,
     /// Files (a `*` or `?` in the file name matches several) spread over the tasks, each at
     /// /in/input/<file name>.
     #[serde(default)]
@@ -276,6 +280,7 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
         let task = TaskSpec {
             args: g.args,
             env: g.env.into_iter().collect(),
+            secret_env: crate::secret_env(&g.secret_env).with_context(|| what("secret_env"))?,
             resources,
             timeout_ms: match &g.timeout {
                 Some(t) => duration_ms(&what("timeout"), t)?,

@@ -693,13 +693,13 @@ pub(crate) fn secret_env(items: &[String]) -> Result<Vec<wasmos_proto::SecretEnv
                 Some((k, v)) => (k.to_string(), v.to_string()),
                 None => {
                     let v = std::env::var(item).map_err(|_| {
-                        anyhow!("--secret-env {item}: ${item} is not set here (give {item}=VALUE, or export it)")
+                        anyhow!("secret {item}: ${item} is not set here (give {item}=VALUE, or export it)")
                     })?;
                     (item.clone(), v)
                 }
             };
             if name.is_empty() {
-                bail!("--secret-env `{item}` has no name");
+                bail!("secret `{item}` has no name");
             }
             Ok(wasmos_proto::SecretEnv {
                 name,
@@ -1304,7 +1304,7 @@ fn task_spec(name: String, hash: wasmos_proto::BundleHash, args: &RunArgs) -> Re
         cpu_limit_millis: args.cpu_limit.as_deref().map(parse_cpu).transpose()?,
         mem_limit_bytes: args.mem_limit.as_deref().map(parse_bytes).transpose()?,
         outputs_dir: args.outputs.clone(),
-        secret_env: secret_env(&args.secret_env)?,
+        secret_env: secret_env(&args.secret_env).context("--secret-env")?,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
