@@ -9,8 +9,10 @@ does not need, acknowledges each status update, and exits once every copy has en
     python3 examples/framework.py --config /tmp/wasmos-p/client.toml $HASH 3 hi there
 
 The master's HTTPS address and the certificates come from client.toml (`http`, `ca`, `cert`,
-`key`). Events arrive as one JSON object per line on the response to SUBSCRIBE; every other
-call is a POST naming the stream in the `Wasmos-Stream-Id` header (docs/frameworks.md).
+`key`). Every connection makes sure the peer is a master of the cluster (its certificate names
+`master.wasmos` and a `wasmos://master/` URI) before it sends a byte of a request. Events
+arrive as one JSON object per line on the response to SUBSCRIBE; every other call is a POST
+naming the stream in the `Wasmos-Stream-Id` header (docs/frameworks.md).
 """
 
 import argparse
@@ -22,6 +24,9 @@ import sys
 import tomllib
 
 API = "/api/v1/scheduler"
+# The DNS name in every master certificate (and in no other: tenants', operators' and agents'
+# certificates are client-only); the handshake verifies it whatever address is dialled.
+MASTER_NAME = "master.wasmos"
 
 
 def load_config(path):
@@ -40,17 +45,38 @@ def tls_context(files):
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_verify_locations(files["ca"])
     ctx.load_cert_chain(files["cert"], files["key"])
-    # The cluster CA signs every identity; what matters is that the peer is a master, which
-    # `check_master` reads from its certificate instead of a host name.
-    ctx.check_hostname = False
+    # The cluster CA signs every identity; only a master's certificate is a server one
+    # (serverAuth) naming MASTER_NAME, which the handshake verifies (`MasterConnection`).
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
     return ctx
 
 
-def check_master(conn):
-    cert = conn.sock.getpeercert()
+def check_master(sock):
+    """Also require the master's URI in the verified certificate (before anything is sent)."""
+    cert = sock.getpeercert()
     uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
     if not any(u.startswith("wasmos://master/") for u in uris):
+        sock.close()
         sys.exit(f"the peer is not a master of this cluster: {uris}")
+
+
+class MasterConnection(http.client.HTTPSConnection):
+    """An HTTPS connection to the configured address that completes only with a master.
+
+    The TLS handshake verifies the server's certificate against the cluster CA under the name
+    MASTER_NAME (not the address dialled), then `check_master` reads its URI; only then can
+    `request` send anything. Reconnections of a kept-alive connection come here too.
+    """
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)  # TCP only
+        try:
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=MASTER_NAME)
+        except ssl.SSLCertVerificationError as e:
+            self.sock.close()
+            sys.exit(f"{self.host}:{self.port} is not a master of this cluster: {e.verify_message}")
+        check_master(self.sock)
 
 
 class Scheduler:
@@ -62,9 +88,8 @@ class Scheduler:
         self.calls = None
 
     def subscribe(self, body):
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx)
+        conn = MasterConnection(self.host, self.port, context=self.ctx)
         conn.request("POST", API, json.dumps(body), {"Content-Type": "application/json"})
-        check_master(conn)
         resp = conn.getresponse()
         if resp.status != 200:
             sys.exit(f"subscription refused: {resp.status} {resp.read().decode()}")
@@ -74,7 +99,7 @@ class Scheduler:
     def call(self, body):
         for attempt in range(2):
             if self.calls is None:
-                self.calls = http.client.HTTPSConnection(self.host, self.port, context=self.ctx)
+                self.calls = MasterConnection(self.host, self.port, context=self.ctx)
             try:
                 headers = {"Content-Type": "application/json", "Wasmos-Stream-Id": self.stream}
                 self.calls.request("POST", API, json.dumps(body), headers)

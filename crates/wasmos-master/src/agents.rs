@@ -208,15 +208,28 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                         .filter(|t| t.agent.as_ref() == Some(&agent))
                         // Two streams, each with its truncation marker.
                         .map(|t| {
-                            t.spec
+                            let cap = t
+                                .spec
                                 .max_output_bytes
                                 .saturating_mul(2)
-                                .saturating_add(OUTPUT_SLACK)
+                                .saturating_add(OUTPUT_SLACK);
+                            let tenant = wasmos_state::tenant_of(&t.owner).map(str::to_string);
+                            (cap, tenant)
                         })
                 });
                 match cap {
-                    Some(cap) if shared.logs.len(task) < cap => {
-                        if let Err(e) = shared.logs.append(task, stream, &data) {
+                    Some((cap, tenant)) if shared.logs.len(task) < cap => {
+                        // A tenant at its storage quota keeps running, but its output is no
+                        // longer stored: the master's disk is not its to fill.
+                        let full = tenant.as_deref().is_some_and(|t| {
+                            let (held, quota) = shared.storage_of(t);
+                            held >= quota
+                        });
+                        if full {
+                            tracing::debug!(%task, "tenant at its storage quota: output dropped");
+                        } else if let Err(e) =
+                            shared.logs.append(task, tenant.as_deref(), stream, &data)
+                        {
                             tracing::error!(%task, "cannot store output: {e}");
                         }
                     }

@@ -348,6 +348,12 @@ async fn submit(
         Ok(role) => spec.role = Some(role.to_string()),
         Err(e) => return error(ErrorKind::InvalidRequest, e),
     }
+    // A tenant whose blobs and logs fill its quota starts nothing more that would write.
+    if let Identity::Tenant { tenant, .. } = who
+        && let Err(e) = shared.check_storage(tenant, 1)
+    {
+        return error(ErrorKind::TooLarge, e);
+    }
     let cmd = Command::SubmitTask {
         id: Some(shared.new_task_id()),
         spec,
@@ -725,17 +731,8 @@ pub(crate) async fn store_blob(
     }
     if let Some(tenant) = &reader {
         // Refused before the bytes are read: a full quota stops a flood at the door.
-        let (held, quota) = shared.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
-        if held.saturating_add(size) > quota {
-            return error(
-                ErrorKind::TooLarge,
-                format!(
-                    "tenant {tenant} stores {} of its {} storage quota; {} more does not fit",
-                    wasmos_proto::format_bytes(held),
-                    wasmos_proto::format_bytes(quota),
-                    wasmos_proto::format_bytes(size)
-                ),
-            );
+        if let Err(e) = shared.check_storage(tenant, size) {
+            return error(ErrorKind::TooLarge, e);
         }
     }
     // One byte more than announced, so a client that sends extra is caught.

@@ -239,6 +239,29 @@ impl Shared {
 }
 
 /// Milliseconds since the Unix epoch: the time stamped into commands the leader proposes.
+impl Shared {
+    /// What `tenant` stores (its blobs in the replicated state, its logs on this master's
+    /// disk) and its storage quota.
+    pub(crate) fn storage_of(&self, tenant: &str) -> (u64, u64) {
+        let (blobs, quota) = self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
+        (blobs.saturating_add(self.logs.used_by(tenant)), quota)
+    }
+
+    /// Refuses `adding` more bytes for `tenant` past its storage quota, with the figures.
+    pub(crate) fn check_storage(&self, tenant: &str, adding: u64) -> Result<(), String> {
+        let (held, quota) = self.storage_of(tenant);
+        if held.saturating_add(adding) > quota {
+            return Err(format!(
+                "tenant {tenant} stores {} (blobs and logs) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
+                wasmos_proto::format_bytes(held),
+                wasmos_proto::format_bytes(quota),
+                wasmos_proto::format_bytes(adding)
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -1,6 +1,7 @@
 //! Task output on the master's disk: one append-only file per task of `(stream, length, bytes)`
 //! records, plus a change counter that wakes `wasmos logs -f` watchers.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ pub(crate) struct LogStore {
     /// Serializes appends so records never interleave.
     write_lock: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// Bytes of log on this master's disk by tenant: what counts against a tenant's storage
+    /// quota next to its blobs. Kept up to date by appends, and counted again from the files
+    /// at each sweep (and so after a restart).
+    usage: Mutex<HashMap<String, u64>>,
 }
 
 const HEADER: usize = 5;
@@ -31,6 +36,7 @@ impl LogStore {
             dir,
             write_lock: Mutex::new(()),
             changes: watch::channel(0).0,
+            usage: Mutex::default(),
         })
     }
 
@@ -38,8 +44,26 @@ impl LogStore {
         self.dir.join(format!("{task}.log"))
     }
 
-    /// Appends one chunk; returns the bytes of output now stored for the task.
-    pub fn append(&self, task: TaskId, stream: OutputStream, data: &[u8]) -> std::io::Result<u64> {
+    fn usage(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Bytes of log held for `tenant`'s tasks.
+    pub fn used_by(&self, tenant: &str) -> u64 {
+        self.usage().get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Appends one chunk of a task of `tenant` (`None`: an operator's); returns the bytes of
+    /// output now stored for the task.
+    pub fn append(
+        &self,
+        task: TaskId,
+        tenant: Option<&str>,
+        stream: OutputStream,
+        data: &[u8],
+    ) -> std::io::Result<u64> {
         let _guard = self
             .write_lock
             .lock()
@@ -62,6 +86,9 @@ impl LogStore {
         f.write_all(&rec)?;
         let len = f.metadata()?.len();
         drop(_guard);
+        if let Some(t) = tenant {
+            *self.usage().entry(t.to_string()).or_default() += rec.len() as u64;
+        }
         self.changes.send_modify(|n| *n += 1);
         Ok(len)
     }
@@ -113,12 +140,18 @@ impl LogStore {
         Ok((out, offset + pos as u64))
     }
 
-    /// Removes the logs of tasks `keep` says no to; returns how many.
-    pub fn sweep(&self, keep: impl Fn(TaskId) -> bool) -> u64 {
+    /// Removes the logs of tasks `keep` says no to, and counts again what each tenant holds
+    /// (`tenant_of` names a task's tenant); returns how many logs went.
+    pub fn sweep(
+        &self,
+        keep: impl Fn(TaskId) -> bool,
+        tenant_of: impl Fn(TaskId) -> Option<String>,
+    ) -> u64 {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
         let mut removed = 0;
+        let mut usage: HashMap<String, u64> = HashMap::new();
         for e in entries.flatten() {
             let name = e.file_name();
             let Some(id) = name
@@ -128,10 +161,17 @@ impl LogStore {
             else {
                 continue;
             };
-            if !keep(id) && std::fs::remove_file(e.path()).is_ok() {
-                removed += 1;
+            if !keep(id) {
+                if std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            } else if let Some(t) = tenant_of(id) {
+                *usage.entry(t).or_default() += e.metadata().map_or(0, |m| m.len());
             }
         }
+        // Appends between the scan and now are lost from the count until the next sweep: a
+        // few chunks' worth, on a quota of gigabytes.
+        *self.usage() = usage;
         removed
     }
 
@@ -150,8 +190,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::open(dir.path().to_path_buf()).unwrap();
         let t = TaskId(1);
-        logs.append(t, OutputStream::Stdout, b"one").unwrap();
-        let mid = logs.append(t, OutputStream::Stderr, b"two").unwrap();
+        logs.append(t, None, OutputStream::Stdout, b"one").unwrap();
+        let mid = logs.append(t, None, OutputStream::Stderr, b"two").unwrap();
         let (recs, end) = logs.read_from(t, 0).unwrap();
         assert_eq!(
             recs,
@@ -177,7 +217,7 @@ mod tests {
         let t = TaskId(3);
         let chunk = vec![b'x'; 64 << 10];
         for _ in 0..40 {
-            logs.append(t, OutputStream::Stdout, &chunk).unwrap();
+            logs.append(t, None, OutputStream::Stdout, &chunk).unwrap();
         }
         let (mut offset, mut total, mut reads) = (0, 0, 0);
         loop {
@@ -202,10 +242,35 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        logs.append(TaskId(4), OutputStream::Stdout, b"keep")
+        logs.append(TaskId(4), None, OutputStream::Stdout, b"keep")
             .unwrap();
-        assert_eq!(logs.sweep(|id| id == TaskId(4)), 1);
+        assert_eq!(logs.sweep(|id| id == TaskId(4), |_| None), 1);
         assert_eq!(logs.len(t), 0);
         assert!(logs.len(TaskId(4)) > 0);
+    }
+
+    #[test]
+    fn each_tenant_is_charged_for_its_logs_and_a_sweep_counts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path().to_path_buf()).unwrap();
+        logs.append(TaskId(1), Some("acme"), OutputStream::Stdout, &[0; 100])
+            .unwrap();
+        logs.append(TaskId(2), Some("evil"), OutputStream::Stderr, &[0; 10])
+            .unwrap();
+        logs.append(TaskId(3), None, OutputStream::Stdout, &[0; 1000])
+            .unwrap();
+        assert_eq!(logs.used_by("acme"), 100 + HEADER as u64);
+        assert_eq!(logs.used_by("evil"), 10 + HEADER as u64);
+        // As after a restart: the count comes from the files, and what is swept is not charged.
+        let again = LogStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(again.used_by("acme"), 0);
+        let tenant = |id: TaskId| match id.0 {
+            1 => Some("acme".to_string()),
+            2 => Some("evil".to_string()),
+            _ => None,
+        };
+        assert_eq!(again.sweep(|id| id != TaskId(2), tenant), 1);
+        assert_eq!(again.used_by("acme"), 100 + HEADER as u64);
+        assert_eq!(again.used_by("evil"), 0);
     }
 }

@@ -682,12 +682,26 @@ impl Cycle {
         refuse_ms: Option<u64>,
         now: u64,
     ) -> Result<Result<Vec<TaskId>, String>, wasmos_raft::RaftError> {
-        let Some(role) = self
-            .shared
-            .read(|s| s.frameworks.get(&fw).map(|f| f.role.clone()))
-        else {
+        let Some((role, owner)) = self.shared.read(|s| {
+            s.frameworks
+                .get(&fw)
+                .map(|f| (f.role.clone(), f.owner.clone()))
+        }) else {
             return Ok(Err(format!("framework {fw} is not known")));
         };
+        let launches = operations.iter().any(|op| {
+            matches!(
+                op,
+                OfferOperation::Launch(_) | OfferOperation::LaunchGroup(_)
+            )
+        });
+        if launches
+            && let Some(tenant) = wasmos_state::tenant_of(&owner)
+            && let Err(e) = self.shared.check_storage(tenant, 1)
+        {
+            self.alloc.decline(fw, offers, Some(0), now);
+            return Ok(Err(e));
+        }
         let mut ops = Vec::new();
         let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
         let mut ids = Vec::new();

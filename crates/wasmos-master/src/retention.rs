@@ -57,9 +57,9 @@ fn sweep_disk(shared: &Shared) -> (u64, u64) {
     let (known_tasks, last_id, known_blobs) = shared.read(|s| {
         (
             s.tasks
-                .keys()
-                .copied()
-                .collect::<std::collections::BTreeSet<_>>(),
+                .iter()
+                .map(|(id, t)| (*id, wasmos_state::tenant_of(&t.owner).map(str::to_string)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
             s.next_task_id,
             s.bundles
                 .keys()
@@ -67,9 +67,10 @@ fn sweep_disk(shared: &Shared) -> (u64, u64) {
                 .collect::<std::collections::BTreeSet<_>>(),
         )
     });
-    let logs = shared
-        .logs
-        .sweep(|t| t.0 > last_id || known_tasks.contains(&t));
+    let logs = shared.logs.sweep(
+        |t| t.0 > last_id || known_tasks.contains_key(&t),
+        |t| known_tasks.get(&t).cloned().flatten(),
+    );
     let blobs = shared
         .bundles
         .sweep(|h| known_blobs.contains(h), UNRECORDED_GRACE);
