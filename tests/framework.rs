@@ -754,10 +754,11 @@ base = os.path.dirname(cfg_path)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
 ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
-ctx.check_hostname = False
 host, _, port = cfg["http"].rpartition(":")
 def post(body, headers):
+    # Checked as master.wasmos, which only masters' certificates carry, before sending.
     c = http.client.HTTPSConnection(host, int(port), context=ctx)
+    c.sock = ctx.wrap_socket(__import__("socket").create_connection((host, int(port))), server_hostname="master.wasmos")
     c.request("POST", "/api/v1/scheduler", body, headers)
     r = c.getresponse()
     print(r.status, r.read().decode())

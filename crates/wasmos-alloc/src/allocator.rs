@@ -1679,6 +1679,174 @@ impl Allocator {
         out
     }
 
+    /// Tasks to stop so that roles below their quota guarantee get resources back, as
+    /// Kubernetes priority preemption and YARN capacity preemption do. `wants` names, per
+    /// role, one task's resources that have waited past the master's grace period. A want is
+    /// served only within the guarantee of the nearest role on its path that has one, only if
+    /// no agent has the room already (free, offered, or being freed by earlier preemptions),
+    /// and only from tasks of roles outside that guarantee's subtree that stay at or above
+    /// every guarantee on their own path: lowest priority first, then newest, on the agent
+    /// where the fewest tasks must go. Each task is named once.
+    pub fn guarantee_preemptions(&mut self, wants: &[(Role, Resources)]) -> Vec<Preemption> {
+        let mut out: Vec<Preemption> = Vec::new();
+        // Resources taken from each role by the preemptions chosen so far in this call.
+        let mut taken: BTreeMap<RoleIx, Resources> = BTreeMap::new();
+        for (role, want) in wants {
+            let Some(scope) = self.guaranteed_scope(role, want) else {
+                continue;
+            };
+            let path: Vec<&str> = role.self_and_ancestors().collect();
+            // Room an agent has, or will have once the tasks already being preempted end.
+            let room = |a: &AgentState| {
+                let mut room = a.free_unreserved().saturating_add(&a.offered.unreserved);
+                for r in &path {
+                    room = room.saturating_add(&a.free_reserved(r));
+                }
+                room
+            };
+            let mut dying: BTreeMap<&AgentId, Resources> = BTreeMap::new();
+            for t in self.tasks.values().filter(|t| t.preempting) {
+                let d = dying.entry(&t.agent).or_default();
+                *d = d.saturating_add(&t.charge.unreserved);
+            }
+            let pending = |a: &AgentState| dying.get(&a.id).cloned().unwrap_or_default();
+            if self
+                .agents
+                .values()
+                .any(|a| want.fits_in(&room(a).saturating_add(&pending(a))))
+            {
+                continue;
+            }
+            // Candidates by agent: lowest priority first, then newest.
+            let mut by_agent: BTreeMap<&AgentId, Vec<(i32, std::cmp::Reverse<TaskId>)>> =
+                BTreeMap::new();
+            for (id, t) in &self.tasks {
+                if t.preempting || t.charge.unreserved.is_empty() {
+                    continue;
+                }
+                let Some(f) = self.frameworks.get(&t.framework) else {
+                    continue;
+                };
+                if self.is_under(f.rix, scope) {
+                    continue;
+                }
+                by_agent
+                    .entry(&t.agent)
+                    .or_default()
+                    .push((t.priority, std::cmp::Reverse(*id)));
+            }
+            let mut best: Option<(Vec<TaskId>, BTreeMap<RoleIx, Resources>)> = None;
+            for (agent, mut candidates) in by_agent {
+                let Some(a) = self.agents.get(agent) else {
+                    continue;
+                };
+                candidates.sort();
+                let mut freed = room(a).saturating_add(&pending(a));
+                let mut chosen = Vec::new();
+                let mut trial = taken.clone();
+                for (_, std::cmp::Reverse(id)) in candidates {
+                    if want.fits_in(&freed) {
+                        break;
+                    }
+                    let Some(t) = self.tasks.get(&id) else {
+                        continue;
+                    };
+                    let Some(f) = self.frameworks.get(&t.framework) else {
+                        continue;
+                    };
+                    let charge = t.charge.non_revocable();
+                    if !self.stays_guaranteed(f.rix, &charge, &trial) {
+                        continue;
+                    }
+                    let mut at = Some(f.rix);
+                    while let Some(i) = at {
+                        let e = trial.entry(i).or_default();
+                        *e = e.saturating_add(&charge);
+                        at = self.roles[i].parent;
+                    }
+                    freed = freed.saturating_add(&t.charge.unreserved);
+                    chosen.push(id);
+                }
+                if want.fits_in(&freed) && best.as_ref().is_none_or(|(b, _)| chosen.len() < b.len())
+                {
+                    best = Some((chosen, trial));
+                }
+            }
+            if let Some((chosen, trial)) = best {
+                taken = trial;
+                for id in chosen {
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        t.preempting = true;
+                        out.push(Preemption {
+                            agent: t.agent.clone(),
+                            framework: t.framework,
+                            task: id,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The nearest role on `role`'s path with a guarantee, if `want` on top of what that
+    /// subtree holds stays within it (only the kinds it names).
+    fn guaranteed_scope(&self, role: &Role, want: &Resources) -> Option<RoleIx> {
+        let mut at = role.self_and_ancestors().find_map(|r| {
+            Role::new(r)
+                .ok()
+                .and_then(|r| self.role_ix.get(&r).copied())
+        });
+        while let Some(i) = at {
+            let node = &self.roles[i];
+            let g = &node.quota.guarantee;
+            if !g.is_empty() {
+                let after = node.allocated.saturating_add(want);
+                return (cap_named(&after, g, g) == after).then_some(i);
+            }
+            at = node.parent;
+        }
+        None
+    }
+
+    fn is_under(&self, rix: RoleIx, scope: RoleIx) -> bool {
+        let mut at = Some(rix);
+        while let Some(i) = at {
+            if i == scope {
+                return true;
+            }
+            at = self.roles[i].parent;
+        }
+        false
+    }
+
+    /// Whether every role on `rix`'s path stays at or above its guarantee (in the kinds it
+    /// names) without `charge` and what `taken` already takes from it.
+    fn stays_guaranteed(
+        &self,
+        rix: RoleIx,
+        charge: &Resources,
+        taken: &BTreeMap<RoleIx, Resources>,
+    ) -> bool {
+        let mut at = Some(rix);
+        while let Some(i) = at {
+            let node = &self.roles[i];
+            let g = &node.quota.guarantee;
+            if !g.is_empty() {
+                let after = node
+                    .allocated
+                    .saturating_sub(taken.get(&i).unwrap_or(&Resources::default()))
+                    .saturating_sub(charge);
+                // Below the guarantee in some kind it names: this task is protected.
+                if cap_named(g, &after, g) != *g {
+                    return false;
+                }
+            }
+            at = node.parent;
+        }
+        true
+    }
+
     // ---- views ----
 
     pub fn offer(&self, id: OfferId) -> Option<&Offer> {

@@ -548,6 +548,97 @@ fn unused_allocations_are_lent_to_best_effort_work_and_taken_back() {
     a.check_invariants().unwrap();
 }
 
+/// Two 2-core agents filled by `batch` (four 1-core tasks, priorities 5, 0, 0, 5 in id order
+/// 1..=4, tasks 1-2 on one agent and 3-4 on the other), then `prod` arrives with a guarantee.
+fn held_by_batch(batch_guarantee: u64) -> Allocator {
+    let mut a = cluster(2, res(2000, 4));
+    a.add_framework(FrameworkId(1), role("batch"), false)
+        .unwrap();
+    let offers = a.allocate(0);
+    assert_eq!(offers.len(), 2);
+    let mut next = 1;
+    for o in offers {
+        let mut pair = Vec::new();
+        for _ in 0..2 {
+            pair.push(TaskRequest {
+                priority: if next % 4 < 2 { 5 } else { 0 },
+                ..task(next, res(1000, 1))
+            });
+            next += 1;
+        }
+        a.accept(FrameworkId(1), &[o.id], &[Operation::Launch(pair)], None, 1)
+            .unwrap();
+    }
+    if batch_guarantee > 0 {
+        let q = Quota {
+            guarantee: res(batch_guarantee, 0),
+            limit: None,
+        };
+        a.set_quota(&role("batch"), q).unwrap();
+    }
+    a.add_framework(FrameworkId(2), role("prod"), false)
+        .unwrap();
+    let q = Quota {
+        guarantee: res(1000, 0),
+        limit: None,
+    };
+    a.set_quota(&role("prod"), q).unwrap();
+    assert!(a.allocate(2).is_empty(), "the cluster is full");
+    a
+}
+
+#[test]
+fn a_role_below_its_guarantee_preempts_the_lowest_priority_newest_task_once() {
+    let mut a = held_by_batch(0);
+    let want = vec![(role("prod"), res(1000, 1))];
+    let p = a.guarantee_preemptions(&want);
+    assert_eq!(p.len(), 1, "{p:?}");
+    // Priority 0 tasks are 2 and 3; the newer is 3.
+    assert_eq!(p[0].task, TaskId(3));
+    assert_eq!(p[0].framework, FrameworkId(1));
+    assert!(a.guarantee_preemptions(&want).is_empty(), "named once");
+    // Once it has ended, prod is offered what came back.
+    assert!(a.release(TaskId(3)));
+    let offers = a.allocate(3);
+    assert!(
+        offers
+            .iter()
+            .any(|o| o.framework == FrameworkId(2) && o.resources.unreserved.cpu_millis >= 1000),
+        "{offers:?}"
+    );
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn guarantee_preemption_stays_within_the_guarantee_and_spares_guaranteed_work() {
+    // Asking for more than the guarantee covers preempts nothing.
+    let mut a = held_by_batch(0);
+    assert!(
+        a.guarantee_preemptions(&[(role("prod"), res(2000, 1))])
+            .is_empty()
+    );
+    // A role with no guarantee preempts nothing.
+    assert!(
+        a.guarantee_preemptions(&[(role("other"), res(1000, 1))])
+            .is_empty()
+    );
+    // Tasks within their own role's guarantee are not taken: batch is guaranteed all it holds.
+    let mut a = held_by_batch(4000);
+    assert!(
+        a.guarantee_preemptions(&[(role("prod"), res(1000, 1))])
+            .is_empty()
+    );
+    // Guaranteed 3 of its 4 cores, batch gives up exactly one task.
+    let mut a = held_by_batch(3000);
+    let p = a.guarantee_preemptions(&[(role("prod"), res(1000, 1))]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        a.guarantee_preemptions(&[(role("prod/sub"), res(1000, 1))])
+            .is_empty(),
+        "the room being freed serves the next want first"
+    );
+}
+
 #[test]
 fn removing_an_agent_rescinds_its_offers_and_loses_its_tasks() {
     let mut a = cluster(2, res(1000, 4));

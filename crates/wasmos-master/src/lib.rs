@@ -81,6 +81,9 @@ pub struct TenancyConfig {
     pub retention_count: u64,
     /// Writes (submissions, uploads, kills...) one tenant may make per second, sustained.
     pub tenant_write_rate: u32,
+    /// How long a waiting task of a role below its guarantee waits before others' tasks are
+    /// preempted for it.
+    pub preemption_grace: Duration,
 }
 
 impl Default for TenancyConfig {
@@ -90,6 +93,7 @@ impl Default for TenancyConfig {
             retention: Duration::from_secs(24 * 3600),
             retention_count: 10_000,
             tenant_write_rate: 200,
+            preemption_grace: Duration::from_secs(30),
         }
     }
 }

@@ -1056,15 +1056,57 @@ impl Cycle {
         }
         for p in self.alloc.preemptions() {
             tracing::info!(task = %p.task, agent = %p.agent, "preempting a best-effort task");
-            self.shared.send_to_agent(
-                &p.agent,
-                MasterToAgent::Kill {
-                    task: p.task,
-                    reason: Some(Reason::Preempted),
-                },
-            );
+            self.preempt(&p);
+        }
+        let wants = self.starved(now);
+        if !wants.is_empty() {
+            for p in self.alloc.guarantee_preemptions(&wants) {
+                tracing::info!(task = %p.task, agent = %p.agent, "preempting a task for a role below its guarantee");
+                self.preempt(&p);
+            }
         }
         Ok(())
+    }
+
+    fn preempt(&self, p: &wasmos_alloc::Preemption) {
+        self.shared.send_to_agent(
+            &p.agent,
+            MasterToAgent::Kill {
+                task: p.task,
+                reason: Some(Reason::Preempted),
+            },
+        );
+    }
+
+    /// Per role with waiting tasks, its first non-best-effort task if that has waited past
+    /// the preemption grace: what guarantee preemption may make room for. (External
+    /// frameworks do not say what they wait for, so only the built-in queues count.)
+    fn starved(&self, now: u64) -> Vec<(Role, Resources)> {
+        let grace = self.shared.cfg.tenancy.preemption_grace.as_millis() as u64;
+        let heads: Vec<(Role, TaskId, Resources)> = self
+            .builtin
+            .values()
+            .filter_map(|b| {
+                b.queue
+                    .iter()
+                    .find(|(_, r)| r.qos != Qos::BestEffort)
+                    .map(|((_, id), r)| (b.role.clone(), *id, r.resources.clone()))
+            })
+            .collect();
+        if heads.is_empty() {
+            return Vec::new();
+        }
+        self.shared.read(|s| {
+            heads
+                .into_iter()
+                .filter(|(_, id, _)| {
+                    s.tasks
+                        .get(id)
+                        .is_some_and(|t| now.saturating_sub(t.submitted_ms) >= grace)
+                })
+                .map(|(role, _, r)| (role, r))
+                .collect()
+        })
     }
 
     /// Registers the built-in framework of every role that has waiting tasks but none yet.

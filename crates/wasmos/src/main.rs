@@ -436,6 +436,11 @@ struct TenancyArgs {
     /// past it a tenant's requests wait their turn (up to 5 s), without slowing other tenants.
     #[arg(long, default_value_t = 200)]
     tenant_write_rate: u32,
+    /// How long a task of a role below its quota guarantee waits for room before tasks of
+    /// roles above theirs are preempted for it (lowest priority, then newest; reason
+    /// `preempted`).
+    #[arg(long, default_value = "30s")]
+    preemption_grace: humantime::Duration,
 }
 
 impl TenancyArgs {
@@ -445,6 +450,7 @@ impl TenancyArgs {
             retention: self.retention.into(),
             retention_count: self.retention_count,
             tenant_write_rate: self.tenant_write_rate,
+            preemption_grace: self.preemption_grace.into(),
         }
     }
 
@@ -457,6 +463,8 @@ impl TenancyArgs {
             self.retention_count.to_string(),
             "--tenant-write-rate".to_string(),
             self.tenant_write_rate.to_string(),
+            "--preemption-grace".to_string(),
+            self.preemption_grace.to_string(),
         ];
         if let Some(k) = &self.secrets_key {
             args.push("--secrets-key".to_string());
