@@ -615,3 +615,202 @@ fn offer_to_launch_latency() {
         p99.as_secs_f64() / b99.as_secs_f64()
     );
 }
+
+/// Submits `n` tasks as fast as one tenant can (64 in flight on one connection) with the
+/// credentials in `dir` (`me.pem`, `me.key`; the CA at `ca`); returns (accepted, refused).
+async fn flood(
+    dir: &Path,
+    ca: &Path,
+    master: std::net::SocketAddr,
+    spec: TaskSpec,
+    n: usize,
+) -> (usize, usize) {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let creds = Credentials::from_pem(
+        &read(ca),
+        &read(&dir.join("me.pem")),
+        &read(&dir.join("me.key")),
+    )
+    .unwrap();
+    let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, master).unwrap();
+    let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    let (mut accepted, mut refused) = (0, 0);
+    let mut tally = |answer: Option<ClientResponse>| match answer {
+        Some(ClientResponse::Submitted { .. }) => accepted += 1,
+        _ => refused += 1,
+    };
+    for i in 0..n {
+        if i >= 64 {
+            tally(set.join_next().await.unwrap().unwrap());
+        }
+        let (conn, spec) = (conn.clone(), spec.clone());
+        set.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            send_frame(&mut send, &ClientRequest::SubmitTask { spec, key: None })
+                .await
+                .ok()?;
+            let _ = send.finish();
+            recv_frame::<ClientResponse>(&mut recv).await.ok()?
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        tally(done.unwrap());
+    }
+    (accepted, refused)
+}
+
+/// Issue 15's flood: tenant `evil` submits 1,000 tasks as fast as it can while tenant `acme`
+/// runs `hello.wasm`; acme's p50 against the same runs with no flood (target ≤ 2×).
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn victim_latency_under_another_tenants_flood() {
+    let c = DevCluster::start_with(1, &["--agent-cpu", "16", "--agent-mem", "16GiB"]).unwrap();
+    let alice = c.user_config("wasmos://tenant/acme/alice");
+    let bob = c.user_config("wasmos://tenant/evil/bob");
+    let run = |config: &Path| {
+        let t = Instant::now();
+        let out = wasmos_cmd(config, &["run", "--cpu", "10m"])
+            .arg(sample("hello"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        t.elapsed()
+    };
+    run(&alice);
+    let out = wasmos_cmd(&bob, &["bundle", "push", sample("noop").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = wasmos_proto::BundleHash::parse(text(&out.stdout).trim()).unwrap();
+    let spec = TaskSpec {
+        resources: wasmos_proto::Resources::new(10, 16 << 20, 1 << 20),
+        role: Some("evil".into()),
+        ..TaskSpec::new("noop.wasm", hash)
+    };
+    let quiet: Vec<Duration> = (0..15).map(|_| run(&alice)).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (dir, ca, master) = (
+        bob.parent().unwrap().to_path_buf(),
+        c.dir.path().join("pki/ca.pem"),
+        c.master_addr(),
+    );
+    let flooding = std::thread::spawn(move || {
+        let t = Instant::now();
+        let tally = runtime.block_on(flood(&dir, &ca, master, spec, 1000));
+        (tally, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut loud = Vec::new();
+    while !flooding.is_finished() || loud.len() < 5 {
+        loud.push(run(&alice));
+    }
+    let ((accepted, refused), took) = flooding.join().unwrap();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (q, l) = (median(quiet), median(loud.clone()));
+    println!(
+        "bench tenant flood: evil sent 1000 submissions in {:.1} s ({accepted} accepted, {refused} told to slow down); acme's run hello p50 {:.1} ms over {} runs meanwhile",
+        took.as_secs_f64(),
+        ms(l),
+        loud.len()
+    );
+    println!(
+        "bench baseline: acme's run hello p50 {:.1} ms over 15 runs, no flood",
+        ms(q)
+    );
+    println!(
+        "bench ratio flood / quiet: {:.2} (target <= 2)",
+        l.as_secs_f64() / q.as_secs_f64()
+    );
+}
+
+/// Issue 15's log case: the master's resident memory while 8 clients read the same 1 GiB
+/// log at once, against 1 reader (target: growth <= 64 MiB).
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn master_memory_with_readers_of_a_huge_log() {
+    let c = DevCluster::start(1).unwrap();
+    let op = |args: &[&str]| {
+        let out = c.cli(args).unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    op(&["role", "set", "default", "--max-output", "1GiB"]);
+    let id = op(&[
+        "run",
+        "-d",
+        "--max-output",
+        "1GiB",
+        "--on-output-limit",
+        "stop",
+        "--timeout",
+        "10m",
+        sample("hostile").to_str().unwrap(),
+        "--",
+        "flood",
+    ])
+    .trim()
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let shown = c.json(&["task", "show", &id, "-o", "json"]).unwrap();
+        if shown["status"]["state"] != "Running" && shown["status"]["state"] != "Staging" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flood did not end: {shown}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pid = c.pid().unwrap();
+    let peak_with = |readers: usize| {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = rss_kib(pid).unwrap();
+        let started = Instant::now();
+        let mut children: Vec<Child> = (0..readers)
+            .map(|_| {
+                c.cmd(&["logs", &id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut peak = before;
+        while children
+            .iter_mut()
+            .any(|ch| matches!(ch.try_wait(), Ok(None)))
+        {
+            peak = peak.max(rss_kib(pid).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (before, peak, started.elapsed())
+    };
+    let log_bytes: u64 = std::fs::read_dir(c.dir.path().join("master").join("logs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    let (b1, p1, t1) = peak_with(1);
+    let (b8, p8, t8) = peak_with(8);
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "bench huge log: {:.0} MiB of log; 8 readers at once: master RSS {:.0} -> {:.0} MiB (growth {:.1} MiB) in {:.1} s",
+        log_bytes as f64 / (1 << 20) as f64,
+        mib(b8),
+        mib(p8),
+        mib(p8.saturating_sub(b8)),
+        t8.as_secs_f64()
+    );
+    println!(
+        "bench baseline: 1 reader: master RSS {:.0} -> {:.0} MiB (growth {:.1} MiB) in {:.1} s",
+        mib(b1),
+        mib(p1),
+        mib(p1.saturating_sub(b1)),
+        t1.as_secs_f64()
+    );
+    println!(
+        "bench ratio growth 8 readers / 1 reader: {:.2} (target: 8-reader growth <= 64 MiB)",
+        mib(p8.saturating_sub(b8)) / mib(p1.saturating_sub(b1)).max(0.1)
+    );
+}

@@ -350,6 +350,48 @@ impl DevCluster {
         )
         .unwrap_or_else(|e| panic!("the dev cluster's operator credentials: {e}"))
     }
+
+    /// A client config for `identity` (such as `wasmos://tenant/acme/alice`), signed by the
+    /// dev cluster's CA, with the same master and HTTPS addresses as the operator's.
+    pub fn user_config(&self, identity: &str) -> PathBuf {
+        let pki_dir = self.dir.path().join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki_dir.join(f)).unwrap_or_default();
+        let ca = wasmos_net::pki::CaBundle {
+            cert_pem: read("ca.pem"),
+            key_pem: read("ca.key"),
+        };
+        let who =
+            wasmos_net::Identity::from_uri(identity).unwrap_or_else(|e| panic!("{identity}: {e}"));
+        let issued = wasmos_net::pki::issue(&ca, &who, &[], &[])
+            .unwrap_or_else(|e| panic!("issuing {identity}: {e}"));
+        let dir = self
+            .dir
+            .path()
+            .join("users")
+            .join(identity.trim_start_matches("wasmos://").replace('/', "-"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let write = |f: &str, text: &str| {
+            std::fs::write(dir.join(f), text).unwrap_or_else(|e| panic!("{f}: {e}"))
+        };
+        write("me.pem", &issued.cert_pem);
+        write("me.key", &issued.key_pem);
+        let operator = std::fs::read_to_string(self.config()).unwrap_or_default();
+        let mut config = String::new();
+        for line in operator.lines() {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match key {
+                "ca" => config.push_str(&format!("ca = {:?}\n", pki_dir.join("ca.pem"))),
+                "cert" => config.push_str("cert = \"me.pem\"\n"),
+                "key" => config.push_str("key = \"me.key\"\n"),
+                _ => {
+                    config.push_str(line);
+                    config.push('\n');
+                }
+            }
+        }
+        write("client.toml", &config);
+        dir.join("client.toml")
+    }
 }
 
 /// Writes about `total` bytes of prose-like text (common words, skewed like real text, in

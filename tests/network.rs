@@ -1,5 +1,7 @@
 //! Network grants: a task reaches exactly the `--net` destinations it was given, over real
-//! loopback sockets, and nothing without one.
+//! loopback sockets, and nothing without one. Agents protect loopback whatever a task is
+//! granted, so this cluster's agent is told to allow it (`--egress-allow`); `tests/tenancy.rs`
+//! checks the protection itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +14,7 @@ use wasmos_tests::{DevCluster, assert_clean_error, sample, text};
 
 #[test]
 fn tasks_connect_only_where_granted() {
-    let c = DevCluster::start(1).unwrap();
+    let c = DevCluster::start_with(1, &["--egress-allow", "127.0.0.1/32"]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
