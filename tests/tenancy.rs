@@ -726,6 +726,9 @@ fn certificates_are_issued_only_for_valid_names_and_never_hand_back_another() {
         );
         assert!(!text(&out.stdout).contains(".key"), "{bad:?}");
     }
+    // Dotted names are names (`host.example`), valid at issuance as at the handshake.
+    let out = issue(&["--agent", "web.example"]);
+    assert!(ok(&out).contains("web.example.pem"));
     // Names of different identities can meet in one file name: never the other's files.
     for (first, second, uri) in [
         (

@@ -488,7 +488,9 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec, egress: Vec<wasmos_pr
             status.reason = Some(reason);
             status.message = Some(
                 match reason {
-                    Reason::Preempted => "its revocable resources were needed back by their owner",
+                    Reason::Preempted => {
+                        "preempted: its resources were needed back by their owner, or by a role below its guarantee"
+                    }
                     Reason::FrameworkRemoved => {
                         "its framework was torn down or did not return within its failover timeout"
                     }

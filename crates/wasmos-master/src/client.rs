@@ -55,8 +55,12 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             return;
         }
     };
+    let reads = match &req {
+        ClientRequest::Stale(inner) => inner.is_read(),
+        other => other.is_read(),
+    };
     if let Some(tenant) = crate::policy::tenant(&who)
-        && !req.is_read()
+        && !reads
         && let Err(why) = shared
             .admission
             .admit(&tenant, shared.cfg.tenancy.tenant_write_rate)
@@ -224,6 +228,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         },
         ClientRequest::ListAgents => {
             let snap = snapshot(shared).await;
+            let own_role = crate::policy::tenant(who).and_then(|t| Role::new(&t).ok());
             let last_seen: BTreeMap<wasmos_proto::AgentId, u64> = shared
                 .agents()
                 .iter()
@@ -245,9 +250,12 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             },
                             total: a.total.clone(),
                             used: used.get(&a.id).cloned().unwrap_or_default(),
+                            // A tenant sees its own roles' reservations, not who else
+                            // holds what where.
                             reserved: s
                                 .reserved_on(&a.id)
                                 .into_iter()
+                                .filter(|(r, _)| own_role.as_ref().is_none_or(|o| r.is_within(o)))
                                 .map(|(r, res)| (r.to_string(), res))
                                 .collect(),
                             offered: summary.map(|x| x.offered.clone()).unwrap_or_default(),

@@ -19,7 +19,8 @@ pub struct Ceilings {
     pub sub_roles: Option<u64>,
     /// Most frameworks (scheduler API frameworks and running jobs) at once.
     pub frameworks: Option<u64>,
-    /// Most bytes of blobs the tenant may hold (what it uploaded and what its tasks produced).
+    /// Most bytes the tenant may store: blobs (what it uploaded and what its tasks produced)
+    /// and its tasks' logs.
     pub stored_bytes: Option<u64>,
 }
 

@@ -77,13 +77,13 @@ impl Cidr {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
+                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix)))
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
+                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix)))
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
@@ -110,10 +110,15 @@ impl FromStr for Cidr {
             None => max,
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(err)?,
         };
-        Ok(Cidr {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        // An IPv4-mapped block (::ffff:a.b.c.d/p) is the IPv4 block a.b.c.d/(p - 96); one
+        // shorter than the mapped range covers more than IPv4 and is refused.
+        match (addr, addr.to_canonical()) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => Ok(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix.checked_sub(96).ok_or_else(err)?,
+            }),
+            _ => Ok(Cidr { addr, prefix }),
+        }
     }
 }
 
@@ -249,7 +254,16 @@ mod tests {
         let r = EgressRule::parse(true, "0.0.0.0/0").unwrap();
         assert!(r.matches("8.8.8.8:53".parse().unwrap()));
         assert!(!r.matches("[2001:db8::1]:53".parse().unwrap()));
+        // An IPv4-mapped block is that IPv4 block, not (wrapping) all of IPv4.
+        let r = EgressRule::parse(true, "::ffff:127.0.0.2").unwrap();
+        assert_eq!(r.to_string(), "allow 127.0.0.2/32");
+        assert!(r.matches("127.0.0.2:80".parse().unwrap()));
+        assert!(!r.matches("127.0.0.1:80".parse().unwrap()));
+        let r = EgressRule::parse(true, "::ffff:10.0.0.0/104").unwrap();
+        assert!(r.matches("10.9.9.9:80".parse().unwrap()));
+        assert!(!r.matches("11.0.0.1:80".parse().unwrap()));
         for bad in [
+            "::ffff:10.0.0.0/95",
             "10.0.0.0/33",
             "10.0.0.0/8:0",
             "host:80",

@@ -408,7 +408,7 @@ impl ClusterState {
                         .is_none_or(|b| !b.readers.contains(tenant));
                     if adds && held.saturating_add(size) > quota {
                         return CommandResult::Rejected(format!(
-                            "tenant {tenant} stores {} of its {} storage quota; {} more does not fit (remove tasks' outputs or ask an operator for more)",
+                            "tenant {tenant} stores {} of its {} storage quota; {} more does not fit (wait for retention to collect what ended, or ask an operator for more)",
                             wasmos_proto::format_bytes(held),
                             wasmos_proto::format_bytes(quota),
                             wasmos_proto::format_bytes(size)
@@ -604,7 +604,11 @@ impl ClusterState {
                 acknowledges,
                 now_ms,
             } => {
-                if acknowledges && let Err(why) = self.check_framework_ceiling(&role) {
+                // A job's own framework was counted when the job was submitted.
+                if acknowledges
+                    && !self.is_unattached_job(&name, &owner)
+                    && let Err(why) = self.check_framework_ceiling(&role)
+                {
                     return CommandResult::Rejected(why);
                 }
                 self.next_framework_id += 1;
@@ -860,21 +864,31 @@ impl ClusterState {
     }
 
     fn collect(&mut self, before_ms: u64, keep: u64) -> CommandResult {
-        let mut ended: Vec<(u64, TaskId)> = self
-            .tasks
-            .values()
-            .filter(|t| t.status.state.is_terminal())
-            .map(|t| (t.updated_ms, t.id))
-            .collect();
-        ended.sort_unstable();
-        let excess = ended.len().saturating_sub(keep as usize);
-        let unacked: BTreeSet<TaskId> = self.unacked.iter().map(|(_, t)| *t).collect();
-        let mut tasks = 0;
-        for (i, (at, id)) in ended.into_iter().enumerate() {
-            if (at < before_ms || i < excess) && !unacked.contains(&id) {
-                self.tasks.remove(&id);
-                tasks += 1;
+        // The count is kept per tenant (operators' tasks as one more): one tenant's flood of
+        // short tasks must not push the others' history out.
+        let mut ended: BTreeMap<Option<&str>, Vec<(u64, TaskId)>> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if t.status.state.is_terminal() {
+                ended
+                    .entry(tenant_of(&t.owner))
+                    .or_default()
+                    .push((t.updated_ms, t.id));
             }
+        }
+        let unacked: BTreeSet<TaskId> = self.unacked.iter().map(|(_, t)| *t).collect();
+        let mut forget = Vec::new();
+        for mut list in ended.into_values() {
+            list.sort_unstable();
+            let excess = list.len().saturating_sub(keep as usize);
+            for (i, (at, id)) in list.into_iter().enumerate() {
+                if (at < before_ms || i < excess) && !unacked.contains(&id) {
+                    forget.push(id);
+                }
+            }
+        }
+        let tasks = forget.len() as u64;
+        for id in forget {
+            self.tasks.remove(&id);
         }
         let jobs_before = self.jobs.len();
         self.jobs

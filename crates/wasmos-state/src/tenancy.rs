@@ -141,6 +141,15 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Whether a framework named `name` registering for `owner` is the framework of one of
+    /// its jobs not yet attached (the master names them `job-N (job name)`).
+    pub(crate) fn is_unattached_job(&self, name: &str, owner: &str) -> bool {
+        name.split_once(" (")
+            .and_then(|(id, _)| id.parse::<wasmos_proto::JobId>().ok())
+            .and_then(|id| self.jobs.get(&id))
+            .is_some_and(|j| j.owner == owner && j.framework.is_none() && !j.state.is_terminal())
+    }
+
     /// A new framework (or job) of `role` against the frameworks ceilings above it.
     pub(crate) fn check_framework_ceiling(&self, role: &Role) -> Result<(), String> {
         for (scope, c) in self.ceilings_for(role) {
@@ -166,7 +175,7 @@ impl ClusterState {
     }
 
     /// Tasks not yet ended within `scope`, and the roles in use there (by those tasks and by
-    /// live frameworks).
+    /// live frameworks and jobs).
     fn live_in(&self, scope: &Role) -> (u64, BTreeSet<Role>) {
         let mut live = 0;
         let mut roles = BTreeSet::new();
@@ -181,8 +190,10 @@ impl ClusterState {
                 roles.insert(r);
             }
         }
+        // The built-in `wasmos run` frameworks (which do not acknowledge) stay registered
+        // for good; a role counts through them only while it has live tasks.
         for f in self.frameworks.values() {
-            if f.removed_ms.is_none() && f.role.is_within(scope) {
+            if f.removed_ms.is_none() && f.acknowledges && f.role.is_within(scope) {
                 roles.insert(f.role.clone());
             }
         }

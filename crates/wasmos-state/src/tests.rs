@@ -907,6 +907,111 @@ fn collection_forgets_what_ended_and_blobs_nothing_names() {
 }
 
 #[test]
+fn the_retention_count_holds_per_tenant() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let b = other_hash(7);
+    upload(&mut s, &b, 1, Some("acme"));
+    upload(&mut s, &b, 1, Some("evil"));
+    let end = |s: &mut ClusterState, owner: &str, role: &str, at: u64| {
+        let CommandResult::Submitted(id) = submit_as(s, owner, tenant_spec(&b, role)) else {
+            panic!()
+        };
+        s.apply(Command::SetStatus {
+            task: id,
+            status: TaskStatus::new(TaskState::Finished),
+            now_ms: at,
+        });
+        id
+    };
+    let alices = end(&mut s, ALICE, "acme", 10);
+    // bob's flood ends later, many more tasks than the count.
+    let bobs: Vec<TaskId> = (0..5).map(|i| end(&mut s, BOB, "evil", 20 + i)).collect();
+    s.apply(Command::Collect {
+        before_ms: 0,
+        keep: 2,
+        now_ms: 100,
+    });
+    assert!(
+        s.tasks.contains_key(&alices),
+        "alice's one task is within her count"
+    );
+    let kept: Vec<&TaskId> = bobs.iter().filter(|t| s.tasks.contains_key(t)).collect();
+    assert_eq!(kept, vec![&bobs[3], &bobs[4]], "bob keeps his newest two");
+}
+
+#[test]
+fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
+    let mut s = ClusterState::default();
+    let b = other_hash(8);
+    upload(&mut s, &b, 1, Some("acme"));
+    s.apply(Command::SetRole {
+        role: role("acme"),
+        record: RoleRecord {
+            ceilings: wasmos_proto::Ceilings {
+                frameworks: Some(1),
+                ..Default::default()
+            },
+            ..RoleRecord::default()
+        },
+    });
+    let spec = wasmos_proto::JobSpec {
+        name: "wc".into(),
+        kind: wasmos_proto::JobKind::Batch,
+        role: None,
+        deadline_ms: None,
+        groups: vec![wasmos_proto::GroupSpec {
+            name: "g".into(),
+            count: 1,
+            task: tenant_spec(&b, "acme"),
+            depends_on: vec![],
+            input_pattern: None,
+            inputs: vec![],
+            constraints: BTreeMap::new(),
+            retries: 0,
+            backoff_ms: 0,
+        }],
+    };
+    let submit = |s: &mut ClusterState| {
+        s.apply(Command::SubmitJob {
+            spec: spec.clone(),
+            owner: ALICE.into(),
+            role: role("acme"),
+            now_ms: 1,
+        })
+    };
+    assert!(matches!(submit(&mut s), CommandResult::Job(_)));
+    let register = |s: &mut ClusterState, name: &str, owner: &str| {
+        s.apply(Command::RegisterFramework {
+            name: name.into(),
+            role: role("acme"),
+            owner: owner.into(),
+            revocable: false,
+            failover_timeout_ms: 1000,
+            acknowledges: true,
+            now_ms: 2,
+        })
+    };
+    // Another identity naming the job's framework, or another framework, is over the ceiling.
+    assert!(matches!(
+        register(&mut s, "job-1 (wc)", BOB),
+        CommandResult::Rejected(_)
+    ));
+    assert!(matches!(
+        register(&mut s, "mine", ALICE),
+        CommandResult::Rejected(_)
+    ));
+    assert!(matches!(
+        register(&mut s, "job-1 (wc)", ALICE),
+        CommandResult::Framework(_)
+    ));
+    assert!(
+        matches!(submit(&mut s), CommandResult::Rejected(_)),
+        "a second job is over it"
+    );
+}
+
+#[test]
 fn operators_remove_reservations_but_not_what_tasks_hold() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);

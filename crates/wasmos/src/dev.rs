@@ -48,7 +48,14 @@ pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
 
 /// The certificate for `who` named `file`, issued on first use.
 pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) -> Result<PkiFiles> {
-    if matches!(file, "ca" | "secrets") || file.is_empty() || file.contains(['/', '\\', '.']) {
+    // Identity names may hold dots between labels (`host.example`), never a leading one or
+    // a path.
+    if matches!(file, "ca" | "secrets")
+        || file.is_empty()
+        || file.starts_with('.')
+        || file.contains("..")
+        || file.contains(['/', '\\'])
+    {
         bail!(
             "`{file}` cannot name a certificate file in {}",
             pki_dir.display()

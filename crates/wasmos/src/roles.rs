@@ -72,7 +72,8 @@ pub(crate) struct SetArgs {
     /// Ceiling: frameworks and running jobs at once (default 256).
     #[arg(long, value_name = "N")]
     max_frameworks: Option<u64>,
-    /// Storage quota of the tenant: bytes of blobs it holds (default 10GiB; top-level roles).
+    /// Storage quota of the tenant: bytes of blobs it holds and of its tasks' logs (default
+    /// 10GiB; top-level roles).
     #[arg(long, value_name = "BYTES")]
     storage_quota: Option<String>,
     /// Most the role may hold in dynamic reservations (its guarantee by default), e.g.
@@ -81,7 +82,7 @@ pub(crate) struct SetArgs {
     reservation_allowance: Option<String>,
     /// Egress: let the role's tasks reach CIDR[:PORT[-PORT]] even where the agents protect it
     /// (loopback, link-local, the agent's addresses). Repeatable; with --egress-deny these
-    /// replace the role's rules, in the order given.
+    /// replace the role's rules (its allow rules are tried first, then its deny rules).
     #[arg(long, value_name = "CIDR[:PORTS]")]
     egress_allow: Vec<String>,
     /// Egress: keep the role's tasks from CIDR[:PORT[-PORT]] whatever they were granted.
