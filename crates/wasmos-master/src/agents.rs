@@ -97,9 +97,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         }
     }
     let mut acks = Vec::new();
-    for update in pending {
-        if let Some(seq) = record_status(&shared, &agent, update).await {
-            acks.push(seq);
+    let mut pending = pending.into_iter().peekable();
+    while pending.peek().is_some() {
+        let updates: Vec<StatusUpdate> = pending.by_ref().take(STATUS_BATCH).collect();
+        match record_batch(&shared, &agent, updates).await {
+            Some(seq) => acks.push(seq),
+            None => break,
         }
     }
     let last_status_seq = shared.read(|s| s.agents.get(&agent).map_or(0, |a| a.last_status_seq));
@@ -186,6 +189,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         }
     });
     let fetcher = tokio::spawn(serve_fetches(shared.clone(), conn.clone()));
+    let (statuses, pending) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_statuses(shared.clone(), agent.clone(), pending));
 
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
@@ -195,11 +200,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
-                let task = update.task;
-                if let Some(seq) = record_status(&shared, &agent, update).await {
-                    shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
-                }
-                shared.offer_event(Event::TaskChanged(task));
+                // Recorded in order by the recorder, many to a raft write.
+                let _ = statuses.send(update);
             }
             Ok(Some(AgentToMaster::Output { task, stream, data })) => {
                 let cap = shared.read(|s| {
@@ -248,6 +250,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     }
     writer.abort();
     fetcher.abort();
+    // What it had not recorded yet is unacknowledged: the agent sends it again.
+    recorder.abort();
     let mut agents = shared.agents();
     if agents.get(&agent).is_some_and(|l| l.conn_id == conn_id) {
         let seen = agents
@@ -286,34 +290,73 @@ fn check_reservations(
 }
 
 /// Records one status update; returns the sequence number to acknowledge once it is durable.
-async fn record_status(shared: &Shared, agent: &AgentId, update: StatusUpdate) -> Option<u64> {
-    let seq = update.seq;
-    let task = update.task;
-    match shared
-        .write(Command::AgentStatus {
-            agent: agent.clone(),
-            update,
-            now_ms: now_ms(),
-        })
-        .await
-    {
-        Ok(CommandResult::Rejected(why)) => {
-            // Recorded as seen: resending it would be rejected again.
-            tracing::warn!(%agent, %task, "status update rejected: {why}");
-            Some(seq)
+/// Most status updates of one agent recorded in one raft write.
+const STATUS_BATCH: usize = 512;
+
+/// Records an agent's status updates in the order it sent them: whatever has arrived while
+/// the previous write was on its way goes into the next one (a `Command::Batch`, applied in
+/// order: the state drops an update whose sequence number is not past the agent's last). One
+/// write per update, awaited in turn, would hold every tenant's updates on that agent behind
+/// a flood of one tenant's short tasks. Acknowledged cumulatively, up to the last recorded.
+async fn record_statuses(
+    shared: Arc<Shared>,
+    agent: AgentId,
+    mut pending: mpsc::UnboundedReceiver<StatusUpdate>,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut updates = vec![first];
+        while updates.len() < STATUS_BATCH {
+            match pending.try_recv() {
+                Ok(u) => updates.push(u),
+                Err(_) => break,
+            }
         }
-        Ok(_) => Some(seq),
-        Err(wasmos_raft::RaftError::NotLeader { .. }) => {
-            // Recorded nowhere: the agent keeps it and resends it to the leader.
-            let (_, addr) = shared.raft.leader_addr();
-            shared.send_to_agent(agent, MasterToAgent::NotLeader { addr });
-            None
-        }
-        Err(e) => {
-            tracing::error!(%agent, %task, "cannot record status update: {e}");
-            None
+        if let Some(seq) = record_batch(&shared, &agent, updates).await {
+            shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
         }
     }
+}
+
+/// Records `updates` (in the agent's order) in one raft write; returns the sequence number to
+/// acknowledge (the last one), or `None` if nothing was recorded.
+async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdate>) -> Option<u64> {
+    let now = now_ms();
+    let sent: Vec<(u64, wasmos_proto::TaskId)> = updates.iter().map(|u| (u.seq, u.task)).collect();
+    let mut cmds: Vec<Command> = updates
+        .into_iter()
+        .map(|update| Command::AgentStatus {
+            agent: agent.clone(),
+            update,
+            now_ms: now,
+        })
+        .collect();
+    let cmd = if cmds.len() == 1 {
+        cmds.pop()?
+    } else {
+        Command::Batch(cmds)
+    };
+    let results = match shared.write(cmd).await {
+        Ok(CommandResult::Batch(results)) => results,
+        Ok(one) => vec![one],
+        Err(wasmos_raft::RaftError::NotLeader { .. }) => {
+            // Recorded nowhere: the agent keeps them and resends them to the leader.
+            let (_, addr) = shared.raft.leader_addr();
+            shared.send_to_agent(agent, MasterToAgent::NotLeader { addr });
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(%agent, "cannot record {} status updates: {e}", sent.len());
+            return None;
+        }
+    };
+    for ((_, task), result) in sent.iter().zip(&results) {
+        if let CommandResult::Rejected(why) = result {
+            // Recorded as seen: resending it would be rejected again.
+            tracing::warn!(%agent, %task, "status update rejected: {why}");
+        }
+        shared.offer_event(Event::TaskChanged(*task));
+    }
+    sent.get(results.len().checked_sub(1)?).map(|(seq, _)| *seq)
 }
 
 async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {

@@ -145,7 +145,12 @@ pub struct RaftNode {
     proposals: mpsc::UnboundedSender<Proposal>,
 }
 
-type Proposal = (Command, oneshot::Sender<Result<CommandResult, RaftError>>);
+/// A command waiting to be proposed, its lane (see [`ClusterState::lane_of`]) and who waits.
+type Proposal = (
+    Command,
+    String,
+    oneshot::Sender<Result<CommandResult, RaftError>>,
+);
 
 /// How long adding or removing a master may take (a new master catches up first).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -632,8 +637,9 @@ impl RaftNode {
     /// at the rate of fsyncs.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
         let (done, result) = oneshot::channel();
+        let lane = self.read(|s| s.lane_of(&cmd));
         self.proposals
-            .send((cmd, done))
+            .send((cmd, lane, done))
             .map_err(|_| RaftError::Fatal("the write batcher stopped".to_string()))?;
         tokio::time::timeout(self.quorum_timeout, result)
             .await
@@ -696,59 +702,145 @@ impl RaftNode {
 
 /// Proposes queued commands: whatever has gathered while earlier entries were being written
 /// goes into one entry (a `Command::Batch` when there are several), with at most
-/// [`WRITES_IN_FLIGHT`] entries on their way at once. Ends when every [`RaftNode`] is dropped.
+/// [`WRITES_IN_FLIGHT`] entries on their way at once. Waiting commands queue by lane and each
+/// entry takes them in turns, one lane after another, so a lane with thousands waiting (one
+/// tenant's flood) delays another's next write by one entry at most, not by its whole
+/// backlog. Ends when every [`RaftNode`] is dropped.
 async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+    let mut lanes = Lanes::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+        if lanes.is_empty() {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            lanes.push(first);
         }
+        while let Ok(p) = queue.try_recv() {
+            lanes.push(p);
+        }
+        let mut batch = lanes.take(MAX_BATCH);
         // A caller that gave up (its write timed out) was told it failed: do not propose it.
-        batch.retain(|(_, waiter)| !waiter.is_closed());
+        batch.retain(|(_, _, waiter)| !waiter.is_closed());
         if batch.is_empty() {
             continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            let single = cmds.len() == 1;
-            let cmd = if single {
-                cmds.into_iter()
-                    .next()
-                    .unwrap_or(Command::Batch(Vec::new()))
-            } else {
-                Command::Batch(cmds)
-            };
+            let (cmd, spans) = flatten(batch);
             let result = propose(&raft, cmd).await;
             drop(slot);
             match result {
-                Ok(CommandResult::Batch(results)) if !single => {
-                    for (waiter, r) in waiters.into_iter().zip(results) {
-                        let _ = waiter.send(Ok(r));
+                Ok(CommandResult::Batch(results))
+                    if spans.len() > 1 || spans.first().is_some_and(|s| s.nested) =>
+                {
+                    for span in spans {
+                        let part = results.get(span.start..span.start + span.len);
+                        let r = match (span.nested, part) {
+                            (true, Some(part)) => CommandResult::Batch(part.to_vec()),
+                            (false, Some([one])) => one.clone(),
+                            _ => CommandResult::Rejected(
+                                "the batch lost this command's result".to_string(),
+                            ),
+                        };
+                        let _ = span.waiter.send(Ok(r));
                     }
                 }
                 Ok(r) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Ok(r.clone()));
+                    for span in spans {
+                        let _ = span.waiter.send(Ok(r.clone()));
                     }
                 }
                 Err(e) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(e.clone()));
+                    for span in spans {
+                        let _ = span.waiter.send(Err(e.clone()));
                     }
                 }
             }
         });
+    }
+}
+
+/// Where one proposal's commands sit in a raft entry, and who waits for their results.
+struct Span {
+    start: usize,
+    len: usize,
+    /// The proposal was a `Command::Batch` itself: its answer is the batch of its results.
+    nested: bool,
+    waiter: oneshot::Sender<Result<CommandResult, RaftError>>,
+}
+
+/// One raft entry for `batch`: its commands in order, a proposal that is itself a batch
+/// spliced in (the state machine does not apply batches within batches).
+fn flatten(batch: Vec<Proposal>) -> (Command, Vec<Span>) {
+    let mut flat = Vec::new();
+    let mut spans = Vec::new();
+    for (cmd, _, waiter) in batch {
+        let start = flat.len();
+        let nested = matches!(cmd, Command::Batch(_));
+        match cmd {
+            Command::Batch(inner) => flat.extend(inner),
+            one => flat.push(one),
+        }
+        spans.push(Span {
+            start,
+            len: flat.len() - start,
+            nested,
+            waiter,
+        });
+    }
+    let cmd = if flat.len() == 1 && !spans.iter().any(|s| s.nested) {
+        flat.pop().unwrap_or(Command::Batch(Vec::new()))
+    } else {
+        Command::Batch(flat)
+    };
+    (cmd, spans)
+}
+
+/// Proposals waiting, by lane, and the lanes' turn order.
+#[derive(Default)]
+struct Lanes {
+    waiting: BTreeMap<String, std::collections::VecDeque<Proposal>>,
+    turns: std::collections::VecDeque<String>,
+}
+
+impl Lanes {
+    fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    fn push(&mut self, p: Proposal) {
+        let queue = self.waiting.entry(p.1.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(p.1.clone());
+        }
+        queue.push_back(p);
+    }
+
+    /// Up to `max` proposals, one per lane in turn; a lane that still has some goes to the
+    /// back of the line. Within a lane, first come first served.
+    fn take(&mut self, max: usize) -> Vec<Proposal> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(lane) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(queue) = self.waiting.get_mut(&lane) else {
+                continue;
+            };
+            if let Some(p) = queue.pop_front() {
+                out.push(p);
+            }
+            if queue.is_empty() {
+                self.waiting.remove(&lane);
+            } else {
+                self.turns.push_back(lane);
+            }
+        }
+        out
     }
 }
 
@@ -783,5 +875,84 @@ fn membership_error(
             RaftError::Config(e.to_string())
         }
         openraft::error::RaftError::Fatal(f) => from_fatal(f),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod lane_tests {
+    use super::*;
+
+    fn proposal(
+        lane: &str,
+        n: u64,
+    ) -> (
+        Proposal,
+        oneshot::Receiver<Result<CommandResult, RaftError>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::SetFailoverTimeout {
+            framework: wasmos_proto::FrameworkId(n),
+            failover_timeout_ms: 0,
+        };
+        ((cmd, lane.to_string(), tx), rx)
+    }
+
+    fn ids(batch: &[Proposal]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|(c, _, _)| match c {
+                Command::SetFailoverTimeout { framework, .. } => framework.0,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_proposal_that_is_a_batch_is_spliced_into_the_entry() {
+        let (a, _ra) = proposal("x", 1);
+        let (b, _rb) = proposal("x", 2);
+        let (c, _rc) = proposal("y", 3);
+        let (tx, _rd) = oneshot::channel();
+        let nested = (Command::Batch(vec![b.0, c.0]), String::new(), tx);
+        let (d, _re) = proposal("y", 4);
+        let (cmd, spans) = flatten(vec![a, nested, d]);
+        let Command::Batch(flat) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(flat.len(), 4, "no batch within the batch");
+        let shape: Vec<(usize, usize, bool)> =
+            spans.iter().map(|s| (s.start, s.len, s.nested)).collect();
+        assert_eq!(shape, vec![(0, 1, false), (1, 2, true), (3, 1, false)]);
+        // A lone batch stays a batch, so its caller gets a batch of results back.
+        let (tx, _rf) = oneshot::channel();
+        let (e, _rg) = proposal("x", 5);
+        let (cmd, spans) = flatten(vec![(Command::Batch(vec![e.0]), String::new(), tx)]);
+        assert!(matches!(cmd, Command::Batch(ref v) if v.len() == 1));
+        assert!(spans[0].nested);
+    }
+
+    #[test]
+    fn a_flooding_lane_does_not_delay_another_beyond_one_entry() {
+        let mut lanes = Lanes::default();
+        let mut keep = Vec::new();
+        for n in 0..1000 {
+            let (p, rx) = proposal("evil", n);
+            lanes.push(p);
+            keep.push(rx);
+        }
+        let (p, rx) = proposal("acme", 5000);
+        lanes.push(p);
+        keep.push(rx);
+        let first = lanes.take(4);
+        // In turns: evil's oldest, then acme's only one, then evil's next.
+        assert_eq!(ids(&first), vec![0, 5000, 1, 2]);
+        let rest = lanes.take(usize::MAX);
+        assert_eq!(rest.len(), 997);
+        assert!(
+            ids(&rest).windows(2).all(|w| w[0] < w[1]),
+            "each lane in order"
+        );
+        assert!(lanes.is_empty());
     }
 }

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wasmos_alloc::Role;
 use wasmos_proto::{
-    BundleHash, Ceilings, DEFAULT_CEILINGS, EffectiveCeilings, Resources, TaskSpec,
+    BundleHash, Ceilings, DEFAULT_CEILINGS, EffectiveCeilings, FrameworkId, Resources, TaskId,
+    TaskSpec,
 };
 
-use crate::ClusterState;
+use crate::{ClusterState, Command};
 
 /// The tenant an owner URI (`wasmos://tenant/<tenant>/<user>`) belongs to. Owners that are not
 /// tenants (operators, the master's own frameworks) are not confined: `None`.
@@ -262,5 +263,52 @@ impl ClusterState {
             .filter(|(_, b)| b.readers.contains(tenant))
             .map(|(h, b)| (h.clone(), b.size))
             .collect()
+    }
+}
+
+impl ClusterState {
+    /// The write lane of a command: the top-level role whose work it is (a tenant's name for
+    /// tenants), or `""` for the cluster's own bookkeeping. The raft batcher takes turns
+    /// between lanes, so one role's flood of writes (submissions, launches, status updates)
+    /// does not queue in front of another's.
+    pub fn lane_of(&self, cmd: &Command) -> String {
+        let top = |role: &str| role.split('/').next().unwrap_or_default().to_string();
+        let of_task = |task: &TaskId| {
+            self.tasks
+                .get(task)
+                .and_then(|t| t.spec.role.as_deref())
+                .map(top)
+                .unwrap_or_default()
+        };
+        let of_framework = |fw: &FrameworkId| {
+            self.frameworks
+                .get(fw)
+                .map(|f| top(f.role.as_str()))
+                .unwrap_or_default()
+        };
+        match cmd {
+            Command::SubmitTask { spec, owner, .. } => spec
+                .role
+                .as_deref()
+                .map(top)
+                .or_else(|| tenant_of(owner).map(str::to_string))
+                .unwrap_or_default(),
+            Command::AgentStatus { update, .. } => of_task(&update.task),
+            Command::SetStatus { task, .. } | Command::AssignTask { task, .. } => of_task(task),
+            Command::Launch { framework, .. }
+            | Command::Acknowledge { framework, .. }
+            | Command::SetFailoverTimeout { framework, .. }
+            | Command::RemoveFramework { framework, .. } => of_framework(framework),
+            Command::RegisterFramework { role, .. } | Command::SubmitJob { role, .. } => {
+                top(role.as_str())
+            }
+            Command::Job { job, .. } => self
+                .jobs
+                .get(job)
+                .map(|j| top(j.role.as_str()))
+                .unwrap_or_default(),
+            Command::AddBundle { reader, .. } => reader.clone().unwrap_or_default(),
+            _ => String::new(),
+        }
     }
 }
