@@ -738,6 +738,8 @@ fn master_memory_with_readers_of_a_huge_log() {
         text(&out.stdout)
     };
     op(&["role", "set", "default", "--max-output", "1GiB"]);
+    let pid = c.pid().unwrap();
+    let at_start = rss_kib(pid).unwrap();
     let id = op(&[
         "run",
         "-d",
@@ -756,13 +758,17 @@ fn master_memory_with_readers_of_a_huge_log() {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let shown = c.json(&["task", "show", &id, "-o", "json"]).unwrap();
-        if shown["status"]["state"] != "Running" && shown["status"]["state"] != "Staging" {
+        if !matches!(
+            shown["status"]["state"].as_str(),
+            Some("Running" | "Staging" | "Starting")
+        ) {
+            eprintln!("the flood ended: {}", shown["status"]);
             break;
         }
         assert!(Instant::now() < deadline, "the flood did not end: {shown}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let pid = c.pid().unwrap();
+    let after_flood = rss_kib(pid).unwrap();
     let peak_with = |readers: usize| {
         std::thread::sleep(Duration::from_secs(2));
         let before = rss_kib(pid).unwrap();
@@ -770,10 +776,18 @@ fn master_memory_with_readers_of_a_huge_log() {
         let mut children: Vec<Child> = (0..readers)
             .map(|_| {
                 c.cmd(&["logs", &id])
-                    .stdout(Stdio::null())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap()
+            })
+            .collect();
+        // Each reader's output is counted as it comes, so a reader that stops early shows.
+        let counters: Vec<_> = children
+            .iter_mut()
+            .map(|ch| {
+                let mut out = ch.stdout.take().unwrap();
+                std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()).unwrap())
             })
             .collect();
         let mut peak = before;
@@ -784,7 +798,13 @@ fn master_memory_with_readers_of_a_huge_log() {
             peak = peak.max(rss_kib(pid).unwrap_or(0));
             std::thread::sleep(Duration::from_millis(20));
         }
-        (before, peak, started.elapsed())
+        let took = started.elapsed();
+        for (ch, n) in children.iter_mut().zip(counters) {
+            let n = n.join().unwrap();
+            assert!(ch.wait().unwrap().success());
+            assert!(n >= 1 << 30, "a reader got only {n} bytes");
+        }
+        (before, peak, took)
     };
     let log_bytes: u64 = std::fs::read_dir(c.dir.path().join("master").join("logs"))
         .map(|d| {
@@ -803,6 +823,11 @@ fn master_memory_with_readers_of_a_huge_log() {
         mib(p8),
         mib(p8.saturating_sub(b8)),
         t8.as_secs_f64()
+    );
+    println!(
+        "bench the process (master and its agent in one): {:.0} MiB before the 1 GiB flood, {:.0} MiB after it",
+        mib(at_start),
+        mib(after_flood)
     );
     println!(
         "bench baseline: 1 reader: master RSS {:.0} -> {:.0} MiB (growth {:.1} MiB) in {:.1} s",

@@ -426,6 +426,30 @@ fn ceilings_quotas_and_paging_bound_what_a_tenant_takes() {
         assert!(!out.status.success(), "{what} was accepted");
         assert_clean_error(&out, says);
     }
+    // Logs are read a chunk at a time, and every chunk reaches the reader: all 2 MiB here.
+    let noisy = task_id(&run_as(
+        &u.alice,
+        &[
+            "-d",
+            "--max-output",
+            "2MiB",
+            "--on-output-limit",
+            "stop",
+            "--timeout",
+            "20s",
+        ],
+        "hostile",
+        &["flood"],
+    ));
+    wait_state(&u.alice, &noisy, &["Failed"]);
+    let out = wasmos_with(&u.alice, &["logs", &noisy]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout.len() >= 2 << 20,
+        "got {} bytes",
+        out.stdout.len()
+    );
+
     ok(&wasmos_with(
         &u.op,
         &[

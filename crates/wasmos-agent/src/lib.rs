@@ -7,6 +7,7 @@ mod taskdir;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,7 +91,14 @@ struct Agent {
     /// own addresses (read at start).
     protected: Vec<wasmos_proto::Cidr>,
     inner: Mutex<Inner>,
+    /// Bytes of task output queued for the master and not yet written to the session: output
+    /// waits while it is over [`OUTPUT_BACKLOG`], so a task printing faster than the master
+    /// takes it is slowed down instead of filling the agent's memory.
+    output_backlog: Arc<AtomicU64>,
 }
+
+/// Most bytes of task output an agent queues for its master at once.
+const OUTPUT_BACKLOG: u64 = 4 << 20;
 
 impl Agent {
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -112,7 +120,20 @@ impl Agent {
 
     fn output(&self, task: TaskId, stream: OutputStream, data: Vec<u8>) {
         if let Some(link) = &self.inner().link {
-            let _ = link.send(AgentToMaster::Output { task, stream, data });
+            let len = data.len() as u64;
+            if link
+                .send(AgentToMaster::Output { task, stream, data })
+                .is_ok()
+            {
+                self.output_backlog.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until the output queued for the master is under [`OUTPUT_BACKLOG`].
+    async fn output_room(&self) {
+        while self.output_backlog.load(Ordering::Relaxed) >= OUTPUT_BACKLOG {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
@@ -224,6 +245,7 @@ pub async fn run(
             link: None,
             conn: None,
         }),
+        output_backlog: Arc::new(AtomicU64::new(0)),
     });
     let mut backoff = Duration::from_millis(200);
     let mut masters = vec![agent.cfg.master];
@@ -344,9 +366,17 @@ async fn session(
         inner.link = Some(tx.clone());
         inner.conn = Some(conn.clone());
     }
+    // What the last session left queued is gone with it.
+    agent.output_backlog.store(0, Ordering::Relaxed);
+    let backlog = agent.output_backlog.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             send_frame(&mut send, &msg).await?;
+            if let AgentToMaster::Output { data, .. } = &msg {
+                let _ = backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(data.len() as u64))
+                });
+            }
         }
         Ok::<(), wasmos_net::FrameError>(())
     });
@@ -596,6 +626,7 @@ async fn run_task(
         let agent = agent.clone();
         tokio::spawn(async move {
             while let Some((stream, data)) = out_rx.recv().await {
+                agent.output_room().await;
                 agent.output(task, stream, data);
             }
         })

@@ -810,8 +810,13 @@ async fn watch(
             }
         };
         offset = next;
+        // A read takes one chunk: until one comes back empty, there may be more to send.
+        let caught_up = records.is_empty();
         for (stream, data) in records {
             send_frame(send, &ClientResponse::Output { stream, data }).await?;
+        }
+        if !caught_up {
+            continue;
         }
         if !follow {
             return send_frame(send, &ClientResponse::EndOfOutput).await;
