@@ -426,3 +426,23 @@ pub fn write_corpus(dir: &Path, files: usize, total: usize) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A TCP listener on loopback that reports what each connection sent: its port, and a channel
+/// of what arrived (one message per connection, read to its end).
+pub fn loopback_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("cannot listen on loopback: {e}"));
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut got = String::new();
+            if let Ok(mut s) = stream {
+                let _ = s.read_to_string(&mut got);
+            }
+            let _ = tx.send(got);
+        }
+    });
+    (port, rx)
+}

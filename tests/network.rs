@@ -5,9 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use wasmos_tests::{DevCluster, assert_clean_error, sample, text};
@@ -15,16 +12,7 @@ use wasmos_tests::{DevCluster, assert_clean_error, sample, text};
 #[test]
 fn tasks_connect_only_where_granted() {
     let c = DevCluster::start_with(1, &["--egress-allow", "127.0.0.1/32"]).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut got = String::new();
-            let _ = stream.unwrap().read_to_string(&mut got);
-            let _ = tx.send(got);
-        }
-    });
+    let (port, rx) = wasmos_tests::loopback_listener();
     let target = format!("127.0.0.1:{port}");
     let connect = |net: &[&str]| {
         let mut cmd = c.cmd(&["run"]);

@@ -7,8 +7,6 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmos_net::Identity;
-use wasmos_net::pki::{self, CaBundle};
 use wasmos_tests::{DevCluster, assert_clean_error, sample, text};
 
 /// Starts `wasmos run FLAGS SAMPLE -- ARGS` in the background.
@@ -231,41 +229,6 @@ fn best_effort_tasks_borrow_unused_resources_and_are_preempted() {
     kill_all(vec![owner]);
 }
 
-/// A client config for tenant `tenant`, signed by the dev cluster's CA.
-fn tenant_config(c: &DevCluster, tenant: &str) -> std::path::PathBuf {
-    let pki_dir = c.dir.path().join("pki");
-    let ca = CaBundle {
-        cert_pem: std::fs::read_to_string(pki_dir.join("ca.pem")).unwrap(),
-        key_pem: std::fs::read_to_string(pki_dir.join("ca.key")).unwrap(),
-    };
-    let who = Identity::Tenant {
-        tenant: tenant.into(),
-        user: "alice".into(),
-    };
-    let issued = pki::issue(&ca, &who, &[], &[]).unwrap();
-    let dir = c.dir.path().join(format!("tenant-{tenant}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("me.pem"), issued.cert_pem).unwrap();
-    std::fs::write(dir.join("me.key"), issued.key_pem).unwrap();
-    let op = std::fs::read_to_string(c.config()).unwrap();
-    let master = op
-        .lines()
-        .find(|l| l.starts_with("master"))
-        .unwrap()
-        .to_string();
-    let ca_path = pki_dir.join("ca.pem");
-    let path = dir.join("client.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{master}\nca = \"{}\"\ncert = \"me.pem\"\nkey = \"me.key\"\n",
-            ca_path.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
     let c = DevCluster::start(1).unwrap();
@@ -328,7 +291,7 @@ fn roles_and_quotas_are_set_by_operators_and_tenants_keep_to_their_own() {
     );
 
     // A tenant runs under its own role by default, may use roles under it, nothing else.
-    let tenant = tenant_config(&c, "acme");
+    let tenant = c.user_config("wasmos://tenant/acme/alice");
     let run = |flags: &[&str]| {
         let mut cmd = wasmos_tests::wasmos_cmd(&tenant, &["run"]);
         cmd.args(flags)

@@ -6,11 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wasmos_cmd, wasmos_with};
@@ -622,16 +619,7 @@ fn a_role_below_its_guarantee_gets_it_back_from_tasks_holding_everything() {
 fn tasks_reach_the_agent_host_only_where_an_operator_allows_it() {
     let c = DevCluster::start(1).unwrap();
     let u = users(&c);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut got = String::new();
-            let _ = stream.unwrap().read_to_string(&mut got);
-            let _ = tx.send(got);
-        }
-    });
+    let (port, rx) = wasmos_tests::loopback_listener();
     let target = format!("127.0.0.1:{port}");
     let connect = |grant: &str| run_as(&u.bob, &["--net", grant], "hostile", &["connect", &target]);
     // Granted by its own submitter, the loopback service is still out of reach.

@@ -74,6 +74,8 @@ struct Inner {
     usage: BTreeMap<TaskId, Arc<TaskUsage>>,
     /// The current session's outgoing queue, if connected.
     link: Option<mpsc::UnboundedSender<AgentToMaster>>,
+    /// Per task: bytes of output in that queue (see [`TASK_OUTPUT_BACKLOG`]).
+    output_queued: BTreeMap<TaskId, u64>,
     conn: Option<Connection>,
 }
 
@@ -97,8 +99,12 @@ struct Agent {
     output_backlog: Arc<AtomicU64>,
 }
 
-/// Most bytes of task output an agent queues for its master at once.
-const OUTPUT_BACKLOG: u64 = 4 << 20;
+/// Most bytes of task output an agent queues for its master at once, and of one task's: a
+/// flooding task holds up only itself until sixteen of them flood at once. Each chunk counts
+/// at least [`OUTPUT_CHUNK_MIN`], so a task writing a byte at a time queues few messages.
+const OUTPUT_BACKLOG: u64 = 16 << 20;
+const TASK_OUTPUT_BACKLOG: u64 = 1 << 20;
+const OUTPUT_CHUNK_MIN: u64 = 256;
 
 impl Agent {
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -119,20 +125,45 @@ impl Agent {
     }
 
     fn output(&self, task: TaskId, stream: OutputStream, data: Vec<u8>) {
-        if let Some(link) = &self.inner().link {
-            let len = data.len() as u64;
-            if link
-                .send(AgentToMaster::Output { task, stream, data })
+        let mut inner = self.inner();
+        let charge = (data.len() as u64).max(OUTPUT_CHUNK_MIN);
+        let sent = inner.link.as_ref().is_some_and(|link| {
+            link.send(AgentToMaster::Output { task, stream, data })
                 .is_ok()
-            {
-                self.output_backlog.fetch_add(len, Ordering::Relaxed);
-            }
+        });
+        if sent {
+            *inner.output_queued.entry(task).or_default() += charge;
+            self.output_backlog.fetch_add(charge, Ordering::Relaxed);
         }
     }
 
-    /// Waits until the output queued for the master is under [`OUTPUT_BACKLOG`].
-    async fn output_room(&self) {
-        while self.output_backlog.load(Ordering::Relaxed) >= OUTPUT_BACKLOG {
+    /// Output of `task` written to the session: it no longer counts against the backlogs.
+    fn output_sent(&self, task: TaskId, len: usize) {
+        let charge = (len as u64).max(OUTPUT_CHUNK_MIN);
+        let mut inner = self.inner();
+        if let Some(q) = inner.output_queued.get_mut(&task) {
+            *q = q.saturating_sub(charge);
+            if *q == 0 {
+                inner.output_queued.remove(&task);
+            }
+        }
+        let _ = self
+            .output_backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(charge))
+            });
+    }
+
+    /// Waits until `task`'s output queued for the master is under [`TASK_OUTPUT_BACKLOG`] and
+    /// the agent's under [`OUTPUT_BACKLOG`].
+    async fn output_room(&self, task: TaskId) {
+        loop {
+            let mine = self.inner().output_queued.get(&task).copied().unwrap_or(0);
+            if mine < TASK_OUTPUT_BACKLOG
+                && self.output_backlog.load(Ordering::Relaxed) < OUTPUT_BACKLOG
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -243,6 +274,7 @@ pub async fn run(
             kill_reasons: Default::default(),
             usage: BTreeMap::new(),
             link: None,
+            output_queued: BTreeMap::new(),
             conn: None,
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
@@ -368,14 +400,13 @@ async fn session(
     }
     // What the last session left queued is gone with it.
     agent.output_backlog.store(0, Ordering::Relaxed);
-    let backlog = agent.output_backlog.clone();
+    agent.inner().output_queued.clear();
+    let sender = agent.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             send_frame(&mut send, &msg).await?;
-            if let AgentToMaster::Output { data, .. } = &msg {
-                let _ = backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    Some(b.saturating_sub(data.len() as u64))
-                });
+            if let AgentToMaster::Output { task, data, .. } = &msg {
+                sender.output_sent(*task, data.len());
             }
         }
         Ok::<(), wasmos_net::FrameError>(())
@@ -626,7 +657,7 @@ async fn run_task(
         let agent = agent.clone();
         tokio::spawn(async move {
             while let Some((stream, data)) = out_rx.recv().await {
-                agent.output_room().await;
+                agent.output_room(task).await;
                 agent.output(task, stream, data);
             }
         })

@@ -601,6 +601,36 @@ fn adjust(
     };
 }
 
+/// The order preemption victims go in. Priorities are set by whoever submits, so they order
+/// tasks only within one top-level role (a tenant cannot shield its tasks behind a higher
+/// number than another tenant's): each role's tasks lowest priority first, then newest; across
+/// roles, the newest of the roles' next victims goes first.
+fn victim_order(
+    queues: BTreeMap<RoleIx, Vec<(i32, std::cmp::Reverse<TaskId>)>>,
+) -> Vec<(i32, std::cmp::Reverse<TaskId>)> {
+    let mut queues: Vec<std::collections::VecDeque<(i32, std::cmp::Reverse<TaskId>)>> = queues
+        .into_values()
+        .map(|mut q| {
+            q.sort();
+            q.into()
+        })
+        .collect();
+    let mut out = Vec::new();
+    loop {
+        let next = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|(_, std::cmp::Reverse(id))| (*id, i)))
+            .max();
+        let Some((_, i)) = next else {
+            return out;
+        };
+        if let Some(v) = queues[i].pop_front() {
+            out.push(v);
+        }
+    }
+}
+
 /// A share as an order-preserving integer key (shares are never negative).
 fn share_key(share: f64) -> u64 {
     if share.is_finite() && share > 0.0 {
@@ -1718,8 +1748,9 @@ impl Allocator {
                 continue;
             }
             // Candidates by agent: lowest priority first, then newest.
-            let mut by_agent: BTreeMap<&AgentId, Vec<(i32, std::cmp::Reverse<TaskId>)>> =
-                BTreeMap::new();
+            // Per agent, per top-level role: (priority, newest first).
+            type Queue = Vec<(i32, std::cmp::Reverse<TaskId>)>;
+            let mut by_agent: BTreeMap<&AgentId, BTreeMap<RoleIx, Queue>> = BTreeMap::new();
             for (id, t) in &self.tasks {
                 if t.preempting || t.charge.unreserved.is_empty() {
                     continue;
@@ -1733,14 +1764,16 @@ impl Allocator {
                 by_agent
                     .entry(&t.agent)
                     .or_default()
+                    .entry(self.top_of(f.rix))
+                    .or_default()
                     .push((t.priority, std::cmp::Reverse(*id)));
             }
             let mut best: Option<(Vec<TaskId>, BTreeMap<RoleIx, Resources>)> = None;
-            for (agent, mut candidates) in by_agent {
+            for (agent, queues) in by_agent {
                 let Some(a) = self.agents.get(agent) else {
                     continue;
                 };
-                candidates.sort();
+                let candidates = victim_order(queues);
                 let mut freed = room(a).saturating_add(&pending(a));
                 let mut chosen = Vec::new();
                 let mut trial = taken.clone();
@@ -1807,6 +1840,15 @@ impl Allocator {
             at = node.parent;
         }
         None
+    }
+
+    /// The top-level role above (or at) `rix`.
+    fn top_of(&self, rix: RoleIx) -> RoleIx {
+        let mut at = rix;
+        while let Some(p) = self.roles[at].parent {
+            at = p;
+        }
+        at
     }
 
     fn is_under(&self, rix: RoleIx, scope: RoleIx) -> bool {

@@ -610,6 +610,54 @@ fn a_role_below_its_guarantee_preempts_the_lowest_priority_newest_task_once() {
 }
 
 #[test]
+fn a_tenant_cannot_shield_its_tasks_from_preemption_with_a_high_priority() {
+    let mut a = cluster(1, res(2000, 4));
+    a.add_framework(FrameworkId(1), role("honest"), false)
+        .unwrap();
+    a.add_framework(FrameworkId(2), role("evil"), false)
+        .unwrap();
+    let o = a.allocate(0);
+    let first = o[0].clone();
+    a.accept(
+        first.framework,
+        &[first.id],
+        &[Operation::Launch(vec![task(1, res(1000, 1))])],
+        None,
+        1,
+    )
+    .unwrap();
+    let other = if first.framework == FrameworkId(1) {
+        FrameworkId(2)
+    } else {
+        FrameworkId(1)
+    };
+    let o = a.allocate(2);
+    let offer = o.iter().find(|o| o.framework == other).unwrap();
+    a.accept(
+        other,
+        &[offer.id],
+        &[Operation::Launch(vec![TaskRequest {
+            priority: i32::MAX,
+            ..task(2, res(1000, 1))
+        }])],
+        None,
+        3,
+    )
+    .unwrap();
+    a.add_framework(FrameworkId(3), role("prod"), false)
+        .unwrap();
+    let q = Quota {
+        guarantee: res(1000, 0),
+        limit: None,
+    };
+    a.set_quota(&role("prod"), q).unwrap();
+    let p = a.guarantee_preemptions(&[(role("prod"), res(1000, 1))]);
+    // Across tenants priorities do not count: the newest task goes, whatever its number.
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].task, TaskId(2));
+}
+
+#[test]
 fn guarantee_preemption_stays_within_the_guarantee_and_spares_guaranteed_work() {
     // Asking for more than the guarantee covers preempts nothing.
     let mut a = held_by_batch(0);

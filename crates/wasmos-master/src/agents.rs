@@ -102,7 +102,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         let updates: Vec<StatusUpdate> = pending.by_ref().take(STATUS_BATCH).collect();
         match record_batch(&shared, &agent, updates).await {
             Some(seq) => acks.push(seq),
-            None => break,
+            None => {
+                // The agent registers again and resends them: a later acknowledgement must
+                // not cover updates that were not recorded.
+                let message = "master cannot record the agent's status updates now".to_string();
+                let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+                return;
+            }
         }
     }
     let last_status_seq = shared.read(|s| s.agents.get(&agent).map_or(0, |a| a.last_status_seq));
@@ -190,7 +196,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     });
     let fetcher = tokio::spawn(serve_fetches(shared.clone(), conn.clone()));
     let (statuses, pending) = mpsc::unbounded_channel();
-    let recorder = tokio::spawn(record_statuses(shared.clone(), agent.clone(), pending));
+    let recorder = tokio::spawn(record_statuses(
+        shared.clone(),
+        agent.clone(),
+        conn.clone(),
+        pending,
+    ));
 
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
@@ -224,7 +235,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                         // A tenant at its storage quota keeps running, but its output is no
                         // longer stored: the master's disk is not its to fill.
                         let full = tenant.as_deref().is_some_and(|t| {
-                            let (held, quota) = shared.storage_of(t);
+                            let (held, quota) = shared.storage_of(t, true);
                             held >= quota
                         });
                         if full {
@@ -290,8 +301,9 @@ fn check_reservations(
 }
 
 /// Records one status update; returns the sequence number to acknowledge once it is durable.
-/// Most status updates of one agent recorded in one raft write.
+/// Most status updates of one agent recorded in one raft write, and about the most bytes.
 const STATUS_BATCH: usize = 512;
+const STATUS_BATCH_BYTES: usize = wasmos_raft::MAX_ENTRY_BYTES / 2;
 
 /// Records an agent's status updates in the order it sent them: whatever has arrived while
 /// the previous write was on its way goes into the next one (a `Command::Batch`, applied in
@@ -301,18 +313,44 @@ const STATUS_BATCH: usize = 512;
 async fn record_statuses(
     shared: Arc<Shared>,
     agent: AgentId,
+    conn: Connection,
     mut pending: mpsc::UnboundedReceiver<StatusUpdate>,
 ) {
-    while let Some(first) = pending.recv().await {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(u) => u,
+            None => match pending.recv().await {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        let mut bytes = wasmos_state::status_bytes(&first.status);
         let mut updates = vec![first];
-        while updates.len() < STATUS_BATCH {
+        while updates.len() < STATUS_BATCH && bytes < STATUS_BATCH_BYTES {
             match pending.try_recv() {
-                Ok(u) => updates.push(u),
+                Ok(u) => {
+                    bytes += wasmos_state::status_bytes(&u.status);
+                    updates.push(u);
+                }
                 Err(_) => break,
             }
         }
-        if let Some(seq) = record_batch(&shared, &agent, updates).await {
-            shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
+        if bytes > STATUS_BATCH_BYTES && updates.len() > 1 {
+            // The last one goes first in the next write.
+            next = updates.pop();
+        }
+        match record_batch(&shared, &agent, updates).await {
+            Some(seq) => {
+                shared.send_to_agent(&agent, MasterToAgent::Ack { seq });
+            }
+            None => {
+                // Not recorded (or not known to be): end the session, so the agent registers
+                // again and resends all it has not had acknowledged, in order. Carrying on
+                // would let a later acknowledgement cover these.
+                conn.close(1u32.into(), b"status updates not recorded; register again");
+                return;
+            }
         }
     }
 }
@@ -322,7 +360,7 @@ async fn record_statuses(
 async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdate>) -> Option<u64> {
     let now = now_ms();
     let sent: Vec<(u64, wasmos_proto::TaskId)> = updates.iter().map(|u| (u.seq, u.task)).collect();
-    let mut cmds: Vec<Command> = updates
+    let cmds: Vec<Command> = updates
         .into_iter()
         .map(|update| Command::AgentStatus {
             agent: agent.clone(),
@@ -330,12 +368,8 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
             now_ms: now,
         })
         .collect();
-    let cmd = if cmds.len() == 1 {
-        cmds.pop()?
-    } else {
-        Command::Batch(cmds)
-    };
-    let results = match shared.write(cmd).await {
+    // Always a batch, so every status write of an agent goes in the same lane (`""`).
+    let results = match shared.write(Command::Batch(cmds)).await {
         Ok(CommandResult::Batch(results)) => results,
         Ok(one) => vec![one],
         Err(wasmos_raft::RaftError::NotLeader { .. }) => {

@@ -66,10 +66,10 @@ impl BundleStore {
         if kind == BlobKind::Component {
             sniff_component(bytes).map_err(BundleError::NotAComponent)?;
         }
-        if self.contains(hash) {
-            return Ok(());
-        }
-        // A uniquely named temporary file: two clients may upload the same bundle at once.
+        // Written even when the file is there already: an upload must take as long whether or
+        // not another tenant stored the same bytes, or its timing would tell. A uniquely named
+        // temporary file: two clients may upload the same bundle at once; the rename replaces
+        // the same content atomically.
         let mut f = tempfile::NamedTempFile::new_in(&self.dir)?;
         f.write_all(bytes)?;
         f.as_file().sync_all()?;

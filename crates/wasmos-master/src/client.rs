@@ -166,29 +166,42 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
     let start = filter.after.map_or(0, |t| t.0.saturating_add(1));
     // However many a caller lists, there are only eight states to compare against.
     let states: std::collections::BTreeSet<TaskState> = filter.states.iter().copied().collect();
+    // Filled up to about half a frame (tasks may carry large arguments), so a page costs the
+    // master a few MiB whatever is in it; the client asks for the rest with `after`.
+    let budget = wasmos_proto::MAX_FRAME_BYTES / 2;
     let mut page: Vec<TaskInfo> = shared.read(|s| {
+        let mut bytes = 0usize;
         s.tasks
             .range(TaskId(start)..)
             .map(|(_, t)| t)
             .filter(|t| visible(who, t))
             .filter(|t| states.is_empty() || states.contains(&t.status.state))
             .take(limit)
-            .cloned()
+            .take_while(|t| {
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(wasmos_state::approx_bytes(&Command::SetStatus {
+                    task: t.id,
+                    status: t.status.clone(),
+                    now_ms: 0,
+                }));
+                bytes = bytes.saturating_add(wasmos_state::spec_bytes(&t.spec) as usize);
+                first || bytes <= budget
+            })
+            .map(|t| shown(t.clone()))
             .collect()
     });
-    // Fit the page in one message (tasks may carry large arguments): halve until it does;
-    // the client asks for the rest with `after`.
+    // The estimate is rough: halve until the page really fits.
     loop {
-        let page_shown: Vec<TaskInfo> = page.iter().cloned().map(shown).collect();
-        let resp = ClientResponse::Tasks(page_shown);
-        match wasmos_proto::encode(&resp) {
-            Ok(_) => return resp,
-            Err(_) if page.len() > 1 => page.truncate(page.len() / 2),
-            Err(e) => {
+        match wasmos_proto::encode(&page) {
+            Ok(b) if b.len() < wasmos_proto::MAX_FRAME_BYTES - 1024 => {
+                return ClientResponse::Tasks(page);
+            }
+            _ if page.len() > 1 => page.truncate(page.len() / 2),
+            _ => {
                 return error(
                     ErrorKind::TooLarge,
                     format!(
-                        "task {} alone is too large to list ({e}); see it with `task show`",
+                        "task {} alone is too large to list; see it with `task show`",
                         page.first().map_or(TaskId(0), |t| t.id)
                     ),
                 );
@@ -353,7 +366,14 @@ async fn submit(
         return error(ErrorKind::InvalidRequest, e);
     }
     match resolve_role(who, spec.role.as_deref()) {
-        Ok(role) => spec.role = Some(role.to_string()),
+        Ok(role) => {
+            // The state machine checks it again; checked here too so that a spec over the
+            // ceilings (a 15 MiB argument list) never takes a place in the raft log.
+            if let Err(e) = shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
+                return error(ErrorKind::InvalidRequest, e);
+            }
+            spec.role = Some(role.to_string());
+        }
         Err(e) => return error(ErrorKind::InvalidRequest, e),
     }
     // A tenant whose blobs and logs fill its quota starts nothing more that would write.
@@ -737,12 +757,15 @@ pub(crate) async fn store_blob(
             format!("bundle is {size} bytes; this master accepts at most {max}"),
         );
     }
-    if let Some(tenant) = &reader {
-        // Refused before the bytes are read: a full quota stops a flood at the door.
-        if let Err(e) = shared.check_storage(tenant, size) {
-            return error(ErrorKind::TooLarge, e);
-        }
-    }
+    // Refused before the bytes are read: a full quota stops a flood at the door. The hold
+    // lasts until the record is committed (or the upload fails); then the state counts it.
+    let _hold = match &reader {
+        Some(tenant) => match shared.reserve_upload(tenant, size) {
+            Ok(h) => Some(h),
+            Err(e) => return error(ErrorKind::TooLarge, e),
+        },
+        None => None,
+    };
     // One byte more than announced, so a client that sends extra is caught.
     let bytes = match recv.read_to_end(size as usize + 1).await {
         Ok(b) if b.len() as u64 == size => b,

@@ -150,6 +150,10 @@ pub(crate) struct Shared {
     /// Per-tenant admission of writes.
     pub admission: admission::Admission,
     pub refusals: wasmos_net::Refusals,
+    /// Per tenant: bytes it stores in the replicated state and its quota, and when counted.
+    storage_cache: Mutex<std::collections::HashMap<String, StorageFigures>>,
+    /// Per tenant: bytes of uploads under way (see [`Shared::reserve_upload`]).
+    uploads: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -242,21 +246,50 @@ impl Shared {
     }
 }
 
-/// Milliseconds since the Unix epoch: the time stamped into commands the leader proposes.
 impl Shared {
-    /// What `tenant` stores (its blobs in the replicated state, its logs on this master's
-    /// disk) and its storage quota.
-    pub(crate) fn storage_of(&self, tenant: &str) -> (u64, u64) {
-        let (blobs, quota) = self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
-        (blobs.saturating_add(self.logs.used_by(tenant)), quota)
+    /// What `tenant` stores (in the replicated state: blobs and task specs, counted at most a
+    /// second ago when `cached`; on this master's disk: logs; uploads under way) and its
+    /// storage quota. The cache keeps a flood of output chunks from rescanning the state.
+    pub(crate) fn storage_of(&self, tenant: &str, cached: bool) -> (u64, u64) {
+        let fresh = || self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
+        let (state, quota) = if cached {
+            let mut cache = self
+                .storage_cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            match cache.get(tenant) {
+                Some((at, figures)) if at.elapsed() < std::time::Duration::from_secs(1) => *figures,
+                _ => {
+                    let figures = fresh();
+                    cache.insert(tenant.to_string(), (std::time::Instant::now(), figures));
+                    figures
+                }
+            }
+        } else {
+            fresh()
+        };
+        let uploading = self
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tenant)
+            .copied()
+            .unwrap_or(0);
+        let held = state
+            .saturating_add(self.logs.used_by(tenant))
+            .saturating_add(uploading);
+        (held, quota)
     }
 
     /// Refuses `adding` more bytes for `tenant` past its storage quota, with the figures.
     pub(crate) fn check_storage(&self, tenant: &str, adding: u64) -> Result<(), String> {
-        let (held, quota) = self.storage_of(tenant);
+        let (held, quota) = self.storage_of(tenant, false);
         if held.saturating_add(adding) > quota {
             return Err(format!(
-                "tenant {tenant} stores {} (blobs and logs) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
+                "tenant {tenant} stores {} (blobs, task specs and logs) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
                 wasmos_proto::format_bytes(held),
                 wasmos_proto::format_bytes(quota),
                 wasmos_proto::format_bytes(adding)
@@ -264,8 +297,68 @@ impl Shared {
         }
         Ok(())
     }
+
+    /// Holds `size` bytes of `tenant`'s quota for an upload under way, so concurrent uploads
+    /// cannot each pass the check and together go past it; released when the guard drops.
+    pub(crate) fn reserve_upload(
+        self: &Arc<Self>,
+        tenant: &str,
+        size: u64,
+    ) -> Result<UploadHold, String> {
+        let mut uploads = self
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Checked under the lock that records the hold: two uploads cannot both fit.
+        let under_way = uploads.get(tenant).copied().unwrap_or(0);
+        let (state, quota) = self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
+        let held = state
+            .saturating_add(self.logs.used_by(tenant))
+            .saturating_add(under_way);
+        if held.saturating_add(size) > quota {
+            return Err(format!(
+                "tenant {tenant} stores {} (blobs, task specs, logs and uploads under way) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
+                wasmos_proto::format_bytes(held),
+                wasmos_proto::format_bytes(quota),
+                wasmos_proto::format_bytes(size)
+            ));
+        }
+        *uploads.entry(tenant.to_string()).or_default() += size;
+        Ok(UploadHold {
+            shared: self.clone(),
+            tenant: tenant.to_string(),
+            size,
+        })
+    }
 }
 
+/// When a tenant's stored bytes were counted, then what it stores and its quota.
+type StorageFigures = (std::time::Instant, (u64, u64));
+
+/// A share of a tenant's storage quota held by an upload under way.
+pub(crate) struct UploadHold {
+    shared: Arc<Shared>,
+    tenant: String,
+    size: u64,
+}
+
+impl Drop for UploadHold {
+    fn drop(&mut self) {
+        let mut uploads = self
+            .shared
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = uploads.get_mut(&self.tenant) {
+            *n = n.saturating_sub(self.size);
+            if *n == 0 {
+                uploads.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the time stamped into commands the leader proposes.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -351,6 +444,8 @@ impl Master {
             secrets,
             admission: admission::Admission::default(),
             refusals: wasmos_net::Refusals::default(),
+            storage_cache: Mutex::default(),
+            uploads: Mutex::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));

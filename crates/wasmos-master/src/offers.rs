@@ -726,6 +726,10 @@ impl Cycle {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Ok(Err(format!("task `{}`: {e}", spec.name)));
                 }
+                if let Err(e) = self.shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
+                    self.alloc.decline(fw, offers, Some(0), now);
+                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
+                }
                 spec.role = Some(role.to_string());
                 let id = self.shared.new_task_id();
                 requests.push(TaskRequest {

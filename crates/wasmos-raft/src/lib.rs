@@ -39,7 +39,7 @@ mod sim;
 
 pub use log_store::LogStore;
 pub use network::{Network, PeerClient, PeerError, RaftReply, RaftRequest, serve};
-pub use node::{Peers, RaftNode, RaftOptions};
+pub use node::{MAX_ENTRY_BYTES, Peers, RaftNode, RaftOptions};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use store::{StoreError, open_stores};
 pub use types::{NodeId, TypeConfig};

@@ -18,13 +18,18 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::Raft;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
+
+/// Largest encoded raft request sent in one frame (the frame limit, less room for its header).
+const MAX_RAFT_BODY: usize = wasmos_proto::MAX_FRAME_BYTES - 4096;
 use serde::{Deserialize, Serialize};
 use wasmos_net::{Connection, Credentials, Endpoint, recv_frame, send_frame};
 
@@ -159,13 +164,23 @@ impl PeerClient {
         req: RaftRequest,
         ttl: Duration,
     ) -> RpcResult<RaftReply, E> {
+        let body = postcard::to_stdvec(&req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        self.call_encoded(body, ttl).await
+    }
+
+    /// [`Self::call`] with the request already encoded.
+    async fn call_encoded<E: std::error::Error>(
+        &mut self,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> RpcResult<RaftReply, E> {
         let conn = self
             .connection()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.error(e))?;
-            let body = postcard::to_stdvec(&req).map_err(|e| self.error(e))?;
             send_frame(&mut send, &body)
                 .await
                 .map_err(|e| self.error(e))?;
@@ -205,10 +220,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        match self
-            .call(RaftRequest::Append(rpc), option.hard_ttl())
-            .await?
-        {
+        let entries = rpc.entries.len() as u64;
+        let body = postcard::to_stdvec(&RaftRequest::Append(rpc))
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e))))?;
+        // Too large for one frame: openraft sends fewer entries at a time when told so.
+        if body.len() > MAX_RAFT_BODY && entries > 1 {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
+        match self.call_encoded(body, option.hard_ttl()).await? {
             RaftReply::Append(r) => r.map_err(|e| RPCError::RemoteError(remote(self, e))),
             other => Err(unexpected(self, other)),
         }

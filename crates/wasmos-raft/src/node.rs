@@ -145,10 +145,12 @@ pub struct RaftNode {
     proposals: mpsc::UnboundedSender<Proposal>,
 }
 
-/// A command waiting to be proposed, its lane (see [`ClusterState::lane_of`]) and who waits.
+/// A command waiting to be proposed, its lane (see [`ClusterState::lane_of`]), about how many
+/// bytes it takes in an entry ([`wasmos_state::approx_bytes`]) and who waits.
 type Proposal = (
     Command,
     String,
+    usize,
     oneshot::Sender<Result<CommandResult, RaftError>>,
 );
 
@@ -157,6 +159,10 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most commands in one raft entry.
 const MAX_BATCH: usize = 256;
+/// About the most bytes of commands in one raft entry (see [`wasmos_state::approx_bytes`]):
+/// with at most [`MAX_PAYLOAD_ENTRIES`] entries an AppendEntries stays near 16 MiB, and the
+/// network splits one that would not fit a frame.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 /// Most entries in one AppendEntries RPC.
 const MAX_PAYLOAD_ENTRIES: u64 = 16;
 /// Raft entries being written at once: while they are on their way to disk and to the
@@ -638,8 +644,9 @@ impl RaftNode {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
         let (done, result) = oneshot::channel();
         let lane = self.read(|s| s.lane_of(&cmd));
+        let bytes = wasmos_state::approx_bytes(&cmd);
         self.proposals
-            .send((cmd, lane, done))
+            .send((cmd, lane, bytes, done))
             .map_err(|_| RaftError::Fatal("the write batcher stopped".to_string()))?;
         tokio::time::timeout(self.quorum_timeout, result)
             .await
@@ -722,9 +729,9 @@ async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver
         while let Ok(p) = queue.try_recv() {
             lanes.push(p);
         }
-        let mut batch = lanes.take(MAX_BATCH);
+        let mut batch = lanes.take(MAX_BATCH, MAX_ENTRY_BYTES);
         // A caller that gave up (its write timed out) was told it failed: do not propose it.
-        batch.retain(|(_, _, waiter)| !waiter.is_closed());
+        batch.retain(|(_, _, _, waiter)| !waiter.is_closed());
         if batch.is_empty() {
             continue;
         }
@@ -778,7 +785,7 @@ struct Span {
 fn flatten(batch: Vec<Proposal>) -> (Command, Vec<Span>) {
     let mut flat = Vec::new();
     let mut spans = Vec::new();
-    for (cmd, _, waiter) in batch {
+    for (cmd, _, _, waiter) in batch {
         let start = flat.len();
         let nested = matches!(cmd, Command::Batch(_));
         match cmd {
@@ -820,10 +827,12 @@ impl Lanes {
         queue.push_back(p);
     }
 
-    /// Up to `max` proposals, one per lane in turn; a lane that still has some goes to the
-    /// back of the line. Within a lane, first come first served.
-    fn take(&mut self, max: usize) -> Vec<Proposal> {
-        let mut out = Vec::new();
+    /// Up to `max` proposals and about `max_bytes` (at least one), one per lane in turn; a
+    /// lane that still has some goes to the back of the line. Within a lane, first come first
+    /// served.
+    fn take(&mut self, max: usize, max_bytes: usize) -> Vec<Proposal> {
+        let mut out: Vec<Proposal> = Vec::new();
+        let mut bytes = 0usize;
         while out.len() < max {
             let Some(lane) = self.turns.pop_front() else {
                 break;
@@ -831,7 +840,14 @@ impl Lanes {
             let Some(queue) = self.waiting.get_mut(&lane) else {
                 continue;
             };
+            let next = queue.front().map_or(0, |p| p.2);
+            if !out.is_empty() && bytes.saturating_add(next) > max_bytes {
+                // Full: this lane keeps its turn for the next entry.
+                self.turns.push_front(lane);
+                break;
+            }
             if let Some(p) = queue.pop_front() {
+                bytes = bytes.saturating_add(p.2);
                 out.push(p);
             }
             if queue.is_empty() {
@@ -895,13 +911,13 @@ mod lane_tests {
             framework: wasmos_proto::FrameworkId(n),
             failover_timeout_ms: 0,
         };
-        ((cmd, lane.to_string(), tx), rx)
+        ((cmd, lane.to_string(), 256, tx), rx)
     }
 
     fn ids(batch: &[Proposal]) -> Vec<u64> {
         batch
             .iter()
-            .map(|(c, _, _)| match c {
+            .map(|(c, _, _, _)| match c {
                 Command::SetFailoverTimeout { framework, .. } => framework.0,
                 _ => 0,
             })
@@ -914,7 +930,7 @@ mod lane_tests {
         let (b, _rb) = proposal("x", 2);
         let (c, _rc) = proposal("y", 3);
         let (tx, _rd) = oneshot::channel();
-        let nested = (Command::Batch(vec![b.0, c.0]), String::new(), tx);
+        let nested = (Command::Batch(vec![b.0, c.0]), String::new(), 512, tx);
         let (d, _re) = proposal("y", 4);
         let (cmd, spans) = flatten(vec![a, nested, d]);
         let Command::Batch(flat) = cmd else {
@@ -927,9 +943,28 @@ mod lane_tests {
         // A lone batch stays a batch, so its caller gets a batch of results back.
         let (tx, _rf) = oneshot::channel();
         let (e, _rg) = proposal("x", 5);
-        let (cmd, spans) = flatten(vec![(Command::Batch(vec![e.0]), String::new(), tx)]);
+        let (cmd, spans) = flatten(vec![(Command::Batch(vec![e.0]), String::new(), 256, tx)]);
         assert!(matches!(cmd, Command::Batch(ref v) if v.len() == 1));
         assert!(spans[0].nested);
+    }
+
+    #[test]
+    fn an_entry_closes_before_its_byte_budget_but_always_takes_one() {
+        let mut lanes = Lanes::default();
+        let mut keep = Vec::new();
+        for (lane, n, bytes) in [("a", 1, 600 << 10), ("b", 2, 600 << 10), ("a", 3, 5 << 20)] {
+            let ((cmd, l, _, tx), rx) = proposal(lane, n);
+            lanes.push((cmd, l, bytes, tx));
+            keep.push(rx);
+        }
+        assert_eq!(ids(&lanes.take(256, 1 << 20)), vec![1]);
+        assert_eq!(ids(&lanes.take(256, 1 << 20)), vec![2]);
+        assert_eq!(
+            ids(&lanes.take(256, 1 << 20)),
+            vec![3],
+            "one too large goes alone"
+        );
+        assert!(lanes.is_empty());
     }
 
     #[test]
@@ -944,10 +979,10 @@ mod lane_tests {
         let (p, rx) = proposal("acme", 5000);
         lanes.push(p);
         keep.push(rx);
-        let first = lanes.take(4);
+        let first = lanes.take(4, usize::MAX);
         // In turns: evil's oldest, then acme's only one, then evil's next.
         assert_eq!(ids(&first), vec![0, 5000, 1, 2]);
-        let rest = lanes.take(usize::MAX);
+        let rest = lanes.take(usize::MAX, usize::MAX);
         assert_eq!(rest.len(), 997);
         assert!(
             ids(&rest).windows(2).all(|w| w[0] < w[1]),

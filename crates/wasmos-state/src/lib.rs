@@ -6,7 +6,7 @@ mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use tenancy::{spec_bytes, tenant_of};
+pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
 pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 
 use serde::{Deserialize, Serialize};
@@ -971,6 +971,7 @@ impl ClusterState {
         let mut reserved = self.reserved_on(agent);
         let mut dynamic = self.reservations.get(agent).cloned().unwrap_or_default();
         let mut held = self.held_on(agent);
+        let mut earlier: Vec<(Role, Resources)> = Vec::new();
         for op in reservations {
             match op {
                 ReservationOp::Reserve { role, resources } => {
@@ -980,7 +981,8 @@ impl ClusterState {
                             fw.role
                         ));
                     }
-                    self.check_reservation(role, resources)?;
+                    self.check_reservation(role, resources, &earlier)?;
+                    earlier.push((role.clone(), resources.clone()));
                     let e = reserved.entry(role.clone()).or_default();
                     *e = e.saturating_add(resources);
                     let d = dynamic.entry(role.clone()).or_default();

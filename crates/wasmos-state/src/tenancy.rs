@@ -115,7 +115,7 @@ impl ClusterState {
 
     /// What one spec may ask for under the ceilings of `role` and the roles above it (no
     /// counts: a job's specs are checked at submission, its tasks when launched).
-    pub(crate) fn check_spec_ceilings(&self, spec: &TaskSpec, role: &Role) -> Result<(), String> {
+    pub fn check_spec_ceilings(&self, spec: &TaskSpec, role: &Role) -> Result<(), String> {
         for (scope, c) in self.ceilings_for(role) {
             if spec.timeout_ms > c.timeout_ms {
                 return Err(format!(
@@ -144,11 +144,18 @@ impl ClusterState {
 
     /// Whether a framework named `name` registering for `owner` is the framework of one of
     /// its jobs not yet attached (the master names them `job-N (job name)`).
+    /// Only the first such registration counts as the job's: a second one of the same name
+    /// (a framework posing as the job to slip past the ceiling) is counted like any other.
     pub(crate) fn is_unattached_job(&self, name: &str, owner: &str) -> bool {
-        name.split_once(" (")
+        let job = name
+            .split_once(" (")
             .and_then(|(id, _)| id.parse::<wasmos_proto::JobId>().ok())
-            .and_then(|id| self.jobs.get(&id))
-            .is_some_and(|j| j.owner == owner && j.framework.is_none() && !j.state.is_terminal())
+            .and_then(|id| self.jobs.get(&id));
+        job.is_some_and(|j| j.owner == owner && j.framework.is_none() && !j.state.is_terminal())
+            && !self
+                .frameworks
+                .values()
+                .any(|f| f.removed_ms.is_none() && f.owner == owner && f.name == name)
     }
 
     /// A new framework (or job) of `role` against the frameworks ceilings above it.
@@ -201,13 +208,23 @@ impl ClusterState {
         (live, roles)
     }
 
-    /// Bytes of blobs `tenant` may read: what counts against its storage quota.
+    /// What counts against `tenant`'s storage quota in the replicated state: bytes of the
+    /// blobs it may read, and of its kept tasks' arguments and environment (which every
+    /// master holds, and every snapshot carries, until retention forgets the task).
     pub fn stored_by(&self, tenant: &str) -> u64 {
-        self.bundles
+        let blobs: u64 = self
+            .bundles
             .values()
             .filter(|b| b.readers.contains(tenant))
             .map(|b| b.size)
-            .sum()
+            .sum();
+        let specs: u64 = self
+            .tasks
+            .values()
+            .filter(|t| tenant_of(&t.owner) == Some(tenant))
+            .map(|t| spec_bytes(&t.spec))
+            .sum();
+        blobs.saturating_add(specs)
     }
 
     /// The storage quota of `tenant` (its top-level role's ceiling).
@@ -230,8 +247,13 @@ impl ClusterState {
 
     /// How much `role` may hold in dynamic reservations: each role on its path has an
     /// allowance (set by operators; its quota guarantee otherwise), and its whole subtree must
-    /// stay within it.
-    pub(crate) fn check_reservation(&self, role: &Role, adding: &Resources) -> Result<(), String> {
+    /// stay within it, `earlier` reserves of the same command included.
+    pub(crate) fn check_reservation(
+        &self,
+        role: &Role,
+        adding: &Resources,
+        earlier: &[(Role, Resources)],
+    ) -> Result<(), String> {
         for scope in role.self_and_ancestors() {
             let Ok(scope) = Role::new(scope) else {
                 continue;
@@ -246,7 +268,15 @@ impl ClusterState {
             if !top && !self.roles.contains_key(&scope) {
                 continue;
             }
-            let after = self.dynamically_reserved(&scope).saturating_add(adding);
+            // Earlier reserves of the same command count too: ten reserves of one core in one
+            // accept are ten cores.
+            let after = earlier
+                .iter()
+                .filter(|(r, _)| r.is_within(&scope))
+                .fold(self.dynamically_reserved(&scope), |acc, (_, r)| {
+                    acc.saturating_add(r)
+                })
+                .saturating_add(adding);
             if !after.fits_in(&allowance) {
                 return Err(format!(
                     "role {scope} may hold at most {allowance} in dynamic reservations (its guarantee, or the allowance operators set); {after} would be over it"
@@ -311,4 +341,64 @@ impl ClusterState {
             _ => String::new(),
         }
     }
+}
+
+/// Roughly what a command takes encoded in a raft entry: the variable parts (specs, status
+/// messages, output file names) plus a fixed allowance for the rest. The batcher closes an
+/// entry before the sum passes its budget, so no entry, and no AppendEntries of a few, can
+/// grow past the frame limit however large the commands a tenant can make.
+pub fn approx_bytes(cmd: &Command) -> usize {
+    const FIXED: usize = 256;
+    let status = status_bytes;
+    let spec = |s: &TaskSpec| {
+        FIXED * 2
+            + spec_bytes(s) as usize
+            + s.name.len()
+            + (s.mounts.len() + s.inputs.len()) * 128
+            + s.net_allow.len() * 64
+    };
+    match cmd {
+        Command::SubmitTask {
+            spec: s,
+            owner,
+            key,
+            ..
+        } => spec(s) + owner.len() + key.as_ref().map_or(0, String::len),
+        Command::AgentStatus { update, .. } => status(&update.status),
+        Command::SetStatus { status: s, .. } => status(s),
+        Command::Launch {
+            tasks,
+            reservations,
+            ..
+        } => {
+            FIXED
+                + reservations.len() * FIXED
+                + tasks
+                    .iter()
+                    .map(|t| FIXED + t.spec.as_ref().map_or(0, spec))
+                    .sum::<usize>()
+        }
+        Command::SubmitJob { spec: j, owner, .. } => {
+            FIXED
+                + owner.len()
+                + j.groups
+                    .iter()
+                    .map(|g| spec(&g.task) + g.inputs.iter().flatten().count() * 128)
+                    .sum::<usize>()
+        }
+        Command::Job { event, .. } => FIXED + format!("{event:?}").len(),
+        Command::RegisterAgent {
+            running,
+            attributes,
+            ..
+        } => FIXED * 4 + running.len() * 16 + attributes.len() * 64,
+        Command::Batch(cmds) => cmds.iter().map(approx_bytes).sum(),
+        _ => FIXED,
+    }
+}
+
+/// Roughly what a task status takes encoded (see [`approx_bytes`]).
+pub fn status_bytes(s: &wasmos_proto::TaskStatus) -> usize {
+    256 + s.message.as_ref().map_or(0, String::len)
+        + s.outputs.iter().map(|o| o.path.len() + 80).sum::<usize>()
 }

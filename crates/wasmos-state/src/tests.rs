@@ -1006,8 +1006,54 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
         CommandResult::Framework(_)
     ));
     assert!(
+        matches!(
+            register(&mut s, "job-1 (wc)", ALICE),
+            CommandResult::Rejected(_)
+        ),
+        "only the first registration under the job's name is the job's"
+    );
+    assert!(
         matches!(submit(&mut s), CommandResult::Rejected(_)),
         "a second job is over it"
+    );
+}
+
+#[test]
+fn several_reserves_in_one_launch_count_together_against_the_allowance() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let record = RoleRecord {
+        reservation_allowance: Some(Resources::new(1000, 1 << 30, 0)),
+        ..RoleRecord::default()
+    };
+    s.apply(Command::SetRole {
+        role: role("x"),
+        record,
+    });
+    let fx = framework(&mut s, "x");
+    let reserve = |cpu| ReservationOp::Reserve {
+        role: role("x"),
+        resources: Resources::new(cpu, 0, 0),
+    };
+    let launch = |s: &mut ClusterState, ops| {
+        s.apply(Command::Launch {
+            framework: fx,
+            agent: agent("a"),
+            reservations: ops,
+            tasks: vec![],
+            now_ms: 5,
+        })
+    };
+    // Each fits alone; together they are over the allowance, and nothing is reserved.
+    let r = launch(&mut s, vec![reserve(600), reserve(600)]);
+    assert!(
+        matches!(r, CommandResult::Rejected(ref why) if why.contains("at most")),
+        "{r:?}"
+    );
+    assert!(s.reservations.is_empty());
+    assert_eq!(
+        launch(&mut s, vec![reserve(600), reserve(400)]),
+        CommandResult::Ok
     );
 }
 
