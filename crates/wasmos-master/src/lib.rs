@@ -247,55 +247,61 @@ impl Shared {
 }
 
 impl Shared {
-    /// What `tenant` stores (in the replicated state: blobs and task specs, counted at most a
-    /// second ago when `cached`; on this master's disk: logs; uploads under way) and its
-    /// storage quota. The cache keeps a flood of output chunks from rescanning the state.
-    pub(crate) fn storage_of(&self, tenant: &str, cached: bool) -> (u64, u64) {
+    /// What `tenant` stores in the replicated state (blobs and task specs) and its storage
+    /// quota; with `cached`, as counted at most a second ago, so a flood of output chunks does
+    /// not rescan the state for each.
+    fn stored_in_state(&self, tenant: &str, cached: bool) -> (u64, u64) {
         let fresh = || self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
-        let (state, quota) = if cached {
-            let mut cache = self
-                .storage_cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            match cache.get(tenant) {
-                Some((at, figures)) if at.elapsed() < std::time::Duration::from_secs(1) => *figures,
-                _ => {
-                    let figures = fresh();
-                    cache.insert(tenant.to_string(), (std::time::Instant::now(), figures));
-                    figures
-                }
-            }
-        } else {
-            fresh()
-        };
-        let uploading = self
-            .uploads
+        if !cached {
+            return fresh();
+        }
+        let mut cache = self
+            .storage_cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(tenant)
-            .copied()
-            .unwrap_or(0);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        match cache.get(tenant) {
+            Some((at, figures)) if at.elapsed() < std::time::Duration::from_secs(1) => *figures,
+            _ => {
+                let figures = fresh();
+                cache.insert(tenant.to_string(), (std::time::Instant::now(), figures));
+                figures
+            }
+        }
+    }
+
+    /// What `tenant` stores (the replicated state's count, its logs on this master's disk, and
+    /// `uploading` bytes under way) and its storage quota.
+    fn held_by(&self, tenant: &str, cached: bool, uploading: u64) -> (u64, u64) {
+        let (state, quota) = self.stored_in_state(tenant, cached);
         let held = state
             .saturating_add(self.logs.used_by(tenant))
             .saturating_add(uploading);
         (held, quota)
     }
 
+    fn uploading(uploads: &std::collections::HashMap<String, u64>, tenant: &str) -> u64 {
+        uploads.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// What `tenant` stores, uploads under way included, and its storage quota.
+    pub(crate) fn storage_of(&self, tenant: &str, cached: bool) -> (u64, u64) {
+        let uploading = Self::uploading(
+            &self
+                .uploads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            tenant,
+        );
+        self.held_by(tenant, cached, uploading)
+    }
+
     /// Refuses `adding` more bytes for `tenant` past its storage quota, with the figures.
     pub(crate) fn check_storage(&self, tenant: &str, adding: u64) -> Result<(), String> {
         let (held, quota) = self.storage_of(tenant, false);
-        if held.saturating_add(adding) > quota {
-            return Err(format!(
-                "tenant {tenant} stores {} (blobs, task specs and logs) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
-                wasmos_proto::format_bytes(held),
-                wasmos_proto::format_bytes(quota),
-                wasmos_proto::format_bytes(adding)
-            ));
-        }
-        Ok(())
+        quota_refusal(tenant, held, quota, adding)
     }
 
     /// Holds `size` bytes of `tenant`'s quota for an upload under way, so concurrent uploads
@@ -310,19 +316,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Checked under the lock that records the hold: two uploads cannot both fit.
-        let under_way = uploads.get(tenant).copied().unwrap_or(0);
-        let (state, quota) = self.read(|s| (s.stored_by(tenant), s.storage_quota(tenant)));
-        let held = state
-            .saturating_add(self.logs.used_by(tenant))
-            .saturating_add(under_way);
-        if held.saturating_add(size) > quota {
-            return Err(format!(
-                "tenant {tenant} stores {} (blobs, task specs, logs and uploads under way) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
-                wasmos_proto::format_bytes(held),
-                wasmos_proto::format_bytes(quota),
-                wasmos_proto::format_bytes(size)
-            ));
-        }
+        let (held, quota) = self.held_by(tenant, false, Self::uploading(&uploads, tenant));
+        quota_refusal(tenant, held, quota, size)?;
         *uploads.entry(tenant.to_string()).or_default() += size;
         Ok(UploadHold {
             shared: self.clone(),
@@ -330,6 +325,19 @@ impl Shared {
             size,
         })
     }
+}
+
+/// The refusal of `adding` bytes past a storage quota, with the figures.
+fn quota_refusal(tenant: &str, held: u64, quota: u64, adding: u64) -> Result<(), String> {
+    if held.saturating_add(adding) <= quota {
+        return Ok(());
+    }
+    Err(format!(
+        "tenant {tenant} stores {} (blobs, task specs, logs and uploads under way) of its {} storage quota; {} more does not fit (wait for retention, or ask an operator for `wasmos role set {tenant} --storage-quota`)",
+        wasmos_proto::format_bytes(held),
+        wasmos_proto::format_bytes(quota),
+        wasmos_proto::format_bytes(adding)
+    ))
 }
 
 /// When a tenant's stored bytes were counted, then what it stores and its quota.

@@ -1018,19 +1018,24 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
     );
 }
 
-#[test]
-fn several_reserves_in_one_launch_count_together_against_the_allowance() {
-    let mut s = ClusterState::default();
-    register(&mut s, "a", vec![]);
+/// Role `name`, allowed 1 CPU and 1 GiB of dynamic reservations, with a framework of its own.
+fn role_with_allowance(s: &mut ClusterState, name: &str) -> FrameworkId {
     let record = RoleRecord {
         reservation_allowance: Some(Resources::new(1000, 1 << 30, 0)),
         ..RoleRecord::default()
     };
     s.apply(Command::SetRole {
-        role: role("x"),
+        role: role(name),
         record,
     });
-    let fx = framework(&mut s, "x");
+    framework(s, name)
+}
+
+#[test]
+fn several_reserves_in_one_launch_count_together_against_the_allowance() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let fx = role_with_allowance(&mut s, "x");
     let reserve = |cpu| ReservationOp::Reserve {
         role: role("x"),
         resources: Resources::new(cpu, 0, 0),
@@ -1062,15 +1067,7 @@ fn operators_remove_reservations_but_not_what_tasks_hold() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);
     upload(&mut s, &hash(), 10, Some("a"));
-    let record = RoleRecord {
-        reservation_allowance: Some(Resources::new(1000, 1 << 30, 0)),
-        ..RoleRecord::default()
-    };
-    s.apply(Command::SetRole {
-        role: role("x"),
-        record,
-    });
-    let fx = framework(&mut s, "x");
+    let fx = role_with_allowance(&mut s, "x");
     let mut sx = spec(200);
     sx.role = Some("x".into());
     let held = Pools {
