@@ -461,6 +461,22 @@ fn ceilings_quotas_and_paging_bound_what_a_tenant_takes() {
     ));
     let shown = ok(&wasmos_with(&u.alice, &["role", "show", "acme"]));
     assert!(shown.contains("1h"), "{shown}");
+    // bob sees nothing of acme's role: not its ceilings, not that it exists; and he cannot
+    // touch acme's reservations.
+    let theirs = wasmos_with(&u.bob, &["role", "show", "acme"]);
+    let nobodys = wasmos_with(&u.bob, &["role", "show", "nosuch"]);
+    assert_eq!(
+        refusal(&theirs).replace("acme", "R"),
+        refusal(&nobodys).replace("nosuch", "R")
+    );
+    let roles = ok(&wasmos_with(&u.bob, &["role", "list", "-o", "json"]));
+    assert!(!roles.contains("acme"), "{roles}");
+    let reservations = ok(&wasmos_with(&u.bob, &["reservation", "list", "-o", "json"]));
+    assert!(!reservations.contains("acme"), "{reservations}");
+    assert_clean_error(
+        &wasmos_with(&u.bob, &["reservation", "remove", "agent-1", "acme"]),
+        "only operators",
+    );
     assert_clean_error(
         &run_as(&u.alice, &["--timeout", "2h"], "hello", &[]),
         "timeout 2h",
