@@ -148,6 +148,7 @@ def main():
     task = spec(a.bundle, a.args)
     need = task["resources"]
     to_launch, running, ended, failed, request = a.count, set(), set(), 0, 0
+    seen = {}
 
     events = api.subscribe({"Subscribe": {
         "name": "python-example", "role": a.role, "revocable": False,
@@ -183,9 +184,14 @@ def main():
             print("launched " + ", ".join(f"t-{t}" for t in body["tasks"]), flush=True)
         elif kind == "Update":
             task_id, status = body["task"], body["status"]
-            print(f"t-{task_id}: {status['state'].lower()}", flush=True)
             if body["update"]:
                 api.call({"Acknowledge": {"task": task_id, "update": body["update"]}})
+            # Updates arrive at least once: one resent before its acknowledgement landed
+            # carries a number already seen.
+            if body["update"] and body["update"] <= seen.get(task_id, 0):
+                continue
+            seen[task_id] = body["update"]
+            print(f"t-{task_id}: {status['state'].lower()}", flush=True)
             if status["state"] in ("Finished", "Failed", "Killed", "Lost", "Error"):
                 running.discard(task_id)
                 if task_id not in ended:

@@ -56,7 +56,11 @@ impl Framework {
 
     /// The next event but heartbeats, or `None` if none comes within `secs`.
     async fn next(&mut self, secs: u64) -> Option<FrameworkEvent> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        self.next_within(Duration::from_secs(secs)).await
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Option<FrameworkEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
         let ev = loop {
             let ev = tokio::time::timeout_at(deadline, recv_frame(&mut self.recv))
                 .await
@@ -207,7 +211,36 @@ fn updates_are_resent_until_acknowledged_and_reconciliation_answers() {
         let mut fw = Framework::connect(&c).await;
         fw.subscribe("batch", None).await;
         let task = fw.launch_one(1, &spec).await;
-        let first = fw.update_in(task, TaskState::Finished).await;
+        // Each update goes out once until its resend is due (2 s), even when several of the
+        // task's changes are recorded in one write.
+        let mut ids = Vec::new();
+        let first = loop {
+            match fw.next(20).await {
+                Some(FrameworkEvent::Update {
+                    task: t,
+                    status,
+                    update,
+                }) if t == task => {
+                    ids.push(update);
+                    if status.state == TaskState::Finished {
+                        break update;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("{task} did not finish"),
+            }
+        };
+        let quiet = tokio::time::Instant::now() + Duration::from_millis(800);
+        while let Some(left) = quiet.checked_duration_since(tokio::time::Instant::now()) {
+            if let Some(FrameworkEvent::Update {
+                task: t, update, ..
+            }) = fw.next_within(left).await
+                && t == task
+            {
+                ids.push(update);
+            }
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sent twice: {ids:?}");
         assert!(first > 0);
         // Not acknowledged: the same update comes again, with the same id.
         let again = fw.update_in(task, TaskState::Finished).await;

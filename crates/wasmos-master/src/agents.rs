@@ -383,12 +383,16 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
             return None;
         }
     };
+    let mut changed = std::collections::BTreeSet::new();
     for ((_, task), result) in sent.iter().zip(&results) {
         if let CommandResult::Rejected(why) = result {
             // Recorded as seen: resending it would be rejected again.
             tracing::warn!(%agent, %task, "status update rejected: {why}");
         }
-        shared.offer_event(Event::TaskChanged(*task));
+        // One event a task: the offer cycle reads its latest status either way.
+        if changed.insert(*task) {
+            shared.offer_event(Event::TaskChanged(*task));
+        }
     }
     sent.get(results.len().checked_sub(1)?).map(|(seq, _)| *seq)
 }

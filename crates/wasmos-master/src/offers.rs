@@ -899,9 +899,15 @@ impl Cycle {
 
     fn task_changed(&mut self, task: TaskId) {
         let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+        // Several changes recorded in one write each raise an event, and each reads the latest
+        // status: an update already sent under the same number is left to the resend timer.
         if let Some(t) = &info
             && let Some(fw) = t.framework
             && self.external.contains_key(&fw)
+            && self
+                .resend
+                .get(&(fw, task))
+                .is_none_or(|r| r.update < t.status_seq)
         {
             self.send(
                 fw,
