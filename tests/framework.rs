@@ -719,7 +719,7 @@ fn the_documented_json_examples_parse() {
             examples += 1;
         }
     }
-    assert!(examples >= 19, "only {examples} examples found");
+    assert!(examples >= 21, "only {examples} examples found");
 }
 
 /// The Python example framework (standard library only) launches tasks over the HTTPS/JSON

@@ -613,6 +613,49 @@ fn a_role_below_its_guarantee_gets_it_back_from_tasks_holding_everything() {
         .map(|(id, _)| *id)
         .max();
     assert_eq!(newest_there, Some(preempted[0]), "{agent_of:?}");
+    // A job says what it waits for: bob takes the free core again, alice's one-task job
+    // waits the grace, then another of bob's goes.
+    held.push(task_id(&run_as(
+        &u.bob,
+        &["-d", "--cpu", "1", "--timeout", "1h"],
+        "exit-code",
+        &["0", "3600000"],
+    )));
+    wait_state(&u.bob, held.last().unwrap(), &["Running"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let job = scratch.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"back\"\n[[group]]\nname = \"g\"\nbundle = \"{}\"\ncpu = \"1\"\n",
+            sample("hello").display()
+        ),
+    )
+    .unwrap();
+    let id = task_id(&wasmos_with(
+        &u.alice,
+        &["job", "submit", job.to_str().unwrap()],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = json_of(&wasmos_with(
+            &u.alice,
+            &["job", "status", &id, "-o", "json"],
+        ));
+        if status["state"] == "Finished" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never ran: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gone: Vec<&String> = held
+        .iter()
+        .filter(|id| {
+            json_of(&wasmos_with(&u.bob, &["task", "show", id, "-o", "json"]))["status"]["reason"]
+                == "Preempted"
+        })
+        .collect();
+    assert_eq!(gone.len(), 2, "{gone:?}");
     // Without a guarantee, nobody is preempted for carol's role: her task just waits (one
     // core is free now, on one agent; she asks for two).
     ok(&wasmos_with(

@@ -218,6 +218,17 @@ impl JobFramework {
         self.ended
     }
 
+    /// Tells the master what the first slot that could launch now needs (none for
+    /// best-effort groups, which guarantee preemption does not serve).
+    fn say_waiting(&self, cx: &mut Context) {
+        let first = self
+            .pending(cx.now_ms())
+            .into_iter()
+            .map(|(g, _)| &self.spec.groups[g].task)
+            .find(|t| t.qos != Qos::BestEffort);
+        cx.waiting(first.map(|t| t.resources.clone()));
+    }
+
     fn revive(&mut self, cx: &mut Context) {
         if self.suppressed {
             self.suppressed = false;
@@ -284,12 +295,14 @@ impl Scheduler for JobFramework {
     fn offers(&mut self, cx: &mut Context, offers: Vec<OfferInfo>) {
         if self.check_end(cx) {
             cx.decline(offers.iter().map(|o| o.id).collect(), None);
+            cx.waiting(None);
             return;
         }
         let now = cx.now_ms();
         let pending = self.pending(now);
         if pending.is_empty() {
             cx.decline(offers.iter().map(|o| o.id).collect(), None);
+            cx.waiting(None);
             if self.launching.is_empty() {
                 self.suppressed = true;
                 cx.suppress();
@@ -379,6 +392,7 @@ impl Scheduler for JobFramework {
                     .collect(),
             );
         }
+        self.say_waiting(cx);
     }
 
     fn launched(&mut self, _cx: &mut Context, request: u64, tasks: &[TaskId]) {
@@ -480,8 +494,10 @@ impl Scheduler for JobFramework {
 
     fn tick(&mut self, cx: &mut Context) {
         if self.check_end(cx) {
+            cx.waiting(None);
             return;
         }
+        self.say_waiting(cx);
         let now = cx.now_ms();
         // Instances past a service's new count stop.
         let retired: Vec<TaskId> = self

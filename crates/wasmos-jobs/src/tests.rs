@@ -48,6 +48,8 @@ struct Harness {
     next_offer: u64,
     next_task: u64,
     now: u64,
+    /// The calls the last offer made.
+    sent: Vec<FrameworkCall>,
 }
 
 impl Harness {
@@ -73,6 +75,7 @@ impl Harness {
             next_offer: 0,
             next_task: 0,
             now: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -92,6 +95,13 @@ impl Harness {
             revocable: Resources::default(),
         };
         let actions = self.d.event(FrameworkEvent::Offers(vec![offer]), self.now);
+        self.sent = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
         let mut launched = Vec::new();
         for a in actions {
             if let Action::Send(FrameworkCall::Accept {
@@ -382,4 +392,49 @@ fn a_task_that_can_never_be_valid_fails_the_job_at_once() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The job tells the master what its next task needs while it has no room for it, and that
+/// nothing waits once all are placed; best-effort tasks are never said to wait.
+#[test]
+fn the_job_says_what_it_waits_for() {
+    let waiting = |sent: &[FrameworkCall]| -> Vec<Option<Resources>> {
+        sent.iter()
+            .filter_map(|c| match c {
+                FrameworkCall::Waiting { resources } => Some(resources.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = Harness::new(job(vec![group("map", 3, &[])]));
+    assert_eq!(h.offer("a1", 1000, &[]).len(), 2);
+    assert_eq!(
+        waiting(&h.sent),
+        [Some(Resources::new(500, 1 << 20, 0))],
+        "one of three has no room"
+    );
+    h.now = 1000;
+    let again = h.d.tick(h.now);
+    assert!(
+        !again
+            .iter()
+            .any(|a| matches!(a, Action::Send(FrameworkCall::Waiting { .. }))),
+        "unchanged, not sent again: {again:?}"
+    );
+    assert_eq!(h.offer("a1", 1000, &[]).len(), 1);
+    assert_eq!(waiting(&h.sent), [None], "all placed");
+
+    let mut spare = group("spare", 2, &[]);
+    spare.task.qos = Qos::BestEffort;
+    let mut h = Harness::new(job(vec![spare]));
+    h.now = 1000;
+    let ticked: Vec<FrameworkCall> =
+        h.d.tick(h.now)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+    assert!(waiting(&ticked).is_empty(), "{ticked:?}");
 }

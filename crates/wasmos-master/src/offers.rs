@@ -117,6 +117,8 @@ struct Cycle {
     /// Updates sent and not yet acknowledged, by framework and task.
     resend: BTreeMap<(FrameworkId, TaskId), Resend>,
     next_resend_scan_ms: u64,
+    /// What subscribed frameworks said they wait for (`FrameworkCall::Waiting`), since when.
+    waiting: BTreeMap<FrameworkId, (Resources, u64)>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
@@ -255,6 +257,7 @@ impl Cycle {
             away: BTreeMap::new(),
             resend: BTreeMap::new(),
             next_resend_scan_ms: 0,
+            waiting: BTreeMap::new(),
         };
         let now = now_ms();
         let (frameworks, waiting) = cycle.shared.read(|s| {
@@ -541,6 +544,7 @@ impl Cycle {
         self.alloc.suppress(fw);
         self.external.remove(&fw);
         self.resend.retain(|(f, _), _| *f != fw);
+        self.waiting.remove(&fw);
     }
 
     async fn framework_call(
@@ -631,6 +635,16 @@ impl Cycle {
                 self.alloc.decline(fw, &offers, refuse_ms, now);
             }
             FrameworkCall::Suppress => self.alloc.suppress(fw),
+            FrameworkCall::Waiting { resources } => match resources {
+                // Still waiting (perhaps for another task): it has waited since it first said so.
+                Some(r) => {
+                    let since = self.waiting.get(&fw).map_or(now, |(_, since)| *since);
+                    self.waiting.insert(fw, (r, since));
+                }
+                None => {
+                    self.waiting.remove(&fw);
+                }
+            },
             FrameworkCall::Revive => self.alloc.revive(fw),
             FrameworkCall::Kill { task } => {
                 let info = self.shared.read(|s| s.tasks.get(&task).cloned());
@@ -1089,10 +1103,17 @@ impl Cycle {
     }
 
     /// Per role with waiting tasks, its first non-best-effort task if that has waited past
-    /// the preemption grace: what guarantee preemption may make room for. (External
-    /// frameworks do not say what they wait for, so only the built-in queues count.)
+    /// the preemption grace, and what each framework has said it waits for past the grace:
+    /// what guarantee preemption may make room for.
     fn starved(&self, now: u64) -> Vec<(Role, Resources)> {
         let grace = self.shared.cfg.tenancy.preemption_grace.as_millis() as u64;
+        let mut wants: Vec<(Role, Resources)> = self.shared.read(|s| {
+            self.waiting
+                .iter()
+                .filter(|(_, (_, since))| now.saturating_sub(*since) >= grace)
+                .filter_map(|(fw, (r, _))| Some((s.frameworks.get(fw)?.role.clone(), r.clone())))
+                .collect()
+        });
         let heads: Vec<(Role, TaskId, Resources)> = self
             .builtin
             .values()
@@ -1103,20 +1124,21 @@ impl Cycle {
                     .map(|((_, id), r)| (b.role.clone(), *id, r.resources.clone()))
             })
             .collect();
-        if heads.is_empty() {
-            return Vec::new();
+        if !heads.is_empty() {
+            self.shared.read(|s| {
+                wants.extend(
+                    heads
+                        .into_iter()
+                        .filter(|(_, id, _)| {
+                            s.tasks
+                                .get(id)
+                                .is_some_and(|t| now.saturating_sub(t.submitted_ms) >= grace)
+                        })
+                        .map(|(role, _, r)| (role, r)),
+                )
+            });
         }
-        self.shared.read(|s| {
-            heads
-                .into_iter()
-                .filter(|(_, id, _)| {
-                    s.tasks
-                        .get(id)
-                        .is_some_and(|t| now.saturating_sub(t.submitted_ms) >= grace)
-                })
-                .map(|(role, _, r)| (role, r))
-                .collect()
-        })
+        wants
     }
 
     /// Registers the built-in framework of every role that has waiting tasks but none yet.

@@ -64,6 +64,14 @@ pub enum FrameworkCall {
     /// Ends the framework now: its tasks are killed, its resources freed, and its id can no
     /// longer be subscribed with. The stream ends after the master has recorded it.
     Teardown,
+    /// The resources of the next task this framework wants to launch and has found no room
+    /// for (`None`: nothing waits). Replaces what it said before; forgotten when the framework
+    /// disconnects. If its role is below its quota guarantee and the want has stood past the
+    /// master's preemption grace, the master preempts tasks of roles above theirs to make
+    /// room, as it does for `wasmos run`. Say it only for tasks that are not best-effort.
+    Waiting {
+        resources: Option<Resources>,
+    },
 }
 
 /// How long a disconnected framework keeps its tasks unless it asks otherwise: one minute,

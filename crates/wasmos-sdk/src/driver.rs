@@ -5,7 +5,7 @@
 
 use wasmos_proto::{
     AgentId, FrameworkCall, FrameworkEvent, FrameworkId, OfferId, OfferInfo, OfferOperation,
-    TaskId, TaskSpec, TaskStatus,
+    Resources, TaskId, TaskSpec, TaskStatus,
 };
 
 /// A framework's scheduling policy. Every callback gets a [`Context`] to make calls with.
@@ -124,6 +124,14 @@ impl Context {
         self.finished = true;
     }
 
+    /// Tells the master the resources of the next task this scheduler wants to launch and has
+    /// no room for (`None` once nothing waits), so that a role below its quota guarantee gets
+    /// room by preemption. Call it whenever that changes (every tick is fine): the driver
+    /// sends only changes, and says it again after a reconnection. Not for best-effort tasks.
+    pub fn waiting(&mut self, resources: Option<Resources>) {
+        self.calls.push(FrameworkCall::Waiting { resources });
+    }
+
     /// Asks for a [`Scheduler::tick`] no later than `at_ms`.
     pub fn wake_at(&mut self, at_ms: u64) {
         self.wake_at = Some(self.wake_at.map_or(at_ms, |w| w.min(at_ms)));
@@ -197,6 +205,8 @@ pub struct Driver<S> {
     /// subscription gets new offers).
     pending: Vec<FrameworkCall>,
     finished: bool,
+    /// What the scheduler last said it waits for: the master forgets it on disconnection.
+    waiting: Option<Resources>,
 }
 
 impl<S: Scheduler> Driver<S> {
@@ -212,6 +222,7 @@ impl<S: Scheduler> Driver<S> {
             pending: Vec::new(),
             finished: false,
             reattach: false,
+            waiting: None,
         }
     }
 
@@ -310,6 +321,11 @@ impl<S: Scheduler> Driver<S> {
                     // updates; this asks for the state of every live task too.
                     out.push(Action::Send(FrameworkCall::Reconcile { tasks: Vec::new() }));
                 }
+                if let Some(resources) = &self.waiting {
+                    out.push(Action::Send(FrameworkCall::Waiting {
+                        resources: Some(resources.clone()),
+                    }));
+                }
                 out.extend(self.callback(now_ms, |s, cx| s.subscribed(cx, framework, &role)));
                 out
             }
@@ -364,6 +380,16 @@ impl<S: Scheduler> Driver<S> {
         self.wake_at = cx.wake_at;
         let mut out = Vec::new();
         for call in cx.calls {
+            if let FrameworkCall::Waiting { resources } = &call {
+                // Only changes go out; a new subscription is told on `Subscribed`.
+                if *resources == self.waiting {
+                    continue;
+                }
+                self.waiting = resources.clone();
+                if self.phase != Phase::Subscribed {
+                    continue;
+                }
+            }
             if self.phase == Phase::Subscribed {
                 out.push(Action::Send(call));
             } else if !matches!(

@@ -13,6 +13,8 @@ struct Recorder {
     /// Kill this task on the next tick.
     kill_on_tick: Option<TaskId>,
     teardown_on_tick: bool,
+    /// Said on every tick.
+    waiting: Option<Resources>,
 }
 
 impl Scheduler for Recorder {
@@ -35,6 +37,7 @@ impl Scheduler for Recorder {
         if self.teardown_on_tick {
             cx.teardown();
         }
+        cx.waiting(self.waiting.clone());
     }
 }
 
@@ -208,5 +211,38 @@ fn offers_are_answered_and_calls_made_while_away_wait() {
             Action::Send(FrameworkCall::Teardown),
             Action::Finished
         ]
+    );
+}
+
+/// What a scheduler waits for goes out when it changes, not on every tick, and is said again
+/// to the master it subscribes to after a reconnection (which has forgotten it).
+#[test]
+fn waiting_is_sent_on_change_and_again_after_a_reconnection() {
+    let mut d = subscribed_driver();
+    assert!(sent(&d.tick(1)).is_empty(), "nothing waits: nothing said");
+    let want = Resources::new(1000, 1 << 20, 0);
+    d.scheduler_mut().waiting = Some(want.clone());
+    let waiting = FrameworkCall::Waiting {
+        resources: Some(want.clone()),
+    };
+    assert_eq!(sent(&d.tick(2)), [&waiting]);
+    assert!(sent(&d.tick(3)).is_empty(), "unchanged: not said again");
+    d.disconnected();
+    d.connected(4);
+    let out = d.event(subscribed(7), 5);
+    assert!(sent(&out).contains(&&waiting), "{out:?}");
+    d.scheduler_mut().waiting = None;
+    assert_eq!(
+        sent(&d.tick(6)),
+        [&FrameworkCall::Waiting { resources: None }]
+    );
+    d.disconnected();
+    d.connected(7);
+    let out = d.event(subscribed(7), 8);
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|c| matches!(c, FrameworkCall::Waiting { .. })),
+        "{out:?}"
     );
 }
