@@ -487,6 +487,14 @@ fn ceilings_quotas_and_paging_bound_what_a_tenant_takes() {
     let out = wasmos_with(&u.alice, &["role", "set", "acme", "--max-tasks", "100"]);
     assert!(!out.status.success());
     ok(&wasmos_with(&u.alice, &["task", "kill", &first]));
+    // An operator can take the ceilings off again: the defaults hold.
+    ok(&wasmos_with(
+        &u.op,
+        &["role", "set", "acme", "--default-ceilings"],
+    ));
+    let shown = ok(&wasmos_with(&u.alice, &["role", "show", "acme", "-o", "json"]));
+    assert!(!shown.contains("3600000"), "{shown}");
+    ok(&run_as(&u.alice, &["--timeout", "2h"], "hello", &[]));
 
     // Disk flood: bob's uploads stop at his storage quota, refused with the figures.
     ok(&wasmos_with(

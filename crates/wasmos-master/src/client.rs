@@ -493,6 +493,7 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
         weight_milli,
         guarantee,
         limit,
+        clear_ceilings,
         ceilings,
         reservation_allowance,
         egress,
@@ -519,6 +520,9 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
     }
     if let Some(l) = limit {
         record.limit = l;
+    }
+    if clear_ceilings {
+        record.ceilings = Default::default();
     }
     record.ceilings = record.ceilings.merged(&ceilings);
     if let Some(a) = reservation_allowance {

@@ -81,6 +81,9 @@ pub enum ClientRequest {
         weight_milli: Option<u64>,
         guarantee: Option<Resources>,
         limit: Option<Option<Resources>>,
+        /// Forget the role's own ceilings first (the defaults, or its ancestors', hold
+        /// again); `ceilings` then sets the ones it names.
+        clear_ceilings: bool,
         ceilings: crate::Ceilings,
         reservation_allowance: Option<Option<Resources>>,
         egress: Option<Vec<crate::EgressRule>>,

@@ -72,6 +72,10 @@ pub(crate) struct SetArgs {
     /// Ceiling: frameworks and running jobs at once (default 256).
     #[arg(long, value_name = "N")]
     max_frameworks: Option<u64>,
+    /// Forget the role's own ceilings and storage quota: the defaults (for sub-roles, their
+    /// ancestors') hold again. --max-* and --storage-quota given too are set afterwards.
+    #[arg(long)]
+    default_ceilings: bool,
     /// Storage quota of the tenant: bytes of blobs it holds and of its tasks' logs (default
     /// 10GiB; top-level roles).
     #[arg(long, value_name = "BYTES")]
@@ -197,11 +201,12 @@ async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
         && guarantee.is_none()
         && limit.is_none()
         && ceilings == Ceilings::default()
+        && !args.default_ceilings
         && reservation_allowance.is_none()
         && egress.is_none()
     {
         bail!(
-            "nothing to change: give --weight, --guarantee, --limit, --no-limit, a --max-* ceiling, --storage-quota, --reservation-allowance or --egress-*"
+            "nothing to change: give --weight, --guarantee, --limit, --no-limit, a --max-* ceiling, --default-ceilings, --storage-quota, --reservation-allowance or --egress-*"
         );
     }
     let req = ClientRequest::SetRole {
@@ -209,6 +214,7 @@ async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
         weight_milli,
         guarantee,
         limit,
+        clear_ceilings: args.default_ceilings,
         ceilings,
         reservation_allowance,
         egress,
