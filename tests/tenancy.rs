@@ -492,7 +492,10 @@ fn ceilings_quotas_and_paging_bound_what_a_tenant_takes() {
         &u.op,
         &["role", "set", "acme", "--default-ceilings"],
     ));
-    let shown = ok(&wasmos_with(&u.alice, &["role", "show", "acme", "-o", "json"]));
+    let shown = ok(&wasmos_with(
+        &u.alice,
+        &["role", "show", "acme", "-o", "json"],
+    ));
     assert!(!shown.contains("3600000"), "{shown}");
     ok(&run_as(&u.alice, &["--timeout", "2h"], "hello", &[]));
 
@@ -832,4 +835,114 @@ fn certificates_are_issued_only_for_valid_names_and_never_hand_back_another() {
             assert_clean_error(&out, "already holds");
         }
     }
+}
+
+/// `wasmos framework list/teardown`: a tenant's users see its frameworks, other tenants see
+/// nothing of them (a teardown reads as for an unknown id); only the owner or an operator tears
+/// one down, which kills its tasks; the master's own frameworks are not torn down.
+#[test]
+fn operators_and_owners_tear_down_frameworks_that_others_cannot_see() {
+    let c = DevCluster::start(1).unwrap();
+    let u = users(&c);
+    let hash = ok(&wasmos_with(
+        &u.alice,
+        &["bundle", "push", sample("exit-code").to_str().unwrap()],
+    ))
+    .trim()
+    .to_string();
+    let mut framework = std::process::Command::new(wasmos_tests::example_bin("framework"))
+        .arg("--config")
+        .arg(&u.alice)
+        .args([hash.as_str(), "1", "0", "600000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = framework.stdout.take().unwrap();
+    let (mut id, mut task) = (None, None);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("subscribed as ") {
+            id = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("launched ") {
+            task = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let (id, task) = (id.unwrap(), task.unwrap());
+    wait_state(&u.alice, &task, &["Running"]);
+    // alice's `wasmos run` makes the master's own framework for role acme.
+    ok(&run_as(&u.alice, &[], "hello", &[]));
+
+    let listed = |who: &Path| json_of(&wasmos_with(who, &["framework", "list", "-o", "json"]));
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("fw-{}", f["id"]))
+            .collect()
+    };
+    let theirs = listed(&u.alice);
+    assert!(ids(&theirs).contains(&id), "{theirs}");
+    let mine = theirs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| format!("fw-{}", f["id"]) == id)
+        .unwrap();
+    assert_eq!(mine["live_tasks"], 1, "{mine}");
+    assert_eq!(mine["owner"], "wasmos://tenant/acme/alice");
+    assert!(ids(&listed(&u.carol)).contains(&id));
+    assert!(ids(&listed(&u.bob)).is_empty(), "{}", listed(&u.bob));
+    let builtin = theirs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["owner"] == "wasmos://master/builtin")
+        .map(|f| format!("fw-{}", f["id"]))
+        .expect("the master's framework for acme is listed");
+
+    // bob learns nothing: his refusal reads like one for an id nobody has.
+    let probe = wasmos_with(&u.bob, &["framework", "teardown", &id]);
+    let nobody = wasmos_with(&u.bob, &["framework", "teardown", "fw-999"]);
+    assert_eq!(
+        refusal(&probe).replace(&id, "ID"),
+        refusal(&nobody).replace("fw-999", "ID")
+    );
+    assert_clean_error(
+        &wasmos_with(&u.carol, &["framework", "teardown", &id]),
+        "only its owner or an operator",
+    );
+    assert_clean_error(
+        &wasmos_with(&u.alice, &["framework", "teardown", &builtin]),
+        "the master's own",
+    );
+    assert_eq!(
+        json_of(&wasmos_with(
+            &u.alice,
+            &["task", "show", &task, "-o", "json"]
+        ))["status"]["state"],
+        "Running"
+    );
+
+    // An operator ends it: its task is killed, it is gone from the list, and the process,
+    // whose subscription is refused from then on, exits.
+    ok(&wasmos_with(&u.op, &["framework", "teardown", &id]));
+    let info = wait_state(&u.alice, &task, &["Killed", "Failed", "Finished", "Lost"]);
+    assert_eq!(info["status"]["state"], "Killed", "{info}");
+    assert_eq!(info["status"]["reason"], "FrameworkRemoved", "{info}");
+    assert!(!ids(&listed(&u.alice)).contains(&id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while framework.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = framework.kill();
+            panic!("the torn-down framework kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_clean_error(
+        &wasmos_with(&u.op, &["framework", "teardown", &id]),
+        "was removed",
+    );
 }

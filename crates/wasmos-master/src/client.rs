@@ -232,6 +232,10 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,
         ClientRequest::ListTasks { filter } => list_tasks(shared, who, &filter),
         ClientRequest::ListReservations => list_reservations(shared, who),
+        ClientRequest::ListFrameworks => crate::frameworks::list(shared, who),
+        ClientRequest::TeardownFramework { id } => {
+            crate::frameworks::teardown(shared, who, id).await
+        }
         ClientRequest::RemoveReservation { agent, role } => {
             remove_reservation(shared, who, agent, &role).await
         }

@@ -2,15 +2,20 @@
 //! through Raft; a returning one must be the same identity), then calls in and events out on
 //! one stream. The offer cycle does the work; this module only carries messages.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use wasmos_alloc::Role;
 use wasmos_net::{Connection, Identity, recv_frame, send_frame};
-use wasmos_proto::{DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, FrameworkId};
-use wasmos_state::{Command, CommandResult};
+use wasmos_proto::{
+    ClientResponse, DEFAULT_FAILOVER_TIMEOUT_MS, ErrorKind, FrameworkCall, FrameworkEvent,
+    FrameworkId, FrameworkSummary, JobId,
+};
+use wasmos_state::{Command, CommandResult, FrameworkRecord};
 
-use crate::client::resolve_role;
-use crate::offers::Event;
+use crate::client::{error, raft_error, resolve_role};
+use crate::offers::{BUILTIN_OWNER, Event};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
@@ -334,5 +339,93 @@ impl Drop for FrameworkSession {
             id: self.id,
             conn: self.conn,
         });
+    }
+}
+
+/// `wasmos framework list`: frameworks not removed that `who` may see.
+pub(crate) fn list(shared: &Shared, who: &Identity) -> ClientResponse {
+    ClientResponse::Frameworks(shared.read(|s| {
+        let job_of: BTreeMap<FrameworkId, JobId> = s
+            .jobs
+            .values()
+            .filter_map(|j| Some((j.framework?, j.id)))
+            .collect();
+        let mut live: BTreeMap<FrameworkId, u64> = BTreeMap::new();
+        for t in s.tasks.values() {
+            if let Some(f) = t.framework
+                && !t.status.state.is_terminal()
+            {
+                *live.entry(f).or_default() += 1;
+            }
+        }
+        s.frameworks
+            .values()
+            .filter(|f| f.removed_ms.is_none() && visible(who, f))
+            .map(|f| FrameworkSummary {
+                id: f.id,
+                name: f.name.clone(),
+                role: f.role.to_string(),
+                owner: f.owner.clone(),
+                registered_ms: f.registered_ms,
+                job: job_of.get(&f.id).copied(),
+                live_tasks: live.get(&f.id).copied().unwrap_or(0),
+            })
+            .collect()
+    }))
+}
+
+/// Whether `who` may see framework `f`: operators all; tenants their tenant's, including the
+/// master's own frameworks for their roles.
+fn visible(who: &Identity, f: &FrameworkRecord) -> bool {
+    if f.owner == BUILTIN_OWNER {
+        return match crate::policy::tenant(who) {
+            Some(t) => Role::new(&t).is_ok_and(|home| f.role.is_within(&home)),
+            None => true,
+        };
+    }
+    crate::policy::may_see(who, &f.owner)
+}
+
+/// `wasmos framework teardown`: what the framework's own `Teardown` does, for its owner or an
+/// operator. A framework another tenant's caller may not see reads as unknown.
+pub(crate) async fn teardown(shared: &Shared, who: &Identity, id: FrameworkId) -> ClientResponse {
+    let checked = shared.read(|s| {
+        let unknown = || format!("unknown framework {id}");
+        let f = s.frameworks.get(&id).filter(|f| visible(who, f)).ok_or_else(unknown)?;
+        s.live_framework(id)?;
+        if f.owner == BUILTIN_OWNER {
+            return Err(format!(
+                "framework {id} is the master's own, for `wasmos run` tasks of role {}: kill those tasks instead",
+                f.role
+            ));
+        }
+        if let Some(j) = s.jobs.values().find(|j| j.framework == Some(id)) {
+            return Err(format!(
+                "framework {id} runs {}: stop it with `wasmos job kill {}` (or `wasmos service stop`)",
+                j.id, j.id
+            ));
+        }
+        if !crate::policy::may_change(who, &f.owner) {
+            return Err(format!(
+                "framework {id} is {}'s; only its owner or an operator may tear it down",
+                f.owner
+            ));
+        }
+        Ok(())
+    });
+    if let Err(why) = checked {
+        return error(ErrorKind::InvalidRequest, why);
+    }
+    let cmd = Command::RemoveFramework {
+        framework: id,
+        now_ms: now_ms(),
+    };
+    match shared.write(cmd).await {
+        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(_) => {
+            shared.offer_event(Event::FrameworkRemoved(id));
+            ClientResponse::Ok
+        }
+        Err(e) => raft_error(shared, e),
     }
 }

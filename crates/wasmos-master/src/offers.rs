@@ -61,6 +61,9 @@ pub(crate) enum Event {
     AgentLost(AgentId),
     /// Retire a framework and kill its tasks (a job that ended with nobody to tear it down).
     RemoveFramework(FrameworkId),
+    /// A framework's removal was recorded (`wasmos framework teardown`): kill its tasks and
+    /// end its session.
+    FrameworkRemoved(FrameworkId),
     RolesChanged,
     /// An agent's reservations changed outside an offer (an operator removed one).
     ReservationsChanged(AgentId),
@@ -349,6 +352,10 @@ impl Cycle {
                     return self.remove_framework(fw).await;
                 }
             }
+            Event::FrameworkRemoved(fw) => {
+                tracing::info!(framework = %fw, "framework torn down by a client request");
+                self.removed(fw);
+            }
             Event::ReservationsChanged(agent) => self.refresh_agent(&agent),
             Event::RolesChanged => {
                 self.apply_roles();
@@ -506,6 +513,12 @@ impl Cycle {
         if let CommandResult::Rejected(why) = result {
             tracing::warn!(framework = %fw, "cannot remove framework: {why}");
         }
+        self.removed(fw);
+        Ok(())
+    }
+
+    /// After a framework's removal is recorded: kills its live tasks, ends its session.
+    fn removed(&mut self, fw: FrameworkId) {
         let live: Vec<(TaskId, Option<AgentId>)> = self.shared.read(|s| {
             s.tasks
                 .values()
@@ -528,7 +541,6 @@ impl Cycle {
         }
         self.detach(fw);
         self.away.remove(&fw);
-        Ok(())
     }
 
     /// Lets go of a framework's session: its outstanding offers go back, it is offered

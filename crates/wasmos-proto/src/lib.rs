@@ -22,8 +22,8 @@ pub use job::{
 };
 pub use messages::{
     AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
-    ErrorKind, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse,
-    ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
+    ErrorKind, FrameworkSummary, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream,
+    PeerRequest, PeerResponse, ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{

@@ -98,6 +98,13 @@ pub enum ClientRequest {
     },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
+    /// Frameworks not removed (tenants see their tenant's).
+    ListFrameworks,
+    /// Ends a framework as its own `Teardown` would: its tasks are killed and its id retired.
+    /// Its owner or an operator; not a job's or service's (stop those), nor the master's own.
+    TeardownFramework {
+        id: crate::FrameworkId,
+    },
     /// The answering master's view of the master group (answered by any master).
     ClusterStatus,
     /// Operators only, to a master started with `--join` that belongs to no group yet: start a
@@ -128,6 +135,7 @@ impl ClientRequest {
                 | ClientRequest::GetBlob { .. }
                 | ClientRequest::ListTasks { .. }
                 | ClientRequest::ListReservations
+                | ClientRequest::ListFrameworks
                 | ClientRequest::ListJobs
                 | ClientRequest::GetJob { .. }
                 | ClientRequest::GetTask { .. }
@@ -161,6 +169,21 @@ pub struct ReservationInfo {
     pub resources: Resources,
     /// What live tasks of the role hold of it on that agent.
     pub held: Resources,
+}
+
+/// A framework as `wasmos framework list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkSummary {
+    pub id: crate::FrameworkId,
+    pub name: String,
+    pub role: String,
+    /// The identity that subscribed it.
+    pub owner: String,
+    pub registered_ms: u64,
+    /// The job or service it runs, if it is one's.
+    pub job: Option<crate::JobId>,
+    /// Its tasks not yet ended.
+    pub live_tasks: u64,
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -206,6 +229,7 @@ pub enum ClientResponse {
     Agents(Vec<AgentInfo>),
     Roles(Vec<RoleInfo>),
     Reservations(Vec<ReservationInfo>),
+    Frameworks(Vec<FrameworkSummary>),
     /// A `RemoveReservation` done: what was removed, and what live tasks still hold.
     Unreserved {
         removed: Resources,

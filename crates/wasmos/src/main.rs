@@ -7,6 +7,7 @@ mod demo;
 mod dev;
 mod dev_group;
 mod files;
+mod frameworks;
 mod job;
 mod roles;
 mod table;
@@ -105,6 +106,11 @@ enum Cmd {
     Reservation {
         #[command(subcommand)]
         cmd: roles::ReservationCmd,
+    },
+    /// Frameworks: list them, or tear one down (its owner or an operator).
+    Framework {
+        #[command(subcommand)]
+        cmd: frameworks::FrameworkCmd,
     },
     /// List, show or kill tasks.
     Task {
@@ -813,6 +819,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Logs { id, follow } => logs_cmd(config, &id, follow).await,
         Cmd::Role { cmd } => roles::run(config, cmd).await,
         Cmd::Reservation { cmd } => roles::reservations(config, cmd).await,
+        Cmd::Framework { cmd } => frameworks::run(config, cmd).await,
         Cmd::Cluster {
             cmd: ClusterCmd::Status(out),
         } => cluster_status(config, out.format).await,

@@ -1,0 +1,66 @@
+//! `wasmos framework list/teardown`: the frameworks a caller may see, and ending one from
+//! outside (its owner, or an operator ending a tenant's runaway scheduler).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use wasmos_proto::{ClientRequest, ClientResponse, FrameworkId};
+
+use crate::{Format, OutputArg, ask, print_json, table};
+
+#[derive(Subcommand)]
+pub(crate) enum FrameworkCmd {
+    /// Frameworks not removed, with their role, owner and live tasks (tenants see their
+    /// tenant's).
+    List(OutputArg),
+    /// End a framework as its own teardown would: its tasks are killed and its id can no
+    /// longer subscribe (its owner or an operator; jobs and services are stopped with `job
+    /// kill` / `service stop`).
+    Teardown {
+        /// The framework, e.g. fw-3.
+        id: String,
+    },
+}
+
+pub(crate) async fn run(config: Option<&Path>, cmd: FrameworkCmd) -> Result<ExitCode> {
+    match cmd {
+        FrameworkCmd::List(out) => {
+            let ClientResponse::Frameworks(list) =
+                ask(config, ClientRequest::ListFrameworks).await?
+            else {
+                bail!("unexpected answer to framework list");
+            };
+            match out.format {
+                Format::Json => print_json(&list)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|f| {
+                            vec![
+                                f.id.to_string(),
+                                f.name.clone(),
+                                f.role.clone(),
+                                f.owner.clone(),
+                                f.job.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
+                                f.live_tasks.to_string(),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        table::render(&["ID", "NAME", "ROLE", "OWNER", "JOB", "LIVE TASKS"], &rows)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FrameworkCmd::Teardown { id } => {
+            let id: FrameworkId = id.parse()?;
+            ask(config, ClientRequest::TeardownFramework { id }).await?;
+            println!("{id} torn down; its tasks are being killed");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
