@@ -946,3 +946,74 @@ fn operators_and_owners_tear_down_frameworks_that_others_cannot_see() {
         "was removed",
     );
 }
+
+/// Reads and `logs -f` streams are bounded per tenant too: bob's burst of listings past his
+/// read rate is refused, saying so, while alice's reads go through; his second follow is
+/// refused until the first reader goes away.
+#[test]
+fn reads_and_log_streams_wait_in_their_own_tenants_line() {
+    let c =
+        DevCluster::start_with(1, &["--tenant-read-rate", "2", "--tenant-follows", "1"]).unwrap();
+    let u = users(&c);
+    let sleeper = task_id(&run_as(&u.bob, &["-d"], "exit-code", &["0", "600000"]));
+    let follow = || {
+        wasmos_cmd(&u.bob, &["logs", "-f", &sleeper])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = follow();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first follow ended"
+    );
+    let second = follow().wait_with_output().unwrap();
+    assert_clean_error(&second, "already follows 1 logs");
+    // The reader goes away: its place comes back (at the latest when its connection times
+    // out).
+    let _ = first.kill();
+    let _ = first.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut again = follow();
+        std::thread::sleep(Duration::from_secs(1));
+        let running = again.try_wait().unwrap().is_none();
+        let _ = again.kill();
+        let _ = again.wait();
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+    }
+
+    // A burst of 30 listings: past a few seconds' worth of bob's read rate they are refused.
+    std::thread::sleep(Duration::from_secs(3));
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let bob = u.bob.clone();
+            std::thread::spawn(move || wasmos_with(&bob, &["task", "list"]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    ok(&wasmos_with(&u.alice, &["task", "list"]));
+    let alice_took = started.elapsed();
+    let outs: Vec<Output> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert!(
+        !refused.is_empty(),
+        "every one of bob's 30 reads went through"
+    );
+    assert!(refused.len() < 30, "none of bob's reads went through");
+    for out in refused {
+        assert_clean_error(out, "reads per second");
+    }
+    assert!(
+        alice_took < Duration::from_secs(3),
+        "alice's read waited behind bob's: {alice_took:?}"
+    );
+    ok(&wasmos_with(&u.bob, &["task", "kill", &sleeper]));
+}

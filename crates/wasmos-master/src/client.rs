@@ -14,6 +14,7 @@ use wasmos_proto::{
 };
 use wasmos_state::{Command, CommandResult};
 
+use crate::admission::Kind;
 use crate::offers::{Event, Snapshot};
 use crate::{Shared, now_ms};
 
@@ -59,12 +60,13 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
         ClientRequest::Stale(inner) => inner.is_read(),
         other => other.is_read(),
     };
+    let (kind, rate) = if reads {
+        (Kind::Reads, shared.cfg.tenancy.tenant_read_rate)
+    } else {
+        (Kind::Writes, shared.cfg.tenancy.tenant_write_rate)
+    };
     if let Some(tenant) = crate::policy::tenant(&who)
-        && !reads
-        && let Err(why) = shared
-            .admission
-            .admit(&tenant, shared.cfg.tenancy.tenant_write_rate)
-            .await
+        && let Err(why) = shared.admission.admit(kind, &tenant, rate).await
     {
         let _ = send_frame(&mut send, &error(ErrorKind::Unavailable, why)).await;
         let _ = send.finish();
@@ -823,6 +825,16 @@ async fn watch(
     if let Err(e) = get_task(shared, who, id) {
         return send_frame(send, &e).await;
     }
+    let _place = match crate::policy::tenant(who) {
+        Some(tenant) if follow => {
+            let limit = shared.cfg.tenancy.tenant_follows;
+            match shared.admission.follow(&tenant, limit) {
+                Ok(place) => Some(place),
+                Err(why) => return send_frame(send, &error(ErrorKind::Unavailable, why)).await,
+            }
+        }
+        _ => None,
+    };
     let mut log_changes = shared.logs.subscribe();
     let mut state_changes = shared.raft.subscribe();
     let mut offset = 0;
@@ -864,6 +876,9 @@ async fn watch(
             _ = log_changes.changed() => {}
             _ = state_changes.changed() => {}
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            // The reader went away (stopped the stream, or its connection is gone): its place
+            // among the tenant's follows is given back now, not when the task ends.
+            _ = send.stopped() => return Ok(()),
         }
     }
 }

@@ -14,6 +14,7 @@ use wasmos_proto::{
 };
 use wasmos_state::{Command, CommandResult, FrameworkRecord};
 
+use crate::admission::Kind;
 use crate::client::{error, raft_error, resolve_role};
 use crate::offers::{BUILTIN_OWNER, Event};
 use crate::{Shared, now_ms};
@@ -48,7 +49,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         return;
     }
     let owner = who.to_uri();
-    let subscribed = match subscribe(&shared, &who, &owner, sub).await {
+    let subscribed = match admit_subscription(&shared, &who).await {
+        Ok(()) => subscribe(&shared, &who, &owner, sub).await,
+        Err(why) => Err(why),
+    };
+    let subscribed = match subscribed {
         Ok(s) => s,
         Err(msg) => {
             tracing::warn!(%owner, "framework refused: {msg}");
@@ -98,7 +103,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             Ok(Some(FrameworkCall::Subscribe { .. })) => {
                 tracing::warn!(framework = %id, "framework subscribed twice on one stream");
             }
-            Ok(Some(call)) => shared.offer_event(Event::FrameworkCall { id, call }),
+            Ok(Some(call)) => {
+                // A flood of calls holds back this stream only; other tenants' calls are not
+                // queued behind it.
+                if let Some(tenant) = crate::policy::tenant(&who) {
+                    let rate = shared.cfg.tenancy.tenant_framework_call_rate;
+                    shared
+                        .admission
+                        .pace(Kind::FrameworkCalls, &tenant, rate)
+                        .await;
+                }
+                shared.offer_event(Event::FrameworkCall { id, call })
+            }
             Ok(None) => break,
             Err(_) if wasmos_net::closed_on_purpose(&conn) => break,
             Err(e) => {
@@ -155,6 +171,18 @@ impl Subscription {
 /// Longest failover timeout a framework may ask for: a week, as a bound on how long a
 /// vanished framework can hold resources.
 const MAX_FAILOVER_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A client's subscription is a write (a registration, or a new failover timeout): it waits
+/// for the tenant's turn like other writes. The in-leader job host's are not charged.
+async fn admit_subscription(shared: &Shared, who: &Identity) -> Result<(), String> {
+    match crate::policy::tenant(who) {
+        Some(tenant) => {
+            let rate = shared.cfg.tenancy.tenant_write_rate;
+            shared.admission.admit(Kind::Writes, &tenant, rate).await
+        }
+        None => Ok(()),
+    }
+}
 
 /// Registers a new framework, or checks that a returning one is the caller's (and records a
 /// new failover timeout if it asks for one). Returns its id, role and failover timeout.
@@ -274,6 +302,7 @@ impl Frameworks {
             let (_, addr) = shared.raft.leader_addr();
             return Err(FrameworkEvent::NotLeader { addr });
         }
+        admit_subscription(shared, who).await.map_err(refuse)?;
         let (id, role, failover_timeout_ms) = subscribe(shared, who, &who.to_uri(), sub)
             .await
             .map_err(refuse)?;
@@ -297,11 +326,24 @@ impl Frameworks {
         })
     }
 
-    /// A call of subscribed framework `id` (its session's owner checked by the caller).
-    pub fn call(&self, id: FrameworkId, call: FrameworkCall) {
+    /// A call of subscribed framework `id` (its session's owner, `who`, checked by the
+    /// caller): taken once it is `who`'s tenant's turn, or refused, saying so, when that
+    /// tenant's line of framework calls is more than a few seconds long.
+    pub async fn call(
+        &self,
+        who: &Identity,
+        id: FrameworkId,
+        call: FrameworkCall,
+    ) -> Result<(), String> {
+        if let Some(tenant) = crate::policy::tenant(who) {
+            let rate = self.shared.cfg.tenancy.tenant_framework_call_rate;
+            let admission = &self.shared.admission;
+            admission.admit(Kind::FrameworkCalls, &tenant, rate).await?;
+        }
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
             self.shared.offer_event(Event::FrameworkCall { id, call });
         }
+        Ok(())
     }
 }
 

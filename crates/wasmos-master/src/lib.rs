@@ -81,6 +81,12 @@ pub struct TenancyConfig {
     pub retention_count: u64,
     /// Writes (submissions, uploads, kills...) one tenant may make per second, sustained.
     pub tenant_write_rate: u32,
+    /// Reads (lists, shows, log reads, blob downloads) one tenant may make per second.
+    pub tenant_read_rate: u32,
+    /// Scheduler calls one tenant's frameworks may make per second, together.
+    pub tenant_framework_call_rate: u32,
+    /// `logs -f` streams one tenant may hold open at once.
+    pub tenant_follows: u32,
     /// How long a waiting task of a role below its guarantee waits before others' tasks are
     /// preempted for it.
     pub preemption_grace: Duration,
@@ -93,6 +99,9 @@ impl Default for TenancyConfig {
             retention: Duration::from_secs(24 * 3600),
             retention_count: 10_000,
             tenant_write_rate: 200,
+            tenant_read_rate: 1000,
+            tenant_framework_call_rate: 1000,
+            tenant_follows: 64,
             preemption_grace: Duration::from_secs(30),
         }
     }

@@ -171,8 +171,10 @@ async fn scheduler(
     let known = app.streams.lock().get(stream).cloned();
     match known {
         Some((id, owner)) if owner == who.to_uri() => {
-            app.frameworks.call(id, call);
-            StatusCode::ACCEPTED.into_response()
+            match app.frameworks.call(&who, id, call).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(why) => refuse(StatusCode::TOO_MANY_REQUESTS, why),
+            }
         }
         _ => refuse(
             StatusCode::NOT_FOUND,

@@ -442,6 +442,17 @@ struct TenancyArgs {
     /// past it a tenant's requests wait their turn (up to 5 s), without slowing other tenants.
     #[arg(long, default_value_t = 200)]
     tenant_write_rate: u32,
+    /// Reads (lists, shows, `logs`, blob downloads, `--stale` ones too) each tenant may make per
+    /// second, sustained; past it they wait their turn (up to 5 s), as writes do.
+    #[arg(long, default_value_t = 1000)]
+    tenant_read_rate: u32,
+    /// Scheduler API calls (over QUIC or HTTPS) each tenant's frameworks may make per second
+    /// together; past it a framework's calls are taken more slowly, never dropped.
+    #[arg(long, default_value_t = 1000)]
+    tenant_framework_call_rate: u32,
+    /// `wasmos logs -f` streams each tenant may hold open at once.
+    #[arg(long, default_value_t = 64)]
+    tenant_follows: u32,
     /// How long a task of a role below its quota guarantee waits for room before tasks of
     /// roles above theirs are preempted for it (lowest priority, then newest; reason
     /// `preempted`).
@@ -456,6 +467,9 @@ impl TenancyArgs {
             retention: self.retention.into(),
             retention_count: self.retention_count,
             tenant_write_rate: self.tenant_write_rate,
+            tenant_read_rate: self.tenant_read_rate,
+            tenant_framework_call_rate: self.tenant_framework_call_rate,
+            tenant_follows: self.tenant_follows,
             preemption_grace: self.preemption_grace.into(),
         }
     }
@@ -469,6 +483,12 @@ impl TenancyArgs {
             self.retention_count.to_string(),
             "--tenant-write-rate".to_string(),
             self.tenant_write_rate.to_string(),
+            "--tenant-read-rate".to_string(),
+            self.tenant_read_rate.to_string(),
+            "--tenant-framework-call-rate".to_string(),
+            self.tenant_framework_call_rate.to_string(),
+            "--tenant-follows".to_string(),
+            self.tenant_follows.to_string(),
             "--preemption-grace".to_string(),
             self.preemption_grace.to_string(),
         ];
