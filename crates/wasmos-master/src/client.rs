@@ -171,7 +171,7 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
     // Filled up to about half a frame (tasks may carry large arguments), so a page costs the
     // master a few MiB whatever is in it; the client asks for the rest with `after`.
     let budget = wasmos_proto::MAX_FRAME_BYTES / 2;
-    let mut page: Vec<TaskInfo> = shared.read(|s| {
+    let page: Vec<TaskInfo> = shared.read(|s| {
         let mut bytes = 0usize;
         s.tasks
             .range(TaskId(start)..)
@@ -192,22 +192,26 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
             .map(|t| shown(t.clone()))
             .collect()
     });
-    // The estimate is rough: halve until the page really fits.
+    match fit_page(page) {
+        Ok(page) => ClientResponse::Tasks(page),
+        Err(first) => error(
+            ErrorKind::TooLarge,
+            format!(
+                "task {} alone is too large to list; see it with `task show`",
+                first.map_or(TaskId(0), |t| t.id)
+            ),
+        ),
+    }
+}
+
+/// A listing's page cut to what fits in one message (halving: the size estimates that filled
+/// it are rough), or its first item if even that one alone does not fit.
+pub(crate) fn fit_page<T: serde::Serialize>(mut page: Vec<T>) -> Result<Vec<T>, Option<T>> {
     loop {
         match wasmos_proto::encode(&page) {
-            Ok(b) if b.len() < wasmos_proto::MAX_FRAME_BYTES - 1024 => {
-                return ClientResponse::Tasks(page);
-            }
+            Ok(b) if b.len() < wasmos_proto::MAX_FRAME_BYTES - 1024 => return Ok(page),
             _ if page.len() > 1 => page.truncate(page.len() / 2),
-            _ => {
-                return error(
-                    ErrorKind::TooLarge,
-                    format!(
-                        "task {} alone is too large to list; see it with `task show`",
-                        page.first().map_or(TaskId(0), |t| t.id)
-                    ),
-                );
-            }
+            _ => return Err(page.into_iter().next()),
         }
     }
 }
@@ -228,7 +232,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         }
         ClientRequest::SubmitTask { spec, key } => submit(shared, who, spec, key).await,
         req @ (ClientRequest::SubmitJob { .. }
-        | ClientRequest::ListJobs
+        | ClientRequest::ListJobs { .. }
         | ClientRequest::GetJob { .. }
         | ClientRequest::KillJob { .. }
         | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,

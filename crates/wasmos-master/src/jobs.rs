@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wasmos_jobs::{JobFramework, Progress};
 use wasmos_net::Identity;
-use wasmos_proto::{FrameworkCall, FrameworkEvent, JobEvent, JobId, JobState};
+use wasmos_proto::{FrameworkCall, FrameworkEvent, JobEvent, JobId, JobInfo, JobState};
 use wasmos_sdk::{Action, Driver, Options};
 use wasmos_state::{Command, CommandResult, JobRecord};
 
@@ -24,6 +24,9 @@ use crate::{Shared, now_ms};
 
 /// How often the host looks for new, stopped or rescaled jobs.
 const POLL: Duration = Duration::from_millis(300);
+
+/// Most jobs in one page of `job list`.
+const JOB_PAGE: usize = 1000;
 
 /// Connection ids for in-process frameworks, far from QUIC's (which count up from 0).
 static NEXT_CONN: AtomicUsize = AtomicUsize::new(usize::MAX / 2);
@@ -262,13 +265,31 @@ pub(crate) async fn answer(
                 Err(e) => crate::client::raft_error(shared, e),
             }
         }
-        ClientRequest::ListJobs => ClientResponse::Jobs(shared.read(|s| {
-            s.jobs
-                .values()
-                .filter(|j| mine(j))
-                .map(|j| info(s, j))
-                .collect()
-        })),
+        ClientRequest::ListJobs { after } => {
+            let start = after.map_or(0, |j| j.0.saturating_add(1));
+            let page: Vec<JobInfo> = shared.read(|s| {
+                s.jobs
+                    .range(JobId(start)..)
+                    .map(|(_, j)| j)
+                    .filter(|j| mine(j))
+                    .take(JOB_PAGE)
+                    .map(|j| JobInfo {
+                        results: Vec::new(),
+                        ..info(s, j)
+                    })
+                    .collect()
+            });
+            match crate::client::fit_page(page) {
+                Ok(page) => ClientResponse::Jobs(page),
+                Err(first) => error(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "job {} alone is too large to list; see it with `job status`",
+                        first.map_or(JobId(0), |j| j.id)
+                    ),
+                ),
+            }
+        }
         ClientRequest::GetJob { id } => {
             match shared.read(|s| s.jobs.get(&id).filter(|j| mine(j)).map(|j| info(s, j))) {
                 Some(j) => ClientResponse::Jobs(vec![j]),

@@ -49,7 +49,11 @@ pub enum ClientRequest {
     SubmitJob {
         spec: crate::JobSpec,
     },
-    ListJobs,
+    /// Jobs and services with ids above `after`, oldest first, without their results (`GetJob`
+    /// has them): a page that fits in one message; ask again from the last id for the rest.
+    ListJobs {
+        after: Option<crate::JobId>,
+    },
     GetJob {
         id: crate::JobId,
     },
@@ -136,7 +140,7 @@ impl ClientRequest {
                 | ClientRequest::ListTasks { .. }
                 | ClientRequest::ListReservations
                 | ClientRequest::ListFrameworks
-                | ClientRequest::ListJobs
+                | ClientRequest::ListJobs { .. }
                 | ClientRequest::GetJob { .. }
                 | ClientRequest::GetTask { .. }
                 | ClientRequest::ListAgents

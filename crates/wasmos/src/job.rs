@@ -500,9 +500,20 @@ async fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
         } => Ok(exit_for(&watch(client, job_id(&id)?).await?)),
         JobCmd::Status { id, out, .. } => status(client, &id, out.format).await,
         JobCmd::List(out) => {
-            let ClientResponse::Jobs(jobs) = client.request(ClientRequest::ListJobs).await? else {
-                bail!("unexpected answer to job list");
-            };
+            // Page by page: each answer fits in one message.
+            let mut jobs = Vec::new();
+            let mut after = None;
+            loop {
+                let req = ClientRequest::ListJobs { after };
+                let ClientResponse::Jobs(page) = client.request(req).await? else {
+                    bail!("unexpected answer to job list");
+                };
+                let Some(last) = page.last() else {
+                    break;
+                };
+                after = Some(last.id);
+                jobs.extend(page);
+            }
             match out.format {
                 Format::Json => print_json(&jobs)?,
                 Format::Table => {
