@@ -190,7 +190,7 @@ def main():
             # carries a number already seen.
             if body["update"] and body["update"] <= seen.get(task_id, 0):
                 continue
-            seen[task_id] = body["update"]
+            seen[task_id] = max(seen.get(task_id, 0), body["update"])
             print(f"t-{task_id}: {status['state'].lower()}", flush=True)
             if status["state"] in ("Finished", "Failed", "Killed", "Lost", "Error"):
                 running.discard(task_id)

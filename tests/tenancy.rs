@@ -945,6 +945,13 @@ fn operators_and_owners_tear_down_frameworks_that_others_cannot_see() {
         &wasmos_with(&u.op, &["framework", "teardown", &id]),
         "was removed",
     );
+    let probe = wasmos_with(&u.bob, &["framework", "teardown", &id]);
+    let nobody = wasmos_with(&u.bob, &["framework", "teardown", "fw-999"]);
+    assert_eq!(
+        refusal(&probe).replace(&id, "ID"),
+        refusal(&nobody).replace("fw-999", "ID"),
+        "a removed framework of another tenant reads as unknown too"
+    );
 }
 
 /// Reads and `logs -f` streams are bounded per tenant too: bob's burst of listings past his
@@ -971,6 +978,11 @@ fn reads_and_log_streams_wait_in_their_own_tenants_line() {
     );
     let second = follow().wait_with_output().unwrap();
     assert_clean_error(&second, "already follows 1 logs");
+    // An attached `wasmos run` is not failed for it: it waits for its task to end, then
+    // prints the output.
+    let attached = run_as(&u.bob, &[], "hello", &["over", "the", "limit"]);
+    assert!(ok(&attached).contains("over the limit"));
+    assert!(text(&attached.stderr).contains("already follows 1 logs"));
     // The reader goes away: its place comes back (at the latest when its connection times
     // out).
     let _ = first.kill();

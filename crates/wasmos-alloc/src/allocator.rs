@@ -1711,7 +1711,8 @@ impl Allocator {
 
     /// Tasks to stop so that roles below their quota guarantee get resources back, as
     /// Kubernetes priority preemption and YARN capacity preemption do. `wants` names, per
-    /// role, one task's resources that have waited past the master's grace period. A want is
+    /// role (the master sends at most one a role), one task's resources that have waited past
+    /// the master's grace period. A want is
     /// served only within the guarantee of the nearest role on its path that has one, only if
     /// no agent has the room already (free, offered, or being freed by earlier preemptions),
     /// and only from tasks of roles outside that guarantee's subtree that stay at or above

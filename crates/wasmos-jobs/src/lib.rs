@@ -218,15 +218,16 @@ impl JobFramework {
         self.ended
     }
 
-    /// Tells the master what the first slot that could launch now needs (none for
-    /// best-effort groups, which guarantee preemption does not serve).
+    /// Tells the master what the first slot that could launch now needs. Not for best-effort
+    /// groups, which guarantee preemption does not serve, nor for groups with placement
+    /// constraints: room made on any agent might not be room they take.
     fn say_waiting(&self, cx: &mut Context) {
         let first = self
             .pending(cx.now_ms())
             .into_iter()
-            .map(|(g, _)| &self.spec.groups[g].task)
-            .find(|t| t.qos != Qos::BestEffort);
-        cx.waiting(first.map(|t| t.resources.clone()));
+            .map(|(g, _)| &self.spec.groups[g])
+            .find(|g| g.task.qos != Qos::BestEffort && g.constraints.is_empty());
+        cx.waiting(first.map(|g| g.task.resources.clone()));
     }
 
     fn revive(&mut self, cx: &mut Context) {

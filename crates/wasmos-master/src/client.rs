@@ -834,7 +834,7 @@ async fn watch(
             let limit = shared.cfg.tenancy.tenant_follows;
             match shared.admission.follow(&tenant, limit) {
                 Ok(place) => Some(place),
-                Err(why) => return send_frame(send, &error(ErrorKind::Unavailable, why)).await,
+                Err(why) => return send_frame(send, &error(ErrorKind::TooManyFollows, why)).await,
             }
         }
         _ => None,

@@ -80,7 +80,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         tx,
     });
     tracing::info!(framework = %id, %role, %owner, "framework subscribed");
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
             let ev = tokio::select! {
@@ -99,7 +99,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         let _ = send.finish();
     });
     loop {
-        match recv_frame::<FrameworkCall>(&mut recv).await {
+        // The session ends with its event stream (torn down, removed, or leadership lost):
+        // reading on would only take calls nothing acts on.
+        let next = tokio::select! {
+            next = recv_frame::<FrameworkCall>(&mut recv) => next,
+            _ = &mut writer => break,
+        };
+        match next {
             Ok(Some(FrameworkCall::Subscribe { .. })) => {
                 tracing::warn!(framework = %id, "framework subscribed twice on one stream");
             }
@@ -113,7 +119,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
                         .pace(Kind::FrameworkCalls, &tenant, rate)
                         .await;
                 }
-                shared.offer_event(Event::FrameworkCall { id, call })
+                shared.offer_event(Event::FrameworkCall {
+                    id,
+                    conn: conn_id,
+                    call,
+                })
             }
             Ok(None) => break,
             Err(_) if wasmos_net::closed_on_purpose(&conn) => break,
@@ -333,6 +343,7 @@ impl Frameworks {
         &self,
         who: &Identity,
         id: FrameworkId,
+        conn: usize,
         call: FrameworkCall,
     ) -> Result<(), String> {
         if let Some(tenant) = crate::policy::tenant(who) {
@@ -341,7 +352,8 @@ impl Frameworks {
             admission.admit(Kind::FrameworkCalls, &tenant, rate).await?;
         }
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
-            self.shared.offer_event(Event::FrameworkCall { id, call });
+            self.shared
+                .offer_event(Event::FrameworkCall { id, conn, call });
         }
         Ok(())
     }
@@ -361,6 +373,11 @@ impl FrameworkSession {
     }
 
     /// How often an idle stream should carry a heartbeat.
+    /// The session's connection id, which its calls carry.
+    pub fn conn(&self) -> usize {
+        self.conn
+    }
+
     pub fn heartbeat(&self) -> std::time::Duration {
         self.heartbeat
     }

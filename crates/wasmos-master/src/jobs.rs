@@ -184,7 +184,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                 }
                 Action::Send(call) => {
                     if let Some(fw) = id {
-                        shared.offer_event(Event::FrameworkCall { id: fw, call });
+                        shared.offer_event(Event::FrameworkCall { id: fw, conn, call });
                     }
                 }
                 // Leadership moved (the new leader runs the job) or the job ended.
@@ -273,10 +273,7 @@ pub(crate) async fn answer(
                     .map(|(_, j)| j)
                     .filter(|j| mine(j))
                     .take(JOB_PAGE)
-                    .map(|j| JobInfo {
-                        results: Vec::new(),
-                        ..info(s, j)
-                    })
+                    .map(|j| info(s, j, false))
                     .collect()
             });
             match crate::client::fit_page(page) {
@@ -291,7 +288,12 @@ pub(crate) async fn answer(
             }
         }
         ClientRequest::GetJob { id } => {
-            match shared.read(|s| s.jobs.get(&id).filter(|j| mine(j)).map(|j| info(s, j))) {
+            match shared.read(|s| {
+                s.jobs
+                    .get(&id)
+                    .filter(|j| mine(j))
+                    .map(|j| info(s, j, true))
+            }) {
                 Some(j) => ClientResponse::Jobs(vec![j]),
                 None => error(ErrorKind::NotFound, format!("no job {id} of yours")),
             }
@@ -348,8 +350,9 @@ async fn write_event(shared: &Shared, job: JobId, event: JobEvent) -> wasmos_pro
     }
 }
 
-/// A job's progress, group by group, from its record and its tasks' states.
-fn info(s: &wasmos_state::ClusterState, j: &JobRecord) -> wasmos_proto::JobInfo {
+/// A job's progress, group by group, from its record and its tasks' states; with its results
+/// (the last group's outputs) when `results` (not in listings, where they could be large).
+fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo {
     use wasmos_proto::{GroupProgress, JobKind};
     let groups = j
         .spec
@@ -394,6 +397,7 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord) -> wasmos_proto::JobInfo 
         .spec
         .groups
         .last()
+        .filter(|_| results)
         .map(|g| {
             j.done
                 .range((g.name.clone(), 0)..=(g.name.clone(), u32::MAX))
@@ -401,7 +405,7 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord) -> wasmos_proto::JobInfo 
                 .collect()
         })
         .unwrap_or_default();
-    wasmos_proto::JobInfo {
+    JobInfo {
         id: j.id,
         name: j.spec.name.clone(),
         kind: j.spec.kind,

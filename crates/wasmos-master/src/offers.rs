@@ -42,6 +42,8 @@ const RESEND_FIRST_MS: u64 = 2_000;
 const RESEND_MAX_MS: u64 = 30_000;
 /// How often the unacknowledged updates are looked through.
 const RESEND_SCAN_MS: u64 = 500;
+/// Most scalar resources a `Waiting` call may name (agents advertise a handful).
+const MAX_WANT_SCALARS: usize = 16;
 
 /// When an unacknowledged update goes out again.
 struct Resend {
@@ -79,8 +81,11 @@ pub(crate) enum Event {
         id: FrameworkId,
         conn: usize,
     },
+    /// A call on connection `conn`: acted on only while that is the framework's session (a
+    /// torn-down or replaced session's late calls are dropped).
     FrameworkCall {
         id: FrameworkId,
+        conn: usize,
         call: FrameworkCall,
     },
     Snapshot(oneshot::Sender<Snapshot>),
@@ -370,7 +375,13 @@ impl Cycle {
                     self.away.insert(id, now_ms());
                 }
             }
-            Event::FrameworkCall { id, call } => return self.framework_call(id, call).await,
+            Event::FrameworkCall { id, conn, call } => {
+                if self.external.get(&id).is_none_or(|(c, _)| *c != conn) {
+                    tracing::debug!(framework = %id, "call from a session that has ended, dropped");
+                    return Ok(());
+                }
+                return self.framework_call(id, call).await;
+            }
             Event::Snapshot(reply) => {
                 let agents = self
                     .agent_totals
@@ -419,6 +430,8 @@ impl Cycle {
         self.alloc.revive(id);
         self.external.insert(id, (conn, tx));
         self.away.remove(&id);
+        // What an earlier session said it waits for is that session's: this one says its own.
+        self.waiting.remove(&id);
         // Everything it has not acknowledged goes out again at once.
         self.resend.retain(|(f, _), _| *f != id);
         self.next_resend_scan_ms = 0;
@@ -648,6 +661,15 @@ impl Cycle {
             }
             FrameworkCall::Suppress => self.alloc.suppress(fw),
             FrameworkCall::Waiting { resources } => match resources {
+                Some(r) if r.scalars.len() > MAX_WANT_SCALARS => self.send(
+                    fw,
+                    FrameworkEvent::Error {
+                        request: None,
+                        message: format!(
+                            "a Waiting call names at most {MAX_WANT_SCALARS} scalar resources"
+                        ),
+                    },
+                ),
                 // Still waiting (perhaps for another task): it has waited since it first said so.
                 Some(r) => {
                     let since = self.waiting.get(&fw).map_or(now, |(_, since)| *since);
@@ -1096,7 +1118,20 @@ impl Cycle {
         }
         let wants = self.starved(now);
         if !wants.is_empty() {
-            for p in self.alloc.guarantee_preemptions(&wants) {
+            let preempted = self.alloc.guarantee_preemptions(&wants);
+            if !preempted.is_empty() {
+                // One round per grace for what frameworks say they wait for: if the room is
+                // not used (taken by another, or not what the framework will launch on), it
+                // is not made again at once.
+                for (_, since) in self.waiting.values_mut() {
+                    if now.saturating_sub(*since)
+                        >= self.shared.cfg.tenancy.preemption_grace.as_millis() as u64
+                    {
+                        *since = now;
+                    }
+                }
+            }
+            for p in preempted {
                 tracing::info!(task = %p.task, agent = %p.agent, "preempting a task for a role below its guarantee");
                 self.preempt(&p);
             }
@@ -1114,17 +1149,28 @@ impl Cycle {
         );
     }
 
-    /// Per role with waiting tasks, its first non-best-effort task if that has waited past
-    /// the preemption grace, and what each framework has said it waits for past the grace:
-    /// what guarantee preemption may make room for.
+    /// What guarantee preemption may make room for, one want per role: its first
+    /// non-best-effort `wasmos run` task if that has waited past the preemption grace, else
+    /// the longest-standing of what its connected frameworks say they wait for past the grace
+    /// (and that some connected agent could hold at all).
     fn starved(&self, now: u64) -> Vec<(Role, Resources)> {
         let grace = self.shared.cfg.tenancy.preemption_grace.as_millis() as u64;
-        let mut wants: Vec<(Role, Resources)> = self.shared.read(|s| {
-            self.waiting
-                .iter()
-                .filter(|(_, (_, since))| now.saturating_sub(*since) >= grace)
-                .filter_map(|(fw, (r, _))| Some((s.frameworks.get(fw)?.role.clone(), r.clone())))
-                .collect()
+        let mut by_role: BTreeMap<Role, (u64, Resources)> = BTreeMap::new();
+        self.shared.read(|s| {
+            for (fw, (r, since)) in &self.waiting {
+                if now.saturating_sub(*since) < grace || !self.external.contains_key(fw) {
+                    continue;
+                }
+                let Some(f) = s.live_framework(*fw).ok() else {
+                    continue;
+                };
+                if !self.agent_totals.values().any(|total| r.fits_in(total)) {
+                    continue;
+                }
+                if by_role.get(&f.role).is_none_or(|(older, _)| since < older) {
+                    by_role.insert(f.role.clone(), (*since, r.clone()));
+                }
+            }
         });
         let heads: Vec<(Role, TaskId, Resources)> = self
             .builtin
@@ -1138,19 +1184,19 @@ impl Cycle {
             .collect();
         if !heads.is_empty() {
             self.shared.read(|s| {
-                wants.extend(
-                    heads
-                        .into_iter()
-                        .filter(|(_, id, _)| {
-                            s.tasks
-                                .get(id)
-                                .is_some_and(|t| now.saturating_sub(t.submitted_ms) >= grace)
-                        })
-                        .map(|(role, _, r)| (role, r)),
-                )
+                for (role, id, r) in heads {
+                    if let Some(t) = s.tasks.get(&id)
+                        && now.saturating_sub(t.submitted_ms) >= grace
+                    {
+                        by_role.insert(role, (t.submitted_ms, r));
+                    }
+                }
             });
         }
-        wants
+        by_role
+            .into_iter()
+            .map(|(role, (_, r))| (role, r))
+            .collect()
     }
 
     /// Registers the built-in framework of every role that has waiting tasks but none yet.

@@ -205,6 +205,9 @@ pub enum ErrorKind {
     TooLarge,
     Unavailable,
     Internal,
+    /// A follow (`WatchTask` with `follow`) over the tenant's limit of open follows: the task
+    /// can still be watched without following.
+    TooManyFollows,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,12 +40,15 @@ pub enum WebError {
     Net(#[from] wasmos_net::NetError),
 }
 
-/// Open subscriptions by stream id: which framework, and whose.
+/// Open subscriptions by stream id: which framework, whose, and the session's connection id.
 #[derive(Clone, Default)]
-struct Streams(Arc<Mutex<HashMap<String, (FrameworkId, String)>>>);
+struct Streams(Arc<Mutex<HashMap<String, Open>>>);
+
+/// An open subscription: its framework, its subscriber's URI, its session's connection id.
+type Open = (FrameworkId, String, usize);
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (FrameworkId, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Open>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -170,8 +173,8 @@ async fn scheduler(
     };
     let known = app.streams.lock().get(stream).cloned();
     match known {
-        Some((id, owner)) if owner == who.to_uri() => {
-            match app.frameworks.call(&who, id, call).await {
+        Some((id, owner, conn)) if owner == who.to_uri() => {
+            match app.frameworks.call(&who, id, conn, call).await {
                 Ok(()) => StatusCode::ACCEPTED.into_response(),
                 Err(why) => refuse(StatusCode::TOO_MANY_REQUESTS, why),
             }
@@ -199,9 +202,10 @@ async fn subscribe(app: App, who: Identity, call: FrameworkCall) -> Response {
         }
     };
     let stream_id = format!("{}-{:016x}", session.id(), rand_u64());
-    app.streams
-        .lock()
-        .insert(stream_id.clone(), (session.id(), who.to_uri()));
+    app.streams.lock().insert(
+        stream_id.clone(),
+        (session.id(), who.to_uri(), session.conn()),
+    );
     let heartbeat = session.heartbeat();
     let streams = app.streams.clone();
     let key = stream_id.clone();

@@ -315,8 +315,15 @@ impl Client {
     }
 
     async fn next(&self, recv: &mut wasmos_net::RecvStream) -> Result<ClientResponse> {
+        match self.next_answer(recv).await? {
+            ClientResponse::Error { message, .. } => bail!("{message}"),
+            r => Ok(r),
+        }
+    }
+
+    /// The next answer on a stream, errors from the master included.
+    async fn next_answer(&self, recv: &mut wasmos_net::RecvStream) -> Result<ClientResponse> {
         match recv_frame::<ClientResponse>(recv).await {
-            Ok(Some(ClientResponse::Error { message, .. })) => bail!("{message}"),
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(self.fail("the master closed the stream without answering")),
             Err(e) => Err(self.fail(e)),
@@ -502,14 +509,38 @@ impl Client {
         &self,
         id: TaskId,
         follow: bool,
+        sink: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<Option<TaskInfo>> {
+        self.stream_output(id, follow, false, sink).await
+    }
+
+    /// Follows a task's output until it ends (`wasmos run`). If the tenant already follows as
+    /// many logs as it may, waits for the task to end and then prints its output, instead of
+    /// failing for a task already submitted.
+    pub async fn follow_to_end(
+        &self,
+        id: TaskId,
+        sink: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<Option<TaskInfo>> {
+        self.stream_output(id, true, true, sink).await
+    }
+
+    async fn stream_output(
+        &self,
+        id: TaskId,
+        follow: bool,
+        or_wait: bool,
         mut sink: impl FnMut(OutputStream, &[u8]),
     ) -> Result<Option<TaskInfo>> {
-        let req = Self::wrap(ClientRequest::WatchTask { id, follow });
+        let mut req = Self::wrap(ClientRequest::WatchTask { id, follow });
         let mut redirects = 0;
         let (mut send, mut recv) = self.open(&req).await?;
         let _ = send.finish();
+        // Set when the tenant already follows as many logs as it may: the task's end is
+        // polled for instead, and its output read once it has ended.
+        let mut ended = None;
         loop {
-            match self.next(&mut recv).await? {
+            match self.next_answer(&mut recv).await? {
                 ClientResponse::NotLeader { leader, addr } if redirects < MAX_REDIRECTS => {
                     redirects += 1;
                     self.redirect(leader, addr).await?;
@@ -517,9 +548,31 @@ impl Client {
                     let _ = send.finish();
                 }
                 ClientResponse::Output { stream, data } => sink(stream, &data),
-                ClientResponse::EndOfOutput => return Ok(None),
+                ClientResponse::EndOfOutput => return Ok(ended),
                 ClientResponse::TaskEnded(info) => return Ok(Some(*info)),
+                ClientResponse::Error {
+                    kind: ErrorKind::TooManyFollows,
+                    message,
+                } if or_wait && ended.is_none() => {
+                    eprintln!("wasmos: {message}; printing the output of {id} when it ends");
+                    ended = Some(self.wait_until_ended(id).await?);
+                    req = Self::wrap(ClientRequest::WatchTask { id, follow: false });
+                    (send, recv) = self.open(&req).await?;
+                    let _ = send.finish();
+                }
+                ClientResponse::Error { message, .. } => bail!("{message}"),
                 other => bail!("unexpected answer while watching: {other:?}"),
+            }
+        }
+    }
+
+    /// Asks for the task every second until it has ended; returns its final record.
+    async fn wait_until_ended(&self, id: TaskId) -> Result<TaskInfo> {
+        loop {
+            match self.request(ClientRequest::GetTask { id }).await? {
+                ClientResponse::Task(info) if info.status.state.is_terminal() => return Ok(*info),
+                ClientResponse::Task(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                other => bail!("unexpected answer to task show: {other:?}"),
             }
         }
     }

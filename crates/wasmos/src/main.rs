@@ -1404,11 +1404,11 @@ async fn run_cmd(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let ended = tokio::select! {
-        r = client.watch(id, true, write_output) => r?,
+        r = client.follow_to_end(id, write_output) => r?,
         _ = wait_for_ctrl_c() => {
             eprintln!("wasmos: interrupted; killing {id}");
             let _ = client.request(ClientRequest::KillTask { id }).await;
-            client.watch(id, true, |_, _| {}).await?
+            client.follow_to_end(id, |_, _| {}).await?
         }
     };
     client.close().await;
