@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use wasmos_proto::{ClientRequest, ClientResponse, FrameworkId};
 
-use crate::{Format, OutputArg, ask, print_json, table};
+use crate::{OutputArg, ask, print_list};
 
 #[derive(Subcommand)]
 pub(crate) enum FrameworkCmd {
@@ -32,28 +32,17 @@ pub(crate) async fn run(config: Option<&Path>, cmd: FrameworkCmd) -> Result<Exit
             else {
                 bail!("unexpected answer to framework list");
             };
-            match out.format {
-                Format::Json => print_json(&list)?,
-                Format::Table => {
-                    let rows: Vec<Vec<String>> = list
-                        .iter()
-                        .map(|f| {
-                            vec![
-                                f.id.to_string(),
-                                f.name.clone(),
-                                f.role.clone(),
-                                f.owner.clone(),
-                                f.job.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
-                                f.live_tasks.to_string(),
-                            ]
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        table::render(&["ID", "NAME", "ROLE", "OWNER", "JOB", "LIVE TASKS"], &rows)
-                    );
-                }
-            }
+            let header = ["ID", "NAME", "ROLE", "OWNER", "JOB", "LIVE TASKS"];
+            print_list(out.format, &list, &header, |f| {
+                vec![
+                    f.id.to_string(),
+                    f.name.clone(),
+                    f.role.clone(),
+                    f.owner.clone(),
+                    f.job.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
+                    f.live_tasks.to_string(),
+                ]
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         FrameworkCmd::Teardown { id } => {

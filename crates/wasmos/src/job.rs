@@ -514,32 +514,20 @@ async fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
                 after = Some(last.id);
                 jobs.extend(page);
             }
-            match out.format {
-                Format::Json => print_json(&jobs)?,
-                Format::Table => {
-                    let now = crate::now_ms();
-                    let rows: Vec<Vec<String>> = jobs
-                        .iter()
-                        .map(|j| {
-                            let done: u32 = j.groups.iter().map(|g| g.done).sum();
-                            let count: u32 = j.groups.iter().map(|g| g.count).sum();
-                            vec![
-                                j.id.to_string(),
-                                j.name.clone(),
-                                format!("{:?}", j.kind).to_lowercase(),
-                                j.state.to_string(),
-                                format!("{done}/{count}"),
-                                crate::table::age(now, j.submitted_ms),
-                            ]
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        table::render(&["ID", "NAME", "TYPE", "STATE", "DONE", "AGE"], &rows)
-                            .trim_end()
-                    );
-                }
-            }
+            let now = crate::now_ms();
+            let header = ["ID", "NAME", "TYPE", "STATE", "DONE", "AGE"];
+            crate::print_list(out.format, &jobs, &header, |j| {
+                let done: u32 = j.groups.iter().map(|g| g.done).sum();
+                let count: u32 = j.groups.iter().map(|g| g.count).sum();
+                vec![
+                    j.id.to_string(),
+                    j.name.clone(),
+                    format!("{:?}", j.kind).to_lowercase(),
+                    j.state.to_string(),
+                    format!("{done}/{count}"),
+                    crate::table::age(now, j.submitted_ms),
+                ]
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         JobCmd::Results { id, to } => {

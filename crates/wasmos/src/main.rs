@@ -1452,6 +1452,23 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
+/// A listing: a JSON array for scripts, or a table of `header` and a row per item.
+fn print_list<T: serde::Serialize>(
+    format: Format,
+    items: &[T],
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    match format {
+        Format::Json => print_json(&items)?,
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            println!("{}", table::render(header, &rows));
+        }
+    }
+    Ok(())
+}
+
 /// The task states `--state` names.
 fn parse_states(names: &[String]) -> Result<Vec<TaskState>> {
     use TaskState::*;

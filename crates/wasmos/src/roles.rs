@@ -11,7 +11,7 @@ use wasmos_proto::{
     format_bytes, format_cpu, format_duration_ms, parse_bytes,
 };
 
-use crate::{Format, OutputArg, ask, parse_resource_list, print_json, table};
+use crate::{Format, OutputArg, ask, parse_resource_list, print_json, print_list, table};
 
 #[derive(Subcommand)]
 pub(crate) enum RoleCmd {
@@ -113,26 +113,15 @@ pub(crate) async fn reservations(config: Option<&Path>, cmd: ReservationCmd) -> 
             else {
                 bail!("unexpected answer to reservation list");
             };
-            match out.format {
-                Format::Json => print_json(&list)?,
-                Format::Table => {
-                    let rows: Vec<Vec<String>> = list
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                r.agent.to_string(),
-                                r.role.clone(),
-                                r.resources.to_string(),
-                                short(&r.held),
-                            ]
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        table::render(&["AGENT", "ROLE", "RESERVED", "HELD BY TASKS"], &rows)
-                    );
-                }
-            }
+            let header = ["AGENT", "ROLE", "RESERVED", "HELD BY TASKS"];
+            print_list(out.format, &list, &header, |r| {
+                vec![
+                    r.agent.to_string(),
+                    r.role.clone(),
+                    r.resources.to_string(),
+                    short(&r.held),
+                ]
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ReservationCmd::Remove { agent, role } => {
