@@ -18,6 +18,15 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The sustained rate per second operators set for this kind.
+    fn rate(self, cfg: &crate::TenancyConfig) -> u32 {
+        match self {
+            Kind::Writes => cfg.tenant_write_rate,
+            Kind::Reads => cfg.tenant_read_rate,
+            Kind::FrameworkCalls => cfg.tenant_framework_call_rate,
+        }
+    }
+
     fn noun(self) -> &'static str {
         match self {
             Kind::Writes => "writes",
@@ -86,9 +95,37 @@ impl Admission {
         Ok(wait)
     }
 
+    /// Waits for `who`'s tenant's turn at requests of `kind`, at the rate `cfg` sets;
+    /// refused, saying so, when its line is more than [`MAX_WAIT`] long. Operators, agents
+    /// and masters are not limited.
+    pub async fn admit_caller(
+        &self,
+        cfg: &crate::TenancyConfig,
+        who: &wasmos_net::Identity,
+        kind: Kind,
+    ) -> Result<(), String> {
+        match crate::policy::tenant(who) {
+            Some(tenant) => self.admit(kind, &tenant, kind.rate(cfg)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Admission::admit_caller`], but waits however long the line, for a stream whose
+    /// sender can be held back (a framework's calls): its flood only slows itself.
+    pub async fn pace_caller(
+        &self,
+        cfg: &crate::TenancyConfig,
+        who: &wasmos_net::Identity,
+        kind: Kind,
+    ) {
+        while self.admit_caller(cfg, who, kind).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Waits for `tenant`'s turn, at most `rate` requests of `kind` per second sustained;
     /// refused, saying so, when its line is more than [`MAX_WAIT`] long.
-    pub async fn admit(&self, kind: Kind, tenant: &str, rate: u32) -> Result<(), String> {
+    async fn admit(&self, kind: Kind, tenant: &str, rate: u32) -> Result<(), String> {
         match self.reserve(kind, tenant, rate, Instant::now()) {
             Ok(wait) if wait.is_zero() => Ok(()),
             Ok(wait) => {
@@ -117,14 +154,6 @@ impl Admission {
             admission: self,
             tenant: tenant.to_string(),
         })
-    }
-
-    /// Waits for `tenant`'s turn however long its line, for a stream whose sender can be
-    /// held back (a framework's calls): its flood only slows itself.
-    pub async fn pace(&self, kind: Kind, tenant: &str, rate: u32) {
-        while self.admit(kind, tenant, rate).await.is_err() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
     }
 }
 

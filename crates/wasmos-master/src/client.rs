@@ -60,13 +60,11 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
         ClientRequest::Stale(inner) => inner.is_read(),
         other => other.is_read(),
     };
-    let (kind, rate) = if reads {
-        (Kind::Reads, shared.cfg.tenancy.tenant_read_rate)
-    } else {
-        (Kind::Writes, shared.cfg.tenancy.tenant_write_rate)
-    };
-    if let Some(tenant) = crate::policy::tenant(&who)
-        && let Err(why) = shared.admission.admit(kind, &tenant, rate).await
+    let kind = if reads { Kind::Reads } else { Kind::Writes };
+    if let Err(why) = shared
+        .admission
+        .admit_caller(&shared.cfg.tenancy, &who, kind)
+        .await
     {
         let _ = send_frame(&mut send, &error(ErrorKind::Unavailable, why)).await;
         let _ = send.finish();

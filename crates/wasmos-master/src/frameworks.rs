@@ -112,13 +112,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             Ok(Some(call)) => {
                 // A flood of calls holds back this stream only; other tenants' calls are not
                 // queued behind it.
-                if let Some(tenant) = crate::policy::tenant(&who) {
-                    let rate = shared.cfg.tenancy.tenant_framework_call_rate;
-                    shared
-                        .admission
-                        .pace(Kind::FrameworkCalls, &tenant, rate)
-                        .await;
-                }
+                shared
+                    .admission
+                    .pace_caller(&shared.cfg.tenancy, &who, Kind::FrameworkCalls)
+                    .await;
                 shared.offer_event(Event::FrameworkCall {
                     id,
                     conn: conn_id,
@@ -185,13 +182,8 @@ const MAX_FAILOVER_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// A client's subscription is a write (a registration, or a new failover timeout): it waits
 /// for the tenant's turn like other writes. The in-leader job host's are not charged.
 async fn admit_subscription(shared: &Shared, who: &Identity) -> Result<(), String> {
-    match crate::policy::tenant(who) {
-        Some(tenant) => {
-            let rate = shared.cfg.tenancy.tenant_write_rate;
-            shared.admission.admit(Kind::Writes, &tenant, rate).await
-        }
-        None => Ok(()),
-    }
+    let cfg = &shared.cfg.tenancy;
+    shared.admission.admit_caller(cfg, who, Kind::Writes).await
 }
 
 /// Registers a new framework, or checks that a returning one is the caller's (and records a
@@ -346,11 +338,11 @@ impl Frameworks {
         conn: usize,
         call: FrameworkCall,
     ) -> Result<(), String> {
-        if let Some(tenant) = crate::policy::tenant(who) {
-            let rate = self.shared.cfg.tenancy.tenant_framework_call_rate;
-            let admission = &self.shared.admission;
-            admission.admit(Kind::FrameworkCalls, &tenant, rate).await?;
-        }
+        let cfg = &self.shared.cfg.tenancy;
+        let admission = &self.shared.admission;
+        admission
+            .admit_caller(cfg, who, Kind::FrameworkCalls)
+            .await?;
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
             self.shared
                 .offer_event(Event::FrameworkCall { id, conn, call });
@@ -372,12 +364,12 @@ impl FrameworkSession {
         self.id
     }
 
-    /// How often an idle stream should carry a heartbeat.
     /// The session's connection id, which its calls carry.
     pub fn conn(&self) -> usize {
         self.conn
     }
 
+    /// How often an idle stream should carry a heartbeat.
     pub fn heartbeat(&self) -> std::time::Duration {
         self.heartbeat
     }

@@ -947,8 +947,9 @@ impl Cycle {
 
     fn task_changed(&mut self, task: TaskId) {
         let info = self.shared.read(|s| s.tasks.get(&task).cloned());
-        // Several changes recorded in one write each raise an event, and each reads the latest
-        // status: an update already sent under the same number is left to the resend timer.
+        // An event reads the task's latest status, which a later change may already have
+        // replaced (its own event follows): an update already sent under the same number is
+        // left to the resend timer.
         if let Some(t) = &info
             && let Some(fw) = t.framework
             && self.external.contains_key(&fw)
@@ -1123,10 +1124,9 @@ impl Cycle {
                 // One round per grace for what frameworks say they wait for: if the room is
                 // not used (taken by another, or not what the framework will launch on), it
                 // is not made again at once.
+                let grace = self.grace_ms();
                 for (_, since) in self.waiting.values_mut() {
-                    if now.saturating_sub(*since)
-                        >= self.shared.cfg.tenancy.preemption_grace.as_millis() as u64
-                    {
+                    if now.saturating_sub(*since) >= grace {
                         *since = now;
                     }
                 }
@@ -1149,12 +1149,17 @@ impl Cycle {
         );
     }
 
+    /// How long a want waits before guarantee preemption serves it.
+    fn grace_ms(&self) -> u64 {
+        self.shared.cfg.tenancy.preemption_grace.as_millis() as u64
+    }
+
     /// What guarantee preemption may make room for, one want per role: its first
     /// non-best-effort `wasmos run` task if that has waited past the preemption grace, else
     /// the longest-standing of what its connected frameworks say they wait for past the grace
     /// (and that some connected agent could hold at all).
     fn starved(&self, now: u64) -> Vec<(Role, Resources)> {
-        let grace = self.shared.cfg.tenancy.preemption_grace.as_millis() as u64;
+        let grace = self.grace_ms();
         let mut by_role: BTreeMap<Role, (u64, Resources)> = BTreeMap::new();
         self.shared.read(|s| {
             for (fw, (r, since)) in &self.waiting {
