@@ -477,6 +477,7 @@ impl RaftNode {
     /// learner, which catches up from the log or a snapshot, then as a voter through a joint
     /// consensus change. Only the leader can; waits at most [`MEMBERSHIP_TIMEOUT`].
     pub async fn add_master(&self, id: NodeId, addr: String) -> Result<(), RaftError> {
+        self.lead_membership()?;
         let node = BasicNode::new(addr);
         let added = async {
             self.raft
@@ -501,6 +502,7 @@ impl RaftNode {
     /// Removes master `id` from the group through a joint consensus change. The leader may
     /// remove itself: it steps down once the change is committed.
     pub async fn remove_master(&self, id: NodeId) -> Result<(), RaftError> {
+        self.lead_membership()?;
         let mut voters = self.voters();
         let member = voters.remove(&id) || self.status().members.iter().any(|m| m.id == id);
         if !member {
@@ -517,6 +519,19 @@ impl RaftNode {
             Err(_) => Err(RaftError::Timeout(format!(
                 "the change removing master {id} did not commit within {MEMBERSHIP_TIMEOUT:?}"
             ))),
+        }
+    }
+
+    /// Only the leader changes membership. Asked first: a follower that has not yet seen the
+    /// last change committed would otherwise answer "already undergoing a configuration
+    /// change" instead of naming the leader to ask.
+    fn lead_membership(&self) -> Result<(), RaftError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(RaftError::NotLeader {
+                leader: self.leader(),
+            })
         }
     }
 
