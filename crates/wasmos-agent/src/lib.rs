@@ -82,6 +82,8 @@ struct Inner {
 struct Agent {
     cfg: AgentConfig,
     runner: Arc<Runner>,
+    /// Emptied task directories, for the next tasks.
+    dir_pool: Arc<taskdir::DirPool>,
     /// Where tasks run: a runtime of their own (see `TaskPool`).
     pool: tokio::runtime::Handle,
     /// One permit per instance slot of the runner's pooling allocator: a task waits (in
@@ -263,6 +265,7 @@ pub async fn run(
         protected,
         cfg,
         runner,
+        dir_pool: Arc::default(),
         pool: pool.handle.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(
             cfg_slots.map_or(tokio::sync::Semaphore::MAX_PERMITS, |n| n as usize),
@@ -573,15 +576,24 @@ async fn run_task(
     usage: Arc<TaskUsage>,
 ) -> TaskStatus {
     agent.report(task, TaskStatus::new(TaskState::Starting));
-    let bytes = match fetch_blob(agent, &spec.bundle).await {
-        Ok(b) => b,
-        Err(e) => {
-            return TaskStatus::with_reason(
-                TaskState::Error,
-                None,
-                format!("cannot fetch bundle: {e}"),
-            );
-        }
+    // A bundle compiled before is not read, hashed or compiled again: thousands of tasks of
+    // one job share it.
+    let cached = hex::decode(spec.bundle.as_str())
+        .ok()
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+        .and_then(|digest| agent.runner.cached(&digest));
+    let bytes = match cached {
+        Some(_) => Vec::new(),
+        None => match fetch_blob(agent, &spec.bundle).await {
+            Ok(b) => b,
+            Err(e) => {
+                return TaskStatus::with_reason(
+                    TaskState::Error,
+                    None,
+                    format!("cannot fetch bundle: {e}"),
+                );
+            }
+        },
     };
     let stdin = match &spec.stdin {
         None => Vec::new(),
@@ -607,13 +619,14 @@ async fn run_task(
         Err(msg) => return TaskStatus::with_reason(TaskState::Error, None, msg),
     };
     let prepared = {
-        let (work_dir, spec, keep) = (
+        let (work_dir, spec, keep, pool) = (
             agent.cfg.work_dir.clone(),
             spec.clone(),
             agent.cfg.keep_task_dirs,
+            agent.dir_pool.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            taskdir::TaskDir::prepare(&work_dir, task, &spec, &mounts, &inputs, keep)
+            taskdir::TaskDir::prepare(&work_dir, task, &spec, &mounts, &inputs, keep, &pool)
         })
         .await
     };
@@ -634,7 +647,11 @@ async fn run_task(
         }
     };
     let runner = agent.runner.clone();
-    let compiled = match tokio::task::spawn_blocking(move || runner.compile(&bytes)).await {
+    let compiled = match cached {
+        Some(c) => Ok(Ok(c)),
+        None => tokio::task::spawn_blocking(move || runner.compile(&bytes)).await,
+    };
+    let compiled = match compiled {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             return TaskStatus::with_reason(

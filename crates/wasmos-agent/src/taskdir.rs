@@ -2,11 +2,18 @@
 //! unpacked `--mount` archives) and its read-only input files, created before the task starts
 //! and deleted when it ends.
 //!
-//! Layout under `WORK_DIR/tasks/t-N/`: `root/` is the scratch space (the only part that counts
-//! against the disk quota), `inputs/` mirrors the guest paths of the input files.
+//! Layout under `WORK_DIR/tasks/d-K/` (`t-N/`, named after the task, with
+//! `--keep-task-dirs`): `root/` is the scratch space (the only part that counts against the
+//! disk quota), `inputs/` mirrors the guest paths of the input files.
+//!
+//! An ended task's directory is emptied and kept in a pool for the next task: creating and
+//! deleting two directories per task was most of an agent's CPU time with short tasks (ext4
+//! searches its inode bitmap on every mkdir after many deletions), more than running them.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use wasmos_exec::{DiskQuota, Preopen};
 use wasmos_proto::{TaskId, TaskSpec, guest_parent};
@@ -52,11 +59,53 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
     }
 }
 
-/// A prepared task directory; deleted on drop unless kept for debugging.
+/// Most emptied task directories kept for reuse.
+const MAX_POOLED: usize = 4096;
+
+/// Emptied task directories (each holding only an empty `root/`), ready for the next task.
+#[derive(Debug, Default)]
+pub(crate) struct DirPool {
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl DirPool {
+    fn take(&self, parent: &Path) -> (PathBuf, bool) {
+        let pooled = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(p) => (p, true),
+            None => {
+                let k = self.next.fetch_add(1, Ordering::Relaxed);
+                (parent.join(format!("d-{k}")), false)
+            }
+        }
+    }
+
+    /// Keeps an emptied directory; false if the pool is full.
+    fn give(&self, path: PathBuf) -> bool {
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free.len() >= MAX_POOLED {
+            return false;
+        }
+        free.push(path);
+        true
+    }
+}
+
+/// A prepared task directory; emptied and pooled (or deleted) on drop unless kept for
+/// debugging.
 #[derive(Debug)]
 pub(crate) struct TaskDir {
     path: PathBuf,
     keep: bool,
+    pool: Arc<DirPool>,
 }
 
 impl TaskDir {
@@ -65,8 +114,9 @@ impl TaskDir {
         work_dir.join("tasks")
     }
 
-    /// Creates the directory of `task`, unpacks `mounts` (archive bytes, in the spec's order)
-    /// into its scratch space and writes `inputs` (file bytes, in the spec's order). Blocking.
+    /// Creates (or takes from `pool`) the directory of `task`, unpacks `mounts` (archive
+    /// bytes, in the spec's order) into its scratch space and writes `inputs` (file bytes, in
+    /// the spec's order). Blocking.
     pub(crate) fn prepare(
         work_dir: &Path,
         task: TaskId,
@@ -74,13 +124,23 @@ impl TaskDir {
         mounts: &[Vec<u8>],
         inputs: &[Vec<u8>],
         keep: bool,
+        pool: &Arc<DirPool>,
     ) -> Result<TaskDir, PrepareError> {
-        let path = Self::parent(work_dir).join(task.to_string());
+        let parent = Self::parent(work_dir);
+        let (path, pooled) = if keep {
+            (parent.join(task.to_string()), false)
+        } else {
+            pool.take(&parent)
+        };
         // A directory left by an earlier life of this agent is stale: start clean.
-        if path.exists() {
+        if !pooled && path.exists() {
             std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
         }
-        let dir = TaskDir { path, keep };
+        let dir = TaskDir {
+            path,
+            keep,
+            pool: pool.clone(),
+        };
         let root = dir.scratch();
         std::fs::create_dir_all(&root).map_err(io_err(&root))?;
         let mut budget = Budget {
@@ -239,11 +299,45 @@ impl TaskDir {
     }
 }
 
+/// Deletes everything in `dir`, leaving it empty. Links are deleted, never followed.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+impl TaskDir {
+    /// Leaves only an empty `root/` in the directory, to pool it.
+    fn empty(&self) -> std::io::Result<()> {
+        let inputs = self.inputs();
+        if inputs.exists() {
+            std::fs::remove_dir_all(&inputs)?;
+        }
+        empty_dir(&self.scratch())?;
+        // Nothing else may be there for the next task to find.
+        match std::fs::read_dir(&self.path)?.count() {
+            1 => Ok(()),
+            n => Err(std::io::Error::other(format!("{n} entries left"))),
+        }
+    }
+}
+
 impl Drop for TaskDir {
     fn drop(&mut self) {
         if self.keep {
             tracing::info!(dir = %self.path.display(), "keeping the task directory");
-        } else if let Err(e) = std::fs::remove_dir_all(&self.path)
+            return;
+        }
+        if self.empty().is_ok() && self.pool.give(self.path.clone()) {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %self.path.display(), "cannot delete the task directory: {e}");
@@ -428,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn prepares_mounts_and_inputs_and_deletes_everything_on_drop() {
+    fn prepares_mounts_and_inputs_and_empties_everything_on_drop() {
         let work = tempfile::tempdir().unwrap();
         let s = spec(&["/data"], &["/in/a.txt"], 3 * 4096);
         let dir = TaskDir::prepare(
@@ -438,6 +532,7 @@ mod tests {
             &[archive(&[("x/y.txt", b"hello")])],
             &[b"input".to_vec()],
             false,
+            &Arc::new(DirPool::default()),
         )
         .unwrap();
         let root = dir.path().join("root");
@@ -452,7 +547,53 @@ mod tests {
         assert_eq!(std::fs::read(pre[2].host.join("a.txt")).unwrap(), b"input");
         let path = dir.path().to_path_buf();
         drop(dir);
-        assert!(!path.exists());
+        // Emptied and kept for the next task: only an empty scratch space is left.
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["root"]);
+        assert_eq!(std::fs::read_dir(path.join("root")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_pooled_directory_holds_nothing_of_the_task_before() {
+        let work = tempfile::tempdir().unwrap();
+        let pool = Arc::new(DirPool::default());
+        let s = spec(&["/data"], &["/in/a.txt"], 1 << 20);
+        let first = TaskDir::prepare(
+            work.path(),
+            TaskId(1),
+            &s,
+            &[archive(&[("x/y.txt", b"hello")])],
+            &[b"input".to_vec()],
+            false,
+            &pool,
+        )
+        .unwrap();
+        // What a task may leave: files, nested directories, a link out of its sandbox.
+        let root = first.scratch_root();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::write(root.join("a/b/c/f"), b"secret").unwrap();
+        let outside = work.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"x").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let path = first.path().to_path_buf();
+        drop(first);
+        let plain = spec(&[], &[], 1 << 20);
+        let second =
+            TaskDir::prepare(work.path(), TaskId(2), &plain, &[], &[], false, &pool).unwrap();
+        assert_eq!(second.path(), path, "the emptied directory is reused");
+        assert_eq!(std::fs::read_dir(second.scratch_root()).unwrap().count(), 0);
+        assert!(!second.path().join("inputs").exists());
+        // The link was removed, not followed.
+        assert!(outside.join("keep").exists());
+        // Two at once get two directories.
+        let third =
+            TaskDir::prepare(work.path(), TaskId(3), &plain, &[], &[], false, &pool).unwrap();
+        assert_ne!(third.path(), second.path());
     }
 
     #[test]
@@ -465,6 +606,7 @@ mod tests {
             &[archive(&[("big", &[0u8; 4097])])],
             &[],
             false,
+            &Arc::new(DirPool::default()),
         )
         .unwrap_err();
         assert!(
@@ -477,8 +619,9 @@ mod tests {
     fn hostile_archives_are_refused_naming_the_entry() {
         let work = tempfile::tempdir().unwrap();
         let s = spec(&["/m"], &[], 1 << 20);
+        let pool = Arc::new(DirPool::default());
         let prepare = |bytes: Vec<u8>| {
-            TaskDir::prepare(work.path(), TaskId(2), &s, &[bytes], &[], false)
+            TaskDir::prepare(work.path(), TaskId(2), &s, &[bytes], &[], false, &pool)
                 .unwrap_err()
                 .to_string()
         };

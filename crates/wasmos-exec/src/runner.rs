@@ -235,6 +235,12 @@ impl Runner {
         self.inner.fuel_per_core_second
     }
 
+    /// The component compiled from bytes whose SHA-256 is `digest`, if it is in the cache: a
+    /// caller that names a bundle by its hash need not read and hash the bytes again.
+    pub fn cached(&self, digest: &[u8; 32]) -> Option<Compiled> {
+        self.cache().by_hash.get(digest).cloned()
+    }
+
     /// Validates, compiles and links a component. Blocking (seconds for a large component): call
     /// it from `spawn_blocking`. Compiling the same bytes again returns the cached result.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, ExecError> {

@@ -24,6 +24,9 @@ type Slot = (usize, u32);
 pub const LOCALITY_WAIT_MS: u64 = 3_000;
 /// The longest wait between a service instance's restarts.
 const MAX_BACKOFF_MS: u64 = 60_000;
+/// How many pending slots that do not fit an offer are tried before moving on to the next
+/// offer: keeps a callback bounded when thousands of slots meet a full offer.
+const MAX_MISSES_PER_OFFER: usize = 64;
 /// How long declined offers stay away: short, so a slot whose wait ends soon gets offers.
 const DECLINE_MS: u64 = 1_000;
 
@@ -53,6 +56,9 @@ pub struct JobFramework {
     waiting_since: BTreeMap<Slot, u64>,
     /// Agents that have run a bundle, so hold it compiled.
     warm: BTreeMap<BundleHash, BTreeSet<AgentId>>,
+    /// Per group (by position): the indexes done, mirroring `progress.done`, so asking whether
+    /// a slot or a group is done costs no string and no walk over the group.
+    done_idx: Vec<BTreeSet<u32>>,
     events: Vec<JobEvent>,
     suppressed: bool,
     stop: bool,
@@ -76,6 +82,12 @@ impl JobFramework {
                 live.insert(*task, (*g, *i));
             }
         }
+        let mut done_idx = vec![BTreeSet::new(); spec.groups.len()];
+        for (group, i) in progress.done.keys() {
+            if let Some(g) = index.get(group.as_str()) {
+                done_idx[*g].insert(*i);
+            }
+        }
         JobFramework {
             spec,
             submitted_ms,
@@ -88,6 +100,7 @@ impl JobFramework {
             retry_at: BTreeMap::new(),
             waiting_since: BTreeMap::new(),
             warm: BTreeMap::new(),
+            done_idx,
             events: Vec::new(),
             suppressed: false,
             stop: false,
@@ -123,36 +136,35 @@ impl JobFramework {
     }
 
     fn group_done(&self, g: usize) -> bool {
-        let group = &self.spec.groups[g];
-        (0..group.count).all(|i| self.progress.done.contains_key(&(group.name.clone(), i)))
+        let count = self.spec.groups[g].count;
+        let done = &self.done_idx[g];
+        done.len() >= count as usize && done.range(..count).count() == count as usize
     }
 
-    /// Slots that could launch now, in order: earlier groups first, then by index.
-    fn pending(&self, now: u64) -> Vec<Slot> {
-        let mut out = Vec::new();
-        for (gi, g) in self.spec.groups.iter().enumerate() {
-            if self.spec.kind == JobKind::Batch {
-                let ready = g.depends_on.iter().all(|d| {
-                    self.spec
-                        .groups
-                        .iter()
-                        .position(|x| &x.name == d)
-                        .is_some_and(|di| self.group_done(di))
-                });
-                if !ready {
-                    continue;
-                }
-            }
-            for i in 0..g.count {
-                let slot = (gi, i);
-                let done = self.progress.done.contains_key(&(g.name.clone(), i));
-                let waiting = self.retry_at.get(&slot).is_some_and(|t| *t > now);
-                if !done && !waiting && !self.busy.contains_key(&slot) {
-                    out.push(slot);
-                }
-            }
-        }
-        out
+    /// Slots that could launch now, in order: earlier groups first, then by index. Lazy: an
+    /// offer usually takes a few slots of thousands.
+    fn pending(&self, now: u64) -> impl Iterator<Item = Slot> + '_ {
+        self.spec
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| {
+                self.spec.kind != JobKind::Batch
+                    || g.depends_on.iter().all(|d| {
+                        self.spec
+                            .groups
+                            .iter()
+                            .position(|x| &x.name == d)
+                            .is_some_and(|di| self.group_done(di))
+                    })
+            })
+            .flat_map(move |(gi, g)| {
+                (0..g.count).map(move |i| (gi, i)).filter(move |slot| {
+                    !self.done_idx[gi].contains(&slot.1)
+                        && self.retry_at.get(slot).is_none_or(|t| *t <= now)
+                        && !self.busy.contains_key(slot)
+                })
+            })
     }
 
     /// The task of `slot`: the group's template with `{index}` filled in, its own input
@@ -224,7 +236,6 @@ impl JobFramework {
     fn say_waiting(&self, cx: &mut Context) {
         let first = self
             .pending(cx.now_ms())
-            .into_iter()
             .map(|(g, _)| &self.spec.groups[g])
             .find(|g| g.task.qos != Qos::BestEffort && g.constraints.is_empty());
         cx.waiting(first.map(|g| g.task.resources.clone()));
@@ -300,7 +311,7 @@ impl Scheduler for JobFramework {
             return;
         }
         let now = cx.now_ms();
-        let pending = self.pending(now);
+        let pending: Vec<Slot> = self.pending(now).collect();
         if pending.is_empty() {
             cx.decline(offers.iter().map(|o| o.id).collect(), None);
             cx.waiting(None);
@@ -318,6 +329,7 @@ impl Scheduler for JobFramework {
                 .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
             let mut revocable = offer.revocable.clone();
             let mut chosen: Vec<Slot> = Vec::new();
+            let mut misses = 0;
             for slot in &pending {
                 if taken.contains(slot) {
                     continue;
@@ -354,6 +366,11 @@ impl Scheduler for JobFramework {
                     &mut left
                 };
                 if !need.fits_in(pool) {
+                    // A full offer: the rest of thousands of slots would not fit either.
+                    misses += 1;
+                    if misses >= MAX_MISSES_PER_OFFER {
+                        break;
+                    }
                     continue;
                 }
                 *pool = pool.saturating_sub(need);
@@ -464,6 +481,7 @@ impl Scheduler for JobFramework {
             self.progress
                 .done
                 .insert((group, index), (task, status.outputs.clone()));
+            self.done_idx[slot.0].insert(slot.1);
             if (0..self.spec.groups.len()).all(|g| self.group_done(g)) {
                 self.end(cx, JobState::Finished);
                 return;
@@ -511,7 +529,7 @@ impl Scheduler for JobFramework {
             self.killing.insert(t);
             cx.kill(t);
         }
-        if !self.pending(now).is_empty() {
+        if self.pending(now).next().is_some() {
             self.revive(cx);
         }
         if let Some(next) = self.retry_at.values().filter(|t| **t > now).min() {

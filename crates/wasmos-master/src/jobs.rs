@@ -25,6 +25,9 @@ use crate::{Shared, now_ms};
 /// How often the host looks for new, stopped or rescaled jobs.
 const POLL: Duration = Duration::from_millis(300);
 
+/// Most framework events handled before their job events are recorded (bounds one entry).
+const MAX_EVENTS_PER_WRITE: usize = 1024;
+
 /// Most jobs in one page of `job list`.
 const JOB_PAGE: usize = 1000;
 
@@ -76,23 +79,38 @@ fn record(shared: &Shared, job: JobId) -> Option<JobRecord> {
     shared.read(|s| s.jobs.get(&job).cloned())
 }
 
-/// Writes a job's events; false if they could not all be recorded (this runner must stop).
+/// Writes a job's events in one raft entry; false if they could not be recorded (this runner
+/// must stop). One write per callback batch, not per event: a job of 10,000 tasks records
+/// 20,000 events, and awaiting an fsync for each held the whole job to a few hundred tasks/s.
 async fn persist(shared: &Shared, job: JobId, events: Vec<JobEvent>) -> bool {
-    for event in events {
-        let cmd = Command::Job {
+    if events.is_empty() {
+        return true;
+    }
+    let now = now_ms();
+    let mut cmds: Vec<Command> = events
+        .into_iter()
+        .map(|event| Command::Job {
             job,
             event,
-            now_ms: now_ms(),
-        };
-        match shared.write(cmd).await {
-            Ok(CommandResult::Rejected(why)) => {
-                tracing::debug!(%job, "job event not recorded: {why}");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(%job, "cannot record job progress: {e}");
-                return false;
-            }
+            now_ms: now,
+        })
+        .collect();
+    let cmd = if cmds.len() == 1 {
+        cmds.remove(0)
+    } else {
+        Command::Batch(cmds)
+    };
+    let results = match shared.write(cmd).await {
+        Ok(CommandResult::Batch(results)) => results,
+        Ok(other) => vec![other],
+        Err(e) => {
+            tracing::warn!(%job, "cannot record job progress: {e}");
+            return false;
+        }
+    };
+    for r in results {
+        if let CommandResult::Rejected(why) = r {
+            tracing::debug!(%job, "job event not recorded: {why}");
         }
     }
     true
@@ -193,7 +211,18 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         }
         let next = tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => driver.event(ev, now_ms()),
+                Some(ev) => {
+                    // Everything already queued is handled before anything is recorded, so
+                    // a burst of updates costs one write.
+                    let mut next = driver.event(ev, now_ms());
+                    for _ in 1..MAX_EVENTS_PER_WRITE {
+                        match rx.try_recv() {
+                            Ok(ev) => next.extend(driver.event(ev, now_ms())),
+                            Err(_) => break,
+                        }
+                    }
+                    next
+                }
                 None => break,
             },
             _ = poll.tick() => {
