@@ -84,6 +84,10 @@ struct Agent {
     runner: Arc<Runner>,
     /// Emptied task directories, for the next tasks.
     dir_pool: Arc<taskdir::DirPool>,
+    /// One lock per bundle being fetched and compiled: the first task of a job compiles it,
+    /// the hundreds started with it wait for that instead of compiling it too (which, on a
+    /// small machine, took seconds of every core and starved the rest of the process).
+    compiling: Mutex<BTreeMap<BundleHash, Arc<tokio::sync::Mutex<()>>>>,
     /// Where tasks run: a runtime of their own (see `TaskPool`).
     pool: tokio::runtime::Handle,
     /// One permit per instance slot of the runner's pooling allocator: a task waits (in
@@ -109,6 +113,16 @@ const TASK_OUTPUT_BACKLOG: u64 = 1 << 20;
 const OUTPUT_CHUNK_MIN: u64 = 256;
 
 impl Agent {
+    /// The lock of a bundle's compile; locks of bundles nobody compiles are dropped.
+    fn compile_lock(&self, bundle: &BundleHash) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .compiling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(bundle.clone()).or_default().clone()
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -266,6 +280,7 @@ pub async fn run(
         cfg,
         runner,
         dir_pool: Arc::default(),
+        compiling: Mutex::default(),
         pool: pool.handle.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(
             cfg_slots.map_or(tokio::sync::Semaphore::MAX_PERMITS, |n| n as usize),
@@ -578,10 +593,16 @@ async fn run_task(
     agent.report(task, TaskStatus::new(TaskState::Starting));
     // A bundle compiled before is not read, hashed or compiled again: thousands of tasks of
     // one job share it.
-    let cached = hex::decode(spec.bundle.as_str())
+    let digest = hex::decode(spec.bundle.as_str())
         .ok()
-        .and_then(|d| <[u8; 32]>::try_from(d).ok())
-        .and_then(|digest| agent.runner.cached(&digest));
+        .and_then(|d| <[u8; 32]>::try_from(d).ok());
+    let cached = digest.and_then(|d| agent.runner.cached(&d));
+    // Held until this task's compile is done (or found done by another).
+    let compiling = match cached {
+        Some(_) => None,
+        None => Some(agent.compile_lock(&spec.bundle).lock_owned().await),
+    };
+    let cached = cached.or_else(|| digest.and_then(|d| agent.runner.cached(&d)));
     let bytes = match cached {
         Some(_) => Vec::new(),
         None => match fetch_blob(agent, &spec.bundle).await {
@@ -668,6 +689,7 @@ async fn run_task(
             );
         }
     };
+    drop(compiling);
     agent.report(task, TaskStatus::new(TaskState::Running));
     let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
     let forward = {

@@ -159,7 +159,31 @@ pub struct ClusterState {
     pub unacked: std::collections::BTreeSet<(FrameworkId, TaskId)>,
     pub next_job_id: u64,
     pub jobs: BTreeMap<JobId, JobRecord>,
+    /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.
+    #[serde(skip)]
+    live: LiveIndex,
 }
+
+/// The tasks that have not ended, and how many per role: the tasks ceiling is checked for
+/// every new task, and counting them by walking every task (retained ended ones included)
+/// made each launch cost as much as the whole task table.
+///
+/// A function of `tasks`, so it takes no part in equality; it is rebuilt after the state is
+/// decoded (`apply` and [`ClusterState::reindex`] build it when it is not built).
+#[derive(Debug, Clone, Default)]
+struct LiveIndex {
+    built: bool,
+    tasks: std::collections::BTreeSet<TaskId>,
+    by_role: BTreeMap<String, u64>,
+}
+
+impl PartialEq for LiveIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LiveIndex {}
 
 /// How long a submission key is remembered: ten times as long as the CLI retries.
 pub const SUBMISSION_KEY_TTL_MS: u64 = 5 * 60 * 1000;
@@ -334,7 +358,58 @@ impl ClusterState {
         }
     }
 
+    /// Builds the derived indexes if they are not built (a state just decoded).
+    pub fn reindex(&mut self) {
+        if self.live.built {
+            return;
+        }
+        let mut live = LiveIndex {
+            built: true,
+            ..LiveIndex::default()
+        };
+        for t in self.tasks.values() {
+            if !t.status.state.is_terminal() {
+                live.tasks.insert(t.id);
+                if let Some(r) = &t.spec.role {
+                    *live.by_role.entry(r.clone()).or_default() += 1;
+                }
+            }
+        }
+        self.live = live;
+    }
+
+    /// Counts a task that was just created (it has not ended).
+    fn index_new(&mut self, task: TaskId) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        if self.live.tasks.insert(task)
+            && let Some(r) = &t.spec.role
+        {
+            *self.live.by_role.entry(r.clone()).or_default() += 1;
+        }
+    }
+
+    /// Stops counting a task that has ended or is forgotten.
+    fn index_ended(&mut self, task: TaskId, role: Option<&str>) {
+        if self.live.tasks.remove(&task)
+            && let Some(r) = role
+            && let Some(n) = self.live.by_role.get_mut(r)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.live.by_role.remove(r);
+            }
+        }
+    }
+
+    /// Live tasks by role, as (role, count): roles with none are absent.
+    pub(crate) fn live_by_role(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.live.by_role.iter().map(|(r, n)| (r.as_str(), *n))
+    }
+
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
+        self.reindex();
         match cmd {
             Command::Batch(cmds) => CommandResult::Batch(
                 cmds.into_iter()
@@ -477,6 +552,7 @@ impl ClusterState {
                         acked_seq: 0,
                     },
                 );
+                self.index_new(id);
                 if let Some(key) = key {
                     self.submissions.insert(key.clone(), id);
                     self.submission_times.insert((now_ms, key));
@@ -888,7 +964,9 @@ impl ClusterState {
         }
         let tasks = forget.len() as u64;
         for id in forget {
-            self.tasks.remove(&id);
+            if let Some(t) = self.tasks.remove(&id) {
+                self.index_ended(id, t.spec.role.as_deref());
+            }
         }
         let jobs_before = self.jobs.len();
         self.jobs
@@ -1145,6 +1223,7 @@ impl ClusterState {
             info.agent = Some(agent.clone());
             info.updated_ms = now_ms;
             self.charges.insert(t.id, t.charge);
+            self.index_new(t.id);
         }
     }
 
@@ -1170,13 +1249,22 @@ impl ClusterState {
             return;
         };
         info.status_seq += 1;
-        if let Some(fw) = info.framework
+        let ended = info
+            .status
+            .state
+            .is_terminal()
+            .then(|| info.spec.role.clone());
+        let framework = info.framework;
+        if let Some(fw) = framework
             && self
                 .frameworks
                 .get(&fw)
                 .is_some_and(|f| f.acknowledges && f.removed_ms.is_none())
         {
             self.unacked.insert((fw, task));
+        }
+        if let Some(role) = ended {
+            self.index_ended(task, role.as_deref());
         }
     }
 

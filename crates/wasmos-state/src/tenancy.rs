@@ -187,14 +187,11 @@ impl ClusterState {
     fn live_in(&self, scope: &Role) -> (u64, BTreeSet<Role>) {
         let mut live = 0;
         let mut roles = BTreeSet::new();
-        for t in self.tasks.values() {
-            if t.status.state.is_terminal() {
-                continue;
-            }
-            if let Some(r) = t.spec.role.as_deref().and_then(|r| Role::new(r).ok())
+        for (r, n) in self.live_by_role() {
+            if let Ok(r) = Role::new(r)
                 && r.is_within(scope)
             {
-                live += 1;
+                live += n;
                 roles.insert(r);
             }
         }

@@ -393,7 +393,11 @@ proptest! {
                     running: vec![TaskId(n)],
                     now_ms: n,
                 },
-                1 => Command::SubmitTask { id: None, spec: spec(cpu), owner: "o".into(), now_ms: n, key: None },
+                1 => {
+                    let mut spec = spec(cpu);
+                    spec.role = ["r", "r/x", "s"].get(n as usize).map(|r| r.to_string());
+                    Command::SubmitTask { id: None, spec, owner: "o".into(), now_ms: n, key: None }
+                }
                 2 => Command::AssignTask { task: TaskId(n), agent: agent(name), now_ms: n },
                 3 => Command::AgentStatus {
                     agent: agent(name),
@@ -455,6 +459,12 @@ proptest! {
                 }
                 prop_assert_eq!(used.get(&a.id).cloned().unwrap_or_default(), s1.used_on(&a.id));
             }
+            // The live-task index kept up command by command is what a rebuild finds.
+            let mut fresh = s1.clone();
+            fresh.live = Default::default();
+            fresh.reindex();
+            prop_assert_eq!(&fresh.live.tasks, &s1.live.tasks);
+            prop_assert_eq!(&fresh.live.by_role, &s1.live.by_role);
         }
         prop_assert_eq!(&s1, &s2);
         let ids: Vec<u64> = s1.tasks.keys().map(|t| t.0).collect();
