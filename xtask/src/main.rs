@@ -258,6 +258,13 @@ fn main() -> Result<()> {
         Some("bench") => {
             samples()?;
             run(cargo().args(["build", "--release", "--locked", "-p", "wasmos"]))?;
+            // Wasmos against Ray (installed from PyPI into target/bench-venv) on the same
+            // workloads in the same run; `cargo xtask bench compare` runs only this.
+            let compare = root().join("bench").join("compare.py");
+            run(Command::new("python3").arg(&compare))?;
+            if args.get(1).map(String::as_str) == Some("compare") {
+                return Ok(());
+            }
             run(cargo().args([
                 "bench",
                 "--locked",
