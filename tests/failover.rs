@@ -122,4 +122,20 @@ fn leader_killed_repeatedly_while_submitting_loses_no_acknowledged_task() {
         assert_eq!(t["status"]["exit_code"], 0, "{t:#}");
     }
     eprintln!("{} submissions acknowledged and completed", acked.len());
+
+    // The agents followed each new leader by asking the other masters once theirs went
+    // silent, not by waiting out the connection's idle timeout.
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(g.dir.path().join(format!("logs/agent-{i}.log")))
+            .unwrap_or_default();
+        let followed = log.matches("went silent and").count();
+        assert!(
+            followed >= 1,
+            "agent {i} never followed a new leader:\n{log}"
+        );
+        assert!(
+            !log.contains("timed out"),
+            "agent {i} waited for a timeout:\n{log}"
+        );
+    }
 }

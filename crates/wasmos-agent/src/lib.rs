@@ -259,7 +259,7 @@ pub async fn run(
         None => tracing::info!("metering CPU by the thread clock"),
     }
     let pool = TaskPool::new(cfg.resources.cpu_millis)?;
-    let endpoint = wasmos_net::client_endpoint(&creds, alpn::AGENT, cfg.master)?;
+    let endpoint = wasmos_net::watchful_client_endpoint(&creds, alpn::AGENT, cfg.master)?;
     // Sequence numbers start from the clock so a restarted agent numbers above its previous
     // life even before the master tells it the last number it recorded.
     let first_seq = SystemTime::now()
@@ -309,7 +309,7 @@ pub async fn run(
     let mut next = 0;
     loop {
         let master = masters[next % masters.len()];
-        let session = session(agent.clone(), &endpoint, master);
+        let session = session(agent.clone(), &endpoint, master, &masters);
         let mut redirected = false;
         tokio::select! {
             result = session => {
@@ -394,6 +394,7 @@ async fn session(
     agent: Arc<Agent>,
     endpoint: &wasmos_net::Endpoint,
     master: SocketAddr,
+    masters: &[SocketAddr],
 ) -> Result<(), SessionEnd> {
     let conn = wasmos_net::connect(endpoint, master)
         .await
@@ -429,9 +430,92 @@ async fn session(
         }
         Ok::<(), wasmos_net::FrameError>(())
     });
-    let result = read_loop(&agent, &conn, &mut recv, tx).await;
+    let others: Vec<SocketAddr> = masters.iter().copied().filter(|m| *m != master).collect();
+    let result = tokio::select! {
+        r = read_loop(&agent, &conn, &mut recv, tx) => r,
+        leader = watch_leader(endpoint, &conn, master, &others) => {
+            tracing::info!("master {master} went silent and {leader} leads now; registering there");
+            conn.close(0u32.into(), b"going to the new leader");
+            Err(SessionEnd::NotLeader(Some(leader)))
+        }
+    };
     writer.abort();
     result
+}
+
+/// After this long without a datagram from its master (which acknowledges the agent's
+/// keep-alives, sent every [`wasmos_net::WATCHFUL_KEEP_ALIVE`]), the agent asks the other
+/// masters who leads.
+const SILENCE: Duration = Duration::from_millis(450);
+/// How often the connection is looked at, and the other masters asked while it is silent.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+/// How long a probe of another master may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Resolves once another master names a leader other than `master` while `master` is
+/// silent: a killed leader sends nothing, and without this its agents would wait out the idle
+/// timeout (6 s) before looking for the new one. A leader that is only slow is still named
+/// by the others (they would elect another otherwise), so it keeps its agents. Never resolves
+/// with no other master.
+async fn watch_leader(
+    endpoint: &wasmos_net::Endpoint,
+    conn: &Connection,
+    master: SocketAddr,
+    others: &[SocketAddr],
+) -> SocketAddr {
+    if others.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut seen = conn.stats().udp_rx.datagrams;
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            seen = now;
+            heard = tokio::time::Instant::now();
+            continue;
+        }
+        if heard.elapsed() < SILENCE {
+            continue;
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for other in others {
+            let (endpoint, other) = (endpoint.clone(), *other);
+            probes.spawn(async move {
+                tokio::time::timeout(PROBE_TIMEOUT, who_leads(&endpoint, other))
+                    .await
+                    .ok()
+                    .flatten()
+            });
+        }
+        while let Some(answer) = probes.join_next().await {
+            if let Ok(Some(leader)) = answer
+                && leader != master
+            {
+                return leader;
+            }
+        }
+    }
+}
+
+/// Which master `other` says leads (none while it knows of none, or if it does not answer).
+async fn who_leads(endpoint: &wasmos_net::Endpoint, other: SocketAddr) -> Option<SocketAddr> {
+    let conn = wasmos_net::connect_within(endpoint, other, PROBE_TIMEOUT)
+        .await
+        .ok()?;
+    let answer = async {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send_frame(&mut send, &AgentToMaster::WhoLeads).await.ok()?;
+        let _ = send.finish();
+        match recv_frame::<MasterToAgent>(&mut recv).await {
+            Ok(Some(MasterToAgent::Leader { addr })) => addr?.parse().ok(),
+            _ => None,
+        }
+    }
+    .await;
+    conn.close(0u32.into(), b"probe done");
+    answer
 }
 
 async fn read_loop(
@@ -496,7 +580,7 @@ async fn read_loop(
                 conn.close(0u32.into(), b"going to the leader");
                 break Err(SessionEnd::NotLeader(addr.and_then(|a| a.parse().ok())));
             }
-            MasterToAgent::Bundle { .. } | MasterToAgent::Stored => {
+            MasterToAgent::Bundle { .. } | MasterToAgent::Stored | MasterToAgent::Leader { .. } => {
                 tracing::warn!("unexpected blob answer on the control stream");
             }
         }

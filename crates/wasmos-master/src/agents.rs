@@ -48,6 +48,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 running,
                 pending,
             ),
+            Ok(Some(AgentToMaster::WhoLeads)) => {
+                let (_, addr) = shared.raft.leader_addr();
+                let _ = send_frame(&mut send, &MasterToAgent::Leader { addr }).await;
+                let _ = send.finish();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+                return;
+            }
             other => {
                 let msg = format!("expected Register as the first message, got {other:?}");
                 tracing::warn!(%agent, "{msg}");

@@ -19,6 +19,6 @@ pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
 pub use tls::{
-    Credentials, MASTER_SERVER_NAME, NetError, REFUSED, client_endpoint, connect, describe,
-    is_refusal, server_endpoint,
+    Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, client_endpoint,
+    connect, connect_within, describe, is_refusal, server_endpoint, watchful_client_endpoint,
 };

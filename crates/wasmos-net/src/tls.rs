@@ -110,16 +110,20 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+fn transport(keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Agents hold one connection for their lifetime; keep-alives keep NAT bindings and let both
     // sides notice a dead peer within the idle timeout. A killed master sends nothing (UDP has
-    // no reset), so this timeout is how soon its agents go looking for the new leader: a few
-    // lost keep-alives, not a quarter of a minute.
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // no reset): the idle timeout is the last resort, a watchful client (see
+    // [`watchful_client_endpoint`]) notices sooner.
+    t.keep_alive_interval(Some(keep_alive));
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(6_000).into()));
     Arc::new(t)
 }
+
+/// How often a watchful client pings its master: the master's acknowledgements are what tell
+/// the client it is alive, so a silence of a few of these means it may be gone.
+pub const WATCHFUL_KEEP_ALIVE: Duration = Duration::from_millis(150);
 
 /// A server endpoint that requires a client certificate signed by the cluster CA.
 pub fn server_endpoint(
@@ -138,7 +142,7 @@ pub fn server_endpoint(
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(Duration::from_secs(1)));
     quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
 }
 
@@ -148,6 +152,26 @@ pub fn client_endpoint(
     alpn: &[u8],
     remote: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
+    endpoint_with(creds, alpn, remote, Duration::from_secs(1))
+}
+
+/// A client endpoint whose connections ping every [`WATCHFUL_KEEP_ALIVE`], for clients that
+/// watch their master's liveness (agents): a silent connection is then a sign within half a
+/// second, not the idle timeout's six.
+pub fn watchful_client_endpoint(
+    creds: &Credentials,
+    alpn: &[u8],
+    remote: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    endpoint_with(creds, alpn, remote, WATCHFUL_KEEP_ALIVE)
+}
+
+fn endpoint_with(
+    creds: &Credentials,
+    alpn: &[u8],
+    remote: SocketAddr,
+    keep_alive: Duration,
+) -> Result<quinn::Endpoint, NetError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(creds.roots()?)
@@ -155,7 +179,7 @@ pub fn client_endpoint(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(keep_alive));
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse().unwrap_or(remote)
     } else {
@@ -172,13 +196,22 @@ pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
 ) -> Result<quinn::Connection, NetError> {
+    connect_within(endpoint, addr, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`], giving up after `timeout` (a dead master answers nothing at all).
+pub async fn connect_within(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, NetError> {
     let connecting = endpoint
         .connect(addr, MASTER_SERVER_NAME)
         .map_err(|e| NetError::Connect {
             addr,
             detail: e.to_string(),
         })?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(NetError::Connect {
             addr,

@@ -393,6 +393,10 @@ pub enum AgentToMaster {
         /// Status updates not yet acknowledged, resent in order.
         pending: Vec<StatusUpdate>,
     },
+    /// First and only message of a probe connection: which master leads, as this one sees it?
+    /// An agent whose master has gone silent asks the others, to follow a new leader as soon
+    /// as it is elected instead of waiting out the idle timeout. Answered with `Leader`.
+    WhoLeads,
     Heartbeat {
         /// What the agent's guaranteed and burstable tasks use now (CPU over the last interval,
         /// memory held): what they hold beyond it is lent to best-effort tasks as revocable.
@@ -459,5 +463,10 @@ pub enum MasterToAgent {
     },
     Error {
         message: String,
+    },
+    /// Answer to `WhoLeads`: the leader's address as this master knows it (its own when it
+    /// leads), none during an election.
+    Leader {
+        addr: Option<String>,
     },
 }
