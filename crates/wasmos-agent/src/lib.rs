@@ -433,7 +433,10 @@ async fn session(
     let others: Vec<SocketAddr> = masters.iter().copied().filter(|m| *m != master).collect();
     let result = tokio::select! {
         r = read_loop(&agent, &conn, &mut recv, tx) => r,
-        leader = watch_leader(endpoint, &conn, master, &others) => {
+        leader = wasmos_net::watch_leader(&conn, master, &others, |other| {
+            let endpoint = endpoint.clone();
+            async move { who_leads(&endpoint, other).await }
+        }) => {
             tracing::info!("master {master} went silent and {leader} leads now; registering there");
             conn.close(0u32.into(), b"going to the new leader");
             Err(SessionEnd::NotLeader(Some(leader)))
@@ -443,79 +446,13 @@ async fn session(
     result
 }
 
-/// After this long without a datagram from its master (which acknowledges the agent's
-/// keep-alives, sent every [`wasmos_net::WATCHFUL_KEEP_ALIVE`]), the agent asks the other
-/// masters who leads.
-const SILENCE: Duration = Duration::from_millis(450);
-/// How often the connection is looked at, and the other masters asked while it is silent.
-const WATCH_EVERY: Duration = Duration::from_millis(50);
-/// How long a probe of another master may take.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-
-/// Resolves once another master names a leader other than `master` while `master` is
-/// silent: a killed leader sends nothing, and without this its agents would wait out the idle
-/// timeout (6 s) before looking for the new one. A leader that is only slow is still named
-/// by the others (they would elect another otherwise), so it keeps its agents. Never resolves
-/// with no other master.
-async fn watch_leader(
-    endpoint: &wasmos_net::Endpoint,
-    conn: &Connection,
-    master: SocketAddr,
-    others: &[SocketAddr],
-) -> SocketAddr {
-    if others.is_empty() {
-        return std::future::pending().await;
-    }
-    let mut seen = conn.stats().udp_rx.datagrams;
-    let mut heard = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        let now = conn.stats().udp_rx.datagrams;
-        if now != seen {
-            seen = now;
-            heard = tokio::time::Instant::now();
-            continue;
-        }
-        if heard.elapsed() < SILENCE {
-            continue;
-        }
-        let mut probes = tokio::task::JoinSet::new();
-        for other in others {
-            let (endpoint, other) = (endpoint.clone(), *other);
-            probes.spawn(async move {
-                tokio::time::timeout(PROBE_TIMEOUT, who_leads(&endpoint, other))
-                    .await
-                    .ok()
-                    .flatten()
-            });
-        }
-        while let Some(answer) = probes.join_next().await {
-            if let Ok(Some(leader)) = answer
-                && leader != master
-            {
-                return leader;
-            }
-        }
-    }
-}
-
-/// Which master `other` says leads (none while it knows of none, or if it does not answer).
+/// Which master `other` says leads.
 async fn who_leads(endpoint: &wasmos_net::Endpoint, other: SocketAddr) -> Option<SocketAddr> {
-    let conn = wasmos_net::connect_within(endpoint, other, PROBE_TIMEOUT)
-        .await
-        .ok()?;
-    let answer = async {
-        let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        send_frame(&mut send, &AgentToMaster::WhoLeads).await.ok()?;
-        let _ = send.finish();
-        match recv_frame::<MasterToAgent>(&mut recv).await {
-            Ok(Some(MasterToAgent::Leader { addr })) => addr?.parse().ok(),
-            _ => None,
-        }
-    }
-    .await;
-    conn.close(0u32.into(), b"probe done");
-    answer
+    let leader_of = |answer: MasterToAgent| match answer {
+        MasterToAgent::Leader { addr } => addr,
+        _ => None,
+    };
+    wasmos_net::ask_leader(endpoint, other, &AgentToMaster::WhoLeads, leader_of).await
 }
 
 async fn read_loop(

@@ -31,10 +31,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         request: None,
         message,
     };
-    let first = recv_frame(&mut recv)
-        .await
-        .map(|c| c.map(Subscription::from_call));
-    let sub = match first {
+    let first = recv_frame(&mut recv).await;
+    if let Ok(Some(FrameworkCall::WhoLeads)) = first {
+        let (_, addr) = shared.raft.leader_addr();
+        refuse_and_close(send, FrameworkEvent::NotLeader { addr }).await;
+        return;
+    }
+    let sub = match first.map(|c| c.map(Subscription::from_call)) {
         Ok(Some(Ok(sub))) => sub,
         other => {
             let msg = format!("expected Subscribe as the first call, got {other:?}");

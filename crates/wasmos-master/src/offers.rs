@@ -579,7 +579,8 @@ impl Cycle {
     ) -> Result<(), wasmos_raft::RaftError> {
         let now = now_ms();
         match call {
-            FrameworkCall::Subscribe { .. } => {}
+            // A subscribed session has its leader; the question is a probe's only.
+            FrameworkCall::Subscribe { .. } | FrameworkCall::WhoLeads => {}
             FrameworkCall::Acknowledge { task, update } => {
                 // Nothing owed for this update (a duplicate, an old one): no write.
                 let owed = self.shared.read(|s| {

@@ -11,6 +11,7 @@ mod private;
 mod refusals;
 pub mod seal;
 mod tls;
+mod watch;
 
 pub use frame::{FrameError, recv_frame, send_frame};
 pub use https::{HttpsAcceptor, HttpsStream};
@@ -22,3 +23,4 @@ pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, client_endpoint,
     connect, connect_within, describe, is_refusal, server_endpoint, watchful_client_endpoint,
 };
+pub use watch::{PROBE_TIMEOUT, SILENCE, ask_leader, watch_leader};

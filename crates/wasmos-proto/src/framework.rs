@@ -72,6 +72,11 @@ pub enum FrameworkCall {
     Waiting {
         resources: Option<Resources>,
     },
+    /// Only as the first and only call of a probe connection: which master leads? Answered
+    /// with `NotLeader { addr }` naming the leader (the master itself when it leads), none
+    /// during an election. A framework whose master went silent asks the others this, to
+    /// follow a new leader as soon as it is elected.
+    WhoLeads,
 }
 
 /// How long a disconnected framework keeps its tasks unless it asks otherwise: one minute,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmos_net::{Credentials, NetError, recv_frame, send_frame};
-use wasmos_proto::{FrameworkEvent, alpn};
+use wasmos_proto::{FrameworkCall, FrameworkEvent, alpn};
 
 use crate::{Action, Driver, Options, Scheduler};
 
@@ -54,6 +54,8 @@ fn now_ms() -> u64 {
 
 /// Pause between attempts when a master cannot be reached or does not lead.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause before following a redirect to the leader.
+const REDIRECT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Subscribes `scheduler` and runs it until it finishes ([`crate::Context::finish`] or
 /// [`crate::Context::teardown`]); returns it then, for its results.
@@ -63,30 +65,36 @@ pub async fn run<S: Scheduler>(
     options: Options,
 ) -> Result<S, ClientError> {
     let first = *cluster.masters.first().ok_or(ClientError::NoMasters)?;
-    let endpoint = wasmos_net::client_endpoint(&cluster.credentials, alpn::FRAMEWORK, first)?;
+    let endpoint =
+        wasmos_net::watchful_client_endpoint(&cluster.credentials, alpn::FRAMEWORK, first)?;
     let mut driver = Driver::new(scheduler, options);
     let mut target = first;
     let mut unreachable_since = tokio::time::Instant::now();
     loop {
-        let (ended, subscribed) = session(&endpoint, &mut driver, target).await;
+        let (ended, subscribed) = session(&endpoint, &mut driver, target, &cluster.masters).await;
         if subscribed {
             // It worked for a while: the patience starts over from this failure.
             unreachable_since = tokio::time::Instant::now();
         }
-        let why = match ended {
+        let (why, pause) = match ended {
             Ok(Ended::Finished) => {
                 endpoint.wait_idle().await;
                 return Ok(driver.into_scheduler());
             }
             Ok(Ended::Failed(message)) => return Err(ClientError::Refused(message)),
-            Ok(Ended::Moved(addr)) => {
-                // Redirects are progress (an election is settling), but a loop of them is not.
-                target = addr.unwrap_or_else(|| next(&cluster.masters, target));
-                "not the leader".to_string()
+            // Redirects are progress (an election is settling), but a loop of them is not:
+            // a short pause, and the patience still counts.
+            Ok(Ended::Moved(Some(addr))) => {
+                target = addr;
+                ("not the leader".to_string(), REDIRECT_PAUSE)
+            }
+            Ok(Ended::Moved(None)) => {
+                target = next(&cluster.masters, target);
+                ("not the leader".to_string(), RETRY_PAUSE)
             }
             Err(e) => {
                 target = next(&cluster.masters, target);
-                e
+                (e, RETRY_PAUSE)
             }
         };
         if unreachable_since.elapsed() > cluster.give_up_after {
@@ -97,7 +105,7 @@ pub async fn run<S: Scheduler>(
             });
         }
         tracing::debug!(%target, "framework reconnecting: {why}");
-        tokio::time::sleep(RETRY_PAUSE).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -125,7 +133,9 @@ async fn session<S: Scheduler>(
     endpoint: &wasmos_net::Endpoint,
     driver: &mut Driver<S>,
     target: SocketAddr,
+    masters: &[SocketAddr],
 ) -> (Result<Ended, String>, bool) {
+    let others: Vec<SocketAddr> = masters.iter().copied().filter(|m| *m != target).collect();
     let conn = match wasmos_net::connect(endpoint, target).await {
         Ok(c) => c,
         Err(e) => return (Err(e.to_string()), false),
@@ -178,8 +188,26 @@ async fn session<S: Scheduler>(
                 }
             },
             _ = tokio::time::sleep(sleep) => actions = driver.tick(now_ms()),
+            // A killed leader sends nothing: ask the others rather than wait out the idle
+            // timeout (the driver resubscribes there, keeping its id and tasks).
+            leader = wasmos_net::watch_leader(&conn, target, &others, |other| {
+                let endpoint = endpoint.clone();
+                async move { who_leads(&endpoint, other).await }
+            }) => {
+                tracing::info!(%target, %leader, "the master went silent; following the new leader");
+                actions = driver.event(FrameworkEvent::NotLeader { addr: Some(leader.to_string()) }, now_ms());
+            }
         }
     };
     conn.close(0u32.into(), b"framework done");
     (outcome, subscribed || driver.is_subscribed())
+}
+
+/// Which master `other` says leads.
+async fn who_leads(endpoint: &wasmos_net::Endpoint, other: SocketAddr) -> Option<SocketAddr> {
+    let leader_of = |ev: FrameworkEvent| match ev {
+        FrameworkEvent::NotLeader { addr } => addr,
+        _ => None,
+    };
+    wasmos_net::ask_leader(endpoint, other, &FrameworkCall::WhoLeads, leader_of).await
 }
