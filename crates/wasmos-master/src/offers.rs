@@ -2,8 +2,7 @@
 //! as they connect and leave, tasks as they end, roles as operators change them), runs a cycle
 //! every `offer_interval` and after every batch of events, and hands offers to frameworks. An
 //! accepted offer becomes a `Launch` command, which the state machine re-checks before it is
-//! committed; only then are agents told to launch. The launches of one pass are proposed
-//! together, off the cycle ([`Cycle::flush`]): the cycle never waits in line on a write.
+//! committed; only then are agents told to launch.
 //!
 //! `wasmos run` tasks are launched by the master's built-in framework, one per role: it takes
 //! its role's waiting tasks (highest priority, then oldest first) from the offers it gets, so
@@ -24,7 +23,7 @@ use wasmos_proto::{
     AgentId, FrameworkCall, FrameworkEvent, FrameworkId, MasterToAgent, OfferId, OfferInfo,
     OfferOperation, Qos, Reason, Resources, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
-use wasmos_state::{Command, CommandResult, LaunchTask, ReservationOp};
+use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask, ReservationOp};
 
 use crate::client::validate_spec;
 use crate::{Shared, now_ms};
@@ -90,45 +89,7 @@ pub(crate) enum Event {
         call: FrameworkCall,
     },
     Snapshot(oneshot::Sender<Snapshot>),
-    /// The launches of one cycle were written (or not): what the cycle still owes for them.
-    Committed {
-        epoch: u64,
-        results: Vec<Committed>,
-    },
 }
-
-/// A launch the allocator accepted, on its way through raft with the others of its cycle.
-struct Proposal {
-    fw: FrameworkId,
-    agent: AgentId,
-    tasks: Vec<LaunchTask>,
-    reservations: Vec<ReservationOp>,
-    then: AfterCommit,
-}
-
-/// What follows a launch's commit.
-enum AfterCommit {
-    /// A framework's accept: answer `request`, and send these specs to the agent.
-    External {
-        request: u64,
-        specs: BTreeMap<TaskId, TaskSpec>,
-    },
-    /// The built-in framework's: the specs are in the state.
-    Builtin,
-}
-
-/// A launch's proposal with how its write ended.
-pub(crate) struct Committed {
-    fw: FrameworkId,
-    agent: AgentId,
-    ids: Vec<TaskId>,
-    request: Option<u64>,
-    result: Result<CommandResult, wasmos_raft::RaftError>,
-}
-
-/// Tells the cycles of successive leaderships apart: a commit answered after this master
-/// stopped leading is not the business of a later cycle.
-static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What `agent list` and `role list` show from the leader's allocator.
 #[derive(Default)]
@@ -166,10 +127,6 @@ struct Cycle {
     next_resend_scan_ms: u64,
     /// What subscribed frameworks said they wait for (`FrameworkCall::Waiting`), since when.
     waiting: BTreeMap<FrameworkId, (Resources, u64)>,
-    /// This leadership's cycle (see [`EPOCH`]).
-    epoch: u64,
-    /// Launches accepted since the last write, proposed together by [`Cycle::flush`].
-    proposals: Vec<Proposal>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
@@ -256,11 +213,7 @@ async fn lead(
         if reconcile {
             cycle.reconcile();
         }
-        let ran = cycle.run_once(now_ms()).await;
-        // Everything the events and the cycle accepted goes out as one raft entry; the cycle
-        // does not wait for it (its result comes back as `Event::Committed`).
-        cycle.flush();
-        if let Err(e) = ran {
+        if let Err(e) = cycle.run_once(now_ms()).await {
             tracing::error!("offer cycle failed: {e}");
             // The state store failing is not something a tight retry fixes.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,8 +266,6 @@ impl Cycle {
             resend: BTreeMap::new(),
             next_resend_scan_ms: 0,
             waiting: BTreeMap::new(),
-            epoch: EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            proposals: Vec::new(),
         };
         let now = now_ms();
         let (frameworks, waiting) = cycle.shared.read(|s| {
@@ -430,11 +381,6 @@ impl Cycle {
                     return Ok(());
                 }
                 return self.framework_call(id, call).await;
-            }
-            Event::Committed { epoch, results } => {
-                if epoch == self.epoch {
-                    self.committed(results);
-                }
             }
             Event::Snapshot(reply) => {
                 let agents = self
@@ -759,39 +705,38 @@ impl Cycle {
                 operations,
                 refuse_ms,
             } => {
-                // Answered once the launch is written (`committed`), or now if refused.
-                if let Err(message) =
-                    self.external_accept(fw, request, &offers, operations, refuse_ms, now)
-                {
-                    let ev = FrameworkEvent::Error {
+                let outcome = self
+                    .external_accept(fw, &offers, operations, refuse_ms, now)
+                    .await?;
+                let ev = match outcome {
+                    Ok(tasks) => FrameworkEvent::Accepted { request, tasks },
+                    Err(message) => FrameworkEvent::Error {
                         request: Some(request),
                         message,
-                    };
-                    self.send(fw, ev);
-                }
+                    },
+                };
+                self.send(fw, ev);
             }
         }
         Ok(())
     }
 
-    /// Checks a framework's accept and applies it to the allocator; the launch is proposed
-    /// with the others of this cycle, and the framework answered once it is written. A
-    /// refusal withdraws the named offers and launches nothing.
-    fn external_accept(
+    /// Checks a framework's accept, applies it to the allocator, records it through Raft and
+    /// launches its tasks. A refusal withdraws the named offers and launches nothing.
+    async fn external_accept(
         &mut self,
         fw: FrameworkId,
-        request: u64,
         offers: &[OfferId],
         operations: Vec<OfferOperation>,
         refuse_ms: Option<u64>,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<Result<Vec<TaskId>, String>, wasmos_raft::RaftError> {
         let Some((role, owner)) = self.shared.read(|s| {
             s.frameworks
                 .get(&fw)
                 .map(|f| (f.role.clone(), f.owner.clone()))
         }) else {
-            return Err(format!("framework {fw} is not known"));
+            return Ok(Err(format!("framework {fw} is not known")));
         };
         let launches = operations.iter().any(|op| {
             matches!(
@@ -804,7 +749,7 @@ impl Cycle {
             && let Err(e) = self.shared.check_storage(tenant, 1)
         {
             self.alloc.decline(fw, offers, Some(0), now);
-            return Err(e);
+            return Ok(Err(e));
         }
         let mut ops = Vec::new();
         let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
@@ -828,11 +773,11 @@ impl Cycle {
                     .and_then(|()| crate::policy::seal(&self.shared.secrets, &mut spec))
                 {
                     self.alloc.decline(fw, offers, Some(0), now);
-                    return Err(format!("task `{}`: {e}", spec.name));
+                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
                 }
                 if let Err(e) = self.shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
                     self.alloc.decline(fw, offers, Some(0), now);
-                    return Err(format!("task `{}`: {e}", spec.name));
+                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
                 }
                 spec.role = Some(role.to_string());
                 let id = self.shared.new_task_id();
@@ -853,7 +798,7 @@ impl Cycle {
         }
         let accepted = match self.alloc.accept(fw, offers, &ops, refuse_ms, now) {
             Ok(a) => a,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Ok(Err(e.to_string())),
         };
         let reservations = accepted
             .reservations
@@ -882,153 +827,55 @@ impl Cycle {
                 charge: l.charge.clone(),
             })
             .collect();
-        self.proposals.push(Proposal {
-            fw,
-            agent: accepted.agent.clone(),
-            tasks,
-            reservations,
-            then: AfterCommit::External { request, specs },
-        });
-        Ok(())
+        let agent = accepted.agent.clone();
+        if let Err(why) = self.commit_launch(fw, &agent, reservations, tasks).await? {
+            return Ok(Err(why));
+        }
+        for (id, spec) in specs {
+            tracing::info!(task = %id, %agent, framework = %fw, "launching");
+            self.shared.launch(&agent, id, spec);
+        }
+        Ok(Ok(ids))
     }
 
-    /// Proposes the launches accepted since the last call as one raft entry, off the cycle:
-    /// the tasks go to their agents once written, and the cycle hears how it went
-    /// (`Event::Committed`) to answer frameworks and put right what was refused.
-    fn flush(&mut self) {
-        if self.proposals.is_empty() {
-            return;
+    /// Records an accepted offer. If the state machine refuses it (the allocator's view was
+    /// stale), the agent is rebuilt in the allocator from the recorded state.
+    async fn commit_launch(
+        &mut self,
+        fw: FrameworkId,
+        agent: &AgentId,
+        reservations: Vec<ReservationOp>,
+        tasks: Vec<LaunchTask>,
+    ) -> Result<Result<(), String>, wasmos_raft::RaftError> {
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let result = self
+            .shared
+            .write(Command::Launch {
+                framework: fw,
+                agent: agent.clone(),
+                reservations,
+                tasks,
+                now_ms: now_ms(),
+            })
+            .await;
+        if let Err(wasmos_raft::RaftError::NoQuorum(_)) = &result {
+            // The write may still commit after its caller gave up: if it does, the tasks are
+            // placed on the agent and must be sent to it.
+            launch_if_committed_late(self.shared.clone(), agent.clone(), ids);
         }
-        let proposals = std::mem::take(&mut self.proposals);
-        let (shared, epoch) = (self.shared.clone(), self.epoch);
-        tokio::spawn(async move {
-            let now = now_ms();
-            let mut cmds = Vec::with_capacity(proposals.len());
-            let mut after = Vec::with_capacity(proposals.len());
-            for p in proposals {
-                let ids: Vec<TaskId> = p.tasks.iter().map(|t| t.id).collect();
-                cmds.push(Command::Launch {
-                    framework: p.fw,
-                    agent: p.agent.clone(),
-                    reservations: p.reservations,
-                    tasks: p.tasks,
-                    now_ms: now,
-                });
-                after.push((p.fw, p.agent, ids, p.then));
+        match result {
+            Ok(CommandResult::Ok) => Ok(Ok(())),
+            Ok(other) => {
+                tracing::warn!(%agent, framework = %fw, "launch refused: {other:?}");
+                self.refresh_agent(agent);
+                Ok(Err(match other {
+                    CommandResult::Rejected(why) => why,
+                    other => format!("{other:?}"),
+                }))
             }
-            let n = cmds.len();
-            let cmd = match cmds.pop() {
-                Some(only) if n == 1 => only,
-                Some(last) => {
-                    cmds.push(last);
-                    Command::Batch(cmds)
-                }
-                None => return,
-            };
-            let results: Vec<Result<CommandResult, wasmos_raft::RaftError>> =
-                match shared.write(cmd).await {
-                    Ok(CommandResult::Batch(rs)) if n > 1 => rs.into_iter().map(Ok).collect(),
-                    Ok(r) => vec![Ok(r)],
-                    Err(e) => vec![Err(e); n],
-                };
-            let mut launches = Vec::new();
-            let mut committed = Vec::with_capacity(n);
-            for ((fw, agent, ids, then), result) in after.into_iter().zip(results) {
-                if let Err(wasmos_raft::RaftError::NoQuorum(_)) = &result {
-                    // The write may still commit after its caller gave up: if it does, the
-                    // tasks are placed on the agent and must be sent to it.
-                    launch_if_committed_late(shared.clone(), agent.clone(), ids.clone());
-                }
-                let request = match then {
-                    AfterCommit::External { request, specs } => {
-                        if matches!(result, Ok(CommandResult::Ok)) {
-                            launches.extend(
-                                specs
-                                    .into_iter()
-                                    .map(|(id, spec)| (agent.clone(), id, spec)),
-                            );
-                        }
-                        Some(request)
-                    }
-                    AfterCommit::Builtin => {
-                        if matches!(result, Ok(CommandResult::Ok)) {
-                            shared.read(|s| {
-                                for id in &ids {
-                                    if let Some(t) = s.tasks.get(id) {
-                                        launches.push((agent.clone(), *id, t.spec.clone()));
-                                    }
-                                }
-                            });
-                        }
-                        None
-                    }
-                };
-                committed.push(Committed {
-                    fw,
-                    agent,
-                    ids,
-                    request,
-                    result,
-                });
-            }
-            // The cycle hears of the commit before any status of these tasks can reach it.
-            shared.offer_event(Event::Committed {
-                epoch,
-                results: committed,
-            });
-            for (agent, id, spec) in launches {
-                tracing::info!(task = %id, %agent, "launching");
-                // If the agent is gone by now, its re-registration (or the grace period)
-                // declares the task lost.
-                shared.launch(&agent, id, spec);
-            }
-        });
-    }
-
-    /// What a cycle owes for launches once written: the frameworks' answers; for refused
-    /// ones (the allocator's view was stale), the agent rebuilt in the allocator from the
-    /// recorded state and the built-in framework's tasks queued again.
-    fn committed(&mut self, results: Vec<Committed>) {
-        let mut requeue = Vec::new();
-        for c in results {
-            let refused = match c.result {
-                Ok(CommandResult::Ok) => None,
-                Ok(CommandResult::Rejected(why)) => Some(why),
-                Ok(other) => Some(format!("{other:?}")),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = &refused {
-                tracing::warn!(agent = %c.agent, framework = %c.fw, "launch not recorded: {why}");
-                self.refresh_agent(&c.agent);
-                if c.request.is_none() {
-                    requeue.extend(c.ids.iter().copied());
-                }
-            }
-            if let Some(request) = c.request {
-                let ev = match refused {
-                    None => FrameworkEvent::Accepted {
-                        request,
-                        tasks: c.ids,
-                    },
-                    Some(message) => FrameworkEvent::Error {
-                        request: Some(request),
-                        message,
-                    },
-                };
-                self.send(c.fw, ev);
-            }
-        }
-        if !requeue.is_empty() {
-            let waiting: Vec<TaskInfo> = self.shared.read(|s| {
-                requeue
-                    .iter()
-                    .filter_map(|id| s.tasks.get(id))
-                    .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
-                    .cloned()
-                    .collect()
-            });
-            for t in waiting {
-                self.enqueue(&t);
+            Err(e) => {
+                self.refresh_agent(agent);
+                Err(e)
             }
         }
     }
@@ -1241,7 +1088,7 @@ impl Cycle {
         let mut outgoing: BTreeMap<FrameworkId, Vec<OfferInfo>> = BTreeMap::new();
         for offer in offers {
             if self.builtin_ids.contains_key(&offer.framework) {
-                self.builtin_accept(offer, now);
+                self.builtin_accept(offer, now).await?;
             } else if self.external.contains_key(&offer.framework) {
                 outgoing
                     .entry(offer.framework)
@@ -1482,11 +1329,14 @@ impl Cycle {
         Ok(())
     }
 
-    /// The built-in framework takes waiting tasks of its role from an offer, in queue order;
-    /// they leave the queue now, and come back to it if the launch is not recorded.
-    fn builtin_accept(&mut self, offer: Offer, now: u64) {
+    /// The built-in framework takes waiting tasks of its role from an offer, in queue order.
+    async fn builtin_accept(
+        &mut self,
+        offer: Offer,
+        now: u64,
+    ) -> Result<(), wasmos_raft::RaftError> {
         let Some(role) = self.builtin_ids.get(&offer.framework).cloned() else {
-            return;
+            return Ok(());
         };
         let mut pools = offer.resources.clone();
         let mut chosen = Vec::new();
@@ -1509,15 +1359,7 @@ impl Cycle {
         }
         if chosen.is_empty() {
             self.alloc.decline(offer.framework, &[offer.id], None, now);
-            return;
-        }
-        if let Some(b) = self.builtin.get_mut(&role) {
-            for req in &chosen {
-                b.queue.remove(&(Reverse(req.priority), req.id));
-            }
-        }
-        for req in &chosen {
-            self.unchecked.remove(&req.id);
+            return Ok(());
         }
         let accepted = match self.alloc.accept(
             offer.framework,
@@ -1529,7 +1371,7 @@ impl Cycle {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(offer = %offer.id, "built-in framework's accept refused: {e}");
-                return;
+                return Ok(());
             }
         };
         let tasks: Vec<LaunchTask> = accepted
@@ -1541,13 +1383,29 @@ impl Cycle {
                 charge: l.charge.clone(),
             })
             .collect();
-        self.proposals.push(Proposal {
-            fw: offer.framework,
-            agent: accepted.agent,
-            tasks,
-            reservations: Vec::new(),
-            then: AfterCommit::Builtin,
+        let committed = self
+            .commit_launch(offer.framework, &accepted.agent, Vec::new(), tasks)
+            .await?;
+        if committed.is_err() {
+            // Tasks that ended meanwhile (killed while waiting) leave the queue.
+            self.reconcile();
+            return Ok(());
+        }
+        let specs = self.shared.read(|s: &ClusterState| {
+            accepted
+                .launches
+                .iter()
+                .filter_map(|l| s.tasks.get(&l.task).cloned())
+                .collect::<Vec<_>>()
         });
+        for t in specs {
+            self.dequeue(t.id, Some(&t));
+            tracing::info!(task = %t.id, agent = %accepted.agent, "launching");
+            // If the agent is gone by now, its re-registration (or the grace period) declares
+            // the task lost.
+            self.shared.launch(&accepted.agent, t.id, t.spec);
+        }
+        Ok(())
     }
 }
 
