@@ -34,17 +34,12 @@ const JOB_PAGE: usize = 1000;
 /// Connection ids for in-process frameworks, far from QUIC's (which count up from 0).
 static NEXT_CONN: AtomicUsize = AtomicUsize::new(usize::MAX / 2);
 
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut runners: BTreeMap<JobId, JoinHandle<()>> = BTreeMap::new();
+/// The job host while this master leads (started and stopped by [`crate::leadership`]):
+/// stopping it stops every job's framework with it.
+pub(crate) async fn lead(shared: Arc<Shared>) {
+    let mut runners = Runners::default();
     loop {
-        tokio::time::sleep(POLL).await;
-        if !shared.raft.is_leader() || shared.raft.leader_applied().await.is_err() {
-            for (_, h) in std::mem::take(&mut runners) {
-                h.abort();
-            }
-            continue;
-        }
-        runners.retain(|_, h| !h.is_finished());
+        runners.0.retain(|_, h| !h.is_finished());
         let (running, ended): (Vec<JobId>, Vec<wasmos_proto::FrameworkId>) = shared.read(|s| {
             let running = s
                 .jobs
@@ -58,7 +53,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             let ended = s
                 .jobs
                 .values()
-                .filter(|j| j.state.is_terminal() && !runners.contains_key(&j.id))
+                .filter(|j| j.state.is_terminal() && !runners.0.contains_key(&j.id))
                 .filter_map(|j| j.framework)
                 .filter(|fw| s.live_framework(*fw).is_ok())
                 .collect();
@@ -69,8 +64,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         for job in running {
             runners
+                .0
                 .entry(job)
                 .or_insert_with(|| tokio::spawn(runner(shared.clone(), job)));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The running jobs' frameworks; they stop when the host does.
+#[derive(Default)]
+struct Runners(BTreeMap<JobId, JoinHandle<()>>);
+
+impl Drop for Runners {
+    fn drop(&mut self) {
+        for h in self.0.values() {
+            h.abort();
         }
     }
 }

@@ -7,6 +7,7 @@ mod bundles;
 mod client;
 mod frameworks;
 mod jobs;
+mod leadership;
 mod logs;
 mod offers;
 mod peers;
@@ -473,10 +474,7 @@ impl Master {
                 tracing::warn!("no raft leader yet ({e}); serving as a follower until there is");
             }
         }
-        tasks.spawn(follow_leadership(shared.clone()));
-        tasks.spawn(offers::run(shared.clone(), events_rx));
-        tasks.spawn(scheduler::run(shared.clone()));
-        tasks.spawn(jobs::run(shared.clone()));
+        tasks.spawn(leadership::run(shared.clone(), events_rx));
         tasks.spawn(retention::run(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {
@@ -506,33 +504,6 @@ impl Master {
             tracing::warn!("raft shutdown: {e}");
         }
         self.endpoint.wait_idle().await;
-    }
-}
-
-/// When this master stops leading, sends its agents to the new leader: their status updates
-/// and registrations can only be recorded there, and a deposed leader would otherwise keep
-/// them (their heartbeats still succeed) while another master declares their tasks lost.
-async fn follow_leadership(shared: Arc<Shared>) {
-    let mut metrics = shared.raft.raft().metrics();
-    let mut led = false;
-    loop {
-        let leads = shared.raft.is_leader();
-        if led && !leads {
-            let (leader, addr) = shared.raft.leader_addr();
-            tracing::warn!(
-                ?leader,
-                "this master no longer leads; redirecting its agents"
-            );
-            for link in shared.agents().values() {
-                let _ = link
-                    .tx
-                    .send(MasterToAgent::NotLeader { addr: addr.clone() });
-            }
-        }
-        led = leads;
-        if metrics.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -129,61 +129,47 @@ struct Cycle {
     waiting: BTreeMap<FrameworkId, (Resources, u64)>,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
-    let interval = shared.cfg.offer_interval;
-    let mut metrics = shared.raft.raft().metrics();
-    loop {
-        // Only the leader offers. A master that becomes leader rebuilds the allocator from the
-        // replicated state (and the agents connected to it); one that stops being leader drops
-        // it, with every outstanding offer.
-        if !shared.raft.is_leader() {
-            // Followers drop events; a change of raft state may make this master the leader.
-            tokio::select! {
-                ev = events.recv() => if ev.is_none() { return },
-                _ = metrics.changed() => {}
-                _ = tokio::time::sleep(interval) => {}
-            }
-            continue;
-        }
-        // The allocator is rebuilt from the state: all of it, earlier leaders' writes included.
-        if let Err(e) = shared.raft.leader_applied().await {
-            tracing::info!("not offering yet: {e}");
-            continue;
-        }
-        let next = shared.raft.read(|s| s.next_task_id);
-        shared
-            .last_task_id
-            .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
-        let mut cycle = Cycle::new(shared.clone());
-        lead(&shared, &mut cycle, &mut events, interval).await;
-        // No longer the leader: send the frameworks to the one that is.
-        let (_, addr) = shared.raft.leader_addr();
-        for (_, tx) in cycle.external.values() {
-            let _ = tx.send(FrameworkEvent::NotLeader { addr: addr.clone() });
-        }
-        if events.is_closed() {
-            return;
-        }
+/// The offer cycle while this master leads, until `deposed` resolves (started and stopped by
+/// [`crate::leadership`]). The allocator is rebuilt from the replicated state, earlier leaders'
+/// writes included, and dropped at the end with every outstanding offer. True if the event
+/// channel closed (the master is shutting down).
+pub(crate) async fn lead(
+    shared: &Arc<Shared>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    deposed: impl std::future::Future<Output = ()>,
+) -> bool {
+    let next = shared.raft.read(|s| s.next_task_id);
+    shared
+        .last_task_id
+        .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+    let mut cycle = Cycle::new(shared.clone());
+    let closed = cycle_loop(&mut cycle, events, deposed, shared.cfg.offer_interval).await;
+    // No longer the leader: send the frameworks to the one that is.
+    let (_, addr) = shared.raft.leader_addr();
+    for (_, tx) in cycle.external.values() {
+        let _ = tx.send(FrameworkEvent::NotLeader { addr: addr.clone() });
     }
+    closed
 }
 
-/// The offer cycle while this master is leader.
-async fn lead(
-    shared: &Shared,
+async fn cycle_loop(
     cycle: &mut Cycle,
     events: &mut mpsc::UnboundedReceiver<Event>,
+    deposed: impl std::future::Future<Output = ()>,
     interval: Duration,
-) {
-    while shared.raft.is_leader() {
+) -> bool {
+    let mut deposed = std::pin::pin!(deposed);
+    loop {
         let first = tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => Some(ev),
                 None => {
                     events.close();
-                    return;
+                    return true;
                 }
             },
             _ = tokio::time::sleep(interval) => None,
+            () = &mut deposed => return false,
         };
         let mut batch: Vec<Event> = first.into_iter().collect();
         while let Ok(ev) = events.try_recv() {

@@ -11,15 +11,11 @@ use wasmos_state::Command;
 use crate::offers::Event;
 use crate::{Shared, now_ms};
 
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut leading_since: Option<Instant> = None;
+/// The reaper while this master leads (started and stopped by [`crate::leadership`]).
+pub(crate) async fn lead(shared: Arc<Shared>) {
+    let since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if !shared.raft.is_leader() {
-            leading_since = None;
-            continue;
-        }
-        let since = *leading_since.get_or_insert_with(Instant::now);
         if let Err(e) = reap_lost_agents(&shared, since).await {
             tracing::error!("lost-agent pass failed: {e}");
         }

@@ -1,0 +1,79 @@
+//! The one place that follows leadership. When this master becomes leader, and has applied
+//! every entry of earlier terms, it starts the leader's work for that term: the offer cycle
+//! (run here, as it owns the event channel), the lost-agent reaper and the job host. When the
+//! master stops leading, or the term changes, all of it stops at once, and its agents and
+//! frameworks are sent to the new leader.
+//!
+//! Before, each of these followed leadership on its own (a metrics watch, a check on every
+//! cycle, a 300 ms and a 1 s poll), so for a while after a failover a deposed leader's loops
+//! could still act, and a new leader's job host started up to 300 ms late.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use wasmos_proto::MasterToAgent;
+
+use crate::Shared;
+use crate::offers::Event;
+
+pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
+    let mut metrics = shared.raft.raft().metrics();
+    loop {
+        if !shared.raft.is_leader() {
+            // A follower acts on no event: they are dropped until this master leads.
+            tokio::select! {
+                ev = events.recv() => if ev.is_none() { return },
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        // Its state may lack writes acknowledged by the previous leader until then.
+        if let Err(e) = shared.raft.leader_applied().await {
+            tracing::info!("not leading yet: {e}");
+            continue;
+        }
+        let (term, id, leads) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.id, m.current_leader == Some(m.id))
+        };
+        if !leads {
+            continue;
+        }
+        tracing::info!(
+            term,
+            "leading: starting the offer cycle, the reaper and the job host"
+        );
+        let mut work = tokio::task::JoinSet::new();
+        work.spawn(crate::scheduler::lead(shared.clone()));
+        work.spawn(crate::jobs::lead(shared.clone()));
+        let deposed = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                let m = metrics.borrow_and_update();
+                if m.current_term != term || m.current_leader != Some(id) {
+                    return;
+                }
+            }
+        };
+        let closed = crate::offers::lead(&shared, &mut events, deposed).await;
+        work.abort_all();
+        while work.join_next().await.is_some() {}
+        tracing::info!(term, "no longer leading: the leader's work has stopped");
+        if !shared.raft.is_leader() {
+            // Their status updates and registrations can only be recorded by the leader, and
+            // a deposed one would otherwise keep them (their heartbeats still succeed) while
+            // another master declares their tasks lost.
+            let (_, addr) = shared.raft.leader_addr();
+            for link in shared.agents().values() {
+                let _ = link
+                    .tx
+                    .send(MasterToAgent::NotLeader { addr: addr.clone() });
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
