@@ -637,6 +637,29 @@ async fn run_task(
             }
         },
     };
+    let runner = agent.runner.clone();
+    let compiled = match cached {
+        Some(c) => Ok(Ok(c)),
+        None => tokio::task::spawn_blocking(move || runner.compile(&bytes)).await,
+    };
+    let compiled = match compiled {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                Some(Reason::InvalidBundle),
+                e.to_string(),
+            );
+        }
+        Err(e) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                None,
+                format!("compiler crashed: {e}"),
+            );
+        }
+    };
+    drop(compiling);
     let stdin = match &spec.stdin {
         None => Vec::new(),
         Some(hash) => match fetch_blob(agent, hash).await {
@@ -688,29 +711,6 @@ async fn run_task(
             return TaskStatus::with_reason(TaskState::Error, None, msg);
         }
     };
-    let runner = agent.runner.clone();
-    let compiled = match cached {
-        Some(c) => Ok(Ok(c)),
-        None => tokio::task::spawn_blocking(move || runner.compile(&bytes)).await,
-    };
-    let compiled = match compiled {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return TaskStatus::with_reason(
-                TaskState::Error,
-                Some(Reason::InvalidBundle),
-                e.to_string(),
-            );
-        }
-        Err(e) => {
-            return TaskStatus::with_reason(
-                TaskState::Error,
-                None,
-                format!("compiler crashed: {e}"),
-            );
-        }
-    };
-    drop(compiling);
     agent.report(task, TaskStatus::new(TaskState::Running));
     let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
     let forward = {

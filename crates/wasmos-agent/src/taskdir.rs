@@ -10,6 +10,7 @@
 //! deleting two directories per task was most of an agent's CPU time with short tasks (ext4
 //! searches its inode bitmap on every mkdir after many deletions), more than running them.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,20 +63,44 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
 /// Most emptied task directories kept for reuse.
 const MAX_POOLED: usize = 4096;
 
-/// Emptied task directories (each holding only an empty `root/`), ready for the next task.
+/// Emptied task directories (each holding only an empty `root/`), ready for the next task of
+/// the same tenant. Only the same tenant's: a killed task's file operation already under way
+/// on a blocking thread still holds the old directory's handle and could land in the next
+/// task's scratch space, which must not be another tenant's (a deleted directory took no such
+/// late write).
 #[derive(Debug, Default)]
 pub(crate) struct DirPool {
-    free: Mutex<Vec<PathBuf>>,
+    free: Mutex<(usize, BTreeMap<String, Vec<PathBuf>>)>,
     next: AtomicU64,
 }
 
+/// Whose task directories may be handed to a task: its role's top level, the tenant (roles of
+/// a tenant are within its name; operators' tasks share the empty key).
+fn pool_key(spec: &TaskSpec) -> String {
+    spec.role
+        .as_deref()
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl DirPool {
-    fn take(&self, parent: &Path) -> (PathBuf, bool) {
-        let pooled = self
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+    fn take(&self, parent: &Path, key: &str) -> (PathBuf, bool) {
+        let pooled = {
+            let mut free = self
+                .free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (count, by_key) = &mut *free;
+            let taken = by_key.get_mut(key).and_then(Vec::pop);
+            if taken.is_some() {
+                *count -= 1;
+                if by_key.get(key).is_some_and(Vec::is_empty) {
+                    by_key.remove(key);
+                }
+            }
+            taken
+        };
         match pooled {
             Some(p) => (p, true),
             None => {
@@ -85,16 +110,18 @@ impl DirPool {
         }
     }
 
-    /// Keeps an emptied directory; false if the pool is full.
-    fn give(&self, path: PathBuf) -> bool {
+    /// Keeps an emptied directory for `key`'s tasks; false if the pool is full.
+    fn give(&self, path: PathBuf, key: &str) -> bool {
         let mut free = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if free.len() >= MAX_POOLED {
+        let (count, by_key) = &mut *free;
+        if *count >= MAX_POOLED {
             return false;
         }
-        free.push(path);
+        *count += 1;
+        by_key.entry(key.to_string()).or_default().push(path);
         true
     }
 }
@@ -106,6 +133,7 @@ pub(crate) struct TaskDir {
     path: PathBuf,
     keep: bool,
     pool: Arc<DirPool>,
+    pool_key: String,
 }
 
 impl TaskDir {
@@ -127,10 +155,11 @@ impl TaskDir {
         pool: &Arc<DirPool>,
     ) -> Result<TaskDir, PrepareError> {
         let parent = Self::parent(work_dir);
+        let pool_key = pool_key(spec);
         let (path, pooled) = if keep {
             (parent.join(task.to_string()), false)
         } else {
-            pool.take(&parent)
+            pool.take(&parent, &pool_key)
         };
         // A directory left by an earlier life of this agent is stale: start clean.
         if !pooled && path.exists() {
@@ -140,6 +169,7 @@ impl TaskDir {
             path,
             keep,
             pool: pool.clone(),
+            pool_key,
         };
         let root = dir.scratch();
         std::fs::create_dir_all(&root).map_err(io_err(&root))?;
@@ -334,7 +364,7 @@ impl Drop for TaskDir {
             tracing::info!(dir = %self.path.display(), "keeping the task directory");
             return;
         }
-        if self.empty().is_ok() && self.pool.give(self.path.clone()) {
+        if self.empty().is_ok() && self.pool.give(self.path.clone(), &self.pool_key) {
             return;
         }
         if let Err(e) = std::fs::remove_dir_all(&self.path)
@@ -594,6 +624,16 @@ mod tests {
         let third =
             TaskDir::prepare(work.path(), TaskId(3), &plain, &[], &[], false, &pool).unwrap();
         assert_ne!(third.path(), second.path());
+        // Another tenant's task never gets a directory a task of this one had.
+        let (second_path, third_path) = (second.path().to_path_buf(), third.path().to_path_buf());
+        drop(second);
+        drop(third);
+        let mut other = spec(&[], &[], 1 << 20);
+        other.role = Some("bob/etl".into());
+        let theirs =
+            TaskDir::prepare(work.path(), TaskId(4), &other, &[], &[], false, &pool).unwrap();
+        assert_ne!(theirs.path(), second_path);
+        assert_ne!(theirs.path(), third_path);
     }
 
     #[test]

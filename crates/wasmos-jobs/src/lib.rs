@@ -24,9 +24,6 @@ type Slot = (usize, u32);
 pub const LOCALITY_WAIT_MS: u64 = 3_000;
 /// The longest wait between a service instance's restarts.
 const MAX_BACKOFF_MS: u64 = 60_000;
-/// How many pending slots that do not fit an offer are tried before moving on to the next
-/// offer: keeps a callback bounded when thousands of slots meet a full offer.
-const MAX_MISSES_PER_OFFER: usize = 64;
 /// How long declined offers stay away: short, so a slot whose wait ends soon gets offers.
 const DECLINE_MS: u64 = 1_000;
 
@@ -141,8 +138,8 @@ impl JobFramework {
         done.len() >= count as usize && done.range(..count).count() == count as usize
     }
 
-    /// Slots that could launch now, in order: earlier groups first, then by index. Lazy: an
-    /// offer usually takes a few slots of thousands.
+    /// Slots that could launch now, in order: earlier groups first, then by index (an
+    /// iterator, so asking whether there is any stops at the first).
     fn pending(&self, now: u64) -> impl Iterator<Item = Slot> + '_ {
         self.spec
             .groups
@@ -329,9 +326,11 @@ impl Scheduler for JobFramework {
                 .fold(offer.unreserved.clone(), |acc, r| acc.saturating_add(r));
             let mut revocable = offer.revocable.clone();
             let mut chosen: Vec<Slot> = Vec::new();
-            let mut misses = 0;
+            // Groups whose task no longer fits this offer: a group's slots all ask the same,
+            // so the rest of its thousands of slots are not tried.
+            let mut full: BTreeSet<usize> = BTreeSet::new();
             for slot in &pending {
-                if taken.contains(slot) {
+                if taken.contains(slot) || full.contains(&slot.0) {
                     continue;
                 }
                 let g = &self.spec.groups[slot.0];
@@ -366,9 +365,8 @@ impl Scheduler for JobFramework {
                     &mut left
                 };
                 if !need.fits_in(pool) {
-                    // A full offer: the rest of thousands of slots would not fit either.
-                    misses += 1;
-                    if misses >= MAX_MISSES_PER_OFFER {
+                    full.insert(slot.0);
+                    if full.len() == self.spec.groups.len() {
                         break;
                     }
                     continue;

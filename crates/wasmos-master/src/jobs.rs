@@ -25,8 +25,11 @@ use crate::{Shared, now_ms};
 /// How often the host looks for new, stopped or rescaled jobs.
 const POLL: Duration = Duration::from_millis(300);
 
-/// Most framework events handled before their job events are recorded (bounds one entry).
+/// Most framework events handled before their job events are recorded, and most job events
+/// in one raft entry.
 const MAX_EVENTS_PER_WRITE: usize = 1024;
+/// About the most bytes of job events in one raft entry (see `wasmos_state::approx_bytes`).
+const MAX_BYTES_PER_WRITE: usize = wasmos_raft::MAX_ENTRY_BYTES / 2;
 
 /// Most jobs in one page of `job list`.
 const JOB_PAGE: usize = 1000;
@@ -88,38 +91,48 @@ fn record(shared: &Shared, job: JobId) -> Option<JobRecord> {
     shared.read(|s| s.jobs.get(&job).cloned())
 }
 
-/// Writes a job's events in one raft entry; false if they could not be recorded (this runner
-/// must stop). One write per callback batch, not per event: a job of 10,000 tasks records
-/// 20,000 events, and awaiting an fsync for each held the whole job to a few hundred tasks/s.
+/// Writes a job's events, in order, in as few raft entries as their size allows; false if
+/// they could not be recorded (this runner must stop). Not one write per event: a job of
+/// 10,000 tasks records 20,000 events, and awaiting an fsync for each held the whole job to a
+/// few hundred tasks/s. Not one entry for any burst either: `Done` events carry output lists,
+/// and an entry must stay small enough to replicate.
 async fn persist(shared: &Shared, job: JobId, events: Vec<JobEvent>) -> bool {
-    if events.is_empty() {
-        return true;
-    }
     let now = now_ms();
-    let mut cmds: Vec<Command> = events
-        .into_iter()
-        .map(|event| Command::Job {
-            job,
-            event,
-            now_ms: now,
-        })
-        .collect();
-    let cmd = if cmds.len() == 1 {
-        cmds.remove(0)
-    } else {
-        Command::Batch(cmds)
-    };
-    let results = match shared.write(cmd).await {
-        Ok(CommandResult::Batch(results)) => results,
-        Ok(other) => vec![other],
-        Err(e) => {
-            tracing::warn!(%job, "cannot record job progress: {e}");
-            return false;
+    let mut cmds = events.into_iter().map(|event| Command::Job {
+        job,
+        event,
+        now_ms: now,
+    });
+    let mut next = cmds.next();
+    while let Some(first) = next.take() {
+        let mut bytes = wasmos_state::approx_bytes(&first);
+        let mut chunk = vec![first];
+        for cmd in cmds.by_ref() {
+            let size = wasmos_state::approx_bytes(&cmd);
+            if chunk.len() >= MAX_EVENTS_PER_WRITE || bytes + size > MAX_BYTES_PER_WRITE {
+                next = Some(cmd);
+                break;
+            }
+            bytes += size;
+            chunk.push(cmd);
         }
-    };
-    for r in results {
-        if let CommandResult::Rejected(why) = r {
-            tracing::debug!(%job, "job event not recorded: {why}");
+        let cmd = if chunk.len() == 1 {
+            chunk.remove(0)
+        } else {
+            Command::Batch(chunk)
+        };
+        let results = match shared.write(cmd).await {
+            Ok(CommandResult::Batch(results)) => results,
+            Ok(other) => vec![other],
+            Err(e) => {
+                tracing::warn!(%job, "cannot record job progress: {e}");
+                return false;
+            }
+        };
+        for r in results {
+            if let CommandResult::Rejected(why) = r {
+                tracing::debug!(%job, "job event not recorded: {why}");
+            }
         }
     }
     true

@@ -14,6 +14,10 @@ pub const SILENCE: Duration = Duration::from_millis(450);
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 /// How long one probe of another master may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// The longest pause between rounds of probes while the others name no new leader (a slow
+/// leader, an election): the pause doubles from [`WATCH_EVERY`] up to this, so thousands of
+/// clients of a stalled leader do not flood the other masters with handshakes.
+const MAX_PROBE_PAUSE: Duration = Duration::from_secs(2);
 
 /// Resolves once another master names, through `probe`, a leader other than `master` while
 /// `master` is silent on `conn`. A leader that is only slow is still named by the others
@@ -34,12 +38,14 @@ where
     }
     let mut seen = conn.stats().udp_rx.datagrams;
     let mut heard = tokio::time::Instant::now();
+    let mut pause = WATCH_EVERY;
     loop {
-        tokio::time::sleep(WATCH_EVERY).await;
+        tokio::time::sleep(pause).await;
         let now = conn.stats().udp_rx.datagrams;
         if now != seen {
             seen = now;
             heard = tokio::time::Instant::now();
+            pause = WATCH_EVERY;
             continue;
         }
         if heard.elapsed() < SILENCE {
@@ -62,6 +68,12 @@ where
                 return leader;
             }
         }
+        // Nobody names another leader yet: ask again later, spread out (a jitter from the
+        // clock's nanoseconds) so the clients of one master do not ask in step.
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) % 50);
+        pause = (pause * 2).min(MAX_PROBE_PAUSE) + Duration::from_millis(jitter);
     }
 }
 

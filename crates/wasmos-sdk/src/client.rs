@@ -146,6 +146,13 @@ async fn session<S: Scheduler>(
     };
     let mut subscribed = false;
     let mut actions = driver.connected(now_ms());
+    // One watch for the whole session: its silence clock must not restart with every event
+    // or timer of the scheduler.
+    let mut watch = std::pin::pin!(wasmos_net::watch_leader(&conn, target, &others, |other| {
+        let endpoint = endpoint.clone();
+        async move { who_leads(&endpoint, other).await }
+    }));
+    let mut watched = false;
     let outcome = 'session: loop {
         for action in actions.drain(..) {
             match action {
@@ -190,10 +197,8 @@ async fn session<S: Scheduler>(
             _ = tokio::time::sleep(sleep) => actions = driver.tick(now_ms()),
             // A killed leader sends nothing: ask the others rather than wait out the idle
             // timeout (the driver resubscribes there, keeping its id and tasks).
-            leader = wasmos_net::watch_leader(&conn, target, &others, |other| {
-                let endpoint = endpoint.clone();
-                async move { who_leads(&endpoint, other).await }
-            }) => {
+            leader = &mut watch, if !watched => {
+                watched = true;
                 tracing::info!(%target, %leader, "the master went silent; following the new leader");
                 actions = driver.event(FrameworkEvent::NotLeader { addr: Some(leader.to_string()) }, now_ms());
             }
