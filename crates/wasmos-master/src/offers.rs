@@ -413,6 +413,16 @@ impl Cycle {
                 return;
             }
         }
+        // Offers sent to an earlier session of this framework went with it: without this,
+        // a session replaced before its end was seen (the old stream's end is handled after
+        // the new subscription) kept its resources held in offers nobody can answer.
+        let outstanding: Vec<OfferId> = self
+            .alloc
+            .offers()
+            .filter(|o| o.framework == id)
+            .map(|o| o.id)
+            .collect();
+        self.alloc.decline(id, &outstanding, Some(0), now_ms());
         self.alloc.revive(id);
         self.external.insert(id, (conn, tx));
         self.away.remove(&id);
