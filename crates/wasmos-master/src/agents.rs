@@ -187,7 +187,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     );
     shared.forget_disconnect(&agent);
     // Leadership may have moved since the registration committed, before this agent was in
-    // the map `follow_leadership` redirects.
+    // the map `leadership::redirect_agents` goes through.
     if !shared.raft.is_leader() {
         let (_, addr) = shared.raft.leader_addr();
         shared.send_to_agent(&agent, MasterToAgent::NotLeader { addr });

@@ -13,13 +13,20 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use wasmos_proto::MasterToAgent;
 
+use wasmos_raft::RaftNode;
+
 use crate::Shared;
 use crate::offers::Event;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
     let mut metrics = shared.raft.raft().metrics();
+    // Whether this master led since its agents were last sent to the leader.
+    let mut led = false;
     loop {
         if !shared.raft.is_leader() {
+            if std::mem::take(&mut led) {
+                redirect_agents(&shared);
+            }
             // A follower acts on no event: they are dropped until this master leads.
             tokio::select! {
                 ev = events.recv() => if ev.is_none() { return },
@@ -27,18 +34,23 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
             }
             continue;
         }
+        led = true;
         // Its state may lack writes acknowledged by the previous leader until then.
         if let Err(e) = shared.raft.leader_applied().await {
             tracing::info!("not leading yet: {e}");
+            if !matches!(e, wasmos_raft::RaftError::NotLeader { .. }) {
+                // Not a change of leader (no quorum, a stopped core): not a tight retry.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
             continue;
         }
-        let (term, id, leads) = {
+        let term = {
             let m = metrics.borrow_and_update();
-            (m.current_term, m.id, m.current_leader == Some(m.id))
+            RaftNode::leads(&m).then_some(m.current_term)
         };
-        if !leads {
+        let Some(term) = term else {
             continue;
-        }
+        };
         tracing::info!(
             term,
             "leading: starting the offer cycle, the reaper and the job host"
@@ -46,13 +58,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
         let mut work = tokio::task::JoinSet::new();
         work.spawn(crate::scheduler::lead(shared.clone()));
         work.spawn(crate::jobs::lead(shared.clone()));
+        let mut stopped = false;
         let deposed = async {
             loop {
                 if metrics.changed().await.is_err() {
+                    stopped = true;
                     return;
                 }
                 let m = metrics.borrow_and_update();
-                if m.current_term != term || m.current_leader != Some(id) {
+                if !RaftNode::leads(&m) || m.current_term != term {
                     return;
                 }
             }
@@ -61,19 +75,21 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
         work.abort_all();
         while work.join_next().await.is_some() {}
         tracing::info!(term, "no longer leading: the leader's work has stopped");
-        if !shared.raft.is_leader() {
-            // Their status updates and registrations can only be recorded by the leader, and
-            // a deposed one would otherwise keep them (their heartbeats still succeed) while
-            // another master declares their tasks lost.
-            let (_, addr) = shared.raft.leader_addr();
-            for link in shared.agents().values() {
-                let _ = link
-                    .tx
-                    .send(MasterToAgent::NotLeader { addr: addr.clone() });
-            }
-        }
-        if closed {
+        if closed || stopped {
+            // Shutting down, or the raft core is gone: nothing here can lead again.
             return;
         }
+    }
+}
+
+/// Sends this master's agents to the leader: their status updates and registrations can only
+/// be recorded there, and a deposed leader would otherwise keep them (their heartbeats still
+/// succeed) while another master declares their tasks lost.
+fn redirect_agents(shared: &Shared) {
+    let (_, addr) = shared.raft.leader_addr();
+    for link in shared.agents().values() {
+        let _ = link
+            .tx
+            .send(MasterToAgent::NotLeader { addr: addr.clone() });
     }
 }

@@ -690,7 +690,14 @@ impl RaftNode {
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        Self::leads(&m)
+    }
+
+    /// Whether these metrics say their node leads: in the leader state and its own leader (a
+    /// leader that removed itself from the group steps down to a learner in the same term,
+    /// still naming itself leader).
+    pub fn leads(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> bool {
+        m.state == ServerState::Leader && m.current_leader == Some(m.id)
     }
 
     /// The underlying openraft handle: metrics, triggers, and (for the future network server)
