@@ -823,12 +823,9 @@ impl Allocator {
         Ok(())
     }
 
-    /// Removes a framework: its offers are withdrawn and its tasks released (the master kills
-    /// them). Returns those tasks.
-    pub fn remove_framework(&mut self, id: FrameworkId) -> Vec<TaskId> {
-        if !self.frameworks.contains_key(&id) {
-            return Vec::new();
-        }
+    /// Withdraws every outstanding offer of a framework (its session went): the resources go
+    /// back with no refusal filter.
+    pub fn withdraw_offers_of(&mut self, id: FrameworkId) {
         let offers: Vec<OfferId> = self
             .offers
             .values()
@@ -838,6 +835,15 @@ impl Allocator {
         for o in offers {
             self.withdraw_offer(o);
         }
+    }
+
+    /// Removes a framework: its offers are withdrawn and its tasks released (the master kills
+    /// them). Returns those tasks.
+    pub fn remove_framework(&mut self, id: FrameworkId) -> Vec<TaskId> {
+        if !self.frameworks.contains_key(&id) {
+            return Vec::new();
+        }
+        self.withdraw_offers_of(id);
         let tasks: Vec<TaskId> = self
             .tasks
             .iter()

@@ -245,8 +245,8 @@ impl Runner {
     /// it from `spawn_blocking`. Compiling the same bytes again returns the cached result.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, ExecError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(hit) = self.cache().by_hash.get(&digest) {
-            return Ok(hit.clone());
+        if let Some(hit) = self.cached(&digest) {
+            return Ok(hit);
         }
         validate_component(bytes, self.inner.max_component_bytes)?;
         let component = self.compile_or_load(&digest, bytes)?;

@@ -416,13 +416,7 @@ impl Cycle {
         // Offers sent to an earlier session of this framework went with it: without this,
         // a session replaced before its end was seen (the old stream's end is handled after
         // the new subscription) kept its resources held in offers nobody can answer.
-        let outstanding: Vec<OfferId> = self
-            .alloc
-            .offers()
-            .filter(|o| o.framework == id)
-            .map(|o| o.id)
-            .collect();
-        self.alloc.decline(id, &outstanding, Some(0), now_ms());
+        self.alloc.withdraw_offers_of(id);
         self.alloc.revive(id);
         self.external.insert(id, (conn, tx));
         self.away.remove(&id);
@@ -555,13 +549,7 @@ impl Cycle {
     /// Lets go of a framework's session: its outstanding offers go back, it is offered
     /// nothing more, its pending resends are dropped, and dropping its sender ends its stream.
     fn detach(&mut self, fw: FrameworkId) {
-        let outstanding: Vec<_> = self
-            .alloc
-            .offers()
-            .filter(|o| o.framework == fw)
-            .map(|o| o.id)
-            .collect();
-        self.alloc.decline(fw, &outstanding, Some(0), now_ms());
+        self.alloc.withdraw_offers_of(fw);
         self.alloc.suppress(fw);
         self.external.remove(&fw);
         self.resend.retain(|(f, _), _| *f != fw);
