@@ -211,18 +211,23 @@ api = fw.Scheduler(host, port, fw.tls_context(files))
 events = api.subscribe({{"Subscribe": {{"name": "thief", "role": None, "revocable": False,
                         "framework": None, "failover_timeout_ms": None}}}})
 attempts = [({bundle:?}, None), ({output:?}, None), ({exit:?}, {output:?}), ({nowhere:?}, None)]
+# One accept at a time: its answer comes once the master has decided, and offers of what it
+# left may come before that.
+answered = True
 for line in events:
     if not line.strip():
         continue
     ev = json.loads(line)
     kind, body = (ev, None) if isinstance(ev, str) else next(iter(ev.items()))
-    if kind == "Offers" and attempts:
+    if kind == "Offers" and attempts and answered:
+        answered = False
         bundle, stdin = attempts.pop(0)
         spec = fw.spec(bundle, [])
         spec["stdin"] = stdin
         api.call({{"Accept": {{"request": len(attempts), "offers": [body[0]["id"]],
                   "operations": [{{"Launch": [spec]}}], "refuse_ms": 0}}}})
     elif kind == "Error":
+        answered = True
         print("ERROR", body["message"], flush=True)
         if not attempts:
             break

@@ -179,6 +179,16 @@ impl Shared {
         self.raft.write(cmd).await
     }
 
+    /// Hands `cmd` to the write batcher now; the future yields its result (see
+    /// [`wasmos_raft::RaftNode::propose`]).
+    pub fn propose(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, wasmos_raft::RaftError>> + Send + 'static
+    {
+        self.raft.propose(cmd)
+    }
+
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         self.raft.read(f)
     }

@@ -4,14 +4,22 @@
 //! accepted offer becomes a `Launch` command, which the state machine re-checks before it is
 //! committed; only then are agents told to launch.
 //!
+//! The cycle never waits on a write. What it decides (launches, built-in frameworks'
+//! registrations, unschedulable tasks, framework removals) is handed to the raft write batcher
+//! as it is decided, so everything one cycle decides shares raft entries, and the results come
+//! back as events. A launch in flight keeps its resources held in the allocator (and its
+//! waiting tasks out of the queue) until its result arrives; the agent is told to launch by
+//! the proposer as soon as the launch is committed, whoever leads by then.
+//!
 //! `wasmos run` tasks are launched by the master's built-in framework, one per role: it takes
 //! its role's waiting tasks (highest priority, then oldest first) from the offers it gets, so
 //! plain submissions share the cluster by the same DRF, quotas and reservations as any other
 //! framework.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +31,7 @@ use wasmos_proto::{
     AgentId, FrameworkCall, FrameworkEvent, FrameworkId, MasterToAgent, OfferId, OfferInfo,
     OfferOperation, Qos, Reason, Resources, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
-use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask, ReservationOp};
+use wasmos_state::{Command, CommandResult, LaunchTask, ReservationOp};
 
 use crate::client::validate_spec;
 use crate::{Shared, now_ms};
@@ -89,6 +97,34 @@ pub(crate) enum Event {
         call: FrameworkCall,
     },
     Snapshot(oneshot::Sender<Snapshot>),
+    /// A launch proposed by offer cycle `cycle` was decided: committed (its tasks are already
+    /// sent to the agent), refused by the state machine, or not recorded.
+    Launched {
+        cycle: u64,
+        launch: u64,
+        result: Result<CommandResult, wasmos_raft::RaftError>,
+    },
+    /// A built-in framework's registration proposed by offer cycle `cycle` was decided.
+    Registered {
+        cycle: u64,
+        role: Role,
+        result: Result<CommandResult, wasmos_raft::RaftError>,
+    },
+}
+
+/// Numbers offer cycles, so that results proposed by a cycle of an earlier term are told
+/// apart from this one's.
+static CYCLES: AtomicU64 = AtomicU64::new(1);
+
+/// A launch proposed and not yet decided: the allocator holds its tasks' resources.
+struct Launching {
+    framework: FrameworkId,
+    agent: AgentId,
+    /// Each task with its charge and priority: what the allocator holds for it.
+    tasks: Vec<(TaskId, Pools, i32)>,
+    /// A framework's accept (its request id and the tasks it named) waits for the answer;
+    /// `None` for the built-in frameworks, whose tasks go back to the queue if refused.
+    reply: Option<(u64, Vec<TaskId>)>,
 }
 
 /// What `agent list` and `role list` show from the leader's allocator.
@@ -108,6 +144,13 @@ struct Builtin {
 
 struct Cycle {
     shared: Arc<Shared>,
+    /// This cycle's number (see [`CYCLES`]).
+    id: u64,
+    /// Launches proposed and not yet decided, by number.
+    launching: BTreeMap<u64, Launching>,
+    next_launch: u64,
+    /// Roles whose built-in framework's registration is proposed.
+    registering: BTreeSet<Role>,
     alloc: Allocator,
     builtin: BTreeMap<Role, Builtin>,
     builtin_ids: BTreeMap<FrameworkId, Role>,
@@ -189,21 +232,13 @@ async fn cycle_loop(
                         );
                     }
                 }
-                other => {
-                    if let Err(e) = cycle.handle(other).await {
-                        tracing::error!("offer cycle event failed: {e}");
-                    }
-                }
+                other => cycle.handle(other),
             }
         }
         if reconcile {
             cycle.reconcile();
         }
-        if let Err(e) = cycle.run_once(now_ms()).await {
-            tracing::error!("offer cycle failed: {e}");
-            // The state store failing is not something a tight retry fixes.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        cycle.run_once(now_ms());
     }
 }
 
@@ -241,6 +276,10 @@ impl Cycle {
     fn new(shared: Arc<Shared>) -> Cycle {
         let mut cycle = Cycle {
             shared,
+            id: CYCLES.fetch_add(1, Ordering::Relaxed),
+            launching: BTreeMap::new(),
+            next_launch: 0,
+            registering: BTreeSet::new(),
             alloc: Allocator::new(Config::default()),
             builtin: BTreeMap::new(),
             builtin_ids: BTreeMap::new(),
@@ -321,7 +360,7 @@ impl Cycle {
         }
     }
 
-    async fn handle(&mut self, ev: Event) -> Result<(), wasmos_raft::RaftError> {
+    fn handle(&mut self, ev: Event) {
         match ev {
             Event::AgentUp(agent) => self.agent_up(agent),
             Event::AgentDown(agent) => {
@@ -339,8 +378,8 @@ impl Cycle {
             Event::AgentLost(_) => self.reconcile(),
             Event::RemoveFramework(fw) => {
                 if self.shared.read(|s| s.live_framework(fw).is_ok()) {
-                    tracing::info!(framework = %fw, "removing the framework of an ended job");
-                    return self.remove_framework(fw).await;
+                    tracing::info!(framework = %fw, "removing the framework");
+                    self.remove_framework(fw);
                 }
             }
             Event::FrameworkRemoved(fw) => {
@@ -364,9 +403,30 @@ impl Cycle {
             Event::FrameworkCall { id, conn, call } => {
                 if self.external.get(&id).is_none_or(|(c, _)| *c != conn) {
                     tracing::debug!(framework = %id, "call from a session that has ended, dropped");
-                    return Ok(());
+                    return;
                 }
-                return self.framework_call(id, call).await;
+                self.framework_call(id, call);
+            }
+            Event::Launched {
+                cycle,
+                launch,
+                result,
+            } => {
+                if cycle == self.id {
+                    self.launched(launch, result);
+                }
+            }
+            Event::Registered {
+                cycle,
+                role,
+                result,
+            } => {
+                if cycle == self.id {
+                    self.registering.remove(&role);
+                }
+                // Taken also from an earlier term's cycle: it is recorded, and a role
+                // registered twice would keep a framework nobody uses.
+                self.registered(role, result);
             }
             Event::Snapshot(reply) => {
                 let agents = self
@@ -380,7 +440,6 @@ impl Cycle {
                 });
             }
         }
-        Ok(())
     }
 
     fn send(&self, fw: FrameworkId, ev: FrameworkEvent) {
@@ -484,7 +543,7 @@ impl Cycle {
     }
 
     /// Removes the frameworks away for longer than their failover timeout.
-    async fn expire_frameworks(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
+    fn expire_frameworks(&mut self, now: u64) {
         let expired: Vec<FrameworkId> = self.shared.read(|s| {
             self.away
                 .iter()
@@ -498,26 +557,39 @@ impl Cycle {
         });
         for fw in expired {
             tracing::warn!(framework = %fw, "framework did not return within its failover timeout; removing it");
-            self.remove_framework(fw).await?;
+            self.remove_framework(fw);
         }
-        Ok(())
     }
 
-    /// Retires a framework (torn down or timed out): records it, kills its live tasks and
-    /// stops offering to it. Its resources are released as its tasks end.
-    async fn remove_framework(&mut self, fw: FrameworkId) -> Result<(), wasmos_raft::RaftError> {
-        let result = self
-            .shared
-            .write(Command::RemoveFramework {
-                framework: fw,
-                now_ms: now_ms(),
-            })
-            .await?;
-        if let CommandResult::Rejected(why) = result {
-            tracing::warn!(framework = %fw, "cannot remove framework: {why}");
-        }
-        self.removed(fw);
-        Ok(())
+    /// Retires a framework (torn down or timed out): proposes its removal, and once that is
+    /// decided kills its live tasks and stops offering to it (`Event::FrameworkRemoved`). Its
+    /// resources are released as its tasks end.
+    fn remove_framework(&mut self, fw: FrameworkId) {
+        // Not expired again while the removal is in flight.
+        self.away.remove(&fw);
+        let written = self.shared.propose(Command::RemoveFramework {
+            framework: fw,
+            now_ms: now_ms(),
+        });
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            match written.await {
+                Ok(result) => {
+                    if let CommandResult::Rejected(why) = result {
+                        tracing::warn!(framework = %fw, "cannot remove framework: {why}");
+                    }
+                    shared.offer_event(Event::FrameworkRemoved(fw));
+                }
+                // A majority did not answer in time: try again (this takes the write timeout
+                // each time, so it is no tight loop).
+                Err(e @ wasmos_raft::RaftError::NoQuorum(_)) => {
+                    tracing::warn!(framework = %fw, "framework removal not recorded: {e}");
+                    shared.offer_event(Event::RemoveFramework(fw));
+                }
+                // No longer the leader (or stopped): the next leader times it out afresh.
+                Err(e) => tracing::warn!(framework = %fw, "framework removal not recorded: {e}"),
+            }
+        });
     }
 
     /// After a framework's removal is recorded: kills its live tasks, ends its session.
@@ -556,11 +628,7 @@ impl Cycle {
         self.waiting.remove(&fw);
     }
 
-    async fn framework_call(
-        &mut self,
-        fw: FrameworkId,
-        call: FrameworkCall,
-    ) -> Result<(), wasmos_raft::RaftError> {
+    fn framework_call(&mut self, fw: FrameworkId, call: FrameworkCall) {
         let now = now_ms();
         match call {
             // A subscribed session has its leader; the question is a probe's only.
@@ -572,7 +640,7 @@ impl Cycle {
                         && s.tasks.get(&task).is_some_and(|t| update > t.acked_seq)
                 });
                 if !owed {
-                    return Ok(());
+                    return;
                 }
                 // Not resent while the acknowledgement is being recorded; if that write is
                 // lost, the update goes out again later and is acknowledged again.
@@ -639,7 +707,7 @@ impl Cycle {
             }
             FrameworkCall::Teardown => {
                 tracing::info!(framework = %fw, "framework tore itself down");
-                self.remove_framework(fw).await?;
+                self.remove_framework(fw);
             }
             FrameworkCall::Decline { offers, refuse_ms } => {
                 self.alloc.decline(fw, &offers, refuse_ms, now);
@@ -689,38 +757,40 @@ impl Cycle {
                 operations,
                 refuse_ms,
             } => {
-                let outcome = self
-                    .external_accept(fw, &offers, operations, refuse_ms, now)
-                    .await?;
-                let ev = match outcome {
-                    Ok(tasks) => FrameworkEvent::Accepted { request, tasks },
-                    Err(message) => FrameworkEvent::Error {
-                        request: Some(request),
-                        message,
-                    },
-                };
-                self.send(fw, ev);
+                // Answered once the launch is decided (`launched`), or now if refused here.
+                if let Err(message) =
+                    self.external_accept(fw, request, &offers, operations, refuse_ms, now)
+                {
+                    self.send(
+                        fw,
+                        FrameworkEvent::Error {
+                            request: Some(request),
+                            message,
+                        },
+                    );
+                }
             }
         }
-        Ok(())
     }
 
-    /// Checks a framework's accept, applies it to the allocator, records it through Raft and
-    /// launches its tasks. A refusal withdraws the named offers and launches nothing.
-    async fn external_accept(
+    /// Checks a framework's accept, applies it to the allocator and proposes it; the answer
+    /// (`Accepted` once it is committed and its tasks are sent) comes with its result. A
+    /// refusal here withdraws the named offers and launches nothing.
+    fn external_accept(
         &mut self,
         fw: FrameworkId,
+        request: u64,
         offers: &[OfferId],
         operations: Vec<OfferOperation>,
         refuse_ms: Option<u64>,
         now: u64,
-    ) -> Result<Result<Vec<TaskId>, String>, wasmos_raft::RaftError> {
+    ) -> Result<(), String> {
         let Some((role, owner)) = self.shared.read(|s| {
             s.frameworks
                 .get(&fw)
                 .map(|f| (f.role.clone(), f.owner.clone()))
         }) else {
-            return Ok(Err(format!("framework {fw} is not known")));
+            return Err(format!("framework {fw} is not known"));
         };
         let launches = operations.iter().any(|op| {
             matches!(
@@ -733,7 +803,7 @@ impl Cycle {
             && let Err(e) = self.shared.check_storage(tenant, 1)
         {
             self.alloc.decline(fw, offers, Some(0), now);
-            return Ok(Err(e));
+            return Err(e);
         }
         let mut ops = Vec::new();
         let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
@@ -757,11 +827,11 @@ impl Cycle {
                     .and_then(|()| crate::policy::seal(&self.shared.secrets, &mut spec))
                 {
                     self.alloc.decline(fw, offers, Some(0), now);
-                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
+                    return Err(format!("task `{}`: {e}", spec.name));
                 }
                 if let Err(e) = self.shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
                     self.alloc.decline(fw, offers, Some(0), now);
-                    return Ok(Err(format!("task `{}`: {e}", spec.name)));
+                    return Err(format!("task `{}`: {e}", spec.name));
                 }
                 spec.role = Some(role.to_string());
                 let id = self.shared.new_task_id();
@@ -780,10 +850,10 @@ impl Cycle {
                 Operation::Launch(requests)
             });
         }
-        let accepted = match self.alloc.accept(fw, offers, &ops, refuse_ms, now) {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
+        let accepted = self
+            .alloc
+            .accept(fw, offers, &ops, refuse_ms, now)
+            .map_err(|e| e.to_string())?;
         let reservations = accepted
             .reservations
             .iter()
@@ -805,61 +875,128 @@ impl Cycle {
         let tasks = accepted
             .launches
             .iter()
-            .map(|l| LaunchTask {
-                id: l.task,
-                spec: specs.get(&l.task).cloned(),
-                charge: l.charge.clone(),
+            .map(|l| {
+                let spec = specs.remove(&l.task);
+                let priority = spec.as_ref().map_or(0, |s| s.priority);
+                (
+                    LaunchTask {
+                        id: l.task,
+                        spec,
+                        charge: l.charge.clone(),
+                    },
+                    priority,
+                )
             })
             .collect();
-        let agent = accepted.agent.clone();
-        if let Err(why) = self.commit_launch(fw, &agent, reservations, tasks).await? {
-            return Ok(Err(why));
-        }
-        for (id, spec) in specs {
-            tracing::info!(task = %id, %agent, framework = %fw, "launching");
-            self.shared.launch(&agent, id, spec);
-        }
-        Ok(Ok(ids))
+        self.propose_launch(
+            fw,
+            accepted.agent,
+            reservations,
+            tasks,
+            Some((request, ids)),
+        );
+        Ok(())
     }
 
-    /// Records an accepted offer. If the state machine refuses it (the allocator's view was
-    /// stale), the agent is rebuilt in the allocator from the recorded state.
-    async fn commit_launch(
+    /// Proposes an accepted offer. When the launch is committed, the proposer sends its tasks
+    /// to the agent at once (whether this cycle still runs or not); the cycle hears of the
+    /// result as `Event::Launched`.
+    fn propose_launch(
         &mut self,
         fw: FrameworkId,
-        agent: &AgentId,
+        agent: AgentId,
         reservations: Vec<ReservationOp>,
-        tasks: Vec<LaunchTask>,
-    ) -> Result<Result<(), String>, wasmos_raft::RaftError> {
-        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-        let result = self
-            .shared
-            .write(Command::Launch {
+        tasks: Vec<(LaunchTask, i32)>,
+        reply: Option<(u64, Vec<TaskId>)>,
+    ) {
+        let launch = self.next_launch;
+        self.next_launch += 1;
+        let ids: Vec<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
+        let held = tasks
+            .iter()
+            .map(|(t, priority)| (t.id, t.charge.clone(), *priority))
+            .collect();
+        let written = self.shared.propose(Command::Launch {
+            framework: fw,
+            agent: agent.clone(),
+            reservations,
+            tasks: tasks.into_iter().map(|(t, _)| t).collect(),
+            now_ms: now_ms(),
+        });
+        self.launching.insert(
+            launch,
+            Launching {
                 framework: fw,
                 agent: agent.clone(),
-                reservations,
-                tasks,
-                now_ms: now_ms(),
-            })
-            .await;
-        if let Err(wasmos_raft::RaftError::NoQuorum(_)) = &result {
-            // The write may still commit after its caller gave up: if it does, the tasks are
-            // placed on the agent and must be sent to it.
-            launch_if_committed_late(self.shared.clone(), agent.clone(), ids);
-        }
-        match result {
-            Ok(CommandResult::Ok) => Ok(Ok(())),
-            Ok(other) => {
-                tracing::warn!(%agent, framework = %fw, "launch refused: {other:?}");
-                self.refresh_agent(agent);
-                Ok(Err(match other {
-                    CommandResult::Rejected(why) => why,
-                    other => format!("{other:?}"),
-                }))
+                tasks: held,
+                reply,
+            },
+        );
+        let (shared, cycle) = (self.shared.clone(), self.id);
+        tokio::spawn(async move {
+            let result = written.await;
+            match &result {
+                Ok(CommandResult::Ok) => {
+                    launch_placed(&shared, &agent, &ids);
+                }
+                // The write may still commit after its caller gave up: if it does, the tasks
+                // are placed on the agent and must be sent to it.
+                Err(wasmos_raft::RaftError::NoQuorum(_)) => {
+                    launch_if_committed_late(shared.clone(), agent.clone(), ids);
+                }
+                _ => {}
             }
-            Err(e) => {
-                self.refresh_agent(agent);
-                Err(e)
+            shared.offer_event(Event::Launched {
+                cycle,
+                launch,
+                result,
+            });
+        });
+    }
+
+    /// A launch this cycle proposed was decided. If it was not committed, the allocator gives
+    /// back what it held for it (the agent is rebuilt from the recorded state), a framework
+    /// hears why, and the built-in frameworks' tasks that still wait go back to the queue.
+    fn launched(&mut self, launch: u64, result: Result<CommandResult, wasmos_raft::RaftError>) {
+        let Some(l) = self.launching.remove(&launch) else {
+            return;
+        };
+        let why = match result {
+            Ok(CommandResult::Ok) => {
+                if let Some((request, tasks)) = l.reply {
+                    self.send(l.framework, FrameworkEvent::Accepted { request, tasks });
+                }
+                return;
+            }
+            Ok(CommandResult::Rejected(why)) => why,
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("the launch could not be recorded: {e}"),
+        };
+        tracing::warn!(agent = %l.agent, framework = %l.framework, "launch not made: {why}");
+        for (task, _, _) in &l.tasks {
+            self.alloc.release(*task);
+        }
+        self.refresh_agent(&l.agent);
+        match l.reply {
+            Some((request, _)) => self.send(
+                l.framework,
+                FrameworkEvent::Error {
+                    request: Some(request),
+                    message: why,
+                },
+            ),
+            None => {
+                let waiting: Vec<TaskInfo> = self.shared.read(|s| {
+                    l.tasks
+                        .iter()
+                        .filter_map(|(id, _, _)| s.tasks.get(id))
+                        .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
+                        .cloned()
+                        .collect()
+                });
+                for t in waiting {
+                    self.enqueue(&t);
+                }
             }
         }
     }
@@ -900,6 +1037,7 @@ impl Cycle {
                 tracing::error!(%agent, "cannot restore a reservation: {e}");
             }
         }
+        let restored: BTreeSet<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
         for (t, charge) in tasks {
             let fw = match t.framework {
                 Some(fw) => fw,
@@ -914,6 +1052,21 @@ impl Cycle {
                 .restore_task(t.id, &agent, fw, charge, t.spec.priority)
             {
                 tracing::error!(task = %t.id, "cannot restore task: {e}");
+            }
+        }
+        // Launches in flight hold their resources too (those committed meanwhile are among
+        // the recorded tasks above).
+        for l in self.launching.values().filter(|l| l.agent == agent) {
+            for (id, charge, priority) in &l.tasks {
+                if restored.contains(id) {
+                    continue;
+                }
+                if let Err(e) =
+                    self.alloc
+                        .restore_task(*id, &agent, l.framework, charge.clone(), *priority)
+                {
+                    tracing::error!(task = %id, "cannot restore a task being launched: {e}");
+                }
             }
         }
         self.agent_totals.insert(agent, record.total);
@@ -972,7 +1125,18 @@ impl Cycle {
     /// Releases whatever the allocator holds for tasks that have ended, and drops queued tasks
     /// that no longer wait.
     fn reconcile(&mut self) {
-        let held: Vec<TaskId> = self.alloc.task_ids().collect();
+        // Tasks being launched are not in the recorded state yet (a framework's) or not placed
+        // yet (a built-in one's): they stay held until their launch is decided.
+        let flying: BTreeSet<TaskId> = self
+            .launching
+            .values()
+            .flat_map(|l| l.tasks.iter().map(|(id, _, _)| *id))
+            .collect();
+        let held: Vec<TaskId> = self
+            .alloc
+            .task_ids()
+            .filter(|id| !flying.contains(id))
+            .collect();
         let queued: Vec<TaskId> = self
             .builtin
             .values()
@@ -1055,13 +1219,13 @@ impl Cycle {
         }
     }
 
-    async fn run_once(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
-        self.register_builtins(now).await?;
-        self.expire_frameworks(now).await?;
+    fn run_once(&mut self, now: u64) {
+        self.register_builtins(now);
+        self.expire_frameworks(now);
         self.resend_updates(now);
         let expired = self.alloc.expire(now);
         self.rescinded(expired);
-        self.check_unschedulable().await?;
+        self.check_unschedulable();
         for b in self.builtin.values_mut() {
             if b.queue.is_empty() && !b.suppressed && b.id != FrameworkId(0) {
                 self.alloc.suppress(b.id);
@@ -1072,7 +1236,7 @@ impl Cycle {
         let mut outgoing: BTreeMap<FrameworkId, Vec<OfferInfo>> = BTreeMap::new();
         for offer in offers {
             if self.builtin_ids.contains_key(&offer.framework) {
-                self.builtin_accept(offer, now).await?;
+                self.builtin_accept(offer, now);
             } else if self.external.contains_key(&offer.framework) {
                 outgoing
                     .entry(offer.framework)
@@ -1121,7 +1285,6 @@ impl Cycle {
                 self.preempt(&p);
             }
         }
-        Ok(())
     }
 
     fn preempt(&self, p: &wasmos_alloc::Preemption) {
@@ -1189,50 +1352,77 @@ impl Cycle {
             .collect()
     }
 
-    /// Registers the built-in framework of every role that has waiting tasks but none yet.
-    async fn register_builtins(&mut self, now: u64) -> Result<(), wasmos_raft::RaftError> {
+    /// Proposes the built-in framework of every role that has waiting tasks but none yet (and
+    /// none proposed).
+    fn register_builtins(&mut self, now: u64) {
         let missing: Vec<Role> = self
             .builtin
             .values()
-            .filter(|b| b.id == FrameworkId(0))
+            .filter(|b| b.id == FrameworkId(0) && !self.registering.contains(&b.role))
             .map(|b| b.role.clone())
             .collect();
         for role in missing {
-            let result = self
-                .shared
-                .write(Command::RegisterFramework {
-                    name: BUILTIN_NAME.into(),
-                    role: role.clone(),
-                    owner: BUILTIN_OWNER.into(),
-                    revocable: true,
-                    // Never away: the master runs it.
-                    failover_timeout_ms: u64::MAX,
-                    acknowledges: false,
-                    now_ms: now,
-                })
-                .await?;
-            let CommandResult::Framework(id) = result else {
-                tracing::error!(%role, "cannot register the built-in framework: {result:?}");
-                continue;
-            };
-            if let Err(e) = self.alloc.add_framework(id, role.clone(), true) {
-                tracing::error!(%role, "cannot add the built-in framework: {e}");
-                continue;
-            }
-            self.builtin_ids.insert(id, role.clone());
-            if let Some(b) = self.builtin.get_mut(&role) {
-                b.id = id;
-                b.suppressed = false;
-            }
+            let written = self.shared.propose(Command::RegisterFramework {
+                name: BUILTIN_NAME.into(),
+                role: role.clone(),
+                owner: BUILTIN_OWNER.into(),
+                revocable: true,
+                // Never away: the master runs it.
+                failover_timeout_ms: u64::MAX,
+                acknowledges: false,
+                now_ms: now,
+            });
+            self.registering.insert(role.clone());
+            let (shared, cycle) = (self.shared.clone(), self.id);
+            tokio::spawn(async move {
+                let result = written.await;
+                shared.offer_event(Event::Registered {
+                    cycle,
+                    role,
+                    result,
+                });
+            });
         }
-        Ok(())
+    }
+
+    /// A built-in framework's registration was decided: once it is recorded, its role's
+    /// waiting tasks are offered (unless the role has its built-in framework already).
+    fn registered(&mut self, role: Role, result: Result<CommandResult, wasmos_raft::RaftError>) {
+        if self
+            .builtin
+            .get(&role)
+            .is_some_and(|b| b.id != FrameworkId(0))
+        {
+            return;
+        }
+        let id = match result {
+            Ok(CommandResult::Framework(id)) => id,
+            // Proposed again by the next cycle.
+            other => {
+                tracing::error!(%role, "cannot register the built-in framework: {other:?}");
+                return;
+            }
+        };
+        if let Err(e) = self.alloc.add_framework(id, role.clone(), true) {
+            tracing::error!(%role, "cannot add the built-in framework: {e}");
+            return;
+        }
+        self.builtin_ids.insert(id, role.clone());
+        let b = self.builtin.entry(role.clone()).or_insert_with(|| Builtin {
+            id,
+            role,
+            queue: BTreeMap::new(),
+            suppressed: false,
+        });
+        b.id = id;
+        b.suppressed = false;
     }
 
     /// Ends the waiting tasks that no connected agent could hold even when empty (with no
     /// agent connected, they wait).
-    async fn check_unschedulable(&mut self) -> Result<(), wasmos_raft::RaftError> {
+    fn check_unschedulable(&mut self) {
         if self.agent_totals.is_empty() {
-            return Ok(());
+            return;
         }
         let all = std::mem::take(&mut self.recheck_all);
         let unchecked = std::mem::take(&mut self.unchecked);
@@ -1248,7 +1438,7 @@ impl Cycle {
             unchecked.into_values().collect()
         };
         if candidates.is_empty() {
-            return Ok(());
+            return;
         }
         let roles = self.shared.read(|s| s.roles.clone());
         // Demands repeat (a job's tasks are alike): decide each distinct one once.
@@ -1270,7 +1460,7 @@ impl Cycle {
                 })
             });
             if let Some(why) = over_limit {
-                self.unschedulable(r.id, why).await?;
+                self.unschedulable(&role, &r, why);
                 continue;
             }
             let fits = match verdicts.iter().find(|(d, _)| d == &r.resources) {
@@ -1291,36 +1481,40 @@ impl Cycle {
                 .cloned()
                 .unwrap_or_default();
             let why = format!("needs {}, but the largest agent has {largest}", r.resources);
-            self.unschedulable(r.id, why).await?;
+            self.unschedulable(&role, &r, why);
         }
-        Ok(())
     }
 
-    async fn unschedulable(
-        &mut self,
-        task: TaskId,
-        why: String,
-    ) -> Result<(), wasmos_raft::RaftError> {
+    /// Takes a task that can never run out of the queue and proposes its end; it is back in
+    /// the queue if that is not recorded.
+    fn unschedulable(&mut self, role: &Role, r: &TaskRequest, why: String) {
+        if let Some(b) = self.builtin.get_mut(role) {
+            b.queue.remove(&(Reverse(r.priority), r.id));
+        }
+        let task = r.id;
         let status = TaskStatus::with_reason(TaskState::Error, Some(Reason::Unschedulable), why);
-        self.shared
-            .write(Command::SetStatus {
-                task,
-                status,
-                now_ms: now_ms(),
-            })
-            .await?;
-        self.task_changed(task);
-        Ok(())
+        let written = self.shared.propose(Command::SetStatus {
+            task,
+            status,
+            now_ms: now_ms(),
+        });
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            match written.await {
+                Ok(_) => shared.offer_event(Event::TaskChanged(task)),
+                Err(e) => {
+                    tracing::warn!(%task, "its end as unschedulable was not recorded: {e}");
+                    shared.offer_event(Event::Submitted(task));
+                }
+            }
+        });
     }
 
-    /// The built-in framework takes waiting tasks of its role from an offer, in queue order.
-    async fn builtin_accept(
-        &mut self,
-        offer: Offer,
-        now: u64,
-    ) -> Result<(), wasmos_raft::RaftError> {
+    /// The built-in framework takes waiting tasks of its role from an offer, in queue order,
+    /// and proposes their launch; they leave the queue until it is decided.
+    fn builtin_accept(&mut self, offer: Offer, now: u64) {
         let Some(role) = self.builtin_ids.get(&offer.framework).cloned() else {
-            return Ok(());
+            return;
         };
         let mut pools = offer.resources.clone();
         let mut chosen = Vec::new();
@@ -1343,8 +1537,9 @@ impl Cycle {
         }
         if chosen.is_empty() {
             self.alloc.decline(offer.framework, &[offer.id], None, now);
-            return Ok(());
+            return;
         }
+        let priorities: BTreeMap<TaskId, i32> = chosen.iter().map(|r| (r.id, r.priority)).collect();
         let accepted = match self.alloc.accept(
             offer.framework,
             &[offer.id],
@@ -1355,42 +1550,53 @@ impl Cycle {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(offer = %offer.id, "built-in framework's accept refused: {e}");
-                return Ok(());
+                return;
             }
         };
-        let tasks: Vec<LaunchTask> = accepted
+        if let Some(b) = self.builtin.get_mut(&role) {
+            for (id, priority) in &priorities {
+                b.queue.remove(&(Reverse(*priority), *id));
+            }
+        }
+        let tasks: Vec<(LaunchTask, i32)> = accepted
             .launches
             .iter()
-            .map(|l| LaunchTask {
-                id: l.task,
-                spec: None,
-                charge: l.charge.clone(),
+            .map(|l| {
+                self.unchecked.remove(&l.task);
+                let priority = priorities.get(&l.task).copied().unwrap_or_default();
+                (
+                    LaunchTask {
+                        id: l.task,
+                        spec: None,
+                        charge: l.charge.clone(),
+                    },
+                    priority,
+                )
             })
             .collect();
-        let committed = self
-            .commit_launch(offer.framework, &accepted.agent, Vec::new(), tasks)
-            .await?;
-        if committed.is_err() {
-            // Tasks that ended meanwhile (killed while waiting) leave the queue.
-            self.reconcile();
-            return Ok(());
-        }
-        let specs = self.shared.read(|s: &ClusterState| {
-            accepted
-                .launches
-                .iter()
-                .filter_map(|l| s.tasks.get(&l.task).cloned())
-                .collect::<Vec<_>>()
-        });
-        for t in specs {
-            self.dequeue(t.id, Some(&t));
-            tracing::info!(task = %t.id, agent = %accepted.agent, "launching");
-            // If the agent is gone by now, its re-registration (or the grace period) declares
-            // the task lost.
-            self.shared.launch(&accepted.agent, t.id, t.spec);
-        }
-        Ok(())
+        self.propose_launch(offer.framework, accepted.agent, Vec::new(), tasks, None);
     }
+}
+
+/// Sends the tasks of a committed launch that are placed on `agent` and still staging there
+/// (nothing has started them) to it. If the agent is gone by now, its re-registration (or the
+/// grace period) declares them lost.
+fn launch_placed(shared: &Shared, agent: &AgentId, tasks: &[TaskId]) -> usize {
+    let placed: Vec<(TaskId, TaskSpec)> = shared.read(|s| {
+        tasks
+            .iter()
+            .filter_map(|id| s.tasks.get(id))
+            .filter(|t| t.agent.as_ref() == Some(agent))
+            .filter(|t| t.status.state == TaskState::Staging)
+            .map(|t| (t.id, t.spec.clone()))
+            .collect()
+    });
+    let count = placed.len();
+    for (task, spec) in placed {
+        tracing::info!(%task, %agent, "launching");
+        shared.launch(agent, task, spec);
+    }
+    count
 }
 
 /// Watches, for a while, whether a launch whose write timed out committed after all, and if so
@@ -1400,20 +1606,8 @@ fn launch_if_committed_late(shared: Arc<Shared>, agent: AgentId, tasks: Vec<Task
         let mut applied = shared.raft.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let placed: Vec<(TaskId, wasmos_proto::TaskSpec)> = shared.read(|s| {
-                tasks
-                    .iter()
-                    .filter_map(|id| s.tasks.get(id))
-                    .filter(|t| t.agent.as_ref() == Some(&agent))
-                    .filter(|t| t.status.state == TaskState::Staging)
-                    .map(|t| (t.id, t.spec.clone()))
-                    .collect()
-            });
-            if !placed.is_empty() {
-                for (task, spec) in placed {
-                    tracing::info!(%task, %agent, "a launch committed late; sending it");
-                    shared.launch(&agent, task, spec);
-                }
+            if launch_placed(&shared, &agent, &tasks) > 0 {
+                tracing::info!(%agent, "a launch committed late; sent it");
                 return;
             }
             tokio::select! {

@@ -657,21 +657,36 @@ impl RaftNode {
     /// and fsyncs each entry on its own, so one command per entry would cap the rate of writes
     /// at the rate of fsyncs.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftError> {
+        self.propose(cmd).await
+    }
+
+    /// Like [`RaftNode::write`], but the command is handed to the write batcher now, before
+    /// the returned future is first polled: commands proposed one after another in a loop
+    /// share entries in that order, and the proposer may go on and collect the results later
+    /// (the offer cycle proposes a whole cycle's launches and never waits in line).
+    pub fn propose(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, RaftError>> + Send + 'static {
         let (done, result) = oneshot::channel();
         let lane = self.read(|s| s.lane_of(&cmd));
         let bytes = wasmos_state::approx_bytes(&cmd);
-        self.proposals
+        let sent = self
+            .proposals
             .send((cmd, lane, bytes, done))
-            .map_err(|_| RaftError::Fatal("the write batcher stopped".to_string()))?;
-        tokio::time::timeout(self.quorum_timeout, result)
-            .await
-            .map_err(|_| {
-                RaftError::NoQuorum(format!(
-                    "master {} leads but a majority did not confirm the write within {:?}",
-                    self.id, self.quorum_timeout
-                ))
-            })?
-            .map_err(|_| RaftError::Fatal("the write batcher dropped a write".to_string()))?
+            .map_err(|_| RaftError::Fatal("the write batcher stopped".to_string()));
+        let (id, quorum_timeout) = (self.id, self.quorum_timeout);
+        async move {
+            sent?;
+            tokio::time::timeout(quorum_timeout, result)
+                .await
+                .map_err(|_| {
+                    RaftError::NoQuorum(format!(
+                        "master {id} leads but a majority did not confirm the write within {quorum_timeout:?}"
+                    ))
+                })?
+                .map_err(|_| RaftError::Fatal("the write batcher dropped a write".to_string()))?
+        }
     }
 
     /// Reads the applied state under a lock. Keep `f` short and do not call back into this node
