@@ -414,7 +414,7 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                     crate::peers::blob(&shared, &hash).await
                 }
                 Ok(Some(AgentToMaster::PutBlob { hash, size })) => {
-                    let stored = crate::client::store_blob(
+                    let stored = crate::blobs::store_blob(
                         &shared,
                         hash,
                         size,
@@ -428,8 +428,8 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                         Ok(()) => Some(MasterToAgent::Stored),
                         // Not for now (a failover, no majority): no answer, so the agent
                         // sends it again, to the leader.
-                        Err(crate::client::StoreFailure::Raft(_))
-                        | Err(crate::client::StoreFailure::Refused(
+                        Err(crate::blobs::StoreFailure::Raft(_))
+                        | Err(crate::blobs::StoreFailure::Refused(
                             wasmos_proto::ErrorKind::Unavailable,
                             _,
                         )) => None,

@@ -15,35 +15,16 @@ use wasmos_proto::{
 use wasmos_state::{Command, CommandResult};
 
 use crate::admission::Kind;
+use crate::blobs::{StoreFailure, store_blob};
 use crate::offers::{Event, Snapshot};
+use crate::policy::{resolve_role, role_visible, shown, task_visible, validate_spec};
+use crate::replies::{error, fit_page, raft_error};
 use crate::{Shared, now_ms};
-
-/// The role of operators' submissions that name none.
-const DEFAULT_ROLE: &str = "default";
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         tokio::spawn(handle(shared.clone(), who.clone(), send, recv));
     }
-}
-
-pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ClientResponse {
-    ClientResponse::Error {
-        kind,
-        message: message.into(),
-    }
-}
-
-fn visible(who: &Identity, task: &TaskInfo) -> bool {
-    crate::policy::may_see(who, &task.owner)
-}
-
-/// A task record as a client may see it: secret values hidden.
-fn shown(mut task: TaskInfo) -> TaskInfo {
-    if !task.spec.secret_env.is_empty() {
-        task.spec = task.spec.redacted();
-    }
-    task
 }
 
 async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut recv: RecvStream) {
@@ -139,20 +120,9 @@ async fn route(shared: &Shared, req: ClientRequest) -> Result<ClientRequest, Cli
     }
 }
 
-/// A raft failure as the client sees it: a redirect when another master leads.
-pub(crate) fn raft_error(shared: &Shared, e: wasmos_raft::RaftError) -> ClientResponse {
-    match e {
-        wasmos_raft::RaftError::NotLeader { .. } => {
-            let (leader, addr) = shared.raft.leader_addr();
-            ClientResponse::NotLeader { leader, addr }
-        }
-        other => error(ErrorKind::Unavailable, other.to_string()),
-    }
-}
-
 fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, ClientResponse> {
     shared
-        .read(|s| s.tasks.get(&id).filter(|t| visible(who, t)).cloned())
+        .read(|s| s.tasks.get(&id).filter(|t| task_visible(who, t)).cloned())
         .map(shown)
         .ok_or_else(|| error(ErrorKind::NotFound, format!("no task {id}")))
 }
@@ -174,7 +144,7 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
         s.tasks
             .range(TaskId(start)..)
             .map(|(_, t)| t)
-            .filter(|t| visible(who, t))
+            .filter(|t| task_visible(who, t))
             .filter(|t| states.is_empty() || states.contains(&t.status.state))
             .take(limit)
             .take_while(|t| {
@@ -199,18 +169,6 @@ fn list_tasks(shared: &Shared, who: &Identity, filter: &TaskFilter) -> ClientRes
                 first.map_or(TaskId(0), |t| t.id)
             ),
         ),
-    }
-}
-
-/// A listing's page cut to what fits in one message (halving: the size estimates that filled
-/// it are rough), or its first item if even that one alone does not fit.
-pub(crate) fn fit_page<T: serde::Serialize>(mut page: Vec<T>) -> Result<Vec<T>, Option<T>> {
-    loop {
-        match wasmos_proto::encode(&page) {
-            Ok(b) if b.len() < wasmos_proto::MAX_FRAME_BYTES - 1024 => return Ok(page),
-            _ if page.len() > 1 => page.truncate(page.len() / 2),
-            _ => return Err(page.into_iter().next()),
-        }
     }
 }
 
@@ -344,17 +302,6 @@ async fn membership(shared: &Shared, who: &Identity, req: ClientRequest) -> Clie
     }
 }
 
-/// What the master checks of any task spec before it records it.
-pub(crate) fn validate_spec(spec: &TaskSpec) -> Result<(), String> {
-    if spec.timeout_ms == 0 {
-        return Err("timeout must be greater than zero".into());
-    }
-    if spec.resources.cpu_millis == 0 || spec.resources.mem_bytes == 0 {
-        return Err("cpu and mem must be greater than zero".into());
-    }
-    spec.check()
-}
-
 async fn submit(
     shared: &Shared,
     who: &Identity,
@@ -460,31 +407,6 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
     }
 }
 
-/// The role a submission runs under: the one it names, else the submitter's own (a tenant's
-/// name; `default` for operators). Tenants may only use their role and roles below it.
-pub(crate) fn resolve_role(who: &Identity, asked: Option<&str>) -> Result<Role, String> {
-    let home = match who {
-        Identity::Tenant { tenant, .. } => Some(
-            Role::new(tenant)
-                .map_err(|e| format!("tenant `{tenant}` cannot be used as a role: {e}"))?,
-        ),
-        _ => None,
-    };
-    let role = match (asked, &home) {
-        (Some(r), _) => Role::new(r).map_err(|e| e.to_string())?,
-        (None, Some(home)) => home.clone(),
-        (None, None) => Role::new(DEFAULT_ROLE).map_err(|e| e.to_string())?,
-    };
-    if let Some(home) = home
-        && !role.is_within(&home)
-    {
-        return Err(format!(
-            "role `{role}` is not yours: tenant `{home}` may use role `{home}` and roles under it, such as `{home}/batch`"
-        ));
-    }
-    Ok(role)
-}
-
 /// What the leader's allocator shows; empty if the offer cycle does not answer in time.
 async fn snapshot(shared: &Shared) -> Snapshot {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -546,16 +468,6 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
             ClientResponse::Ok
         }
         Err(e) => raft_error(shared, e),
-    }
-}
-
-/// Whether `who` may see role `role`'s settings and holdings: operators all, tenants theirs.
-fn role_visible(who: &Identity, role: &Role) -> bool {
-    match who {
-        Identity::Tenant { tenant, .. } => {
-            Role::new(tenant).is_ok_and(|home| role.is_within(&home))
-        }
-        _ => true,
     }
 }
 
@@ -733,85 +645,6 @@ async fn push_bundle(
         Ok(()) => ClientResponse::Ok,
         Err(StoreFailure::Refused(kind, message)) => error(kind, message),
         Err(StoreFailure::Raft(e)) => raft_error(shared, e),
-    }
-}
-
-pub(crate) enum StoreFailure {
-    Refused(ErrorKind, String),
-    Raft(wasmos_raft::RaftError),
-}
-
-impl StoreFailure {
-    pub(crate) fn message(&self) -> String {
-        match self {
-            StoreFailure::Refused(_, m) => m.clone(),
-            StoreFailure::Raft(e) => e.to_string(),
-        }
-    }
-}
-
-/// Reads an announced blob from `recv`, checks it against its hash, copies it to a majority of
-/// masters and records it: a client's upload (`reader`: the uploading tenant, which may read
-/// it from then on), or a task's output an agent sends.
-pub(crate) async fn store_blob(
-    shared: &Arc<Shared>,
-    hash: BundleHash,
-    size: u64,
-    kind: BlobKind,
-    reader: Option<String>,
-    recv: &mut RecvStream,
-) -> Result<(), StoreFailure> {
-    let error = |kind, message| Err(StoreFailure::Refused(kind, message));
-    let max = shared.cfg.max_bundle_bytes;
-    if size > max {
-        return error(
-            ErrorKind::TooLarge,
-            format!("bundle is {size} bytes; this master accepts at most {max}"),
-        );
-    }
-    // Refused before the bytes are read: a full quota stops a flood at the door. The hold
-    // lasts until the record is committed (or the upload fails); then the state counts it.
-    let _hold = match &reader {
-        Some(tenant) => match shared.reserve_upload(tenant, size) {
-            Ok(h) => Some(h),
-            Err(e) => return error(ErrorKind::TooLarge, e),
-        },
-        None => None,
-    };
-    // One byte more than announced, so a client that sends extra is caught.
-    let bytes = match recv.read_to_end(size as usize + 1).await {
-        Ok(b) if b.len() as u64 == size => b,
-        Ok(b) => {
-            return error(
-                ErrorKind::InvalidBundle,
-                format!("announced {size} bytes but sent {}", b.len()),
-            );
-        }
-        Err(e) => return error(ErrorKind::InvalidBundle, format!("upload failed: {e}")),
-    };
-    if let Err(e) = shared.bundles.put(&hash, &bytes, kind) {
-        return error(ErrorKind::InvalidBundle, e.to_string());
-    }
-    // Acknowledged only once a majority of masters holds the bytes: the record below must never
-    // name a bundle that the loss of a minority of masters could take away.
-    if let Err(e) = crate::peers::replicate(shared, &hash, kind, Arc::new(bytes)).await {
-        return error(
-            ErrorKind::Unavailable,
-            format!("bundle {hash} not stored: {e}"),
-        );
-    }
-    match shared
-        .write(Command::AddBundle {
-            hash,
-            size,
-            now_ms: now_ms(),
-            reader,
-        })
-        .await
-    {
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::TooLarge, why),
-        Ok(_) => Ok(()),
-        Err(e) => Err(StoreFailure::Raft(e)),
     }
 }
 

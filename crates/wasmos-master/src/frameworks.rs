@@ -15,8 +15,9 @@ use wasmos_proto::{
 use wasmos_state::{Command, CommandResult, FrameworkRecord};
 
 use crate::admission::Kind;
-use crate::client::{error, raft_error, resolve_role};
 use crate::offers::{BUILTIN_OWNER, Event};
+use crate::policy::resolve_role;
+use crate::replies::{error, raft_error};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {

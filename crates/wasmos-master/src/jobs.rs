@@ -278,7 +278,7 @@ pub(crate) async fn answer(
     req: wasmos_proto::ClientRequest,
 ) -> wasmos_proto::ClientResponse {
     use wasmos_proto::{ClientRequest, ClientResponse, ErrorKind};
-    let error = crate::client::error;
+    let error = crate::replies::error;
     // Users of a tenant see its jobs; only a job's owner (or an operator) changes it.
     let mine = |r: &JobRecord| crate::policy::may_see(who, &r.owner);
     let changeable = |r: &JobRecord| crate::policy::may_change(who, &r.owner);
@@ -287,13 +287,13 @@ pub(crate) async fn answer(
             if let Err(why) = spec.check() {
                 return error(ErrorKind::InvalidRequest, why);
             }
-            let role = match crate::client::resolve_role(who, spec.role.as_deref()) {
+            let role = match crate::policy::resolve_role(who, spec.role.as_deref()) {
                 Ok(r) => r,
                 Err(why) => return error(ErrorKind::InvalidRequest, why),
             };
             spec.role = Some(role.to_string());
             for g in &mut spec.groups {
-                if let Err(e) = crate::client::validate_spec(&g.task)
+                if let Err(e) = crate::policy::validate_spec(&g.task)
                     .and_then(|()| crate::policy::seal(&shared.secrets, &mut g.task))
                 {
                     return error(
@@ -313,7 +313,7 @@ pub(crate) async fn answer(
                 Ok(CommandResult::Job(id)) => ClientResponse::JobSubmitted { id },
                 Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
                 Ok(other) => error(ErrorKind::Internal, format!("{other:?}")),
-                Err(e) => crate::client::raft_error(shared, e),
+                Err(e) => crate::replies::raft_error(shared, e),
             }
         }
         ClientRequest::ListJobs { after } => {
@@ -327,7 +327,7 @@ pub(crate) async fn answer(
                     .map(|j| info(s, j, false))
                     .collect()
             });
-            match crate::client::fit_page(page) {
+            match crate::replies::fit_page(page) {
                 Ok(page) => ClientResponse::Jobs(page),
                 Err(first) => error(
                     ErrorKind::TooLarge,
@@ -395,9 +395,9 @@ async fn write_event(shared: &Shared, job: JobId, event: JobEvent) -> wasmos_pro
         now_ms: now_ms(),
     };
     match shared.write(cmd).await {
-        Ok(CommandResult::Rejected(why)) => crate::client::error(ErrorKind::InvalidRequest, why),
+        Ok(CommandResult::Rejected(why)) => crate::replies::error(ErrorKind::InvalidRequest, why),
         Ok(_) => ClientResponse::Ok,
-        Err(e) => crate::client::raft_error(shared, e),
+        Err(e) => crate::replies::raft_error(shared, e),
     }
 }
 

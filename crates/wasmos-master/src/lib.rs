@@ -3,6 +3,7 @@
 
 mod admission;
 mod agents;
+mod blobs;
 mod bundles;
 mod client;
 mod frameworks;
@@ -12,6 +13,7 @@ mod logs;
 mod offers;
 mod peers;
 mod policy;
+mod replies;
 mod retention;
 mod scheduler;
 

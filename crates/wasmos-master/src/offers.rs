@@ -33,7 +33,7 @@ use wasmos_proto::{
 };
 use wasmos_state::{Command, CommandResult, LaunchTask, ReservationOp};
 
-use crate::client::validate_spec;
+use crate::policy::validate_spec;
 use crate::{Shared, now_ms};
 
 /// The name and owner the built-in `wasmos run` frameworks are registered with.

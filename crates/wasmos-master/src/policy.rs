@@ -4,11 +4,19 @@
 //! The policy inside a tenant: every user of a tenant sees the tenant's tasks, jobs and roles
 //! (never secret values); only the user who created a task, job or framework may change it
 //! (kill, scale, stop, tear down). Operators see and change everything.
+//!
+//! Also what every front end checks of a request before it acts: a task spec's own limits and
+//! the role a submission runs under. Nothing here does I/O: the checks are the same whichever
+//! path (client, job host, framework API) a request came by.
 
+use wasmos_alloc::Role;
 use wasmos_net::Identity;
 use wasmos_net::seal::SecretsKey;
-use wasmos_proto::{EgressRule, MasterToAgent, SecretValue, TaskId, TaskSpec};
+use wasmos_proto::{EgressRule, MasterToAgent, SecretValue, TaskId, TaskInfo, TaskSpec};
 use wasmos_state::ClusterState;
+
+/// The role of operators' submissions that name none.
+const DEFAULT_ROLE: &str = "default";
 
 /// Whether `who` may see an object created by `owner` (an identity URI).
 pub(crate) fn may_see(who: &Identity, owner: &str) -> bool {
@@ -101,6 +109,65 @@ pub(crate) fn egress_for(state: &ClusterState, role: Option<&str>) -> Vec<Egress
         .filter_map(|r| state.roles.get(r))
         .flat_map(|rec| rec.egress.iter().cloned())
         .collect()
+}
+
+/// Whether `who` may see this task.
+pub(crate) fn task_visible(who: &Identity, task: &TaskInfo) -> bool {
+    may_see(who, &task.owner)
+}
+
+/// A task record as a client may see it: secret values hidden.
+pub(crate) fn shown(mut task: TaskInfo) -> TaskInfo {
+    if !task.spec.secret_env.is_empty() {
+        task.spec = task.spec.redacted();
+    }
+    task
+}
+
+/// Whether `who` may see role `role`'s settings and holdings: operators all, tenants theirs.
+pub(crate) fn role_visible(who: &Identity, role: &Role) -> bool {
+    match who {
+        Identity::Tenant { tenant, .. } => {
+            Role::new(tenant).is_ok_and(|home| role.is_within(&home))
+        }
+        _ => true,
+    }
+}
+
+/// What the master checks of any task spec before it records it.
+pub(crate) fn validate_spec(spec: &TaskSpec) -> Result<(), String> {
+    if spec.timeout_ms == 0 {
+        return Err("timeout must be greater than zero".into());
+    }
+    if spec.resources.cpu_millis == 0 || spec.resources.mem_bytes == 0 {
+        return Err("cpu and mem must be greater than zero".into());
+    }
+    spec.check()
+}
+
+/// The role a submission runs under: the one it names, else the submitter's own (a tenant's
+/// name; `default` for operators). Tenants may only use their role and roles below it.
+pub(crate) fn resolve_role(who: &Identity, asked: Option<&str>) -> Result<Role, String> {
+    let home = match who {
+        Identity::Tenant { tenant, .. } => Some(
+            Role::new(tenant)
+                .map_err(|e| format!("tenant `{tenant}` cannot be used as a role: {e}"))?,
+        ),
+        _ => None,
+    };
+    let role = match (asked, &home) {
+        (Some(r), _) => Role::new(r).map_err(|e| e.to_string())?,
+        (None, Some(home)) => home.clone(),
+        (None, None) => Role::new(DEFAULT_ROLE).map_err(|e| e.to_string())?,
+    };
+    if let Some(home) = home
+        && !role.is_within(&home)
+    {
+        return Err(format!(
+            "role `{role}` is not yours: tenant `{home}` may use role `{home}` and roles under it, such as `{home}/batch`"
+        ));
+    }
+    Ok(role)
 }
 
 #[cfg(test)]
