@@ -565,7 +565,15 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec, egress: Vec<wasmos_pr
     let (kill_tx, kill_rx) = watch::channel(false);
     {
         let mut inner = agent.inner();
-        if inner.tasks.contains_key(&task) {
+        // A launch sent twice (the master resends what an agent that registers again never
+        // received, while the launch itself may still be on its way): running, or ended with
+        // its final status not yet acknowledged, the task is not started again. Once the end
+        // is acknowledged, the master has it recorded and sends no launch.
+        let ended_unacked = inner
+            .unacked
+            .iter()
+            .any(|u| u.task == task && u.status.state.is_terminal());
+        if inner.tasks.contains_key(&task) || ended_unacked {
             return;
         }
         inner.tasks.insert(task, kill_tx);

@@ -18,9 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use wasmos_alloc::{
@@ -31,10 +29,15 @@ use wasmos_proto::{
     AgentId, FrameworkCall, FrameworkEvent, FrameworkId, MasterToAgent, OfferId, OfferInfo,
     OfferOperation, Qos, Reason, Resources, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
 };
-use wasmos_state::{Command, CommandResult, LaunchTask, ReservationOp};
+use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask, ReservationOp};
 
 use crate::policy::validate_spec;
-use crate::{Shared, now_ms};
+
+mod live;
+#[cfg(test)]
+mod sim;
+
+pub(crate) use live::lead;
 
 /// The name and owner the built-in `wasmos run` frameworks are registered with.
 pub(crate) const BUILTIN_NAME: &str = "wasmos-run";
@@ -102,6 +105,7 @@ pub(crate) enum Event {
     Launched {
         cycle: u64,
         launch: u64,
+        agent: AgentId,
         result: Result<CommandResult, wasmos_raft::RaftError>,
     },
     /// A built-in framework's registration proposed by offer cycle `cycle` was decided.
@@ -110,6 +114,21 @@ pub(crate) enum Event {
         role: Role,
         result: Result<CommandResult, wasmos_raft::RaftError>,
     },
+}
+
+/// How long a launch whose write timed out is watched for a late commit before its built-in
+/// tasks go back to the queue.
+const LATE_COMMIT_WATCH_MS: u64 = 60_000;
+
+/// A launch whose write timed out (a majority did not confirm it in time): it may commit
+/// after all, and then its tasks are placed and must be sent to the agent. Until the watch
+/// ends, its built-in tasks are not queued again, so a late commit and a new launch never both
+/// send them.
+struct Doubtful {
+    agent: AgentId,
+    tasks: Vec<TaskId>,
+    builtin: bool,
+    until_ms: u64,
 }
 
 /// Numbers offer cycles, so that results proposed by a cycle of an earlier term are told
@@ -125,6 +144,14 @@ struct Launching {
     /// A framework's accept (its request id and the tasks it named) waits for the answer;
     /// `None` for the built-in frameworks, whose tasks go back to the queue if refused.
     reply: Option<(u64, Vec<TaskId>)>,
+    /// It reserves or unreserves, and its agent was rebuilt from the recorded state while it
+    /// was in flight (which lacks the change): rebuilt again once it is committed.
+    changes_reservations: bool,
+    rebuilt: bool,
+    /// Tasks of it preempted while it was in flight: killed once it is committed (after their
+    /// launch, on the same channel to the agent, which ignores a kill for a task it does not
+    /// know).
+    kills: Vec<(TaskId, Reason)>,
 }
 
 /// What `agent list` and `role list` show from the leader's allocator.
@@ -142,15 +169,130 @@ struct Builtin {
     suppressed: bool,
 }
 
-struct Cycle {
-    shared: Arc<Shared>,
+/// What the offer cycle needs of the master around it: the applied replicated state, raft,
+/// the agents' channels, task ids, secrets, and a way to post events back to itself. The live
+/// master implements it on `Shared` (`offers/live.rs`: a task per proposal); the simulation
+/// (`offers/sim.rs`) on a state machine of its own, in virtual time with seeded faults. The
+/// cycle itself does no I/O, reads no clock (time is an argument) and never waits.
+pub(crate) trait Env {
+    /// Reads the applied state. Keep `f` short.
+    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R;
+    /// Hands `cmd` to raft now; when its result is known, [`settle`] does what follows.
+    fn propose(&self, cmd: Command, then: Proposal);
+    fn send_to_agent(&self, agent: &AgentId, msg: MasterToAgent) -> bool;
+    /// Sends a placed task to its agent (its secrets opened for it).
+    fn launch(&self, agent: &AgentId, task: TaskId, spec: TaskSpec) -> bool;
+    fn new_task_id(&self) -> TaskId;
+    /// Whether `tenant` may start more work (its storage quota).
+    fn check_storage(&self, tenant: &str) -> Result<(), String>;
+    /// Seals a spec's secrets before it is recorded.
+    fn seal(&self, spec: &mut TaskSpec) -> Result<(), String>;
+    /// The agents connected to this master now.
+    fn connected_agents(&self) -> Vec<AgentId>;
+    /// How long a want waits before guarantee preemption serves it.
+    fn preemption_grace_ms(&self) -> u64;
+    /// Queues an event for the cycle.
+    fn post(&self, ev: Event);
+}
+
+/// What a proposal is for: what [`settle`] does with its result.
+pub(crate) enum Proposal {
+    Launch {
+        cycle: u64,
+        launch: u64,
+        agent: AgentId,
+        tasks: Vec<TaskId>,
+    },
+    Register {
+        cycle: u64,
+        role: Role,
+    },
+    Unschedulable(TaskId),
+    RemoveFramework(FrameworkId),
+    Acknowledge {
+        framework: FrameworkId,
+        task: TaskId,
+    },
+}
+
+/// What follows a proposal's result, whoever proposed it: a committed launch is sent to its
+/// agent at once (whether its cycle still runs or not), and the cycle hears of every result.
+pub(crate) fn settle<E: Env>(
+    env: &E,
+    then: Proposal,
+    result: Result<CommandResult, wasmos_raft::RaftError>,
+) {
+    match then {
+        Proposal::Launch {
+            cycle,
+            launch,
+            agent,
+            tasks,
+        } => {
+            // (A write that timed out may still commit: the cycle watches for that.)
+            if let Ok(CommandResult::Ok) = &result {
+                launch_placed(env, &agent, &tasks);
+            }
+            env.post(Event::Launched {
+                cycle,
+                launch,
+                agent,
+                result,
+            });
+        }
+        Proposal::Register { cycle, role } => env.post(Event::Registered {
+            cycle,
+            role,
+            result,
+        }),
+        Proposal::Unschedulable(task) => match result {
+            Ok(_) => env.post(Event::TaskChanged(task)),
+            Err(e) => {
+                tracing::warn!(%task, "its end as unschedulable was not recorded: {e}");
+                env.post(Event::Submitted(task));
+            }
+        },
+        Proposal::RemoveFramework(fw) => match result {
+            Ok(result) => {
+                if let CommandResult::Rejected(why) = result {
+                    tracing::warn!(framework = %fw, "cannot remove framework: {why}");
+                }
+                env.post(Event::FrameworkRemoved(fw));
+            }
+            // A majority did not answer in time: try again (this takes the write timeout each
+            // time, so it is no tight loop).
+            Err(e @ wasmos_raft::RaftError::NoQuorum(_)) => {
+                tracing::warn!(framework = %fw, "framework removal not recorded: {e}");
+                env.post(Event::RemoveFramework(fw));
+            }
+            // No longer the leader (or stopped): the next leader times it out afresh.
+            Err(e) => tracing::warn!(framework = %fw, "framework removal not recorded: {e}"),
+        },
+        // A lost acknowledgement only means the update is sent (and acknowledged) again.
+        Proposal::Acknowledge { framework, task } => {
+            if let Err(e) = result {
+                tracing::debug!(%framework, %task, "acknowledgement not recorded: {e}");
+            }
+        }
+    }
+}
+
+pub(crate) struct Cycle<E: Env> {
+    env: E,
+    /// The time of the events or the cycle being handled (milliseconds since the epoch).
+    now: u64,
     /// This cycle's number (see [`CYCLES`]).
     id: u64,
-    /// Launches proposed and not yet decided, by number.
+    /// Launches proposed and not yet decided, by number, and their tasks.
     launching: BTreeMap<u64, Launching>,
+    flying: BTreeMap<TaskId, u64>,
     next_launch: u64,
-    /// Roles whose built-in framework's registration is proposed.
-    registering: BTreeSet<Role>,
+    /// Roles whose built-in framework's registration is proposed, and until when no other is
+    /// proposed (`u64::MAX` while its result is awaited; a minute after it timed out, since it
+    /// may still commit).
+    registering: BTreeMap<Role, u64>,
+    /// Launches whose write timed out: they may still commit.
+    doubtful: Vec<Doubtful>,
     alloc: Allocator,
     builtin: BTreeMap<Role, Builtin>,
     builtin_ids: BTreeMap<FrameworkId, Role>,
@@ -170,76 +312,6 @@ struct Cycle {
     next_resend_scan_ms: u64,
     /// What subscribed frameworks said they wait for (`FrameworkCall::Waiting`), since when.
     waiting: BTreeMap<FrameworkId, (Resources, u64)>,
-}
-
-/// The offer cycle while this master leads, until `deposed` resolves (started and stopped by
-/// [`crate::leadership`]). The allocator is rebuilt from the replicated state, earlier leaders'
-/// writes included, and dropped at the end with every outstanding offer. True if the event
-/// channel closed (the master is shutting down).
-pub(crate) async fn lead(
-    shared: &Arc<Shared>,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    deposed: impl std::future::Future<Output = ()>,
-) -> bool {
-    let next = shared.raft.read(|s| s.next_task_id);
-    shared
-        .last_task_id
-        .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
-    let mut cycle = Cycle::new(shared.clone());
-    let closed = cycle_loop(&mut cycle, events, deposed, shared.cfg.offer_interval).await;
-    // No longer the leader: send the frameworks to the one that is.
-    let (_, addr) = shared.raft.leader_addr();
-    for (_, tx) in cycle.external.values() {
-        let _ = tx.send(FrameworkEvent::NotLeader { addr: addr.clone() });
-    }
-    closed
-}
-
-async fn cycle_loop(
-    cycle: &mut Cycle,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    deposed: impl std::future::Future<Output = ()>,
-    interval: Duration,
-) -> bool {
-    let mut deposed = std::pin::pin!(deposed);
-    loop {
-        let first = tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ev) => Some(ev),
-                None => {
-                    events.close();
-                    return true;
-                }
-            },
-            _ = tokio::time::sleep(interval) => None,
-            () = &mut deposed => return false,
-        };
-        let mut batch: Vec<Event> = first.into_iter().collect();
-        while let Ok(ev) = events.try_recv() {
-            batch.push(ev);
-        }
-        let mut reconcile = false;
-        for ev in batch {
-            match ev {
-                Event::AgentLost(agent) => {
-                    reconcile = true;
-                    for fw in cycle.external.keys() {
-                        cycle.send(
-                            *fw,
-                            FrameworkEvent::Failure {
-                                agent: agent.clone(),
-                            },
-                        );
-                    }
-                }
-                other => cycle.handle(other),
-            }
-        }
-        if reconcile {
-            cycle.reconcile();
-        }
-        cycle.run_once(now_ms());
-    }
 }
 
 /// The role a task counts against: the one it names, else its builtin framework's default.
@@ -272,14 +344,53 @@ fn offer_info(offer: &Offer) -> OfferInfo {
     }
 }
 
-impl Cycle {
-    fn new(shared: Arc<Shared>) -> Cycle {
+impl<E: Env> Cycle<E> {
+    /// Handles a batch of events that arrived together at `now`, then runs a cycle: a lost
+    /// agent's tasks are reconciled once for the batch.
+    pub(crate) fn step(&mut self, batch: Vec<Event>, now: u64) {
+        self.now = now;
+        let mut reconcile = false;
+        for ev in batch {
+            match ev {
+                Event::AgentLost(agent) => {
+                    reconcile = true;
+                    for fw in self.external.keys() {
+                        self.send(
+                            *fw,
+                            FrameworkEvent::Failure {
+                                agent: agent.clone(),
+                            },
+                        );
+                    }
+                }
+                other => self.handle(other),
+            }
+        }
+        if reconcile {
+            self.reconcile();
+        }
+        self.run_once(now);
+    }
+
+    /// Sends the subscribed frameworks to `addr`, the new leader.
+    pub(crate) fn not_leader(&self, addr: Option<String>) {
+        for (_, tx) in self.external.values() {
+            let _ = tx.send(FrameworkEvent::NotLeader { addr: addr.clone() });
+        }
+    }
+
+    /// A cycle for a new term: the allocator is rebuilt from the replicated state, earlier
+    /// leaders' writes included.
+    pub(crate) fn new(env: E, now: u64) -> Cycle<E> {
         let mut cycle = Cycle {
-            shared,
+            env,
+            now,
             id: CYCLES.fetch_add(1, Ordering::Relaxed),
             launching: BTreeMap::new(),
+            flying: BTreeMap::new(),
             next_launch: 0,
-            registering: BTreeSet::new(),
+            registering: BTreeMap::new(),
+            doubtful: Vec::new(),
             alloc: Allocator::new(Config::default()),
             builtin: BTreeMap::new(),
             builtin_ids: BTreeMap::new(),
@@ -292,8 +403,7 @@ impl Cycle {
             next_resend_scan_ms: 0,
             waiting: BTreeMap::new(),
         };
-        let now = now_ms();
-        let (frameworks, waiting) = cycle.shared.read(|s| {
+        let (frameworks, waiting) = cycle.env.read(|s| {
             let waiting: Vec<TaskInfo> = s
                 .tasks
                 .values()
@@ -336,7 +446,7 @@ impl Cycle {
             cycle.enqueue(&t);
         }
         // Agents already connected (to a master that has just become leader).
-        let connected: Vec<AgentId> = cycle.shared.agents().keys().cloned().collect();
+        let connected: Vec<AgentId> = cycle.env.connected_agents();
         for agent in connected {
             cycle.agent_up(agent);
         }
@@ -344,7 +454,7 @@ impl Cycle {
     }
 
     fn apply_roles(&mut self) {
-        let roles = self.shared.read(|s| s.roles.clone());
+        let roles = self.env.read(|s| s.roles.clone());
         for (role, r) in roles {
             let weight = r.weight_milli as f64 / 1000.0;
             if let Err(e) = self.alloc.set_weight(&role, weight) {
@@ -370,16 +480,27 @@ impl Cycle {
                 self.recheck_all = true;
             }
             Event::Submitted(task) => {
-                if let Some(t) = self.shared.read(|s| s.tasks.get(&task).cloned()) {
+                if let Some(t) = self.env.read(|s| s.tasks.get(&task).cloned()) {
                     self.enqueue(&t);
                 }
             }
             Event::TaskChanged(task) => self.task_changed(task),
             Event::AgentLost(_) => self.reconcile(),
             Event::RemoveFramework(fw) => {
-                if self.shared.read(|s| s.live_framework(fw).is_ok()) {
+                let (live, removed) = self.env.read(|s| {
+                    (
+                        s.live_framework(fw).is_ok(),
+                        s.frameworks
+                            .get(&fw)
+                            .is_some_and(|f| f.removed_ms.is_some()),
+                    )
+                });
+                if live {
                     tracing::info!(framework = %fw, "removing the framework");
                     self.remove_framework(fw);
+                } else if removed {
+                    // Recorded after all (a retried removal whose first write committed late).
+                    self.removed(fw);
                 }
             }
             Event::FrameworkRemoved(fw) => {
@@ -397,7 +518,7 @@ impl Cycle {
             Event::FrameworkDown { id, conn } => {
                 if self.external.get(&id).is_some_and(|(c, _)| *c == conn) {
                     self.detach(id);
-                    self.away.insert(id, now_ms());
+                    self.away.insert(id, self.now);
                 }
             }
             Event::FrameworkCall { id, conn, call } => {
@@ -410,10 +531,15 @@ impl Cycle {
             Event::Launched {
                 cycle,
                 launch,
+                agent,
                 result,
             } => {
                 if cycle == self.id {
                     self.launched(launch, result);
+                } else if matches!(result, Ok(CommandResult::Ok)) {
+                    // An earlier term's launch committed after this cycle read the state: its
+                    // tasks hold resources this allocator does not know of.
+                    self.refresh_agent(&agent);
                 }
             }
             Event::Registered {
@@ -422,7 +548,12 @@ impl Cycle {
                 result,
             } => {
                 if cycle == self.id {
-                    self.registering.remove(&role);
+                    if matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_))) {
+                        self.registering
+                            .insert(role.clone(), self.now + LATE_COMMIT_WATCH_MS);
+                    } else {
+                        self.registering.remove(&role);
+                    }
                 }
                 // Taken also from an earlier term's cycle: it is recorded, and a role
                 // registered twice would keep a framework nobody uses.
@@ -456,7 +587,7 @@ impl Cycle {
     ) {
         // Removed between its subscription and now (its timeout ran out): no session; dropping
         // the sender ends the stream.
-        if let Err(message) = self.shared.read(|s| s.live_framework(id).map(|_| ())) {
+        if let Err(message) = self.env.read(|s| s.live_framework(id).map(|_| ())) {
             let _ = tx.send(FrameworkEvent::Error {
                 request: None,
                 message,
@@ -464,7 +595,7 @@ impl Cycle {
             return;
         }
         if self.alloc.framework_dominant_share(id).is_none() {
-            let Some(f) = self.shared.read(|s| s.frameworks.get(&id).cloned()) else {
+            let Some(f) = self.env.read(|s| s.frameworks.get(&id).cloned()) else {
                 return;
             };
             if let Err(e) = self.alloc.add_framework(id, f.role, f.revocable) {
@@ -494,10 +625,14 @@ impl Cycle {
             return;
         }
         self.next_resend_scan_ms = now + RESEND_SCAN_MS;
-        let (due, kept) = self.shared.read(|s| {
+        let (due, kept) = self.env.read(|s| {
             let mut due = Vec::new();
             for fw in self.external.keys() {
                 for key in s.unacked.range((*fw, TaskId(0))..=(*fw, TaskId(u64::MAX))) {
+                    // Its accept is not answered yet: the answer comes first.
+                    if self.flying.contains_key(&key.1) {
+                        continue;
+                    }
                     let Some(t) = s.tasks.get(&key.1) else {
                         continue;
                     };
@@ -544,7 +679,7 @@ impl Cycle {
 
     /// Removes the frameworks away for longer than their failover timeout.
     fn expire_frameworks(&mut self, now: u64) {
-        let expired: Vec<FrameworkId> = self.shared.read(|s| {
+        let expired: Vec<FrameworkId> = self.env.read(|s| {
             self.away
                 .iter()
                 .filter(|(id, since)| {
@@ -567,34 +702,18 @@ impl Cycle {
     fn remove_framework(&mut self, fw: FrameworkId) {
         // Not expired again while the removal is in flight.
         self.away.remove(&fw);
-        let written = self.shared.propose(Command::RemoveFramework {
-            framework: fw,
-            now_ms: now_ms(),
-        });
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            match written.await {
-                Ok(result) => {
-                    if let CommandResult::Rejected(why) = result {
-                        tracing::warn!(framework = %fw, "cannot remove framework: {why}");
-                    }
-                    shared.offer_event(Event::FrameworkRemoved(fw));
-                }
-                // A majority did not answer in time: try again (this takes the write timeout
-                // each time, so it is no tight loop).
-                Err(e @ wasmos_raft::RaftError::NoQuorum(_)) => {
-                    tracing::warn!(framework = %fw, "framework removal not recorded: {e}");
-                    shared.offer_event(Event::RemoveFramework(fw));
-                }
-                // No longer the leader (or stopped): the next leader times it out afresh.
-                Err(e) => tracing::warn!(framework = %fw, "framework removal not recorded: {e}"),
-            }
-        });
+        self.env.propose(
+            Command::RemoveFramework {
+                framework: fw,
+                now_ms: self.now,
+            },
+            Proposal::RemoveFramework(fw),
+        );
     }
 
     /// After a framework's removal is recorded: kills its live tasks, ends its session.
     fn removed(&mut self, fw: FrameworkId) {
-        let live: Vec<(TaskId, Option<AgentId>)> = self.shared.read(|s| {
+        let live: Vec<(TaskId, Option<AgentId>)> = self.env.read(|s| {
             s.tasks
                 .values()
                 .filter(|t| t.framework == Some(fw) && !t.status.state.is_terminal())
@@ -605,7 +724,7 @@ impl Cycle {
             // An agent away now kills the task when it registers again (its framework is
             // gone), or it is lost with the agent.
             if let Some(agent) = agent {
-                self.shared.send_to_agent(
+                self.env.send_to_agent(
                     &agent,
                     MasterToAgent::Kill {
                         task,
@@ -629,13 +748,13 @@ impl Cycle {
     }
 
     fn framework_call(&mut self, fw: FrameworkId, call: FrameworkCall) {
-        let now = now_ms();
+        let now = self.now;
         match call {
             // A subscribed session has its leader; the question is a probe's only.
             FrameworkCall::Subscribe { .. } | FrameworkCall::WhoLeads => {}
             FrameworkCall::Acknowledge { task, update } => {
                 // Nothing owed for this update (a duplicate, an old one): no write.
-                let owed = self.shared.read(|s| {
+                let owed = self.env.read(|s| {
                     s.unacked.contains(&(fw, task))
                         && s.tasks.get(&task).is_some_and(|t| update > t.acked_seq)
                 });
@@ -649,27 +768,30 @@ impl Cycle {
                 {
                     r.due_ms = now + RESEND_MAX_MS;
                 }
-                // Off the cycle: an acknowledgement changes nothing the cycle decides, and a
-                // lost one only means the update is sent (and acknowledged) again.
-                let shared = self.shared.clone();
-                tokio::spawn(async move {
-                    let cmd = Command::Acknowledge {
+                // An acknowledgement changes nothing the cycle decides, and a lost one only
+                // means the update is sent (and acknowledged) again.
+                self.env.propose(
+                    Command::Acknowledge {
                         framework: fw,
                         task,
                         update,
-                    };
-                    if let Err(e) = shared.write(cmd).await {
-                        tracing::debug!(framework = %fw, %task, "acknowledgement not recorded: {e}");
-                    }
-                });
+                    },
+                    Proposal::Acknowledge {
+                        framework: fw,
+                        task,
+                    },
+                );
             }
             FrameworkCall::Reconcile { tasks } => {
-                let updates: Vec<(TaskId, TaskStatus, u64)> = self.shared.read(|s| {
+                // Tasks of an accept not answered yet: the framework learns of them from the
+                // answer first.
+                let flying = &self.flying;
+                let updates: Vec<(TaskId, TaskStatus, u64)> = self.env.read(|s| {
                     if tasks.is_empty() {
                         return s
                             .tasks
                             .values()
-                            .filter(|t| t.framework == Some(fw))
+                            .filter(|t| t.framework == Some(fw) && !flying.contains_key(&t.id))
                             .filter(|t| {
                                 !t.status.state.is_terminal() || s.unacked.contains(&(fw, t.id))
                             })
@@ -734,11 +856,11 @@ impl Cycle {
             },
             FrameworkCall::Revive => self.alloc.revive(fw),
             FrameworkCall::Kill { task } => {
-                let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+                let info = self.env.read(|s| s.tasks.get(&task).cloned());
                 match info {
                     Some(t) if t.framework == Some(fw) && !t.status.state.is_terminal() => {
                         if let Some(agent) = &t.agent {
-                            self.shared
+                            self.env
                                 .send_to_agent(agent, MasterToAgent::Kill { task, reason: None });
                         }
                     }
@@ -785,7 +907,7 @@ impl Cycle {
         refuse_ms: Option<u64>,
         now: u64,
     ) -> Result<(), String> {
-        let Some((role, owner)) = self.shared.read(|s| {
+        let Some((role, owner)) = self.env.read(|s| {
             s.frameworks
                 .get(&fw)
                 .map(|f| (f.role.clone(), f.owner.clone()))
@@ -800,7 +922,7 @@ impl Cycle {
         });
         if launches
             && let Some(tenant) = wasmos_state::tenant_of(&owner)
-            && let Err(e) = self.shared.check_storage(tenant, 1)
+            && let Err(e) = self.env.check_storage(tenant)
         {
             self.alloc.decline(fw, offers, Some(0), now);
             return Err(e);
@@ -823,18 +945,16 @@ impl Cycle {
             };
             let mut requests = Vec::new();
             for mut spec in list {
-                if let Err(e) = validate_spec(&spec)
-                    .and_then(|()| crate::policy::seal(&self.shared.secrets, &mut spec))
-                {
+                if let Err(e) = validate_spec(&spec).and_then(|()| self.env.seal(&mut spec)) {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Err(format!("task `{}`: {e}", spec.name));
                 }
-                if let Err(e) = self.shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
+                if let Err(e) = self.env.read(|s| s.check_spec_ceilings(&spec, &role)) {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Err(format!("task `{}`: {e}", spec.name));
                 }
                 spec.role = Some(role.to_string());
-                let id = self.shared.new_task_id();
+                let id = self.env.new_task_id();
                 requests.push(TaskRequest {
                     id,
                     resources: spec.resources.clone(),
@@ -916,13 +1036,17 @@ impl Cycle {
             .iter()
             .map(|(t, priority)| (t.id, t.charge.clone(), *priority))
             .collect();
-        let written = self.shared.propose(Command::Launch {
+        let reservations_empty = reservations.is_empty();
+        let command = Command::Launch {
             framework: fw,
             agent: agent.clone(),
             reservations,
             tasks: tasks.into_iter().map(|(t, _)| t).collect(),
-            now_ms: now_ms(),
-        });
+            now_ms: self.now,
+        };
+        for id in &ids {
+            self.flying.insert(*id, launch);
+        }
         self.launching.insert(
             launch,
             Launching {
@@ -930,28 +1054,20 @@ impl Cycle {
                 agent: agent.clone(),
                 tasks: held,
                 reply,
+                changes_reservations: !reservations_empty,
+                rebuilt: false,
+                kills: Vec::new(),
             },
         );
-        let (shared, cycle) = (self.shared.clone(), self.id);
-        tokio::spawn(async move {
-            let result = written.await;
-            match &result {
-                Ok(CommandResult::Ok) => {
-                    launch_placed(&shared, &agent, &ids);
-                }
-                // The write may still commit after its caller gave up: if it does, the tasks
-                // are placed on the agent and must be sent to it.
-                Err(wasmos_raft::RaftError::NoQuorum(_)) => {
-                    launch_if_committed_late(shared.clone(), agent.clone(), ids);
-                }
-                _ => {}
-            }
-            shared.offer_event(Event::Launched {
-                cycle,
+        self.env.propose(
+            command,
+            Proposal::Launch {
+                cycle: self.id,
                 launch,
-                result,
-            });
-        });
+                agent,
+                tasks: ids,
+            },
+        );
     }
 
     /// A launch this cycle proposed was decided. If it was not committed, the allocator gives
@@ -961,8 +1077,28 @@ impl Cycle {
         let Some(l) = self.launching.remove(&launch) else {
             return;
         };
+        for (id, _, _) in &l.tasks {
+            self.flying.remove(id);
+        }
+        // Updates held back while it was in flight go out with the next cycle.
+        if l.reply.is_some() {
+            self.next_resend_scan_ms = 0;
+        }
+        let timed_out = matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_)));
         let why = match result {
             Ok(CommandResult::Ok) => {
+                for (task, reason) in l.kills {
+                    self.env.send_to_agent(
+                        &l.agent,
+                        MasterToAgent::Kill {
+                            task,
+                            reason: Some(reason),
+                        },
+                    );
+                }
+                if l.changes_reservations && l.rebuilt {
+                    self.refresh_agent(&l.agent);
+                }
                 if let Some((request, tasks)) = l.reply {
                     self.send(l.framework, FrameworkEvent::Accepted { request, tasks });
                 }
@@ -977,6 +1113,14 @@ impl Cycle {
             self.alloc.release(*task);
         }
         self.refresh_agent(&l.agent);
+        if timed_out {
+            self.doubtful.push(Doubtful {
+                agent: l.agent.clone(),
+                tasks: l.tasks.iter().map(|(id, _, _)| *id).collect(),
+                builtin: l.reply.is_none(),
+                until_ms: self.now + LATE_COMMIT_WATCH_MS,
+            });
+        }
         match l.reply {
             Some((request, _)) => self.send(
                 l.framework,
@@ -985,18 +1129,53 @@ impl Cycle {
                     message: why,
                 },
             ),
+            None if timed_out => {}
             None => {
-                let waiting: Vec<TaskInfo> = self.shared.read(|s| {
-                    l.tasks
-                        .iter()
-                        .filter_map(|(id, _, _)| s.tasks.get(id))
-                        .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
-                        .cloned()
-                        .collect()
-                });
-                for t in waiting {
-                    self.enqueue(&t);
+                let ids: Vec<TaskId> = l.tasks.iter().map(|(id, _, _)| *id).collect();
+                self.requeue(&ids);
+            }
+        }
+    }
+
+    /// Queues again the built-in tasks among `ids` that still wait.
+    fn requeue(&mut self, ids: &[TaskId]) {
+        let waiting: Vec<TaskInfo> = self.env.read(|s| {
+            ids.iter()
+                .filter_map(|id| s.tasks.get(id))
+                .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
+                .cloned()
+                .collect()
+        });
+        for t in waiting {
+            self.enqueue(&t);
+        }
+    }
+
+    /// Looks whether launches whose write timed out have committed after all: if so, their
+    /// tasks are sent and the agent is rebuilt from the recorded state (which now holds them);
+    /// once the watch ends, the built-in tasks that still wait are queued again.
+    fn settle_doubts(&mut self, now: u64) {
+        if self.doubtful.is_empty() {
+            return;
+        }
+        for d in std::mem::take(&mut self.doubtful) {
+            let committed = self.env.read(|s| {
+                d.tasks.iter().any(|id| {
+                    s.tasks
+                        .get(id)
+                        .is_some_and(|t| t.agent.as_ref() == Some(&d.agent))
+                })
+            });
+            if committed {
+                tracing::info!(agent = %d.agent, "a launch committed late; sending it");
+                launch_placed(&self.env, &d.agent, &d.tasks);
+                self.refresh_agent(&d.agent);
+            } else if now >= d.until_ms {
+                if d.builtin {
+                    self.requeue(&d.tasks);
                 }
+            } else {
+                self.doubtful.push(d);
             }
         }
     }
@@ -1006,9 +1185,23 @@ impl Cycle {
         let (rescinds, _) = self.alloc.remove_agent(&agent);
         self.rescinded(rescinds);
 
-        let snapshot = self.shared.read(|s| {
+        let launching = &self.launching;
+        let snapshot = self.env.read(|s| {
             let record = s.agents.get(&agent).cloned()?;
             let dynamic = s.reservations.get(&agent).cloned().unwrap_or_default();
+            // Tasks of launches in flight still hold their resources: those not recorded yet
+            // (a framework's) or recorded waiting (a built-in one's). Once committed they are
+            // among the live tasks below; once ended they hold nothing.
+            let flying: BTreeSet<TaskId> = launching
+                .values()
+                .filter(|l| l.agent == agent)
+                .flat_map(|l| l.tasks.iter().map(|(id, _, _)| *id))
+                .filter(|id| {
+                    s.tasks
+                        .get(id)
+                        .is_none_or(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
+                })
+                .collect();
             let tasks: Vec<(TaskInfo, Pools)> = s
                 .live_tasks_on(&agent)
                 .filter_map(|id| s.tasks.get(&id))
@@ -1020,9 +1213,9 @@ impl Cycle {
                     (t.clone(), charge)
                 })
                 .collect();
-            Some((record, dynamic, tasks))
+            Some((record, dynamic, tasks, flying))
         });
-        let Some((record, dynamic, tasks)) = snapshot else {
+        let Some((record, dynamic, tasks, flying)) = snapshot else {
             return;
         };
         if let Err(e) = self
@@ -1037,7 +1230,6 @@ impl Cycle {
                 tracing::error!(%agent, "cannot restore a reservation: {e}");
             }
         }
-        let restored: BTreeSet<TaskId> = tasks.iter().map(|(t, _)| t.id).collect();
         for (t, charge) in tasks {
             let fw = match t.framework {
                 Some(fw) => fw,
@@ -1054,11 +1246,10 @@ impl Cycle {
                 tracing::error!(task = %t.id, "cannot restore task: {e}");
             }
         }
-        // Launches in flight hold their resources too (those committed meanwhile are among
-        // the recorded tasks above).
-        for l in self.launching.values().filter(|l| l.agent == agent) {
+        for l in self.launching.values_mut().filter(|l| l.agent == agent) {
+            l.rebuilt = true;
             for (id, charge, priority) in &l.tasks {
-                if restored.contains(id) {
+                if !flying.contains(id) {
                     continue;
                 }
                 if let Err(e) =
@@ -1084,13 +1275,16 @@ impl Cycle {
     }
 
     fn task_changed(&mut self, task: TaskId) {
-        let info = self.shared.read(|s| s.tasks.get(&task).cloned());
+        let info = self.env.read(|s| s.tasks.get(&task).cloned());
         // An event reads the task's latest status, which a later change may already have
         // replaced (its own event follows): an update already sent under the same number is
         // left to the resend timer.
+        // Held back while its launch is in flight: the answer to the accept comes first, and
+        // the update follows with the next resend scan.
         if let Some(t) = &info
             && let Some(fw) = t.framework
             && self.external.contains_key(&fw)
+            && !self.flying.contains_key(&task)
             && self
                 .resend
                 .get(&(fw, task))
@@ -1108,7 +1302,7 @@ impl Cycle {
                 (fw, task),
                 Resend {
                     update: t.status_seq,
-                    due_ms: now_ms() + RESEND_FIRST_MS,
+                    due_ms: self.now + RESEND_FIRST_MS,
                     delay_ms: RESEND_FIRST_MS,
                 },
             );
@@ -1127,22 +1321,17 @@ impl Cycle {
     fn reconcile(&mut self) {
         // Tasks being launched are not in the recorded state yet (a framework's) or not placed
         // yet (a built-in one's): they stay held until their launch is decided.
-        let flying: BTreeSet<TaskId> = self
-            .launching
-            .values()
-            .flat_map(|l| l.tasks.iter().map(|(id, _, _)| *id))
-            .collect();
         let held: Vec<TaskId> = self
             .alloc
             .task_ids()
-            .filter(|id| !flying.contains(id))
+            .filter(|id| !self.flying.contains_key(id))
             .collect();
         let queued: Vec<TaskId> = self
             .builtin
             .values()
             .flat_map(|b| b.queue.values().map(|r| r.id))
             .collect();
-        let (ended, placed) = self.shared.read(|s| {
+        let (ended, placed) = self.env.read(|s| {
             let live = |id: &TaskId| {
                 s.tasks
                     .get(id)
@@ -1220,6 +1409,7 @@ impl Cycle {
     }
 
     fn run_once(&mut self, now: u64) {
+        self.settle_doubts(now);
         self.register_builtins(now);
         self.expire_frameworks(now);
         self.resend_updates(now);
@@ -1249,7 +1439,7 @@ impl Cycle {
             }
         }
         if !outgoing.is_empty() {
-            self.shared.read(|s| {
+            self.env.read(|s| {
                 for infos in outgoing.values_mut() {
                     for info in infos.iter_mut() {
                         if let Some(a) = s.agents.get(&info.agent) {
@@ -1287,8 +1477,16 @@ impl Cycle {
         }
     }
 
-    fn preempt(&self, p: &wasmos_alloc::Preemption) {
-        self.shared.send_to_agent(
+    fn preempt(&mut self, p: &wasmos_alloc::Preemption) {
+        if let Some(l) = self
+            .flying
+            .get(&p.task)
+            .and_then(|launch| self.launching.get_mut(launch))
+        {
+            l.kills.push((p.task, Reason::Preempted));
+            return;
+        }
+        self.env.send_to_agent(
             &p.agent,
             MasterToAgent::Kill {
                 task: p.task,
@@ -1299,7 +1497,7 @@ impl Cycle {
 
     /// How long a want waits before guarantee preemption serves it.
     fn grace_ms(&self) -> u64 {
-        self.shared.cfg.tenancy.preemption_grace.as_millis() as u64
+        self.env.preemption_grace_ms()
     }
 
     /// What guarantee preemption may make room for, one want per role: its first
@@ -1309,7 +1507,7 @@ impl Cycle {
     fn starved(&self, now: u64) -> Vec<(Role, Resources)> {
         let grace = self.grace_ms();
         let mut by_role: BTreeMap<Role, (u64, Resources)> = BTreeMap::new();
-        self.shared.read(|s| {
+        self.env.read(|s| {
             for (fw, (r, since)) in &self.waiting {
                 if now.saturating_sub(*since) < grace || !self.external.contains_key(fw) {
                     continue;
@@ -1336,7 +1534,7 @@ impl Cycle {
             })
             .collect();
         if !heads.is_empty() {
-            self.shared.read(|s| {
+            self.env.read(|s| {
                 for (role, id, r) in heads {
                     if let Some(t) = s.tasks.get(&id)
                         && now.saturating_sub(t.submitted_ms) >= grace
@@ -1358,30 +1556,52 @@ impl Cycle {
         let missing: Vec<Role> = self
             .builtin
             .values()
-            .filter(|b| b.id == FrameworkId(0) && !self.registering.contains(&b.role))
+            .filter(|b| b.id == FrameworkId(0))
             .map(|b| b.role.clone())
             .collect();
         for role in missing {
-            let written = self.shared.propose(Command::RegisterFramework {
-                name: BUILTIN_NAME.into(),
-                role: role.clone(),
-                owner: BUILTIN_OWNER.into(),
-                revocable: true,
-                // Never away: the master runs it.
-                failover_timeout_ms: u64::MAX,
-                acknowledges: false,
-                now_ms: now,
+            // Recorded already (a registration that timed out and committed all the same, or
+            // one of an earlier term's cycle): taken, not registered twice.
+            let recorded = self.env.read(|s| {
+                s.frameworks
+                    .values()
+                    .find(|f| {
+                        f.owner == BUILTIN_OWNER
+                            && f.name == BUILTIN_NAME
+                            && f.role == role
+                            && f.removed_ms.is_none()
+                    })
+                    .map(|f| f.id)
             });
-            self.registering.insert(role.clone());
-            let (shared, cycle) = (self.shared.clone(), self.id);
-            tokio::spawn(async move {
-                let result = written.await;
-                shared.offer_event(Event::Registered {
-                    cycle,
+            if let Some(id) = recorded {
+                self.registering.remove(&role);
+                self.registered(role, Ok(CommandResult::Framework(id)));
+                continue;
+            }
+            if self
+                .registering
+                .get(&role)
+                .is_some_and(|until| now < *until)
+            {
+                continue;
+            }
+            self.registering.insert(role.clone(), u64::MAX);
+            self.env.propose(
+                Command::RegisterFramework {
+                    name: BUILTIN_NAME.into(),
+                    role: role.clone(),
+                    owner: BUILTIN_OWNER.into(),
+                    revocable: true,
+                    // Never away: the master runs it.
+                    failover_timeout_ms: u64::MAX,
+                    acknowledges: false,
+                    now_ms: now,
+                },
+                Proposal::Register {
+                    cycle: self.id,
                     role,
-                    result,
-                });
-            });
+                },
+            );
         }
     }
 
@@ -1440,7 +1660,7 @@ impl Cycle {
         if candidates.is_empty() {
             return;
         }
-        let roles = self.shared.read(|s| s.roles.clone());
+        let roles = self.env.read(|s| s.roles.clone());
         // Demands repeat (a job's tasks are alike): decide each distinct one once.
         let mut verdicts: Vec<(Resources, bool)> = Vec::new();
         for (role, r) in candidates {
@@ -1493,21 +1713,14 @@ impl Cycle {
         }
         let task = r.id;
         let status = TaskStatus::with_reason(TaskState::Error, Some(Reason::Unschedulable), why);
-        let written = self.shared.propose(Command::SetStatus {
-            task,
-            status,
-            now_ms: now_ms(),
-        });
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            match written.await {
-                Ok(_) => shared.offer_event(Event::TaskChanged(task)),
-                Err(e) => {
-                    tracing::warn!(%task, "its end as unschedulable was not recorded: {e}");
-                    shared.offer_event(Event::Submitted(task));
-                }
-            }
-        });
+        self.env.propose(
+            Command::SetStatus {
+                task,
+                status,
+                now_ms: self.now,
+            },
+            Proposal::Unschedulable(task),
+        );
     }
 
     /// The built-in framework takes waiting tasks of its role from an offer, in queue order,
@@ -1581,39 +1794,23 @@ impl Cycle {
 /// Sends the tasks of a committed launch that are placed on `agent` and still staging there
 /// (nothing has started them) to it. If the agent is gone by now, its re-registration (or the
 /// grace period) declares them lost.
-fn launch_placed(shared: &Shared, agent: &AgentId, tasks: &[TaskId]) -> usize {
-    let placed: Vec<(TaskId, TaskSpec)> = shared.read(|s| {
+pub(crate) fn launch_placed<E: Env>(env: &E, agent: &AgentId, tasks: &[TaskId]) -> usize {
+    let placed: Vec<(TaskId, TaskSpec)> = env.read(|s| {
         tasks
             .iter()
             .filter_map(|id| s.tasks.get(id))
             .filter(|t| t.agent.as_ref() == Some(agent))
             .filter(|t| t.status.state == TaskState::Staging)
+            // A framework removed meanwhile: its removal kills what it has running, and a
+            // kill sent before this launch would be ignored by the agent.
+            .filter(|t| t.framework.is_none_or(|fw| s.live_framework(fw).is_ok()))
             .map(|t| (t.id, t.spec.clone()))
             .collect()
     });
     let count = placed.len();
     for (task, spec) in placed {
         tracing::info!(%task, %agent, "launching");
-        shared.launch(agent, task, spec);
+        env.launch(agent, task, spec);
     }
     count
-}
-
-/// Watches, for a while, whether a launch whose write timed out committed after all, and if so
-/// sends its tasks to the agent (only tasks still staging there: nothing has started them).
-fn launch_if_committed_late(shared: Arc<Shared>, agent: AgentId, tasks: Vec<TaskId>) {
-    tokio::spawn(async move {
-        let mut applied = shared.raft.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if launch_placed(&shared, &agent, &tasks) > 0 {
-                tracing::info!(%agent, "a launch committed late; sent it");
-                return;
-            }
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
-        }
-    });
 }
