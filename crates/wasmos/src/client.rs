@@ -579,10 +579,11 @@ impl Client {
 
     pub async fn close(self) {
         self.conn().close(0u32.into(), b"done");
-        // Long enough to put CONNECTION_CLOSE on the wire; the full draining period (3 PTOs,
-        // ~75 ms) would add that much to every command, and the master forgets a silent peer
-        // after its idle timeout anyway.
-        let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
+        // Long enough for the endpoint's driver to put CONNECTION_CLOSE on the socket (a local
+        // send, whatever the distance to the master); the full draining period (3 PTOs, ~75 ms)
+        // would add that much to every command, and the master forgets a silent peer after its
+        // idle timeout anyway. (It was 10 ms: half of what `wasmos agent list` took.)
+        let _ = tokio::time::timeout(Duration::from_millis(2), self.endpoint.wait_idle()).await;
     }
 }
 
