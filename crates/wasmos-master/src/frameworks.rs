@@ -55,13 +55,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     let owner = who.to_uri();
     let subscribed = match admit_subscription(&shared, &who).await {
         Ok(()) => subscribe(&shared, &who, &owner, sub).await,
-        Err(why) => Err(why),
+        Err(why) => Err(SubscribeError::Refused(why)),
     };
     let subscribed = match subscribed {
         Ok(s) => s,
-        Err(msg) => {
-            tracing::warn!(%owner, "framework refused: {msg}");
-            refuse_and_close(send, refuse(msg)).await;
+        Err(e) => {
+            tracing::warn!(%owner, "framework not subscribed: {e}");
+            refuse_and_close(send, e.event(&shared)).await;
             return;
         }
     };
@@ -77,7 +77,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     if send_frame(&mut send, &hello).await.is_err() {
         return;
     }
-    let conn_id = conn.stable_id();
+    let conn_id = new_session();
     shared.offer_event(Event::FrameworkUp {
         id,
         conn: conn_id,
@@ -179,6 +179,49 @@ impl Subscription {
     }
 }
 
+/// Why a subscription was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubscribeError {
+    /// Wrong, or not the caller's to make: a refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// Not recorded now (no quorum, a failover, another leader): the caller may try again,
+    /// here or at the leader.
+    #[error("cannot record the framework now: {0}")]
+    NotRecorded(wasmos_raft::RaftError),
+}
+
+impl SubscribeError {
+    /// What the framework is told: a refusal is an error, which ends its attempt; what could
+    /// not be recorded now is `NotLeader`, which SDK frameworks follow by subscribing again
+    /// (at the leader it names, or, with none named, at the next master after a pause).
+    pub(crate) fn event(&self, shared: &Shared) -> FrameworkEvent {
+        self.event_naming(shared.raft.leader_addr().1)
+    }
+
+    /// [`SubscribeError::event`] with the leader's address as this master knows it.
+    fn event_naming(&self, leader: Option<String>) -> FrameworkEvent {
+        match self {
+            SubscribeError::NotRecorded(wasmos_raft::RaftError::NotLeader { .. }) => {
+                FrameworkEvent::NotLeader { addr: leader }
+            }
+            SubscribeError::NotRecorded(_) => FrameworkEvent::NotLeader { addr: None },
+            SubscribeError::Refused(message) => FrameworkEvent::Error {
+                request: None,
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// Session ids, one space for every front end (QUIC, HTTPS, the job host): an event or call
+/// names the session it belongs to, and a replaced session's late calls are dropped.
+static NEXT_SESSION: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+pub(crate) fn new_session() -> usize {
+    NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Longest failover timeout a framework may ask for: a week, as a bound on how long a
 /// vanished framework can hold resources.
 const MAX_FAILOVER_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -197,7 +240,8 @@ pub(crate) async fn subscribe(
     who: &Identity,
     owner: &str,
     sub: Subscription,
-) -> Result<(FrameworkId, String, u64), String> {
+) -> Result<(FrameworkId, String, u64), SubscribeError> {
+    use SubscribeError::{NotRecorded, Refused};
     let Subscription {
         name,
         role,
@@ -206,9 +250,9 @@ pub(crate) async fn subscribe(
         failover_timeout_ms,
     } = sub;
     if let Some(t) = failover_timeout_ms.filter(|t| *t > MAX_FAILOVER_TIMEOUT_MS) {
-        return Err(format!(
+        return Err(Refused(format!(
             "failover timeout {t} ms is longer than the most allowed, {MAX_FAILOVER_TIMEOUT_MS} ms (7 days)"
-        ));
+        )));
     }
     if let Some(id) = framework {
         let known = shared.read(|s| {
@@ -218,11 +262,11 @@ pub(crate) async fn subscribe(
         let f = match known {
             Some(Ok(f)) => f,
             Some(Err(_)) => {
-                return Err(format!(
+                return Err(Refused(format!(
                     "framework {id} was removed (torn down, or away longer than its failover timeout); subscribe without an id to start a new one"
-                ));
+                )));
             }
-            None => return Err(format!("framework {id} is not one of yours")),
+            None => return Err(Refused(format!("framework {id} is not one of yours"))),
         };
         let mut timeout = f.failover_timeout_ms;
         if let Some(t) = failover_timeout_ms.filter(|t| *t != timeout) {
@@ -232,16 +276,20 @@ pub(crate) async fn subscribe(
             };
             match shared.write(cmd).await {
                 Ok(CommandResult::Ok) => timeout = t,
-                Ok(other) => return Err(format!("cannot record the failover timeout: {other:?}")),
-                Err(e) => return Err(format!("cannot record the failover timeout: {e}")),
+                Ok(other) => {
+                    return Err(Refused(format!(
+                        "cannot record the failover timeout: {other:?}"
+                    )));
+                }
+                Err(e) => return Err(NotRecorded(e)),
             }
         }
         return Ok((id, f.role.to_string(), timeout));
     }
     if name.is_empty() || name.len() > 100 {
-        return Err("a framework name must be 1 to 100 bytes".into());
+        return Err(Refused("a framework name must be 1 to 100 bytes".into()));
     }
-    let role = resolve_role(who, role.as_deref())?;
+    let role = resolve_role(who, role.as_deref()).map_err(Refused)?;
     let timeout = failover_timeout_ms.unwrap_or(DEFAULT_FAILOVER_TIMEOUT_MS);
     let result = shared
         .write(Command::RegisterFramework {
@@ -254,10 +302,11 @@ pub(crate) async fn subscribe(
             now_ms: now_ms(),
         })
         .await
-        .map_err(|e| format!("cannot record the framework: {e}"))?;
+        .map_err(NotRecorded)?;
     match result {
         CommandResult::Framework(id) => Ok((id, role.to_string(), timeout)),
-        other => Err(format!("cannot record the framework: {other:?}")),
+        CommandResult::Rejected(why) => Err(Refused(why)),
+        other => Err(Refused(format!("cannot record the framework: {other:?}"))),
     }
 }
 
@@ -284,10 +333,6 @@ pub struct FrameworkSession {
     shared: Arc<Shared>,
 }
 
-/// Connection ids for sessions of other front ends, apart from QUIC's and the job host's.
-static NEXT_SESSION: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(usize::MAX / 4);
-
 impl Frameworks {
     /// Subscribes with a `Subscribe` call; a refusal is the event to show (`NotLeader` or
     /// `Error`).
@@ -311,9 +356,9 @@ impl Frameworks {
         admit_subscription(shared, who).await.map_err(refuse)?;
         let (id, role, failover_timeout_ms) = subscribe(shared, who, &who.to_uri(), sub)
             .await
-            .map_err(refuse)?;
+            .map_err(|e| e.event(shared))?;
         let (tx, events) = mpsc::unbounded_channel();
-        let conn = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = new_session();
         let heartbeat = shared.cfg.framework_heartbeat;
         shared.offer_event(Event::FrameworkUp { id, conn, tx });
         tracing::info!(framework = %id, %role, owner = %who, "framework subscribed over HTTPS");
@@ -482,5 +527,37 @@ pub(crate) async fn teardown(shared: &Shared, who: &Identity, id: FrameworkId) -
             ClientResponse::Ok
         }
         Err(e) => raft_error(shared, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_ends_a_subscription_attempt() {
+        let leader = Some("127.0.0.1:7434".to_string());
+        let moved = SubscribeError::NotRecorded(wasmos_raft::RaftError::NotLeader { leader: None });
+        assert!(matches!(
+            moved.event_naming(leader.clone()),
+            FrameworkEvent::NotLeader { addr } if addr == leader
+        ));
+        // No quorum now: not a refusal; the framework is told to try again after a pause.
+        let stalled = SubscribeError::NotRecorded(wasmos_raft::RaftError::NoQuorum("x".into()));
+        assert!(matches!(
+            stalled.event_naming(leader.clone()),
+            FrameworkEvent::NotLeader { addr: None }
+        ));
+        let refused = SubscribeError::Refused("a framework name must be 1 to 100 bytes".into());
+        assert!(matches!(
+            refused.event_naming(leader),
+            FrameworkEvent::Error { request: None, message } if message.contains("name")
+        ));
+    }
+
+    #[test]
+    fn sessions_of_every_front_end_share_one_id_space() {
+        let ids: std::collections::BTreeSet<usize> = (0..1000).map(|_| new_session()).collect();
+        assert_eq!(ids.len(), 1000);
     }
 }

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -18,7 +17,7 @@ use wasmos_proto::{FrameworkCall, FrameworkEvent, JobEvent, JobId, JobInfo, JobS
 use wasmos_sdk::{Action, Driver, Options};
 use wasmos_state::{Command, CommandResult, JobRecord};
 
-use crate::frameworks::{Subscription, subscribe};
+use crate::frameworks::{SubscribeError, Subscription, subscribe};
 use crate::offers::Event;
 use crate::{Shared, now_ms};
 
@@ -33,9 +32,6 @@ const MAX_BYTES_PER_WRITE: usize = wasmos_raft::MAX_ENTRY_BYTES / 2;
 
 /// Most jobs in one page of `job list`.
 const JOB_PAGE: usize = 1000;
-
-/// Connection ids for in-process frameworks, far from QUIC's (which count up from 0).
-static NEXT_CONN: AtomicUsize = AtomicUsize::new(usize::MAX / 2);
 
 /// The job host while this master leads (started and stopped by [`crate::leadership`]):
 /// stopping it stops every job's framework with it.
@@ -168,7 +164,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         ..Options::new(format!("{job} ({})", rec.spec.name))
     };
     let mut driver = Driver::new(fw, options);
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = crate::frameworks::new_session();
     // The sender goes to the offer cycle once subscribed: when the cycle lets go of the
     // framework, the channel closes and this runner ends.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -210,11 +206,11 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                         }
                         // Not recorded for now (no quorum, a failover): the next runner tries
                         // again.
-                        Err(why) if why.starts_with("cannot record") => {
-                            tracing::info!(%job, "job framework not subscribed yet: {why}");
+                        Err(e @ SubscribeError::NotRecorded(_)) => {
+                            tracing::info!(%job, "job framework not subscribed yet: {e}");
                             break 'run;
                         }
-                        Err(why) => {
+                        Err(SubscribeError::Refused(why)) => {
                             tracing::warn!(%job, "job framework refused: {why}");
                             let ended = JobEvent::Ended(JobState::Failed(why));
                             persist(&shared, job, vec![ended]).await;
