@@ -578,13 +578,7 @@ fn run(seed: u64) -> Vec<String> {
     }
     let mut w = world.borrow_mut();
     let mut problems = std::mem::take(&mut w.violations);
-    let unended: Vec<TaskId> = w
-        .state
-        .tasks
-        .values()
-        .filter(|t| !t.status.state.is_terminal())
-        .map(|t| t.id)
-        .collect();
+    let unended: Vec<TaskId> = w.live_tasks().into_iter().collect();
     if !unended.is_empty() && problems.is_empty() {
         problems.push(format!("tasks never ended: {unended:?}"));
     }
@@ -611,6 +605,16 @@ fn run(seed: u64) -> Vec<String> {
 }
 
 impl World {
+    /// The tasks recorded as not ended.
+    fn live_tasks(&self) -> BTreeSet<TaskId> {
+        self.state
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+            .map(|t| t.id)
+            .collect()
+    }
+
     /// Nothing left to do: every task ended, nothing proposed or undelivered.
     fn quiet(&self) -> bool {
         self.proposed.is_empty()
@@ -701,13 +705,7 @@ impl World {
         a.connected = true;
         let running: Vec<TaskId> = a.running.keys().copied().collect();
         let total = a.total.clone();
-        let live_before: BTreeSet<TaskId> = self
-            .state
-            .tasks
-            .values()
-            .filter(|t| !t.status.state.is_terminal())
-            .map(|t| t.id)
-            .collect();
+        let live_before = self.live_tasks();
         self.state.apply(Command::RegisterAgent {
             id: agent.clone(),
             total,
