@@ -134,19 +134,30 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     }
     // Launches recorded for this agent that it never received (the master that recorded them
     // failed before sending): send them now.
-    let unsent: Vec<(wasmos_proto::TaskId, wasmos_proto::TaskSpec)> = shared.read(|s| {
+    let unsent: Vec<(wasmos_proto::TaskId, wasmos_proto::TaskSpec, bool)> = shared.read(|s| {
         s.live_tasks_on(&agent)
             .filter(|t| known.binary_search(t).is_err())
             .filter_map(|t| s.tasks.get(&t))
             .filter(|t| t.status.state == wasmos_proto::TaskState::Staging)
-            .map(|t| (t.id, t.spec.clone()))
+            .map(|t| {
+                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                (t.id, t.spec.clone(), removed)
+            })
             .collect()
     });
-    for (task, spec) in unsent {
+    for (task, spec, removed) in unsent {
         tracing::info!(%agent, %task, "launching again: the agent never received it");
         match shared.read(|s| crate::policy::launch_message(&shared.secrets, s, task, spec)) {
             Ok(msg) => {
                 let _ = tx.send(msg);
+                // Its framework is gone: started only to be ended, so it leaves the agent's
+                // books (a task never started cannot be killed).
+                if removed {
+                    let _ = tx.send(MasterToAgent::Kill {
+                        task,
+                        reason: Some(wasmos_proto::Reason::FrameworkRemoved),
+                    });
+                }
             }
             Err(e) => tracing::error!(%task, "cannot launch: {e}"),
         }

@@ -106,6 +106,7 @@ pub(crate) enum Event {
         cycle: u64,
         launch: u64,
         agent: AgentId,
+        tasks: Vec<TaskId>,
         result: Result<CommandResult, wasmos_raft::RaftError>,
     },
     /// A built-in framework's registration proposed by offer cycle `cycle` was decided.
@@ -128,6 +129,9 @@ struct Doubtful {
     agent: AgentId,
     tasks: Vec<TaskId>,
     builtin: bool,
+    /// A framework's accept waits for the outcome: `Accepted` if it commits, an error once
+    /// the watch ends.
+    reply: Option<(FrameworkId, u64)>,
     until_ms: u64,
 }
 
@@ -237,6 +241,7 @@ pub(crate) fn settle<E: Env>(
                 cycle,
                 launch,
                 agent,
+                tasks,
                 result,
             });
         }
@@ -291,6 +296,7 @@ pub(crate) struct Cycle<E: Env> {
     /// proposed (`u64::MAX` while its result is awaited; a minute after it timed out, since it
     /// may still commit).
     registering: BTreeMap<Role, u64>,
+    next_surplus_check_ms: u64,
     /// Launches whose write timed out: they may still commit.
     doubtful: Vec<Doubtful>,
     alloc: Allocator,
@@ -390,6 +396,7 @@ impl<E: Env> Cycle<E> {
             flying: BTreeMap::new(),
             next_launch: 0,
             registering: BTreeMap::new(),
+            next_surplus_check_ms: 0,
             doubtful: Vec::new(),
             alloc: Allocator::new(Config::default()),
             builtin: BTreeMap::new(),
@@ -418,7 +425,8 @@ impl<E: Env> Cycle<E> {
                 tracing::error!(framework = %f.id, "cannot restore framework: {e}");
                 continue;
             }
-            if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME {
+            // (A removed one stays in the allocator while its tasks end, but launches nothing.)
+            if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME && f.removed_ms.is_none() {
                 cycle.builtin_ids.insert(f.id, f.role.clone());
                 cycle.builtin.insert(
                     f.role.clone(),
@@ -448,7 +456,23 @@ impl<E: Env> Cycle<E> {
         // Agents already connected (to a master that has just become leader).
         let connected: Vec<AgentId> = cycle.env.connected_agents();
         for agent in connected {
-            cycle.agent_up(agent);
+            cycle.agent_up(agent.clone());
+            // Launches an earlier leader recorded and may not have sent (it gave up waiting,
+            // or lost leadership before the commit it could see): sent again; an agent
+            // ignores a launch it already has. (Agents that connect later get theirs when
+            // they register.)
+            let placed: Vec<TaskId> = cycle.env.read(|s| {
+                s.live_tasks_on(&agent)
+                    .filter(|id| {
+                        s.tasks
+                            .get(id)
+                            .is_some_and(|t| t.status.state == TaskState::Staging)
+                    })
+                    .collect()
+            });
+            if !placed.is_empty() {
+                launch_placed(&cycle.env, &agent, &placed);
+            }
         }
         cycle
     }
@@ -532,28 +556,36 @@ impl<E: Env> Cycle<E> {
                 cycle,
                 launch,
                 agent,
+                tasks,
                 result,
-            } => {
-                if cycle == self.id {
-                    self.launched(launch, result);
-                } else if matches!(result, Ok(CommandResult::Ok)) {
-                    // An earlier term's launch committed after this cycle read the state: its
-                    // tasks hold resources this allocator does not know of.
-                    self.refresh_agent(&agent);
-                }
-            }
+            } => match result {
+                _ if cycle == self.id => self.launched(launch, result),
+                // An earlier term's launch committed after this cycle read the state: its
+                // tasks hold resources this allocator does not know of.
+                Ok(CommandResult::Ok) => self.refresh_agent(&agent),
+                // An earlier term's launch that timed out may commit yet, and nobody else
+                // would send it.
+                Err(wasmos_raft::RaftError::NoQuorum(_)) => self.doubtful.push(Doubtful {
+                    agent,
+                    tasks,
+                    builtin: false,
+                    reply: None,
+                    until_ms: self.now + LATE_COMMIT_WATCH_MS,
+                }),
+                _ => {}
+            },
             Event::Registered {
                 cycle,
                 role,
                 result,
             } => {
-                if cycle == self.id {
-                    if matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_))) {
-                        self.registering
-                            .insert(role.clone(), self.now + LATE_COMMIT_WATCH_MS);
-                    } else {
-                        self.registering.remove(&role);
-                    }
+                // One that timed out may commit yet (this cycle's or an earlier term's): no
+                // other is proposed until then, and then a surplus is retired.
+                if matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_))) {
+                    self.registering
+                        .insert(role.clone(), self.now + LATE_COMMIT_WATCH_MS);
+                } else if cycle == self.id {
+                    self.registering.remove(&role);
                 }
                 // Taken also from an earlier term's cycle: it is recorded, and a role
                 // registered twice would keep a framework nobody uses.
@@ -735,6 +767,14 @@ impl<E: Env> Cycle<E> {
         }
         self.detach(fw);
         self.away.remove(&fw);
+        // A built-in one (a surplus retired): its role takes the one recorded, or a new one.
+        if let Some(role) = self.builtin_ids.remove(&fw)
+            && let Some(b) = self.builtin.get_mut(&role)
+            && b.id == fw
+        {
+            b.id = FrameworkId(0);
+            b.suppressed = true;
+        }
     }
 
     /// Lets go of a framework's session: its outstanding offers go back, it is offered
@@ -1077,14 +1117,18 @@ impl<E: Env> Cycle<E> {
         let Some(l) = self.launching.remove(&launch) else {
             return;
         };
-        for (id, _, _) in &l.tasks {
-            self.flying.remove(id);
+        let timed_out = matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_)));
+        // A framework's tasks whose launch timed out stay held back from updates and
+        // reconciliation until the watch answers the accept.
+        if !(timed_out && l.reply.is_some()) {
+            for (id, _, _) in &l.tasks {
+                self.flying.remove(id);
+            }
         }
         // Updates held back while it was in flight go out with the next cycle.
         if l.reply.is_some() {
             self.next_resend_scan_ms = 0;
         }
-        let timed_out = matches!(result, Err(wasmos_raft::RaftError::NoQuorum(_)));
         let why = match result {
             Ok(CommandResult::Ok) => {
                 for (task, reason) in l.kills {
@@ -1112,16 +1156,32 @@ impl<E: Env> Cycle<E> {
         for (task, _, _) in &l.tasks {
             self.alloc.release(*task);
         }
+        // Its tasks may be placed by another launch meanwhile (one that timed out and
+        // committed, or an earlier term's): those agents are rebuilt too, so the release
+        // above does not drop what they hold.
+        let elsewhere: BTreeSet<AgentId> = self.env.read(|s| {
+            l.tasks
+                .iter()
+                .filter_map(|(id, _, _)| s.tasks.get(id)?.agent.clone())
+                .filter(|a| *a != l.agent)
+                .collect()
+        });
         self.refresh_agent(&l.agent);
+        for agent in elsewhere {
+            self.refresh_agent(&agent);
+        }
         if timed_out {
             self.doubtful.push(Doubtful {
                 agent: l.agent.clone(),
                 tasks: l.tasks.iter().map(|(id, _, _)| *id).collect(),
                 builtin: l.reply.is_none(),
+                reply: l.reply.as_ref().map(|(request, _)| (l.framework, *request)),
                 until_ms: self.now + LATE_COMMIT_WATCH_MS,
             });
         }
         match l.reply {
+            // Answered when the watch knows whether it committed.
+            Some(_) if timed_out => {}
             Some((request, _)) => self.send(
                 l.framework,
                 FrameworkEvent::Error {
@@ -1137,17 +1197,29 @@ impl<E: Env> Cycle<E> {
         }
     }
 
-    /// Queues again the built-in tasks among `ids` that still wait.
+    /// Queues again the built-in tasks among `ids` that still wait; those found placed and
+    /// not started (by a launch that committed after it was given up on) are sent to their
+    /// agent instead, which ignores a launch it already has.
     fn requeue(&mut self, ids: &[TaskId]) {
-        let waiting: Vec<TaskInfo> = self.env.read(|s| {
-            ids.iter()
-                .filter_map(|id| s.tasks.get(id))
-                .filter(|t| t.agent.is_none() && t.status.state == TaskState::Staging)
-                .cloned()
-                .collect()
+        let (waiting, placed) = self.env.read(|s| {
+            let mut waiting = Vec::new();
+            let mut placed: BTreeMap<AgentId, Vec<TaskId>> = BTreeMap::new();
+            for t in ids.iter().filter_map(|id| s.tasks.get(id)) {
+                if t.status.state != TaskState::Staging {
+                    continue;
+                }
+                match &t.agent {
+                    None => waiting.push(t.clone()),
+                    Some(a) => placed.entry(a.clone()).or_default().push(t.id),
+                }
+            }
+            (waiting, placed)
         });
         for t in waiting {
             self.enqueue(&t);
+        }
+        for (agent, tasks) in placed {
+            launch_placed(&self.env, &agent, &tasks);
         }
     }
 
@@ -1159,20 +1231,54 @@ impl<E: Env> Cycle<E> {
             return;
         }
         for d in std::mem::take(&mut self.doubtful) {
+            let resolved = |cycle: &mut Self| {
+                if d.reply.is_some() {
+                    for id in &d.tasks {
+                        cycle.flying.remove(id);
+                    }
+                }
+            };
+            // A launch is all or nothing: it committed if every task of it is placed there
+            // (some may be placed by another launch, after it was given up on).
             let committed = self.env.read(|s| {
-                d.tasks.iter().any(|id| {
+                d.tasks.iter().all(|id| {
                     s.tasks
                         .get(id)
                         .is_some_and(|t| t.agent.as_ref() == Some(&d.agent))
                 })
             });
             if committed {
+                resolved(self);
                 tracing::info!(agent = %d.agent, "a launch committed late; sending it");
                 launch_placed(&self.env, &d.agent, &d.tasks);
                 self.refresh_agent(&d.agent);
+                if let Some((fw, request)) = d.reply {
+                    self.send(
+                        fw,
+                        FrameworkEvent::Accepted {
+                            request,
+                            tasks: d.tasks,
+                        },
+                    );
+                    // Its updates held back meanwhile go out now.
+                    self.next_resend_scan_ms = 0;
+                }
             } else if now >= d.until_ms {
+                resolved(self);
                 if d.builtin {
                     self.requeue(&d.tasks);
+                }
+                if let Some((fw, request)) = d.reply {
+                    self.send(
+                        fw,
+                        FrameworkEvent::Error {
+                            request: Some(request),
+                            message: format!(
+                                "the launch could not be recorded within {} s; nothing was launched",
+                                LATE_COMMIT_WATCH_MS / 1000
+                            ),
+                        },
+                    );
                 }
             } else {
                 self.doubtful.push(d);
@@ -1553,6 +1659,37 @@ impl<E: Env> Cycle<E> {
     /// Proposes the built-in framework of every role that has waiting tasks but none yet (and
     /// none proposed).
     fn register_builtins(&mut self, now: u64) {
+        // Registrations that timed out have committed by now if ever.
+        let watched: Vec<Role> = self
+            .registering
+            .iter()
+            .filter(|(_, until)| **until != u64::MAX && now >= **until)
+            .map(|(role, _)| role.clone())
+            .collect();
+        for role in watched {
+            self.registering.remove(&role);
+            self.retire_surplus_builtins(&role);
+        }
+        // And once a minute, a surplus left because it still had tasks.
+        if now >= self.next_surplus_check_ms {
+            self.next_surplus_check_ms = now + LATE_COMMIT_WATCH_MS;
+            let doubled: Vec<Role> = self.env.read(|s| {
+                let mut seen: BTreeMap<&Role, usize> = BTreeMap::new();
+                for f in s.frameworks.values() {
+                    if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME && f.removed_ms.is_none()
+                    {
+                        *seen.entry(&f.role).or_default() += 1;
+                    }
+                }
+                seen.into_iter()
+                    .filter(|(_, n)| *n > 1)
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            });
+            for role in doubled {
+                self.retire_surplus_builtins(&role);
+            }
+        }
         let missing: Vec<Role> = self
             .builtin
             .values()
@@ -1608,34 +1745,68 @@ impl<E: Env> Cycle<E> {
     /// A built-in framework's registration was decided: once it is recorded, its role's
     /// waiting tasks are offered (unless the role has its built-in framework already).
     fn registered(&mut self, role: Role, result: Result<CommandResult, wasmos_raft::RaftError>) {
-        if self
+        let has_one = self
             .builtin
             .get(&role)
-            .is_some_and(|b| b.id != FrameworkId(0))
-        {
-            return;
-        }
-        let id = match result {
-            Ok(CommandResult::Framework(id)) => id,
-            // Proposed again by the next cycle.
-            other => {
-                tracing::error!(%role, "cannot register the built-in framework: {other:?}");
+            .is_some_and(|b| b.id != FrameworkId(0));
+        if !has_one {
+            let id = match result {
+                Ok(CommandResult::Framework(id)) => id,
+                // Proposed again by a later cycle.
+                other => {
+                    tracing::error!(%role, "cannot register the built-in framework: {other:?}");
+                    return;
+                }
+            };
+            if self.alloc.framework_dominant_share(id).is_none()
+                && let Err(e) = self.alloc.add_framework(id, role.clone(), true)
+            {
+                tracing::error!(%role, "cannot add the built-in framework: {e}");
                 return;
             }
-        };
-        if let Err(e) = self.alloc.add_framework(id, role.clone(), true) {
-            tracing::error!(%role, "cannot add the built-in framework: {e}");
-            return;
+            self.builtin_ids.insert(id, role.clone());
+            let b = self.builtin.entry(role.clone()).or_insert_with(|| Builtin {
+                id,
+                role: role.clone(),
+                queue: BTreeMap::new(),
+                suppressed: false,
+            });
+            b.id = id;
+            b.suppressed = false;
         }
-        self.builtin_ids.insert(id, role.clone());
-        let b = self.builtin.entry(role.clone()).or_insert_with(|| Builtin {
-            id,
-            role,
-            queue: BTreeMap::new(),
-            suppressed: false,
+        self.retire_surplus_builtins(&role);
+    }
+
+    /// Retires the role's other built-in frameworks recorded without live tasks (two terms'
+    /// cycles, or a registration that timed out and committed after another, each recorded
+    /// one), so the role keeps one. One an earlier term's cycle launched with is left until
+    /// a later registration finds it idle.
+    fn retire_surplus_builtins(&mut self, role: &Role) {
+        let Some(keep) = self
+            .builtin
+            .get(role)
+            .map(|b| b.id)
+            .filter(|id| *id != FrameworkId(0))
+        else {
+            return;
+        };
+        let surplus: Vec<FrameworkId> = self.env.read(|s| {
+            s.frameworks
+                .values()
+                .filter(|f| f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME)
+                .filter(|f| f.role == *role && f.id != keep && f.removed_ms.is_none())
+                .filter(|f| {
+                    !s.tasks
+                        .values()
+                        .any(|t| t.framework == Some(f.id) && !t.status.state.is_terminal())
+                })
+                .map(|f| f.id)
+                .collect()
         });
-        b.id = id;
-        b.suppressed = false;
+        for fw in surplus {
+            tracing::info!(framework = %fw, %role, "retiring a second built-in framework");
+            self.remove_framework(fw);
+        }
     }
 
     /// Ends the waiting tasks that no connected agent could hold even when empty (with no
@@ -1795,22 +1966,34 @@ impl<E: Env> Cycle<E> {
 /// (nothing has started them) to it. If the agent is gone by now, its re-registration (or the
 /// grace period) declares them lost.
 pub(crate) fn launch_placed<E: Env>(env: &E, agent: &AgentId, tasks: &[TaskId]) -> usize {
-    let placed: Vec<(TaskId, TaskSpec)> = env.read(|s| {
+    let placed: Vec<(TaskId, TaskSpec, bool)> = env.read(|s| {
         tasks
             .iter()
             .filter_map(|id| s.tasks.get(id))
             .filter(|t| t.agent.as_ref() == Some(agent))
             .filter(|t| t.status.state == TaskState::Staging)
-            // A framework removed meanwhile: its removal kills what it has running, and a
-            // kill sent before this launch would be ignored by the agent.
-            .filter(|t| t.framework.is_none_or(|fw| s.live_framework(fw).is_ok()))
-            .map(|t| (t.id, t.spec.clone()))
+            .map(|t| {
+                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                (t.id, t.spec.clone(), removed)
+            })
             .collect()
     });
     let count = placed.len();
-    for (task, spec) in placed {
+    for (task, spec, removed) in placed {
         tracing::info!(%task, %agent, "launching");
         env.launch(agent, task, spec);
+        // Its framework was removed meanwhile. The removal's kill may have gone out before
+        // this launch (and an agent ignores a kill for a task it does not know): killed
+        // again after it, on the same channel, so the task ends and frees its place.
+        if removed {
+            env.send_to_agent(
+                agent,
+                MasterToAgent::Kill {
+                    task,
+                    reason: Some(Reason::FrameworkRemoved),
+                },
+            );
+        }
     }
     count
 }

@@ -22,6 +22,12 @@ use wasmos_state::{ClusterState, Command, CommandResult};
 
 use super::{Cycle, Env, Event, Proposal, settle};
 
+/// Whether to print what happens (`WASMOS_SIM_TRACE=1`, with `WASMOS_SIM_SEED=N`), read once.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var("WASMOS_SIM_TRACE").is_ok())
+}
+
 /// xorshift64*: the whole run follows from the seed.
 struct Rng(u64);
 
@@ -165,7 +171,7 @@ impl World {
         if !a.connected {
             return false;
         }
-        if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+        if trace() {
             eprintln!("{} launch {task} on {agent}", self.now);
         }
         // Like a real agent, it ignores a second launch of a task it runs (see `launch` in
@@ -179,6 +185,16 @@ impl World {
             ));
         }
         a.running.insert(task, end);
+        // Most report running before they end (an update frameworks must acknowledge).
+        if self.rng.chance(60) {
+            let now = self.now;
+            self.state.apply(Command::SetStatus {
+                task,
+                status: TaskStatus::new(TaskState::Running),
+                now_ms: now,
+            });
+            self.events.push(Event::TaskChanged(task));
+        }
         true
     }
 
@@ -234,15 +250,24 @@ struct SimFramework {
 impl SimFramework {
     fn subscribe(&mut self, world: &Rc<RefCell<World>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.conn += 1;
+        // The old connection ends (its end may be seen after the new one's start).
+        let old = self.conn;
         self.rx = rx;
         self.requests.clear();
         self.updated.clear();
-        world.borrow_mut().events.push(Event::FrameworkUp {
+        self.conn = world.borrow().next_conn();
+        let mut w = world.borrow_mut();
+        w.events.push(Event::FrameworkUp {
             id: self.id,
             conn: self.conn,
             tx,
         });
+        if old != 0 {
+            w.events.push(Event::FrameworkDown {
+                id: self.id,
+                conn: old,
+            });
+        }
     }
 
     fn call(&self, world: &Rc<RefCell<World>>, call: FrameworkCall) {
@@ -297,7 +322,7 @@ impl SimFramework {
                     }
                 }
                 FrameworkEvent::Accepted { request, tasks } => {
-                    if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+                    if trace() {
                         eprintln!("framework: accepted #{request} {tasks:?}");
                     }
                     // Within one session, the answer to an accept comes before any update of
@@ -317,15 +342,39 @@ impl SimFramework {
                     update,
                     status,
                 } => {
-                    if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+                    if trace() {
                         eprintln!("framework: update {task} #{update} {:?}", status.state);
                     }
                     self.updated.insert(task);
                     self.call(world, FrameworkCall::Acknowledge { task, update });
                 }
+                // A new leader: subscribe again (with the same id).
+                FrameworkEvent::NotLeader { .. } => {
+                    self.subscribe(world);
+                    return;
+                }
                 _ => {}
             }
         }
+    }
+}
+
+/// Registers a framework of the scheduler API in the state, as a subscription does.
+fn register_framework(world: &Rc<RefCell<World>>) -> Result<FrameworkId, String> {
+    let role = Role::new("d").map_err(|e| format!("role: {e}"))?;
+    let mut w = world.borrow_mut();
+    let now = w.now;
+    match w.state.apply(Command::RegisterFramework {
+        name: "sim".into(),
+        role,
+        owner: "wasmos://operator/fw".into(),
+        revocable: false,
+        failover_timeout_ms: 3_600_000,
+        acknowledges: true,
+        now_ms: now,
+    }) {
+        CommandResult::Framework(id) => Ok(id),
+        other => Err(format!("framework not registered: {other:?}")),
     }
 }
 
@@ -400,20 +449,9 @@ fn run(seed: u64) -> Vec<String> {
         }
     }
     let mut cycle = Cycle::new(env.clone(), 1_000);
-    let registered = world.borrow_mut().state.apply(Command::RegisterFramework {
-        name: "sim".into(),
-        role: match Role::new("d") {
-            Ok(r) => r,
-            Err(e) => return vec![format!("role: {e}")],
-        },
-        owner: "wasmos://operator/fw".into(),
-        revocable: false,
-        failover_timeout_ms: 3_600_000,
-        acknowledges: true,
-        now_ms: 1_000,
-    });
-    let CommandResult::Framework(fw_id) = registered else {
-        return vec![format!("framework not registered: {registered:?}")];
+    let fw_id = match register_framework(&world) {
+        Ok(id) => id,
+        Err(e) => return vec![e],
     };
     let mut framework = SimFramework {
         id: fw_id,
@@ -441,10 +479,16 @@ fn run(seed: u64) -> Vec<String> {
             }
         }
         let calm = step >= chaos_steps;
-        if calm && world.borrow().quiet() && cycle.launching.is_empty() {
+        if calm
+            && world.borrow().quiet()
+            && cycle.launching.is_empty()
+            && cycle.doubtful.is_empty()
+            && cycle.registering.is_empty()
+            && world.borrow().builtin_surplus().is_none()
+        {
             break;
         }
-        let action = world.borrow_mut().rng.below(110);
+        let action = world.borrow_mut().rng.below(111);
         match action {
             // A client submits a task.
             0..=7 if !calm => {
@@ -540,7 +584,48 @@ fn run(seed: u64) -> Vec<String> {
                     }
                 } else if !calm && roll < 13 {
                     framework.subscribe(&world);
+                } else if !calm && roll < 14 {
+                    // Torn down, and a new framework takes its place: the old one's tasks
+                    // are killed, launches of it still in flight included.
+                    framework.call(&world, FrameworkCall::Teardown);
+                    // Its connection ends with it.
+                    world.borrow_mut().events.push(Event::FrameworkDown {
+                        id: framework.id,
+                        conn: framework.conn,
+                    });
+                    match register_framework(&world) {
+                        Ok(id) => {
+                            framework.id = id;
+                            framework.conn = 0;
+                            framework.known.clear();
+                            framework.subscribe(&world);
+                        }
+                        Err(e) => world.borrow_mut().violations.push(e),
+                    }
                 }
+            }
+            // Leadership moves (the same state, as a new leader has it once it applied the
+            // old one's entries): the old cycle lets its frameworks go, a new one is built,
+            // and results proposed by the old one still arrive.
+            110 if !calm => {
+                cycle.not_leader(None);
+                // The new leader starts once every entry of earlier terms is decided: each
+                // pending one either committed or was lost with the old leader.
+                let now = {
+                    let mut w = world.borrow_mut();
+                    while let Some((cmd, then)) = w.proposed.pop_front() {
+                        let result = if w.rng.chance(50) {
+                            Ok(w.state.apply(cmd))
+                        } else {
+                            Err(RaftError::NotLeader { leader: None })
+                        };
+                        if let Some(then) = then {
+                            w.decided.push((then, result));
+                        }
+                    }
+                    w.now
+                };
+                cycle = Cycle::new(env.clone(), now);
             }
             // A client kills a live task.
             94..=95 if !calm => {
@@ -577,8 +662,63 @@ fn run(seed: u64) -> Vec<String> {
         }
     }
     let mut w = world.borrow_mut();
+    if trace() {
+        let builtin: Vec<(String, FrameworkId)> = cycle
+            .builtin
+            .values()
+            .map(|b| (b.role.to_string(), b.id))
+            .collect();
+        eprintln!(
+            "end at {}: builtin {builtin:?}, registering {:?}, frameworks {:?}",
+            w.now,
+            cycle.registering,
+            w.state
+                .frameworks
+                .values()
+                .map(|f| (f.id, f.role.to_string(), f.removed_ms.is_some()))
+                .collect::<Vec<_>>()
+        );
+    }
     let mut problems = std::mem::take(&mut w.violations);
     let unended: Vec<TaskId> = w.live_tasks().into_iter().collect();
+    if trace() {
+        for b in cycle.builtin.values() {
+            eprintln!(
+                "builtin {} id {} suppressed {} queue {:?}",
+                b.role,
+                b.id,
+                b.suppressed,
+                b.queue
+                    .values()
+                    .map(|r| (r.id, r.resources.to_string()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        for o in cycle.alloc.offers() {
+            eprintln!(
+                "offer {} to {} on {} external {:?} fw conn {}",
+                o.id,
+                o.framework,
+                o.agent,
+                cycle.external.get(&o.framework).map(|(c, _)| *c),
+                framework.conn
+            );
+        }
+        for (a, t) in &cycle.agent_totals {
+            eprintln!(
+                "agent {a} total {t} summary {:?}",
+                cycle.alloc.agent_summary(a).map(|s| format!("{s:?}"))
+            );
+        }
+        for id in &unended {
+            if let Some(t) = w.state.tasks.get(id) {
+                eprintln!(
+                    "unended {id}: {:?} on {:?}, framework {:?}",
+                    t.status.state, t.agent, t.framework
+                );
+            }
+        }
+    }
     if !unended.is_empty() && problems.is_empty() {
         problems.push(format!("tasks never ended: {unended:?}"));
     }
@@ -587,13 +727,7 @@ fn run(seed: u64) -> Vec<String> {
         if !held.is_empty() {
             problems.push(format!("the allocator still holds ended tasks {held:?}"));
         }
-        let mut builtins: BTreeMap<&Role, usize> = BTreeMap::new();
-        for f in w.state.frameworks.values() {
-            if f.owner == super::BUILTIN_OWNER {
-                *builtins.entry(&f.role).or_default() += 1;
-            }
-        }
-        if let Some((role, n)) = builtins.iter().find(|(_, n)| **n > 1) {
+        if let Some((role, n)) = w.builtin_surplus() {
             problems.push(format!("role {role} has {n} built-in frameworks"));
         }
         let queued: usize = cycle.builtin.values().map(|b| b.queue.len()).sum();
@@ -605,6 +739,25 @@ fn run(seed: u64) -> Vec<String> {
 }
 
 impl World {
+    /// A role with more than one built-in framework recorded, and how many.
+    fn builtin_surplus(&self) -> Option<(Role, usize)> {
+        let mut builtins: BTreeMap<&Role, usize> = BTreeMap::new();
+        for f in self.state.frameworks.values() {
+            if f.owner == super::BUILTIN_OWNER && f.removed_ms.is_none() {
+                *builtins.entry(&f.role).or_default() += 1;
+            }
+        }
+        builtins
+            .into_iter()
+            .find(|(_, n)| *n > 1)
+            .map(|(r, n)| (r.clone(), n))
+    }
+
+    /// A session id for a new connection (as `frameworks::new_session`).
+    fn next_conn(&self) -> usize {
+        crate::frameworks::new_session()
+    }
+
     /// The tasks recorded as not ended.
     fn live_tasks(&self) -> BTreeSet<TaskId> {
         self.state
@@ -637,7 +790,7 @@ impl World {
             return;
         };
         let roll = if self.faults { self.rng.below(100) } else { 99 };
-        if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+        if trace() {
             eprintln!("{} commit {cmd:?}", self.now);
         }
         let result = match roll {
@@ -658,7 +811,7 @@ impl World {
             }
             _ => Ok(self.state.apply(cmd)),
         };
-        if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+        if trace() {
             eprintln!("{} commit -> {result:?}", self.now);
         }
         self.decided.push((then, result));
@@ -696,7 +849,7 @@ impl World {
     /// stops.
     fn reconnect(&mut self, agent: &AgentId) {
         let now = self.now;
-        if std::env::var("WASMOS_SIM_TRACE").is_ok() {
+        if trace() {
             eprintln!("{now} reconnect {agent}");
         }
         let Some(a) = self.agents.get_mut(agent) else {
@@ -735,6 +888,18 @@ impl World {
         }
         for id in unsent {
             self.deliver_launch(agent, id);
+            // Its framework is gone: killed right after, as `agents.rs` does.
+            let removed = self.state.tasks.get(&id).is_some_and(|t| {
+                t.framework
+                    .is_some_and(|fw| self.state.live_framework(fw).is_err())
+            });
+            if removed
+                && let Some(a) = self.agents.get_mut(agent)
+                && a.running.remove(&id).is_some()
+            {
+                let status = TaskStatus::new(TaskState::Killed);
+                self.record_end(id, status, now);
+            }
         }
         let given_up: Vec<TaskId> = running
             .iter()
