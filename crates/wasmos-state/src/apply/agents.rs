@@ -1,0 +1,147 @@
+//! Applying commands of one family: agents' registrations, status reports and losses, and direct assignments.
+
+use super::super::*;
+
+impl ClusterState {
+    pub(crate) fn apply_agents(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::RegisterAgent {
+                id,
+                total,
+                attributes,
+                fuel_per_core_second,
+                reserved,
+                running,
+                now_ms,
+            } => {
+                let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
+                self.agents.insert(
+                    id.clone(),
+                    AgentRecord {
+                        id: id.clone(),
+                        total,
+                        attributes,
+                        fuel_per_core_second,
+                        registered_ms: now_ms,
+                        last_status_seq,
+                        reserved,
+                    },
+                );
+                // A task still staging was never reported on by the agent: its launch never
+                // arrived (a master failed between recording and sending it), so it is kept, to
+                // be launched again, not lost. The master passes the tasks of the agent's
+                // unacknowledged updates as running, so their results are applied after this.
+                let lost: Vec<TaskId> = self
+                    .live_tasks_on(&id)
+                    .filter(|t| !running.contains(t))
+                    .filter(|t| {
+                        self.tasks
+                            .get(t)
+                            .is_some_and(|i| i.status.state != TaskState::Staging)
+                    })
+                    .collect();
+                for task in lost {
+                    self.finish(
+                        task,
+                        TaskState::Lost,
+                        Reason::AgentLost,
+                        "the agent restarted without it",
+                        now_ms,
+                    );
+                }
+                CommandResult::Ok
+            }
+            Command::AssignTask {
+                task,
+                agent,
+                now_ms,
+            } => {
+                let Some(record) = self.agents.get(&agent) else {
+                    return CommandResult::Rejected(format!("unknown agent {agent}"));
+                };
+                let free = record.total.saturating_sub(&self.used_on(&agent));
+                let Some(info) = self.tasks.get_mut(&task) else {
+                    return CommandResult::Rejected(format!("unknown task {task}"));
+                };
+                if info.agent.is_some() || info.status.state != TaskState::Staging {
+                    return CommandResult::Rejected(format!("task {task} is already placed"));
+                }
+                if !info.spec.resources.fits_in(&free) {
+                    return CommandResult::Rejected(format!(
+                        "task {task} does not fit on agent {agent}"
+                    ));
+                }
+                info.agent = Some(agent);
+                info.updated_ms = now_ms;
+                CommandResult::Ok
+            }
+            Command::AgentStatus {
+                agent,
+                update,
+                now_ms,
+            } => {
+                let Some(record) = self.agents.get_mut(&agent) else {
+                    return CommandResult::Rejected(format!("unknown agent {agent}"));
+                };
+                if update.seq <= record.last_status_seq {
+                    return CommandResult::Duplicate;
+                }
+                record.last_status_seq = update.seq;
+                let Some(info) = self.tasks.get_mut(&update.task) else {
+                    return CommandResult::Rejected(format!("unknown task {}", update.task));
+                };
+                if info.agent.as_ref() != Some(&agent) {
+                    return CommandResult::Rejected(format!(
+                        "task {} is not on agent {agent}",
+                        update.task
+                    ));
+                }
+                if info.status.state.is_terminal() {
+                    return CommandResult::Rejected(format!(
+                        "task {} already ended as {}",
+                        update.task, info.status.state
+                    ));
+                }
+                if update.status.state.step() < info.status.state.step() {
+                    return CommandResult::Rejected(format!(
+                        "task {} is {}; it cannot go back to {}",
+                        update.task, info.status.state, update.status.state
+                    ));
+                }
+                info.status = update.status;
+                info.updated_ms = now_ms;
+                let ended = info.status.state.is_terminal();
+                // What a task produced, its tenant may read.
+                let grant: Vec<BundleHash> =
+                    info.status.outputs.iter().map(|o| o.blob.clone()).collect();
+                let tenant = tenant_of(&info.owner).map(str::to_string);
+                if ended {
+                    self.charges.remove(&update.task);
+                }
+                if let Some(tenant) = tenant {
+                    for hash in grant {
+                        if let Some(meta) = self.bundles.get_mut(&hash) {
+                            meta.readers.insert(tenant.clone());
+                        }
+                    }
+                }
+                self.status_changed(update.task);
+                CommandResult::Ok
+            }
+            Command::AgentLost { agent, now_ms } => {
+                let lost: Vec<TaskId> = self.live_tasks_on(&agent).collect();
+                for task in lost {
+                    self.finish(
+                        task,
+                        TaskState::Lost,
+                        Reason::AgentLost,
+                        "the agent stopped responding",
+                        now_ms,
+                    );
+                }
+                CommandResult::Ok
+            }
+            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+        }
+    }
+}

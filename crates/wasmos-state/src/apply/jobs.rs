@@ -1,0 +1,113 @@
+//! Applying commands of one family: batch jobs and services: submissions and the events their frameworks record.
+
+use super::super::*;
+
+impl ClusterState {
+    pub(crate) fn apply_jobs(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::SubmitJob {
+                spec,
+                owner,
+                role,
+                now_ms,
+            } => {
+                if let Err(why) = spec.check() {
+                    return CommandResult::Rejected(why);
+                }
+                if let Err(why) = self.check_framework_ceiling(&role) {
+                    return CommandResult::Rejected(why);
+                }
+                for g in &spec.groups {
+                    let checked = self
+                        .check_blobs(&g.task, &owner)
+                        .and_then(|()| self.check_spec_ceilings(&g.task, &role))
+                        .and_then(|()| check_sealed(&g.task));
+                    if let Err(why) = checked {
+                        return CommandResult::Rejected(format!("group `{}`: {why}", g.name));
+                    }
+                    for input in g.inputs.iter().flatten() {
+                        if !self.may_read(&owner, &input.blob) {
+                            return CommandResult::Rejected(format!(
+                                "group `{}`: input blob {} has not been uploaded",
+                                g.name, input.blob
+                            ));
+                        }
+                    }
+                }
+                self.next_job_id += 1;
+                let id = JobId(self.next_job_id);
+                self.jobs.insert(
+                    id,
+                    JobRecord {
+                        id,
+                        spec,
+                        owner,
+                        role,
+                        submitted_ms: now_ms,
+                        state: JobState::Running,
+                        ended_ms: None,
+                        framework: None,
+                        tasks: BTreeMap::new(),
+                        done: BTreeMap::new(),
+                        failures: BTreeMap::new(),
+                    },
+                );
+                CommandResult::Job(id)
+            }
+            Command::Job { job, event, now_ms } => {
+                let Some(record) = self.jobs.get_mut(&job) else {
+                    return CommandResult::Rejected(format!("unknown job {job}"));
+                };
+                if record.state.is_terminal() {
+                    return CommandResult::Rejected(format!("job {job} has ended"));
+                }
+                match event {
+                    JobEvent::Framework(fw) => record.framework = Some(fw),
+                    JobEvent::Launched { task, group, index } => {
+                        record.tasks.insert(task, (group, index));
+                    }
+                    JobEvent::Done {
+                        task,
+                        group,
+                        index,
+                        outputs,
+                    } => {
+                        record.tasks.remove(&task);
+                        record.done.insert((group, index), (task, outputs));
+                    }
+                    JobEvent::Failed { task, group, index } => {
+                        // Once per task, however often its end is reported.
+                        if record.tasks.remove(&task).is_some() {
+                            *record.failures.entry((group, index)).or_default() += 1;
+                        }
+                    }
+                    JobEvent::Stopped { task } => {
+                        record.tasks.remove(&task);
+                    }
+                    JobEvent::Scaled { group, count } => {
+                        if count == 0 || count > wasmos_proto::MAX_GROUP_COUNT {
+                            return CommandResult::Rejected(format!(
+                                "count must be 1 to {}",
+                                wasmos_proto::MAX_GROUP_COUNT
+                            ));
+                        }
+                        match record.spec.groups.iter_mut().find(|g| g.name == group) {
+                            Some(g) => g.count = count,
+                            None => {
+                                return CommandResult::Rejected(format!(
+                                    "job {job} has no group `{group}`"
+                                ));
+                            }
+                        }
+                    }
+                    JobEvent::Ended(state) => {
+                        record.state = state;
+                        record.ended_ms = Some(now_ms);
+                    }
+                }
+                CommandResult::Ok
+            }
+            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Applying commands of one family: roles' settings and operators' removal of dynamic reservations.
+
+use super::super::*;
+
+impl ClusterState {
+    pub(crate) fn apply_roles(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::SetRole { role, record } => {
+                if record.weight_milli == 0 {
+                    return CommandResult::Rejected(format!("role {role}: weight must be > 0"));
+                }
+                let quota = wasmos_alloc::Quota {
+                    guarantee: record.guarantee.clone(),
+                    limit: record.limit.clone(),
+                };
+                if let Some(limit) = &record.limit
+                    && !quota.guarantee_within_limit()
+                {
+                    return CommandResult::Rejected(format!(
+                        "role {role}: guarantee {} exceeds limit {limit}",
+                        record.guarantee
+                    ));
+                }
+                self.roles.insert(role, record);
+                CommandResult::Ok
+            }
+            Command::RemoveReservation { agent, role } => self.remove_reservation(&agent, &role),
+            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Applying commands of one family: task submissions, statuses decided by the master, and launches from accepted offers.
+
+use super::super::*;
+
+impl ClusterState {
+    pub(crate) fn apply_tasks(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::SubmitTask {
+                id,
+                spec,
+                owner,
+                now_ms,
+                key,
+            } => {
+                self.forget_submissions(now_ms);
+                let key = key.map(|k| format!("{owner} {k}"));
+                if let Some(first) = key.as_ref().and_then(|k| self.submissions.get(k)) {
+                    return CommandResult::Submitted(*first);
+                }
+                if let Err(why) = self.check_blobs(&spec, &owner) {
+                    return CommandResult::Rejected(why);
+                }
+                if let Some(role) = &spec.role {
+                    let role = match Role::new(role) {
+                        Ok(r) => r,
+                        Err(e) => return CommandResult::Rejected(e.to_string()),
+                    };
+                    if let Err(why) = self.check_ceilings(&spec, &role, 0) {
+                        return CommandResult::Rejected(why);
+                    }
+                }
+                if let Err(why) = check_sealed(&spec) {
+                    return CommandResult::Rejected(why);
+                }
+                let id = match id {
+                    Some(id) if self.tasks.contains_key(&id) => {
+                        return CommandResult::Rejected(format!("task {id} already exists"));
+                    }
+                    Some(id) => id,
+                    None => TaskId(self.next_task_id + 1),
+                };
+                self.next_task_id = self.next_task_id.max(id.0);
+                self.tasks.insert(
+                    id,
+                    TaskInfo {
+                        id,
+                        spec,
+                        owner,
+                        framework: None,
+                        agent: None,
+                        status: TaskStatus::new(TaskState::Staging),
+                        submitted_ms: now_ms,
+                        updated_ms: now_ms,
+                        status_seq: 0,
+                        acked_seq: 0,
+                    },
+                );
+                self.index_new(id);
+                if let Some(key) = key {
+                    self.submissions.insert(key.clone(), id);
+                    self.submission_times.insert((now_ms, key));
+                }
+                CommandResult::Submitted(id)
+            }
+            Command::SetStatus {
+                task,
+                status,
+                now_ms,
+            } => {
+                let Some(info) = self.tasks.get_mut(&task) else {
+                    return CommandResult::Rejected(format!("unknown task {task}"));
+                };
+                if info.status.state.is_terminal() {
+                    return CommandResult::Rejected(format!(
+                        "task {task} already ended as {}",
+                        info.status.state
+                    ));
+                }
+                info.status = status;
+                info.updated_ms = now_ms;
+                if info.status.state.is_terminal() {
+                    self.charges.remove(&task);
+                }
+                self.status_changed(task);
+                CommandResult::Ok
+            }
+            Command::Launch {
+                framework,
+                agent,
+                reservations,
+                tasks,
+                now_ms,
+            } => match self.check_launch(framework, &agent, &reservations, &tasks) {
+                Err(why) => CommandResult::Rejected(why),
+                Ok(()) => {
+                    self.launch(framework, agent, reservations, tasks, now_ms);
+                    CommandResult::Ok
+                }
+            },
+            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+        }
+    }
+}
