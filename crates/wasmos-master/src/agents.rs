@@ -140,7 +140,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             .filter_map(|t| s.tasks.get(&t))
             .filter(|t| t.status.state == wasmos_proto::TaskState::Staging)
             .map(|t| {
-                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                let removed = s.framework_removed(t);
                 (t.id, t.spec.clone(), removed)
             })
             .collect()
@@ -174,7 +174,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 if t.status.state.is_terminal() || t.agent.as_ref() != Some(&agent) {
                     return Some((*id, wasmos_proto::Reason::AgentLost));
                 }
-                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                let removed = s.framework_removed(t);
                 removed.then_some((*id, wasmos_proto::Reason::FrameworkRemoved))
             })
             .collect()

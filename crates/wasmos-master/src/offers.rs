@@ -43,6 +43,11 @@ pub(crate) use live::lead;
 pub(crate) const BUILTIN_NAME: &str = "wasmos-run";
 pub(crate) const BUILTIN_OWNER: &str = "wasmos://master/builtin";
 
+/// Whether `f` is one of the master's built-in `wasmos run` frameworks, not removed.
+fn live_builtin(f: &wasmos_state::FrameworkRecord) -> bool {
+    f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME && f.removed_ms.is_none()
+}
+
 /// How many waiting tasks that do not fit one offer are tried before giving up on it: keeps a
 /// cycle bounded when a long queue meets a nearly full agent.
 const MAX_MISSES_PER_OFFER: usize = 256;
@@ -426,7 +431,7 @@ impl<E: Env> Cycle<E> {
                 continue;
             }
             // (A removed one stays in the allocator while its tasks end, but launches nothing.)
-            if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME && f.removed_ms.is_none() {
+            if live_builtin(f) {
                 cycle.builtin_ids.insert(f.id, f.role.clone());
                 cycle.builtin.insert(
                     f.role.clone(),
@@ -1231,13 +1236,6 @@ impl<E: Env> Cycle<E> {
             return;
         }
         for d in std::mem::take(&mut self.doubtful) {
-            let resolved = |cycle: &mut Self| {
-                if d.reply.is_some() {
-                    for id in &d.tasks {
-                        cycle.flying.remove(id);
-                    }
-                }
-            };
             // A launch is all or nothing: it committed if every task of it is placed there
             // (some may be placed by another launch, after it was given up on).
             let committed = self.env.read(|s| {
@@ -1247,8 +1245,18 @@ impl<E: Env> Cycle<E> {
                         .is_some_and(|t| t.agent.as_ref() == Some(&d.agent))
                 })
             });
+            if !committed && now < d.until_ms {
+                self.doubtful.push(d);
+                continue;
+            }
+            // A framework's tasks were held back from updates until now (a built-in one's,
+            // or an earlier term's, are not in `flying`).
+            if d.reply.is_some() {
+                for id in &d.tasks {
+                    self.flying.remove(id);
+                }
+            }
             if committed {
-                resolved(self);
                 tracing::info!(agent = %d.agent, "a launch committed late; sending it");
                 launch_placed(&self.env, &d.agent, &d.tasks);
                 self.refresh_agent(&d.agent);
@@ -1263,8 +1271,7 @@ impl<E: Env> Cycle<E> {
                     // Its updates held back meanwhile go out now.
                     self.next_resend_scan_ms = 0;
                 }
-            } else if now >= d.until_ms {
-                resolved(self);
+            } else {
                 if d.builtin {
                     self.requeue(&d.tasks);
                 }
@@ -1280,8 +1287,6 @@ impl<E: Env> Cycle<E> {
                         },
                     );
                 }
-            } else {
-                self.doubtful.push(d);
             }
         }
     }
@@ -1676,8 +1681,7 @@ impl<E: Env> Cycle<E> {
             let doubled: Vec<Role> = self.env.read(|s| {
                 let mut seen: BTreeMap<&Role, usize> = BTreeMap::new();
                 for f in s.frameworks.values() {
-                    if f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME && f.removed_ms.is_none()
-                    {
+                    if live_builtin(f) {
                         *seen.entry(&f.role).or_default() += 1;
                     }
                 }
@@ -1702,12 +1706,7 @@ impl<E: Env> Cycle<E> {
             let recorded = self.env.read(|s| {
                 s.frameworks
                     .values()
-                    .find(|f| {
-                        f.owner == BUILTIN_OWNER
-                            && f.name == BUILTIN_NAME
-                            && f.role == role
-                            && f.removed_ms.is_none()
-                    })
+                    .find(|f| live_builtin(f) && f.role == role)
                     .map(|f| f.id)
             });
             if let Some(id) = recorded {
@@ -1793,8 +1792,7 @@ impl<E: Env> Cycle<E> {
         let surplus: Vec<FrameworkId> = self.env.read(|s| {
             s.frameworks
                 .values()
-                .filter(|f| f.owner == BUILTIN_OWNER && f.name == BUILTIN_NAME)
-                .filter(|f| f.role == *role && f.id != keep && f.removed_ms.is_none())
+                .filter(|f| live_builtin(f) && f.role == *role && f.id != keep)
                 .filter(|f| {
                     !s.tasks
                         .values()
@@ -1973,7 +1971,7 @@ pub(crate) fn launch_placed<E: Env>(env: &E, agent: &AgentId, tasks: &[TaskId]) 
             .filter(|t| t.agent.as_ref() == Some(agent))
             .filter(|t| t.status.state == TaskState::Staging)
             .map(|t| {
-                let removed = t.framework.is_some_and(|fw| s.live_framework(fw).is_err());
+                let removed = s.framework_removed(t);
                 (t.id, t.spec.clone(), removed)
             })
             .collect()

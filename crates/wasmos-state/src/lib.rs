@@ -739,18 +739,11 @@ impl ClusterState {
         for t in tasks {
             self.next_task_id = self.next_task_id.max(t.id.0);
             let info = match t.spec {
-                Some(spec) => self.tasks.entry(t.id).or_insert(TaskInfo {
-                    id: t.id,
-                    spec,
-                    owner: owner.clone(),
-                    framework: None,
-                    agent: None,
-                    status: TaskStatus::new(TaskState::Staging),
-                    submitted_ms: now_ms,
-                    updated_ms: now_ms,
-                    status_seq: 0,
-                    acked_seq: 0,
-                }),
+                Some(spec) => {
+                    self.tasks
+                        .entry(t.id)
+                        .or_insert(staging(t.id, spec, owner.clone(), now_ms))
+                }
                 // Checked to exist.
                 None => match self.tasks.get_mut(&t.id) {
                     Some(info) => info,
@@ -817,6 +810,12 @@ impl ClusterState {
         }
     }
 
+    /// Whether `task` belongs to a framework that has been removed (its tasks are to end).
+    pub fn framework_removed(&self, task: &TaskInfo) -> bool {
+        task.framework
+            .is_some_and(|fw| self.live_framework(fw).is_err())
+    }
+
     /// Non-terminal tasks placed on `agent`, in id order.
     pub fn live_tasks_on<'a>(&'a self, agent: &'a AgentId) -> impl Iterator<Item = TaskId> + 'a {
         self.tasks
@@ -872,6 +871,23 @@ fn check_sealed(spec: &TaskSpec) -> Result<(), String> {
     }
 }
 
+/// A task as it is first recorded: staging, on no agent, with no updates yet.
+fn staging(id: TaskId, spec: TaskSpec, owner: String, now_ms: u64) -> TaskInfo {
+    TaskInfo {
+        id,
+        spec,
+        owner,
+        framework: None,
+        agent: None,
+        status: TaskStatus::new(TaskState::Staging),
+        submitted_ms: now_ms,
+        updated_ms: now_ms,
+        status_seq: 0,
+        acked_seq: 0,
+    }
+}
+
+#[cfg(test)]
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

@@ -743,7 +743,7 @@ impl World {
     fn builtin_surplus(&self) -> Option<(Role, usize)> {
         let mut builtins: BTreeMap<&Role, usize> = BTreeMap::new();
         for f in self.state.frameworks.values() {
-            if f.owner == super::BUILTIN_OWNER && f.removed_ms.is_none() {
+            if super::live_builtin(f) {
                 *builtins.entry(&f.role).or_default() += 1;
             }
         }
@@ -889,10 +889,11 @@ impl World {
         for id in unsent {
             self.deliver_launch(agent, id);
             // Its framework is gone: killed right after, as `agents.rs` does.
-            let removed = self.state.tasks.get(&id).is_some_and(|t| {
-                t.framework
-                    .is_some_and(|fw| self.state.live_framework(fw).is_err())
-            });
+            let removed = self
+                .state
+                .tasks
+                .get(&id)
+                .is_some_and(|t| self.state.framework_removed(t));
             if removed
                 && let Some(a) = self.agents.get_mut(agent)
                 && a.running.remove(&id).is_some()

@@ -40,21 +40,7 @@ impl ClusterState {
                     None => TaskId(self.next_task_id + 1),
                 };
                 self.next_task_id = self.next_task_id.max(id.0);
-                self.tasks.insert(
-                    id,
-                    TaskInfo {
-                        id,
-                        spec,
-                        owner,
-                        framework: None,
-                        agent: None,
-                        status: TaskStatus::new(TaskState::Staging),
-                        submitted_ms: now_ms,
-                        updated_ms: now_ms,
-                        status_seq: 0,
-                        acked_seq: 0,
-                    },
-                );
+                self.tasks.insert(id, staging(id, spec, owner, now_ms));
                 self.index_new(id);
                 if let Some(key) = key {
                     self.submissions.insert(key.clone(), id);
