@@ -120,7 +120,9 @@ name = "map"
 bundle = "{wasm}"
 inputs = ["part-*.txt"]
 args = ["map", "--reducers", "3", "--out", "/out", "/in/input"]
-cpu = "200m"
+# A small share, so each map runs for a few hundred milliseconds (about 15 ms of CPU): at
+# 200m a whole map ran between two of the test's polls, which then never saw one running.
+cpu = "50m"
 timeout = "5m"
 retries = 3
 backoff = "200ms"
