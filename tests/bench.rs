@@ -10,8 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmos_net::{Credentials, recv_frame, send_frame};
-use wasmos_proto::{ClientRequest, ClientResponse, TaskSpec, alpn};
+use wasmos_client::{Client, ConnectOptions};
+use wasmos_net::Credentials;
+use wasmos_proto::{ClientRequest, ClientResponse, TaskSpec};
 use wasmos_tests::{DevCluster, rss_kib, sample, text, wasmos_bin, wasmos_cmd};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -238,23 +239,24 @@ async fn submit_on_one(
         &read("operator.key"),
     )
     .unwrap();
-    let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, master).unwrap();
-    let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
+    let client = std::sync::Arc::new(
+        Client::connect_to(&creds, &[master], ConnectOptions::default())
+            .await
+            .unwrap(),
+    );
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         if i >= in_flight {
             set.join_next().await.unwrap().unwrap();
         }
-        let (conn, spec) = (conn.clone(), spec.clone());
+        let (client, spec) = (client.clone(), spec.clone());
         set.spawn(async move {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            send_frame(&mut send, &ClientRequest::SubmitTask { spec, key: None })
-                .await
-                .unwrap();
-            let _ = send.finish();
-            let answer = recv_frame::<ClientResponse>(&mut recv).await.unwrap();
+            // No resubmission key: each copy is a new task, and the figure is the write's.
+            let answer = client
+                .request(ClientRequest::SubmitTask { spec, key: None })
+                .await;
             assert!(
-                matches!(answer, Some(ClientResponse::Submitted { .. })),
+                matches!(answer, Ok(ClientResponse::Submitted { .. })),
                 "{answer:?}"
             );
         });
@@ -271,9 +273,16 @@ fn agent_density() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    // A dev cluster only to mint the certificates and client config; then a master and an
-    // agent as processes of their own, so the agent's memory is its own.
-    let mut dev = DevCluster::start(1).unwrap();
+    // WASMOS_DENSITY_AGENTS=5 WASMOS_DENSITY_TASKS=50000: the 50,000 over 5 agents.
+    let agents: usize = std::env::var("WASMOS_DENSITY_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per_agent = n.div_ceil(agents);
+    // A dev cluster only to mint the certificates and client config; then a master and the
+    // agents as processes of their own, so each agent's memory is its own.
+    let mut dev = DevCluster::start(agents as u32).unwrap();
     dev.kill_hard().unwrap();
     let dir = dev.dir.path();
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -299,30 +308,40 @@ fn agent_density() {
         ],
         &dir.join("master.log"),
     );
-    let agent = daemon(
-        &[
-            "agent",
-            "--master",
-            &master.to_string(),
-            "--ca",
-            &pki("ca.pem"),
-            "--cert",
-            &pki("agent-1.pem"),
-            "--key",
-            &pki("agent-1.key"),
-            "--work-dir",
-            &dir.join("a1").display().to_string(),
-            "--cpu",
-            &format!("{n}m"),
-            "--mem",
-            &format!("{}MiB", n * 4),
-            "--disk",
-            &format!("{}MiB", n),
-            "--max-tasks",
-            &n.to_string(),
-        ],
-        &dir.join("agent.log"),
-    );
+    let daemons: Vec<Daemon> = (1..=agents)
+        .map(|i| {
+            daemon(
+                &[
+                    "agent",
+                    "--master",
+                    &master.to_string(),
+                    "--ca",
+                    &pki("ca.pem"),
+                    "--cert",
+                    &pki(&format!("agent-{i}.pem")),
+                    "--key",
+                    &pki(&format!("agent-{i}.key")),
+                    "--work-dir",
+                    &dir.join(format!("a{i}")).display().to_string(),
+                    "--cpu",
+                    &format!("{per_agent}m"),
+                    "--mem",
+                    &format!("{}MiB", per_agent * 4),
+                    "--disk",
+                    &format!("{per_agent}MiB"),
+                    "--max-tasks",
+                    &per_agent.to_string(),
+                ],
+                &dir.join(format!("agent-{i}.log")),
+            )
+        })
+        .collect();
+    let rss = || -> u64 {
+        daemons
+            .iter()
+            .map(|d| rss_kib(d.0.id()).expect("an agent's /proc status"))
+            .sum()
+    };
     let config = dir.join("client.toml");
     let toml = std::fs::read_to_string(&config).unwrap();
     let toml: String = toml
@@ -338,12 +357,16 @@ fn agent_density() {
     std::fs::write(&config, toml).unwrap();
     let cli = |args: &[&str]| wasmos_cmd(&config, args).output().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !text(&cli(&["agent", "list"]).stdout).contains("active") {
-        assert!(Instant::now() < deadline, "the agent did not register");
+    while text(&cli(&["agent", "list"]).stdout)
+        .matches("active")
+        .count()
+        < agents
+    {
+        assert!(Instant::now() < deadline, "the agents did not register");
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let fresh = rss_kib(agent.0.id()).expect("the agent's /proc status");
+    let fresh = rss();
     // One real run uploads the bundle and gives a spec to copy.
     let mut cmd = wasmos_cmd(&config, &["run", "--cpu", "1m", "--mem", "4MiB"]);
     let out = cmd
@@ -353,7 +376,7 @@ fn agent_density() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(agent.0.id()).expect("the agent's /proc status");
+    let idle = rss();
 
     let shown = cli(&["task", "show", "t-1", "-o", "json"]);
     let info: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
@@ -366,28 +389,41 @@ fn agent_density() {
     let started = Instant::now();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(submit_many(dir, master, spec, n, 64, 1));
+        .block_on(submit_many(dir, master, spec, n, 96, CLIENTS));
     let submitted = started.elapsed();
-    // Wait until every copy runs (and has had a moment to reach its sleep).
+    // Wait until no copy waits or starts any more (a cheap question, one task at most), then
+    // check that every copy runs (and has had a moment to reach its sleep).
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let list = cli(&["task", "list", "-o", "json"]);
-        let tasks: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        let running = wasmos_tests::count_in_state(&tasks, "Running");
-        if running == n {
+        let waiting = cli(&[
+            "task",
+            "list",
+            "--state",
+            "staging,starting",
+            "--limit",
+            "1",
+            "-o",
+            "json",
+        ]);
+        let waiting: serde_json::Value = serde_json::from_slice(&waiting.stdout).unwrap();
+        if waiting.as_array().is_some_and(Vec::is_empty) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {running} of {n} tasks running after 600 s"
+            "tasks still waiting after 600 s: {waiting}"
         );
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(250));
     }
     let all_running = started.elapsed();
+    let list = cli(&["task", "list", "--state", "running", "-o", "json"]);
+    let tasks: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let running = wasmos_tests::count_in_state(&tasks, "Running");
+    assert_eq!(running, n, "only {running} of {n} tasks running");
     std::thread::sleep(Duration::from_secs(3));
-    let loaded = rss_kib(agent.0.id()).expect("the agent's /proc status");
+    let loaded = rss();
     println!(
-        "bench agent_density: idle agent RSS {:.1} MiB registered, {:.1} MiB after one task; with {n} sleeping tasks {:.0} MiB ({:.1} KiB per task, {:.1}x idle)",
+        "bench agent_density: {agents} agent(s), RSS of all {:.1} MiB registered, {:.1} MiB after one task; with {n} sleeping tasks {:.0} MiB ({:.1} KiB per task, {:.1}x idle)",
         fresh as f64 / 1024.0,
         idle as f64 / 1024.0,
         loaded as f64 / 1024.0,
@@ -395,7 +431,7 @@ fn agent_density() {
         loaded as f64 / idle as f64
     );
     println!(
-        "bench agent_density: {n} submissions acknowledged in {:.1} s, all running after {:.1} s",
+        "bench agent_density: {n} submissions over {agents} agent(s) acknowledged in {:.1} s, all running after {:.1} s",
         submitted.as_secs_f64(),
         all_running.as_secs_f64()
     );
@@ -636,26 +672,28 @@ async fn flood(
         &read(&dir.join("me.key")),
     )
     .unwrap();
-    let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, master).unwrap();
-    let conn = wasmos_net::connect(&endpoint, master).await.unwrap();
+    let client = std::sync::Arc::new(
+        Client::connect_to(&creds, &[master], ConnectOptions::default())
+            .await
+            .unwrap(),
+    );
     let mut set = tokio::task::JoinSet::new();
     let (mut accepted, mut refused) = (0, 0);
-    let mut tally = |answer: Option<ClientResponse>| match answer {
-        Some(ClientResponse::Submitted { .. }) => accepted += 1,
-        _ => refused += 1,
+    let mut tally = |answer: bool| {
+        if answer { accepted += 1 } else { refused += 1 }
     };
     for i in 0..n {
         if i >= 64 {
             tally(set.join_next().await.unwrap().unwrap());
         }
-        let (conn, spec) = (conn.clone(), spec.clone());
+        let (client, spec) = (client.clone(), spec.clone());
         set.spawn(async move {
-            let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            send_frame(&mut send, &ClientRequest::SubmitTask { spec, key: None })
-                .await
-                .ok()?;
-            let _ = send.finish();
-            recv_frame::<ClientResponse>(&mut recv).await.ok()?
+            matches!(
+                client
+                    .request(ClientRequest::SubmitTask { spec, key: None })
+                    .await,
+                Ok(ClientResponse::Submitted { .. })
+            )
         });
     }
     while let Some(done) = set.join_next().await {

@@ -1,5 +1,6 @@
 //! Mutual TLS is enforced: a client whose certificate another CA signed is refused, and so is a
-//! master that the client's CA did not sign; both sides say so.
+//! master that the client's CA did not sign; both sides say so. The client library reports a
+//! refusal, a master's rejection and a lost master as different errors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -100,4 +101,65 @@ fn certificates_from_another_ca_are_refused_on_both_sides() {
     // The cluster is unharmed.
     assert!(c.is_running());
     assert!(c.run(&[], "hello", &[]).unwrap().status.success());
+}
+
+/// `wasmos-client` against a real master: a refused certificate is `Refused` (final, not
+/// retryable), a request the master turns down is `Rejected` with its kind, and a good one
+/// answers; many concurrent requests share one client.
+#[test]
+fn the_client_library_tells_refusals_from_rejections() {
+    use wasmos_client::{Client, ClientConfig, ClientError, ConnectOptions};
+    use wasmos_proto::{ClientRequest, ClientResponse, ErrorKind, TaskId};
+
+    let c = DevCluster::start(1).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cfg = ClientConfig::load(Some(&c.config())).unwrap();
+        let client = std::sync::Arc::new(Client::connect(&cfg).await.unwrap());
+        assert_eq!(client.master(), c.master_addr());
+
+        let unknown: TaskId = "t-999".parse().unwrap();
+        let err = client
+            .request(ClientRequest::GetTask { id: unknown })
+            .await
+            .unwrap_err();
+        assert_eq!(err.rejection(), Some(ErrorKind::NotFound), "{err}");
+        assert!(!err.retryable(), "{err}");
+        assert!(err.to_string().contains("t-999"), "{err}");
+
+        let asks = (0..50).map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.request(ClientRequest::ListAgents).await })
+        });
+        for ask in futures_join(asks).await {
+            assert!(matches!(ask, Ok(ClientResponse::Agents(a)) if a.len() == 1));
+        }
+
+        let rogue_ca = pki::new_ca("rogue").unwrap();
+        let rogue = pki::issue(&rogue_ca, &Identity::Operator("admin".into()), &[], &[]).unwrap();
+        let real_ca = std::fs::read_to_string(c.dir.path().join("pki/ca.pem")).unwrap();
+        let creds =
+            wasmos_net::Credentials::from_pem(&real_ca, &rogue.cert_pem, &rogue.key_pem).unwrap();
+        let refused = async {
+            let client =
+                Client::connect_to(&creds, &[c.master_addr()], ConnectOptions::default()).await?;
+            client.request(ClientRequest::ListAgents).await
+        };
+        match refused.await {
+            Err(e @ ClientError::Refused(_)) => {
+                assert!(!e.retryable());
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("a certificate from another CA got {other:?}"),
+        }
+    });
+}
+
+/// Awaits every spawned task, in order.
+async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

@@ -77,6 +77,7 @@ fn internal_dependencies_follow_the_table() {
             &["wasmos-proto", "wasmos-net", "wasmos-master"][..],
         ),
         ("wasmos-sdk", &["wasmos-proto", "wasmos-net"][..]),
+        ("wasmos-client", &["wasmos-proto", "wasmos-net"][..]),
         (
             "wasmos-agent",
             &["wasmos-proto", "wasmos-net", "wasmos-exec"][..],

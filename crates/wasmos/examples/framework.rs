@@ -12,10 +12,6 @@
 //! The SDK follows the leader of a multi-master group, re-subscribes with the framework id
 //! after a failover (keeping the tasks), and acknowledges each update once `update` returns.
 
-#[path = "../src/config.rs"]
-#[allow(dead_code)]
-mod config;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -157,7 +153,7 @@ impl Scheduler for Copies {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let cfg = config::ClientConfig::load(args.config.as_deref())?;
+    let cfg = wasmos_client::ClientConfig::load(args.config.as_deref())?;
     let mut masters = vec![cfg.master];
     masters.extend(cfg.masters.iter().filter(|m| **m != cfg.master));
     let cluster = Cluster::new(cfg.credentials()?, masters);

@@ -9,8 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use wasmos_proto::{BlobKind, OutputStream, Reason, Resources, TaskSpec, TaskState};
 
-use crate::client::Client;
-use crate::config::ClientConfig;
+use wasmos_client::{Client, ClientConfig};
 
 struct DemoTask {
     file: &'static str,
@@ -117,7 +116,7 @@ pub async fn run(cfg: &ClientConfig, dir: &Path) -> Result<ExitCode> {
     let client = Client::connect(cfg).await?;
     let mut submitted = Vec::new();
     for t in TASKS {
-        let bytes = crate::load_component(&dir.join(t.file))?;
+        let bytes = crate::bundle::load_component(&dir.join(t.file))?;
         let (hash, _) = client.push_blob(&bytes, BlobKind::Component).await?;
         let spec = TaskSpec {
             args: t.args.iter().map(|s| s.to_string()).collect(),

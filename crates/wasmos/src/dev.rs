@@ -10,7 +10,16 @@ use wasmos_net::pki::{self, CaBundle};
 use wasmos_net::{Credentials, Identity};
 use wasmos_proto::Resources;
 
-use crate::config::{CONFIG_FILE, ClientConfig};
+use std::process::ExitCode;
+
+use clap::Args;
+use wasmos_client::{CONFIG_FILE, ClientConfig};
+use wasmos_proto::{parse_bytes, parse_cpu};
+
+use crate::agent::ExecArgs;
+use crate::args::{parse_reservation, with_scalars};
+use crate::master::TenancyArgs;
+use crate::{demo, dev_group, wait_for_ctrl_c};
 
 /// PEM files of one identity inside `<data-dir>/pki`.
 pub struct PkiFiles {
@@ -223,4 +232,144 @@ pub fn banner(cluster: &DevCluster, agents: u32) -> String {
         cluster.master.local_addr(),
         cluster.config_path.display()
     )
+}
+
+#[derive(Args)]
+pub(crate) struct DevArgs {
+    /// Where the cluster keeps its state, PKI and client.toml [default: per-user data dir]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) agents: u32,
+    /// Masters in the raft group. With more than one, every master and agent runs as its own
+    /// child process (pids, addresses and logs in <data-dir>/cluster.json), restarted if it dies.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) masters: u32,
+    /// How long an agent may go without a heartbeat before it is declared lost, with its tasks.
+    #[arg(long, default_value = "15s")]
+    pub(crate) agent_timeout: humantime::Duration,
+    /// With --masters: leave children that die down instead of restarting them.
+    #[arg(long)]
+    pub(crate) no_restart: bool,
+    /// The master's UDP address (with --masters, the first one's; the others take the next
+    /// ports); port 0 picks free ones.
+    #[arg(long, default_value = "127.0.0.1:7433")]
+    pub(crate) listen: SocketAddr,
+    /// CPU each agent offers.
+    #[arg(long, default_value = "2")]
+    pub(crate) agent_cpu: String,
+    /// Memory each agent offers.
+    #[arg(long, default_value = "2GiB")]
+    pub(crate) agent_mem: String,
+    /// A custom resource each agent offers, NAME=AMOUNT, e.g. gpu=2 (repeatable).
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    pub(crate) agent_resource: Vec<String>,
+    /// Reserve part of each agent for a role, ROLE:RESOURCES, e.g. `team-a:cpu=1,mem=512MiB`
+    /// (repeatable).
+    #[arg(long, value_name = "ROLE:RESOURCES")]
+    pub(crate) agent_reserve: Vec<String>,
+    /// Run the demo job, print its output, then stop.
+    #[arg(long)]
+    pub(crate) demo: bool,
+    /// Where the demo's compiled sample tasks are.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "sample-tasks/target/wasm32-wasip2/release"
+    )]
+    pub(crate) demo_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) tenancy: TenancyArgs,
+}
+
+pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
+    let data_dir = match args.data_dir.clone() {
+        Some(d) => d,
+        None => wasmos_client::default_data_dir()?,
+    };
+    if args.masters != 1 {
+        if args.demo {
+            bail!("--demo runs on one master; drop --masters");
+        }
+        // Check the agents' settings here, where a mistake is one clear line, not N child logs.
+        args.exec.config()?;
+        parse_cpu(&args.agent_cpu)?;
+        parse_bytes(&args.agent_mem)?;
+        let mut agent_args = vec![
+            "--cpu".to_string(),
+            args.agent_cpu.clone(),
+            "--mem".to_string(),
+            args.agent_mem.clone(),
+        ];
+        for r in &args.agent_resource {
+            agent_args.extend(["--resource".to_string(), r.clone()]);
+        }
+        for r in &args.agent_reserve {
+            parse_reservation(r, "--agent-reserve")?;
+            agent_args.extend(["--reserve".to_string(), r.clone()]);
+        }
+        agent_args.extend(args.exec.to_args());
+        dev_group::run(dev_group::GroupOptions {
+            data_dir,
+            masters: args.masters,
+            agents: args.agents,
+            listen: args.listen,
+            agent_args,
+            master_args: {
+                let mut m = vec![
+                    "--agent-timeout".to_string(),
+                    args.agent_timeout.to_string(),
+                ];
+                m.extend(args.tenancy.to_args());
+                m
+            },
+            restart: !args.no_restart,
+        })
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = DevOptions {
+        data_dir,
+        agents: args.agents,
+        listen: args.listen,
+        agent_resources: with_scalars(
+            Resources::new(
+                parse_cpu(&args.agent_cpu)?,
+                parse_bytes(&args.agent_mem)?,
+                1 << 30,
+            ),
+            &args.agent_resource,
+            "--agent-resource",
+        )?,
+        agent_reserved: args
+            .agent_reserve
+            .iter()
+            .map(|r| parse_reservation(r, "--agent-reserve"))
+            .collect::<Result<_>>()?,
+        exec: args.exec.config()?,
+        keep_task_dirs: args.exec.keep_task_dirs,
+        egress: args.exec.egress()?,
+        tenancy: args.tenancy.config(),
+        agent_timeout: args.agent_timeout.into(),
+    };
+    if args.demo {
+        // Check before starting anything, so a missing build is one clear line.
+        demo::check_dir(&args.demo_dir)?;
+    }
+    let cluster = start(&opts).await?;
+    eprintln!("{}", banner(&cluster, args.agents));
+    let code = if args.demo {
+        let cfg = ClientConfig::load(Some(&cluster.config_path))?;
+        let result = demo::run(&cfg, &args.demo_dir).await;
+        cluster.stop().await;
+        return result;
+    } else {
+        eprintln!("try: wasmos run sample-tasks/target/wasm32-wasip2/release/hello.wasm -- hi");
+        wait_for_ctrl_c().await;
+        ExitCode::SUCCESS
+    };
+    cluster.stop().await;
+    Ok(code)
 }

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wasmos_net::Identity;
 
-use crate::config::{CONFIG_FILE, ClientConfig};
 use crate::dev::{ensure_ca, ensure_cert};
+use wasmos_client::{CONFIG_FILE, ClientConfig};
 
 /// The file, in the data dir, describing the running group.
 pub const CLUSTER_FILE: &str = "cluster.json";

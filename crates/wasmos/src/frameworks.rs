@@ -1,14 +1,14 @@
 //! `wasmos framework list/teardown`: the frameworks a caller may see, and ending one from
 //! outside (its owner, or an operator ending a tenant's runaway scheduler).
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use wasmos_proto::{ClientRequest, ClientResponse, FrameworkId};
 
-use crate::{OutputArg, ask, print_list};
+use crate::connect::Target;
+use crate::output::{OutputArg, print_list};
 
 #[derive(Subcommand)]
 pub(crate) enum FrameworkCmd {
@@ -24,11 +24,11 @@ pub(crate) enum FrameworkCmd {
     },
 }
 
-pub(crate) async fn run(config: Option<&Path>, cmd: FrameworkCmd) -> Result<ExitCode> {
+pub(crate) async fn run(target: &Target, cmd: FrameworkCmd) -> Result<ExitCode> {
     match cmd {
         FrameworkCmd::List(out) => {
             let ClientResponse::Frameworks(list) =
-                ask(config, ClientRequest::ListFrameworks).await?
+                target.ask(ClientRequest::ListFrameworks).await?
             else {
                 bail!("unexpected answer to framework list");
             };
@@ -47,7 +47,7 @@ pub(crate) async fn run(config: Option<&Path>, cmd: FrameworkCmd) -> Result<Exit
         }
         FrameworkCmd::Teardown { id } => {
             let id: FrameworkId = id.parse()?;
-            ask(config, ClientRequest::TeardownFramework { id }).await?;
+            target.ask(ClientRequest::TeardownFramework { id }).await?;
             println!("{id} torn down; its tasks are being killed");
             Ok(ExitCode::SUCCESS)
         }

@@ -15,9 +15,10 @@ use wasmos_proto::{
     JobSpec, JobState, Qos, Resources, TaskSpec, parse_bytes, parse_cpu,
 };
 
-use crate::client::Client;
-use crate::config::ClientConfig;
-use crate::{Format, OutputArg, print_json, table};
+use wasmos_client::Client;
+
+use crate::connect::Target;
+use crate::output::{Format, OutputArg, print_json};
 
 #[derive(Subcommand)]
 pub(crate) enum JobCmd {
@@ -211,7 +212,7 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
             h
         } else {
             let path = base.join(&g.bundle);
-            let bytes = crate::load_component(&path).with_context(|| what("bundle"))?;
+            let bytes = crate::bundle::load_component(&path).with_context(|| what("bundle"))?;
             client.push_blob(&bytes, BlobKind::Component).await?.0
         };
         let mut files = Vec::new();
@@ -280,7 +281,8 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
         let task = TaskSpec {
             args: g.args,
             env: g.env.into_iter().collect(),
-            secret_env: crate::secret_env(&g.secret_env).with_context(|| what("secret_env"))?,
+            secret_env: crate::run::secret_env(&g.secret_env)
+                .with_context(|| what("secret_env"))?,
             resources,
             timeout_ms: match &g.timeout {
                 Some(t) => duration_ms(&what("timeout"), t)?,
@@ -383,7 +385,7 @@ fn render(j: &JobInfo, now_ms: u64) -> String {
             ]
         })
         .collect();
-    out.push_str(&table::render(
+    out.push_str(&crate::output::render(
         &["GROUP", "PROGRESS", "PENDING", "RUNNING", "DONE", "FAILED"],
         &rows,
     ));
@@ -409,7 +411,7 @@ async fn watch(client: &Client, id: JobId) -> Result<JobInfo> {
     let mut drawn = 0;
     loop {
         let j = get(client, id).await?;
-        let text = render(&j, crate::now_ms());
+        let text = render(&j, crate::output::now_ms());
         let mut stdout = std::io::stdout();
         if tty && drawn > 0 {
             write!(stdout, "\x1b[{drawn}A\x1b[J")?;
@@ -472,14 +474,13 @@ async fn status(client: &Client, id: &str, format: Format) -> Result<ExitCode> {
     let j = get(client, job_id(id)?).await?;
     match format {
         Format::Json => print_json(&j)?,
-        Format::Table => print!("{}", render(&j, crate::now_ms())),
+        Format::Table => print!("{}", render(&j, crate::output::now_ms())),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn run_job(config: Option<&Path>, cmd: JobCmd) -> Result<ExitCode> {
-    let cfg = ClientConfig::load(config)?;
-    let client = Client::connect(&cfg).await?;
+pub(crate) async fn run_job(target: &Target, cmd: JobCmd) -> Result<ExitCode> {
+    let client = target.connect().await?;
     let result = job(&client, cmd).await;
     client.close().await;
     result
@@ -514,9 +515,9 @@ async fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
                 after = Some(last.id);
                 jobs.extend(page);
             }
-            let now = crate::now_ms();
+            let now = crate::output::now_ms();
             let header = ["ID", "NAME", "TYPE", "STATE", "DONE", "AGE"];
-            crate::print_list(out.format, &jobs, &header, |j| {
+            crate::output::print_list(out.format, &jobs, &header, |j| {
                 let done: u32 = j.groups.iter().map(|g| g.done).sum();
                 let count: u32 = j.groups.iter().map(|g| g.count).sum();
                 vec![
@@ -525,7 +526,7 @@ async fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
                     format!("{:?}", j.kind).to_lowercase(),
                     j.state.to_string(),
                     format!("{done}/{count}"),
-                    crate::table::age(now, j.submitted_ms),
+                    crate::output::age(now, j.submitted_ms),
                 ]
             })?;
             Ok(ExitCode::SUCCESS)
@@ -566,9 +567,8 @@ async fn job(client: &Client, cmd: JobCmd) -> Result<ExitCode> {
     }
 }
 
-pub(crate) async fn run_service(config: Option<&Path>, cmd: ServiceCmd) -> Result<ExitCode> {
-    let cfg = ClientConfig::load(config)?;
-    let client = Client::connect(&cfg).await?;
+pub(crate) async fn run_service(target: &Target, cmd: ServiceCmd) -> Result<ExitCode> {
+    let client = target.connect().await?;
     let result = service(&client, cmd).await;
     client.close().await;
     result

@@ -1,7 +1,6 @@
 //! `wasmos role set/list/show` and `wasmos reservation list/remove`: weights, quotas, ceilings
 //! and egress rules of roles, what each holds, and dynamic reservations.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -11,7 +10,9 @@ use wasmos_proto::{
     format_bytes, format_cpu, format_duration_ms, parse_bytes,
 };
 
-use crate::{Format, OutputArg, ask, parse_resource_list, print_json, print_list, table};
+use crate::args::parse_resource_list;
+use crate::connect::Target;
+use crate::output::{Format, OutputArg, print_json, print_list};
 
 #[derive(Subcommand)]
 pub(crate) enum RoleCmd {
@@ -97,19 +98,19 @@ pub(crate) struct SetArgs {
     egress_clear: bool,
 }
 
-pub(crate) async fn run(config: Option<&Path>, cmd: RoleCmd) -> Result<ExitCode> {
+pub(crate) async fn run(target: &Target, cmd: RoleCmd) -> Result<ExitCode> {
     match cmd {
-        RoleCmd::Set(args) => set(config, *args).await,
-        RoleCmd::List(out) => list(config, out.format).await,
-        RoleCmd::Show { role, out } => show(config, &role, out.format).await,
+        RoleCmd::Set(args) => set(target, *args).await,
+        RoleCmd::List(out) => list(target, out.format).await,
+        RoleCmd::Show { role, out } => show(target, &role, out.format).await,
     }
 }
 
-pub(crate) async fn reservations(config: Option<&Path>, cmd: ReservationCmd) -> Result<ExitCode> {
+pub(crate) async fn reservations(target: &Target, cmd: ReservationCmd) -> Result<ExitCode> {
     match cmd {
         ReservationCmd::List(out) => {
             let ClientResponse::Reservations(list) =
-                ask(config, ClientRequest::ListReservations).await?
+                target.ask(ClientRequest::ListReservations).await?
             else {
                 bail!("unexpected answer to reservation list");
             };
@@ -130,7 +131,7 @@ pub(crate) async fn reservations(config: Option<&Path>, cmd: ReservationCmd) -> 
                 agent: agent.clone(),
                 role: role.clone(),
             };
-            let ClientResponse::Unreserved { removed, held } = ask(config, req).await? else {
+            let ClientResponse::Unreserved { removed, held } = target.ask(req).await? else {
                 bail!("unexpected answer to reservation remove");
             };
             println!("removed {removed} reserved for {role} on {agent}");
@@ -142,7 +143,7 @@ pub(crate) async fn reservations(config: Option<&Path>, cmd: ReservationCmd) -> 
     }
 }
 
-async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
+async fn set(target: &Target, args: SetArgs) -> Result<ExitCode> {
     let weight_milli = match args.weight {
         None => None,
         Some(w) if (0.001..=1_000_000.0).contains(&w) => Some((w * 1000.0).round() as u64),
@@ -208,7 +209,7 @@ async fn set(config: Option<&Path>, args: SetArgs) -> Result<ExitCode> {
         reservation_allowance,
         egress,
     };
-    ask(config, req).await?;
+    target.ask(req).await?;
     println!("role {} updated", args.role);
     Ok(ExitCode::SUCCESS)
 }
@@ -223,8 +224,8 @@ pub(crate) fn egress_rules(allow: &[String], deny: &[String]) -> Result<Vec<Egre
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-async fn show(config: Option<&Path>, role: &str, format: Format) -> Result<ExitCode> {
-    let ClientResponse::Roles(roles) = ask(config, ClientRequest::ListRoles).await? else {
+async fn show(target: &Target, role: &str, format: Format) -> Result<ExitCode> {
+    let ClientResponse::Roles(roles) = target.ask(ClientRequest::ListRoles).await? else {
         bail!("unexpected answer to role list");
     };
     let Some(r) = roles.into_iter().find(|r| r.role == role) else {
@@ -315,8 +316,8 @@ pub(crate) fn short(r: &Resources) -> String {
     parts.join(" ")
 }
 
-async fn list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
-    let ClientResponse::Roles(roles) = ask(config, ClientRequest::ListRoles).await? else {
+async fn list(target: &Target, format: Format) -> Result<ExitCode> {
+    let ClientResponse::Roles(roles) = target.ask(ClientRequest::ListRoles).await? else {
         bail!("unexpected answer to role list");
     };
     match format {
@@ -325,7 +326,7 @@ async fn list(config: Option<&Path>, format: Format) -> Result<ExitCode> {
             let rows: Vec<Vec<String>> = roles.iter().map(row).collect();
             println!(
                 "{}",
-                table::render(
+                crate::output::render(
                     &[
                         "ROLE",
                         "WEIGHT",

@@ -1,4 +1,9 @@
-//! Plain-text tables for people (`-o json` is for scripts).
+//! How commands print: plain-text tables for people, `-o json` for scripts.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
 
 /// Left-aligned columns separated by two spaces, sized to their widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -54,5 +59,57 @@ mod tests {
         assert_eq!(t, "ID    STATE\nt-1   running\nt-10  x");
         assert_eq!(age(10_000, 7_000), "3s");
         assert_eq!(age(7_300_000, 0), "2h");
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub(crate) enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub(crate) struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub(crate) format: Format,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A listing: a JSON array for scripts, or a table of `header` and a row per item.
+pub(crate) fn print_list<T: serde::Serialize>(
+    format: Format,
+    items: &[T],
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    match format {
+        Format::Json => print_json(&items)?,
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            println!("{}", render(header, &rows));
+        }
+    }
+    Ok(())
+}
+
+/// The items joined by ", ", or "-" when there are none.
+pub(crate) fn list_or_dash(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
     }
 }

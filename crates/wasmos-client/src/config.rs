@@ -1,12 +1,15 @@
-//! Where the CLI finds its cluster: `client.toml` (master address, CA, client certificate and
+//! Where a client finds its cluster: `client.toml` (master address, CA, client certificate and
 //! key), looked up from `--config`, then `WASMOS_CONFIG`, then the default dev data dir.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use wasmos_net::Credentials;
+
+use crate::error::ClientError;
+
+type Result<T> = std::result::Result<T, ClientError>;
 
 pub const CONFIG_FILE: &str = "client.toml";
 
@@ -34,11 +37,15 @@ pub struct ClientConfig {
 /// The per-user directory `wasmos dev` uses when not given `--data-dir`.
 pub fn default_data_dir() -> Result<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "wasmos").ok_or_else(|| {
-        anyhow!("cannot find a home directory for the default data dir; pass --data-dir")
+        ClientError::Config(
+            "cannot find a home directory for the default data dir; pass --data-dir".to_string(),
+        )
     })?;
     Ok(dirs.data_dir().join("dev"))
 }
 
+/// The client config to use: `explicit` (`--config`), else `$WASMOS_CONFIG`, else the one in
+/// the default dev data dir.
 pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
@@ -50,22 +57,30 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 impl ClientConfig {
+    /// Reads the config [`resolve_path`] finds; paths in it are taken relative to its directory.
     pub fn load(explicit: Option<&Path>) -> Result<ClientConfig> {
         let path = resolve_path(explicit)?;
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no client config at {} (start a cluster with `wasmos dev`, or pass --config FILE / set WASMOS_CONFIG)",
-                path.display()
-            ),
-            Err(e) => bail!("cannot read client config {}: {e}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::Config(format!(
+                    "no client config at {} (start a cluster with `wasmos dev`, or pass --config FILE / set WASMOS_CONFIG)",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(ClientError::Config(format!(
+                    "cannot read client config {}: {e}",
+                    path.display()
+                )));
+            }
         };
         let mut cfg: ClientConfig = toml::from_str(&text).map_err(|e| {
-            anyhow!(
+            ClientError::Config(format!(
                 "client config {} is invalid: {}",
                 path.display(),
                 e.message()
-            )
+            ))
         })?;
         cfg.dir = path
             .parent()
@@ -74,25 +89,29 @@ impl ClientConfig {
         Ok(cfg)
     }
 
+    /// The CA, certificate and key the config names, read and checked.
     pub fn credentials(&self) -> Result<Credentials> {
         let read = |p: &PathBuf| {
             let full = self.dir.join(p);
             std::fs::read_to_string(&full)
-                .with_context(|| format!("cannot read {}", full.display()))
+                .map_err(|e| ClientError::Config(format!("cannot read {}: {e}", full.display())))
         };
         Credentials::from_pem(&read(&self.ca)?, &read(&self.cert)?, &read(&self.key)?)
-            .context("client config credentials")
+            .map_err(|e| ClientError::Config(format!("client config credentials: {e}")))
     }
 
     /// Writes the config atomically, so a reader never sees half a file.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = format!(
-            "# Written by `wasmos dev`: how the wasmos CLI reaches this cluster.\n{}",
-            toml::to_string(self).context("serializing client config")?
-        );
+        let body = toml::to_string(self)
+            .map_err(|e| ClientError::Config(format!("serializing client config: {e}")))?;
+        let text =
+            format!("# Written by `wasmos dev`: how the wasmos CLI reaches this cluster.\n{body}");
+        let cannot = |p: &Path, e: std::io::Error| {
+            ClientError::Config(format!("cannot write {}: {e}", p.display()))
+        };
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&tmp, text).map_err(|e| cannot(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| cannot(path, e))?;
         Ok(())
     }
 }

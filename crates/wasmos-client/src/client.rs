@@ -1,17 +1,21 @@
-//! The CLI's side of the client channel: one QUIC connection to the master, one stream per
-//! request, and the upload / submit / watch steps that `wasmos run` is made of.
+//! The client's side of the client channel: one QUIC connection to the leading master, one
+//! stream per request, redirects and failovers followed, and the upload / submit / watch steps
+//! that `wasmos run` is made of.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
-use wasmos_net::{Connection, Endpoint, recv_frame, send_frame};
+use wasmos_net::{Connection, Credentials, Endpoint, recv_frame, send_frame};
 use wasmos_proto::{
     BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind, OutputStream, TaskId, TaskInfo,
     TaskSpec, alpn,
 };
 
 use crate::config::ClientConfig;
+use crate::error::ClientError;
+
+type Result<T> = std::result::Result<T, ClientError>;
 
 /// How many times one request follows a redirect (or waits for an election) before giving up.
 const MAX_REDIRECTS: u32 = 20;
@@ -21,61 +25,51 @@ const ELECTION_WAIT: Duration = Duration::from_millis(100);
 const POLL_LEADER: Duration = Duration::from_millis(50);
 /// How long to look for a leader before settling for any master that answers.
 const FIND_LEADER: Duration = Duration::from_secs(5);
+/// How long a submission keeps being retried (across a master's crash and the election
+/// that follows) before the client gives up.
+const SUBMIT_RETRY: Duration = Duration::from_secs(30);
 
-static STALE_READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-/// `--stale`: let reads be answered by any master from its own, possibly older, state instead
-/// of being redirected to the leader. Set once at start.
-pub fn allow_stale_reads(stale: bool) {
-    let _ = STALE_READS.set(stale);
-}
-
-fn stale_reads() -> bool {
-    STALE_READS.get().copied().unwrap_or(false)
+/// How a client talks to the group, beyond where the masters are and who it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// `--stale`: let reads be answered by any master from its own, possibly older, state
+    /// instead of being redirected to the leader.
+    pub stale_reads: bool,
 }
 
 /// Why an upload attempt failed: the master said no, or the master was lost on the way.
 enum Upload {
-    Refused(anyhow::Error),
-    Lost(anyhow::Error),
+    Refused(ClientError),
+    Lost(ClientError),
 }
 
+/// A connection to the master group, shared by concurrent calls (`&self` everywhere; wrap it in
+/// an `Arc` to use it from several tasks).
 pub struct Client {
     /// Replaced when a master redirects the client to the leader.
     conn: std::sync::Mutex<Connection>,
     endpoint: Endpoint,
     /// Every configured master, to find the leader again after losing the connection.
-    masters: Vec<std::net::SocketAddr>,
+    masters: Vec<SocketAddr>,
+    options: ConnectOptions,
 }
 
-/// A master refused this client's certificate or identity: final, never retried, since
-/// asking again (or another master of the same cluster) gives the same answer.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
+impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.debug_struct("Client")
+            .field("master", &self.conn().remote_address())
+            .field("masters", &self.masters)
+            .finish_non_exhaustive()
     }
 }
 
-impl std::error::Error for Refused {}
-
-/// Whether an error is worth retrying at the next leader: not a refusal.
-fn retryable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Refused>().is_none()
-}
-
-/// How long a submission keeps being retried (across a master's crash and the election
-/// that follows) before the CLI gives up.
-const SUBMIT_RETRY: Duration = Duration::from_secs(30);
-
 impl Client {
-    fn new(conn: Connection, endpoint: Endpoint) -> Client {
+    fn new(conn: Connection, endpoint: Endpoint, options: ConnectOptions) -> Client {
         Client {
             conn: std::sync::Mutex::new(conn),
             endpoint,
             masters: Vec::new(),
+            options,
         }
     }
 
@@ -106,24 +100,26 @@ impl Client {
             tokio::time::sleep(ELECTION_WAIT).await;
             return Ok(());
         };
-        let target: std::net::SocketAddr = addr.parse().map_err(|e| {
-            anyhow!("master {from} names the leader at `{addr}`, which is not an address: {e}")
+        let target: SocketAddr = addr.parse().map_err(|e| {
+            ClientError::Lost(format!(
+                "master {from} names the leader at `{addr}`, which is not an address: {e}"
+            ))
         })?;
         let conn = wasmos_net::connect(&self.endpoint, target)
             .await
             .map_err(|e| {
-                anyhow!(
+                ClientError::Lost(format!(
                     "master {from} says master {} at {target} leads, which did not answer: {e}",
                     leader.map_or_else(|| "?".to_string(), |l| l.to_string())
-                )
+                ))
             })?;
         self.replace_conn(conn);
         Ok(())
     }
 
     /// Wraps reads in `Stale` when the user allowed stale reads.
-    fn wrap(req: ClientRequest) -> ClientRequest {
-        if stale_reads() && req.is_read() && req != ClientRequest::ClusterStatus {
+    fn wrap(&self, req: ClientRequest) -> ClientRequest {
+        if self.options.stale_reads && req.is_read() && req != ClientRequest::ClusterStatus {
             ClientRequest::Stale(Box::new(req))
         } else {
             req
@@ -134,13 +130,35 @@ impl Client {
     /// leads, and the client talks to that one. If no leader is known it keeps the first master
     /// that answered (reads work; writes then say there is no leader).
     pub async fn connect(cfg: &ClientConfig) -> Result<Client> {
-        let creds = cfg.credentials()?;
-        let endpoint = wasmos_net::client_endpoint(&creds, alpn::CLIENT, cfg.master)?;
-        let mut candidates = vec![cfg.master];
-        candidates.extend(cfg.masters.iter().filter(|a| **a != cfg.master));
-        let mut client = Self::find_leader(&endpoint, &candidates).await?;
-        client.masters = candidates;
+        Self::connect_with(cfg, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options.
+    pub async fn connect_with(cfg: &ClientConfig, options: ConnectOptions) -> Result<Client> {
+        let mut masters = vec![cfg.master];
+        masters.extend(cfg.masters.iter().filter(|a| **a != cfg.master));
+        Self::connect_to(&cfg.credentials()?, &masters, options).await
+    }
+
+    /// Connects to the leader among `masters` (any of the group will do, the rest are found)
+    /// with these credentials, without a config file.
+    pub async fn connect_to(
+        credentials: &Credentials,
+        masters: &[SocketAddr],
+        options: ConnectOptions,
+    ) -> Result<Client> {
+        let first = *masters
+            .first()
+            .ok_or_else(|| ClientError::Config("no master address given".to_string()))?;
+        let endpoint = wasmos_net::client_endpoint(credentials, alpn::CLIENT, first)?;
+        let mut client = Self::find_leader(&endpoint, masters, options).await?;
+        client.masters = masters.to_vec();
         Ok(client)
+    }
+
+    /// The master this client talks to now.
+    pub fn master(&self) -> SocketAddr {
+        self.conn().remote_address()
     }
 
     /// Connects to the leader among `candidates` again (after the connection broke).
@@ -149,7 +167,7 @@ impl Client {
         if candidates.is_empty() {
             candidates.push(self.conn().remote_address());
         }
-        let found = Self::find_leader(&self.endpoint, &candidates).await?;
+        let found = Self::find_leader(&self.endpoint, &candidates, self.options).await?;
         self.replace_conn(found.conn());
         Ok(())
     }
@@ -161,15 +179,16 @@ impl Client {
     /// [`FIND_LEADER`], a follower is kept: its requests follow redirects once there is one.
     async fn find_leader(
         endpoint: &Endpoint,
-        candidates: &[std::net::SocketAddr],
+        candidates: &[SocketAddr],
+        options: ConnectOptions,
     ) -> Result<Client> {
         let endpoint = endpoint.clone();
         if let [only] = candidates {
             let conn = wasmos_net::connect(&endpoint, *only).await?;
-            return Ok(Client::new(conn, endpoint));
+            return Ok(Client::new(conn, endpoint, options));
         }
         let (found, mut answers) = tokio::sync::mpsc::unbounded_channel();
-        let dial = |addr: std::net::SocketAddr| {
+        let dial = |addr: SocketAddr| {
             let endpoint = endpoint.clone();
             let found = found.clone();
             tokio::spawn(async move {
@@ -179,7 +198,7 @@ impl Client {
                 let _ = found.send((addr, answer));
             })
         };
-        let mut dialing: std::collections::BTreeSet<std::net::SocketAddr> =
+        let mut dialing: std::collections::BTreeSet<SocketAddr> =
             candidates.iter().copied().collect();
         for addr in candidates {
             dial(*addr);
@@ -191,11 +210,11 @@ impl Client {
             while let Ok((addr, answer)) = answers.try_recv() {
                 dialing.remove(&addr);
                 match answer {
-                    Ok(conn) => live.push(Client::new(conn, endpoint.clone())),
+                    Ok(conn) => live.push(Client::new(conn, endpoint.clone(), options)),
                     Err(e) => errors.push(e),
                 }
             }
-            if stale_reads() && !live.is_empty() {
+            if options.stale_reads && !live.is_empty() {
                 return Ok(live.swap_remove(0));
             }
             let asks = live.iter().map(|c| {
@@ -204,16 +223,16 @@ impl Client {
             let statuses = futures::future::join_all(asks).await;
             // Every master that answered refused us, and none is left to dial: say so now.
             let refusal = statuses.iter().find_map(|st| match st {
-                Ok(Err(e)) if !retryable(e) => Some(e.to_string()),
+                Ok(Err(ClientError::Refused(why))) => Some(why.clone()),
                 _ => None,
             });
             if let Some(why) = refusal
                 && dialing.is_empty()
                 && statuses
                     .iter()
-                    .all(|st| matches!(st, Ok(Err(e)) if !retryable(e)))
+                    .all(|st| matches!(st, Ok(Err(ClientError::Refused(_)))))
             {
-                bail!("{why}");
+                return Err(ClientError::Refused(why));
             }
             // A leader cut off from the others still believes it leads: of several that claim
             // to, the one in the latest term is the real one.
@@ -242,7 +261,7 @@ impl Client {
                     .members
                     .iter()
                     .find(|m| Some(m.id) == st.leader)
-                    .and_then(|m| m.addr.parse::<std::net::SocketAddr>().ok());
+                    .and_then(|m| m.addr.parse::<SocketAddr>().ok());
                 if let Some(addr) = named
                     && !candidates.contains(&addr)
                     && dialing.insert(addr)
@@ -260,7 +279,7 @@ impl Client {
                     Ok(Some((addr, answer))) => {
                         dialing.remove(&addr);
                         match answer {
-                            Ok(conn) => live.push(Client::new(conn, endpoint.clone())),
+                            Ok(conn) => live.push(Client::new(conn, endpoint.clone(), options)),
                             Err(e) => errors.push(e),
                         }
                     }
@@ -273,35 +292,32 @@ impl Client {
         if !live.is_empty() {
             return Ok(live.swap_remove(0));
         }
-        bail!(
-            "no master answered (tried {}): {}",
-            candidates
+        Err(ClientError::Unreachable {
+            tried: candidates
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            errors.join("; ")
-        )
+            errors: errors.join("; "),
+        })
     }
 
     /// Names the real cause of a failed stream: usually the connection's close reason (such
     /// as a refused certificate) rather than the stream error that surfaced it.
-    fn fail(&self, e: impl std::fmt::Display) -> anyhow::Error {
+    fn fail(&self, e: impl std::fmt::Display) -> ClientError {
         let conn = self.conn();
         match conn.close_reason() {
-            Some(reason) if wasmos_net::is_refusal(&reason) => {
-                anyhow::Error::new(Refused(format!(
-                    "the master at {} refused this client: {}",
-                    conn.remote_address(),
-                    wasmos_net::describe(&reason)
-                )))
-            }
-            Some(reason) => anyhow!(
+            Some(reason) if wasmos_net::is_refusal(&reason) => ClientError::Refused(format!(
+                "the master at {} refused this client: {}",
+                conn.remote_address(),
+                wasmos_net::describe(&reason)
+            )),
+            Some(reason) => ClientError::Lost(format!(
                 "lost the connection to the master at {}: {}",
                 conn.remote_address(),
                 wasmos_net::describe(&reason)
-            ),
-            None => anyhow!("talking to the master: {e}"),
+            )),
+            None => ClientError::Lost(format!("talking to the master: {e}")),
         }
     }
 
@@ -316,7 +332,7 @@ impl Client {
 
     async fn next(&self, recv: &mut wasmos_net::RecvStream) -> Result<ClientResponse> {
         match self.next_answer(recv).await? {
-            ClientResponse::Error { message, .. } => bail!("{message}"),
+            ClientResponse::Error { kind, message } => Err(ClientError::Rejected { kind, message }),
             r => Ok(r),
         }
     }
@@ -333,7 +349,7 @@ impl Client {
     /// Sends one request and returns its single answer; errors from the master become errors.
     /// A redirect to the leader is followed.
     pub async fn request(&self, req: ClientRequest) -> Result<ClientResponse> {
-        let req = Self::wrap(req);
+        let req = self.wrap(req);
         // Asking again changes nothing for these, so a master lost mid-request (the leader
         // died) is retried at the next leader instead of failing the command.
         let again =
@@ -341,9 +357,11 @@ impl Client {
         let deadline = tokio::time::Instant::now() + SUBMIT_RETRY;
         loop {
             match self.request_raw(&req).await {
-                Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
+                Ok(ClientResponse::Error { kind, message }) => {
+                    return Err(ClientError::Rejected { kind, message });
+                }
                 Ok(answer) => return Ok(answer),
-                Err(e) if again && retryable(&e) && tokio::time::Instant::now() < deadline => {
+                Err(e) if again && e.retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::info!("request failed ({e:#}); asking the leader again");
                     tokio::time::sleep(ELECTION_WAIT).await;
                     if let Err(e) = self.reconnect().await {
@@ -355,11 +373,10 @@ impl Client {
         }
     }
 
-    fn no_leader(&self) -> anyhow::Error {
-        anyhow!(
-            "no leader: the masters did not agree on one in time (last asked: {}); an election may be under way, or a majority of masters is down",
-            self.conn().remote_address()
-        )
+    fn no_leader(&self) -> ClientError {
+        ClientError::NoLeader {
+            last: self.conn().remote_address(),
+        }
     }
 
     /// Uploads a blob unless the master already holds one with the same content hash.
@@ -384,7 +401,7 @@ impl Client {
                 Ok(Some(())) => return Ok((hash, true)),
                 Ok(None) => continue,
                 Err(Upload::Refused(e)) => return Err(e),
-                Err(Upload::Lost(e)) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                Err(Upload::Lost(e)) if e.retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::info!("upload failed ({e:#}); sending it to the leader again");
                     tokio::time::sleep(ELECTION_WAIT).await;
                     if let Err(e) = self.reconnect().await {
@@ -397,7 +414,11 @@ impl Client {
     }
 
     /// One upload attempt: `Some` when stored, `None` after following a redirect.
-    async fn push_once(&self, req: &ClientRequest, bytes: &[u8]) -> Result<Option<()>, Upload> {
+    async fn push_once(
+        &self,
+        req: &ClientRequest,
+        bytes: &[u8],
+    ) -> std::result::Result<Option<()>, Upload> {
         let (mut send, mut recv) = self.open(req).await.map_err(Upload::Lost)?;
         // A master that refuses the upload (not the leader, too large) answers and stops the
         // stream: its answer says more than the failed write.
@@ -409,12 +430,10 @@ impl Client {
                 Ok(None)
             }
             Ok(Some(ClientResponse::Ok)) if written.is_ok() => Ok(Some(())),
-            Ok(Some(ClientResponse::Error { message, .. })) => {
-                Err(Upload::Refused(anyhow!("{message}")))
+            Ok(Some(ClientResponse::Error { kind, message })) => {
+                Err(Upload::Refused(ClientError::Rejected { kind, message }))
             }
-            Ok(Some(other)) => Err(Upload::Refused(anyhow!(
-                "unexpected answer to upload: {other:?}"
-            ))),
+            Ok(Some(other)) => Err(Upload::Refused(ClientError::unexpected("an upload", other))),
             Ok(None) => Err(Upload::Lost(
                 self.fail("the master closed the stream without answering"),
             )),
@@ -438,18 +457,24 @@ impl Client {
                 Ok(ClientResponse::Error {
                     kind: ErrorKind::Unavailable,
                     message,
-                }) => anyhow!("{message}"),
-                Ok(ClientResponse::Error { message, .. }) => bail!("{message}"),
-                Ok(other) => bail!("unexpected answer to submit: {other:?}"),
-                Err(e) if !retryable(&e) => return Err(e),
+                }) => ClientError::Rejected {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                },
+                Ok(ClientResponse::Error { kind, message }) => {
+                    return Err(ClientError::Rejected { kind, message });
+                }
+                Ok(other) => return Err(ClientError::unexpected("a submission", other)),
+                Err(e) if !e.retryable() => return Err(e),
                 Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(failure.context(format!(
-                    "the submission was not acknowledged within {SUBMIT_RETRY:?}"
-                )));
+                return Err(ClientError::NotAcknowledged {
+                    after: SUBMIT_RETRY,
+                    last: Box::new(failure),
+                });
             }
-            tracing::info!("submission not acknowledged ({failure:#}); sending it again");
+            tracing::info!("submission not acknowledged ({failure}); sending it again");
             tokio::time::sleep(ELECTION_WAIT).await;
             if let Err(e) = self.reconnect().await {
                 tracing::info!("finding the leader again: {e:#}");
@@ -477,7 +502,7 @@ impl Client {
 
     /// A blob's bytes (a task's output file), checked against its hash.
     pub async fn get_blob(&self, hash: &BundleHash) -> Result<Vec<u8>> {
-        let req = Self::wrap(ClientRequest::GetBlob { hash: hash.clone() });
+        let req = self.wrap(ClientRequest::GetBlob { hash: hash.clone() });
         for _ in 0..MAX_REDIRECTS {
             let (mut send, mut recv) = self.open(&req).await?;
             let _ = send.finish();
@@ -490,14 +515,15 @@ impl Client {
                         .map_err(|e| self.fail(e))?;
                     let got = hex::encode(sha2::Sha256::digest(&bytes));
                     if bytes.len() as u64 != size || got != hash.as_str() {
-                        bail!(
-                            "blob {hash} arrived damaged ({} bytes, sha256 {got})",
-                            bytes.len()
-                        );
+                        return Err(ClientError::Damaged {
+                            hash: hash.to_string(),
+                            got_bytes: bytes.len(),
+                            got_hash: got,
+                        });
                     }
                     return Ok(bytes);
                 }
-                other => bail!("unexpected answer to a blob download: {other:?}"),
+                other => return Err(ClientError::unexpected("a blob download", other)),
             }
         }
         Err(self.no_leader())
@@ -511,28 +537,29 @@ impl Client {
         follow: bool,
         sink: impl FnMut(OutputStream, &[u8]),
     ) -> Result<Option<TaskInfo>> {
-        self.stream_output(id, follow, false, sink).await
+        self.stream_output(id, follow, None::<fn(&str)>, sink).await
     }
 
     /// Follows a task's output until it ends (`wasmos run`). If the tenant already follows as
-    /// many logs as it may, waits for the task to end and then prints its output, instead of
-    /// failing for a task already submitted.
+    /// many logs as it may, tells `notice` why, waits for the task to end and then passes its
+    /// output, instead of failing for a task already submitted.
     pub async fn follow_to_end(
         &self,
         id: TaskId,
         sink: impl FnMut(OutputStream, &[u8]),
+        notice: impl FnOnce(&str),
     ) -> Result<Option<TaskInfo>> {
-        self.stream_output(id, true, true, sink).await
+        self.stream_output(id, true, Some(notice), sink).await
     }
 
     async fn stream_output(
         &self,
         id: TaskId,
         follow: bool,
-        or_wait: bool,
+        mut or_wait: Option<impl FnOnce(&str)>,
         mut sink: impl FnMut(OutputStream, &[u8]),
     ) -> Result<Option<TaskInfo>> {
-        let mut req = Self::wrap(ClientRequest::WatchTask { id, follow });
+        let mut req = self.wrap(ClientRequest::WatchTask { id, follow });
         let mut redirects = 0;
         let (mut send, mut recv) = self.open(&req).await?;
         let _ = send.finish();
@@ -553,15 +580,21 @@ impl Client {
                 ClientResponse::Error {
                     kind: ErrorKind::TooManyFollows,
                     message,
-                } if or_wait && ended.is_none() => {
-                    eprintln!("wasmos: {message}; printing the output of {id} when it ends");
+                } if or_wait.is_some() && ended.is_none() => {
+                    if let Some(notice) = or_wait.take() {
+                        notice(&format!(
+                            "{message}; printing the output of {id} when it ends"
+                        ));
+                    }
                     ended = Some(self.wait_until_ended(id).await?);
-                    req = Self::wrap(ClientRequest::WatchTask { id, follow: false });
+                    req = self.wrap(ClientRequest::WatchTask { id, follow: false });
                     (send, recv) = self.open(&req).await?;
                     let _ = send.finish();
                 }
-                ClientResponse::Error { message, .. } => bail!("{message}"),
-                other => bail!("unexpected answer while watching: {other:?}"),
+                ClientResponse::Error { kind, message } => {
+                    return Err(ClientError::Rejected { kind, message });
+                }
+                other => return Err(ClientError::unexpected("a watch", other)),
             }
         }
     }
@@ -572,11 +605,12 @@ impl Client {
             match self.request(ClientRequest::GetTask { id }).await? {
                 ClientResponse::Task(info) if info.status.state.is_terminal() => return Ok(*info),
                 ClientResponse::Task(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-                other => bail!("unexpected answer to task show: {other:?}"),
+                other => return Err(ClientError::unexpected("task show", other)),
             }
         }
     }
 
+    /// Closes the connection, giving the close a moment to reach the master.
     pub async fn close(self) {
         self.conn().close(0u32.into(), b"done");
         // Long enough for the endpoint's driver to put CONNECTION_CLOSE on the socket (a local

@@ -1,0 +1,286 @@
+//! `wasmos agent` (run one) and `wasmos agent list`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use wasmos_proto::{ClientRequest, ClientResponse};
+
+use crate::args::{TlsArgs, key_values, parse_reservation, with_scalars};
+use crate::connect::Target;
+use crate::output::{Format, OutputArg, print_json};
+use crate::output::{list_or_dash, now_ms};
+use crate::{roles, wait_for_ctrl_c};
+use std::net::SocketAddr;
+use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu};
+
+#[derive(Subcommand)]
+pub(crate) enum AgentCmd {
+    List(OutputArg),
+}
+
+#[derive(Args)]
+pub(crate) struct AgentArgs {
+    /// The master's address; for a multi-master group, every master's, comma-separated (the
+    /// agent finds the leader and follows it).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
+    pub(crate) master: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    /// CPU to offer [default: all cores]
+    #[arg(long)]
+    pub(crate) cpu: Option<String>,
+    #[arg(long, default_value = "2GiB")]
+    pub(crate) mem: String,
+    #[arg(long, default_value = "1GiB")]
+    pub(crate) disk: String,
+    /// A custom resource to offer, NAME=AMOUNT, e.g. gpu=2 (repeatable). Tasks ask for it with
+    /// `wasmos run --resource`.
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    pub(crate) resource: Vec<String>,
+    /// Reserve part of this agent for a role, ROLE:RESOURCES, e.g. `team-a:cpu=1,mem=1GiB`
+    /// (repeatable): only that role and roles under it are offered it.
+    #[arg(long, value_name = "ROLE:RESOURCES")]
+    pub(crate) reserve: Vec<String>,
+    /// Bundle cache and local state [default: per-user data dir]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// Extra attribute to advertise, KEY=VALUE (repeatable).
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    pub(crate) attrs: Vec<String>,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ExecArgs {
+    /// Keep each task's directory (scratch space, inputs) on the agent after it ends, for
+    /// debugging; they are under the agent's work directory, in tasks/.
+    #[arg(long)]
+    pub(crate) keep_task_dirs: bool,
+    /// How agents measure the CPU tasks use: the thread CPU clock (cpu-time), or fuel, which
+    /// counts wasm operators deterministically but slows tasks down.
+    #[arg(long, value_enum, default_value_t = MeteringArg::CpuTime)]
+    pub(crate) metering: MeteringArg,
+    /// With --metering fuel: fuel per core-second, instead of measuring it at start.
+    #[arg(long, value_name = "N")]
+    pub(crate) fuel_rate: Option<u64>,
+    /// Most tasks running at once on an agent: instance slots of wasmtime's pooling allocator
+    /// (faster launches), reserved up front. 0 allocates per task, without a cap.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) max_tasks: u32,
+    /// Memory one component's compilation may use (it runs in a child process).
+    #[arg(long, default_value = "2GiB")]
+    pub(crate) compile_memory: String,
+    /// How long one component's compilation may take.
+    #[arg(long, default_value = "60s")]
+    pub(crate) compile_timeout: humantime::Duration,
+    /// Let tasks on this agent reach CIDR[:PORT[-PORT]] although it is protected (loopback,
+    /// link-local, multicast, this host's addresses), if their grants name it (repeatable).
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub(crate) egress_allow: Vec<String>,
+    /// Keep tasks on this agent from CIDR[:PORT[-PORT]] whatever they were granted
+    /// (repeatable; tried after the --egress-allow rules).
+    #[arg(long, value_name = "CIDR[:PORTS]")]
+    pub(crate) egress_deny: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum MeteringArg {
+    CpuTime,
+    Fuel,
+}
+
+impl ExecArgs {
+    /// The same settings as `wasmos agent` arguments (for the agents `wasmos dev` starts).
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--metering".to_string(),
+            match self.metering {
+                MeteringArg::CpuTime => "cpu-time".to_string(),
+                MeteringArg::Fuel => "fuel".to_string(),
+            },
+            "--max-tasks".to_string(),
+            self.max_tasks.to_string(),
+            "--compile-memory".to_string(),
+            self.compile_memory.clone(),
+            "--compile-timeout".to_string(),
+            self.compile_timeout.to_string(),
+        ];
+        if let Some(rate) = self.fuel_rate {
+            args.extend(["--fuel-rate".to_string(), rate.to_string()]);
+        }
+        if self.keep_task_dirs {
+            args.push("--keep-task-dirs".to_string());
+        }
+        for r in &self.egress_allow {
+            args.extend(["--egress-allow".to_string(), r.clone()]);
+        }
+        for r in &self.egress_deny {
+            args.extend(["--egress-deny".to_string(), r.clone()]);
+        }
+        args
+    }
+
+    pub(crate) fn egress(&self) -> Result<Vec<wasmos_proto::EgressRule>> {
+        roles::egress_rules(&self.egress_allow, &self.egress_deny)
+    }
+
+    pub(crate) fn config(&self) -> Result<wasmos_exec::ExecConfig> {
+        let metering = match (self.metering, self.fuel_rate) {
+            (MeteringArg::CpuTime, Some(_)) => bail!("--fuel-rate needs --metering fuel"),
+            (MeteringArg::CpuTime, None) => wasmos_exec::Metering::CpuTime,
+            (MeteringArg::Fuel, Some(0)) => bail!("--fuel-rate must be above 0"),
+            (MeteringArg::Fuel, rate) => wasmos_exec::Metering::Fuel {
+                per_core_second: rate,
+            },
+        };
+        let program = std::env::current_exe()
+            .context("cannot find this program's path to start compile workers")?;
+        Ok(wasmos_exec::ExecConfig {
+            metering,
+            compile_timeout: self.compile_timeout.into(),
+            pool: (self.max_tasks > 0).then_some(self.max_tasks),
+            compile_worker: Some(wasmos_exec::CompileWorker {
+                program,
+                args: vec!["compile-worker".into()],
+                max_memory_bytes: parse_bytes(&self.compile_memory)?,
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+/// Tasks hold host descriptors (files, sockets), up to a cap each, so an agent needs more than
+/// the usual soft limit of 1024: raise it to the hard limit.
+pub(crate) fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+}
+
+pub(crate) async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
+    let list = args.master.ok_or_else(|| anyhow!("--master is required"))?;
+    let masters: Vec<SocketAddr> = list
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse()
+                .map_err(|_| anyhow!("--master: `{m}` is not HOST:PORT"))
+        })
+        .collect::<Result<_>>()?;
+    let Some((&master, others)) = masters.split_first() else {
+        bail!("--master is required");
+    };
+    let creds = args.tls.credentials()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpu = match &args.cpu {
+        Some(c) => parse_cpu(c)?,
+        None => cores * 1000,
+    };
+    let mut attributes = wasmos_agent::default_attributes();
+    attributes.extend(key_values(&args.attrs, "attribute")?);
+    let work_dir = match args.work_dir {
+        Some(d) => d,
+        None => wasmos_client::default_data_dir()?.with_file_name("agent"),
+    };
+    let cfg = wasmos_agent::AgentConfig {
+        master,
+        other_masters: others.to_vec(),
+        resources: with_scalars(
+            Resources::new(cpu, parse_bytes(&args.mem)?, parse_bytes(&args.disk)?),
+            &args.resource,
+            "--resource",
+        )?,
+        attributes,
+        reserved: args
+            .reserve
+            .iter()
+            .map(|r| parse_reservation(r, "--reserve"))
+            .collect::<Result<_>>()?,
+        work_dir,
+        exec: args.exec.config()?,
+        keep_task_dirs: args.exec.keep_task_dirs,
+        egress: args.exec.egress()?,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
+    wait_for_ctrl_c().await;
+    let _ = tx.send(true);
+    agent.await.context("agent task")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCode> {
+    let ClientResponse::Agents(agents) = target.ask(ClientRequest::ListAgents).await? else {
+        bail!("unexpected answer to agent list");
+    };
+    match format {
+        Format::Json => print_json(&agents)?,
+        Format::Table => {
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = agents
+                .iter()
+                .map(|a| {
+                    let attrs: Vec<String> = a
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    vec![
+                        a.id.to_string(),
+                        match a.state {
+                            AgentState::Active => "active".into(),
+                            AgentState::Disconnected => "disconnected".into(),
+                        },
+                        format!(
+                            "{}/{}",
+                            format_cpu(a.used.cpu_millis),
+                            format_cpu(a.total.cpu_millis)
+                        ),
+                        format!(
+                            "{}/{}",
+                            format_bytes(a.used.mem_bytes),
+                            format_bytes(a.total.mem_bytes)
+                        ),
+                        roles::short(&a.offered),
+                        list_or_dash(
+                            a.reserved
+                                .iter()
+                                .map(|(role, r)| format!("{role}: {}", roles::short(r))),
+                        ),
+                        roles::short(&a.revocable),
+                        crate::output::age(now, a.last_seen_ms),
+                        match a.fuel_per_core_second {
+                            0 => "cpu-time".to_string(),
+                            rate => format!("fuel {:.2e}/s", rate as f64),
+                        },
+                        attrs.join(","),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                crate::output::render(
+                    &[
+                        "ID",
+                        "STATE",
+                        "CPU",
+                        "MEM",
+                        "OFFERED",
+                        "RESERVED",
+                        "REVOCABLE",
+                        "SEEN",
+                        "METERING",
+                        "ATTRIBUTES"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
