@@ -129,6 +129,12 @@ fn submit_rate(masters: u32, n: usize) -> f64 {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = g.json(&["task", "show", "t-1", "-o", "json"]).unwrap();
     let spec: TaskSpec = serde_json::from_value(shown["spec"].clone()).unwrap();
+    // Every submission waits, so the role's ceiling on tasks not yet ended must admit them all.
+    let ceiling = (n + 10).to_string();
+    let out = g
+        .cli(&["role", "set", "default", "--max-tasks", &ceiling])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let master = if masters == 1 {
         g.master_addr()
     } else {
@@ -323,14 +329,16 @@ fn agent_density() {
                     &pki(&format!("agent-{i}.key")),
                     "--work-dir",
                     &dir.join(format!("a{i}")).display().to_string(),
+                    // Room for one more than its share: the first real run, and a minimum offer
+                    // (10m, 32 MiB) so the last task is offered wherever it lands.
                     "--cpu",
-                    &format!("{per_agent}m"),
+                    &format!("{}m", per_agent + 10),
                     "--mem",
-                    &format!("{}MiB", per_agent * 4),
+                    &format!("{}MiB", per_agent * 4 + 32),
                     "--disk",
-                    &format!("{per_agent}MiB"),
+                    &format!("{}MiB", per_agent + 32),
                     "--max-tasks",
-                    &per_agent.to_string(),
+                    &(per_agent + 1).to_string(),
                 ],
                 &dir.join(format!("agent-{i}.log")),
             )
@@ -386,6 +394,9 @@ fn agent_density() {
     spec.resources.cpu_millis = 1;
     spec.resources.mem_bytes = 4 << 20;
     spec.resources.disk_bytes = 1 << 20;
+    // The role's ceiling on tasks not yet ended (10,000 by default) must admit them all.
+    let out = cli(&["role", "set", "default", "--max-tasks", &(n + 10).to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let started = Instant::now();
     tokio::runtime::Runtime::new()
         .unwrap()
