@@ -395,7 +395,13 @@ fn agent_density() {
     spec.resources.mem_bytes = 4 << 20;
     spec.resources.disk_bytes = 1 << 20;
     // The role's ceiling on tasks not yet ended (10,000 by default) must admit them all.
-    let out = cli(&["role", "set", "default", "--max-tasks", &(n + 10).to_string()]);
+    let out = cli(&[
+        "role",
+        "set",
+        "default",
+        "--max-tasks",
+        &(n + 10).to_string(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let started = Instant::now();
     tokio::runtime::Runtime::new()

@@ -83,7 +83,11 @@ pub(crate) async fn store_blob(
         })
         .await
     {
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::TooLarge, why),
+        // Past the storage quota: too large for what the tenant may keep.
+        Ok(CommandResult::Rejected(why @ wasmos_state::Rejection::OverLimit(_))) => {
+            error(ErrorKind::TooLarge, why.to_string())
+        }
+        Ok(CommandResult::Rejected(why)) => error(why.error_kind(), why.to_string()),
         Ok(_) => Ok(()),
         Err(e) => Err(StoreFailure::Raft(e)),
     }

@@ -18,7 +18,7 @@ use crate::admission::Kind;
 use crate::blobs::{StoreFailure, store_blob};
 use crate::offers::{Event, Snapshot};
 use crate::policy::{resolve_role, role_visible, shown, task_visible, validate_spec};
-use crate::replies::{error, fit_page, raft_error};
+use crate::replies::{error, fit_page, raft_error, rejected};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
@@ -325,7 +325,7 @@ async fn submit(
             // The state machine checks it again; checked here too so that a spec over the
             // ceilings (a 15 MiB argument list) never takes a place in the raft log.
             if let Err(e) = shared.read(|s| s.check_spec_ceilings(&spec, &role)) {
-                return error(ErrorKind::InvalidRequest, e);
+                return rejected(e);
             }
             spec.role = Some(role.to_string());
         }
@@ -349,7 +349,7 @@ async fn submit(
             shared.offer_event(Event::Submitted(id));
             ClientResponse::Submitted { id }
         }
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(CommandResult::Rejected(why)) => rejected(why),
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }
@@ -462,7 +462,7 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
         record.egress = e;
     }
     match shared.write(Command::SetRole { role, record }).await {
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(CommandResult::Rejected(why)) => rejected(why),
         Ok(_) => {
             shared.offer_event(Event::RolesChanged);
             ClientResponse::Ok
@@ -525,7 +525,7 @@ async fn remove_reservation(
             shared.offer_event(Event::ReservationsChanged(agent));
             ClientResponse::Unreserved { removed, held }
         }
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::NotFound, why),
+        Ok(CommandResult::Rejected(why)) => rejected(why),
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }

@@ -17,7 +17,7 @@ use wasmos_state::{Command, CommandResult, FrameworkRecord};
 use crate::admission::Kind;
 use crate::offers::{BUILTIN_OWNER, Event};
 use crate::policy::resolve_role;
-use crate::replies::{error, raft_error};
+use crate::replies::{error, raft_error, rejected};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
@@ -305,7 +305,7 @@ pub(crate) async fn subscribe(
         .map_err(NotRecorded)?;
     match result {
         CommandResult::Framework(id) => Ok((id, role.to_string(), timeout)),
-        CommandResult::Rejected(why) => Err(Refused(why)),
+        CommandResult::Rejected(why) => Err(Refused(why.to_string())),
         other => Err(Refused(format!("cannot record the framework: {other:?}"))),
     }
 }
@@ -492,7 +492,7 @@ pub(crate) async fn teardown(shared: &Shared, who: &Identity, id: FrameworkId) -
     let checked = shared.read(|s| {
         let unknown = || format!("unknown framework {id}");
         let f = s.frameworks.get(&id).filter(|f| visible(who, f)).ok_or_else(unknown)?;
-        s.live_framework(id)?;
+        s.live_framework(id).map_err(|e| e.to_string())?;
         if f.owner == BUILTIN_OWNER {
             return Err(format!(
                 "framework {id} is the master's own, for `wasmos run` tasks of role {}: kill those tasks instead",
@@ -521,7 +521,7 @@ pub(crate) async fn teardown(shared: &Shared, who: &Identity, id: FrameworkId) -
         now_ms: now_ms(),
     };
     match shared.write(cmd).await {
-        Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+        Ok(CommandResult::Rejected(why)) => rejected(why),
         Ok(_) => {
             shared.offer_event(Event::FrameworkRemoved(id));
             ClientResponse::Ok

@@ -307,7 +307,7 @@ pub(crate) async fn answer(
             };
             match shared.write(cmd).await {
                 Ok(CommandResult::Job(id)) => ClientResponse::JobSubmitted { id },
-                Ok(CommandResult::Rejected(why)) => error(ErrorKind::InvalidRequest, why),
+                Ok(CommandResult::Rejected(why)) => crate::replies::rejected(why),
                 Ok(other) => error(ErrorKind::Internal, format!("{other:?}")),
                 Err(e) => crate::replies::raft_error(shared, e),
             }
@@ -384,14 +384,14 @@ pub(crate) async fn answer(
 }
 
 async fn write_event(shared: &Shared, job: JobId, event: JobEvent) -> wasmos_proto::ClientResponse {
-    use wasmos_proto::{ClientResponse, ErrorKind};
+    use wasmos_proto::ClientResponse;
     let cmd = Command::Job {
         job,
         event,
         now_ms: now_ms(),
     };
     match shared.write(cmd).await {
-        Ok(CommandResult::Rejected(why)) => crate::replies::error(ErrorKind::InvalidRequest, why),
+        Ok(CommandResult::Rejected(why)) => crate::replies::rejected(why),
         Ok(_) => ClientResponse::Ok,
         Err(e) => crate::replies::raft_error(shared, e),
     }

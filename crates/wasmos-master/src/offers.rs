@@ -627,7 +627,7 @@ impl<E: Env> Cycle<E> {
         if let Err(message) = self.env.read(|s| s.live_framework(id).map(|_| ())) {
             let _ = tx.send(FrameworkEvent::Error {
                 request: None,
-                message,
+                message: message.to_string(),
             });
             return;
         }
@@ -1153,7 +1153,7 @@ impl<E: Env> Cycle<E> {
                 }
                 return;
             }
-            Ok(CommandResult::Rejected(why)) => why,
+            Ok(CommandResult::Rejected(why)) => why.to_string(),
             Ok(other) => format!("{other:?}"),
             Err(e) => format!("the launch could not be recorded: {e}"),
         };

@@ -13,6 +13,11 @@ pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> ClientRespon
     }
 }
 
+/// A command the state machine refused, answered with the error kind its rejection names.
+pub(crate) fn rejected(why: wasmos_state::Rejection) -> ClientResponse {
+    error(why.error_kind(), why.to_string())
+}
+
 /// A raft failure as the client sees it: a redirect when another master leads.
 pub(crate) fn raft_error(shared: &Shared, e: wasmos_raft::RaftError) -> ClientResponse {
     match e {

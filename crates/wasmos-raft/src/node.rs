@@ -786,9 +786,11 @@ async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver
                         let r = match (span.nested, part) {
                             (true, Some(part)) => CommandResult::Batch(part.to_vec()),
                             (false, Some([one])) => one.clone(),
-                            _ => CommandResult::Rejected(
+                            // Cannot happen (the state machine answers every command of a
+                            // batch); if it did, the command is refused, not guessed at.
+                            _ => CommandResult::Rejected(wasmos_state::Rejection::Invalid(
                                 "the batch lost this command's result".to_string(),
-                            ),
+                            )),
                         };
                         let _ = span.waiter.send(Ok(r));
                     }

@@ -3,10 +3,12 @@
 //! (agents, bundles, tasks and their final states) lives here.
 
 mod apply;
+mod rejection;
 mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use rejection::Rejection;
 pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
 pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 
@@ -343,7 +345,7 @@ pub enum CommandResult {
         held: Resources,
     },
     /// The command was refused; the state is unchanged. A domain answer, not a failure.
-    Rejected(String),
+    Rejected(Rejection),
 }
 
 impl ClusterState {
@@ -416,9 +418,9 @@ impl ClusterState {
                 cmds.into_iter()
                     .map(|cmd| match cmd {
                         // One level only: a batch is the unit of one raft entry, not a tree.
-                        Command::Batch(_) => {
-                            CommandResult::Rejected("a batch may not contain a batch".into())
-                        }
+                        Command::Batch(_) => CommandResult::Rejected(Rejection::Invalid(
+                            "a batch may not contain a batch".to_string(),
+                        )),
                         cmd => self.apply(cmd),
                     })
                     .collect(),
@@ -449,9 +451,9 @@ impl ClusterState {
             .and_then(|r| r.get(role))
             .cloned()
         else {
-            return CommandResult::Rejected(format!(
+            return CommandResult::Rejected(Rejection::NotFound(format!(
                 "role {role} holds no dynamic reservation on agent {agent}"
-            ));
+            )));
         };
         let mut held = Resources::default();
         for id in self.live_tasks_on(agent) {
@@ -578,12 +580,12 @@ impl ClusterState {
         agent: &AgentId,
         reservations: &[ReservationOp],
         tasks: &[LaunchTask],
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejection> {
         let fw = self.live_framework(framework)?;
         let record = self
             .agents
             .get(agent)
-            .ok_or_else(|| format!("unknown agent {agent}"))?;
+            .ok_or_else(|| Rejection::NotFound(format!("unknown agent {agent}")))?;
         let mut reserved = self.reserved_on(agent);
         let mut dynamic = self.reservations.get(agent).cloned().unwrap_or_default();
         let mut held = self.held_on(agent);
@@ -592,10 +594,10 @@ impl ClusterState {
             match op {
                 ReservationOp::Reserve { role, resources } => {
                     if !role.is_within(&fw.role) {
-                        return Err(format!(
+                        return Err(Rejection::Invalid(format!(
                             "framework {framework} of role {} cannot reserve for role {role}",
                             fw.role
-                        ));
+                        )));
                     }
                     self.check_reservation(role, resources, &earlier)?;
                     earlier.push((role.clone(), resources.clone()));
@@ -607,9 +609,9 @@ impl ClusterState {
                 ReservationOp::Unreserve { role, resources } => {
                     let d = dynamic.get(role).cloned().unwrap_or_default();
                     if !resources.fits_in(&d) {
-                        return Err(format!(
+                        return Err(Rejection::Conflict(format!(
                             "cannot unreserve {resources} of role {role} on {agent}: only {d} is dynamically reserved"
-                        ));
+                        )));
                     }
                     if let Some(e) = reserved.get_mut(role) {
                         *e = e.saturating_sub(resources);
@@ -624,7 +626,7 @@ impl ClusterState {
         let mut created = 0;
         for t in tasks {
             if !ids.insert(t.id) {
-                return Err(format!("task {} appears twice", t.id));
+                return Err(Rejection::Conflict(format!("task {} appears twice", t.id)));
             }
             let resources = match (&t.spec, self.tasks.get(&t.id)) {
                 (None, Some(info))
@@ -632,14 +634,21 @@ impl ClusterState {
                 {
                     &info.spec.resources
                 }
-                (None, Some(_)) => return Err(format!("task {} is already placed", t.id)),
-                (None, None) => return Err(format!("unknown task {}", t.id)),
-                (Some(_), Some(_)) => return Err(format!("task {} already exists", t.id)),
+                (None, Some(_)) => {
+                    return Err(Rejection::Conflict(format!(
+                        "task {} is already placed",
+                        t.id
+                    )));
+                }
+                (None, None) => return Err(Rejection::NotFound(format!("unknown task {}", t.id))),
+                (Some(_), Some(_)) => {
+                    return Err(Rejection::Conflict(format!("task {} already exists", t.id)));
+                }
                 (Some(spec), None) => {
                     self.check_blobs(spec, &fw.owner)?;
                     check_sealed(spec)?;
                     let role = match &spec.role {
-                        Some(r) => Role::new(r).map_err(|e| e.to_string())?,
+                        Some(r) => Role::new(r).map_err(|e| Rejection::Invalid(e.to_string()))?,
                         None => fw.role.clone(),
                     };
                     self.check_ceilings(spec, &role, created)?;
@@ -648,11 +657,11 @@ impl ClusterState {
                 }
             };
             if &t.charge.total() != resources {
-                return Err(format!(
+                return Err(Rejection::Conflict(format!(
                     "task {} is charged {} but needs {resources}",
                     t.id,
                     t.charge.total()
-                ));
+                )));
             }
             let task_role = match (&t.spec, self.tasks.get(&t.id)) {
                 (Some(spec), _) => spec.role.clone(),
@@ -662,10 +671,10 @@ impl ClusterState {
             .unwrap_or_else(|| fw.role.to_string());
             for role in t.charge.reserved.keys() {
                 if !Role::new(&task_role).is_ok_and(|r| r.is_within(role)) {
-                    return Err(format!(
+                    return Err(Rejection::Invalid(format!(
                         "task {} of role {task_role} cannot use resources reserved for {role}",
                         t.id
-                    ));
+                    )));
                 }
             }
             held.add(&t.charge);
@@ -674,31 +683,31 @@ impl ClusterState {
             .values()
             .fold(Resources::default(), |acc, r| acc.saturating_add(r));
         if !all_reserved.fits_in(&record.total) {
-            return Err(format!(
+            return Err(Rejection::OverLimit(format!(
                 "agent {agent} would have {all_reserved} reserved but has {}",
                 record.total
-            ));
+            )));
         }
         let unreserved = record.total.saturating_sub(&all_reserved);
         if !held.unreserved.fits_in(&unreserved) {
-            return Err(format!(
+            return Err(Rejection::OverLimit(format!(
                 "agent {agent} has {unreserved} unreserved; its tasks would hold {}",
                 held.unreserved
-            ));
+            )));
         }
         for (role, r) in &held.reserved {
             let have = reserved.get(role).cloned().unwrap_or_default();
             if !r.fits_in(&have) {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "agent {agent} has {have} reserved for {role}; its tasks would hold {r}"
-                ));
+                )));
             }
         }
         if !held.revocable.fits_in(&record.total) {
-            return Err(format!(
+            return Err(Rejection::OverLimit(format!(
                 "agent {agent} has {}; its best-effort tasks would hold {}",
                 record.total, held.revocable
-            ));
+            )));
         }
         Ok(())
     }
@@ -800,12 +809,12 @@ impl ClusterState {
     }
 
     /// The framework, if it exists and has not been removed.
-    pub fn live_framework(&self, id: FrameworkId) -> Result<&FrameworkRecord, String> {
+    pub fn live_framework(&self, id: FrameworkId) -> Result<&FrameworkRecord, Rejection> {
         match self.frameworks.get(&id) {
-            None => Err(format!("unknown framework {id}")),
-            Some(f) if f.removed_ms.is_some() => Err(format!(
+            None => Err(Rejection::NotFound(format!("unknown framework {id}"))),
+            Some(f) if f.removed_ms.is_some() => Err(Rejection::NotFound(format!(
                 "framework {id} was removed (torn down, or away longer than its failover timeout)"
-            )),
+            ))),
             Some(f) => Ok(f),
         }
     }
@@ -860,13 +869,16 @@ pub fn spec_blobs(spec: &TaskSpec) -> impl Iterator<Item = &BundleHash> {
 }
 
 /// The replicated state never holds a secret in plain text.
-fn check_sealed(spec: &TaskSpec) -> Result<(), String> {
+fn check_sealed(spec: &TaskSpec) -> Result<(), Rejection> {
     match spec
         .secret_env
         .iter()
         .find(|s| !matches!(s.value, wasmos_proto::SecretValue::Sealed(_)))
     {
-        Some(s) => Err(format!("secret {} was not sealed by the master", s.name)),
+        Some(s) => Err(Rejection::Invalid(format!(
+            "secret {} was not sealed by the master",
+            s.name
+        ))),
         None => Ok(()),
     }
 }

@@ -11,7 +11,7 @@ use wasmos_proto::{
     TaskSpec,
 };
 
-use crate::{ClusterState, Command};
+use crate::{ClusterState, Command, Rejection};
 
 /// The tenant an owner URI (`wasmos://tenant/<tenant>/<user>`) belongs to. Owners that are not
 /// tenants (operators, the master's own frameworks) are not confined: `None`.
@@ -48,9 +48,12 @@ impl ClusterState {
     /// Every blob a spec names must be one its owner may read. A blob the owner may not read
     /// gets the same answer as one that does not exist, so no answer tells a tenant what
     /// others hold.
-    pub(crate) fn check_blobs(&self, spec: &TaskSpec, owner: &str) -> Result<(), String> {
+    pub(crate) fn check_blobs(&self, spec: &TaskSpec, owner: &str) -> Result<(), Rejection> {
         if !self.may_read(owner, &spec.bundle) {
-            return Err(format!("bundle {} has not been uploaded", spec.bundle));
+            return Err(Rejection::NotFound(format!(
+                "bundle {} has not been uploaded",
+                spec.bundle
+            )));
         }
         let named = spec
             .stdin
@@ -60,7 +63,9 @@ impl ClusterState {
             .chain(spec.inputs.iter().map(|i| ("input blob", &i.blob)));
         for (what, hash) in named {
             if !self.may_read(owner, hash) {
-                return Err(format!("{what} {hash} has not been uploaded"));
+                return Err(Rejection::NotFound(format!(
+                    "{what} {hash} has not been uploaded"
+                )));
             }
         }
         Ok(())
@@ -93,21 +98,21 @@ impl ClusterState {
         spec: &TaskSpec,
         role: &Role,
         extra: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejection> {
         self.check_spec_ceilings(spec, role)?;
         for (scope, c) in self.ceilings_for(role) {
             let (live, roles) = self.live_in(&scope);
             let live = live + extra;
             if live >= c.tasks {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "role {scope} has {live} tasks not yet ended, its ceiling; wait for some to end"
-                ));
+                )));
             }
             if !roles.contains(role) && roles.len() as u64 >= c.sub_roles {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "role {scope} already uses {} roles, its ceiling; use one of them",
                     roles.len()
-                ));
+                )));
             }
         }
         Ok(())
@@ -115,28 +120,28 @@ impl ClusterState {
 
     /// What one spec may ask for under the ceilings of `role` and the roles above it (no
     /// counts: a job's specs are checked at submission, its tasks when launched).
-    pub fn check_spec_ceilings(&self, spec: &TaskSpec, role: &Role) -> Result<(), String> {
+    pub fn check_spec_ceilings(&self, spec: &TaskSpec, role: &Role) -> Result<(), Rejection> {
         for (scope, c) in self.ceilings_for(role) {
             if spec.timeout_ms > c.timeout_ms {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "timeout {} is over role {scope}'s ceiling of {}",
                     wasmos_proto::format_duration_ms(spec.timeout_ms),
                     wasmos_proto::format_duration_ms(c.timeout_ms)
-                ));
+                )));
             }
             if spec.max_output_bytes > c.output_bytes {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "output cap {} per stream is over role {scope}'s ceiling of {}",
                     wasmos_proto::format_bytes(spec.max_output_bytes),
                     wasmos_proto::format_bytes(c.output_bytes)
-                ));
+                )));
             }
             let bytes = spec_bytes(spec);
             if bytes > c.spec_bytes {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "arguments and environment take {} bytes, over role {scope}'s ceiling of {}",
                     bytes, c.spec_bytes
-                ));
+                )));
             }
         }
         Ok(())
@@ -159,7 +164,7 @@ impl ClusterState {
     }
 
     /// A new framework (or job) of `role` against the frameworks ceilings above it.
-    pub(crate) fn check_framework_ceiling(&self, role: &Role) -> Result<(), String> {
+    pub(crate) fn check_framework_ceiling(&self, role: &Role) -> Result<(), Rejection> {
         for (scope, c) in self.ceilings_for(role) {
             let frameworks = self
                 .frameworks
@@ -173,10 +178,10 @@ impl ClusterState {
                 .filter(|j| j.role.is_within(&scope))
                 .count() as u64;
             if frameworks + jobs >= c.frameworks {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "role {scope} has {} frameworks and jobs, its ceiling; end one first",
                     frameworks + jobs
-                ));
+                )));
             }
         }
         Ok(())
@@ -250,7 +255,7 @@ impl ClusterState {
         role: &Role,
         adding: &Resources,
         earlier: &[(Role, Resources)],
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejection> {
         for scope in role.self_and_ancestors() {
             let Ok(scope) = Role::new(scope) else {
                 continue;
@@ -275,9 +280,9 @@ impl ClusterState {
                 })
                 .saturating_add(adding);
             if !after.fits_in(&allowance) {
-                return Err(format!(
+                return Err(Rejection::OverLimit(format!(
                     "role {scope} may hold at most {allowance} in dynamic reservations (its guarantee, or the allowance operators set); {after} would be over it"
-                ));
+                )));
             }
         }
         Ok(())

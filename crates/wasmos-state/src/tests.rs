@@ -70,7 +70,10 @@ fn submit_requires_an_uploaded_bundle() {
         now_ms: 0,
         key: None,
     });
-    assert!(matches!(r, CommandResult::Rejected(_)));
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::NotFound(_))),
+        "{r:?}"
+    );
     assert!(s.tasks.is_empty());
 }
 
@@ -86,8 +89,14 @@ fn assignment_respects_free_resources() {
         now_ms: 3,
     };
     assert_eq!(s.apply(assign(t1)), CommandResult::Ok);
-    assert!(matches!(s.apply(assign(t2)), CommandResult::Rejected(_)));
-    assert!(matches!(s.apply(assign(t1)), CommandResult::Rejected(_)));
+    assert!(matches!(
+        s.apply(assign(t2)),
+        CommandResult::Rejected(Rejection::OverLimit(_))
+    ));
+    assert!(matches!(
+        s.apply(assign(t1)),
+        CommandResult::Rejected(Rejection::Conflict(_))
+    ));
     assert_eq!(s.tasks.values().filter(|t| t.agent.is_none()).count(), 1);
 }
 
@@ -163,7 +172,7 @@ fn re_registering_loses_tasks_the_agent_no_longer_runs() {
 
 fn assert_rejected(r: &CommandResult, says: &str) {
     assert!(
-        matches!(r, CommandResult::Rejected(m) if m.contains(says)),
+        matches!(r, CommandResult::Rejected(m) if m.message().contains(says)),
         "expected a refusal saying `{says}`, got {r:?}"
     );
 }
@@ -676,7 +685,7 @@ fn a_blob_is_read_only_by_tenants_that_uploaded_or_produced_it() {
     let theirs = submit_as(&mut s, BOB, tenant_spec(&private, "evil"));
     let none = submit_as(&mut s, BOB, tenant_spec(&nowhere, "evil"));
     let text = |r: &CommandResult, h: &BundleHash| match r {
-        CommandResult::Rejected(m) => m.replace(h.as_str(), "HASH"),
+        CommandResult::Rejected(m) => m.message().replace(h.as_str(), "HASH"),
         other => panic!("not refused: {other:?}"),
     };
     assert_eq!(text(&theirs, &private), text(&none, &nowhere));
@@ -1023,7 +1032,10 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
         "only the first registration under the job's name is the job's"
     );
     assert!(
-        matches!(submit(&mut s), CommandResult::Rejected(_)),
+        matches!(
+            submit(&mut s),
+            CommandResult::Rejected(Rejection::OverLimit(_))
+        ),
         "a second job is over it"
     );
 }
@@ -1062,7 +1074,7 @@ fn several_reserves_in_one_launch_count_together_against_the_allowance() {
     // Each fits alone; together they are over the allowance, and nothing is reserved.
     let r = launch(&mut s, vec![reserve(600), reserve(600)]);
     assert!(
-        matches!(r, CommandResult::Rejected(ref why) if why.contains("at most")),
+        matches!(r, CommandResult::Rejected(Rejection::OverLimit(ref why)) if why.contains("at most")),
         "{r:?}"
     );
     assert!(s.reservations.is_empty());
@@ -1117,4 +1129,29 @@ fn operators_remove_reservations_but_not_what_tasks_hold() {
         }),
         "holds no dynamic reservation",
     );
+}
+
+/// Each kind of refusal is told apart, and answered with the error kind it deserves.
+#[test]
+fn rejections_are_typed_by_kind() {
+    let mut s = ClusterState::default();
+    let unknown = s.apply(Command::SetStatus {
+        task: TaskId(42),
+        status: TaskStatus::new(TaskState::Running),
+        now_ms: 1,
+    });
+    let CommandResult::Rejected(why) = unknown else {
+        panic!("{unknown:?}");
+    };
+    assert_eq!(why, Rejection::NotFound("unknown task t-42".into()));
+    assert_eq!(why.error_kind(), wasmos_proto::ErrorKind::NotFound);
+    let nested = s.apply(Command::Batch(vec![Command::Batch(vec![])]));
+    assert!(
+        matches!(&nested, CommandResult::Batch(r) if matches!(r[..], [CommandResult::Rejected(Rejection::Invalid(_))])),
+        "{nested:?}"
+    );
+    let over = Rejection::OverLimit("role r has 3 tasks".into()).within("group `g`");
+    assert_eq!(over.message(), "group `g`: role r has 3 tasks");
+    assert_eq!(over.error_kind(), wasmos_proto::ErrorKind::InvalidRequest);
+    assert_eq!(over.to_string(), over.message());
 }

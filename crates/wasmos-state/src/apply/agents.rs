@@ -57,19 +57,25 @@ impl ClusterState {
                 now_ms,
             } => {
                 let Some(record) = self.agents.get(&agent) else {
-                    return CommandResult::Rejected(format!("unknown agent {agent}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown agent {agent}"
+                    )));
                 };
                 let free = record.total.saturating_sub(&self.used_on(&agent));
                 let Some(info) = self.tasks.get_mut(&task) else {
-                    return CommandResult::Rejected(format!("unknown task {task}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown task {task}"
+                    )));
                 };
                 if info.agent.is_some() || info.status.state != TaskState::Staging {
-                    return CommandResult::Rejected(format!("task {task} is already placed"));
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
+                        "task {task} is already placed"
+                    )));
                 }
                 if !info.spec.resources.fits_in(&free) {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::OverLimit(format!(
                         "task {task} does not fit on agent {agent}"
-                    ));
+                    )));
                 }
                 info.agent = Some(agent);
                 info.updated_ms = now_ms;
@@ -81,32 +87,37 @@ impl ClusterState {
                 now_ms,
             } => {
                 let Some(record) = self.agents.get_mut(&agent) else {
-                    return CommandResult::Rejected(format!("unknown agent {agent}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown agent {agent}"
+                    )));
                 };
                 if update.seq <= record.last_status_seq {
                     return CommandResult::Duplicate;
                 }
                 record.last_status_seq = update.seq;
                 let Some(info) = self.tasks.get_mut(&update.task) else {
-                    return CommandResult::Rejected(format!("unknown task {}", update.task));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown task {}",
+                        update.task
+                    )));
                 };
                 if info.agent.as_ref() != Some(&agent) {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
                         "task {} is not on agent {agent}",
                         update.task
-                    ));
+                    )));
                 }
                 if info.status.state.is_terminal() {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
                         "task {} already ended as {}",
                         update.task, info.status.state
-                    ));
+                    )));
                 }
                 if update.status.state.step() < info.status.state.step() {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
                         "task {} is {}; it cannot go back to {}",
                         update.task, info.status.state, update.status.state
-                    ));
+                    )));
                 }
                 info.status = update.status;
                 info.updated_ms = now_ms;
@@ -141,7 +152,9 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }

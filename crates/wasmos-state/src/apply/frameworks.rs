@@ -57,12 +57,14 @@ impl ClusterState {
                 update,
             } => {
                 let Some(info) = self.tasks.get_mut(&task) else {
-                    return CommandResult::Rejected(format!("unknown task {task}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown task {task}"
+                    )));
                 };
                 if info.framework != Some(framework) {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
                         "task {task} is not framework {framework}'s"
-                    ));
+                    )));
                 }
                 if update <= info.acked_seq {
                     return CommandResult::Duplicate;
@@ -92,7 +94,9 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }

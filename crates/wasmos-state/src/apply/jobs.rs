@@ -12,7 +12,7 @@ impl ClusterState {
                 now_ms,
             } => {
                 if let Err(why) = spec.check() {
-                    return CommandResult::Rejected(why);
+                    return CommandResult::Rejected(Rejection::Invalid(why));
                 }
                 if let Err(why) = self.check_framework_ceiling(&role) {
                     return CommandResult::Rejected(why);
@@ -23,14 +23,14 @@ impl ClusterState {
                         .and_then(|()| self.check_spec_ceilings(&g.task, &role))
                         .and_then(|()| check_sealed(&g.task));
                     if let Err(why) = checked {
-                        return CommandResult::Rejected(format!("group `{}`: {why}", g.name));
+                        return CommandResult::Rejected(why.within(&format!("group `{}`", g.name)));
                     }
                     for input in g.inputs.iter().flatten() {
                         if !self.may_read(&owner, &input.blob) {
-                            return CommandResult::Rejected(format!(
+                            return CommandResult::Rejected(Rejection::NotFound(format!(
                                 "group `{}`: input blob {} has not been uploaded",
                                 g.name, input.blob
-                            ));
+                            )));
                         }
                     }
                 }
@@ -56,10 +56,14 @@ impl ClusterState {
             }
             Command::Job { job, event, now_ms } => {
                 let Some(record) = self.jobs.get_mut(&job) else {
-                    return CommandResult::Rejected(format!("unknown job {job}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown job {job}"
+                    )));
                 };
                 if record.state.is_terminal() {
-                    return CommandResult::Rejected(format!("job {job} has ended"));
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
+                        "job {job} has ended"
+                    )));
                 }
                 match event {
                     JobEvent::Framework(fw) => record.framework = Some(fw),
@@ -86,17 +90,17 @@ impl ClusterState {
                     }
                     JobEvent::Scaled { group, count } => {
                         if count == 0 || count > wasmos_proto::MAX_GROUP_COUNT {
-                            return CommandResult::Rejected(format!(
+                            return CommandResult::Rejected(Rejection::Invalid(format!(
                                 "count must be 1 to {}",
                                 wasmos_proto::MAX_GROUP_COUNT
-                            ));
+                            )));
                         }
                         match record.spec.groups.iter_mut().find(|g| g.name == group) {
                             Some(g) => g.count = count,
                             None => {
-                                return CommandResult::Rejected(format!(
+                                return CommandResult::Rejected(Rejection::NotFound(format!(
                                     "job {job} has no group `{group}`"
-                                ));
+                                )));
                             }
                         }
                     }
@@ -107,7 +111,9 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }

@@ -7,7 +7,9 @@ impl ClusterState {
         match cmd {
             Command::SetRole { role, record } => {
                 if record.weight_milli == 0 {
-                    return CommandResult::Rejected(format!("role {role}: weight must be > 0"));
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
+                        "role {role}: weight must be > 0"
+                    )));
                 }
                 let quota = wasmos_alloc::Quota {
                     guarantee: record.guarantee.clone(),
@@ -16,16 +18,18 @@ impl ClusterState {
                 if let Some(limit) = &record.limit
                     && !quota.guarantee_within_limit()
                 {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::OverLimit(format!(
                         "role {role}: guarantee {} exceeds limit {limit}",
                         record.guarantee
-                    ));
+                    )));
                 }
                 self.roles.insert(role, record);
                 CommandResult::Ok
             }
             Command::RemoveReservation { agent, role } => self.remove_reservation(&agent, &role),
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }

@@ -19,12 +19,12 @@ impl ClusterState {
                         .get(&hash)
                         .is_none_or(|b| !b.readers.contains(tenant));
                     if adds && held.saturating_add(size) > quota {
-                        return CommandResult::Rejected(format!(
+                        return CommandResult::Rejected(Rejection::OverLimit(format!(
                             "tenant {tenant} stores {} of its {} storage quota; {} more does not fit (wait for retention to collect what ended, or ask an operator for more)",
                             wasmos_proto::format_bytes(held),
                             wasmos_proto::format_bytes(quota),
                             wasmos_proto::format_bytes(size)
-                        ));
+                        )));
                     }
                 }
                 let meta = self.bundles.entry(hash).or_insert(BundleMeta {
@@ -47,7 +47,9 @@ impl ClusterState {
                 self.forget_submissions(now_ms);
                 self.collect(before_ms, keep)
             }
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }

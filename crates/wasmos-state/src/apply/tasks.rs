@@ -23,7 +23,9 @@ impl ClusterState {
                 if let Some(role) = &spec.role {
                     let role = match Role::new(role) {
                         Ok(r) => r,
-                        Err(e) => return CommandResult::Rejected(e.to_string()),
+                        Err(e) => {
+                            return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
+                        }
                     };
                     if let Err(why) = self.check_ceilings(&spec, &role, 0) {
                         return CommandResult::Rejected(why);
@@ -34,7 +36,9 @@ impl ClusterState {
                 }
                 let id = match id {
                     Some(id) if self.tasks.contains_key(&id) => {
-                        return CommandResult::Rejected(format!("task {id} already exists"));
+                        return CommandResult::Rejected(Rejection::Conflict(format!(
+                            "task {id} already exists"
+                        )));
                     }
                     Some(id) => id,
                     None => TaskId(self.next_task_id + 1),
@@ -54,13 +58,15 @@ impl ClusterState {
                 now_ms,
             } => {
                 let Some(info) = self.tasks.get_mut(&task) else {
-                    return CommandResult::Rejected(format!("unknown task {task}"));
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown task {task}"
+                    )));
                 };
                 if info.status.state.is_terminal() {
-                    return CommandResult::Rejected(format!(
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
                         "task {task} already ended as {}",
                         info.status.state
-                    ));
+                    )));
                 }
                 info.status = status;
                 info.updated_ms = now_ms;
@@ -83,7 +89,9 @@ impl ClusterState {
                     CommandResult::Ok
                 }
             },
-            other => CommandResult::Rejected(format!("not a command of this family: {other:?}")),
+            other => CommandResult::Rejected(Rejection::Invalid(format!(
+                "not a command of this family: {other:?}"
+            ))),
         }
     }
 }
