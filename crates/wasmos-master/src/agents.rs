@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use wasmos_alloc::Role;
 use wasmos_net::{Connection, recv_frame, send_frame};
-use wasmos_proto::{AgentId, AgentToMaster, MasterToAgent, Resources, StatusUpdate};
+use wasmos_proto::{
+    AgentId, AgentToMaster, MasterToAgent, OutputStream, Resources, StatusUpdate, TaskId,
+};
 use wasmos_state::{Command, CommandResult};
 
 use crate::offers::Event;
@@ -222,6 +224,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         pending,
     ));
 
+    let (received, to_store) = mpsc::channel(OUTPUT_QUEUE);
+    let storer = tokio::spawn(store_outputs(
+        shared.clone(),
+        agent.clone(),
+        to_store,
+        statuses,
+    ));
+
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
             Ok(Some(AgentToMaster::Heartbeat { usage })) => {
@@ -230,43 +240,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
-                // Recorded in order by the recorder, many to a raft write.
-                let _ = statuses.send(update);
+                // Recorded in order by the recorder, many to a raft write, once the output
+                // that came before it is stored: a watcher that sees the task end has all
+                // of its output to read.
+                if received.send(Received::Status(update)).await.is_err() {
+                    tracing::error!(%agent, "the output store stopped; status left unacknowledged");
+                }
             }
             Ok(Some(AgentToMaster::Output { task, stream, data })) => {
-                let cap = shared.read(|s| {
-                    s.tasks
-                        .get(&task)
-                        .filter(|t| t.agent.as_ref() == Some(&agent))
-                        // Two streams, each with its truncation marker.
-                        .map(|t| {
-                            let cap = t
-                                .spec
-                                .max_output_bytes
-                                .saturating_mul(2)
-                                .saturating_add(OUTPUT_SLACK);
-                            let tenant = wasmos_state::tenant_of(&t.owner).map(str::to_string);
-                            (cap, tenant)
-                        })
-                });
-                match cap {
-                    Some((cap, tenant)) if shared.logs.len(task) < cap => {
-                        // A tenant at its storage quota keeps running, but its output is no
-                        // longer stored: the master's disk is not its to fill.
-                        let full = tenant.as_deref().is_some_and(|t| {
-                            let (held, quota) = shared.storage_of(t, true);
-                            held >= quota
-                        });
-                        if full {
-                            tracing::debug!(%task, "tenant at its storage quota: output dropped");
-                        } else if let Err(e) =
-                            shared.logs.append(task, tenant.as_deref(), stream, &data)
-                        {
-                            tracing::error!(%task, "cannot store output: {e}");
-                        }
-                    }
-                    Some(_) => {}
-                    None => tracing::warn!(%agent, %task, "output for a task not on this agent"),
+                // Stored by the output task, off this loop: a slow disk (a file created per
+                // task) must not hold up heartbeats, statuses or the runtime's other work. A
+                // full queue slows this agent's stream down, as a slow disk did before.
+                if received
+                    .send(Received::Output(task, stream, data))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(%agent, "the output store stopped; output dropped");
                 }
             }
             Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
@@ -280,6 +270,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     }
     writer.abort();
     fetcher.abort();
+    // What was received is stored: the store ends once the queue is empty.
+    drop(received);
+    drop(storer);
     // What it had not recorded yet is unacknowledged: the agent sends it again.
     recorder.abort();
     let mut agents = shared.agents();
@@ -414,6 +407,98 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         }
     }
     sent.get(results.len().checked_sub(1)?).map(|(seq, _)| *seq)
+}
+
+/// Output chunks and statuses waiting to be stored, per agent session.
+const OUTPUT_QUEUE: usize = 1024;
+
+/// What the agent session hands to its output store, in the order the agent sent it.
+enum Received {
+    Output(TaskId, OutputStream, Vec<u8>),
+    Status(StatusUpdate),
+}
+/// Most chunks stored by one hand-off to a blocking thread.
+const OUTPUT_BATCH: usize = 256;
+
+/// Stores an agent's task output in the order it came, in batches on the blocking pool (file
+/// creation and appends are disk work, and disk work on the runtime's few threads stalls
+/// raft), and passes statuses on to the recorder only once the output before them is stored.
+async fn store_outputs(
+    shared: Arc<Shared>,
+    agent: AgentId,
+    mut queue: mpsc::Receiver<Received>,
+    statuses: mpsc::UnboundedSender<StatusUpdate>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < OUTPUT_BATCH
+            && let Ok(more) = queue.try_recv()
+        {
+            batch.push(more);
+        }
+        let mut chunks = Vec::new();
+        let mut updates = Vec::new();
+        for item in batch {
+            match item {
+                Received::Output(task, stream, data) => chunks.push((task, stream, data)),
+                Received::Status(update) => updates.push(update),
+            }
+        }
+        if !chunks.is_empty() {
+            let (shared, agent) = (shared.clone(), agent.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                for (task, stream, data) in chunks {
+                    store_output(&shared, &agent, task, stream, &data);
+                }
+            })
+            .await;
+            if let Err(e) = stored {
+                tracing::error!("storing task output failed: {e}");
+                return;
+            }
+        }
+        for update in updates {
+            if statuses.send(update).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Appends one chunk to its task's log, within the task's cap and its tenant's storage quota.
+fn store_output(shared: &Shared, agent: &AgentId, task: TaskId, stream: OutputStream, data: &[u8]) {
+    let cap = shared.read(|s| {
+        s.tasks
+            .get(&task)
+            .filter(|t| t.agent.as_ref() == Some(agent))
+            // Two streams, each with its truncation marker.
+            .map(|t| {
+                let cap = t
+                    .spec
+                    .max_output_bytes
+                    .saturating_mul(2)
+                    .saturating_add(OUTPUT_SLACK);
+                let tenant = wasmos_state::tenant_of(&t.owner).map(str::to_string);
+                (cap, tenant)
+            })
+    });
+    match cap {
+        Some((cap, tenant)) if shared.logs.len(task) < cap => {
+            // A tenant at its storage quota keeps running, but its output is no
+            // longer stored: the master's disk is not its to fill.
+            let full = tenant.as_deref().is_some_and(|t| {
+                let (held, quota) = shared.storage_of(t, true);
+                held >= quota
+            });
+            if full {
+                tracing::debug!(%task, "tenant at its storage quota: output dropped");
+            } else if let Err(e) = shared.logs.append(task, tenant.as_deref(), stream, data) {
+                tracing::error!(%task, "cannot store output: {e}");
+            }
+        }
+        Some(_) => {}
+        None => tracing::warn!(%agent, %task, "output for a task not on this agent"),
+    }
 }
 
 async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
