@@ -1,6 +1,8 @@
-//! Framework sessions on `wasmos-framework/1`: subscription (a new framework is recorded
-//! through Raft; a returning one must be the same identity), then calls in and events out on
-//! one stream. The offer cycle does the work; this module only carries messages.
+//! Framework sessions: one [`FrameworkSession`] type for every front end (QUIC
+//! `wasmos-framework/1`, the HTTPS/JSON API, the in-leader job host), with one id space and
+//! typed subscription errors. Subscription records a new framework through Raft (a returning
+//! one must be the same identity); then calls go in and events come out. The offer cycle does
+//! the work; this module only carries messages.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,18 +48,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             return;
         }
     };
-    // Only the leader offers: anywhere else the framework would wait for nothing.
-    if let Err(wasmos_raft::RaftError::NotLeader { .. }) = shared.raft.leader_applied().await {
-        let (_, addr) = shared.raft.leader_addr();
-        refuse_and_close(send, FrameworkEvent::NotLeader { addr }).await;
-        return;
-    }
     let owner = who.to_uri();
-    let subscribed = match admit_subscription(&shared, &who).await {
-        Ok(()) => subscribe(&shared, &who, &owner, sub).await,
-        Err(why) => Err(SubscribeError::Refused(why)),
-    };
-    let subscribed = match subscribed {
+    let session = match FrameworkSession::open(&shared, &who, sub, Front::Quic).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%owner, "framework not subscribed: {e}");
@@ -65,30 +57,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             return;
         }
     };
-    let (id, role, failover_timeout_ms) = subscribed;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let heartbeat = shared.cfg.framework_heartbeat;
-    let hello = FrameworkEvent::Subscribed {
-        framework: id,
-        role: role.clone(),
-        heartbeat_interval_ms: heartbeat.as_millis() as u64,
-        failover_timeout_ms,
-    };
-    if send_frame(&mut send, &hello).await.is_err() {
-        return;
-    }
-    let conn_id = new_session();
-    shared.offer_event(Event::FrameworkUp {
-        id,
-        conn: conn_id,
-        tx,
-    });
-    tracing::info!(framework = %id, %role, %owner, "framework subscribed");
+    let id = session.id();
+    let caller = session.caller();
+    let heartbeat = session.heartbeat();
     let mut writer = tokio::spawn(async move {
+        let mut session = session;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
             let ev = tokio::select! {
-                ev = rx.recv() => match ev {
+                ev = session.next() => match ev {
                     Some(ev) => ev,
                     // The offer cycle let go of this framework (torn down, or this master
                     // stopped leading): the stream ends.
@@ -101,6 +78,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             }
         }
         let _ = send.finish();
+        // Dropping the session here tells the offer cycle the framework is gone.
     });
     loop {
         // The session ends with its event stream (torn down, removed, or leadership lost):
@@ -113,18 +91,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             Ok(Some(FrameworkCall::Subscribe { .. })) => {
                 tracing::warn!(framework = %id, "framework subscribed twice on one stream");
             }
+            // A flood of calls holds back this stream only; other tenants' calls are not
+            // queued behind it.
             Ok(Some(call)) => {
-                // A flood of calls holds back this stream only; other tenants' calls are not
-                // queued behind it.
-                shared
-                    .admission
-                    .pace_caller(&shared.cfg.tenancy, &who, Kind::FrameworkCalls)
-                    .await;
-                shared.offer_event(Event::FrameworkCall {
-                    id,
-                    conn: conn_id,
-                    call,
-                })
+                if let Err(why) = caller.call(call).await {
+                    tracing::warn!(framework = %id, "framework call dropped: {why}");
+                }
             }
             Ok(None) => break,
             Err(_) if wasmos_net::closed_on_purpose(&conn) => break,
@@ -134,8 +106,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
             }
         }
     }
+    // Ends the session (if the writer still held it): the offer cycle hears it is gone.
     writer.abort();
-    shared.offer_event(Event::FrameworkDown { id, conn: conn_id });
+    let _ = writer.await;
     tracing::info!(framework = %id, "framework disconnected");
 }
 
@@ -235,7 +208,7 @@ async fn admit_subscription(shared: &Shared, who: &Identity) -> Result<(), Strin
 
 /// Registers a new framework, or checks that a returning one is the caller's (and records a
 /// new failover timeout if it asks for one). Returns its id, role and failover timeout.
-pub(crate) async fn subscribe(
+async fn subscribe(
     shared: &Shared,
     who: &Identity,
     owner: &str,
@@ -310,8 +283,20 @@ pub(crate) async fn subscribe(
     }
 }
 
-/// Framework sessions for other front ends (the HTTPS/JSON API): subscribe as a QUIC framework
-/// would, then pass calls in and read events out.
+/// Which front end a framework session came in by: it decides how its subscription and calls
+/// wait for their tenant's turn and whether its stream carries heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// A QUIC stream (`wasmos-framework/1`): calls wait their turn, never dropped.
+    Quic,
+    /// The HTTPS/JSON API: a call whose tenant's line is too long is refused, saying so (the
+    /// caller gets an HTTP answer for each call).
+    Https,
+    /// The leader's job host, in-process: not charged, no heartbeats.
+    JobHost,
+}
+
+/// The framework front ends' entry point (the HTTPS/JSON API holds one).
 #[derive(Clone)]
 pub struct Frameworks {
     pub(crate) shared: Arc<Shared>,
@@ -323,104 +308,124 @@ impl std::fmt::Debug for Frameworks {
     }
 }
 
-/// An open subscription; dropping it disconnects the framework (its failover timeout starts).
+/// One subscribed framework, whichever front end it came by (QUIC, HTTPS or the in-leader job
+/// host): the single session type. Events come out of [`FrameworkSession::next`], calls go in
+/// through its [`Caller`]; dropping it disconnects the framework (its failover timeout starts).
 pub struct FrameworkSession {
-    id: FrameworkId,
-    conn: usize,
+    caller: Caller,
     heartbeat: std::time::Duration,
     first: Option<FrameworkEvent>,
     events: mpsc::UnboundedReceiver<FrameworkEvent>,
+}
+
+/// How calls reach the offer cycle for one session; cloned freely, it outlives nothing.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    id: FrameworkId,
+    conn: usize,
+    who: Identity,
+    front: Front,
     shared: Arc<Shared>,
 }
 
-impl Frameworks {
-    /// Subscribes with a `Subscribe` call; a refusal is the event to show (`NotLeader` or
-    /// `Error`).
-    pub async fn subscribe(
-        &self,
-        who: &Identity,
-        call: FrameworkCall,
-    ) -> Result<FrameworkSession, FrameworkEvent> {
-        let refuse = |message: String| FrameworkEvent::Error {
-            request: None,
-            message,
-        };
-        let Ok(sub) = Subscription::from_call(call) else {
-            return Err(refuse("the first call must be Subscribe".into()));
-        };
-        let shared = &self.shared;
-        if let Err(wasmos_raft::RaftError::NotLeader { .. }) = shared.raft.leader_applied().await {
-            let (_, addr) = shared.raft.leader_addr();
-            return Err(FrameworkEvent::NotLeader { addr });
+impl Caller {
+    /// Passes a call to the offer cycle once it is its tenant's turn (see [`Front`]); a
+    /// `Subscribe` within a session is ignored.
+    pub(crate) async fn call(&self, call: FrameworkCall) -> Result<(), String> {
+        let (cfg, admission) = (&self.shared.cfg.tenancy, &self.shared.admission);
+        match self.front {
+            Front::Quic => {
+                admission
+                    .pace_caller(cfg, &self.who, Kind::FrameworkCalls)
+                    .await
+            }
+            Front::Https => {
+                admission
+                    .admit_caller(cfg, &self.who, Kind::FrameworkCalls)
+                    .await?
+            }
+            Front::JobHost => {}
         }
-        admit_subscription(shared, who).await.map_err(refuse)?;
-        let (id, role, failover_timeout_ms) = subscribe(shared, who, &who.to_uri(), sub)
-            .await
-            .map_err(|e| e.event(shared))?;
-        let (tx, events) = mpsc::unbounded_channel();
-        let conn = new_session();
-        let heartbeat = shared.cfg.framework_heartbeat;
-        shared.offer_event(Event::FrameworkUp { id, conn, tx });
-        tracing::info!(framework = %id, %role, owner = %who, "framework subscribed over HTTPS");
-        Ok(FrameworkSession {
-            id,
-            conn,
-            heartbeat,
-            first: Some(FrameworkEvent::Subscribed {
-                framework: id,
-                role,
-                heartbeat_interval_ms: heartbeat.as_millis() as u64,
-                failover_timeout_ms,
-            }),
-            events,
-            shared: shared.clone(),
-        })
-    }
-
-    /// A call of subscribed framework `id` (its session's owner, `who`, checked by the
-    /// caller): taken once it is `who`'s tenant's turn, or refused, saying so, when that
-    /// tenant's line of framework calls is more than a few seconds long.
-    pub async fn call(
-        &self,
-        who: &Identity,
-        id: FrameworkId,
-        conn: usize,
-        call: FrameworkCall,
-    ) -> Result<(), String> {
-        let cfg = &self.shared.cfg.tenancy;
-        let admission = &self.shared.admission;
-        admission
-            .admit_caller(cfg, who, Kind::FrameworkCalls)
-            .await?;
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
-            self.shared
-                .offer_event(Event::FrameworkCall { id, conn, call });
+            self.shared.offer_event(Event::FrameworkCall {
+                id: self.id,
+                conn: self.conn,
+                call,
+            });
         }
         Ok(())
     }
 }
 
-impl std::fmt::Debug for FrameworkSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameworkSession")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl FrameworkSession {
+    /// Subscribes `sub` for `who`: only at the leader, after the tenant's turn for a write
+    /// (the job host's are not charged), recording a new framework or checking a returning
+    /// one; then hands the session's event channel to the offer cycle.
+    pub(crate) async fn open(
+        shared: &Arc<Shared>,
+        who: &Identity,
+        sub: Subscription,
+        front: Front,
+    ) -> Result<FrameworkSession, SubscribeError> {
+        // Only the leader offers: anywhere else the framework would wait for nothing.
+        if let Err(e @ wasmos_raft::RaftError::NotLeader { .. }) =
+            shared.raft.leader_applied().await
+        {
+            return Err(SubscribeError::NotRecorded(e));
+        }
+        if front != Front::JobHost {
+            admit_subscription(shared, who)
+                .await
+                .map_err(SubscribeError::Refused)?;
+        }
+        let owner = who.to_uri();
+        let (id, role, failover_timeout_ms) = subscribe(shared, who, &owner, sub).await?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let conn = new_session();
+        let heartbeat = shared.cfg.framework_heartbeat;
+        shared.offer_event(Event::FrameworkUp { id, conn, tx });
+        tracing::info!(framework = %id, %role, %owner, ?front, "framework subscribed");
+        Ok(FrameworkSession {
+            caller: Caller {
+                id,
+                conn,
+                who: who.clone(),
+                front,
+                shared: shared.clone(),
+            },
+            heartbeat,
+            first: Some(FrameworkEvent::Subscribed {
+                framework: id,
+                role,
+                // In-process frameworks hear no heartbeats: they cannot lose the master.
+                heartbeat_interval_ms: if front == Front::JobHost {
+                    0
+                } else {
+                    heartbeat.as_millis() as u64
+                },
+                failover_timeout_ms,
+            }),
+            events,
+        })
+    }
+
     pub fn id(&self) -> FrameworkId {
-        self.id
+        self.caller.id
     }
 
     /// The session's connection id, which its calls carry.
     pub fn conn(&self) -> usize {
-        self.conn
+        self.caller.conn
     }
 
     /// How often an idle stream should carry a heartbeat.
     pub fn heartbeat(&self) -> std::time::Duration {
         self.heartbeat
+    }
+
+    /// Where this session's calls go in.
+    pub(crate) fn caller(&self) -> Caller {
+        self.caller.clone()
     }
 
     /// The next event; `None` once the master let go of the framework (torn down, or this
@@ -431,13 +436,67 @@ impl FrameworkSession {
         }
         self.events.recv().await
     }
+
+    /// The next event if one is waiting.
+    pub(crate) fn try_next(&mut self) -> Option<FrameworkEvent> {
+        self.first.take().or_else(|| self.events.try_recv().ok())
+    }
+}
+
+impl Frameworks {
+    /// Subscribes with a `Subscribe` call over HTTPS; a refusal is the event to show
+    /// (`NotLeader` or `Error`).
+    pub async fn subscribe(
+        &self,
+        who: &Identity,
+        call: FrameworkCall,
+    ) -> Result<FrameworkSession, FrameworkEvent> {
+        let Ok(sub) = Subscription::from_call(call) else {
+            return Err(FrameworkEvent::Error {
+                request: None,
+                message: "the first call must be Subscribe".into(),
+            });
+        };
+        FrameworkSession::open(&self.shared, who, sub, Front::Https)
+            .await
+            .map_err(|e| e.event(&self.shared))
+    }
+
+    /// A call of subscribed framework `id` over HTTPS (its session's owner, `who`, checked by
+    /// the caller): taken once it is `who`'s tenant's turn, or refused, saying so, when that
+    /// tenant's line of framework calls is more than a few seconds long.
+    pub async fn call(
+        &self,
+        who: &Identity,
+        id: FrameworkId,
+        conn: usize,
+        call: FrameworkCall,
+    ) -> Result<(), String> {
+        let caller = Caller {
+            id,
+            conn,
+            who: who.clone(),
+            front: Front::Https,
+            shared: self.shared.clone(),
+        };
+        caller.call(call).await
+    }
+}
+
+impl std::fmt::Debug for FrameworkSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameworkSession")
+            .field("id", &self.caller.id)
+            .field("front", &self.caller.front)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for FrameworkSession {
     fn drop(&mut self) {
-        self.shared.offer_event(Event::FrameworkDown {
-            id: self.id,
-            conn: self.conn,
+        self.caller.shared.offer_event(Event::FrameworkDown {
+            id: self.caller.id,
+            conn: self.caller.conn,
         });
     }
 }

@@ -9,15 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wasmos_jobs::{JobFramework, Progress};
 use wasmos_net::Identity;
-use wasmos_proto::{FrameworkCall, FrameworkEvent, JobEvent, JobId, JobInfo, JobState};
+use wasmos_proto::{FrameworkCall, JobEvent, JobId, JobInfo, JobState};
 use wasmos_sdk::{Action, Driver, Options};
 use wasmos_state::{Command, CommandResult, JobRecord};
 
-use crate::frameworks::{SubscribeError, Subscription, subscribe};
+use crate::frameworks::{FrameworkSession, Front, SubscribeError, Subscription};
 use crate::offers::Event;
 use crate::{Shared, now_ms};
 
@@ -164,12 +163,9 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         ..Options::new(format!("{job} ({})", rec.spec.name))
     };
     let mut driver = Driver::new(fw, options);
-    let conn = crate::frameworks::new_session();
-    // The sender goes to the offer cycle once subscribed: when the cycle lets go of the
-    // framework, the channel closes and this runner ends.
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut tx = Some(tx);
-    let mut id = None;
+    // The job's framework session, once subscribed: when the offer cycle lets go of the
+    // framework, its events end and this runner ends.
+    let mut session: Option<FrameworkSession> = None;
     let mut poll = tokio::time::interval(POLL);
     let mut counts: BTreeMap<String, u32> = rec
         .spec
@@ -190,20 +186,11 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                     let Ok(sub) = Subscription::from_call(call) else {
                         break 'run;
                     };
-                    match subscribe(&shared, &who, &rec.owner, sub).await {
-                        Ok((fw, role, timeout)) => {
-                            let Some(tx) = tx.take() else {
-                                break 'run;
-                            };
-                            id = Some(fw);
-                            let _ = tx.send(FrameworkEvent::Subscribed {
-                                framework: fw,
-                                role,
-                                heartbeat_interval_ms: 0,
-                                failover_timeout_ms: timeout,
-                            });
-                            shared.offer_event(Event::FrameworkUp { id: fw, conn, tx });
-                        }
+                    if session.is_some() {
+                        break 'run;
+                    }
+                    match FrameworkSession::open(&shared, &who, sub, Front::JobHost).await {
+                        Ok(s) => session = Some(s),
                         // Not recorded for now (no quorum, a failover): the next runner tries
                         // again.
                         Err(e @ SubscribeError::NotRecorded(_)) => {
@@ -219,24 +206,32 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                     }
                 }
                 Action::Send(call) => {
-                    if let Some(fw) = id {
-                        shared.offer_event(Event::FrameworkCall { id: fw, conn, call });
+                    if let Some(s) = &session {
+                        // The job host's calls are not charged: this cannot fail.
+                        let _ = s.caller().call(call).await;
                     }
                 }
                 // Leadership moved (the new leader runs the job) or the job ended.
                 Action::Reconnect { .. } | Action::Finished | Action::Failed(_) => break 'run,
             }
         }
+        let event = async {
+            match session.as_mut() {
+                Some(s) => s.next().await,
+                // Not subscribed yet: only the poll moves things on.
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
-            ev = rx.recv() => match ev {
+            ev = event => match ev {
                 Some(ev) => {
                     // Everything already queued is handled before anything is recorded, so
                     // a burst of updates costs one write.
                     let mut next = driver.event(ev, now_ms());
                     for _ in 1..MAX_EVENTS_PER_WRITE {
-                        match rx.try_recv() {
-                            Ok(ev) => next.extend(driver.event(ev, now_ms())),
-                            Err(_) => break,
+                        match session.as_mut().and_then(FrameworkSession::try_next) {
+                            Some(ev) => next.extend(driver.event(ev, now_ms())),
+                            None => break,
                         }
                     }
                     next
@@ -262,9 +257,8 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         };
         actions = next;
     }
-    if let Some(fw) = id {
-        shared.offer_event(Event::FrameworkDown { id: fw, conn });
-    }
+    // Dropping the session tells the offer cycle the job's framework is gone from here.
+    drop(session);
 }
 
 /// The job requests of the client API.
