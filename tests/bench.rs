@@ -559,6 +559,11 @@ struct Launcher {
     launched: usize,
     asked: std::collections::BTreeMap<u64, Instant>,
     latencies: Vec<Duration>,
+    /// When each launched task's offer arrived, until its end is heard.
+    started: std::collections::BTreeMap<wasmos_proto::TaskId, Instant>,
+    /// From an offer's arrival to the `finished` update of the task launched on it.
+    round_trips: Vec<Duration>,
+    ended: usize,
 }
 
 impl wasmos_sdk::Scheduler for Launcher {
@@ -578,16 +583,16 @@ impl wasmos_sdk::Scheduler for Launcher {
 
     fn launched(
         &mut self,
-        cx: &mut wasmos_sdk::Context,
+        _cx: &mut wasmos_sdk::Context,
         request: u64,
-        _tasks: &[wasmos_proto::TaskId],
+        tasks: &[wasmos_proto::TaskId],
     ) {
         if let Some(t) = self.asked.remove(&request) {
             self.latencies.push(t.elapsed());
             self.launched += 1;
-        }
-        if self.launched >= self.want {
-            cx.teardown();
+            for task in tasks {
+                self.started.insert(*task, t);
+            }
         }
     }
 
@@ -600,19 +605,31 @@ impl wasmos_sdk::Scheduler for Launcher {
 
     fn update(
         &mut self,
-        _cx: &mut wasmos_sdk::Context,
-        _task: wasmos_proto::TaskId,
-        _status: &wasmos_proto::TaskStatus,
+        cx: &mut wasmos_sdk::Context,
+        task: wasmos_proto::TaskId,
+        status: &wasmos_proto::TaskStatus,
     ) {
+        if !status.state.is_terminal() {
+            return;
+        }
+        if let Some(t) = self.started.remove(&task) {
+            if status.state == wasmos_proto::TaskState::Finished {
+                self.round_trips.push(t.elapsed());
+            }
+            self.ended += 1;
+        }
+        if self.ended >= self.want {
+            cx.teardown();
+        }
     }
 }
 
 /// Offer-to-launch latency through the SDK: `n` frameworks at once each launch tasks until they
 /// have 40; p50/p99 with 10 frameworks against the same with 1, in the same run.
-fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> Vec<Duration> {
+fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> (Vec<Duration>, Vec<Duration>) {
     let cluster = wasmos_sdk::Cluster::new(c.operator_credentials(), vec![c.master_addr()]);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut all = Vec::new();
+        let (mut all, mut trips) = (Vec::new(), Vec::new());
         let runs = (0..n).map(|i| {
             let cluster = cluster.clone();
             let fw = Launcher {
@@ -621,6 +638,9 @@ fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> Vec<Duration> {
                 launched: 0,
                 asked: Default::default(),
                 latencies: Vec::new(),
+                started: Default::default(),
+                round_trips: Vec::new(),
+                ended: 0,
             };
             let options = wasmos_sdk::Options {
                 role: Some(format!("bench/fw{i}")),
@@ -631,8 +651,9 @@ fn offer_to_launch(c: &DevCluster, n: usize, spec: &TaskSpec) -> Vec<Duration> {
         for h in runs.collect::<Vec<_>>() {
             let done = h.await.unwrap().unwrap();
             all.extend(done.latencies);
+            trips.extend(done.round_trips);
         }
-        all
+        (all, trips)
     })
 }
 
@@ -650,8 +671,8 @@ fn offer_to_launch_latency() {
         ..TaskSpec::new("noop.wasm", hash)
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let one = offer_to_launch(&c, 1, &spec);
-    let ten = offer_to_launch(&c, 10, &spec);
+    let (one, one_trips) = offer_to_launch(&c, 1, &spec);
+    let (ten, ten_trips) = offer_to_launch(&c, 10, &spec);
     let (b50, b99) = (percentile(one.clone(), 50), percentile(one.clone(), 99));
     let (p50, p99) = (percentile(ten.clone(), 50), percentile(ten.clone(), 99));
     println!(
@@ -671,6 +692,21 @@ fn offer_to_launch_latency() {
         p50.as_secs_f64() / b50.as_secs_f64(),
         p99.as_secs_f64() / b99.as_secs_f64()
     );
+    // The SDK round trip the issue names: an offer taken, its no-op launched, run, and its
+    // `finished` update back at the framework; against offer-to-launch of the same run.
+    for (label, trips, launch) in [
+        ("1 framework", one_trips, b50),
+        ("10 frameworks", ten_trips, p50),
+    ] {
+        let (t50, t99) = (percentile(trips.clone(), 50), percentile(trips.clone(), 99));
+        println!(
+            "bench offer-to-finished through the SDK, {label} ({} tasks): p50 {:.1} ms, p99 {:.1} ms; {:.2}x its offer-to-launch p50",
+            trips.len(),
+            ms(t50),
+            ms(t99),
+            t50.as_secs_f64() / launch.as_secs_f64()
+        );
+    }
 }
 
 /// Submits `n` tasks as fast as one tenant can (64 in flight on one connection) with the
