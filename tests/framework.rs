@@ -383,6 +383,14 @@ fn frameworks_keep_tasks_within_their_failover_timeout_and_lose_them_after() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(task_state(&c, victim).1, "FrameworkRemoved");
+        // The master ended the session cleanly (its handling of a stream that ends on the
+        // master's side once panicked).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !c.log_text().contains("framework disconnected") {
+            assert!(std::time::Instant::now() < deadline, "{}", c.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!c.log_text().contains("panicked"), "{}", c.log_text());
     });
 }
 

@@ -52,13 +52,23 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether asking again (at the next leader) may succeed: everything but a refusal of this
-    /// client or a master's answer.
+    /// Whether asking again (at the next leader, a moment later) may succeed: a lost
+    /// connection, no leader yet, a master that could not commit now (`Unavailable`); not a
+    /// refusal of this client, a master's considered answer, a bad config or a version
+    /// mismatch.
     pub fn retryable(&self) -> bool {
-        !matches!(
-            self,
-            ClientError::Refused(_) | ClientError::Rejected { .. } | ClientError::Config(_)
-        )
+        match self {
+            ClientError::Rejected { kind, .. } => *kind == ErrorKind::Unavailable,
+            ClientError::Refused(_)
+            | ClientError::Config(_)
+            | ClientError::Unexpected { .. }
+            | ClientError::Damaged { .. } => false,
+            ClientError::Net(_)
+            | ClientError::Lost(_)
+            | ClientError::NoLeader { .. }
+            | ClientError::Unreachable { .. }
+            | ClientError::NotAcknowledged { .. } => true,
+        }
     }
 
     /// The master's kind of rejection, if that is what this is.
@@ -74,5 +84,31 @@ impl ClientError {
             to,
             answer: format!("{answer:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_may_change_is_retryable() {
+        let rejected = |kind| ClientError::Rejected {
+            kind,
+            message: String::new(),
+        };
+        assert!(rejected(ErrorKind::Unavailable).retryable());
+        assert!(!rejected(ErrorKind::NotFound).retryable());
+        assert!(!rejected(ErrorKind::TooLarge).retryable());
+        assert!(!ClientError::Refused("certificate".into()).retryable());
+        assert!(!ClientError::unexpected("a watch", "Ok").retryable());
+        assert!(ClientError::Lost("reset".into()).retryable());
+        let last: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        assert!(ClientError::NoLeader { last }.retryable());
+        assert_eq!(
+            rejected(ErrorKind::NotFound).rejection(),
+            Some(ErrorKind::NotFound)
+        );
+        assert_eq!(ClientError::Lost(String::new()).rejection(), None);
     }
 }

@@ -224,14 +224,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         pending,
     ));
 
-    let (received, to_store) = mpsc::channel(OUTPUT_QUEUE);
-    let storer = tokio::spawn(store_outputs(
-        shared.clone(),
-        agent.clone(),
-        to_store,
-        statuses,
-    ));
-
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
             Ok(Some(AgentToMaster::Heartbeat { usage })) => {
@@ -240,23 +232,24 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
-                // Recorded in order by the recorder, many to a raft write, once the output
-                // that came before it is stored: a watcher that sees the task end has all
-                // of its output to read.
-                if received.send(Received::Status(update)).await.is_err() {
-                    tracing::error!(%agent, "the output store stopped; status left unacknowledged");
-                }
+                // Recorded in order by the recorder, many to a raft write. The output that
+                // came before it is stored already (below): a watcher that sees the task end
+                // has all of its output to read.
+                let _ = statuses.send(update);
             }
             Ok(Some(AgentToMaster::Output { task, stream, data })) => {
-                // Stored by the output task, off this loop: a slow disk (a file created per
-                // task) must not hold up heartbeats, statuses or the runtime's other work. A
-                // full queue slows this agent's stream down, as a slow disk did before.
-                if received
-                    .send(Received::Output(task, stream, data))
-                    .await
-                    .is_err()
-                {
-                    tracing::error!(%agent, "the output store stopped; output dropped");
+                // Disk work (a file created per task) goes to the blocking pool, so it never
+                // holds up the runtime's few threads and with them raft; this session waits
+                // for it, which keeps its output and statuses in order and slows a fast
+                // stream down to the disk's pace, holding one chunk at a time.
+                let (store, of) = (shared.clone(), agent.clone());
+                let stored = tokio::task::spawn_blocking(move || {
+                    store_output(&store, &of, task, stream, &data)
+                })
+                .await;
+                if let Err(e) = stored {
+                    tracing::error!(%agent, "storing task output failed: {e}");
+                    break;
                 }
             }
             Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
@@ -270,9 +263,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     }
     writer.abort();
     fetcher.abort();
-    // What was received is stored: the store ends once the queue is empty.
-    drop(received);
-    drop(storer);
     // What it had not recorded yet is unacknowledged: the agent sends it again.
     recorder.abort();
     let mut agents = shared.agents();
@@ -407,62 +397,6 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         }
     }
     sent.get(results.len().checked_sub(1)?).map(|(seq, _)| *seq)
-}
-
-/// Output chunks and statuses waiting to be stored, per agent session.
-const OUTPUT_QUEUE: usize = 1024;
-
-/// What the agent session hands to its output store, in the order the agent sent it.
-enum Received {
-    Output(TaskId, OutputStream, Vec<u8>),
-    Status(StatusUpdate),
-}
-/// Most chunks stored by one hand-off to a blocking thread.
-const OUTPUT_BATCH: usize = 256;
-
-/// Stores an agent's task output in the order it came, in batches on the blocking pool (file
-/// creation and appends are disk work, and disk work on the runtime's few threads stalls
-/// raft), and passes statuses on to the recorder only once the output before them is stored.
-async fn store_outputs(
-    shared: Arc<Shared>,
-    agent: AgentId,
-    mut queue: mpsc::Receiver<Received>,
-    statuses: mpsc::UnboundedSender<StatusUpdate>,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < OUTPUT_BATCH
-            && let Ok(more) = queue.try_recv()
-        {
-            batch.push(more);
-        }
-        let mut chunks = Vec::new();
-        let mut updates = Vec::new();
-        for item in batch {
-            match item {
-                Received::Output(task, stream, data) => chunks.push((task, stream, data)),
-                Received::Status(update) => updates.push(update),
-            }
-        }
-        if !chunks.is_empty() {
-            let (shared, agent) = (shared.clone(), agent.clone());
-            let stored = tokio::task::spawn_blocking(move || {
-                for (task, stream, data) in chunks {
-                    store_output(&shared, &agent, task, stream, &data);
-                }
-            })
-            .await;
-            if let Err(e) = stored {
-                tracing::error!("storing task output failed: {e}");
-                return;
-            }
-        }
-        for update in updates {
-            if statuses.send(update).is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// Appends one chunk to its task's log, within the task's cap and its tenant's storage quota.

@@ -11,15 +11,15 @@ use tokio::sync::mpsc;
 use wasmos_alloc::Role;
 use wasmos_net::{Connection, Identity, recv_frame, send_frame};
 use wasmos_proto::{
-    ClientResponse, DEFAULT_FAILOVER_TIMEOUT_MS, ErrorKind, FrameworkCall, FrameworkEvent,
-    FrameworkId, FrameworkSummary, JobId,
+    ClientResponse, DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, FrameworkId,
+    FrameworkSummary, JobId,
 };
 use wasmos_state::{Command, CommandResult, FrameworkRecord};
 
 use crate::admission::Kind;
 use crate::offers::{BUILTIN_OWNER, Event};
 use crate::policy::resolve_role;
-use crate::replies::{error, raft_error, rejected};
+use crate::replies::{raft_error, rejected};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
@@ -52,7 +52,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     let session = match FrameworkSession::open(&shared, &who, sub, Front::Quic).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(%owner, "framework not subscribed: {e}");
+            // A subscription sent to a follower, or during an election, is routine.
+            match e {
+                SubscribeError::NotRecorded(_) => {
+                    tracing::debug!(%owner, "framework not subscribed here: {e}")
+                }
+                SubscribeError::Refused(_) => {
+                    tracing::warn!(%owner, "framework not subscribed: {e}")
+                }
+            }
             refuse_and_close(send, e.event(&shared)).await;
             return;
         }
@@ -60,6 +68,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
     let id = session.id();
     let caller = session.caller();
     let heartbeat = session.heartbeat();
+    let mut writer_done = false;
     let mut writer = tokio::spawn(async move {
         let mut session = session;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -85,7 +94,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         // reading on would only take calls nothing acts on.
         let next = tokio::select! {
             next = recv_frame::<FrameworkCall>(&mut recv) => next,
-            _ = &mut writer => break,
+            _ = &mut writer => {
+                // Finished: polling its handle again would panic.
+                writer_done = true;
+                break;
+            }
         };
         match next {
             Ok(Some(FrameworkCall::Subscribe { .. })) => {
@@ -107,8 +120,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         }
     }
     // Ends the session (if the writer still held it): the offer cycle hears it is gone.
-    writer.abort();
-    let _ = writer.await;
+    if !writer_done {
+        writer.abort();
+        let _ = writer.await;
+    }
     tracing::info!(framework = %id, "framework disconnected");
 }
 
@@ -548,32 +563,33 @@ fn visible(who: &Identity, f: &FrameworkRecord) -> bool {
 /// `wasmos framework teardown`: what the framework's own `Teardown` does, for its owner or an
 /// operator. A framework another tenant's caller may not see reads as unknown.
 pub(crate) async fn teardown(shared: &Shared, who: &Identity, id: FrameworkId) -> ClientResponse {
+    use wasmos_state::Rejection::{Invalid, NotFound};
     let checked = shared.read(|s| {
-        let unknown = || format!("unknown framework {id}");
+        let unknown = || NotFound(format!("unknown framework {id}"));
         let f = s.frameworks.get(&id).filter(|f| visible(who, f)).ok_or_else(unknown)?;
-        s.live_framework(id).map_err(|e| e.to_string())?;
+        s.live_framework(id)?;
         if f.owner == BUILTIN_OWNER {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "framework {id} is the master's own, for `wasmos run` tasks of role {}: kill those tasks instead",
                 f.role
-            ));
+            )));
         }
         if let Some(j) = s.jobs.values().find(|j| j.framework == Some(id)) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "framework {id} runs {}: stop it with `wasmos job kill {}` (or `wasmos service stop`)",
                 j.id, j.id
-            ));
+            )));
         }
         if !crate::policy::may_change(who, &f.owner) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "framework {id} is {}'s; only its owner or an operator may tear it down",
                 f.owner
-            ));
+            )));
         }
         Ok(())
     });
     if let Err(why) = checked {
-        return error(ErrorKind::InvalidRequest, why);
+        return rejected(why);
     }
     let cmd = Command::RemoveFramework {
         framework: id,

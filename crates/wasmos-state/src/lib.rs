@@ -626,7 +626,7 @@ impl ClusterState {
         let mut created = 0;
         for t in tasks {
             if !ids.insert(t.id) {
-                return Err(Rejection::Conflict(format!("task {} appears twice", t.id)));
+                return Err(Rejection::Invalid(format!("task {} appears twice", t.id)));
             }
             let resources = match (&t.spec, self.tasks.get(&t.id)) {
                 (None, Some(info))
@@ -657,7 +657,7 @@ impl ClusterState {
                 }
             };
             if &t.charge.total() != resources {
-                return Err(Rejection::Conflict(format!(
+                return Err(Rejection::Invalid(format!(
                     "task {} is charged {} but needs {resources}",
                     t.id,
                     t.charge.total()

@@ -18,7 +18,7 @@ impl ClusterState {
                 if let Some(limit) = &record.limit
                     && !quota.guarantee_within_limit()
                 {
-                    return CommandResult::Rejected(Rejection::OverLimit(format!(
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
                         "role {role}: guarantee {} exceeds limit {limit}",
                         record.guarantee
                     )));
