@@ -11,7 +11,8 @@ use crate::args::{TlsArgs, key_values, parse_reservation, with_scalars};
 use crate::connect::Target;
 use crate::output::{Format, OutputArg, print_json};
 use crate::output::{list_or_dash, now_ms};
-use crate::{roles, wait_for_ctrl_c};
+use crate::process::wait_for_ctrl_c;
+use crate::roles;
 use std::net::SocketAddr;
 use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu};
 
@@ -149,16 +150,6 @@ impl ExecArgs {
             }),
             ..Default::default()
         })
-    }
-}
-
-/// Tasks hold host descriptors (files, sockets), up to a cap each, so an agent needs more than
-/// the usual soft limit of 1024: raise it to the hard limit.
-pub(crate) fn raise_open_file_limit() {
-    #[cfg(unix)]
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
     }
 }
 

@@ -1,10 +1,14 @@
-//! `wasmos cert issue`: certificates from a cluster CA, for masters, agents, operators and tenants.
+//! `wasmos cert issue`: certificates from a cluster CA, for masters, agents, operators and
+//! tenants; and the PKI directory's files, which `wasmos dev` creates the same way.
 
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
+use wasmos_net::pki::{self, CaBundle};
+use wasmos_net::{Credentials, Identity};
 
 #[derive(Subcommand)]
 pub(crate) enum CertCmd {
@@ -34,7 +38,6 @@ pub(crate) fn run(cmd: CertCmd) -> Result<ExitCode> {
         operator,
         tenant,
     } = cmd;
-    use wasmos_net::Identity;
     let (who, file) = match (master, agent, operator, tenant) {
         (Some(n), ..) => (Identity::Master(n.clone()), n),
         (_, Some(n), ..) => (Identity::Agent(n.clone()), n),
@@ -56,8 +59,94 @@ pub(crate) fn run(cmd: CertCmd) -> Result<ExitCode> {
     if !pki.join("ca.key").is_file() {
         eprintln!("creating a new cluster CA in {}", pki.display());
     }
-    let ca = crate::dev::ensure_ca(&pki)?;
-    let files = crate::dev::ensure_cert(&pki, &ca, &who, &file)?;
+    let ca = ensure_ca(&pki)?;
+    let files = ensure_cert(&pki, &ca, &who, &file)?;
     println!("{}\n{}", files.cert.display(), files.key.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// PEM files of one identity inside `<data-dir>/pki`.
+pub struct PkiFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    wasmos_net::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The dev cluster's CA, created on first start.
+pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
+    wasmos_net::create_private_dir(pki_dir)
+        .with_context(|| format!("cannot create {}", pki_dir.display()))?;
+    let cert = pki_dir.join("ca.pem");
+    let key = pki_dir.join("ca.key");
+    if cert.exists() && key.exists() {
+        return Ok(CaBundle {
+            cert_pem: read(&cert)?,
+            key_pem: read(&key)?,
+        });
+    }
+    let ca = pki::new_ca("dev")?;
+    write_private(&key, &ca.key_pem)?;
+    std::fs::write(&cert, &ca.cert_pem)
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    Ok(ca)
+}
+
+/// The certificate for `who` named `file`, issued on first use.
+pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) -> Result<PkiFiles> {
+    // Identity names may hold dots between labels (`host.example`), never a leading one or
+    // a path.
+    if matches!(file, "ca" | "secrets")
+        || file.is_empty()
+        || file.starts_with('.')
+        || file.contains("..")
+        || file.contains(['/', '\\'])
+    {
+        bail!(
+            "`{file}` cannot name a certificate file in {}",
+            pki_dir.display()
+        );
+    }
+    let files = PkiFiles {
+        cert: pki_dir.join(format!("{file}.pem")),
+        key: pki_dir.join(format!("{file}.key")),
+    };
+    if files.cert.exists() || files.key.exists() {
+        // Only ever hand back the same identity's files: names of different identities can
+        // meet (`--agent acme-x` and `--tenant acme/x`).
+        let pem = read(&files.cert)?;
+        let held = pki::identity_of_pem(&pem);
+        if held.as_ref() != Some(who) || !files.key.exists() {
+            bail!(
+                "{} already holds {}, not {who}: choose another name or directory",
+                files.cert.display(),
+                held.map_or_else(
+                    || "something else".to_string(),
+                    |h| format!("the certificate of {h}")
+                )
+            );
+        }
+        return Ok(files);
+    }
+    let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
+    let issued = pki::issue(ca, who, &["localhost".to_string()], &ips)?;
+    write_private(&files.key, &issued.key_pem)?;
+    std::fs::write(&files.cert, &issued.cert_pem)
+        .with_context(|| format!("cannot write {}", files.cert.display()))?;
+    Ok(files)
+}
+
+pub fn credentials(ca: &CaBundle, files: &PkiFiles) -> Result<Credentials> {
+    Ok(Credentials::from_pem(
+        &ca.cert_pem,
+        &read(&files.cert)?,
+        &read(&files.key)?,
+    )?)
 }

@@ -1,111 +1,24 @@
 //! `wasmos dev`: a whole cluster in one process (a master and N agents on loopback, still talking
-//! QUIC + mTLS to each other), its PKI created on first start, and the demo job.
+//! QUIC + mTLS to each other), its PKI created on first start (by `cert.rs`), and the demo job;
+//! with `--masters N`, a group of processes (`dev_group.rs`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, Result, bail};
-use tokio::sync::watch;
-use wasmos_net::pki::{self, CaBundle};
-use wasmos_net::{Credentials, Identity};
-use wasmos_proto::Resources;
-
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use tokio::sync::watch;
 use wasmos_client::{CONFIG_FILE, ClientConfig};
-use wasmos_proto::{parse_bytes, parse_cpu};
+use wasmos_net::Identity;
+use wasmos_proto::{Resources, parse_bytes, parse_cpu};
 
 use crate::agent::ExecArgs;
 use crate::args::{parse_reservation, with_scalars};
+use crate::cert::{credentials, ensure_ca, ensure_cert};
 use crate::master::TenancyArgs;
-use crate::{demo, dev_group, wait_for_ctrl_c};
-
-/// PEM files of one identity inside `<data-dir>/pki`.
-pub struct PkiFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    wasmos_net::write_private(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// The dev cluster's CA, created on first start.
-pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
-    wasmos_net::create_private_dir(pki_dir)
-        .with_context(|| format!("cannot create {}", pki_dir.display()))?;
-    let cert = pki_dir.join("ca.pem");
-    let key = pki_dir.join("ca.key");
-    if cert.exists() && key.exists() {
-        return Ok(CaBundle {
-            cert_pem: read(&cert)?,
-            key_pem: read(&key)?,
-        });
-    }
-    let ca = pki::new_ca("dev")?;
-    write_private(&key, &ca.key_pem)?;
-    std::fs::write(&cert, &ca.cert_pem)
-        .with_context(|| format!("cannot write {}", cert.display()))?;
-    Ok(ca)
-}
-
-/// The certificate for `who` named `file`, issued on first use.
-pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) -> Result<PkiFiles> {
-    // Identity names may hold dots between labels (`host.example`), never a leading one or
-    // a path.
-    if matches!(file, "ca" | "secrets")
-        || file.is_empty()
-        || file.starts_with('.')
-        || file.contains("..")
-        || file.contains(['/', '\\'])
-    {
-        bail!(
-            "`{file}` cannot name a certificate file in {}",
-            pki_dir.display()
-        );
-    }
-    let files = PkiFiles {
-        cert: pki_dir.join(format!("{file}.pem")),
-        key: pki_dir.join(format!("{file}.key")),
-    };
-    if files.cert.exists() || files.key.exists() {
-        // Only ever hand back the same identity's files: names of different identities can
-        // meet (`--agent acme-x` and `--tenant acme/x`).
-        let pem = read(&files.cert)?;
-        let held = pki::identity_of_pem(&pem);
-        if held.as_ref() != Some(who) || !files.key.exists() {
-            bail!(
-                "{} already holds {}, not {who}: choose another name or directory",
-                files.cert.display(),
-                held.map_or_else(
-                    || "something else".to_string(),
-                    |h| format!("the certificate of {h}")
-                )
-            );
-        }
-        return Ok(files);
-    }
-    let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
-    let issued = pki::issue(ca, who, &["localhost".to_string()], &ips)?;
-    write_private(&files.key, &issued.key_pem)?;
-    std::fs::write(&files.cert, &issued.cert_pem)
-        .with_context(|| format!("cannot write {}", files.cert.display()))?;
-    Ok(files)
-}
-
-pub fn credentials(ca: &CaBundle, files: &PkiFiles) -> Result<Credentials> {
-    Ok(Credentials::from_pem(
-        &ca.cert_pem,
-        &read(&files.cert)?,
-        &read(&files.key)?,
-    )?)
-}
+use crate::process::wait_for_ctrl_c;
+use crate::{demo, dev_group};
 
 pub struct DevOptions {
     pub data_dir: PathBuf,

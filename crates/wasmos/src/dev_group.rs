@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wasmos_net::Identity;
 
-use crate::dev::{ensure_ca, ensure_cert};
+use crate::cert::{PkiFiles, ensure_ca, ensure_cert};
 use wasmos_client::{CONFIG_FILE, ClientConfig};
 
 /// The file, in the data dir, describing the running group.
@@ -291,7 +291,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     Ok(())
 }
 
-fn tls_args(pki: &Path, files: &crate::dev::PkiFiles) -> Vec<OsString> {
+fn tls_args(pki: &Path, files: &PkiFiles) -> Vec<OsString> {
     vec![
         "--ca".into(),
         pki.join("ca.pem").into(),

@@ -16,6 +16,7 @@ mod job;
 mod logs;
 mod master;
 mod output;
+mod process;
 mod roles;
 mod run;
 mod sim;
@@ -161,7 +162,7 @@ fn main() -> ExitCode {
         };
     }
     if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Agent { cmd: None, .. }) {
-        agent::raise_open_file_limit();
+        process::raise_open_file_limit();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -215,14 +216,5 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Bundle { cmd } => bundle::bundle(target, cmd).await,
         Cmd::Sim(args) => sim::sim_cmd(&args),
         Cmd::CompileWorker { .. } => Ok(ExitCode::FAILURE),
-    }
-}
-
-/// Runs until Ctrl-C (or forever where signals cannot be caught): how daemons and `wasmos dev`
-/// wait, and how `wasmos run` learns to kill its task.
-pub(crate) async fn wait_for_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling on this platform: run until killed.
-        std::future::pending::<()>().await;
     }
 }

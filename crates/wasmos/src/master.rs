@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
 use crate::args::TlsArgs;
-use crate::wait_for_ctrl_c;
+use crate::process::wait_for_ctrl_c;
 use std::net::SocketAddr;
 
 #[derive(Args)]

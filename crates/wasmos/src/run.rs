@@ -11,7 +11,8 @@ use wasmos_proto::ClientRequest;
 use crate::args::{key_values, with_scalars};
 use crate::bundle::load_component;
 use crate::connect::Target;
-use crate::{files, wait_for_ctrl_c};
+use crate::files;
+use crate::process::wait_for_ctrl_c;
 use std::io::Write;
 use wasmos_proto::{
     BlobKind, InputFile, Mount, OutputStream, Reason, Resources, TaskInfo, TaskSpec, TaskState,
