@@ -361,3 +361,57 @@ fn burstable_tasks_use_spare_memory_up_to_their_limit() {
     ]);
     assert_clean_error(&out, "below the request");
 }
+
+/// `--min-offer` lowers the least an offer carries: a task smaller than the default minimum
+/// (10m, 32 MiB) runs in an agent's leftover below it, which is otherwise never offered; a
+/// minimum that names other kinds, or zero, is refused with a clear error.
+#[test]
+fn a_lower_minimum_offer_places_tasks_in_small_leftovers() {
+    let c = DevCluster::start_with(
+        1,
+        &[
+            "--agent-cpu",
+            "1",
+            "--agent-mem",
+            "256MiB",
+            "--min-offer",
+            "cpu=1m,mem=1MiB",
+        ],
+    )
+    .unwrap();
+    let big = c
+        .run(
+            &["-d", "--cpu", "995m", "--mem", "16MiB", "--timeout", "5m"],
+            "hostile",
+            &["sleep"],
+        )
+        .unwrap();
+    assert!(big.status.success(), "{}", text(&big.stderr));
+    wait_for("the big task to run", 20, || {
+        (running_by_role(&c).values().sum::<usize>() == 1).then_some(())
+    });
+    // 5m is what is left of the agent's CPU: below the default minimum of 10m.
+    let small = c
+        .run(
+            &["-d", "--cpu", "5m", "--mem", "4MiB", "--timeout", "5m"],
+            "hostile",
+            &["sleep"],
+        )
+        .unwrap();
+    assert!(small.status.success(), "{}", text(&small.stderr));
+    wait_for("the small task to run in the leftover", 20, || {
+        (running_by_role(&c).values().sum::<usize>() == 2).then_some(())
+    });
+    kill_tasks(&c);
+
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["gpu=1", "cpu=0,mem=1MiB", "cpu=1m"] {
+        let out = std::process::Command::new(wasmos_tests::wasmos_bin())
+            .args(["dev", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--min-offer", bad])
+            .output()
+            .unwrap();
+        assert_clean_error(&out, "--min-offer");
+    }
+}

@@ -196,6 +196,10 @@ pub(crate) trait Env {
     fn check_storage(&self, tenant: &str) -> Result<(), String>;
     /// Seals a spec's secrets before it is recorded.
     fn seal(&self, spec: &mut TaskSpec) -> Result<(), String>;
+    /// The allocator's settings (the least an offer carries).
+    fn allocator_config(&self) -> Config {
+        Config::default()
+    }
     /// The agents connected to this master now.
     fn connected_agents(&self) -> Vec<AgentId>;
     /// How long a want waits before guarantee preemption serves it.
@@ -393,6 +397,7 @@ impl<E: Env> Cycle<E> {
     /// A cycle for a new term: the allocator is rebuilt from the replicated state, earlier
     /// leaders' writes included.
     pub(crate) fn new(env: E, now: u64) -> Cycle<E> {
+        let alloc = Allocator::new(env.allocator_config());
         let mut cycle = Cycle {
             env,
             now,
@@ -403,7 +408,7 @@ impl<E: Env> Cycle<E> {
             registering: BTreeMap::new(),
             next_surplus_check_ms: 0,
             doubtful: Vec::new(),
-            alloc: Allocator::new(Config::default()),
+            alloc,
             builtin: BTreeMap::new(),
             builtin_ids: BTreeMap::new(),
             agent_totals: BTreeMap::new(),

@@ -46,6 +46,11 @@ pub(crate) struct MasterArgs {
     /// reported lost to their frameworks (batch jobs re-run them, services replace them).
     #[arg(long, default_value = "15s")]
     pub(crate) agent_timeout: humantime::Duration,
+    /// The least CPU and memory an offer carries, e.g. cpu=10m,mem=32MiB (Mesos'
+    /// min_allocatable_resources): lower it to place tasks smaller than that, which an agent's
+    /// leftovers below it could otherwise never hold.
+    #[arg(long, value_name = "RESOURCES", default_value = "cpu=10m,mem=32MiB")]
+    pub(crate) min_offer: String,
     /// Also serve the HTTPS/JSON API here (the scheduler API for frameworks in any language;
     /// same certificates as QUIC), e.g. 127.0.0.1:7480.
     #[arg(long, value_name = "HOST:PORT")]
@@ -166,6 +171,7 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
         agent_timeout: args.agent_timeout.into(),
+        min_offer: crate::args::parse_min_offer(&args.min_offer)?,
         node_id: args.id,
         peers,
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)

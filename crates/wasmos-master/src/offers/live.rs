@@ -69,6 +69,15 @@ impl Env for LiveEnv {
         self.0.read(f)
     }
 
+    fn allocator_config(&self) -> wasmos_alloc::Config {
+        let least = &self.0.cfg.min_offer;
+        wasmos_alloc::Config {
+            min_offer_cpu_millis: least.cpu_millis,
+            min_offer_mem_bytes: least.mem_bytes,
+            ..wasmos_alloc::Config::default()
+        }
+    }
+
     fn propose(&self, cmd: Command, then: Proposal) {
         // Handed to the write batcher here, in the order the cycle decided.
         let written = self.0.propose(cmd);
