@@ -438,9 +438,14 @@ impl FrameworkSession {
         self.heartbeat
     }
 
-    /// Where this session's calls go in.
+    /// Where this session's calls go in, for a task of its own (the QUIC reader).
     pub(crate) fn caller(&self) -> Caller {
         self.caller.clone()
+    }
+
+    /// Passes a call in (see [`Caller::call`]).
+    pub(crate) async fn call(&self, call: FrameworkCall) -> Result<(), String> {
+        self.caller.call(call).await
     }
 
     /// The next event; `None` once the master let go of the framework (torn down, or this

@@ -208,7 +208,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                 Action::Send(call) => {
                     if let Some(s) = &session {
                         // The job host's calls are not charged: this cannot fail.
-                        let _ = s.caller().call(call).await;
+                        let _ = s.call(call).await;
                     }
                 }
                 // Leadership moved (the new leader runs the job) or the job ended.

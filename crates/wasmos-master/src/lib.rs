@@ -27,7 +27,7 @@ pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wasmos_net::{Credentials, Identity};
-use wasmos_proto::{AgentId, MasterToAgent, Resources, alpn};
+use wasmos_proto::{AgentId, MasterToAgent, alpn};
 use wasmos_raft::RaftNode;
 pub use wasmos_raft::RaftOptions;
 use wasmos_state::{ClusterState, Command, CommandResult};
@@ -70,10 +70,10 @@ pub struct MasterConfig {
     /// (`wasmos cluster join`) or told to start one (`wasmos cluster init`).
     pub join: bool,
     pub tenancy: TenancyConfig,
-    /// The least CPU (millicores) and memory an offer carries: less is not offered. Mesos'
-    /// `min_allocatable_resources`; lower it for tasks smaller than the default 10m and 32 MiB,
-    /// which an agent's leftovers below it could otherwise never hold.
-    pub min_offer: Resources,
+    /// The offer allocator's tunables, among them the least CPU and memory an offer carries
+    /// (Mesos' `min_allocatable_resources`): lower it for tasks smaller than the default 10m
+    /// and 32 MiB, which an agent's leftovers below it could otherwise never hold.
+    pub allocator: wasmos_alloc::Config,
 }
 
 /// What keeps tenants apart over time: sealed secrets, retention, fair admission.
@@ -129,7 +129,7 @@ impl MasterConfig {
             raft: wasmos_raft::RaftOptions::default(),
             join: false,
             tenancy: TenancyConfig::default(),
-            min_offer: Resources::new(10, 32 << 20, 0),
+            allocator: wasmos_alloc::Config::default(),
         }
     }
 }

@@ -75,18 +75,6 @@ pub(crate) fn parse_resource_list(list: &str, flag: &str) -> Result<Resources> {
     with_scalars(r, &scalars, flag)
 }
 
-/// `--min-offer cpu=10m,mem=32MiB`: the least an offer carries (both at least 1).
-pub(crate) fn parse_min_offer(list: &str) -> Result<Resources> {
-    let r = parse_resource_list(list, "--min-offer")?;
-    if !r.scalars.is_empty() || r.disk_bytes > 0 {
-        bail!("--min-offer `{list}`: only cpu and mem have a minimum");
-    }
-    if r.cpu_millis == 0 || r.mem_bytes == 0 {
-        bail!("--min-offer `{list}`: give both cpu and mem, each above 0 (e.g. cpu=1m,mem=1MiB)");
-    }
-    Ok(r)
-}
-
 /// `ROLE:RESOURCES` of `wasmos agent --reserve` (and `dev --agent-reserve`).
 pub(crate) fn parse_reservation(s: &str, flag: &str) -> Result<(String, Resources)> {
     let Some((role, list)) = s.split_once(':') else {

@@ -16,7 +16,7 @@ use wasmos_proto::{Resources, parse_bytes, parse_cpu};
 use crate::agent::ExecArgs;
 use crate::args::{parse_reservation, with_scalars};
 use crate::cert::{credentials, ensure_ca, ensure_cert};
-use crate::master::TenancyArgs;
+use crate::master::{OfferArgs, TenancyArgs};
 use crate::process::wait_for_ctrl_c;
 use crate::{demo, dev_group};
 
@@ -33,7 +33,7 @@ pub struct DevOptions {
     pub egress: Vec<wasmos_proto::EgressRule>,
     pub tenancy: wasmos_master::TenancyConfig,
     pub agent_timeout: std::time::Duration,
-    pub min_offer: Resources,
+    pub allocator: wasmos_alloc::Config,
 }
 
 /// A running dev cluster.
@@ -65,7 +65,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     let master = wasmos_master::Master::start(
         wasmos_master::MasterConfig {
             agent_timeout: opts.agent_timeout,
-            min_offer: opts.min_offer.clone(),
+            allocator: opts.allocator.clone(),
             tenancy: opts.tenancy.clone(),
             ..wasmos_master::MasterConfig::new(data.join("master"), opts.listen)
         },
@@ -163,11 +163,6 @@ pub(crate) struct DevArgs {
     /// How long an agent may go without a heartbeat before it is declared lost, with its tasks.
     #[arg(long, default_value = "15s")]
     pub(crate) agent_timeout: humantime::Duration,
-    /// The least CPU and memory an offer carries, e.g. cpu=10m,mem=32MiB (Mesos'
-    /// min_allocatable_resources): lower it to place tasks smaller than that, which an agent's
-    /// leftovers below it could otherwise never hold.
-    #[arg(long, value_name = "RESOURCES", default_value = "cpu=10m,mem=32MiB")]
-    pub(crate) min_offer: String,
     /// With --masters: leave children that die down instead of restarting them.
     #[arg(long)]
     pub(crate) no_restart: bool,
@@ -201,6 +196,8 @@ pub(crate) struct DevArgs {
     #[command(flatten)]
     pub(crate) exec: ExecArgs,
     #[command(flatten)]
+    pub(crate) offers: OfferArgs,
+    #[command(flatten)]
     pub(crate) tenancy: TenancyArgs,
 }
 
@@ -215,7 +212,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         }
         // Check the agents' settings here, where a mistake is one clear line, not N child logs.
         args.exec.config()?;
-        crate::args::parse_min_offer(&args.min_offer)?;
+        args.offers.config()?;
         parse_cpu(&args.agent_cpu)?;
         parse_bytes(&args.agent_mem)?;
         let mut agent_args = vec![
@@ -242,9 +239,8 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
                 let mut m = vec![
                     "--agent-timeout".to_string(),
                     args.agent_timeout.to_string(),
-                    "--min-offer".to_string(),
-                    args.min_offer.clone(),
                 ];
+                m.extend(args.offers.to_args());
                 m.extend(args.tenancy.to_args());
                 m
             },
@@ -276,7 +272,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         egress: args.exec.egress()?,
         tenancy: args.tenancy.config(),
         agent_timeout: args.agent_timeout.into(),
-        min_offer: crate::args::parse_min_offer(&args.min_offer)?,
+        allocator: args.offers.config()?,
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.

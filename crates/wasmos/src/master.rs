@@ -1,5 +1,6 @@
 //! `wasmos master`: run one master of a group, with its tenancy settings and optional HTTPS API.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,9 +8,8 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
-use crate::args::TlsArgs;
+use crate::args::{TlsArgs, parse_resource_list};
 use crate::process::wait_for_ctrl_c;
-use std::net::SocketAddr;
 
 #[derive(Args)]
 pub(crate) struct MasterArgs {
@@ -46,11 +46,6 @@ pub(crate) struct MasterArgs {
     /// reported lost to their frameworks (batch jobs re-run them, services replace them).
     #[arg(long, default_value = "15s")]
     pub(crate) agent_timeout: humantime::Duration,
-    /// The least CPU and memory an offer carries, e.g. cpu=10m,mem=32MiB (Mesos'
-    /// min_allocatable_resources): lower it to place tasks smaller than that, which an agent's
-    /// leftovers below it could otherwise never hold.
-    #[arg(long, value_name = "RESOURCES", default_value = "cpu=10m,mem=32MiB")]
-    pub(crate) min_offer: String,
     /// Also serve the HTTPS/JSON API here (the scheduler API for frameworks in any language;
     /// same certificates as QUIC), e.g. 127.0.0.1:7480.
     #[arg(long, value_name = "HOST:PORT")]
@@ -59,6 +54,44 @@ pub(crate) struct MasterArgs {
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
     pub(crate) tenancy: TenancyArgs,
+    #[command(flatten)]
+    pub(crate) offers: OfferArgs,
+}
+
+/// How masters make offers (`wasmos master`, and the masters `wasmos dev` starts).
+#[derive(Args)]
+pub(crate) struct OfferArgs {
+    /// The least CPU and memory an offer carries, e.g. cpu=10m,mem=32MiB (Mesos'
+    /// min_allocatable_resources): lower it to place tasks smaller than that, which an agent's
+    /// leftovers below it could otherwise never hold.
+    #[arg(long, value_name = "RESOURCES", default_value = "cpu=10m,mem=32MiB")]
+    pub(crate) min_offer: String,
+}
+
+impl OfferArgs {
+    /// The allocator's settings: `--min-offer` is cpu and mem only, each above 0.
+    pub(crate) fn config(&self) -> Result<wasmos_alloc::Config> {
+        let list = &self.min_offer;
+        let least = parse_resource_list(list, "--min-offer")?;
+        if !least.scalars.is_empty() || least.disk_bytes > 0 {
+            bail!("--min-offer `{list}`: only cpu and mem have a minimum");
+        }
+        if least.cpu_millis == 0 || least.mem_bytes == 0 {
+            bail!(
+                "--min-offer `{list}`: give both cpu and mem, each above 0 (e.g. cpu=1m,mem=1MiB)"
+            );
+        }
+        Ok(wasmos_alloc::Config {
+            min_offer_cpu_millis: least.cpu_millis,
+            min_offer_mem_bytes: least.mem_bytes,
+            ..wasmos_alloc::Config::default()
+        })
+    }
+
+    /// The same settings as `wasmos master` arguments.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        vec!["--min-offer".to_string(), self.min_offer.clone()]
+    }
 }
 
 /// What masters do to keep tenants apart over time: secrets, retention, admission.
@@ -171,7 +204,7 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         raft: wasmos_master::RaftOptions::with_election_timeout(election),
         offer_interval: args.offer_interval.into(),
         agent_timeout: args.agent_timeout.into(),
-        min_offer: crate::args::parse_min_offer(&args.min_offer)?,
+        allocator: args.offers.config()?,
         node_id: args.id,
         peers,
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)

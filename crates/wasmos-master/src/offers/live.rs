@@ -70,12 +70,7 @@ impl Env for LiveEnv {
     }
 
     fn allocator_config(&self) -> wasmos_alloc::Config {
-        let least = &self.0.cfg.min_offer;
-        wasmos_alloc::Config {
-            min_offer_cpu_millis: least.cpu_millis,
-            min_offer_mem_bytes: least.mem_bytes,
-            ..wasmos_alloc::Config::default()
-        }
+        self.0.cfg.allocator.clone()
     }
 
     fn propose(&self, cmd: Command, then: Proposal) {
