@@ -351,9 +351,8 @@ impl DevCluster {
         .unwrap_or_else(|e| panic!("the dev cluster's operator credentials: {e}"))
     }
 
-    /// A client config for `identity` (such as `wasmos://tenant/acme/alice`), signed by the
-    /// dev cluster's CA, with the same master and HTTPS addresses as the operator's.
-    pub fn user_config(&self, identity: &str) -> PathBuf {
+    /// A certificate for `identity` signed by the dev cluster's CA.
+    pub fn issue(&self, identity: &str) -> wasmos_net::pki::Issued {
         let pki_dir = self.dir.path().join("pki");
         let read = |f: &str| std::fs::read_to_string(pki_dir.join(f)).unwrap_or_default();
         let ca = wasmos_net::pki::CaBundle {
@@ -362,8 +361,24 @@ impl DevCluster {
         };
         let who =
             wasmos_net::Identity::from_uri(identity).unwrap_or_else(|e| panic!("{identity}: {e}"));
-        let issued = wasmos_net::pki::issue(&ca, &who, &[], &[])
-            .unwrap_or_else(|e| panic!("issuing {identity}: {e}"));
+        wasmos_net::pki::issue(&ca, &who, &[], &[])
+            .unwrap_or_else(|e| panic!("issuing {identity}: {e}"))
+    }
+
+    /// Credentials for `identity` (an agent's, a tenant's...), signed by the dev cluster's CA.
+    pub fn credentials_for(&self, identity: &str) -> wasmos_net::Credentials {
+        let issued = self.issue(identity);
+        let ca =
+            std::fs::read_to_string(self.dir.path().join("pki").join("ca.pem")).unwrap_or_default();
+        wasmos_net::Credentials::from_pem(&ca, &issued.cert_pem, &issued.key_pem)
+            .unwrap_or_else(|e| panic!("credentials for {identity}: {e}"))
+    }
+
+    /// A client config for `identity` (such as `wasmos://tenant/acme/alice`), signed by the
+    /// dev cluster's CA, with the same master and HTTPS addresses as the operator's.
+    pub fn user_config(&self, identity: &str) -> PathBuf {
+        let pki_dir = self.dir.path().join("pki");
+        let issued = self.issue(identity);
         let dir = self
             .dir
             .path()

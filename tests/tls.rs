@@ -163,3 +163,150 @@ async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>
     }
     out
 }
+
+/// What an agent asks another for, spelled by hand: a hostile peer is not bound to send a
+/// valid hash.
+#[derive(serde::Serialize)]
+enum RawPeerRequest {
+    Fetch { hash: String },
+}
+
+/// Sends one request on the agent peer channel; the answer's head and bytes, or why none came.
+async fn peer_ask<T: serde::Serialize>(
+    conn: &wasmos_net::Connection,
+    req: &T,
+) -> Result<(wasmos_proto::AgentPeerResponse, Vec<u8>), String> {
+    // A refused connection's reason is on the connection, not on the stream that failed.
+    let fail = |e: String| match conn.close_reason() {
+        Some(reason) => format!("{e}: {reason}"),
+        None => e,
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+    wasmos_net::send_frame(&mut send, req)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = send.finish();
+    let head = wasmos_net::recv_frame::<wasmos_proto::AgentPeerResponse>(&mut recv)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no answer".into()))?;
+    let bytes = recv
+        .read_to_end(1 << 30)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((head, bytes))
+}
+
+#[test]
+fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
+    use sha2::Digest;
+    use wasmos_proto::{AgentPeerRequest, AgentPeerResponse, BundleHash, ErrorKind, alpn};
+    let c = DevCluster::start(2).unwrap();
+    let job = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sample-tasks/wordcount/job.toml"
+    );
+    let out = c.cli(&["job", "submit", job, "--wait"]).unwrap();
+    assert!(out.status.success(), "{}", wasmos_tests::text(&out.stderr));
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let map = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["spec"]["args"][0] == "map" && t["status"]["state"] == "Finished")
+        .unwrap();
+    let output = &map["status"]["outputs"][0];
+    let holder = output["held_by"].as_str().unwrap().to_string();
+    assert_eq!(holder, map["agent"].as_str().unwrap());
+    let hash = BundleHash::parse(output["blob"].as_str().unwrap()).unwrap();
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    let addr: std::net::SocketAddr = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == holder.as_str())
+        .and_then(|a| a["peer_addr"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Tenants are not told where agents serve.
+    let tenant = c.user_config("wasmos://tenant/acme/alice");
+    let seen = wasmos_tests::wasmos_with(&tenant, &["agent", "list", "-o", "json"]);
+    let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["peer_addr"].is_null()),
+        "{seen}"
+    );
+    // The master will not hand out what it does not have, and says where it is.
+    let got = c.cli(&["blob", "get", hash.as_str()]).unwrap();
+    assert_clean_error(&got, "kept on agent");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Another agent gets the bytes, and they are what the state says.
+        let other = c.credentials_for("wasmos://agent/some-other-agent");
+        let ep = wasmos_net::agent_peer_client(&other, alpn::AGENT_PEER, addr).unwrap();
+        let conn = wasmos_net::connect_agent(&ep, addr, &holder).await.unwrap();
+        let fetch = AgentPeerRequest::Fetch { hash: hash.clone() };
+        let (head, bytes) = peer_ask(&conn, &fetch).await.unwrap();
+        assert_eq!(
+            head,
+            AgentPeerResponse::Blob {
+                size: bytes.len() as u64
+            }
+        );
+        assert_eq!(bytes.len() as u64, output["size"].as_u64().unwrap());
+        assert_eq!(hex_of(&sha2::Sha256::digest(&bytes)), hash.as_str());
+        // A hash it does not keep, and a "hash" that is a path, get an error and no bytes.
+        let unknown = AgentPeerRequest::Fetch {
+            hash: BundleHash::parse(&"ab".repeat(32)).unwrap(),
+        };
+        let (head, bytes) = peer_ask(&conn, &unknown).await.unwrap();
+        assert!(
+            matches!(
+                &head,
+                AgentPeerResponse::Error {
+                    kind: ErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{head:?}"
+        );
+        assert!(bytes.is_empty());
+        for path in ["../../pki/ca.key", "../artifacts", "/etc/passwd", ""] {
+            let raw = RawPeerRequest::Fetch { hash: path.into() };
+            match peer_ask(&conn, &raw).await {
+                Ok((AgentPeerResponse::Error { .. }, bytes)) => assert!(bytes.is_empty()),
+                Ok(other) => panic!("{path}: {other:?}"),
+                Err(_) => {}
+            }
+        }
+        // Dialing for one agent and reaching another is refused by the dialer.
+        let wrong = wasmos_net::connect_agent(&ep, addr, "agent-that-is-not-there").await;
+        let err = wrong.err().unwrap().to_string();
+        assert!(err.contains("not agent agent-that-is-not-there"), "{err}");
+        // A tenant's (or an operator's) certificate is refused by the serving agent.
+        for who in ["wasmos://tenant/acme/alice", "wasmos://operator/ops"] {
+            let creds = c.credentials_for(who);
+            let ep = wasmos_net::agent_peer_client(&creds, alpn::AGENT_PEER, addr).unwrap();
+            let answer = match wasmos_net::connect_agent(&ep, addr, &holder).await {
+                Ok(conn) => peer_ask(&conn, &fetch).await,
+                Err(e) => Err(e.to_string()),
+            };
+            let err = answer
+                .err()
+                .unwrap_or_else(|| panic!("{who} got an answer"));
+            assert!(
+                err.contains("only agents fetch kept outputs"),
+                "{who}: {err}"
+            );
+        }
+    });
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

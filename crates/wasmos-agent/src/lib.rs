@@ -2,6 +2,7 @@
 //! tasks it is given through `wasmos-exec`, and reports their status and output. Status updates
 //! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
 
+mod kept;
 mod taskdir;
 
 use std::collections::BTreeMap;
@@ -16,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use wasmos_exec::{Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskUsage};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
-    AgentToMaster, BundleHash, MasterToAgent, OutputFile, OutputPolicy, OutputStream, Reason,
-    Resources, StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
+    AgentToMaster, BundleHash, InputSource, MasterToAgent, OutputFile, OutputPolicy, OutputStream,
+    Reason, Resources, StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,18 @@ pub struct AgentConfig {
     /// The host operator's egress rules, tried before the roles' rules and the built-in
     /// protection of loopback, link-local, multicast and this host's own addresses.
     pub egress: Vec<wasmos_proto::EgressRule>,
+    /// Where to serve kept outputs to other agents (`wasmos-agent-peer/1`); `None` serves
+    /// none and keeps none: its tasks' outputs go to the masters.
+    pub peer_listen: Option<SocketAddr>,
+    /// The address other agents dial, when it is not the listening one (NAT, a wildcard
+    /// listen address the route to the master does not tell).
+    pub peer_advertise: Option<SocketAddr>,
+    /// Most bytes of kept outputs held at once; outputs past it go to the masters.
+    pub keep_max_bytes: u64,
 }
+
+/// The default of [`AgentConfig::keep_max_bytes`].
+pub const DEFAULT_KEEP_MAX_BYTES: u64 = 2 << 30;
 
 /// Attributes every agent advertises, so constraints can target an OS or architecture.
 pub fn default_attributes() -> BTreeMap<String, String> {
@@ -99,6 +111,10 @@ struct Agent {
     /// own addresses (read at start).
     protected: Vec<wasmos_proto::Cidr>,
     inner: Mutex<Inner>,
+    /// Connections to other agents, for inputs they keep.
+    peers: kept::Peers,
+    /// This agent's `wasmos-agent-peer/1` address, told to the master at registration.
+    peer_addr: Option<SocketAddr>,
     /// Bytes of task output queued for the master and not yet written to the session: output
     /// waits while it is over [`OUTPUT_BACKLOG`], so a task printing faster than the master
     /// takes it is slowed down instead of filling the agent's memory.
@@ -274,7 +290,26 @@ pub async fn run(
         }
     };
     let protected = wasmos_exec::EgressPolicy::protected_defaults(&own);
+    let peer_server = match cfg.peer_listen {
+        Some(listen) => {
+            let ep = wasmos_net::server_endpoint(listen, &creds, &[alpn::AGENT_PEER])?;
+            let bound = ep.local_addr().map_err(|source| AgentError::WorkDir {
+                path: PathBuf::from(listen.to_string()),
+                source,
+            })?;
+            let advertised = cfg
+                .peer_advertise
+                .unwrap_or_else(|| advertised_addr(bound, cfg.master));
+            tracing::info!(
+                "serving kept outputs to other agents at {bound} (advertised as {advertised})"
+            );
+            Some((ep, advertised))
+        }
+        None => None,
+    };
     let agent = Arc::new(Agent {
+        peers: kept::Peers::new(creds.clone()),
+        peer_addr: peer_server.as_ref().map(|(_, a)| *a),
         memory,
         protected,
         cfg,
@@ -297,6 +332,10 @@ pub async fn run(
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
     });
+    if let Some((ep, addr)) = &peer_server {
+        let me = format!("at {addr}");
+        tokio::spawn(kept::serve(ep.clone(), agent.cfg.work_dir.clone(), me));
+    }
     let mut backoff = Duration::from_millis(200);
     let mut masters = vec![agent.cfg.master];
     masters.extend(
@@ -360,10 +399,32 @@ pub async fn run(
         let _ = kill.send(true);
     }
     endpoint.close(0u32.into(), b"agent shutting down");
+    if let Some((ep, _)) = &peer_server {
+        ep.close(0u32.into(), b"agent shutting down");
+    }
     // Give the close a moment to reach the master, so it sees a clean shutdown, not a loss.
     let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
     drop(pool);
     Ok(())
+}
+
+/// The address other agents dial: the bound one, or, when it is a wildcard, this host's
+/// address on the route to the master (a connected UDP socket sends nothing).
+fn advertised_addr(bound: SocketAddr, master: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let route = std::net::UdpSocket::bind(wasmos_net::bind_for(master))
+        .and_then(|s| s.connect(master).and_then(|()| s.local_addr()));
+    match route {
+        Ok(local) => SocketAddr::new(local.ip(), bound.port()),
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell this host's address toward the master ({e}); advertising {bound}"
+            );
+            bound
+        }
+    }
 }
 
 /// Why a session with a master ended.
@@ -412,6 +473,7 @@ async fn session(
             reserved: agent.cfg.reserved.clone(),
             running: inner.tasks.keys().copied().collect(),
             pending: inner.unacked.clone(),
+            peer_addr: agent.peer_addr.map(|a| a.to_string()),
         };
         let _ = tx.send(register);
         inner.link = Some(tx.clone());
@@ -499,9 +561,12 @@ async fn read_loop(
                     }
                 }));
             }
-            MasterToAgent::Launch { task, spec, egress } => {
-                launch(agent.clone(), task, spec, egress)
-            }
+            MasterToAgent::Launch {
+                task,
+                spec,
+                egress,
+                sources,
+            } => launch(agent.clone(), task, spec, egress, sources),
             MasterToAgent::Kill { task, reason } => {
                 let mut inner = agent.inner();
                 if let Some(kill) = inner.tasks.get(&task) {
@@ -561,7 +626,13 @@ impl UsageMeter {
     }
 }
 
-fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec, egress: Vec<wasmos_proto::EgressRule>) {
+fn launch(
+    agent: Arc<Agent>,
+    task: TaskId,
+    spec: TaskSpec,
+    egress: Vec<wasmos_proto::EgressRule>,
+    sources: Vec<InputSource>,
+) {
     let (kill_tx, kill_rx) = watch::channel(false);
     {
         let mut inner = agent.inner();
@@ -583,7 +654,7 @@ fn launch(agent: Arc<Agent>, task: TaskId, spec: TaskSpec, egress: Vec<wasmos_pr
         agent.inner().usage.insert(task, usage.clone());
     }
     agent.pool.clone().spawn(async move {
-        let mut status = run_task(&agent, task, spec, egress, kill_rx, usage).await;
+        let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, usage).await;
         let killed_for = {
             let mut inner = agent.inner();
             inner.tasks.remove(&task);
@@ -616,6 +687,7 @@ async fn run_task(
     task: TaskId,
     spec: TaskSpec,
     role_egress: Vec<wasmos_proto::EgressRule>,
+    sources: Vec<InputSource>,
     kill: watch::Receiver<bool>,
     usage: Arc<TaskUsage>,
 ) -> TaskStatus {
@@ -694,10 +766,9 @@ async fn run_task(
         Ok(b) => b,
         Err(msg) => return TaskStatus::with_reason(TaskState::Error, None, msg),
     };
-    let inputs = spec.inputs.iter().map(|i| (&i.blob, "input", &i.guest));
-    let inputs = match fetch_all(agent, inputs).await {
+    let inputs = match fetch_inputs(agent, &spec, &sources).await {
         Ok(b) => b,
-        Err(msg) => return TaskStatus::with_reason(TaskState::Error, None, msg),
+        Err(status) => return *status,
     };
     let prepared = {
         let (work_dir, spec, keep, pool) = (
@@ -808,7 +879,13 @@ async fn run_task(
     {
         // Results are stored before the task is reported finished: whoever reads the final
         // status can fetch them.
-        let result = store_outputs(agent, dir.scratch_root(), guest.clone()).await;
+        // An agent that serves no other agent keeps nothing: readers elsewhere could not
+        // fetch it.
+        let result = if spec.outputs_on_agent && agent.peer_addr.is_some() {
+            keep_outputs(agent, dir.scratch_root(), guest.clone()).await
+        } else {
+            store_outputs(agent, dir.scratch_root(), guest.clone()).await
+        };
         match result {
             Ok(files) => status.outputs = files,
             Err(e) => {
@@ -822,6 +899,74 @@ async fn run_task(
     // Deleting a full scratch space can take a while: not on the task workers.
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     status
+}
+
+/// The inputs' bytes, in order: those other agents keep from them (a missing one ends the task
+/// `input_lost`, naming the agent, so its job makes it again), the rest from the masters.
+async fn fetch_inputs(
+    agent: &Agent,
+    spec: &TaskSpec,
+    sources: &[InputSource],
+) -> Result<Vec<Vec<u8>>, Box<TaskStatus>> {
+    let mut out = Vec::with_capacity(spec.inputs.len());
+    for i in &spec.inputs {
+        let holders: Vec<&InputSource> = sources.iter().filter(|s| s.blob == i.blob).collect();
+        let bytes = match holders.is_empty() {
+            false => agent
+                .peers
+                .fetch(
+                    &agent.cfg.work_dir,
+                    &holders,
+                    agent.cfg.exec.max_component_bytes,
+                )
+                .await
+                .map_err(|kept::Lost(e)| {
+                    let mut s = TaskStatus::with_reason(
+                        TaskState::Failed,
+                        Some(Reason::InputLost),
+                        format!("cannot fetch input {}: {e}", i.guest),
+                    );
+                    s.lost_input = Some(i.blob.clone());
+                    Box::new(s)
+                })?,
+            true => fetch_blob(agent, &i.blob).await.map_err(|e| {
+                let msg = format!("cannot fetch input {}: {e}", i.guest);
+                Box::new(TaskStatus::with_reason(TaskState::Error, None, msg))
+            })?,
+        };
+        out.push(bytes);
+    }
+    Ok(out)
+}
+
+/// Keeps the files of a task's outputs directory on this agent, for other tasks to fetch; on
+/// the masters instead when they would take the kept store over its budget (a job with more
+/// intermediate data than an agent keeps still finishes, at the masters' pace).
+async fn keep_outputs(
+    agent: &Arc<Agent>,
+    scratch: std::path::PathBuf,
+    guest: String,
+) -> Result<Vec<OutputFile>, String> {
+    let (work_dir, max, budget) = (
+        agent.cfg.work_dir.clone(),
+        agent.cfg.exec.max_component_bytes,
+        agent.cfg.keep_max_bytes,
+    );
+    let (root, dir) = (scratch.clone(), guest.clone());
+    let kept = tokio::task::spawn_blocking(move || {
+        let files = taskdir::output_files(&root, &dir).map_err(kept::KeepError::Failed)?;
+        kept::keep(&work_dir, files, max, budget)
+    })
+    .await
+    .map_err(|e| format!("keeping the outputs panicked: {e}"))?;
+    match kept {
+        Ok(files) => Ok(files),
+        Err(kept::KeepError::Failed(e)) => Err(e),
+        Err(kept::KeepError::OverBudget) => {
+            tracing::info!("kept outputs would exceed --keep-max; storing these on the masters");
+            store_outputs(agent, scratch, guest).await
+        }
+    }
 }
 
 /// How long a task's outputs are retried while no master takes them (a failover).
@@ -869,6 +1014,7 @@ async fn store_outputs(
             path,
             blob: hash,
             size,
+            held_by: None,
         });
     }
     Ok(out)

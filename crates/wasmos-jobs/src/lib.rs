@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wasmos_proto::{
     AgentId, BundleHash, FrameworkId, InputFile, JobEvent, JobKind, JobSpec, JobState, OfferInfo,
-    OutputFile, Qos, TaskId, TaskSpec, TaskState, TaskStatus,
+    OutputFile, Qos, Reason, TaskId, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_sdk::{Context, Scheduler};
 
@@ -22,6 +22,10 @@ type Slot = (usize, u32);
 /// How long a task waits for an offer from an agent that already ran its bundle before it
 /// takes any agent (delay scheduling).
 pub const LOCALITY_WAIT_MS: u64 = 3_000;
+/// How often one slot's outputs may be lost with the agents that kept them before the job
+/// gives up (Spark's stage attempts): a loss is not the task's failure, so its retries do not
+/// count it, but a cluster that keeps losing agents must not run a job for ever.
+pub const MAX_LOSSES: u32 = 4;
 /// The longest wait between a service instance's restarts.
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long declined offers stay away: short, so a slot whose wait ends soon gets offers.
@@ -35,6 +39,8 @@ pub struct Progress {
     pub tasks: BTreeMap<TaskId, (String, u32)>,
     pub done: BTreeMap<(String, u32), (TaskId, Vec<OutputFile>)>,
     pub failures: BTreeMap<(String, u32), u32>,
+    /// Times a done slot's kept outputs were lost.
+    pub losses: BTreeMap<(String, u32), u32>,
 }
 
 #[derive(Debug)]
@@ -56,6 +62,16 @@ pub struct JobFramework {
     /// Per group (by position): the indexes done, mirroring `progress.done`, so asking whether
     /// a slot or a group is done costs no string and no walk over the group.
     done_idx: Vec<BTreeSet<u32>>,
+    /// Per group: whether a later group reads its outputs (they are then kept on agents).
+    feeds: Vec<bool>,
+    /// Done slots whose kept outputs went with a lost agent: undone once a group that reads
+    /// them is not done (at once if one is not).
+    stale: BTreeSet<Slot>,
+    /// Per slot with a task on its way or live: the producers (tasks of the groups it reads)
+    /// whose outputs that task was given.
+    reading: BTreeMap<Slot, BTreeSet<TaskId>>,
+    /// Why the job must fail, found outside a callback (see [`JobFramework::sync_done`]).
+    doomed: Option<String>,
     events: Vec<JobEvent>,
     suppressed: bool,
     stop: bool,
@@ -85,7 +101,19 @@ impl JobFramework {
                 done_idx[*g].insert(*i);
             }
         }
+        let feeds = spec
+            .groups
+            .iter()
+            .map(|g| {
+                spec.kind == JobKind::Batch
+                    && spec.groups.iter().any(|o| o.depends_on.contains(&g.name))
+            })
+            .collect();
         JobFramework {
+            feeds,
+            stale: BTreeSet::new(),
+            reading: BTreeMap::new(),
+            doomed: None,
             spec,
             submitted_ms,
             progress,
@@ -171,6 +199,9 @@ impl JobFramework {
         let index = slot.1.to_string();
         let fill = |s: &str| s.replace("{index}", &index);
         let mut t = g.task.clone();
+        // Outputs only later groups read stay where they were made (MapReduce's intermediate
+        // files): replicating them to a majority of masters is what made stages wait.
+        t.outputs_on_agent = self.feeds[slot.0] && t.outputs_dir.is_some();
         t.args = t.args.iter().map(|a| fill(a)).collect();
         t.env = t.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
         if let Some(own) = g.inputs.get(slot.1 as usize) {
@@ -218,6 +249,9 @@ impl JobFramework {
     fn check_end(&mut self, cx: &mut Context) -> bool {
         if self.stop {
             self.end(cx, JobState::Killed);
+        }
+        if let Some(why) = self.doomed.take() {
+            self.end(cx, JobState::Failed(why));
         }
         if let Some(d) = self.deadline()
             && cx.now_ms() >= d
@@ -399,6 +433,8 @@ impl Scheduler for JobFramework {
             for s in &chosen {
                 self.busy.insert(*s, None);
                 self.waiting_since.remove(s);
+                let producers = self.producers_of(*s);
+                self.reading.insert(*s, producers);
             }
             self.launching.insert(
                 request,
@@ -467,6 +503,23 @@ impl Scheduler for JobFramework {
             self.busy.remove(&slot);
         }
         let killed_by_us = self.killing.remove(&task);
+        if status.reason == Some(Reason::InputLost)
+            && !killed_by_us
+            && !self.ended
+            && let Some(blob) = &status.lost_input
+            && self.lose_input(cx, slot, blob)
+        {
+            // Not this task's fault: what it reads went with the agents that kept it. The
+            // slots that made it run again, and this one waits for them (no failure counted).
+            self.events.push(JobEvent::Stopped { task });
+            if !self.ended {
+                let at = cx.now_ms() + self.spec.groups[slot.0].backoff_ms;
+                self.retry_at.insert(slot, at);
+                cx.wake_at(at);
+                self.revive(cx);
+            }
+            return;
+        }
         let ok = status.state == TaskState::Finished && status.exit_code == Some(0);
         let (group, index) = self.name(slot);
         if self.spec.kind == JobKind::Batch && ok {
@@ -480,6 +533,8 @@ impl Scheduler for JobFramework {
                 .done
                 .insert((group, index), (task, status.outputs.clone()));
             self.done_idx[slot.0].insert(slot.1);
+            self.stale.remove(&slot);
+            self.reading.remove(&slot);
             if (0..self.spec.groups.len()).all(|g| self.group_done(g)) {
                 self.end(cx, JobState::Finished);
                 return;
@@ -502,11 +557,15 @@ impl Scheduler for JobFramework {
     }
 
     fn failure(&mut self, cx: &mut Context, agent: &AgentId) {
-        // Its tasks' lost updates follow; it no longer holds any bundle warm.
+        // Its tasks' lost updates follow; it no longer holds any bundle warm, nor the outputs
+        // it kept.
         for w in self.warm.values_mut() {
             w.remove(agent);
         }
-        self.revive(cx);
+        self.lose(cx, agent);
+        if !self.ended {
+            self.revive(cx);
+        }
     }
 
     fn tick(&mut self, cx: &mut Context) {
@@ -540,6 +599,190 @@ impl Scheduler for JobFramework {
 }
 
 impl JobFramework {
+    /// The outputs `agent` kept are gone: the done slots with an output it kept are stale,
+    /// and those a group not yet done reads run again.
+    fn lose(&mut self, cx: &mut Context, agent: &AgentId) {
+        for g in 0..self.spec.groups.len() {
+            for i in self.slots_done_with(g, |o| o.held_by.as_ref() == Some(agent)) {
+                self.stale.insert((g, i));
+            }
+        }
+        self.undo_needed_stale(cx);
+    }
+
+    /// Undoes the stale slots a group not yet done reads, until nothing changes: a slot undone
+    /// needs its own inputs again (A → B → C with A's and B's outputs lost and C not done
+    /// undoes B, then A, whenever A's were lost).
+    fn undo_needed_stale(&mut self, cx: &mut Context) {
+        while !self.ended {
+            let still_read: BTreeSet<&str> = (0..self.spec.groups.len())
+                .filter(|g| !self.group_done(*g))
+                .flat_map(|g| self.spec.groups[g].depends_on.iter().map(String::as_str))
+                .collect();
+            let lost: Vec<Slot> = self
+                .stale
+                .iter()
+                .filter(|(g, _)| still_read.contains(self.spec.groups[*g].name.as_str()))
+                .copied()
+                .collect();
+            if lost.is_empty() {
+                return;
+            }
+            for slot in lost {
+                self.stale.remove(&slot);
+                self.undo(cx, slot, "with their agent");
+            }
+        }
+    }
+
+    /// Slot `reader` could not fetch input `blob`. The producer it was given that made the
+    /// blob kept it on agents that are gone or no longer have it: every done slot kept there
+    /// is taken for lost (as Spark takes a fetch failure for the loss of all of an executor's
+    /// outputs), so one report, not one per missing file, has them made again. True when the
+    /// reader only waits for producers to run (again): no failure of its own.
+    fn lose_input(&mut self, cx: &mut Context, reader: Slot, blob: &BundleHash) -> bool {
+        let deps = self.deps_of(reader.0);
+        let given = self.reading.remove(&reader).unwrap_or_default();
+        let mut holders: BTreeSet<AgentId> = BTreeSet::new();
+        let mut undone = false;
+        for &g in &deps {
+            let name = self.spec.groups[g].name.clone();
+            let makers: Vec<u32> = self
+                .progress
+                .done
+                .range((name.clone(), 0)..=(name, u32::MAX))
+                .filter(|(_, (task, outputs))| {
+                    given.contains(task) && outputs.iter().any(|o| &o.blob == blob)
+                })
+                .map(|((_, i), _)| *i)
+                .collect();
+            for i in makers {
+                self.stale.insert((g, i));
+                undone = true;
+                if let Some((_, outputs)) = self.progress.done.get(&self.name((g, i))) {
+                    holders.extend(
+                        outputs
+                            .iter()
+                            .filter(|o| &o.blob == blob)
+                            .filter_map(|o| o.held_by.clone()),
+                    );
+                }
+            }
+        }
+        for agent in &holders {
+            for g in 0..self.spec.groups.len() {
+                for i in self.slots_done_with(g, |o| o.held_by.as_ref() == Some(agent)) {
+                    self.stale.insert((g, i));
+                }
+            }
+        }
+        self.undo_needed_stale(cx);
+        // Made again since (or being made): the reader just waits for it.
+        let changed = deps.iter().any(|&g| {
+            (0..self.spec.groups[g].count).any(|i| {
+                self.progress
+                    .done
+                    .get(&self.name((g, i)))
+                    .is_none_or(|(t, _)| !given.contains(t))
+            })
+        });
+        undone || changed
+    }
+
+    /// The groups group `g` reads.
+    fn deps_of(&self, g: usize) -> Vec<usize> {
+        self.spec.groups[g]
+            .depends_on
+            .iter()
+            .filter_map(|d| self.spec.groups.iter().position(|x| &x.name == d))
+            .collect()
+    }
+
+    /// The tasks whose outputs slot `slot`'s task is given now.
+    fn producers_of(&self, slot: Slot) -> BTreeSet<TaskId> {
+        self.deps_of(slot.0)
+            .into_iter()
+            .flat_map(|g| {
+                let name = self.spec.groups[g].name.clone();
+                self.progress
+                    .done
+                    .range((name.clone(), 0)..=(name, u32::MAX))
+                    .map(|(_, (t, _))| *t)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Keeps this framework in step with the job's record, which the state machine may have
+    /// changed itself (a lost agent's outputs, outputs lost with an agent and needed again
+    /// later): a slot done here but not in `done` is not done, with the record's count of
+    /// losses. Called by the host between callbacks; the next tick revives offers or ends the
+    /// job when a slot was lost too often.
+    pub fn sync_done<T>(
+        &mut self,
+        done: &BTreeMap<(String, u32), T>,
+        losses: &BTreeMap<(String, u32), u32>,
+    ) {
+        let gone: Vec<(String, u32)> = self
+            .progress
+            .done
+            .keys()
+            .filter(|k| !done.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.progress.done.remove(&key);
+            let n = losses.get(&key).copied().unwrap_or(0);
+            self.progress.losses.insert(key.clone(), n);
+            if let Some(g) = self.spec.groups.iter().position(|x| x.name == key.0) {
+                self.done_idx[g].remove(&key.1);
+                self.stale.remove(&(g, key.1));
+            }
+            if n > MAX_LOSSES && self.doomed.is_none() {
+                self.doomed = Some(format!(
+                    "the outputs of task {} of group {} were lost {n} times",
+                    key.1, key.0
+                ));
+            }
+        }
+    }
+
+    /// The done slots of group `g` with an output that `pick` chooses.
+    fn slots_done_with(&self, g: usize, pick: impl Fn(&OutputFile) -> bool) -> Vec<u32> {
+        let name = &self.spec.groups[g].name;
+        self.progress
+            .done
+            .range((name.clone(), 0)..=(name.clone(), u32::MAX))
+            .filter(|(_, (_, outputs))| outputs.iter().any(&pick))
+            .map(|((_, i), _)| *i)
+            .collect()
+    }
+
+    /// A done slot's outputs are lost: it is pending again, or the job fails when that
+    /// happened more than [`MAX_LOSSES`] times.
+    fn undo(&mut self, cx: &mut Context, slot: Slot, how: &str) {
+        if self.ended {
+            return;
+        }
+        let key = self.name(slot);
+        self.progress.done.remove(&key);
+        self.done_idx[slot.0].remove(&slot.1);
+        let n = self.progress.losses.entry(key.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        self.events.push(JobEvent::Lost {
+            group: key.0.clone(),
+            index: key.1,
+        });
+        if n > MAX_LOSSES {
+            let why = format!(
+                "the outputs of task {} of group {} were lost {n} times (the last time {how})",
+                key.1, key.0
+            );
+            self.end(cx, JobState::Failed(why));
+        }
+    }
+
     /// Whether `agent` runs more instances of group `g` than some other agent that runs it.
     fn crowded(&self, g: usize, agent: &AgentId) -> bool {
         let mut per_agent: BTreeMap<&AgentId, usize> = BTreeMap::new();
@@ -564,3 +807,6 @@ impl JobFramework {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+mod sim;

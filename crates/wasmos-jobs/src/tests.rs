@@ -157,6 +157,7 @@ fn output(path: &str, b: u8) -> OutputFile {
         path: path.into(),
         blob: hash(b),
         size: 1,
+        held_by: None,
     }
 }
 
@@ -437,4 +438,223 @@ fn the_job_says_what_it_waits_for() {
             })
             .collect();
     assert!(waiting(&ticked).is_empty(), "{ticked:?}");
+}
+
+/// An output the state machine recorded as kept on `agent`.
+fn kept(path: &str, b: u8, agent: &str) -> OutputFile {
+    OutputFile {
+        held_by: Some(AgentId::new(agent).unwrap()),
+        ..output(path, b)
+    }
+}
+
+/// A map group (with an outputs directory) and a reduce group reading it.
+fn map_reduce(maps: u32) -> JobSpec {
+    let mut map = group("map", maps, &[]);
+    map.task.outputs_dir = Some("/out".into());
+    let mut reduce = group("reduce", 1, &["map"]);
+    reduce.task.outputs_dir = Some("/out".into());
+    job(vec![map, reduce])
+}
+
+#[test]
+fn only_outputs_a_later_group_reads_are_kept_on_agents() {
+    let mut h = Harness::new(map_reduce(1));
+    let maps = h.offer("a1", 4000, &[]);
+    assert!(maps[0].1.outputs_on_agent, "map outputs are intermediate");
+    h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+    let reducers = h.offer("a1", 4000, &[]);
+    assert!(
+        !reducers[0].1.outputs_on_agent,
+        "the last group's results go to the masters"
+    );
+}
+
+#[test]
+fn a_lost_agent_takes_its_kept_outputs_and_their_tasks_run_again() {
+    let mut h = Harness::new(map_reduce(2));
+    let maps = h.offer("a1", 1000, &[]);
+    assert_eq!(maps.len(), 2);
+    h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+    h.finish(maps[1].0, vec![kept("part-0", 11, "a2")]);
+    h.d.scheduler_mut().take_events();
+    // a2 goes before any reducer ran: only the map whose outputs it kept runs again.
+    h.d.event(
+        FrameworkEvent::Failure {
+            agent: AgentId::new("a2").unwrap(),
+        },
+        h.now,
+    );
+    assert_eq!(
+        h.d.scheduler_mut().take_events(),
+        [JobEvent::Lost {
+            group: "map".into(),
+            index: 1
+        }]
+    );
+    let again = h.offer("a1", 4000, &[]);
+    assert_eq!(again.len(), 1, "only map 1, not the reducer: {again:?}");
+    assert_eq!(again[0].1.args, ["--part", "1"]);
+    h.finish(again[0].0, vec![kept("part-0", 11, "a1")]);
+    let reducers = h.offer("a1", 4000, &[]);
+    assert_eq!(reducers.len(), 1);
+    assert_eq!(reducers[0].1.inputs.len(), 2);
+    // Once every reader is done, losing outputs changes nothing.
+    h.finish(reducers[0].0, vec![output("counts", 12)]);
+    let events = h.d.scheduler_mut().take_events();
+    assert_eq!(events.last(), Some(&JobEvent::Ended(JobState::Finished)));
+}
+
+#[test]
+fn a_missing_input_reruns_its_producer_without_counting_a_failure() {
+    let mut h = Harness::new(map_reduce(2));
+    let maps = h.offer("a1", 1000, &[]);
+    h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+    h.finish(maps[1].0, vec![kept("part-0", 11, "a2")]);
+    let reducers = h.offer("a1", 4000, &[]);
+    assert_eq!(reducers.len(), 1);
+    h.d.scheduler_mut().take_events();
+    // The reducer could not fetch from a2 (gone, or it dropped the file) before the master
+    // noticed anything.
+    let mut s = TaskStatus::with_reason(
+        TaskState::Failed,
+        Some(wasmos_proto::Reason::InputLost),
+        "cannot fetch input",
+    );
+    s.lost_input = Some(hash(11));
+    h.update(reducers[0].0, s);
+    let events = h.d.scheduler_mut().take_events();
+    assert!(
+        events.contains(&JobEvent::Lost {
+            group: "map".into(),
+            index: 1
+        }) && !events.iter().any(|e| matches!(e, JobEvent::Failed { .. })),
+        "{events:?}"
+    );
+    h.now += 1000;
+    let again = h.offer("a1", 4000, &[]);
+    assert_eq!(again.len(), 1, "map 1 first: {again:?}");
+    assert_eq!(again[0].1.args, ["--part", "1"]);
+    h.finish(again[0].0, vec![kept("part-0", 11, "a1")]);
+    h.now += 1000;
+    assert_eq!(h.offer("a1", 4000, &[]).len(), 1, "then the reducer again");
+}
+
+#[test]
+fn outputs_lost_too_often_fail_the_job_saying_why() {
+    let mut h = Harness::new(map_reduce(1));
+    for round in 0..=MAX_LOSSES {
+        let maps = h.offer("a1", 1000, &[]);
+        assert_eq!(maps.len(), 1, "round {round}");
+        h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+        h.d.event(
+            FrameworkEvent::Failure {
+                agent: AgentId::new("a1").unwrap(),
+            },
+            h.now,
+        );
+    }
+    let events = h.d.scheduler_mut().take_events();
+    let Some(JobEvent::Ended(JobState::Failed(why))) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert!(why.contains("were lost 5 times"), "{why}");
+}
+
+#[test]
+fn losing_outputs_two_stages_back_undoes_both_stages() {
+    let mut a = group("a", 1, &[]);
+    a.task.outputs_dir = Some("/out".into());
+    let mut b = group("b", 1, &["a"]);
+    b.task.outputs_dir = Some("/out".into());
+    let mut c = group("c", 2, &["b"]);
+    c.task.outputs_dir = Some("/out".into());
+    let mut h = Harness::new(job(vec![a, b, c]));
+    let t = h.offer("x", 1000, &[]);
+    h.finish(t[0].0, vec![kept("a-out", 10, "x")]);
+    let t = h.offer("x", 1000, &[]);
+    assert!(t[0].1.outputs_on_agent, "b feeds c");
+    h.finish(t[0].0, vec![kept("b-out", 11, "x")]);
+    let c_tasks = h.offer("y", 500, &[]);
+    assert_eq!(c_tasks.len(), 1, "one c fits");
+    h.finish(c_tasks[0].0, vec![output("c-out", 12)]);
+    h.d.scheduler_mut().take_events();
+    h.d.event(
+        FrameworkEvent::Failure {
+            agent: AgentId::new("x").unwrap(),
+        },
+        h.now,
+    );
+    let events = h.d.scheduler_mut().take_events();
+    assert!(
+        events.contains(&JobEvent::Lost {
+            group: "b".into(),
+            index: 0
+        }) && events.contains(&JobEvent::Lost {
+            group: "a".into(),
+            index: 0
+        }),
+        "{events:?}"
+    );
+    // a runs first, then b, then the c still to do.
+    let again = h.offer("y", 4000, &[]);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1.args, ["--part", "0"]);
+    assert!(again[0].1.inputs.is_empty(), "that is a: {again:?}");
+}
+
+#[test]
+fn a_missing_input_no_job_task_made_is_the_readers_own_failure() {
+    let mut h = Harness::new(map_reduce(1));
+    let maps = h.offer("a1", 1000, &[]);
+    h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+    let reducers = h.offer("a1", 4000, &[]);
+    h.d.scheduler_mut().take_events();
+    let mut s = TaskStatus::with_reason(
+        TaskState::Failed,
+        Some(wasmos_proto::Reason::InputLost),
+        "cannot fetch input",
+    );
+    s.lost_input = Some(hash(99));
+    h.update(reducers[0].0, s);
+    let events = h.d.scheduler_mut().take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, JobEvent::Failed { group, .. } if group == "reduce"))
+            && !events.iter().any(|e| matches!(e, JobEvent::Lost { .. })),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn slots_the_record_undid_run_again_and_too_many_losses_fail_the_job() {
+    let mut h = Harness::new(map_reduce(2));
+    let maps = h.offer("a1", 1000, &[]);
+    h.finish(maps[0].0, vec![kept("part-0", 10, "a1")]);
+    h.finish(maps[1].0, vec![kept("part-0", 11, "a2")]);
+    h.d.scheduler_mut().take_events();
+    // The state machine undid map 1 (its output went with an agent this instance never heard
+    // of): the host passes the record on.
+    let mut record: BTreeMap<(String, u32), ()> = BTreeMap::new();
+    record.insert(("map".into(), 0), ());
+    let mut losses = BTreeMap::new();
+    losses.insert(("map".to_string(), 1), 1);
+    h.d.scheduler_mut().sync_done(&record, &losses);
+    h.d.tick(h.now);
+    let again = h.offer("a1", 4000, &[]);
+    assert_eq!(again.len(), 1, "map 1 only, the reducer waits: {again:?}");
+    assert_eq!(again[0].1.args, ["--part", "1"]);
+    h.finish(again[0].0, vec![kept("part-0", 11, "a1")]);
+    // Lost once too often, per the record: the job fails at the next tick.
+    record.insert(("map".into(), 1), ());
+    losses.insert(("map".to_string(), 0), MAX_LOSSES + 1);
+    record.remove(&("map".to_string(), 0));
+    h.d.scheduler_mut().sync_done(&record, &losses);
+    h.d.tick(h.now);
+    let events = h.d.scheduler_mut().take_events();
+    let Some(JobEvent::Ended(JobState::Failed(why))) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert!(why.contains("were lost 5 times"), "{why}");
 }

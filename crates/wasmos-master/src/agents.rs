@@ -33,7 +33,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             return;
         }
     };
-    let (resources, attributes, fuel_per_core_second, reserved, running, pending) =
+    let (resources, attributes, fuel_per_core_second, reserved, running, pending, peer_addr) =
         match recv_frame(&mut recv).await {
             Ok(Some(AgentToMaster::Register {
                 resources,
@@ -42,6 +42,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 reserved,
                 running,
                 pending,
+                peer_addr,
             })) => (
                 resources,
                 attributes,
@@ -49,6 +50,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 reserved,
                 running,
                 pending,
+                peer_addr,
             ),
             Ok(Some(AgentToMaster::WhoLeads)) => {
                 let (_, addr) = shared.raft.leader_addr();
@@ -65,6 +67,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 return;
             }
         };
+    // Other agents dial it: it must be an address, not a name to resolve or a long string.
+    if let Some(addr) = &peer_addr
+        && addr.parse::<std::net::SocketAddr>().is_err()
+    {
+        let message = format!(
+            "peer address `{}` is not an IP address and port",
+            addr.chars().take(80).collect::<String>()
+        );
+        tracing::warn!(%agent, "refused registration: {message}");
+        let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+        return;
+    }
     let reserved = match check_reservations(&resources, reserved) {
         Ok(r) => r,
         Err(message) => {
@@ -87,6 +101,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             fuel_per_core_second,
             reserved,
             running: known.clone(),
+            peer_addr,
             now_ms: now_ms(),
         })
         .await;

@@ -245,6 +245,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             fuel_per_core_second: a.fuel_per_core_second,
                             registered_ms: a.registered_ms,
                             last_seen_ms: seen.copied().unwrap_or(a.registered_ms),
+                            peer_addr: a.peer_addr.clone().filter(|_| own_role.is_none()),
                         }
                     })
                     .collect()
@@ -611,7 +612,13 @@ async fn get_blob(
 ) -> Result<(), FrameError> {
     // The blob's readers decide, not whether some visible task names it: a task spec may
     // name any hash, and naming one must not be a way to read it.
-    let allowed = shared.read(|s| s.may_read(&who.to_uri(), hash));
+    let (allowed, held_by) = shared.read(|s| {
+        let allowed = s.may_read(&who.to_uri(), hash);
+        (
+            allowed,
+            s.bundles.get(hash).and_then(|m| m.kept_on.first().cloned()),
+        )
+    });
     let missing = || {
         error(
             ErrorKind::NotFound,
@@ -620,6 +627,12 @@ async fn get_blob(
     };
     if !allowed {
         return send_frame(send, &missing()).await;
+    }
+    if let Some(agent) = held_by {
+        let message = format!(
+            "blob {hash} is an intermediate output kept on agent {agent}, not stored on the masters; tasks read it as an input"
+        );
+        return send_frame(send, &error(ErrorKind::NotFound, message)).await;
     }
     match crate::peers::blob(shared, hash).await {
         Ok(bytes) => {

@@ -66,7 +66,10 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                 .entry(job)
                 .or_insert_with(|| tokio::spawn(runner(shared.clone(), job)));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shared.jobs_changed.notified() => {}
+        }
     }
 }
 
@@ -152,6 +155,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         tasks: rec.tasks.clone(),
         done: rec.done.clone(),
         failures: rec.failures.clone(),
+        losses: rec.losses.clone(),
     };
     let fw = JobFramework::new(rec.spec.clone(), rec.submitted_ms, progress);
     let options = Options {
@@ -249,6 +253,8 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                                 driver.scheduler_mut().set_count(&g.name, g.count);
                             }
                         }
+                        // The state machine undoes slots whose kept outputs are gone.
+                        driver.scheduler_mut().sync_done(&r.done, &r.losses);
                     }
                     None => break,
                 }
@@ -300,7 +306,10 @@ pub(crate) async fn answer(
                 now_ms: now_ms(),
             };
             match shared.write(cmd).await {
-                Ok(CommandResult::Job(id)) => ClientResponse::JobSubmitted { id },
+                Ok(CommandResult::Job(id)) => {
+                    shared.jobs_changed.notify_one();
+                    ClientResponse::JobSubmitted { id }
+                }
                 Ok(CommandResult::Rejected(why)) => crate::replies::rejected(why),
                 Ok(other) => error(ErrorKind::Internal, format!("{other:?}")),
                 Err(e) => crate::replies::raft_error(shared, e),
@@ -425,12 +434,8 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo
                 },
                 running,
                 done,
-                failed: j
-                    .failures
-                    .iter()
-                    .filter(|((group, _), _)| group == &g.name)
-                    .map(|(_, n)| *n)
-                    .sum(),
+                failed: of_group(&j.failures, &g.name),
+                lost: of_group(&j.losses, &g.name),
             }
         })
         .collect();
@@ -457,4 +462,12 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo
         groups,
         results,
     }
+}
+
+/// The sum of a per-slot count over the slots of one group.
+fn of_group(counts: &BTreeMap<(String, u32), u32>, group: &str) -> u32 {
+    counts
+        .range((group.to_string(), 0)..=(group.to_string(), u32::MAX))
+        .map(|(_, n)| *n)
+        .sum()
 }

@@ -171,6 +171,9 @@ pub(crate) struct Shared {
     storage_cache: Mutex<std::collections::HashMap<String, StorageFigures>>,
     /// Per tenant: bytes of uploads under way (see [`Shared::reserve_upload`]).
     uploads: Mutex<std::collections::HashMap<String, u64>>,
+    /// Wakes the job host when a job was submitted, so it starts at once, not at its next
+    /// poll (up to 300 ms later).
+    pub jobs_changed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -480,6 +483,7 @@ impl Master {
             admission: admission::Admission::default(),
             refusals: wasmos_net::Refusals::default(),
             storage_cache: Mutex::default(),
+            jobs_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
         });
         let mut tasks = JoinSet::new();

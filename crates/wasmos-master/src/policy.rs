@@ -12,7 +12,9 @@
 use wasmos_alloc::Role;
 use wasmos_net::Identity;
 use wasmos_net::seal::SecretsKey;
-use wasmos_proto::{EgressRule, MasterToAgent, SecretValue, TaskId, TaskInfo, TaskSpec};
+use wasmos_proto::{
+    EgressRule, InputSource, MasterToAgent, SecretValue, TaskId, TaskInfo, TaskSpec,
+};
 use wasmos_state::ClusterState;
 
 /// The role of operators' submissions that name none.
@@ -97,7 +99,44 @@ pub(crate) fn launch_message(
         }
     }
     let egress = egress_for(state, spec.role.as_deref());
-    Ok(MasterToAgent::Launch { task, spec, egress })
+    let on = state.tasks.get(&task).and_then(|t| t.agent.as_ref());
+    let sources = sources_for(state, &spec, on);
+    Ok(MasterToAgent::Launch {
+        task,
+        spec,
+        egress,
+        sources,
+    })
+}
+
+/// Where the inputs kept on agents are, from the state's record (not the job's: the same
+/// bytes may be kept on several agents), each blob's holders in the order to try them: the
+/// agent the task runs on (`on`) first, which reads its own store.
+pub(crate) fn sources_for(
+    state: &ClusterState,
+    spec: &TaskSpec,
+    on: Option<&wasmos_proto::AgentId>,
+) -> Vec<InputSource> {
+    let mut sources: Vec<InputSource> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in &spec.inputs {
+        let Some(meta) = state.bundles.get(&i.blob).filter(|m| m.is_kept()) else {
+            continue;
+        };
+        if !seen.insert(&i.blob) {
+            continue;
+        }
+        let mut holders: Vec<&wasmos_proto::AgentId> = meta.kept_on.iter().collect();
+        holders.sort_by_key(|a| Some(*a) != on);
+        for agent in holders {
+            sources.push(InputSource {
+                blob: i.blob.clone(),
+                agent: agent.clone(),
+                addr: state.agents.get(agent).and_then(|a| a.peer_addr.clone()),
+            });
+        }
+    }
+    sources
 }
 
 /// The egress rules of `role` and the roles above it, the most specific role's first.

@@ -1,5 +1,5 @@
 //! The lost-agent reaper: an agent silent (no heartbeat) for `agent_timeout` is declared lost
-//! with its tasks. A master that has just become leader gives every agent the whole timeout to
+//! with its tasks and the outputs it kept. A master that has just become leader gives every agent the whole timeout to
 //! reconnect to it first.
 
 use std::sync::Arc;
@@ -37,10 +37,18 @@ async fn reap_lost_agents(
         }
     }
     let connected: Vec<AgentId> = shared.agents().keys().cloned().collect();
+    // Agents with something to lose: live tasks, or outputs kept for jobs (an idle agent that
+    // holds a job's intermediate files must be declared lost too, or readers would keep being
+    // sent to it and the job would learn of the loss only fetch by fetch).
     let with_tasks: Vec<AgentId> = shared.read(|s| {
-        s.agents
-            .keys()
-            .filter(|a| !connected.contains(a) && s.live_tasks_on(a).next().is_some())
+        let away: Vec<&AgentId> = s.agents.keys().filter(|a| !connected.contains(a)).collect();
+        if away.is_empty() {
+            return Vec::new();
+        }
+        let keepers: std::collections::BTreeSet<&AgentId> =
+            s.bundles.values().flat_map(|m| m.kept_on.iter()).collect();
+        away.into_iter()
+            .filter(|a| s.live_tasks_on(a).next().is_some() || keepers.contains(a))
             .cloned()
             .collect()
     });

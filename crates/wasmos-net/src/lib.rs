@@ -3,6 +3,7 @@
 //! This is the only crate that touches quinn, rustls and ring
 //! (which also seals secrets at rest).
 
+mod agent_peer;
 mod frame;
 mod https;
 mod identity;
@@ -13,6 +14,7 @@ pub mod seal;
 mod tls;
 mod watch;
 
+pub use agent_peer::{agent_peer_client, connect_agent};
 pub use frame::{FrameError, recv_frame, send_frame};
 pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
@@ -20,7 +22,8 @@ pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
 pub use tls::{
-    Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, client_endpoint,
-    connect, connect_within, describe, is_refusal, server_endpoint, watchful_client_endpoint,
+    Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,
+    client_endpoint, connect, connect_within, describe, is_refusal, server_endpoint,
+    watchful_client_endpoint,
 };
 pub use watch::{PROBE_TIMEOUT, SILENCE, ask_leader, watch_leader};

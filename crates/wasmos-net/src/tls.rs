@@ -110,7 +110,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(keep_alive: Duration) -> Arc<quinn::TransportConfig> {
+pub(crate) fn transport(keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Agents hold one connection for their lifetime; keep-alives keep NAT bindings and let both
     // sides notice a dead peer within the idle timeout. A killed master sends nothing (UDP has
@@ -180,15 +180,19 @@ fn endpoint_with(
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(keep_alive));
-    let bind: SocketAddr = if remote.is_ipv6() {
-        "[::]:0".parse().unwrap_or(remote)
-    } else {
-        "0.0.0.0:0".parse().unwrap_or(remote)
-    };
+    let bind = bind_for(remote);
     let mut endpoint =
         quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+/// The any-address of `remote`'s family, port 0: where a client endpoint binds.
+pub fn bind_for(remote: SocketAddr) -> SocketAddr {
+    match remote {
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+    }
 }
 
 /// Dials a master and completes the handshake, naming the cause when it fails.

@@ -110,6 +110,9 @@ pub struct GroupProgress {
     pub done: u32,
     /// Failed attempts so far (retried or not).
     pub failed: u32,
+    /// Times a done task's kept outputs were lost with their agent, so it ran again.
+    #[serde(default)]
+    pub lost: u32,
 }
 
 /// What `job status` and `job list` show.
@@ -130,7 +133,45 @@ pub struct JobInfo {
 /// The largest count a group may ask for.
 pub const MAX_GROUP_COUNT: u32 = 10_000;
 
+/// A batch job's record of done slots: the task that did each and its outputs.
+pub type DoneSlots = BTreeMap<(String, u32), (TaskId, Vec<OutputFile>)>;
+
 impl JobSpec {
+    /// Undoes, in a batch job's record, every done slot with a kept output that is `gone`
+    /// while a group that reads it is not done, counting a loss for each; repeated until
+    /// nothing changes, since undoing a slot makes its own inputs needed again. The one rule
+    /// the state machine applies and the jobs simulation models the master with.
+    pub fn undo_lost_kept(
+        &self,
+        done: &mut DoneSlots,
+        losses: &mut BTreeMap<(String, u32), u32>,
+        gone: impl Fn(&crate::BundleHash) -> bool,
+    ) {
+        loop {
+            let still_read: std::collections::BTreeSet<&str> = self
+                .groups
+                .iter()
+                .filter(|g| (0..g.count).any(|i| !done.contains_key(&(g.name.clone(), i))))
+                .flat_map(|g| g.depends_on.iter().map(String::as_str))
+                .collect();
+            let lost: Vec<(String, u32)> = done
+                .iter()
+                .filter(|((g, _), (_, outputs))| {
+                    still_read.contains(g.as_str())
+                        && outputs.iter().any(|o| o.held_by.is_some() && gone(&o.blob))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if lost.is_empty() {
+                return;
+            }
+            for slot in lost {
+                done.remove(&slot);
+                *losses.entry(slot).or_default() += 1;
+            }
+        }
+    }
+
     /// Checks what the master can check: names, counts, the dependency graph (known groups,
     /// no cycles), each group's task template.
     pub fn check(&self) -> Result<(), String> {
@@ -225,6 +266,12 @@ pub enum JobEvent {
     /// A task the framework stopped itself (scaled down, job stopped): no failure.
     Stopped {
         task: TaskId,
+    },
+    /// A done slot's outputs were kept on an agent that is gone (or no longer holds them)
+    /// while a later group still needs them: the slot is not done any more and runs again.
+    Lost {
+        group: String,
+        index: u32,
     },
     /// A service group's new instance count.
     Scaled {

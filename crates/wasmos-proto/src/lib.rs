@@ -18,12 +18,14 @@ pub use framework::{
 };
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use job::{
-    GroupProgress, GroupSpec, JobEvent, JobId, JobInfo, JobKind, JobSpec, JobState, MAX_GROUP_COUNT,
+    DoneSlots, GroupProgress, GroupSpec, JobEvent, JobId, JobInfo, JobKind, JobSpec, JobState,
+    MAX_GROUP_COUNT,
 };
 pub use messages::{
-    AgentInfo, AgentState, AgentToMaster, BlobKind, ClientRequest, ClientResponse, ClusterInfo,
-    ErrorKind, FrameworkSummary, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream,
-    PeerRequest, PeerResponse, ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
+    AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, BlobKind,
+    ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary, InputSource,
+    MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse,
+    ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{
@@ -43,4 +45,6 @@ pub mod alpn {
     pub const RAFT: &[u8] = b"wasmos-raft/2";
     /// Master to master, besides raft: copies of bundle blobs.
     pub const PEER: &[u8] = b"wasmos-peer/1";
+    /// Agent to agent: intermediate outputs kept where they were produced.
+    pub const AGENT_PEER: &[u8] = b"wasmos-agent-peer/1";
 }

@@ -287,6 +287,9 @@ pub struct AgentInfo {
     pub fuel_per_core_second: u64,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Where it serves its kept outputs to other agents; shown to operators only.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
 }
 
 /// One master's view of the master group, as `wasmos cluster status` shows it.
@@ -365,6 +368,37 @@ pub enum PeerResponse {
     },
 }
 
+/// Agent to agent on `wasmos-agent-peer/1`, one request per stream: an intermediate output the
+/// serving agent keeps (`TaskSpec::outputs_on_agent`), fetched by the agent of a task that
+/// names it as an input. Only agents of the cluster may ask; the serving agent answers only for
+/// blobs it holds as outputs, never for other files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentPeerRequest {
+    Fetch { hash: BundleHash },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentPeerResponse {
+    /// Followed by exactly `size` raw bytes.
+    Blob {
+        size: u64,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Where the agent of a task finds an input kept on another agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSource {
+    pub blob: BundleHash,
+    /// The agent that holds it: the dialing agent checks the certificate names exactly this one.
+    pub agent: AgentId,
+    /// Its `wasmos-agent-peer/1` address, when it advertised one.
+    pub addr: Option<String>,
+}
+
 /// A change of a task's status, numbered by the agent so the master can acknowledge it and
 /// drop the duplicates that a resend after a reconnect produces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,6 +426,8 @@ pub enum AgentToMaster {
         running: Vec<TaskId>,
         /// Status updates not yet acknowledged, resent in order.
         pending: Vec<StatusUpdate>,
+        /// Where other agents fetch the outputs this agent keeps (`wasmos-agent-peer/1`).
+        peer_addr: Option<String>,
     },
     /// First and only message of a probe connection: which master leads, as this one sees it?
     /// An agent whose master has gone silent asks the others, to follow a new leader as soon
@@ -440,6 +476,8 @@ pub enum MasterToAgent {
         /// The egress rules of the task's role and the roles above it, most specific first,
         /// tried after the agent's own.
         egress: Vec<crate::EgressRule>,
+        /// Inputs kept on other agents, and where those are; other inputs come from masters.
+        sources: Vec<InputSource>,
     },
     Kill {
         task: TaskId,

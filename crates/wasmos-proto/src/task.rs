@@ -210,6 +210,12 @@ pub struct TaskSpec {
     /// where frameworks find them (a batch job hands them to its later stages).
     #[serde(default)]
     pub outputs_dir: Option<String>,
+    /// Keep the outputs on the agent that ran the task instead of storing them on the masters:
+    /// tasks that name them as inputs fetch them from that agent (agent to agent, over mutual
+    /// TLS), and they are gone if that agent is. A batch job sets this for the groups whose
+    /// outputs only later groups read (MapReduce's intermediate files).
+    #[serde(default)]
+    pub outputs_on_agent: bool,
     /// Environment variables whose values are secret: the task sees them like `env`, but no
     /// listing, `task show`, `-o json` or log prints their values, and the replicated state
     /// holds them only sealed (encrypted with a key only masters hold).
@@ -281,6 +287,10 @@ pub struct OutputFile {
     pub path: String,
     pub blob: BundleHash,
     pub size: u64,
+    /// The agent that holds it, when it was kept there (`outputs_on_agent`) and not stored on
+    /// the masters; set by the state machine from where the task ran, never by the agent.
+    #[serde(default)]
+    pub held_by: Option<crate::AgentId>,
 }
 
 /// Most files one task's outputs directory may hold.
@@ -352,6 +362,7 @@ impl TaskSpec {
             cpu_limit_millis: None,
             mem_limit_bytes: None,
             outputs_dir: None,
+            outputs_on_agent: false,
             secret_env: Vec::new(),
         }
     }
@@ -408,6 +419,9 @@ impl TaskSpec {
             if !mounts.insert(m.guest.as_str()) {
                 return Err(format!("two mounts at `{}`", m.guest));
             }
+        }
+        if self.outputs_on_agent && self.outputs_dir.is_none() {
+            return Err("outputs kept on the agent need an outputs directory".into());
         }
         if let Some(dir) = &self.outputs_dir
             && (!valid_guest_path(dir) || dir == "/")
@@ -556,6 +570,10 @@ pub enum Reason {
     Unknown,
     /// Its framework was torn down or did not come back within its failover timeout.
     FrameworkRemoved,
+    /// An input kept on other agents (an earlier task's intermediate output) could not be
+    /// fetched from any of them: they are gone, or no longer hold it. `TaskStatus::lost_input`
+    /// names it, so the job runs the task that produced it again.
+    InputLost,
 }
 
 impl Reason {
@@ -574,6 +592,7 @@ impl Reason {
             Reason::DiskLimit => "disk_limit",
             Reason::Unknown => "unknown",
             Reason::FrameworkRemoved => "framework_removed",
+            Reason::InputLost => "input_lost",
         }
     }
 }
@@ -600,6 +619,9 @@ pub struct TaskStatus {
     /// What it left in its outputs directory (finished with exit code 0 only).
     #[serde(default)]
     pub outputs: Vec<OutputFile>,
+    /// With `Reason::InputLost`: the input blob that could not be fetched.
+    #[serde(default)]
+    pub lost_input: Option<BundleHash>,
 }
 
 impl TaskStatus {
@@ -626,6 +648,7 @@ impl TaskStatus {
             cpu_ms: 0,
             peak_mem_bytes: 0,
             outputs: Vec::new(),
+            lost_input: None,
         }
     }
 }

@@ -441,6 +441,7 @@ async fn run(seed: u64, dir: &std::path::Path) -> anyhow::Result<usize> {
             fuel_per_core_second: 0,
             reserved: BTreeMap::new(),
             running: Vec::new(),
+            peer_addr: None,
             now_ms: 1,
         },
     ];

@@ -75,6 +75,7 @@ fn history() -> Vec<Command> {
             fuel_per_core_second: 1_000_000_000,
             reserved: BTreeMap::new(),
             running: vec![],
+            peer_addr: None,
             now_ms: 2,
         },
         Command::SubmitTask {

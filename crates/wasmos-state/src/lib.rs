@@ -31,6 +31,9 @@ pub struct AgentRecord {
     /// Static reservations from the agent's configuration (as of its last registration).
     #[serde(default)]
     pub reserved: BTreeMap<Role, Resources>,
+    /// Where other agents fetch the outputs it keeps (`wasmos-agent-peer/1`), if it serves.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
 }
 
 /// A role's share settings. Roles without a record have weight 1 and no quota.
@@ -118,6 +121,26 @@ pub struct JobRecord {
     pub done: BTreeMap<(String, u32), (TaskId, Vec<OutputFile>)>,
     /// Failed attempts by slot.
     pub failures: BTreeMap<(String, u32), u32>,
+    /// Times a done slot's outputs were lost with the agent that kept them, by slot.
+    #[serde(default)]
+    pub losses: BTreeMap<(String, u32), u32>,
+}
+
+impl JobRecord {
+    /// A running batch job's done slots with a kept output no agent keeps any more (its
+    /// blob record is gone with its last agent), while a group that reads them is not done,
+    /// are not done any more (and count a loss): the job's framework, which the job host keeps
+    /// in step with this record, runs them again. Repeated until nothing changes, since
+    /// undoing a slot makes its own inputs needed again, whichever agent lost those and when.
+    pub(crate) fn forget_missing(&mut self, bundles: &BTreeMap<BundleHash, BundleMeta>) {
+        if self.state.is_terminal() || self.spec.kind != wasmos_proto::JobKind::Batch {
+            return;
+        }
+        self.spec
+            .undo_lost_kept(&mut self.done, &mut self.losses, |b| {
+                !bundles.contains_key(b)
+            });
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +150,19 @@ pub struct BundleMeta {
     /// Tenants that may read it: each that uploaded the bytes itself, and each whose task
     /// produced them. Operators read every blob.
     pub readers: BTreeSet<String>,
+    /// The agents that keep it, for an output kept where it was produced
+    /// (`TaskSpec::outputs_on_agent`; the same bytes may be made on several); empty for blobs
+    /// stored on the masters. Only a task's inputs may name a kept blob; it is forgotten when
+    /// its last agent is lost.
+    #[serde(default)]
+    pub kept_on: BTreeSet<AgentId>,
+}
+
+impl BundleMeta {
+    /// Whether its bytes are only on agents, not on the masters.
+    pub fn is_kept(&self) -> bool {
+        !self.kept_on.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +244,9 @@ pub enum Command {
         /// Tasks the agent still runs (or has unacknowledged updates for); its other live
         /// tasks are lost, except those still staging (never started there).
         running: Vec<TaskId>,
+        /// Its `wasmos-agent-peer/1` address (checked by the master to be a socket address).
+        #[serde(default)]
+        peer_addr: Option<String>,
         now_ms: u64,
     },
     AddBundle {

@@ -55,16 +55,26 @@ impl ClusterState {
                 spec.bundle
             )));
         }
-        let named = spec
-            .stdin
-            .iter()
-            .map(|h| ("stdin blob", h))
-            .chain(spec.mounts.iter().map(|m| ("mount archive", &m.archive)))
+        let fetched_from_masters = std::iter::once(("bundle", &spec.bundle))
+            .chain(spec.stdin.iter().map(|h| ("stdin blob", h)))
+            .chain(spec.mounts.iter().map(|m| ("mount archive", &m.archive)));
+        let named = fetched_from_masters
+            .clone()
+            .skip(1)
             .chain(spec.inputs.iter().map(|i| ("input blob", &i.blob)));
         for (what, hash) in named {
             if !self.may_read(owner, hash) {
                 return Err(Rejection::NotFound(format!(
                     "{what} {hash} has not been uploaded"
+                )));
+            }
+        }
+        // Agents fetch only inputs from other agents: a kept output as a bundle, stdin or
+        // mount would be looked for on the masters, which do not have it.
+        for (what, hash) in fetched_from_masters {
+            if let Some(agent) = self.bundles.get(hash).and_then(|m| m.kept_on.first()) {
+                return Err(Rejection::Invalid(format!(
+                    "{what} {hash} is an output kept on agent {agent}, not stored on the masters; only a task's inputs can name it"
                 )));
             }
         }
@@ -217,7 +227,7 @@ impl ClusterState {
         let blobs: u64 = self
             .bundles
             .values()
-            .filter(|b| b.readers.contains(tenant))
+            .filter(|b| !b.is_kept() && b.readers.contains(tenant))
             .map(|b| b.size)
             .sum();
         let specs: u64 = self

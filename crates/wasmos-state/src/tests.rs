@@ -27,6 +27,7 @@ fn register(s: &mut ClusterState, name: &str, running: Vec<TaskId>) {
         fuel_per_core_second: 1_000_000_000,
         reserved: BTreeMap::new(),
         running,
+        peer_addr: None,
         now_ms: 1,
     });
     assert_eq!(r, CommandResult::Ok);
@@ -280,6 +281,7 @@ fn reservations_are_held_for_their_role_and_only_dynamic_ones_are_released() {
         fuel_per_core_second: 0,
         reserved: BTreeMap::from([(role("x"), Resources::new(400, 64 << 20, 0))]),
         running: vec![],
+        peer_addr: None,
         now_ms: 1,
     });
     let fx = framework(&mut s, "x/sub");
@@ -400,6 +402,7 @@ proptest! {
                     fuel_per_core_second: 1_000_000_000,
                     reserved: BTreeMap::new(),
                     running: vec![TaskId(n)],
+                    peer_addr: None,
                     now_ms: n,
                 },
                 1 => {
@@ -754,6 +757,7 @@ fn outputs_are_readable_by_the_producing_tenant_only() {
         path: "part-0".into(),
         blob: out.clone(),
         size: 5,
+        held_by: None,
     }];
     s.apply(Command::AgentStatus {
         agent: agent("a"),
@@ -766,6 +770,50 @@ fn outputs_are_readable_by_the_producing_tenant_only() {
     });
     assert!(s.may_read(ALICE, &out) && s.may_read(CAROL, &out) && s.may_read(OP, &out));
     assert!(!s.may_read(BOB, &out));
+}
+
+#[test]
+fn kept_outputs_are_held_where_the_task_ran_for_its_tenant_only() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    register(&mut s, "b", vec![]);
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let out = other_hash(7);
+    let before = s.stored_by("acme");
+    // The agent cannot say another agent holds it: the state knows where the task ran.
+    let t = finish_kept(&mut s, &bundle, "a", 1, &out, Some(agent("b")));
+    assert_eq!(s.bundles[&out].kept_on, BTreeSet::from([agent("a")]));
+    assert_eq!(s.tasks[&t].status.outputs[0].held_by, Some(agent("a")));
+    assert!(s.may_read(ALICE, &out) && !s.may_read(BOB, &out));
+    assert_eq!(s.stored_by("acme"), before, "not on the masters' disks");
+    // Another tenant naming it as an input is told it does not exist.
+    upload(&mut s, &other_hash(9), 10, Some("evil"));
+    let mut theirs = tenant_spec(&other_hash(9), "evil");
+    theirs.inputs = vec![wasmos_proto::InputFile {
+        blob: out.clone(),
+        guest: "/in/x".into(),
+    }];
+    assert_rejected(&submit_as(&mut s, BOB, theirs), "has not been uploaded");
+    // Its own tenant reads it as an input, but nothing the masters serve may name it.
+    let mut input = tenant_spec(&bundle, "acme");
+    input.inputs = vec![wasmos_proto::InputFile {
+        blob: out.clone(),
+        guest: "/in/x".into(),
+    }];
+    assert!(matches!(
+        submit_as(&mut s, ALICE, input),
+        CommandResult::Submitted(_)
+    ));
+    let mut stdin = tenant_spec(&bundle, "acme");
+    stdin.stdin = Some(out.clone());
+    assert_rejected(&submit_as(&mut s, ALICE, stdin), "kept on agent a");
+    // Its agent is lost: so is the blob.
+    s.apply(Command::AgentLost {
+        agent: agent("a"),
+        now_ms: 30,
+    });
+    assert!(!s.bundles.contains_key(&out));
 }
 
 #[test]
@@ -1154,4 +1202,197 @@ fn rejections_are_typed_by_kind() {
     assert_eq!(over.message(), "group `g`: role r has 3 tasks");
     assert_eq!(over.error_kind(), wasmos_proto::ErrorKind::InvalidRequest);
     assert_eq!(over.to_string(), over.message());
+}
+
+#[test]
+fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
+    let mut s = ClusterState::default();
+    let b = other_hash(8);
+    upload(&mut s, &b, 1, Some("acme"));
+    let group = |name: &str, count: u32, deps: &[&str]| wasmos_proto::GroupSpec {
+        name: name.into(),
+        count,
+        task: tenant_spec(&b, "acme"),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        input_pattern: None,
+        inputs: vec![],
+        constraints: BTreeMap::new(),
+        retries: 0,
+        backoff_ms: 0,
+    };
+    let spec = wasmos_proto::JobSpec {
+        name: "wc".into(),
+        kind: wasmos_proto::JobKind::Batch,
+        role: None,
+        deadline_ms: None,
+        groups: vec![
+            group("map", 2, &[]),
+            group("reduce", 1, &["map"]),
+            group("final", 1, &["reduce"]),
+        ],
+    };
+    let CommandResult::Job(job) = s.apply(Command::SubmitJob {
+        spec,
+        owner: ALICE.into(),
+        role: role("acme"),
+        now_ms: 1,
+    }) else {
+        panic!()
+    };
+    let on = |s: &mut ClusterState, a: &str, n: u8| {
+        s.bundles.insert(
+            other_hash(n),
+            BundleMeta {
+                size: 1,
+                added_ms: 1,
+                readers: BTreeSet::from(["acme".to_string()]),
+                kept_on: BTreeSet::from([agent(a)]),
+            },
+        );
+        vec![wasmos_proto::OutputFile {
+            path: "part-0".into(),
+            blob: other_hash(n),
+            size: 1,
+            held_by: Some(agent(a)),
+        }]
+    };
+    let done = |s: &mut ClusterState, group: &str, index: u32, task: u64, outputs| {
+        s.apply(Command::Job {
+            job,
+            event: JobEvent::Done {
+                task: TaskId(task),
+                group: group.into(),
+                index,
+                outputs,
+            },
+            now_ms: 2,
+        })
+    };
+    let outputs = on(&mut s, "a", 20);
+    done(&mut s, "map", 0, 1, outputs);
+    let outputs = on(&mut s, "b", 21);
+    done(&mut s, "map", 1, 2, outputs);
+    let outputs = on(&mut s, "a", 22);
+    done(&mut s, "reduce", 0, 3, outputs);
+    s.apply(Command::AgentLost {
+        agent: agent("a"),
+        now_ms: 3,
+    });
+    let rec = &s.jobs[&job];
+    // The final group needs the reduce output a kept; the reducer, to run again, needs the
+    // map output a kept (two stages back); the map output on b is still there.
+    assert!(!rec.done.contains_key(&("reduce".into(), 0)));
+    assert!(!rec.done.contains_key(&("map".into(), 0)));
+    assert!(rec.done.contains_key(&("map".into(), 1)));
+    assert_eq!(rec.losses.get(&("reduce".into(), 0)), Some(&1));
+    assert_eq!(rec.losses.get(&("map".into(), 0)), Some(&1));
+    assert_eq!(rec.losses.len(), 2);
+    // The framework's own record of the same loss counts nothing twice.
+    s.apply(Command::Job {
+        job,
+        event: JobEvent::Lost {
+            group: "reduce".into(),
+            index: 0,
+        },
+        now_ms: 4,
+    });
+    assert_eq!(s.jobs[&job].losses.get(&("reduce".into(), 0)), Some(&1));
+    // Later: map 0 and the reducer ran again, the reducer's output now on b. Agent c held
+    // map 0's new output and is lost while nothing needs it; then the reducer's output is
+    // reported lost: the reducer must run again, and so must map 0, whose output went with c.
+    let outputs = on(&mut s, "c", 30);
+    done(&mut s, "map", 0, 4, outputs);
+    let outputs = on(&mut s, "b", 31);
+    done(&mut s, "reduce", 0, 5, outputs);
+    s.apply(Command::AgentLost {
+        agent: agent("c"),
+        now_ms: 5,
+    });
+    assert!(
+        s.jobs[&job].done.contains_key(&("map".into(), 0)),
+        "not needed yet"
+    );
+    s.apply(Command::Job {
+        job,
+        event: JobEvent::Lost {
+            group: "reduce".into(),
+            index: 0,
+        },
+        now_ms: 6,
+    });
+    let rec = &s.jobs[&job];
+    assert!(!rec.done.contains_key(&("reduce".into(), 0)));
+    assert!(
+        !rec.done.contains_key(&("map".into(), 0)),
+        "its output is nowhere"
+    );
+    assert!(
+        rec.done.contains_key(&("map".into(), 1)),
+        "b still has it... {rec:?}"
+    );
+}
+
+#[test]
+fn bytes_kept_on_two_agents_outlive_one_of_them() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    register(&mut s, "b", vec![]);
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let out = other_hash(7);
+    for (n, on) in [(1, "a"), (2, "b")] {
+        finish_kept(&mut s, &bundle, on, n, &out, None);
+    }
+    assert_eq!(s.bundles[&out].kept_on.len(), 2);
+    s.apply(Command::AgentLost {
+        agent: agent("a"),
+        now_ms: 30,
+    });
+    assert_eq!(s.bundles[&out].kept_on, BTreeSet::from([agent("b")]));
+    s.apply(Command::AgentLost {
+        agent: agent("b"),
+        now_ms: 31,
+    });
+    assert!(!s.bundles.contains_key(&out));
+}
+
+/// Alice's task that keeps its outputs runs on `on` and finishes with one output, `out`, that
+/// its agent says `held_by` holds.
+fn finish_kept(
+    s: &mut ClusterState,
+    bundle: &BundleHash,
+    on: &str,
+    seq: u64,
+    out: &BundleHash,
+    held_by: Option<AgentId>,
+) -> TaskId {
+    let mut spec = tenant_spec(bundle, "acme");
+    spec.outputs_dir = Some("/out".into());
+    spec.outputs_on_agent = true;
+    let CommandResult::Submitted(t) = submit_as(s, ALICE, spec) else {
+        panic!()
+    };
+    s.apply(Command::AssignTask {
+        task: t,
+        agent: agent(on),
+        now_ms: 21,
+    });
+    let mut done = TaskStatus::new(TaskState::Finished);
+    done.exit_code = Some(0);
+    done.outputs = vec![wasmos_proto::OutputFile {
+        path: "part-0".into(),
+        blob: out.clone(),
+        size: 5,
+        held_by,
+    }];
+    s.apply(Command::AgentStatus {
+        agent: agent(on),
+        update: StatusUpdate {
+            seq,
+            task: t,
+            status: done,
+        },
+        now_ms: 22,
+    });
+    t
 }

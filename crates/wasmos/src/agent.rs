@@ -50,6 +50,20 @@ pub(crate) struct AgentArgs {
     /// Extra attribute to advertise, KEY=VALUE (repeatable).
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     pub(crate) attrs: Vec<String>,
+    /// Where to serve the outputs this agent keeps (a batch job's intermediate files) to other
+    /// agents, over mutual TLS; port 0 takes a free port, `off` serves none (its outputs then
+    /// go to the masters).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT|off")]
+    pub(crate) peer_listen: String,
+    /// The address other agents dial for this agent's kept outputs [default: the listening
+    /// address, or this host's address toward the master when listening on all of them]
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) peer_advertise: Option<String>,
+    /// Most bytes of kept outputs this agent holds; outputs that would go past it are stored on
+    /// the masters instead. Kept files nobody made or read for a day are dropped (a job that
+    /// still needs one makes it again).
+    #[arg(long, default_value = "2GiB")]
+    pub(crate) keep_max: String,
     #[command(flatten)]
     pub(crate) exec: ExecArgs,
 }
@@ -196,6 +210,22 @@ pub(crate) async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
         exec: args.exec.config()?,
         keep_task_dirs: args.exec.keep_task_dirs,
         egress: args.exec.egress()?,
+        peer_listen: match args.peer_listen.as_str() {
+            "off" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| anyhow!("--peer-listen: `{a}` is not IP:PORT (or `off`)"))?,
+            ),
+        },
+        peer_advertise: args
+            .peer_advertise
+            .as_deref()
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| anyhow!("--peer-advertise: `{a}` is not IP:PORT"))
+            })
+            .transpose()?,
+        keep_max_bytes: parse_bytes(&args.keep_max).context("--keep-max")?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));

@@ -112,6 +112,10 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             exec: opts.exec.clone(),
             keep_task_dirs: opts.keep_task_dirs,
             egress: opts.egress.clone(),
+            // Loopback: the agents of one process are on one host.
+            peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            peer_advertise: None,
+            keep_max_bytes: wasmos_agent::DEFAULT_KEEP_MAX_BYTES,
         };
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();

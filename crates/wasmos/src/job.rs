@@ -382,11 +382,14 @@ fn render(j: &JobInfo, now_ms: u64) -> String {
                 g.running.to_string(),
                 g.done.to_string(),
                 g.failed.to_string(),
+                g.lost.to_string(),
             ]
         })
         .collect();
     out.push_str(&crate::output::render(
-        &["GROUP", "PROGRESS", "PENDING", "RUNNING", "DONE", "FAILED"],
+        &[
+            "GROUP", "PROGRESS", "PENDING", "RUNNING", "DONE", "FAILED", "LOST",
+        ],
         &rows,
     ));
     if !out.ends_with('\n') {

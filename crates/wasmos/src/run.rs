@@ -218,6 +218,7 @@ pub(crate) fn task_spec(
         })
         .collect::<Result<_>>()?;
     let spec = TaskSpec {
+        outputs_on_agent: false,
         name,
         bundle: hash,
         args: args.args.clone(),

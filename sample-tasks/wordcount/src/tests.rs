@@ -41,9 +41,21 @@ fn chunks_never_cut_words_or_chars() {
     bytes.extend_from_slice(b" bad\xff\xfebytes tail\xe6\x97");
     let want = naive(&String::from_utf8_lossy(&bytes));
     for chunk in 1..=17 {
-        let mut got = HashMap::new();
+        let mut got = Counts::default();
         let n = count_stream(&bytes[..], chunk, &mut got).unwrap();
-        assert_eq!(got, want, "chunk {chunk}");
+        assert_eq!(got.into_iter().collect::<HashMap<_, _>>(), want, "chunk {chunk}");
+        assert_eq!(n, want.values().sum::<u64>());
+    }
+}
+
+#[test]
+fn ascii_text_counts_like_any_text() {
+    let text = "The the THE tHe, x1 1x 42 -- a-b\tc\nd  End.END end_x";
+    let want = naive(text);
+    for chunk in 1..=9 {
+        let mut got = Counts::default();
+        let n = count_stream(text.as_bytes(), chunk, &mut got).unwrap();
+        assert_eq!(got.into_iter().collect::<HashMap<_, _>>(), want, "chunk {chunk}");
         assert_eq!(n, want.values().sum::<u64>());
     }
 }

@@ -435,6 +435,7 @@ fn run(seed: u64) -> Vec<String> {
                 fuel_per_core_second: 1_000_000_000,
                 reserved: BTreeMap::new(),
                 running: Vec::new(),
+                peer_addr: None,
                 now_ms: 1_000,
             });
             w.agents.insert(
@@ -866,6 +867,7 @@ impl World {
             fuel_per_core_second: 1_000_000_000,
             reserved: BTreeMap::new(),
             running: running.clone(),
+            peer_addr: None,
             now_ms: now,
         });
         let mut ended = Vec::new();

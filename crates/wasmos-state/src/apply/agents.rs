@@ -12,6 +12,7 @@ impl ClusterState {
                 fuel_per_core_second,
                 reserved,
                 running,
+                peer_addr,
                 now_ms,
             } => {
                 let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
@@ -25,6 +26,7 @@ impl ClusterState {
                         registered_ms: now_ms,
                         last_status_seq,
                         reserved,
+                        peer_addr,
                     },
                 );
                 // A task still staging was never reported on by the agent: its launch never
@@ -119,7 +121,27 @@ impl ClusterState {
                         update.task, info.status.state, update.status.state
                     )));
                 }
-                info.status = update.status;
+                let mut status = update.status;
+                // Outputs kept on the agent are recorded as held where the task ran (which
+                // the state knows, whatever the agent says), unless the masters store the
+                // same bytes already; outputs stored on masters were recorded by `AddBundle`.
+                let keeps = info.spec.outputs_on_agent;
+                for o in &mut status.outputs {
+                    o.held_by = None;
+                    if keeps && self.bundles.get(&o.blob).is_none_or(BundleMeta::is_kept) {
+                        o.held_by = Some(agent.clone());
+                        let meta = self.bundles.entry(o.blob.clone()).or_insert(BundleMeta {
+                            size: o.size,
+                            added_ms: now_ms,
+                            readers: Default::default(),
+                            kept_on: Default::default(),
+                        });
+                        meta.kept_on.insert(agent.clone());
+                        meta.size = o.size;
+                        meta.added_ms = now_ms;
+                    }
+                }
+                info.status = status;
                 info.updated_ms = now_ms;
                 let ended = info.status.state.is_terminal();
                 // What a task produced, its tenant may read.
@@ -140,6 +162,16 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::AgentLost { agent, now_ms } => {
+                // What it kept is gone with it: jobs that need it run its producers again.
+                self.bundles.retain(|_, m| {
+                    let kept = m.is_kept();
+                    m.kept_on.remove(&agent);
+                    !kept || m.is_kept()
+                });
+                let bundles = &self.bundles;
+                for job in self.jobs.values_mut() {
+                    job.forget_missing(bundles);
+                }
                 let lost: Vec<TaskId> = self.live_tasks_on(&agent).collect();
                 for task in lost {
                     self.finish(

@@ -50,6 +50,7 @@ impl ClusterState {
                         tasks: BTreeMap::new(),
                         done: BTreeMap::new(),
                         failures: BTreeMap::new(),
+                        losses: BTreeMap::new(),
                     },
                 );
                 CommandResult::Job(id)
@@ -87,6 +88,13 @@ impl ClusterState {
                     }
                     JobEvent::Stopped { task } => {
                         record.tasks.remove(&task);
+                    }
+                    JobEvent::Lost { group, index } => {
+                        if record.done.remove(&(group.clone(), index)).is_some() {
+                            *record.losses.entry((group, index)).or_default() += 1;
+                        }
+                        // What the undone slot reads may be gone too.
+                        record.forget_missing(&self.bundles);
                     }
                     JobEvent::Scaled { group, count } => {
                         if count == 0 || count > wasmos_proto::MAX_GROUP_COUNT {

@@ -31,9 +31,12 @@ impl ClusterState {
                     size,
                     added_ms: now_ms,
                     readers: BTreeSet::new(),
+                    kept_on: BTreeSet::new(),
                 });
-                // Re-uploaded bytes are fresh again for retention.
+                // Re-uploaded bytes are fresh again for retention; bytes an agent kept are now
+                // on the masters too.
                 meta.added_ms = meta.added_ms.max(now_ms);
+                meta.kept_on.clear();
                 if let Some(tenant) = reader {
                     meta.readers.insert(tenant);
                 }
