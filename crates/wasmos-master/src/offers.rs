@@ -33,6 +33,9 @@ use wasmos_state::{ClusterState, Command, CommandResult, LaunchTask, Reservation
 
 use crate::policy::validate_spec;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod group_sim;
 mod live;
 #[cfg(test)]
 mod sim;

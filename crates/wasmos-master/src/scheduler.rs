@@ -40,29 +40,42 @@ async fn reap_lost_agents(
     // Agents with something to lose: live tasks, or outputs kept for jobs (an idle agent that
     // holds a job's intermediate files must be declared lost too, or readers would keep being
     // sent to it and the job would learn of the loss only fetch by fetch).
-    let with_tasks: Vec<AgentId> = shared.read(|s| {
-        let away: Vec<&AgentId> = s.agents.keys().filter(|a| !connected.contains(a)).collect();
+    // With the registration found silent: the verdict is refused if the agent registers
+    // again before it commits.
+    let with_tasks: Vec<(AgentId, u64)> = shared.read(|s| {
+        let away: Vec<(&AgentId, u64)> = s
+            .agents
+            .iter()
+            .filter(|(a, _)| !connected.contains(a))
+            .map(|(a, r)| (a, r.registered_ms))
+            .collect();
         if away.is_empty() {
             return Vec::new();
         }
         let keepers: std::collections::BTreeSet<&AgentId> =
             s.bundles.values().flat_map(|m| m.kept_on.iter()).collect();
         away.into_iter()
-            .filter(|a| s.live_tasks_on(a).next().is_some() || keepers.contains(a))
-            .cloned()
+            .filter(|(a, _)| s.live_tasks_on(a).next().is_some() || keepers.contains(a))
+            .map(|(a, r)| (a.clone(), r))
             .collect()
     });
-    for agent in with_tasks {
+    for (agent, registered_ms) in with_tasks {
         let gone = shared.gone_for(&agent).min(leading_since.elapsed());
         if gone >= timeout {
             tracing::warn!(%agent, "agent silent past the agent timeout; its tasks are lost");
-            shared
+            let verdict = shared
                 .write(Command::AgentLost {
                     agent: agent.clone(),
+                    registered_ms: Some(registered_ms),
                     now_ms: now_ms(),
                 })
                 .await?;
-            shared.offer_event(Event::AgentLost(agent));
+            match verdict {
+                wasmos_state::CommandResult::Rejected(why) => {
+                    tracing::info!(%agent, "not lost after all: {why}");
+                }
+                _ => shared.offer_event(Event::AgentLost(agent)),
+            }
         }
     }
     Ok(())

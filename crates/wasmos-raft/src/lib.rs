@@ -17,6 +17,7 @@
 //! - [`state_machine`]: `RaftStateMachine` (in-memory `ClusterState` + persisted snapshots).
 //! - [`network`]: openraft's RPCs over QUIC, client and server side.
 //! - [`node`]: [`RaftNode`] and its configuration.
+//! - `sim_net` (tests and feature `sim`): the simulations' in-memory network.
 
 pub mod log_store;
 pub mod network;
@@ -36,6 +37,11 @@ mod cluster_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod sim;
+
+// Simulation only: a poisoned lock there is a bug in the simulation, worth a panic.
+#[cfg(any(test, feature = "sim"))]
+#[allow(clippy::unwrap_used)]
+pub mod sim_net;
 
 pub use log_store::LogStore;
 pub use network::{Network, PeerClient, PeerError, RaftReply, RaftRequest, serve};

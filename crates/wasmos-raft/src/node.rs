@@ -259,12 +259,42 @@ impl RaftNode {
         options: RaftOptions,
         peers: Option<&Peers>,
     ) -> Result<RaftNode, RaftError> {
-        let config = options.to_config()?;
         let network = match peers {
             None => Network::none(),
             Some(p) => Network::quic(&p.creds)
                 .map_err(|e| RaftError::Config(format!("raft network: {e}")))?,
         };
+        let members = peers.map(|p| (p.members.clone(), p.bootstrap));
+        Self::create_over(dir, id, advertise_addr, options, network, members).await
+    }
+
+    /// Member `id` of a multi-master group whose RPCs go over `network`, an in-memory one
+    /// of a deterministic simulation (`wasmos-master`'s control-plane simulation drives real
+    /// raft nodes, write batcher included, this way). The lowest-numbered member of
+    /// `members` initializes a fresh group; returns at once, like [`RaftNode::open_cluster`].
+    #[cfg(any(test, feature = "sim"))]
+    pub async fn open_over<N: openraft::network::RaftNetworkFactory<TypeConfig>>(
+        dir: &Path,
+        id: NodeId,
+        options: RaftOptions,
+        network: N,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<RaftNode, RaftError> {
+        let addr = members.get(&id).cloned().unwrap_or_default();
+        Self::create_over(dir, id, &addr, options, network, Some((members, true))).await
+    }
+
+    /// [`RaftNode::create`] over any network; `members` (with whether a fresh store starts
+    /// the group) for a multi-master group, `None` for a single master.
+    async fn create_over<N: openraft::network::RaftNetworkFactory<TypeConfig>>(
+        dir: &Path,
+        id: NodeId,
+        advertise_addr: &str,
+        options: RaftOptions,
+        network: N,
+        members: Option<(BTreeMap<NodeId, String>, bool)>,
+    ) -> Result<RaftNode, RaftError> {
+        let config = options.to_config()?;
         // The state holds every tenant's task specs: only the master's user may read it.
         wasmos_net::create_private_dir(dir)
             .map_err(|e| RaftError::Storage(format!("cannot create {}: {e}", dir.display())))?;
@@ -282,22 +312,20 @@ impl RaftNode {
             .await
             .map_err(from_fatal)?;
         let (proposals, queue) = mpsc::unbounded_channel();
-        tokio::spawn(batch_writes(raft.clone(), queue));
+        tokio::spawn(batch_writes(raft.clone(), queue, options.quorum_timeout));
         let node = RaftNode {
             id,
             raft,
             shared,
             closed,
-            multi: peers.is_some(),
+            multi: members.is_some(),
             quorum_timeout: options.quorum_timeout,
             addr: advertise_addr.to_string(),
-            bootstrap: peers.is_none_or(|p| p.bootstrap),
+            bootstrap: members.as_ref().is_none_or(|(_, b)| *b),
             proposals,
         };
-        let (members, bootstrap) = match peers {
-            Some(p) => (p.members.clone(), p.bootstrap),
-            None => (BTreeMap::from([(id, advertise_addr.to_string())]), true),
-        };
+        let (members, bootstrap) =
+            members.unwrap_or_else(|| (BTreeMap::from([(id, advertise_addr.to_string())]), true));
         match node.start(advertise_addr, members, bootstrap, &path).await {
             Ok(()) => Ok(node),
             Err(e) => {
@@ -750,7 +778,17 @@ impl RaftNode {
 /// entry takes them in turns, one lane after another, so a lane with thousands waiting (one
 /// tenant's flood) delays another's next write by one entry at most, not by its whole
 /// backlog. Ends when every [`RaftNode`] is dropped.
-async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+///
+/// An entry holds its slot for at most `quorum_timeout`: openraft answers a write when its
+/// entry is applied or truncated, but not when a snapshot installed from a later leader
+/// replaces it, so a leader that was cut off with writes in flight and caught up by snapshot
+/// would otherwise keep its slots for ever, and never write again (found by the
+/// control-plane simulation in `wasmos-master`).
+async fn batch_writes(
+    raft: Raft<TypeConfig>,
+    mut queue: mpsc::UnboundedReceiver<Proposal>,
+    quorum_timeout: Duration,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
     let mut lanes = Lanes::default();
     loop {
@@ -775,7 +813,13 @@ async fn batch_writes(raft: Raft<TypeConfig>, mut queue: mpsc::UnboundedReceiver
         let raft = raft.clone();
         tokio::spawn(async move {
             let (cmd, spans) = flatten(batch);
-            let result = propose(&raft, cmd).await;
+            let result = tokio::time::timeout(quorum_timeout, propose(&raft, cmd))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RaftError::NoQuorum(format!(
+                        "an entry was not answered within {quorum_timeout:?}"
+                    )))
+                });
             drop(slot);
             match result {
                 Ok(CommandResult::Batch(results))

@@ -145,8 +145,8 @@ thread_local! {
 }
 
 /// Makes [`blocking`] run storage inline on this thread (the simulation's), or not.
-#[cfg(test)]
-pub(crate) fn run_storage_inline(inline: bool) {
+#[cfg(any(test, feature = "sim"))]
+pub fn run_storage_inline(inline: bool) {
     INLINE.with(|c| c.set(inline));
 }
 

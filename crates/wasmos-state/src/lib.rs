@@ -289,6 +289,11 @@ pub enum Command {
     /// The agent is gone for good: every live task on it is lost.
     AgentLost {
         agent: AgentId,
+        /// The registration the caller found silent (`AgentRecord::registered_ms`), if it
+        /// looked: if the agent registered again since, the command is refused as stale, so
+        /// a reaper's verdict that commits after the agent came back cannot end the tasks it
+        /// was just sent (which it would go on running on resources counted free).
+        registered_ms: Option<u64>,
         now_ms: u64,
     },
     RegisterFramework {

@@ -416,7 +416,11 @@ proptest! {
                     update: status(cpu, TaskId(n), if cpu % 2 == 0 { TaskState::Finished } else { TaskState::Running }),
                     now_ms: n,
                 },
-                4 => Command::AgentLost { agent: agent(name), now_ms: n },
+                4 => Command::AgentLost {
+                    agent: agent(name),
+                    registered_ms: None,
+                    now_ms: n,
+                },
                 5 => Command::RegisterFramework {
                     name: "f".into(), role: role("r"), owner: "o".into(), revocable: false,
                     failover_timeout_ms: 1, acknowledges: n % 2 == 0, now_ms: n,
@@ -811,6 +815,7 @@ fn kept_outputs_are_held_where_the_task_ran_for_its_tenant_only() {
     // Its agent is lost: so is the blob.
     s.apply(Command::AgentLost {
         agent: agent("a"),
+        registered_ms: None,
         now_ms: 30,
     });
     assert!(!s.bundles.contains_key(&out));
@@ -1276,6 +1281,7 @@ fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
     done(&mut s, "reduce", 0, 3, outputs);
     s.apply(Command::AgentLost {
         agent: agent("a"),
+        registered_ms: None,
         now_ms: 3,
     });
     let rec = &s.jobs[&job];
@@ -1306,6 +1312,7 @@ fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
     done(&mut s, "reduce", 0, 5, outputs);
     s.apply(Command::AgentLost {
         agent: agent("c"),
+        registered_ms: None,
         now_ms: 5,
     });
     assert!(
@@ -1346,11 +1353,13 @@ fn bytes_kept_on_two_agents_outlive_one_of_them() {
     assert_eq!(s.bundles[&out].kept_on.len(), 2);
     s.apply(Command::AgentLost {
         agent: agent("a"),
+        registered_ms: None,
         now_ms: 30,
     });
     assert_eq!(s.bundles[&out].kept_on, BTreeSet::from([agent("b")]));
     s.apply(Command::AgentLost {
         agent: agent("b"),
+        registered_ms: None,
         now_ms: 31,
     });
     assert!(!s.bundles.contains_key(&out));
@@ -1395,4 +1404,48 @@ fn finish_kept(
         now_ms: 22,
     });
     t
+}
+
+#[test]
+fn a_verdict_of_lost_on_a_registration_since_replaced_is_refused() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", Vec::new());
+    let task = submitted(&mut s, 100);
+    let assigned = s.apply(Command::AssignTask {
+        task,
+        agent: agent("a"),
+        now_ms: 3,
+    });
+    assert_eq!(assigned, CommandResult::Ok);
+    // The reaper found the registration of ms 1 silent; the agent registered again (at ms 5)
+    // before the verdict committed, and was sent its task again.
+    let again = s.apply(Command::RegisterAgent {
+        id: agent("a"),
+        total: Resources::new(1000, 1 << 30, 0),
+        attributes: BTreeMap::new(),
+        fuel_per_core_second: 1_000_000_000,
+        reserved: BTreeMap::new(),
+        running: Vec::new(),
+        peer_addr: None,
+        now_ms: 5,
+    });
+    assert_eq!(again, CommandResult::Ok);
+    let stale = s.apply(Command::AgentLost {
+        agent: agent("a"),
+        registered_ms: Some(1),
+        now_ms: 6,
+    });
+    assert!(
+        matches!(&stale, CommandResult::Rejected(Rejection::Conflict(m)) if m.contains("registered again")),
+        "{stale:?}"
+    );
+    assert_eq!(s.tasks[&task].status.state, TaskState::Staging);
+    // A verdict on the registration that is current ends its tasks.
+    let lost = s.apply(Command::AgentLost {
+        agent: agent("a"),
+        registered_ms: Some(5),
+        now_ms: 7,
+    });
+    assert_eq!(lost, CommandResult::Ok);
+    assert_eq!(s.tasks[&task].status.state, TaskState::Lost);
 }

@@ -567,6 +567,7 @@ fn run(seed: u64) -> Vec<String> {
                     let now = w.now;
                     w.state.apply(Command::AgentLost {
                         agent: agent.clone(),
+                        registered_ms: None,
                         now_ms: now,
                     });
                     w.events.push(Event::AgentLost(agent));

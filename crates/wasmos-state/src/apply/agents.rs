@@ -161,7 +161,19 @@ impl ClusterState {
                 self.status_changed(update.task);
                 CommandResult::Ok
             }
-            Command::AgentLost { agent, now_ms } => {
+            Command::AgentLost {
+                agent,
+                registered_ms,
+                now_ms,
+            } => {
+                if let Some(seen) = registered_ms
+                    && let Some(record) = self.agents.get(&agent)
+                    && record.registered_ms != seen
+                {
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
+                        "agent {agent} registered again since it was found silent"
+                    )));
+                }
                 // What it kept is gone with it: jobs that need it run its producers again.
                 self.bundles.retain(|_, m| {
                     let kept = m.is_kept();
