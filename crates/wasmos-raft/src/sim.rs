@@ -26,9 +26,9 @@ use wasmos_proto::{
 };
 use wasmos_state::{ClusterState, Command, CommandResult};
 
-use crate::sim_net::{Rng, Router, SimNetwork};
+use crate::sim_net::{Rng, Router, SimNetwork, run_paused};
 use crate::state_machine::Shared;
-use crate::store::{open_stores, run_storage_inline};
+use crate::store::open_stores;
 use crate::types::{NodeId, TypeConfig};
 
 /// Seeds `cargo test` runs.
@@ -407,20 +407,8 @@ fn applied_max(sim: &Sim) -> Option<u64> {
 
 /// Runs `seed` on a single thread in paused time, with its files in a fresh directory.
 fn run_seed(seed: u64) -> anyhow::Result<usize> {
-    let base = std::path::Path::new("/dev/shm");
-    let dir = if base.is_dir() {
-        tempfile::tempdir_in(base)?
-    } else {
-        tempfile::tempdir()?
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()?;
-    run_storage_inline(true);
-    let result = runtime.block_on(run(seed, dir.path()));
-    run_storage_inline(false);
-    result.with_context(|| format!("seed {seed} (replay: WASMOS_RAFT_SIM_SEED={seed})"))
+    run_paused(|dir| async move { run(seed, &dir).await })?
+        .with_context(|| format!("seed {seed} (replay: WASMOS_RAFT_SIM_SEED={seed})"))
 }
 
 #[test]

@@ -173,3 +173,28 @@ impl Router {
         }
     }
 }
+
+/// Runs `run` to its end on this thread in tokio's paused time (inside a `LocalSet`, so it may
+/// `spawn_local`), with storage inline and a fresh directory for its files, on tmpfs when
+/// there is one (a simulation writes and fsyncs a great deal).
+pub fn run_paused<T, F, Fut>(run: F) -> std::io::Result<T>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let base = std::path::Path::new("/dev/shm");
+    let dir = if base.is_dir() {
+        tempfile::tempdir_in(base)?
+    } else {
+        tempfile::tempdir()?
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?;
+    run_storage_inline(true);
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, run(dir.path().to_path_buf()));
+    run_storage_inline(false);
+    Ok(result)
+}

@@ -33,7 +33,7 @@ use wasmos_proto::{
     AgentId, BundleHash, FrameworkCall, FrameworkEvent, FrameworkId, MasterToAgent, OfferOperation,
     Resources, StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus,
 };
-use wasmos_raft::sim_net::{Rng, Router, SimNetwork, run_storage_inline};
+use wasmos_raft::sim_net::{Rng, Router, SimNetwork, run_paused};
 use wasmos_raft::{NodeId, RaftNode, RaftOptions};
 use wasmos_state::{ClusterState, Command, CommandResult};
 
@@ -1282,22 +1282,8 @@ async fn run(seed: u64, dir: &Path) -> anyhow::Result<(usize, usize)> {
 
 /// Runs `seed` on one thread in paused time, its files in a fresh directory.
 fn run_seed(seed: u64) -> anyhow::Result<(usize, usize)> {
-    let base = Path::new("/dev/shm");
-    let dir = if base.is_dir() {
-        tempfile::tempdir_in(base)?
-    } else {
-        tempfile::tempdir()?
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()?;
-    run_storage_inline(true);
     NOTES.with(|n| n.borrow_mut().clear());
-    let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, run(seed, dir.path()));
-    run_storage_inline(false);
-    result.map_err(|e| {
+    run_paused(|dir| async move { run(seed, &dir).await })?.map_err(|e| {
         NOTES.with(|n| {
             for line in n.borrow().iter() {
                 eprintln!("{line}");
