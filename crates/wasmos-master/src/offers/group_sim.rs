@@ -40,7 +40,7 @@ use wasmos_state::{ClusterState, Command, CommandResult};
 use super::{Cycle, Env, Event, Proposal, settle};
 
 /// Seeds `cargo test` runs.
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 1_000;
 /// Virtual time of faults and submissions per seed.
 const CHAOS: Duration = Duration::from_secs(5);
 /// Virtual time the cluster has, once healed, to end every task and agree.
