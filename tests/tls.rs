@@ -307,6 +307,56 @@ fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
     });
 }
 
+#[test]
+fn an_agent_registering_with_a_peer_address_that_is_not_one_is_refused() {
+    use wasmos_proto::{AgentToMaster, MasterToAgent, Resources, alpn};
+    let c = DevCluster::start(1).unwrap();
+    let addr = c.master_addr();
+    let creds = c.credentials_for("wasmos://agent/rogue");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A name to resolve (other agents would dial wherever it points), a long string, and an
+    // address without a port: each refused, naming what is wrong.
+    for bad in ["files.example.com:9000", &"9".repeat(5_000), "127.0.0.1"] {
+        let answer = runtime.block_on(async {
+            let ep = wasmos_net::client_endpoint(&creds, alpn::AGENT, addr).unwrap();
+            let conn = wasmos_net::connect(&ep, addr).await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let register = AgentToMaster::Register {
+                resources: Resources::new(1000, 1 << 30, 0),
+                attributes: Default::default(),
+                fuel_per_core_second: 0,
+                reserved: Default::default(),
+                running: Vec::new(),
+                pending: Vec::new(),
+                peer_addr: Some(bad.to_string()),
+            };
+            wasmos_net::send_frame(&mut send, &register).await.unwrap();
+            wasmos_net::recv_frame::<MasterToAgent>(&mut recv).await
+        });
+        match answer {
+            Ok(Some(MasterToAgent::Error { message })) => {
+                assert!(
+                    message.contains("is not an IP address and port"),
+                    "{message}"
+                );
+                // Quoted within bounds, not echoed whole.
+                assert!(message.len() < 200, "{} bytes", message.len());
+            }
+            other => panic!("registration with {bad:.40} was answered {other:?}"),
+        }
+    }
+    // It was not recorded: the cluster has its one real agent.
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    let ids: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&"rogue"), "{ids:?}");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

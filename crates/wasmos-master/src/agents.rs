@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use wasmos_alloc::Role;
-use wasmos_net::{Connection, recv_frame, send_frame};
+use wasmos_net::{Connection, SendStream, recv_frame, send_frame};
 use wasmos_proto::{
     AgentId, AgentToMaster, MasterToAgent, OutputStream, Resources, StatusUpdate, TaskId,
 };
@@ -54,16 +54,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             ),
             Ok(Some(AgentToMaster::WhoLeads)) => {
                 let (_, addr) = shared.raft.leader_addr();
-                let _ = send_frame(&mut send, &MasterToAgent::Leader { addr }).await;
-                let _ = send.finish();
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+                last_word(&mut send, &conn, MasterToAgent::Leader { addr }).await;
                 return;
             }
             other => {
-                let msg = format!("expected Register as the first message, got {other:?}");
+                let got = format!("{other:?}");
+                let msg = format!(
+                    "expected Register as the first message, got {}",
+                    got.chars().take(120).collect::<String>()
+                );
                 tracing::warn!(%agent, "{msg}");
-                let _ = send_frame(&mut send, &MasterToAgent::Error { message: msg }).await;
+                last_word(&mut send, &conn, MasterToAgent::Error { message: msg }).await;
                 return;
             }
         };
@@ -76,14 +77,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
             addr.chars().take(80).collect::<String>()
         );
         tracing::warn!(%agent, "refused registration: {message}");
-        let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+        last_word(&mut send, &conn, MasterToAgent::Error { message }).await;
         return;
     }
     let reserved = match check_reservations(&resources, reserved) {
         Ok(r) => r,
         Err(message) => {
             tracing::warn!(%agent, "refused registration: {message}");
-            let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+            last_word(&mut send, &conn, MasterToAgent::Error { message }).await;
             return;
         }
     };
@@ -109,15 +110,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         Ok(_) => {}
         Err(wasmos_raft::RaftError::NotLeader { .. }) => {
             let (_, addr) = shared.raft.leader_addr();
-            let _ = send_frame(&mut send, &MasterToAgent::NotLeader { addr }).await;
-            let _ = send.finish();
-            // Let the agent read the redirect; it closes the connection itself.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            last_word(&mut send, &conn, MasterToAgent::NotLeader { addr }).await;
             return;
         }
         Err(e) => {
             let message = format!("master cannot record the registration: {e}");
-            let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+            last_word(&mut send, &conn, MasterToAgent::Error { message }).await;
             return;
         }
     }
@@ -131,7 +129,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 // The agent registers again and resends them: a later acknowledgement must
                 // not cover updates that were not recorded.
                 let message = "master cannot record the agent's status updates now".to_string();
-                let _ = send_frame(&mut send, &MasterToAgent::Error { message }).await;
+                last_word(&mut send, &conn, MasterToAgent::Error { message }).await;
                 return;
             }
         }
@@ -370,6 +368,15 @@ async fn record_statuses(
             }
         }
     }
+}
+
+/// The last message of a session that ends before it starts (a redirect, a refusal): sent and
+/// its stream finished, then the connection is left for the agent to close (for at most 2 s),
+/// because closing it at once would discard what was sent.
+async fn last_word(send: &mut SendStream, conn: &Connection, msg: MasterToAgent) {
+    let _ = send_frame(send, &msg).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
 }
 
 /// Records `updates` (in the agent's order) in one raft write; returns the sequence number to
