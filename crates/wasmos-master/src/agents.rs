@@ -68,6 +68,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 return;
             }
         };
+    // Until it is in the map of connected agents, the reaper must not judge it.
+    let registering = shared.start_registering(&agent);
     // Other agents dial it: it must be an address, not a name to resolve or a long string.
     if let Some(addr) = &peer_addr
         && addr.parse::<std::net::SocketAddr>().is_err()
@@ -212,6 +214,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         },
     );
     shared.forget_disconnect(&agent);
+    drop(registering);
     // Leadership may have moved since the registration committed, before this agent was in
     // the map `leadership::redirect_agents` goes through.
     if !shared.raft.is_leader() {

@@ -155,6 +155,10 @@ pub(crate) struct Shared {
     /// When each registered but unconnected agent was last heard from (master start for those
     /// never seen since); past `agent_timeout` its tasks are lost.
     pub disconnected: Mutex<BTreeMap<AgentId, std::time::Instant>>,
+    /// Agents whose registration is under way (its write, its pending updates' writes), by
+    /// how many sessions register each: the reaper leaves them alone, since its verdict would
+    /// name the new registration and end the tasks it is about to be sent.
+    pub registering: Mutex<BTreeMap<AgentId, usize>>,
     /// Tells the offer cycle what changed.
     pub events: mpsc::UnboundedSender<offers::Event>,
     /// The last task id handed out. Ids are given before the command that creates the task is
@@ -174,6 +178,24 @@ pub(crate) struct Shared {
     /// Wakes the job host when a job was submitted, so it starts at once, not at its next
     /// poll (up to 300 ms later).
     pub jobs_changed: tokio::sync::Notify,
+}
+
+/// An agent's registration under way (see [`Shared::registering`]); ends when dropped.
+pub(crate) struct Registering {
+    shared: Arc<Shared>,
+    agent: AgentId,
+}
+
+impl Drop for Registering {
+    fn drop(&mut self) {
+        let mut map = self.shared.registering();
+        if let Some(n) = map.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.agent);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -239,6 +261,26 @@ impl Shared {
 
     pub fn forget_disconnect(&self, agent: &AgentId) {
         self.disconnected().remove(agent);
+    }
+
+    fn registering(&self) -> MutexGuard<'_, BTreeMap<AgentId, usize>> {
+        self.registering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `agent` as registering until the guard is dropped.
+    pub fn start_registering(self: &Arc<Self>, agent: &AgentId) -> Registering {
+        *self.registering().entry(agent.clone()).or_default() += 1;
+        Registering {
+            shared: self.clone(),
+            agent: agent.clone(),
+        }
+    }
+
+    /// Whether a session of `agent` is registering now.
+    pub fn is_registering(&self, agent: &AgentId) -> bool {
+        self.registering().contains_key(agent)
     }
 
     /// How long `agent` has been silent (since master start if never seen by this master).
@@ -476,6 +518,7 @@ impl Master {
             logs,
             agents: Mutex::new(BTreeMap::new()),
             disconnected: Mutex::new(BTreeMap::new()),
+            registering: Mutex::new(BTreeMap::new()),
             events,
             last_task_id: std::sync::atomic::AtomicU64::new(last_task_id),
             started: std::time::Instant::now(),

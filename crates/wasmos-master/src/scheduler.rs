@@ -36,7 +36,11 @@ async fn reap_lost_agents(
                 .close(1u32.into(), b"no heartbeat within the agent timeout");
         }
     }
-    let connected: Vec<AgentId> = shared.agents().keys().cloned().collect();
+    // Connected, or registering (not yet in the map, but its registration may have committed:
+    // a verdict now would name it).
+    let mut connected: Vec<AgentId> = shared.agents().keys().cloned().collect();
+    let away: Vec<AgentId> = shared.read(|s| s.agents.keys().cloned().collect());
+    connected.extend(away.into_iter().filter(|a| shared.is_registering(a)));
     // Agents with something to lose: live tasks, or outputs kept for jobs (an idle agent that
     // holds a job's intermediate files must be declared lost too, or readers would keep being
     // sent to it and the job would learn of the loss only fetch by fetch).

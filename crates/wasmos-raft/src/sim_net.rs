@@ -192,9 +192,15 @@ where
         .enable_all()
         .start_paused(true)
         .build()?;
+    /// Storage goes back to the blocking pool however the run ends (a panic included).
+    struct Inline;
+    impl Drop for Inline {
+        fn drop(&mut self) {
+            run_storage_inline(false);
+        }
+    }
     run_storage_inline(true);
+    let _inline = Inline;
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, run(dir.path().to_path_buf()));
-    run_storage_inline(false);
-    Ok(result)
+    Ok(local.block_on(&runtime, run(dir.path().to_path_buf())))
 }

@@ -1448,4 +1448,14 @@ fn a_verdict_of_lost_on_a_registration_since_replaced_is_refused() {
     });
     assert_eq!(lost, CommandResult::Ok);
     assert_eq!(s.tasks[&task].status.state, TaskState::Lost);
+    // A verdict on a registration of an agent never recorded is refused too.
+    let unknown = s.apply(Command::AgentLost {
+        agent: agent("zz"),
+        registered_ms: Some(1),
+        now_ms: 8,
+    });
+    assert!(
+        matches!(unknown, CommandResult::Rejected(Rejection::NotFound(_))),
+        "{unknown:?}"
+    );
 }

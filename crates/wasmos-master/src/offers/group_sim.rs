@@ -560,6 +560,55 @@ impl Sim {
         let written = env.node.propose(cmd);
         tokio::task::spawn_local(async move {
             let result = written.await;
+            // As `agents.rs`: the updates the agent resent with its registration are recorded
+            // (one more write) before it counts as connected; all the while it is registering.
+            let pending: Vec<StatusUpdate> = {
+                let mut w = env.world.borrow_mut();
+                let Some(a) = w.agents.get_mut(&agent) else {
+                    return;
+                };
+                if a.incarnation != incarnation {
+                    return;
+                }
+                if let Err(e) = result {
+                    a.registering = false;
+                    note!("{agent} not registered with master {m}: {e}");
+                    return;
+                }
+                a.unacked.iter().take(64).cloned().collect()
+            };
+            if !pending.is_empty() {
+                let now = env.world.borrow().now();
+                let cmds = pending
+                    .iter()
+                    .map(|u| Command::AgentStatus {
+                        agent: agent.clone(),
+                        update: u.clone(),
+                        now_ms: now,
+                    })
+                    .collect();
+                let recorded = env.node.propose(Command::Batch(cmds)).await;
+                let mut w = env.world.borrow_mut();
+                let Some(a) = w.agents.get_mut(&agent) else {
+                    return;
+                };
+                if a.incarnation != incarnation {
+                    return;
+                }
+                if let Err(e) = recorded {
+                    a.registering = false;
+                    note!("{agent}'s resent updates not recorded on master {m}: {e}");
+                    return;
+                }
+                let last = pending.last().map_or(0, |u| u.seq);
+                while a.unacked.front().is_some_and(|u| u.seq <= last) {
+                    a.unacked.pop_front();
+                }
+                let tasks: BTreeSet<TaskId> = pending.iter().map(|u| u.task).collect();
+                for t in tasks {
+                    env.post(Event::TaskChanged(t));
+                }
+            }
             let mut w = env.world.borrow_mut();
             let Some(a) = w.agents.get_mut(&agent) else {
                 return;
@@ -568,10 +617,6 @@ impl Sim {
                 return;
             }
             a.registering = false;
-            if let Err(e) = result {
-                note!("{agent} not registered with master {m}: {e}");
-                return;
-            }
             note!("{agent} registered with master {m}");
             a.master = Some(m);
             a.away_since = None;
@@ -914,8 +959,12 @@ impl Sim {
             .borrow()
             .agents
             .iter()
+            // Not one registering (as `scheduler.rs`): its registration may have committed,
+            // and a verdict would name it.
             .filter(|(_, a)| {
-                a.master != Some(l) && a.away_since.is_some_and(|t| t + REAP_AFTER_MS <= now)
+                a.master != Some(l)
+                    && !a.registering
+                    && a.away_since.is_some_and(|t| t + REAP_AFTER_MS <= now)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -1130,21 +1179,30 @@ async fn run(seed: u64, dir: &Path) -> anyhow::Result<(usize, usize)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // And the framework, registered as a subscription does.
-    if let Some(l) = sim.leader()
-        && let Some(node) = &sim.masters[l].node
-    {
-        let registered = node
-            .write(Command::RegisterFramework {
-                name: "sim".into(),
-                role: Role::new("d")?,
-                owner: "wasmos://operator/fw".into(),
-                revocable: false,
-                failover_timeout_ms: 3_600_000,
-                acknowledges: true,
-                now_ms: sim.now(),
-            })
-            .await;
+    // And the framework, registered as a subscription does (again if it was not answered:
+    // messages are lost from the start).
+    while sim.framework.is_none() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the framework is not registered"
+        );
+        sim.supervise();
+        let node = sim.leader().and_then(|l| sim.masters[l].node.clone());
+        let registered = match node {
+            Some(node) => {
+                node.write(Command::RegisterFramework {
+                    name: "sim".into(),
+                    role: Role::new("d")?,
+                    owner: "wasmos://operator/fw".into(),
+                    revocable: false,
+                    failover_timeout_ms: 3_600_000,
+                    acknowledges: true,
+                    now_ms: sim.now(),
+                })
+                .await
+            }
+            None => Err(wasmos_raft::RaftError::NotLeader { leader: None }),
+        };
         if let Ok(CommandResult::Framework(id)) = registered {
             sim.framework = Some(SimFramework {
                 id,
@@ -1153,9 +1211,10 @@ async fn run(seed: u64, dir: &Path) -> anyhow::Result<(usize, usize)> {
                 next_request: 0,
                 known: Vec::new(),
             });
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    anyhow::ensure!(sim.framework.is_some(), "the framework is not registered");
 
     let chaos_end = tokio::time::Instant::now() + CHAOS;
     let settle_end = chaos_end + SETTLE;
@@ -1202,23 +1261,33 @@ async fn run(seed: u64, dir: &Path) -> anyhow::Result<(usize, usize)> {
     let violations = std::mem::take(&mut sim.world.borrow_mut().violations);
     anyhow::ensure!(violations.is_empty(), "{violations:?}");
 
-    // Every master catches up with the leader's last entry and holds the same state.
-    let l = sim.leader().ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    let leader = sim.masters[l]
-        .node
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("leader down"))?;
-    let marker = leader
-        .write(Command::AddBundle {
-            hash: sim.bundle.clone(),
-            size: 10,
-            now_ms: 2,
-            reader: None,
-        })
-        .await;
-    anyhow::ensure!(marker.is_ok(), "the healed leader cannot write: {marker:?}");
-    let target = leader.raft().metrics().borrow().last_applied;
+    // Every master catches up with the leader's last entry and holds the same state. The
+    // marker is written again if it is not answered (messages are still lost; leadership may
+    // move).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        sim.supervise();
+        let leader = sim.leader().and_then(|l| sim.masters[l].node.clone());
+        if let Some(leader) = leader {
+            let marker = leader
+                .write(Command::AddBundle {
+                    hash: sim.bundle.clone(),
+                    size: 10,
+                    now_ms: 2,
+                    reader: None,
+                })
+                .await;
+            if marker.is_ok() {
+                break leader.raft().metrics().borrow().last_applied;
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the healed cluster cannot write: {}",
+            sim.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let states = loop {
         let applied: Vec<_> = sim
             .masters

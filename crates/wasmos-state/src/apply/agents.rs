@@ -166,13 +166,20 @@ impl ClusterState {
                 registered_ms,
                 now_ms,
             } => {
-                if let Some(seen) = registered_ms
-                    && let Some(record) = self.agents.get(&agent)
-                    && record.registered_ms != seen
-                {
-                    return CommandResult::Rejected(Rejection::Conflict(format!(
-                        "agent {agent} registered again since it was found silent"
-                    )));
+                if let Some(seen) = registered_ms {
+                    match self.agents.get(&agent) {
+                        Some(record) if record.registered_ms == seen => {}
+                        Some(_) => {
+                            return CommandResult::Rejected(Rejection::Conflict(format!(
+                                "agent {agent} registered again since it was found silent"
+                            )));
+                        }
+                        None => {
+                            return CommandResult::Rejected(Rejection::NotFound(format!(
+                                "unknown agent {agent}"
+                            )));
+                        }
+                    }
                 }
                 // What it kept is gone with it: jobs that need it run its producers again.
                 self.bundles.retain(|_, m| {
