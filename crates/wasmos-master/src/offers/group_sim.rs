@@ -93,7 +93,30 @@ struct SimAgent {
     unacked: VecDeque<StatusUpdate>,
 }
 
+/// The write of `updates` of `agent`, as `record_batch` makes it (always a batch).
+fn status_batch(agent: &AgentId, updates: &[StatusUpdate], now: u64) -> Command {
+    Command::Batch(
+        updates
+            .iter()
+            .map(|u| Command::AgentStatus {
+                agent: agent.clone(),
+                update: u.clone(),
+                now_ms: now,
+            })
+            .collect(),
+    )
+}
+
 impl SimAgent {
+    /// `updates` were recorded: they are forgotten; returns the tasks they were about.
+    fn recorded(&mut self, updates: &[StatusUpdate]) -> BTreeSet<TaskId> {
+        let last = updates.last().map_or(0, |u| u.seq);
+        while self.unacked.front().is_some_and(|u| u.seq <= last) {
+            self.unacked.pop_front();
+        }
+        updates.iter().map(|u| u.task).collect()
+    }
+
     fn report(&mut self, task: TaskId, status: TaskStatus) {
         self.next_seq += 1;
         self.unacked.push_back(StatusUpdate {
@@ -115,6 +138,14 @@ struct World {
 }
 
 impl World {
+    /// `agent`, if it is still the process `incarnation` (a write's answer to an earlier one
+    /// is no business of the agent that restarted since).
+    fn process(&mut self, agent: &AgentId, incarnation: u64) -> Option<&mut SimAgent> {
+        self.agents
+            .get_mut(agent)
+            .filter(|a| a.incarnation == incarnation)
+    }
+
     fn now(&self) -> u64 {
         1_000_000 + self.start.elapsed().as_millis() as u64
     }
@@ -564,12 +595,9 @@ impl Sim {
             // (one more write) before it counts as connected; all the while it is registering.
             let pending: Vec<StatusUpdate> = {
                 let mut w = env.world.borrow_mut();
-                let Some(a) = w.agents.get_mut(&agent) else {
+                let Some(a) = w.process(&agent, incarnation) else {
                     return;
                 };
-                if a.incarnation != incarnation {
-                    return;
-                }
                 if let Err(e) = result {
                     a.registering = false;
                     note!("{agent} not registered with master {m}: {e}");
@@ -579,43 +607,24 @@ impl Sim {
             };
             if !pending.is_empty() {
                 let now = env.world.borrow().now();
-                let cmds = pending
-                    .iter()
-                    .map(|u| Command::AgentStatus {
-                        agent: agent.clone(),
-                        update: u.clone(),
-                        now_ms: now,
-                    })
-                    .collect();
-                let recorded = env.node.propose(Command::Batch(cmds)).await;
+                let recorded = env.node.propose(status_batch(&agent, &pending, now)).await;
                 let mut w = env.world.borrow_mut();
-                let Some(a) = w.agents.get_mut(&agent) else {
+                let Some(a) = w.process(&agent, incarnation) else {
                     return;
                 };
-                if a.incarnation != incarnation {
-                    return;
-                }
                 if let Err(e) = recorded {
                     a.registering = false;
                     note!("{agent}'s resent updates not recorded on master {m}: {e}");
                     return;
                 }
-                let last = pending.last().map_or(0, |u| u.seq);
-                while a.unacked.front().is_some_and(|u| u.seq <= last) {
-                    a.unacked.pop_front();
-                }
-                let tasks: BTreeSet<TaskId> = pending.iter().map(|u| u.task).collect();
-                for t in tasks {
+                for t in a.recorded(&pending) {
                     env.post(Event::TaskChanged(t));
                 }
             }
             let mut w = env.world.borrow_mut();
-            let Some(a) = w.agents.get_mut(&agent) else {
+            let Some(a) = w.process(&agent, incarnation) else {
                 return;
             };
-            if a.incarnation != incarnation {
-                return;
-            }
             a.registering = false;
             note!("{agent} registered with master {m}");
             a.master = Some(m);
@@ -666,35 +675,24 @@ impl Sim {
             a.reporting = true;
             (a.unacked.iter().take(64).cloned().collect(), a.incarnation)
         };
-        let cmds = updates
-            .iter()
-            .map(|u| Command::AgentStatus {
-                agent: agent.clone(),
-                update: u.clone(),
-                now_ms: now,
-            })
-            .collect();
+        let written = env.node.propose(status_batch(agent, &updates, now));
         let agent = agent.clone();
-        let written = env.node.propose(Command::Batch(cmds));
         let masters: Vec<Events> = self.masters.iter().map(|m| m.events.clone()).collect();
         tokio::task::spawn_local(async move {
             let result = written.await;
             let mut w = env.world.borrow_mut();
             let now = w.now();
-            let Some(a) = w.agents.get_mut(&agent) else {
+            // Not another process's report.
+            let Some(a) = w.process(&agent, incarnation) else {
                 return;
             };
-            // Another process's or another connection's report.
-            if a.incarnation != incarnation {
-                return;
-            }
             a.reporting = false;
+            // Nor another connection's.
             if a.master != Some(m) {
                 return;
             }
             match result {
                 Ok(_) => {
-                    let last = updates.last().map_or(0, |u| u.seq);
                     note!(
                         "{now} master {m} recorded {agent}'s {:?}",
                         updates
@@ -702,11 +700,7 @@ impl Sim {
                             .map(|u| (u.seq, u.task, u.status.state))
                             .collect::<Vec<_>>()
                     );
-                    while a.unacked.front().is_some_and(|u| u.seq <= last) {
-                        a.unacked.pop_front();
-                    }
-                    let tasks: BTreeSet<TaskId> = updates.iter().map(|u| u.task).collect();
-                    for t in tasks {
+                    for t in a.recorded(&updates) {
                         env.post(Event::TaskChanged(t));
                     }
                 }
@@ -853,23 +847,8 @@ impl Sim {
         let Some(env) = self.masters[target].env(target, &self.world) else {
             return;
         };
-        let spec = {
-            let mut rng = self.rng();
-            // Now and then a task no agent can hold.
-            let cpu = if rng.chance(3) {
-                64_000
-            } else {
-                100 * (1 + rng.below(10))
-            };
-            TaskSpec {
-                resources: Resources::new(cpu, (16 + rng.below(64)) << 20, 0),
-                timeout_ms: 60_000,
-                priority: rng.below(3) as i32,
-                // The client names a role (`policy` fills in the tenant's default).
-                role: Some(["a", "b", "c"][rng.below(3) as usize].to_string()),
-                ..TaskSpec::new("sim.wasm", self.bundle.clone())
-            }
-        };
+        // The client names a role (`policy` fills in the tenant's default).
+        let spec = super::sim::spec(&mut self.rng(), &self.bundle);
         let cmd = Command::SubmitTask {
             id: Some(env.new_task_id()),
             spec,

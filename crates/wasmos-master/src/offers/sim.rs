@@ -18,6 +18,8 @@ use wasmos_proto::{
     Resources, TaskId, TaskSpec, TaskState, TaskStatus,
 };
 use wasmos_raft::RaftError;
+// The whole run follows from the seed.
+use wasmos_raft::sim_net::Rng;
 use wasmos_state::{ClusterState, Command, CommandResult};
 
 use super::{Cycle, Env, Event, Proposal, settle};
@@ -26,27 +28,6 @@ use super::{Cycle, Env, Event, Proposal, settle};
 fn trace() -> bool {
     static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *TRACE.get_or_init(|| std::env::var("WASMOS_SIM_TRACE").is_ok())
-}
-
-/// xorshift64*: the whole run follows from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 struct SimAgent {
@@ -378,7 +359,8 @@ fn register_framework(world: &Rc<RefCell<World>>) -> Result<FrameworkId, String>
     }
 }
 
-fn spec(rng: &mut Rng, bundle: &BundleHash) -> TaskSpec {
+/// A client's task: mostly small, in one of three roles, now and then one no agent can hold.
+pub(super) fn spec(rng: &mut Rng, bundle: &BundleHash) -> TaskSpec {
     // Now and then a task no agent can hold.
     let cpu = if rng.chance(3) {
         64_000
@@ -408,7 +390,7 @@ fn run(seed: u64) -> Vec<String> {
         reader: None,
     });
     let world = Rc::new(RefCell::new(World {
-        rng: Rng::new(seed),
+        rng: Rng(seed),
         now: 1_000,
         state,
         proposed: VecDeque::new(),
