@@ -911,8 +911,13 @@ async fn fetch_inputs(
     let mut out = Vec::with_capacity(spec.inputs.len());
     for i in &spec.inputs {
         let holders: Vec<&InputSource> = sources.iter().filter(|s| s.blob == i.blob).collect();
-        let bytes = match holders.is_empty() {
-            false => agent
+        let bytes = if holders.is_empty() {
+            fetch_blob(agent, &i.blob).await.map_err(|e| {
+                let msg = format!("cannot fetch input {}: {e}", i.guest);
+                Box::new(TaskStatus::with_reason(TaskState::Error, None, msg))
+            })?
+        } else {
+            agent
                 .peers
                 .fetch(
                     &agent.cfg.work_dir,
@@ -928,11 +933,7 @@ async fn fetch_inputs(
                     );
                     s.lost_input = Some(i.blob.clone());
                     Box::new(s)
-                })?,
-            true => fetch_blob(agent, &i.blob).await.map_err(|e| {
-                let msg = format!("cannot fetch input {}: {e}", i.guest);
-                Box::new(TaskStatus::with_reason(TaskState::Error, None, msg))
-            })?,
+                })?
         };
         out.push(bytes);
     }

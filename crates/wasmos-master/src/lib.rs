@@ -263,7 +263,7 @@ impl Shared {
         self.disconnected().remove(agent);
     }
 
-    fn registering(&self) -> MutexGuard<'_, BTreeMap<AgentId, usize>> {
+    pub(crate) fn registering(&self) -> MutexGuard<'_, BTreeMap<AgentId, usize>> {
         self.registering
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -276,11 +276,6 @@ impl Shared {
             shared: self.clone(),
             agent: agent.clone(),
         }
-    }
-
-    /// Whether a session of `agent` is registering now.
-    pub fn is_registering(&self, agent: &AgentId) -> bool {
-        self.registering().contains_key(agent)
     }
 
     /// How long `agent` has been silent (since master start if never seen by this master).

@@ -1,6 +1,6 @@
 //! The lost-agent reaper: an agent silent (no heartbeat) for `agent_timeout` is declared lost
-//! with its tasks and the outputs it kept. A master that has just become leader gives every agent the whole timeout to
-//! reconnect to it first.
+//! with its tasks and the outputs it kept. A master that has just become leader gives every
+//! agent the whole timeout to reconnect to it first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +39,12 @@ async fn reap_lost_agents(
     // Connected, or registering (not yet in the map, but its registration may have committed:
     // a verdict now would name it).
     let mut connected: Vec<AgentId> = shared.agents().keys().cloned().collect();
-    let away: Vec<AgentId> = shared.read(|s| s.agents.keys().cloned().collect());
-    connected.extend(away.into_iter().filter(|a| shared.is_registering(a)));
+    connected.extend(shared.registering().keys().cloned());
     // Agents with something to lose: live tasks, or outputs kept for jobs (an idle agent that
     // holds a job's intermediate files must be declared lost too, or readers would keep being
-    // sent to it and the job would learn of the loss only fetch by fetch).
-    // With the registration found silent: the verdict is refused if the agent registers
-    // again before it commits.
+    // sent to it and the job would learn of the loss only fetch by fetch), each with the
+    // registration found silent: the verdict is refused if the agent registers again before
+    // it commits.
     let with_tasks: Vec<(AgentId, u64)> = shared.read(|s| {
         let away: Vec<(&AgentId, u64)> = s
             .agents

@@ -15,9 +15,8 @@ use openraft::raft::{
 };
 use openraft::{AnyError, BasicNode, Raft};
 
+use crate::store::run_storage_inline;
 use crate::types::{NodeId, TypeConfig};
-
-pub use crate::store::run_storage_inline;
 
 /// SplitMix64: small, seedable, and ours.
 pub struct Rng(pub u64);

@@ -52,7 +52,8 @@ pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
 /// Which encoding the file's values use.
 pub(crate) const KEY_FORMAT: &str = "format";
 /// The encoding this build writes and reads: postcard, with the state's layout version (3 added
-/// framework acknowledgements, 5 outputs kept on agents; postcard has no optional fields, so
+/// framework acknowledgements, 5 outputs kept on agents and the registration a lost-agent
+/// verdict names; postcard has no optional fields, so
 /// older layouts do not decode). Format 1, JSON, was never marked.
 pub(crate) const FORMAT: &[u8] = b"postcard-5";
 
@@ -146,7 +147,7 @@ thread_local! {
 
 /// Makes [`blocking`] run storage inline on this thread (the simulation's), or not.
 #[cfg(any(test, feature = "sim"))]
-pub fn run_storage_inline(inline: bool) {
+pub(crate) fn run_storage_inline(inline: bool) {
     INLINE.with(|c| c.set(inline));
 }
 
