@@ -5,51 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use wasmos_tests::words::{data_files, job_word_counts, naive_counts};
 use wasmos_tests::{DevCluster, assert_clean_error, kill_dash_nine, text};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// Word counts as the sample defines them: lowercased runs of alphanumeric characters.
-fn naive_counts(files: &[std::path::PathBuf]) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap();
-        for w in text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            *counts.entry(w.to_lowercase()).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn results(c: &DevCluster, job: &str) -> BTreeMap<String, u64> {
-    let out = c.cli(&["job", "results", job]).unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-        .lines()
-        .map(|l| {
-            let (w, n) = l.split_once('\t').unwrap();
-            (w.to_string(), n.parse().unwrap())
-        })
-        .collect()
-}
-
-fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
@@ -69,7 +32,7 @@ fn the_wordcount_sample_job_gives_exact_counts() {
     assert!(shown.starts_with("job-1\n"), "{shown}");
     assert!(shown.contains("finished"), "{shown}");
     let want = naive_counts(&data_files(&repo().join("sample-tasks/wordcount/data")));
-    assert_eq!(results(&c, "job-1"), want);
+    assert_eq!(job_word_counts(&c, "job-1"), want);
 
     let status = c.json(&["job", "status", "job-1", "-o", "json"]).unwrap();
     assert_eq!(status["state"], "Finished");
@@ -199,7 +162,7 @@ retries = 3
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert_eq!(results(&c, "job-1"), naive_counts(&files));
+    assert_eq!(job_word_counts(&c, "job-1"), naive_counts(&files));
     let status = c.json(&["job", "status", "job-1", "-o", "json"]).unwrap();
     assert_eq!(status["state"], "Finished", "{status}");
     // The maps whose outputs the victim kept ran again elsewhere, without counting as

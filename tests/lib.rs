@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod corpus;
+pub mod words;
+
 /// `target/release/wasmos` (or debug), next to the directory of this test executable.
 pub fn wasmos_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -406,6 +409,47 @@ impl DevCluster {
         }
         write("client.toml", &config);
         dir.join("client.toml")
+    }
+}
+
+/// A process whose stderr is collected, killed when dropped.
+pub struct Logged {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Logged {
+    pub fn spawn(mut cmd: Command) -> Logged {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take();
+        let sink = log.clone();
+        if let Some(err) = err {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        Logged { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

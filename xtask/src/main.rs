@@ -1,6 +1,7 @@
 //! Build and test tooling, so the README's commands work on a fresh machine with only rustup:
 //! `cargo xtask demo`, `cargo xtask test`, `cargo xtask lint`, `cargo xtask check-windows`,
-//! `cargo xtask samples`, `cargo xtask bench`.
+//! `cargo xtask samples`, `cargo xtask windows`, `cargo xtask check-macos`, `cargo xtask dist`,
+//! `cargo xtask bench`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -143,6 +144,234 @@ fn wasmtime_cli() -> Result<()> {
         .arg(root().join("target/wasmtime-cli-build")))
 }
 
+/// Wine's loader, if installed: Debian's wine64 package puts it outside PATH.
+fn wine64() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("wine64"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let debian = PathBuf::from("/usr/lib/wine/wine64");
+        debian.is_file().then_some(debian)
+    })
+}
+
+/// Builds the release `wasmos.exe` for Windows and, where Wine is installed, readies it to run
+/// under Wine for the mixed-OS tests: `target/wine/bin` holds a copy of the exe beside a
+/// test-only `bcryptprimitives.dll` (tests/wine/prng_shim.c: Debian's Wine 8 lacks the
+/// `ProcessPrng` every Rust program imports), and `target/wine/prefix` is a Wine prefix made
+/// once. The exe under target/x86_64-pc-windows-gnu/release is the one shipped, untouched.
+fn windows() -> Result<()> {
+    ensure_target(WINDOWS_TARGET)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+        "--target",
+        WINDOWS_TARGET,
+    ]))?;
+    let Some(wine) = wine64() else {
+        eprintln!("xtask: Wine (wine64) is not installed; the mixed-OS tests will be skipped");
+        return Ok(());
+    };
+    let target = root().join("target");
+    let bin = target.join("wine/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(
+        target.join(WINDOWS_TARGET).join("release/wasmos.exe"),
+        bin.join("wasmos.exe"),
+    )
+    .context("copying wasmos.exe")?;
+    run(Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-shared", "-O2", "-o"])
+        .arg(bin.join("bcryptprimitives.dll"))
+        .arg(root().join("tests/wine/prng_shim.c"))
+        .arg("-ladvapi32"))?;
+    let prefix = target.join("wine/prefix");
+    if !prefix.join("system.reg").is_file() {
+        run(Command::new(&wine)
+            .args(["wineboot", "--init"])
+            .env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml="))?;
+    }
+    // The exe's own smoke test: it starts and answers under Wine.
+    let out = Command::new(&wine)
+        .arg(bin.join("wasmos.exe"))
+        .arg("--version")
+        .env("WINEPREFIX", &prefix)
+        .env("WINEDEBUG", "-all")
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=;bcryptprimitives=n,b")
+        .output()
+        .context("running wasmos.exe under Wine")?;
+    if !out.status.success() {
+        bail!(
+            "wasmos.exe --version under Wine failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "xtask: under Wine: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(())
+}
+
+const MACOS_TARGETS: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
+/// Pinned: cargo-zigbuild and zig must agree on zig's command line and its macOS libc.
+const CARGO_ZIGBUILD: &str = "0.24.1";
+const ZIGLANG: &str = "ziglang==0.15.2";
+
+/// cargo-zigbuild (from crates.io, into target/tools) and zig (the `ziglang` PyPI package,
+/// into a venv under target/): what cross-checks and builds for macOS need on Linux. Returns
+/// the cargo-zigbuild binary and a PATH that finds the venv's `python3 -m ziglang`.
+fn zigbuild() -> Result<(PathBuf, std::ffi::OsString)> {
+    let tools = root().join(format!("target/tools/cargo-zigbuild-{CARGO_ZIGBUILD}"));
+    let bin = tools.join("bin/cargo-zigbuild");
+    if !bin.is_file() {
+        run(cargo()
+            .args(["install", "--locked"])
+            .arg(format!("cargo-zigbuild@{CARGO_ZIGBUILD}"))
+            .arg("--root")
+            .arg(&tools)
+            .arg("--target-dir")
+            .arg(root().join("target/cargo-zigbuild-build")))?;
+    }
+    let venv = root().join("target/zig-venv");
+    if !venv.join("bin/python3").is_file() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let has_zig = Command::new(venv.join("bin/python3"))
+        .args(["-m", "ziglang", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_zig {
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", ZIGLANG]))?;
+    }
+    let mut paths = vec![venv.join("bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    Ok((bin, std::env::join_paths(paths)?))
+}
+
+/// `cargo clippy -D warnings` of the workspace for both macOS targets, through cargo-zigbuild
+/// (zig compiles the C code build scripts need). Nothing is linked or run: no macOS here.
+fn check_macos() -> Result<()> {
+    let (zigbuild, path) = zigbuild()?;
+    for target in MACOS_TARGETS {
+        ensure_target(target)?;
+        run(Command::new(&zigbuild)
+            .args(["clippy", "--release", "--locked", "--workspace"])
+            .args(["--exclude", "xtask", "--all-targets", "--target", target])
+            .args(["--", "-D", "warnings"])
+            .env("PATH", &path))?;
+    }
+    Ok(())
+}
+
+/// Release archives of `wasmos` for Linux, Windows and both macOS targets in target/dist:
+/// the binary, deploy/ and the README, as .tar.gz (.zip for Windows).
+fn dist() -> Result<()> {
+    let dist = root().join("target/dist");
+    std::fs::create_dir_all(&dist)?;
+    let version = cargo_version()?;
+    let linux = "x86_64-unknown-linux-gnu";
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "wasmos",
+        "--bin",
+        "wasmos",
+    ]))?;
+    let mut built = vec![(linux.to_string(), root().join("target/release/wasmos"))];
+    ensure_target(WINDOWS_TARGET)?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "wasmos",
+            "--bin",
+            "wasmos",
+        ])
+        .args(["--target", WINDOWS_TARGET]))?;
+    built.push((
+        WINDOWS_TARGET.to_string(),
+        root().join(format!("target/{WINDOWS_TARGET}/release/wasmos.exe")),
+    ));
+    let (zigbuild, path) = zigbuild()?;
+    for target in MACOS_TARGETS {
+        ensure_target(target)?;
+        run(Command::new(&zigbuild)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "wasmos",
+                "--bin",
+                "wasmos",
+            ])
+            .args(["--target", target])
+            .env("PATH", &path))?;
+        built.push((
+            target.to_string(),
+            root().join(format!("target/{target}/release/wasmos")),
+        ));
+    }
+    for (target, binary) in built {
+        let name = format!("wasmos-{version}-{target}");
+        let stage = dist.join(&name);
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(&stage)?;
+        let file = binary.file_name().context("binary has no name")?;
+        std::fs::copy(&binary, stage.join(file))
+            .with_context(|| format!("copying {}", binary.display()))?;
+        std::fs::copy(root().join("README.md"), stage.join("README.md"))?;
+        run(Command::new("cp")
+            .arg("-r")
+            .arg(root().join("deploy"))
+            .arg(&stage))?;
+        let _ = std::fs::remove_dir_all(stage.join("deploy/container/pki"));
+        if target == WINDOWS_TARGET {
+            run(Command::new("python3")
+                .args(["-m", "zipfile", "-c"])
+                .arg(dist.join(format!("{name}.zip")))
+                .arg(&stage))?;
+        } else {
+            run(Command::new("tar")
+                .arg("-czf")
+                .arg(dist.join(format!("{name}.tar.gz")))
+                .arg("-C")
+                .arg(&dist)
+                .arg(&name))?;
+        }
+        std::fs::remove_dir_all(&stage)?;
+    }
+    eprintln!("xtask: archives in {}", dist.display());
+    Ok(())
+}
+
+/// The workspace's version, from Cargo.toml.
+fn cargo_version() -> Result<String> {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml"))?;
+    manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("version = \""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .context("no version in Cargo.toml")
+}
+
 fn samples_dir() -> String {
     format!("sample-tasks/target/{WASM_TARGET}/release")
 }
@@ -213,10 +442,15 @@ fn main() -> Result<()> {
         }
         Some("python-sample") => python_sample(),
         Some("wasmtime-cli") => wasmtime_cli(),
+        Some("windows") => windows(),
+        Some("check-macos") => check_macos(),
+        Some("dist") => dist(),
         Some("test") => {
             samples()?;
             python_sample()?;
             wasmtime_cli()?;
+            // The Windows agent the mixed-OS tests run under Wine.
+            windows()?;
             // The example framework too: a test runs it as a process.
             run(cargo().args([
                 "build",
@@ -245,14 +479,18 @@ fn main() -> Result<()> {
         Some("check-windows") => {
             ensure_target(WINDOWS_TARGET)?;
             run(cargo().args([
-                "check",
+                "clippy",
                 "--release",
                 "--locked",
                 "--workspace",
                 "--exclude",
                 "xtask",
+                "--all-targets",
                 "--target",
                 WINDOWS_TARGET,
+                "--",
+                "-D",
+                "warnings",
             ]))
         }
         Some("bench") => {
@@ -297,7 +535,7 @@ fn main() -> Result<()> {
             compare()
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|lint|check-windows|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
+            "usage: cargo xtask <demo|test|lint|check-windows|windows|check-macos|dist|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
         ),
     }
 }

@@ -262,7 +262,6 @@ pub async fn run(
     }
     // Fuel calibration keeps a core busy for a moment: not on the async workers.
     let mut exec = cfg.exec.clone();
-    let cfg_slots = exec.pool;
     if exec.cache_dir.is_none() {
         exec.cache_dir = Some(cfg.work_dir.join("artifacts"));
     }
@@ -270,6 +269,8 @@ pub async fn run(
         .await
         .map_err(|e| wasmos_exec::ExecError::Engine(format!("runner setup panicked: {e}")))??;
     let runner = Arc::new(runner);
+    // What the pool could reserve, which may be fewer slots than configured.
+    let cfg_slots = runner.pool_slots();
     match runner.fuel_per_core_second() {
         Some(rate) => tracing::info!(fuel_per_core_second = rate, "metering CPU by fuel"),
         None => tracing::info!("metering CPU by the thread clock"),

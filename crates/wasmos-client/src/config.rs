@@ -34,14 +34,16 @@ pub struct ClientConfig {
     pub dir: PathBuf,
 }
 
-/// The per-user directory `wasmos dev` uses when not given `--data-dir`.
+/// The per-user directory `wasmos dev` uses when not given `--data-dir`: under
+/// `$XDG_DATA_HOME` (`~/.local/share`) on Linux, `~/Library/Application Support` on macOS and
+/// `%LOCALAPPDATA%` on Windows, where state that does not roam with the user belongs.
 pub fn default_data_dir() -> Result<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "wasmos").ok_or_else(|| {
         ClientError::Config(
             "cannot find a home directory for the default data dir; pass --data-dir".to_string(),
         )
     })?;
-    Ok(dirs.data_dir().join("dev"))
+    Ok(dirs.data_local_dir().join("dev"))
 }
 
 /// The client config to use: `explicit` (`--config`), else `$WASMOS_CONFIG`, else the one in
@@ -57,6 +59,27 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 impl ClientConfig {
+    /// The operator's config `wasmos dev` writes into its data dir `dir`, naming the
+    /// certificates under `dir/pki` by relative paths. They are written with `/`, which Windows
+    /// reads as well, so the file works from either OS (a data dir shared with a Wine or WSL
+    /// process, say).
+    pub fn dev_operator(
+        dir: PathBuf,
+        master: SocketAddr,
+        masters: Vec<SocketAddr>,
+        http: Option<SocketAddr>,
+    ) -> ClientConfig {
+        ClientConfig {
+            master,
+            masters,
+            http,
+            ca: PathBuf::from("pki/ca.pem"),
+            cert: PathBuf::from("pki/operator.pem"),
+            key: PathBuf::from("pki/operator.key"),
+            dir,
+        }
+    }
+
     /// Reads the config [`resolve_path`] finds; paths in it are taken relative to its directory.
     pub fn load(explicit: Option<&Path>) -> Result<ClientConfig> {
         let path = resolve_path(explicit)?;

@@ -52,6 +52,8 @@ pub struct Runner {
 
 struct Inner {
     engine: Engine,
+    /// Instance slots of the pooling allocator, when it is used.
+    pool_slots: Option<u32>,
     linker: Linker<TaskData>,
     /// `Some` when metering by fuel: the rate that converts fuel to core time.
     fuel_per_core_second: Option<u64>,
@@ -169,17 +171,53 @@ fn engine_err(context: &str) -> impl Fn(wasmtime::Error) -> ExecError + '_ {
     move |e| ExecError::Engine(format!("{context}: {e:#}"))
 }
 
+/// The engine, with the pooling allocator for `slots` instances if asked. The pool reserves
+/// its address space up front (gigabytes per thousand slots); where the OS refuses that much
+/// (a lower `ulimit -v`, Wine), fewer slots are tried, halving down to one, and then
+/// allocation per instance: an agent that runs fewer tasks at once beats one that cannot start.
+fn pooled_engine(fuel: bool, slots: Option<u32>) -> Result<(Engine, Option<u32>), ExecError> {
+    let Some(wanted) = slots else {
+        let engine = Engine::new(&artifact::engine_config(fuel))
+            .map_err(engine_err("creating the engine"))?;
+        return Ok((engine, None));
+    };
+    let mut tried = wanted;
+    while tried > 0 {
+        let mut config = artifact::engine_config(fuel);
+        artifact::use_pooling(&mut config, tried);
+        match Engine::new(&config) {
+            Ok(engine) => {
+                if tried < wanted {
+                    tracing::warn!(
+                        wanted,
+                        slots = tried,
+                        "the OS would not reserve address space for every task slot; fewer tasks run at once"
+                    );
+                }
+                return Ok((engine, Some(tried)));
+            }
+            Err(e) => {
+                tracing::debug!(slots = tried, "pooling allocator refused: {e:#}");
+                tried /= 2;
+            }
+        }
+    }
+    tracing::warn!(
+        wanted,
+        "the OS would not reserve address space for even one pooled task slot; allocating per task"
+    );
+    let engine =
+        Engine::new(&artifact::engine_config(fuel)).map_err(engine_err("creating the engine"))?;
+    Ok((engine, None))
+}
+
 impl Runner {
     /// Builds the engine and linker, starts the epoch ticker and, when metering by fuel at an
     /// unknown rate, measures the rate (which blocks for a few hundred milliseconds: call this
     /// at startup or from a blocking context).
     pub fn new(cfg: ExecConfig) -> Result<Runner, ExecError> {
         let fuel = matches!(cfg.metering, Metering::Fuel { .. });
-        let mut config = artifact::engine_config(fuel);
-        if let Some(tasks) = cfg.pool {
-            artifact::use_pooling(&mut config, tasks);
-        }
-        let engine = Engine::new(&config).map_err(engine_err("creating the engine"))?;
+        let (engine, pool_slots) = pooled_engine(fuel, cfg.pool)?;
         let disk_cache = cfg.cache_dir.map(|dir| DiskCache {
             dir,
             engine_key: artifact::engine_key(&engine),
@@ -217,6 +255,7 @@ impl Runner {
         Ok(Runner {
             inner: Arc::new(Inner {
                 engine,
+                pool_slots,
                 linker,
                 fuel_per_core_second,
                 max_component_bytes: cfg.max_component_bytes,
@@ -227,6 +266,13 @@ impl Runner {
                 _ticker_stop: ticker_stop,
             }),
         })
+    }
+
+    /// How many tasks can be instantiated at once: the pooling allocator's slots, which may be
+    /// fewer than asked for where the OS would not reserve the address space for all of them;
+    /// `None` when instances are allocated one by one, without a cap.
+    pub fn pool_slots(&self) -> Option<u32> {
+        self.inner.pool_slots
     }
 
     /// Fuel one core burns per second (measured at startup or fixed by the config) when

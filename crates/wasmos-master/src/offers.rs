@@ -54,6 +54,8 @@ fn live_builtin(f: &wasmos_state::FrameworkRecord) -> bool {
 /// How many waiting tasks that do not fit one offer are tried before giving up on it: keeps a
 /// cycle bounded when a long queue meets a nearly full agent.
 const MAX_MISSES_PER_OFFER: usize = 256;
+/// Most queued tasks one offer passes over because its agent lacks attributes they need.
+const MAX_PASSED_PER_OFFER: usize = 4096;
 
 /// An unacknowledged status update is sent again after this long, then after twice as long
 /// each time, up to `RESEND_MAX_MS`.
@@ -1909,21 +1911,43 @@ impl<E: Env> Cycle<E> {
         let mut pools = offer.resources.clone();
         let mut chosen = Vec::new();
         if let Some(b) = self.builtin.get(&role) {
-            let mut misses = 0;
-            for req in b.queue.values() {
-                if req.qos == Qos::BestEffort && pools.revocable.is_empty() {
-                    continue;
-                }
-                match pools.take(&role, &req.resources, req.qos) {
-                    Ok(_) => chosen.push(req.clone()),
-                    Err(_) => {
-                        misses += 1;
-                        if misses >= MAX_MISSES_PER_OFFER {
+            let (mut misses, mut passed) = (0, 0);
+            // One look at the state for the whole pass: the agent's attributes, and each
+            // visited task's constraints.
+            self.env.read(|s| {
+                let attrs = s.agents.get(&offer.agent).map(|a| &a.attributes);
+                let meets = |id: &TaskId| {
+                    s.tasks.get(id).is_none_or(|t| {
+                        t.spec
+                            .constraints
+                            .iter()
+                            .all(|(k, v)| attrs.and_then(|a| a.get(k)) == Some(v))
+                    })
+                };
+                for req in b.queue.values() {
+                    if req.qos == Qos::BestEffort && pools.revocable.is_empty() {
+                        continue;
+                    }
+                    // Passed over, not missed: a task this agent cannot take says nothing
+                    // about whether later ones fit; bounded all the same.
+                    if !meets(&req.id) {
+                        passed += 1;
+                        if passed >= MAX_PASSED_PER_OFFER {
                             break;
+                        }
+                        continue;
+                    }
+                    match pools.take(&role, &req.resources, req.qos) {
+                        Ok(_) => chosen.push(req.clone()),
+                        Err(_) => {
+                            misses += 1;
+                            if misses >= MAX_MISSES_PER_OFFER {
+                                break;
+                            }
                         }
                     }
                 }
-            }
+            });
         }
         if chosen.is_empty() {
             self.alloc.decline(offer.framework, &[offer.id], None, now);

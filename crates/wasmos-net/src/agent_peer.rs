@@ -91,8 +91,8 @@ pub fn agent_peer_client(
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(Duration::from_secs(1)));
     let bind = bind_for(remote);
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let mut endpoint = crate::udp::bind_endpoint(bind, None)
+        .map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

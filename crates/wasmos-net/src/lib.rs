@@ -12,6 +12,7 @@ mod private;
 mod refusals;
 pub mod seal;
 mod tls;
+mod udp;
 mod watch;
 
 pub use agent_peer::{agent_peer_client, connect_agent};
@@ -26,4 +27,5 @@ pub use tls::{
     client_endpoint, connect, connect_within, describe, is_refusal, server_endpoint,
     watchful_client_endpoint,
 };
+pub use udp::PLAIN_UDP_ENV;
 pub use watch::{PROBE_TIMEOUT, SILENCE, ask_leader, watch_leader};

@@ -131,6 +131,15 @@ pub fn server_endpoint(
     creds: &Credentials,
     alpns: &[&[u8]],
 ) -> Result<quinn::Endpoint, NetError> {
+    let config = server_config(creds, alpns)?;
+    crate::udp::bind_endpoint(addr, Some(config)).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// What a server endpoint requires of its clients and presents to them.
+pub(crate) fn server_config(
+    creds: &Credentials,
+    alpns: &[&[u8]],
+) -> Result<quinn::ServerConfig, NetError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
             .build()
@@ -143,7 +152,7 @@ pub fn server_endpoint(
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(Duration::from_secs(1)));
-    quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+    Ok(config)
 }
 
 /// A client endpoint that presents `creds` and speaks `alpn`.
@@ -172,6 +181,20 @@ fn endpoint_with(
     remote: SocketAddr,
     keep_alive: Duration,
 ) -> Result<quinn::Endpoint, NetError> {
+    let config = client_config(creds, alpn, keep_alive)?;
+    let bind = bind_for(remote);
+    let mut endpoint = crate::udp::bind_endpoint(bind, None)
+        .map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// What a client endpoint presents and trusts.
+pub(crate) fn client_config(
+    creds: &Credentials,
+    alpn: &[u8],
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig, NetError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(creds.roots()?)
@@ -180,11 +203,7 @@ fn endpoint_with(
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(keep_alive));
-    let bind = bind_for(remote);
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    Ok(config)
 }
 
 /// The any-address of `remote`'s family, port 0: where a client endpoint binds.

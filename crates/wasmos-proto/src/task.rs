@@ -221,6 +221,10 @@ pub struct TaskSpec {
     /// holds them only sealed (encrypted with a key only masters hold).
     #[serde(default)]
     pub secret_env: Vec<SecretEnv>,
+    /// Agent attributes the task needs, KEY = VALUE (`os = "windows"`): the master places it
+    /// only on an agent that advertises every one.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
 }
 
 /// A secret environment variable.
@@ -315,6 +319,10 @@ pub struct InputFile {
 
 /// Most mounts and input files one task may have.
 pub const MAX_MOUNTS: usize = 16;
+/// Most constraints one task may name.
+pub const MAX_CONSTRAINTS: usize = 16;
+/// Longest constraint key or value, in bytes.
+pub const MAX_ATTRIBUTE_BYTES: usize = 128;
 pub const MAX_INPUTS: usize = 1024;
 
 /// Whether `guest` is an absolute, normalized guest path: `/`, `/data`, `/a/b`, without `.`,
@@ -364,6 +372,7 @@ impl TaskSpec {
             outputs_dir: None,
             outputs_on_agent: false,
             secret_env: Vec::new(),
+            constraints: BTreeMap::new(),
         }
     }
 
@@ -400,6 +409,16 @@ impl TaskSpec {
                     ));
                 }
                 _ => {}
+            }
+        }
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(format!("at most {MAX_CONSTRAINTS} constraints per task"));
+        }
+        for (k, v) in &self.constraints {
+            if k.is_empty() || k.len() > MAX_ATTRIBUTE_BYTES || v.len() > MAX_ATTRIBUTE_BYTES {
+                return Err(format!(
+                    "constraint `{k}={v}`: keys are 1 to {MAX_ATTRIBUTE_BYTES} bytes, values at most {MAX_ATTRIBUTE_BYTES}"
+                ));
             }
         }
         if self.mounts.len() > MAX_MOUNTS {

@@ -11,7 +11,7 @@ use crate::args::{TlsArgs, key_values, parse_reservation, with_scalars};
 use crate::connect::Target;
 use crate::output::{Format, OutputArg, print_json};
 use crate::output::{list_or_dash, now_ms};
-use crate::process::wait_for_ctrl_c;
+use crate::process::wait_for_stop;
 use crate::roles;
 use std::net::SocketAddr;
 use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu};
@@ -229,7 +229,7 @@ pub(crate) async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
-    wait_for_ctrl_c().await;
+    wait_for_stop().await;
     let _ = tx.send(true);
     agent.await.context("agent task")??;
     Ok(ExitCode::SUCCESS)

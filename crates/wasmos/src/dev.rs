@@ -17,7 +17,7 @@ use crate::agent::ExecArgs;
 use crate::args::{parse_reservation, with_scalars};
 use crate::cert::{credentials, ensure_ca, ensure_cert};
 use crate::master::{OfferArgs, TenancyArgs};
-use crate::process::wait_for_ctrl_c;
+use crate::process::wait_for_stop;
 use crate::{demo, dev_group};
 
 pub struct DevOptions {
@@ -84,16 +84,8 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     .context("starting the HTTPS API")?;
 
     let config_path = data.join(CONFIG_FILE);
-    ClientConfig {
-        http: Some(web.local_addr()),
-        master: addr,
-        masters: Vec::new(),
-        ca: PathBuf::from("pki").join("ca.pem"),
-        cert: PathBuf::from("pki").join("operator.pem"),
-        key: PathBuf::from("pki").join("operator.key"),
-        dir: data.clone(),
-    }
-    .write(&config_path)?;
+    ClientConfig::dev_operator(data.clone(), addr, Vec::new(), Some(web.local_addr()))
+        .write(&config_path)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut agents = Vec::new();
@@ -291,7 +283,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         return result;
     } else {
         eprintln!("try: wasmos run sample-tasks/target/wasm32-wasip2/release/hello.wasm -- hi");
-        wait_for_ctrl_c().await;
+        wait_for_stop().await;
         ExitCode::SUCCESS
     };
     cluster.stop().await;

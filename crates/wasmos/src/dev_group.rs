@@ -233,16 +233,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     }
 
     let config_path = data.join(CONFIG_FILE);
-    ClientConfig {
-        http: None,
-        master: addrs[0],
-        masters: addrs.clone(),
-        ca: PathBuf::from("pki").join("ca.pem"),
-        cert: PathBuf::from("pki").join("operator.pem"),
-        key: PathBuf::from("pki").join("operator.key"),
-        dir: data.clone(),
-    }
-    .write(&config_path)?;
+    ClientConfig::dev_operator(data.clone(), addrs[0], addrs.clone(), None).write(&config_path)?;
 
     for p in &mut procs {
         start(&exe, p)?;

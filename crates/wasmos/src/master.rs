@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
 use crate::args::{TlsArgs, parse_resource_list};
-use crate::process::wait_for_ctrl_c;
+use crate::process::wait_for_stop;
 
 #[derive(Args)]
 pub(crate) struct MasterArgs {
@@ -219,7 +219,7 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    wait_for_ctrl_c().await;
+    wait_for_stop().await;
     if let Some(web) = web {
         web.shutdown();
     }

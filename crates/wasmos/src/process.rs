@@ -1,5 +1,5 @@
 //! How the `wasmos` process lives and ends: the open-file limit daemons need, and waiting for
-//! Ctrl-C.
+//! the signal to stop.
 
 /// Tasks hold host descriptors (files, sockets), up to a cap each, so an agent needs more than
 /// the usual soft limit of 1024: raise it to the hard limit.
@@ -11,11 +11,40 @@ pub(crate) fn raise_open_file_limit() {
     }
 }
 
-/// Runs until Ctrl-C (or forever where signals cannot be caught): how daemons and `wasmos dev`
-/// wait, and how `wasmos run` learns to kill its task.
-pub(crate) async fn wait_for_ctrl_c() {
+/// Runs until the process is asked to stop: Ctrl-C, or SIGTERM on Unix (what systemd,
+/// launchd and `docker stop` send), or on Windows the console closing, the user logging off or
+/// the system shutting down. Daemons then stop their tasks and close their files, `wasmos dev`
+/// its cluster, and `wasmos run` kills its task. Where no signal can be caught, runs until
+/// killed.
+pub(crate) async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { term.recv().await; },
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_logoff, ctrl_shutdown};
+        if let (Ok(mut brk), Ok(mut close), Ok(mut logoff), Ok(mut shutdown)) =
+            (ctrl_break(), ctrl_close(), ctrl_logoff(), ctrl_shutdown())
+        {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
+                _ = brk.recv() => {}
+                _ = close.recv() => {}
+                _ = logoff.recv() => {}
+                _ = shutdown.recv() => {}
+            }
+            return;
+        }
+    }
     if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling on this platform: run until killed.
         std::future::pending::<()>().await;
     }
 }

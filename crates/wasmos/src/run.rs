@@ -12,7 +12,7 @@ use crate::args::{key_values, with_scalars};
 use crate::bundle::load_component;
 use crate::connect::Target;
 use crate::files;
-use crate::process::wait_for_ctrl_c;
+use crate::process::wait_for_stop;
 use std::io::Write;
 use wasmos_proto::{
     BlobKind, InputFile, Mount, OutputStream, Reason, Resources, TaskInfo, TaskSpec, TaskState,
@@ -126,6 +126,10 @@ pub(crate) struct RunArgs {
     /// Higher launches first among its role's waiting tasks; lower is preempted first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub(crate) priority: i32,
+    /// Run only on an agent whose attributes include KEY=VALUE (repeatable), e.g.
+    /// `os=windows`; every agent advertises `os` and `arch`, and more with `wasmos agent --attr`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub(crate) constraint: Vec<String>,
     /// Print the task's id once the submission is acknowledged and exit, instead of streaming
     /// its output (`wasmos logs -f ID` / `wasmos task show ID` follow it later).
     #[arg(long, short = 'd')]
@@ -253,6 +257,9 @@ pub(crate) fn task_spec(
         mem_limit_bytes: args.mem_limit.as_deref().map(parse_bytes).transpose()?,
         outputs_dir: args.outputs.clone(),
         secret_env: secret_env(&args.secret_env).context("--secret-env")?,
+        constraints: key_values(&args.constraint, "--constraint")?
+            .into_iter()
+            .collect(),
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)
@@ -318,7 +325,7 @@ pub(crate) async fn run_cmd(target: &Target, args: RunArgs) -> Result<ExitCode> 
     }
     let ended = tokio::select! {
         r = client.follow_to_end(id, write_output, notice) => r?,
-        _ = wait_for_ctrl_c() => {
+        _ = wait_for_stop() => {
             eprintln!("wasmos: interrupted; killing {id}");
             let _ = client.request(ClientRequest::KillTask { id }).await;
             client.follow_to_end(id, |_, _| {}, notice).await?
