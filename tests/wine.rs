@@ -3,7 +3,9 @@
 //! tasks, placed with `--constraint os=...`, must give the same results on both: the WASI
 //! fidelity probe and the samples byte for byte, the hostile subset the same outcome. A batch
 //! job's map tasks run on one OS and its reducers on the other, fetching the intermediate files
-//! agent to agent, and the counts are exact. And `wasmos.exe dev --demo` passes under Wine.
+//! agent to agent, and the counts are exact. `wasmos.exe dev --demo` passes under Wine, and the
+//! agent installs, starts, stops and uninstalls as a Windows service (Wine's service control
+//! manager).
 //!
 //! `cargo xtask windows` (run by `cargo xtask test`) builds the exe and readies Wine
 //! (target/wine). Without Wine these tests say so and pass, unless `WASMOS_WINE=required`
@@ -501,5 +503,137 @@ fn the_windows_exe_runs_the_demo_under_wine() {
     assert!(
         shown.contains("demo finished: every task ended as expected"),
         "{shown}"
+    );
+}
+
+#[test]
+fn the_agent_runs_as_a_windows_service() {
+    let Some(wine) = Wine::or_skip() else { return };
+    let c = DevCluster::start(1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let issued = c.issue("wasmos://agent/win-svc");
+    std::fs::write(dir.join("agent.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join("agent.key"), &issued.key_pem).unwrap();
+    let ca = c.dir.path().join("pki").join("ca.pem");
+    // A name of this run's own: the prefix's service database outlives the test.
+    let name = format!("wasmos-test-{}", std::process::id());
+    let service = |args: &[&str]| {
+        let mut all = vec!["agent", "service"];
+        all.extend_from_slice(args);
+        all.extend(["--name", &name]);
+        wine.wasmos(&all).output().unwrap()
+    };
+    let master = c.master_addr().to_string();
+    let log = dir.join("agent.log");
+    let mut install = wine.wasmos(&[
+        "agent",
+        "service",
+        "install",
+        "--name",
+        &name,
+        "--start",
+        "demand",
+        "--account",
+        "LocalSystem",
+        "--",
+        "--master",
+        &master,
+        "--ca",
+        &win(&ca),
+        "--cert",
+        &win(&dir.join("agent.pem")),
+        "--key",
+        &win(&dir.join("agent.key")),
+        "--work-dir",
+        &win(&dir.join("work")),
+        "--log-file",
+        &win(&log),
+        "--max-tasks",
+        "16",
+    ]);
+    let installed = install.output().unwrap();
+    assert!(installed.status.success(), "{}", describe(&installed));
+    // A relative path is refused at install, not at boot.
+    let relative = wine
+        .wasmos(&["agent", "service", "install", "--name", "x", "--"])
+        .args(["--master", &master, "--ca", "ca.pem", "--cert", "C:\\a.pem"])
+        .args(["--key", "C:\\a.key", "--work-dir", "C:\\w"])
+        .output()
+        .unwrap();
+    assert!(
+        !relative.status.success() && text(&relative.stderr).contains("absolute path"),
+        "{}",
+        describe(&relative)
+    );
+
+    let started = service(&["start"]);
+    assert!(started.status.success(), "{}", describe(&started));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+        let up = agents.as_array().unwrap().iter().any(|a| {
+            a["id"] == "win-svc" && a["state"] == "Active" && a["attributes"]["os"] == "windows"
+        });
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service's agent did not register: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ran = run_on(
+        &c,
+        "windows",
+        &[],
+        &sample("hello"),
+        &["as a service".into()],
+    );
+    assert!(
+        ran.status.success() && text(&ran.stdout).contains("as a service"),
+        "{}",
+        describe(&ran)
+    );
+    let status = service(&["status"]);
+    assert!(
+        text(&status.stdout).contains("Running"),
+        "{}",
+        describe(&status)
+    );
+
+    // Stopping the service stops the agent the way Ctrl-C does: it says goodbye, and the
+    // master sees it gone at once rather than after the agent timeout.
+    let stopped = service(&["stop"]);
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+        let gone = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "win-svc" && a["state"] != "Active");
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent is still active: {agents}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("registered with master"), "{logged}");
+
+    let removed = service(&["uninstall"]);
+    assert!(removed.status.success(), "{}", describe(&removed));
+    let status = service(&["status"]);
+    assert!(
+        !status.status.success() && text(&status.stderr).contains("is installed"),
+        "{}",
+        describe(&status)
     );
 }

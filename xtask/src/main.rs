@@ -200,6 +200,13 @@ fn windows() -> Result<()> {
             .env("WINEDEBUG", "-all")
             .env("WINEDLLOVERRIDES", "mscoree,mshtml="))?;
     }
+    // The shim before Wine's own DLL for every process of the prefix, those Wine's service
+    // control manager starts included (they do not inherit a test's environment).
+    run(Command::new(&wine)
+        .args(["reg", "add", "HKCU\\Software\\Wine\\DllOverrides"])
+        .args(["/v", "bcryptprimitives", "/d", "native,builtin", "/f"])
+        .env("WINEPREFIX", &prefix)
+        .env("WINEDEBUG", "-all"))?;
     // The exe's own smoke test: it starts and answers under Wine.
     let out = Command::new(&wine)
         .arg(bin.join("wasmos.exe"))

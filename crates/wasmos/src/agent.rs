@@ -19,6 +19,11 @@ use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes,
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
     List(OutputArg),
+    /// Run the agent as a Windows service: install, start, stop, status, uninstall.
+    Service {
+        #[command(subcommand)]
+        cmd: crate::winsvc::ServiceCmd,
+    },
 }
 
 #[derive(Args)]
@@ -64,6 +69,13 @@ pub(crate) struct AgentArgs {
     /// still needs one makes it again).
     #[arg(long, default_value = "2GiB")]
     pub(crate) keep_max: String,
+    /// Write the log to FILE (appended) instead of stderr: for services, which have no console.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// Internal: run under the Windows service control manager as service NAME (set by
+    /// `wasmos agent service install`).
+    #[arg(long, value_name = "NAME", hide = true)]
+    pub(crate) windows_service: Option<String>,
     #[command(flatten)]
     pub(crate) exec: ExecArgs,
 }
@@ -168,6 +180,15 @@ impl ExecArgs {
 }
 
 pub(crate) async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
+    agent_until(args, wait_for_stop()).await
+}
+
+/// Runs the agent until `stop` completes (a signal, or the service control manager's stop),
+/// then stops its tasks, reports them and returns.
+pub(crate) async fn agent_until(
+    args: AgentArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<ExitCode> {
     let list = args.master.ok_or_else(|| anyhow!("--master is required"))?;
     let masters: Vec<SocketAddr> = list
         .split(',')
@@ -229,7 +250,7 @@ pub(crate) async fn agent_cmd(args: AgentArgs) -> Result<ExitCode> {
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));
-    wait_for_stop().await;
+    stop.await;
     let _ = tx.send(true);
     agent.await.context("agent task")??;
     Ok(ExitCode::SUCCESS)

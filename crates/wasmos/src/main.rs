@@ -21,6 +21,7 @@ mod roles;
 mod run;
 mod sim;
 mod task;
+mod winsvc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::agent::AgentArgs;
 use crate::connect::Target;
 
 #[derive(Parser)]
@@ -147,16 +149,61 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let log_file = match &cli.cmd {
+        Cmd::Agent {
+            cmd: None,
+            daemon:
+                AgentArgs {
+                    log_file: Some(path),
+                    ..
+                },
+        } => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("error: --log-file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_file {
+        Some(f) => logs
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => logs.with_writer(std::io::stderr).init(),
+    }
     if let Cmd::CompileWorker { max_memory, fuel } = cli.cmd {
         let max_input = wasmos_exec::ExecConfig::default().max_component_bytes;
         return match wasmos_exec::run_compile_worker(fuel, max_memory, max_input) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // A Windows service reports to the service control manager from a thread of its own and
+    // starts its own runtime there.
+    if let Cmd::Agent {
+        cmd: None,
+        daemon: daemon @ AgentArgs {
+            windows_service: Some(_),
+            ..
+        },
+    } = cli.cmd
+    {
+        let name = daemon.windows_service.clone().unwrap_or_default();
+        return match winsvc::serve(name, daemon) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -201,6 +248,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             cmd: Some(agent::AgentCmd::List(out)),
             ..
         } => agent::agent_list(target, out.format).await,
+        Cmd::Agent {
+            cmd: Some(agent::AgentCmd::Service { cmd }),
+            ..
+        } => winsvc::run(cmd),
         Cmd::Agent { cmd: None, daemon } => agent::agent_cmd(daemon).await,
         Cmd::Run(args) => run::run_cmd(target, args).await,
         Cmd::Task { cmd } => task::run(target, cmd).await,
