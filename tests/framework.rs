@@ -395,6 +395,71 @@ fn frameworks_keep_tasks_within_their_failover_timeout_and_lose_them_after() {
 }
 
 #[test]
+fn a_launch_is_held_to_its_tasks_constraints() {
+    let c = DevCluster::start(1).unwrap();
+    let spec = hello_spec(&c, 500);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut fw = Framework::connect(&c).await;
+        fw.subscribe("analytics", None).await;
+        let (offers, _) = fw.offers(10).await;
+        // The only agent is a Linux one: a task that needs Windows is refused, not placed.
+        let windows = TaskSpec {
+            constraints: [("os".to_string(), "windows".to_string())].into(),
+            ..spec.clone()
+        };
+        fw.accept(1, offers[0].id, vec![OfferOperation::Launch(vec![windows])])
+            .await;
+        loop {
+            match fw.next(10).await {
+                Some(FrameworkEvent::Error {
+                    request: Some(1),
+                    message,
+                }) => {
+                    assert!(
+                        message.contains("needs agent attribute os=windows"),
+                        "{message}"
+                    );
+                    break;
+                }
+                Some(FrameworkEvent::Offers(_) | FrameworkEvent::Rescind { .. }) => {}
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+        assert_eq!(tasks.as_array().unwrap().len(), 0, "{tasks}");
+        // One it meets is launched.
+        let linux = TaskSpec {
+            constraints: [("os".to_string(), "linux".to_string())].into(),
+            ..spec
+        };
+        fw.launch_one(2, &linux).await;
+    });
+    // `wasmos run --constraint` with no agent that has it waits; one that matches runs.
+    let out = c
+        .cmd(&["run", "--constraint", "os=linux"])
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c
+        .cmd(&["run", "--detach", "--constraint", "os=plan9"])
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
+    let id = text(&out.stdout).trim().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let shown = c.json(&["task", "show", &id, "-o", "json"]).unwrap();
+    assert_eq!(shown["status"]["state"], "Staging", "{shown}");
+    let out = c
+        .cmd(&["run", "--constraint", "os"])
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("not KEY=VALUE"));
+}
+
+#[test]
 fn a_framework_is_offered_resources_and_launches_from_them() {
     let c = DevCluster::start_with(2, &["--agent-cpu", "2"]).unwrap();
     let spec = hello_spec(&c, 500);

@@ -80,27 +80,34 @@ fn win(p: &Path) -> String {
     format!("Z:{}", p.display()).replace('/', "\\")
 }
 
-/// Starts `wasmos.exe agent` under Wine, joined to `c`, with every path in Windows form, and
-/// waits until the cluster lists it as an active Windows agent.
-fn windows_agent(c: &DevCluster, wine: &Wine, dir: &Path) -> Logged {
-    let issued = c.issue("wasmos://agent/win-1");
+/// The flags that join agent `name` to `c`: its master, and the CA, a certificate issued now
+/// and a work directory under `dir`, every path in Windows form.
+fn join_flags(c: &DevCluster, name: &str, dir: &Path) -> Vec<String> {
+    let issued = c.issue(&format!("wasmos://agent/{name}"));
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("agent.pem"), &issued.cert_pem).unwrap();
     std::fs::write(dir.join("agent.key"), &issued.key_pem).unwrap();
     let ca = c.dir.path().join("pki").join("ca.pem");
-    let master = c.master_addr().to_string();
-    let agent = Logged::spawn(wine.wasmos(&[
-        "agent",
-        "--master",
-        &master,
-        "--ca",
-        &win(&ca),
-        "--cert",
-        &win(&dir.join("agent.pem")),
-        "--key",
-        &win(&dir.join("agent.key")),
-        "--work-dir",
-        &win(&dir.join("work")),
+    [
+        "--master".to_string(),
+        c.master_addr().to_string(),
+        "--ca".into(),
+        win(&ca),
+        "--cert".into(),
+        win(&dir.join("agent.pem")),
+        "--key".into(),
+        win(&dir.join("agent.key")),
+        "--work-dir".into(),
+        win(&dir.join("work")),
+    ]
+    .to_vec()
+}
+
+/// Starts `wasmos.exe agent` under Wine, joined to `c`, with every path in Windows form, and
+/// waits until the cluster lists it as an active Windows agent.
+fn windows_agent(c: &DevCluster, wine: &Wine, dir: &Path) -> Logged {
+    let mut cmd = wine.wasmos(&["agent"]);
+    cmd.args(join_flags(c, "win-1", dir)).args([
         "--cpu",
         "8",
         "--mem",
@@ -116,7 +123,8 @@ fn windows_agent(c: &DevCluster, wine: &Wine, dir: &Path) -> Logged {
         // As the Linux agent's: the hostile corpus' compile bomb is not in the subset here.
         "--compile-timeout",
         "60s",
-    ]));
+    ]);
+    let agent = Logged::spawn(cmd);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
@@ -310,10 +318,14 @@ fn linux_and_windows_agents_give_the_same_results() {
         let case = cases.iter().find(|k| k.name == name).unwrap();
         let mut flags = case.flags.clone();
         if name == "file-bomb" {
-            // Creating a file takes Wine far longer than Linux: give the bomb time to reach
-            // the quota (on both, so the outcome is compared under the same flags).
-            if let Some(i) = flags.iter().position(|f| f == "--timeout") {
-                flags[i + 1] = "60s".into();
+            // Creating a file costs Wine about 10 ms of CPU, which counts against the task's
+            // share: at the corpus' tenth of a core the bomb makes 10 files a second. A whole
+            // core and a minute let it reach the quota (on both OSes, so the outcome is
+            // compared under the same flags).
+            for (flag, value) in [("--timeout", "60s"), ("--cpu", "1")] {
+                if let Some(i) = flags.iter().position(|f| f == flag) {
+                    flags[i + 1] = value.into();
+                }
             }
         }
         for os in ["linux", "windows"] {
@@ -361,21 +373,6 @@ fn linux_and_windows_agents_give_the_same_results() {
         agent.log()
     );
 
-    // Each OS ran its share: the constraint placed every task where it said.
-    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
-    let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
-    for t in tasks.as_array().unwrap() {
-        let os = t["spec"]["constraints"]["os"].as_str().unwrap_or("-");
-        let agent = t["agent"].as_str().unwrap_or("-");
-        *per_agent.entry(format!("{os} on {agent}")).or_default() += 1;
-    }
-    let placed: Vec<&String> = per_agent.keys().collect();
-    assert_eq!(
-        placed,
-        ["linux on agent-1", "windows on win-1"],
-        "{per_agent:?}"
-    );
-
     // A map-reduce job across both: map tasks on one OS keep their outputs there, reducers on
     // the other fetch them agent to agent; the counts are exact either way round.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -402,6 +399,21 @@ fn linux_and_windows_agents_give_the_same_results() {
             "{map_os} -> {reduce_os}"
         );
     }
+    // Each OS ran its share: the constraints placed every task where they said (the jobs'
+    // tasks carry their group's), and none ran elsewhere.
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
+    for t in tasks.as_array().unwrap() {
+        let os = t["spec"]["constraints"]["os"].as_str().unwrap_or("-");
+        let agent = t["agent"].as_str().unwrap_or("-");
+        *per_agent.entry(format!("{os} on {agent}")).or_default() += 1;
+    }
+    let placed: Vec<&String> = per_agent.keys().collect();
+    assert_eq!(
+        placed,
+        ["linux on agent-1", "windows on win-1"],
+        "{per_agent:?}"
+    );
     drop(agent);
 }
 
@@ -512,10 +524,6 @@ fn the_agent_runs_as_a_windows_service() {
     let c = DevCluster::start(1).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let issued = c.issue("wasmos://agent/win-svc");
-    std::fs::write(dir.join("agent.pem"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.join("agent.key"), &issued.key_pem).unwrap();
-    let ca = c.dir.path().join("pki").join("ca.pem");
     // A name of this run's own: the prefix's service database outlives the test.
     let name = format!("wasmos-test-{}", std::process::id());
     let service = |args: &[&str]| {
@@ -524,8 +532,18 @@ fn the_agent_runs_as_a_windows_service() {
         all.extend(["--name", &name]);
         wine.wasmos(&all).output().unwrap()
     };
-    let master = c.master_addr().to_string();
     let log = dir.join("agent.log");
+    // Whatever happens below, the service does not outlive the test.
+    struct Removed<'a>(&'a Wine, &'a str);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .wasmos(&["agent", "service", "uninstall", "--name", self.1])
+                .output();
+        }
+    }
+    let _removed = Removed(&wine, &name);
     let mut install = wine.wasmos(&[
         "agent",
         "service",
@@ -537,16 +555,8 @@ fn the_agent_runs_as_a_windows_service() {
         "--account",
         "LocalSystem",
         "--",
-        "--master",
-        &master,
-        "--ca",
-        &win(&ca),
-        "--cert",
-        &win(&dir.join("agent.pem")),
-        "--key",
-        &win(&dir.join("agent.key")),
-        "--work-dir",
-        &win(&dir.join("work")),
+    ]);
+    install.args(join_flags(&c, "win-svc", dir)).args([
         "--log-file",
         &win(&log),
         "--max-tasks",
@@ -557,7 +567,14 @@ fn the_agent_runs_as_a_windows_service() {
     // A relative path is refused at install, not at boot.
     let relative = wine
         .wasmos(&["agent", "service", "install", "--name", "x", "--"])
-        .args(["--master", &master, "--ca", "ca.pem", "--cert", "C:\\a.pem"])
+        .args([
+            "--master",
+            "127.0.0.1:1",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "C:\\a.pem",
+        ])
         .args(["--key", "C:\\a.key", "--work-dir", "C:\\w"])
         .output()
         .unwrap();

@@ -3,11 +3,12 @@
     Installs the Wasmos agent as a Windows service and starts it.
 
 .DESCRIPTION
-    Copies wasmos.exe to Program Files, the cluster CA and this agent's certificate and key
-    (from deploy/issue-certs.sh) to ProgramData\Wasmos, lets only Administrators, SYSTEM and the
-    service's account (LocalService) read them, and registers the service with
-    `wasmos agent service install`. Run it in an elevated PowerShell. Run it again to update:
-    the old service is removed first.
+    Copies wasmos.exe to Program Files and the cluster CA and this agent's certificate and key
+    (from deploy/issue-certs.sh) into ProgramData\Wasmos, a directory owned by Administrators
+    that only Administrators, SYSTEM and the service's own virtual account (NT SERVICE\NAME)
+    can open, narrowed before any key is copied in. Registers the service with
+    `wasmos agent service install` and starts it. Run it in an elevated PowerShell; run it
+    again to update (the old service is removed first).
 
 .EXAMPLE
     .\install-agent.ps1 -Masters 10.0.0.1:7433,10.0.0.2:7433,10.0.0.3:7433 `
@@ -29,7 +30,15 @@ $ErrorActionPreference = "Stop"
 $bin = Join-Path $env:ProgramFiles "Wasmos"
 $data = Join-Path $env:ProgramData "Wasmos"
 $work = Join-Path $data "agent"
-New-Item -ItemType Directory -Force -Path $bin, $data, $work | Out-Null
+$account = "NT SERVICE\$ServiceName"
+New-Item -ItemType Directory -Force -Path $bin, $data | Out-Null
+
+# Owned by Administrators and closed to everyone else before a key goes in: a directory
+# someone created in advance is taken over, not trusted.
+icacls $data /setowner "Administrators" /T | Out-Null
+icacls $data /inheritance:r /grant:r "Administrators:(OI)(CI)F" "SYSTEM:(OI)(CI)F" | Out-Null
+if ($LASTEXITCODE -ne 0) { throw "icacls failed on $data" }
+New-Item -ItemType Directory -Force -Path $work | Out-Null
 
 $wasmos = Join-Path $bin "wasmos.exe"
 if (Get-Service -Name $ServiceName -ErrorAction SilentlyContinue) {
@@ -41,11 +50,6 @@ Copy-Item -Force (Join-Path $Pki "ca.pem") (Join-Path $data "ca.pem")
 Copy-Item -Force (Join-Path $Pki "$AgentName.pem") (Join-Path $data "agent.pem")
 Copy-Item -Force (Join-Path $Pki "$AgentName.key") (Join-Path $data "agent.key")
 
-# Only Administrators, SYSTEM and the service's account: no inherited access for Users.
-$account = "NT AUTHORITY\LocalService"
-icacls $data /inheritance:r /grant:r "Administrators:(OI)(CI)F" "SYSTEM:(OI)(CI)F" "${account}:(OI)(CI)M" | Out-Null
-if ($LASTEXITCODE -ne 0) { throw "icacls failed on $data" }
-
 $agentArgs = @(
     "--master", ($Masters -join ","),
     "--ca", (Join-Path $data "ca.pem"),
@@ -54,8 +58,17 @@ $agentArgs = @(
     "--work-dir", $work,
     "--log-file", (Join-Path $data "agent.log")
 ) + $ExtraArgs
-& $wasmos agent service install --name $ServiceName --account $account -- @agentArgs
+& $wasmos agent service install --name $ServiceName -- @agentArgs
 if ($LASTEXITCODE -ne 0) { throw "wasmos agent service install failed" }
+
+# The service's own account (it exists once the service does) reads its files and writes
+# its work directory and log; no other service shares it.
+icacls $data /grant "${account}:(OI)(CI)RX" | Out-Null
+icacls $work /grant "${account}:(OI)(CI)M" | Out-Null
+New-Item -ItemType File -Force -Path (Join-Path $data "agent.log") | Out-Null
+icacls (Join-Path $data "agent.log") /grant "${account}:M" | Out-Null
+if ($LASTEXITCODE -ne 0) { throw "icacls failed granting $account" }
+
 & $wasmos agent service start --name $ServiceName
 if ($LASTEXITCODE -ne 0) { throw "the service did not start; see $(Join-Path $data 'agent.log')" }
 

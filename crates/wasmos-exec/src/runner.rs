@@ -182,6 +182,7 @@ fn pooled_engine(fuel: bool, slots: Option<u32>) -> Result<(Engine, Option<u32>)
         return Ok((engine, None));
     };
     let mut tried = wanted;
+    let mut last = String::new();
     while tried > 0 {
         let mut config = artifact::engine_config(fuel);
         artifact::use_pooling(&mut config, tried);
@@ -191,20 +192,20 @@ fn pooled_engine(fuel: bool, slots: Option<u32>) -> Result<(Engine, Option<u32>)
                     tracing::warn!(
                         wanted,
                         slots = tried,
-                        "the OS would not reserve address space for every task slot; fewer tasks run at once"
+                        "the OS would not reserve address space for every task slot ({last}); fewer tasks run at once"
                     );
                 }
                 return Ok((engine, Some(tried)));
             }
             Err(e) => {
-                tracing::debug!(slots = tried, "pooling allocator refused: {e:#}");
+                last = format!("{e:#}");
                 tried /= 2;
             }
         }
     }
     tracing::warn!(
         wanted,
-        "the OS would not reserve address space for even one pooled task slot; allocating per task"
+        "the OS would not reserve address space for even one pooled task slot ({last}); allocating per task"
     );
     let engine =
         Engine::new(&artifact::engine_config(fuel)).map_err(engine_err("creating the engine"))?;

@@ -668,17 +668,3 @@ async fn compiled_artifacts_are_cached_on_disk_and_damaged_entries_rebuilt() {
     assert_eq!(status.exit_code, Some(0), "{status:?}");
     assert_eq!(std::fs::read(&ok_entry).unwrap(), ok_artifact);
 }
-
-#[test]
-fn a_pool_larger_than_the_address_space_shrinks_instead_of_failing() {
-    // A million slots would reserve petabytes: more than a 47-bit address space holds.
-    let wanted = 1 << 20;
-    let shrunk = Runner::new(ExecConfig {
-        pool: Some(wanted),
-        ..ExecConfig::default()
-    })
-    .unwrap();
-    let slots = shrunk.pool_slots().unwrap();
-    assert!(slots > 0 && slots < wanted, "{slots} slots");
-    assert_eq!(runner().pool_slots(), ExecConfig::default().pool);
-}

@@ -335,6 +335,16 @@ pub(crate) struct Cycle<E: Env> {
 }
 
 /// The role a task counts against: the one it names, else its builtin framework's default.
+/// The first of `spec`'s constraints that an agent with `attributes` does not meet.
+fn unmet_constraint<'a>(
+    spec: &'a TaskSpec,
+    attributes: &BTreeMap<String, String>,
+) -> Option<(&'a String, &'a String)> {
+    spec.constraints
+        .iter()
+        .find(|(k, v)| attributes.get(*k) != Some(*v))
+}
+
 fn task_role(t: &TaskInfo) -> Option<Role> {
     t.spec.role.as_deref().and_then(|r| Role::new(r).ok())
 }
@@ -982,6 +992,19 @@ impl<E: Env> Cycle<E> {
             self.alloc.decline(fw, offers, Some(0), now);
             return Err(e);
         }
+        // The attributes of the agent the offers are for (an accept spanning agents is refused
+        // by the allocator below): a task's constraints hold whoever places it.
+        let offered_agent = offers
+            .first()
+            .and_then(|o| self.alloc.offer(*o))
+            .map(|o| o.agent.clone());
+        let attributes = offered_agent
+            .as_ref()
+            .and_then(|a| {
+                self.env
+                    .read(|s| s.agents.get(a).map(|r| r.attributes.clone()))
+            })
+            .unwrap_or_default();
         let mut ops = Vec::new();
         let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
         let mut ids = Vec::new();
@@ -1007,6 +1030,16 @@ impl<E: Env> Cycle<E> {
                 if let Err(e) = self.env.read(|s| s.check_spec_ceilings(&spec, &role)) {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Err(format!("task `{}`: {e}", spec.name));
+                }
+                if let Some((k, v)) = unmet_constraint(&spec, &attributes) {
+                    self.alloc.decline(fw, offers, Some(0), now);
+                    let agent = offered_agent
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), ToString::to_string);
+                    return Err(format!(
+                        "task `{}` needs agent attribute {k}={v}, which agent {agent} does not have",
+                        spec.name
+                    ));
                 }
                 spec.role = Some(role.to_string());
                 let id = self.env.new_task_id();
@@ -1644,27 +1677,29 @@ impl<E: Env> Cycle<E> {
                 }
             }
         });
-        let heads: Vec<(Role, TaskId, Resources)> = self
-            .builtin
-            .values()
-            .filter_map(|b| {
-                b.queue
+        // A role's first waiting task that any agent could take: one with constraints may wait
+        // for an agent that has no room or does not exist, and room made elsewhere by
+        // preempting other roles' tasks would not help it (the job framework leaves its
+        // constrained groups out the same way).
+        let builtin = &self.builtin;
+        self.env.read(|s| {
+            for b in builtin.values() {
+                let head = b
+                    .queue
                     .iter()
-                    .find(|(_, r)| r.qos != Qos::BestEffort)
-                    .map(|((_, id), r)| (b.role.clone(), *id, r.resources.clone()))
-            })
-            .collect();
-        if !heads.is_empty() {
-            self.env.read(|s| {
-                for (role, id, r) in heads {
-                    if let Some(t) = s.tasks.get(&id)
-                        && now.saturating_sub(t.submitted_ms) >= grace
-                    {
-                        by_role.insert(role, (t.submitted_ms, r));
-                    }
+                    .filter(|(_, r)| r.qos != Qos::BestEffort)
+                    .take(MAX_MISSES_PER_OFFER)
+                    .find_map(|((_, id), r)| {
+                        let t = s.tasks.get(id)?;
+                        t.spec.constraints.is_empty().then_some((t, r))
+                    });
+                if let Some((t, r)) = head
+                    && now.saturating_sub(t.submitted_ms) >= grace
+                {
+                    by_role.insert(b.role.clone(), (t.submitted_ms, r.resources.clone()));
                 }
-            });
-        }
+            }
+        });
         by_role
             .into_iter()
             .map(|(role, (_, r))| (role, r))
@@ -1916,13 +1951,12 @@ impl<E: Env> Cycle<E> {
             // visited task's constraints.
             self.env.read(|s| {
                 let attrs = s.agents.get(&offer.agent).map(|a| &a.attributes);
+                let none = BTreeMap::new();
+                let attrs = attrs.unwrap_or(&none);
                 let meets = |id: &TaskId| {
-                    s.tasks.get(id).is_none_or(|t| {
-                        t.spec
-                            .constraints
-                            .iter()
-                            .all(|(k, v)| attrs.and_then(|a| a.get(k)) == Some(v))
-                    })
+                    s.tasks
+                        .get(id)
+                        .is_none_or(|t| unmet_constraint(&t.spec, attrs).is_none())
                 };
                 for req in b.queue.values() {
                     if req.qos == Qos::BestEffort && pools.revocable.is_empty() {

@@ -89,10 +89,18 @@ impl AsyncUdpSocket for PlainUdp {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        // max_transmit_segments is 1, so quinn hands over one datagram at a time.
-        self.io
-            .try_send_to(transmit.contents, transmit.destination)
-            .map(|_| ())
+        // max_transmit_segments is 1, so quinn hands over one datagram at a time. Only
+        // "not now" goes back to quinn: any other error would end the connection's driver,
+        // while a datagram that cannot be sent (no route, a firewall) is one QUIC already
+        // treats as lost. quinn-udp's own socket does the same.
+        match self.io.try_send_to(transmit.contents, transmit.destination) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                tracing::debug!(to = %transmit.destination, "UDP send failed: {e}");
+                Ok(())
+            }
+        }
     }
 
     fn poll_recv(
@@ -104,6 +112,8 @@ impl AsyncUdpSocket for PlainUdp {
         let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
+        // Bounded, so a socket that fails every call does not spin here for ever.
+        let mut errors = 0;
         loop {
             ready!(self.io.poll_recv_ready(cx))?;
             match self.io.try_recv_from(buf) {
@@ -118,7 +128,16 @@ impl AsyncUdpSocket for PlainUdp {
                     return Poll::Ready(Ok(1));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                // An error from one datagram (an ICMP unreachable reported on the socket,
+                // WSAENETRESET): skip it, as quinn does ConnectionReset; returned, it would end
+                // the endpoint's driver and every connection on it.
+                Err(e) => {
+                    tracing::debug!("UDP receive failed: {e}");
+                    errors += 1;
+                    if errors >= 64 {
+                        return Poll::Ready(Err(e));
+                    }
+                }
             }
         }
     }

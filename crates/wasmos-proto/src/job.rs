@@ -208,7 +208,16 @@ impl JobSpec {
             }
             g.task
                 .check()
+                .and_then(|()| crate::task::check_constraints(&g.constraints))
                 .map_err(|e| format!("group `{}`: {e}", g.name))?;
+            // The framework places by the group's constraints and the master holds every
+            // launch to its task's: they must be the same.
+            if !g.task.constraints.is_empty() && g.task.constraints != g.constraints {
+                return Err(format!(
+                    "group `{}`: set the group's constraints, not its task's",
+                    g.name
+                ));
+            }
             if self.kind == JobKind::Service && !g.depends_on.is_empty() {
                 return Err(format!(
                     "group `{}`: a service's groups run side by side; depends_on is for batch jobs",

@@ -319,6 +319,23 @@ pub struct InputFile {
 
 /// Most mounts and input files one task may have.
 pub const MAX_MOUNTS: usize = 16;
+/// Checks placement constraints (a task's, a job group's) against [`MAX_CONSTRAINTS`] and
+/// [`MAX_ATTRIBUTE_BYTES`].
+pub fn check_constraints(constraints: &BTreeMap<String, String>) -> Result<(), String> {
+    if constraints.len() > MAX_CONSTRAINTS {
+        return Err(format!("at most {MAX_CONSTRAINTS} constraints per task"));
+    }
+    for (k, v) in constraints {
+        if k.is_empty() || k.len() > MAX_ATTRIBUTE_BYTES || v.len() > MAX_ATTRIBUTE_BYTES {
+            let shown: String = k.chars().take(40).collect();
+            return Err(format!(
+                "constraint `{shown}`: keys are 1 to {MAX_ATTRIBUTE_BYTES} bytes, values at most {MAX_ATTRIBUTE_BYTES}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Most constraints one task may name.
 pub const MAX_CONSTRAINTS: usize = 16;
 /// Longest constraint key or value, in bytes.
@@ -411,16 +428,7 @@ impl TaskSpec {
                 _ => {}
             }
         }
-        if self.constraints.len() > MAX_CONSTRAINTS {
-            return Err(format!("at most {MAX_CONSTRAINTS} constraints per task"));
-        }
-        for (k, v) in &self.constraints {
-            if k.is_empty() || k.len() > MAX_ATTRIBUTE_BYTES || v.len() > MAX_ATTRIBUTE_BYTES {
-                return Err(format!(
-                    "constraint `{k}={v}`: keys are 1 to {MAX_ATTRIBUTE_BYTES} bytes, values at most {MAX_ATTRIBUTE_BYTES}"
-                ));
-            }
-        }
+        check_constraints(&self.constraints)?;
         if self.mounts.len() > MAX_MOUNTS {
             return Err(format!("at most {MAX_MOUNTS} mounts per task"));
         }

@@ -295,6 +295,7 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
                 (None, JobKind::Batch) => Some("/out".into()),
                 (None, JobKind::Service) => None,
             },
+            constraints: g.constraints.clone(),
             ..TaskSpec::new(name, bundle)
         };
         groups.push(GroupSpec {

@@ -12,8 +12,8 @@ pub(crate) fn raise_open_file_limit() {
 }
 
 /// Runs until the process is asked to stop: Ctrl-C, or SIGTERM on Unix (what systemd,
-/// launchd and `docker stop` send), or on Windows the console closing, the user logging off or
-/// the system shutting down. Daemons then stop their tasks and close their files, `wasmos dev`
+/// launchd and `docker stop` send), or on Windows Ctrl-Break, the console closing or the system
+/// shutting down. Daemons then stop their tasks and close their files, `wasmos dev`
 /// its cluster, and `wasmos run` kills its task. Where no signal can be caught, runs until
 /// killed.
 pub(crate) async fn wait_for_stop() {
@@ -30,15 +30,16 @@ pub(crate) async fn wait_for_stop() {
     }
     #[cfg(windows)]
     {
-        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_logoff, ctrl_shutdown};
-        if let (Ok(mut brk), Ok(mut close), Ok(mut logoff), Ok(mut shutdown)) =
-            (ctrl_break(), ctrl_close(), ctrl_logoff(), ctrl_shutdown())
+        // Not CTRL_LOGOFF_EVENT: a process run by a service wrapper gets it whenever any user
+        // logs off, which is no reason to stop.
+        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+        if let (Ok(mut brk), Ok(mut close), Ok(mut shutdown)) =
+            (ctrl_break(), ctrl_close(), ctrl_shutdown())
         {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
                 _ = brk.recv() => {}
                 _ = close.recv() => {}
-                _ = logoff.recv() => {}
                 _ = shutdown.recv() => {}
             }
             return;

@@ -17,17 +17,18 @@ pub(crate) const DEFAULT_NAME: &str = "wasmos-agent";
 pub(crate) enum ServiceCmd {
     /// Register the agent as a Windows service, with its flags after `--` (at least --master,
     /// --ca, --cert, --key and --work-dir, as absolute paths: services start in System32). It
-    /// runs as LocalService unless --account says otherwise, and logs to --log-file
-    /// (default: agent.log in the work directory).
+    /// runs as its own virtual account, `NT SERVICE\NAME`, unless --account says otherwise,
+    /// and logs to --log-file (default: agent.log in the work directory).
     Install {
         #[arg(long, default_value = DEFAULT_NAME)]
         name: String,
         /// Start at boot (auto) or only when asked (demand).
         #[arg(long, value_enum, default_value_t = StartArg::Auto)]
         start: StartArg,
-        /// The account the service runs as.
-        #[arg(long, default_value = "NT AUTHORITY\\LocalService")]
-        account: String,
+        /// The account the service runs as [default: NT SERVICE\NAME, an account of its own
+        /// that only this service uses, to grant its files to]. `LocalSystem` for the system.
+        #[arg(long)]
+        account: Option<String>,
         /// The agent's flags.
         #[arg(last = true, required = true, value_name = "AGENT FLAGS")]
         agent_args: Vec<String>,
@@ -194,6 +195,7 @@ mod imp {
                 account,
                 agent_args,
             } => {
+                let account = account.unwrap_or_else(|| format!("NT SERVICE\\{name}"));
                 let info = ServiceInfo {
                     name: OsString::from(&name),
                     display_name: OsString::from(format!("Wasmos agent ({name})")),
@@ -232,8 +234,13 @@ mod imp {
                         3
                     ]),
                 };
-                if let Err(e) = service.update_failure_actions(restart) {
-                    tracing::warn!("the service will not be restarted after a crash: {e}");
+                // An agent that ends with an error reports Stopped with a nonzero code: that is
+                // a failure to restart after too, not only a crash.
+                if let Err(e) = service
+                    .update_failure_actions(restart)
+                    .and_then(|()| service.set_failure_actions_on_non_crash_failures(true))
+                {
+                    tracing::warn!("the service will not be restarted after a failure: {e}");
                 }
                 println!("installed service {name} (running as {account})");
             }
