@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 use wasmos_tests::corpus::load_cases;
 use wasmos_tests::{DevCluster, Logged, sample, text, wasmos_bin};
 
+/// One test at a time: every Wine process of the prefix goes through one wineserver, and the
+/// hostile cases keep it busy enough (thousands of file creations) to starve another test's
+/// agent of its heartbeats.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Wine's loader, the exe beside its test-only shim, and the prefix `cargo xtask windows` made.
 struct Wine {
     loader: PathBuf,
@@ -180,6 +185,9 @@ fn describe(o: &Output) -> String {
 #[test]
 fn linux_and_windows_agents_give_the_same_results() {
     let Some(wine) = Wine::or_skip() else { return };
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let c = DevCluster::start_with(
         1,
         &[
@@ -495,6 +503,9 @@ constraints = {{ os = "{reduce_os}" }}
 #[test]
 fn the_windows_exe_runs_the_demo_under_wine() {
     let Some(wine) = Wine::or_skip() else { return };
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let data = tempfile::tempdir().unwrap();
     let samples = sample("hello").parent().unwrap().to_path_buf();
     let out = wine
@@ -521,6 +532,9 @@ fn the_windows_exe_runs_the_demo_under_wine() {
 #[test]
 fn the_agent_runs_as_a_windows_service() {
     let Some(wine) = Wine::or_skip() else { return };
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let c = DevCluster::start(1).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
