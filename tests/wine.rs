@@ -130,21 +130,44 @@ fn windows_agent(c: &DevCluster, wine: &Wine, dir: &Path) -> Logged {
         "60s",
     ]);
     let agent = Logged::spawn(cmd);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_for_agent(c, "win-1", true, Duration::from_secs(120), || agent.log());
+    agent
+}
+
+/// Waits up to `within` until the cluster lists agent `id` as an active Windows agent
+/// (`active`), or as no longer active; `log` tells what the agent said if it does not.
+fn wait_for_agent(
+    c: &DevCluster,
+    id: &str,
+    active: bool,
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
     loop {
         let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
-        let windows = agents.as_array().unwrap().iter().any(|a| {
-            a["id"] == "win-1" && a["state"] == "Active" && a["attributes"]["os"] == "windows"
+        let seen = agents.as_array().unwrap().iter().any(|a| {
+            a["id"] == id
+                && if active {
+                    a["state"] == "Active" && a["attributes"]["os"] == "windows"
+                } else {
+                    a["state"] != "Active"
+                }
         });
-        if windows {
-            return agent;
+        if seen {
+            return;
         }
+        let what = if active {
+            "an active Windows agent"
+        } else {
+            "gone"
+        };
         assert!(
             Instant::now() < deadline,
-            "the Windows agent did not register in 120 s:\n{}",
-            agent.log()
+            "agent {id} is not {what} after {within:?}: {agents}\n{}",
+            log()
         );
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -600,22 +623,8 @@ fn the_agent_runs_as_a_windows_service() {
 
     let started = service(&["start"]);
     assert!(started.status.success(), "{}", describe(&started));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
-        let up = agents.as_array().unwrap().iter().any(|a| {
-            a["id"] == "win-svc" && a["state"] == "Active" && a["attributes"]["os"] == "windows"
-        });
-        if up {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service's agent did not register: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let service_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for_agent(&c, "win-svc", true, Duration::from_secs(120), service_log);
     let ran = run_on(
         &c,
         "windows",
@@ -639,23 +648,7 @@ fn the_agent_runs_as_a_windows_service() {
     // master sees it gone at once rather than after the agent timeout.
     let stopped = service(&["stop"]);
     assert!(stopped.status.success(), "{}", describe(&stopped));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
-        let gone = agents
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["id"] == "win-svc" && a["state"] != "Active");
-        if gone {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent is still active: {agents}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_agent(&c, "win-svc", false, Duration::from_secs(10), service_log);
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logged.contains("registered with master"), "{logged}");
 

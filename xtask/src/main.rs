@@ -144,18 +144,21 @@ fn wasmtime_cli() -> Result<()> {
         .arg(root().join("target/wasmtime-cli-build")))
 }
 
+/// The release build of the `wasmos` binary, for cargo and cargo-zigbuild alike.
+const BUILD_WASMOS: [&str; 7] = [
+    "build",
+    "--release",
+    "--locked",
+    "-p",
+    "wasmos",
+    "--bin",
+    "wasmos",
+];
+
 /// `cargo build --release --locked -p wasmos --bin wasmos`, for `target` if given.
 fn build_wasmos(target: Option<&str>) -> Command {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "wasmos",
-        "--bin",
-        "wasmos",
-    ]);
+    cmd.args(BUILD_WASMOS);
     if let Some(t) = target {
         cmd.args(["--target", t]);
     }
@@ -315,15 +318,7 @@ fn dist(macos: bool) -> Result<()> {
     for target in MACOS_TARGETS.iter().filter(|_| macos) {
         ensure_target(target)?;
         run(Command::new(&zigbuild)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "wasmos",
-                "--bin",
-                "wasmos",
-            ])
+            .args(BUILD_WASMOS)
             .args(["--target", target])
             .env("PATH", &path))?;
         built.push((

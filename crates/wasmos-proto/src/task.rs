@@ -731,6 +731,28 @@ mod fs_layout_tests {
     }
 
     #[test]
+    fn constraints_are_bounded() {
+        let mut s = spec(&[], &[]);
+        s.constraints = (0..MAX_CONSTRAINTS)
+            .map(|i| (format!("k{i}"), "v".repeat(MAX_ATTRIBUTE_BYTES)))
+            .collect();
+        assert_eq!(s.check(), Ok(()));
+        s.constraints.insert("one-more".into(), "v".into());
+        assert!(s.check().unwrap_err().contains("at most 16 constraints"));
+        for (k, v) in [
+            (String::new(), "v".to_string()),
+            ("k".repeat(MAX_ATTRIBUTE_BYTES + 1), "v".to_string()),
+            ("os".to_string(), "v".repeat(MAX_ATTRIBUTE_BYTES + 1)),
+        ] {
+            s.constraints = [(k, v)].into();
+            let err = s.check().unwrap_err();
+            assert!(err.contains("keys are 1 to 128 bytes"), "{err}");
+            // An oversized key is not echoed back whole.
+            assert!(err.len() < 200, "{err}");
+        }
+    }
+
+    #[test]
     fn guest_paths_must_be_absolute_and_normalized() {
         for ok in ["/", "/data", "/a/b.txt", "/a b/ü"] {
             assert!(valid_guest_path(ok), "{ok}");
