@@ -66,9 +66,15 @@ impl Wine {
 
     /// `wasmos.exe ARGS` under Wine.
     fn wasmos(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cmd(&self.exe.to_string_lossy());
+        cmd.args(args);
+        cmd
+    }
+
+    /// The Windows program `exe` under Wine, in this prefix.
+    fn cmd(&self, exe: &str) -> Command {
         let mut cmd = Command::new(&self.loader);
-        cmd.arg(&self.exe)
-            .args(args)
+        cmd.arg(exe)
             .env("WINEPREFIX", &self.prefix)
             .env("WINEDEBUG", "-all")
             // No Mono or Gecko prompts; the shim beside the exe before Wine's own DLL.
@@ -570,6 +576,12 @@ fn the_agent_runs_as_a_windows_service() {
         wine.wasmos(&all).output().unwrap()
     };
     let log = dir.join("agent.log");
+    // Wine ends a prefix's whole session, services included, once its last ordinary process
+    // exits: unlike a Windows machine, it has no session of its own that outlives them. A
+    // `cmd` waiting on its stdin stands in for one while the service runs.
+    let mut keeper = wine.cmd("cmd");
+    keeper.stdin(Stdio::piped());
+    let _session = Logged::spawn(keeper);
     // Whatever happens below, the service does not outlive the test.
     struct Removed<'a>(&'a Wine, &'a str);
     impl Drop for Removed<'_> {
@@ -634,8 +646,9 @@ fn the_agent_runs_as_a_windows_service() {
     );
     assert!(
         ran.status.success() && text(&ran.stdout).contains("as a service"),
-        "{}",
-        describe(&ran)
+        "{}\n--- service log\n{}",
+        describe(&ran),
+        service_log()
     );
     let status = service(&["status"]);
     assert!(

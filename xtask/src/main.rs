@@ -238,6 +238,12 @@ fn windows() -> Result<()> {
         "xtask: under Wine: {}",
         String::from_utf8_lossy(&out.stdout).trim()
     );
+    // Wine writes the prefix's registry (system.reg, the tests' sign of a ready prefix) when
+    // its wineserver exits, a few seconds after the last process; wait for that.
+    let server = Some(wine.with_file_name("wineserver"))
+        .filter(|s| s.is_file())
+        .unwrap_or_else(|| PathBuf::from("wineserver"));
+    run(Command::new(server).arg("-w").env("WINEPREFIX", &prefix))?;
     Ok(())
 }
 
