@@ -1,7 +1,7 @@
 //! Build and test tooling, so the README's commands work on a fresh machine with only rustup:
 //! `cargo xtask demo`, `cargo xtask test`, `cargo xtask lint`, `cargo xtask check-windows`,
-//! `cargo xtask samples`, `cargo xtask windows`, `cargo xtask check-macos`, `cargo xtask dist`,
-//! `cargo xtask bench`.
+//! `cargo xtask samples`, `cargo xtask windows`, `cargo xtask windows-unit-tests`,
+//! `cargo xtask check-macos`, `cargo xtask dist`, `cargo xtask bench`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -385,9 +385,39 @@ fn samples_dir() -> String {
 fn test(extra: &[&str]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--locked", "--workspace"])
-        .args(extra)
-        .current_dir(root())
-        .stdout(Stdio::piped());
+        .args(extra);
+    run_tests(cmd)
+}
+
+/// The Windows builds of the crates with Windows-only code (private files' DACLs, the plain
+/// UDP fallback), their unit tests run under Wine: cargo starts each test binary through
+/// Wine, beside the shim DLL `windows()` built.
+fn windows_unit_tests(wine: &Path) -> Result<()> {
+    let target = root().join("target");
+    let deps = target.join(WINDOWS_TARGET).join("release/deps");
+    std::fs::create_dir_all(&deps)?;
+    std::fs::copy(
+        target.join("wine/bin/bcryptprimitives.dll"),
+        deps.join("bcryptprimitives.dll"),
+    )
+    .context("copying the shim DLL beside the Windows test binaries")?;
+    let runner = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        WINDOWS_TARGET.to_uppercase().replace('-', "_")
+    );
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--locked", "--target", WINDOWS_TARGET])
+        .args(["-p", "wasmos-net", "--lib"])
+        .env(runner, wine)
+        .env("WINEPREFIX", target.join("wine/prefix"))
+        .env("WINEDEBUG", "-all")
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=;bcryptprimitives=n,b");
+    run_tests(cmd)
+}
+
+/// Runs a `cargo test` command, echoing its output, and sums up its results.
+fn run_tests(mut cmd: Command) -> Result<()> {
+    cmd.current_dir(root()).stdout(Stdio::piped());
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd.spawn().context("cannot start cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
@@ -446,6 +476,11 @@ fn main() -> Result<()> {
         Some("python-sample") => python_sample(),
         Some("wasmtime-cli") => wasmtime_cli(),
         Some("windows") => windows(),
+        Some("windows-unit-tests") => {
+            windows()?;
+            let wine = wine64().context("Wine (wine64) is not installed")?;
+            windows_unit_tests(&wine)
+        }
         Some("check-macos") => check_macos(),
         Some("dist") => dist(rest.contains(&"--macos")),
         Some("test") => {
@@ -456,6 +491,9 @@ fn main() -> Result<()> {
             // build needs mingw-w64 too, which a machine with rustup alone lacks.
             if wine64().is_some() || std::env::var("WASMOS_WINE").as_deref() == Ok("required") {
                 windows()?;
+                if let Some(wine) = wine64() {
+                    windows_unit_tests(&wine)?;
+                }
             } else {
                 eprintln!("xtask: Wine is not installed; the mixed-OS tests will be skipped");
             }
@@ -543,7 +581,7 @@ fn main() -> Result<()> {
             compare()
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|lint|check-windows|windows|check-macos|dist|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
+            "usage: cargo xtask <demo|test|lint|check-windows|windows|windows-unit-tests|check-macos|dist|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
         ),
     }
 }
