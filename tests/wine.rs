@@ -674,3 +674,88 @@ fn the_agent_runs_as_a_windows_service() {
         describe(&status)
     );
 }
+
+/// The Windows client against a Linux cluster, every path in Windows form: the client config
+/// (whose relative key paths resolve beside it), a mounted directory, inputs with and without
+/// a guest path (`Z:/...` keeps its drive), the task file, and `blob get -o`. The files arrive
+/// where the guest paths say and the outputs come back byte for byte.
+#[test]
+fn the_windows_client_takes_windows_paths() {
+    let Some(wine) = Wine::or_skip() else { return };
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let c = DevCluster::start(1).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let data = local.path().join("data dir");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub").join("a.txt"), "the cat the dog\n").unwrap();
+    let b = local.path().join("b.txt");
+    std::fs::write(&b, "A cat!\n").unwrap();
+    let d = local.path().join("d.txt");
+    std::fs::write(&d, "dog\n").unwrap();
+    let config = win(&c.config());
+    let client = |args: &[&str]| {
+        let mut all = vec![args[0], "--config", &config];
+        all.extend_from_slice(&args[1..]);
+        wine.wasmos(&all).output().unwrap()
+    };
+    let mount = format!("{}:/data", win(&data));
+    let input_b = format!("Z:{}", b.display());
+    let input_d = format!("{}:/more/d.txt", win(&d));
+    let task = win(&sample("wordcount"));
+    let out = client(&[
+        "run",
+        "--mount",
+        &mount,
+        "--input",
+        &input_b,
+        "--input",
+        &input_d,
+        "--outputs",
+        "/out",
+        &task,
+        "--",
+        "map",
+        "--reducers",
+        "1",
+        "--out",
+        "/out",
+        "/data",
+        "/input",
+        "/more",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let info = c.json(&["task", "show", "t-1", "-o", "json"]).unwrap();
+    let outputs = info["status"]["outputs"].as_array().unwrap().clone();
+    assert_eq!(outputs.len(), 1, "{info}");
+    let got = local.path().join("part-0");
+    let fetched = client(&[
+        "blob",
+        "get",
+        "-o",
+        &win(&got),
+        outputs[0]["blob"].as_str().unwrap(),
+    ]);
+    assert!(fetched.status.success(), "{}", describe(&fetched));
+    let words = std::fs::read_to_string(&got).unwrap();
+    let mut lines: Vec<&str> = words.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["a\t1", "cat\t2", "dog\t2", "the\t2"]);
+
+    // A missing file is named as the user wrote it, and nothing is submitted.
+    let missing = client(&[
+        "run",
+        "--input",
+        r"Z:\no\such.txt:/in/x",
+        &win(&sample("hello")),
+    ]);
+    assert!(
+        !missing.status.success() && text(&missing.stderr).contains(r"Z:\no\such.txt"),
+        "{}",
+        describe(&missing)
+    );
+    let tasks = c.json(&["task", "list", "-o", "json"]).unwrap();
+    assert_eq!(tasks.as_array().map(Vec::len), Some(1), "{tasks}");
+}

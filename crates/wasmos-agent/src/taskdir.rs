@@ -333,10 +333,16 @@ impl TaskDir {
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
-        } else {
-            std::fs::remove_file(entry.path())?;
+        } else if let Err(e) = std::fs::remove_file(entry.path()) {
+            // On Windows a junction or a directory symlink is removed as a directory (the
+            // link itself; `remove_dir` does not follow it).
+            if !(cfg!(windows) && kind.is_symlink()) {
+                return Err(e);
+            }
+            std::fs::remove_dir(entry.path())?;
         }
     }
     Ok(())

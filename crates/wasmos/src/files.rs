@@ -7,9 +7,20 @@ use anyhow::{Context, Result, anyhow, bail};
 use wasmos_proto::valid_guest_path;
 
 /// Splits `LOCAL:GUEST` at the last `:/`, so Windows paths like `C:\data` keep their drive.
+/// `None` when there is no guest part.
+fn guest_separator(value: &str, drive_letters: bool) -> Option<usize> {
+    let i = value.rfind(":/")?;
+    // `C:/data/a.txt` on Windows is a path with a drive, not `C` mounted at `/data/a.txt`.
+    let drive = drive_letters && i == 1 && value.as_bytes()[0].is_ascii_alphabetic();
+    (!drive).then_some(i)
+}
+
 fn split_local_guest(flag: &str, value: &str) -> Result<(PathBuf, String)> {
-    let i = value
-        .rfind(":/")
+    split_local_guest_on(flag, value, cfg!(windows))
+}
+
+fn split_local_guest_on(flag: &str, value: &str, drive_letters: bool) -> Result<(PathBuf, String)> {
+    let i = guest_separator(value, drive_letters)
         .ok_or_else(|| anyhow!("{flag} `{value}` is not LOCAL:GUEST_PATH (like ./data:/data)"))?;
     let (local, guest) = (&value[..i], &value[i + 1..]);
     if local.is_empty() {
@@ -34,7 +45,7 @@ pub fn parse_mount(value: &str) -> Result<(PathBuf, String)> {
 pub fn parse_input(value: &str) -> Result<(PathBuf, String)> {
     let (local, guest) = match split_local_guest("--input", value) {
         Ok(pair) => pair,
-        Err(_) if !value.contains(":/") => {
+        Err(_) if guest_separator(value, cfg!(windows)).is_none() => {
             let local = PathBuf::from(value);
             let name = local
                 .file_name()
@@ -127,6 +138,36 @@ mod tests {
         assert_eq!(g, "/input/f.csv");
         let (_, g) = parse_input(&format!("{}:/in/g.csv", f.display())).unwrap();
         assert_eq!(g, "/in/g.csv");
+    }
+
+    #[test]
+    fn windows_paths_keep_their_drive() {
+        let split = |v: &str| {
+            split_local_guest_on("--mount", v, true)
+                .map(|(l, g)| (l.to_string_lossy().into_owned(), g))
+                .map_err(|e| e.to_string())
+        };
+        let pair = |l: &str, g: &str| Ok((l.to_string(), g.to_string()));
+        assert_eq!(split(r"C:\data:/data"), pair(r"C:\data", "/data"));
+        assert_eq!(split("C:/data:/data"), pair("C:/data", "/data"));
+        assert_eq!(
+            split(r"D:\in\a.txt:/in/a.txt"),
+            pair(r"D:\in\a.txt", "/in/a.txt")
+        );
+        assert_eq!(split(r"\\host\share\d:/d"), pair(r"\\host\share\d", "/d"));
+        // A drive alone is a local path with no guest part, on Windows only.
+        assert!(
+            split("C:/data")
+                .unwrap_err()
+                .contains("not LOCAL:GUEST_PATH")
+        );
+        assert_eq!(guest_separator("C:/data/a.txt", true), None);
+        assert_eq!(guest_separator("C:/data/a.txt", false), Some(1));
+        assert!(
+            split(r"C:\data:/a/../b")
+                .unwrap_err()
+                .contains("must be absolute")
+        );
     }
 
     #[test]
