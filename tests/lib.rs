@@ -153,6 +153,22 @@ impl DevCluster {
         }
     }
 
+    /// Sends `signal` to the dev process and waits up to `within` for it to exit: its status,
+    /// or None if it still runs (it is then killed when the cluster is dropped).
+    pub fn stop_with(
+        &mut self,
+        signal: &str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        send_signal(u64::from(child.id()), signal);
+        let status = wait_exit(child, within);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// SIGKILL on Unix, TerminateProcess on Windows: no chance to clean up.
     pub fn kill_hard(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -336,8 +352,33 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// `kill -9 PID` (Unix).
 pub fn kill_dash_nine(pid: u64) {
-    let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -9 {pid} failed");
+    send_signal(pid, "KILL");
+}
+
+/// `kill -SIGNAL PID` (Unix), e.g. `TERM`, `INT`.
+pub fn send_signal(pid: u64, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "kill -{signal} {pid} failed"
+    );
+}
+
+/// Waits up to `within` for `child` to exit; its status, or None if it still runs.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl DevCluster {
@@ -443,6 +484,14 @@ impl Logged {
 
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
     }
 }
 

@@ -1,9 +1,14 @@
 //! State survives a hard kill: the dev process is killed with no chance to clean up, started again
-//! on the same data dir, and the earlier tasks are still there with their final states.
+//! on the same data dir, and the earlier tasks are still there with their final states. And the
+//! stop signals (SIGTERM from systemd, launchd or `docker stop`; Ctrl-C's SIGINT) end each
+//! process cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use wasmos_tests::{DevCluster, text};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use wasmos_tests::{DevCluster, Logged, send_signal, text, wait_exit, wasmos_bin};
 
 #[test]
 fn tasks_survive_kill_dash_nine() {
@@ -41,4 +46,138 @@ fn tasks_survive_kill_dash_nine() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = c.json(&["task", "show", "t-4", "-o", "json"]).unwrap();
     assert_eq!(shown["spec"]["args"][0], "after");
+}
+
+/// Polls `check` every 50 ms for up to `within`.
+fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The task's status; null until it is submitted.
+fn task_state(c: &DevCluster, id: &str) -> serde_json::Value {
+    c.json(&["task", "show", id, "-o", "json"])
+        .map(|t| t["status"].clone())
+        .unwrap_or_default()
+}
+
+/// SIGINT to `wasmos run` kills its task; SIGTERM to an agent stops its tasks and tells the
+/// master, which sees it gone at once instead of after the agent timeout (15 s); SIGTERM to
+/// `wasmos dev` ends it with status 0, its state intact for the next start.
+#[test]
+fn stop_signals_end_clients_agents_and_the_cluster_cleanly() {
+    // The dev cluster's own agent stays; the tasks here go to the separate agent process.
+    let mut c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issued = c.issue("wasmos://agent/lin-1");
+    std::fs::write(dir.path().join("a.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("a.key"), &issued.key_pem).unwrap();
+    let mut agent = std::process::Command::new(wasmos_bin());
+    agent
+        .args(["agent", "--master", &c.master_addr().to_string(), "--ca"])
+        .arg(c.dir.path().join("pki/ca.pem"))
+        .arg("--cert")
+        .arg(dir.path().join("a.pem"))
+        .arg("--key")
+        .arg(dir.path().join("a.key"))
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .args(["--cpu", "2", "--mem", "1GiB", "--attr", "proc=own"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    let mut agent = Logged::spawn(agent);
+    let active = || {
+        c.json(&["agent", "list", "-o", "json"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "lin-1" && a["state"] == "Active")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), active),
+        "{}",
+        agent.log()
+    );
+
+    // Ctrl-C on `wasmos run`: the task is killed, and the client says so.
+    let spin = wasmos_tests::sample("spin");
+    let mut run = c.cmd(&["run", "--constraint", "proc=own"]);
+    run.arg(&spin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut run = run.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        task_state(&c, "t-1")["state"] == "Running"
+    }));
+    send_signal(u64::from(run.id()), "INT");
+    let status = wait_exit(&mut run, Duration::from_secs(10)).expect("wasmos run ignored SIGINT");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(125), "{said}");
+    assert!(said.contains("interrupted; killing t-1"), "{said}");
+    assert_eq!(task_state(&c, "t-1")["state"], "Killed");
+
+    // SIGTERM to the agent: it exits 0 and the master knows at once.
+    let detached = c
+        .cli(&[
+            "run",
+            "--detach",
+            "--constraint",
+            "proc=own",
+            spin.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(detached.status.success(), "{}", text(&detached.stderr));
+    assert!(eventually(Duration::from_secs(30), || {
+        task_state(&c, "t-2")["state"] == "Running"
+    }));
+    let stopped_at = Instant::now();
+    send_signal(u64::from(agent.id()), "TERM");
+    let status = wait_exit(agent.child(), Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        agent.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !active()),
+        "the master still lists the stopped agent as active"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || task_state(&c, "t-2")["state"]
+            != "Running"),
+        "{}",
+        task_state(&c, "t-2")
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(12),
+        "took {:?}: the agent timeout, not the goodbye",
+        stopped_at.elapsed()
+    );
+    // Reported by the agent on its way out, not declared lost by the master.
+    let t2 = task_state(&c, "t-2");
+    assert_eq!(
+        (&t2["state"], &t2["reason"]),
+        (&"Killed".into(), &"AgentStopped".into()),
+        "{t2}"
+    );
+
+    // SIGTERM to `wasmos dev`: status 0, and the next start has every task as it was.
+    let status = c.stop_with("TERM", Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        c.log_text()
+    );
+    c.spawn().unwrap();
+    assert_eq!(task_state(&c, "t-1")["state"], "Killed");
+    assert_eq!(task_state(&c, "t-2"), t2);
 }

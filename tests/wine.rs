@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmos_tests::corpus::load_cases;
-use wasmos_tests::{DevCluster, Logged, sample, text, wasmos_bin};
+use wasmos_tests::{DevCluster, Logged, sample, send_signal, text, wait_exit, wasmos_bin};
 
 /// One test at a time: every Wine process of the prefix goes through one wineserver, and the
 /// hostile cases keep it busy enough (thousands of file creations) to starve another test's
@@ -451,7 +451,41 @@ fn linux_and_windows_agents_give_the_same_results() {
         ["linux on agent-1", "windows on win-1"],
         "{per_agent:?}"
     );
-    drop(agent);
+
+    // Ctrl-C (Wine turns SIGINT into a console's CTRL_C_EVENT): the Windows agent stops its
+    // task, reports it and says goodbye, and exits 0.
+    let spin = c
+        .cli(&[
+            "run",
+            "--detach",
+            "--constraint",
+            "os=windows",
+            sample("spin").to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(spin.status.success(), "{}", describe(&spin));
+    let id = text(&spin.stdout).trim().to_string();
+    let state = |id: &str| c.json(&["task", "show", id, "-o", "json"]).unwrap()["status"].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(&id)["state"] != "Running" {
+        assert!(Instant::now() < deadline, "{}", state(&id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut agent = agent;
+    send_signal(u64::from(agent.id()), "INT");
+    let exited = wait_exit(agent.child(), Duration::from_secs(20));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?}\n{}",
+        agent.log()
+    );
+    let ended = state(&id);
+    assert_eq!(
+        (&ended["state"], &ended["reason"]),
+        (&"Killed".into(), &"AgentStopped".into()),
+        "{ended}"
+    );
+    wait_for_agent(&c, "win-1", false, Duration::from_secs(5), || agent.log());
 }
 
 /// Lines of the fidelity probe's `fs` case where WASI on a Windows host answers differently,

@@ -145,8 +145,19 @@ impl Agent {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn report(&self, task: TaskId, status: TaskStatus) {
+    /// A task's last status: it leaves the running set in the same step, so whoever sees it
+    /// gone from there finds its end among the unacknowledged updates.
+    fn report_end(&self, task: TaskId, status: TaskStatus) {
         let mut inner = self.inner();
+        inner.tasks.remove(&task);
+        Self::push_report(&mut inner, task, status);
+    }
+
+    fn report(&self, task: TaskId, status: TaskStatus) {
+        Self::push_report(&mut self.inner(), task, status);
+    }
+
+    fn push_report(inner: &mut Inner, task: TaskId, status: TaskStatus) {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let update = StatusUpdate { seq, task, status };
@@ -349,32 +360,44 @@ pub async fn run(
     let mut next = 0;
     loop {
         let master = masters[next % masters.len()];
-        let session = session(agent.clone(), &endpoint, master, &masters);
-        let mut redirected = false;
-        tokio::select! {
-            result = session => {
-                match result {
-                    Ok(()) => backoff = Duration::from_millis(200),
-                    Err(SessionEnd::NotLeader(Some(leader))) => {
-                        // A follower (or a deposed leader) names the leader: go there at once.
-                        tracing::info!("master {master} is not the leader; registering with {leader}");
-                        next = match masters.iter().position(|m| *m == leader) {
-                            Some(i) => i,
-                            None => {
-                                masters.push(leader);
-                                masters.len() - 1
-                            }
-                        };
-                        redirected = true;
+        let ended = {
+            let session = session(agent.clone(), &endpoint, master, &masters);
+            tokio::pin!(session);
+            tokio::select! {
+                result = &mut session => Some(result),
+                _ = shutdown.changed() => {
+                    // Stopped with a session up: its tasks' ends go to the master before the
+                    // goodbye, so they are not left for the agent timeout to call lost.
+                    stop_tasks(&agent);
+                    tokio::select! {
+                        _ = &mut session => {}
+                        _ = tokio::time::timeout(STOP_REPORT_WAIT, reported(&agent)) => {}
                     }
-                    Err(e) => {
-                        // A master without a leader, or a dead one: try the next of the group.
-                        next += 1;
-                        tracing::warn!("agent session with {master}: {e}; retrying in {backoff:?}");
-                    }
+                    None
                 }
             }
-            _ = shutdown.changed() => break,
+        };
+        let Some(result) = ended else { break };
+        let mut redirected = false;
+        match result {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(SessionEnd::NotLeader(Some(leader))) => {
+                // A follower (or a deposed leader) names the leader: go there at once.
+                tracing::info!("master {master} is not the leader; registering with {leader}");
+                next = match masters.iter().position(|m| *m == leader) {
+                    Some(i) => i,
+                    None => {
+                        masters.push(leader);
+                        masters.len() - 1
+                    }
+                };
+                redirected = true;
+            }
+            Err(e) => {
+                // A master without a leader, or a dead one: try the next of the group.
+                next += 1;
+                tracing::warn!("agent session with {master}: {e}; retrying in {backoff:?}");
+            }
         }
         {
             let mut inner = agent.inner();
@@ -396,9 +419,7 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    for kill in agent.inner().tasks.values() {
-        let _ = kill.send(true);
-    }
+    stop_tasks(&agent);
     endpoint.close(0u32.into(), b"agent shutting down");
     if let Some((ep, _)) = &peer_server {
         ep.close(0u32.into(), b"agent shutting down");
@@ -407,6 +428,36 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
     drop(pool);
     Ok(())
+}
+
+/// How long a stopping agent waits for its tasks to end and the master to record them.
+const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills every running task, as stopped with the agent.
+fn stop_tasks(agent: &Agent) {
+    let mut inner = agent.inner();
+    let Inner {
+        tasks,
+        kill_reasons,
+        ..
+    } = &mut *inner;
+    for (task, kill) in tasks.iter() {
+        kill_reasons.entry(*task).or_insert(Reason::AgentStopped);
+        let _ = kill.send(true);
+    }
+}
+
+/// Returns once no task runs and the master has acknowledged every status sent.
+async fn reported(agent: &Agent) {
+    loop {
+        {
+            let inner = agent.inner();
+            if inner.tasks.is_empty() && inner.unacked.is_empty() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The address other agents dial: the bound one, or, when it is a wildcard, this host's
@@ -658,7 +709,6 @@ fn launch(
         let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, usage).await;
         let killed_for = {
             let mut inner = agent.inner();
-            inner.tasks.remove(&task);
             inner.usage.remove(&task);
             inner.kill_reasons.remove(&task)
         };
@@ -674,12 +724,13 @@ fn launch(
                     Reason::FrameworkRemoved => {
                         "its framework was torn down or did not return within its failover timeout"
                     }
+                    Reason::AgentStopped => "its agent was stopped",
                     _ => "killed by the master",
                 }
                 .into(),
             );
         }
-        agent.report(task, status);
+        agent.report_end(task, status);
     });
 }
 

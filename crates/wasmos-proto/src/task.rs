@@ -601,6 +601,9 @@ pub enum Reason {
     /// fetched from any of them: they are gone, or no longer hold it. `TaskStatus::lost_input`
     /// names it, so the job runs the task that produced it again.
     InputLost,
+    /// Its agent was stopped (SIGTERM, Ctrl-C, the service stopped) and killed it on the way
+    /// out; the task may run again elsewhere.
+    AgentStopped,
 }
 
 impl Reason {
@@ -620,6 +623,7 @@ impl Reason {
             Reason::Unknown => "unknown",
             Reason::FrameworkRemoved => "framework_removed",
             Reason::InputLost => "input_lost",
+            Reason::AgentStopped => "agent_stopped",
         }
     }
 }
