@@ -65,6 +65,9 @@ if ($LASTEXITCODE -ne 0) { throw "wasmos agent service install failed" }
 # its work directory and log; no other service shares it.
 icacls $data /grant "${account}:(OI)(CI)RX" | Out-Null
 icacls $work /grant "${account}:(OI)(CI)M" | Out-Null
+# And the service's own: at every start the agent sets the protected DACL it gives private
+# directories (the service account, SYSTEM, Administrators), which needs an owner's rights.
+icacls $work /setowner $account /T | Out-Null
 New-Item -ItemType File -Force -Path (Join-Path $data "agent.log") | Out-Null
 icacls (Join-Path $data "agent.log") /grant "${account}:M" | Out-Null
 if ($LASTEXITCODE -ne 0) { throw "icacls failed granting $account" }

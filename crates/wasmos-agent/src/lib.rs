@@ -89,6 +89,8 @@ struct Inner {
     /// Per task: bytes of output in that queue (see [`TASK_OUTPUT_BACKLOG`]).
     output_queued: BTreeMap<TaskId, u64>,
     conn: Option<Connection>,
+    /// The agent is on its way out: launches that still arrive are turned away at once.
+    stopping: bool,
 }
 
 struct Agent {
@@ -143,14 +145,6 @@ impl Agent {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A task's last status: it leaves the running set in the same step, so whoever sees it
-    /// gone from there finds its end among the unacknowledged updates.
-    fn report_end(&self, task: TaskId, status: TaskStatus) {
-        let mut inner = self.inner();
-        inner.tasks.remove(&task);
-        Self::push_report(&mut inner, task, status);
     }
 
     fn report(&self, task: TaskId, status: TaskStatus) {
@@ -341,6 +335,7 @@ pub async fn run(
             link: None,
             output_queued: BTreeMap::new(),
             conn: None,
+            stopping: false,
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
     });
@@ -433,17 +428,21 @@ pub async fn run(
 /// How long a stopping agent waits for its tasks to end and the master to record them.
 const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
 
-/// Kills every running task, as stopped with the agent.
+/// Kills every running task, as stopped with the agent, and turns away later launches.
 fn stop_tasks(agent: &Agent) {
     let mut inner = agent.inner();
+    inner.stopping = true;
     let Inner {
         tasks,
         kill_reasons,
         ..
     } = &mut *inner;
     for (task, kill) in tasks.iter() {
-        kill_reasons.entry(*task).or_insert(Reason::AgentStopped);
-        let _ = kill.send(true);
+        // One the master already killed keeps its own reason (or none: a user's kill).
+        if !*kill.borrow() {
+            kill_reasons.insert(*task, Reason::AgentStopped);
+            let _ = kill.send(true);
+        }
     }
 }
 
@@ -699,6 +698,16 @@ fn launch(
         if inner.tasks.contains_key(&task) || ended_unacked {
             return;
         }
+        if inner.stopping {
+            // Sent while the master did not yet know: it is told at once, and runs elsewhere.
+            let status = TaskStatus::with_reason(
+                TaskState::Killed,
+                Some(Reason::AgentStopped),
+                "its agent was stopping",
+            );
+            Agent::push_report(&mut inner, task, status);
+            return;
+        }
         inner.tasks.insert(task, kill_tx);
     }
     let usage = Arc::new(TaskUsage::default());
@@ -707,12 +716,11 @@ fn launch(
     }
     agent.pool.clone().spawn(async move {
         let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, usage).await;
-        let killed_for = {
-            let mut inner = agent.inner();
-            inner.usage.remove(&task);
-            inner.kill_reasons.remove(&task)
-        };
-        if let Some(reason) = killed_for
+        // One step, so whoever sees the task gone from the running set finds its end among
+        // the unacknowledged updates, and no kill reason is left behind for it.
+        let mut inner = agent.inner();
+        inner.usage.remove(&task);
+        if let Some(reason) = inner.kill_reasons.remove(&task)
             && status.state == TaskState::Killed
         {
             status.reason = Some(reason);
@@ -730,7 +738,8 @@ fn launch(
                 .into(),
             );
         }
-        agent.report_end(task, status);
+        inner.tasks.remove(&task);
+        Agent::push_report(&mut inner, task, status);
     });
 }
 

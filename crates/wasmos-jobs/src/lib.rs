@@ -520,6 +520,16 @@ impl Scheduler for JobFramework {
             }
             return;
         }
+        if status.reason == Some(Reason::AgentStopped) && !killed_by_us && !self.ended {
+            // Its agent was stopped on purpose (maintenance, a deploy): not the task's fault,
+            // so it runs again elsewhere without using up a retry.
+            self.events.push(JobEvent::Stopped { task });
+            let at = cx.now_ms() + self.spec.groups[slot.0].backoff_ms;
+            self.retry_at.insert(slot, at);
+            cx.wake_at(at);
+            self.revive(cx);
+            return;
+        }
         let ok = status.state == TaskState::Finished && status.exit_code == Some(0);
         let (group, index) = self.name(slot);
         if self.spec.kind == JobKind::Batch && ok {

@@ -251,6 +251,45 @@ fn failures_are_retried_with_backoff_then_fail_the_job() {
 }
 
 #[test]
+fn a_task_its_agent_stopped_runs_again_without_using_a_retry() {
+    let mut spec = job(vec![group("map", 1, &[])]);
+    spec.groups[0].retries = 0;
+    let mut h = Harness::new(spec);
+    let (t1, _) = h.offer("a1", 4000, &[])[0].clone();
+    h.d.scheduler_mut().take_events();
+    let stopped = TaskStatus::with_reason(
+        TaskState::Killed,
+        Some(Reason::AgentStopped),
+        "its agent was stopped",
+    );
+    h.update(t1, stopped);
+    assert_eq!(
+        h.d.scheduler_mut().take_events(),
+        [JobEvent::Stopped { task: t1 }]
+    );
+    h.now = 1000;
+    let (t2, _) = h.offer("a2", 4000, &[])[0].clone();
+    h.finish(t2, vec![]);
+    assert!(matches!(
+        h.d.scheduler_mut().take_events().last(),
+        Some(JobEvent::Ended(JobState::Finished))
+    ));
+    // Any other failure with no retries left ends the job.
+    let mut spec = job(vec![group("map", 1, &[])]);
+    spec.groups[0].retries = 0;
+    let mut h = Harness::new(spec);
+    let (t1, _) = h.offer("a1", 4000, &[])[0].clone();
+    h.update(
+        t1,
+        TaskStatus::with_reason(TaskState::Lost, Some(Reason::AgentLost), "lost"),
+    );
+    assert!(matches!(
+        h.d.scheduler_mut().take_events().last(),
+        Some(JobEvent::Ended(JobState::Failed(_)))
+    ));
+}
+
+#[test]
 fn constraints_and_delay_scheduling_choose_the_agent() {
     let mut g = group("map", 3, &[]);
     g.constraints.insert("zone".into(), "b".into());
