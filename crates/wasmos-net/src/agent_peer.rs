@@ -10,7 +10,6 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
@@ -77,9 +76,8 @@ pub fn agent_peer_client(
     alpn: &[u8],
     remote: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
-        .build()
-        .map_err(|e| NetError::Verifier(e.to_string()))?;
+    // A revoked agent is not dialed either.
+    let inner = creds.client_verifier()?;
     let (chain, key) = creds.server_pair();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

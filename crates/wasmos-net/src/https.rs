@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpStream;
 
 use crate::Identity;
@@ -30,10 +29,7 @@ impl std::fmt::Debug for HttpsAcceptor {
 
 impl HttpsAcceptor {
     pub fn new(creds: &Credentials) -> Result<HttpsAcceptor, NetError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
-                .build()
-                .map_err(|e| NetError::Verifier(e.to_string()))?;
+        let verifier = creds.client_verifier()?;
         let (chain, key) = creds.server_pair();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -10,6 +10,7 @@ mod identity;
 pub mod pki;
 mod private;
 mod refusals;
+mod revoke;
 pub mod seal;
 mod tls;
 mod udp;
@@ -22,6 +23,7 @@ pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, 
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
+pub use revoke::{RevocationList, Revoked, normalize_serial, serial_of_der};
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,
     client_endpoint, connect, connect_within, describe, is_refusal, server_endpoint,

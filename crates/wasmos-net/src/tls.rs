@@ -9,8 +9,11 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::revoke::{RevocationList, RevokingVerifier};
 
 /// The DNS name in every master certificate; clients verify masters by it, whatever address
 /// they dial.
@@ -41,11 +44,13 @@ pub enum NetError {
     ConnectTimeout(SocketAddr),
 }
 
-/// A node's trust anchor and its own certificate chain and key.
+/// A node's trust anchor and its own certificate chain and key, and the revocation list its
+/// verifiers consult (empty unless the node is given the replicated one).
 pub struct Credentials {
     ca: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    revoked: RevocationList,
 }
 
 impl Clone for Credentials {
@@ -54,6 +59,7 @@ impl Clone for Credentials {
             ca: self.ca.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -89,7 +95,27 @@ impl Credentials {
                 what: "the private key",
                 detail: e.to_string(),
             })?,
+            revoked: RevocationList::default(),
         })
+    }
+
+    /// These credentials with `list` as the revocation list every verifier built from them
+    /// consults (shared: updating `list` later reaches them all).
+    pub fn with_revocations(mut self, list: RevocationList) -> Self {
+        self.revoked = list;
+        self
+    }
+
+    /// The CA chain check, then the revocation list: for servers verifying their clients.
+    pub(crate) fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, NetError> {
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                .build()
+                .map_err(|e| NetError::Verifier(e.to_string()))?;
+        Ok(Arc::new(RevokingVerifier {
+            inner,
+            list: self.revoked.clone(),
+        }))
     }
 
     /// The certificate chain and key, for a TLS server.
@@ -140,10 +166,7 @@ pub(crate) fn server_config(
     creds: &Credentials,
     alpns: &[&[u8]],
 ) -> Result<quinn::ServerConfig, NetError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(creds.roots()?), provider())
-            .build()
-            .map_err(|e| NetError::Verifier(e.to_string()))?;
+    let verifier = creds.client_verifier()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
