@@ -10,7 +10,8 @@ use wasmos_net::{
 };
 use wasmos_proto::{
     AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
-    MasterToAgent, Reason, RoleInfo, TaskFilter, TaskId, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    MasterToAgent, Reason, RevokedInfo, RoleInfo, TaskFilter, TaskId, TaskInfo, TaskSpec,
+    TaskState, TaskStatus,
 };
 use wasmos_state::{Command, CommandResult};
 
@@ -253,6 +254,8 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         }
         ClientRequest::KillTask { id } => kill(shared, who, id).await,
         req @ ClientRequest::SetRole { .. } => set_role(shared, who, req).await,
+        ClientRequest::Revoke { serial, identity } => revoke(shared, who, serial, identity).await,
+        ClientRequest::ListRevoked => list_revoked(shared, who),
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster
@@ -530,6 +533,83 @@ async fn remove_reservation(
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }
+}
+
+/// `wasmos cert revoke`: the revocation is replicated, then every master closes what it
+/// covers (see `revocation::follow`).
+async fn revoke(
+    shared: &Shared,
+    who: &Identity,
+    serial: Option<String>,
+    identity: Option<String>,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may revoke certificates",
+        );
+    }
+    let target = match (serial, identity) {
+        (Some(s), None) => match wasmos_net::normalize_serial(&s) {
+            Some(s) => wasmos_state::RevokeTarget::Serial(s),
+            None => {
+                let shown: String = s.chars().take(48).collect();
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!("`{shown}` is not a certificate serial number (hex, at most 20 bytes)"),
+                );
+            }
+        },
+        (None, Some(uri)) => match Identity::from_uri(&uri) {
+            Ok(id) => wasmos_state::RevokeTarget::Identity(id.to_uri()),
+            Err(e) => return error(ErrorKind::InvalidRequest, e.to_string()),
+        },
+        _ => {
+            return error(
+                ErrorKind::InvalidRequest,
+                "say what to revoke: a serial number or an identity, one of them",
+            );
+        }
+    };
+    match shared
+        .write(Command::Revoke {
+            target,
+            by: who.to_uri(),
+            now_ms: crate::now_ms(),
+        })
+        .await
+    {
+        Ok(CommandResult::Ok) => ClientResponse::Ok,
+        Ok(CommandResult::Rejected(why)) => rejected(why),
+        Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
+        Err(e) => raft_error(shared, e),
+    }
+}
+
+fn list_revoked(shared: &Shared, who: &Identity) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may list revocations",
+        );
+    }
+    ClientResponse::Revoked(shared.read(|s| {
+        let info = |kind: &str, value: &String, r: &wasmos_state::Revocation| RevokedInfo {
+            kind: kind.into(),
+            value: value.clone(),
+            by: r.by.clone(),
+            at_ms: r.at_ms,
+        };
+        s.revoked_serials
+            .iter()
+            .map(|(v, r)| info("serial", v, r))
+            .chain(
+                s.revoked_identities
+                    .iter()
+                    .map(|(v, r)| info("identity", v, r)),
+            )
+            .collect()
+    }))
 }
 
 /// A role's settings as `role list` shows them, before what the allocator reports.

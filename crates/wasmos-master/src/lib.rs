@@ -15,6 +15,7 @@ mod peers;
 mod policy;
 mod replies;
 mod retention;
+mod revocation;
 mod scheduler;
 
 use std::collections::BTreeMap;
@@ -175,6 +176,11 @@ pub(crate) struct Shared {
     storage_cache: Mutex<std::collections::HashMap<String, StorageFigures>>,
     /// Per tenant: bytes of uploads under way (see [`Shared::reserve_upload`]).
     uploads: Mutex<std::collections::HashMap<String, u64>>,
+    /// The revocations every handshake of this master checks (QUIC here, HTTPS through
+    /// [`Master::revocations`]), kept equal to the replicated ones.
+    pub revocations: wasmos_net::RevocationList,
+    /// The connections served, to close those of a certificate revoked while they last.
+    live: revocation::Live,
     /// Wakes the job host when a job was submitted, so it starts at once, not at its next
     /// poll (up to 300 ms later).
     pub jobs_changed: tokio::sync::Notify,
@@ -473,6 +479,9 @@ impl Master {
             .map_err(io("cannot open bundle store", &cfg.data_dir))?;
         let logs = logs::LogStore::open(cfg.data_dir.join("logs"))
             .map_err(io("cannot open log store", &cfg.data_dir))?;
+        // Every handshake checks the replicated revocations (filled in once raft is open).
+        let revocations = wasmos_net::RevocationList::default();
+        let creds = &creds.clone().with_revocations(revocations.clone());
         let endpoint = wasmos_net::server_endpoint(
             cfg.listen,
             creds,
@@ -523,6 +532,8 @@ impl Master {
             storage_cache: Mutex::default(),
             jobs_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
+            revocations,
+            live: revocation::Live::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -535,6 +546,10 @@ impl Master {
         }
         tasks.spawn(leadership::run(shared.clone(), events_rx));
         tasks.spawn(retention::run(shared.clone()));
+        shared
+            .revocations
+            .set(shared.raft.read(revocation::revoked_of));
+        tasks.spawn(revocation::follow(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {
             addr,
@@ -546,6 +561,11 @@ impl Master {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The revocation list this master follows, for its HTTPS acceptor.
+    pub fn revocations(&self) -> wasmos_net::RevocationList {
+        self.shared.revocations.clone()
     }
 
     /// Framework sessions, for the HTTPS/JSON API.
@@ -590,6 +610,11 @@ async fn accept_loop(endpoint: wasmos_net::Endpoint, shared: Arc<Shared>) {
                     conn.close(wasmos_net::REFUSED.into(), e.to_string().as_bytes());
                     return;
                 }
+            };
+            let holder = shared.clone();
+            let Some(_live) = holder.live.register(&conn, &holder.revocations) else {
+                refused("certificate revoked");
+                return;
             };
             let alpn = wasmos_net::negotiated_alpn(&conn);
             match (alpn.as_deref(), &identity) {

@@ -109,12 +109,17 @@ impl fmt::Display for Identity {
 
 /// The identity proven by the peer's (already CA-verified) client certificate.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError> {
-    let any = conn.peer_identity().ok_or(IdentityError::NoCertificate)?;
-    let certs = any
-        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-        .map_err(|_| IdentityError::NoCertificate)?;
-    let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
+    let leaf = peer_leaf(conn).ok_or(IdentityError::NoCertificate)?;
     Identity::from_der(leaf.as_ref())
+}
+
+/// The peer's own certificate (DER), if it presented one.
+pub fn peer_leaf(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?
+        .first()
+        .cloned()
 }
 
 /// The channel (ALPN protocol) the peer and we agreed on.

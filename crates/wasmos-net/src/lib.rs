@@ -19,11 +19,13 @@ mod watch;
 pub use agent_peer::{agent_peer_client, connect_agent};
 pub use frame::{FrameError, recv_frame, send_frame};
 pub use https::{HttpsAcceptor, HttpsStream};
-pub use identity::{Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity};
+pub use identity::{
+    Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity, peer_leaf,
+};
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
-pub use revoke::{RevocationList, Revoked, normalize_serial, serial_of_der};
+pub use revoke::{REVOKED_REASON, RevocationList, Revoked, normalize_serial, serial_of_der};
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,
     client_endpoint, connect, connect_within, describe, is_refusal, server_endpoint,

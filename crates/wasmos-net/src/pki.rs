@@ -114,6 +114,15 @@ pub fn issue(
     })
 }
 
+/// The serial number of the first certificate of a PEM file, as revocations name it.
+pub fn serial_of_pem(pem: &str) -> Option<String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    crate::serial_of_der(der.as_ref())
+}
+
 /// The identity the first certificate of a PEM file names, if it names one.
 pub fn identity_of_pem(pem: &str) -> Option<Identity> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};

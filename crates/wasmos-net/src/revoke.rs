@@ -62,6 +62,17 @@ impl RevocationList {
     }
 }
 
+/// The application close code of a connection closed because its certificate was revoked:
+/// [`crate::REFUSED`], so clients stop at once (see [`crate::is_refusal`]) and say why.
+pub const REVOKED_REASON: &[u8] = b"certificate revoked";
+
+impl RevocationList {
+    /// Whether the peer's certificate on `conn` is revoked.
+    pub fn revokes_conn(&self, conn: &quinn::Connection) -> bool {
+        crate::peer_leaf(conn).is_some_and(|leaf| self.revokes(leaf.as_ref()))
+    }
+}
+
 /// A certificate's serial number as the revocation list keys it: lowercase hex of its bytes,
 /// leading zero bytes dropped (DER adds one to keep the number positive).
 pub fn serial_of_der(der: &[u8]) -> Option<String> {

@@ -283,6 +283,14 @@ pub fn is_refusal(e: &quinn::ConnectionError) -> bool {
 /// Turns a connection error into one line that says what most likely went wrong.
 pub fn describe(e: &quinn::ConnectionError) -> String {
     let text = e.to_string();
+    // TLS's certificate_revoked alert (44), or a master closing a session whose certificate
+    // was revoked since.
+    if text.contains("Revoked") || text.contains("error 44") || text.contains("certificate revoked")
+    {
+        return format!(
+            "this certificate was revoked by an operator of the cluster ({text}); ask for a new one"
+        );
+    }
     let certificate_problem = text.contains("certificate")
         || text.contains("UnknownIssuer")
         || text.contains("crypto")

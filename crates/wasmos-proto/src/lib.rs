@@ -25,7 +25,7 @@ pub use messages::{
     AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, BlobKind,
     ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary, InputSource,
     MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse,
-    ReservationInfo, RoleInfo, StatusUpdate, TaskFilter,
+    ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{

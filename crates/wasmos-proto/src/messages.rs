@@ -128,6 +128,14 @@ pub enum ClientRequest {
     /// it is a follower, so possibly behind the leader. Without it a follower redirects reads to
     /// the leader like writes.
     Stale(Box<ClientRequest>),
+    /// Operators only: revokes a certificate (by serial number) or every certificate of an
+    /// identity, for good. Exactly one of the two.
+    Revoke {
+        serial: Option<String>,
+        identity: Option<String>,
+    },
+    /// Operators only: what is revoked.
+    ListRevoked,
 }
 
 impl ClientRequest {
@@ -147,6 +155,7 @@ impl ClientRequest {
                 | ClientRequest::WatchTask { .. }
                 | ClientRequest::ListRoles
                 | ClientRequest::ClusterStatus
+                | ClientRequest::ListRevoked
         )
     }
 }
@@ -173,6 +182,18 @@ pub struct ReservationInfo {
     pub resources: Resources,
     /// What live tasks of the role hold of it on that agent.
     pub held: Resources,
+}
+
+/// A revocation as `wasmos cert list-revoked` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedInfo {
+    /// `serial` or `identity`.
+    pub kind: String,
+    /// The serial number (lowercase hex) or the identity URI.
+    pub value: String,
+    /// The operator who revoked it.
+    pub by: String,
+    pub at_ms: u64,
 }
 
 /// A framework as `wasmos framework list` shows it.
@@ -261,6 +282,7 @@ pub enum ClientResponse {
         leader: Option<u64>,
         addr: Option<String>,
     },
+    Revoked(Vec<RevokedInfo>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

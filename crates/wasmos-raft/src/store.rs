@@ -53,9 +53,9 @@ pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
 pub(crate) const KEY_FORMAT: &str = "format";
 /// The encoding this build writes and reads: postcard, with the state's layout version (3 added
 /// framework acknowledgements, 5 outputs kept on agents and the registration a lost-agent
-/// verdict names, 6 tasks' placement constraints; postcard has no optional fields, so
-/// older layouts do not decode). Format 1, JSON, was never marked.
-pub(crate) const FORMAT: &[u8] = b"postcard-6";
+/// verdict names, 6 tasks' placement constraints, 7 revocations; postcard has no optional
+/// fields, so older layouts do not decode). Format 1, JSON, was never marked.
+pub(crate) const FORMAT: &[u8] = b"postcard-7";
 
 /// The redb page cache. The file holds a bounded log (purged behind snapshots) and one snapshot,
 /// so redb's 1 GiB default would only reserve memory the master needs elsewhere.

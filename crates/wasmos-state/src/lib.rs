@@ -143,6 +143,29 @@ impl JobRecord {
     }
 }
 
+/// Who revoked a certificate or an identity, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub by: String,
+    pub at_ms: u64,
+}
+
+/// What a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeTarget {
+    /// A certificate's serial number, as `serial_of_der` prints it.
+    Serial(String),
+    /// Every certificate naming this identity (`wasmos://...`).
+    Identity(String),
+}
+
+/// Most revocations the state holds (serials and identities together): each is checked at
+/// every handshake and kept for good, so an operator's script gone wrong is stopped here.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// Longest identity URI a revocation may name.
+pub const MAX_REVOKED_IDENTITY_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleMeta {
     pub size: u64,
@@ -198,6 +221,11 @@ pub struct ClusterState {
     pub unacked: std::collections::BTreeSet<(FrameworkId, TaskId)>,
     pub next_job_id: u64,
     pub jobs: BTreeMap<JobId, JobRecord>,
+    /// Revoked certificates by serial number (lowercase hex, no leading zero bytes), and
+    /// revoked identities (`wasmos://...`, every certificate naming one): every master and
+    /// agent refuses them at the handshake. Kept for good: a leaf outlives any retention.
+    pub revoked_serials: BTreeMap<String, Revocation>,
+    pub revoked_identities: BTreeMap<String, Revocation>,
     /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.
     #[serde(skip)]
     live: LiveIndex,
@@ -364,6 +392,13 @@ pub enum Command {
         keep: u64,
         now_ms: u64,
     },
+    /// Operators: revokes a certificate or an identity for good. Revoking what is revoked
+    /// already keeps the first record.
+    Revoke {
+        target: RevokeTarget,
+        by: String,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -485,7 +520,57 @@ impl ClusterState {
                 self.apply_roles(cmd)
             }
             cmd @ (Command::AddBundle { .. } | Command::Collect { .. }) => self.apply_storage(cmd),
+            Command::Revoke { target, by, now_ms } => self.revoke(target, by, now_ms),
         }
+    }
+
+    fn revoke(&mut self, target: RevokeTarget, by: String, now_ms: u64) -> CommandResult {
+        let (is_identity, key) = match target {
+            RevokeTarget::Serial(serial) => {
+                let hex = serial.len() <= 40
+                    && serial.len() >= 2
+                    && serial.len() % 2 == 0
+                    && serial
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !hex || (serial.starts_with("00") && serial != "00") {
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
+                        "`{}` is not a certificate serial number (lowercase hex, at most 20 bytes)",
+                        serial.chars().take(48).collect::<String>()
+                    )));
+                }
+                (false, serial)
+            }
+            RevokeTarget::Identity(uri) => {
+                if uri.len() > MAX_REVOKED_IDENTITY_BYTES || !uri.starts_with("wasmos://") {
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
+                        "`{}` is not an identity (wasmos://..., at most {MAX_REVOKED_IDENTITY_BYTES} bytes)",
+                        uri.chars().take(48).collect::<String>()
+                    )));
+                }
+                (true, uri)
+            }
+        };
+        let held = if is_identity {
+            &self.revoked_identities
+        } else {
+            &self.revoked_serials
+        };
+        if held.contains_key(&key) {
+            return CommandResult::Ok;
+        }
+        if self.revoked_serials.len() + self.revoked_identities.len() >= MAX_REVOCATIONS {
+            return CommandResult::Rejected(Rejection::OverLimit(format!(
+                "the cluster holds {MAX_REVOCATIONS} revocations, the most it keeps"
+            )));
+        }
+        let map = if is_identity {
+            &mut self.revoked_identities
+        } else {
+            &mut self.revoked_serials
+        };
+        map.insert(key, Revocation { by, at_ms: now_ms });
+        CommandResult::Ok
     }
 
     fn remove_reservation(&mut self, agent: &AgentId, role: &Role) -> CommandResult {

@@ -1459,3 +1459,72 @@ fn a_verdict_of_lost_on_a_registration_since_replaced_is_refused() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn revocations_are_kept_checked_and_bounded() {
+    let mut s = ClusterState::default();
+    let revoke = |s: &mut ClusterState, target: RevokeTarget, at: u64| {
+        s.apply(Command::Revoke {
+            target,
+            by: "wasmos://operator/ops".into(),
+            now_ms: at,
+        })
+    };
+    assert_eq!(
+        revoke(&mut s, RevokeTarget::Serial("0a1b".into()), 5),
+        CommandResult::Ok
+    );
+    assert_eq!(
+        revoke(
+            &mut s,
+            RevokeTarget::Identity("wasmos://tenant/acme/bob".into()),
+            6
+        ),
+        CommandResult::Ok
+    );
+    // Again: the first record stays.
+    assert_eq!(
+        revoke(&mut s, RevokeTarget::Serial("0a1b".into()), 9),
+        CommandResult::Ok
+    );
+    assert_eq!(s.revoked_serials["0a1b"].at_ms, 5);
+    assert_eq!(s.revoked_identities["wasmos://tenant/acme/bob"].at_ms, 6);
+    for bad in ["", "0A1B", "a1b", "00a1", "zz", &"ab".repeat(21)] {
+        let r = revoke(&mut s, RevokeTarget::Serial(bad.into()), 1);
+        assert!(
+            matches!(r, CommandResult::Rejected(Rejection::Invalid(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
+    for bad in [
+        "tenant/acme/bob".to_string(),
+        format!("wasmos://{}", "x".repeat(300)),
+    ] {
+        let r = revoke(&mut s, RevokeTarget::Identity(bad.clone()), 1);
+        assert!(
+            matches!(r, CommandResult::Rejected(Rejection::Invalid(_))),
+            "{r:?}"
+        );
+    }
+    assert_eq!(s.revoked_serials.len() + s.revoked_identities.len(), 2);
+    // The ceiling.
+    for i in 0..(MAX_REVOCATIONS - 2) {
+        s.revoked_serials.insert(
+            format!("{:08x}", i + 0x1000_0000),
+            Revocation {
+                by: "x".into(),
+                at_ms: 0,
+            },
+        );
+    }
+    let r = revoke(&mut s, RevokeTarget::Serial("ff".into()), 1);
+    assert!(
+        matches!(r, CommandResult::Rejected(Rejection::OverLimit(_))),
+        "{r:?}"
+    );
+    // What is already revoked is still answered Ok at the ceiling.
+    assert_eq!(
+        revoke(&mut s, RevokeTarget::Serial("0a1b".into()), 9),
+        CommandResult::Ok
+    );
+}

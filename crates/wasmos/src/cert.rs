@@ -9,6 +9,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use wasmos_net::pki::{self, CaBundle};
 use wasmos_net::{Credentials, Identity};
+use wasmos_proto::{ClientRequest, ClientResponse};
+
+use crate::connect::Target;
+use crate::output::{OutputArg, print_list};
 
 #[derive(Subcommand)]
 pub(crate) enum CertCmd {
@@ -28,16 +32,78 @@ pub(crate) enum CertCmd {
         #[arg(long, value_name = "TENANT/USER", group = "who")]
         tenant: Option<String>,
     },
+    /// Operators: revoke a certificate by its serial number (`wasmos cert serial FILE`
+    /// prints it), or every certificate of an identity. Every master and agent refuses it
+    /// from then on, and masters close its open connections.
+    Revoke {
+        #[arg(long, value_name = "HEX", group = "what", required = true)]
+        serial: Option<String>,
+        #[arg(long, value_name = "wasmos://...", group = "what")]
+        identity: Option<String>,
+    },
+    /// Operators: the revoked serial numbers and identities, who revoked each and when.
+    ListRevoked(OutputArg),
+    /// Print the serial number and identity of a certificate (PEM file).
+    Serial { file: PathBuf },
 }
 
-pub(crate) fn run(cmd: CertCmd) -> Result<ExitCode> {
+pub(crate) async fn run(target: &Target, cmd: CertCmd) -> Result<ExitCode> {
+    match cmd {
+        CertCmd::Revoke { serial, identity } => {
+            let what = serial
+                .as_deref()
+                .or(identity.as_deref())
+                .unwrap_or_default()
+                .to_string();
+            match target
+                .ask(ClientRequest::Revoke { serial, identity })
+                .await?
+            {
+                ClientResponse::Ok => println!("revoked {what}"),
+                other => bail!("unexpected answer to cert revoke: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::ListRevoked(out) => {
+            let ClientResponse::Revoked(list) = target.ask(ClientRequest::ListRevoked).await?
+            else {
+                bail!("unexpected answer to cert list-revoked");
+            };
+            let now = crate::output::now_ms();
+            print_list(out.format, &list, &["KIND", "REVOKED", "BY", "AGE"], |r| {
+                vec![
+                    r.kind.clone(),
+                    r.value.clone(),
+                    r.by.clone(),
+                    crate::output::age(now, r.at_ms),
+                ]
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::Serial { file } => {
+            let pem = read(&file)?;
+            let serial = pki::serial_of_pem(&pem)
+                .with_context(|| format!("{} holds no certificate", file.display()))?;
+            let who =
+                pki::identity_of_pem(&pem).map_or_else(|| "(no identity)".into(), |i| i.to_uri());
+            println!("{serial}  {who}");
+            Ok(ExitCode::SUCCESS)
+        }
+        issue @ CertCmd::Issue { .. } => issue_cmd(issue),
+    }
+}
+
+fn issue_cmd(cmd: CertCmd) -> Result<ExitCode> {
     let CertCmd::Issue {
         pki,
         master,
         agent,
         operator,
         tenant,
-    } = cmd;
+    } = cmd
+    else {
+        bail!("not an issue command");
+    };
     let (who, file) = match (master, agent, operator, tenant) {
         (Some(n), ..) => (Identity::Master(n.clone()), n),
         (_, Some(n), ..) => (Identity::Agent(n.clone()), n),

@@ -260,7 +260,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Reservation { cmd } => roles::reservations(target, cmd).await,
         Cmd::Framework { cmd } => frameworks::run(target, cmd).await,
         Cmd::Cluster { cmd } => cluster::run(target, cmd).await,
-        Cmd::Cert { cmd } => cert::run(cmd),
+        Cmd::Cert { cmd } => cert::run(target, cmd).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,
         Cmd::Blob { cmd } => bundle::blob(target, cmd).await,
