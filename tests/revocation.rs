@@ -1,0 +1,149 @@
+//! Revocation with real processes: an operator revokes a tenant's certificate (by serial) or
+//! identity; the master refuses it at the next handshake, cuts its open `logs -f` at once,
+//! and still refuses it after a hard restart. Tenants may not revoke.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wait_exit, wasmos_cmd};
+
+#[test]
+fn a_revoked_tenant_is_refused_and_cut_off() {
+    let mut c = DevCluster::start(1).unwrap();
+    let bob = c.user_config("wasmos://tenant/acme/bob");
+    let carol = c.user_config("wasmos://tenant/acme/carol");
+    let as_user =
+        |config: &std::path::Path, args: &[&str]| wasmos_cmd(config, args).output().unwrap();
+
+    // A tenant may not revoke, not even itself.
+    let serial_of = |who: &str| {
+        let out = c
+            .cli(&[
+                "cert",
+                "serial",
+                c.dir
+                    .path()
+                    .join("users")
+                    .join(who)
+                    .join("me.pem")
+                    .to_str()
+                    .unwrap(),
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let bob_serial = serial_of("tenant-acme-bob");
+    let tried = as_user(&bob, &["cert", "revoke", "--serial", &bob_serial]);
+    assert_clean_error(&tried, "only operators");
+    let listed = as_user(&bob, &["cert", "list-revoked"]);
+    assert_clean_error(&listed, "only operators");
+
+    // Bob follows his task's output; the revocation cuts it within a second.
+    let detached = as_user(
+        &bob,
+        &[
+            "run",
+            "--detach",
+            sample("spin").to_str().unwrap(),
+            "--",
+            "60",
+        ],
+    );
+    assert!(detached.status.success(), "{}", text(&detached.stderr));
+    let id = text(&detached.stdout).trim().to_string();
+    let mut follow = wasmos_cmd(&bob, &["logs", "-f", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(follow.try_wait().unwrap().is_none(), "logs -f ended early");
+    let revoked_at = Instant::now();
+    let out = c.cli(&["cert", "revoke", "--serial", &bob_serial]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ended = wait_exit(&mut follow, Duration::from_secs(5));
+    let cut_after = revoked_at.elapsed();
+    assert!(ended.is_some_and(|s| !s.success()), "{ended:?}");
+    assert!(
+        cut_after < Duration::from_secs(1),
+        "cut after {cut_after:?}"
+    );
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("revoked"), "{said}");
+
+    // Refused at the handshake from now on, naming why; carol is not affected.
+    let refused = as_user(&bob, &["task", "list"]);
+    assert_clean_error(&refused, "revoked");
+    assert!(as_user(&carol, &["task", "list"]).status.success());
+
+    // Identities too, and the list says who did what.
+    let out = c
+        .cli(&["cert", "revoke", "--identity", "wasmos://tenant/acme/carol"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_clean_error(&as_user(&carol, &["task", "list"]), "revoked");
+    let list = c.json(&["cert", "list-revoked", "-o", "json"]).unwrap();
+    let entries: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["value"].as_str().unwrap().to_string(),
+                r["by"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                "serial".into(),
+                bob_serial.clone(),
+                "wasmos://operator/admin".into()
+            ),
+            (
+                "identity".into(),
+                "wasmos://tenant/acme/carol".into(),
+                "wasmos://operator/admin".into()
+            ),
+        ]
+    );
+    // Bad input is named, and nothing is recorded.
+    assert_clean_error(
+        &c.cli(&["cert", "revoke", "--serial", "xyz"]).unwrap(),
+        "xyz",
+    );
+    assert_clean_error(
+        &c.cli(&["cert", "revoke", "--identity", "tenant/acme/x"])
+            .unwrap(),
+        "tenant/acme/x",
+    );
+
+    // A hard restart keeps the revocations and refuses at once.
+    c.kill_hard().unwrap();
+    c.spawn().unwrap();
+    // The restarted master listens on a new port: bob's config follows it, same certificate.
+    let operator = std::fs::read_to_string(c.config()).unwrap();
+    let master = operator.lines().find(|l| l.starts_with("master")).unwrap();
+    let mine = std::fs::read_to_string(&bob).unwrap();
+    let mine: Vec<&str> = mine
+        .lines()
+        .map(|l| if l.starts_with("master") { master } else { l })
+        .collect();
+    std::fs::write(&bob, mine.join("\n")).unwrap();
+    assert_clean_error(&as_user(&bob, &["task", "list"]), "revoked");
+    assert_eq!(
+        c.json(&["cert", "list-revoked", "-o", "json"]).unwrap(),
+        list
+    );
+}
