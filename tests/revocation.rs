@@ -9,6 +9,35 @@ use std::time::{Duration, Instant};
 
 use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wait_exit, wasmos_cmd};
 
+/// One POST to the HTTPS/JSON API with the certificate of client config `config`: the HTTP
+/// status, or the TLS error that refused it.
+fn https_probe(config: &std::path::Path) -> String {
+    let probe = r#"
+import http.client, ssl, sys, tomllib, os, socket
+cfg_path = sys.argv[1]
+cfg = tomllib.load(open(cfg_path, "rb"))
+base = os.path.dirname(cfg_path)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
+ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
+host, _, port = cfg["http"].rpartition(":")
+try:
+    c = http.client.HTTPSConnection(host, int(port), context=ctx)
+    c.sock = ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname="master.wasmos")
+    c.request("POST", "/api/v1/scheduler", "{}", {})
+    print("status", c.getresponse().status)
+except (ssl.SSLError, ConnectionError) as e:
+    print("refused", e)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 #[test]
 fn a_revoked_tenant_is_refused_and_cut_off() {
     let mut c = DevCluster::start(1).unwrap();
@@ -79,10 +108,21 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
     std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut said).unwrap();
     assert!(said.contains("revoked"), "{said}");
 
-    // Refused at the handshake from now on, naming why; carol is not affected.
+    // Refused at the handshake from now on, on QUIC and HTTPS, naming why; carol is not
+    // affected.
     let refused = as_user(&bob, &["task", "list"]);
     assert_clean_error(&refused, "revoked");
     assert!(as_user(&carol, &["task", "list"]).status.success());
+    let https = https_probe(&bob);
+    assert!(
+        https.starts_with("refused") && https.contains("REVOKED"),
+        "{https}"
+    );
+    assert!(
+        https_probe(&carol).starts_with("status 400"),
+        "{}",
+        https_probe(&carol)
+    );
 
     // Identities too, and the list says who did what.
     let out = c

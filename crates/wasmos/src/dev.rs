@@ -77,7 +77,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     // The HTTPS/JSON API on the same interface, on a free port.
     let web = wasmos_web::serve(
         master.frameworks(),
-        &credentials(&ca, &master_files)?,
+        &credentials(&ca, &master_files)?.with_revocations(master.revocations()),
         std::net::SocketAddr::new(opts.listen.ip(), 0),
     )
     .await

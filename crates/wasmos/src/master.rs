@@ -213,6 +213,8 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
     eprintln!("wasmos master listening on {}", master.local_addr());
     let web = match args.http_listen {
         Some(addr) => {
+            // The HTTPS handshakes check the same revocations as the QUIC ones.
+            let creds = creds.clone().with_revocations(master.revocations());
             let web = wasmos_web::serve(master.frameworks(), &creds, addr).await?;
             eprintln!("wasmos master HTTPS API on {}", web.local_addr());
             Some(web)
