@@ -88,20 +88,27 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
     assert!(detached.status.success(), "{}", text(&detached.stderr));
     let id = text(&detached.stdout).trim().to_string();
     let mut follow = wasmos_cmd(&bob, &["logs", "-f", &id])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(follow.try_wait().unwrap().is_none(), "logs -f ended early");
-    let revoked_at = Instant::now();
+    // Connected and following: the task's first line ("waiting 60s") came through.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("waiting"), "{first:?}");
     let out = c.cli(&["cert", "revoke", "--serial", &bob_serial]).unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let ended = wait_exit(&mut follow, Duration::from_secs(5));
+    let revoked_at = Instant::now();
+    let ended = wait_exit(&mut follow, Duration::from_secs(10));
     let cut_after = revoked_at.elapsed();
     assert!(ended.is_some_and(|s| !s.success()), "{ended:?}");
+    // Well under a second here; the margin is for a loaded machine.
     assert!(
-        cut_after < Duration::from_secs(1),
+        cut_after < Duration::from_secs(3),
         "cut after {cut_after:?}"
     );
     let mut said = String::new();
@@ -157,6 +164,18 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
                 "wasmos://operator/admin".into()
             ),
         ]
+    );
+    // Masters leave the group rather than being revoked, and an operator cannot lock
+    // themselves out.
+    assert_clean_error(
+        &c.cli(&["cert", "revoke", "--identity", "wasmos://master/m1"])
+            .unwrap(),
+        "cluster leave",
+    );
+    assert_clean_error(
+        &c.cli(&["cert", "revoke", "--identity", "wasmos://operator/admin"])
+            .unwrap(),
+        "themselves",
     );
     // Bad input is named, and nothing is recorded.
     assert_clean_error(

@@ -561,7 +561,30 @@ async fn revoke(
             }
         },
         (None, Some(uri)) => match Identity::from_uri(&uri) {
+            // A revocation is for good: a master leaves the group instead (`wasmos cluster
+            // leave`), and an operator does not lock themselves out.
+            Ok(Identity::Master(_)) => {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    "masters are not revoked: remove one from the group with `wasmos cluster leave`",
+                );
+            }
+            Ok(id) if &id == who => {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    "an operator cannot revoke themselves",
+                );
+            }
             Ok(id) => wasmos_state::RevokeTarget::Identity(id.to_uri()),
+            Err(_) if uri.len() > wasmos_state::MAX_REVOKED_IDENTITY_BYTES => {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "the identity is longer than {} bytes",
+                        wasmos_state::MAX_REVOKED_IDENTITY_BYTES
+                    ),
+                );
+            }
             Err(e) => return error(ErrorKind::InvalidRequest, e.to_string()),
         },
         _ => {

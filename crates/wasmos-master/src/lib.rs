@@ -535,6 +535,10 @@ impl Master {
             revocations,
             live: revocation::Live::default(),
         });
+        // The state was loaded when raft opened: the list is right before the first handshake.
+        shared
+            .revocations
+            .set(shared.raft.read(revocation::revoked_of));
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         if shared.cfg.peers.is_some() {
@@ -546,9 +550,6 @@ impl Master {
         }
         tasks.spawn(leadership::run(shared.clone(), events_rx));
         tasks.spawn(retention::run(shared.clone()));
-        shared
-            .revocations
-            .set(shared.raft.read(revocation::revoked_of));
         tasks.spawn(revocation::follow(shared.clone()));
         tracing::info!(%addr, "master listening");
         Ok(Master {

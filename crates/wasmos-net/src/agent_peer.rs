@@ -76,7 +76,8 @@ pub fn agent_peer_client(
     alpn: &[u8],
     remote: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
-    // A revoked agent is not dialed either.
+    // The revocations these credentials carry apply here too (an agent's list is empty
+    // until agents follow the masters' one).
     let inner = creds.client_verifier()?;
     let (chain, key) = creds.server_pair();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())

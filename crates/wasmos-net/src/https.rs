@@ -19,6 +19,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct HttpsAcceptor {
     inner: tokio_rustls::TlsAcceptor,
+    revoked: crate::RevocationList,
 }
 
 impl std::fmt::Debug for HttpsAcceptor {
@@ -35,10 +36,33 @@ impl HttpsAcceptor {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
+        crate::tls::no_resumption(&mut tls);
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(HttpsAcceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            revoked: creds.revocations(),
         })
+    }
+
+    /// Returns once the certificate of `stream`'s client is revoked: a server keeping the
+    /// connection open (keep-alive, a subscription's stream) drops it then.
+    pub fn until_revoked(
+        &self,
+        stream: &HttpsStream,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
+        let list = self.revoked.clone();
+        async move {
+            match leaf {
+                Some(der) => list.until_revokes(der).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Completes the handshake; the error names what went wrong (no or a foreign certificate,
@@ -55,6 +79,9 @@ impl HttpsAcceptor {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .ok_or("no client certificate")?;
+            if self.revoked.revokes(cert.as_ref()) {
+                return Err("certificate revoked".into());
+            }
             Identity::from_der(cert.as_ref()).map_err(|e| e.to_string())?
         };
         Ok((stream, identity))

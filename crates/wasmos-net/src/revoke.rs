@@ -30,25 +30,60 @@ impl Revoked {
     }
 }
 
-/// The list a node's verifiers consult, cheap to clone (one shared list).
-#[derive(Debug, Default, Clone)]
-pub struct RevocationList(Arc<RwLock<Arc<Revoked>>>);
+/// The list a node's verifiers consult, cheap to clone (one shared list), with a counter of
+/// its changes for whoever must act on them (closing what a change revokes).
+#[derive(Debug, Clone)]
+pub struct RevocationList(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    list: RwLock<Arc<Revoked>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        RevocationList(Arc::new(Shared {
+            list: RwLock::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+}
 
 impl RevocationList {
     /// Replaces the whole list (what the replicated state holds now).
     pub fn set(&self, revoked: Revoked) {
-        let mut current = self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Arc::new(revoked);
+        {
+            let mut current = self
+                .0
+                .list
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *current = Arc::new(revoked);
+        }
+        self.0.changes.send_modify(|n| *n += 1);
     }
 
     pub fn current(&self) -> Arc<Revoked> {
         self.0
+            .list
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Returns once the list revokes the certificate `der` (never, if it never does): what a
+    /// server holding a connection open races against.
+    pub async fn until_revokes(&self, der: Vec<u8>) {
+        let mut changes = self.0.changes.subscribe();
+        loop {
+            if self.revokes(&der) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Whether the DER certificate is revoked (by its serial or its identity). A certificate
@@ -270,10 +305,11 @@ mod tests {
                         Ok(mut s) => {
                             let _ = s.write_all(b"x").await;
                             let _ = s.finish();
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                            match conn.close_reason() {
-                                Some(e) => Err(e.to_string()),
-                                None => Ok(()),
+                            // Refused, the connection closes; accepted, it stays open.
+                            let wait = std::time::Duration::from_secs(2);
+                            match tokio::time::timeout(wait, conn.closed()).await {
+                                Ok(e) => Err(e.to_string()),
+                                Err(_) => Ok(()),
                             }
                         }
                         Err(e) => Err(e.to_string()),

@@ -106,6 +106,11 @@ impl Credentials {
         self
     }
 
+    /// The revocation list these credentials' verifiers consult.
+    pub fn revocations(&self) -> RevocationList {
+        self.revoked.clone()
+    }
+
     /// The CA chain check, then the revocation list: for servers verifying their clients.
     pub(crate) fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, NetError> {
         let inner =
@@ -171,11 +176,20 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(creds.chain.clone(), creds.key.clone_key())?;
+    no_resumption(&mut tls);
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(Duration::from_secs(1)));
     Ok(config)
+}
+
+/// No session resumption: a resumed session carries the client certificate of its first
+/// handshake without verifying it again, which would let a certificate revoked since back in.
+/// Every connection pays a full handshake instead (clients hold theirs open for long).
+pub(crate) fn no_resumption(tls: &mut rustls::ServerConfig) {
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
 }
 
 /// A client endpoint that presents `creds` and speaks `alpn`.

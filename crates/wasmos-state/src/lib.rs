@@ -222,8 +222,8 @@ pub struct ClusterState {
     pub next_job_id: u64,
     pub jobs: BTreeMap<JobId, JobRecord>,
     /// Revoked certificates by serial number (lowercase hex, no leading zero bytes), and
-    /// revoked identities (`wasmos://...`, every certificate naming one): every master and
-    /// agent refuses them at the handshake. Kept for good: a leaf outlives any retention.
+    /// revoked identities (`wasmos://...`, every certificate naming one): every master
+    /// refuses them at the handshake. Kept for good: a leaf outlives any retention.
     pub revoked_serials: BTreeMap<String, Revocation>,
     pub revoked_identities: BTreeMap<String, Revocation>,
     /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.

@@ -130,11 +130,18 @@ pub async fn serve(
                     return;
                 }
                 let service = TowerToHyperService::new(router.layer(Extension(who)));
+                let revoked = acceptor.until_revoked(&stream);
                 let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%remote, "HTTPS connection ended: {e}");
+                    .serve_connection(TokioIo::new(stream), service);
+                // A certificate revoked while its connection is open loses it at once
+                // (keep-alive requests, a subscription's event stream).
+                tokio::select! {
+                    r = served => if let Err(e) = r {
+                        tracing::debug!(%remote, "HTTPS connection ended: {e}");
+                    },
+                    () = revoked => {
+                        tracing::info!(%remote, "closed an HTTPS connection: certificate revoked");
+                    }
                 }
             });
         }

@@ -33,8 +33,8 @@ pub(crate) enum CertCmd {
         tenant: Option<String>,
     },
     /// Operators: revoke a certificate by its serial number (`wasmos cert serial FILE`
-    /// prints it), or every certificate of an identity. Every master and agent refuses it
-    /// from then on, and masters close its open connections.
+    /// prints it), or every certificate of an identity. Every master refuses it from then on
+    /// and closes its open connections.
     Revoke {
         #[arg(long, value_name = "HEX", group = "what", required = true)]
         serial: Option<String>,
