@@ -86,6 +86,16 @@ impl Wine {
     }
 }
 
+/// A process killed when this is dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Linux path as the Windows program sees it: Wine maps `/` to drive `Z:`.
 fn win(p: &Path) -> String {
     format!("Z:{}", p.display()).replace('/', "\\")
@@ -613,9 +623,23 @@ fn the_agent_runs_as_a_windows_service() {
     // Wine ends a prefix's whole session, services included, once its last ordinary process
     // exits: unlike a Windows machine, it has no session of its own that outlives them. A
     // `cmd` waiting on its stdin stands in for one while the service runs.
+    // Its processes (services.exe and the rest) inherit the standard streams of the program
+    // that started the session: they get /dev/null, not the pipes of a command whose output
+    // the test waits for, which they would then hold open for as long as the session lasts.
     let mut keeper = wine.cmd("cmd");
-    keeper.stdin(Stdio::piped());
-    let _session = Logged::spawn(keeper);
+    keeper
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _session = KillOnDrop(keeper.spawn().unwrap());
+    let started = wine
+        .cmd("cmd")
+        .args(["/c", "exit"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "{started:?}");
     // Whatever happens below, the service does not outlive the test.
     struct Removed<'a>(&'a Wine, &'a str);
     impl Drop for Removed<'_> {
