@@ -367,6 +367,18 @@ pub fn send_signal(pid: u64, signal: &str) {
     );
 }
 
+/// Polls `check` every 50 ms for up to `within`; whether it came true.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// Waits up to `within` for `child` to exit; its status, or None if it still runs.
 pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;

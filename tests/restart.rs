@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, Logged, send_signal, text, wait_exit, wasmos_bin};
+use wasmos_tests::{DevCluster, Logged, eventually, send_signal, text, wait_exit, wasmos_bin};
 
 #[test]
 fn tasks_survive_kill_dash_nine() {
@@ -46,18 +46,6 @@ fn tasks_survive_kill_dash_nine() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = c.json(&["task", "show", "t-4", "-o", "json"]).unwrap();
     assert_eq!(shown["spec"]["args"][0], "after");
-}
-
-/// Polls `check` every 50 ms for up to `within`.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// The task's status; null until it is submitted.

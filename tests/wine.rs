@@ -19,7 +19,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmos_tests::corpus::load_cases;
-use wasmos_tests::{DevCluster, Logged, sample, send_signal, text, wait_exit, wasmos_bin};
+use wasmos_tests::{
+    DevCluster, Logged, eventually, sample, send_signal, text, wait_exit, wasmos_bin,
+};
 
 /// One test at a time: every Wine process of the prefix goes through one wineserver, and the
 /// hostile cases keep it busy enough (thousands of file creations) to starve another test's
@@ -476,11 +478,11 @@ fn linux_and_windows_agents_give_the_same_results() {
     assert!(spin.status.success(), "{}", describe(&spin));
     let id = text(&spin.stdout).trim().to_string();
     let state = |id: &str| c.json(&["task", "show", id, "-o", "json"]).unwrap()["status"].clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&id)["state"] != "Running" {
-        assert!(Instant::now() < deadline, "{}", state(&id));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        eventually(Duration::from_secs(60), || state(&id)["state"] == "Running"),
+        "{}",
+        state(&id)
+    );
     let mut agent = agent;
     send_signal(u64::from(agent.id()), "INT");
     let exited = wait_exit(agent.child(), Duration::from_secs(20));
