@@ -566,3 +566,29 @@ pub fn loopback_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
     });
     (port, rx)
 }
+
+/// Sends one request on the agent peer channel; the answer's head and bytes, or why none came.
+pub async fn peer_ask<T: serde::Serialize>(
+    conn: &wasmos_net::Connection,
+    req: &T,
+) -> Result<(wasmos_proto::AgentPeerResponse, Vec<u8>), String> {
+    // A refused connection's reason is on the connection, not on the stream that failed.
+    let fail = |e: String| match conn.close_reason() {
+        Some(reason) => format!("{e}: {reason}"),
+        None => e,
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+    wasmos_net::send_frame(&mut send, req)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = send.finish();
+    let head = wasmos_net::recv_frame::<wasmos_proto::AgentPeerResponse>(&mut recv)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no answer".into()))?;
+    let bytes = recv
+        .read_to_end(1 << 30)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((head, bytes))
+}

@@ -206,3 +206,156 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
         list
     );
 }
+
+/// Agents follow the masters' list: another agent's certificate, once revoked, is refused on
+/// the agent peer channel, its open connection closed, and still refused after the agents
+/// restart (they get the whole list when they register).
+#[test]
+fn agents_refuse_revoked_agents_on_their_peer_channel() {
+    use wasmos_proto::{AgentPeerRequest, AgentPeerResponse, BundleHash, ErrorKind, alpn};
+    let mut c = DevCluster::start(1).unwrap();
+    let serving = |c: &DevCluster| -> (String, std::net::SocketAddr) {
+        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+        let a = &agents.as_array().unwrap()[0];
+        (
+            a["id"].as_str().unwrap().to_string(),
+            a["peer_addr"].as_str().unwrap().parse().unwrap(),
+        )
+    };
+    let (holder, addr) = serving(&c);
+    let intruder = c.issue("wasmos://agent/intruder");
+    let by_serial = c.issue("wasmos://agent/lost-laptop");
+    let bystander = c.credentials_for("wasmos://agent/bystander");
+    let ca = std::fs::read_to_string(c.dir.path().join("pki").join("ca.pem")).unwrap();
+    let creds = |i: &wasmos_net::pki::Issued| {
+        wasmos_net::Credentials::from_pem(&ca, &i.cert_pem, &i.key_pem).unwrap()
+    };
+    let (intruder, by_serial) = (creds(&intruder), (creds(&by_serial), by_serial));
+    let unknown = AgentPeerRequest::Fetch {
+        hash: BundleHash::parse(&"ab".repeat(32)).unwrap(),
+    };
+    // What fetching from the agent gets: `NotFound` when served at all.
+    let ask = |who: &wasmos_net::Credentials, addr, holder: &str| {
+        let (who, holder, unknown) = (who.clone(), holder.to_string(), unknown.clone());
+        async move {
+            let ep = wasmos_net::agent_peer_client(&who, alpn::AGENT_PEER, addr).unwrap();
+            let conn = wasmos_net::connect_agent(&ep, addr, &holder)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = wasmos_tests::peer_ask(&conn, &unknown).await;
+            match answer {
+                Ok((
+                    AgentPeerResponse::Error {
+                        kind: ErrorKind::NotFound,
+                        ..
+                    },
+                    _,
+                )) => Ok((ep, conn)),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let held = runtime.block_on(async {
+        for who in [&intruder, &by_serial.0, &bystander] {
+            ask(who, addr, &holder).await.unwrap();
+        }
+        ask(&intruder, addr, &holder).await.unwrap()
+    });
+
+    let serial = wasmos_net::pki::serial_of_pem(&by_serial.1.cert_pem).unwrap();
+    for target in [
+        ["--identity", "wasmos://agent/intruder"],
+        ["--serial", serial.as_str()],
+    ] {
+        let mut args = vec!["cert", "revoke"];
+        args.extend(target);
+        let out = c.cli(&args).unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    runtime.block_on(async {
+        // The open connection is closed by the serving agent, saying why.
+        let closed = tokio::time::timeout(Duration::from_secs(3), held.1.closed()).await;
+        let reason = closed.expect("the revoked agent's connection stays open");
+        assert!(
+            wasmos_net::describe(&reason).contains("revoked"),
+            "{reason}"
+        );
+        for who in [&intruder, &by_serial.0] {
+            let refused = ask(who, addr, &holder).await.err().unwrap();
+            assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        }
+        ask(&bystander, addr, &holder).await.unwrap();
+    });
+
+    // A restarted agent has the list again before it serves anyone.
+    c.kill_hard().unwrap();
+    c.spawn().unwrap();
+    // The state may show the agent's last address until it registers again.
+    let before = addr;
+    let mut now = serving(&c);
+    assert!(wasmos_tests::eventually(Duration::from_secs(20), || {
+        now = serving(&c);
+        now.1 != before
+    }));
+    let (holder, addr) = now;
+    runtime.block_on(async {
+        let refused = ask(&intruder, addr, &holder).await.err().unwrap();
+        assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        ask(&bystander, addr, &holder).await.unwrap();
+    });
+}
+
+/// A list longer than one answer holds comes a page at a time, whole and in order.
+#[test]
+fn a_long_revocation_list_is_listed_whole() {
+    use wasmos_client::{Client, ClientConfig};
+    use wasmos_proto::{ClientRequest, ClientResponse, MAX_REVOKED_PAGE};
+    let c = DevCluster::start(1).unwrap();
+    let serials: Vec<String> = (0..MAX_REVOKED_PAGE + 700)
+        .map(|i| format!("a{i:05x}"))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cfg = ClientConfig::load(Some(&c.config())).unwrap();
+        let client = std::sync::Arc::new(Client::connect(&cfg).await.unwrap());
+        // Concurrently, so the master batches them into few raft entries.
+        let mut all = tokio::task::JoinSet::new();
+        for chunk in serials.chunks(500) {
+            let (client, chunk) = (client.clone(), chunk.to_vec());
+            all.spawn(async move {
+                for serial in chunk {
+                    let done = client
+                        .request(ClientRequest::Revoke {
+                            serial: Some(serial),
+                            identity: None,
+                        })
+                        .await;
+                    assert!(matches!(done, Ok(ClientResponse::Ok)), "{done:?}");
+                }
+            });
+        }
+        while let Some(done) = all.join_next().await {
+            done.unwrap();
+        }
+        let first = client
+            .request(ClientRequest::ListRevoked { after: None })
+            .await
+            .unwrap();
+        assert!(matches!(first, ClientResponse::Revoked(p) if p.len() == MAX_REVOKED_PAGE));
+    });
+    let out = c
+        .cli(&["cert", "revoke", "--identity", "wasmos://tenant/acme/last"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list = c.json(&["cert", "list-revoked", "-o", "json"]).unwrap();
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = serials.iter().map(String::as_str).collect();
+    expected.push("wasmos://tenant/acme/last");
+    assert_eq!(listed, expected);
+}

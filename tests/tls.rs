@@ -171,32 +171,6 @@ enum RawPeerRequest {
     Fetch { hash: String },
 }
 
-/// Sends one request on the agent peer channel; the answer's head and bytes, or why none came.
-async fn peer_ask<T: serde::Serialize>(
-    conn: &wasmos_net::Connection,
-    req: &T,
-) -> Result<(wasmos_proto::AgentPeerResponse, Vec<u8>), String> {
-    // A refused connection's reason is on the connection, not on the stream that failed.
-    let fail = |e: String| match conn.close_reason() {
-        Some(reason) => format!("{e}: {reason}"),
-        None => e,
-    };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
-    wasmos_net::send_frame(&mut send, req)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let _ = send.finish();
-    let head = wasmos_net::recv_frame::<wasmos_proto::AgentPeerResponse>(&mut recv)
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("no answer".into()))?;
-    let bytes = recv
-        .read_to_end(1 << 30)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    Ok((head, bytes))
-}
-
 #[test]
 fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
     use sha2::Digest;
@@ -251,7 +225,7 @@ fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
         let ep = wasmos_net::agent_peer_client(&other, alpn::AGENT_PEER, addr).unwrap();
         let conn = wasmos_net::connect_agent(&ep, addr, &holder).await.unwrap();
         let fetch = AgentPeerRequest::Fetch { hash: hash.clone() };
-        let (head, bytes) = peer_ask(&conn, &fetch).await.unwrap();
+        let (head, bytes) = wasmos_tests::peer_ask(&conn, &fetch).await.unwrap();
         assert_eq!(
             head,
             AgentPeerResponse::Blob {
@@ -264,7 +238,7 @@ fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
         let unknown = AgentPeerRequest::Fetch {
             hash: BundleHash::parse(&"ab".repeat(32)).unwrap(),
         };
-        let (head, bytes) = peer_ask(&conn, &unknown).await.unwrap();
+        let (head, bytes) = wasmos_tests::peer_ask(&conn, &unknown).await.unwrap();
         assert!(
             matches!(
                 &head,
@@ -278,7 +252,7 @@ fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
         assert!(bytes.is_empty());
         for path in ["../../pki/ca.key", "../artifacts", "/etc/passwd", ""] {
             let raw = RawPeerRequest::Fetch { hash: path.into() };
-            match peer_ask(&conn, &raw).await {
+            match wasmos_tests::peer_ask(&conn, &raw).await {
                 Ok((AgentPeerResponse::Error { .. }, bytes)) => assert!(bytes.is_empty()),
                 Ok(other) => panic!("{path}: {other:?}"),
                 Err(_) => {}
@@ -293,7 +267,7 @@ fn agents_serve_kept_outputs_to_agents_only_and_only_kept_files() {
             let creds = c.credentials_for(who);
             let ep = wasmos_net::agent_peer_client(&creds, alpn::AGENT_PEER, addr).unwrap();
             let answer = match wasmos_net::connect_agent(&ep, addr, &holder).await {
-                Ok(conn) => peer_ask(&conn, &fetch).await,
+                Ok(conn) => wasmos_tests::peer_ask(&conn, &fetch).await,
                 Err(e) => Err(e.to_string()),
             };
             let err = answer

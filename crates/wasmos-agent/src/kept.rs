@@ -148,14 +148,37 @@ pub(crate) async fn read_local(work_dir: &Path, hash: &BundleHash) -> Option<Vec
     Some(bytes)
 }
 
+/// What the peer server needs of the masters' revocations.
+pub(crate) struct Revocations {
+    /// The list the endpoint's handshakes check.
+    pub(crate) list: wasmos_net::RevocationList,
+    /// Connections served, closed when the list comes to cover them.
+    pub(crate) live: Arc<wasmos_net::LiveConnections>,
+    /// Turns true once the masters' whole list has arrived.
+    pub(crate) known: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Serves kept outputs to other agents until the endpoint closes. Anyone but an agent of the
 /// cluster is refused at once; an agent gets only files of the kept store, by valid hash.
-pub(crate) async fn serve(endpoint: Endpoint, work_dir: PathBuf, me: String) {
+/// Nothing is served before the masters' revocations are known.
+pub(crate) async fn serve(endpoint: Endpoint, work_dir: PathBuf, me: String, revoked: Revocations) {
+    let Revocations {
+        list,
+        live,
+        mut known,
+    } = revoked;
+    if known.wait_for(|k| *k).await.is_err() {
+        return;
+    }
     let permits = Arc::new(tokio::sync::Semaphore::new(SERVE_CONCURRENCY));
     while let Some(incoming) = endpoint.accept().await {
         let (work_dir, permits, me) = (work_dir.clone(), permits.clone(), me.clone());
+        let (list, live) = (list.clone(), live.clone());
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else {
+                return;
+            };
+            let Some(_live) = live.register(&conn, &list) else {
                 return;
             };
             let agent = matches!(wasmos_net::peer_identity(&conn), Ok(Identity::Agent(_)));

@@ -117,6 +117,14 @@ struct Agent {
     peers: kept::Peers,
     /// This agent's `wasmos-agent-peer/1` address, told to the master at registration.
     peer_addr: Option<SocketAddr>,
+    /// The certificates the masters revoked, which this agent's handshakes refuse (those of
+    /// other agents, serving or fetching kept outputs).
+    revocations: wasmos_net::RevocationList,
+    /// The other agents' connections to this one, closed when their certificate is revoked.
+    peer_conns: Arc<wasmos_net::LiveConnections>,
+    /// Whether the masters' whole list has arrived once: until then this agent serves no
+    /// other agent (it would not know whom to refuse).
+    revocations_known: watch::Sender<bool>,
     /// Bytes of task output queued for the master and not yet written to the session: output
     /// waits while it is over [`OUTPUT_BACKLOG`], so a task printing faster than the master
     /// takes it is slowed down instead of filling the agent's memory.
@@ -316,6 +324,9 @@ pub async fn run(
     let agent = Arc::new(Agent {
         peers: kept::Peers::new(creds.clone()),
         peer_addr: peer_server.as_ref().map(|(_, a)| *a),
+        revocations: creds.revocations(),
+        peer_conns: Arc::default(),
+        revocations_known: watch::Sender::new(false),
         memory,
         protected,
         cfg,
@@ -341,7 +352,16 @@ pub async fn run(
     });
     if let Some((ep, addr)) = &peer_server {
         let me = format!("at {addr}");
-        tokio::spawn(kept::serve(ep.clone(), agent.cfg.work_dir.clone(), me));
+        tokio::spawn(kept::serve(
+            ep.clone(),
+            agent.cfg.work_dir.clone(),
+            me,
+            kept::Revocations {
+                list: agent.revocations.clone(),
+                live: agent.peer_conns.clone(),
+                known: agent.revocations_known.subscribe(),
+            },
+        ));
     }
     let mut backoff = Duration::from_millis(200);
     let mut masters = vec![agent.cfg.master];
@@ -628,6 +648,20 @@ async fn read_loop(
                 }
             }
             MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
+            MasterToAgent::Revoked {
+                serials,
+                identities,
+                complete,
+            } => {
+                agent.revocations.extend(serials, identities);
+                let closed = agent.peer_conns.close_revoked(&agent.revocations);
+                if closed > 0 {
+                    tracing::info!(closed, "closed other agents' connections: revoked");
+                }
+                if complete {
+                    agent.revocations_known.send_replace(true);
+                }
+            }
             MasterToAgent::Error { message } => break Err(format!("master: {message}").into()),
             MasterToAgent::NotLeader { addr } => {
                 conn.close(0u32.into(), b"going to the leader");

@@ -214,6 +214,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         },
     );
     shared.forget_disconnect(&agent);
+    // The whole revocation list, read once this agent is in the map `revocation::follow`
+    // tells of changes through: a revocation applied meanwhile reaches it one way or both.
+    for msg in crate::revocation::to_agents(&shared.revocations.current()) {
+        shared.send_to_agent(&agent, msg);
+    }
     drop(registering);
     // Leadership may have moved since the registration committed, before this agent was in
     // the map `leadership::redirect_agents` goes through.

@@ -255,7 +255,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::KillTask { id } => kill(shared, who, id).await,
         req @ ClientRequest::SetRole { .. } => set_role(shared, who, req).await,
         ClientRequest::Revoke { serial, identity } => revoke(shared, who, serial, identity).await,
-        ClientRequest::ListRevoked => list_revoked(shared, who),
+        ClientRequest::ListRevoked { after } => list_revoked(shared, who, after),
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster
@@ -609,30 +609,48 @@ async fn revoke(
     }
 }
 
-fn list_revoked(shared: &Shared, who: &Identity) -> ClientResponse {
+fn list_revoked(
+    shared: &Shared,
+    who: &Identity,
+    after: Option<(String, String)>,
+) -> ClientResponse {
+    use std::ops::Bound::{Excluded, Unbounded};
     if !matches!(who, Identity::Operator(_)) {
         return error(
             ErrorKind::InvalidRequest,
             "only operators may list revocations",
         );
     }
-    ClientResponse::Revoked(shared.read(|s| {
-        let info = |kind: &str, value: &String, r: &wasmos_state::Revocation| RevokedInfo {
+    let page = shared.read(|s| {
+        let info = |kind: &str, (value, r): (&String, &wasmos_state::Revocation)| RevokedInfo {
             kind: kind.into(),
             value: value.clone(),
             by: r.by.clone(),
             at_ms: r.at_ms,
         };
-        s.revoked_serials
-            .iter()
-            .map(|(v, r)| info("serial", v, r))
-            .chain(
-                s.revoked_identities
-                    .iter()
-                    .map(|(v, r)| info("identity", v, r)),
-            )
-            .collect()
-    }))
+        // Serials, then identities; a cursor past the serials starts in the identities.
+        let (serials, identities) = match &after {
+            None => (Some(Unbounded), Unbounded),
+            Some((kind, v)) if kind == "serial" => (Some(Excluded(v.clone())), Unbounded),
+            Some((_, v)) => (None, Excluded(v.clone())),
+        };
+        let serials = serials
+            .into_iter()
+            .flat_map(|from| s.revoked_serials.range((from, Unbounded)))
+            .map(|e| info("serial", e));
+        let identities = s
+            .revoked_identities
+            .range((identities, Unbounded))
+            .map(|e| info("identity", e));
+        serials
+            .chain(identities)
+            .take(wasmos_proto::MAX_REVOKED_PAGE)
+            .collect::<Vec<_>>()
+    });
+    match fit_page(page) {
+        Ok(page) => ClientResponse::Revoked(page),
+        Err(_) => error(ErrorKind::Internal, "a revocation is too large to list"),
+    }
 }
 
 /// A role's settings as `role list` shows them, before what the allocator reports.

@@ -180,7 +180,7 @@ pub(crate) struct Shared {
     /// [`Master::revocations`]), kept equal to the replicated ones.
     pub revocations: wasmos_net::RevocationList,
     /// The connections served, to close those of a certificate revoked while they last.
-    live: revocation::Live,
+    live: wasmos_net::LiveConnections,
     /// Wakes the job host when a job was submitted, so it starts at once, not at its next
     /// poll (up to 300 ms later).
     pub jobs_changed: tokio::sync::Notify,
@@ -533,7 +533,7 @@ impl Master {
             jobs_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
             revocations,
-            live: revocation::Live::default(),
+            live: wasmos_net::LiveConnections::default(),
         });
         // The state was loaded when raft opened: the list is right before the first handshake.
         shared

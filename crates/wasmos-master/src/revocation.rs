@@ -2,74 +2,9 @@
 //! follows the replicated one, and the live connections of a certificate it newly covers are
 //! closed as soon as the change is applied here, on every master, leader or not.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use wasmos_net::{Connection, RevocationList, Revoked};
+use wasmos_net::Revoked;
+use wasmos_proto::MasterToAgent;
 use wasmos_state::ClusterState;
-
-/// The connections this master serves, to close those of a revoked certificate.
-#[derive(Default)]
-pub(crate) struct Live {
-    next: AtomicU64,
-    conns: Mutex<BTreeMap<u64, Connection>>,
-}
-
-/// A connection's place in [`Live`], given up when it is dropped.
-pub(crate) struct Registered<'a> {
-    live: &'a Live,
-    id: u64,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.live.lock().remove(&self.id);
-    }
-}
-
-impl Live {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Connection>> {
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Registers `conn`; `None` (and the connection closed) if `list` covers it already, which
-    /// catches a revocation applied between its handshake and now.
-    pub(crate) fn register<'a>(
-        &'a self,
-        conn: &Connection,
-        list: &RevocationList,
-    ) -> Option<Registered<'a>> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, conn.clone());
-        let registered = Registered { live: self, id };
-        if list.revokes_conn(conn) {
-            close(conn);
-            return None;
-        }
-        Some(registered)
-    }
-
-    /// Closes every live connection `list` covers; how many.
-    pub(crate) fn close_revoked(&self, list: &RevocationList) -> usize {
-        let doomed: Vec<Connection> = self
-            .lock()
-            .values()
-            .filter(|c| list.revokes_conn(c))
-            .cloned()
-            .collect();
-        for c in &doomed {
-            close(c);
-        }
-        doomed.len()
-    }
-}
-
-fn close(conn: &Connection) {
-    conn.close(wasmos_net::REFUSED.into(), wasmos_net::REVOKED_REASON);
-}
 
 /// The replicated revocations, as the verifiers read them.
 pub(crate) fn revoked_of(s: &ClusterState) -> Revoked {
@@ -79,8 +14,9 @@ pub(crate) fn revoked_of(s: &ClusterState) -> Revoked {
     }
 }
 
-/// Keeps `list` equal to the replicated revocations and closes what each change covers.
-/// Revocations are only ever added, so their count tells a change.
+/// Keeps `list` equal to the replicated revocations and closes what each change covers, here
+/// and (through their sessions) on the agents. Revocations are only ever added, so their count
+/// tells a change, and an agent is told only what is new.
 pub(crate) async fn follow(shared: std::sync::Arc<crate::Shared>) {
     let mut applied = shared.raft.subscribe();
     let mut seen = None;
@@ -90,14 +26,105 @@ pub(crate) async fn follow(shared: std::sync::Arc<crate::Shared>) {
             .read(|s| s.revoked_serials.len() + s.revoked_identities.len());
         if seen != Some(count) {
             seen = Some(count);
+            let before = shared.revocations.current();
             shared.revocations.set(shared.raft.read(revoked_of));
+            let after = shared.revocations.current();
             let closed = shared.live.close_revoked(&shared.revocations);
             if closed > 0 {
                 tracing::info!(closed, "closed connections of revoked certificates");
+            }
+            let added = Revoked {
+                serials: after.serials.difference(&before.serials).cloned().collect(),
+                identities: after
+                    .identities
+                    .difference(&before.identities)
+                    .cloned()
+                    .collect(),
+            };
+            if !added.is_empty() {
+                let links: Vec<_> = shared.agents().values().map(|l| l.tx.clone()).collect();
+                for tx in links {
+                    for msg in to_agents(&added) {
+                        let _ = tx.send(msg);
+                    }
+                }
             }
         }
         if applied.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// How many revocations one message to an agent carries: a full list (identities of up to 256
+/// bytes) would not fit in one frame.
+const PER_MESSAGE: usize = 10_000;
+
+/// `revoked` as messages to an agent, the last one `complete` (at least one, so an agent
+/// learns that the masters' list is empty).
+pub(crate) fn to_agents(revoked: &Revoked) -> Vec<MasterToAgent> {
+    let serials: Vec<String> = revoked.serials.iter().cloned().collect();
+    let identities: Vec<String> = revoked.identities.iter().cloned().collect();
+    let mut msgs: Vec<MasterToAgent> = serials
+        .chunks(PER_MESSAGE)
+        .map(|c| MasterToAgent::Revoked {
+            serials: c.to_vec(),
+            identities: Vec::new(),
+            complete: false,
+        })
+        .chain(
+            identities
+                .chunks(PER_MESSAGE)
+                .map(|c| MasterToAgent::Revoked {
+                    serials: Vec::new(),
+                    identities: c.to_vec(),
+                    complete: false,
+                }),
+        )
+        .collect();
+    match msgs.last_mut() {
+        Some(MasterToAgent::Revoked { complete, .. }) => *complete = true,
+        _ => msgs.push(MasterToAgent::Revoked {
+            serials: Vec::new(),
+            identities: Vec::new(),
+            complete: true,
+        }),
+    }
+    msgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_reaches_agents_in_frames_that_fit() {
+        let revoked = Revoked {
+            serials: (0..25_000).map(|i| format!("{i:040x}")).collect(),
+            identities: (0..3).map(|i| format!("wasmos://tenant/t/u{i}")).collect(),
+        };
+        let msgs = to_agents(&revoked);
+        assert_eq!(msgs.len(), 4);
+        let mut got = Revoked::default();
+        for (i, m) in msgs.iter().enumerate() {
+            let bytes = wasmos_proto::encode(m).map_err(|e| e.to_string());
+            assert!(bytes.is_ok(), "{bytes:?}");
+            let MasterToAgent::Revoked {
+                serials,
+                identities,
+                complete,
+            } = m
+            else {
+                panic!("{m:?}");
+            };
+            assert_eq!(*complete, i == msgs.len() - 1);
+            got.serials.extend(serials.iter().cloned());
+            got.identities.extend(identities.iter().cloned());
+        }
+        assert_eq!(got, revoked);
+        assert!(matches!(
+            to_agents(&Revoked::default()).as_slice(),
+            [MasterToAgent::Revoked { complete: true, .. }]
+        ));
     }
 }

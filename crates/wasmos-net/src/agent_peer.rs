@@ -76,8 +76,7 @@ pub fn agent_peer_client(
     alpn: &[u8],
     remote: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
-    // The revocations these credentials carry apply here too (an agent's list is empty
-    // until agents follow the masters' one).
+    // The revocations these credentials carry apply here too: a revoked agent cannot serve.
     let inner = creds.client_verifier()?;
     let (chain, key) = creds.server_pair();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())

@@ -68,9 +68,13 @@ impl HttpsAcceptor {
     /// Completes the handshake; the error names what went wrong (no or a foreign certificate,
     /// no wasmos identity in it, a client too slow).
     pub async fn accept(&self, tcp: TcpStream) -> Result<(HttpsStream, Identity), String> {
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(tcp)).await {
+        let accept = self.inner.accept(tcp).into_fallible();
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+            Ok(Err((e, tcp))) => {
+                tokio::spawn(close_gently(tcp));
+                return Err(format!("TLS handshake failed: {e}"));
+            }
             Err(_) => return Err("TLS handshake timed out".into()),
         };
         let identity = {
@@ -80,10 +84,26 @@ impl HttpsAcceptor {
                 .and_then(|c| c.first())
                 .ok_or("no client certificate")?;
             if self.revoked.revokes(cert.as_ref()) {
+                tokio::spawn(close_gently(stream.into_inner().0));
                 return Err("certificate revoked".into());
             }
             Identity::from_der(cert.as_ref()).map_err(|e| e.to_string())?
         };
         Ok((stream, identity))
     }
+}
+
+/// Closes a refused connection so the client reads the TLS alert that says why: a TLS 1.3
+/// client sends its first request with its last handshake message, and a socket closed with
+/// that request unread resets the connection, which throws the alert away on the client's
+/// side. So: end the sending side after the alert, and read (and drop) what the client sent
+/// until it closes, for a moment at most.
+async fn close_gently(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

@@ -25,7 +25,10 @@ pub use identity::{
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
-pub use revoke::{REVOKED_REASON, RevocationList, Revoked, normalize_serial, serial_of_der};
+pub use revoke::{
+    LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, normalize_serial,
+    serial_of_der,
+};
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,
     client_endpoint, connect, connect_within, describe, is_refusal, server_endpoint,

@@ -3,8 +3,9 @@
 //! as a whole when the replicated one changes, so a revocation takes effect on the next
 //! handshake without restarting anything; live sessions are the caller's to close.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -23,10 +24,24 @@ pub struct Revoked {
 }
 
 impl Revoked {
-    /// Whether a certificate with this serial naming this identity is revoked.
+    /// Whether a certificate with this serial naming this identity is revoked. Masters'
+    /// certificates never are: they carry the group's own traffic (raft included), so a
+    /// revocation must not be able to split it; a master leaves the group instead, and a
+    /// leaked master key calls for a CA rollover (docs/security.md).
     pub fn covers(&self, serial: &str, identity: Option<&Identity>) -> bool {
+        if matches!(identity, Some(Identity::Master(_))) {
+            return false;
+        }
         self.serials.contains(serial)
             || identity.is_some_and(|i| self.identities.contains(&i.to_uri()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.serials.len() + self.identities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -60,6 +75,22 @@ impl RevocationList {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             *current = Arc::new(revoked);
+        }
+        self.0.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Adds revocations to the list (an agent's list grows as the masters tell it more).
+    pub fn extend(&self, serials: Vec<String>, identities: Vec<String>) {
+        {
+            let mut current = self
+                .0
+                .list
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = Revoked::clone(&current);
+            next.serials.extend(serials);
+            next.identities.extend(identities);
+            *current = Arc::new(next);
         }
         self.0.changes.send_modify(|n| *n += 1);
     }
@@ -106,6 +137,69 @@ impl RevocationList {
     pub fn revokes_conn(&self, conn: &quinn::Connection) -> bool {
         crate::peer_leaf(conn).is_some_and(|leaf| self.revokes(leaf.as_ref()))
     }
+}
+
+/// The connections a server holds, to close those of a certificate revoked after their
+/// handshake.
+#[derive(Default)]
+pub struct LiveConnections {
+    next: AtomicU64,
+    conns: Mutex<BTreeMap<u64, quinn::Connection>>,
+}
+
+/// A connection's place in [`LiveConnections`], given up when it is dropped.
+pub struct Registered<'a> {
+    live: &'a LiveConnections,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
+}
+
+impl LiveConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, quinn::Connection>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `conn`; `None` (and the connection closed) if `list` covers it already, which
+    /// catches a revocation applied between its handshake and now.
+    pub fn register<'a>(
+        &'a self,
+        conn: &quinn::Connection,
+        list: &RevocationList,
+    ) -> Option<Registered<'a>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, conn.clone());
+        let registered = Registered { live: self, id };
+        if list.revokes_conn(conn) {
+            close_revoked(conn);
+            return None;
+        }
+        Some(registered)
+    }
+
+    /// Closes every live connection `list` covers; how many.
+    pub fn close_revoked(&self, list: &RevocationList) -> usize {
+        let doomed: Vec<quinn::Connection> = self
+            .lock()
+            .values()
+            .filter(|c| list.revokes_conn(c))
+            .cloned()
+            .collect();
+        for c in &doomed {
+            close_revoked(c);
+        }
+        doomed.len()
+    }
+}
+
+fn close_revoked(conn: &quinn::Connection) {
+    conn.close(crate::REFUSED.into(), REVOKED_REASON);
 }
 
 /// A certificate's serial number as the revocation list keys it: lowercase hex of its bytes,
@@ -253,6 +347,12 @@ mod tests {
         });
         assert!(list.revokes(&bob1) && list.revokes(&bob2));
         assert!(!list.revokes(&alice1));
+        // A master's certificate is not revoked, by serial or by name.
+        let m = Identity::Master("m1".into());
+        let m1 = der(&pki::issue(&ca, &m, &[], &[]).unwrap().cert_pem);
+        list.extend(vec![serial_of_der(&m1).unwrap()], vec![m.to_uri()]);
+        assert!(!list.revokes(&m1));
+        assert!(list.revokes(&bob1) && list.current().len() == 3);
         // Not a certificate: not this list's to judge.
         assert!(!list.revokes(b"junk"));
     }

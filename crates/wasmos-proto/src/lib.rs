@@ -24,8 +24,8 @@ pub use job::{
 pub use messages::{
     AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, BlobKind,
     ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary, InputSource,
-    MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse,
-    ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter,
+    MAX_REVOKED_PAGE, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest,
+    PeerResponse, ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{

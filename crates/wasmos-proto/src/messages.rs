@@ -134,9 +134,16 @@ pub enum ClientRequest {
         serial: Option<String>,
         identity: Option<String>,
     },
-    /// Operators only: what is revoked.
-    ListRevoked,
+    /// Operators only: what is revoked, serials first then identities, in order, a page at a
+    /// time (at most [`MAX_REVOKED_PAGE`]): those after `after` (a kind and value of the
+    /// previous page's last entry). An empty page ends the list.
+    ListRevoked {
+        after: Option<(String, String)>,
+    },
 }
+
+/// Most entries one `ListRevoked` answer holds.
+pub const MAX_REVOKED_PAGE: usize = 5000;
 
 impl ClientRequest {
     /// Whether the request only reads, so a follower may answer it when asked to (`Stale`).
@@ -155,7 +162,7 @@ impl ClientRequest {
                 | ClientRequest::WatchTask { .. }
                 | ClientRequest::ListRoles
                 | ClientRequest::ClusterStatus
-                | ClientRequest::ListRevoked
+                | ClientRequest::ListRevoked { .. }
         )
     }
 }
@@ -528,5 +535,14 @@ pub enum MasterToAgent {
     /// leads), none during an election.
     Leader {
         addr: Option<String>,
+    },
+    /// Certificates revoked (serials as `serial_of_der` prints them, identity URIs), for the
+    /// agent's own handshakes. Revocations are never lifted, so the agent adds these to what
+    /// it knows. After `Registered` comes the whole list, in pieces, `complete` on the last;
+    /// later messages carry what is new.
+    Revoked {
+        serials: Vec<String>,
+        identities: Vec<String>,
+        complete: bool,
     },
 }

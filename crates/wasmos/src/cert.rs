@@ -65,10 +65,21 @@ pub(crate) async fn run(target: &Target, cmd: CertCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CertCmd::ListRevoked(out) => {
-            let ClientResponse::Revoked(list) = target.ask(ClientRequest::ListRevoked).await?
-            else {
-                bail!("unexpected answer to cert list-revoked");
-            };
+            let mut list = Vec::new();
+            loop {
+                let after = list
+                    .last()
+                    .map(|r: &wasmos_proto::RevokedInfo| (r.kind.clone(), r.value.clone()));
+                let ClientResponse::Revoked(page) =
+                    target.ask(ClientRequest::ListRevoked { after }).await?
+                else {
+                    bail!("unexpected answer to cert list-revoked");
+                };
+                if page.is_empty() {
+                    break;
+                }
+                list.extend(page);
+            }
             let now = crate::output::now_ms();
             print_list(out.format, &list, &["KIND", "REVOKED", "BY", "AGE"], |r| {
                 vec![
