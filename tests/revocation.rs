@@ -207,21 +207,60 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
     );
 }
 
+/// Asks the agent `holder` at `addr`, as `who`, for a blob it does not keep: the connection when
+/// it is served at all (the answer is `NotFound`), or why not.
+async fn fetch_from_agent(
+    who: wasmos_net::Credentials,
+    addr: std::net::SocketAddr,
+    holder: String,
+) -> Result<(wasmos_net::Endpoint, wasmos_net::Connection), String> {
+    use wasmos_proto::{AgentPeerRequest, AgentPeerResponse, BundleHash, ErrorKind, alpn};
+    let unknown = AgentPeerRequest::Fetch {
+        hash: BundleHash::parse(&"ab".repeat(32)).unwrap(),
+    };
+    let ep = wasmos_net::agent_peer_client(&who, alpn::AGENT_PEER, addr).unwrap();
+    let conn = wasmos_net::connect_agent(&ep, addr, &holder)
+        .await
+        .map_err(|e| e.to_string())?;
+    match wasmos_tests::peer_ask(&conn, &unknown).await {
+        Ok((
+            AgentPeerResponse::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            },
+            _,
+        )) => Ok((ep, conn)),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The one agent of a dev cluster, and where it serves other agents.
+fn serving_agent(c: &DevCluster) -> (String, std::net::SocketAddr) {
+    let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+    let a = &agents.as_array().unwrap()[0];
+    (
+        a["id"].as_str().unwrap().to_string(),
+        a["peer_addr"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+fn revoke(c: &DevCluster, how: &str, what: &str) {
+    let out = c.cli(&["cert", "revoke", how, what]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn assert_revoked(refused: Result<impl std::fmt::Debug, String>) {
+    let why = refused.unwrap_err();
+    assert!(why.to_lowercase().contains("revoked"), "{why}");
+}
+
 /// Agents follow the masters' list: another agent's certificate, once revoked, is refused on
 /// the agent peer channel, its open connection closed, and still refused after the agents
 /// restart (they get the whole list when they register).
 #[test]
 fn agents_refuse_revoked_agents_on_their_peer_channel() {
-    use wasmos_proto::{AgentPeerRequest, AgentPeerResponse, BundleHash, ErrorKind, alpn};
     let mut c = DevCluster::start(1).unwrap();
-    let serving = |c: &DevCluster| -> (String, std::net::SocketAddr) {
-        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
-        let a = &agents.as_array().unwrap()[0];
-        (
-            a["id"].as_str().unwrap().to_string(),
-            a["peer_addr"].as_str().unwrap().parse().unwrap(),
-        )
-    };
+    let serving = serving_agent;
     let (holder, addr) = serving(&c);
     let intruder = c.issue("wasmos://agent/intruder");
     let by_serial = c.issue("wasmos://agent/lost-laptop");
@@ -231,59 +270,33 @@ fn agents_refuse_revoked_agents_on_their_peer_channel() {
         wasmos_net::Credentials::from_pem(&ca, &i.cert_pem, &i.key_pem).unwrap()
     };
     let (intruder, by_serial) = (creds(&intruder), (creds(&by_serial), by_serial));
-    let unknown = AgentPeerRequest::Fetch {
-        hash: BundleHash::parse(&"ab".repeat(32)).unwrap(),
-    };
-    // What fetching from the agent gets: `NotFound` when served at all.
     let ask = |who: &wasmos_net::Credentials, addr, holder: &str| {
-        let (who, holder, unknown) = (who.clone(), holder.to_string(), unknown.clone());
-        async move {
-            let ep = wasmos_net::agent_peer_client(&who, alpn::AGENT_PEER, addr).unwrap();
-            let conn = wasmos_net::connect_agent(&ep, addr, &holder)
-                .await
-                .map_err(|e| e.to_string())?;
-            let answer = wasmos_tests::peer_ask(&conn, &unknown).await;
-            match answer {
-                Ok((
-                    AgentPeerResponse::Error {
-                        kind: ErrorKind::NotFound,
-                        ..
-                    },
-                    _,
-                )) => Ok((ep, conn)),
-                other => Err(format!("{other:?}")),
-            }
-        }
+        fetch_from_agent(who.clone(), addr, holder.to_string())
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let held = runtime.block_on(async {
-        for who in [&intruder, &by_serial.0, &bystander] {
-            ask(who, addr, &holder).await.unwrap();
-        }
-        ask(&intruder, addr, &holder).await.unwrap()
+        ask(&bystander, addr, &holder).await.unwrap();
+        [
+            ask(&intruder, addr, &holder).await.unwrap(),
+            ask(&by_serial.0, addr, &holder).await.unwrap(),
+        ]
     });
 
     let serial = wasmos_net::pki::serial_of_pem(&by_serial.1.cert_pem).unwrap();
-    for target in [
-        ["--identity", "wasmos://agent/intruder"],
-        ["--serial", serial.as_str()],
-    ] {
-        let mut args = vec!["cert", "revoke"];
-        args.extend(target);
-        let out = c.cli(&args).unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    revoke(&c, "--identity", "wasmos://agent/intruder");
+    revoke(&c, "--serial", &serial);
     runtime.block_on(async {
-        // The open connection is closed by the serving agent, saying why.
-        let closed = tokio::time::timeout(Duration::from_secs(3), held.1.closed()).await;
-        let reason = closed.expect("the revoked agent's connection stays open");
-        assert!(
-            wasmos_net::describe(&reason).contains("revoked"),
-            "{reason}"
-        );
+        // The open connections are closed by the serving agent, saying why.
+        for (_, conn) in &held {
+            let closed = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+            let reason = closed.expect("the revoked agent's connection stays open");
+            assert!(
+                wasmos_net::describe(&reason).contains("revoked"),
+                "{reason}"
+            );
+        }
         for who in [&intruder, &by_serial.0] {
-            let refused = ask(who, addr, &holder).await.err().unwrap();
-            assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+            assert_revoked(ask(who, addr, &holder).await);
         }
         ask(&bystander, addr, &holder).await.unwrap();
     });
@@ -300,8 +313,7 @@ fn agents_refuse_revoked_agents_on_their_peer_channel() {
     }));
     let (holder, addr) = now;
     runtime.block_on(async {
-        let refused = ask(&intruder, addr, &holder).await.err().unwrap();
-        assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        assert_revoked(ask(&intruder, addr, &holder).await);
         ask(&bystander, addr, &holder).await.unwrap();
     });
 }
@@ -358,4 +370,68 @@ fn a_long_revocation_list_is_listed_whole() {
     let mut expected: Vec<&str> = serials.iter().map(String::as_str).collect();
     expected.push("wasmos://tenant/acme/last");
     assert_eq!(listed, expected);
+}
+
+/// A revocation outlives the leader that applied it: after `kill -9` of the leader, the new one
+/// and its agents refuse the certificate, and a revocation applied by the new leader reaches
+/// the agents that moved to it.
+#[test]
+fn revocations_hold_across_a_leader_failover() {
+    let c = DevCluster::start_with(1, &["--masters", "3"]).unwrap();
+    let bob = c.user_config("wasmos://tenant/acme/bob");
+    let early = c.credentials_for("wasmos://agent/early");
+    let late = c.credentials_for("wasmos://agent/late");
+    let bystander = c.credentials_for("wasmos://agent/bystander");
+    revoke(&c, "--identity", "wasmos://tenant/acme/bob");
+    revoke(&c, "--identity", "wasmos://agent/early");
+    assert_clean_error(
+        &wasmos_cmd(&bob, &["task", "list"]).output().unwrap(),
+        "revoked",
+    );
+
+    let (old, _) = c.leader(None).unwrap();
+    let (before, _) = serving_agent(&c);
+    wasmos_tests::kill_dash_nine(c.master_pid(old).unwrap());
+    let (new, _) = c.leader(Some(old)).unwrap();
+    assert_ne!(new, old);
+    // Every master bob can reach refuses him, the new leader among them.
+    assert_clean_error(
+        &wasmos_cmd(&bob, &["task", "list"]).output().unwrap(),
+        "revoked",
+    );
+
+    // The agent registers with the new leader, which revokes another agent; the agent refuses
+    // both, the one revoked before the failover and the one after.
+    let mut holder = None;
+    assert!(wasmos_tests::eventually(Duration::from_secs(30), || {
+        let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
+        let a = &agents.as_array().unwrap()[0];
+        let back = a["state"] == "Active";
+        holder = a["peer_addr"]
+            .as_str()
+            .map(|p| (a["id"].as_str().unwrap().to_string(), p.parse().unwrap()));
+        back
+    }));
+    let (agent, addr): (String, std::net::SocketAddr) = holder.unwrap();
+    assert_eq!(agent, before);
+    revoke(&c, "--identity", "wasmos://agent/late");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ask =
+            |who: &wasmos_net::Credentials| fetch_from_agent(who.clone(), addr, agent.clone());
+        assert_revoked(ask(&early).await);
+        // The addition reaches the agent once it is registered with the new leader (at once
+        // if it already is; with the whole list when it registers, if not).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ask(&late).await {
+                Err(why) if why.to_lowercase().contains("revoked") => break,
+                other => assert!(Instant::now() < deadline, "{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        fetch_from_agent(bystander.clone(), addr, agent.clone())
+            .await
+            .unwrap();
+    });
 }

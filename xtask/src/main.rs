@@ -566,6 +566,14 @@ fn main() -> Result<()> {
                 "--bench",
                 "cycle",
             ]))?;
+            run(cargo().args([
+                "bench",
+                "--locked",
+                "-p",
+                "wasmos-net",
+                "--bench",
+                "handshake",
+            ]))?;
             run(cargo()
                 .args([
                     "test",

@@ -261,7 +261,11 @@ async fn serve_one(
 
 /// Dials other agents, one connection per agent reused across fetches.
 pub(crate) struct Peers {
+    /// This agent's credentials, with the revocation list the dialing verifier consults.
     creds: Credentials,
+    /// Turns true once the masters' whole revocation list has arrived: nothing is fetched
+    /// before (a revoked agent could pose as a holder).
+    known: tokio::sync::watch::Receiver<bool>,
     endpoints: Mutex<BTreeMap<bool, Endpoint>>,
     conns: Mutex<BTreeMap<String, Connection>>,
 }
@@ -271,12 +275,34 @@ pub(crate) struct Peers {
 pub(crate) struct Lost(pub String);
 
 impl Peers {
-    pub(crate) fn new(creds: Credentials) -> Peers {
+    pub(crate) fn new(creds: Credentials, known: tokio::sync::watch::Receiver<bool>) -> Peers {
         Peers {
             creds,
+            known,
             endpoints: Mutex::default(),
             conns: Mutex::default(),
         }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Connection>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes and forgets the connections to agents whose certificate is now revoked; how many.
+    pub(crate) fn close_revoked(&self) -> usize {
+        let list = self.creds.revocations();
+        let mut conns = self.conns();
+        let before = conns.len();
+        conns.retain(|_, c| {
+            let revoked = list.revokes_conn(c);
+            if revoked {
+                c.close(wasmos_net::REFUSED.into(), wasmos_net::REVOKED_REASON);
+            }
+            !revoked
+        });
+        before - conns.len()
     }
 
     fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, String> {
@@ -294,12 +320,12 @@ impl Peers {
     }
 
     async fn conn(&self, agent: &str, addr: SocketAddr) -> Result<Connection, String> {
+        let revocations = self.creds.revocations();
         let cached = self
-            .conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .conns()
             .get(agent)
             .filter(|c| c.close_reason().is_none() && c.remote_address() == addr)
+            .filter(|c| !revocations.revokes_conn(c))
             .cloned();
         if let Some(c) = cached {
             return Ok(c);
@@ -308,10 +334,7 @@ impl Peers {
         let conn = wasmos_net::connect_agent(&endpoint, addr, agent)
             .await
             .map_err(|e| e.to_string())?;
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(agent.to_string(), conn.clone());
+        self.conns().insert(agent.to_string(), conn.clone());
         Ok(conn)
     }
 
@@ -328,6 +351,15 @@ impl Peers {
         };
         if let Some(bytes) = read_local(work_dir, &first.blob).await {
             return Ok(bytes);
+        }
+        let mut known = self.known.clone();
+        if !matches!(
+            tokio::time::timeout(FETCH_TIMEOUT, known.wait_for(|k| *k)).await,
+            Ok(Ok(_))
+        ) {
+            return Err(Lost(
+                "this agent has not had the masters' revocation list yet".into(),
+            ));
         }
         let mut why = Vec::new();
         for src in sources {

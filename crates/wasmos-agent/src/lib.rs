@@ -321,12 +321,13 @@ pub async fn run(
         }
         None => None,
     };
+    let revocations_known = watch::Sender::new(false);
     let agent = Arc::new(Agent {
-        peers: kept::Peers::new(creds.clone()),
+        peers: kept::Peers::new(creds.clone(), revocations_known.subscribe()),
         peer_addr: peer_server.as_ref().map(|(_, a)| *a),
         revocations: creds.revocations(),
         peer_conns: Arc::default(),
-        revocations_known: watch::Sender::new(false),
+        revocations_known,
         memory,
         protected,
         cfg,
@@ -654,7 +655,8 @@ async fn read_loop(
                 complete,
             } => {
                 agent.revocations.extend(serials, identities);
-                let closed = agent.peer_conns.close_revoked(&agent.revocations);
+                let closed = agent.peer_conns.close_revoked(&agent.revocations)
+                    + agent.peers.close_revoked();
                 if closed > 0 {
                     tracing::info!(closed, "closed other agents' connections: revoked");
                 }

@@ -216,7 +216,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     shared.forget_disconnect(&agent);
     // The whole revocation list, read once this agent is in the map `revocation::follow`
     // tells of changes through: a revocation applied meanwhile reaches it one way or both.
-    for msg in crate::revocation::to_agents(&shared.revocations.current()) {
+    for msg in crate::revocation::to_agents(&shared.revocations.current(), true) {
         shared.send_to_agent(&agent, msg);
     }
     drop(registering);

@@ -621,6 +621,15 @@ fn list_revoked(
             "only operators may list revocations",
         );
     }
+    if let Some((kind, _)) = &after
+        && kind != "serial"
+        && kind != "identity"
+    {
+        return error(
+            ErrorKind::InvalidRequest,
+            "a revocation list cursor names `serial` or `identity`",
+        );
+    }
     let page = shared.read(|s| {
         let info = |kind: &str, (value, r): (&String, &wasmos_state::Revocation)| RevokedInfo {
             kind: kind.into(),

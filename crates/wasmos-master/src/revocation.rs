@@ -44,7 +44,7 @@ pub(crate) async fn follow(shared: std::sync::Arc<crate::Shared>) {
             if !added.is_empty() {
                 let links: Vec<_> = shared.agents().values().map(|l| l.tx.clone()).collect();
                 for tx in links {
-                    for msg in to_agents(&added) {
+                    for msg in to_agents(&added, false) {
                         let _ = tx.send(msg);
                     }
                 }
@@ -60,9 +60,10 @@ pub(crate) async fn follow(shared: std::sync::Arc<crate::Shared>) {
 /// bytes) would not fit in one frame.
 const PER_MESSAGE: usize = 10_000;
 
-/// `revoked` as messages to an agent, the last one `complete` (at least one, so an agent
-/// learns that the masters' list is empty).
-pub(crate) fn to_agents(revoked: &Revoked) -> Vec<MasterToAgent> {
+/// `revoked` as messages to an agent. The whole list (`whole`) ends with a `complete` message
+/// (there is at least one, so an agent learns that the masters' list is empty); additions do
+/// not, as an agent must not take them for the whole list.
+pub(crate) fn to_agents(revoked: &Revoked, whole: bool) -> Vec<MasterToAgent> {
     let serials: Vec<String> = revoked.serials.iter().cloned().collect();
     let identities: Vec<String> = revoked.identities.iter().cloned().collect();
     let mut msgs: Vec<MasterToAgent> = serials
@@ -83,6 +84,7 @@ pub(crate) fn to_agents(revoked: &Revoked) -> Vec<MasterToAgent> {
         )
         .collect();
     match msgs.last_mut() {
+        _ if !whole => {}
         Some(MasterToAgent::Revoked { complete, .. }) => *complete = true,
         _ => msgs.push(MasterToAgent::Revoked {
             serials: Vec::new(),
@@ -103,7 +105,7 @@ mod tests {
             serials: (0..25_000).map(|i| format!("{i:040x}")).collect(),
             identities: (0..3).map(|i| format!("wasmos://tenant/t/u{i}")).collect(),
         };
-        let msgs = to_agents(&revoked);
+        let msgs = to_agents(&revoked, true);
         assert_eq!(msgs.len(), 4);
         let mut got = Revoked::default();
         for (i, m) in msgs.iter().enumerate() {
@@ -123,8 +125,16 @@ mod tests {
         }
         assert_eq!(got, revoked);
         assert!(matches!(
-            to_agents(&Revoked::default()).as_slice(),
+            to_agents(&Revoked::default(), true).as_slice(),
             [MasterToAgent::Revoked { complete: true, .. }]
         ));
+        // Additions never say they are the whole list.
+        assert!(to_agents(&revoked, false).iter().all(|m| matches!(
+            m,
+            MasterToAgent::Revoked {
+                complete: false,
+                ..
+            }
+        )));
     }
 }

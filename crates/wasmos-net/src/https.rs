@@ -102,8 +102,6 @@ async fn close_gently(mut tcp: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.shutdown().await;
     let mut sink = [0u8; 4096];
-    let drain = async {
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
+    let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

@@ -431,6 +431,44 @@ mod tests {
         Ok(())
     }
 
+    /// The dialing side of the agent peer channel: an agent does not fetch from an agent whose
+    /// certificate its list revokes, and reaches it again once the list does not.
+    #[tokio::test]
+    async fn an_agent_does_not_dial_a_revoked_agent() -> anyhow::Result<()> {
+        use crate::{Credentials, agent_peer_client, connect_agent, server_endpoint};
+        let ca = pki::new_ca("t")?;
+        let creds = |who: &str| -> anyhow::Result<Credentials> {
+            let issued = pki::issue(&ca, &Identity::Agent(who.into()), &[], &[])?;
+            Ok(Credentials::from_pem(
+                &ca.cert_pem,
+                &issued.cert_pem,
+                &issued.key_pem,
+            )?)
+        };
+        let server = server_endpoint("127.0.0.1:0".parse()?, &creds("holder")?, &[b"p"])?;
+        let addr = server.local_addr()?;
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        conn.closed().await;
+                    }
+                });
+            }
+        });
+        let list = RevocationList::default();
+        let dialer = creds("fetcher")?.with_revocations(list.clone());
+        let ep = agent_peer_client(&dialer, b"p", addr)?;
+        assert!(connect_agent(&ep, addr, "holder").await.is_ok());
+        list.extend(Vec::new(), vec![Identity::Agent("holder".into()).to_uri()]);
+        let refused = connect_agent(&ep, addr, "holder").await.err();
+        let refused = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("revoked"), "{refused:?}");
+        list.set(Revoked::default());
+        assert!(connect_agent(&ep, addr, "holder").await.is_ok());
+        Ok(())
+    }
+
     #[test]
     fn serials_are_read_as_users_write_them() {
         assert_eq!(normalize_serial("0A:1b:ff").as_deref(), Some("0a1bff"));
