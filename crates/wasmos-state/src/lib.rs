@@ -3,11 +3,13 @@
 //! (agents, bundles, tasks and their final states) lives here.
 
 mod apply;
+mod audit;
 mod rejection;
 mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use audit::{AuditEntry, MAX_AUDIT_ENTRIES, MAX_AUDIT_FIELD_BYTES};
 pub use rejection::Rejection;
 pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
 pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
@@ -226,6 +228,9 @@ pub struct ClusterState {
     /// refuses them at the handshake. Kept for good: a leaf outlives any retention.
     pub revoked_serials: BTreeMap<String, Revocation>,
     pub revoked_identities: BTreeMap<String, Revocation>,
+    /// The audit log by sequence number (see `audit.rs`), and the last number given.
+    pub audit: BTreeMap<u64, AuditEntry>,
+    pub audit_next: u64,
     /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.
     #[serde(skip)]
     live: LiveIndex,
@@ -399,6 +404,17 @@ pub enum Command {
         by: String,
         now_ms: u64,
     },
+    /// A caller's call, appended to the audit log in the same raft entry as the write it made
+    /// (`cmd`), whose result is the entry's and this command's; without one (a refused call,
+    /// an audited read), `entry.result` says what came of it.
+    Audited {
+        entry: AuditEntry,
+        cmd: Option<Box<Command>>,
+    },
+    /// Retention of the audit log: forgets entries older than `before_ms`.
+    ForgetAudit {
+        before_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,6 +441,8 @@ pub enum CommandResult {
     },
     /// The command was refused; the state is unchanged. A domain answer, not a failure.
     Rejected(Rejection),
+    /// How many audit entries a `ForgetAudit` forgot.
+    Forgotten(u64),
 }
 
 impl ClusterState {
@@ -521,6 +539,8 @@ impl ClusterState {
             }
             cmd @ (Command::AddBundle { .. } | Command::Collect { .. }) => self.apply_storage(cmd),
             Command::Revoke { target, by, now_ms } => self.revoke(target, by, now_ms),
+            Command::Audited { entry, cmd } => self.audited(entry, cmd),
+            Command::ForgetAudit { before_ms } => self.forget_audit(before_ms),
         }
     }
 

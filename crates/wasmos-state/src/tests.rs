@@ -1528,3 +1528,105 @@ fn revocations_are_kept_checked_and_bounded() {
         CommandResult::Ok
     );
 }
+
+fn audit_entry(action: &str, object: &str) -> crate::AuditEntry {
+    crate::AuditEntry {
+        at_ms: 7,
+        identity: "wasmos://tenant/acme/alice".into(),
+        peer: "127.0.0.1:5000".into(),
+        channel: "quic".into(),
+        action: action.into(),
+        object: object.into(),
+        ..Default::default()
+    }
+}
+
+/// An audited call's entry goes with its write: the write's result is the entry's (a new
+/// task's id its object), a rejected write is logged as rejected and changes nothing else,
+/// and a call without a write keeps the result its caller gave.
+#[test]
+fn audited_calls_are_logged_with_what_came_of_them() {
+    let mut s = ClusterState::default();
+    s.apply(Command::AddBundle {
+        hash: hash(),
+        size: 10,
+        now_ms: 1,
+        reader: None,
+    });
+    let submitted = s.apply(Command::Audited {
+        entry: audit_entry("submit", ""),
+        cmd: Some(Box::new(Command::SubmitTask {
+            id: None,
+            spec: spec(100),
+            owner: "op".into(),
+            now_ms: 7,
+            key: None,
+        })),
+    });
+    let CommandResult::Submitted(id) = submitted else {
+        panic!("{submitted:?}");
+    };
+    let rejected = s.apply(Command::Audited {
+        entry: audit_entry("revoke", "zz"),
+        cmd: Some(Box::new(Command::Revoke {
+            target: crate::RevokeTarget::Serial("zz".into()),
+            by: "x".into(),
+            now_ms: 8,
+        })),
+    });
+    assert!(matches!(rejected, CommandResult::Rejected(_)));
+    assert!(s.revoked_serials.is_empty());
+    let mut refused = audit_entry("kill", "t-99");
+    refused.result = "refused: not yours".into();
+    assert_eq!(
+        s.apply(Command::Audited {
+            entry: refused,
+            cmd: None
+        }),
+        CommandResult::Ok
+    );
+    let log: Vec<(u64, &str, &str, &str)> = s
+        .audit
+        .values()
+        .map(|e| {
+            (
+                e.seq,
+                e.action.as_str(),
+                e.object.as_str(),
+                e.result.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(log[0], (1, "submit", id.to_string().as_str(), "ok"));
+    assert_eq!((log[1].0, log[1].1, log[1].2), (2, "revoke", "zz"));
+    assert!(log[1].3.starts_with("rejected: "), "{}", log[1].3);
+    assert_eq!(log[2], (3, "kill", "t-99", "refused: not yours"));
+    // Nested audits are refused; retention forgets by age; numbers are never reused.
+    let nested = s.apply(Command::Audited {
+        entry: audit_entry("x", ""),
+        cmd: Some(Box::new(Command::Audited {
+            entry: audit_entry("y", ""),
+            cmd: None,
+        })),
+    });
+    assert!(matches!(nested, CommandResult::Rejected(_)));
+    assert_eq!(s.audit.len(), 3);
+    let mut late = audit_entry("kill", "t-1");
+    late.at_ms = 100;
+    s.apply(Command::Audited {
+        entry: late,
+        cmd: None,
+    });
+    assert_eq!(
+        s.apply(Command::ForgetAudit { before_ms: 50 }),
+        CommandResult::Forgotten(3)
+    );
+    assert_eq!(s.audit.keys().copied().collect::<Vec<_>>(), [4]);
+    // A hostile object name is cut short.
+    s.apply(Command::Audited {
+        entry: audit_entry("kill", &"x".repeat(10_000)),
+        cmd: None,
+    });
+    let last = s.audit.values().next_back().unwrap();
+    assert!(last.object.len() <= crate::MAX_AUDIT_FIELD_BYTES + 3);
+}

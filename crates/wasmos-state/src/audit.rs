@@ -1,0 +1,123 @@
+//! The audit log: who called what, from where, and what came of it, kept in the replicated
+//! state so every master has it and a failover loses none of it. A call's entry is applied in
+//! the same raft entry as the write the call made, so the log cannot miss a change or record
+//! one that did not happen.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClusterState, Command, CommandResult, Rejection};
+
+/// One call to the cluster, as the audit log keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its place in the log, from 1, never reused (set when it is applied).
+    pub seq: u64,
+    /// When the master took the call (its clock).
+    pub at_ms: u64,
+    /// The caller's identity (`wasmos://...`).
+    pub identity: String,
+    /// The caller's address as the master saw it.
+    pub peer: String,
+    /// `quic` or `https`.
+    pub channel: String,
+    /// What the call asked for (`submit`, `kill`, `revoke`...).
+    pub action: String,
+    /// What it named (a task id, a role, a hash...), empty when nothing; a new task's, job's
+    /// or framework's id when the call made one.
+    pub object: String,
+    /// `ok`, `rejected: ...` (by the state, with the write) or `refused: ...` (before it).
+    pub result: String,
+}
+
+/// Most entries the log keeps: past it the oldest go (retention by age usually comes first).
+pub const MAX_AUDIT_ENTRIES: usize = 200_000;
+
+/// Longest a text field of an entry may be: a caller's object names are bounded elsewhere,
+/// this keeps a hostile one from growing the log.
+pub const MAX_AUDIT_FIELD_BYTES: usize = 512;
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_AUDIT_FIELD_BYTES {
+        let mut cut = MAX_AUDIT_FIELD_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// What a write's result says in the log, and the id it made, if any.
+fn outcome(result: &CommandResult) -> (String, Option<String>) {
+    match result {
+        CommandResult::Rejected(why) => (format!("rejected: {why}"), None),
+        CommandResult::Submitted(id) => ("ok".into(), Some(id.to_string())),
+        CommandResult::Framework(id) => ("ok".into(), Some(id.to_string())),
+        CommandResult::Job(id) => ("ok".into(), Some(id.to_string())),
+        CommandResult::Batch(results) => match results.iter().find_map(|r| match r {
+            CommandResult::Rejected(why) => Some(why),
+            _ => None,
+        }) {
+            Some(why) => (format!("rejected: {why}"), None),
+            None => ("ok".into(), None),
+        },
+        _ => ("ok".into(), None),
+    }
+}
+
+impl ClusterState {
+    /// `Command::Audited`: applies the call's write, if it made one, then appends its entry.
+    pub(crate) fn audited(
+        &mut self,
+        mut entry: AuditEntry,
+        cmd: Option<Box<Command>>,
+    ) -> CommandResult {
+        let result = match cmd {
+            Some(cmd) if matches!(*cmd, Command::Audited { .. }) => {
+                return CommandResult::Rejected(Rejection::Invalid(
+                    "an audited command may not hold another".into(),
+                ));
+            }
+            Some(cmd) => {
+                let result = self.apply(*cmd);
+                let (said, made) = outcome(&result);
+                entry.result = said;
+                if let Some(id) = made
+                    && entry.object.is_empty()
+                {
+                    entry.object = id;
+                }
+                result
+            }
+            None => CommandResult::Ok,
+        };
+        self.append_audit(entry);
+        result
+    }
+
+    fn append_audit(&mut self, entry: AuditEntry) {
+        self.audit_next += 1;
+        let entry = AuditEntry {
+            seq: self.audit_next,
+            identity: bounded(entry.identity),
+            peer: bounded(entry.peer),
+            channel: bounded(entry.channel),
+            action: bounded(entry.action),
+            object: bounded(entry.object),
+            result: bounded(entry.result),
+            at_ms: entry.at_ms,
+        };
+        self.audit.insert(entry.seq, entry);
+        while self.audit.len() > MAX_AUDIT_ENTRIES {
+            self.audit.pop_first();
+        }
+    }
+
+    /// `Command::ForgetAudit`: drops entries older than `before_ms`.
+    pub(crate) fn forget_audit(&mut self, before_ms: u64) -> CommandResult {
+        let before = self.audit.len();
+        self.audit.retain(|_, e| e.at_ms >= before_ms);
+        CommandResult::Forgotten((before - self.audit.len()) as u64)
+    }
+}
