@@ -23,12 +23,23 @@ use crate::replies::{error, fit_page, raft_error, rejected};
 use crate::{Shared, now_ms};
 
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) {
+    let caller = crate::audit::Caller {
+        who,
+        peer: conn.remote_address(),
+        channel: "quic",
+    };
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(handle(shared.clone(), who.clone(), send, recv));
+        tokio::spawn(handle(shared.clone(), caller.clone(), send, recv));
     }
 }
 
-async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut recv: RecvStream) {
+async fn handle(
+    shared: Arc<Shared>,
+    caller: crate::audit::Caller,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let who = &caller.who;
     let req = match recv_frame::<ClientRequest>(&mut recv).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -53,9 +64,18 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
         let _ = recv.stop(0u32.into());
         return;
     }
+    // Admitted: from here on the call is recorded (a flood past the tenant's rate is not).
+    let audit = caller.request_entry(&shared, &req);
     let req = match route(&shared, req).await {
         Ok(req) => req,
         Err(refusal) => {
+            // A follower's redirect is not recorded: the leader records the call.
+            if let Some(entry) = audit
+                && !matches!(refusal, ClientResponse::NotLeader { .. })
+            {
+                let result = crate::audit::result_of(&refusal);
+                crate::audit::record(&shared, entry, result).await;
+            }
             if let Err(e) = send_frame(&mut send, &refusal).await {
                 tracing::debug!("client stream ended early: {e}");
             }
@@ -66,18 +86,34 @@ async fn handle(shared: Arc<Shared>, who: Identity, mut send: SendStream, mut re
             return;
         }
     };
+    let streamed = |result: &Result<(), FrameError>| match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
     let result = match req {
         ClientRequest::WatchTask { id, follow } => {
-            watch(&shared, &who, id, follow, &mut send).await
+            let result = watch(&shared, who, id, follow, &mut send).await;
+            if let Some(entry) = audit {
+                crate::audit::record(&shared, entry, streamed(&result)).await;
+            }
+            result
         }
         ClientRequest::PushBundle { hash, size, kind } => {
-            let reader = crate::policy::tenant(&who);
-            let resp = push_bundle(&shared, hash, size, kind, reader, &mut recv).await;
+            let reader = crate::policy::tenant(who);
+            let push = push_bundle(&shared, hash, size, kind, reader, &mut recv);
+            let resp = crate::audit::run(&shared, audit, push, crate::audit::answer_said).await;
             send_frame(&mut send, &resp).await
         }
-        ClientRequest::GetBlob { hash } => get_blob(&shared, &who, &hash, &mut send).await,
+        ClientRequest::GetBlob { hash } => {
+            let result = get_blob(&shared, who, &hash, &mut send).await;
+            if let Some(entry) = audit {
+                crate::audit::record(&shared, entry, streamed(&result)).await;
+            }
+            result
+        }
         other => {
-            let resp = answer(&shared, &who, other).await;
+            let call = answer(&shared, who, other);
+            let resp = crate::audit::run(&shared, audit, call, crate::audit::answer_said).await;
             match send_frame(&mut send, &resp).await {
                 // Nothing was sent yet: say why instead of closing the stream silently.
                 Err(FrameError::Codec(wasmos_proto::CodecError::TooLarge(n))) => {
@@ -256,6 +292,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         req @ ClientRequest::SetRole { .. } => set_role(shared, who, req).await,
         ClientRequest::Revoke { serial, identity } => revoke(shared, who, serial, identity).await,
         ClientRequest::ListRevoked { after } => list_revoked(shared, who, after),
+        ClientRequest::ListAudit { filter } => list_audit(shared, who, &filter),
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster
@@ -659,6 +696,35 @@ fn list_revoked(
     match fit_page(page) {
         Ok(page) => ClientResponse::Revoked(page),
         Err(_) => error(ErrorKind::Internal, "a revocation is too large to list"),
+    }
+}
+
+/// `wasmos audit`: a page of the entries `filter` matches, oldest first.
+fn list_audit(
+    shared: &Shared,
+    who: &Identity,
+    filter: &wasmos_proto::AuditFilter,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may read the audit log",
+        );
+    }
+    let page = shared.read(|s| {
+        s.audit
+            .range(filter.after.saturating_add(1)..)
+            .map(|(_, e)| e)
+            .filter(|e| filter.since_ms.is_none_or(|t| e.at_ms >= t))
+            .filter(|e| filter.identity.as_ref().is_none_or(|i| &e.identity == i))
+            .filter(|e| filter.action.as_ref().is_none_or(|a| &e.action == a))
+            .take(wasmos_proto::MAX_AUDIT_PAGE)
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    match fit_page(page) {
+        Ok(page) => ClientResponse::Audit(page),
+        Err(_) => error(ErrorKind::Internal, "an audit entry is too large to list"),
     }
 }
 

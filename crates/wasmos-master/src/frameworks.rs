@@ -49,7 +49,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, who: Identity) 
         }
     };
     let owner = who.to_uri();
-    let session = match FrameworkSession::open(&shared, &who, sub, Front::Quic).await {
+    let peer = Some(conn.remote_address());
+    let session = match FrameworkSession::open(&shared, &who, sub, Front::Quic, peer).await {
         Ok(s) => s,
         Err(e) => {
             // A subscription sent to a follower, or during an election, is routine.
@@ -340,7 +341,40 @@ pub(crate) struct Caller {
     conn: usize,
     who: Identity,
     front: Front,
+    /// The caller's address, for the audit log (none for the job host, which is not audited).
+    peer: Option<std::net::SocketAddr>,
     shared: Arc<Shared>,
+}
+
+impl Front {
+    fn channel(self) -> &'static str {
+        match self {
+            Front::Quic => "quic",
+            Front::Https => "https",
+            Front::JobHost => "job-host",
+        }
+    }
+}
+
+/// The audit log's name and object for a framework call it records: the calls that change
+/// what runs (launches, kills, a teardown); the rest only steer offers.
+fn audited_call(id: FrameworkId, call: &FrameworkCall) -> Option<(&'static str, String)> {
+    match call {
+        FrameworkCall::Accept { offers, .. } => Some((
+            "accept",
+            format!(
+                "{id} offers {}",
+                offers
+                    .iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )),
+        FrameworkCall::Kill { task } => Some(("framework-kill", task.to_string())),
+        FrameworkCall::Teardown => Some(("teardown", id.to_string())),
+        _ => None,
+    }
 }
 
 impl Caller {
@@ -348,6 +382,17 @@ impl Caller {
     /// `Subscribe` within a session is ignored.
     pub(crate) async fn call(&self, call: FrameworkCall) -> Result<(), String> {
         let (cfg, admission) = (&self.shared.cfg.tenancy, &self.shared.admission);
+        let audit =
+            self.peer
+                .zip(audited_call(self.id, &call))
+                .and_then(|(peer, (action, object))| {
+                    let caller = crate::audit::Caller {
+                        who: self.who.clone(),
+                        peer,
+                        channel: self.front.channel(),
+                    };
+                    caller.entry(&self.shared, action, object, false)
+                });
         match self.front {
             Front::Quic => {
                 admission
@@ -360,6 +405,11 @@ impl Caller {
                     .await?
             }
             Front::JobHost => {}
+        }
+        // Recorded as taken: what it leads to is in the tasks' statuses. Not waited for, so
+        // the log costs a framework's calls no round trip.
+        if let Some(entry) = audit {
+            drop(crate::audit::record_soon(&self.shared, entry, "ok".into()));
         }
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
             self.shared.offer_event(Event::FrameworkCall {
@@ -381,6 +431,7 @@ impl FrameworkSession {
         who: &Identity,
         sub: Subscription,
         front: Front,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<FrameworkSession, SubscribeError> {
         // Only the leader offers: anywhere else the framework would wait for nothing.
         if let Err(e @ wasmos_raft::RaftError::NotLeader { .. }) =
@@ -388,13 +439,30 @@ impl FrameworkSession {
         {
             return Err(SubscribeError::NotRecorded(e));
         }
-        if front != Front::JobHost {
-            admit_subscription(shared, who)
-                .await
-                .map_err(SubscribeError::Refused)?;
-        }
+        let audit = peer.and_then(|peer| {
+            let caller = crate::audit::Caller {
+                who: who.clone(),
+                peer,
+                channel: front.channel(),
+            };
+            caller.entry(shared, "subscribe", sub.name.clone(), false)
+        });
         let owner = who.to_uri();
-        let (id, role, failover_timeout_ms) = subscribe(shared, who, &owner, sub).await?;
+        let recorded = async {
+            if front != Front::JobHost {
+                admit_subscription(shared, who)
+                    .await
+                    .map_err(SubscribeError::Refused)?;
+            }
+            subscribe(shared, who, &owner, sub).await
+        };
+        let said = |r: &Result<_, SubscribeError>| match r {
+            Ok(_) => Some("ok".to_string()),
+            Err(SubscribeError::NotRecorded(_)) => None,
+            Err(e) => Some(format!("refused: {e}")),
+        };
+        let (id, role, failover_timeout_ms) =
+            crate::audit::run(shared, audit, recorded, said).await?;
         let (tx, events) = mpsc::unbounded_channel();
         let conn = new_session();
         let heartbeat = shared.cfg.framework_heartbeat;
@@ -406,6 +474,7 @@ impl FrameworkSession {
                 conn,
                 who: who.clone(),
                 front,
+                peer,
                 shared: shared.clone(),
             },
             heartbeat,
@@ -469,6 +538,7 @@ impl Frameworks {
     pub async fn subscribe(
         &self,
         who: &Identity,
+        peer: std::net::SocketAddr,
         call: FrameworkCall,
     ) -> Result<FrameworkSession, FrameworkEvent> {
         let Ok(sub) = Subscription::from_call(call) else {
@@ -477,7 +547,7 @@ impl Frameworks {
                 message: "the first call must be Subscribe".into(),
             });
         };
-        FrameworkSession::open(&self.shared, who, sub, Front::Https)
+        FrameworkSession::open(&self.shared, who, sub, Front::Https, Some(peer))
             .await
             .map_err(|e| e.event(&self.shared))
     }
@@ -488,6 +558,7 @@ impl Frameworks {
     pub async fn call(
         &self,
         who: &Identity,
+        peer: std::net::SocketAddr,
         id: FrameworkId,
         conn: usize,
         call: FrameworkCall,
@@ -497,6 +568,7 @@ impl Frameworks {
             conn,
             who: who.clone(),
             front: Front::Https,
+            peer: Some(peer),
             shared: self.shared.clone(),
         };
         caller.call(call).await

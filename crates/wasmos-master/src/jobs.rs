@@ -193,7 +193,7 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                     if session.is_some() {
                         break 'run;
                     }
-                    match FrameworkSession::open(&shared, &who, sub, Front::JobHost).await {
+                    match FrameworkSession::open(&shared, &who, sub, Front::JobHost, None).await {
                         Ok(s) => session = Some(s),
                         // Not recorded for now (no quorum, a failover): the next runner tries
                         // again.

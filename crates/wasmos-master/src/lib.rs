@@ -3,6 +3,7 @@
 
 mod admission;
 mod agents;
+mod audit;
 mod blobs;
 mod bundles;
 mod client;
@@ -98,6 +99,29 @@ pub struct TenancyConfig {
     /// How long a waiting task of a role below its guarantee waits before others' tasks are
     /// preempted for it.
     pub preemption_grace: Duration,
+    /// What the audit log records, and for how long.
+    pub audit: AuditConfig,
+}
+
+/// The audit log's settings (see `audit.rs`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Whether calls are recorded at all.
+    pub enabled: bool,
+    /// Whether reads are recorded too (changes and refusals always are, when enabled).
+    pub reads: bool,
+    /// How long entries are kept.
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            reads: false,
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 impl Default for TenancyConfig {
@@ -111,6 +135,7 @@ impl Default for TenancyConfig {
             tenant_framework_call_rate: 1000,
             tenant_follows: 64,
             preemption_grace: Duration::from_secs(30),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -213,8 +238,10 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Writes `cmd`; the first write of an audited call carries the call's entry with it
+    /// (see `audit.rs`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, wasmos_raft::RaftError> {
-        self.raft.write(cmd).await
+        self.raft.write(audit::with_call(cmd)).await
     }
 
     /// Hands `cmd` to the write batcher now; the future yields its result (see
@@ -224,7 +251,7 @@ impl Shared {
         cmd: Command,
     ) -> impl std::future::Future<Output = Result<CommandResult, wasmos_raft::RaftError>> + Send + 'static
     {
-        self.raft.propose(cmd)
+        self.raft.propose(audit::with_call(cmd))
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {

@@ -1,5 +1,5 @@
 //! Retention: the leader forgets ended tasks, ended jobs and unreferenced blobs after the
-//! operator's retention (`Command::Collect`), and every master removes from its disk the logs
+//! operator's retention (`Command::Collect`), and audit entries after the audit log's own, and every master removes from its disk the logs
 //! and blob files its state no longer names, so neither the disk nor the replicated state (and
 //! so its snapshots) grows without bound.
 
@@ -48,6 +48,18 @@ async fn collect(shared: &Shared) {
         }
         Ok(_) => {}
         Err(e) => tracing::debug!("retention: not collected now: {e}"),
+    }
+    let audit = &shared.cfg.tenancy.audit;
+    let before_ms = now.saturating_sub(audit.retention.as_millis() as u64);
+    let oldest = shared.read(|s| s.audit.first_key_value().map(|(_, e)| e.at_ms));
+    if oldest.is_some_and(|t| t < before_ms) {
+        match shared.write(Command::ForgetAudit { before_ms }).await {
+            Ok(CommandResult::Forgotten(n)) => {
+                tracing::info!(entries = n, "retention: forgot old audit entries");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("retention: audit log not pruned now: {e}"),
+        }
     }
 }
 

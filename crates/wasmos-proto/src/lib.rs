@@ -22,10 +22,11 @@ pub use job::{
     MAX_GROUP_COUNT,
 };
 pub use messages::{
-    AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, BlobKind,
-    ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary, InputSource,
-    MAX_REVOKED_PAGE, MAX_TASK_PAGE, MasterInfo, MasterToAgent, OutputStream, PeerRequest,
-    PeerResponse, ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter,
+    AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, AuditEntry,
+    AuditFilter, BlobKind, ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary,
+    InputSource, MAX_AUDIT_PAGE, MAX_REVOKED_PAGE, MAX_TASK_PAGE, MasterInfo, MasterToAgent,
+    OutputStream, PeerRequest, PeerResponse, ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate,
+    TaskFilter,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{

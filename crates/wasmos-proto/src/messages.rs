@@ -140,10 +140,53 @@ pub enum ClientRequest {
     ListRevoked {
         after: Option<(String, String)>,
     },
+    /// Operators only: audit log entries, oldest first, a page (at most [`MAX_AUDIT_PAGE`]) at
+    /// a time. An empty page means nothing newer matches yet.
+    ListAudit {
+        filter: AuditFilter,
+    },
 }
 
 /// Most entries one `ListRevoked` answer holds.
 pub const MAX_REVOKED_PAGE: usize = 5000;
+
+/// Most entries one `ListAudit` answer holds.
+pub const MAX_AUDIT_PAGE: usize = 2000;
+
+/// Which audit entries a `ListAudit` asks for (all of these that are given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    /// Entries after this sequence number (0: from the oldest kept).
+    pub after: u64,
+    /// Entries at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Calls by this identity (`wasmos://...`).
+    pub identity: Option<String>,
+    /// Calls of this action (`submit`, `kill`, ...).
+    pub action: Option<String>,
+}
+
+/// One call to the cluster, as the audit log keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its place in the log, from 1, never reused (set when it is applied).
+    pub seq: u64,
+    /// When the master took the call (its clock).
+    pub at_ms: u64,
+    /// The caller's identity (`wasmos://...`).
+    pub identity: String,
+    /// The caller's address as the master saw it.
+    pub peer: String,
+    /// `quic` or `https`.
+    pub channel: String,
+    /// What the call asked for (`submit`, `kill`, `revoke`...).
+    pub action: String,
+    /// What it named (a task id, a role, a hash...), empty when nothing; a new task's, job's
+    /// or framework's id when the call made one.
+    pub object: String,
+    /// `ok`, `rejected: ...` (by the state, with the write) or `refused: ...` (before it).
+    pub result: String,
+}
 
 impl ClientRequest {
     /// Whether the request only reads, so a follower may answer it when asked to (`Stale`).
@@ -163,6 +206,7 @@ impl ClientRequest {
                 | ClientRequest::ListRoles
                 | ClientRequest::ClusterStatus
                 | ClientRequest::ListRevoked { .. }
+                | ClientRequest::ListAudit { .. }
         )
     }
 }
@@ -290,6 +334,7 @@ pub enum ClientResponse {
         addr: Option<String>,
     },
     Revoked(Vec<RevokedInfo>),
+    Audit(Vec<AuditEntry>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,31 +3,9 @@
 //! the same raft entry as the write the call made, so the log cannot miss a change or record
 //! one that did not happen.
 
-use serde::{Deserialize, Serialize};
+pub use wasmos_proto::AuditEntry;
 
 use crate::{ClusterState, Command, CommandResult, Rejection};
-
-/// One call to the cluster, as the audit log keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Its place in the log, from 1, never reused (set when it is applied).
-    pub seq: u64,
-    /// When the master took the call (its clock).
-    pub at_ms: u64,
-    /// The caller's identity (`wasmos://...`).
-    pub identity: String,
-    /// The caller's address as the master saw it.
-    pub peer: String,
-    /// `quic` or `https`.
-    pub channel: String,
-    /// What the call asked for (`submit`, `kill`, `revoke`...).
-    pub action: String,
-    /// What it named (a task id, a role, a hash...), empty when nothing; a new task's, job's
-    /// or framework's id when the call made one.
-    pub object: String,
-    /// `ok`, `rejected: ...` (by the state, with the write) or `refused: ...` (before it).
-    pub result: String,
-}
 
 /// Most entries the log keeps: past it the oldest go (retention by age usually comes first).
 pub const MAX_AUDIT_ENTRIES: usize = 200_000;

@@ -350,6 +350,11 @@ impl ClusterState {
                 .map(|j| top(j.role.as_str()))
                 .unwrap_or_default(),
             Command::AddBundle { reader, .. } => reader.clone().unwrap_or_default(),
+            // An audited call shares its write's lane; a call recorded alone, its caller's.
+            Command::Audited { cmd: Some(cmd), .. } => self.lane_of(cmd),
+            Command::Audited { entry, cmd: None } => {
+                tenant_of(&entry.identity).unwrap_or_default().to_string()
+            }
             _ => String::new(),
         }
     }
@@ -405,6 +410,21 @@ pub fn approx_bytes(cmd: &Command) -> usize {
             ..
         } => FIXED * 4 + running.len() * 16 + attributes.len() * 64,
         Command::Batch(cmds) => cmds.iter().map(approx_bytes).sum(),
+        Command::Audited { entry, cmd } => {
+            FIXED
+                + [
+                    &entry.identity,
+                    &entry.peer,
+                    &entry.channel,
+                    &entry.action,
+                    &entry.object,
+                    &entry.result,
+                ]
+                .iter()
+                .map(|f| f.len().min(crate::MAX_AUDIT_FIELD_BYTES + 4))
+                .sum::<usize>()
+                + cmd.as_deref().map_or(0, approx_bytes)
+        }
         _ => FIXED,
     }
 }

@@ -129,7 +129,9 @@ pub async fn serve(
                     refused(&format_args!("{who} may not use the API"));
                     return;
                 }
-                let service = TowerToHyperService::new(router.layer(Extension(who)));
+                let service = TowerToHyperService::new(
+                    router.layer(Extension(who)).layer(Extension(Peer(remote))),
+                );
                 let revoked = acceptor.until_revoked(&stream);
                 let served = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -149,6 +151,10 @@ pub async fn serve(
     Ok(WebServer { addr: bound, task })
 }
 
+/// The TCP address an HTTPS request came from, for the audit log.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({ "error": message.into() });
     (status, Json(body)).into_response()
@@ -157,6 +163,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 async fn scheduler(
     State(app): State<App>,
     Extension(who): Extension<Identity>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -170,7 +177,7 @@ async fn scheduler(
         }
     };
     if matches!(call, FrameworkCall::Subscribe { .. }) {
-        return subscribe(app, who, call).await;
+        return subscribe(app, who, peer, call).await;
     }
     let Some(stream) = headers.get(STREAM_HEADER).and_then(|v| v.to_str().ok()) else {
         return refuse(
@@ -181,7 +188,7 @@ async fn scheduler(
     let known = app.streams.lock().get(stream).cloned();
     match known {
         Some((id, owner, conn)) if owner == who.to_uri() => {
-            match app.frameworks.call(&who, id, conn, call).await {
+            match app.frameworks.call(&who, peer, id, conn, call).await {
                 Ok(()) => StatusCode::ACCEPTED.into_response(),
                 Err(why) => refuse(StatusCode::TOO_MANY_REQUESTS, why),
             }
@@ -194,8 +201,8 @@ async fn scheduler(
 }
 
 /// Opens a subscription and streams its events, one JSON line each, with heartbeats.
-async fn subscribe(app: App, who: Identity, call: FrameworkCall) -> Response {
-    let session = match app.frameworks.subscribe(&who, call).await {
+async fn subscribe(app: App, who: Identity, peer: SocketAddr, call: FrameworkCall) -> Response {
+    let session = match app.frameworks.subscribe(&who, peer, call).await {
         Ok(s) => s,
         Err(refusal) => {
             // NotLeader or Error: one event, then the end, as on QUIC.

@@ -3,6 +3,7 @@
 
 mod agent;
 mod args;
+mod audit;
 mod bundle;
 mod cert;
 mod cluster;
@@ -94,6 +95,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cert::CertCmd,
     },
+    /// Operators: the audit log, every change and refused call with who, from where and what
+    /// came of it (`--since 1h`, `--identity`, `--action`, `-f`, `-o json`).
+    Audit(audit::AuditArgs),
     /// The master group: `wasmos cluster status` shows members, leader, term and log indexes.
     Cluster {
         #[command(subcommand)]
@@ -261,6 +265,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Framework { cmd } => frameworks::run(target, cmd).await,
         Cmd::Cluster { cmd } => cluster::run(target, cmd).await,
         Cmd::Cert { cmd } => cert::run(target, cmd).await,
+        Cmd::Audit(args) => audit::run(target, args).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,
         Cmd::Blob { cmd } => bundle::blob(target, cmd).await,

@@ -94,7 +94,7 @@ impl OfferArgs {
     }
 }
 
-/// What masters do to keep tenants apart over time: secrets, retention, admission.
+/// What masters do to keep tenants apart over time: secrets, retention, admission, audit.
 #[derive(Args)]
 pub(crate) struct TenancyArgs {
     /// The key sealing tasks' secrets in the replicated state (64 hex digits; created if
@@ -128,6 +128,15 @@ pub(crate) struct TenancyArgs {
     /// `preempted`).
     #[arg(long, default_value = "30s")]
     pub(crate) preemption_grace: humantime::Duration,
+    /// How long the audit log keeps its entries (`wasmos audit`).
+    #[arg(long, default_value = "30d")]
+    pub(crate) audit_retention: humantime::Duration,
+    /// Audit reads (lists, shows, logs, downloads) too, not only changes and refusals.
+    #[arg(long)]
+    pub(crate) audit_reads: bool,
+    /// Keep no audit log at all.
+    #[arg(long, conflicts_with = "audit_reads")]
+    pub(crate) no_audit: bool,
 }
 
 impl TenancyArgs {
@@ -141,6 +150,11 @@ impl TenancyArgs {
             tenant_framework_call_rate: self.tenant_framework_call_rate,
             tenant_follows: self.tenant_follows,
             preemption_grace: self.preemption_grace.into(),
+            audit: wasmos_master::AuditConfig {
+                enabled: !self.no_audit,
+                reads: self.audit_reads,
+                retention: self.audit_retention.into(),
+            },
         }
     }
 
@@ -161,7 +175,15 @@ impl TenancyArgs {
             self.tenant_follows.to_string(),
             "--preemption-grace".to_string(),
             self.preemption_grace.to_string(),
+            "--audit-retention".to_string(),
+            self.audit_retention.to_string(),
         ];
+        if self.audit_reads {
+            args.push("--audit-reads".to_string());
+        }
+        if self.no_audit {
+            args.push("--no-audit".to_string());
+        }
         if let Some(k) = &self.secrets_key {
             args.push("--secrets-key".to_string());
             args.push(k.display().to_string());
