@@ -36,17 +36,14 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    /// The entry of this caller's `action` on `object`; `None` when it is not recorded (the log
-    /// is off, or it is a read and reads are not audited).
+    /// The entry of this caller's `action` on `object`; `None` when the log is off.
     pub(crate) fn entry(
         &self,
         shared: &Shared,
         action: &str,
         object: String,
-        read: bool,
     ) -> Option<AuditEntry> {
-        let cfg = &shared.cfg.tenancy.audit;
-        if !cfg.enabled || (read && !cfg.reads) {
+        if !shared.cfg.tenancy.audit.enabled {
             return None;
         }
         Some(AuditEntry {
@@ -61,14 +58,20 @@ impl Caller {
         })
     }
 
-    /// The entry of a client API request.
-    pub(crate) fn request_entry(&self, shared: &Shared, req: &ClientRequest) -> Option<AuditEntry> {
+    /// The entry of a client API request, and whether it is recorded when it is answered
+    /// without a refusal (a read is not, unless reads are audited; a refused one always is).
+    pub(crate) fn request_entry(
+        &self,
+        shared: &Shared,
+        req: &ClientRequest,
+    ) -> Option<(AuditEntry, bool)> {
         let (action, object) = describe(req);
         let read = match req {
             ClientRequest::Stale(inner) => inner.is_read(),
             other => other.is_read(),
         };
-        self.entry(shared, action, object, read)
+        let entry = self.entry(shared, action, object)?;
+        Some((entry, !read || shared.cfg.tenancy.audit.reads))
     }
 }
 
@@ -101,11 +104,13 @@ where
     outcome
 }
 
-/// What the log makes of a client API answer: `None` for a redirect to the leader.
-pub(crate) fn answer_said(answer: &ClientResponse) -> Option<String> {
-    match answer {
+/// What the log makes of a client API answer: `None` for a redirect to the leader (which
+/// records the call itself), and for an answer that is no refusal when `all` is false.
+pub(crate) fn answer_said(all: bool) -> impl FnOnce(&ClientResponse) -> Option<String> {
+    move |answer| match answer {
         ClientResponse::NotLeader { .. } => None,
-        other => Some(result_of(other)),
+        ClientResponse::Error { .. } => Some(result_of(answer)),
+        other => all.then(|| result_of(other)),
     }
 }
 
@@ -119,7 +124,8 @@ pub(crate) async fn record(shared: &Shared, entry: AuditEntry, result: String) {
 
 /// Hands `entry` to the write batcher now (the returned future only reports how it went), for
 /// calls whose caller does not wait for the log: a framework's calls, which the offer cycle
-/// takes on after they are answered.
+/// takes on after they are answered. Paced per caller (see [`Pace`]): past the pace it is
+/// counted instead, and the caller's next recorded entry says how many went unrecorded.
 pub(crate) fn record_soon(
     shared: &Shared,
     mut entry: AuditEntry,
@@ -127,9 +133,80 @@ pub(crate) fn record_soon(
 ) -> impl std::future::Future<Output = Result<wasmos_state::CommandResult, wasmos_raft::RaftError>>
 + Send
 + 'static {
-    entry.result = result;
-    // Not through `Shared::propose`: this entry is no call's write.
-    shared.raft.propose(Command::Audited { entry, cmd: None })
+    let proposed = match shared
+        .audit_pace
+        .take(&entry.identity, std::time::Instant::now())
+    {
+        None => None,
+        Some(skipped) => {
+            entry.result = if skipped > 0 {
+                format!(
+                    "{result} ({skipped} earlier calls of this caller not recorded: over the pace)"
+                )
+            } else {
+                result
+            };
+            // Not through `Shared::propose`: this entry is no call's write.
+            Some(shared.raft.propose(Command::Audited { entry, cmd: None }))
+        }
+    };
+    async move {
+        match proposed {
+            Some(p) => p.await,
+            None => Ok(wasmos_state::CommandResult::Ok),
+        }
+    }
+}
+
+/// How many entries without a write one caller may add per second, sustained, and at once.
+/// Each such entry is a raft write the caller did not otherwise cause (a refused call, a
+/// framework's call): without a pace, a hostile tenant's refused calls would cost the masters
+/// a write each and push everyone's entries out of the log.
+const PACE_PER_SECOND: f64 = 10.0;
+const PACE_BURST: f64 = 100.0;
+/// Callers tracked at once; idle ones are forgotten first.
+const PACE_CALLERS: usize = 10_000;
+
+/// A token bucket per caller for [`record_soon`].
+#[derive(Default)]
+pub(crate) struct Pace(std::sync::Mutex<std::collections::BTreeMap<String, Bucket>>);
+
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+    skipped: u64,
+}
+
+impl Pace {
+    /// `Some(entries skipped since the last one recorded)` if `who` may add one now.
+    fn take(&self, who: &str, now: std::time::Instant) -> Option<u64> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= PACE_CALLERS && !map.contains_key(who) {
+            // Full buckets hold no state worth keeping.
+            map.retain(|_, b| {
+                let refill = now.duration_since(b.at).as_secs_f64() * PACE_PER_SECOND;
+                b.tokens + refill < PACE_BURST || b.skipped > 0
+            });
+        }
+        let b = map.entry(who.to_string()).or_insert(Bucket {
+            tokens: PACE_BURST,
+            at: now,
+            skipped: 0,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * PACE_PER_SECOND).min(PACE_BURST);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.skipped))
+        } else {
+            b.skipped += 1;
+            None
+        }
+    }
 }
 
 /// What an answer says of the call, for the log.
@@ -177,5 +254,28 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         ),
         R::ListRevoked { .. } => ("list-revoked", String::new()),
         R::ListAudit { .. } => ("audit", String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_caller_past_the_pace_is_counted_not_recorded() {
+        let pace = Pace::default();
+        let t0 = Instant::now();
+        for _ in 0..PACE_BURST as usize {
+            assert_eq!(pace.take("mallory", t0), Some(0));
+        }
+        assert_eq!(pace.take("mallory", t0), None);
+        assert_eq!(pace.take("mallory", t0), None);
+        // Others are not held back by mallory.
+        assert_eq!(pace.take("alice", t0), Some(0));
+        // A tenth of a second later one more is allowed, and it says what was skipped.
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(pace.take("mallory", later), Some(2));
+        assert_eq!(pace.take("mallory", later), None);
     }
 }

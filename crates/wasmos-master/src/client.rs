@@ -56,7 +56,7 @@ async fn handle(
     let kind = if reads { Kind::Reads } else { Kind::Writes };
     if let Err(why) = shared
         .admission
-        .admit_caller(&shared.cfg.tenancy, &who, kind)
+        .admit_caller(&shared.cfg.tenancy, who, kind)
         .await
     {
         let _ = send_frame(&mut send, &error(ErrorKind::Unavailable, why)).await;
@@ -65,15 +65,16 @@ async fn handle(
         return;
     }
     // Admitted: from here on the call is recorded (a flood past the tenant's rate is not).
-    let audit = caller.request_entry(&shared, &req);
+    let (audit, all) = match caller.request_entry(&shared, &req) {
+        Some((entry, all)) => (Some(entry), all),
+        None => (None, false),
+    };
     let req = match route(&shared, req).await {
         Ok(req) => req,
         Err(refusal) => {
-            // A follower's redirect is not recorded: the leader records the call.
             if let Some(entry) = audit
-                && !matches!(refusal, ClientResponse::NotLeader { .. })
+                && let Some(result) = crate::audit::answer_said(all)(&refusal)
             {
-                let result = crate::audit::result_of(&refusal);
                 crate::audit::record(&shared, entry, result).await;
             }
             if let Err(e) = send_frame(&mut send, &refusal).await {
@@ -93,7 +94,7 @@ async fn handle(
     let result = match req {
         ClientRequest::WatchTask { id, follow } => {
             let result = watch(&shared, who, id, follow, &mut send).await;
-            if let Some(entry) = audit {
+            if let Some(entry) = audit.filter(|_| all) {
                 crate::audit::record(&shared, entry, streamed(&result)).await;
             }
             result
@@ -101,19 +102,21 @@ async fn handle(
         ClientRequest::PushBundle { hash, size, kind } => {
             let reader = crate::policy::tenant(who);
             let push = push_bundle(&shared, hash, size, kind, reader, &mut recv);
-            let resp = crate::audit::run(&shared, audit, push, crate::audit::answer_said).await;
+            let resp =
+                crate::audit::run(&shared, audit, push, crate::audit::answer_said(all)).await;
             send_frame(&mut send, &resp).await
         }
         ClientRequest::GetBlob { hash } => {
             let result = get_blob(&shared, who, &hash, &mut send).await;
-            if let Some(entry) = audit {
+            if let Some(entry) = audit.filter(|_| all) {
                 crate::audit::record(&shared, entry, streamed(&result)).await;
             }
             result
         }
         other => {
             let call = answer(&shared, who, other);
-            let resp = crate::audit::run(&shared, audit, call, crate::audit::answer_said).await;
+            let resp =
+                crate::audit::run(&shared, audit, call, crate::audit::answer_said(all)).await;
             match send_frame(&mut send, &resp).await {
                 // Nothing was sent yet: say why instead of closing the stream silently.
                 Err(FrameError::Codec(wasmos_proto::CodecError::TooLarge(n))) => {

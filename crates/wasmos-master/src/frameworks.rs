@@ -391,7 +391,7 @@ impl Caller {
                         peer,
                         channel: self.front.channel(),
                     };
-                    caller.entry(&self.shared, action, object, false)
+                    caller.entry(&self.shared, action, object)
                 });
         match self.front {
             Front::Quic => {
@@ -445,7 +445,7 @@ impl FrameworkSession {
                 peer,
                 channel: front.channel(),
             };
-            caller.entry(shared, "subscribe", sub.name.clone(), false)
+            caller.entry(shared, "subscribe", sub.name.clone())
         });
         let owner = who.to_uri();
         let recorded = async {

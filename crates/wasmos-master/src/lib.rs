@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     pub revocations: wasmos_net::RevocationList,
     /// The connections served, to close those of a certificate revoked while they last.
     live: wasmos_net::LiveConnections,
+    /// Paces the audit entries recorded without a write, per caller.
+    audit_pace: audit::Pace,
     /// Wakes the job host when a job was submitted, so it starts at once, not at its next
     /// poll (up to 300 ms later).
     pub jobs_changed: tokio::sync::Notify,
@@ -561,6 +563,7 @@ impl Master {
             uploads: Mutex::default(),
             revocations,
             live: wasmos_net::LiveConnections::default(),
+            audit_pace: audit::Pace::default(),
         });
         // The state was loaded when raft opened: the list is right before the first handshake.
         shared
