@@ -116,9 +116,12 @@ const CLIENTS: usize = 4;
 
 /// Submissions per second through the leader of a `wasmos dev --masters N` group whose one
 /// agent is kept busy, so every submission waits and costs exactly one raft write.
-fn submit_rate(masters: u32, n: usize) -> f64 {
-    let g = DevCluster::start_with(1, &["--masters", &masters.to_string(), "--agent-cpu", "1"])
-        .unwrap();
+fn submit_rate(masters: u32, n: usize, flags: &[&str]) -> f64 {
+    let masters = masters.to_string();
+    let mut all = vec!["--masters", &masters, "--agent-cpu", "1"];
+    all.extend(flags);
+    let g = DevCluster::start_with(1, &all).unwrap();
+    let masters: u32 = masters.parse().unwrap();
     let out = g
         .run(
             &["-d", "--cpu", "1", "--timeout", "1h"],
@@ -174,18 +177,48 @@ fn replicated_write_throughput() {
     let single = if only.as_deref() == Some("3") {
         f64::NAN
     } else {
-        submit_rate(1, n)
+        submit_rate(1, n, &[])
     };
     let three = if only.as_deref() == Some("1") {
         f64::NAN
     } else {
-        submit_rate(3, n)
+        submit_rate(3, n, &[])
     };
     println!(
         "bench submissions through 1 master: {single:.0}/s ({n} tasks, {CLIENTS} clients with 96 in flight each)"
     );
     println!("bench submissions through the leader of 3 masters: {three:.0}/s");
     println!("bench ratio 3 masters / 1 master: {:.2}", three / single);
+}
+
+/// What the audit log costs replicated submissions: the leader of three masters takes the same
+/// submissions with the log on (each submission's entry rides in its raft entry) and off
+/// (`--no-audit`), alternating A B B A so drift hits both.
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn audit_overhead_on_submissions() {
+    let n: usize = std::env::var("WASMOS_AUDIT_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for audited in [true, false, false, true] {
+        let rate = submit_rate(3, n, if audited { &[] } else { &["--no-audit"] });
+        println!(
+            "bench submissions with the audit log {}: {rate:.0}/s",
+            if audited { "on" } else { "off" }
+        );
+        if audited {
+            on.push(rate);
+        } else {
+            off.push(rate);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "bench ratio time per submission, audit on / off: {:.3} ({n} tasks per run, {CLIENTS} clients with 96 in flight each)",
+        mean(&off) / mean(&on)
+    );
 }
 
 /// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
