@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use wasmos_net::Identity;
 use wasmos_proto::{ClientRequest, ClientResponse};
-use wasmos_state::{AuditEntry, Command};
+use wasmos_state::{AuditEntry, Command, audit_field};
 
 use crate::{Shared, now_ms};
 
@@ -37,23 +37,18 @@ pub(crate) struct Caller {
 
 impl Caller {
     /// The entry of this caller's `action` on `object`; `None` when the log is off.
-    pub(crate) fn entry(
-        &self,
-        shared: &Shared,
-        action: &str,
-        object: String,
-    ) -> Option<AuditEntry> {
+    pub(crate) fn entry(&self, shared: &Shared, action: &str, object: &str) -> Option<AuditEntry> {
         if !shared.cfg.tenancy.audit.enabled {
             return None;
         }
         Some(AuditEntry {
             seq: 0,
             at_ms: now_ms(),
-            identity: self.who.to_uri(),
+            identity: audit_field(&self.who.to_uri()),
             peer: self.peer.to_string(),
             channel: self.channel.to_string(),
             action: action.to_string(),
-            object,
+            object: audit_field(object),
             result: String::new(),
         })
     }
@@ -70,7 +65,7 @@ impl Caller {
             ClientRequest::Stale(inner) => inner.is_read(),
             other => other.is_read(),
         };
-        let entry = self.entry(shared, action, object)?;
+        let entry = self.entry(shared, action, &object)?;
         Some((entry, !read || shared.cfg.tenancy.audit.reads))
     }
 }
@@ -139,6 +134,7 @@ pub(crate) fn record_soon(
     {
         None => None,
         Some(skipped) => {
+            let result = audit_field(&result);
             entry.result = if skipped > 0 {
                 format!(
                     "{result} ({skipped} earlier calls of this caller not recorded: over the pace)"
@@ -233,24 +229,34 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::ListJobs { .. } => ("list-jobs", String::new()),
         R::GetJob { id } => ("get-job", id.to_string()),
         R::KillJob { id } => ("kill-job", id.to_string()),
-        R::ScaleJob { id, group, count } => ("scale-job", format!("{id} {group}={count}")),
+        R::ScaleJob { id, group, count } => {
+            ("scale-job", format!("{id} {}={count}", audit_field(group)))
+        }
         R::ListAgents => ("list-agents", String::new()),
         R::WatchTask { id, .. } => ("logs", id.to_string()),
         R::KillTask { id } => ("kill", id.to_string()),
-        R::SetRole { role, .. } => ("set-role", role.clone()),
+        R::SetRole { role, .. } => ("set-role", audit_field(role)),
         R::ListReservations => ("list-reservations", String::new()),
-        R::RemoveReservation { agent, role } => ("unreserve", format!("{role}@{agent}")),
+        R::RemoveReservation { agent, role } => (
+            "unreserve",
+            audit_field(&format!("{}@{agent}", audit_field(role))),
+        ),
         R::ListRoles => ("list-roles", String::new()),
         R::ListFrameworks => ("list-frameworks", String::new()),
         R::TeardownFramework { id } => ("teardown", id.to_string()),
         R::ClusterStatus => ("cluster-status", String::new()),
         R::InitCluster => ("cluster-init", String::new()),
-        R::AddMaster { id, addr } => ("cluster-join", format!("{id}@{addr}")),
+        R::AddMaster { id, addr } => ("cluster-join", format!("{id}@{}", audit_field(addr))),
         R::RemoveMaster { id } => ("cluster-leave", id.to_string()),
         R::Stale(inner) => describe(inner),
         R::Revoke { serial, identity } => (
             "revoke",
-            serial.clone().or(identity.clone()).unwrap_or_default(),
+            audit_field(
+                serial
+                    .as_deref()
+                    .or(identity.as_deref())
+                    .unwrap_or_default(),
+            ),
         ),
         R::ListRevoked { .. } => ("list-revoked", String::new()),
         R::ListAudit { .. } => ("audit", String::new()),

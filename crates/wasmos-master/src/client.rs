@@ -714,19 +714,42 @@ fn list_audit(
             "only operators may read the audit log",
         );
     }
-    let page = shared.read(|s| {
-        s.audit
+    let (page, scanned_to, newest) = shared.read(|s| {
+        let newest = s.audit.last_key_value().map_or(0, |(k, _)| *k);
+        let mut scanned_to = filter.after;
+        let mut page = Vec::new();
+        for (seq, e) in s
+            .audit
             .range(filter.after.saturating_add(1)..)
-            .map(|(_, e)| e)
-            .filter(|e| filter.since_ms.is_none_or(|t| e.at_ms >= t))
-            .filter(|e| filter.identity.as_ref().is_none_or(|i| &e.identity == i))
-            .filter(|e| filter.action.as_ref().is_none_or(|a| &e.action == a))
-            .take(wasmos_proto::MAX_AUDIT_PAGE)
-            .cloned()
-            .collect::<Vec<_>>()
+            .take(wasmos_proto::MAX_AUDIT_SCAN)
+        {
+            if page.len() == wasmos_proto::MAX_AUDIT_PAGE {
+                break;
+            }
+            scanned_to = *seq;
+            let matches = filter.since_ms.is_none_or(|t| e.at_ms >= t)
+                && filter.identity.as_ref().is_none_or(|i| &e.identity == i)
+                && filter.action.as_ref().is_none_or(|a| &e.action == a);
+            if matches {
+                page.push(e.clone());
+            }
+        }
+        (page, scanned_to, newest)
     });
+    let full = page.len();
     match fit_page(page) {
-        Ok(page) => ClientResponse::Audit(page),
+        Ok(entries) => {
+            // A page cut to fit a message ends at its last entry: the rest comes next time.
+            let scanned_to = match entries.last() {
+                Some(last) if entries.len() < full => last.seq,
+                _ => scanned_to,
+            };
+            ClientResponse::Audit {
+                entries,
+                scanned_to,
+                newest,
+            }
+        }
         Err(_) => error(ErrorKind::Internal, "an audit entry is too large to list"),
     }
 }

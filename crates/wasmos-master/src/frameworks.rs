@@ -360,17 +360,21 @@ impl Front {
 /// what runs (launches, kills, a teardown); the rest only steer offers.
 fn audited_call(id: FrameworkId, call: &FrameworkCall) -> Option<(&'static str, String)> {
     match call {
-        FrameworkCall::Accept { offers, .. } => Some((
-            "accept",
-            format!(
-                "{id} offers {}",
-                offers
-                    .iter()
-                    .map(|o| o.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        )),
+        FrameworkCall::Accept { offers, .. } => {
+            // Only as many offer ids as the log keeps: a call may name millions.
+            let mut object = format!("{id} offers ");
+            for (i, o) in offers.iter().enumerate() {
+                if object.len() > wasmos_state::MAX_AUDIT_FIELD_BYTES {
+                    object.push_str(&format!("... ({} in all)", offers.len()));
+                    break;
+                }
+                if i > 0 {
+                    object.push(',');
+                }
+                object.push_str(&o.to_string());
+            }
+            Some(("accept", object))
+        }
         FrameworkCall::Kill { task } => Some(("framework-kill", task.to_string())),
         FrameworkCall::Teardown => Some(("teardown", id.to_string())),
         _ => None,
@@ -391,7 +395,7 @@ impl Caller {
                         peer,
                         channel: self.front.channel(),
                     };
-                    caller.entry(&self.shared, action, object)
+                    caller.entry(&self.shared, action, &object)
                 });
         match self.front {
             Front::Quic => {
@@ -409,7 +413,8 @@ impl Caller {
         // Recorded as taken: what it leads to is in the tasks' statuses. Not waited for, so
         // the log costs a framework's calls no round trip.
         if let Some(entry) = audit {
-            drop(crate::audit::record_soon(&self.shared, entry, "ok".into()));
+            // Spawned, not dropped: the batcher discards a proposal nobody waits for.
+            tokio::spawn(crate::audit::record_soon(&self.shared, entry, "ok".into()));
         }
         if !matches!(call, FrameworkCall::Subscribe { .. }) {
             self.shared.offer_event(Event::FrameworkCall {
@@ -445,7 +450,7 @@ impl FrameworkSession {
                 peer,
                 channel: front.channel(),
             };
-            caller.entry(shared, "subscribe", sub.name.clone())
+            caller.entry(shared, "subscribe", &sub.name)
         });
         let owner = who.to_uri();
         let recorded = async {

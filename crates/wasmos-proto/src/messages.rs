@@ -140,8 +140,8 @@ pub enum ClientRequest {
     ListRevoked {
         after: Option<(String, String)>,
     },
-    /// Operators only: audit log entries, oldest first, a page (at most [`MAX_AUDIT_PAGE`]) at
-    /// a time. An empty page means nothing newer matches yet.
+    /// Operators only: audit log entries, oldest first, a page (at most [`MAX_AUDIT_PAGE`]
+    /// matching, [`MAX_AUDIT_SCAN`] looked at) at a time.
     ListAudit {
         filter: AuditFilter,
     },
@@ -150,8 +150,10 @@ pub enum ClientRequest {
 /// Most entries one `ListRevoked` answer holds.
 pub const MAX_REVOKED_PAGE: usize = 5000;
 
-/// Most entries one `ListAudit` answer holds.
+/// Most entries one `ListAudit` answer holds, and most it looks at (so a filter that matches
+/// little costs the master a bounded scan per call).
 pub const MAX_AUDIT_PAGE: usize = 2000;
+pub const MAX_AUDIT_SCAN: usize = 20_000;
 
 /// Which audit entries a `ListAudit` asks for (all of these that are given).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,7 +336,13 @@ pub enum ClientResponse {
         addr: Option<String>,
     },
     Revoked(Vec<RevokedInfo>),
-    Audit(Vec<AuditEntry>),
+    /// A page of audit entries; the next page starts after `scanned_to` (entries up to it
+    /// were looked at, matching or not), and `newest` is the last entry there is now.
+    Audit {
+        entries: Vec<AuditEntry>,
+        scanned_to: u64,
+        newest: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

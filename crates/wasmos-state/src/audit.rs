@@ -14,16 +14,35 @@ pub const MAX_AUDIT_ENTRIES: usize = 200_000;
 /// this keeps a hostile one from growing the log.
 pub const MAX_AUDIT_FIELD_BYTES: usize = 512;
 
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_AUDIT_FIELD_BYTES {
-        let mut cut = MAX_AUDIT_FIELD_BYTES;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
+/// `s` as the log keeps a field: control characters escaped (so no field can fake a line or
+/// colour a terminal), cut at [`MAX_AUDIT_FIELD_BYTES`]. Reads no more of `s` than it keeps.
+pub fn audit_field(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
-        s.truncate(cut);
-        s.push('…');
+        if out.len() > MAX_AUDIT_FIELD_BYTES {
+            let mut cut = MAX_AUDIT_FIELD_BYTES;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
     }
-    s
+    out
+}
+
+fn bounded(s: String) -> String {
+    if s.len() <= MAX_AUDIT_FIELD_BYTES && !s.chars().any(char::is_control) {
+        s
+    } else {
+        audit_field(&s)
+    }
 }
 
 /// What a write's result says in the log, and the id it made, if any.

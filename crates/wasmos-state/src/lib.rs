@@ -9,7 +9,7 @@ mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use audit::{AuditEntry, MAX_AUDIT_ENTRIES, MAX_AUDIT_FIELD_BYTES};
+pub use audit::{AuditEntry, MAX_AUDIT_ENTRIES, MAX_AUDIT_FIELD_BYTES, audit_field};
 pub use rejection::Rejection;
 pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
 pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};

@@ -421,7 +421,7 @@ pub fn approx_bytes(cmd: &Command) -> usize {
                     &entry.result,
                 ]
                 .iter()
-                .map(|f| f.len().min(crate::MAX_AUDIT_FIELD_BYTES + 4))
+                .map(|f| f.len())
                 .sum::<usize>()
                 + cmd.as_deref().map_or(0, approx_bytes)
         }

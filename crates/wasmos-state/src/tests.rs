@@ -1629,4 +1629,12 @@ fn audited_calls_are_logged_with_what_came_of_them() {
     });
     let last = s.audit.values().next_back().unwrap();
     assert!(last.object.len() <= crate::MAX_AUDIT_FIELD_BYTES + 3);
+    // Control characters cannot fake a line or colour a terminal.
+    s.apply(Command::Audited {
+        entry: audit_entry("set-role", "a\nwasmos://operator/admin kill\u{1b}[2J"),
+        cmd: None,
+    });
+    let last = s.audit.values().next_back().unwrap();
+    assert!(!last.object.chars().any(char::is_control), "{}", last.object);
+    assert_eq!(crate::audit_field("a\tb"), "a\\tb");
 }

@@ -41,28 +41,56 @@ fn row(e: &AuditEntry) -> Vec<String> {
     let at = UNIX_EPOCH + Duration::from_millis(e.at_ms);
     vec![
         humantime::format_rfc3339_millis(at).to_string(),
-        e.identity.clone(),
-        e.peer.clone(),
-        e.channel.clone(),
-        e.action.clone(),
+        plain(&e.identity),
+        plain(&e.peer),
+        plain(&e.channel),
+        plain(&e.action),
         if e.object.is_empty() {
             "-".into()
         } else {
-            e.object.clone()
+            plain(&e.object)
         },
-        e.result.clone(),
+        plain(&e.result),
     ]
 }
 
-/// The next page after `filter.after`; empty when there is nothing newer.
-async fn page(target: &Target, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-    let req = ClientRequest::ListAudit {
-        filter: filter.clone(),
-    };
-    match target.ask(req).await? {
-        ClientResponse::Audit(page) => Ok(page),
-        other => bail!("unexpected answer to audit: {other:?}"),
+/// The entries after `filter.after` up to the newest there is now, moving the cursor on.
+async fn newer(target: &Target, filter: &mut AuditFilter) -> Result<Vec<AuditEntry>> {
+    let mut all = Vec::new();
+    loop {
+        let req = ClientRequest::ListAudit {
+            filter: filter.clone(),
+        };
+        let ClientResponse::Audit {
+            entries,
+            scanned_to,
+            newest,
+        } = target.ask(req).await?
+        else {
+            bail!("unexpected answer to audit");
+        };
+        all.extend(entries);
+        // A cursor that does not move would loop for ever.
+        let moved = scanned_to > filter.after;
+        filter.after = filter.after.max(scanned_to);
+        if !moved || filter.after >= newest {
+            return Ok(all);
+        }
     }
+}
+
+/// Shown as the log keeps it, with anything that could still steer a terminal escaped.
+fn plain(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 pub(crate) async fn run(target: &Target, args: AuditArgs) -> Result<ExitCode> {
@@ -81,13 +109,7 @@ pub(crate) async fn run(target: &Target, args: AuditArgs) -> Result<ExitCode> {
         identity: args.identity,
         action: args.action,
     };
-    let mut all = Vec::new();
-    loop {
-        let got = page(target, &filter).await?;
-        let Some(last) = got.last() else { break };
-        filter.after = last.seq;
-        all.extend(got);
-    }
+    let all = newer(target, &mut filter).await?;
     if !args.follow {
         print_list(args.out.format, &all, &HEADER, row)?;
         return Ok(ExitCode::SUCCESS);
@@ -108,10 +130,6 @@ pub(crate) async fn run(target: &Target, args: AuditArgs) -> Result<ExitCode> {
     print(&all)?;
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
-        let got = page(target, &filter).await?;
-        if let Some(last) = got.last() {
-            filter.after = last.seq;
-        }
-        print(&got)?;
+        print(&newer(target, &mut filter).await?)?;
     }
 }
