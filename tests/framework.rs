@@ -871,28 +871,22 @@ fn a_python_framework_launches_tasks_over_https() {
         other => panic!("{other:?}"),
     }
     // Bad calls, straight over HTTPS with the operator's certificate.
-    let probe = r#"
-import http.client, json, ssl, sys, tomllib, os
-cfg_path = sys.argv[1]
-cfg = tomllib.load(open(cfg_path, "rb"))
-base = os.path.dirname(cfg_path)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
-ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
-host, _, port = cfg["http"].rpartition(":")
+    let probe = format!(
+        "{}{}",
+        wasmos_tests::PYTHON_HTTPS_CLIENT,
+        r#"
 def post(body, headers):
-    # Checked as master.wasmos, which only masters' certificates carry, before sending.
-    c = http.client.HTTPSConnection(host, int(port), context=ctx)
-    c.sock = ctx.wrap_socket(__import__("socket").create_connection((host, int(port))), server_hostname="master.wasmos")
+    c = connect()
     c.request("POST", "/api/v1/scheduler", body, headers)
     r = c.getresponse()
     print(r.status, r.read().decode())
 post("not json", {})
 post(json.dumps("Revive"), {})
 post(json.dumps("Revive"), {"Wasmos-Stream-Id": "fw-9-0000"})
-"#;
+"#
+    );
     let out = std::process::Command::new("python3")
-        .args(["-c", probe])
+        .args(["-c", &probe])
         .arg(c.config())
         .output()
         .unwrap();

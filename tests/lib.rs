@@ -592,3 +592,22 @@ pub async fn peer_ask<T: serde::Serialize>(
         .map_err(|e| fail(e.to_string()))?;
     Ok((head, bytes))
 }
+
+/// The start of a Python script that speaks HTTPS to the master with the certificate of the
+/// client config given as its first argument: it defines `ctx` (the TLS context), `host` and
+/// `port`, and `connect()`, a connection whose server is checked as `master.wasmos` (the name
+/// only masters' certificates carry). Tests append what they send.
+pub const PYTHON_HTTPS_CLIENT: &str = r#"
+import http.client, json, os, socket, ssl, sys, tomllib
+cfg_path = sys.argv[1]
+cfg = tomllib.load(open(cfg_path, "rb"))
+base = os.path.dirname(cfg_path)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
+ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
+host, _, port = cfg["http"].rpartition(":")
+def connect():
+    c = http.client.HTTPSConnection(host, int(port), context=ctx)
+    c.sock = ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname="master.wasmos")
+    return c
+"#;

@@ -12,25 +12,20 @@ use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wait_exit, wasm
 /// One POST to the HTTPS/JSON API with the certificate of client config `config`: the HTTP
 /// status, or the TLS error that refused it.
 fn https_probe(config: &std::path::Path) -> String {
-    let probe = r#"
-import http.client, ssl, sys, tomllib, os, socket
-cfg_path = sys.argv[1]
-cfg = tomllib.load(open(cfg_path, "rb"))
-base = os.path.dirname(cfg_path)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.load_verify_locations(os.path.join(base, cfg["ca"]))
-ctx.load_cert_chain(os.path.join(base, cfg["cert"]), os.path.join(base, cfg["key"]))
-host, _, port = cfg["http"].rpartition(":")
+    let probe = format!(
+        "{}{}",
+        wasmos_tests::PYTHON_HTTPS_CLIENT,
+        r#"
 try:
-    c = http.client.HTTPSConnection(host, int(port), context=ctx)
-    c.sock = ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname="master.wasmos")
+    c = connect()
     c.request("POST", "/api/v1/scheduler", "{}", {})
     print("status", c.getresponse().status)
 except (ssl.SSLError, ConnectionError) as e:
     print("refused", e)
-"#;
+"#
+    );
     let out = std::process::Command::new("python3")
-        .args(["-c", probe])
+        .args(["-c", &probe])
         .arg(config)
         .output()
         .unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmos_net::{
-    Credentials, Identity, LiveConnections, RevocationList, Revoked, client_endpoint, connect, pki,
+    Identity, LiveConnections, RevocationList, Revoked, client_endpoint, connect, pki,
     server_endpoint,
 };
 
@@ -21,19 +21,11 @@ const BATCH: usize = 40;
 const ROUNDS: usize = 15;
 const ENTRIES: usize = 10_000;
 
-fn creds(ca: &pki::CaBundle, who: &Identity) -> Res<Credentials> {
-    let issued = pki::issue(ca, who, &[], &[])?;
-    Ok(Credentials::from_pem(
-        &ca.cert_pem,
-        &issued.cert_pem,
-        &issued.key_pem,
-    )?)
-}
-
 /// A server as the master runs one: every handshake checks `list`, every connection is
 /// registered with the live set (which checks it again), and each answers one stream.
 fn serve(ca: &pki::CaBundle, list: RevocationList) -> Res<SocketAddr> {
-    let master = creds(ca, &Identity::Master("bench".into()))?.with_revocations(list.clone());
+    let master = pki::issue_credentials(ca, &Identity::Master("bench".into()))?
+        .with_revocations(list.clone());
     let server = server_endpoint("127.0.0.1:0".parse()?, &master, &[ALPN])?;
     let addr = server.local_addr()?;
     let live = Arc::new(LiveConnections::default());
@@ -82,7 +74,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> Res<()> {
     let ca = pki::new_ca("bench")?;
-    let tenant = creds(
+    let tenant = pki::issue_credentials(
         &ca,
         &Identity::Tenant {
             tenant: "acme".into(),

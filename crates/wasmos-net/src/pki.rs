@@ -16,6 +16,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("the CA key or certificate is unreadable: {0}")]
     BadCa(String),
+    #[error("the issued certificate cannot be used: {0}")]
+    Unusable(String),
 }
 
 /// A CA certificate and its private key, both PEM.
@@ -63,6 +65,14 @@ pub fn new_ca(cluster: &str) -> Result<CaBundle, PkiError> {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Credentials for `who`, freshly issued by `ca` with no extra names: for tests, benchmarks
+/// and clients made in-process.
+pub fn issue_credentials(ca: &CaBundle, who: &Identity) -> Result<crate::Credentials, PkiError> {
+    let issued = issue(ca, who, &[], &[])?;
+    crate::Credentials::from_pem(&ca.cert_pem, &issued.cert_pem, &issued.key_pem)
+        .map_err(|e| PkiError::Unusable(e.to_string()))
 }
 
 /// Issues a certificate for `who`. Only masters serve: theirs is a TLS server and client

@@ -364,14 +364,7 @@ mod tests {
     async fn a_revoked_client_is_refused_at_the_handshake() -> anyhow::Result<()> {
         use crate::{Credentials, client_endpoint, connect, server_endpoint};
         let ca = pki::new_ca("t")?;
-        let creds = |who: Identity| -> anyhow::Result<Credentials> {
-            let issued = pki::issue(&ca, &who, &[], &[])?;
-            Ok(Credentials::from_pem(
-                &ca.cert_pem,
-                &issued.cert_pem,
-                &issued.key_pem,
-            )?)
-        };
+        let creds = |who: Identity| pki::issue_credentials(&ca, &who);
         let list = RevocationList::default();
         let master = creds(Identity::Master("m1".into()))?.with_revocations(list.clone());
         let server = server_endpoint("127.0.0.1:0".parse()?, &master, &[b"t"])?;
@@ -435,16 +428,9 @@ mod tests {
     /// certificate its list revokes, and reaches it again once the list does not.
     #[tokio::test]
     async fn an_agent_does_not_dial_a_revoked_agent() -> anyhow::Result<()> {
-        use crate::{Credentials, agent_peer_client, connect_agent, server_endpoint};
+        use crate::{agent_peer_client, connect_agent, server_endpoint};
         let ca = pki::new_ca("t")?;
-        let creds = |who: &str| -> anyhow::Result<Credentials> {
-            let issued = pki::issue(&ca, &Identity::Agent(who.into()), &[], &[])?;
-            Ok(Credentials::from_pem(
-                &ca.cert_pem,
-                &issued.cert_pem,
-                &issued.key_pem,
-            )?)
-        };
+        let creds = |who: &str| pki::issue_credentials(&ca, &Identity::Agent(who.into()));
         let server = server_endpoint("127.0.0.1:0".parse()?, &creds("holder")?, &[b"p"])?;
         let addr = server.local_addr()?;
         tokio::spawn(async move {

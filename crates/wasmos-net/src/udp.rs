@@ -164,16 +164,9 @@ mod tests {
     /// TLS, over the path Wine and other refusing stacks take.
     #[tokio::test]
     async fn quic_works_over_plain_sockets() -> anyhow::Result<()> {
-        use crate::{Credentials, Identity, pki};
+        use crate::{Identity, pki};
         let ca = pki::new_ca("test")?;
-        let creds = |who: Identity| -> anyhow::Result<Credentials> {
-            let issued = pki::issue(&ca, &who, &[], &[])?;
-            Ok(Credentials::from_pem(
-                &ca.cert_pem,
-                &issued.cert_pem,
-                &issued.key_pem,
-            )?)
-        };
+        let creds = |who: Identity| pki::issue_credentials(&ca, &who);
         let server_creds = creds(Identity::Master("m1".into()))?;
         let client_creds = creds(Identity::Operator("ops".into()))?;
         let server = crate::tls::server_config(&server_creds, &[b"t"])?;

@@ -1635,6 +1635,10 @@ fn audited_calls_are_logged_with_what_came_of_them() {
         cmd: None,
     });
     let last = s.audit.values().next_back().unwrap();
-    assert!(!last.object.chars().any(char::is_control), "{}", last.object);
+    assert!(
+        !last.object.chars().any(char::is_control),
+        "{}",
+        last.object
+    );
     assert_eq!(crate::audit_field("a\tb"), "a\\tb");
 }
