@@ -100,10 +100,16 @@ where
 }
 
 /// What the log makes of a client API answer: `None` for a redirect to the leader (which
-/// records the call itself), and for an answer that is no refusal when `all` is false.
+/// records the call itself) or a master without a quorum, and for an answer that is no refusal
+/// when `all` is false.
 pub(crate) fn answer_said(all: bool) -> impl FnOnce(&ClientResponse) -> Option<String> {
     move |answer| match answer {
-        ClientResponse::NotLeader { .. } => None,
+        // No leader to record it (or none with a quorum): writing would only delay the answer.
+        ClientResponse::NotLeader { .. }
+        | ClientResponse::Error {
+            kind: wasmos_proto::ErrorKind::Unavailable,
+            ..
+        } => None,
         ClientResponse::Error { .. } => Some(result_of(answer)),
         other => all.then(|| result_of(other)),
     }
