@@ -298,7 +298,7 @@ impl Peers {
         conns.retain(|_, c| {
             let revoked = list.revokes_conn(c);
             if revoked {
-                c.close(wasmos_net::REFUSED.into(), wasmos_net::REVOKED_REASON);
+                wasmos_net::close_as_revoked(c);
             }
             !revoked
         });

@@ -53,18 +53,16 @@ impl Caller {
         })
     }
 
-    /// The entry of a client API request, and whether it is recorded when it is answered
-    /// without a refusal (a read is not, unless reads are audited; a refused one always is).
+    /// The entry of a client API request (`read`: whether it only reads), and whether it is
+    /// recorded when it is answered without a refusal (a read is not, unless reads are
+    /// audited; a refused one always is).
     pub(crate) fn request_entry(
         &self,
         shared: &Shared,
         req: &ClientRequest,
+        read: bool,
     ) -> Option<(AuditEntry, bool)> {
         let (action, object) = describe(req);
-        let read = match req {
-            ClientRequest::Stale(inner) => inner.is_read(),
-            other => other.is_read(),
-        };
         let entry = self.entry(shared, action, &object)?;
         Some((entry, !read || shared.cfg.tenancy.audit.reads))
     }
@@ -243,10 +241,9 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::KillTask { id } => ("kill", id.to_string()),
         R::SetRole { role, .. } => ("set-role", audit_field(role)),
         R::ListReservations => ("list-reservations", String::new()),
-        R::RemoveReservation { agent, role } => (
-            "unreserve",
-            audit_field(&format!("{}@{agent}", audit_field(role))),
-        ),
+        R::RemoveReservation { agent, role } => {
+            ("unreserve", format!("{}@{agent}", audit_field(role)))
+        }
         R::ListRoles => ("list-roles", String::new()),
         R::ListFrameworks => ("list-frameworks", String::new()),
         R::TeardownFramework { id } => ("teardown", id.to_string()),

@@ -65,7 +65,7 @@ async fn handle(
         return;
     }
     // Admitted: from here on the call is recorded (a flood past the tenant's rate is not).
-    let (audit, all) = match caller.request_entry(&shared, &req) {
+    let (audit, all) = match caller.request_entry(&shared, &req, reads) {
         Some((entry, all)) => (Some(entry), all),
         None => (None, false),
     };

@@ -1,7 +1,8 @@
 //! Retention: the leader forgets ended tasks, ended jobs and unreferenced blobs after the
-//! operator's retention (`Command::Collect`), and audit entries after the audit log's own, and every master removes from its disk the logs
-//! and blob files its state no longer names, so neither the disk nor the replicated state (and
-//! so its snapshots) grows without bound.
+//! operator's retention (`Command::Collect`) and audit entries after the audit log's own
+//! (`Command::ForgetAudit`); every master removes from its disk the logs and blob files its
+//! state no longer names. So neither the disk nor the replicated state (and so its snapshots)
+//! grows without bound.
 
 use std::sync::Arc;
 use std::time::Duration;

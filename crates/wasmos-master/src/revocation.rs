@@ -42,10 +42,11 @@ pub(crate) async fn follow(shared: std::sync::Arc<crate::Shared>) {
                     .collect(),
             };
             if !added.is_empty() {
+                let msgs = to_agents(&added, false);
                 let links: Vec<_> = shared.agents().values().map(|l| l.tx.clone()).collect();
                 for tx in links {
-                    for msg in to_agents(&added, false) {
-                        let _ = tx.send(msg);
+                    for msg in &msgs {
+                        let _ = tx.send(msg.clone());
                     }
                 }
             }

@@ -26,8 +26,8 @@ pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
 pub use revoke::{
-    LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, normalize_serial,
-    serial_of_der,
+    LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, close_as_revoked,
+    normalize_serial, serial_of_der,
 };
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,

@@ -177,7 +177,7 @@ impl LiveConnections {
         self.lock().insert(id, conn.clone());
         let registered = Registered { live: self, id };
         if list.revokes_conn(conn) {
-            close_revoked(conn);
+            close_as_revoked(conn);
             return None;
         }
         Some(registered)
@@ -192,13 +192,14 @@ impl LiveConnections {
             .cloned()
             .collect();
         for c in &doomed {
-            close_revoked(c);
+            close_as_revoked(c);
         }
         doomed.len()
     }
 }
 
-fn close_revoked(conn: &quinn::Connection) {
+/// Closes `conn` as refused because its certificate is revoked (what the peer reports).
+pub fn close_as_revoked(conn: &quinn::Connection) {
     conn.close(crate::REFUSED.into(), REVOKED_REASON);
 }
 
@@ -315,6 +316,19 @@ mod tests {
             .to_vec()
     }
 
+    /// Accepts connections on `server` and holds each open until its peer closes it.
+    fn hold_connections(server: quinn::Endpoint) {
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        conn.closed().await;
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn serials_and_identities_revoke_their_certificates_only() {
         let ca = pki::new_ca("t").unwrap();
@@ -369,15 +383,7 @@ mod tests {
         let master = creds(Identity::Master("m1".into()))?.with_revocations(list.clone());
         let server = server_endpoint("127.0.0.1:0".parse()?, &master, &[b"t"])?;
         let addr = server.local_addr()?;
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        conn.closed().await;
-                    }
-                });
-            }
-        });
+        hold_connections(server);
         let bob = Identity::Tenant {
             tenant: "acme".into(),
             user: "bob".into(),
@@ -433,15 +439,7 @@ mod tests {
         let creds = |who: &str| pki::issue_credentials(&ca, &Identity::Agent(who.into()));
         let server = server_endpoint("127.0.0.1:0".parse()?, &creds("holder")?, &[b"p"])?;
         let addr = server.local_addr()?;
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        conn.closed().await;
-                    }
-                });
-            }
-        });
+        hold_connections(server);
         let list = RevocationList::default();
         let dialer = creds("fetcher")?.with_revocations(list.clone());
         let ep = agent_peer_client(&dialer, b"p", addr)?;
