@@ -141,7 +141,20 @@ fn wasmtime_cli() -> Result<()> {
         .arg("--root")
         .arg(&dir)
         .arg("--target-dir")
-        .arg(root().join("target/wasmtime-cli-build")))
+        .arg(root().join("target/wasmtime-cli-build")))?;
+    remove_build_dir("target/wasmtime-cli-build")
+}
+
+/// `cargo install --target-dir` keeps its build (a gigabyte for the wasmtime CLI); once the
+/// binary is installed nothing reads it, and CI's disk is not unlimited.
+fn remove_build_dir(rel: &str) -> Result<()> {
+    let dir = root().join(rel);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The release build of the `wasmos` binary, for cargo and cargo-zigbuild alike.
@@ -266,6 +279,7 @@ fn zigbuild() -> Result<(PathBuf, std::ffi::OsString)> {
             .arg(&tools)
             .arg("--target-dir")
             .arg(root().join("target/cargo-zigbuild-build")))?;
+        remove_build_dir("target/cargo-zigbuild-build")?;
     }
     let venv = root().join("target/zig-venv");
     if !venv.join("bin/python3").is_file() {
@@ -497,13 +511,17 @@ fn main() -> Result<()> {
             } else {
                 eprintln!("xtask: Wine is not installed; the mixed-OS tests will be skipped");
             }
-            // The example framework too: a test runs it as a process.
+            // The example framework too: a test runs it as a process. `--workspace` makes this
+            // build resolve features as `cargo test --workspace` does (every member's
+            // dev-dependencies turn on tokio's test-util, fnv's std...): with `-p wasmos` alone
+            // the two differed, and wasmtime and everything under it was built twice.
             run(cargo().args([
                 "build",
                 "--release",
                 "--locked",
-                "-p",
-                "wasmos",
+                "--workspace",
+                "--exclude",
+                "xtask",
                 "--bins",
                 "--examples",
             ]))?;
