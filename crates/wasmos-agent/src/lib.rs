@@ -638,7 +638,8 @@ async fn read_loop(
                 spec,
                 egress,
                 sources,
-            } => launch(agent.clone(), task, spec, egress, sources),
+                trust,
+            } => launch(agent.clone(), task, spec, egress, sources, trust),
             MasterToAgent::Kill { task, reason } => {
                 let mut inner = agent.inner();
                 if let Some(kill) = inner.tasks.get(&task) {
@@ -713,12 +714,27 @@ impl UsageMeter {
     }
 }
 
+/// The agent's own check of a bundle's signature, before it fetches or compiles anything:
+/// when the task's role requires signed bundles, one of the signatures the launch carries must
+/// verify under one of the role's keys, over the hash the bytes will be checked against. The
+/// master checked the same, but a master's record is not proof: a failed check ends the task.
+fn untrusted(spec: &TaskSpec, trust: Option<&wasmos_proto::BundleTrust>) -> Option<TaskStatus> {
+    let why = wasmos_net::signing::check_trust(&spec.bundle, trust?).err()?;
+    tracing::warn!(bundle = %spec.bundle, "refused a launch: {why}");
+    Some(TaskStatus::with_reason(
+        TaskState::Error,
+        Some(Reason::InvalidBundle),
+        why,
+    ))
+}
+
 fn launch(
     agent: Arc<Agent>,
     task: TaskId,
     spec: TaskSpec,
     egress: Vec<wasmos_proto::EgressRule>,
     sources: Vec<InputSource>,
+    trust: Option<wasmos_proto::BundleTrust>,
 ) {
     let (kill_tx, kill_rx) = watch::channel(false);
     {
@@ -741,6 +757,10 @@ fn launch(
                 Some(Reason::AgentStopped),
                 "its agent was stopping",
             );
+            Agent::push_report(&mut inner, task, status);
+            return;
+        }
+        if let Some(status) = untrusted(&spec, trust.as_ref()) {
             Agent::push_report(&mut inner, task, status);
             return;
         }
@@ -1227,4 +1247,55 @@ async fn fetch_blob(agent: &Agent, hash: &BundleHash) -> Result<Vec<u8>, String>
     })
     .await;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmos_net::signing::{SigningKey, generate};
+    use wasmos_proto::{BundleSignature, BundleTrust, TrustedKey};
+
+    fn spec_of(bytes: &[u8]) -> TaskSpec {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        TaskSpec::new("task.wasm", BundleHash::from_digest(&digest))
+    }
+
+    /// A master whose record was forged (or that lies) cannot make the agent run bytes the
+    /// role's key did not sign: the agent checks the signature against the hash its fetched
+    /// bytes must have.
+    #[test]
+    fn a_forged_master_record_does_not_get_a_bundle_run() {
+        let key = SigningKey::from_pem(generate().unwrap().0.as_bytes()).unwrap();
+        let signed = spec_of(b"the component the author signed");
+        let trust = |signature: Vec<u8>| BundleTrust {
+            role: "acme".into(),
+            keys: vec![TrustedKey {
+                id: key.id(),
+                public: key.public().to_vec(),
+            }],
+            signatures: vec![BundleSignature {
+                key: key.id(),
+                signature,
+            }],
+        };
+        let good = trust(key.sign(&signed.bundle));
+        assert_eq!(untrusted(&signed, Some(&good)), None);
+        assert_eq!(untrusted(&signed, None), None, "no requirement, no check");
+        // The record carries the author's signature, but for other bytes than the task's.
+        let tampered = spec_of(b"the component someone swapped in");
+        let refused = untrusted(&tampered, Some(&good)).expect("refused");
+        assert_eq!(refused.state, TaskState::Error);
+        assert_eq!(refused.reason, Some(Reason::InvalidBundle));
+        assert!(
+            refused
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("does not verify"),
+            "{refused:?}"
+        );
+        // A signature field filled with anything at all.
+        let junk = trust(vec![0; 64]);
+        assert!(untrusted(&signed, Some(&junk)).is_some());
+    }
 }

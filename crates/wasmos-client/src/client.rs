@@ -352,8 +352,15 @@ impl Client {
         let req = self.wrap(req);
         // Asking again changes nothing for these, so a master lost mid-request (the leader
         // died) is retried at the next leader instead of failing the command.
-        let again =
-            req.is_read() || matches!(req, ClientRequest::Stale(_) | ClientRequest::SetRole { .. });
+        let again = req.is_read()
+            || matches!(
+                req,
+                ClientRequest::Stale(_)
+                    | ClientRequest::SetRole { .. }
+                    | ClientRequest::SignBundle { .. }
+                    | ClientRequest::AddSigningKey { .. }
+                    | ClientRequest::RevokeSigningKey { .. }
+            );
         let deadline = tokio::time::Instant::now() + SUBMIT_RETRY;
         loop {
             match self.request_raw(&req).await {

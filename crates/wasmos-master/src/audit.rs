@@ -263,6 +263,13 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         ),
         R::ListRevoked { .. } => ("list-revoked", String::new()),
         R::ListAudit { .. } => ("audit", String::new()),
+        R::SignBundle { hash, signature } => (
+            "sign-bundle",
+            format!("{hash} by {}", audit_field(&signature.key)),
+        ),
+        R::AddSigningKey { public } => ("add-signing-key", wasmos_net::signing::key_id(public)),
+        R::RevokeSigningKey { key } => ("revoke-signing-key", audit_field(key)),
+        R::ListSigningKeys => ("list-signing-keys", String::new()),
     }
 }
 

@@ -296,6 +296,16 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::Revoke { serial, identity } => revoke(shared, who, serial, identity).await,
         ClientRequest::ListRevoked { after } => list_revoked(shared, who, after),
         ClientRequest::ListAudit { filter } => list_audit(shared, who, &filter),
+        ClientRequest::SignBundle { hash, signature } => {
+            crate::signing::sign_bundle(shared, who, hash, signature).await
+        }
+        ClientRequest::AddSigningKey { public } => {
+            crate::signing::add_key(shared, who, public).await
+        }
+        ClientRequest::RevokeSigningKey { key } => {
+            crate::signing::revoke_key(shared, who, key).await
+        }
+        ClientRequest::ListSigningKeys => crate::signing::list_keys(shared, who),
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster
@@ -471,6 +481,7 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
         ceilings,
         reservation_allowance,
         egress,
+        require_signed_by,
     } = req
     else {
         return error(ErrorKind::InvalidRequest, "not a role change");
@@ -504,6 +515,22 @@ async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> Client
     }
     if let Some(e) = egress {
         record.egress = e;
+    }
+    if let Some(keys) = require_signed_by {
+        if keys.len() > wasmos_proto::MAX_ROLE_SIGNERS
+            || keys
+                .iter()
+                .any(|k| k.len() > wasmos_proto::MAX_KEY_ID_BYTES)
+        {
+            return error(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "a role requires at most {} signing keys, each named by its id",
+                    wasmos_proto::MAX_ROLE_SIGNERS
+                ),
+            );
+        }
+        record.require_signed_by = keys;
     }
     match shared.write(Command::SetRole { role, record }).await {
         Ok(CommandResult::Rejected(why)) => rejected(why),
@@ -771,6 +798,8 @@ fn role_info(role: &Role, r: &wasmos_state::RoleRecord) -> RoleInfo {
         reservation_allowance: r.reservation_allowance.clone(),
         dynamically_reserved: Default::default(),
         egress: r.egress.clone(),
+        require_signed_by: r.require_signed_by.clone(),
+        signers: None,
     }
 }
 
@@ -814,6 +843,9 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
                 .reduce(|a, b| a.min(&b))
                 .unwrap_or(wasmos_state::DEFAULT_CEILINGS);
             info.dynamically_reserved = s.dynamically_reserved(role);
+            info.signers = s
+                .signers_for(role.as_str())
+                .map(|(r, keys)| (r.to_string(), keys.to_vec()));
         }
     });
     ClientResponse::Roles(

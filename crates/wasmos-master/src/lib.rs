@@ -18,6 +18,7 @@ mod replies;
 mod retention;
 mod revocation;
 mod scheduler;
+mod signing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -101,11 +101,13 @@ pub(crate) fn launch_message(
     let egress = egress_for(state, spec.role.as_deref());
     let on = state.tasks.get(&task).and_then(|t| t.agent.as_ref());
     let sources = sources_for(state, &spec, on);
+    let trust = state.bundle_trust(&spec);
     Ok(MasterToAgent::Launch {
         task,
         spec,
         egress,
         sources,
+        trust,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Wasmos transport: QUIC endpoints with mutual TLS, the identity a certificate proves, the
 //! length-prefixed frame format, and the PKI helpers that mint the cluster's certificates.
 //! This is the only crate that touches quinn, rustls and ring
-//! (which also seals secrets at rest).
+//! (which also seals secrets at rest and signs bundles).
 
 mod agent_peer;
 mod frame;
@@ -12,6 +12,7 @@ mod private;
 mod refusals;
 mod revoke;
 pub mod seal;
+pub mod signing;
 mod tls;
 mod udp;
 mod watch;

@@ -9,6 +9,7 @@ mod job;
 mod messages;
 mod net;
 mod quantity;
+mod signing;
 mod task;
 
 pub use ceilings::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
@@ -31,6 +32,10 @@ pub use messages::{
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{
     QuantityError, format_bytes, format_cpu, format_duration_ms, parse_bytes, parse_cpu,
+};
+pub use signing::{
+    BundleSignature, BundleTrust, MAX_BUNDLE_SIGNATURES, MAX_KEY_ID_BYTES, MAX_ROLE_SIGNERS,
+    MAX_SIGNING_KEYS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKeyInfo, TrustedKey,
 };
 pub use task::{
     InputFile, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy, Qos,

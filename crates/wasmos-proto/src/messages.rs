@@ -91,6 +91,10 @@ pub enum ClientRequest {
         ceilings: crate::Ceilings,
         reservation_allowance: Option<Option<Resources>>,
         egress: Option<Vec<crate::EgressRule>>,
+        /// The signing keys (ids) one of which must have signed every bundle the role's tasks
+        /// run (its sub-roles' too, unless one sets its own); an empty list lifts the
+        /// requirement.
+        require_signed_by: Option<Vec<String>>,
     },
     /// Dynamic reservations, by agent and role (tenants see their own roles').
     ListReservations,
@@ -145,6 +149,23 @@ pub enum ClientRequest {
     ListAudit {
         filter: AuditFilter,
     },
+    /// Adds a signature to a bundle the caller may read: the key must be registered and not
+    /// revoked, and the signature must verify over the bundle's hash.
+    SignBundle {
+        hash: BundleHash,
+        signature: crate::BundleSignature,
+    },
+    /// Operators only: registers an ed25519 public key (32 raw bytes) roles may require;
+    /// answered `SigningKeyAdded` with its id.
+    AddSigningKey {
+        public: Vec<u8>,
+    },
+    /// Operators only: a revoked signing key vouches for no bundle from then on, for good.
+    RevokeSigningKey {
+        key: String,
+    },
+    /// Operators only: the registered signing keys.
+    ListSigningKeys,
 }
 
 /// Most entries one `ListRevoked` answer holds.
@@ -209,6 +230,7 @@ impl ClientRequest {
                 | ClientRequest::ClusterStatus
                 | ClientRequest::ListRevoked { .. }
                 | ClientRequest::ListAudit { .. }
+                | ClientRequest::ListSigningKeys
         )
     }
 }
@@ -336,6 +358,10 @@ pub enum ClientResponse {
         addr: Option<String>,
     },
     Revoked(Vec<RevokedInfo>),
+    SigningKeys(Vec<crate::SigningKeyInfo>),
+    SigningKeyAdded {
+        id: String,
+    },
     /// A page of audit entries; the next page starts after `scanned_to` (entries up to it
     /// were looked at, matching or not), and `newest` is the last entry there is now.
     Audit {
@@ -421,6 +447,11 @@ pub struct RoleInfo {
     /// Dynamic reservations it (with its sub-roles) holds now.
     pub dynamically_reserved: Resources,
     pub egress: Vec<crate::EgressRule>,
+    /// The signing keys it requires itself (one of them must have signed its tasks' bundles).
+    pub require_signed_by: Vec<String>,
+    /// The requirement in force for it: its own, or the nearest role above it that sets one
+    /// (that role and its keys); `None` when no bundle signature is required.
+    pub signers: Option<(String, Vec<String>)>,
 }
 
 /// Master to master on `wasmos-peer/1`, one request per stream: the bundle blobs raft does not
@@ -560,6 +591,9 @@ pub enum MasterToAgent {
         egress: Vec<crate::EgressRule>,
         /// Inputs kept on other agents, and where those are; other inputs come from masters.
         sources: Vec<InputSource>,
+        /// When the task's role requires signed bundles: the keys it trusts and the bundle's
+        /// signatures, checked by the agent before it compiles anything.
+        trust: Option<crate::BundleTrust>,
     },
     Kill {
         task: TaskId,

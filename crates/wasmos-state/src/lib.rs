@@ -5,12 +5,14 @@
 mod apply;
 mod audit;
 mod rejection;
+mod signing;
 mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use audit::{AuditEntry, MAX_AUDIT_ENTRIES, MAX_AUDIT_FIELD_BYTES, audit_field};
 pub use rejection::Rejection;
+pub use signing::SigningKeyRecord;
 pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
 pub use wasmos_proto::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 
@@ -53,6 +55,9 @@ pub struct RoleRecord {
     /// Egress rules for the role's tasks, beyond the agents' own policy, checked in order
     /// after each agent's defaults (see `wasmos_proto::EgressRule`).
     pub egress: Vec<wasmos_proto::EgressRule>,
+    /// Signing keys (ids) one of which must have signed the bundle of every task the role
+    /// (or a sub-role that sets none itself) runs; empty: no signature required.
+    pub require_signed_by: Vec<String>,
 }
 
 impl Default for RoleRecord {
@@ -64,6 +69,7 @@ impl Default for RoleRecord {
             ceilings: Ceilings::default(),
             reservation_allowance: None,
             egress: Vec::new(),
+            require_signed_by: Vec::new(),
         }
     }
 }
@@ -181,6 +187,8 @@ pub struct BundleMeta {
     /// its last agent is lost.
     #[serde(default)]
     pub kept_on: BTreeSet<AgentId>,
+    /// Its authors' signatures (see `signing.rs`), at most one per key.
+    pub signatures: Vec<wasmos_proto::BundleSignature>,
 }
 
 impl BundleMeta {
@@ -231,6 +239,8 @@ pub struct ClusterState {
     /// The audit log by sequence number (see `audit.rs`), and the last number given.
     pub audit: BTreeMap<u64, AuditEntry>,
     pub audit_next: u64,
+    /// Bundle signing keys by id, revoked ones kept for good.
+    pub signing_keys: BTreeMap<String, SigningKeyRecord>,
     /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.
     #[serde(skip)]
     live: LiveIndex,
@@ -415,6 +425,24 @@ pub enum Command {
     ForgetAudit {
         before_ms: u64,
     },
+    /// Operators: registers a bundle signing key under `id` (computed from the key).
+    AddSigningKey {
+        id: String,
+        public: Vec<u8>,
+        by: String,
+        now_ms: u64,
+    },
+    /// Operators: revokes a signing key for good.
+    RevokeSigningKey {
+        id: String,
+        by: String,
+        now_ms: u64,
+    },
+    /// A signature the master verified, added to the bundle's record.
+    SignBundle {
+        hash: BundleHash,
+        signature: wasmos_proto::BundleSignature,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -541,6 +569,16 @@ impl ClusterState {
             Command::Revoke { target, by, now_ms } => self.revoke(target, by, now_ms),
             Command::Audited { entry, cmd } => self.audited(entry, cmd),
             Command::ForgetAudit { before_ms } => self.forget_audit(before_ms),
+            Command::AddSigningKey {
+                id,
+                public,
+                by,
+                now_ms,
+            } => self.add_signing_key(id, public, by, now_ms),
+            Command::RevokeSigningKey { id, by, now_ms } => {
+                self.revoke_signing_key(&id, by, now_ms)
+            }
+            Command::SignBundle { hash, signature } => self.sign_bundle(&hash, signature),
         }
     }
 
@@ -800,6 +838,7 @@ impl ClusterState {
                         Some(r) => Role::new(r).map_err(|e| Rejection::Invalid(e.to_string()))?,
                         None => fw.role.clone(),
                     };
+                    self.check_signed(&spec.bundle, role.as_str())?;
                     self.check_ceilings(spec, &role, created)?;
                     created += 1;
                     &spec.resources

@@ -1252,6 +1252,7 @@ fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
                 added_ms: 1,
                 readers: BTreeSet::from(["acme".to_string()]),
                 kept_on: BTreeSet::from([agent(a)]),
+                signatures: Vec::new(),
             },
         );
         vec![wasmos_proto::OutputFile {
@@ -1641,4 +1642,138 @@ fn audited_calls_are_logged_with_what_came_of_them() {
         last.object
     );
     assert_eq!(crate::audit_field("a\tb"), "a\\tb");
+}
+
+#[test]
+fn a_role_that_requires_signed_bundles_runs_only_bundles_its_keys_signed() {
+    let mut s = ClusterState::default();
+    let add_key = |s: &mut ClusterState, id: &str, byte: u8| {
+        s.apply(Command::AddSigningKey {
+            id: id.into(),
+            public: vec![byte; 32],
+            by: OP.into(),
+            now_ms: 1,
+        })
+    };
+    let require = |s: &mut ClusterState, r: &str, keys: &[&str]| {
+        s.apply(Command::SetRole {
+            role: role(r),
+            record: RoleRecord {
+                require_signed_by: keys.iter().map(|k| k.to_string()).collect(),
+                ..RoleRecord::default()
+            },
+        })
+    };
+    let sign = |s: &mut ClusterState, h: &BundleHash, key: &str| {
+        s.apply(Command::SignBundle {
+            hash: h.clone(),
+            signature: wasmos_proto::BundleSignature {
+                key: key.into(),
+                signature: vec![7; 64],
+            },
+        })
+    };
+    let (unsigned, signed) = (other_hash(1), other_hash(2));
+    for h in [&unsigned, &signed] {
+        assert_eq!(upload(&mut s, h, 10, Some("acme")), CommandResult::Ok);
+    }
+    assert_rejected(
+        &require(&mut s, "acme", &["ed25519:k1"]),
+        "no signing key ed25519:k1 is registered",
+    );
+    assert_eq!(add_key(&mut s, "ed25519:k1", 1), CommandResult::Ok);
+    assert_eq!(add_key(&mut s, "ed25519:k1", 1), CommandResult::Ok, "again");
+    assert_rejected(&add_key(&mut s, "ed25519:k1", 2), "another key");
+    assert_eq!(add_key(&mut s, "ed25519:k2", 2), CommandResult::Ok);
+    assert_rejected(&sign(&mut s, &signed, "ed25519:nope"), "no signing key");
+    assert_eq!(sign(&mut s, &signed, "ed25519:k1"), CommandResult::Ok);
+    // Before any requirement, unsigned bundles run.
+    assert!(matches!(
+        submit_as(&mut s, ALICE, tenant_spec(&unsigned, "acme")),
+        CommandResult::Submitted(_)
+    ));
+    assert_eq!(require(&mut s, "acme", &["ed25519:k1"]), CommandResult::Ok);
+    assert_rejected(
+        &submit_as(&mut s, ALICE, tenant_spec(&unsigned, "acme")),
+        "is not signed by a key role acme requires (ed25519:k1)",
+    );
+    // A sub-role holds its parent's requirement; another top-level role does not.
+    assert_rejected(
+        &submit_as(&mut s, ALICE, tenant_spec(&unsigned, "acme/dev")),
+        "role acme requires",
+    );
+    assert!(matches!(
+        submit_as(&mut s, BOB, tenant_spec(&unsigned, "evil")),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    let trust = s.bundle_trust(&tenant_spec(&signed, "acme/dev")).unwrap();
+    assert_eq!(trust.role, "acme");
+    assert_eq!(trust.keys.len(), 1);
+    assert_eq!(trust.signatures.len(), 1);
+    assert!(matches!(
+        submit_as(&mut s, ALICE, tenant_spec(&signed, "acme/dev")),
+        CommandResult::Submitted(_)
+    ));
+    // Signed by a key the role does not name.
+    assert_eq!(sign(&mut s, &unsigned, "ed25519:k2"), CommandResult::Ok);
+    assert_rejected(
+        &submit_as(&mut s, ALICE, tenant_spec(&unsigned, "acme")),
+        "is not signed by a key role acme requires",
+    );
+    // Rotation: the role takes both keys, then the old one is revoked.
+    assert_eq!(
+        require(&mut s, "acme", &["ed25519:k1", "ed25519:k2"]),
+        CommandResult::Ok
+    );
+    assert!(matches!(
+        submit_as(&mut s, ALICE, tenant_spec(&unsigned, "acme")),
+        CommandResult::Submitted(_)
+    ));
+    assert_eq!(
+        s.apply(Command::RevokeSigningKey {
+            id: "ed25519:k1".into(),
+            by: OP.into(),
+            now_ms: 5,
+        }),
+        CommandResult::Ok
+    );
+    assert_rejected(
+        &submit_as(&mut s, ALICE, tenant_spec(&signed, "acme")),
+        "is signed only by revoked keys",
+    );
+    assert_eq!(
+        s.bundle_trust(&tenant_spec(&signed, "acme"))
+            .unwrap()
+            .keys
+            .len(),
+        1,
+        "launches carry no revoked key"
+    );
+    assert_rejected(&add_key(&mut s, "ed25519:k1", 1), "was revoked");
+    assert_rejected(&sign(&mut s, &signed, "ed25519:k1"), "is revoked");
+    assert_rejected(
+        &require(&mut s, "acme", &["ed25519:k1"]),
+        "signing key ed25519:k1 is revoked",
+    );
+    // Bounded: signatures per bundle, keys per role.
+    assert_rejected(
+        &sign(&mut s, &other_hash(3), "ed25519:k2"),
+        "not been uploaded",
+    );
+    upload(&mut s, &other_hash(3), 10, Some("acme"));
+    for n in 0..wasmos_proto::MAX_BUNDLE_SIGNATURES as u8 {
+        let id = format!("ed25519:n{n}");
+        assert_eq!(add_key(&mut s, &id, 10 + n), CommandResult::Ok);
+        assert_eq!(sign(&mut s, &other_hash(3), &id), CommandResult::Ok);
+    }
+    assert_eq!(add_key(&mut s, "ed25519:extra", 99), CommandResult::Ok);
+    assert_rejected(
+        &sign(&mut s, &other_hash(3), "ed25519:extra"),
+        "the most it may",
+    );
+    let many: Vec<String> = (0..=wasmos_proto::MAX_ROLE_SIGNERS)
+        .map(|n| format!("k{n}"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_rejected(&require(&mut s, "acme", &many), "at most");
 }

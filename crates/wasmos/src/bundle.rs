@@ -1,4 +1,5 @@
-//! `wasmos bundle push` and `wasmos blob get`: components up, stored blobs (task outputs) down.
+//! `wasmos bundle push/keygen/sign` and `wasmos blob get`: components (and their signatures)
+//! up, stored blobs (task outputs) down.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,8 +12,30 @@ use wasmos_proto::BlobKind;
 
 #[derive(Subcommand)]
 pub(crate) enum BundleCmd {
-    /// Check and upload a component (skipped if the master has it); prints its sha256.
-    Push { file: PathBuf },
+    /// Check and upload a component (skipped if the master has it) with its signatures;
+    /// prints its sha256.
+    Push {
+        file: PathBuf,
+        /// A signature file (`wasmos bundle sign`) to send with it; repeatable. Default:
+        /// FILE.sig when it exists.
+        #[arg(long, value_name = "SIG")]
+        signature: Vec<PathBuf>,
+        /// Send no signature, even if FILE.sig exists.
+        #[arg(long, conflicts_with = "signature")]
+        unsigned: bool,
+    },
+    /// Make an ed25519 signing key pair: NAME.key (private) and NAME.pub; prints the key's id.
+    Keygen { name: PathBuf },
+    /// Sign a component with a private key (`keygen`'s, or openssl's ed25519 PEM): writes
+    /// FILE.sig, which `push` sends along.
+    Sign {
+        file: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Where to write the signature (default FILE.sig).
+        #[arg(short, long, value_name = "SIG")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -38,10 +61,29 @@ pub(crate) fn load_component(path: &Path) -> Result<Vec<u8>> {
 }
 
 pub(crate) async fn bundle(target: &Target, cmd: BundleCmd) -> Result<ExitCode> {
-    let BundleCmd::Push { file } = cmd;
+    let (file, signatures, unsigned) = match cmd {
+        BundleCmd::Push {
+            file,
+            signature,
+            unsigned,
+        } => (file, signature, unsigned),
+        BundleCmd::Keygen { name } => return crate::signing::keygen(&name),
+        BundleCmd::Sign { file, key, output } => return crate::signing::sign(&file, &key, output),
+    };
     let bytes = load_component(&file)?;
+    let hash = crate::signing::bundle_hash(&bytes);
+    // Signature files are read and matched to the file before anything is sent.
+    let beside = crate::signing::signature_path(&file);
+    let paths = match signatures.is_empty() && !unsigned && beside.is_file() {
+        true => vec![beside],
+        false => signatures,
+    };
+    let sigs = paths
+        .iter()
+        .map(|p| crate::signing::read_signature(p, &hash))
+        .collect::<Result<Vec<_>>>()?;
     let client = target.connect().await?;
-    let pushed = client.push_blob(&bytes, BlobKind::Component).await;
+    let pushed = push_signed(&client, &bytes, sigs.clone()).await;
     client.close().await;
     let (hash, uploaded) = pushed?;
     let note = if uploaded {
@@ -50,8 +92,49 @@ pub(crate) async fn bundle(target: &Target, cmd: BundleCmd) -> Result<ExitCode> 
         "already there"
     };
     eprintln!("{}: {note}", file.display());
+    for s in &sigs {
+        eprintln!("{}: signed by {}", file.display(), s.key);
+    }
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Uploads a component file with the signature beside it (FILE.sig), when there is one: what
+/// `wasmos run` and `wasmos job submit` do with the components they name.
+pub(crate) async fn push_component(
+    client: &wasmos_client::Client,
+    file: &Path,
+    bytes: &[u8],
+) -> Result<(wasmos_proto::BundleHash, bool)> {
+    let beside = crate::signing::signature_path(file);
+    let sigs = match beside.is_file() {
+        true => vec![crate::signing::read_signature(
+            &beside,
+            &crate::signing::bundle_hash(bytes),
+        )?],
+        false => Vec::new(),
+    };
+    push_signed(client, bytes, sigs).await
+}
+
+/// Uploads a component, then adds each signature to its record.
+pub(crate) async fn push_signed(
+    client: &wasmos_client::Client,
+    bytes: &[u8],
+    sigs: Vec<wasmos_proto::BundleSignature>,
+) -> Result<(wasmos_proto::BundleHash, bool)> {
+    let (hash, uploaded) = client.push_blob(bytes, BlobKind::Component).await?;
+    for signature in sigs {
+        let key = signature.key.clone();
+        client
+            .request(wasmos_proto::ClientRequest::SignBundle {
+                hash: hash.clone(),
+                signature,
+            })
+            .await
+            .with_context(|| format!("the signature by {key} was refused"))?;
+    }
+    Ok((hash, uploaded))
 }
 
 pub(crate) async fn blob(target: &Target, cmd: BlobCmd) -> Result<ExitCode> {

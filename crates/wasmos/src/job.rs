@@ -213,7 +213,10 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
         } else {
             let path = base.join(&g.bundle);
             let bytes = crate::bundle::load_component(&path).with_context(|| what("bundle"))?;
-            client.push_blob(&bytes, BlobKind::Component).await?.0
+            crate::bundle::push_component(client, &path, &bytes)
+                .await
+                .with_context(|| what("bundle"))?
+                .0
         };
         let mut files = Vec::new();
         for pattern in &g.inputs {

@@ -20,6 +20,7 @@ mod output;
 mod process;
 mod roles;
 mod run;
+mod signing;
 mod sim;
 mod task;
 mod winsvc;
@@ -68,7 +69,8 @@ enum Cmd {
     },
     /// Upload a component, run it as a one-task job, stream its output, exit with its code.
     Run(run::RunArgs),
-    /// Upload components: `wasmos bundle push task.wasm` prints the hash frameworks launch.
+    /// Upload components: `wasmos bundle push task.wasm` prints the hash frameworks launch;
+    /// `keygen` and `sign` make the signatures roles may require.
     Bundle {
         #[command(subcommand)]
         cmd: bundle::BundleCmd,
@@ -88,6 +90,12 @@ enum Cmd {
     Blob {
         #[command(subcommand)]
         cmd: bundle::BlobCmd,
+    },
+    /// Operators: the ed25519 keys roles may require bundles to be signed by (`add`, `list`,
+    /// `revoke`).
+    SigningKey {
+        #[command(subcommand)]
+        cmd: signing::SigningKeyCmd,
     },
     /// Issue certificates from a cluster CA (for example the one `wasmos dev` made, in
     /// DATA_DIR/pki).
@@ -265,6 +273,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Framework { cmd } => frameworks::run(target, cmd).await,
         Cmd::Cluster { cmd } => cluster::run(target, cmd).await,
         Cmd::Cert { cmd } => cert::run(target, cmd).await,
+        Cmd::SigningKey { cmd } => signing::run(target, cmd).await,
         Cmd::Audit(args) => audit::run(target, args).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,

@@ -96,6 +96,11 @@ pub(crate) struct SetArgs {
     /// Remove the role's egress rules.
     #[arg(long, conflicts_with_all = ["egress_allow", "egress_deny"])]
     egress_clear: bool,
+    /// Run only bundles signed by one of these registered signing keys (`wasmos signing-key
+    /// list`), e.g. ed25519:1a2b3c4d5e6f7a8b; sub-roles too, unless one names its own. `none`
+    /// lifts the requirement.
+    #[arg(long, value_name = "KEYID,...|none", value_delimiter = ',')]
+    require_signed_by: Option<Vec<String>>,
 }
 
 pub(crate) async fn run(target: &Target, cmd: RoleCmd) -> Result<ExitCode> {
@@ -187,6 +192,12 @@ async fn set(target: &Target, args: SetArgs) -> Result<ExitCode> {
     } else {
         Some(egress_rules(&args.egress_allow, &args.egress_deny)?)
     };
+    let require_signed_by = args.require_signed_by.map(|keys| {
+        keys.into_iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty() && k != "none")
+            .collect::<Vec<_>>()
+    });
     if weight_milli.is_none()
         && guarantee.is_none()
         && limit.is_none()
@@ -194,9 +205,10 @@ async fn set(target: &Target, args: SetArgs) -> Result<ExitCode> {
         && !args.default_ceilings
         && reservation_allowance.is_none()
         && egress.is_none()
+        && require_signed_by.is_none()
     {
         bail!(
-            "nothing to change: give --weight, --guarantee, --limit, --no-limit, a --max-* ceiling, --default-ceilings, --storage-quota, --reservation-allowance or --egress-*"
+            "nothing to change: give --weight, --guarantee, --limit, --no-limit, a --max-* ceiling, --default-ceilings, --storage-quota, --reservation-allowance, --egress-* or --require-signed-by"
         );
     }
     let req = ClientRequest::SetRole {
@@ -208,6 +220,7 @@ async fn set(target: &Target, args: SetArgs) -> Result<ExitCode> {
         ceilings,
         reservation_allowance,
         egress,
+        require_signed_by,
     };
     target.ask(req).await?;
     println!("role {} updated", args.role);
@@ -294,6 +307,15 @@ async fn show(target: &Target, role: &str, format: Format) -> Result<ExitCode> {
     }
     for rule in &r.egress {
         println!("  egress            {rule}");
+    }
+    match &r.signers {
+        None => println!("  signed bundles    not required"),
+        Some((from, keys)) if *from == r.role => {
+            println!("  signed bundles    by {}", keys.join(", "))
+        }
+        Some((from, keys)) => {
+            println!("  signed bundles    by {} (set on {from})", keys.join(", "))
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

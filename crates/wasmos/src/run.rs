@@ -309,7 +309,7 @@ pub(crate) async fn run_cmd(target: &Target, args: RunArgs) -> Result<ExitCode> 
     for (i, data) in spec.inputs.iter_mut().zip(&input_files) {
         i.blob = client.push_blob(data, BlobKind::Data).await?.0;
     }
-    let (hash, uploaded) = client.push_blob(&bytes, BlobKind::Component).await?;
+    let (hash, uploaded) = crate::bundle::push_component(&client, &args.file, &bytes).await?;
     if uploaded {
         tracing::info!(%hash, "uploaded bundle");
     } else {

@@ -135,6 +135,7 @@ impl ClusterState {
                             added_ms: now_ms,
                             readers: Default::default(),
                             kept_on: Default::default(),
+                            signatures: Vec::new(),
                         });
                         meta.kept_on.insert(agent.clone());
                         meta.size = o.size;

@@ -21,7 +21,13 @@ impl ClusterState {
                     let checked = self
                         .check_blobs(&g.task, &owner)
                         .and_then(|()| self.check_spec_ceilings(&g.task, &role))
-                        .and_then(|()| check_sealed(&g.task));
+                        .and_then(|()| check_sealed(&g.task))
+                        .and_then(|()| {
+                            self.check_signed(
+                                &g.task.bundle,
+                                g.task.role.as_deref().unwrap_or(role.as_str()),
+                            )
+                        });
                     if let Err(why) = checked {
                         return CommandResult::Rejected(why.within(&format!("group `{}`", g.name)));
                     }

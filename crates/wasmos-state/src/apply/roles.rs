@@ -23,6 +23,9 @@ impl ClusterState {
                         record.guarantee
                     )));
                 }
+                if let Err(why) = self.check_signers(&role, &record.require_signed_by) {
+                    return CommandResult::Rejected(why);
+                }
                 self.roles.insert(role, record);
                 CommandResult::Ok
             }

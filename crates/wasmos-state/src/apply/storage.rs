@@ -32,6 +32,7 @@ impl ClusterState {
                     added_ms: now_ms,
                     readers: BTreeSet::new(),
                     kept_on: BTreeSet::new(),
+                    signatures: Vec::new(),
                 });
                 // Re-uploaded bytes are fresh again for retention; bytes an agent kept are now
                 // on the masters too.

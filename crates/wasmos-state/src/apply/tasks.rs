@@ -31,7 +31,11 @@ impl ClusterState {
                         return CommandResult::Rejected(why);
                     }
                 }
-                if let Err(why) = check_sealed(&spec) {
+                let signed = match &spec.role {
+                    Some(role) => self.check_signed(&spec.bundle, role),
+                    None => Ok(()),
+                };
+                if let Err(why) = check_sealed(&spec).and_then(|()| signed) {
                     return CommandResult::Rejected(why);
                 }
                 let id = match id {
