@@ -78,12 +78,11 @@ pub fn agent_peer_client(
 ) -> Result<quinn::Endpoint, NetError> {
     // The revocations these credentials carry apply here too: a revoked agent cannot serve.
     let inner = creds.client_verifier()?;
-    let (chain, key) = creds.server_pair();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AgentCertVerifier { inner }))
-        .with_client_auth_cert(chain, key)?;
+        .with_client_cert_resolver(creds.cert_resolver());
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));

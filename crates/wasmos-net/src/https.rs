@@ -31,11 +31,10 @@ impl std::fmt::Debug for HttpsAcceptor {
 impl HttpsAcceptor {
     pub fn new(creds: &Credentials) -> Result<HttpsAcceptor, NetError> {
         let verifier = creds.client_verifier()?;
-        let (chain, key) = creds.server_pair();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
+            .with_cert_resolver(creds.cert_resolver());
         crate::tls::no_resumption(&mut tls);
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(HttpsAcceptor {

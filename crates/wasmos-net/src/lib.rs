@@ -7,6 +7,7 @@ mod agent_peer;
 mod frame;
 mod https;
 mod identity;
+mod live;
 pub mod pki;
 mod private;
 mod refusals;
@@ -23,6 +24,7 @@ pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{
     Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity, peer_leaf,
 };
+pub use live::{CredentialFiles, RELOAD_EVERY, follow_files};
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;

@@ -18,6 +18,8 @@ pub enum PkiError {
     BadCa(String),
     #[error("the issued certificate cannot be used: {0}")]
     Unusable(String),
+    #[error("not a valid certificate signing request: {0}")]
+    BadRequest(String),
 }
 
 /// A CA certificate and its private key, both PEM.
@@ -75,9 +77,12 @@ pub fn issue_credentials(ca: &CaBundle, who: &Identity) -> Result<crate::Credent
         .map_err(|e| PkiError::Unusable(e.to_string()))
 }
 
-/// Issues a certificate for `who`. Only masters serve: theirs is a TLS server and client
-/// certificate with the DNS name every client verifies them by, plus `dns` and `ips` (for
-/// HTTPS clients that dial an address). Agents', operators' and tenants' are client
+/// How long a leaf `issue` makes is valid when no lifetime is given: until 2074.
+pub const FOREVER: Option<std::time::Duration> = None;
+
+/// Issues a certificate for `who`, valid until 2074. Only masters serve: theirs is a TLS server
+/// and client certificate with the DNS name every client verifies them by, plus `dns` and `ips`
+/// (for HTTPS clients that dial an address). Agents', operators' and tenants' are client
 /// certificates only, with no names to serve under: no leaf but a master's can pose as one.
 pub fn issue(
     ca: &CaBundle,
@@ -85,9 +90,37 @@ pub fn issue(
     dns: &[String],
     ips: &[IpAddr],
 ) -> Result<Issued, PkiError> {
+    issue_for(ca, who, dns, ips, FOREVER)
+}
+
+/// [`issue`] with a lifetime from now (`None`: until 2074).
+pub fn issue_for(
+    ca: &CaBundle,
+    who: &Identity,
+    dns: &[String],
+    ips: &[IpAddr],
+    lifetime: Option<std::time::Duration>,
+) -> Result<Issued, PkiError> {
+    let params = leaf_params(who, dns, ips, lifetime)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer(ca)?)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn issuer(ca: &CaBundle) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
-        .map_err(|e| PkiError::BadCa(e.to_string()))?;
+    Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| PkiError::BadCa(e.to_string()))
+}
+
+fn leaf_params(
+    who: &Identity,
+    dns: &[String],
+    ips: &[IpAddr],
+    lifetime: Option<std::time::Duration>,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, who.to_uri());
@@ -114,17 +147,96 @@ pub fn issue(
     } else {
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2074, 1, 1);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    match lifetime {
+        None => {
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2074, 1, 1);
+        }
+        Some(life) => {
+            // A minute's slack before now, for peers whose clocks run a little behind.
+            let now = std::time::SystemTime::now();
+            params.not_before = (now - std::time::Duration::from_secs(60)).into();
+            params.not_after = (now + life).into();
+        }
+    }
+    Ok(params)
 }
 
-/// The serial number of the first certificate of a PEM file, as revocations name it.
+/// A certificate signing request for a fresh key, and that key (PEM): what a node sends to
+/// be renewed. The request proves the key is the sender's; the names in the certificate come
+/// from the sender's current certificate, not from the request.
+pub fn renewal_request(who: &Identity) -> Result<(Vec<u8>, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, who.to_uri());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.der().to_vec(), key.serialize_pem()))
+}
+
+/// What a master signs renewals with: the CA whose key it was given (`--ca-key`), found
+/// among the CAs it trusts (during a rollover it trusts several).
+pub struct Signer(Issuer<'static, KeyPair>);
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// The CA among `ca_pem`'s certificates whose key `key_pem` is.
+    pub fn from_pem(ca_pem: &str, key_pem: &str) -> Result<Signer, PkiError> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
+        let public = rcgen::PublicKeyData::subject_public_key_info(&key);
+        for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+            let matches = X509Certificate::from_der(&der)
+                .is_ok_and(|(_, cert)| cert.public_key().raw == public.as_slice());
+            if matches {
+                let issuer = Issuer::from_ca_cert_der(&der, key)
+                    .map_err(|e| PkiError::BadCa(e.to_string()))?;
+                return Ok(Signer(issuer));
+            }
+        }
+        Err(PkiError::BadCa(
+            "the CA key belongs to none of the trusted CA certificates".into(),
+        ))
+    }
+
+    /// Signs the key of `csr` (whose signature must verify) into a client certificate for
+    /// `who`, valid for `lifetime` from now. Masters' certificates are not renewed this way:
+    /// they carry the names a master serves under, which a request cannot be trusted to name.
+    pub fn sign_renewal(
+        &self,
+        who: &Identity,
+        csr: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<String, PkiError> {
+        if matches!(who, Identity::Master(_)) {
+            return Err(PkiError::BadRequest(
+                "a master's certificate is renewed with `wasmos cert issue`, not a request".into(),
+            ));
+        }
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| PkiError::BadRequest(e.to_string()))?;
+        let params = leaf_params(who, &[], &[], Some(lifetime))?;
+        Ok(params.signed_by(&request.public_key, &self.0)?.pem())
+    }
+}
+
+/// When a certificate (DER) starts and stops being valid, in seconds since the epoch.
+pub fn validity_of_der(der: &[u8]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 pub fn serial_of_pem(pem: &str) -> Option<String> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
     let der = CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::live::Material;
 use crate::revoke::{RevocationList, RevokingVerifier};
 
 /// The DNS name in every master certificate; clients verify masters by it, whatever address
@@ -44,24 +43,13 @@ pub enum NetError {
     ConnectTimeout(SocketAddr),
 }
 
-/// A node's trust anchor and its own certificate chain and key, and the revocation list its
-/// verifiers consult (empty unless the node is given the replicated one).
+/// A node's trust anchors and its own certificate chain and key, and the revocation list its
+/// verifiers consult (empty unless the node is given the replicated one). Clones share the
+/// credentials: [`Credentials::reload`] replaces them for every endpoint built from any clone.
+#[derive(Clone)]
 pub struct Credentials {
-    ca: Vec<CertificateDer<'static>>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    live: crate::live::Cell,
     revoked: RevocationList,
-}
-
-impl Clone for Credentials {
-    fn clone(&self) -> Self {
-        Credentials {
-            ca: self.ca.clone(),
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-            revoked: self.revoked.clone(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -86,17 +74,47 @@ fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+fn material(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Material, NetError> {
+    Material::build(
+        certs("the CA certificate", ca_pem)?,
+        certs("the certificate", cert_pem)?,
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| NetError::Pem {
+            what: "the private key",
+            detail: e.to_string(),
+        })?,
+    )
+}
+
 impl Credentials {
+    /// `ca_pem` may hold several CA certificates (during a CA rollover, the old and the new):
+    /// a peer's certificate is accepted if any of them signed it.
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, NetError> {
         Ok(Credentials {
-            ca: certs("the CA certificate", ca_pem)?,
-            chain: certs("the certificate", cert_pem)?,
-            key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| NetError::Pem {
-                what: "the private key",
-                detail: e.to_string(),
-            })?,
+            live: crate::live::Cell::new(material(ca_pem, cert_pem, key_pem)?),
             revoked: RevocationList::default(),
         })
+    }
+
+    /// Replaces the CA set, certificate and key for every handshake from now on, if they make
+    /// whole credentials (the key matches the certificate); otherwise changes nothing.
+    pub fn reload(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), NetError> {
+        self.live.set(material(ca_pem, cert_pem, key_pem)?);
+        Ok(())
+    }
+
+    /// The certificate in force (its end-entity certificate, DER; the chain is never empty).
+    pub fn leaf(&self) -> Vec<u8> {
+        let m = self.live.get();
+        m.certified
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The CA certificates in force (DER).
+    pub fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
+        self.live.get().ca.clone()
     }
 
     /// These credentials with `list` as the revocation list every verifier built from them
@@ -113,27 +131,20 @@ impl Credentials {
 
     /// The CA chain check, then the revocation list: for servers verifying their clients.
     pub(crate) fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, NetError> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
-                .build()
-                .map_err(|e| NetError::Verifier(e.to_string()))?;
         Ok(Arc::new(RevokingVerifier {
-            inner,
+            inner: Arc::new(crate::live::LiveClientVerifier(self.live.clone())),
             list: self.revoked.clone(),
         }))
     }
 
-    /// The certificate chain and key, for a TLS server.
-    pub(crate) fn server_pair(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (self.chain.clone(), self.key.clone_key())
+    /// The node's own certificate, as servers and clients present it.
+    pub(crate) fn cert_resolver(&self) -> Arc<crate::live::LiveCert> {
+        Arc::new(crate::live::LiveCert(self.live.clone()))
     }
 
-    pub(crate) fn roots(&self) -> Result<RootCertStore, NetError> {
-        let mut roots = RootCertStore::empty();
-        for c in &self.ca {
-            roots.add(c.clone())?;
-        }
-        Ok(roots)
+    /// Servers' certificates checked against the CA set in force: for clients.
+    pub(crate) fn server_verifier(&self) -> Arc<crate::live::LiveServerVerifier> {
+        Arc::new(crate::live::LiveServerVerifier(self.live.clone()))
     }
 }
 
@@ -175,7 +186,7 @@ pub(crate) fn server_config(
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?;
+        .with_cert_resolver(creds.cert_resolver());
     no_resumption(&mut tls);
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
@@ -234,8 +245,9 @@ pub(crate) fn client_config(
 ) -> Result<quinn::ClientConfig, NetError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(creds.roots()?)
-        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?;
+        .dangerous()
+        .with_custom_certificate_verifier(creds.server_verifier())
+        .with_client_cert_resolver(creds.cert_resolver());
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Verifier(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));

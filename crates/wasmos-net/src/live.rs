@@ -1,0 +1,415 @@
+//! Credentials that can be replaced while endpoints use them: every TLS configuration built
+//! from a [`crate::Credentials`] resolves its own certificate and its trust anchors through
+//! one shared cell, so a renewed certificate or a new CA set applies to the next handshake
+//! without a restart (connections already up keep what they were made with).
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use crate::tls::{NetError, provider};
+
+/// One set of credentials, with what the handshakes derive from it.
+pub(crate) struct Material {
+    pub(crate) ca: Vec<CertificateDer<'static>>,
+    pub(crate) certified: Arc<CertifiedKey>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    server_verifier: Arc<dyn ServerCertVerifier>,
+}
+
+impl Material {
+    pub(crate) fn build(
+        ca: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Material, NetError> {
+        let mut roots = RootCertStore::empty();
+        for c in &ca {
+            roots.add(c.clone())?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| NetError::Verifier(e.to_string()))?;
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| NetError::Verifier(e.to_string()))?;
+        // Checks the key is one the provider can use and that it matches the certificate, so
+        // a half-written renewal (new certificate, old key) is refused instead of installed.
+        let certified = CertifiedKey::from_der(chain, key, &provider())?;
+        Ok(Material {
+            ca,
+            certified: Arc::new(certified),
+            client_verifier,
+            server_verifier,
+        })
+    }
+}
+
+/// The shared cell. A poisoned lock only means a panic elsewhere while it was held; the
+/// material inside is whole either way (it is replaced, never edited).
+#[derive(Clone)]
+pub(crate) struct Cell(Arc<RwLock<Arc<Material>>>);
+
+impl Cell {
+    pub(crate) fn new(m: Material) -> Cell {
+        Cell(Arc::new(RwLock::new(Arc::new(m))))
+    }
+
+    pub(crate) fn get(&self) -> Arc<Material> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, m: Material) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(m);
+    }
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCredentials").finish_non_exhaustive()
+    }
+}
+
+/// The node's own certificate, as a server and as a client.
+#[derive(Debug)]
+pub(crate) struct LiveCert(pub(crate) Cell);
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for LiveCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Client certificates checked against the CA set in force.
+#[derive(Debug)]
+pub(crate) struct LiveClientVerifier(pub(crate) Cell);
+
+impl ClientCertVerifier for LiveClientVerifier {
+    // Hints are optional (they help a client with several certificates choose); ours have one.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .get()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().client_verifier.supported_verify_schemes()
+    }
+}
+
+/// Servers' (masters') certificates checked against the CA set in force.
+#[derive(Debug)]
+pub(crate) struct LiveServerVerifier(pub(crate) Cell);
+
+impl ServerCertVerifier for LiveServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.get().server_verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .server_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .server_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().server_verifier.supported_verify_schemes()
+    }
+}
+
+/// Where a node's credentials live on disk: the CA set, its certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CredentialFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CredentialFiles {
+    /// The three files' contents, as text.
+    pub fn read(&self) -> Result<[String; 3], String> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        Ok([read(&self.ca)?, read(&self.cert)?, read(&self.key)?])
+    }
+}
+
+/// How often [`follow_files`] looks at the files.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Reloads `creds` whenever the files change (a renewal, a new CA set), checking every
+/// `every`; never returns. A change that does not make whole credentials (a certificate
+/// written before its key, a bad PEM) is logged and retried at the next look, while the
+/// credentials in force stay.
+pub async fn follow_files(creds: crate::Credentials, files: CredentialFiles, every: Duration) {
+    let mut last = files.read().ok();
+    let mut complained: Option<String> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = match files.read() {
+            Ok(now) => now,
+            Err(e) => {
+                if complained.as_ref() != Some(&e) {
+                    tracing::warn!("credentials not reloaded: {e}");
+                    complained = Some(e);
+                }
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let [ca, cert, key] = &now;
+        match creds.reload(ca, cert, key) {
+            Ok(()) => {
+                tracing::info!(
+                    cert = %files.cert.display(),
+                    ca = %files.ca.display(),
+                    "reloaded certificate and trusted CAs"
+                );
+                last = Some(now);
+                complained = None;
+            }
+            Err(e) => {
+                let e = format!("{}: {e}", files.cert.display());
+                if complained.as_ref() != Some(&e) {
+                    tracing::warn!("credentials not reloaded: {e}");
+                    complained = Some(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use crate::pki::{Signer, issue, new_ca, renewal_request, validity_of_der};
+    use crate::{Credentials, Identity, peer_leaf};
+
+    fn creds(ca_pem: &str, issued: &crate::pki::Issued) -> Credentials {
+        Credentials::from_pem(ca_pem, &issued.cert_pem, &issued.key_pem).unwrap()
+    }
+
+    /// Connects a client with `client` credentials to `addr`; Ok(the server's leaf) or why not.
+    async fn dial(client: &Credentials, addr: SocketAddr) -> Result<Vec<u8>, String> {
+        let endpoint = crate::client_endpoint(client, b"t", addr).unwrap();
+        let conn = crate::connect(&endpoint, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The server refuses a client certificate after the client's side of the handshake is
+        // done: a round trip tells.
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(16).await.map_err(|e| e.to_string())?;
+        Ok(peer_leaf(&conn).map(|c| c.to_vec()).unwrap_or_default())
+    }
+
+    fn serve(server: &Credentials) -> SocketAddr {
+        let endpoint =
+            crate::server_endpoint("127.0.0.1:0".parse().unwrap(), server, &[b"t"]).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let _ = recv.read_to_end(16).await;
+                        let _ = send.write_all(b"pong").await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A renewed certificate and a new CA set apply to the next handshakes of endpoints that
+    /// were built before them: the CA rollover, step by step, with a live server.
+    #[tokio::test]
+    async fn reloaded_credentials_apply_to_new_handshakes() {
+        let (old_ca, new_ca_) = (new_ca("old").unwrap(), new_ca("new").unwrap());
+        let master = Identity::Master("m1".into());
+        let agent = Identity::Agent("a1".into());
+        let server = creds(
+            &old_ca.cert_pem,
+            &issue(&old_ca, &master, &[], &[]).unwrap(),
+        );
+        let addr = serve(&server);
+        let old_leaf = issue(&old_ca, &agent, &[], &[]).unwrap();
+        let old_client = creds(&old_ca.cert_pem, &old_leaf);
+        let first = dial(&old_client, addr).await.unwrap();
+
+        // 1. Both CAs trusted everywhere; nothing else changes.
+        let both = format!("{}{}", old_ca.cert_pem, new_ca_.cert_pem);
+        let new_leaf = issue(&new_ca_, &agent, &[], &[]).unwrap();
+        let new_client = creds(&both, &new_leaf);
+        assert!(
+            dial(&new_client, addr).await.is_err(),
+            "the new CA is not trusted yet"
+        );
+        let server_leaf = issue(&old_ca, &master, &[], &[]).unwrap();
+        server
+            .reload(&both, &server_leaf.cert_pem, &server_leaf.key_pem)
+            .unwrap();
+        dial(&new_client, addr).await.unwrap();
+        // The old client is told of the new CA too, its own certificate unchanged.
+        old_client
+            .reload(&both, &old_leaf.cert_pem, &old_leaf.key_pem)
+            .unwrap();
+        let renewed = dial(&old_client, addr).await.unwrap();
+        assert_ne!(
+            renewed, first,
+            "the server presents its reloaded certificate"
+        );
+
+        // 2. The server moves to a leaf of the new CA: clients trusting both still connect.
+        let server_new = issue(&new_ca_, &master, &[], &[]).unwrap();
+        server
+            .reload(&both, &server_new.cert_pem, &server_new.key_pem)
+            .unwrap();
+        dial(&old_client, addr).await.unwrap();
+
+        // 3. The old CA is dropped: its leaves are refused, the new ones are not.
+        server
+            .reload(&new_ca_.cert_pem, &server_new.cert_pem, &server_new.key_pem)
+            .unwrap();
+        assert!(
+            dial(&old_client, addr).await.is_err(),
+            "old CA still trusted"
+        );
+        dial(&new_client, addr).await.unwrap();
+
+        // A certificate with another's key is refused, and what was in force stays.
+        let other = issue(&new_ca_, &master, &[], &[]).unwrap();
+        let mixed = server.reload(&new_ca_.cert_pem, &other.cert_pem, &server_new.key_pem);
+        assert!(mixed.is_err());
+        dial(&new_client, addr).await.unwrap();
+    }
+
+    /// A renewal request gets a certificate for the identity the signer names (not the one
+    /// the request asks for), with the request's key and the lifetime given.
+    #[test]
+    fn a_renewal_signs_the_request_key_for_the_callers_identity() {
+        let ca = new_ca("t").unwrap();
+        let other = new_ca("other").unwrap();
+        let both = format!("{}{}", other.cert_pem, ca.cert_pem);
+        let signer = Signer::from_pem(&both, &ca.key_pem).unwrap();
+        assert!(Signer::from_pem(&other.cert_pem, &ca.key_pem).is_err());
+        let tenant = Identity::Tenant {
+            tenant: "acme".into(),
+            user: "alice".into(),
+        };
+        let (csr, key) = renewal_request(&Identity::Operator("root".into())).unwrap();
+        let life = std::time::Duration::from_secs(3600);
+        let cert = signer.sign_renewal(&tenant, &csr, life).unwrap();
+        assert_eq!(
+            crate::pki::identity_of_pem(&cert).map(|i| i.to_uri()),
+            Some(tenant.to_uri())
+        );
+        let renewed = Credentials::from_pem(&ca.cert_pem, &cert, &key).unwrap();
+        let (from, until) = validity_of_der(&renewed.leaf()).unwrap();
+        assert!((until - from - 3660).abs() <= 2, "{from} {until}");
+        let mut forged = csr.clone();
+        let n = forged.len() - 3;
+        forged[n] ^= 1;
+        assert!(signer.sign_renewal(&tenant, &forged, life).is_err());
+        assert!(
+            signer
+                .sign_renewal(&Identity::Master("m".into()), &csr, life)
+                .is_err()
+        );
+    }
+}
