@@ -3,6 +3,7 @@
 //! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
 
 mod kept;
+mod renew;
 mod taskdir;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,10 @@ pub struct AgentConfig {
     pub peer_advertise: Option<SocketAddr>,
     /// Most bytes of kept outputs held at once; outputs past it go to the masters.
     pub keep_max_bytes: u64,
+    /// Where the agent's CA set, certificate and key are: followed (a change applies without
+    /// a restart) and, for the certificate and key, renewed from the masters before the
+    /// certificate expires. `None`: the credentials given are kept as they are.
+    pub cert_files: Option<wasmos_net::CredentialFiles>,
 }
 
 /// The default of [`AgentConfig::keep_max_bytes`].
@@ -249,6 +254,17 @@ impl Drop for TaskPool {
 
 /// Runs an agent until `shutdown` turns true, reconnecting to the master whenever the session
 /// drops.
+/// Background tasks of one agent's life, stopped with it.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 pub async fn run(
     cfg: AgentConfig,
     creds: Credentials,
@@ -364,6 +380,16 @@ pub async fn run(
             },
         ));
     }
+    let _renewal = agent.cfg.cert_files.clone().map(|files| {
+        AbortOnDrop(vec![
+            tokio::spawn(wasmos_net::follow_files(
+                creds.clone(),
+                files.clone(),
+                wasmos_net::RELOAD_EVERY,
+            )),
+            tokio::spawn(renew::renew_when_due(agent.clone(), creds.clone(), files)),
+        ])
+    });
     let mut backoff = Duration::from_millis(200);
     let mut masters = vec![agent.cfg.master];
     masters.extend(
@@ -670,7 +696,10 @@ async fn read_loop(
                 conn.close(0u32.into(), b"going to the leader");
                 break Err(SessionEnd::NotLeader(addr.and_then(|a| a.parse().ok())));
             }
-            MasterToAgent::Bundle { .. } | MasterToAgent::Stored | MasterToAgent::Leader { .. } => {
+            MasterToAgent::Bundle { .. }
+            | MasterToAgent::Stored
+            | MasterToAgent::Leader { .. }
+            | MasterToAgent::Renewed { .. } => {
                 tracing::warn!("unexpected blob answer on the control stream");
             }
         }

@@ -468,6 +468,7 @@ fn store_output(shared: &Shared, agent: &AgentId, task: TaskId, stream: OutputSt
 async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let shared = shared.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let reply = match recv_frame::<AgentToMaster>(&mut recv).await {
                 Ok(Some(AgentToMaster::FetchBundle { hash })) => {
@@ -500,6 +501,20 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                     if let Some(answer) = answer {
                         let _ = send_frame(&mut send, &answer).await;
                     }
+                    let _ = send.finish();
+                    return;
+                }
+                Ok(Some(AgentToMaster::Renew { csr })) => {
+                    let answer = match wasmos_net::peer_identity(&conn) {
+                        Ok(who) => match crate::renewal::renew(&shared, &who, &csr).await {
+                            Ok(cert_pem) => MasterToAgent::Renewed { cert_pem },
+                            Err(message) => MasterToAgent::Error { message },
+                        },
+                        Err(e) => MasterToAgent::Error {
+                            message: e.to_string(),
+                        },
+                    };
+                    let _ = send_frame(&mut send, &answer).await;
                     let _ = send.finish();
                     return;
                 }

@@ -270,6 +270,7 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::AddSigningKey { public } => ("add-signing-key", wasmos_net::signing::key_id(public)),
         R::RevokeSigningKey { key } => ("revoke-signing-key", audit_field(key)),
         R::ListSigningKeys => ("list-signing-keys", String::new()),
+        R::RenewCertificate { .. } => ("renew-certificate", String::new()),
     }
 }
 

@@ -306,6 +306,12 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             crate::signing::revoke_key(shared, who, key).await
         }
         ClientRequest::ListSigningKeys => crate::signing::list_keys(shared, who),
+        ClientRequest::RenewCertificate { csr } => {
+            match crate::renewal::renew(shared, who, &csr).await {
+                Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
+                Err(e) => error(ErrorKind::InvalidRequest, e),
+            }
+        }
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster

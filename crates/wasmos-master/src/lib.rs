@@ -14,6 +14,7 @@ mod logs;
 mod offers;
 mod peers;
 mod policy;
+mod renewal;
 mod replies;
 mod retention;
 mod revocation;
@@ -77,6 +78,19 @@ pub struct MasterConfig {
     /// (Mesos' `min_allocatable_resources`): lower it for tasks smaller than the default 10m
     /// and 32 MiB, which an agent's leftovers below it could otherwise never hold.
     pub allocator: wasmos_alloc::Config,
+    /// Renewing certificates for the callers that ask (`wasmos cert renew`, agents before
+    /// their certificate expires); `None`: this master renews none.
+    pub renewal: Option<Renewal>,
+}
+
+/// What a master renews certificates with.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// The private key of one of the CAs the master trusts, read at each renewal (so a new
+    /// one applies without a restart); the CA whose key it is signs.
+    pub ca_key: PathBuf,
+    /// How long a renewed certificate is valid.
+    pub lifetime: Duration,
 }
 
 /// What keeps tenants apart over time: sealed secrets, retention, fair admission.
@@ -157,6 +171,7 @@ impl MasterConfig {
             join: false,
             tenancy: TenancyConfig::default(),
             allocator: wasmos_alloc::Config::default(),
+            renewal: None,
         }
     }
 }
@@ -212,6 +227,8 @@ pub(crate) struct Shared {
     /// Wakes the job host when a job was submitted, so it starts at once, not at its next
     /// poll (up to 300 ms later).
     pub jobs_changed: tokio::sync::Notify,
+    /// This master's credentials: the CA set in force is what renewals are signed under.
+    pub creds: Credentials,
 }
 
 /// An agent's registration under way (see [`Shared::registering`]); ends when dropped.
@@ -561,6 +578,7 @@ impl Master {
             refusals: wasmos_net::Refusals::default(),
             storage_cache: Mutex::default(),
             jobs_changed: tokio::sync::Notify::new(),
+            creds: creds.clone(),
             uploads: Mutex::default(),
             revocations,
             live: wasmos_net::LiveConnections::default(),

@@ -223,6 +223,29 @@ impl CredentialFiles {
     }
 }
 
+impl CredentialFiles {
+    /// Installs a renewed certificate and its key: checked to make whole credentials with
+    /// the CA set on disk, then each file replaced by a rename (the key first, written
+    /// private), so a reader sees the old pair or the new one, never half of one for long.
+    pub fn install(&self, cert_pem: &str, key_pem: &str) -> Result<crate::Credentials, String> {
+        let ca = std::fs::read_to_string(&self.ca)
+            .map_err(|e| format!("cannot read {}: {e}", self.ca.display()))?;
+        let creds = crate::Credentials::from_pem(&ca, cert_pem, key_pem)
+            .map_err(|e| format!("the renewed certificate is unusable: {e}"))?;
+        let replace = |path: &PathBuf, text: &str| -> Result<(), String> {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".new");
+            let tmp = PathBuf::from(tmp);
+            crate::write_private(&tmp, text.as_bytes())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        };
+        replace(&self.key, key_pem)?;
+        replace(&self.cert, cert_pem)?;
+        Ok(creds)
+    }
+}
+
 /// How often [`follow_files`] looks at the files.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
@@ -392,7 +415,7 @@ mod tests {
             tenant: "acme".into(),
             user: "alice".into(),
         };
-        let (csr, key) = renewal_request(&Identity::Operator("root".into())).unwrap();
+        let (csr, key) = renewal_request().unwrap();
         let life = std::time::Duration::from_secs(3600);
         let cert = signer.sign_renewal(&tenant, &csr, life).unwrap();
         assert_eq!(

@@ -51,7 +51,19 @@ impl std::fmt::Debug for Issued {
 pub fn new_ca(cluster: &str) -> Result<CaBundle, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("wasmos cluster CA ({cluster})"));
+    // Named apart from the cluster's other CAs (a rollover trusts two at once): its creation
+    // time, and a random part in case two are made in the same second.
+    let made = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut nonce = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| PkiError::BadCa("no randomness for the CA's name".into()))?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    dn.push(
+        DnType::CommonName,
+        format!("wasmos cluster CA ({cluster}, {made}-{nonce})"),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -165,11 +177,11 @@ fn leaf_params(
 /// A certificate signing request for a fresh key, and that key (PEM): what a node sends to
 /// be renewed. The request proves the key is the sender's; the names in the certificate come
 /// from the sender's current certificate, not from the request.
-pub fn renewal_request(who: &Identity) -> Result<(Vec<u8>, String), PkiError> {
+pub fn renewal_request() -> Result<(Vec<u8>, String), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, who.to_uri());
+    dn.push(DnType::CommonName, "wasmos renewal request");
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key)?;
     Ok((csr.der().to_vec(), key.serialize_pem()))
@@ -190,14 +202,25 @@ impl Signer {
     pub fn from_pem(ca_pem: &str, key_pem: &str) -> Result<Signer, PkiError> {
         use rustls_pki_types::CertificateDer;
         use rustls_pki_types::pem::PemObject;
+        let cas: Vec<_> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+            .flatten()
+            .collect();
+        Signer::from_ders(&cas, key_pem)
+    }
+
+    /// The CA among `cas` whose key `key_pem` is.
+    pub fn from_ders(
+        cas: &[rustls_pki_types::CertificateDer<'_>],
+        key_pem: &str,
+    ) -> Result<Signer, PkiError> {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadCa(e.to_string()))?;
         let public = rcgen::PublicKeyData::subject_public_key_info(&key);
-        for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
-            let matches = X509Certificate::from_der(&der)
+        for der in cas {
+            let matches = X509Certificate::from_der(der)
                 .is_ok_and(|(_, cert)| cert.public_key().raw == public.as_slice());
             if matches {
-                let issuer = Issuer::from_ca_cert_der(&der, key)
+                let issuer = Issuer::from_ca_cert_der(der, key)
                     .map_err(|e| PkiError::BadCa(e.to_string()))?;
                 return Ok(Signer(issuer));
             }
@@ -227,6 +250,23 @@ impl Signer {
         let params = leaf_params(who, &[], &[], Some(lifetime))?;
         Ok(params.signed_by(&request.public_key, &self.0)?.pem())
     }
+}
+
+/// The first certificate of a PEM text, as DER.
+pub fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// A PEM certificate's subject and issuer names, as text.
+pub fn names_of_pem(pem: &str) -> Option<(String, String)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = der_of_pem(pem)?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    Some((cert.subject().to_string(), cert.issuer().to_string()))
 }
 
 /// When a certificate (DER) starts and stops being valid, in seconds since the epoch.

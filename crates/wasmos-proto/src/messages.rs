@@ -166,7 +166,16 @@ pub enum ClientRequest {
     },
     /// Operators only: the registered signing keys.
     ListSigningKeys,
+    /// A new certificate for the caller's own identity (as its current certificate names
+    /// it), for the key whose certificate signing request (DER) this is; answered
+    /// `Certificate`. The private key never leaves the caller.
+    RenewCertificate {
+        csr: Vec<u8>,
+    },
 }
+
+/// Largest certificate signing request a master reads.
+pub const MAX_CSR_BYTES: usize = 8 << 10;
 
 /// Most entries one `ListRevoked` answer holds.
 pub const MAX_REVOKED_PAGE: usize = 5000;
@@ -361,6 +370,10 @@ pub enum ClientResponse {
     SigningKeys(Vec<crate::SigningKeyInfo>),
     SigningKeyAdded {
         id: String,
+    },
+    /// A renewed certificate (PEM), for the key of the request.
+    Certificate {
+        cert_pem: String,
     },
     /// A page of audit entries; the next page starts after `scanned_to` (entries up to it
     /// were looked at, matching or not), and `newest` is the last entry there is now.
@@ -569,6 +582,11 @@ pub enum AgentToMaster {
         hash: BundleHash,
         size: u64,
     },
+    /// As the first message of a new stream: a new certificate for this agent, for the key of
+    /// this certificate signing request (DER); answered `Renewed` or `Error`.
+    Renew {
+        csr: Vec<u8>,
+    },
 }
 
 /// Master to agent, on the agent's control stream.
@@ -614,6 +632,10 @@ pub enum MasterToAgent {
     /// Answer to `FetchBundle`, followed by `size` raw bytes.
     Bundle {
         size: u64,
+    },
+    /// Answer to `Renew`: the agent's new certificate (PEM).
+    Renewed {
+        cert_pem: String,
     },
     Error {
         message: String,

@@ -247,6 +247,7 @@ pub(crate) async fn agent_until(
             })
             .transpose()?,
         keep_max_bytes: parse_bytes(&args.keep_max).context("--keep-max")?,
+        cert_files: args.tls.files(),
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));

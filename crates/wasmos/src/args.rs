@@ -21,6 +21,15 @@ pub(crate) struct TlsArgs {
 }
 
 impl TlsArgs {
+    /// The three files, when all are given: what the node follows for renewals and rollovers.
+    pub(crate) fn files(&self) -> Option<wasmos_net::CredentialFiles> {
+        Some(wasmos_net::CredentialFiles {
+            ca: self.ca.clone()?,
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+        })
+    }
+
     pub(crate) fn credentials(&self) -> Result<wasmos_net::Credentials> {
         let read = |what: &str, p: &Option<PathBuf>| -> Result<String> {
             let p = p.as_ref().ok_or_else(|| anyhow!("--{what} is required"))?;

@@ -31,7 +31,15 @@ pub(crate) enum CertCmd {
         operator: Option<String>,
         #[arg(long, value_name = "TENANT/USER", group = "who")]
         tenant: Option<String>,
+        /// How long the certificate is valid from now, e.g. 30d (default: until 2074).
+        /// Agents renew theirs from the masters before it ends; others with `cert renew`.
+        #[arg(long, value_name = "DURATION")]
+        lifetime: Option<humantime::Duration>,
     },
+    /// Get a new certificate for your own identity from the masters (one started with
+    /// --ca-key), for a new key made here: the key and certificate files your client config
+    /// names are replaced. The private key never leaves this machine.
+    Renew,
     /// Operators: revoke a certificate by its serial number (`wasmos cert serial FILE`
     /// prints it), or every certificate of an identity. Every master refuses it from then on
     /// and closes its open connections.
@@ -101,6 +109,7 @@ pub(crate) async fn run(target: &Target, cmd: CertCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         issue @ CertCmd::Issue { .. } => issue_cmd(issue),
+        CertCmd::Renew => renew(target).await,
     }
 }
 
@@ -111,6 +120,7 @@ fn issue_cmd(cmd: CertCmd) -> Result<ExitCode> {
         agent,
         operator,
         tenant,
+        lifetime,
     } = cmd
     else {
         bail!("not an issue command");
@@ -137,7 +147,7 @@ fn issue_cmd(cmd: CertCmd) -> Result<ExitCode> {
         eprintln!("creating a new cluster CA in {}", pki.display());
     }
     let ca = ensure_ca(&pki)?;
-    let files = ensure_cert(&pki, &ca, &who, &file)?;
+    let files = ensure_cert(&pki, &ca, &who, &file, lifetime.map(Into::into))?;
     println!("{}\n{}", files.cert.display(), files.key.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -176,8 +186,15 @@ pub fn ensure_ca(pki_dir: &Path) -> Result<CaBundle> {
     Ok(ca)
 }
 
-/// The certificate for `who` named `file`, issued on first use.
-pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) -> Result<PkiFiles> {
+/// The certificate for `who` named `file`, issued on first use (valid for `lifetime`, or
+/// until 2074).
+pub fn ensure_cert(
+    pki_dir: &Path,
+    ca: &CaBundle,
+    who: &Identity,
+    file: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<PkiFiles> {
     // Identity names may hold dots between labels (`host.example`), never a leading one or
     // a path.
     if matches!(file, "ca" | "secrets")
@@ -213,7 +230,7 @@ pub fn ensure_cert(pki_dir: &Path, ca: &CaBundle, who: &Identity, file: &str) ->
         return Ok(files);
     }
     let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
-    let issued = pki::issue(ca, who, &["localhost".to_string()], &ips)?;
+    let issued = pki::issue_for(ca, who, &["localhost".to_string()], &ips, lifetime)?;
     write_private(&files.key, &issued.key_pem)?;
     std::fs::write(&files.cert, &issued.cert_pem)
         .with_context(|| format!("cannot write {}", files.cert.display()))?;
@@ -226,4 +243,35 @@ pub fn credentials(ca: &CaBundle, files: &PkiFiles) -> Result<Credentials> {
         &read(&files.cert)?,
         &read(&files.key)?,
     )?)
+}
+
+/// `wasmos cert renew`: a new key here, a certificate for it from the masters, both files of
+/// the client config replaced.
+async fn renew(target: &Target) -> Result<ExitCode> {
+    let cfg = target.load()?;
+    let files = wasmos_net::CredentialFiles {
+        ca: cfg.dir.join(&cfg.ca),
+        cert: cfg.dir.join(&cfg.cert),
+        key: cfg.dir.join(&cfg.key),
+    };
+    let (csr, key) = pki::renewal_request()?;
+    let ClientResponse::Certificate { cert_pem } =
+        target.ask(ClientRequest::RenewCertificate { csr }).await?
+    else {
+        bail!("unexpected answer to cert renew");
+    };
+    let creds = files.install(&cert_pem, &key).map_err(|e| anyhow!(e))?;
+    let until = pki::validity_of_der(&creds.leaf()).map_or_else(
+        || "?".to_string(),
+        |(_, until)| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(until.max(0) as u64);
+            humantime::format_rfc3339_seconds(at).to_string()
+        },
+    );
+    println!(
+        "renewed {} (valid until {until}); new key in {}",
+        files.cert.display(),
+        files.key.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -34,6 +34,9 @@ pub struct DevOptions {
     pub tenancy: wasmos_master::TenancyConfig,
     pub agent_timeout: std::time::Duration,
     pub allocator: wasmos_alloc::Config,
+    /// How long the agents' and the operator's certificates are valid when first issued
+    /// (`None`: until 2074), and renewed ones (`None`: 30 days).
+    pub leaf_lifetime: Option<std::time::Duration>,
 }
 
 /// A running dev cluster.
@@ -43,6 +46,8 @@ pub struct DevCluster {
     pub config_path: PathBuf,
     shutdown: watch::Sender<bool>,
     agents: Vec<tokio::task::JoinHandle<()>>,
+    /// Follows the master's certificate files.
+    follow: tokio::task::JoinHandle<()>,
 }
 
 pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
@@ -53,31 +58,55 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     let pki_dir = data.join("pki");
     let ca = ensure_ca(&pki_dir)?;
-    let master_files = ensure_cert(&pki_dir, &ca, &Identity::Master("m1".into()), "master")?;
+    let master_files = ensure_cert(
+        &pki_dir,
+        &ca,
+        &Identity::Master("m1".into()),
+        "master",
+        None,
+    )?;
     // The operator certificate is what client.toml points the CLI at.
     ensure_cert(
         &pki_dir,
         &ca,
         &Identity::Operator("admin".into()),
         "operator",
+        opts.leaf_lifetime,
     )?;
 
+    let master_creds = credentials(&ca, &master_files)?;
     let master = wasmos_master::Master::start(
         wasmos_master::MasterConfig {
             agent_timeout: opts.agent_timeout,
             allocator: opts.allocator.clone(),
             tenancy: opts.tenancy.clone(),
+            // The dev cluster's own CA renews what it issued.
+            renewal: Some(wasmos_master::Renewal {
+                ca_key: pki_dir.join("ca.key"),
+                lifetime: opts
+                    .leaf_lifetime
+                    .unwrap_or(std::time::Duration::from_secs(30 * 24 * 3600)),
+            }),
             ..wasmos_master::MasterConfig::new(data.join("master"), opts.listen)
         },
-        &credentials(&ca, &master_files)?,
+        &master_creds,
     )
     .await
     .context("starting the master")?;
+    let follow = tokio::spawn(wasmos_net::follow_files(
+        master_creds.clone(),
+        wasmos_net::CredentialFiles {
+            ca: pki_dir.join("ca.pem"),
+            cert: master_files.cert.clone(),
+            key: master_files.key.clone(),
+        },
+        wasmos_net::RELOAD_EVERY,
+    ));
     let addr = master.local_addr();
     // The HTTPS/JSON API on the same interface, on a free port.
     let web = wasmos_web::serve(
         master.frameworks(),
-        &credentials(&ca, &master_files)?.with_revocations(master.revocations()),
+        &master_creds.with_revocations(master.revocations()),
         std::net::SocketAddr::new(opts.listen.ip(), 0),
     )
     .await
@@ -91,7 +120,13 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     let mut agents = Vec::new();
     for i in 1..=opts.agents {
         let name = format!("agent-{i}");
-        let files = ensure_cert(&pki_dir, &ca, &Identity::Agent(name.clone()), &name)?;
+        let files = ensure_cert(
+            &pki_dir,
+            &ca,
+            &Identity::Agent(name.clone()),
+            &name,
+            opts.leaf_lifetime,
+        )?;
         let mut attributes = wasmos_agent::default_attributes();
         attributes.insert("dev".into(), "true".into());
         let cfg = wasmos_agent::AgentConfig {
@@ -108,6 +143,11 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             peer_advertise: None,
             keep_max_bytes: wasmos_agent::DEFAULT_KEEP_MAX_BYTES,
+            cert_files: Some(wasmos_net::CredentialFiles {
+                ca: pki_dir.join("ca.pem"),
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+            }),
         };
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();
@@ -123,12 +163,14 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
         config_path,
         shutdown,
         agents,
+        follow,
     })
 }
 
 impl DevCluster {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        self.follow.abort();
         for a in self.agents {
             let _ = a.await;
         }
@@ -195,6 +237,11 @@ pub(crate) struct DevArgs {
     pub(crate) offers: OfferArgs,
     #[command(flatten)]
     pub(crate) tenancy: TenancyArgs,
+    /// How long the agents' and the operator's certificates are valid when first issued
+    /// (default: until 2074), and those the master renews (default 30d). Agents renew theirs
+    /// when two thirds of it have passed; `wasmos cert renew` renews the operator's.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) leaf_lifetime: Option<humantime::Duration>,
 }
 
 pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
@@ -269,6 +316,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         tenancy: args.tenancy.config(),
         agent_timeout: args.agent_timeout.into(),
         allocator: args.offers.config()?,
+        leaf_lifetime: args.leaf_lifetime.map(Into::into),
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.

@@ -173,7 +173,13 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         .with_context(|| format!("cannot create {}", data.display()))?;
     let pki = data.join("pki");
     let ca = ensure_ca(&pki)?;
-    ensure_cert(&pki, &ca, &Identity::Operator("admin".into()), "operator")?;
+    ensure_cert(
+        &pki,
+        &ca,
+        &Identity::Operator("admin".into()),
+        "operator",
+        None,
+    )?;
     let addrs = master_addrs(&data, opts.masters, opts.listen)?;
     let peers = addrs
         .iter()
@@ -192,13 +198,16 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let name = format!("master-{id}");
-        let files = ensure_cert(&pki, &ca, &Identity::Master(format!("m{id}")), &name)?;
+        let files = ensure_cert(&pki, &ca, &Identity::Master(format!("m{id}")), &name, None)?;
         let dir = data.join(&name);
         let mut args = os(&["master", "--id", &id.to_string(), "--listen"]);
         args.push(addr.to_string().into());
         args.extend(os(&["--peers", &peers, "--data-dir"]));
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
+        // The group's own CA renews what it issued.
+        args.push("--ca-key".into());
+        args.push(pki.join("ca.key").into());
         args.extend(opts.master_args.iter().map(Into::into));
         if !opts.master_args.iter().any(|a| a == "--secrets-key") {
             // One key for the group: a secret sealed by one leader opens on the next.
@@ -216,7 +225,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     }
     for i in 1..=opts.agents {
         let name = format!("agent-{i}");
-        let files = ensure_cert(&pki, &ca, &Identity::Agent(name.clone()), &name)?;
+        let files = ensure_cert(&pki, &ca, &Identity::Agent(name.clone()), &name, None)?;
         let dir = data.join("agents").join(&name);
         let mut args = os(&[
             "agent",

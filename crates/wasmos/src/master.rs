@@ -52,6 +52,14 @@ pub(crate) struct MasterArgs {
     pub(crate) http_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    /// Renew certificates for those that ask (`wasmos cert renew`, agents before theirs
+    /// expire), signed with this CA key: the key of one of the CAs in --ca. Read at each
+    /// renewal, so a new one applies without a restart.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_key: Option<PathBuf>,
+    /// How long a renewed certificate is valid.
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    pub(crate) leaf_lifetime: humantime::Duration,
     #[command(flatten)]
     pub(crate) tenancy: TenancyArgs,
     #[command(flatten)]
@@ -229,9 +237,18 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         allocator: args.offers.config()?,
         node_id: args.id,
         peers,
+        renewal: renewal(args.ca_key, args.leaf_lifetime)?,
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)
     };
     let master = wasmos_master::Master::start(cfg, &creds).await?;
+    // A renewed certificate or a new CA set on disk applies without a restart.
+    let follow = args.tls.files().map(|files| {
+        tokio::spawn(wasmos_net::follow_files(
+            creds.clone(),
+            files,
+            wasmos_net::RELOAD_EVERY,
+        ))
+    });
     eprintln!("wasmos master listening on {}", master.local_addr());
     let web = match args.http_listen {
         Some(addr) => {
@@ -244,11 +261,26 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         None => None,
     };
     wait_for_stop().await;
+    if let Some(f) = follow {
+        f.abort();
+    }
     if let Some(web) = web {
         web.shutdown();
     }
     master.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--ca-key` and `--leaf-lifetime` as the master's renewal settings.
+pub(crate) fn renewal(
+    ca_key: Option<PathBuf>,
+    lifetime: humantime::Duration,
+) -> Result<Option<wasmos_master::Renewal>> {
+    let lifetime: Duration = lifetime.into();
+    if lifetime < Duration::from_secs(10) {
+        bail!("--leaf-lifetime must be at least 10s");
+    }
+    Ok(ca_key.map(|ca_key| wasmos_master::Renewal { ca_key, lifetime }))
 }
 
 /// `--peers 1=HOST:PORT,2=HOST:PORT,...`: every member of the group, `id` among them.
