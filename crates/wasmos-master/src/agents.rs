@@ -505,15 +505,7 @@ async fn serve_fetches(shared: Arc<Shared>, conn: Connection) {
                     return;
                 }
                 Ok(Some(AgentToMaster::Renew { csr })) => {
-                    let answer = match wasmos_net::peer_identity(&conn) {
-                        Ok(who) => match crate::renewal::renew(&shared, &who, &csr).await {
-                            Ok(cert_pem) => MasterToAgent::Renewed { cert_pem },
-                            Err(message) => MasterToAgent::Error { message },
-                        },
-                        Err(e) => MasterToAgent::Error {
-                            message: e.to_string(),
-                        },
-                    };
+                    let answer = crate::renewal::renew_agent(&shared, &conn, &csr).await;
                     let _ = send_frame(&mut send, &answer).await;
                     let _ = send.finish();
                     return;

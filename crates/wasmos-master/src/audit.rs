@@ -214,6 +214,11 @@ pub(crate) fn result_of(answer: &ClientResponse) -> String {
     match answer {
         ClientResponse::Error { message, .. } => format!("refused: {message}"),
         ClientResponse::NotLeader { .. } => "refused: not the leader".into(),
+        // Which certificate it made, so a revocation can name it.
+        ClientResponse::Certificate { cert_pem } => format!(
+            "ok: serial {}",
+            wasmos_net::pki::serial_of_pem(cert_pem).unwrap_or_default()
+        ),
         _ => "ok".into(),
     }
 }

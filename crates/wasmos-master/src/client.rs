@@ -309,7 +309,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::RenewCertificate { csr } => {
             match crate::renewal::renew(shared, who, &csr).await {
                 Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
-                Err(e) => error(ErrorKind::InvalidRequest, e),
+                Err((kind, e)) => error(kind, e),
             }
         }
         ClientRequest::ListRoles => list_roles(shared, who).await,

@@ -232,16 +232,21 @@ impl CredentialFiles {
             .map_err(|e| format!("cannot read {}: {e}", self.ca.display()))?;
         let creds = crate::Credentials::from_pem(&ca, cert_pem, key_pem)
             .map_err(|e| format!("the renewed certificate is unusable: {e}"))?;
-        let replace = |path: &PathBuf, text: &str| -> Result<(), String> {
+        let tmp = |path: &PathBuf| {
             let mut tmp = path.as_os_str().to_owned();
             tmp.push(".new");
-            let tmp = PathBuf::from(tmp);
-            crate::write_private(&tmp, text.as_bytes())
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            PathBuf::from(tmp)
         };
-        replace(&self.key, key_pem)?;
-        replace(&self.cert, cert_pem)?;
+        // Both written in full (and synced) before either replaces the old one: a full disk
+        // or a crash while writing leaves the old pair whole.
+        for (path, text) in [(&self.key, key_pem), (&self.cert, cert_pem)] {
+            crate::write_private(&tmp(path), text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", tmp(path).display()))?;
+        }
+        for path in [&self.key, &self.cert] {
+            std::fs::rename(tmp(path), path)
+                .map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+        }
         Ok(creds)
     }
 }
@@ -254,7 +259,9 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// written before its key, a bad PEM) is logged and retried at the next look, while the
 /// credentials in force stay.
 pub async fn follow_files(creds: crate::Credentials, files: CredentialFiles, every: Duration) {
-    let mut last = files.read().ok();
+    // Not what the files hold now, but nothing: the first look loads them, so what changed
+    // between the credentials' loading and this task's start is not missed.
+    let mut last: Option<[String; 3]> = None;
     let mut complained: Option<String> = None;
     loop {
         tokio::time::sleep(every).await;

@@ -89,6 +89,9 @@ pub fn issue_credentials(ca: &CaBundle, who: &Identity) -> Result<crate::Credent
         .map_err(|e| PkiError::Unusable(e.to_string()))
 }
 
+/// The longest lifetime a leaf may be given (about 50 years).
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(50 * 365 * 86_400);
+
 /// How long a leaf `issue` makes is valid when no lifetime is given: until 2074.
 pub const FOREVER: Option<std::time::Duration> = None;
 
@@ -165,6 +168,12 @@ fn leaf_params(
             params.not_after = rcgen::date_time_ymd(2074, 1, 1);
         }
         Some(life) => {
+            if life > MAX_LIFETIME {
+                return Err(PkiError::Unusable(format!(
+                    "a lifetime of at most {} days",
+                    MAX_LIFETIME.as_secs() / 86_400
+                )));
+            }
             // A minute's slack before now, for peers whose clocks run a little behind.
             let now = std::time::SystemTime::now();
             params.not_before = (now - std::time::Duration::from_secs(60)).into();

@@ -108,6 +108,12 @@ impl ClusterState {
             return CommandResult::Ok;
         }
         if meta.signatures.len() >= MAX_BUNDLE_SIGNATURES {
+            // Signatures by keys revoked since vouch for nothing: they make room.
+            let keys = &self.signing_keys;
+            meta.signatures
+                .retain(|s| keys.get(&s.key).is_some_and(|k| k.revoked.is_none()));
+        }
+        if meta.signatures.len() >= MAX_BUNDLE_SIGNATURES {
             return CommandResult::Rejected(Rejection::OverLimit(format!(
                 "bundle {hash} carries {MAX_BUNDLE_SIGNATURES} signatures, the most it may"
             )));
@@ -130,7 +136,9 @@ impl ClusterState {
         }
     }
 
-    /// Checks a role's new list of required keys: few enough, each registered and usable.
+    /// Checks a role's new list of required keys: few enough, and each it did not list before
+    /// registered and usable (one revoked since stays listed, vouching for nothing, until an
+    /// operator drops it; other changes to the role are not held up by it).
     pub(crate) fn check_signers(&self, role: &Role, keys: &[String]) -> Result<(), Rejection> {
         if keys.len() > MAX_ROLE_SIGNERS {
             return Err(Rejection::Invalid(format!(
@@ -138,7 +146,11 @@ impl ClusterState {
                 keys.len()
             )));
         }
-        for k in keys {
+        let before = self.roles.get(role).map(|r| &r.require_signed_by);
+        for k in keys
+            .iter()
+            .filter(|k| before.is_none_or(|b| !b.contains(k)))
+        {
             self.usable_key(k)
                 .map_err(|why| why.within(&format!("role {role}")))?;
         }

@@ -1752,8 +1752,13 @@ fn a_role_that_requires_signed_bundles_runs_only_bundles_its_keys_signed() {
     assert_rejected(&add_key(&mut s, "ed25519:k1", 1), "was revoked");
     assert_rejected(&sign(&mut s, &signed, "ed25519:k1"), "is revoked");
     assert_rejected(
-        &require(&mut s, "acme", &["ed25519:k1"]),
+        &require(&mut s, "evil", &["ed25519:k1"]),
         "signing key ed25519:k1 is revoked",
+    );
+    // A role that listed it before may keep it while its other settings change.
+    assert_eq!(
+        require(&mut s, "acme", &["ed25519:k1", "ed25519:k2"]),
+        CommandResult::Ok
     );
     // Bounded: signatures per bundle, keys per role.
     assert_rejected(
@@ -1770,6 +1775,16 @@ fn a_role_that_requires_signed_bundles_runs_only_bundles_its_keys_signed() {
     assert_rejected(
         &sign(&mut s, &other_hash(3), "ed25519:extra"),
         "the most it may",
+    );
+    // A signature by a key revoked since makes room.
+    s.apply(Command::RevokeSigningKey {
+        id: "ed25519:n0".into(),
+        by: OP.into(),
+        now_ms: 6,
+    });
+    assert_eq!(
+        sign(&mut s, &other_hash(3), "ed25519:extra"),
+        CommandResult::Ok
     );
     let many: Vec<String> = (0..=wasmos_proto::MAX_ROLE_SIGNERS)
         .map(|n| format!("k{n}"))

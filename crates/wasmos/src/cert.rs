@@ -217,6 +217,15 @@ pub fn ensure_cert(
         // meet (`--agent acme-x` and `--tenant acme/x`).
         let pem = read(&files.cert)?;
         let held = pki::identity_of_pem(&pem);
+        let expired = pki::der_of_pem(&pem)
+            .and_then(|der| pki::validity_of_der(&der))
+            .is_some_and(|(_, until)| until < crate::output::now_ms() as i64 / 1000);
+        if expired && held.as_ref() == Some(who) {
+            // A short-lived certificate that ran out while nothing renewed it (a dev cluster
+            // stopped for longer than its lifetime): issued again.
+            eprintln!("{} has expired; issuing it again", files.cert.display());
+            return issue_into(ca, who, &files, lifetime);
+        }
         if held.as_ref() != Some(who) || !files.key.exists() {
             bail!(
                 "{} already holds {}, not {who}: choose another name or directory",
@@ -229,12 +238,24 @@ pub fn ensure_cert(
         }
         return Ok(files);
     }
+    issue_into(ca, who, &files, lifetime)
+}
+
+fn issue_into(
+    ca: &CaBundle,
+    who: &Identity,
+    files: &PkiFiles,
+    lifetime: Option<std::time::Duration>,
+) -> Result<PkiFiles> {
     let ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
     let issued = pki::issue_for(ca, who, &["localhost".to_string()], &ips, lifetime)?;
     write_private(&files.key, &issued.key_pem)?;
     std::fs::write(&files.cert, &issued.cert_pem)
         .with_context(|| format!("cannot write {}", files.cert.display()))?;
-    Ok(files)
+    Ok(PkiFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    })
 }
 
 pub fn credentials(ca: &CaBundle, files: &PkiFiles) -> Result<Credentials> {

@@ -244,6 +244,17 @@ pub(crate) struct DevArgs {
     pub(crate) leaf_lifetime: Option<humantime::Duration>,
 }
 
+/// `--leaf-lifetime`, checked as a master checks it.
+fn leaf_lifetime(args: &DevArgs) -> Result<Option<std::time::Duration>> {
+    match args.leaf_lifetime {
+        None => Ok(None),
+        Some(l) => {
+            crate::master::renewal(Some(PathBuf::new()), l)?;
+            Ok(Some(l.into()))
+        }
+    }
+}
+
 pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
     let data_dir = match args.data_dir.clone() {
         Some(d) => d,
@@ -285,9 +296,13 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
                 ];
                 m.extend(args.offers.to_args());
                 m.extend(args.tenancy.to_args());
+                if let Some(l) = &args.leaf_lifetime {
+                    m.extend(["--leaf-lifetime".to_string(), l.to_string()]);
+                }
                 m
             },
             restart: !args.no_restart,
+            leaf_lifetime: leaf_lifetime(&args)?,
         })
         .await?;
         return Ok(ExitCode::SUCCESS);
@@ -316,7 +331,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         tenancy: args.tenancy.config(),
         agent_timeout: args.agent_timeout.into(),
         allocator: args.offers.config()?,
-        leaf_lifetime: args.leaf_lifetime.map(Into::into),
+        leaf_lifetime: leaf_lifetime(&args)?,
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.

@@ -42,6 +42,8 @@ pub struct GroupOptions {
     pub master_args: Vec<String>,
     /// Restart children that die.
     pub restart: bool,
+    /// How long the agents' and the operator's certificates are valid when first issued.
+    pub leaf_lifetime: Option<std::time::Duration>,
 }
 
 /// One supervised child, as `cluster.json` lists it.
@@ -178,7 +180,7 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         &ca,
         &Identity::Operator("admin".into()),
         "operator",
-        None,
+        opts.leaf_lifetime,
     )?;
     let addrs = master_addrs(&data, opts.masters, opts.listen)?;
     let peers = addrs
@@ -225,7 +227,13 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     }
     for i in 1..=opts.agents {
         let name = format!("agent-{i}");
-        let files = ensure_cert(&pki, &ca, &Identity::Agent(name.clone()), &name, None)?;
+        let files = ensure_cert(
+            &pki,
+            &ca,
+            &Identity::Agent(name.clone()),
+            &name,
+            opts.leaf_lifetime,
+        )?;
         let dir = data.join("agents").join(&name);
         let mut args = os(&[
             "agent",

@@ -277,8 +277,8 @@ pub(crate) fn renewal(
     lifetime: humantime::Duration,
 ) -> Result<Option<wasmos_master::Renewal>> {
     let lifetime: Duration = lifetime.into();
-    if lifetime < Duration::from_secs(10) {
-        bail!("--leaf-lifetime must be at least 10s");
+    if lifetime < Duration::from_secs(10) || lifetime > wasmos_net::pki::MAX_LIFETIME {
+        bail!("--leaf-lifetime must be between 10s and 50 years");
     }
     Ok(ca_key.map(|ca_key| wasmos_master::Renewal { ca_key, lifetime }))
 }
