@@ -49,7 +49,15 @@ fn a_renewed_agent_keeps_running_tasks() {
     let key_before = std::fs::read(pki(&c).join("agent-1.key")).unwrap();
     let spin = wasmos_tests::sample("spin");
     let id = ok(&c
-        .cli(&["run", "--detach", spin.to_str().unwrap(), "--", "600"])
+        .cli(&[
+            "run",
+            "--detach",
+            "--timeout",
+            "10m",
+            spin.to_str().unwrap(),
+            "--",
+            "600",
+        ])
         .unwrap());
     let id = id.trim().to_string();
     assert!(eventually(Duration::from_secs(20), || task_state(&c, &id) == "Running"));
@@ -146,7 +154,15 @@ fn a_ca_rollover_with_live_agents() {
     let new = tempfile::tempdir().unwrap();
     let spin = wasmos_tests::sample("spin");
     let id = ok(&c
-        .cli(&["run", "--detach", spin.to_str().unwrap(), "--", "600"])
+        .cli(&[
+            "run",
+            "--detach",
+            "--timeout",
+            "10m",
+            spin.to_str().unwrap(),
+            "--",
+            "600",
+        ])
         .unwrap());
     let id = id.trim().to_string();
     assert!(eventually(Duration::from_secs(20), || task_state(&c, &id) == "Running"));

@@ -35,7 +35,7 @@ impl ClusterState {
                     Some(role) => self.check_signed(&spec.bundle, role),
                     None => Ok(()),
                 };
-                if let Err(why) = check_sealed(&spec).and_then(|()| signed) {
+                if let Err(why) = check_sealed(&spec).and(signed) {
                     return CommandResult::Rejected(why);
                 }
                 let id = match id {
