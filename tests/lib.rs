@@ -313,6 +313,17 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Asserts a command succeeded and returns what it printed.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Asserts a failed command said one clear `error:` line and did not panic.
 pub fn assert_clean_error(out: &Output, must_contain: &str) {
     let err = text(&out.stderr);

@@ -6,20 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wasmos_tests::{DevCluster, Logged, eventually, text, wasmos_bin, wasmos_with};
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use wasmos_tests::{DevCluster, Logged, eventually, ok, text, wasmos_bin, wasmos_with};
 
 fn pki(c: &DevCluster) -> PathBuf {
     c.dir.path().join("pki")
@@ -38,6 +28,17 @@ fn task_state(c: &DevCluster, id: &str) -> String {
         .to_string()
 }
 
+/// A task that idles (10 minutes) on the dev cluster's agent, once it runs: its id.
+fn idle_task(c: &DevCluster) -> String {
+    let spin = wasmos_tests::sample("spin");
+    let flags = ["run", "--detach", "--timeout", "10m"];
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([spin.to_str().unwrap(), "--", "600"]);
+    let id = ok(&c.cli(&args).unwrap()).trim().to_string();
+    assert!(eventually(Duration::from_secs(20), || task_state(c, &id) == "Running"));
+    id
+}
+
 /// An agent whose certificate lives 30 s renews it at 20 s, from the masters, with a key it
 /// made; a task started before runs on through the reload, and tasks start after the old
 /// certificate expired. The operator renews theirs with `wasmos cert renew`.
@@ -47,20 +48,7 @@ fn a_renewed_agent_keeps_running_tasks() {
     let agent_pem = pki(&c).join("agent-1.pem");
     let first = not_after(&agent_pem);
     let key_before = std::fs::read(pki(&c).join("agent-1.key")).unwrap();
-    let spin = wasmos_tests::sample("spin");
-    let id = ok(&c
-        .cli(&[
-            "run",
-            "--detach",
-            "--timeout",
-            "10m",
-            spin.to_str().unwrap(),
-            "--",
-            "600",
-        ])
-        .unwrap());
-    let id = id.trim().to_string();
-    assert!(eventually(Duration::from_secs(20), || task_state(&c, &id) == "Running"));
+    let id = idle_task(&c);
 
     // Renewed two thirds into its life: a later expiry, a new key.
     assert!(
@@ -152,20 +140,7 @@ fn a_ca_rollover_with_live_agents() {
     let c = DevCluster::start(1).unwrap();
     let pki = pki(&c);
     let new = tempfile::tempdir().unwrap();
-    let spin = wasmos_tests::sample("spin");
-    let id = ok(&c
-        .cli(&[
-            "run",
-            "--detach",
-            "--timeout",
-            "10m",
-            spin.to_str().unwrap(),
-            "--",
-            "600",
-        ])
-        .unwrap());
-    let id = id.trim().to_string();
-    assert!(eventually(Duration::from_secs(20), || task_state(&c, &id) == "Running"));
+    let id = idle_task(&c);
     // A tenant of the old CA, for the end.
     let old_tenant = c.user_config("wasmos://tenant/acme/old");
 

@@ -8,20 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wasmos_with};
+use wasmos_tests::{DevCluster, assert_clean_error, ok, sample, text, wasmos_with};
 
 const ALICE: &str = "wasmos://tenant/acme/alice";
 const BOB: &str = "wasmos://tenant/evil/bob";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// A copy of the hello sample under `name` in `dir`, its bytes changed by `salt` (a custom
 /// section appended, which keeps it a valid component) so each copy is its own bundle.

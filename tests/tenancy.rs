@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wasmos_cmd, wasmos_with};
+use wasmos_tests::{DevCluster, assert_clean_error, ok, sample, text, wasmos_cmd, wasmos_with};
 
 const ALICE: &str = "wasmos://tenant/acme/alice";
 const CAROL: &str = "wasmos://tenant/acme/carol";
@@ -35,16 +35,6 @@ fn users(c: &DevCluster) -> Users {
         carol: c.user_config(CAROL),
         bob: c.user_config(BOB),
     }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// `wasmos run` as a user: flags, then the sample, then its arguments.

@@ -103,9 +103,14 @@ impl ResolvesClientCert for LiveCert {
     }
 }
 
-/// Client certificates checked against the CA set in force.
+/// Client certificates checked against the CA set in force, then against the revocation
+/// list: a revoked certificate is refused with TLS's own `certificate_revoked` alert, which
+/// the peer reports as such.
 #[derive(Debug)]
-pub(crate) struct LiveClientVerifier(pub(crate) Cell);
+pub(crate) struct LiveClientVerifier {
+    pub(crate) live: Cell,
+    pub(crate) revoked: crate::RevocationList,
+}
 
 impl ClientCertVerifier for LiveClientVerifier {
     // Hints are optional (they help a client with several certificates choose); ours have one.
@@ -119,10 +124,17 @@ impl ClientCertVerifier for LiveClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .get()
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified =
+            self.live
+                .get()
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.revokes(end_entity.as_ref()) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -131,7 +143,7 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.live
             .get()
             .client_verifier
             .verify_tls12_signature(message, cert, dss)
@@ -143,14 +155,14 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.live
             .get()
             .client_verifier
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.get().client_verifier.supported_verify_schemes()
+        self.live.get().client_verifier.supported_verify_schemes()
     }
 }
 

@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::live::Material;
-use crate::revoke::{RevocationList, RevokingVerifier};
+use crate::revoke::RevocationList;
 
 /// The DNS name in every master certificate; clients verify masters by it, whatever address
 /// they dial.
@@ -131,9 +131,9 @@ impl Credentials {
 
     /// The CA chain check, then the revocation list: for servers verifying their clients.
     pub(crate) fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, NetError> {
-        Ok(Arc::new(RevokingVerifier {
-            inner: Arc::new(crate::live::LiveClientVerifier(self.live.clone())),
-            list: self.revoked.clone(),
+        Ok(Arc::new(crate::live::LiveClientVerifier {
+            live: self.live.clone(),
+            revoked: self.revoked.clone(),
         }))
     }
 
