@@ -83,8 +83,12 @@ fn the_audit_log_lists_exactly_the_session_also_after_a_failover() {
         "only operators",
     );
     assert_clean_error(&as_user(&mallory, &["audit"]), "only operators");
+    // Streamed reads too: her output, the bundle's bytes.
+    assert_clean_error(&as_user(&mallory, &["logs", &task]), "no task");
+    assert_clean_error(&as_user(&mallory, &["blob", "get", &hash]), "no blob");
     // Reads are not recorded unless refused.
     assert!(as_user(&alice, &["task", "list"]).status.success());
+    assert!(as_user(&alice, &["logs", &task]).status.success());
     let out = c
         .cli(&[
             "cert",
@@ -106,6 +110,8 @@ fn the_audit_log_lists_exactly_the_session_also_after_a_failover() {
         e(mallory_id, "kill", &task, "refused"),
         e(mallory_id, "revoke", alice_id, "refused"),
         e(mallory_id, "audit", "", "refused"),
+        e(mallory_id, "logs", &task, "refused"),
+        e(mallory_id, "get-blob", &hash, "refused"),
         e(admin, "revoke", mallory_id, "ok"),
     ];
     assert_eq!(

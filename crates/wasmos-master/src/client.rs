@@ -87,17 +87,11 @@ async fn handle(
             return;
         }
     };
-    let streamed = |result: &Result<(), FrameError>| match result {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("failed: {e}"),
-    };
     let result = match req {
         ClientRequest::WatchTask { id, follow } => {
             let result = watch(&shared, who, id, follow, &mut send).await;
-            if let Some(entry) = audit.filter(|_| all) {
-                crate::audit::record(&shared, entry, streamed(&result)).await;
-            }
-            result
+            record_streamed(&shared, audit, all, &result).await;
+            result.map(|_| ())
         }
         ClientRequest::PushBundle { hash, size, kind } => {
             let reader = crate::policy::tenant(who);
@@ -108,10 +102,8 @@ async fn handle(
         }
         ClientRequest::GetBlob { hash } => {
             let result = get_blob(&shared, who, &hash, &mut send).await;
-            if let Some(entry) = audit.filter(|_| all) {
-                crate::audit::record(&shared, entry, streamed(&result)).await;
-            }
-            result
+            record_streamed(&shared, audit, all, &result).await;
+            result.map(|_| ())
         }
         other => {
             let call = answer(&shared, who, other);
@@ -863,13 +855,45 @@ async fn list_roles(shared: &Shared, who: &Identity) -> ClientResponse {
     )
 }
 
+/// How a streamed read (`logs`, a blob download) ended, for the audit log.
+enum Streamed {
+    /// It was sent (all of it, or until the reader left).
+    Sent,
+    /// Refused, with what the caller was told.
+    Refused(String),
+}
+
+/// Answers a streamed read with a refusal.
+async fn refuse(send: &mut SendStream, answer: ClientResponse) -> Result<Streamed, FrameError> {
+    send_frame(send, &answer).await?;
+    Ok(Streamed::Refused(crate::audit::result_of(&answer)))
+}
+
+/// Records a streamed read: always when it was refused (an unknown task or blob is a probe
+/// worth seeing), otherwise only when reads are audited.
+async fn record_streamed(
+    shared: &Shared,
+    entry: Option<wasmos_proto::AuditEntry>,
+    all: bool,
+    result: &Result<Streamed, FrameError>,
+) {
+    let Some(entry) = entry else { return };
+    let said = match result {
+        Ok(Streamed::Refused(said)) => said.clone(),
+        Ok(Streamed::Sent) if all => "ok".to_string(),
+        Err(e) if all => format!("failed: {e}"),
+        _ => return,
+    };
+    crate::audit::record(shared, entry, said).await;
+}
+
 /// Sends a blob's bytes after a `Blob` header.
 async fn get_blob(
     shared: &Shared,
     who: &Identity,
     hash: &BundleHash,
     send: &mut SendStream,
-) -> Result<(), FrameError> {
+) -> Result<Streamed, FrameError> {
     // The blob's readers decide, not whether some visible task names it: a task spec may
     // name any hash, and naming one must not be a way to read it.
     let (allowed, held_by) = shared.read(|s| {
@@ -886,13 +910,13 @@ async fn get_blob(
         )
     };
     if !allowed {
-        return send_frame(send, &missing()).await;
+        return refuse(send, missing()).await;
     }
     if let Some(agent) = held_by {
         let message = format!(
             "blob {hash} is an intermediate output kept on agent {agent}, not stored on the masters; tasks read it as an input"
         );
-        return send_frame(send, &error(ErrorKind::NotFound, message)).await;
+        return refuse(send, error(ErrorKind::NotFound, message)).await;
     }
     match crate::peers::blob(shared, hash).await {
         Ok(bytes) => {
@@ -900,9 +924,10 @@ async fn get_blob(
                 size: bytes.len() as u64,
             };
             send_frame(send, &head).await?;
-            send.write_all(&bytes).await.map_err(FrameError::Write)
+            send.write_all(&bytes).await.map_err(FrameError::Write)?;
+            Ok(Streamed::Sent)
         }
-        Err(_) => send_frame(send, &missing()).await,
+        Err(_) => refuse(send, missing()).await,
     }
 }
 
@@ -929,16 +954,16 @@ async fn watch(
     id: TaskId,
     follow: bool,
     send: &mut SendStream,
-) -> Result<(), FrameError> {
+) -> Result<Streamed, FrameError> {
     if let Err(e) = get_task(shared, who, id) {
-        return send_frame(send, &e).await;
+        return refuse(send, e).await;
     }
     let _place = match crate::policy::tenant(who) {
         Some(tenant) if follow => {
             let limit = shared.cfg.tenancy.tenant_follows;
             match shared.admission.follow(&tenant, limit) {
                 Ok(place) => Some(place),
-                Err(why) => return send_frame(send, &error(ErrorKind::TooManyFollows, why)).await,
+                Err(why) => return refuse(send, error(ErrorKind::TooManyFollows, why)).await,
             }
         }
         _ => None,
@@ -957,7 +982,7 @@ async fn watch(
             Ok(r) => r,
             Err(e) => {
                 let resp = error(ErrorKind::Internal, format!("cannot read output: {e}"));
-                return send_frame(send, &resp).await;
+                return refuse(send, resp).await;
             }
         };
         offset = next;
@@ -970,15 +995,16 @@ async fn watch(
             continue;
         }
         if !follow {
-            return send_frame(send, &ClientResponse::EndOfOutput).await;
+            send_frame(send, &ClientResponse::EndOfOutput).await?;
+            return Ok(Streamed::Sent);
         }
         if ended {
-            return match task {
-                Some(t) => send_frame(send, &ClientResponse::TaskEnded(Box::new(shown(t)))).await,
-                None => {
-                    send_frame(send, &error(ErrorKind::NotFound, format!("no task {id}"))).await
-                }
+            let last = match task {
+                Some(t) => ClientResponse::TaskEnded(Box::new(shown(t))),
+                None => error(ErrorKind::NotFound, format!("no task {id}")),
             };
+            send_frame(send, &last).await?;
+            return Ok(Streamed::Sent);
         }
         tokio::select! {
             _ = log_changes.changed() => {}
@@ -986,7 +1012,7 @@ async fn watch(
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             // The reader went away (stopped the stream, or its connection is gone): its place
             // among the tenant's follows is given back now, not when the task ends.
-            _ = send.stopped() => return Ok(()),
+            _ = send.stopped() => return Ok(Streamed::Sent),
         }
     }
 }
