@@ -170,7 +170,7 @@ fn the_audit_log_lists_exactly_the_session_also_after_a_failover() {
     let by_mallory = c
         .json(&["audit", "-o", "json", "--identity", mallory_id])
         .unwrap();
-    assert_eq!(entries(&by_mallory).len(), 3);
+    assert_eq!(entries(&by_mallory).len(), 5);
     let kills = c
         .json(&["audit", "-o", "json", "--action", "kill"])
         .unwrap();
