@@ -54,15 +54,9 @@ pub(crate) async fn renew_when_due(agent: Arc<Agent>, creds: Credentials, files:
         match renew_once(&agent, &files).await {
             Ok(renewed) => {
                 let until = wasmos_net::pki::validity_of_der(&renewed.leaf()).map(|v| v.1);
-                // The files are the new pair now; the live credentials follow at once.
-                match files.read() {
-                    Ok([ca, cert, key]) => {
-                        if let Err(e) = creds.reload(&ca, &cert, &key) {
-                            tracing::warn!("renewed certificate not loaded: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("renewed certificate not loaded: {e}"),
-                }
+                // Installing built and checked them; the live credentials take them at once,
+                // without reading the files back.
+                creds.adopt(&renewed);
                 tracing::info!(valid_until = ?until, "renewed this agent's certificate");
                 tokio::time::sleep(AT_LEAST).await;
             }

@@ -73,7 +73,11 @@ impl Cell {
     }
 
     pub(crate) fn set(&self, m: Material) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(m);
+        self.replace(Arc::new(m));
+    }
+
+    pub(crate) fn replace(&self, m: Arc<Material>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = m;
     }
 }
 
@@ -233,9 +237,7 @@ impl CredentialFiles {
         };
         Ok([read(&self.ca)?, read(&self.cert)?, read(&self.key)?])
     }
-}
 
-impl CredentialFiles {
     /// Installs a renewed certificate and its key: checked to make whole credentials with
     /// the CA set on disk, then each file replaced by a rename (the key first, written
     /// private), so a reader sees the old pair or the new one, never half of one for long.

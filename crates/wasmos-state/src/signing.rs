@@ -200,30 +200,33 @@ impl ClusterState {
     }
 
     /// A new task of `role`, when the role requires signed bundles, must name a bundle signed
-    /// by one of the role's keys that is not revoked.
+    /// by one of the role's keys that is not revoked. Checked on every submission and launch:
+    /// it reads the record in place rather than build the `BundleTrust` a launch carries.
     pub(crate) fn check_signed(&self, bundle: &BundleHash, role: &str) -> Result<(), Rejection> {
-        let Some(trust) = self.trust_for(bundle, role) else {
+        let Some((from, wanted)) = self.signers_for(role) else {
             return Ok(());
         };
-        let signed = trust
-            .signatures
+        let signatures = self
+            .bundles
+            .get(bundle)
+            .map_or(&[][..], |m| m.signatures.as_slice());
+        let by_wanted = |s: &&BundleSignature| wanted.contains(&s.key);
+        if signatures
             .iter()
-            .any(|s| trust.keys.iter().any(|k| k.id == s.key));
-        if signed {
+            .filter(by_wanted)
+            .any(|s| self.usable_key(&s.key).is_ok())
+        {
             return Ok(());
         }
-        let wanted = self.signers_for(role).map(|(_, k)| k).unwrap_or_default();
-        let revoked = trust.signatures.iter().any(|s| wanted.contains(&s.key));
+        let revoked = signatures.iter().any(|s| by_wanted(&s));
         Err(Rejection::Invalid(if revoked {
             format!(
-                "bundle {bundle} is signed only by revoked keys; role {} requires a signature by {}",
-                trust.role,
+                "bundle {bundle} is signed only by revoked keys; role {from} requires a signature by {}",
                 wanted.join(", ")
             )
         } else {
             format!(
-                "bundle {bundle} is not signed by a key role {} requires ({}): sign it with `wasmos bundle sign` and push it with its signature",
-                trust.role,
+                "bundle {bundle} is not signed by a key role {from} requires ({}): sign it with `wasmos bundle sign` and push it with its signature",
                 wanted.join(", ")
             )
         }))
