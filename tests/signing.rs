@@ -59,6 +59,21 @@ fn a_role_runs_only_bundles_signed_by_its_keys() {
         "only operators may register signing keys",
     );
     assert_clean_error(
+        &wasmos_with(&bob, &["signing-key", "list"]),
+        "only operators may list signing keys",
+    );
+    assert_clean_error(
+        &wasmos_with(&bob, &["signing-key", "revoke", "ed25519:00"]),
+        "only operators may revoke signing keys",
+    );
+    // A tenant renewing gets its own identity back, whatever its request says.
+    ok(&wasmos_with(&bob, &["cert", "renew"]));
+    let renewed = std::fs::read_to_string(bob.with_file_name("me.pem")).unwrap();
+    assert_eq!(
+        wasmos_net::pki::identity_of_pem(&renewed).map(|i| i.to_uri()),
+        Some(BOB.to_string())
+    );
+    assert_clean_error(
         &wasmos_with(&op, &["signing-key", "add", &p("alice.key")]),
         "not a PEM public key",
     );
@@ -262,8 +277,17 @@ fn a_role_runs_only_bundles_signed_by_its_keys() {
         serde_json::from_str(&out).unwrap()
     };
     let revokes = audit("revoke-signing-key");
-    assert_eq!(revokes.len(), 1, "{revokes:?}");
-    assert_eq!(revokes[0]["object"], alice_key.as_str());
+    // Bob's refused attempt, then the operator's revocation.
+    assert_eq!(revokes.len(), 2, "{revokes:?}");
+    assert_eq!(revokes[0]["identity"], BOB);
+    assert!(
+        revokes[0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused")
+    );
+    assert_eq!(revokes[1]["object"], alice_key.as_str());
+    assert_eq!(revokes[1]["result"], "ok");
     assert!(
         audit("sign-bundle")
             .iter()
