@@ -4,6 +4,7 @@
 //! every acknowledged write and accepts new ones. Writes sent to a follower are redirected to the
 //! leader; `--stale` reads are answered by the follower.
 //! An agent and a client config given every master find the new leader by themselves.
+//! Masters renew their own short-lived certificates, from their CA key or from a peer's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use wasmos_net::Identity;
 use wasmos_net::pki;
-use wasmos_tests::{text, wasmos_bin, wasmos_with};
+use wasmos_tests::{eventually, text, wasmos_bin, wasmos_with};
 
 struct Master {
     id: u64,
@@ -344,4 +345,110 @@ fn masters_join_and_leave_with_cluster_commands() {
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, vec![2, 3], "{st}");
+}
+
+fn not_after(pem: &Path) -> i64 {
+    let pem = std::fs::read_to_string(pem).unwrap();
+    pki::validity_of_der(&pki::der_of_pem(&pem).unwrap())
+        .unwrap()
+        .1
+}
+
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Masters whose certificates live 30 s renew them two thirds in, without a restart: the one
+/// given the CA key signs its own, the other two ask it over the peer channel. Each keeps its
+/// identity; once the first certificates have expired every member still answers (new
+/// handshakes, with the renewed certificates) and writes are replicated.
+#[test]
+fn masters_renew_their_own_certificates() {
+    let (dir, ca, mut masters) = three_masters("renewing-masters");
+    std::fs::write(dir.path().join("ca.key"), &ca.key_pem).unwrap();
+    let peers: Vec<String> = masters
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect();
+    let peers = peers.join(",");
+    let life = Some(Duration::from_secs(30));
+    for m in &mut masters {
+        let name = format!("m{}", m.id);
+        let dns = [format!("{name}.example")];
+        let who = Identity::Master(name.clone());
+        let issued = pki::issue_for(&ca, &who, &dns, &[], life).unwrap();
+        write_pem(dir.path(), &name, &issued.cert_pem, &issued.key_pem);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(wasmos_bin());
+        cmd.current_dir(dir.path())
+            .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
+            .args(["--peers", &peers, "--data-dir", &name])
+            .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
+            .args(["--key", &format!("{name}.key")])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if m.id == 1 {
+            cmd.args(["--ca-key", "ca.key", "--leaf-lifetime", "1h"]);
+        }
+        m.child = Some(cmd.spawn().unwrap());
+    }
+    let all: Vec<&Master> = masters.iter().collect();
+    agreed_leader(dir.path(), &all, None);
+    let pem = |m: &Master| dir.path().join(format!("m{}.pem", m.id));
+    let logs = || {
+        (1..=3)
+            .map(|i| std::fs::read_to_string(dir.path().join(format!("m{i}.log"))).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let first: Vec<i64> = masters.iter().map(|m| not_after(&pem(m))).collect();
+    // Renewed for the hour master 1 signs for, not another 30 s.
+    assert!(
+        eventually(Duration::from_secs(45), || masters
+            .iter()
+            .zip(&first)
+            .all(|(m, f)| not_after(&pem(m)) > f + 600)),
+        "not every master renewed its certificate: {}",
+        logs()
+    );
+    for m in &masters {
+        let renewed = std::fs::read_to_string(pem(m)).unwrap();
+        let want = Identity::Master(format!("m{}", m.id));
+        assert_eq!(pki::identity_of_pem(&renewed), Some(want));
+    }
+    for i in [2, 3] {
+        let log = std::fs::read_to_string(dir.path().join(format!("m{i}.log"))).unwrap();
+        assert!(
+            log.contains("master 1 renewed this master's certificate"),
+            "{log}"
+        );
+    }
+
+    // Past the first certificates' end: every member answers, and a write reaches them all.
+    let end = first.iter().max().unwrap();
+    std::thread::sleep(Duration::from_secs((end + 2 - epoch_now()).max(0) as u64));
+    let leader = agreed_leader(dir.path(), &all, None);
+    let on_leader = client_config(dir.path(), &masters[(leader - 1) as usize].addr);
+    let out = wasmos_with(
+        &on_leader,
+        &["role", "set", "after-renewal", "--weight", "2"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for m in &masters {
+        let on = client_config(dir.path(), &m.addr);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let out = wasmos_with(&on, &["--stale", "role", "list", "-o", "json"]);
+                text(&out.stdout).contains("after-renewal")
+            }),
+            "master {} lacks the write: {}",
+            m.id,
+            logs()
+        );
+    }
 }

@@ -41,12 +41,15 @@ fn idle_task(c: &DevCluster) -> String {
 
 /// An agent whose certificate lives 30 s renews it at 20 s, from the masters, with a key it
 /// made; a task started before runs on through the reload, and tasks start after the old
-/// certificate expired. The operator renews theirs with `wasmos cert renew`.
+/// certificate expired. The master renews its own (30 s too) with its CA key, and the
+/// operator theirs with `wasmos cert renew`.
 #[test]
 fn a_renewed_agent_keeps_running_tasks() {
     let c = DevCluster::start_with(1, &["--leaf-lifetime", "30s"]).unwrap();
     let agent_pem = pki(&c).join("agent-1.pem");
+    let master_pem = pki(&c).join("master.pem");
     let first = not_after(&agent_pem);
+    let master_first = not_after(&master_pem);
     let key_before = std::fs::read(pki(&c).join("agent-1.key")).unwrap();
     let id = idle_task(&c);
 
@@ -61,6 +64,19 @@ fn a_renewed_agent_keeps_running_tasks() {
         key_before
     );
     assert!(c.log_text().contains("renewed this agent's certificate"));
+    // The master's, with the same identity and the names it serves under.
+    assert!(
+        eventually(Duration::from_secs(20), || not_after(&master_pem)
+            > master_first),
+        "the master did not renew its certificate: {}",
+        c.log_text()
+    );
+    let renewed = std::fs::read_to_string(&master_pem).unwrap();
+    assert_eq!(
+        wasmos_net::pki::identity_of_pem(&renewed),
+        Some(wasmos_net::Identity::Master("m1".into()))
+    );
+    assert!(c.log_text().contains("renewed this master's certificate"));
 
     // The operator's certificate lives 30 s too: renewed here, it outlives the first one.
     let op_pem = pki(&c).join("operator.pem");
@@ -71,7 +87,7 @@ fn a_renewed_agent_keeps_running_tasks() {
 
     // Past the first certificates' end: the task that ran through the reload is still
     // running, and new ones run.
-    let wait = (first + 2 - now()).max(0) as u64;
+    let wait = (first.max(master_first) + 2 - now()).max(0) as u64;
     std::thread::sleep(Duration::from_secs(wait));
     assert_eq!(task_state(&c, &id), "Running", "{}", c.log_text());
     let hello = wasmos_tests::sample("hello");

@@ -81,6 +81,10 @@ pub struct MasterConfig {
     /// Renewing certificates for the callers that ask (`wasmos cert renew`, agents before
     /// their certificate expires); `None`: this master renews none.
     pub renewal: Option<Renewal>,
+    /// Where this master's own certificate, key and trusted CAs are kept: given, the master
+    /// renews its certificate two thirds into its life (signing it itself with `renewal`'s CA
+    /// key, else asking a peer master that holds one) and writes the new one there.
+    pub cert_files: Option<wasmos_net::CredentialFiles>,
 }
 
 /// What a master renews certificates with.
@@ -172,6 +176,7 @@ impl MasterConfig {
             tenancy: TenancyConfig::default(),
             allocator: wasmos_alloc::Config::default(),
             renewal: None,
+            cert_files: None,
         }
     }
 }
@@ -600,6 +605,9 @@ impl Master {
         tasks.spawn(leadership::run(shared.clone(), events_rx));
         tasks.spawn(retention::run(shared.clone()));
         tasks.spawn(revocation::follow(shared.clone()));
+        if let Some(files) = shared.cfg.cert_files.clone() {
+            tasks.spawn(renewal::renew_own(shared.clone(), files));
+        }
         tracing::info!(%addr, "master listening");
         Ok(Master {
             addr,

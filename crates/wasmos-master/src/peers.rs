@@ -1,7 +1,8 @@
 //! Bundle blobs across the master group (`wasmos-peer/1`): an upload is copied to a majority of
 //! masters before it is acknowledged, so losing any minority loses no bundle, and a master that
 //! lacks a blob the replicated state names (it was down, or not among the first copies) fetches
-//! it from its peers when an agent or client needs it.
+//! it from its peers when an agent or client needs it. A master without a CA key renews its
+//! certificate from a peer that has one over the same channel.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -241,10 +242,49 @@ pub(crate) async fn blob(shared: &Shared, hash: &BundleHash) -> Result<Vec<u8>, 
     })
 }
 
+async fn ask_renewal(links: &PeerLinks, addr: SocketAddr, csr: &[u8]) -> Result<String, String> {
+    let conn = links.conn(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let req = PeerRequest::Renew { csr: csr.to_vec() };
+    send_frame(&mut send, &req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match recv_frame::<PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Renewed { cert_pem })) => Ok(cert_pem),
+        Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A new certificate for this master, for the key of `csr`, from the first peer that holds a
+/// CA key.
+pub(crate) async fn renewal(shared: &Shared, csr: Vec<u8>) -> Result<String, String> {
+    let (others, _) = others(shared);
+    let mut errors = Vec::new();
+    for (id, addr, _) in others {
+        match tokio::time::timeout(TRANSFER_TIMEOUT, ask_renewal(&shared.peers, addr, &csr)).await {
+            Ok(Ok(cert)) => {
+                tracing::info!(from = id, "master {id} renewed this master's certificate");
+                return Ok(cert);
+            }
+            Ok(Err(e)) => errors.push(format!("master {id}: {e}")),
+            Err(_) => errors.push(format!("master {id}: timed out")),
+        }
+    }
+    Err(if errors.is_empty() {
+        "this master holds no CA key and has no peers to ask".to_string()
+    } else {
+        format!("no peer renewed it ({})", errors.join("; "))
+    })
+}
+
 /// Serves one peer master's requests.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let shared = shared.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let reply = match recv_frame::<PeerRequest>(&mut recv).await {
                 Ok(Some(PeerRequest::PutBlob { hash, kind, size })) => {
@@ -265,6 +305,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
                         message: format!("bundle {hash}: {e}"),
                     },
                 },
+                Ok(Some(PeerRequest::Renew { csr })) => {
+                    crate::renewal::renew_peer(&shared, &conn, &csr).await
+                }
                 Ok(None) => return,
                 Err(e) => PeerResponse::Error {
                     message: e.to_string(),

@@ -1,37 +1,26 @@
 //! Renewing certificates: a caller sends a certificate signing request for a key it made,
 //! and gets a certificate for the identity its current certificate proves (never the one the
 //! request names), signed by the CA whose key this master was given, valid for the lifetime
-//! the operator set. The private key never leaves the caller.
+//! the operator set. The private key never leaves the caller. A master renews its own the
+//! same way, signing it itself if it holds the CA key and asking a peer master that does if not.
 
-use wasmos_net::{Connection, Identity};
-use wasmos_proto::{ClientResponse, ErrorKind, MAX_CSR_BYTES, MasterToAgent};
+use std::sync::Arc;
+
+use wasmos_net::{Connection, CredentialFiles, Credentials, Identity};
+use wasmos_proto::{ClientResponse, ErrorKind, MAX_CSR_BYTES, MasterToAgent, PeerResponse};
 
 use crate::Shared;
 
-/// A new certificate (PEM) for `who`, for the key of `csr`, or why not (and whether the
-/// fault is the caller's request or this master's means).
-pub(crate) async fn renew(
+/// What this master signs renewals with, and for how long, or why it cannot.
+async fn signer(
     shared: &Shared,
-    who: &Identity,
-    csr: &[u8],
-) -> Result<String, (ErrorKind, String)> {
+) -> Result<(wasmos_net::pki::Signer, std::time::Duration), (ErrorKind, String)> {
     let unavailable = |m: &str| (ErrorKind::Unavailable, m.to_string());
     let Some(renewal) = &shared.cfg.renewal else {
         return Err(unavailable(
             "this master renews no certificates (it was started without --ca-key)",
         ));
     };
-    if csr.len() > MAX_CSR_BYTES {
-        return Err((
-            ErrorKind::TooLarge,
-            format!("a certificate signing request is at most {MAX_CSR_BYTES} bytes"),
-        ));
-    }
-    // Its connection is closed when it is revoked; a request already on its way is not
-    // signed either.
-    if shared.revocations.current().covers("", Some(who)) {
-        return Err((ErrorKind::InvalidRequest, REVOKED.to_string()));
-    }
     let key = tokio::fs::read_to_string(&renewal.ca_key)
         .await
         .map_err(|e| {
@@ -45,15 +34,120 @@ pub(crate) async fn renew(
                 "this master cannot renew certificates now (its CA key is not of a trusted CA)",
             )
         })?;
-    let cert = signer
-        .sign_renewal(who, csr, renewal.lifetime)
-        .map_err(|e| (ErrorKind::InvalidRequest, e.to_string()))?;
+    Ok((signer, renewal.lifetime))
+}
+
+/// Refuses a request larger than any signing request, or from a revoked identity (its
+/// connection is closed when it is revoked; a request already on its way is not signed).
+fn admissible(shared: &Shared, who: &Identity, csr: &[u8]) -> Result<(), (ErrorKind, String)> {
+    if csr.len() > MAX_CSR_BYTES {
+        return Err((
+            ErrorKind::TooLarge,
+            format!("a certificate signing request is at most {MAX_CSR_BYTES} bytes"),
+        ));
+    }
+    if shared.revocations.current().covers("", Some(who)) {
+        return Err((ErrorKind::InvalidRequest, REVOKED.to_string()));
+    }
+    Ok(())
+}
+
+fn signed(who: &Identity, cert: String) -> String {
     tracing::info!(
         who = %who.to_uri(),
         serial = %wasmos_net::pki::serial_of_pem(&cert).unwrap_or_default(),
         "renewed a certificate"
     );
-    Ok(cert)
+    cert
+}
+
+/// A new certificate (PEM) for `who`, for the key of `csr`, or why not (and whether the
+/// fault is the caller's request or this master's means).
+pub(crate) async fn renew(
+    shared: &Shared,
+    who: &Identity,
+    csr: &[u8],
+) -> Result<String, (ErrorKind, String)> {
+    admissible(shared, who, csr)?;
+    let (signer, lifetime) = signer(shared).await?;
+    let cert = signer
+        .sign_renewal(who, csr, lifetime)
+        .map_err(|e| (ErrorKind::InvalidRequest, e.to_string()))?;
+    Ok(signed(who, cert))
+}
+
+/// A new certificate for the master whose current certificate is `current` (DER: the one it
+/// connected with, or this master's own), with that certificate's identity and names.
+async fn renew_master(
+    shared: &Shared,
+    current: &[u8],
+    csr: &[u8],
+) -> Result<String, (ErrorKind, String)> {
+    let who =
+        Identity::from_der(current).map_err(|e| (ErrorKind::InvalidRequest, e.to_string()))?;
+    admissible(shared, &who, csr)?;
+    let (signer, lifetime) = signer(shared).await?;
+    let cert = signer
+        .sign_master_renewal(current, csr, lifetime)
+        .map_err(|e| (ErrorKind::InvalidRequest, e.to_string()))?;
+    Ok(signed(&who, cert))
+}
+
+/// A peer master's renewal, asked on its `wasmos-peer/1` connection; recorded in the audit
+/// log as a client's is.
+pub(crate) async fn renew_peer(shared: &Shared, conn: &Connection, csr: &[u8]) -> PeerResponse {
+    let refuse = |message: String| PeerResponse::Error { message };
+    if shared.revocations.revokes_conn(conn) {
+        return refuse(REVOKED.to_string());
+    }
+    let (Some(current), Ok(who)) = (wasmos_net::peer_leaf(conn), wasmos_net::peer_identity(conn))
+    else {
+        return refuse("no certificate".into());
+    };
+    let answer = match renew_master(shared, &current, csr).await {
+        Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
+        Err((kind, message)) => ClientResponse::Error { kind, message },
+    };
+    audit(shared, conn, who, &answer).await;
+    match answer {
+        ClientResponse::Certificate { cert_pem } => PeerResponse::Renewed { cert_pem },
+        ClientResponse::Error { message, .. } => refuse(message),
+        _ => refuse("not renewed".into()),
+    }
+}
+
+/// Records a renewal asked on a connection (not a client's, whose calls are recorded where
+/// they are answered).
+async fn audit(shared: &Shared, conn: &Connection, who: Identity, answer: &ClientResponse) {
+    let caller = crate::audit::Caller {
+        who,
+        peer: conn.remote_address(),
+        channel: "quic",
+    };
+    if let Some(entry) = caller.entry(shared, "renew-certificate", "") {
+        crate::audit::record(shared, entry, crate::audit::result_of(answer)).await;
+    }
+}
+
+/// Renews this master's own certificate whenever it is due, signing it itself when it holds
+/// a CA key and asking its peers otherwise, and installs it in `files`; never returns.
+pub(crate) async fn renew_own(shared: Arc<Shared>, files: CredentialFiles) {
+    let creds = shared.creds.clone();
+    wasmos_net::renew_when_due(creds, "master", || renew_own_once(&shared, &files)).await
+}
+
+async fn renew_own_once(shared: &Shared, files: &CredentialFiles) -> Result<Credentials, String> {
+    let (csr, key) = wasmos_net::pki::renewal_request().map_err(|e| e.to_string())?;
+    let cert = if shared.cfg.renewal.is_some() {
+        renew_master(shared, &shared.creds.leaf(), &csr)
+            .await
+            .map_err(|(_, e)| e)?
+    } else {
+        crate::peers::renewal(shared, csr).await.map_err(|e| {
+            format!("{e} (start a master with --ca-key, or replace the certificate with `wasmos cert issue`)")
+        })?
+    };
+    files.install(&cert, &key)
 }
 
 const REVOKED: &str = "this certificate was revoked by an operator of the cluster";
@@ -78,14 +172,7 @@ pub(crate) async fn renew_agent(shared: &Shared, conn: &Connection, csr: &[u8]) 
         Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
         Err((kind, message)) => ClientResponse::Error { kind, message },
     };
-    let caller = crate::audit::Caller {
-        who,
-        peer: conn.remote_address(),
-        channel: "quic",
-    };
-    if let Some(entry) = caller.entry(shared, "renew-certificate", "") {
-        crate::audit::record(shared, entry, crate::audit::result_of(&answer)).await;
-    }
+    audit(shared, conn, who, &answer).await;
     match answer {
         ClientResponse::Certificate { cert_pem } => MasterToAgent::Renewed { cert_pem },
         ClientResponse::Error { message, .. } => MasterToAgent::Error { message },

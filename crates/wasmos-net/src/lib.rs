@@ -11,6 +11,7 @@ mod live;
 pub mod pki;
 mod private;
 mod refusals;
+mod renew;
 mod revoke;
 pub mod seal;
 pub mod signing;
@@ -28,6 +29,7 @@ pub use live::{CredentialFiles, RELOAD_EVERY, follow_files};
 pub use private::{create_private_dir, restrict, write_private};
 pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
+pub use renew::renew_when_due;
 pub use revoke::{
     LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, close_as_revoked,
     normalize_serial, serial_of_der,

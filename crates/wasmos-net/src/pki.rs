@@ -241,7 +241,8 @@ impl Signer {
 
     /// Signs the key of `csr` (whose signature must verify) into a client certificate for
     /// `who`, valid for `lifetime` from now. Masters' certificates are not renewed this way:
-    /// they carry the names a master serves under, which a request cannot be trusted to name.
+    /// they carry the names a master serves under, which come from its current certificate
+    /// ([`Signer::sign_master_renewal`]).
     pub fn sign_renewal(
         &self,
         who: &Identity,
@@ -250,7 +251,7 @@ impl Signer {
     ) -> Result<String, PkiError> {
         if matches!(who, Identity::Master(_)) {
             return Err(PkiError::BadRequest(
-                "a master's certificate is renewed with `wasmos cert issue`, not a request".into(),
+                "a master's certificate is renewed by its peers, not as a client's".into(),
             ));
         }
         let der = rustls_pki_types::CertificateSigningRequestDer::from(csr);
@@ -259,6 +260,52 @@ impl Signer {
         let params = leaf_params(who, &[], &[], Some(lifetime))?;
         Ok(params.signed_by(&request.public_key, &self.0)?.pem())
     }
+
+    /// Signs the key of `csr` into a master's certificate for the master whose current
+    /// certificate is `current` (DER; the session proved it holds it): the same identity and
+    /// the same names it serves under, valid for `lifetime` from now.
+    pub fn sign_master_renewal(
+        &self,
+        current: &[u8],
+        csr: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<String, PkiError> {
+        let who = Identity::from_der(current)
+            .map_err(|e| PkiError::BadRequest(format!("the current certificate: {e}")))?;
+        if !matches!(who, Identity::Master(_)) {
+            return Err(PkiError::BadRequest(format!("{who} is not a master")));
+        }
+        let (dns, ips) = served_names(current)
+            .ok_or_else(|| PkiError::BadRequest("the current certificate is unreadable".into()))?;
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| PkiError::BadRequest(e.to_string()))?;
+        let params = leaf_params(&who, &dns, &ips, Some(lifetime))?;
+        Ok(params.signed_by(&request.public_key, &self.0)?.pem())
+    }
+}
+
+/// The DNS names (but the one every master has) and addresses a master's certificate (DER)
+/// serves under.
+fn served_names(der: &[u8]) -> Option<(Vec<String>, Vec<IpAddr>)> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) if *d != crate::MASTER_SERVER_NAME => {
+                    dns.push(d.to_string())
+                }
+                GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => ips.push(IpAddr::from(v4)),
+                    Err(_) => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?)),
+                },
+                _ => {}
+            }
+        }
+    }
+    Some((dns, ips))
 }
 
 /// The first certificate of a PEM text, as DER.
@@ -381,5 +428,34 @@ mod tests {
         ca.key_pem = "not a key".into();
         let err = issue(&ca, &Identity::Agent("a".into()), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("CA key"), "{err}");
+    }
+
+    #[test]
+    fn a_renewed_master_keeps_its_identity_and_names() {
+        let ca = new_ca("test").unwrap();
+        let m1 = Identity::Master("m1".into());
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        let dns = vec!["m1.example".to_string()];
+        let issued = issue_for(&ca, &m1, &dns, &[ip, v6], None).unwrap();
+        let current = der_of_pem(&issued.cert_pem).unwrap();
+        let signer = Signer::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let (csr, _key) = renewal_request().unwrap();
+        let life = std::time::Duration::from_secs(3600);
+        let renewed = signer.sign_master_renewal(&current, &csr, life).unwrap();
+        let der = der_of_pem(&renewed).unwrap();
+        assert_eq!(Identity::from_der(&der).unwrap(), m1);
+        assert_eq!(served_names(&der).unwrap(), (dns, vec![ip, v6]));
+        let (from, until) = validity_of_der(&der).unwrap();
+        assert!(
+            (3599..=3600 + 120).contains(&(until - from)),
+            "{from}..{until}"
+        );
+        // Only a master's certificate is renewed as a master's.
+        let agent = issue(&ca, &Identity::Agent("a".into()), &[], &[]).unwrap();
+        let err = signer
+            .sign_master_renewal(&der_of_pem(&agent.cert_pem).unwrap(), &csr, life)
+            .unwrap_err();
+        assert!(err.to_string().contains("not a master"), "{err}");
     }
 }

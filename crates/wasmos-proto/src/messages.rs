@@ -480,6 +480,10 @@ pub enum PeerRequest {
     },
     /// Answered `Blob` and the bytes, or `Error` if this master does not hold it.
     GetBlob { hash: BundleHash },
+    /// A new certificate for the asking master (the identity and names of the certificate it
+    /// connected with) for the key of this signing request (DER, at most [`MAX_CSR_BYTES`]);
+    /// answered `Renewed` by a master that holds a CA key, `Error` by others.
+    Renew { csr: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,6 +492,9 @@ pub enum PeerResponse {
     /// Followed by exactly `size` raw bytes.
     Blob {
         size: u64,
+    },
+    Renewed {
+        cert_pem: String,
     },
     Error {
         message: String,

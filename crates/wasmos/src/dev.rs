@@ -34,8 +34,8 @@ pub struct DevOptions {
     pub tenancy: wasmos_master::TenancyConfig,
     pub agent_timeout: std::time::Duration,
     pub allocator: wasmos_alloc::Config,
-    /// How long the agents' and the operator's certificates are valid when first issued
-    /// (`None`: until 2074), and renewed ones (`None`: 30 days).
+    /// How long the master's, the agents' and the operator's certificates are valid when
+    /// first issued (`None`: until 2074), and renewed ones (`None`: 30 days).
     pub leaf_lifetime: Option<std::time::Duration>,
 }
 
@@ -63,7 +63,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
         &ca,
         &Identity::Master("m1".into()),
         "master",
-        None,
+        opts.leaf_lifetime,
     )?;
     // The operator certificate is what client.toml points the CLI at.
     ensure_cert(
@@ -75,6 +75,11 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     )?;
 
     let master_creds = credentials(&ca, &master_files)?;
+    let master_cert_files = wasmos_net::CredentialFiles {
+        ca: pki_dir.join("ca.pem"),
+        cert: master_files.cert.clone(),
+        key: master_files.key.clone(),
+    };
     let master = wasmos_master::Master::start(
         wasmos_master::MasterConfig {
             agent_timeout: opts.agent_timeout,
@@ -87,6 +92,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
                     .leaf_lifetime
                     .unwrap_or(std::time::Duration::from_secs(30 * 24 * 3600)),
             }),
+            cert_files: Some(master_cert_files.clone()),
             ..wasmos_master::MasterConfig::new(data.join("master"), opts.listen)
         },
         &master_creds,
@@ -95,11 +101,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     .context("starting the master")?;
     let follow = tokio::spawn(wasmos_net::follow_files(
         master_creds.clone(),
-        wasmos_net::CredentialFiles {
-            ca: pki_dir.join("ca.pem"),
-            cert: master_files.cert.clone(),
-            key: master_files.key.clone(),
-        },
+        master_cert_files,
         wasmos_net::RELOAD_EVERY,
     ));
     let addr = master.local_addr();
@@ -237,9 +239,10 @@ pub(crate) struct DevArgs {
     pub(crate) offers: OfferArgs,
     #[command(flatten)]
     pub(crate) tenancy: TenancyArgs,
-    /// How long the agents' and the operator's certificates are valid when first issued
-    /// (default: until 2074), and those the master renews (default 30d). Agents renew theirs
-    /// when two thirds of it have passed; `wasmos cert renew` renews the operator's.
+    /// How long the masters', the agents' and the operator's certificates are valid when
+    /// first issued (default: until 2074), and those the masters renew (default 30d). Masters
+    /// and agents renew theirs when two thirds of it have passed; `wasmos cert renew` renews
+    /// the operator's.
     #[arg(long, value_name = "DURATION")]
     pub(crate) leaf_lifetime: Option<humantime::Duration>,
 }

@@ -200,7 +200,8 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let name = format!("master-{id}");
-        let files = ensure_cert(&pki, &ca, &Identity::Master(format!("m{id}")), &name, None)?;
+        let who = Identity::Master(format!("m{id}"));
+        let files = ensure_cert(&pki, &ca, &who, &name, opts.leaf_lifetime)?;
         let dir = data.join(&name);
         let mut args = os(&["master", "--id", &id.to_string(), "--listen"]);
         args.push(addr.to_string().into());

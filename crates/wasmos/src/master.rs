@@ -52,9 +52,10 @@ pub(crate) struct MasterArgs {
     pub(crate) http_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
-    /// Renew certificates for those that ask (`wasmos cert renew`, agents before theirs
-    /// expire), signed with this CA key: the key of one of the CAs in --ca. Read at each
-    /// renewal, so a new one applies without a restart.
+    /// Renew certificates for those that ask (`wasmos cert renew`, agents and masters before
+    /// theirs expire), and this master's own, signed with this CA key: the key of one of the
+    /// CAs in --ca. Read at each renewal, so a new one applies without a restart. A master
+    /// without one renews its own certificate from a peer master that has one.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca_key: Option<PathBuf>,
     /// How long a renewed certificate is valid.
@@ -238,6 +239,7 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         node_id: args.id,
         peers,
         renewal: renewal(args.ca_key, args.leaf_lifetime)?,
+        cert_files: args.tls.files(),
         ..wasmos_master::MasterConfig::new(args.data_dir, args.listen)
     };
     let master = wasmos_master::Master::start(cfg, &creds).await?;
