@@ -16,7 +16,12 @@ const BOB: &str = "wasmos://tenant/evil/bob";
 /// A copy of the hello sample under `name` in `dir`, its bytes changed by `salt` (a custom
 /// section appended, which keeps it a valid component) so each copy is its own bundle.
 fn component(dir: &Path, name: &str, salt: &str) -> PathBuf {
-    let mut bytes = std::fs::read(sample("hello")).unwrap();
+    component_of("hello", dir, name, salt)
+}
+
+/// [`component`] of another sample.
+fn component_of(sample_name: &str, dir: &Path, name: &str, salt: &str) -> PathBuf {
+    let mut bytes = std::fs::read(sample(sample_name)).unwrap();
     let payload = [&[4u8][..], b"salt", salt.as_bytes()].concat();
     bytes.push(0); // a custom section
     bytes.push(payload.len() as u8);
@@ -294,6 +299,57 @@ fn a_role_runs_only_bundles_signed_by_its_keys() {
             .any(|e| e["identity"] == BOB && e["result"].as_str().unwrap().contains("refused")),
         "bob's refused signatures are in the log"
     );
+
+    // A job whose next group's only signing key is revoked while its first group runs
+    // fails, saying why, instead of retrying a launch no retry can make.
+    let keygen_third = ok(&wasmos_with(&alice, &["bundle", "keygen", &p("third")]));
+    let third_key = keygen_third.trim().to_string();
+    ok(&wasmos_with(&op, &["signing-key", "add", &p("third.pub")]));
+    let both = format!("{next_key},{third_key}");
+    ok(&wasmos_with(
+        &op,
+        &["role", "set", "acme", "--require-signed-by", &both],
+    ));
+    component_of("exit-code", dir.path(), "first.wasm", "j1");
+    component(dir.path(), "second.wasm", "j2");
+    for f in ["first.wasm", "second.wasm"] {
+        ok(&wasmos_with(
+            &alice,
+            &["bundle", "sign", &p(f), "--key", &p("third.key")],
+        ));
+    }
+    let job = format!(
+        "name = \"signed\"\n[[group]]\nname = \"first\"\nbundle = \"{}\"\nargs = [\"0\", \"4000\"]\n\n[[group]]\nname = \"second\"\nbundle = \"{}\"\ndepends_on = [\"first\"]\n",
+        p("first.wasm"),
+        p("second.wasm")
+    );
+    std::fs::write(d("job.toml"), job).unwrap();
+    let id = ok(&wasmos_with(&alice, &["job", "submit", &p("job.toml")]));
+    let id = id.lines().next().unwrap().trim().to_string();
+    let status = || {
+        let out = wasmos_with(&alice, &["job", "status", &id, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()
+    };
+    assert!(
+        wasmos_tests::eventually(std::time::Duration::from_secs(20), || status()["groups"][0]
+            ["running"]
+            == 1),
+        "{}",
+        status()
+    );
+    ok(&wasmos_with(&op, &["signing-key", "revoke", &third_key]));
+    assert!(
+        wasmos_tests::eventually(std::time::Duration::from_secs(30), || {
+            status()["state"]
+                .to_string()
+                .contains("group second cannot launch")
+        }),
+        "{}",
+        status()
+    );
+    let why = status()["state"].to_string();
+    assert!(why.contains("is signed only by revoked keys"), "{why}");
+    assert_eq!(status()["groups"][0]["done"], 1, "{}", status());
 
     // Lifting the requirement runs unsigned bundles again.
     ok(&wasmos_with(

@@ -72,6 +72,9 @@ pub struct JobFramework {
     reading: BTreeMap<Slot, BTreeSet<TaskId>>,
     /// Why the job must fail, found outside a callback (see [`JobFramework::sync_done`]).
     doomed: Option<String>,
+    /// Groups (by position) with a slot in an accept the master refused since the host last
+    /// asked ([`JobFramework::take_refused`]).
+    refused: BTreeSet<usize>,
     events: Vec<JobEvent>,
     suppressed: bool,
     stop: bool,
@@ -114,6 +117,7 @@ impl JobFramework {
             stale: BTreeSet::new(),
             reading: BTreeMap::new(),
             doomed: None,
+            refused: BTreeSet::new(),
             spec,
             submitted_ms,
             progress,
@@ -470,6 +474,7 @@ impl Scheduler for JobFramework {
         if let Some(slots) = request.and_then(|r| self.launching.remove(&r)) {
             for (slot, _) in slots {
                 self.busy.remove(&slot);
+                self.refused.insert(slot.0);
             }
             self.revive(cx);
         }
@@ -754,6 +759,20 @@ impl JobFramework {
                     key.1, key.0
                 ));
             }
+        }
+    }
+
+    /// The groups (by position) that had a launch refused since the last call: the host
+    /// checks whether they can still launch at all.
+    pub fn take_refused(&mut self) -> BTreeSet<usize> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Fails the job at the next tick, for a reason the host found (a refusal no retry can
+    /// get past); the first reason given stands.
+    pub fn doom(&mut self, why: String) {
+        if self.doomed.is_none() && !self.ended {
+            self.doomed = Some(why);
         }
     }
 

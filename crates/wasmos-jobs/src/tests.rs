@@ -697,3 +697,57 @@ fn slots_the_record_undid_run_again_and_too_many_losses_fail_the_job() {
     };
     assert!(why.contains("were lost 5 times"), "{why}");
 }
+
+#[test]
+fn a_refused_launch_is_retried_unless_the_host_dooms_the_job() {
+    let mut h = Harness::new(job(vec![group("map", 1, &[]), group("other", 1, &[])]));
+    let offer = OfferInfo {
+        id: OfferId(1),
+        agent: AgentId::new("a1").unwrap(),
+        attributes: BTreeMap::new(),
+        unreserved: Resources::new(4000, 1 << 30, 1 << 30),
+        reserved: BTreeMap::new(),
+        revocable: Resources::default(),
+    };
+    let refuse = |h: &mut Harness, offer: &OfferInfo| {
+        let actions =
+            h.d.event(FrameworkEvent::Offers(vec![offer.clone()]), h.now);
+        let request = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Send(FrameworkCall::Accept { request, .. }) => Some(*request),
+                _ => None,
+            })
+            .expect("an accept");
+        let message = "bundle is signed only by revoked keys".to_string();
+        let error = FrameworkEvent::Error {
+            request: Some(request),
+            message,
+        };
+        h.d.event(error, h.now);
+    };
+    refuse(&mut h, &offer);
+    // Both groups were in the refused accept; told once.
+    assert_eq!(h.d.scheduler_mut().take_refused(), [0, 1].into());
+    assert!(h.d.scheduler_mut().take_refused().is_empty());
+    // Not doomed: the slots are free again and launch from the next offer.
+    h.now += 10;
+    let again = h.offer("a1", 4000, &[]);
+    assert_eq!(again.len(), 2, "{again:?}");
+    h.d.scheduler_mut().take_events();
+
+    // Refused again, and this time the host found it cannot pass: the job fails, with the
+    // first reason given.
+    let mut h = Harness::new(job(vec![group("map", 1, &[])]));
+    refuse(&mut h, &offer);
+    assert_eq!(h.d.scheduler_mut().take_refused(), [0].into());
+    h.d.scheduler_mut()
+        .doom("group map cannot launch: revoked".into());
+    h.d.scheduler_mut().doom("a later reason".into());
+    h.d.tick(h.now);
+    let events = h.d.scheduler_mut().take_events();
+    let Some(JobEvent::Ended(JobState::Failed(why))) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(why, "group map cannot launch: revoked");
+}

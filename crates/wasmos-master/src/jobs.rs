@@ -89,6 +89,30 @@ fn record(shared: &Shared, job: JobId) -> Option<JobRecord> {
     shared.read(|s| s.jobs.get(&job).cloned())
 }
 
+/// Why no retry can launch a group among `refused` (positions in the job's groups): its
+/// role requires signed bundles and the group's bundle carries no signature by a usable
+/// required key (the key was revoked after the job was accepted). Other refusals (a stale
+/// offer, a full agent) pass with time, and the job goes on retrying them.
+fn unlaunchable(
+    shared: &Shared,
+    job: &JobRecord,
+    refused: &std::collections::BTreeSet<usize>,
+) -> Option<String> {
+    if refused.is_empty() {
+        return None;
+    }
+    shared.read(|s| {
+        refused
+            .iter()
+            .filter_map(|g| job.spec.groups.get(*g))
+            .find_map(|g| {
+                s.check_signed(&g.task.bundle, job.role.as_str())
+                    .err()
+                    .map(|e| format!("group {} cannot launch: {e}", g.name))
+            })
+    })
+}
+
 /// Writes a job's events, in order, in as few raft entries as their size allows; false if
 /// they could not be recorded (this runner must stop). Not one write per event: a job of
 /// 10,000 tasks records 20,000 events, and awaiting an fsync for each held the whole job to a
@@ -255,6 +279,10 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                         }
                         // The state machine undoes slots whose kept outputs are gone.
                         driver.scheduler_mut().sync_done(&r.done, &r.losses);
+                        let refused = driver.scheduler_mut().take_refused();
+                        if let Some(why) = unlaunchable(&shared, &r, &refused) {
+                            driver.scheduler_mut().doom(why);
+                        }
                     }
                     None => break,
                 }

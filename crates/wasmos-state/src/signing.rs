@@ -202,7 +202,7 @@ impl ClusterState {
     /// A new task of `role`, when the role requires signed bundles, must name a bundle signed
     /// by one of the role's keys that is not revoked. Checked on every submission and launch:
     /// it reads the record in place rather than build the `BundleTrust` a launch carries.
-    pub(crate) fn check_signed(&self, bundle: &BundleHash, role: &str) -> Result<(), Rejection> {
+    pub fn check_signed(&self, bundle: &BundleHash, role: &str) -> Result<(), Rejection> {
         let Some((from, wanted)) = self.signers_for(role) else {
             return Ok(());
         };
