@@ -37,8 +37,15 @@ pub(crate) struct Applied {
 /// lock) and a watch of the last applied index.
 #[derive(Clone)]
 pub(crate) struct Shared {
-    applied: Arc<RwLock<Applied>>,
+    pub(crate) applied: Arc<RwLock<Applied>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    /// Held by the snapshot builder while it copies the state (long, under the read lock) and
+    /// by `apply` before it takes the write lock: apply then waits for the copy here, as an
+    /// await, instead of as a waiting writer. A waiting writer blocks its thread and, the std
+    /// lock preferring writers, every reader that comes after it: with the copy of a large
+    /// state taking longer than an election timeout, both runtime threads of a 2-core master
+    /// stalled and the leader lost its term.
+    pub(crate) copying: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -47,6 +54,7 @@ impl Shared {
         Shared {
             applied: Arc::new(RwLock::new(applied)),
             applied_tx: Arc::new(watch::Sender::new(index)),
+            copying: Arc::default(),
         }
     }
 
@@ -192,6 +200,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let shared = self.shared.clone();
+        let copying = self.shared.copying.clone().lock_owned().await;
         let (meta, data) = blocking(move || {
             let (last_applied, last_membership, state) = {
                 let applied = shared.read();
@@ -201,6 +210,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     applied.state.clone(),
                 )
             };
+            drop(copying);
             let meta = SnapshotMeta {
                 last_log_id: last_applied,
                 last_membership,
@@ -241,6 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut results = Vec::new();
+        let copied = self.shared.copying.lock().await;
         let last_applied = {
             // One lock per batch: readers see whole batches, and apply is pure and fast.
             let mut applied = self.shared.write();
@@ -259,6 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             applied.last_applied
         };
+        drop(copied);
         self.shared.notify(last_applied);
         Ok(results)
     }
