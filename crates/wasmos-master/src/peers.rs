@@ -259,9 +259,11 @@ async fn ask_renewal(links: &PeerLinks, addr: SocketAddr, csr: &[u8]) -> Result<
 }
 
 /// A new certificate for this master, for the key of `csr`, from the first peer that holds a
-/// CA key.
+/// CA key: the leader first, which records the renewal in the audit log (a follower cannot).
 pub(crate) async fn renewal(shared: &Shared, csr: Vec<u8>) -> Result<String, String> {
-    let (others, _) = others(shared);
+    let (mut others, _) = others(shared);
+    let leader = shared.raft.status().leader;
+    others.sort_by_key(|(id, _, _)| Some(*id) != leader);
     let mut errors = Vec::new();
     for (id, addr, _) in others {
         match tokio::time::timeout(TRANSFER_TIMEOUT, ask_renewal(&shared.peers, addr, &csr)).await {
