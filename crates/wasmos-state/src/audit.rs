@@ -5,10 +5,87 @@
 
 pub use wasmos_proto::AuditEntry;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::{ClusterState, Command, CommandResult, Rejection};
 
-/// Most entries the log keeps: past it the oldest go (retention by age usually comes first).
+/// Most entries the log keeps: past it, the oldest entry of whoever holds the most goes
+/// (retention by age usually comes first).
 pub const MAX_AUDIT_ENTRIES: usize = 200_000;
+
+/// Whose share of the log an entry counts against: a tenant's users share their tenant's;
+/// any other identity (an operator, an agent, a master) has its own.
+fn owner(identity: &str) -> &str {
+    match identity.strip_prefix("wasmos://tenant/") {
+        Some(rest) => {
+            let tenant = rest.split('/').next().unwrap_or_default();
+            &identity[..identity.len() - rest.len() + tenant.len()]
+        }
+        None => identity,
+    }
+}
+
+/// Derived from `audit`, never stored: each owner's entries, and owners by how many they
+/// hold, so a full log drops from the largest share: one tenant making many changes pushes
+/// out its own entries, not operators' or other tenants'.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuditIndex {
+    built: bool,
+    by_owner: BTreeMap<String, BTreeSet<u64>>,
+    sizes: BTreeSet<(usize, String)>,
+}
+
+impl PartialEq for AuditIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AuditIndex {}
+
+impl AuditIndex {
+    fn build(audit: &BTreeMap<u64, AuditEntry>) -> AuditIndex {
+        let mut index = AuditIndex {
+            built: true,
+            ..AuditIndex::default()
+        };
+        for e in audit.values() {
+            index
+                .by_owner
+                .entry(owner(&e.identity).to_string())
+                .or_default()
+                .insert(e.seq);
+        }
+        index.sizes = index
+            .by_owner
+            .iter()
+            .map(|(o, seqs)| (seqs.len(), o.clone()))
+            .collect();
+        index
+    }
+
+    fn add(&mut self, identity: &str, seq: u64) {
+        let owner = owner(identity);
+        let seqs = self.by_owner.entry(owner.to_string()).or_default();
+        self.sizes.remove(&(seqs.len(), owner.to_string()));
+        seqs.insert(seq);
+        self.sizes.insert((seqs.len(), owner.to_string()));
+    }
+
+    /// The oldest entry of the owner holding the most (the last by name among equals), taken
+    /// out of the index.
+    fn evict(&mut self) -> Option<u64> {
+        let (n, owner) = self.sizes.pop_last()?;
+        let seqs = self.by_owner.get_mut(&owner)?;
+        let seq = seqs.pop_first()?;
+        if seqs.is_empty() {
+            self.by_owner.remove(&owner);
+        } else {
+            self.sizes.insert((n - 1, owner));
+        }
+        Some(seq)
+    }
+}
 
 /// Longest a text field of an entry may be: a caller's object names are bounded elsewhere,
 /// this keeps a hostile one from growing the log.
@@ -105,9 +182,23 @@ impl ClusterState {
             result: bounded(entry.result),
             at_ms: entry.at_ms,
         };
+        if !self.audit_index.built {
+            self.audit_index = AuditIndex::build(&self.audit);
+        }
+        self.audit_index.add(&entry.identity, entry.seq);
         self.audit.insert(entry.seq, entry);
         while self.audit.len() > MAX_AUDIT_ENTRIES {
-            self.audit.pop_first();
+            match self.audit_index.evict() {
+                Some(seq) => {
+                    self.audit.remove(&seq);
+                }
+                None => {
+                    // Cannot happen while the index matches the log; if it does not, the
+                    // oldest entry goes and the index is rebuilt at the next entry.
+                    self.audit.pop_first();
+                    self.audit_index.built = false;
+                }
+            }
         }
     }
 
@@ -115,6 +206,9 @@ impl ClusterState {
     pub(crate) fn forget_audit(&mut self, before_ms: u64) -> CommandResult {
         let before = self.audit.len();
         self.audit.retain(|_, e| e.at_ms >= before_ms);
+        if self.audit.len() != before {
+            self.audit_index.built = false;
+        }
         CommandResult::Forgotten((before - self.audit.len()) as u64)
     }
 }

@@ -244,6 +244,9 @@ pub struct ClusterState {
     /// Derived from `tasks`, never stored: which tasks have not ended, counted by role.
     #[serde(skip)]
     live: LiveIndex,
+    /// Derived from `audit`, never stored: whose entries to drop when the log is full.
+    #[serde(skip)]
+    audit_index: audit::AuditIndex,
 }
 
 /// The tasks that have not ended, and how many per role: the tasks ceiling is checked for

@@ -1792,3 +1792,46 @@ fn a_role_that_requires_signed_bundles_runs_only_bundles_its_keys_signed() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     assert_rejected(&require(&mut s, "acme", &many), "at most");
 }
+
+/// A full log drops from the largest share: a tenant that floods it (all its users together)
+/// pushes out its own oldest entries, while an operator's and another tenant's stay, also
+/// after the state is decoded (the index is rebuilt) and after retention removed some.
+#[test]
+fn a_full_audit_log_drops_the_flooding_tenants_entries_first() {
+    let mut s = ClusterState::default();
+    let entry = |who: &str, object: &str| {
+        let mut e = audit_entry("kill", object);
+        e.identity = who.into();
+        Command::Audited {
+            entry: e,
+            cmd: None,
+        }
+    };
+    s.apply(entry("wasmos://operator/admin", "op-1"));
+    s.apply(entry("wasmos://tenant/acme/alice", "acme-1"));
+    for i in 0..crate::MAX_AUDIT_ENTRIES {
+        let user = if i % 2 == 0 { "mallory" } else { "eve" };
+        s.apply(entry(
+            &format!("wasmos://tenant/evil/{user}"),
+            &i.to_string(),
+        ));
+        if i == 10 {
+            // Decoded mid-flood: the index is rebuilt from the log.
+            let bytes = wasmos_proto::encode(&s).unwrap();
+            s = wasmos_proto::decode(&bytes).unwrap();
+        }
+    }
+    assert_eq!(s.audit.len(), crate::MAX_AUDIT_ENTRIES);
+    let objects: Vec<&str> = s.audit.values().map(|e| e.object.as_str()).collect();
+    assert_eq!(
+        objects[..3],
+        ["op-1", "acme-1", "2"],
+        "evil's first two went"
+    );
+    // Retention empties it; the index follows, and new entries are kept.
+    s.apply(Command::ForgetAudit { before_ms: 8 });
+    assert!(s.audit.is_empty());
+    s.apply(entry("wasmos://operator/admin", "op-2"));
+    s.apply(entry("wasmos://tenant/acme/alice", "acme-2"));
+    assert_eq!(s.audit.len(), 2);
+}
