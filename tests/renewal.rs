@@ -150,7 +150,8 @@ fn active_agents(c: &DevCluster) -> Vec<String> {
 
 /// The CA rollover of docs/security.md, with live agents and nothing restarted: trust both
 /// CAs, move the master and the renewals to the new one, bring an agent of the new CA,
-/// renew, then drop the old CA, whose certificates are refused from then on.
+/// renew, then drop the old CA, whose certificates are refused from then on and whose open
+/// sessions are ended.
 #[test]
 fn a_ca_rollover_with_live_agents() {
     let c = DevCluster::start(1).unwrap();
@@ -204,10 +205,55 @@ fn a_ca_rollover_with_live_agents() {
     assert_ne!(new_ca_name, old_ca_name);
     assert_eq!(names(&pki.join("operator.pem")).1, new_ca_name);
 
-    // 3. The old CA is dropped everywhere. Its leaves are refused; the renewed operator,
-    // the new agent and the running task carry on.
-    std::fs::write(pki.join("ca.pem"), &new_ca).unwrap();
+    // The dev agent moves to the new CA too (its files replaced; it follows them). Its
+    // session to the master stays the one made with the old certificate.
+    let (a_cert, a_key) = issue(new.path(), "--agent", "agent-1");
+    std::fs::copy(&a_key, pki.join("agent-1.key.new")).unwrap();
+    std::fs::copy(&a_cert, pki.join("agent-1.pem.new")).unwrap();
+    std::fs::rename(pki.join("agent-1.key.new"), pki.join("agent-1.key")).unwrap();
+    std::fs::rename(pki.join("agent-1.pem.new"), pki.join("agent-1.pem")).unwrap();
+    // The old-CA tenant follows a task of its own's output.
+    let spin = wasmos_tests::sample("spin");
+    let flags = [
+        "run",
+        "--detach",
+        "--timeout",
+        "10m",
+        spin.to_str().unwrap(),
+    ];
+    let detached = wasmos_with(&old_tenant, &[&flags[..], &["--", "600"]].concat());
+    let old_id = ok(&detached).trim().to_string();
+    let mut follow = wasmos_tests::wasmos_cmd(&old_tenant, &["logs", "-f", &old_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("waiting"), "{first:?}");
     std::thread::sleep(Duration::from_secs(3));
+
+    // 3. The old CA is dropped everywhere. Its leaves are refused, and the sessions they
+    // hold are ended: the old tenant's `logs -f` and the agent's session made with its old
+    // certificate (it comes back with its new one). The renewed operator, the new agent and
+    // the running task carry on.
+    std::fs::write(pki.join("ca.pem"), &new_ca).unwrap();
+    let ended = wasmos_tests::wait_exit(&mut follow, Duration::from_secs(10));
+    assert!(ended.is_some_and(|s| !s.success()), "{ended:?}");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("no longer trusted"), "{said}");
+    assert!(
+        eventually(Duration::from_secs(10), || c.log_text().contains(
+            "closed connections whose certificates the trusted CAs no longer vouch for"
+        )),
+        "{}",
+        c.log_text()
+    );
     let refused = wasmos_with(&old_tenant, &["task", "list"]);
     assert!(!refused.status.success(), "an old-CA certificate got in");
     assert!(
@@ -217,6 +263,11 @@ fn a_ca_rollover_with_live_agents() {
         text(&refused.stderr)
     );
     assert!(active_agents(&c).contains(&"agent-new".to_string()));
+    assert!(
+        eventually(Duration::from_secs(20), || active_agents(&c).len() == 2),
+        "{}",
+        c.log_text()
+    );
     assert_eq!(task_state(&c, &id), "Running");
     let hello = wasmos_tests::sample("hello");
     let out = ok(&c

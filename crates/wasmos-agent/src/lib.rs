@@ -380,6 +380,13 @@ pub async fn run(
             },
         ));
     }
+    // Other agents' sessions whose CA is dropped (a rollover's last step) end then.
+    let _trust = peer_server.as_ref().map(|_| {
+        let (creds, live) = (creds.clone(), agent.peer_conns.clone());
+        AbortOnDrop(vec![tokio::spawn(async move {
+            creds.close_distrusted(&live).await
+        })])
+    });
     let _renewal = agent.cfg.cert_files.clone().map(|files| {
         AbortOnDrop(vec![
             tokio::spawn(wasmos_net::follow_files(

@@ -605,6 +605,9 @@ impl Master {
         tasks.spawn(leadership::run(shared.clone(), events_rx));
         tasks.spawn(retention::run(shared.clone()));
         tasks.spawn(revocation::follow(shared.clone()));
+        // The last step of a CA rollover ends the sessions of certificates the old CA signed.
+        let holder = shared.clone();
+        tasks.spawn(async move { holder.creds.close_distrusted(&holder.live).await });
         if let Some(files) = shared.cfg.cert_files.clone() {
             tasks.spawn(renewal::renew_own(shared.clone(), files));
         }

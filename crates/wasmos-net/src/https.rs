@@ -20,6 +20,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpsAcceptor {
     inner: tokio_rustls::TlsAcceptor,
     revoked: crate::RevocationList,
+    /// The CA set in force, to drop connections whose CA it no longer trusts.
+    creds: Credentials,
 }
 
 impl std::fmt::Debug for HttpsAcceptor {
@@ -40,25 +42,33 @@ impl HttpsAcceptor {
         Ok(HttpsAcceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             revoked: creds.revocations(),
+            creds: creds.clone(),
         })
     }
 
-    /// Returns once the certificate of `stream`'s client is revoked: a server keeping the
-    /// connection open (keep-alive, a subscription's stream) drops it then.
+    /// Returns once the certificate of `stream`'s client is revoked, or its CA is no longer
+    /// trusted: a server keeping the connection open (keep-alive, a subscription's stream)
+    /// drops it then.
     pub fn until_revoked(
         &self,
         stream: &HttpsStream,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let leaf = stream
+        let chain: Vec<_> = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec());
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         let list = self.revoked.clone();
+        let creds = self.creds.clone();
         async move {
-            match leaf {
-                Some(der) => list.until_revokes(der).await,
+            match chain.first().map(|c| c.as_ref().to_vec()) {
+                Some(der) => {
+                    tokio::select! {
+                        () = list.until_revokes(der) => {}
+                        () = creds.until_distrusts(chain) => {}
+                    }
+                }
                 None => std::future::pending().await,
             }
         }

@@ -115,11 +115,17 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, IdentityError
 
 /// The peer's own certificate (DER), if it presented one.
 pub fn peer_leaf(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    peer_chain(conn)?.first().cloned()
+}
+
+/// The certificates the peer presented, its own first.
+pub fn peer_chain(
+    conn: &quinn::Connection,
+) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
     conn.peer_identity()?
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-        .ok()?
-        .first()
-        .cloned()
+        .ok()
+        .map(|chain| *chain)
 }
 
 /// The channel (ALPN protocol) the peer and we agreed on.

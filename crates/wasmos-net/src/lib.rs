@@ -23,7 +23,8 @@ pub use agent_peer::{agent_peer_client, connect_agent};
 pub use frame::{FrameError, recv_frame, send_frame};
 pub use https::{HttpsAcceptor, HttpsStream};
 pub use identity::{
-    Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_identity, peer_leaf,
+    Identity, IdentityError, closed_on_purpose, negotiated_alpn, peer_chain, peer_identity,
+    peer_leaf,
 };
 pub use live::{CredentialFiles, RELOAD_EVERY, follow_files};
 pub use private::{create_private_dir, restrict, write_private};
@@ -31,8 +32,8 @@ pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use refusals::Refusals;
 pub use renew::renew_when_due;
 pub use revoke::{
-    LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, close_as_revoked,
-    normalize_serial, serial_of_der,
+    LiveConnections, REVOKED_REASON, Registered, RevocationList, Revoked, UNTRUSTED_REASON,
+    close_as_revoked, normalize_serial, serial_of_der,
 };
 pub use tls::{
     Credentials, MASTER_SERVER_NAME, NetError, REFUSED, WATCHFUL_KEEP_ALIVE, bind_for,

@@ -1,7 +1,8 @@
 //! Credentials that can be replaced while endpoints use them: every TLS configuration built
 //! from a [`crate::Credentials`] resolves its own certificate and its trust anchors through
 //! one shared cell, so a renewed certificate or a new CA set applies to the next handshake
-//! without a restart (connections already up keep what they were made with).
+//! without a restart (connections already up keep what they were made with, unless the new CA
+//! set no longer vouches for their peer: see `Credentials::close_distrusted`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -55,18 +56,25 @@ impl Material {
     }
 }
 
-/// The shared cell. A poisoned lock only means a panic elsewhere while it was held; the
-/// material inside is whole either way (it is replaced, never edited).
+/// The shared cell, and a count of its replacements to wait on. A poisoned lock only means a
+/// panic elsewhere while it was held; the material inside is whole either way (it is
+/// replaced, never edited).
 #[derive(Clone)]
-pub(crate) struct Cell(Arc<RwLock<Arc<Material>>>);
+pub(crate) struct Cell {
+    material: Arc<RwLock<Arc<Material>>>,
+    replaced: Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 impl Cell {
     pub(crate) fn new(m: Material) -> Cell {
-        Cell(Arc::new(RwLock::new(Arc::new(m))))
+        Cell {
+            material: Arc::new(RwLock::new(Arc::new(m))),
+            replaced: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
     }
 
     pub(crate) fn get(&self) -> Arc<Material> {
-        self.0
+        self.material
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -77,7 +85,36 @@ impl Cell {
     }
 
     pub(crate) fn replace(&self, m: Arc<Material>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = m;
+        *self
+            .material
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = m;
+        self.replaced.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn replacements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.replaced.subscribe()
+    }
+
+    /// Whether the CA set in force vouches for `chain` (a peer's, end-entity first) as a
+    /// client certificate. Checked at a time within the certificate's validity: a connection
+    /// whose certificate expired since its handshake is not what this asks about.
+    pub(crate) fn vouches_for(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((end, rest)) = chain.split_first() else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let at = match crate::pki::validity_of_der(end) {
+            Some((from, until)) => now.clamp(from, until.max(from)),
+            None => return false,
+        };
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(at.max(0) as u64));
+        self.get()
+            .client_verifier
+            .verify_client_cert(end, rest, at)
+            .is_ok()
     }
 }
 
@@ -421,6 +458,60 @@ mod tests {
         let mixed = server.reload(&new_ca_.cert_pem, &other.cert_pem, &server_new.key_pem);
         assert!(mixed.is_err());
         dial(&new_client, addr).await.unwrap();
+    }
+
+    /// Whether the CA set in force still vouches for a chain accepted earlier: yes while its
+    /// CA is in the set (expired since or not), no once it is dropped, and the wait for that
+    /// ends with the reload that drops it.
+    #[tokio::test]
+    async fn a_dropped_ca_no_longer_vouches_for_its_certificates() {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let (old_ca, new_ca_) = (new_ca("old").unwrap(), new_ca("new").unwrap());
+        let both = format!("{}{}", old_ca.cert_pem, new_ca_.cert_pem);
+        let master = Identity::Master("m1".into());
+        let server_leaf = issue(&new_ca_, &master, &[], &[]).unwrap();
+        let server = creds(&both, &server_leaf);
+        let chain = |pem: &str| -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.unwrap())
+                .collect()
+        };
+        let agent = Identity::Agent("a1".into());
+        let old = chain(&issue(&old_ca, &agent, &[], &[]).unwrap().cert_pem);
+        let life = Some(std::time::Duration::from_secs(1));
+        let short = crate::pki::issue_for(&old_ca, &agent, &[], &[], life).unwrap();
+        let expired = chain(&short.cert_pem);
+        let new = chain(&issue(&new_ca_, &agent, &[], &[]).unwrap().cert_pem);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(server.vouches_for(&old));
+        assert!(
+            server.vouches_for(&expired),
+            "expiry is not held against it"
+        );
+        assert!(server.vouches_for(&new));
+        assert!(!server.vouches_for(&[]));
+
+        let waiting = tokio::spawn({
+            let server = server.clone();
+            let old = old.clone();
+            async move { server.until_distrusts(old).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        server
+            .reload(
+                &new_ca_.cert_pem,
+                &server_leaf.cert_pem,
+                &server_leaf.key_pem,
+            )
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ends with the reload")
+            .unwrap();
+        assert!(!server.vouches_for(&old));
+        assert!(!server.vouches_for(&expired));
+        assert!(server.vouches_for(&new));
     }
 
     /// A renewal request gets a certificate for the identity the signer names (not the one

@@ -127,6 +127,9 @@ impl RevocationList {
 /// The application close code of a connection closed because its certificate was revoked:
 /// [`crate::REFUSED`], so clients stop at once (see [`crate::is_refusal`]) and say why.
 pub const REVOKED_REASON: &[u8] = b"certificate revoked";
+/// What a peer is told when its connection closes because the CA that signed its certificate
+/// is no longer trusted.
+pub const UNTRUSTED_REASON: &[u8] = b"certificate no longer trusted (its CA was removed)";
 
 impl RevocationList {
     /// Whether the peer's certificate on `conn` is revoked.
@@ -191,6 +194,18 @@ impl LiveConnections {
             close_as_revoked(c);
         }
         doomed.len()
+    }
+
+    /// Closes every live connection `keep` does not keep, as refused because its
+    /// certificate's CA is no longer trusted; how many.
+    pub fn close_unless(&self, keep: impl Fn(&quinn::Connection) -> bool) -> usize {
+        let conns: Vec<quinn::Connection> = self.lock().values().cloned().collect();
+        let mut closed = 0;
+        for c in conns.iter().filter(|c| !keep(c)) {
+            c.close(crate::REFUSED.into(), UNTRUSTED_REASON);
+            closed += 1;
+        }
+        closed
     }
 }
 

@@ -118,6 +118,44 @@ impl Credentials {
             .unwrap_or_default()
     }
 
+    /// Whether the CA set in force still vouches for the client certificate `chain` (its
+    /// own first) was accepted with: not once its CA has been dropped from the set (the last
+    /// step of a rollover). Its expiry since is not held against it.
+    pub fn vouches_for(&self, chain: &[CertificateDer<'_>]) -> bool {
+        self.live.vouches_for(chain)
+    }
+
+    /// Returns once the CA set in force no longer vouches for `chain` (never, if it always
+    /// does): what a server holding a connection open races against.
+    pub async fn until_distrusts(&self, chain: Vec<CertificateDer<'static>>) {
+        let mut replaced = self.live.replacements();
+        loop {
+            if !self.vouches_for(&chain) {
+                return;
+            }
+            if replaced.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Closes, whenever the credentials are replaced, the connections of `live` whose client
+    /// certificates the new CA set no longer vouches for; never returns.
+    pub async fn close_distrusted(&self, live: &crate::LiveConnections) {
+        let mut replaced = self.live.replacements();
+        while replaced.changed().await.is_ok() {
+            let closed = live.close_unless(|conn| {
+                crate::peer_chain(conn).is_some_and(|chain| self.vouches_for(&chain))
+            });
+            if closed > 0 {
+                tracing::info!(
+                    closed,
+                    "closed connections whose certificates the trusted CAs no longer vouch for"
+                );
+            }
+        }
+    }
+
     /// The CA certificates in force (DER).
     pub fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
         self.live.get().ca.clone()
@@ -321,6 +359,11 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
     {
         return format!(
             "this certificate was revoked by an operator of the cluster ({text}); ask for a new one"
+        );
+    }
+    if text.contains("no longer trusted") {
+        return format!(
+            "this certificate's CA is no longer trusted by the cluster ({text}); ask for a certificate of its new CA"
         );
     }
     let certificate_problem = text.contains("certificate")
