@@ -205,13 +205,19 @@ fn a_ca_rollover_with_live_agents() {
     assert_ne!(new_ca_name, old_ca_name);
     assert_eq!(names(&pki.join("operator.pem")).1, new_ca_name);
 
-    // The dev agent moves to the new CA too (its files replaced; it follows them). Its
-    // session to the master stays the one made with the old certificate.
-    let (a_cert, a_key) = issue(new.path(), "--agent", "agent-1");
-    std::fs::copy(&a_key, pki.join("agent-1.key.new")).unwrap();
-    std::fs::copy(&a_cert, pki.join("agent-1.pem.new")).unwrap();
-    std::fs::rename(pki.join("agent-1.key.new"), pki.join("agent-1.key")).unwrap();
-    std::fs::rename(pki.join("agent-1.pem.new"), pki.join("agent-1.pem")).unwrap();
+    // The agents are asked to renew now (operators only), and so move to the new CA. The
+    // dev agent's session to the master stays the one made with its old certificate.
+    let asked = wasmos_with(&old_tenant, &["cert", "renew", "--agents"]);
+    wasmos_tests::assert_clean_error(&asked, "only operators");
+    let said = ok(&c.cli(&["cert", "renew", "--agents"]).unwrap());
+    assert!(said.contains("asked 2 agent(s)"), "{said}");
+    assert!(
+        eventually(Duration::from_secs(15), || names(&pki.join("agent-1.pem"))
+            .1
+            == new_ca_name),
+        "the dev agent did not renew under the new CA: {}",
+        c.log_text()
+    );
     // The old-CA tenant follows a task of its own's output.
     let spin = wasmos_tests::sample("spin");
     let flags = [

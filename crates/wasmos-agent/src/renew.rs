@@ -10,7 +10,8 @@ use crate::Agent;
 
 /// Renews the agent's certificate whenever it is due; never returns.
 pub(crate) async fn renew_when_due(agent: Arc<Agent>, creds: Credentials, files: CredentialFiles) {
-    wasmos_net::renew_when_due(creds, "agent", || renew_once(&agent, &files)).await
+    let now = &agent.renew_now;
+    wasmos_net::renew_when_due(creds, "agent", now, || renew_once(&agent, &files)).await
 }
 
 async fn renew_once(agent: &Agent, files: &CredentialFiles) -> Result<Credentials, String> {

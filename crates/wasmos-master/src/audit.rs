@@ -276,6 +276,7 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::RevokeSigningKey { key } => ("revoke-signing-key", audit_field(key)),
         R::ListSigningKeys => ("list-signing-keys", String::new()),
         R::RenewCertificate { .. } => ("renew-certificate", String::new()),
+        R::RenewAgents => ("renew-agents", String::new()),
     }
 }
 

@@ -304,6 +304,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                 Err((kind, e)) => error(kind, e),
             }
         }
+        ClientRequest::RenewAgents => crate::renewal::renew_agents(shared, who),
         ClientRequest::ListRoles => list_roles(shared, who).await,
         ClientRequest::ClusterStatus => ClientResponse::Cluster(Box::new(shared.raft.status())),
         ClientRequest::InitCluster

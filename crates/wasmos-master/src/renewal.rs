@@ -133,7 +133,9 @@ async fn audit(shared: &Shared, conn: &Connection, who: Identity, answer: &Clien
 /// a CA key and asking its peers otherwise, and installs it in `files`; never returns.
 pub(crate) async fn renew_own(shared: Arc<Shared>, files: CredentialFiles) {
     let creds = shared.creds.clone();
-    wasmos_net::renew_when_due(creds, "master", || renew_own_once(&shared, &files)).await
+    // Nothing asks a master to renew early: it is given a new certificate by hand.
+    let never = tokio::sync::Notify::new();
+    wasmos_net::renew_when_due(creds, "master", &never, || renew_own_once(&shared, &files)).await
 }
 
 async fn renew_own_once(shared: &Shared, files: &CredentialFiles) -> Result<Credentials, String> {
@@ -180,4 +182,21 @@ pub(crate) async fn renew_agent(shared: &Shared, conn: &Connection, csr: &[u8]) 
             message: "not renewed".into(),
         },
     }
+}
+
+/// `wasmos cert renew --agents` (operators): tells every agent connected here (the leader's
+/// are all of them) to renew its certificate now.
+pub(crate) fn renew_agents(shared: &Shared, who: &Identity) -> ClientResponse {
+    if let Some(refused) =
+        crate::signing::operator_only(who, "ask agents to renew their certificates")
+    {
+        return refused;
+    }
+    let agents = shared
+        .agents()
+        .iter()
+        .filter(|(_, link)| link.tx.send(MasterToAgent::RenewNow).is_ok())
+        .map(|(id, _)| id.clone())
+        .collect();
+    ClientResponse::AgentsAsked { agents }
 }

@@ -12,7 +12,7 @@ use wasmos_state::{Command, CommandResult};
 use crate::Shared;
 use crate::replies::{error, raft_error, rejected};
 
-fn operator_only(who: &Identity, what: &str) -> Option<ClientResponse> {
+pub(crate) fn operator_only(who: &Identity, what: &str) -> Option<ClientResponse> {
     (!matches!(who, Identity::Operator(_))).then(|| {
         error(
             ErrorKind::InvalidRequest,

@@ -48,12 +48,16 @@ fn expiry(until: Option<i64>, now: SystemTime) -> String {
     }
 }
 
-/// Renews `creds` with `renew` whenever its certificate is due, `holder` naming whose it is in
-/// the log ("agent", "master"); never returns. `renew` makes a key, gets it certified and
-/// installs the pair where the holder keeps it, returning the new credentials, which `creds`
-/// then adopts for every handshake from then on.
-pub async fn renew_when_due<F, Fut>(creds: Credentials, holder: &str, mut renew: F)
-where
+/// Renews `creds` with `renew` whenever its certificate is due, or at once when `now` is
+/// notified, `holder` naming whose it is in the log ("agent", "master"); never returns.
+/// `renew` makes a key, gets it certified and installs the pair where the holder keeps it,
+/// returning the new credentials, which `creds` then adopts for every handshake from then on.
+pub async fn renew_when_due<F, Fut>(
+    creds: Credentials,
+    holder: &str,
+    now: &tokio::sync::Notify,
+    mut renew: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Credentials, String>>,
 {
@@ -71,8 +75,12 @@ where
             .and_then(|at| at.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         if !wait.is_zero() {
-            tokio::time::sleep(wait.min(LOOK_EVERY)).await;
-            continue;
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(LOOK_EVERY)) => continue,
+                () = now.notified() => {
+                    tracing::info!("renewing this {holder}'s certificate now, as asked");
+                }
+            }
         }
         match renew().await {
             Ok(renewed) => {

@@ -172,6 +172,9 @@ pub enum ClientRequest {
     RenewCertificate {
         csr: Vec<u8>,
     },
+    /// Operators: every agent connected to the leader renews its certificate now, whatever
+    /// is left of it (the third step of a CA rollover); answered `AgentsAsked`.
+    RenewAgents,
 }
 
 /// Largest certificate signing request a master reads.
@@ -381,6 +384,10 @@ pub enum ClientResponse {
         entries: Vec<AuditEntry>,
         scanned_to: u64,
         newest: u64,
+    },
+    /// Answer to `RenewAgents`: the agents asked.
+    AgentsAsked {
+        agents: Vec<crate::AgentId>,
     },
 }
 
@@ -661,4 +668,7 @@ pub enum MasterToAgent {
         identities: Vec<String>,
         complete: bool,
     },
+    /// Renew this agent's certificate now rather than when it is due (an operator's
+    /// `wasmos cert renew --agents`).
+    RenewNow,
 }

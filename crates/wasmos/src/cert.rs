@@ -39,7 +39,12 @@ pub(crate) enum CertCmd {
     /// Get a new certificate for your own identity from the masters (one started with
     /// --ca-key), for a new key made here: the key and certificate files your client config
     /// names are replaced. The private key never leaves this machine.
-    Renew,
+    Renew {
+        /// Operators: instead, ask every connected agent to renew its own certificate now
+        /// (after a CA rollover's second step, so they move to the new CA at once).
+        #[arg(long)]
+        agents: bool,
+    },
     /// Operators: revoke a certificate by its serial number (`wasmos cert serial FILE`
     /// prints it), or every certificate of an identity. Every master refuses it from then on
     /// and closes its open connections.
@@ -109,7 +114,19 @@ pub(crate) async fn run(target: &Target, cmd: CertCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         issue @ CertCmd::Issue { .. } => issue_cmd(issue),
-        CertCmd::Renew => renew(target).await,
+        CertCmd::Renew { agents: false } => renew(target).await,
+        CertCmd::Renew { agents: true } => {
+            let ClientResponse::AgentsAsked { agents } =
+                target.ask(ClientRequest::RenewAgents).await?
+            else {
+                bail!("unexpected answer to cert renew --agents");
+            };
+            println!("asked {} agent(s) to renew now", agents.len());
+            for a in agents {
+                println!("{a}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
