@@ -301,6 +301,22 @@ pub fn wasmos_cmd(config: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `wasmos logs -f TASK` as `config`'s user, once it follows: the task's first line has come
+/// through and contains `first` (its stdout's rest is not read; its stderr is piped).
+pub fn follow_logs(config: &Path, task: &str, first: &str) -> Child {
+    let mut follow = wasmos_cmd(config, &["logs", "-f", task])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start wasmos logs -f: {e}"));
+    let mut line = String::new();
+    if let Some(out) = follow.stdout.take() {
+        let _ = BufRead::read_line(&mut BufReader::new(out), &mut line);
+    }
+    assert!(line.contains(first), "logs -f {task} began with {line:?}");
+    follow
+}
+
 /// Runs `wasmos --config CONFIG ARGS` to completion.
 pub fn wasmos_with(config: &Path, args: &[&str]) -> Output {
     match wasmos_cmd(config, args).output() {

@@ -87,6 +87,24 @@ fn agreed_leader(dir: &Path, masters: &[&Master], not: Option<u64>) -> u64 {
     }
 }
 
+/// `wasmos master` for `m` of the group `peers` (`ID=ADDR,...`), run in `dir` with the
+/// certificate `m<ID>.pem` there, logging to `m<ID>.log`.
+fn master_cmd(dir: &Path, m: &Master, peers: &str) -> Command {
+    let name = format!("m{}", m.id);
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(wasmos_bin());
+    cmd.current_dir(dir)
+        .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
+        .args(["--peers", peers, "--data-dir", &name])
+        .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
+        .args(["--key", &format!("{name}.key")])
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// A temporary directory with a new CA and an operator's certificate in it, and three masters
 /// (not started) on free loopback ports.
 fn three_masters(cluster: &str) -> (tempfile::TempDir, pki::CaBundle, Vec<Master>) {
@@ -117,20 +135,7 @@ fn three_masters_elect_a_leader_and_fail_over_after_kill_dash_nine() {
         let name = format!("m{}", m.id);
         let issued = pki::issue(&ca, &Identity::Master(name.clone()), &[], &[]).unwrap();
         write_pem(dir.path(), &name, &issued.cert_pem, &issued.key_pem);
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(wasmos_bin())
-            .current_dir(dir.path())
-            .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
-            .args(["--peers", &peers, "--data-dir", &name])
-            .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
-            .args(["--key", &format!("{name}.key")])
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        m.child = Some(child);
+        m.child = Some(master_cmd(dir.path(), m, &peers).spawn().unwrap());
     }
     // An agent given every master finds the leader, and follows it.
     let issued = pki::issue(&ca, &Identity::Agent("agent-1".into()), &[], &[]).unwrap();
@@ -381,17 +386,7 @@ fn masters_renew_their_own_certificates() {
         let who = Identity::Master(name.clone());
         let issued = pki::issue_for(&ca, &who, &dns, &[], life).unwrap();
         write_pem(dir.path(), &name, &issued.cert_pem, &issued.key_pem);
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let mut cmd = Command::new(wasmos_bin());
-        cmd.current_dir(dir.path())
-            .args(["master", "--id", &m.id.to_string(), "--listen", &m.addr])
-            .args(["--peers", &peers, "--data-dir", &name])
-            .args(["--ca", "ca.pem", "--cert", &format!("{name}.pem")])
-            .args(["--key", &format!("{name}.key")])
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut cmd = master_cmd(dir.path(), m, &peers);
         if m.id == 1 {
             cmd.args(["--ca-key", "ca.key", "--leaf-lifetime", "1h"]);
         }

@@ -229,18 +229,7 @@ fn a_ca_rollover_with_live_agents() {
     ];
     let detached = wasmos_with(&old_tenant, &[&flags[..], &["--", "600"]].concat());
     let old_id = ok(&detached).trim().to_string();
-    let mut follow = wasmos_tests::wasmos_cmd(&old_tenant, &["logs", "-f", &old_id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert!(first.contains("waiting"), "{first:?}");
+    let mut follow = wasmos_tests::follow_logs(&old_tenant, &old_id, "waiting");
     std::thread::sleep(Duration::from_secs(3));
 
     // 3. The old CA is dropped everywhere. Its leaves are refused, and the sessions they

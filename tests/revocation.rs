@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use wasmos_tests::{DevCluster, assert_clean_error, sample, text, wait_exit, wasmos_cmd};
@@ -82,19 +81,8 @@ fn a_revoked_tenant_is_refused_and_cut_off() {
     );
     assert!(detached.status.success(), "{}", text(&detached.stderr));
     let id = text(&detached.stdout).trim().to_string();
-    let mut follow = wasmos_cmd(&bob, &["logs", "-f", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Connected and following: the task's first line ("waiting 60s") came through.
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert!(first.contains("waiting"), "{first:?}");
+    let mut follow = wasmos_tests::follow_logs(&bob, &id, "waiting");
     let out = c.cli(&["cert", "revoke", "--serial", &bob_serial]).unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let revoked_at = Instant::now();
