@@ -1,7 +1,8 @@
 //! The audit log with real processes: a scripted session of two tenants and an operator on a
 //! group of three masters, then `wasmos audit` lists exactly the calls that changed something
 //! or were refused (who, over what, what, and what came of it), also after the leader that
-//! recorded them was killed; filters and `-f` follow it; tenants may not read it.
+//! recorded them was killed (and a refused read a follower answered, which the leader records);
+//! filters and `-f` follow it; tenants may not read it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -132,6 +133,34 @@ fn the_audit_log_lists_exactly_the_session_also_after_a_failover() {
     let out = c.cli(&["role", "set", "acme", "--weight", "3"]).unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     expected.push(e(admin, "set-role", "acme", "ok"));
+    // A refused `--stale` read that a follower answered itself: the leader records it.
+    let (leader, st) = c.leader(Some(old)).unwrap();
+    let follower = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] != leader && m["id"] != old)
+        .unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let eve = c.user_config("wasmos://tenant/other/eve");
+    let on_follower = eve.with_file_name("follower.toml");
+    let config: Vec<String> = std::fs::read_to_string(&eve)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("masters"))
+        .map(|l| match l.starts_with("master ") {
+            true => format!("master = \"{follower}\""),
+            false => l.to_string(),
+        })
+        .collect();
+    std::fs::write(&on_follower, config.join("\n")).unwrap();
+    assert_clean_error(
+        &as_user(&on_follower, &["--stale", "task", "show", &task]),
+        "no task",
+    );
+    expected.push(e("wasmos://tenant/other/eve", "get-task", &task, "refused"));
     assert_eq!(
         entries(&c.json(&["audit", "-o", "json"]).unwrap()),
         expected

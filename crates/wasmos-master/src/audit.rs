@@ -113,12 +113,47 @@ pub(crate) fn answer_said(all: bool) -> impl FnOnce(&ClientResponse) -> Option<S
     }
 }
 
-/// Records `entry` on its own, with `result`.
+/// Records `entry` on its own, with `result`. A follower that answered the call itself (a
+/// `--stale` read, a peer master's renewal) has the leader record it: it cannot write.
 pub(crate) async fn record(shared: &Shared, entry: AuditEntry, result: String) {
-    if let Err(e) = record_soon(shared, entry, result).await {
-        // A follower redirects the call to the leader, which records it.
-        tracing::debug!("audit entry not recorded here: {e}");
+    let Some(entry) = paced(shared, entry, result) else {
+        return;
+    };
+    let proposed = shared.raft.propose(Command::Audited {
+        entry: entry.clone(),
+        cmd: None,
+    });
+    match proposed.await {
+        Ok(_) => {}
+        Err(wasmos_raft::RaftError::NotLeader { .. }) => {
+            // Bounded: the call's answer waits for this.
+            let forward = crate::peers::audit_at_leader(shared, entry);
+            match tokio::time::timeout(FORWARD_TIMEOUT, forward).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("audit entry not recorded by the leader: {e}"),
+                Err(_) => tracing::warn!("audit entry not recorded: the leader did not answer"),
+            }
+        }
+        Err(e) => tracing::debug!("audit entry not recorded here: {e}"),
     }
+}
+
+/// How long a follower waits for the leader to take an entry it forwards.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `entry` with `result`, if its caller is within its pace (see [`Pace`]); the result then
+/// says how many of the caller's entries went unrecorded before it.
+fn paced(shared: &Shared, mut entry: AuditEntry, result: String) -> Option<AuditEntry> {
+    let skipped = shared
+        .audit_pace
+        .take(&entry.identity, std::time::Instant::now())?;
+    let result = audit_field(&result);
+    entry.result = if skipped > 0 {
+        format!("{result} ({skipped} earlier calls of this caller not recorded: over the pace)")
+    } else {
+        result
+    };
+    Some(entry)
 }
 
 /// Hands `entry` to the write batcher now (the returned future only reports how it went), for
@@ -127,29 +162,14 @@ pub(crate) async fn record(shared: &Shared, entry: AuditEntry, result: String) {
 /// counted instead, and the caller's next recorded entry says how many went unrecorded.
 pub(crate) fn record_soon(
     shared: &Shared,
-    mut entry: AuditEntry,
+    entry: AuditEntry,
     result: String,
 ) -> impl std::future::Future<Output = Result<wasmos_state::CommandResult, wasmos_raft::RaftError>>
 + Send
 + 'static {
-    let proposed = match shared
-        .audit_pace
-        .take(&entry.identity, std::time::Instant::now())
-    {
-        None => None,
-        Some(skipped) => {
-            let result = audit_field(&result);
-            entry.result = if skipped > 0 {
-                format!(
-                    "{result} ({skipped} earlier calls of this caller not recorded: over the pace)"
-                )
-            } else {
-                result
-            };
-            // Not through `Shared::propose`: this entry is no call's write.
-            Some(shared.raft.propose(Command::Audited { entry, cmd: None }))
-        }
-    };
+    // Not through `Shared::propose`: this entry is no call's write.
+    let proposed = paced(shared, entry, result)
+        .map(|entry| shared.raft.propose(Command::Audited { entry, cmd: None }));
     async move {
         match proposed {
             Some(p) => p.await,

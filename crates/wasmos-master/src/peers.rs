@@ -282,6 +282,33 @@ pub(crate) async fn renewal(shared: &Shared, csr: Vec<u8>) -> Result<String, Str
     })
 }
 
+/// Has the leader record `entry` (see [`crate::audit::record`]).
+pub(crate) async fn audit_at_leader(
+    shared: &Shared,
+    entry: wasmos_proto::AuditEntry,
+) -> Result<(), String> {
+    let status = shared.raft.status();
+    let leader = status.leader.ok_or("no leader now")?;
+    let addr: SocketAddr = status
+        .members
+        .iter()
+        .find(|m| m.id == leader && m.id != status.node)
+        .and_then(|m| m.addr.parse().ok())
+        .ok_or_else(|| format!("no address for the leader (master {leader})"))?;
+    let conn = shared.peers.conn(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send_frame(&mut send, &PeerRequest::Audit { entry })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match recv_frame::<PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Stored)) => Ok(()),
+        Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Serves one peer master's requests.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -309,6 +336,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection) {
                 },
                 Ok(Some(PeerRequest::Renew { csr })) => {
                     crate::renewal::renew_peer(&shared, &conn, &csr).await
+                }
+                Ok(Some(PeerRequest::Audit { entry })) => {
+                    let cmd = wasmos_state::Command::Audited { entry, cmd: None };
+                    match shared.raft.propose(cmd).await {
+                        Ok(_) => PeerResponse::Stored,
+                        Err(e) => PeerResponse::Error {
+                            message: e.to_string(),
+                        },
+                    }
                 }
                 Ok(None) => return,
                 Err(e) => PeerResponse::Error {

@@ -491,6 +491,9 @@ pub enum PeerRequest {
     /// connected with) for the key of this signing request (DER, at most [`MAX_CSR_BYTES`]);
     /// answered `Renewed` by a master that holds a CA key, `Error` by others.
     Renew { csr: Vec<u8> },
+    /// From a follower to the leader: record this audit entry (of a call the follower
+    /// answered itself, which it cannot write); answered `Stored` once committed.
+    Audit { entry: AuditEntry },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
