@@ -434,16 +434,40 @@ fn masters_renew_their_own_certificates() {
         &["role", "set", "after-renewal", "--weight", "2"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    for m in &masters {
+    let has_write = |m: &Master| {
         let on = client_config(dir.path(), &m.addr);
-        assert!(
-            eventually(Duration::from_secs(10), || {
-                let out = wasmos_with(&on, &["--stale", "role", "list", "-o", "json"]);
-                text(&out.stdout).contains("after-renewal")
-            }),
-            "master {} lacks the write: {}",
-            m.id,
-            logs()
-        );
+        eventually(Duration::from_secs(20), || {
+            let out = wasmos_with(&on, &["--stale", "role", "list", "-o", "json"]);
+            text(&out.stdout).contains("after-renewal")
+        })
+    };
+    for m in &masters {
+        assert!(has_write(m), "master {} lacks the write: {}", m.id, logs());
     }
+    // Connections between masters made with the first certificates may still be up: a
+    // restarted follower dials and is dialed anew, with the renewed certificates only.
+    let follower = masters.iter_mut().find(|m| m.id != leader).unwrap();
+    if let Some(mut old) = follower.child.take() {
+        old.kill().unwrap();
+        old.wait().unwrap();
+    }
+    let mut cmd = master_cmd(dir.path(), follower, &peers);
+    if follower.id == 1 {
+        cmd.args(["--ca-key", "ca.key", "--leaf-lifetime", "1h"]);
+    }
+    follower.child = Some(cmd.spawn().unwrap());
+    let out = wasmos_with(
+        &on_leader,
+        &["role", "set", "after-restart", "--weight", "2"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let on = client_config(dir.path(), &follower.addr);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let out = wasmos_with(&on, &["--stale", "role", "list", "-o", "json"]);
+            text(&out.stdout).contains("after-restart")
+        }),
+        "the restarted master did not catch up: {}",
+        logs()
+    );
 }

@@ -234,8 +234,10 @@ fn a_ca_rollover_with_live_agents() {
 
     // 3. The old CA is dropped everywhere. Its leaves are refused, and the sessions they
     // hold are ended: the old tenant's `logs -f` and the agent's session made with its old
-    // certificate (it comes back with its new one). The renewed operator, the new agent and
-    // the running task carry on.
+    // certificate (it registers again, with its new one). The renewed operator, the new
+    // agent and the running task carry on.
+    let registrations = || c.log_text().matches("agent registered").count();
+    let registered = registrations();
     std::fs::write(pki.join("ca.pem"), &new_ca).unwrap();
     let ended = wasmos_tests::wait_exit(&mut follow, Duration::from_secs(10));
     assert!(ended.is_some_and(|s| !s.success()), "{ended:?}");
@@ -259,8 +261,9 @@ fn a_ca_rollover_with_live_agents() {
     );
     assert!(active_agents(&c).contains(&"agent-new".to_string()));
     assert!(
-        eventually(Duration::from_secs(20), || active_agents(&c).len() == 2),
-        "{}",
+        eventually(Duration::from_secs(20), || registrations() > registered
+            && active_agents(&c).len() == 2),
+        "the dev agent did not come back with its new certificate: {}",
         c.log_text()
     );
     assert_eq!(task_state(&c, &id), "Running");

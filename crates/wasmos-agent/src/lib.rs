@@ -127,8 +127,8 @@ struct Agent {
     revocations: wasmos_net::RevocationList,
     /// The other agents' connections to this one, closed when their certificate is revoked.
     peer_conns: Arc<wasmos_net::LiveConnections>,
-    /// Wakes the renewal loop for a renewal now (`MasterToAgent::RenewNow`).
-    renew_now: tokio::sync::Notify,
+    /// Counts the masters' asks for a renewal now (`MasterToAgent::RenewNow`).
+    renew_now: tokio::sync::watch::Sender<u64>,
     /// Whether the masters' whole list has arrived once: until then this agent serves no
     /// other agent (it would not know whom to refuse).
     revocations_known: watch::Sender<bool>,
@@ -345,7 +345,7 @@ pub async fn run(
         peer_addr: peer_server.as_ref().map(|(_, a)| *a),
         revocations: creds.revocations(),
         peer_conns: Arc::default(),
-        renew_now: tokio::sync::Notify::new(),
+        renew_now: tokio::sync::watch::Sender::new(0),
         revocations_known,
         memory,
         protected,
@@ -706,7 +706,7 @@ async fn read_loop(
                     "asked to renew this agent's certificate, but it was given no certificate files to renew"
                 );
             }
-            MasterToAgent::RenewNow => agent.renew_now.notify_one(),
+            MasterToAgent::RenewNow => agent.renew_now.send_modify(|n| *n += 1),
             MasterToAgent::Error { message } => break Err(format!("master: {message}").into()),
             MasterToAgent::NotLeader { addr } => {
                 conn.close(0u32.into(), b"going to the leader");

@@ -10,8 +10,8 @@ use crate::Agent;
 
 /// Renews the agent's certificate whenever it is due; never returns.
 pub(crate) async fn renew_when_due(agent: Arc<Agent>, creds: Credentials, files: CredentialFiles) {
-    let now = &agent.renew_now;
-    wasmos_net::renew_when_due(creds, "agent", now, || renew_once(&agent, &files)).await
+    let asks = agent.renew_now.subscribe();
+    wasmos_net::renew_when_due(creds, "agent", asks, || renew_once(&agent, &files)).await
 }
 
 async fn renew_once(agent: &Agent, files: &CredentialFiles) -> Result<Credentials, String> {

@@ -768,8 +768,13 @@ impl JobFramework {
         std::mem::take(&mut self.refused)
     }
 
+    /// Whether any of the job's tasks is on its way or running.
+    pub fn has_live_tasks(&self) -> bool {
+        !self.live.is_empty() || !self.launching.is_empty()
+    }
+
     /// Fails the job at the next tick, for a reason the host found (a refusal no retry can
-    /// get past); the first reason given stands.
+    /// get past), stopping its running tasks; the first reason given stands.
     pub fn doom(&mut self, why: String) {
         if self.doomed.is_none() && !self.ended {
             self.doomed = Some(why);

@@ -281,7 +281,15 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                         driver.scheduler_mut().sync_done(&r.done, &r.losses);
                         let refused = driver.scheduler_mut().take_refused();
                         if let Some(why) = unlaunchable(&shared, &r, &refused) {
-                            driver.scheduler_mut().doom(why);
+                            // A service keeps the instances it has running (failing it would
+                            // stop them) and goes on asking; a batch job cannot finish.
+                            let serving = r.spec.kind == wasmos_proto::JobKind::Service
+                                && driver.scheduler_mut().has_live_tasks();
+                            if serving {
+                                tracing::warn!(%job, "service cannot launch more instances: {why}");
+                            } else {
+                                driver.scheduler_mut().doom(why);
+                            }
                         }
                     }
                     None => break,

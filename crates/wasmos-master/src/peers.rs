@@ -18,10 +18,13 @@ use crate::Shared;
 /// How long one copy to or from a peer may take (a large bundle over a slow link).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Connections to the other masters, made on first use and again after they break.
+/// Connections to the other masters, made on first use and again after they break or this
+/// master's certificate changes.
 pub(crate) struct PeerLinks {
-    endpoint: Option<Endpoint>,
-    conns: tokio::sync::Mutex<BTreeMap<SocketAddr, Connection>>,
+    endpoint: Option<(Endpoint, Credentials)>,
+    /// Each with the certificate (DER) this master dialed it with: a peer renewing this
+    /// master's certificate takes its names from that one, so it must be the one in force.
+    conns: tokio::sync::Mutex<BTreeMap<SocketAddr, (Connection, Vec<u8>)>>,
 }
 
 impl PeerLinks {
@@ -30,7 +33,8 @@ impl PeerLinks {
         let endpoint = match creds {
             Some(creds) => {
                 let any = SocketAddr::from(([0, 0, 0, 0], 0));
-                Some(wasmos_net::client_endpoint(creds, alpn::PEER, any)?)
+                let endpoint = wasmos_net::client_endpoint(creds, alpn::PEER, any)?;
+                Some((endpoint, creds.clone()))
             }
             None => None,
         };
@@ -41,16 +45,17 @@ impl PeerLinks {
     }
 
     async fn conn(&self, addr: SocketAddr) -> Result<Connection, String> {
-        let endpoint = self
+        let (endpoint, creds) = self
             .endpoint
             .as_ref()
             .ok_or_else(|| "this master has no peers".to_string())?;
-        if let Some(c) = self
+        let leaf = creds.leaf();
+        if let Some((c, _)) = self
             .conns
             .lock()
             .await
             .get(&addr)
-            .filter(|c| c.close_reason().is_none())
+            .filter(|(c, with)| c.close_reason().is_none() && *with == leaf)
         {
             return Ok(c.clone());
         }
@@ -58,7 +63,7 @@ impl PeerLinks {
         let conn = wasmos_net::connect(endpoint, addr)
             .await
             .map_err(|e| e.to_string())?;
-        self.conns.lock().await.insert(addr, conn.clone());
+        self.conns.lock().await.insert(addr, (conn.clone(), leaf));
         Ok(conn)
     }
 }
@@ -242,6 +247,7 @@ pub(crate) async fn blob(shared: &Shared, hash: &BundleHash) -> Result<Vec<u8>, 
     })
 }
 
+/// A new certificate for this master from the peer at `addr`, or why not.
 async fn ask_renewal(links: &PeerLinks, addr: SocketAddr, csr: &[u8]) -> Result<String, String> {
     let conn = links.conn(addr).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -253,6 +259,7 @@ async fn ask_renewal(links: &PeerLinks, addr: SocketAddr, csr: &[u8]) -> Result<
     match recv_frame::<PeerResponse>(&mut recv).await {
         Ok(Some(PeerResponse::Renewed { cert_pem })) => Ok(cert_pem),
         Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(None) => Err("it closed the stream without answering".into()),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(e) => Err(e.to_string()),
     }

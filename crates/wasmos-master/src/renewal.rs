@@ -52,6 +52,7 @@ fn admissible(shared: &Shared, who: &Identity, csr: &[u8]) -> Result<(), (ErrorK
     Ok(())
 }
 
+/// `cert`, made for `who`, logged with its serial.
 fn signed(who: &Identity, cert: String) -> String {
     tracing::info!(
         who = %who.to_uri(),
@@ -96,13 +97,11 @@ async fn renew_master(
 /// A peer master's renewal, asked on its `wasmos-peer/1` connection; recorded in the audit
 /// log as a client's is.
 pub(crate) async fn renew_peer(shared: &Shared, conn: &Connection, csr: &[u8]) -> PeerResponse {
+    // Masters' certificates are never revoked: no revocation check here.
     let refuse = |message: String| PeerResponse::Error { message };
-    if shared.revocations.revokes_conn(conn) {
-        return refuse(REVOKED.to_string());
-    }
     let (Some(current), Ok(who)) = (wasmos_net::peer_leaf(conn), wasmos_net::peer_identity(conn))
     else {
-        return refuse("no certificate".into());
+        return refuse("the asking master's connection carries no readable certificate".into());
     };
     let answer = match renew_master(shared, &current, csr).await {
         Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
@@ -134,22 +133,44 @@ async fn audit(shared: &Shared, conn: &Connection, who: Identity, answer: &Clien
 pub(crate) async fn renew_own(shared: Arc<Shared>, files: CredentialFiles) {
     let creds = shared.creds.clone();
     // Nothing asks a master to renew early: it is given a new certificate by hand.
-    let never = tokio::sync::Notify::new();
-    wasmos_net::renew_when_due(creds, "master", &never, || renew_own_once(&shared, &files)).await
+    let (_, never) = tokio::sync::watch::channel(0);
+    wasmos_net::renew_when_due(creds, "master", never, || renew_own_once(&shared, &files)).await
 }
 
+/// One renewal of this master's own certificate: signed here if this master holds a CA key
+/// that works, else by a peer; installed in `files` and recorded in the audit log.
 async fn renew_own_once(shared: &Shared, files: &CredentialFiles) -> Result<Credentials, String> {
     let (csr, key) = wasmos_net::pki::renewal_request().map_err(|e| e.to_string())?;
-    let cert = if shared.cfg.renewal.is_some() {
-        renew_master(shared, &shared.creds.leaf(), &csr)
-            .await
-            .map_err(|(_, e)| e)?
-    } else {
-        crate::peers::renewal(shared, csr).await.map_err(|e| {
-            format!("{e} (start a master with --ca-key, or replace the certificate with `wasmos cert issue`)")
-        })?
+    let here = match shared.cfg.renewal {
+        Some(_) => Some(renew_master(shared, &shared.creds.leaf(), &csr).await),
+        None => None,
     };
-    files.install(&cert, &key)
+    let cert = match here {
+        Some(Ok(cert)) => cert,
+        // Its own CA key refuses this certificate (of another CA): peers would too.
+        Some(Err((ErrorKind::InvalidRequest, e))) => return Err(e),
+        Some(Err((_, e))) => {
+            tracing::warn!("cannot sign this master's certificate here ({e}); asking its peers");
+            crate::peers::renewal(shared, csr).await?
+        }
+        None => crate::peers::renewal(shared, csr).await.map_err(|e| {
+            format!("{e} (give a master --ca-key, or replace this certificate by hand)")
+        })?,
+    };
+    let installed = files.install(&cert, &key)?;
+    if let Ok(me) = Identity::from_der(&installed.leaf()) {
+        let entry = crate::audit::Caller {
+            who: me,
+            peer: shared.cfg.listen,
+            channel: "self",
+        }
+        .entry(shared, "renew-certificate", "");
+        if let Some(entry) = entry {
+            let serial = wasmos_net::serial_of_der(&installed.leaf()).unwrap_or_default();
+            crate::audit::record(shared, entry, format!("ok: serial {serial}")).await;
+        }
+    }
+    Ok(installed)
 }
 
 const REVOKED: &str = "this certificate was revoked by an operator of the cluster";

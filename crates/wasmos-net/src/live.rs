@@ -92,6 +92,7 @@ impl Cell {
         self.replaced.send_modify(|n| *n += 1);
     }
 
+    /// A watch that changes whenever the material is replaced (a renewal, a reload).
     pub(crate) fn replacements(&self) -> tokio::sync::watch::Receiver<u64> {
         self.replaced.subscribe()
     }
@@ -283,6 +284,26 @@ impl CredentialFiles {
             .map_err(|e| format!("cannot read {}: {e}", self.ca.display()))?;
         let creds = crate::Credentials::from_pem(&ca, cert_pem, key_pem)
             .map_err(|e| format!("the renewed certificate is unusable: {e}"))?;
+        // Not installed unless this node's peers will take it and it is still this node's:
+        // a certificate of a CA not (yet) in the CA file would cut the node off.
+        let leaf = CertificateDer::from(creds.leaf());
+        if !creds.vouches_for(std::slice::from_ref(&leaf)) {
+            return Err(format!(
+                "the renewed certificate is not signed by a CA in {}; keeping the old one",
+                self.ca.display()
+            ));
+        }
+        let held = std::fs::read_to_string(&self.cert)
+            .ok()
+            .and_then(|pem| crate::pki::identity_of_pem(&pem));
+        let renewed = crate::Identity::from_der(leaf.as_ref()).ok();
+        if held.is_some() && renewed != held {
+            return Err(format!(
+                "the renewed certificate names {}, not this node's {}; keeping the old one",
+                renewed.map_or_else(|| "no identity".into(), |i| i.to_uri()),
+                held.map(|i| i.to_uri()).unwrap_or_default()
+            ));
+        }
         let tmp = |path: &PathBuf| {
             let mut tmp = path.as_os_str().to_owned();
             tmp.push(".new");
@@ -512,6 +533,40 @@ mod tests {
         assert!(!server.vouches_for(&old));
         assert!(!server.vouches_for(&expired));
         assert!(server.vouches_for(&new));
+    }
+
+    /// A renewed pair is installed only if the CA file vouches for it and it names the
+    /// identity the files held; otherwise the old pair stays as it was.
+    #[test]
+    fn only_a_trusted_certificate_of_the_same_identity_is_installed() {
+        let ca = new_ca("t").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::CredentialFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("me.pem"),
+            key: dir.path().join("me.key"),
+        };
+        let agent = Identity::Agent("a1".into());
+        let first = issue(&ca, &agent, &[], &[]).unwrap();
+        std::fs::write(&files.ca, &ca.cert_pem).unwrap();
+        std::fs::write(&files.cert, &first.cert_pem).unwrap();
+        std::fs::write(&files.key, &first.key_pem).unwrap();
+        let foreign = issue(&new_ca("other").unwrap(), &agent, &[], &[]).unwrap();
+        let err = files
+            .install(&foreign.cert_pem, &foreign.key_pem)
+            .unwrap_err();
+        assert!(err.contains("not signed by a CA in"), "{err}");
+        let other = issue(&ca, &Identity::Agent("a2".into()), &[], &[]).unwrap();
+        let err = files.install(&other.cert_pem, &other.key_pem).unwrap_err();
+        assert!(err.contains("not this node's wasmos://agent/a1"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&files.cert).unwrap(),
+            first.cert_pem
+        );
+        assert_eq!(std::fs::read_to_string(&files.key).unwrap(), first.key_pem);
+        let next = issue(&ca, &agent, &[], &[]).unwrap();
+        files.install(&next.cert_pem, &next.key_pem).unwrap();
+        assert_eq!(std::fs::read_to_string(&files.cert).unwrap(), next.cert_pem);
     }
 
     /// A renewal request gets a certificate for the identity the signer names (not the one

@@ -198,7 +198,11 @@ pub fn renewal_request() -> Result<(Vec<u8>, String), PkiError> {
 
 /// What a master signs renewals with: the CA whose key it was given (`--ca-key`), found
 /// among the CAs it trusts (during a rollover it trusts several).
-pub struct Signer(Issuer<'static, KeyPair>);
+pub struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate whose key signs (DER).
+    ca: rustls_pki_types::CertificateDer<'static>,
+}
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,7 +235,10 @@ impl Signer {
             if matches {
                 let issuer = Issuer::from_ca_cert_der(der, key)
                     .map_err(|e| PkiError::BadCa(e.to_string()))?;
-                return Ok(Signer(issuer));
+                return Ok(Signer {
+                    issuer,
+                    ca: der.clone().into_owned(),
+                });
             }
         }
         Err(PkiError::BadCa(
@@ -258,12 +265,15 @@ impl Signer {
         let request = rcgen::CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let params = leaf_params(who, &[], &[], Some(lifetime))?;
-        Ok(params.signed_by(&request.public_key, &self.0)?.pem())
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
     }
 
     /// Signs the key of `csr` into a master's certificate for the master whose current
     /// certificate is `current` (DER; the session proved it holds it): the same identity and
-    /// the same names it serves under, valid for `lifetime` from now.
+    /// the same names it serves under, valid for `lifetime` from now. Only a certificate this
+    /// CA signed, valid now, is renewed: masters cannot be revoked, so a leaked master key of
+    /// an old CA must not buy a certificate of the new one during a rollover (masters move
+    /// to a new CA by hand).
     pub fn sign_master_renewal(
         &self,
         current: &[u8],
@@ -275,13 +285,37 @@ impl Signer {
         if !matches!(who, Identity::Master(_)) {
             return Err(PkiError::BadRequest(format!("{who} is not a master")));
         }
+        self.check_signed_now(current).map_err(|e| {
+            PkiError::BadRequest(format!(
+                "{who}'s current certificate is not one this master's CA signed, or is not valid now ({e}); give it a certificate of this CA by hand"
+            ))
+        })?;
         let (dns, ips) = served_names(current)
             .ok_or_else(|| PkiError::BadRequest("the current certificate is unreadable".into()))?;
         let der = rustls_pki_types::CertificateSigningRequestDer::from(csr);
         let request = rcgen::CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let params = leaf_params(&who, &dns, &ips, Some(lifetime))?;
-        Ok(params.signed_by(&request.public_key, &self.0)?.pem())
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+}
+
+impl Signer {
+    /// Whether `der` was signed by this signer's CA and is valid now.
+    fn check_signed_now(&self, der: &[u8]) -> Result<(), String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(|e| e.to_string())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        let cert = rustls_pki_types::CertificateDer::from(der);
+        verifier
+            .verify_client_cert(&cert, &[], rustls_pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -457,5 +491,20 @@ mod tests {
             .sign_master_renewal(&der_of_pem(&agent.cert_pem).unwrap(), &csr, life)
             .unwrap_err();
         assert!(err.to_string().contains("not a master"), "{err}");
+        // A master certificate of another CA (an old one, in a rollover) or one that has
+        // expired is not renewed.
+        let other = new_ca("other").unwrap();
+        let foreign = issue(&other, &m1, &[], &[]).unwrap();
+        let err = signer
+            .sign_master_renewal(&der_of_pem(&foreign.cert_pem).unwrap(), &csr, life)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not one this master's CA signed"),
+            "{err}"
+        );
+        let short = issue_for(&ca, &m1, &[], &[], Some(std::time::Duration::from_secs(1)));
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let expired = der_of_pem(&short.unwrap().cert_pem).unwrap();
+        assert!(signer.sign_master_renewal(&expired, &csr, life).is_err());
     }
 }

@@ -10,6 +10,7 @@ use crate::Credentials;
 /// After a first failed attempt (no master reachable, none that renews), the next one; the
 /// wait doubles with each failure up to [`RETRY_AT_MOST`].
 const RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between two failed attempts.
 const RETRY_AT_MOST: Duration = Duration::from_secs(600);
 /// The longest the loop sleeps between looks at its certificate.
 const LOOK_EVERY: Duration = Duration::from_secs(3600);
@@ -48,14 +49,22 @@ fn expiry(until: Option<i64>, now: SystemTime) -> String {
     }
 }
 
-/// Renews `creds` with `renew` whenever its certificate is due, or at once when `now` is
-/// notified, `holder` naming whose it is in the log ("agent", "master"); never returns.
+/// Returns when `asks` changes (someone asked for a renewal now); never, once nobody can.
+async fn asked(asks: &mut tokio::sync::watch::Receiver<u64>) {
+    if asks.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Renews `creds` with `renew` whenever its certificate is due, or at once when `asks`
+/// changes, `holder` naming whose it is in the log ("agent", "master"); never returns.
 /// `renew` makes a key, gets it certified and installs the pair where the holder keeps it,
 /// returning the new credentials, which `creds` then adopts for every handshake from then on.
+/// Asks that come while a renewal is under way are answered by it.
 pub async fn renew_when_due<F, Fut>(
     creds: Credentials,
     holder: &str,
-    now: &tokio::sync::Notify,
+    mut asks: tokio::sync::watch::Receiver<u64>,
     mut renew: F,
 ) where
     F: FnMut() -> Fut,
@@ -77,7 +86,7 @@ pub async fn renew_when_due<F, Fut>(
         if !wait.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(wait.min(LOOK_EVERY)) => continue,
-                () = now.notified() => {
+                () = asked(&mut asks) => {
                     tracing::info!("renewing this {holder}'s certificate now, as asked");
                 }
             }
@@ -89,6 +98,7 @@ pub async fn renew_when_due<F, Fut>(
                 creds.adopt(&renewed);
                 tracing::info!(valid_until = ?until, "renewed this {holder}'s certificate");
                 retry = RETRY;
+                asks.borrow_and_update();
                 tokio::time::sleep(AT_LEAST).await;
             }
             Err(e) => {
@@ -97,7 +107,10 @@ pub async fn renew_when_due<F, Fut>(
                     "cannot renew this {holder}'s certificate ({left}; trying again in {} s): {e}",
                     retry.as_secs()
                 );
-                tokio::time::sleep(retry).await;
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = asked(&mut asks) => {}
+                }
                 retry = (retry * 2).min(RETRY_AT_MOST);
             }
         }

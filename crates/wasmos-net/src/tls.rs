@@ -129,9 +129,15 @@ impl Credentials {
     /// does): what a server holding a connection open races against.
     pub async fn until_distrusts(&self, chain: Vec<CertificateDer<'static>>) {
         let mut replaced = self.live.replacements();
+        let mut cas = None;
         loop {
-            if !self.vouches_for(&chain) {
-                return;
+            // Checked again only when the CA set changed, not at every renewal.
+            let now = Some(self.ca_certs());
+            if now != cas {
+                if !self.vouches_for(&chain) {
+                    return;
+                }
+                cas = now;
             }
             if replaced.changed().await.is_err() {
                 return std::future::pending().await;
@@ -139,11 +145,19 @@ impl Credentials {
         }
     }
 
-    /// Closes, whenever the credentials are replaced, the connections of `live` whose client
-    /// certificates the new CA set no longer vouches for; never returns.
+    /// Closes, whenever the CA set is replaced, the connections of `live` whose client
+    /// certificates the new set no longer vouches for; never returns. Each check verifies a
+    /// chain, on this task: a change of CA set is a rare, operator-made event.
     pub async fn close_distrusted(&self, live: &crate::LiveConnections) {
         let mut replaced = self.live.replacements();
+        let mut cas = self.ca_certs();
         while replaced.changed().await.is_ok() {
+            // A renewal replaces the certificate, not the CA set: nothing to check again.
+            let now = self.ca_certs();
+            if now == cas {
+                continue;
+            }
+            cas = now;
             let closed = live.close_unless(|conn| {
                 crate::peer_chain(conn).is_some_and(|chain| self.vouches_for(&chain))
             });

@@ -503,6 +503,7 @@ pub enum PeerResponse {
     Blob {
         size: u64,
     },
+    /// Answer to `Renew`: the asking master's new certificate (PEM).
     Renewed {
         cert_pem: String,
     },

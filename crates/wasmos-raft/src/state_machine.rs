@@ -310,6 +310,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 e.into_storage(ErrorSubject::Snapshot(Some(signature)), ErrorVerb::Write)
             })?;
         {
+            // Not while a snapshot of this node copies the state (see `Shared::copying`).
+            let _copied = self.shared.copying.lock().await;
             let mut applied = self.shared.write();
             applied.state = state;
             applied.last_applied = meta.last_log_id;

@@ -28,11 +28,19 @@ fn owner(identity: &str) -> &str {
 /// Derived from `audit`, never stored: each owner's entries, and owners by how many they
 /// hold, so a full log drops from the largest share: one tenant making many changes pushes
 /// out its own entries, not operators' or other tenants'.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct AuditIndex {
     built: bool,
     by_owner: BTreeMap<String, BTreeSet<u64>>,
     sizes: BTreeSet<(usize, String)>,
+}
+
+/// A copy of the state (a snapshot's, taken while `apply` waits) leaves the index behind:
+/// the copy rebuilds it if it is ever appended to.
+impl Clone for AuditIndex {
+    fn clone(&self) -> Self {
+        AuditIndex::default()
+    }
 }
 
 impl PartialEq for AuditIndex {
@@ -44,6 +52,7 @@ impl PartialEq for AuditIndex {
 impl Eq for AuditIndex {}
 
 impl AuditIndex {
+    /// The index of `audit`, built whole (after decoding, or for a copy).
     fn build(audit: &BTreeMap<u64, AuditEntry>) -> AuditIndex {
         let mut index = AuditIndex {
             built: true,
@@ -64,12 +73,28 @@ impl AuditIndex {
         index
     }
 
+    /// Counts entry `seq` of `identity`.
     fn add(&mut self, identity: &str, seq: u64) {
         let owner = owner(identity);
         let seqs = self.by_owner.entry(owner.to_string()).or_default();
         self.sizes.remove(&(seqs.len(), owner.to_string()));
         seqs.insert(seq);
         self.sizes.insert((seqs.len(), owner.to_string()));
+    }
+
+    /// Forgets entry `seq` of `identity` (retention dropped it).
+    fn remove(&mut self, identity: &str, seq: u64) {
+        let owner = owner(identity);
+        let Some(seqs) = self.by_owner.get_mut(owner) else {
+            return;
+        };
+        self.sizes.remove(&(seqs.len(), owner.to_string()));
+        seqs.remove(&seq);
+        if seqs.is_empty() {
+            self.by_owner.remove(owner);
+        } else {
+            self.sizes.insert((seqs.len(), owner.to_string()));
+        }
     }
 
     /// The oldest entry of the owner holding the most (the last by name among equals), taken
@@ -205,10 +230,14 @@ impl ClusterState {
     /// `Command::ForgetAudit`: drops entries older than `before_ms`.
     pub(crate) fn forget_audit(&mut self, before_ms: u64) -> CommandResult {
         let before = self.audit.len();
-        self.audit.retain(|_, e| e.at_ms >= before_ms);
-        if self.audit.len() != before {
-            self.audit_index.built = false;
-        }
+        let index = &mut self.audit_index;
+        self.audit.retain(|_, e| {
+            let keep = e.at_ms >= before_ms;
+            if !keep && index.built {
+                index.remove(&e.identity, e.seq);
+            }
+            keep
+        });
         CommandResult::Forgotten((before - self.audit.len()) as u64)
     }
 }

@@ -1799,21 +1799,23 @@ fn a_role_that_requires_signed_bundles_runs_only_bundles_its_keys_signed() {
 #[test]
 fn a_full_audit_log_drops_the_flooding_tenants_entries_first() {
     let mut s = ClusterState::default();
-    let entry = |who: &str, object: &str| {
+    let entry = |who: &str, object: &str, at_ms: u64| {
         let mut e = audit_entry("kill", object);
         e.identity = who.into();
+        e.at_ms = at_ms;
         Command::Audited {
             entry: e,
             cmd: None,
         }
     };
-    s.apply(entry("wasmos://operator/admin", "op-1"));
-    s.apply(entry("wasmos://tenant/acme/alice", "acme-1"));
+    s.apply(entry("wasmos://operator/admin", "op-1", 100));
+    s.apply(entry("wasmos://tenant/acme/alice", "acme-1", 100));
     for i in 0..crate::MAX_AUDIT_ENTRIES {
         let user = if i % 2 == 0 { "mallory" } else { "eve" };
         s.apply(entry(
             &format!("wasmos://tenant/evil/{user}"),
             &i.to_string(),
+            7,
         ));
         if i == 10 {
             // Decoded mid-flood: the index is rebuilt from the log.
@@ -1828,10 +1830,14 @@ fn a_full_audit_log_drops_the_flooding_tenants_entries_first() {
         ["op-1", "acme-1", "2"],
         "evil's first two went"
     );
-    // Retention empties it; the index follows, and new entries are kept.
+    // Retention drops the flood (it is older); the index follows. Then acme floods: its own
+    // oldest entry goes first, the operator's stays.
     s.apply(Command::ForgetAudit { before_ms: 8 });
-    assert!(s.audit.is_empty());
-    s.apply(entry("wasmos://operator/admin", "op-2"));
-    s.apply(entry("wasmos://tenant/acme/alice", "acme-2"));
     assert_eq!(s.audit.len(), 2);
+    for i in 0..crate::MAX_AUDIT_ENTRIES - 1 {
+        s.apply(entry("wasmos://tenant/acme/bob", &format!("b{i}"), 200));
+    }
+    let objects: Vec<&str> = s.audit.values().map(|e| e.object.as_str()).collect();
+    assert_eq!(objects.len(), crate::MAX_AUDIT_ENTRIES);
+    assert_eq!(objects[..2], ["op-1", "b0"], "acme's oldest went");
 }
