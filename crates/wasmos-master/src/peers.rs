@@ -68,6 +68,32 @@ impl PeerLinks {
     }
 }
 
+/// Sends `req` (and then `body`, raw) to the peer at `addr` and reads its answer: the
+/// answer and the stream the rest of it comes on, or why not (the peer's own refusal among
+/// them).
+async fn exchange(
+    links: &PeerLinks,
+    addr: SocketAddr,
+    req: &PeerRequest,
+    body: &[u8],
+) -> Result<(PeerResponse, wasmos_net::RecvStream), String> {
+    let conn = links.conn(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send_frame(&mut send, req)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        send.write_all(body).await.map_err(|e| e.to_string())?;
+    }
+    let _ = send.finish();
+    match recv_frame::<PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Error { message })) => Err(message),
+        Ok(Some(answer)) => Ok((answer, recv)),
+        Ok(None) => Err("it closed the stream without answering".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A peer master: id, address, whether it votes.
 type Peer = (u64, SocketAddr, bool);
 
@@ -100,23 +126,14 @@ async fn put(
     kind: BlobKind,
     bytes: &[u8],
 ) -> Result<(), String> {
-    let conn = links.conn(addr).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let req = PeerRequest::PutBlob {
         hash: hash.clone(),
         kind,
         size: bytes.len() as u64,
     };
-    send_frame(&mut send, &req)
-        .await
-        .map_err(|e| e.to_string())?;
-    send.write_all(bytes).await.map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match recv_frame::<PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Stored)) => Ok(()),
-        Ok(Some(PeerResponse::Error { message })) => Err(message),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
+    match exchange(links, addr, &req, bytes).await? {
+        (PeerResponse::Stored, _) => Ok(()),
+        (other, _) => Err(format!("unexpected answer {other:?}")),
     }
 }
 
@@ -180,14 +197,9 @@ async fn get(
     hash: &BundleHash,
     max: u64,
 ) -> Result<Vec<u8>, String> {
-    let conn = links.conn(addr).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send_frame(&mut send, &PeerRequest::GetBlob { hash: hash.clone() })
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match recv_frame::<PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Blob { size })) => {
+    let req = PeerRequest::GetBlob { hash: hash.clone() };
+    match exchange(links, addr, &req, &[]).await? {
+        (PeerResponse::Blob { size }, mut recv) => {
             if size > max {
                 return Err(format!(
                     "announced {size} bytes; this master accepts at most {max}"
@@ -202,9 +214,7 @@ async fn get(
             }
             Ok(bytes)
         }
-        Ok(Some(PeerResponse::Error { message })) => Err(message),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
+        (other, _) => Err(format!("unexpected answer {other:?}")),
     }
 }
 
@@ -249,19 +259,10 @@ pub(crate) async fn blob(shared: &Shared, hash: &BundleHash) -> Result<Vec<u8>, 
 
 /// A new certificate for this master from the peer at `addr`, or why not.
 async fn ask_renewal(links: &PeerLinks, addr: SocketAddr, csr: &[u8]) -> Result<String, String> {
-    let conn = links.conn(addr).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let req = PeerRequest::Renew { csr: csr.to_vec() };
-    send_frame(&mut send, &req)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match recv_frame::<PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Renewed { cert_pem })) => Ok(cert_pem),
-        Ok(Some(PeerResponse::Error { message })) => Err(message),
-        Ok(None) => Err("it closed the stream without answering".into()),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
+    match exchange(links, addr, &req, &[]).await? {
+        (PeerResponse::Renewed { cert_pem }, _) => Ok(cert_pem),
+        (other, _) => Err(format!("unexpected answer {other:?}")),
     }
 }
 
@@ -302,17 +303,9 @@ pub(crate) async fn audit_at_leader(
         .find(|m| m.id == leader && m.id != status.node)
         .and_then(|m| m.addr.parse().ok())
         .ok_or_else(|| format!("no address for the leader (master {leader})"))?;
-    let conn = shared.peers.conn(addr).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send_frame(&mut send, &PeerRequest::Audit { entry })
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match recv_frame::<PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Stored)) => Ok(()),
-        Ok(Some(PeerResponse::Error { message })) => Err(message),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
+    match exchange(&shared.peers, addr, &PeerRequest::Audit { entry }, &[]).await? {
+        (PeerResponse::Stored, _) => Ok(()),
+        (other, _) => Err(format!("unexpected answer {other:?}")),
     }
 }
 

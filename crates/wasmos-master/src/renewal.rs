@@ -103,29 +103,41 @@ pub(crate) async fn renew_peer(shared: &Shared, conn: &Connection, csr: &[u8]) -
     else {
         return refuse("the asking master's connection carries no readable certificate".into());
     };
-    let answer = match renew_master(shared, &current, csr).await {
-        Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
-        Err((kind, message)) => ClientResponse::Error { kind, message },
-    };
-    audit(shared, conn, who, &answer).await;
-    match answer {
-        ClientResponse::Certificate { cert_pem } => PeerResponse::Renewed { cert_pem },
-        ClientResponse::Error { message, .. } => refuse(message),
-        _ => refuse("not renewed".into()),
+    let answer = renew_master(shared, &current, csr).await;
+    match audited(shared, conn, who, answer).await {
+        Ok(cert_pem) => PeerResponse::Renewed { cert_pem },
+        Err(message) => refuse(message),
     }
 }
 
 /// Records a renewal asked on a connection (not a client's, whose calls are recorded where
-/// they are answered).
-async fn audit(shared: &Shared, conn: &Connection, who: Identity, answer: &ClientResponse) {
+/// they are answered), with the serial it made or why not; the certificate or the refusal's
+/// message.
+async fn audited(
+    shared: &Shared,
+    conn: &Connection,
+    who: Identity,
+    answer: Result<String, (ErrorKind, String)>,
+) -> Result<String, String> {
     let caller = crate::audit::Caller {
         who,
         peer: conn.remote_address(),
         channel: "quic",
     };
     if let Some(entry) = caller.entry(shared, "renew-certificate", "") {
-        crate::audit::record(shared, entry, crate::audit::result_of(answer)).await;
+        // Said as a client's answer would be, so the entry reads the same.
+        let response = match &answer {
+            Ok(cert_pem) => ClientResponse::Certificate {
+                cert_pem: cert_pem.clone(),
+            },
+            Err((kind, message)) => ClientResponse::Error {
+                kind: *kind,
+                message: message.clone(),
+            },
+        };
+        crate::audit::record(shared, entry, crate::audit::result_of(&response)).await;
     }
+    answer.map_err(|(_, message)| message)
 }
 
 /// Renews this master's own certificate whenever it is due, signing it itself when it holds
@@ -191,17 +203,10 @@ pub(crate) async fn renew_agent(shared: &Shared, conn: &Connection, csr: &[u8]) 
             };
         }
     };
-    let answer = match renew(shared, &who, csr).await {
-        Ok(cert_pem) => ClientResponse::Certificate { cert_pem },
-        Err((kind, message)) => ClientResponse::Error { kind, message },
-    };
-    audit(shared, conn, who, &answer).await;
-    match answer {
-        ClientResponse::Certificate { cert_pem } => MasterToAgent::Renewed { cert_pem },
-        ClientResponse::Error { message, .. } => MasterToAgent::Error { message },
-        _ => MasterToAgent::Error {
-            message: "not renewed".into(),
-        },
+    let answer = renew(shared, &who, csr).await;
+    match audited(shared, conn, who, answer).await {
+        Ok(cert_pem) => MasterToAgent::Renewed { cert_pem },
+        Err(message) => MasterToAgent::Error { message },
     }
 }
 
