@@ -972,12 +972,12 @@ fn reads_and_log_streams_wait_in_their_own_tenants_line() {
         "the first follow ended"
     );
     let second = follow().wait_with_output().unwrap();
-    assert_clean_error(&second, "already follows 1 logs");
+    assert_clean_error(&second, "already follows 1 logs or event streams");
     // An attached `wasmos run` is not failed for it: it waits for its task to end, then
     // prints the output.
     let attached = run_as(&u.bob, &[], "hello", &["over", "the", "limit"]);
     assert!(ok(&attached).contains("over the limit"));
-    assert!(text(&attached.stderr).contains("already follows 1 logs"));
+    assert!(text(&attached.stderr).contains("already follows 1 logs or event streams"));
     // The reader goes away: its place comes back (at the latest when its connection times
     // out).
     let _ = first.kill();

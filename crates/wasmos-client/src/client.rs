@@ -606,6 +606,87 @@ impl Client {
         }
     }
 
+    /// The cluster's events from index `from` on (the oldest a master still holds when
+    /// `None`), of `topics` (all when empty), passed to `sink` frame by frame with the index to
+    /// resume from and, when some asked for were no longer held, where the stream starts. With
+    /// `follow` it goes on until `sink` says stop (returns `false`); a lost master or a change of
+    /// leader costs nothing: the stream is asked again, from where it was, of the leader. Without
+    /// `follow` it ends once caught up. Returns the index to resume from.
+    pub async fn events(
+        &self,
+        from: Option<u64>,
+        topics: Vec<wasmos_proto::Topic>,
+        follow: bool,
+        mut sink: impl FnMut(EventFrame) -> bool,
+    ) -> Result<u64> {
+        let mut from = from;
+        let mut redirects = 0;
+        // A master that goes away is tried again until no master has answered for this long.
+        let mut lost_since: Option<tokio::time::Instant> = None;
+        loop {
+            let req = self.wrap(ClientRequest::WatchEvents {
+                from,
+                topics: topics.clone(),
+                follow,
+            });
+            let failure = match self.open(&req).await {
+                Ok((mut send, mut recv)) => {
+                    let _ = send.finish();
+                    loop {
+                        match self.next_answer(&mut recv).await {
+                            Ok(ClientResponse::Events {
+                                events,
+                                next,
+                                lost_until,
+                                end,
+                            }) => {
+                                lost_since = None;
+                                redirects = 0;
+                                from = Some(next);
+                                let frame = EventFrame {
+                                    events,
+                                    next,
+                                    lost_until,
+                                };
+                                if !sink(frame) || end {
+                                    return Ok(next);
+                                }
+                            }
+                            Ok(ClientResponse::NotLeader { leader, addr })
+                                if redirects < MAX_REDIRECTS =>
+                            {
+                                redirects += 1;
+                                self.redirect(leader, addr).await?;
+                                break None;
+                            }
+                            Ok(ClientResponse::Error { kind, message }) => {
+                                break Some(ClientError::Rejected { kind, message });
+                            }
+                            Ok(other) => {
+                                return Err(ClientError::unexpected("an event stream", other));
+                            }
+                            Err(e) => break Some(e),
+                        }
+                    }
+                }
+                Err(e) => Some(e),
+            };
+            let Some(failure) = failure else { continue };
+            if !failure.retryable() {
+                return Err(failure);
+            }
+            let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > SUBMIT_RETRY {
+                return Err(failure);
+            }
+            tracing::info!("event stream interrupted ({failure}); resuming");
+            tokio::time::sleep(ELECTION_WAIT).await;
+            if let Err(e) = self.reconnect().await {
+                tracing::info!("finding the leader again: {e:#}");
+            }
+        }
+    }
+
     /// Asks for the task every second until it has ended; returns its final record.
     async fn wait_until_ended(&self, id: TaskId) -> Result<TaskInfo> {
         loop {
@@ -626,6 +707,16 @@ impl Client {
         // idle timeout anyway. (It was 10 ms: half of what `wasmos agent list` took.)
         let _ = tokio::time::timeout(Duration::from_millis(2), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A frame of [`Client::events`].
+#[derive(Debug, Clone)]
+pub struct EventFrame {
+    pub events: Vec<wasmos_proto::Event>,
+    /// Where to resume to miss none and see none twice.
+    pub next: u64,
+    /// Set when events asked for were no longer held: the index the stream starts at.
+    pub lost_until: Option<u64>,
 }
 
 /// A key unique to one submission: the time, this process and a counter, hashed.

@@ -11,6 +11,6 @@ mod client;
 mod config;
 mod error;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{Client, ConnectOptions, EventFrame};
 pub use config::{CONFIG_FILE, ClientConfig, default_data_dir, resolve_path};
 pub use error::ClientError;

@@ -3,7 +3,7 @@
 //! never in front of another tenant's requests.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest a request waits for its turn before it is refused.
@@ -40,23 +40,19 @@ impl Kind {
 pub(crate) struct Admission {
     /// Per tenant and kind: the theoretical arrival time of its next request.
     next: Mutex<HashMap<(Kind, String), Instant>>,
-    /// Per tenant: its `logs -f` streams open now.
-    follows: Mutex<HashMap<String, u32>>,
+    /// Per tenant: its `logs -f` and `events -f` streams open now.
+    follows: Arc<Mutex<HashMap<String, u32>>>,
 }
 
-/// One open `logs -f` stream of a tenant; dropping it gives the place back.
-pub(crate) struct Follow<'a> {
-    admission: &'a Admission,
+/// One open `logs -f` or `events -f` stream of a tenant; dropping it gives the place back.
+pub(crate) struct Follow {
+    follows: Arc<Mutex<HashMap<String, u32>>>,
     tenant: String,
 }
 
-impl Drop for Follow<'_> {
+impl Drop for Follow {
     fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .follows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut open = self.follows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = open.get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -141,17 +137,17 @@ impl Admission {
     }
 
     /// A place for one more `logs -f` stream of `tenant`, if it holds fewer than `limit`.
-    pub fn follow(&self, tenant: &str, limit: u32) -> Result<Follow<'_>, String> {
+    pub fn follow(&self, tenant: &str, limit: u32) -> Result<Follow, String> {
         let mut open = self.follows.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(tenant.to_string()).or_default();
         if *n >= limit {
             return Err(format!(
-                "tenant {tenant} already follows {limit} logs (`logs -f`), its limit; end one first"
+                "tenant {tenant} already follows {limit} logs or event streams (`logs -f`, `events -f`), its limit; end one first"
             ));
         }
         *n += 1;
         Ok(Follow {
-            admission: self,
+            follows: self.follows.clone(),
             tenant: tenant.to_string(),
         })
     }

@@ -297,6 +297,10 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::ListSigningKeys => ("list-signing-keys", String::new()),
         R::RenewCertificate { .. } => ("renew-certificate", String::new()),
         R::RenewAgents => ("renew-agents", String::new()),
+        R::WatchEvents { from, .. } => (
+            "events",
+            from.map(|i| format!("from {i}")).unwrap_or_default(),
+        ),
     }
 }
 

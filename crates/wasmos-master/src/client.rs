@@ -49,34 +49,14 @@ async fn handle(
             return;
         }
     };
-    let reads = match &req {
-        ClientRequest::Stale(inner) => inner.is_read(),
-        other => other.is_read(),
-    };
-    let kind = if reads { Kind::Reads } else { Kind::Writes };
-    if let Err(why) = shared
-        .admission
-        .admit_caller(&shared.cfg.tenancy, who, kind)
-        .await
-    {
-        let _ = send_frame(&mut send, &error(ErrorKind::Unavailable, why)).await;
-        let _ = send.finish();
-        let _ = recv.stop(0u32.into());
-        return;
-    }
-    // Admitted: from here on the call is recorded (a flood past the tenant's rate is not).
-    let (audit, all) = match caller.request_entry(&shared, &req, reads) {
-        Some((entry, all)) => (Some(entry), all),
-        None => (None, false),
-    };
-    let req = match route(&shared, req).await {
-        Ok(req) => req,
+    let Prepared {
+        req,
+        audit,
+        all,
+        stale,
+    } = match prepare(&shared, &caller, req).await {
+        Ok(prepared) => prepared,
         Err(refusal) => {
-            if let Some(entry) = audit
-                && let Some(result) = crate::audit::answer_said(all)(&refusal)
-            {
-                crate::audit::record(&shared, entry, result).await;
-            }
             if let Err(e) = send_frame(&mut send, &refusal).await {
                 tracing::debug!("client stream ended early: {e}");
             }
@@ -90,6 +70,21 @@ async fn handle(
     let result = match req {
         ClientRequest::WatchTask { id, follow } => {
             let result = watch(&shared, who, id, follow, &mut send).await;
+            record_streamed(&shared, audit, all, &result).await;
+            result.map(|_| ())
+        }
+        ClientRequest::WatchEvents {
+            from,
+            topics,
+            follow,
+        } => {
+            let query = crate::events::EventQuery {
+                from,
+                topics,
+                follow,
+                stale,
+            };
+            let result = stream_events(&shared, who, query, &mut send).await;
             record_streamed(&shared, audit, all, &result).await;
             result.map(|_| ())
         }
@@ -126,6 +121,78 @@ async fn handle(
         tracing::debug!("client stream ended early: {e}");
     }
     let _ = send.finish();
+}
+
+/// A request admitted and routed to this master, with its audit entry.
+pub(crate) struct Prepared {
+    pub(crate) req: ClientRequest,
+    pub(crate) audit: Option<wasmos_proto::AuditEntry>,
+    /// Whether its success is recorded too (reads only when reads are audited).
+    pub(crate) all: bool,
+    /// Asked with `--stale`: answered from this master's own state.
+    pub(crate) stale: bool,
+}
+
+/// What every front end does before answering a request: admits it against the tenant's rate
+/// (a flood past it is refused unrecorded), then has it answered here or redirected to the
+/// leader (a redirect or refusal is recorded and returned as the answer).
+pub(crate) async fn prepare(
+    shared: &Shared,
+    caller: &crate::audit::Caller,
+    req: ClientRequest,
+) -> Result<Prepared, ClientResponse> {
+    let who = &caller.who;
+    let reads = match &req {
+        ClientRequest::Stale(inner) => inner.is_read(),
+        other => other.is_read(),
+    };
+    let kind = if reads { Kind::Reads } else { Kind::Writes };
+    if let Err(why) = shared
+        .admission
+        .admit_caller(&shared.cfg.tenancy, who, kind)
+        .await
+    {
+        return Err(error(ErrorKind::Unavailable, why));
+    }
+    // Admitted: from here on the call is recorded (a flood past the tenant's rate is not).
+    let (audit, all) = match caller.request_entry(shared, &req, reads) {
+        Some((entry, all)) => (Some(entry), all),
+        None => (None, false),
+    };
+    let stale = matches!(req, ClientRequest::Stale(_));
+    match route(shared, req).await {
+        Ok(req) => Ok(Prepared {
+            req,
+            audit,
+            all,
+            stale,
+        }),
+        Err(refusal) => {
+            if let Some(entry) = audit
+                && let Some(result) = crate::audit::answer_said(all)(&refusal)
+            {
+                crate::audit::record(shared, entry, result).await;
+            }
+            Err(refusal)
+        }
+    }
+}
+
+/// Answers a request that is not streamed, recording it: what the HTTPS API's calls get.
+pub(crate) async fn answer_prepared(shared: &Shared, who: &Identity, p: Prepared) -> ClientResponse {
+    match p.req {
+        ClientRequest::WatchTask { .. }
+        | ClientRequest::WatchEvents { .. }
+        | ClientRequest::PushBundle { .. }
+        | ClientRequest::GetBlob { .. } => error(
+            ErrorKind::InvalidRequest,
+            "a streamed request: use its own endpoint",
+        ),
+        req => {
+            let call = answer(shared, who, req);
+            crate::audit::run(shared, p.audit, call, crate::audit::answer_said(p.all)).await
+        }
+    }
 }
 
 /// Decides whether this master answers `req` itself. Cluster status: always. Stale reads: from
@@ -313,6 +380,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::PushBundle { .. }
         | ClientRequest::GetBlob { .. }
         | ClientRequest::WatchTask { .. }
+        | ClientRequest::WatchEvents { .. }
         | ClientRequest::Stale(_) => error(ErrorKind::InvalidRequest, "handled elsewhere"),
     }
 }
@@ -862,6 +930,30 @@ enum Streamed {
     Sent,
     /// Refused, with what the caller was told.
     Refused(String),
+}
+
+/// `wasmos events`: the feed's frames until it ends or the reader goes away.
+async fn stream_events(
+    shared: &Arc<Shared>,
+    who: &Identity,
+    query: crate::events::EventQuery,
+    send: &mut SendStream,
+) -> Result<Streamed, FrameError> {
+    let mut feed = match crate::events::EventFeed::open(shared.clone(), who.clone(), query) {
+        Ok(feed) => feed,
+        Err(refusal) => return refuse(send, refusal).await,
+    };
+    loop {
+        let frame = tokio::select! {
+            frame = feed.next() => frame,
+            // The reader went away: its place among the tenant's follows is given back now.
+            _ = send.stopped() => return Ok(Streamed::Sent),
+        };
+        match frame {
+            Some(frame) => send_frame(send, &frame).await?,
+            None => return Ok(Streamed::Sent),
+        }
+    }
 }
 
 /// Answers a streamed read with a refusal.

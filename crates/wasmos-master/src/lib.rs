@@ -2,11 +2,13 @@
 //! through Raft, places pending tasks on agents, stores bundles and task output.
 
 mod admission;
+mod api;
 mod agents;
 mod audit;
 mod blobs;
 mod bundles;
 mod client;
+mod events;
 mod frameworks;
 mod jobs;
 mod leadership;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery};
 pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -627,6 +630,13 @@ impl Master {
     /// The revocation list this master follows, for its HTTPS acceptor.
     pub fn revocations(&self) -> wasmos_net::RevocationList {
         self.shared.revocations.clone()
+    }
+
+    /// The handle the HTTPS front end answers client requests and event streams through.
+    pub fn api(&self) -> Api {
+        Api {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Framework sessions, for the HTTPS/JSON API.

@@ -7,7 +7,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Bumped whenever a wire type changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 
 /// Largest encoded message accepted from a peer. Bundles travel as raw stream bytes, not frames,
 /// so control messages stay small; this bound keeps a hostile peer from making us allocate.
@@ -101,5 +101,58 @@ mod tests {
             decode::<ClientRequest>(&bytes),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    /// Event frames cross the QUIC channel in postcard and the HTTPS API in JSON: both give
+    /// back what was sent.
+    #[test]
+    fn event_frames_round_trip_in_postcard_and_json() {
+        use crate::{AgentId, Change, ClientResponse, Event, JobChange, JobId, Topic};
+        let events = vec![
+            Event {
+                index: 7,
+                owner: Some("wasmos://tenant/acme/alice".into()),
+                change: Change::Task {
+                    id: TaskId(3),
+                    state: crate::TaskState::Failed,
+                    reason: Some(crate::Reason::Timeout),
+                    message: Some("too slow".into()),
+                    agent: AgentId::new("agent-1").ok(),
+                    role: Some("acme".into()),
+                    framework: None,
+                },
+            },
+            Event {
+                index: 8,
+                owner: None,
+                change: Change::Job {
+                    id: JobId(2),
+                    name: "wc".into(),
+                    change: JobChange::Progress {
+                        group: "map".into(),
+                        index: 1,
+                        what: "done".into(),
+                        task: Some(TaskId(4)),
+                    },
+                },
+            },
+        ];
+        let frame = ClientResponse::Events {
+            events,
+            next: 9,
+            lost_until: Some(5),
+            end: false,
+        };
+        assert_eq!(decode::<ClientResponse>(&encode(&frame).unwrap()).unwrap(), frame);
+        let json = serde_json::to_string(&frame).unwrap();
+        assert_eq!(serde_json::from_str::<ClientResponse>(&json).unwrap(), frame);
+        let req = ClientRequest::WatchEvents {
+            from: Some(3),
+            topics: vec![Topic::Task, Topic::Role],
+            follow: true,
+        };
+        assert_eq!(decode::<ClientRequest>(&encode(&req).unwrap()).unwrap(), req);
+        assert_eq!("role".parse::<Topic>(), Ok(Topic::Role));
+        assert!("tasks".parse::<Topic>().unwrap_err().contains("unknown event type"));
     }
 }

@@ -3,6 +3,7 @@
 
 mod ceilings;
 mod codec;
+mod events;
 mod framework;
 mod ids;
 mod job;
@@ -14,6 +15,9 @@ mod task;
 
 pub use ceilings::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
 pub use codec::{CodecError, MAX_FRAME_BYTES, PROTOCOL_VERSION, decode, encode};
+pub use events::{
+    AgentChange, Change, Event, FrameworkChange, JobChange, MAX_EVENTS_PER_FRAME, RoleChange, Topic,
+};
 pub use framework::{
     DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
 };

@@ -175,6 +175,15 @@ pub enum ClientRequest {
     /// Operators: every agent connected to the leader renews its certificate now, whatever
     /// is left of it (the third step of a CA rollover); answered `AgentsAsked`.
     RenewAgents,
+    /// The cluster's events from raft index `from` on (the oldest still held when `None`),
+    /// of these topics (all when empty), that the caller may see: answered by `Events`
+    /// frames; without `follow` the last one has `end` set, with it the stream goes on, a
+    /// frame (perhaps empty) at least every few seconds so the reader knows where it is.
+    WatchEvents {
+        from: Option<u64>,
+        topics: Vec<crate::Topic>,
+        follow: bool,
+    },
 }
 
 /// Largest certificate signing request a master reads.
@@ -243,6 +252,7 @@ impl ClientRequest {
                 | ClientRequest::ListRevoked { .. }
                 | ClientRequest::ListAudit { .. }
                 | ClientRequest::ListSigningKeys
+                | ClientRequest::WatchEvents { .. }
         )
     }
 }
@@ -359,6 +369,17 @@ pub enum ClientResponse {
     TaskEnded(Box<TaskInfo>),
     /// The watch without `follow` has sent all output there is.
     EndOfOutput,
+    /// Events of a `WatchEvents`, in index order: resume from `next` to miss none and see
+    /// none twice.
+    Events {
+        events: Vec<crate::Event>,
+        next: u64,
+        /// Set when events asked for are no longer held (history is bounded, and starts anew
+        /// when a master restarts or installs a snapshot): the index the stream starts at.
+        lost_until: Option<u64>,
+        /// The last frame of a `WatchEvents` without `follow`.
+        end: bool,
+    },
     Error {
         kind: ErrorKind,
         message: String,

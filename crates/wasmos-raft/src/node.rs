@@ -729,6 +729,17 @@ impl RaftNode {
         self.shared.subscribe()
     }
 
+    /// Events of the entries applied from index `from` on that `keep` lets through (see
+    /// [`EventLog::read`](wasmos_state::EventLog::read)); wait on [`Self::subscribe`] for more.
+    pub fn read_events(
+        &self,
+        from: u64,
+        max: usize,
+        keep: impl Fn(&wasmos_proto::Event) -> bool,
+    ) -> wasmos_state::EventRead {
+        self.shared.read().events.read(from, max, keep)
+    }
+
     /// Whether this node currently believes it is the leader.
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();

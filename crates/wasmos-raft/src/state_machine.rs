@@ -17,7 +17,7 @@ use openraft::{
 };
 use redb::{Database, ReadableTable};
 use tokio::sync::watch;
-use wasmos_state::{ClusterState, CommandResult};
+use wasmos_state::{ClusterState, CommandResult, EVENT_HISTORY, EventLog};
 
 use crate::store::{
     Db, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT, StoreError, blocking, db_err, decode,
@@ -26,11 +26,25 @@ use crate::store::{
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// What has been applied: the cluster state and the raft bookkeeping that goes with it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Applied {
     pub(crate) last_applied: Option<LogId>,
     pub(crate) last_membership: StoredMembership,
     pub(crate) state: ClusterState,
+    /// The events of the entries applied since this node started or installed a snapshot
+    /// (the most recent [`EVENT_HISTORY`]): the event stream's history.
+    pub(crate) events: EventLog,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            state: ClusterState::default(),
+            events: EventLog::new(0, EVENT_HISTORY),
+        }
+    }
 }
 
 /// The part of the state machine the [`crate::RaftNode`] shares: the applied state (read under a
@@ -96,6 +110,8 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership,
                 state: decode(&data, "snapshot data (ClusterState)")?,
+                // Openraft applies the log after the snapshot again: its events are told anew.
+                events: EventLog::new(meta.last_log_id.map_or(0, |l| l.index), EVENT_HISTORY),
             },
             None => Applied::default(),
         };
@@ -255,17 +271,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let last_applied = {
             // One lock per batch: readers see whole batches, and apply is pure and fast.
             let mut applied = self.shared.write();
+            let mut events = Vec::new();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => CommandResult::default(),
-                    EntryPayload::Normal(cmd) => applied.state.apply(cmd),
+                    EntryPayload::Normal(cmd) => applied.state.apply_recording(cmd, &mut events),
                     EntryPayload::Membership(membership) => {
                         applied.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         CommandResult::default()
                     }
                 };
+                applied
+                    .events
+                    .push(entry.log_id.index, std::mem::take(&mut events));
                 results.push(result);
             }
             applied.last_applied
@@ -314,6 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let _copied = self.shared.copying.lock().await;
             let mut applied = self.shared.write();
             applied.state = state;
+            applied.events.reset(meta.last_log_id.map_or(0, |l| l.index));
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
         }

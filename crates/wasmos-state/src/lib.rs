@@ -4,6 +4,7 @@
 
 mod apply;
 mod audit;
+mod events;
 mod rejection;
 mod signing;
 mod tenancy;
@@ -11,6 +12,7 @@ mod tenancy;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use audit::{AuditEntry, MAX_AUDIT_ENTRIES, MAX_AUDIT_FIELD_BYTES, audit_field};
+pub use events::{EVENT_HISTORY, EventLog, EventRead};
 pub use rejection::Rejection;
 pub use signing::SigningKeyRecord;
 pub use tenancy::{approx_bytes, spec_bytes, status_bytes, tenant_of};
@@ -247,6 +249,9 @@ pub struct ClusterState {
     /// Derived from `audit`, never stored: whose entries to drop when the log is full.
     #[serde(skip)]
     audit_index: audit::AuditIndex,
+    /// The events of the command being applied, while a caller records them.
+    #[serde(skip)]
+    recording: events::Recording,
 }
 
 /// The tasks that have not ended, and how many per role: the tasks ceiling is checked for
@@ -519,6 +524,7 @@ impl ClusterState {
         {
             *self.live.by_role.entry(r.clone()).or_default() += 1;
         }
+        self.emit_task(task);
     }
 
     /// Stops counting a task that has ended or is forgotten.
@@ -553,6 +559,24 @@ impl ClusterState {
                     })
                     .collect(),
             ),
+            Command::Audited { entry, cmd } => self.audited(entry, cmd),
+            cmd => {
+                let note = self.note(&cmd);
+                let result = self.apply_one(cmd);
+                if let Some(note) = note {
+                    self.noted(note, &result);
+                }
+                result
+            }
+        }
+    }
+
+    /// `apply` of a command that holds no other.
+    fn apply_one(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::Batch(_) | Command::Audited { .. } => CommandResult::Rejected(
+                Rejection::Invalid("a command that holds others, held by one".to_string()),
+            ),
             cmd @ (Command::RegisterAgent { .. }
             | Command::AssignTask { .. }
             | Command::AgentStatus { .. }
@@ -570,7 +594,6 @@ impl ClusterState {
             }
             cmd @ (Command::AddBundle { .. } | Command::Collect { .. }) => self.apply_storage(cmd),
             Command::Revoke { target, by, now_ms } => self.revoke(target, by, now_ms),
-            Command::Audited { entry, cmd } => self.audited(entry, cmd),
             Command::ForgetAudit { before_ms } => self.forget_audit(before_ms),
             Command::AddSigningKey {
                 id,
@@ -997,6 +1020,7 @@ impl ClusterState {
         if let Some(role) = ended {
             self.index_ended(task, role.as_deref());
         }
+        self.emit_task(task);
     }
 
     /// The framework, if it exists and has not been removed.

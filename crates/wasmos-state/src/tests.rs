@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use wasmos_proto::{Change, Event};
 
 fn agent(n: &str) -> AgentId {
     AgentId::new(n).unwrap()
@@ -459,9 +460,14 @@ proptest! {
         }
         let mut s1 = ClusterState::default();
         let mut s2 = ClusterState::default();
+        // s2 records events: recording changes nothing else, and the events' last word on
+        // every task is the state it is in.
+        let mut events = Vec::new();
         for c in &cmds {
             s1.apply(c.clone());
-            s2.apply(c.clone());
+            let mut out = Vec::new();
+            s2.apply_recording(c.clone(), &mut out);
+            events.extend(out);
             let used = s1.used_by_agent();
             for a in s1.agents.values() {
                 prop_assert!(s1.used_on(&a.id).fits_in(&a.total));
@@ -483,6 +489,15 @@ proptest! {
             prop_assert_eq!(&fresh.live.by_role, &s1.live.by_role);
         }
         prop_assert_eq!(&s1, &s2);
+        let mut last = BTreeMap::new();
+        for e in &events {
+            if let Change::Task { id, state, agent, .. } = &e.change {
+                last.insert(*id, (*state, agent.clone()));
+            }
+        }
+        for t in s2.tasks.values() {
+            prop_assert_eq!(last.get(&t.id), Some(&(t.status.state, t.agent.clone())), "task {}", t.id);
+        }
         let ids: Vec<u64> = s1.tasks.keys().map(|t| t.0).collect();
         prop_assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
@@ -1840,4 +1855,148 @@ fn a_full_audit_log_drops_the_flooding_tenants_entries_first() {
     let objects: Vec<&str> = s.audit.values().map(|e| e.object.as_str()).collect();
     assert_eq!(objects.len(), crate::MAX_AUDIT_ENTRIES);
     assert_eq!(objects[..2], ["op-1", "b0"], "acme's oldest went");
+}
+
+/// A task's life, told by the events of the commands that made it, with its owner for the
+/// stream's filter; refused commands tell nothing.
+#[test]
+fn applied_commands_tell_their_events() {
+    let mut s = ClusterState::default();
+    let mut out = Vec::new();
+    register(&mut s, "a1", vec![]);
+    s.apply_recording(
+        Command::RegisterAgent {
+            id: agent("a2"),
+            total: Resources::new(1000, 1 << 30, 0),
+            attributes: BTreeMap::new(),
+            fuel_per_core_second: 1,
+            reserved: BTreeMap::new(),
+            running: vec![],
+            peer_addr: None,
+            now_ms: 1,
+        },
+        &mut out,
+    );
+    let id = submitted(&mut s, 100);
+    s.apply_recording(
+        Command::AssignTask {
+            task: id,
+            agent: agent("a2"),
+            now_ms: 3,
+        },
+        &mut out,
+    );
+    s.apply_recording(
+        Command::AgentStatus {
+            agent: agent("a2"),
+            update: status(1, id, TaskState::Running),
+            now_ms: 4,
+        },
+        &mut out,
+    );
+    // A duplicate says nothing.
+    s.apply_recording(
+        Command::AgentStatus {
+            agent: agent("a2"),
+            update: status(1, id, TaskState::Running),
+            now_ms: 4,
+        },
+        &mut out,
+    );
+    // Refused: an unknown task.
+    s.apply_recording(
+        Command::SetStatus {
+            task: TaskId(999),
+            status: TaskStatus::new(TaskState::Failed),
+            now_ms: 5,
+        },
+        &mut out,
+    );
+    s.apply_recording(
+        Command::Batch(vec![Command::AgentLost {
+            agent: agent("a2"),
+            registered_ms: None,
+            now_ms: 6,
+        }]),
+        &mut out,
+    );
+    let told: Vec<(String, Option<String>)> = out
+        .iter()
+        .map(|e| (format!("{} {} {}", e.topic(), e.change.key(), e.change), e.owner.clone()))
+        .collect();
+    let op = Some("op".to_string());
+    assert_eq!(
+        told,
+        vec![
+            ("agent a2 registered".to_string(), None),
+            (format!("task {id} staging on a2"), op.clone()),
+            (format!("task {id} running on a2"), op.clone()),
+            (
+                format!("task {id} lost on a2 (agent_lost): the agent stopped responding"),
+                op.clone()
+            ),
+            ("agent a2 lost".to_string(), None),
+        ]
+    );
+    // Without recording, nothing is kept anywhere.
+    let mut quiet = s.clone();
+    quiet.apply(Command::SetRole {
+        role: role("r"),
+        record: RoleRecord::default(),
+    });
+    let mut out = Vec::new();
+    quiet.apply_recording(
+        Command::SetRole {
+            role: role("r"),
+            record: RoleRecord::default(),
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+}
+
+fn event(index: u64, n: u64) -> Event {
+    Event {
+        index,
+        owner: None,
+        change: Change::Agent {
+            id: agent(&format!("a{n}")),
+            change: wasmos_proto::AgentChange::Registered,
+        },
+    }
+}
+
+/// The history readers resume from: whole entries per read, a resume at `next` neither misses
+/// nor repeats, and asking for what was dropped says where history starts now.
+#[test]
+fn the_event_log_resumes_without_gaps_or_repeats() {
+    let mut log = EventLog::new(10, 8);
+    assert_eq!((log.first(), log.next()), (11, 11));
+    log.push(11, vec![event(0, 1), event(0, 2), event(0, 3)]);
+    log.push(12, vec![]);
+    log.push(13, vec![event(0, 4), event(0, 5)]);
+    // At most 2 asked: the entry that reaches 2 is read whole.
+    let r = log.read(11, 2, |_| true);
+    assert_eq!(r.events.len(), 3);
+    assert!(r.events.iter().all(|e| e.index == 11));
+    assert_eq!((r.next, r.lost_until), (13, None));
+    let r2 = log.read(r.next, 2, |_| true);
+    assert_eq!(r2.events.iter().map(|e| e.index).collect::<Vec<_>>(), [13, 13]);
+    assert_eq!(r2.next, 14);
+    // Filtered out entirely: the position still moves.
+    let r3 = log.read(11, 100, |_| false);
+    assert_eq!((r3.events.len(), r3.next), (0, 14));
+    // Caught up: nothing, same place.
+    assert_eq!(log.read(14, 10, |_| true).next, 14);
+    // Over capacity (8): the oldest entry goes, wholly, even if only part of it was pushed out.
+    log.push(14, (0..4).map(|n| event(0, n)).collect());
+    assert_eq!(log.first(), 12);
+    let r = log.read(11, 100, |_| true);
+    assert_eq!(r.lost_until, Some(12));
+    assert!(r.events.iter().all(|e| e.index >= 13), "{:?}", r.events);
+    assert_eq!(r.events.len(), 6);
+    // A snapshot installed: history restarts after it.
+    log.reset(40);
+    let r = log.read(14, 100, |_| true);
+    assert_eq!((r.lost_until, r.next, r.events.len()), (Some(41), 41, 0));
 }

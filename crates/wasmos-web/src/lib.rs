@@ -6,6 +6,9 @@
 //! its JSON with that header, answered `202 Accepted` (its outcome comes as events on the
 //! stream) or `4xx` with `{"error": "..."}`. The JSON is that of `FrameworkCall` and
 //! `FrameworkEvent` (docs/frameworks.md). Identity is the client certificate's, as on QUIC.
+//!
+//! `POST /api/v1/client` takes any `ClientRequest` of the CLI's channel as JSON and answers its
+//! `ClientResponse`; `GET /api/v1/events` is the event stream (docs/events.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,13 +19,15 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use wasmos_master::Frameworks;
+use wasmos_master::{Api, Frameworks, Master};
 use wasmos_net::{Credentials, HttpsAcceptor, Identity};
 use wasmos_proto::{FrameworkCall, FrameworkEvent, FrameworkId};
+
+mod client;
 
 /// The header naming a subscription's stream on later calls.
 pub const STREAM_HEADER: &str = "Wasmos-Stream-Id";
@@ -58,6 +63,7 @@ impl Streams {
 #[derive(Clone)]
 struct App {
     frameworks: Frameworks,
+    api: Api,
     streams: Streams,
 }
 
@@ -79,7 +85,7 @@ impl WebServer {
 
 /// Serves the API on `addr` with the master's certificate.
 pub async fn serve(
-    frameworks: Frameworks,
+    master: &Master,
     creds: &Credentials,
     addr: SocketAddr,
 ) -> Result<WebServer, WebError> {
@@ -91,11 +97,14 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| WebError::Bind { addr, source })?;
     let app = App {
-        frameworks,
+        frameworks: master.frameworks(),
+        api: master.api(),
         streams: Streams::default(),
     };
     let router = Router::new()
         .route("/api/v1/scheduler", post(scheduler))
+        .route("/api/v1/client", post(client::call))
+        .route("/api/v1/events", get(client::events))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
     let refusals = Arc::new(wasmos_net::Refusals::default());
@@ -153,9 +162,9 @@ pub async fn serve(
 
 /// The TCP address an HTTPS request came from, for the audit log.
 #[derive(Clone, Copy)]
-struct Peer(SocketAddr);
+pub(crate) struct Peer(pub(crate) SocketAddr);
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({ "error": message.into() });
     (status, Json(body)).into_response()
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use wasmos_proto::{AuditEntry, AuditFilter, ClientRequest, ClientResponse};
 
 use crate::connect::Target;
-use crate::output::{Format, OutputArg, print_list};
+use crate::output::{Format, OutputArg, plain, print_list};
 
 #[derive(Args)]
 pub(crate) struct AuditArgs {
@@ -77,20 +77,6 @@ async fn newer(target: &Target, filter: &mut AuditFilter) -> Result<Vec<AuditEnt
             return Ok(all);
         }
     }
-}
-
-/// Shown as the log keeps it, with anything that could still steer a terminal escaped.
-fn plain(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }
 
 pub(crate) async fn run(target: &Target, args: AuditArgs) -> Result<ExitCode> {

@@ -107,7 +107,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
     let addr = master.local_addr();
     // The HTTPS/JSON API on the same interface, on a free port.
     let web = wasmos_web::serve(
-        master.frameworks(),
+        &master,
         &master_creds.with_revocations(master.revocations()),
         std::net::SocketAddr::new(opts.listen.ip(), 0),
     )

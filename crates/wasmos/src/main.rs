@@ -11,6 +11,7 @@ mod connect;
 mod demo;
 mod dev;
 mod dev_group;
+mod events;
 mod files;
 mod frameworks;
 mod job;
@@ -106,6 +107,9 @@ enum Cmd {
     /// Operators: the audit log, every change and refused call with who, from where and what
     /// came of it (`--since 1h`, `--identity`, `--action`, `-f`, `-o json`).
     Audit(audit::AuditArgs),
+    /// The cluster's events as you may see them: tasks, agents, jobs, frameworks and roles
+    /// changing (`-f` to follow, `--type task,job`, `--index N` to resume, `-o json`).
+    Events(events::EventsArgs),
     /// The master group: `wasmos cluster status` shows members, leader, term and log indexes.
     Cluster {
         #[command(subcommand)]
@@ -275,6 +279,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Cert { cmd } => cert::run(target, cmd).await,
         Cmd::SigningKey { cmd } => signing::run(target, cmd).await,
         Cmd::Audit(args) => audit::run(target, args).await,
+        Cmd::Events(args) => events::run(target, args).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,
         Cmd::Blob { cmd } => bundle::blob(target, cmd).await,

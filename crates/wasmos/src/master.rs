@@ -256,7 +256,7 @@ pub(crate) async fn master_cmd(args: MasterArgs) -> Result<ExitCode> {
         Some(addr) => {
             // The HTTPS handshakes check the same revocations as the QUIC ones.
             let creds = creds.clone().with_revocations(master.revocations());
-            let web = wasmos_web::serve(master.frameworks(), &creds, addr).await?;
+            let web = wasmos_web::serve(&master, &creds, addr).await?;
             eprintln!("wasmos master HTTPS API on {}", web.local_addr());
             Some(web)
         }

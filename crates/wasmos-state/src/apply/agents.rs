@@ -81,6 +81,7 @@ impl ClusterState {
                 }
                 info.agent = Some(agent);
                 info.updated_ms = now_ms;
+                self.emit_task(task);
                 CommandResult::Ok
             }
             Command::AgentStatus {
