@@ -638,3 +638,86 @@ def connect():
     c.sock = ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname="master.wasmos")
     return c
 "#;
+
+/// `wasmos events -f -o json` as one identity, its events collected as they come; killed when
+/// dropped.
+pub struct EventFollower {
+    child: Child,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl EventFollower {
+    pub fn start(config: &Path, extra: &[&str]) -> EventFollower {
+        let mut child = wasmos_cmd(config, &["events", "-f", "-o", "json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start wasmos events -f: {e}"));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let v = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("events -f printed {line:?}: {e}"));
+                    if let Ok(mut all) = events.lock() {
+                        all.push(v);
+                    }
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let err = err.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut all) = err.lock() {
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                }
+            });
+        }
+        EventFollower { child, events, err }
+    }
+
+    /// The events printed so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.err.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Stops it and returns every event it printed.
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader thread ends with the pipe; what it read by then is all there is.
+        std::thread::sleep(Duration::from_millis(100));
+        self.events()
+    }
+}
+
+impl Drop for EventFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An event's topic and object as `wasmos events` names them (`task t-3`), from its JSON.
+pub fn event_object(e: &serde_json::Value) -> (String, String) {
+    let Some((kind, body)) = e["change"].as_object().and_then(|o| o.iter().next()) else {
+        return (String::new(), String::new());
+    };
+    let id = match &body["id"] {
+        serde_json::Value::Null => body["role"].to_string(),
+        v => v.to_string(),
+    };
+    (kind.to_lowercase(), id.trim_matches('"').to_string())
+}

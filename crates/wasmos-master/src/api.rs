@@ -29,7 +29,12 @@ impl Api {
     }
 
     /// Answers one request that is not streamed (the streamed ones have their own calls).
-    pub async fn call(&self, who: &Identity, peer: SocketAddr, req: ClientRequest) -> ClientResponse {
+    pub async fn call(
+        &self,
+        who: &Identity,
+        peer: SocketAddr,
+        req: ClientRequest,
+    ) -> ClientResponse {
         match prepare(&self.shared, &Self::caller(who, peer), req).await {
             Ok(prepared) => answer_prepared(&self.shared, who, prepared).await,
             Err(refusal) => refusal,
@@ -54,7 +59,8 @@ impl Api {
         } else {
             req
         };
-        let Prepared { audit, all, .. } = prepare(&self.shared, &Self::caller(who, peer), req).await?;
+        let Prepared { audit, all, .. } =
+            prepare(&self.shared, &Self::caller(who, peer), req).await?;
         let opened = EventFeed::open(self.shared.clone(), who.clone(), query);
         if let Some(entry) = audit {
             let said = match &opened {

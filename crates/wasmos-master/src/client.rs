@@ -179,7 +179,11 @@ pub(crate) async fn prepare(
 }
 
 /// Answers a request that is not streamed, recording it: what the HTTPS API's calls get.
-pub(crate) async fn answer_prepared(shared: &Shared, who: &Identity, p: Prepared) -> ClientResponse {
+pub(crate) async fn answer_prepared(
+    shared: &Shared,
+    who: &Identity,
+    p: Prepared,
+) -> ClientResponse {
     match p.req {
         ClientRequest::WatchTask { .. }
         | ClientRequest::WatchEvents { .. }

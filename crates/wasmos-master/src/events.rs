@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmos_alloc::Role;
 use wasmos_net::Identity;
 use wasmos_proto::{Change, ClientResponse, ErrorKind, Event, MAX_EVENTS_PER_FRAME, Topic};
-use wasmos_alloc::Role;
 
 use crate::Shared;
 use crate::admission::Follow;
@@ -96,7 +96,10 @@ impl EventFeed {
                 (topics.is_empty() || topics.contains(&e.topic())) && event_visible(who, e)
             };
             let read = match self.query.from {
-                Some(from) => self.shared.raft.read_events(from, MAX_EVENTS_PER_FRAME, keep),
+                Some(from) => self
+                    .shared
+                    .raft
+                    .read_events(from, MAX_EVENTS_PER_FRAME, keep),
                 // From the oldest held: nothing asked for is missing.
                 None => {
                     let mut read = self.shared.raft.read_events(0, MAX_EVENTS_PER_FRAME, keep);

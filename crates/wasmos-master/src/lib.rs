@@ -2,8 +2,8 @@
 //! through Raft, places pending tasks on agents, stores bundles and task output.
 
 mod admission;
-mod api;
 mod agents;
+mod api;
 mod audit;
 mod blobs;
 mod bundles;

@@ -143,16 +143,30 @@ mod tests {
             lost_until: Some(5),
             end: false,
         };
-        assert_eq!(decode::<ClientResponse>(&encode(&frame).unwrap()).unwrap(), frame);
+        assert_eq!(
+            decode::<ClientResponse>(&encode(&frame).unwrap()).unwrap(),
+            frame
+        );
         let json = serde_json::to_string(&frame).unwrap();
-        assert_eq!(serde_json::from_str::<ClientResponse>(&json).unwrap(), frame);
+        assert_eq!(
+            serde_json::from_str::<ClientResponse>(&json).unwrap(),
+            frame
+        );
         let req = ClientRequest::WatchEvents {
             from: Some(3),
             topics: vec![Topic::Task, Topic::Role],
             follow: true,
         };
-        assert_eq!(decode::<ClientRequest>(&encode(&req).unwrap()).unwrap(), req);
+        assert_eq!(
+            decode::<ClientRequest>(&encode(&req).unwrap()).unwrap(),
+            req
+        );
         assert_eq!("role".parse::<Topic>(), Ok(Topic::Role));
-        assert!("tasks".parse::<Topic>().unwrap_err().contains("unknown event type"));
+        assert!(
+            "tasks"
+                .parse::<Topic>()
+                .unwrap_err()
+                .contains("unknown event type")
+        );
     }
 }

@@ -103,7 +103,10 @@ pub enum Change {
         change: FrameworkChange,
     },
     /// A role's settings were set, or an operator removed a reservation of it.
-    Role { role: String, change: RoleChange },
+    Role {
+        role: String,
+        change: RoleChange,
+    },
 }
 
 impl Change {

@@ -334,7 +334,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let _copied = self.shared.copying.lock().await;
             let mut applied = self.shared.write();
             applied.state = state;
-            applied.events.reset(meta.last_log_id.map_or(0, |l| l.index));
+            applied
+                .events
+                .reset(meta.last_log_id.map_or(0, |l| l.index));
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
         }

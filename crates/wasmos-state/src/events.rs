@@ -282,12 +282,15 @@ impl ClusterState {
                     return;
                 };
                 let change = wasmos_proto::FrameworkChange::Registered;
-                (Some(owner), Change::Framework {
-                    id: *id,
-                    name,
-                    role,
-                    change,
-                })
+                (
+                    Some(owner),
+                    Change::Framework {
+                        id: *id,
+                        name,
+                        role,
+                        change,
+                    },
+                )
             }
             Note::FrameworkRemoved(id) => {
                 let Some(f) = self.frameworks.get(&id) else {
@@ -306,11 +309,14 @@ impl ClusterState {
                     return;
                 };
                 let change = wasmos_proto::JobChange::Submitted;
-                (Some(owner), Change::Job {
-                    id: *id,
-                    name,
-                    change,
-                })
+                (
+                    Some(owner),
+                    Change::Job {
+                        id: *id,
+                        name,
+                        change,
+                    },
+                )
             }
             Note::Job(id, change) => {
                 let Some(j) = self.jobs.get(&id) else {

@@ -1922,7 +1922,12 @@ fn applied_commands_tell_their_events() {
     );
     let told: Vec<(String, Option<String>)> = out
         .iter()
-        .map(|e| (format!("{} {} {}", e.topic(), e.change.key(), e.change), e.owner.clone()))
+        .map(|e| {
+            (
+                format!("{} {} {}", e.topic(), e.change.key(), e.change),
+                e.owner.clone(),
+            )
+        })
         .collect();
     let op = Some("op".to_string());
     assert_eq!(
@@ -1981,7 +1986,10 @@ fn the_event_log_resumes_without_gaps_or_repeats() {
     assert!(r.events.iter().all(|e| e.index == 11));
     assert_eq!((r.next, r.lost_until), (13, None));
     let r2 = log.read(r.next, 2, |_| true);
-    assert_eq!(r2.events.iter().map(|e| e.index).collect::<Vec<_>>(), [13, 13]);
+    assert_eq!(
+        r2.events.iter().map(|e| e.index).collect::<Vec<_>>(),
+        [13, 13]
+    );
     assert_eq!(r2.next, 14);
     // Filtered out entirely: the position still moves.
     let r3 = log.read(11, 100, |_| false);

@@ -125,7 +125,11 @@ pub(crate) async fn events(
     };
     let frames = futures::stream::unfold(feed, move |mut feed| async move {
         let frame = feed.next().await?;
-        let text = if sse { sse_frame(&frame) } else { ndjson(&frame) };
+        let text = if sse {
+            sse_frame(&frame)
+        } else {
+            ndjson(&frame)
+        };
         Some((Ok::<_, std::convert::Infallible>(text), feed))
     });
     let kind = if sse {
@@ -145,8 +149,9 @@ pub(crate) async fn events(
 }
 
 fn to_json(v: &impl serde::Serialize) -> String {
-    serde_json::to_string(v)
-        .unwrap_or_else(|e| serde_json::json!({ "error": format!("cannot encode: {e}") }).to_string())
+    serde_json::to_string(v).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode: {e}") }).to_string()
+    })
 }
 
 /// JSON lines: an event per line, then where the stream is (`{"next": N}`), which is all an

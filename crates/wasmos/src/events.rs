@@ -37,7 +37,7 @@ fn line(e: &Event) -> String {
     format!(
         "{:<7} {:<9} {:<20} {}",
         e.index,
-        e.topic(),
+        e.topic().as_str(),
         plain(&e.change.key()),
         plain(&e.change.to_string())
     )
@@ -56,7 +56,10 @@ pub(crate) async fn run(target: &Target, args: EventsArgs) -> Result<ExitCode> {
     }
     let format = args.out.format;
     if format == Format::Table {
-        println!("{:<7} {:<9} {:<20} {}", HEADER[0], HEADER[1], HEADER[2], HEADER[3]);
+        println!(
+            "{:<7} {:<9} {:<20} {}",
+            HEADER[0], HEADER[1], HEADER[2], HEADER[3]
+        );
     }
     let mut failed = None;
     let print = |frame: EventFrame| {
