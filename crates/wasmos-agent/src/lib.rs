@@ -4,6 +4,7 @@
 
 mod kept;
 mod renew;
+pub mod stats;
 mod taskdir;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct AgentConfig {
     /// a restart) and, for the certificate and key, renewed from the masters before the
     /// certificate expires. `None`: the credentials given are kept as they are.
     pub cert_files: Option<wasmos_net::CredentialFiles>,
+    /// Where this agent counts what its metrics tell (`stats::render`).
+    pub stats: Arc<stats::AgentStats>,
 }
 
 /// The default of [`AgentConfig::keep_max_bytes`].
@@ -815,6 +818,10 @@ fn launch(
     if !spec.qos.is_revocable() {
         agent.inner().usage.insert(task, usage.clone());
     }
+    agent
+        .cfg
+        .stats
+        .started(task, spec.role.as_deref(), usage.clone());
     agent.pool.clone().spawn(async move {
         let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, usage).await;
         // One step, so whoever sees the task gone from the running set finds its end among
@@ -840,6 +847,7 @@ fn launch(
             );
         }
         inner.tasks.remove(&task);
+        agent.cfg.stats.ended(task, &status);
         Agent::push_report(&mut inner, task, status);
     });
 }
@@ -874,6 +882,7 @@ async fn run_task(
         None => Some(agent.compile_lock(&spec.bundle).lock_owned().await),
     };
     let cached = cached.or_else(|| digest.and_then(|d| agent.runner.cached(&d)));
+    agent.cfg.stats.compile(cached.is_some());
     let bytes = match cached {
         Some(_) => Vec::new(),
         None => match fetch_blob(agent, &spec.bundle).await {

@@ -392,6 +392,10 @@ async fn last_word(send: &mut SendStream, conn: &Connection, msg: MasterToAgent)
 async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdate>) -> Option<u64> {
     let now = now_ms();
     let sent: Vec<(u64, wasmos_proto::TaskId)> = updates.iter().map(|u| (u.seq, u.task)).collect();
+    let running: Vec<bool> = updates
+        .iter()
+        .map(|u| u.status.state == wasmos_proto::TaskState::Running)
+        .collect();
     let cmds: Vec<Command> = updates
         .into_iter()
         .map(|update| Command::AgentStatus {
@@ -416,10 +420,16 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         }
     };
     let mut changed = std::collections::BTreeSet::new();
-    for ((_, task), result) in sent.iter().zip(&results) {
+    for (((_, task), result), running) in sent.iter().zip(&results).zip(running) {
         if let CommandResult::Rejected(why) = result {
             // Recorded as seen: resending it would be rejected again.
             tracing::warn!(%agent, %task, "status update rejected: {why}");
+        }
+        if running && *result == CommandResult::Ok {
+            let submitted = shared.read(|s| s.tasks.get(task).map(|t| t.submitted_ms));
+            if let Some(at) = submitted {
+                shared.metrics.task_started(now.saturating_sub(at));
+            }
         }
         // One event a task: the offer cycle reads its latest status either way.
         if changed.insert(*task) {

@@ -74,4 +74,23 @@ impl Api {
         }
         opened
     }
+
+    /// The Prometheus metrics text, for operators only: it names every tenant, role and agent.
+    pub async fn metrics(&self, who: &Identity) -> Result<String, ClientResponse> {
+        if !matches!(who, Identity::Operator(_)) {
+            return Err(crate::replies::error(
+                wasmos_proto::ErrorKind::InvalidRequest,
+                format!("{who} may not read metrics: they are for operators"),
+            ));
+        }
+        crate::metrics::render(&self.shared).await.map_err(|e| {
+            crate::replies::error(
+                wasmos_proto::ErrorKind::Internal,
+                format!("cannot encode metrics: {e}"),
+            )
+        })
+    }
 }
+
+/// The `Content-Type` of [`Api::metrics`]' text.
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -533,7 +533,7 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
 }
 
 /// What the leader's allocator shows; empty if the offer cycle does not answer in time.
-async fn snapshot(shared: &Shared) -> Snapshot {
+pub(crate) async fn snapshot(shared: &Shared) -> Snapshot {
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared.offer_event(Event::Snapshot(tx));
     match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {

@@ -13,6 +13,7 @@ mod frameworks;
 mod jobs;
 mod leadership;
 mod logs;
+mod metrics;
 mod offers;
 mod peers;
 mod policy;
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery};
+pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery, METRICS_CONTENT_TYPE};
 pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -237,6 +238,8 @@ pub(crate) struct Shared {
     pub jobs_changed: tokio::sync::Notify,
     /// This master's credentials: the CA set in force is what renewals are signed under.
     pub creds: Credentials,
+    /// Latencies measured as they happen, for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// An agent's registration under way (see [`Shared::registering`]); ends when dropped.
@@ -269,7 +272,7 @@ impl Shared {
     /// Writes `cmd`; the first write of an audited call carries the call's entry with it
     /// (see `audit.rs`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, wasmos_raft::RaftError> {
-        self.raft.write(audit::with_call(cmd)).await
+        self.propose(cmd).await
     }
 
     /// Hands `cmd` to the write batcher now; the future yields its result (see
@@ -279,7 +282,14 @@ impl Shared {
         cmd: Command,
     ) -> impl std::future::Future<Output = Result<CommandResult, wasmos_raft::RaftError>> + Send + 'static
     {
-        self.raft.propose(audit::with_call(cmd))
+        let written = self.raft.propose(audit::with_call(cmd));
+        let metrics = self.metrics.clone();
+        let start = std::time::Instant::now();
+        async move {
+            let result = written.await;
+            metrics.raft_write(start.elapsed());
+            result
+        }
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
@@ -587,6 +597,7 @@ impl Master {
             storage_cache: Mutex::default(),
             jobs_changed: tokio::sync::Notify::new(),
             creds: creds.clone(),
+            metrics: Default::default(),
             uploads: Mutex::default(),
             revocations,
             live: wasmos_net::LiveConnections::default(),

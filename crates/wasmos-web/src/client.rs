@@ -194,3 +194,20 @@ fn sse_frame(frame: &ClientResponse) -> String {
         other => format!("event: error\ndata: {}\n\n", to_json(other)),
     }
 }
+
+/// `GET /metrics`: operators only (`403` for tenants: metrics name every tenant and agent).
+pub(crate) async fn metrics(State(app): State<App>, Extension(who): Extension<Identity>) -> Response {
+    match app.api.metrics(&who).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, wasmos_master::METRICS_CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(ClientResponse::Error {
+            kind: ErrorKind::InvalidRequest,
+            message,
+        }) => refuse(StatusCode::FORBIDDEN, message),
+        Err(other) => json_answer(&other),
+    }
+}

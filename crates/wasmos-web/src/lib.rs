@@ -8,7 +8,8 @@
 //! `FrameworkEvent` (docs/frameworks.md). Identity is the client certificate's, as on QUIC.
 //!
 //! `POST /api/v1/client` takes any `ClientRequest` of the CLI's channel as JSON and answers its
-//! `ClientResponse`; `GET /api/v1/events` is the event stream (docs/events.md).
+//! `ClientResponse`; `GET /api/v1/events` is the event stream (docs/events.md); `GET /metrics`
+//! the Prometheus metrics, for operators (docs/metrics.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ pub async fn serve(
         .route("/api/v1/scheduler", post(scheduler))
         .route("/api/v1/client", post(client::call))
         .route("/api/v1/events", get(client::events))
+        .route("/metrics", get(client::metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
     let refusals = Arc::new(wasmos_net::Refusals::default());
@@ -290,4 +292,42 @@ fn rand_u64() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// What `/metrics` of [`serve_metrics`] answers: the text, or why there is none.
+pub type RenderMetrics = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Serves `GET /metrics` in plain HTTP on `addr` with what `render` says at each scrape: an
+/// agent's metrics (`wasmos agent --metrics-listen`). Agents hold only client certificates, so
+/// there is no TLS here: bind it to loopback or a network only Prometheus reaches.
+pub async fn serve_metrics(addr: SocketAddr, render: RenderMetrics) -> Result<WebServer, WebError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let render = render.clone();
+            async move {
+                match render() {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, wasmos_master::METRICS_CONTENT_TYPE)],
+                        text,
+                    )
+                        .into_response(),
+                    Err(why) => refuse(StatusCode::INTERNAL_SERVER_ERROR, why),
+                }
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::warn!("the metrics listener stopped: {e}");
+        }
+    });
+    Ok(WebServer { addr: bound, task })
 }

@@ -60,6 +60,11 @@ pub(crate) struct AgentArgs {
     /// go to the masters).
     #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT|off")]
     pub(crate) peer_listen: String,
+    /// Serve this agent's Prometheus metrics (tasks' CPU and memory, ends, compiles) in plain
+    /// HTTP at http://ADDR/metrics; they name tasks and roles, so bind it to loopback or a
+    /// network only Prometheus reaches.
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// The address other agents dial for this agent's kept outputs [default: the listening
     /// address, or this host's address toward the master when listening on all of them]
     #[arg(long, value_name = "IP:PORT")]
@@ -248,6 +253,23 @@ pub(crate) async fn agent_until(
             .transpose()?,
         keep_max_bytes: parse_bytes(&args.keep_max).context("--keep-max")?,
         cert_files: args.tls.files(),
+        stats: Default::default(),
+    };
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            let name = match wasmos_net::Identity::from_der(&creds.leaf()) {
+                Ok(wasmos_net::Identity::Agent(name)) => name,
+                _ => "agent".to_string(),
+            };
+            let agents = vec![(name, cfg.resources.clone(), cfg.stats.clone())];
+            let render = std::sync::Arc::new(move || {
+                wasmos_agent::stats::render(&agents).map_err(|e| e.to_string())
+            });
+            let web = wasmos_web::serve_metrics(addr, render).await?;
+            eprintln!("wasmos agent metrics on http://{}/metrics", web.local_addr());
+            Some(web)
+        }
+        None => None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(wasmos_agent::run(cfg, creds, rx));

@@ -37,6 +37,8 @@ pub struct DevOptions {
     /// How long the master's, the agents' and the operator's certificates are valid when
     /// first issued (`None`: until 2074), and renewed ones (`None`: 30 days).
     pub leaf_lifetime: Option<std::time::Duration>,
+    /// Where to serve every agent's metrics, in plain HTTP (`--agent-metrics-listen`).
+    pub agent_metrics: Option<SocketAddr>,
 }
 
 /// A running dev cluster.
@@ -46,6 +48,8 @@ pub struct DevCluster {
     pub config_path: PathBuf,
     shutdown: watch::Sender<bool>,
     agents: Vec<tokio::task::JoinHandle<()>>,
+    /// The agents' metrics listener, if asked for.
+    pub agent_metrics: Option<wasmos_web::WebServer>,
     /// Follows the master's certificate files.
     follow: tokio::task::JoinHandle<()>,
 }
@@ -120,6 +124,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut agents = Vec::new();
+    let mut stats = Vec::new();
     for i in 1..=opts.agents {
         let name = format!("agent-{i}");
         let files = ensure_cert(
@@ -150,7 +155,9 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
                 cert: files.cert.clone(),
                 key: files.key.clone(),
             }),
+            stats: Default::default(),
         };
+        stats.push((name.clone(), cfg.resources.clone(), cfg.stats.clone()));
         let creds = credentials(&ca, &files)?;
         let rx = shutdown_rx.clone();
         agents.push(tokio::spawn(async move {
@@ -159,12 +166,26 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
             }
         }));
     }
+    let agent_metrics = match opts.agent_metrics {
+        Some(addr) => {
+            let render = std::sync::Arc::new(move || {
+                wasmos_agent::stats::render(&stats).map_err(|e| e.to_string())
+            });
+            Some(
+                wasmos_web::serve_metrics(addr, render)
+                    .await
+                    .context("starting the agents' metrics listener")?,
+            )
+        }
+        None => None,
+    };
     Ok(DevCluster {
         master,
         web,
         config_path,
         shutdown,
         agents,
+        agent_metrics,
         follow,
     })
 }
@@ -177,16 +198,24 @@ impl DevCluster {
             let _ = a.await;
         }
         self.web.shutdown();
+        if let Some(m) = self.agent_metrics {
+            m.shutdown();
+        }
         self.master.shutdown().await;
     }
 }
 
 pub fn banner(cluster: &DevCluster, agents: u32) -> String {
-    format!(
-        "wasmos dev: master on {} with {agents} agent(s); client config written to {}",
+    let mut banner = format!(
+        "wasmos dev: master on {} with {agents} agent(s); client config written to {}; HTTPS API and /metrics on {}",
         cluster.master.local_addr(),
-        cluster.config_path.display()
-    )
+        cluster.config_path.display(),
+        cluster.web.local_addr(),
+    );
+    if let Some(m) = &cluster.agent_metrics {
+        banner.push_str(&format!("; agents' metrics on http://{}/metrics", m.local_addr()));
+    }
+    banner
 }
 
 #[derive(Args)]
@@ -245,6 +274,10 @@ pub(crate) struct DevArgs {
     /// the operator's.
     #[arg(long, value_name = "DURATION")]
     pub(crate) leaf_lifetime: Option<humantime::Duration>,
+    /// Serve the agents' Prometheus metrics in plain HTTP at http://ADDR/metrics (one master
+    /// only; each agent of a `--masters N` group is a `wasmos agent --metrics-listen`).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) agent_metrics_listen: Option<SocketAddr>,
 }
 
 /// `--leaf-lifetime`, checked as a master checks it.
@@ -266,6 +299,9 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
     if args.masters != 1 {
         if args.demo {
             bail!("--demo runs on one master; drop --masters");
+        }
+        if args.agent_metrics_listen.is_some() {
+            bail!("--agent-metrics-listen serves the agents of one process; drop --masters");
         }
         // Check the agents' settings here, where a mistake is one clear line, not N child logs.
         args.exec.config()?;
@@ -335,6 +371,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         agent_timeout: args.agent_timeout.into(),
         allocator: args.offers.config()?,
         leaf_lifetime: leaf_lifetime(&args)?,
+        agent_metrics: args.agent_metrics_listen,
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.

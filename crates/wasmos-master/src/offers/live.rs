@@ -26,7 +26,14 @@ pub(crate) async fn lead(
         .last_task_id
         .fetch_max(next, std::sync::atomic::Ordering::Relaxed);
     let mut cycle = Cycle::new(LiveEnv(shared.clone()), now_ms());
-    let closed = cycle_loop(&mut cycle, events, deposed, shared.cfg.offer_interval).await;
+    let closed = cycle_loop(
+        &mut cycle,
+        events,
+        deposed,
+        shared.cfg.offer_interval,
+        &shared.metrics,
+    )
+    .await;
     // No longer the leader: send the frameworks to the one that is.
     let (_, addr) = shared.raft.leader_addr();
     cycle.not_leader(addr);
@@ -38,6 +45,7 @@ async fn cycle_loop(
     events: &mut mpsc::UnboundedReceiver<Event>,
     deposed: impl std::future::Future<Output = ()>,
     interval: Duration,
+    metrics: &crate::metrics::Metrics,
 ) -> bool {
     let mut deposed = std::pin::pin!(deposed);
     loop {
@@ -56,7 +64,9 @@ async fn cycle_loop(
         while let Ok(ev) = events.try_recv() {
             batch.push(ev);
         }
+        let start = std::time::Instant::now();
         cycle.step(batch, now_ms());
+        metrics.offer_cycle(start.elapsed());
     }
 }
 
