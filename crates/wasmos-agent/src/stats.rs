@@ -89,13 +89,17 @@ pub fn render(agents: &[(String, Resources, Arc<AgentStats>)]) -> Result<String,
         offered_cpu
             .get_or_create(&agent)
             .set(total.cpu_millis as f64 / 1000.0);
-        offered_mem.get_or_create(&agent).set(total.mem_bytes as f64);
+        offered_mem
+            .get_or_create(&agent)
+            .set(total.mem_bytes as f64);
         let tasks = stats.running().clone();
         running.get_or_create(&agent).set(tasks.len() as i64);
         for (task, (role, usage)) in &tasks {
             let task = task.to_string();
             let l = labels(&[("agent", name), ("task", &task), ("role", role)]);
-            task_cpu.get_or_create(&l).inc_by(usage.cpu_ns() as f64 / 1e9);
+            task_cpu
+                .get_or_create(&l)
+                .inc_by(usage.cpu_ns() as f64 / 1e9);
             task_mem.get_or_create(&l).set(usage.mem_bytes() as f64);
         }
         let counts = stats
@@ -115,43 +119,43 @@ pub fn render(agents: &[(String, Resources, Arc<AgentStats>)]) -> Result<String,
     }
     let mut registry = Registry::default();
     registry.register(
-        "wasmos_agent_offered_cpu_cores",
-        "The CPU an agent offers the cluster.",
+        "wasmos_agent_total_cpu_cores",
+        "The CPU an agent offers the cluster in all",
         offered_cpu,
     );
     registry.register(
-        "wasmos_agent_offered_memory_bytes",
-        "The memory an agent offers the cluster.",
+        "wasmos_agent_total_memory_bytes",
+        "The memory an agent offers the cluster in all",
         offered_mem,
     );
     registry.register(
         "wasmos_agent_running_tasks",
-        "Tasks running on an agent now.",
+        "Tasks running on an agent now",
         running,
     );
     registry.register(
         "wasmos_agent_task_cpu_seconds",
-        "CPU time a running task has used.",
+        "CPU time a running task has used",
         task_cpu,
     );
     registry.register(
         "wasmos_agent_task_memory_bytes",
-        "Memory a running task holds now.",
+        "Memory a running task holds now",
         task_mem,
     );
     registry.register(
         "wasmos_agent_tasks_ended",
-        "Tasks that ended on an agent since it started, by state and reason.",
+        "Tasks that ended on an agent since it started, by state and reason",
         ended,
     );
     registry.register(
         "wasmos_agent_compiles",
-        "Bundles an agent compiled (or loaded from its artifact cache on disk).",
+        "Bundles an agent compiled (or loaded from its artifact cache on disk)",
         compiles,
     );
     registry.register(
         "wasmos_agent_compile_cache_hits",
-        "Tasks whose bundle was already compiled in the agent's memory.",
+        "Tasks whose bundle was already compiled in the agent's memory",
         hits,
     );
     let mut out = String::new();

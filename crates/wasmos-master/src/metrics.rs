@@ -63,7 +63,11 @@ struct Gauges(BTreeMap<&'static str, (&'static str, GaugeFamily)>);
 
 impl Gauges {
     fn set(&mut self, name: &'static str, help: &'static str, labels: &[(&str, &str)], v: f64) {
-        let family = &self.0.entry(name).or_insert_with(|| (help, Family::default())).1;
+        let family = &self
+            .0
+            .entry(name)
+            .or_insert_with(|| (help, Family::default()))
+            .1;
         let labels: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -94,22 +98,27 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut g = Gauges::default();
     let status = shared.raft.status();
     let leads = shared.raft.is_leader();
-    g.set("wasmos_raft_term", "The raft term this master is in.", &[], status.term as f64);
+    g.set(
+        "wasmos_raft_term",
+        "The raft term this master is in.",
+        &[],
+        status.term as f64,
+    );
     g.set(
         "wasmos_raft_leader",
-        "1 if this master leads the raft group.",
+        "1 if this master leads the raft group",
         &[],
         if leads { 1.0 } else { 0.0 },
     );
     g.set(
         "wasmos_raft_last_log_index",
-        "The last raft log index this master holds.",
+        "The last raft log index this master holds",
         &[],
         status.last_log_index.unwrap_or(0) as f64,
     );
     g.set(
         "wasmos_raft_applied_index",
-        "The last raft log index this master applied.",
+        "The last raft log index this master applied",
         &[],
         status.last_applied.unwrap_or(0) as f64,
     );
@@ -119,7 +128,7 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             let id = m.id.to_string();
             g.set(
                 "wasmos_raft_replication_lag_entries",
-                "How many log entries a member is behind the leader (reported by the leader).",
+                "How many log entries a member is behind the leader (reported by the leader)",
                 &[("member", &id)],
                 last.saturating_sub(m.matched.unwrap_or(0)) as f64,
             );
@@ -131,14 +140,20 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         for a in s.agents.values() {
             let l = [("agent", a.id.as_str())];
             g.resources(
-                ("wasmos_agent_total_cpu_cores", "wasmos_agent_total_memory_bytes"),
-                "What an agent offers the cluster in all.",
+                (
+                    "wasmos_agent_total_cpu_cores",
+                    "wasmos_agent_total_memory_bytes",
+                ),
+                "What an agent offers the cluster in all",
                 &l,
                 &a.total,
             );
             g.resources(
-                ("wasmos_agent_used_cpu_cores", "wasmos_agent_used_memory_bytes"),
-                "What live tasks hold on an agent.",
+                (
+                    "wasmos_agent_used_cpu_cores",
+                    "wasmos_agent_used_memory_bytes",
+                ),
+                "What live tasks hold on an agent",
                 &l,
                 used.get(&a.id).unwrap_or(&Resources::default()),
             );
@@ -147,38 +162,51 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
                 .values()
                 .fold(Resources::default(), |x, r| x.saturating_add(r));
             g.resources(
-                ("wasmos_agent_reserved_cpu_cores", "wasmos_agent_reserved_memory_bytes"),
-                "What an agent holds for roles (static and dynamic reservations).",
+                (
+                    "wasmos_agent_reserved_cpu_cores",
+                    "wasmos_agent_reserved_memory_bytes",
+                ),
+                "What an agent holds for roles (static and dynamic reservations)",
                 &l,
                 &reserved,
             );
             if let Some(summary) = snap.agents.get(&a.id) {
                 g.resources(
-                    ("wasmos_agent_offered_cpu_cores", "wasmos_agent_offered_memory_bytes"),
-                    "What outstanding offers hold of an agent (on the leader).",
+                    (
+                        "wasmos_agent_offered_cpu_cores",
+                        "wasmos_agent_offered_memory_bytes",
+                    ),
+                    "What outstanding offers hold of an agent (on the leader)",
                     &l,
                     &summary.offered,
                 );
                 g.resources(
-                    ("wasmos_agent_revocable_cpu_cores", "wasmos_agent_revocable_memory_bytes"),
-                    "What tasks hold on an agent but leave idle, lent to best-effort tasks.",
+                    (
+                        "wasmos_agent_revocable_cpu_cores",
+                        "wasmos_agent_revocable_memory_bytes",
+                    ),
+                    "What tasks hold on an agent but leave idle, lent to best-effort tasks",
                     &l,
                     &summary.revocable_free,
                 );
             }
             g.set(
                 "wasmos_agent_connected",
-                "1 if the agent has a session with this master.",
+                "1 if the agent has a session with this master",
                 &l,
                 if connected.contains(&a.id) { 1.0 } else { 0.0 },
             );
         }
         let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
-        let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+        // Every role the offer cycle knows, so an empty queue reads 0, not absent.
+        let mut waiting: BTreeMap<String, u64> =
+            snap.roles.iter().map(|r| (r.role.to_string(), 0)).collect();
         let mut tenants = std::collections::BTreeSet::new();
         for t in s.tasks.values() {
             let reason = t.status.reason.map(|r| r.to_string()).unwrap_or_default();
-            *by_state.entry((state_name(t.status.state), reason)).or_default() += 1;
+            *by_state
+                .entry((state_name(t.status.state), reason))
+                .or_default() += 1;
             if t.status.state == TaskState::Staging && t.agent.is_none() {
                 let role = t.spec.role.clone().unwrap_or_default();
                 *waiting.entry(role).or_default() += 1;
@@ -190,7 +218,7 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         for ((state, reason), n) in &by_state {
             g.set(
                 "wasmos_tasks",
-                "Tasks the masters keep, by state and the reason they ended.",
+                "Tasks the masters keep, by state and the reason they ended",
                 &[("state", state), ("reason", reason)],
                 *n as f64,
             );
@@ -198,7 +226,7 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         for (role, n) in &waiting {
             g.set(
                 "wasmos_tasks_waiting",
-                "Tasks submitted and not yet placed on an agent, by role: the queue.",
+                "Tasks submitted and not yet placed on an agent, by role: the queue",
                 &[("role", role)],
                 *n as f64,
             );
@@ -217,15 +245,19 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         for (state, n) in &jobs {
             g.set(
                 "wasmos_jobs",
-                "Batch jobs and services the masters keep, by state.",
+                "Batch jobs and services the masters keep, by state",
                 &[("state", state)],
                 *n as f64,
             );
         }
-        let live = s.frameworks.values().filter(|f| f.removed_ms.is_none()).count();
+        let live = s
+            .frameworks
+            .values()
+            .filter(|f| f.removed_ms.is_none())
+            .count();
         g.set(
             "wasmos_frameworks",
-            "Frameworks registered and not removed.",
+            "Frameworks registered and not removed",
             &[],
             live as f64,
         );
@@ -234,41 +266,53 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     for r in &snap.roles {
         let l = [("role", r.role.as_str())];
         g.resources(
-            ("wasmos_role_allocated_cpu_cores", "wasmos_role_allocated_memory_bytes"),
-            "What a role's tasks hold (its sub-roles' included).",
+            (
+                "wasmos_role_allocated_cpu_cores",
+                "wasmos_role_allocated_memory_bytes",
+            ),
+            "What a role's tasks hold (its sub-roles' included)",
             &l,
             &r.allocated,
         );
         g.resources(
-            ("wasmos_role_offered_cpu_cores", "wasmos_role_offered_memory_bytes"),
-            "What outstanding offers to a role's frameworks hold.",
+            (
+                "wasmos_role_offered_cpu_cores",
+                "wasmos_role_offered_memory_bytes",
+            ),
+            "What outstanding offers to a role's frameworks hold",
             &l,
             &r.offered,
         );
         g.resources(
-            ("wasmos_role_guarantee_cpu_cores", "wasmos_role_guarantee_memory_bytes"),
-            "A role's quota guarantee.",
+            (
+                "wasmos_role_guarantee_cpu_cores",
+                "wasmos_role_guarantee_memory_bytes",
+            ),
+            "A role's quota guarantee",
             &l,
             &r.quota.guarantee,
         );
         if let Some(limit) = &r.quota.limit {
             g.resources(
-                ("wasmos_role_limit_cpu_cores", "wasmos_role_limit_memory_bytes"),
-                "A role's quota limit (absent: unlimited).",
+                (
+                    "wasmos_role_limit_cpu_cores",
+                    "wasmos_role_limit_memory_bytes",
+                ),
+                "A role's quota limit (absent: unlimited)",
                 &l,
                 limit,
             );
         }
         g.set(
             "wasmos_role_dominant_share",
-            "A role's dominant share of the cluster (allocated and offered), before weighting.",
+            "A role's dominant share of the cluster (allocated and offered), before weighting",
             &l,
             r.share,
         );
         g.set("wasmos_role_weight", "A role's DRF weight.", &l, r.weight);
         g.set(
             "wasmos_role_frameworks",
-            "Frameworks subscribed in a role.",
+            "Frameworks subscribed in a role",
             &l,
             r.frameworks as f64,
         );
@@ -277,13 +321,13 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         let (held, quota) = shared.storage_of(tenant, true);
         g.set(
             "wasmos_tenant_stored_bytes",
-            "Bytes a tenant stores: blobs, task specs and output logs.",
+            "Bytes a tenant stores: blobs, task specs and output logs",
             &[("tenant", tenant)],
             held as f64,
         );
         g.set(
             "wasmos_tenant_storage_quota_bytes",
-            "A tenant's storage quota.",
+            "A tenant's storage quota",
             &[("tenant", tenant)],
             quota as f64,
         );
@@ -292,17 +336,17 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let m = &shared.metrics;
     registry.register(
         "wasmos_offer_cycle_seconds",
-        "How long one step of the offer cycle took (allocating, offering, launching).",
+        "How long one step of the offer cycle took (allocating, offering, launching)",
         m.offer_cycle.clone(),
     );
     registry.register(
         "wasmos_raft_write_seconds",
-        "From proposing a command to its result: batching, a majority's fsync, applying.",
+        "From proposing a command to its result: batching, a majority's fsync, applying",
         m.raft_write.clone(),
     );
     registry.register(
         "wasmos_task_start_seconds",
-        "From a task's submission to its agent reporting it running.",
+        "From a task's submission to its agent reporting it running",
         m.task_start.clone(),
     );
     for (name, (help, family)) in g.0 {

@@ -196,7 +196,10 @@ fn sse_frame(frame: &ClientResponse) -> String {
 }
 
 /// `GET /metrics`: operators only (`403` for tenants: metrics name every tenant and agent).
-pub(crate) async fn metrics(State(app): State<App>, Extension(who): Extension<Identity>) -> Response {
+pub(crate) async fn metrics(
+    State(app): State<App>,
+    Extension(who): Extension<Identity>,
+) -> Response {
     match app.api.metrics(&who).await {
         Ok(text) => (
             StatusCode::OK,

@@ -266,7 +266,10 @@ pub(crate) async fn agent_until(
                 wasmos_agent::stats::render(&agents).map_err(|e| e.to_string())
             });
             let web = wasmos_web::serve_metrics(addr, render).await?;
-            eprintln!("wasmos agent metrics on http://{}/metrics", web.local_addr());
+            eprintln!(
+                "wasmos agent metrics on http://{}/metrics",
+                web.local_addr()
+            );
             Some(web)
         }
         None => None,

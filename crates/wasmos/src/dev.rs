@@ -213,7 +213,10 @@ pub fn banner(cluster: &DevCluster, agents: u32) -> String {
         cluster.web.local_addr(),
     );
     if let Some(m) = &cluster.agent_metrics {
-        banner.push_str(&format!("; agents' metrics on http://{}/metrics", m.local_addr()));
+        banner.push_str(&format!(
+            "; agents' metrics on http://{}/metrics",
+            m.local_addr()
+        ));
     }
     banner
 }
