@@ -969,3 +969,175 @@ fn master_memory_with_readers_of_a_huge_log() {
         mib(p8.saturating_sub(b8)) / mib(p1.saturating_sub(b1)).max(0.1)
     );
 }
+
+/// Runs `n` no-op tasks to their end through the leader of `c` (submitted 64 at a time);
+/// returns tasks per second from the first submission to the last `finished` event.
+async fn launch_rate(c: &DevCluster, spec: &TaskSpec, n: usize) -> f64 {
+    let client = Client::connect_to(
+        &c.operator_credentials(),
+        &[c.master_addr()],
+        ConnectOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ClientResponse::Cluster(info) = client.request(ClientRequest::ClusterStatus).await.unwrap()
+    else {
+        panic!("no cluster status");
+    };
+    let from = info.last_applied.unwrap_or(0) + 1;
+    let t = Instant::now();
+    let submitting = submit_many(c.dir.path(), c.master_addr(), spec.clone(), n, 64, 1);
+    let mut ended = std::collections::BTreeSet::new();
+    let watching = client.events(Some(from), vec![wasmos_proto::Topic::Task], true, |frame| {
+        for e in frame.events {
+            if let wasmos_proto::Change::Task { id, state, .. } = e.change
+                && state.is_terminal()
+            {
+                ended.insert(id);
+            }
+        }
+        ended.len() < n
+    });
+    let (_, watched) = tokio::join!(submitting, watching);
+    watched.unwrap();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A web UI viewer as `wasmos ui` makes one of the masters: it follows the event stream and,
+/// as the page does, lists a page of tasks after events (at most every 250 ms) and asks the
+/// cluster's status every 5 s.
+async fn viewer(creds: Credentials, master: std::net::SocketAddr) {
+    let client = std::sync::Arc::new(
+        Client::connect_to(&creds, &[master], ConnectOptions::default())
+            .await
+            .unwrap(),
+    );
+    // As the page does: the stream from now on, not its history.
+    let from = match client.request(ClientRequest::ClusterStatus).await {
+        Ok(ClientResponse::Cluster(info)) => info.last_applied.unwrap_or(0) + 1,
+        other => panic!("no cluster status: {other:?}"),
+    };
+    let dirty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c2, d2) = (client.clone(), dirty.clone());
+    let follow = tokio::spawn(async move {
+        let _ = c2
+            .events(Some(from), Vec::new(), true, |frame| {
+                if !frame.events.is_empty() {
+                    d2.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                true
+            })
+            .await;
+    });
+    let mut tick = 0u32;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tick += 1;
+        if dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let filter = wasmos_proto::TaskFilter {
+                states: Vec::new(),
+                after: None,
+                limit: Some(50),
+            };
+            let _ = client.request(ClientRequest::ListTasks { filter }).await;
+        }
+        if tick.is_multiple_of(20) {
+            let _ = client.request(ClientRequest::ClusterStatus).await;
+        }
+        if follow.is_finished() {
+            return;
+        }
+    }
+}
+
+/// Scrapes the master's `/metrics` every `every` with the operator's certificate, as
+/// Prometheus would (one kept-alive HTTPS connection), until killed.
+fn scraper(c: &DevCluster, every: Duration) -> Daemon {
+    let script = format!(
+        "{}{}",
+        wasmos_tests::PYTHON_HTTPS_CLIENT,
+        r#"
+import time
+c = connect()
+every = float(sys.argv[2])
+while True:
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    r.read()
+    time.sleep(every)
+"#
+    );
+    let child = Command::new("python3")
+        .args(["-c", &script])
+        .arg(c.config())
+        .arg(every.as_secs_f64().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+/// The launch path under observation: no-op tasks run to their end with nothing watching,
+/// with the master's metrics scraped ten times a second (Prometheus scrapes every 15 s by
+/// default), and with 100 web UI viewers; rounds interleaved so drift hits all three.
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn metrics_and_ui_viewers_on_the_launch_path() {
+    let n: usize = std::env::var("WASMOS_UI_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let c = DevCluster::start_with(1, &["--agent-cpu", "4", "--agent-mem", "8GiB"]).unwrap();
+    let out = c
+        .cli(&["bundle", "push", sample("noop").to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = wasmos_proto::BundleHash::parse(text(&out.stdout).trim()).unwrap();
+    let spec = TaskSpec {
+        resources: wasmos_proto::Resources::new(100, 16 << 20, 1 << 20),
+        ..TaskSpec::new("noop.wasm", hash)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Warm-up: the bundle compiled, the first connections made.
+    rt.block_on(launch_rate(&c, &spec, 50));
+    let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for round in [
+        "base", "metrics", "viewers", "viewers", "metrics", "base", "base", "metrics", "viewers",
+    ] {
+        let rate = match round {
+            "metrics" => {
+                let _scrape = scraper(&c, Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(500));
+                rt.block_on(launch_rate(&c, &spec, n))
+            }
+            "viewers" => rt.block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..100 {
+                    set.spawn(viewer(c.operator_credentials(), c.master_addr()));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let rate = launch_rate(&c, &spec, n).await;
+                set.abort_all();
+                rate
+            }),
+            _ => rt.block_on(launch_rate(&c, &spec, n)),
+        };
+        println!("bench launches ({round}): {rate:.0} tasks/s ({n} no-op tasks to their end)");
+        rates.entry(round).or_default().push(rate);
+    }
+    let mean = |k: &str| rates[k].iter().sum::<f64>() / rates[k].len() as f64;
+    println!(
+        "bench baseline launches with nothing watching: {:.0} tasks/s",
+        mean("base")
+    );
+    println!(
+        "bench ratio time per task, metrics scraped 10/s / nothing: {:.3}",
+        mean("base") / mean("metrics")
+    );
+    println!(
+        "bench ratio time per task, 100 UI viewers / nothing: {:.3}",
+        mean("base") / mean("viewers")
+    );
+}

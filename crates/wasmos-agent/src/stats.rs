@@ -119,13 +119,13 @@ pub fn render(agents: &[(String, Resources, Arc<AgentStats>)]) -> Result<String,
     }
     let mut registry = Registry::default();
     registry.register(
-        "wasmos_agent_total_cpu_cores",
-        "The CPU an agent offers the cluster in all",
+        "wasmos_agent_capacity_cpu_cores",
+        "The CPU this agent offers the cluster",
         offered_cpu,
     );
     registry.register(
-        "wasmos_agent_total_memory_bytes",
-        "The memory an agent offers the cluster in all",
+        "wasmos_agent_capacity_memory_bytes",
+        "The memory this agent offers the cluster",
         offered_mem,
     );
     registry.register(

@@ -656,8 +656,12 @@ impl Client {
                                 if redirects < MAX_REDIRECTS =>
                             {
                                 redirects += 1;
-                                self.redirect(leader, addr).await?;
-                                break None;
+                                // A leader just gone may still be named: try again, as for
+                                // any lost master.
+                                match self.redirect(leader, addr).await {
+                                    Ok(()) => break None,
+                                    Err(e) => break Some(e),
+                                }
                             }
                             Ok(ClientResponse::Error { kind, message }) => {
                                 break Some(ClientError::Rejected { kind, message });

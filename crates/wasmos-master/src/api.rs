@@ -12,6 +12,7 @@ use crate::Shared;
 use crate::audit::Caller;
 use crate::client::{Prepared, answer_prepared, prepare};
 pub use crate::events::{EVENT_HEARTBEAT, EventFeed, EventQuery};
+pub use crate::watch::OutputFeed;
 
 /// A handle on the master for other front ends; cheap to clone.
 #[derive(Clone)]
@@ -35,6 +36,22 @@ impl Api {
         peer: SocketAddr,
         req: ClientRequest,
     ) -> ClientResponse {
+        let streamed = |r: &ClientRequest| {
+            matches!(
+                r,
+                ClientRequest::WatchTask { .. }
+                    | ClientRequest::WatchEvents { .. }
+                    | ClientRequest::PushBundle { .. }
+                    | ClientRequest::GetBlob { .. }
+            )
+        };
+        // Refused before admission and audit: they are not calls of this endpoint at all.
+        if streamed(&req) || matches!(&req, ClientRequest::Stale(inner) if streamed(inner)) {
+            return crate::replies::error(
+                wasmos_proto::ErrorKind::InvalidRequest,
+                "a streamed request: use its own endpoint (/api/v1/events, /api/v1/tasks/ID/logs, /api/v1/blobs/HASH; uploads go over the CLI's channel)",
+            );
+        }
         match prepare(&self.shared, &Self::caller(who, peer), req).await {
             Ok(prepared) => answer_prepared(&self.shared, who, prepared).await,
             Err(refusal) => refusal,
@@ -73,6 +90,53 @@ impl Api {
             }
         }
         opened
+    }
+
+    /// Opens task `task`'s output for `who` (admitted and recorded as `logs`), or says why not.
+    pub async fn logs(
+        &self,
+        who: &Identity,
+        peer: SocketAddr,
+        task: wasmos_proto::TaskId,
+        follow: bool,
+    ) -> Result<OutputFeed, ClientResponse> {
+        let req = ClientRequest::WatchTask { id: task, follow };
+        let Prepared { audit, all, .. } =
+            prepare(&self.shared, &Self::caller(who, peer), req).await?;
+        let opened = OutputFeed::open(self.shared.clone(), who, task, follow);
+        self.record_opened(audit, all, opened.as_ref().err()).await;
+        opened
+    }
+
+    /// A blob's bytes for `who` (a task's output file), or why not.
+    pub async fn blob(
+        &self,
+        who: &Identity,
+        peer: SocketAddr,
+        hash: wasmos_proto::BundleHash,
+    ) -> Result<Vec<u8>, ClientResponse> {
+        let req = ClientRequest::GetBlob { hash: hash.clone() };
+        let Prepared { audit, all, .. } =
+            prepare(&self.shared, &Self::caller(who, peer), req).await?;
+        let bytes = crate::client::blob_bytes(&self.shared, who, &hash).await;
+        self.record_opened(audit, all, bytes.as_ref().err()).await;
+        bytes
+    }
+
+    /// Records a streamed read: always when refused, otherwise only when reads are audited.
+    async fn record_opened(
+        &self,
+        audit: Option<wasmos_proto::AuditEntry>,
+        all: bool,
+        refused: Option<&ClientResponse>,
+    ) {
+        let Some(entry) = audit else { return };
+        let said = match refused {
+            Some(refusal) => crate::audit::result_of(refusal),
+            None if all => "ok".to_string(),
+            None => return,
+        };
+        crate::audit::record(&self.shared, entry, said).await;
     }
 
     /// The Prometheus metrics text, for operators only: it names every tenant, role and agent.

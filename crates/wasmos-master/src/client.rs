@@ -223,7 +223,11 @@ async fn route(shared: &Shared, req: ClientRequest) -> Result<ClientRequest, Cli
     }
 }
 
-fn get_task(shared: &Shared, who: &Identity, id: TaskId) -> Result<TaskInfo, ClientResponse> {
+pub(crate) fn get_task(
+    shared: &Shared,
+    who: &Identity,
+    id: TaskId,
+) -> Result<TaskInfo, ClientResponse> {
     shared
         .read(|s| s.tasks.get(&id).filter(|t| task_visible(who, t)).cloned())
         .map(shown)
@@ -991,6 +995,25 @@ async fn get_blob(
     hash: &BundleHash,
     send: &mut SendStream,
 ) -> Result<Streamed, FrameError> {
+    match blob_bytes(shared, who, hash).await {
+        Ok(bytes) => {
+            let head = ClientResponse::Blob {
+                size: bytes.len() as u64,
+            };
+            send_frame(send, &head).await?;
+            send.write_all(&bytes).await.map_err(FrameError::Write)?;
+            Ok(Streamed::Sent)
+        }
+        Err(refusal) => refuse(send, refusal).await,
+    }
+}
+
+/// A blob's bytes, if `who` may read it and the masters store it.
+pub(crate) async fn blob_bytes(
+    shared: &Shared,
+    who: &Identity,
+    hash: &BundleHash,
+) -> Result<Vec<u8>, ClientResponse> {
     // The blob's readers decide, not whether some visible task names it: a task spec may
     // name any hash, and naming one must not be a way to read it.
     let (allowed, held_by) = shared.read(|s| {
@@ -1007,25 +1030,17 @@ async fn get_blob(
         )
     };
     if !allowed {
-        return refuse(send, missing()).await;
+        return Err(missing());
     }
     if let Some(agent) = held_by {
         let message = format!(
             "blob {hash} is an intermediate output kept on agent {agent}, not stored on the masters; tasks read it as an input"
         );
-        return refuse(send, error(ErrorKind::NotFound, message)).await;
+        return Err(error(ErrorKind::NotFound, message));
     }
-    match crate::peers::blob(shared, hash).await {
-        Ok(bytes) => {
-            let head = ClientResponse::Blob {
-                size: bytes.len() as u64,
-            };
-            send_frame(send, &head).await?;
-            send.write_all(&bytes).await.map_err(FrameError::Write)?;
-            Ok(Streamed::Sent)
-        }
-        Err(_) => refuse(send, missing()).await,
-    }
+    crate::peers::blob(shared, hash)
+        .await
+        .map_err(|_| missing())
 }
 
 async fn push_bundle(
@@ -1043,73 +1058,30 @@ async fn push_bundle(
     }
 }
 
-/// Streams a task's output: everything stored so far, then (with `follow`) new output as it
-/// arrives, and finally the task's record once it has ended.
+/// Streams a task's output (see [`crate::watch::OutputFeed`]) until its last frame or until
+/// the reader goes away.
 async fn watch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     who: &Identity,
     id: TaskId,
     follow: bool,
     send: &mut SendStream,
 ) -> Result<Streamed, FrameError> {
-    if let Err(e) = get_task(shared, who, id) {
-        return refuse(send, e).await;
-    }
-    let _place = match crate::policy::tenant(who) {
-        Some(tenant) if follow => {
-            let limit = shared.cfg.tenancy.tenant_follows;
-            match shared.admission.follow(&tenant, limit) {
-                Ok(place) => Some(place),
-                Err(why) => return refuse(send, error(ErrorKind::TooManyFollows, why)).await,
-            }
-        }
-        _ => None,
+    let mut feed = match crate::watch::OutputFeed::open(shared.clone(), who, id, follow) {
+        Ok(feed) => feed,
+        Err(refusal) => return refuse(send, refusal).await,
     };
-    let mut log_changes = shared.logs.subscribe();
-    let mut state_changes = shared.raft.subscribe();
-    let mut offset = 0;
     loop {
-        // Read the state before the log: output is stored before the final status is recorded,
-        // so once we see the end, one more read of the log has everything.
-        let task = shared.read(|s| s.tasks.get(&id).cloned());
-        let ended = task.as_ref().is_none_or(|t| t.status.state.is_terminal());
-        log_changes.borrow_and_update();
-        state_changes.borrow_and_update();
-        let (records, next) = match shared.logs.read_from(id, offset) {
-            Ok(r) => r,
-            Err(e) => {
-                let resp = error(ErrorKind::Internal, format!("cannot read output: {e}"));
-                return refuse(send, resp).await;
-            }
-        };
-        offset = next;
-        // A read takes one chunk: until one comes back empty, there may be more to send.
-        let caught_up = records.is_empty();
-        for (stream, data) in records {
-            send_frame(send, &ClientResponse::Output { stream, data }).await?;
-        }
-        if !caught_up {
-            continue;
-        }
-        if !follow {
-            send_frame(send, &ClientResponse::EndOfOutput).await?;
-            return Ok(Streamed::Sent);
-        }
-        if ended {
-            let last = match task {
-                Some(t) => ClientResponse::TaskEnded(Box::new(shown(t))),
-                None => error(ErrorKind::NotFound, format!("no task {id}")),
-            };
-            send_frame(send, &last).await?;
-            return Ok(Streamed::Sent);
-        }
-        tokio::select! {
-            _ = log_changes.changed() => {}
-            _ = state_changes.changed() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        let frame = tokio::select! {
+            frame = feed.next() => frame,
             // The reader went away (stopped the stream, or its connection is gone): its place
             // among the tenant's follows is given back now, not when the task ends.
             _ = send.stopped() => return Ok(Streamed::Sent),
+        };
+        match frame {
+            Some(refusal @ ClientResponse::Error { .. }) => return refuse(send, refusal).await,
+            Some(frame) => send_frame(send, &frame).await?,
+            None => return Ok(Streamed::Sent),
         }
     }
 }

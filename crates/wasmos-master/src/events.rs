@@ -50,6 +50,8 @@ pub struct EventFeed {
     query: EventQuery,
     changes: tokio::sync::watch::Receiver<u64>,
     done: bool,
+    /// When an empty frame is due if nothing else is sent before (see [`EVENT_HEARTBEAT`]).
+    heartbeat: tokio::time::Instant,
     /// A tenant's place among its follows (`--tenant-follows`), given back when dropped.
     _place: Option<Follow>,
 }
@@ -59,8 +61,11 @@ impl EventFeed {
     pub(crate) fn open(
         shared: Arc<Shared>,
         who: Identity,
-        query: EventQuery,
+        mut query: EventQuery,
     ) -> Result<EventFeed, ClientResponse> {
+        // Each topic once: the list is checked against every event read.
+        query.topics.sort();
+        query.topics.dedup();
         let place = match crate::policy::tenant(&who) {
             Some(tenant) if query.follow => {
                 let limit = shared.cfg.tenancy.tenant_follows;
@@ -78,6 +83,7 @@ impl EventFeed {
             query,
             changes,
             done: false,
+            heartbeat: tokio::time::Instant::now() + EVENT_HEARTBEAT,
             _place: place,
         })
     }
@@ -111,6 +117,7 @@ impl EventFeed {
             let end = !self.query.follow && !read.more;
             if !read.events.is_empty() || read.lost_until.is_some() || end {
                 self.done = end;
+                self.heartbeat = tokio::time::Instant::now() + EVENT_HEARTBEAT;
                 return Some(ClientResponse::Events {
                     events: read.events,
                     next: read.next,
@@ -128,7 +135,11 @@ impl EventFeed {
                         return Some(error(ErrorKind::Unavailable, "this master is stopping"));
                     }
                 }
-                _ = tokio::time::sleep(EVENT_HEARTBEAT) => {
+                // Due whatever else wakes this loop: entries this reader may not see must not
+                // keep it from hearing where the stream is, or its master from checking it
+                // still leads.
+                _ = tokio::time::sleep_until(self.heartbeat) => {
+                    self.heartbeat = tokio::time::Instant::now() + EVENT_HEARTBEAT;
                     if !self.query.stale && !self.shared.raft.is_leader() {
                         // A deposed leader cut off from the group applies nothing more:
                         // send the reader to the one that does.

@@ -472,6 +472,7 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo
                 done,
                 failed: of_group(&j.failures, &g.name),
                 lost: of_group(&j.losses, &g.name),
+                depends_on: g.depends_on.clone(),
             }
         })
         .collect();

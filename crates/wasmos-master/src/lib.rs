@@ -23,6 +23,7 @@ mod retention;
 mod revocation;
 mod scheduler;
 mod signing;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery, METRICS_CONTENT_TYPE};
+pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery, METRICS_CONTENT_TYPE, OutputFeed};
 pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -1,6 +1,7 @@
 //! The master's Prometheus metrics (`GET /metrics` on its HTTPS address, operators only): a
 //! few latencies measured as they happen (offer cycles, raft writes, task starts), and at each
-//! scrape what the replicated state, the offer cycle and raft say now (per-role allocation and
+//! scrape what raft says of this master and, on the leader only, what the replicated state and
+//! the offer cycle say of the cluster (per-role allocation and
 //! shares, tasks by state and reason, waiting tasks, per-agent resources, bytes stored per
 //! tenant, the raft group). Names follow Prometheus' conventions: base units (seconds, bytes,
 //! cores) in the name, counters ending in `_total`.
@@ -122,7 +123,10 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         &[],
         status.last_applied.unwrap_or(0) as f64,
     );
+    // The cluster's figures come from the leader alone: every master holds the same state, and
+    // a dashboard summing over masters would count each task once per master.
     if leads {
+        cluster_gauges(shared, &snap, &mut g);
         let last = status.last_log_index.unwrap_or(0);
         for m in &status.members {
             let id = m.id.to_string();
@@ -134,6 +138,33 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             );
         }
     }
+    let mut registry = Registry::default();
+    let m = &shared.metrics;
+    registry.register(
+        "wasmos_offer_cycle_seconds",
+        "How long one step of the offer cycle took (allocating, offering, launching)",
+        m.offer_cycle.clone(),
+    );
+    registry.register(
+        "wasmos_raft_write_seconds",
+        "From proposing a command to its result: batching, a majority's fsync, applying",
+        m.raft_write.clone(),
+    );
+    registry.register(
+        "wasmos_task_start_seconds",
+        "From a task's submission to its agent reporting it running",
+        m.task_start.clone(),
+    );
+    for (name, (help, family)) in g.0 {
+        registry.register(name, help, family);
+    }
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// What the replicated state, the offer cycle and the group say of the whole cluster.
+fn cluster_gauges(shared: &Shared, snap: &crate::offers::Snapshot, g: &mut Gauges) {
     let connected: std::collections::BTreeSet<_> = shared.agents().keys().cloned().collect();
     let tenants = shared.read(|s| {
         let used = s.used_by_agent();
@@ -332,27 +363,4 @@ pub(crate) async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             quota as f64,
         );
     }
-    let mut registry = Registry::default();
-    let m = &shared.metrics;
-    registry.register(
-        "wasmos_offer_cycle_seconds",
-        "How long one step of the offer cycle took (allocating, offering, launching)",
-        m.offer_cycle.clone(),
-    );
-    registry.register(
-        "wasmos_raft_write_seconds",
-        "From proposing a command to its result: batching, a majority's fsync, applying",
-        m.raft_write.clone(),
-    );
-    registry.register(
-        "wasmos_task_start_seconds",
-        "From a task's submission to its agent reporting it running",
-        m.task_start.clone(),
-    );
-    for (name, (help, family)) in g.0 {
-        registry.register(name, help, family);
-    }
-    let mut out = String::new();
-    prometheus_text::encode(&mut out, &registry)?;
-    Ok(out)
 }

@@ -121,6 +121,14 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A secret nobody can guess: 32 random bytes from the OS, in hex (the web UI proxy's login
+/// token). `None` only if the OS gives no randomness.
+pub fn random_token() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

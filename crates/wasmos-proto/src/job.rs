@@ -113,6 +113,9 @@ pub struct GroupProgress {
     /// Times a done task's kept outputs were lost with their agent, so it ran again.
     #[serde(default)]
     pub lost: u32,
+    /// The groups it reads from: the job's graph, for the web UI.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
 }
 
 /// What `job status` and `job list` show.

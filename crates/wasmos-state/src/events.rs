@@ -151,13 +151,19 @@ impl EventLog {
     /// the entry that brings them to `max` (so a reader resuming at `next` misses nothing and
     /// sees nothing twice).
     pub fn read(&self, from: u64, max: usize, keep: impl Fn(&Event) -> bool) -> EventRead {
-        let lost_until = (from < self.first).then_some(self.first);
+        // Index 0 is before any entry: asking from it asks for everything, lost or not.
+        let lost_until = (from.max(1) < self.first).then_some(self.first);
         let from = from.max(self.first);
         let start = self.events.partition_point(|e| e.index < from);
         let mut out = Vec::new();
         let mut next = self.next.max(from);
-        for e in self.events.range(start..) {
-            if out.len() >= max && out.last().is_some_and(|l: &Event| l.index != e.index) {
+        // Scanning stops after this many events whatever passes `keep`, so a reader whose
+        // filter lets little through does not walk the whole history in one read (readers
+        // hold the state's lock while they read).
+        let scan = max.saturating_mul(SCAN_FACTOR).max(max);
+        for (scanned, e) in self.events.range(start..).enumerate() {
+            let full = out.len() >= max || scanned >= scan;
+            if full && scanned > 0 && self.events[start + scanned - 1].index != e.index {
                 next = e.index;
                 break;
             }
@@ -173,6 +179,9 @@ impl EventLog {
         }
     }
 }
+
+/// How many events a read scans per event it may return (see [`EventLog::read`]).
+pub const SCAN_FACTOR: usize = 16;
 
 /// What a command will change, taken before it is applied (it is moved into `apply`), told
 /// once its result says it did.
@@ -243,9 +252,19 @@ impl ClusterState {
                     JobEvent::Failed { task, group, index } => {
                         progress(group, *index, "failed", Some(*task))
                     }
+                    // Only what the record counts: a task it no longer tracks, a slot not done.
+                    JobEvent::Stopped { task } if slot(task).0.is_empty() => return None,
                     JobEvent::Stopped { task } => {
                         let (group, index) = slot(task);
                         progress(&group, index, "stopped", Some(*task))
+                    }
+                    JobEvent::Lost { group, index }
+                        if !self
+                            .jobs
+                            .get(job)
+                            .is_some_and(|j| j.done.contains_key(&(group.clone(), *index))) =>
+                    {
+                        return None;
                     }
                     JobEvent::Lost { group, index } => progress(group, *index, "lost", None),
                     JobEvent::Scaled { group, count } => JobChange::Scaled {

@@ -2003,6 +2003,26 @@ fn the_event_log_resumes_without_gaps_or_repeats() {
     assert_eq!(r.lost_until, Some(12));
     assert!(r.events.iter().all(|e| e.index >= 13), "{:?}", r.events);
     assert_eq!(r.events.len(), 6);
+    // Asking from index 0 asks for everything: nothing is said lost if nothing was.
+    assert_eq!(EventLog::new(0, 8).read(0, 10, |_| true).lost_until, None);
+    // A filter that lets nothing through still moves on, a bounded scan at a time.
+    let mut wide = EventLog::new(0, 1000);
+    for i in 1..=200 {
+        wide.push(i, vec![event(0, i)]);
+    }
+    let r = wide.read(1, 2, |_| false);
+    assert_eq!((r.events.len(), r.next, r.more), (0, 33, true));
+    let mut from = 1;
+    let mut reads = 0;
+    loop {
+        let r = wide.read(from, 2, |e| e.index % 50 == 0);
+        reads += 1;
+        from = r.next;
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!((from, reads), (201, 7));
     // A snapshot installed: history restarts after it.
     log.reset(40);
     let r = log.read(14, 100, |_| true);

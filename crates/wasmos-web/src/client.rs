@@ -1,16 +1,40 @@
-//! The client API over HTTPS: every request of the CLI's channel as JSON (`POST
-//! /api/v1/client`), and the event stream (`GET /api/v1/events`) as JSON lines or server-sent
-//! events, for tools in any language and for the web UI.
+//! The client API over HTTP: every request of the CLI's channel as JSON (`POST
+//! /api/v1/client`), the event stream (`GET /api/v1/events`) as JSON lines or server-sent
+//! events, a task's output (`GET /api/v1/tasks/{id}/logs`), a blob (`GET /api/v1/blobs/{hash}`)
+//! and who the caller is (`GET /api/v1/whoami`), for tools in any language and for the web UI;
+//! on a master (mutual TLS) or on `wasmos ui`'s local proxy, through a [`Backend`].
+
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
 use wasmos_master::EventQuery;
 use wasmos_net::Identity;
-use wasmos_proto::{ClientRequest, ClientResponse, ErrorKind, Topic};
+use wasmos_proto::{
+    BundleHash, ClientRequest, ClientResponse, ErrorKind, OutputStream, TaskId, Topic,
+};
 
-use crate::{App, Peer, refuse};
+use crate::backend::Backend;
+use crate::{Peer, refuse};
+
+type Shared = State<Arc<dyn Backend>>;
+
+/// The client API's routes and the web UI, answered by `backend`.
+pub(crate) fn routes(backend: Arc<dyn Backend>) -> Router {
+    Router::new()
+        .route("/api/v1/client", post(call))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/tasks/{id}/logs", get(logs))
+        .route("/api/v1/blobs/{hash}", get(blob))
+        .route("/api/v1/whoami", get(whoami))
+        .merge(crate::ui::routes())
+        .with_state(backend)
+}
 
 /// The HTTP status of an answer: errors by their kind, a redirect to the leader as `421
 /// Misdirected Request` (its body names the leader), everything else `200`.
@@ -29,7 +53,7 @@ pub(crate) fn status_of(answer: &ClientResponse) -> StatusCode {
     }
 }
 
-fn json_answer(answer: &ClientResponse) -> Response {
+pub(crate) fn json_answer(answer: &ClientResponse) -> Response {
     match serde_json::to_vec(answer) {
         Ok(body) => (
             status_of(answer),
@@ -44,8 +68,8 @@ fn json_answer(answer: &ClientResponse) -> Response {
     }
 }
 
-pub(crate) async fn call(
-    State(app): State<App>,
+async fn call(
+    State(backend): Shared,
     Extension(who): Extension<Identity>,
     Extension(Peer(peer)): Extension<Peer>,
     body: axum::body::Bytes,
@@ -59,7 +83,7 @@ pub(crate) async fn call(
             );
         }
     };
-    json_answer(&app.api.call(&who, peer, req).await)
+    json_answer(&backend.call(&who, peer, req).await)
 }
 
 /// `GET /api/v1/events` parameters.
@@ -80,17 +104,20 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 pub(crate) fn parse_topics(types: Option<&str>) -> Result<Vec<Topic>, String> {
-    types
+    let mut topics = types
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::parse)
-        .collect()
+        .collect::<Result<Vec<Topic>, String>>()?;
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
 }
 
-pub(crate) async fn events(
-    State(app): State<App>,
+async fn events(
+    State(backend): Shared,
     Extension(who): Extension<Identity>,
     Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
@@ -119,18 +146,17 @@ pub(crate) async fn events(
         follow: flag(&params.follow),
         stale: flag(&params.stale),
     };
-    let feed = match app.api.events(&who, peer, query).await {
-        Ok(feed) => feed,
+    let frames = match backend.events(&who, peer, query).await {
+        Ok(frames) => frames,
         Err(refusal) => return json_answer(&refusal),
     };
-    let frames = futures::stream::unfold(feed, move |mut feed| async move {
-        let frame = feed.next().await?;
+    let frames = frames.map(move |frame| {
         let text = if sse {
             sse_frame(&frame)
         } else {
             ndjson(&frame)
         };
-        Some((Ok::<_, std::convert::Infallible>(text), feed))
+        Ok::<_, std::convert::Infallible>(text)
     });
     let kind = if sse {
         "text/event-stream"
@@ -195,22 +221,99 @@ fn sse_frame(frame: &ClientResponse) -> String {
     }
 }
 
-/// `GET /metrics`: operators only (`403` for tenants: metrics name every tenant and agent).
-pub(crate) async fn metrics(
-    State(app): State<App>,
+/// `GET /api/v1/tasks/{id}/logs[?follow=true]`: the task's output as JSON lines,
+/// `{"stream":"stdout","text":"..."}` each (bytes that are not UTF-8 replaced), then
+/// `{"end":true}` (not following) or `{"ended":{task record}}`, or `{"error":"..."}`.
+async fn logs(
+    State(backend): Shared,
     Extension(who): Extension<Identity>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(id): Path<String>,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    match app.api.metrics(&who).await {
-        Ok(text) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, wasmos_master::METRICS_CONTENT_TYPE)],
-            text,
-        )
-            .into_response(),
-        Err(ClientResponse::Error {
-            kind: ErrorKind::InvalidRequest,
-            message,
-        }) => refuse(StatusCode::FORBIDDEN, message),
-        Err(other) => json_answer(&other),
+    let Ok(task) = id.trim_start_matches("t-").parse::<u64>() else {
+        return refuse(StatusCode::BAD_REQUEST, format!("`{id}` is not a task id"));
+    };
+    let follow = params.is_ok_and(|Query(p)| flag(&p.follow));
+    let frames = match backend.logs(&who, peer, TaskId(task), follow).await {
+        Ok(frames) => frames,
+        Err(refusal) => return json_answer(&refusal),
+    };
+    let lines = frames.map(|frame| {
+        let line = match frame {
+            ClientResponse::Output { stream, data } => serde_json::json!({
+                "stream": match stream { OutputStream::Stdout => "stdout", OutputStream::Stderr => "stderr" },
+                "text": String::from_utf8_lossy(&data),
+            }),
+            ClientResponse::EndOfOutput => serde_json::json!({ "end": true }),
+            ClientResponse::TaskEnded(task) => serde_json::json!({ "ended": task }),
+            ClientResponse::Error { message, .. } => serde_json::json!({ "error": message }),
+            other => serde_json::json!({ "error": format!("unexpected frame {other:?}") }),
+        };
+        Ok::<_, std::convert::Infallible>(format!("{line}\n"))
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/blobs/{hash}[?name=file]`: a blob the caller may read, as a download.
+async fn blob(
+    State(backend): Shared,
+    Extension(who): Extension<Identity>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(hash): Path<String>,
+    params: Result<Query<BlobParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(hash) = BundleHash::parse(&hash) else {
+        return refuse(StatusCode::BAD_REQUEST, "not a blob hash (64 hex digits)");
+    };
+    match backend.blob(&who, peer, hash).await {
+        Ok(bytes) => {
+            // Only a plain file name goes into the header: the name comes from a task.
+            let name = params
+                .ok()
+                .and_then(|Query(p)| p.name)
+                .map(|n| n.rsplit('/').next().unwrap_or_default().to_string())
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                })
+                .unwrap_or_else(|| "blob".to_string());
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(refusal) => json_answer(&refusal),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BlobParams {
+    name: Option<String>,
+}
+
+/// `GET /api/v1/whoami`: the identity the API answers as, and whether it is an operator's.
+async fn whoami(Extension(who): Extension<Identity>) -> Response {
+    Json(serde_json::json!({
+        "identity": who.to_uri(),
+        "operator": matches!(who, Identity::Operator(_)),
+    }))
+    .into_response()
 }

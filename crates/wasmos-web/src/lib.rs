@@ -28,7 +28,13 @@ use wasmos_master::{Api, Frameworks, Master};
 use wasmos_net::{Credentials, HttpsAcceptor, Identity};
 use wasmos_proto::{FrameworkCall, FrameworkEvent, FrameworkId};
 
+mod backend;
 mod client;
+mod proxy;
+mod ui;
+
+pub use backend::{Backend, Frames, MasterBackend};
+pub use proxy::{UiProxy, serve_ui_proxy};
 
 /// The header naming a subscription's stream on later calls.
 pub const STREAM_HEADER: &str = "Wasmos-Stream-Id";
@@ -44,6 +50,10 @@ pub enum WebError {
     },
     #[error(transparent)]
     Net(#[from] wasmos_net::NetError),
+    #[error("the UI proxy serves only on a loopback address, not {0}: it acts as your identity")]
+    NotLoopback(SocketAddr),
+    #[error("no randomness from the OS for the UI proxy's login token")]
+    NoRandomness,
 }
 
 /// Open subscriptions by stream id: which framework, whose, and the session's connection id.
@@ -66,6 +76,23 @@ struct App {
     frameworks: Frameworks,
     api: Api,
     streams: Streams,
+}
+
+/// `GET /metrics`: operators only (`403` for tenants: metrics name every tenant and agent).
+async fn metrics(State(app): State<App>, Extension(who): Extension<Identity>) -> Response {
+    match app.api.metrics(&who).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, wasmos_master::METRICS_CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(wasmos_proto::ClientResponse::Error {
+            kind: wasmos_proto::ErrorKind::InvalidRequest,
+            message,
+        }) => refuse(StatusCode::FORBIDDEN, message),
+        Err(other) => client::json_answer(&other),
+    }
 }
 
 /// A running HTTPS listener.
@@ -102,13 +129,13 @@ pub async fn serve(
         api: master.api(),
         streams: Streams::default(),
     };
+    let backend: Arc<dyn Backend> = Arc::new(MasterBackend(master.api()));
     let router = Router::new()
         .route("/api/v1/scheduler", post(scheduler))
-        .route("/api/v1/client", post(client::call))
-        .route("/api/v1/events", get(client::events))
-        .route("/metrics", get(client::metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(app);
+        .route("/metrics", get(metrics))
+        .with_state(app)
+        .merge(client::routes(backend))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let refusals = Arc::new(wasmos_net::Refusals::default());
     let task = tokio::spawn(async move {
         loop {

@@ -24,6 +24,7 @@ mod run;
 mod signing;
 mod sim;
 mod task;
+mod ui;
 mod winsvc;
 
 use std::path::PathBuf;
@@ -110,6 +111,9 @@ enum Cmd {
     /// The cluster's events as you may see them: tasks, agents, jobs, frameworks and roles
     /// changing (`-f` to follow, `--type task,job`, `--index N` to resume, `-o json`).
     Events(events::EventsArgs),
+    /// The web UI in your browser: serves it on 127.0.0.1 as your identity (like `kubectl
+    /// proxy`) and prints the address to open, which logs the browser in.
+    Ui(ui::UiArgs),
     /// The master group: `wasmos cluster status` shows members, leader, term and log indexes.
     Cluster {
         #[command(subcommand)]
@@ -280,6 +284,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::SigningKey { cmd } => signing::run(target, cmd).await,
         Cmd::Audit(args) => audit::run(target, args).await,
         Cmd::Events(args) => events::run(target, args).await,
+        Cmd::Ui(args) => ui::run(target, args).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,
         Cmd::Blob { cmd } => bundle::blob(target, cmd).await,
