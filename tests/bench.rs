@@ -990,9 +990,16 @@ async fn launch_rate(c: &DevCluster, spec: &TaskSpec, n: usize) -> f64 {
     let mut ended = std::collections::BTreeSet::new();
     let watching = client.events(Some(from), vec![wasmos_proto::Topic::Task], true, |frame| {
         for e in frame.events {
-            if let wasmos_proto::Change::Task { id, state, .. } = e.change
+            if let wasmos_proto::Change::Task {
+                id, state, message, ..
+            } = e.change
                 && state.is_terminal()
             {
+                assert_eq!(
+                    state,
+                    wasmos_proto::TaskState::Finished,
+                    "task {id}: {message:?}"
+                );
                 ended.insert(id);
             }
         }
@@ -1017,36 +1024,35 @@ async fn viewer(creds: Credentials, master: std::net::SocketAddr) {
         Ok(ClientResponse::Cluster(info)) => info.last_applied.unwrap_or(0) + 1,
         other => panic!("no cluster status: {other:?}"),
     };
-    let dirty = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (c2, d2) = (client.clone(), dirty.clone());
-    let follow = tokio::spawn(async move {
-        let _ = c2
-            .events(Some(from), Vec::new(), true, |frame| {
-                if !frame.events.is_empty() {
-                    d2.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                true
-            })
-            .await;
+    let dirty = std::sync::atomic::AtomicBool::new(false);
+    // One future for both halves: aborting the viewer ends its stream too.
+    let follow = client.events(Some(from), Vec::new(), true, |frame| {
+        if !frame.events.is_empty() {
+            dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        true
     });
-    let mut tick = 0u32;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        tick += 1;
-        if dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            let filter = wasmos_proto::TaskFilter {
-                states: Vec::new(),
-                after: None,
-                limit: Some(50),
-            };
-            let _ = client.request(ClientRequest::ListTasks { filter }).await;
+    let refresh = async {
+        let mut tick = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            tick += 1;
+            if dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                let filter = wasmos_proto::TaskFilter {
+                    states: Vec::new(),
+                    after: None,
+                    limit: Some(50),
+                };
+                let _ = client.request(ClientRequest::ListTasks { filter }).await;
+            }
+            if tick.is_multiple_of(20) {
+                let _ = client.request(ClientRequest::ClusterStatus).await;
+            }
         }
-        if tick.is_multiple_of(20) {
-            let _ = client.request(ClientRequest::ClusterStatus).await;
-        }
-        if follow.is_finished() {
-            return;
-        }
+    };
+    tokio::select! {
+        _ = follow => {}
+        () = refresh => {}
     }
 }
 

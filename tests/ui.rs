@@ -61,7 +61,7 @@ fn ui_proxy(config: &Path) -> (Killed, String) {
         .read_line(&mut line)
         .unwrap();
     assert!(
-        line.starts_with("http://127.0.0.1:"),
+        line.starts_with("http://wasmos-"),
         "wasmos ui printed {line:?}"
     );
     (Killed(child), line.trim().to_string())
@@ -339,34 +339,6 @@ fn the_web_ui_shows_the_cluster_live_and_only_what_the_viewer_may_see() {
         !anon.contains("agent-1") && !anon.contains("Tasks"),
         "{anon}"
     );
-    // With the right cookie but another host name (DNS rebinding) or another site's
-    // origin, still nothing.
-    let token = op_login.split("token=").nth(1).unwrap().to_string();
-    let port = base.rsplit(':').next().unwrap().to_string();
-    let raw = |host: &str, origin: Option<&str>| -> String {
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
-        let origin = origin
-            .map(|o| format!("Origin: {o}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "POST /api/v1/client HTTP/1.1\r\nHost: {host}\r\n{origin}Cookie: wasmos_ui={token}\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: close\r\n\r\n\"ListAgents\""
-        )
-        .unwrap();
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        resp
-    };
-    let rebound = raw(&format!("evil.example:{port}"), None);
-    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
-    let cross = raw(&format!("127.0.0.1:{port}"), Some("http://evil.example"));
-    assert!(cross.starts_with("HTTP/1.1 403"), "{cross}");
-    let fine = raw(&format!("127.0.0.1:{port}"), None);
-    assert!(
-        fine.starts_with("HTTP/1.1 200") && fine.contains("agent-1"),
-        "{fine}"
-    );
     b.goto(&format!("{base}/ui/?token=guess"));
     assert!(b.body_text().contains("not this proxy's"));
     let cfg = std::fs::read_to_string(&op).unwrap();
@@ -387,6 +359,57 @@ fn the_web_ui_shows_the_cluster_live_and_only_what_the_viewer_may_see() {
     // The operator: every page, without a console error.
     b.goto(&op_login);
     b.wait_text("Masters", Duration::from_secs(10));
+    // With the right cookie but another host name (DNS rebinding) or another site's
+    // origin, still nothing.
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let host = base.trim_start_matches("http://").to_string();
+    let cookies = b.cmd("GET", "cookie", None).unwrap();
+    let cookie = cookies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == format!("wasmos_ui_{port}"))
+        .map(|c| {
+            format!(
+                "{}={}",
+                c["name"].as_str().unwrap(),
+                c["value"].as_str().unwrap()
+            )
+        })
+        .expect("the login set the session cookie");
+    let raw = |host: &str, origin: Option<&str>| -> String {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST /api/v1/client HTTP/1.1\r\nHost: {host}\r\n{origin}Cookie: {cookie}\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: close\r\n\r\n\"ListAgents\""
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    let rebound = raw(&format!("evil.example:{port}"), None);
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    let loopback = raw(&format!("127.0.0.1:{port}"), None);
+    assert!(loopback.starts_with("HTTP/1.1 403"), "{loopback}");
+    let cross = raw(&host, Some("http://evil.example"));
+    assert!(cross.starts_with("HTTP/1.1 403"), "{cross}");
+    let fine = raw(&host, None);
+    assert!(
+        fine.starts_with("HTTP/1.1 200") && fine.contains("agent-1"),
+        "{fine}"
+    );
+    // The token was good for one login.
+    b.goto(&op_login);
+    assert!(b.body_text().contains("used already"), "{}", b.body_text());
+    b.console_errors(); // That refusal is the one console error expected.
+    b.goto(&format!("{base}/ui/"));
+    b.wait_text("Masters", Duration::from_secs(10));
+
     // Logged in, the token is gone from the address bar.
     assert!(!b.url().contains("token="), "{}", b.url());
     b.shot("cluster");

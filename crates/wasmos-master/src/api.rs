@@ -14,6 +14,25 @@ use crate::client::{Prepared, answer_prepared, prepare};
 pub use crate::events::{EVENT_HEARTBEAT, EventFeed, EventQuery};
 pub use crate::watch::OutputFeed;
 
+/// A streamed answer, frame by frame: the event stream and a task's output alike, so each
+/// front end sends both the same way.
+pub trait Feed: Send + 'static {
+    /// The next frame; `None` after the last.
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<ClientResponse>> + Send;
+}
+
+impl Feed for EventFeed {
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<ClientResponse>> + Send {
+        self.next()
+    }
+}
+
+impl Feed for OutputFeed {
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<ClientResponse>> + Send {
+        self.next()
+    }
+}
+
 /// A handle on the master for other front ends; cheap to clone.
 #[derive(Clone)]
 pub struct Api {

@@ -947,17 +947,26 @@ async fn stream_events(
     query: crate::events::EventQuery,
     send: &mut SendStream,
 ) -> Result<Streamed, FrameError> {
-    let mut feed = match crate::events::EventFeed::open(shared.clone(), who.clone(), query) {
-        Ok(feed) => feed,
-        Err(refusal) => return refuse(send, refusal).await,
-    };
+    match crate::events::EventFeed::open(shared.clone(), who.clone(), query) {
+        Ok(feed) => send_feed(feed, send).await,
+        Err(refusal) => refuse(send, refusal).await,
+    }
+}
+
+/// Sends a feed's frames until its last, an error (a refusal, recorded as such), or until the
+/// reader goes away (stopped the stream, or its connection is gone): its place among the
+/// tenant's follows is given back then, not when the task ends or the stream would.
+async fn send_feed(
+    mut feed: impl crate::api::Feed,
+    send: &mut SendStream,
+) -> Result<Streamed, FrameError> {
     loop {
         let frame = tokio::select! {
-            frame = feed.next() => frame,
-            // The reader went away: its place among the tenant's follows is given back now.
+            frame = feed.next_frame() => frame,
             _ = send.stopped() => return Ok(Streamed::Sent),
         };
         match frame {
+            Some(refusal @ ClientResponse::Error { .. }) => return refuse(send, refusal).await,
             Some(frame) => send_frame(send, &frame).await?,
             None => return Ok(Streamed::Sent),
         }
@@ -1058,8 +1067,7 @@ async fn push_bundle(
     }
 }
 
-/// Streams a task's output (see [`crate::watch::OutputFeed`]) until its last frame or until
-/// the reader goes away.
+/// Streams a task's output (see [`crate::watch::OutputFeed`]).
 async fn watch(
     shared: &Arc<Shared>,
     who: &Identity,
@@ -1067,21 +1075,8 @@ async fn watch(
     follow: bool,
     send: &mut SendStream,
 ) -> Result<Streamed, FrameError> {
-    let mut feed = match crate::watch::OutputFeed::open(shared.clone(), who, id, follow) {
-        Ok(feed) => feed,
-        Err(refusal) => return refuse(send, refusal).await,
-    };
-    loop {
-        let frame = tokio::select! {
-            frame = feed.next() => frame,
-            // The reader went away (stopped the stream, or its connection is gone): its place
-            // among the tenant's follows is given back now, not when the task ends.
-            _ = send.stopped() => return Ok(Streamed::Sent),
-        };
-        match frame {
-            Some(refusal @ ClientResponse::Error { .. }) => return refuse(send, refusal).await,
-            Some(frame) => send_frame(send, &frame).await?,
-            None => return Ok(Streamed::Sent),
-        }
+    match crate::watch::OutputFeed::open(shared.clone(), who, id, follow) {
+        Ok(feed) => send_feed(feed, send).await,
+        Err(refusal) => refuse(send, refusal).await,
     }
 }

@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api::{Api, EVENT_HEARTBEAT, EventFeed, EventQuery, METRICS_CONTENT_TYPE, OutputFeed};
+pub use api::{
+    Api, EVENT_HEARTBEAT, EventFeed, EventQuery, Feed, METRICS_CONTENT_TYPE, OutputFeed,
+};
 pub use frameworks::{FrameworkSession, Frameworks};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use wasmos_master::{Api, EventQuery};
+use wasmos_master::{Api, EventQuery, Feed};
 use wasmos_net::Identity;
 use wasmos_proto::{BundleHash, ClientRequest, ClientResponse, TaskId};
 
@@ -47,6 +47,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<u8>, ClientResponse>>;
 }
 
+/// A feed's frames as a stream.
+fn frames(feed: impl Feed) -> Frames {
+    Box::pin(futures::stream::unfold(feed, |mut feed| async move {
+        let frame = feed.next_frame().await?;
+        Some((frame, feed))
+    }))
+}
+
 /// A master answering for itself.
 #[derive(Clone)]
 pub struct MasterBackend(pub Api);
@@ -69,14 +77,7 @@ impl Backend for MasterBackend {
         query: EventQuery,
     ) -> BoxFuture<'static, Result<Frames, ClientResponse>> {
         let (api, who) = (self.0.clone(), who.clone());
-        Box::pin(async move {
-            let feed = api.events(&who, peer, query).await?;
-            let frames = futures::stream::unfold(feed, |mut feed| async move {
-                let frame = feed.next().await?;
-                Some((frame, feed))
-            });
-            Ok(Box::pin(frames) as Frames)
-        })
+        Box::pin(async move { Ok(frames(api.events(&who, peer, query).await?)) })
     }
 
     fn logs(
@@ -87,14 +88,7 @@ impl Backend for MasterBackend {
         follow: bool,
     ) -> BoxFuture<'static, Result<Frames, ClientResponse>> {
         let (api, who) = (self.0.clone(), who.clone());
-        Box::pin(async move {
-            let feed = api.logs(&who, peer, task, follow).await?;
-            let frames = futures::stream::unfold(feed, |mut feed| async move {
-                let frame = feed.next().await?;
-                Some((frame, feed))
-            });
-            Ok(Box::pin(frames) as Frames)
-        })
+        Box::pin(async move { Ok(frames(api.logs(&who, peer, task, follow).await?)) })
     }
 
     fn blob(

@@ -30,6 +30,7 @@ use wasmos_proto::{FrameworkCall, FrameworkEvent, FrameworkId};
 
 mod backend;
 mod client;
+mod guard;
 mod proxy;
 mod ui;
 
@@ -118,12 +119,7 @@ pub async fn serve(
     addr: SocketAddr,
 ) -> Result<WebServer, WebError> {
     let acceptor = HttpsAcceptor::new(creds)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| WebError::Bind { addr, source })?;
+    let (listener, bound) = bind(addr).await?;
     let app = App {
         frameworks: master.frameworks(),
         api: master.api(),
@@ -135,6 +131,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(app)
         .merge(client::routes(backend))
+        .layer(axum::middleware::from_fn(guard::browser_guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     let refusals = Arc::new(wasmos_net::Refusals::default());
     let task = tokio::spawn(async move {
@@ -187,6 +184,19 @@ pub async fn serve(
         }
     });
     Ok(WebServer { addr: bound, task })
+}
+
+/// A TCP listener on `addr`, and the address it got (a port 0 chosen).
+pub(crate) async fn bind(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), WebError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WebError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 /// The TCP address an HTTPS request came from, for the audit log.
@@ -328,12 +338,7 @@ pub type RenderMetrics = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// agent's metrics (`wasmos agent --metrics-listen`). Agents hold only client certificates, so
 /// there is no TLS here: bind it to loopback or a network only Prometheus reaches.
 pub async fn serve_metrics(addr: SocketAddr, render: RenderMetrics) -> Result<WebServer, WebError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| WebError::Bind { addr, source })?;
+    let (listener, bound) = bind(addr).await?;
     let router = Router::new().route(
         "/metrics",
         get(move || {

@@ -83,7 +83,7 @@ function ago(ms) {
 }
 const taskName = (id) => `t-${id}`;
 function stateCell(state) {
-  const name = typeof state === "string" ? state : Object.keys(state)[0];
+  const name = typeof state === "string" ? state : (Object.keys(state || {})[0] || "unknown");
   return h("span", { class: `state ${name.toLowerCase()}` }, name.toLowerCase());
 }
 function jobState(state) {
@@ -291,6 +291,8 @@ async function viewTask(id) {
           const msg = JSON.parse(line);
           if (msg.text !== undefined) {
             logBox.append(h("span", { class: msg.stream === "stderr" ? "stderr" : "" }, msg.text));
+            // The tail, not the whole output: a chatty task must not fill the browser.
+            while (logBox.childNodes.length > 5000) logBox.firstChild.remove();
             logBox.scrollTop = logBox.scrollHeight;
           } else if (msg.ended) {
             ended = true;
@@ -310,6 +312,7 @@ async function viewTask(id) {
 }
 
 function dag(groups) {
+  if (!groups.length) return h("p", { class: "muted" }, "No groups.");
   // Layers by longest path from a group with no dependencies.
   const depth = {};
   const byName = Object.fromEntries(groups.map((g) => [g.name, g]));
@@ -360,7 +363,9 @@ async function viewJobs() {
 }
 
 async function viewJob(id) {
-  const { Jobs: [j] } = await api({ GetJob: { id } });
+  const { Jobs: jobs } = await api({ GetJob: { id } });
+  const j = jobs && jobs[0];
+  if (!j) throw new ApiError(`no job job-${id}`);
   main.replaceChildren(
     h("h1", {}, `Job job-${j.id}: ${j.name} `, jobState(j.state)),
     h("h2", {}, "Graph"),

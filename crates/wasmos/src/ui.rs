@@ -64,7 +64,23 @@ impl Backend for Proxy {
         req: ClientRequest,
     ) -> BoxFuture<'static, ClientResponse> {
         let client = self.0.clone();
-        Box::pin(async move { client.request(req).await.unwrap_or_else(answer_of) })
+        Box::pin(async move {
+            // One answer each: the streamed requests have routes of their own, as on a master.
+            if matches!(
+                req,
+                ClientRequest::WatchTask { .. }
+                    | ClientRequest::WatchEvents { .. }
+                    | ClientRequest::PushBundle { .. }
+                    | ClientRequest::GetBlob { .. }
+                    | ClientRequest::Stale(_)
+            ) {
+                return ClientResponse::Error {
+                    kind: ErrorKind::InvalidRequest,
+                    message: "a streamed request: use its own endpoint".to_string(),
+                };
+            }
+            client.request(req).await.unwrap_or_else(answer_of)
+        })
     }
 
     fn events(
