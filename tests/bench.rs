@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use wasmos_client::{Client, ConnectOptions};
 use wasmos_net::Credentials;
 use wasmos_proto::{ClientRequest, ClientResponse, TaskSpec};
-use wasmos_tests::{DevCluster, rss_kib, sample, text, wasmos_bin, wasmos_cmd};
+use wasmos_tests::{DevCluster, KillOnDrop, rss_kib, sample, text, wasmos_bin, wasmos_cmd};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -222,16 +222,7 @@ fn audit_overhead_on_submissions() {
 }
 
 /// A daemon (`wasmos master` or `wasmos agent`) that is killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn daemon(args: &[&str], log: &Path) -> Daemon {
+fn daemon(args: &[&str], log: &Path) -> KillOnDrop {
     let child = Command::new(wasmos_bin())
         .args(args)
         .env("RUST_LOG", "warn")
@@ -240,7 +231,7 @@ fn daemon(args: &[&str], log: &Path) -> Daemon {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    Daemon(child)
+    KillOnDrop(child)
 }
 
 /// Submits `n` copies of `spec` over `clients` connections (as many clients would), each with
@@ -347,7 +338,7 @@ fn agent_density() {
         ],
         &dir.join("master.log"),
     );
-    let daemons: Vec<Daemon> = (1..=agents)
+    let daemons: Vec<KillOnDrop> = (1..=agents)
         .map(|i| {
             daemon(
                 &[
@@ -1058,7 +1049,7 @@ async fn viewer(creds: Credentials, master: std::net::SocketAddr) {
 
 /// Scrapes the master's `/metrics` every `every` with the operator's certificate, as
 /// Prometheus would (one kept-alive HTTPS connection), until killed.
-fn scraper(c: &DevCluster, every: Duration) -> Daemon {
+fn scraper(c: &DevCluster, every: Duration) -> KillOnDrop {
     let script = format!(
         "{}{}",
         wasmos_tests::PYTHON_HTTPS_CLIENT,
@@ -1082,7 +1073,7 @@ while True:
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Daemon(child)
+    KillOnDrop(child)
 }
 
 /// The launch path under observation: no-op tasks run to their end with nothing watching,

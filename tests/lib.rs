@@ -492,6 +492,45 @@ impl DevCluster {
     }
 }
 
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `tool --version` runs. Without it the test says it is skipped and passes, unless
+/// the environment variable `switch` is `required` (as `.ci/run` sets it after installing
+/// `package`), when it fails.
+pub fn tool_present(tool: &str, switch: &str, package: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert_ne!(
+            std::env::var(switch).as_deref(),
+            Ok("required"),
+            "{switch}=required but `{tool}` is missing (apt-get install {package})"
+        );
+        eprintln!("skipped: `{tool}` is missing (Debian's {package} has it)");
+    }
+    found
+}
+
+/// A free TCP port on loopback, released again for whoever binds it next.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on loopback: {e}"))
+}
+
 /// A process whose stderr is collected, killed when dropped.
 pub struct Logged {
     child: Child,

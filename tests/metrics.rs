@@ -15,24 +15,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use wasmos_tests::{DevCluster, Logged, PYTHON_HTTPS_CLIENT, eventually, ok, sample, text};
+use wasmos_tests::{
+    DevCluster, Logged, PYTHON_HTTPS_CLIENT, eventually, free_tcp_port, ok, sample, text,
+    tool_present,
+};
 
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert_ne!(
-            std::env::var("WASMOS_PROMETHEUS").as_deref(),
-            Ok("required"),
-            "WASMOS_PROMETHEUS=required but `{tool}` is missing (apt-get install prometheus)"
-        );
-        eprintln!("skipped: `{tool}` is missing (Debian's `prometheus` package has it)");
-    }
-    found
+    tool_present(tool, "WASMOS_PROMETHEUS", "prometheus")
 }
 
 /// `GET path` on the master's HTTPS address as `config`'s identity: status and body.
@@ -99,14 +88,6 @@ fn sample_value(metrics: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -200,7 +181,7 @@ fn prometheus_scrapes_the_masters_and_agents_metrics() {
         .unwrap()
         .trim_matches('"')
         .to_string();
-    let port = free_port();
+    let port = free_tcp_port();
     let config = format!(
         r#"
 global:

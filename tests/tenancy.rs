@@ -293,6 +293,8 @@ for line in events:
         ("operator shows", &u.op, &["task", "show", &id], Ok(())),
         ("bob shows", &u.bob, &["task", "show", &id], Err("unknown")),
         ("bob logs", &u.bob, &["logs", &id], Err("unknown")),
+        ("alice usage", &u.alice, &["task", "usage", &id], Ok(())),
+        ("bob usage", &u.bob, &["task", "usage", &id], Err("unknown")),
         ("bob kills", &u.bob, &["task", "kill", &id], Err("unknown")),
         (
             "carol kills",
@@ -325,6 +327,70 @@ for line in events:
             Err(says) => assert_clean_error(&out, says),
         }
     }
+    // Its usage over time comes with the heartbeats, for those who may see it.
+    let usage =
+        |config: &Path| json_of(&wasmos_with(config, &["task", "usage", &id, "-o", "json"]));
+    assert!(
+        wasmos_tests::eventually(Duration::from_secs(20), || {
+            usage(&u.alice).as_array().is_some_and(|s| {
+                s.len() >= 2 && s.iter().all(|x| x["mem_bytes"].as_u64() > Some(0))
+            })
+        }),
+        "{}",
+        usage(&u.alice)
+    );
+    assert_eq!(usage(&u.op).as_array().map(|s| s.is_empty()), Some(false));
+    // Over HTTPS, bob's reads of alice's output file, task output and usage read exactly as
+    // those of a hash or task nobody has; alice's own succeed.
+    let probe = format!(
+        "{}{}",
+        wasmos_tests::PYTHON_HTTPS_CLIENT,
+        r#"
+def get(path):
+    c = connect()
+    c.request("GET", path)
+    r = c.getresponse()
+    print(r.status, r.read().decode()[:200].replace("\n", " "))
+def post(body):
+    c = connect()
+    c.request("POST", "/api/v1/client", json.dumps(body))
+    r = c.getresponse()
+    print(r.status, r.read().decode()[:200])
+blob, task = sys.argv[2], int(sys.argv[3])
+get(f"/api/v1/blobs/{blob}")
+get(f"/api/v1/tasks/{task}/logs")
+post({"TaskUsage": {"id": task}})
+"#
+    );
+    let https = |config: &Path, blob: &str, task: &str| -> Vec<String> {
+        let out = std::process::Command::new("python3")
+            .args(["-c", &probe])
+            .arg(config)
+            .args([blob, task.trim_start_matches("t-")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.replace(blob, "HASH").replace(task, "TASK"))
+            .collect()
+    };
+    let tried = https(&u.bob, &output, &id);
+    let control = https(&u.bob, &nowhere, unknown);
+    assert_eq!(tried.len(), 3, "{tried:?}");
+    assert_eq!(tried, control, "bob over HTTPS tells alice's from nobody's");
+    assert!(tried.iter().all(|l| l.starts_with("404 ")), "{tried:?}");
+    let own = https(&u.alice, &output, &id);
+    assert!(
+        own[0].starts_with("200 ") && own[0].contains("secret"),
+        "{own:?}"
+    );
+    assert!(own[1].starts_with("200 "), "{own:?}");
+    assert!(
+        own[2].starts_with("200 ") && own[2].contains("mem_bytes"),
+        "{own:?}"
+    );
+
     // Listings: bob's is empty of acme's work; nothing prints the secret, in any format.
     let bobs = json_of(&wasmos_with(&u.bob, &["task", "list", "-o", "json"]));
     assert!(bobs.as_array().unwrap().is_empty(), "{bobs}");

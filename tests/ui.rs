@@ -12,45 +12,23 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasmos_tests::{DevCluster, ok, sample, text, wasmos_cmd};
+use wasmos_tests::{
+    DevCluster, KillOnDrop, free_tcp_port, ok, sample, text, tool_present, wasmos_cmd,
+};
 
 const ALICE: &str = "wasmos://tenant/acme/alice";
 const BOB: &str = "wasmos://tenant/evil/bob";
 
 fn found(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert_ne!(
-            std::env::var("WASMOS_BROWSER").as_deref(),
-            Ok("required"),
-            "WASMOS_BROWSER=required but `{tool}` is missing (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipped: `{tool}` is missing (Debian's chromium and chromium-driver)");
-    }
-    ok
-}
-
-/// A child killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    tool_present(tool, "WASMOS_BROWSER", "chromium chromium-driver")
 }
 
 /// `wasmos ui` as `config`'s identity: the process and the login address it printed.
-fn ui_proxy(config: &Path) -> (Killed, String) {
+fn ui_proxy(config: &Path) -> (KillOnDrop, String) {
     let mut child = wasmos_cmd(config, &["ui"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -64,15 +42,7 @@ fn ui_proxy(config: &Path) -> (Killed, String) {
         line.starts_with("http://wasmos-"),
         "wasmos ui printed {line:?}"
     );
-    (Killed(child), line.trim().to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    (KillOnDrop(child), line.trim().to_string())
 }
 
 /// One HTTP request to chromedriver: its JSON answer's `value`, or its error message.
@@ -119,14 +89,14 @@ struct Browser {
     port: u16,
     session: String,
     shots: PathBuf,
-    _driver: Killed,
+    _driver: KillOnDrop,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
     fn start() -> Browser {
-        let port = free_port();
-        let driver_proc = Killed(
+        let port = free_tcp_port();
+        let driver_proc = KillOnDrop(
             Command::new("chromedriver")
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
@@ -415,6 +385,8 @@ fn the_web_ui_shows_the_cluster_live_and_only_what_the_viewer_may_see() {
     b.shot("cluster");
     let body = b.view("#/agents", "Agents");
     assert!(body.contains("agent-1"), "{body}");
+    let os = format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH);
+    assert!(body.contains(&os), "{body}");
     b.shot("agents");
     let body = b.view("#/roles", "Roles");
     assert!(body.contains("acme"), "{body}");
@@ -430,6 +402,10 @@ fn the_web_ui_shows_the_cluster_live_and_only_what_the_viewer_may_see() {
     b.shot("job");
     let body = b.view("#/frameworks", "Frameworks");
     assert!(body.contains("wasmos-run"), "{body}");
+    assert!(
+        body.to_lowercase().contains("outstanding offers") && body.contains("yes"),
+        "the built-in frameworks are subscribed: {body}"
+    );
     b.shot("frameworks");
     let body = b.view("#/audit", "Audit log");
     assert!(body.contains("set-role"), "{body}");
@@ -456,6 +432,20 @@ fn the_web_ui_shows_the_cluster_live_and_only_what_the_viewer_may_see() {
     let log = b.exec("return document.getElementById('log').textContent");
     assert!(!log.as_str().unwrap().contains("spinning"), "{log}");
     b.wait_text("spinning", Duration::from_secs(10));
+    // CPU and memory over time: drawn from the heartbeats while it runs, the page
+    // refreshing itself; spinning, it uses all its CPU share lets it (500m).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let busy = "const p = document.querySelectorAll('#usage polyline'); \
+        const now = [...document.querySelectorAll('dt')].find((d) => d.textContent === 'using now'); \
+        return p.length === 2 && !!now && parseFloat(now.nextSibling.textContent) > 0.2 ? now.nextSibling.textContent : null";
+    while b.exec(busy).is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "no usage drawn: {}",
+            b.body_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     b.shot("task");
     b.click("button.danger");
     b.wait_text("killed", Duration::from_secs(15));

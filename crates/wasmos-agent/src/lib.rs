@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, watch};
 use wasmos_exec::{Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskUsage};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
-    AgentToMaster, BundleHash, InputSource, MasterToAgent, OutputFile, OutputPolicy, OutputStream,
-    Reason, Resources, StatusUpdate, TaskId, TaskSpec, TaskState, TaskStatus, alpn,
+    AgentToMaster, BundleHash, InputSource, MAX_TASK_SAMPLES, MasterToAgent, OutputFile,
+    OutputPolicy, OutputStream, Reason, Resources, StatusUpdate, TaskId, TaskSample, TaskSpec,
+    TaskState, TaskStatus, alpn,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,9 @@ struct Inner {
     tasks: BTreeMap<TaskId, watch::Sender<bool>>,
     /// Why the master killed a task, when it said (preempted, its framework removed).
     kill_reasons: BTreeMap<TaskId, Reason>,
-    /// What each running guaranteed or burstable task uses, for the usage reports.
-    usage: BTreeMap<TaskId, Arc<TaskUsage>>,
+    /// What each running task uses, for the usage reports, and whether it counts toward what
+    /// the agent lends to best-effort tasks (guaranteed and burstable ones do).
+    usage: BTreeMap<TaskId, (Arc<TaskUsage>, bool)>,
     /// The current session's outgoing queue, if connected.
     link: Option<mpsc::UnboundedSender<AgentToMaster>>,
     /// Per task: bytes of output in that queue (see [`TASK_OUTPUT_BACKLOG`]).
@@ -665,8 +667,12 @@ async fn read_loop(
                     let mut meter = UsageMeter::default();
                     loop {
                         tokio::time::sleep(every).await;
-                        let usage = Some(meter.sample(&agent.inner().usage));
-                        if tx.send(AgentToMaster::Heartbeat { usage }).is_err() {
+                        let (usage, tasks) = meter.sample(&agent.inner().usage);
+                        let beat = AgentToMaster::Heartbeat {
+                            usage: Some(usage),
+                            tasks,
+                        };
+                        if tx.send(beat).is_err() {
                             break;
                         }
                     }
@@ -729,7 +735,7 @@ async fn read_loop(
     result
 }
 
-/// Turns the running tasks' CPU counters into a rate between two heartbeats.
+/// Turns the running tasks' CPU counters into rates between two heartbeats.
 #[derive(Default)]
 struct UsageMeter {
     last: Option<std::time::Instant>,
@@ -737,28 +743,43 @@ struct UsageMeter {
 }
 
 impl UsageMeter {
-    fn sample(&mut self, tasks: &BTreeMap<TaskId, Arc<TaskUsage>>) -> Resources {
+    /// What the tasks that count toward lending use together, and each task's own usage.
+    fn sample(
+        &mut self,
+        tasks: &BTreeMap<TaskId, (Arc<TaskUsage>, bool)>,
+    ) -> (Resources, Vec<TaskSample>) {
         let now = std::time::Instant::now();
         let elapsed_ns = self
             .last
             .map_or(0, |l| now.duration_since(l).as_nanos() as u64);
         self.last = Some(now);
-        let mut spent_ns = 0u64;
-        let mut mem = 0u64;
-        let mut seen = BTreeMap::new();
-        for (task, u) in tasks {
-            let cpu = u.cpu_ns();
-            let before = self.cpu_ns.get(task).copied().unwrap_or(0);
-            spent_ns = spent_ns.saturating_add(cpu.saturating_sub(before));
-            mem = mem.saturating_add(u.mem_bytes());
-            seen.insert(*task, cpu);
-        }
-        self.cpu_ns = seen;
-        let cpu_millis = match elapsed_ns {
+        let rate = |spent_ns: u64| match elapsed_ns {
             0 => 0,
             e => (u128::from(spent_ns) * 1000 / u128::from(e)) as u64,
         };
-        Resources::new(cpu_millis, mem, 0)
+        let mut spent_ns = 0u64;
+        let mut mem = 0u64;
+        let mut seen = BTreeMap::new();
+        let mut samples = Vec::with_capacity(tasks.len().min(MAX_TASK_SAMPLES));
+        for (task, (u, counted)) in tasks {
+            let cpu = u.cpu_ns();
+            let spent = cpu.saturating_sub(self.cpu_ns.get(task).copied().unwrap_or(0));
+            if *counted {
+                spent_ns = spent_ns.saturating_add(spent);
+                mem = mem.saturating_add(u.mem_bytes());
+            }
+            seen.insert(*task, cpu);
+            // The session's first heartbeat has no interval to measure a rate over.
+            if elapsed_ns > 0 && samples.len() < MAX_TASK_SAMPLES {
+                samples.push(TaskSample {
+                    task: *task,
+                    cpu_millis: rate(spent),
+                    mem_bytes: u.mem_bytes(),
+                });
+            }
+        }
+        self.cpu_ns = seen;
+        (Resources::new(rate(spent_ns), mem, 0), samples)
     }
 }
 
@@ -815,9 +836,10 @@ fn launch(
         inner.tasks.insert(task, kill_tx);
     }
     let usage = Arc::new(TaskUsage::default());
-    if !spec.qos.is_revocable() {
-        agent.inner().usage.insert(task, usage.clone());
-    }
+    agent
+        .inner()
+        .usage
+        .insert(task, (usage.clone(), !spec.qos.is_revocable()));
     agent
         .cfg
         .stats

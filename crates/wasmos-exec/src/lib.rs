@@ -195,6 +195,13 @@ impl TaskUsage {
         self.mem_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Memory alone, as instantiated: the epoch callback records both only while guest code
+    /// runs, and a task may wait in a host call from its first instruction on.
+    pub(crate) fn record_mem(&self, mem_bytes: u64) {
+        self.mem_bytes
+            .store(mem_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn record(&self, cpu_ns: u64, mem_bytes: u64) {
         self.cpu_ns
             .store(cpu_ns, std::sync::atomic::Ordering::Relaxed);

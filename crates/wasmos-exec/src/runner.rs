@@ -490,6 +490,9 @@ impl Runner {
             let pre = &compiled.inner.pre;
             let task = cpu.meter(async {
                 let command = pre.instantiate_async(&mut store).await?;
+                if let Some(usage) = &store.data().usage {
+                    usage.record_mem(store.data().memory.peak());
+                }
                 command.wasi_cli_run().call_run(&mut store).await
             });
             tokio::select! {

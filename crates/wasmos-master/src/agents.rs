@@ -247,9 +247,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
 
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
-            Ok(Some(AgentToMaster::Heartbeat { usage })) => {
+            Ok(Some(AgentToMaster::Heartbeat { usage, tasks })) => {
                 shared.touch(&agent);
                 shared.offer_event(Event::Usage(agent.clone(), usage));
+                shared.record_usage(&agent, tasks);
             }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);

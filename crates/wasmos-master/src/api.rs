@@ -55,17 +55,8 @@ impl Api {
         peer: SocketAddr,
         req: ClientRequest,
     ) -> ClientResponse {
-        let streamed = |r: &ClientRequest| {
-            matches!(
-                r,
-                ClientRequest::WatchTask { .. }
-                    | ClientRequest::WatchEvents { .. }
-                    | ClientRequest::PushBundle { .. }
-                    | ClientRequest::GetBlob { .. }
-            )
-        };
         // Refused before admission and audit: they are not calls of this endpoint at all.
-        if streamed(&req) || matches!(&req, ClientRequest::Stale(inner) if streamed(inner)) {
+        if req.is_streamed() {
             return crate::replies::error(
                 wasmos_proto::ErrorKind::InvalidRequest,
                 "a streamed request: use its own endpoint (/api/v1/events, /api/v1/tasks/ID/logs, /api/v1/blobs/HASH; uploads go over the CLI's channel)",

@@ -254,6 +254,7 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::SubmitTask { .. } => ("submit", String::new()),
         R::ListTasks { .. } => ("list-tasks", String::new()),
         R::GetTask { id } => ("get-task", id.to_string()),
+        R::TaskUsage { id } => ("task-usage", id.to_string()),
         R::SubmitJob { .. } => ("submit-job", String::new()),
         R::ListJobs { .. } => ("list-jobs", String::new()),
         R::GetJob { id } => ("get-job", id.to_string()),

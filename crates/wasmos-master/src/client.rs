@@ -185,10 +185,7 @@ pub(crate) async fn answer_prepared(
     p: Prepared,
 ) -> ClientResponse {
     match p.req {
-        ClientRequest::WatchTask { .. }
-        | ClientRequest::WatchEvents { .. }
-        | ClientRequest::PushBundle { .. }
-        | ClientRequest::GetBlob { .. } => error(
+        req if req.is_streamed() => error(
             ErrorKind::InvalidRequest,
             "a streamed request: use its own endpoint",
         ),
@@ -301,7 +298,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,
         ClientRequest::ListTasks { filter } => list_tasks(shared, who, &filter),
         ClientRequest::ListReservations => list_reservations(shared, who),
-        ClientRequest::ListFrameworks => crate::frameworks::list(shared, who),
+        ClientRequest::ListFrameworks => crate::frameworks::list(shared, who).await,
         ClientRequest::TeardownFramework { id } => {
             crate::frameworks::teardown(shared, who, id).await
         }
@@ -310,6 +307,14 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         }
         ClientRequest::GetTask { id } => match get_task(shared, who, id) {
             Ok(t) => ClientResponse::Task(Box::new(t)),
+            Err(e) => e,
+        },
+        // Another tenant's task is as unknown as one that never was.
+        ClientRequest::TaskUsage { id } => match get_task(shared, who, id) {
+            Ok(_) => ClientResponse::Usage {
+                task: id,
+                samples: shared.task_usage(id),
+            },
             Err(e) => e,
         },
         ClientRequest::ListAgents => {

@@ -598,8 +598,13 @@ impl Drop for FrameworkSession {
     }
 }
 
-/// `wasmos framework list`: frameworks not removed that `who` may see.
-pub(crate) fn list(shared: &Shared, who: &Identity) -> ClientResponse {
+/// `wasmos framework list`: frameworks not removed that `who` may see, with their sessions
+/// and offers when this master leads (a stale read from another master has none to tell).
+pub(crate) async fn list(shared: &Shared, who: &Identity) -> ClientResponse {
+    let offers = match shared.raft.is_leader() {
+        true => Some(crate::client::snapshot(shared).await.frameworks),
+        false => None,
+    };
     ClientResponse::Frameworks(shared.read(|s| {
         let job_of: BTreeMap<FrameworkId, JobId> = s
             .jobs
@@ -625,6 +630,9 @@ pub(crate) fn list(shared: &Shared, who: &Identity) -> ClientResponse {
                 registered_ms: f.registered_ms,
                 job: job_of.get(&f.id).copied(),
                 live_tasks: live.get(&f.id).copied().unwrap_or(0),
+                offers: offers
+                    .as_ref()
+                    .map(|o| o.get(&f.id).cloned().unwrap_or_default()),
             })
             .collect()
     }))

@@ -23,6 +23,7 @@ mod retention;
 mod revocation;
 mod scheduler;
 mod signing;
+mod usage;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -243,6 +244,8 @@ pub(crate) struct Shared {
     pub creds: Credentials,
     /// Latencies measured as they happen, for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Tasks' usage over time, from the heartbeats of the agents connected here.
+    usage: Mutex<usage::UsageHistory>,
 }
 
 /// An agent's registration under way (see [`Shared::registering`]); ends when dropped.
@@ -311,6 +314,36 @@ impl Shared {
     pub fn offer_event(&self, ev: offers::Event) {
         // Fails only while the master shuts down.
         let _ = self.events.send(ev);
+    }
+
+    /// Records a heartbeat's per-task usage, of the tasks the state places on `agent` and not
+    /// ended (an agent speaks for its own tasks only).
+    pub(crate) fn record_usage(&self, agent: &AgentId, samples: Vec<wasmos_proto::TaskSample>) {
+        if samples.is_empty() {
+            return;
+        }
+        let own: Vec<_> = self.read(|s| {
+            samples
+                .into_iter()
+                .filter(|x| {
+                    s.tasks.get(&x.task).is_some_and(|t| {
+                        t.agent.as_ref() == Some(agent) && !t.status.state.is_terminal()
+                    })
+                })
+                .collect()
+        });
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(now_ms(), own);
+    }
+
+    /// A task's usage over time (the caller checked that its caller may see the task).
+    pub(crate) fn task_usage(&self, task: wasmos_proto::TaskId) -> Vec<wasmos_proto::UsageSample> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(task)
     }
 
     pub fn touch(&self, agent: &AgentId) {
@@ -601,6 +634,7 @@ impl Master {
             jobs_changed: tokio::sync::Notify::new(),
             creds: creds.clone(),
             metrics: Default::default(),
+            usage: Default::default(),
             uploads: Mutex::default(),
             revocations,
             live: wasmos_net::LiveConnections::default(),

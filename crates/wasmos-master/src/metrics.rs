@@ -348,6 +348,15 @@ fn cluster_gauges(shared: &Shared, snap: &crate::offers::Snapshot, g: &mut Gauge
             r.frameworks as f64,
         );
     }
+    for (id, f) in &snap.frameworks {
+        let id = id.to_string();
+        g.set(
+            "wasmos_framework_outstanding_offers",
+            "Offers made to a framework and not yet answered (on the leader)",
+            &[("framework", &id)],
+            f.outstanding as f64,
+        );
+    }
     for tenant in &tenants {
         let (held, quota) = shared.storage_of(tenant, true);
         g.set(

@@ -173,6 +173,8 @@ struct Launching {
 pub(crate) struct Snapshot {
     pub agents: BTreeMap<AgentId, AgentSummary>,
     pub roles: Vec<RoleSummary>,
+    /// Frameworks subscribed now or holding offers.
+    pub frameworks: BTreeMap<FrameworkId, wasmos_proto::FrameworkOffers>,
 }
 
 struct Builtin {
@@ -622,9 +624,27 @@ impl<E: Env> Cycle<E> {
                     .keys()
                     .filter_map(|a| self.alloc.agent_summary(a).map(|s| (a.clone(), s)))
                     .collect();
+                let mut frameworks: BTreeMap<FrameworkId, wasmos_proto::FrameworkOffers> = self
+                    .external
+                    .keys()
+                    .chain(self.builtin_ids.keys())
+                    .map(|id| {
+                        let subscribed = wasmos_proto::FrameworkOffers {
+                            subscribed: true,
+                            ..Default::default()
+                        };
+                        (*id, subscribed)
+                    })
+                    .collect();
+                for o in self.alloc.offers() {
+                    let f = frameworks.entry(o.framework).or_default();
+                    f.outstanding += 1;
+                    f.offered = f.offered.saturating_add(&o.resources.total());
+                }
                 let _ = reply.send(Snapshot {
                     agents,
                     roles: self.alloc.role_summaries(),
+                    frameworks,
                 });
             }
         }

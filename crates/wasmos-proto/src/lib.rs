@@ -28,10 +28,11 @@ pub use job::{
 };
 pub use messages::{
     AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, AuditEntry,
-    AuditFilter, BlobKind, ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkSummary,
-    InputSource, MAX_AUDIT_PAGE, MAX_AUDIT_SCAN, MAX_CSR_BYTES, MAX_REVOKED_PAGE, MAX_TASK_PAGE,
-    MasterInfo, MasterToAgent, OutputStream, PeerRequest, PeerResponse, ReservationInfo,
-    RevokedInfo, RoleInfo, StatusUpdate, TaskFilter,
+    AuditFilter, BlobKind, ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkOffers,
+    FrameworkSummary, InputSource, MAX_AUDIT_PAGE, MAX_AUDIT_SCAN, MAX_CSR_BYTES, MAX_REVOKED_PAGE,
+    MAX_TASK_PAGE, MAX_TASK_SAMPLES, MasterInfo, MasterToAgent, OutputStream, PeerRequest,
+    PeerResponse, ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter, TaskSample,
+    USAGE_SAMPLES, UsageSample,
 };
 pub use net::{Cidr, EgressRule, NetRule, NetRuleError};
 pub use quantity::{

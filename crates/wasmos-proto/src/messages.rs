@@ -45,6 +45,12 @@ pub enum ClientRequest {
     GetTask {
         id: TaskId,
     },
+    /// What a task used while it ran, as its agent measured it each heartbeat: answered
+    /// `Usage`. Kept in memory by the leader the agent reports to, for the last
+    /// [`USAGE_SAMPLES`] heartbeats of each task (empty when asked of another master).
+    TaskUsage {
+        id: TaskId,
+    },
     /// Starts a batch job or service, run by the master's built-in frameworks.
     SubmitJob {
         spec: crate::JobSpec,
@@ -245,6 +251,7 @@ impl ClientRequest {
                 | ClientRequest::ListJobs { .. }
                 | ClientRequest::GetJob { .. }
                 | ClientRequest::GetTask { .. }
+                | ClientRequest::TaskUsage { .. }
                 | ClientRequest::ListAgents
                 | ClientRequest::WatchTask { .. }
                 | ClientRequest::ListRoles
@@ -254,6 +261,22 @@ impl ClientRequest {
                 | ClientRequest::ListSigningKeys
                 | ClientRequest::WatchEvents { .. }
         )
+    }
+
+    /// Whether more than one answer travels on the request's stream (an upload's bytes, a
+    /// blob's, a watch's frames): such a request needs a channel of its own, not a call that
+    /// returns one answer. A stale request is streamed when the one it wraps is.
+    pub fn is_streamed(&self) -> bool {
+        match self {
+            ClientRequest::Stale(inner) => inner.is_streamed(),
+            r => matches!(
+                r,
+                ClientRequest::WatchTask { .. }
+                    | ClientRequest::WatchEvents { .. }
+                    | ClientRequest::PushBundle { .. }
+                    | ClientRequest::GetBlob { .. }
+            ),
+        }
     }
 }
 
@@ -306,6 +329,48 @@ pub struct FrameworkSummary {
     pub job: Option<crate::JobId>,
     /// Its tasks not yet ended.
     pub live_tasks: u64,
+    /// Its session and the offers it holds, as the leader's offer cycle knows them (`None`
+    /// when answered by another master, from `--stale`).
+    pub offers: Option<FrameworkOffers>,
+}
+
+/// A framework as the leader's offer cycle sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkOffers {
+    /// Whether it is subscribed now (the built-in frameworks always are).
+    pub subscribed: bool,
+    /// Offers made to it and not yet answered.
+    pub outstanding: u64,
+    /// What those offers hold.
+    pub offered: Resources,
+}
+
+/// How many heartbeats of usage the leader keeps per task (about two minutes at the default
+/// interval of a second).
+pub const USAGE_SAMPLES: usize = 120;
+
+/// Most tasks one heartbeat reports usage for; an agent running more reports those it
+/// started first.
+pub const MAX_TASK_SAMPLES: usize = 4096;
+
+/// What one running task used over one heartbeat interval, as its agent measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSample {
+    pub task: TaskId,
+    /// CPU over the interval, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Linear memory its instance holds.
+    pub mem_bytes: u64,
+}
+
+/// One point of a task's usage over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageSample {
+    /// When the leader received it (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// CPU over the interval before it, in thousandths of a core.
+    pub cpu_millis: u64,
+    pub mem_bytes: u64,
 }
 
 /// What an uploaded blob is for; both live in the same content-addressed store.
@@ -355,6 +420,11 @@ pub enum ClientResponse {
     Roles(Vec<RoleInfo>),
     Reservations(Vec<ReservationInfo>),
     Frameworks(Vec<FrameworkSummary>),
+    /// A task's usage over time, oldest first.
+    Usage {
+        task: TaskId,
+        samples: Vec<UsageSample>,
+    },
     /// A `RemoveReservation` done: what was removed, and what live tasks still hold.
     Unreserved {
         removed: Resources,
@@ -602,6 +672,9 @@ pub enum AgentToMaster {
         /// What the agent's guaranteed and burstable tasks use now (CPU over the last interval,
         /// memory held): what they hold beyond it is lent to best-effort tasks as revocable.
         usage: Option<Resources>,
+        /// Each running task's own usage (best-effort ones too), at most
+        /// [`MAX_TASK_SAMPLES`].
+        tasks: Vec<TaskSample>,
     },
     Status(StatusUpdate),
     Output {

@@ -142,18 +142,32 @@ async function viewCluster() {
 }
 
 async function viewAgents() {
-  const { Agents: agents } = await api("ListAgents");
+  const [{ Agents: agents }, { Tasks: live }] = await Promise.all([
+    api("ListAgents"),
+    api({ ListTasks: { filter: { states: ["Starting", "Running"], after: null, limit: 1000 } } }),
+  ]);
+  // Only the tasks the viewer may see: a tenant counts its own.
+  const on = {};
+  for (const t of live) if (t.agent) (on[t.agent] = on[t.agent] || []).push(t.id);
+  const running = (id) => {
+    const ids = on[id] || [];
+    if (!ids.length) return "none";
+    return h("span", {}, `${ids.length}: `, ...ids.slice(0, 5).flatMap((t, i) => [i ? ", " : "", link(`#/task/${t}`, taskName(t))]),
+      ids.length > 5 ? ", ..." : "");
+  };
   const sum = (m) => Object.values(m || {}).reduce((a, r) => a + r.cpu_millis, 0);
   const sumMem = (m) => Object.values(m || {}).reduce((a, r) => a + r.mem_bytes, 0);
   main.replaceChildren(h("h1", {}, "Agents"), table(
-    ["agent", "state", "CPU", "memory", "attributes", "last heartbeat"],
+    ["agent", "state", "OS", "CPU", "memory", "running tasks", "attributes", "last heartbeat"],
     agents.map((a) => [
       h("span", { class: "mono" }, a.id),
       stateCell(a.state),
+      `${a.attributes.os || "?"}/${a.attributes.arch || "?"}`,
       h("div", {}, bar(a.total.cpu_millis, a.used.cpu_millis, a.offered.cpu_millis, sum(a.reserved)),
         h("span", { class: "barlabel" }, `${cores(a.used.cpu_millis)} used, ${cores(a.offered.cpu_millis)} offered of ${cores(a.total.cpu_millis)} cores`)),
       h("div", {}, bar(a.total.mem_bytes, a.used.mem_bytes, a.offered.mem_bytes, sumMem(a.reserved)),
         h("span", { class: "barlabel" }, `${bytes(a.used.mem_bytes)} used of ${bytes(a.total.mem_bytes)}`)),
+      running(a.id),
       h("span", { class: "mono" }, Object.entries(a.attributes).map(([k, v]) => `${k}=${v}`).join(" ")),
       ago(a.last_seen_ms),
     ]), "No agents registered."));
@@ -228,16 +242,19 @@ function spark(points, label, fmt) {
 }
 
 async function viewTask(id) {
-  const samples = { cpu: [], mem: [] };
   const logBox = h("pre", { class: "log", id: "log" });
   const aborter = new AbortController();
-  let ended = false;
+  // Redrawn until a draw shows the task ended.
+  let shownEnded = false;
   const draw = async () => {
-    const { Task: t } = await api({ GetTask: { id } });
-    samples.cpu.push(t.status.cpu_ms);
-    samples.mem.push(t.status.peak_mem_bytes);
+    // Usage over time is the leader's, from the agents' heartbeats; a task that never ran
+    // for one has none.
+    const [{ Task: t }, { Usage: u }] = await Promise.all([api({ GetTask: { id } }), api({ TaskUsage: { id } })]);
+    const samples = u.samples;
+    const latest = samples.length ? samples[samples.length - 1] : null;
     const spec = t.spec;
     const done = ["Finished", "Failed", "Killed", "Lost", "Error"].includes(t.status.state);
+    shownEnded = done;
     const kill = !done ? h("button", { class: "danger", onclick: async () => {
       try { await api({ KillTask: { id } }); } catch (e) { showError(e.message); }
     } }, "kill") : "";
@@ -257,13 +274,16 @@ async function viewTask(id) {
         ["environment", h("span", { class: "mono" }, spec.env.map(([k, v]) => `${k}=${v}`).join(" ") || "-")],
         ["secrets", spec.secret_env.length ? spec.secret_env.map((x) => `${x.name}=(hidden)`).join(" ") : "-"],
         ["requested", `${cores(spec.resources.cpu_millis)} cores, ${bytes(spec.resources.mem_bytes)}, timeout ${spec.timeout_ms / 1000}s`],
-        ["used", `${(t.status.cpu_ms / 1000).toFixed(3)} s CPU, peak ${bytes(t.status.peak_mem_bytes)}`],
+        ["using now", !done && latest ? `${cores(latest.cpu_millis)} cores, ${bytes(latest.mem_bytes)}` : "-"],
+        ["used in all", done ? `${(t.status.cpu_ms / 1000).toFixed(3)} s CPU, peak ${bytes(t.status.peak_mem_bytes)}` : "- (told when it ends)"],
         ["submitted", ago(t.submitted_ms)],
         ["outputs", t.status.outputs.length ? h("span", {}, t.status.outputs.map((o) => h("div", {},
           h("a", { href: `/api/v1/blobs/${o.blob}?name=${encodeURIComponent(o.path)}`, download: o.path }, o.path), ` ${bytes(o.size)}`))) : "-"],
       ]),
-      h("h2", {}, "CPU and memory"),
-      h("div", { class: "cards" }, spark(samples.cpu, "CPU time", (v) => `${(v / 1000).toFixed(3)} s`), spark(samples.mem, "peak memory", bytes)),
+      h("h2", {}, "CPU and memory ", h("span", { class: "muted" }, samples.length ? `(the last ${ago(samples[0].at_ms).replace(" ago", "")}, one point per heartbeat)` : "(no samples: the task has not run for a heartbeat)")),
+      h("div", { class: "cards", id: "usage" },
+        spark(samples.map((x) => x.cpu_millis), "CPU", (v) => `${cores(v)} cores`),
+        spark(samples.map((x) => x.mem_bytes), "memory", bytes)),
       h("h2", {}, "Output ", h("span", { class: "muted" }, done ? "" : "(live)")),
       logBox);
   };
@@ -294,8 +314,6 @@ async function viewTask(id) {
             // The tail, not the whole output: a chatty task must not fill the browser.
             while (logBox.childNodes.length > 5000) logBox.firstChild.remove();
             logBox.scrollTop = logBox.scrollHeight;
-          } else if (msg.ended) {
-            ended = true;
           } else if (msg.error) {
             logBox.append(h("span", { class: "stderr" }, msg.error));
           }
@@ -307,7 +325,7 @@ async function viewTask(id) {
   })();
   stopView = () => aborter.abort();
   return async () => {
-    if (!ended || samples.cpu.length < 2) await draw();
+    if (!shownEnded) await draw();
   };
 }
 
@@ -384,10 +402,14 @@ async function viewJob(id) {
 
 async function viewFrameworks() {
   const { Frameworks: fws } = await api("ListFrameworks");
+  // Sessions and offers are the leader's to tell; a stale answer has none.
+  const offers = (o) => o === null ? "?" : o.outstanding === 0 ? "none"
+    : `${o.outstanding}: ${cores(o.offered.cpu_millis)} cores, ${bytes(o.offered.mem_bytes)}`;
   main.replaceChildren(h("h1", {}, "Frameworks"), table(
-    ["framework", "name", "role", "owner", "job", "live tasks", "registered"],
+    ["framework", "name", "role", "owner", "job", "live tasks", "subscribed", "outstanding offers", "registered"],
     fws.map((f) => [`fw-${f.id}`, f.name, f.role, h("span", { class: "mono" }, f.owner),
-      f.job === null ? "-" : link(`#/job/${f.job}`, `job-${f.job}`), String(f.live_tasks), ago(f.registered_ms)]),
+      f.job === null ? "-" : link(`#/job/${f.job}`, `job-${f.job}`), String(f.live_tasks),
+      f.offers === null ? "?" : f.offers.subscribed ? "yes" : "no", offers(f.offers), ago(f.registered_ms)]),
     "No frameworks."));
 }
 

@@ -1,4 +1,4 @@
-//! `wasmos task list|show|kill`: tasks the caller may see, a page at a time.
+//! `wasmos task list|show|usage|kill`: tasks the caller may see, a page at a time.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ use wasmos_proto::{
 };
 
 use crate::connect::Target;
-use crate::output::{Format, OutputArg, print_json};
+use crate::output::{Format, OutputArg, print_json, print_list};
 use crate::output::{list_or_dash, now_ms};
 
 #[derive(Subcommand)]
@@ -17,6 +17,13 @@ pub(crate) enum TaskCmd {
     /// Tasks you may see, in id order, a page at a time from the master.
     List(TaskListArgs),
     Show {
+        id: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// CPU and memory a task used while it ran, one sample per agent heartbeat (about the last
+    /// two minutes; kept in memory by the leader, so a new leader starts afresh).
+    Usage {
         id: String,
         #[command(flatten)]
         out: OutputArg,
@@ -240,6 +247,29 @@ pub(crate) async fn run(target: &Target, cmd: TaskCmd) -> Result<ExitCode> {
     match cmd {
         TaskCmd::List(args) => task_list(target, args).await,
         TaskCmd::Show { id, out } => task_show(target, &id, out.format).await,
+        TaskCmd::Usage { id, out } => {
+            let id = parse_id(&id)?;
+            let ClientResponse::Usage { samples, .. } =
+                target.ask(ClientRequest::TaskUsage { id }).await?
+            else {
+                bail!("unexpected answer to task usage");
+            };
+            if samples.is_empty() && out.format == Format::Table {
+                println!(
+                    "no usage of {id} on record: it has not run for a heartbeat yet, ended too long ago, or the leader changed since"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = now_ms();
+            print_list(out.format, &samples, &["AGO", "CPU", "MEM"], |s| {
+                vec![
+                    crate::output::age(now, s.at_ms),
+                    format!("{} cores", format_cpu(s.cpu_millis)),
+                    format_bytes(s.mem_bytes),
+                ]
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         TaskCmd::Kill { id } => {
             target
                 .ask(ClientRequest::KillTask { id: parse_id(&id)? })

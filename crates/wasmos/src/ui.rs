@@ -47,13 +47,29 @@ struct Proxy(Arc<Client>);
 /// Frames a task sends into; the stream ends when it drops its sender. Unbounded: the sinks
 /// of `wasmos-client` cannot wait, and a frame dropped would be output or an event lost; one
 /// local browser reads them.
-fn channel() -> (tokio::sync::mpsc::UnboundedSender<ClientResponse>, Frames) {
+type Sender = tokio::sync::mpsc::UnboundedSender<ClientResponse>;
+
+/// The frames `work` sends, and then the one it ends with, if any: `work` runs on a task of
+/// its own, dropped as soon as the browser stops reading.
+fn streamed<F>(work: impl FnOnce(Sender) -> F) -> Frames
+where
+    F: std::future::Future<Output = Option<ClientResponse>> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let frames = futures::stream::unfold(rx, |mut rx| async move {
+    let work = work(tx.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            last = work => if let Some(last) = last {
+                let _ = tx.send(last);
+            },
+            () = tx.closed() => {}
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
         let frame = rx.recv().await?;
         Some((frame, rx))
-    });
-    (tx, frames.boxed())
+    })
+    .boxed()
 }
 
 impl Backend for Proxy {
@@ -66,14 +82,7 @@ impl Backend for Proxy {
         let client = self.0.clone();
         Box::pin(async move {
             // One answer each: the streamed requests have routes of their own, as on a master.
-            if matches!(
-                req,
-                ClientRequest::WatchTask { .. }
-                    | ClientRequest::WatchEvents { .. }
-                    | ClientRequest::PushBundle { .. }
-                    | ClientRequest::GetBlob { .. }
-                    | ClientRequest::Stale(_)
-            ) {
+            if req.is_streamed() || matches!(req, ClientRequest::Stale(_)) {
                 return ClientResponse::Error {
                     kind: ErrorKind::InvalidRequest,
                     message: "a streamed request: use its own endpoint".to_string(),
@@ -91,9 +100,7 @@ impl Backend for Proxy {
     ) -> BoxFuture<'static, Result<Frames, ClientResponse>> {
         let client = self.0.clone();
         Box::pin(async move {
-            let (tx, frames) = channel();
-            tokio::spawn(async move {
-                let sent = tx.clone();
+            Ok(streamed(|tx| async move {
                 let follow = client.events(query.from, query.topics, query.follow, |frame| {
                     let frame = ClientResponse::Events {
                         events: frame.events,
@@ -102,16 +109,10 @@ impl Backend for Proxy {
                         end: false,
                     };
                     // The browser went away: stop following.
-                    sent.send(frame).is_ok()
+                    tx.send(frame).is_ok()
                 });
-                tokio::select! {
-                    r = follow => if let Err(e) = r {
-                        let _ = tx.send(answer_of(e));
-                    },
-                    () = tx.closed() => {}
-                }
-            });
-            Ok(frames)
+                follow.await.err().map(answer_of)
+            }))
         })
     }
 
@@ -124,28 +125,19 @@ impl Backend for Proxy {
     ) -> BoxFuture<'static, Result<Frames, ClientResponse>> {
         let client = self.0.clone();
         Box::pin(async move {
-            let (tx, frames) = channel();
-            tokio::spawn(async move {
-                let sent = tx.clone();
+            Ok(streamed(|tx| async move {
                 let watch = client.watch(task, follow, |stream, data| {
-                    let _ = sent.send(ClientResponse::Output {
+                    let _ = tx.send(ClientResponse::Output {
                         stream,
                         data: data.to_vec(),
                     });
                 });
-                tokio::select! {
-                    r = watch => {
-                        let last = match r {
-                            Ok(Some(info)) => ClientResponse::TaskEnded(Box::new(info)),
-                            Ok(None) => ClientResponse::EndOfOutput,
-                            Err(e) => answer_of(e),
-                        };
-                        let _ = tx.send(last);
-                    }
-                    () = tx.closed() => {}
-                }
-            });
-            Ok(frames)
+                Some(match watch.await {
+                    Ok(Some(info)) => ClientResponse::TaskEnded(Box::new(info)),
+                    Ok(None) => ClientResponse::EndOfOutput,
+                    Err(e) => answer_of(e),
+                })
+            }))
         })
     }
 
