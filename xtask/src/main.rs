@@ -68,46 +68,160 @@ fn samples() -> Result<()> {
 /// change what the Python sample imports.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
-/// Builds `sample-tasks/python/app.py` into an ~18 MB component with componentize-py,
-/// installed from PyPI into a venv under target/. The WASI WIT it targets is the one wasmtime-wasi
-/// ships (found through `cargo metadata`), so the component imports exactly what agents link.
+/// Builds the Python samples into ~18 MB components with componentize-py, installed from PyPI
+/// into a venv under target/: `sample-tasks/python` as a plain WASI command against the WASI WIT
+/// wasmtime-wasi ships (found through `cargo metadata`, so it imports exactly what agents link),
+/// and `sample-tasks/python-platform` against the world `wasmos:task/task` (`target/wit`, made
+/// by `wit()`). Each is rebuilt only when its source is newer.
 fn python_sample() -> Result<()> {
     let root = root();
-    let out = root.join("sample-tasks/target/python/hello-py.wasm");
-    let app = root.join("sample-tasks/python/app.py");
-    let fresh = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(src)) = (fresh(&out), fresh(&app))
+    let venv = root.join("target/componentize-py");
+    let tool = venv.join("bin/componentize-py");
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let builds = [
+        (
+            "python",
+            "hello-py.wasm",
+            wasi_wit()?,
+            "wasi:cli/command@0.2.12",
+        ),
+        (
+            "python-platform",
+            "platform-py.wasm",
+            wit()?,
+            "wasmos:task/task",
+        ),
+    ];
+    for (dir, name, wit, world) in builds {
+        let out = root.join("sample-tasks/target/python").join(name);
+        let app = root.join("sample-tasks").join(dir).join("app.py");
+        // The platform sample's bindings come from wit/ too.
+        let sources = [app, root.join("wit/task.wit"), root.join("wit/command.wit")];
+        let newest = sources.iter().filter_map(|p| fresh(p)).max();
+        if let (Some(built), Some(src)) = (fresh(&out), newest)
+            && built >= src
+        {
+            continue;
+        }
+        if !tool.is_file() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+            run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+        }
+        std::fs::create_dir_all(out.parent().context("no parent")?)?;
+        run(Command::new(&tool)
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", world, "componentize", "-p"])
+            .arg(root.join("sample-tasks").join(dir))
+            .args(["app", "-o"])
+            .arg(&out))?;
+    }
+    Ok(())
+}
+
+/// componentize-js, pinned, from npm (calling its own CLI: `jco componentize` 1.35 fails where
+/// it works).
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
+/// Builds `sample-tasks/js-platform/app.js` into a ~14 MB component with componentize-js,
+/// installed from npm under target/, against the world `wasmos:task/task` (`target/wit`).
+/// Without `-d http -d fetch-event` it would import `wasi:http`, which agents do not provide.
+fn js_sample() -> Result<()> {
+    let root = root();
+    let out = root.join("sample-tasks/target/js/platform-js.wasm");
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let app = root.join("sample-tasks/js-platform/app.js");
+    let sources = [
+        app.clone(),
+        root.join("wit/task.wit"),
+        root.join("wit/command.wit"),
+    ];
+    let newest = sources.iter().filter_map(|p| fresh(p)).max();
+    if let (Some(built), Some(src)) = (fresh(&out), newest)
         && built >= src
     {
         return Ok(());
     }
-    let venv = root.join("target/componentize-py");
-    let tool = venv.join("bin/componentize-py");
+    let prefix = root.join("target/componentize-js");
+    let tool = prefix.join("node_modules/.bin/componentize-js");
     if !tool.is_file() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+        std::fs::create_dir_all(&prefix).context("creating target/componentize-js")?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(COMPONENTIZE_JS))
+        .context("installing componentize-js needs node and npm (apt-get install nodejs npm)")?;
     }
+    let wit = wit()?;
+    std::fs::create_dir_all(out.parent().context("no parent")?)?;
+    run(Command::new(&tool)
+        .arg(&app)
+        .arg("-w")
+        .arg(&wit)
+        .args([
+            "-n",
+            "wasmos:task/task",
+            "-d",
+            "http",
+            "-d",
+            "fetch-event",
+            "-o",
+        ])
+        .arg(&out))
+}
+
+/// The WASI 0.2 WIT that wasmtime-wasi ships (its crate source, found through `cargo
+/// metadata`): exactly what agents link.
+fn wasi_wit() -> Result<PathBuf> {
     let meta = cargo()
         .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(&root)
+        .current_dir(root())
         .output()
         .context("cannot run cargo metadata")?;
     let meta = String::from_utf8_lossy(&meta.stdout);
     // The manifest path of wasmtime-wasi, without a JSON parser: `"manifest_path":"…/wasmtime-wasi-X/Cargo.toml"`.
-    let wit = meta
-        .split("\"manifest_path\":\"")
+    meta.split("\"manifest_path\":\"")
         .filter_map(|s| s.split('"').next())
         .find(|p| p.contains("/wasmtime-wasi-") && p.ends_with("/Cargo.toml"))
-        .map(|p| std::path::PathBuf::from(p.trim_end_matches("Cargo.toml")).join("src/p2/wit"))
-        .context("wasmtime-wasi is not in cargo metadata")?;
-    std::fs::create_dir_all(out.parent().context("no parent")?)?;
-    run(Command::new(&tool)
-        .arg("-d")
-        .arg(&wit)
-        .args(["-w", "wasi:cli/command@0.2.12", "componentize", "-p"])
-        .arg(root.join("sample-tasks/python"))
-        .args(["app", "-o"])
-        .arg(&out))
+        .map(|p| PathBuf::from(p.trim_end_matches("Cargo.toml")).join("src/p2/wit"))
+        .context("wasmtime-wasi is not in cargo metadata")
+}
+
+/// Puts the platform's WIT package with the WASI definitions it includes into `target/wit/`
+/// (what componentize-py and componentize-js read), and checks that its world `task`
+/// resolves there.
+fn wit() -> Result<PathBuf> {
+    let root = root();
+    let out = root.join("target/wit");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("deps")).context("creating target/wit/deps")?;
+    let copy_wit = |from: &Path, to: &Path| -> Result<()> {
+        for entry in
+            std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "wit") {
+                let name = path.file_name().context("no file name")?;
+                std::fs::copy(&path, to.join(name))
+                    .with_context(|| format!("copying {}", path.display()))?;
+            }
+        }
+        Ok(())
+    };
+    copy_wit(&root.join("wit"), &out)?;
+    copy_wit(&wasi_wit()?.join("deps"), &out.join("deps"))?;
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(&out)
+        .context("wit/ does not resolve against the WASI definitions agents link")?;
+    resolve
+        .select_world(&[package], Some("task"))
+        .context("wit/ has no world `task`")?;
+    eprintln!(
+        "xtask: {} (the world wasmos:task/task, with WASI)",
+        out.display()
+    );
+    Ok(out)
 }
 
 /// The version of a package in the workspace's Cargo.lock.
@@ -468,6 +582,8 @@ fn main() -> Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("samples") => samples(),
+        Some("wit") => wit().map(drop),
+        Some("js-sample") => js_sample(),
         Some("demo") => {
             samples()?;
             let data = root().join("target").join("wasmos-demo");
@@ -499,7 +615,9 @@ fn main() -> Result<()> {
         Some("dist") => dist(rest.contains(&"--macos")),
         Some("test") => {
             samples()?;
+            wit()?;
             python_sample()?;
+            js_sample()?;
             wasmtime_cli()?;
             // The Windows agent the mixed-OS tests run under Wine, where there is Wine: the
             // build needs mingw-w64 too, which a machine with rustup alone lacks.
@@ -607,7 +725,7 @@ fn main() -> Result<()> {
             compare()
         }
         _ => bail!(
-            "usage: cargo xtask <demo|test|lint|check-windows|windows|windows-unit-tests|check-macos|dist|samples|python-sample|wasmtime-cli|bench> [args for cargo test]"
+            "usage: cargo xtask <demo|test|lint|check-windows|windows|windows-unit-tests|check-macos|dist|samples|wit|python-sample|js-sample|wasmtime-cli|bench> [args for cargo test]"
         ),
     }
 }

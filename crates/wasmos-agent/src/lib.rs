@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
-use wasmos_exec::{Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskUsage};
+use wasmos_exec::{
+    Burst, ExecConfig, MemoryPool, RunRequest, Runner, TaskContext, TaskPlatform, TaskUsage,
+};
 use wasmos_net::{Connection, Credentials, recv_frame, send_frame};
 use wasmos_proto::{
     AgentToMaster, BundleHash, InputSource, MAX_TASK_SAMPLES, MasterToAgent, OutputFile,
@@ -91,9 +93,8 @@ struct Inner {
     tasks: BTreeMap<TaskId, watch::Sender<bool>>,
     /// Why the master killed a task, when it said (preempted, its framework removed).
     kill_reasons: BTreeMap<TaskId, Reason>,
-    /// What each running task uses, for the usage reports, and whether it counts toward what
-    /// the agent lends to best-effort tasks (guaranteed and burstable ones do).
-    usage: BTreeMap<TaskId, (Arc<TaskUsage>, bool)>,
+    /// Each running task's meters, for the usage reports.
+    usage: BTreeMap<TaskId, Metered>,
     /// The current session's outgoing queue, if connected.
     link: Option<mpsc::UnboundedSender<AgentToMaster>>,
     /// Per task: bytes of output in that queue (see [`TASK_OUTPUT_BACKLOG`]).
@@ -487,8 +488,9 @@ pub async fn run(
     Ok(())
 }
 
-/// How long a stopping agent waits for its tasks to end and the master to record them.
-const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for its tasks to end and the master to record them: a task
+/// that imports `wasmos:task/cancellation` may take its whole grace period first.
+const STOP_REPORT_WAIT: Duration = Duration::from_millis(wasmos_proto::GRACE_MS + 3_000);
 
 /// Kills every running task, as stopped with the agent, and turns away later launches.
 fn stop_tasks(agent: &Agent) {
@@ -659,6 +661,10 @@ async fn read_loop(
                 {
                     let mut inner = agent.inner();
                     inner.next_seq = inner.next_seq.max(last_status_seq + 1);
+                    // This master (perhaps a new leader) may not have the latest reports.
+                    for m in inner.usage.values() {
+                        m.platform.resend_progress();
+                    }
                 }
                 let tx = tx.clone();
                 let every = Duration::from_millis(heartbeat_interval_ms.max(100));
@@ -735,19 +741,33 @@ async fn read_loop(
     result
 }
 
+/// A running task's meters.
+#[derive(Clone)]
+struct Metered {
+    usage: Arc<TaskUsage>,
+    /// Whether it counts toward what the agent lends to best-effort tasks (guaranteed and
+    /// burstable ones do).
+    counted: bool,
+    /// What it reports through `wasmos:task` (its progress goes with the heartbeats).
+    platform: Arc<TaskPlatform>,
+}
+
 /// Turns the running tasks' CPU counters into rates between two heartbeats.
 #[derive(Default)]
 struct UsageMeter {
     last: Option<std::time::Instant>,
     cpu_ns: BTreeMap<TaskId, u64>,
+    /// When each task's progress was last sent: at most one report every [`PROGRESS_EVERY`]
+    /// goes to the masters (each is a raft write and an event); the last one goes with its end.
+    progress_sent: BTreeMap<TaskId, std::time::Instant>,
 }
+
+/// How often a task's progress reports go to the masters, at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl UsageMeter {
     /// What the tasks that count toward lending use together, and each task's own usage.
-    fn sample(
-        &mut self,
-        tasks: &BTreeMap<TaskId, (Arc<TaskUsage>, bool)>,
-    ) -> (Resources, Vec<TaskSample>) {
+    fn sample(&mut self, tasks: &BTreeMap<TaskId, Metered>) -> (Resources, Vec<TaskSample>) {
         let now = std::time::Instant::now();
         let elapsed_ns = self
             .last
@@ -761,23 +781,34 @@ impl UsageMeter {
         let mut mem = 0u64;
         let mut seen = BTreeMap::new();
         let mut samples = Vec::with_capacity(tasks.len().min(MAX_TASK_SAMPLES));
-        for (task, (u, counted)) in tasks {
+        for (task, m) in tasks {
+            let u = &m.usage;
             let cpu = u.cpu_ns();
             let spent = cpu.saturating_sub(self.cpu_ns.get(task).copied().unwrap_or(0));
-            if *counted {
+            if m.counted {
                 spent_ns = spent_ns.saturating_add(spent);
                 mem = mem.saturating_add(u.mem_bytes());
             }
             seen.insert(*task, cpu);
-            // The session's first heartbeat has no interval to measure a rate over.
-            if elapsed_ns > 0 && samples.len() < MAX_TASK_SAMPLES {
+            // The session's first heartbeat has no interval to measure a rate over, and a task
+            // not instantiated yet has nothing to report.
+            if elapsed_ns > 0 && u.started() && samples.len() < MAX_TASK_SAMPLES {
+                let progress = match self.progress_sent.get(task) {
+                    Some(at) if now.duration_since(*at) < PROGRESS_EVERY => None,
+                    _ => m.platform.take_progress(),
+                };
+                if progress.is_some() {
+                    self.progress_sent.insert(*task, now);
+                }
                 samples.push(TaskSample {
                     task: *task,
                     cpu_millis: rate(spent),
                     mem_bytes: u.mem_bytes(),
+                    progress,
                 });
             }
         }
+        self.progress_sent.retain(|t, _| seen.contains_key(t));
         self.cpu_ns = seen;
         (Resources::new(rate(spent_ns), mem, 0), samples)
     }
@@ -836,16 +867,29 @@ fn launch(
         inner.tasks.insert(task, kill_tx);
     }
     let usage = Arc::new(TaskUsage::default());
-    agent
-        .inner()
-        .usage
-        .insert(task, (usage.clone(), !spec.qos.is_revocable()));
+    let platform = TaskPlatform::new(
+        TaskContext {
+            task_id: task.0,
+            job_id: spec.slot.as_ref().and_then(|s| s.job).map(|j| j.0),
+            group: spec.slot.as_ref().map(|s| s.group.clone()),
+            index: spec.slot.as_ref().map(|s| s.index),
+            attempt: spec.slot.as_ref().map_or(1, |s| s.attempt),
+            role: spec.role.clone().unwrap_or_else(|| "default".to_string()),
+        },
+        Duration::from_millis(wasmos_proto::GRACE_MS.min(spec.timeout_ms)),
+    );
+    let metered = Metered {
+        usage: usage.clone(),
+        counted: !spec.qos.is_revocable(),
+        platform,
+    };
+    agent.inner().usage.insert(task, metered.clone());
     agent
         .cfg
         .stats
         .started(task, spec.role.as_deref(), usage.clone());
     agent.pool.clone().spawn(async move {
-        let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, usage).await;
+        let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, metered).await;
         // One step, so whoever sees the task gone from the running set finds its end among
         // the unacknowledged updates, and no kill reason is left behind for it.
         let mut inner = agent.inner();
@@ -881,7 +925,7 @@ async fn run_task(
     role_egress: Vec<wasmos_proto::EgressRule>,
     sources: Vec<InputSource>,
     kill: watch::Receiver<bool>,
-    usage: Arc<TaskUsage>,
+    metered: Metered,
 ) -> TaskStatus {
     // A bundle compiled before is not read, hashed or compiled again: thousands of tasks of
     // one job share it.
@@ -1044,7 +1088,8 @@ async fn run_task(
         cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
-        usage: Some(usage),
+        usage: Some(metered.usage),
+        platform: Some(metered.platform),
         burst: burstable.then(|| Burst {
             request_bytes: spec.resources.mem_bytes,
             pool: agent.memory.clone(),

@@ -95,6 +95,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         preopens: Vec::new(),
         disk: None,
         usage: None,
+        platform: None,
         burst: None,
     }
 }

@@ -12,6 +12,7 @@ mod limits;
 mod meter;
 mod net;
 mod output;
+mod platform;
 mod runner;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub use artifact::{CompileWorker, run_compile_worker};
 pub use disk::{DiskQuota, Preopen, charged_bytes};
 pub use net::EgressPolicy;
+pub use platform::{TaskContext, TaskPlatform};
 pub use runner::{Compiled, Runner};
 
 pub use validate::validate_component;
@@ -111,6 +113,9 @@ pub struct RunRequest {
     pub disk: Option<DiskQuota>,
     /// Where the run publishes what it uses while it runs, for the agent's usage reports.
     pub usage: Option<std::sync::Arc<TaskUsage>>,
+    /// What the task and its agent share through the `wasmos:task` interfaces; `None` gives
+    /// it an empty context and keeps nothing it reports.
+    pub platform: Option<std::sync::Arc<TaskPlatform>>,
     /// For a burstable task: memory past `burst.request_bytes` (up to `mem_bytes`) is granted
     /// only while the agent's pool has it to lend.
     pub burst: Option<Burst>,
@@ -184,6 +189,9 @@ impl Eq for Burst {}
 pub struct TaskUsage {
     cpu_ns: std::sync::atomic::AtomicU64,
     mem_bytes: std::sync::atomic::AtomicU64,
+    /// Set once the task is instantiated: before that (fetching, compiling, waiting for a
+    /// slot) it uses nothing worth reporting.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl TaskUsage {
@@ -195,11 +203,18 @@ impl TaskUsage {
         self.mem_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the task has been instantiated.
+    pub fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Memory alone, as instantiated: the epoch callback records both only while guest code
     /// runs, and a task may wait in a host call from its first instruction on.
     pub(crate) fn record_mem(&self, mem_bytes: u64) {
         self.mem_bytes
             .store(mem_bytes, std::sync::atomic::Ordering::Relaxed);
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn record(&self, cpu_ns: u64, mem_bytes: u64) {

@@ -92,6 +92,8 @@ pub struct Compiled {
 pub(crate) struct CompiledInner {
     sha256: String,
     pre: CommandPre<TaskData>,
+    /// Whether it imports `wasmos:task/cancellation`: asked to stop, it gets a grace period.
+    cancellable: bool,
 }
 
 impl Compiled {
@@ -123,6 +125,13 @@ struct TaskData {
     budget_exhausted: bool,
     disk: Option<DiskWatch>,
     usage: Option<Arc<crate::TaskUsage>>,
+    platform: Arc<crate::TaskPlatform>,
+}
+
+impl crate::platform::HasPlatform for TaskData {
+    fn platform(&self) -> &crate::TaskPlatform {
+        &self.platform
+    }
 }
 
 /// Fuel bookkeeping of a task when the runner meters by fuel.
@@ -229,6 +238,8 @@ impl Runner {
         // is linked without `LinkOptions`.
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err("linking WASI"))?;
+        crate::platform::add_to_linker(&mut linker)
+            .map_err(engine_err("linking the wasmos:task interfaces"))?;
 
         let ticker_stop = start_epoch_ticker(&engine)?;
 
@@ -298,9 +309,15 @@ impl Runner {
         validate_component(bytes, self.inner.max_component_bytes)?;
         let component = self.compile_or_load(&digest, bytes)?;
 
+        // Checked against what the cluster provides by `validate_component` above.
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.inner.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             ExecError::InvalidComponent(format!(
-                "cannot be linked against WASI 0.2: {}",
+                "cannot be linked against WASI 0.2 and wasmos:task: {}",
                 one_line(&format!("{e:#}"))
             ))
         })?;
@@ -314,6 +331,7 @@ impl Runner {
             inner: Arc::new(CompiledInner {
                 sha256: hex::encode(digest),
                 pre,
+                cancellable: crate::platform::imports_interface(&imports, "cancellation"),
             }),
         };
 
@@ -450,6 +468,7 @@ impl Runner {
                 per_core_second,
             });
         let cpu = CpuMeter::new();
+        let platform = req.platform.clone().unwrap_or_default();
         let data = TaskData {
             wasi: wasi.build(),
             table: resource_table(),
@@ -461,6 +480,7 @@ impl Runner {
             budget_exhausted: false,
             disk: req.disk.map(|q| DiskWatch::new(q, Instant::now())),
             usage: req.usage.clone(),
+            platform: platform.clone(),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);
@@ -486,6 +506,11 @@ impl Runner {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(on_epoch);
 
+        platform.set_deadline(req.timeout);
+        let grace = match compiled.inner.cancellable {
+            true => platform.grace(),
+            false => Duration::ZERO,
+        };
         let ending = {
             let pre = &compiled.inner.pre;
             let task = cpu.meter(async {
@@ -493,13 +518,38 @@ impl Runner {
                 if let Some(usage) = &store.data().usage {
                     usage.record_mem(store.data().memory.peak());
                 }
+                store.data().platform.mark_running();
                 command.wasi_cli_run().call_run(&mut store).await
             });
+            tokio::pin!(task);
+            let timeout = tokio::time::sleep(req.timeout);
+            tokio::pin!(timeout);
             tokio::select! {
                 biased;
-                () = killed(&mut kill) => Ending::Killed,
-                () = tokio::time::sleep(req.timeout) => Ending::Timeout,
-                result = task => Ending::Returned(result),
+                () = killed(&mut kill) => match grace.is_zero() || !platform.is_running() {
+                    true => Ending::Killed,
+                    // It imports `cancellation`: asked to stop, it has its grace period (within
+                    // its timeout) to finish cleanly before it is stopped.
+                    // Its timeout coming first ends the grace too: it was still killed.
+                    false => {
+                        platform.request_cancel();
+                        tokio::select! {
+                            biased;
+                            () = &mut timeout => Ending::Killed,
+                            () = tokio::time::sleep(grace) => Ending::Killed,
+                            r = &mut task => match r {
+                                // A trap or a limit while finishing is what it was; returning
+                                // or exiting, with any code, is stopping as asked.
+                                Err(e) if e.downcast_ref::<I32Exit>().is_none() => {
+                                    Ending::Returned(Err(e))
+                                }
+                                _ => Ending::Stopped,
+                            },
+                        }
+                    }
+                },
+                () = &mut timeout => Ending::Timeout,
+                result = &mut task => Ending::Returned(result),
             }
         };
 
@@ -516,7 +566,20 @@ impl Runner {
             Ending::Killed => {
                 let mut s = TaskStatus::new(TaskState::Killed);
                 s.reason = Some(Reason::Killed);
-                s.message = Some("killed".to_string());
+                s.message = Some(match !platform.cancel_requested() {
+                    true => "killed".to_string(),
+                    false => format!(
+                        "killed: asked to stop, it did not end within its {} ms grace period",
+                        grace.as_millis()
+                    ),
+                });
+                s
+            }
+            Ending::Stopped => {
+                let mut s = TaskStatus::new(TaskState::Killed);
+                s.reason = Some(Reason::Killed);
+                s.message =
+                    Some("killed: asked to stop, it stopped within its grace period".into());
                 s
             }
             Ending::Timeout => failed(
@@ -547,6 +610,8 @@ impl Runner {
             status.message = Some(format!("output truncated ({})", truncated.join(", ")));
         }
         status.fuel_used = fuel_used;
+        status.results = platform.results();
+        status.progress = platform.latest_progress();
         status.cpu_ms = cpu_ns / 1_000_000;
         status.peak_mem_bytes = peak_mem_bytes;
         RunOutcome { status }
@@ -578,6 +643,8 @@ fn duration_to_fuel(d: Duration, per_core_second: u64) -> u64 {
 
 enum Ending {
     Killed,
+    /// Asked to stop, it ended within its grace period.
+    Stopped,
     Timeout,
     Returned(wasmtime::Result<Result<(), ()>>),
 }

@@ -75,6 +75,7 @@ fn request() -> RunRequest {
         preopens: Vec::new(),
         disk: None,
         usage: None,
+        platform: None,
         burst: None,
     }
 }

@@ -7,10 +7,12 @@ use crate::ExecError;
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
-/// Checks that `bytes` is a well-formed WebAssembly component of at most `max_bytes` bytes.
+/// Checks that `bytes` is a well-formed WebAssembly component of at most `max_bytes` bytes
+/// that imports only what this cluster provides (WASI 0.2 and `wasmos:task`; the refusal
+/// names the import).
 ///
-/// This does not check what the component imports or exports; [`crate::Runner::compile`] does,
-/// against the interfaces the runner actually provides.
+/// Whether its imports' types and its exports fit is checked by [`crate::Runner::compile`],
+/// which links it.
 pub fn validate_component(bytes: &[u8], max_bytes: u64) -> Result<(), ExecError> {
     let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if size > max_bytes {
@@ -49,7 +51,7 @@ pub fn validate_component(bytes: &[u8], max_bytes: u64) -> Result<(), ExecError>
                 e.offset()
             ))
         })?;
-    Ok(())
+    wasmos_proto::check_component_imports(bytes).map_err(ExecError::InvalidComponent)
 }
 
 #[cfg(test)]

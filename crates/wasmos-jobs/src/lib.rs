@@ -206,6 +206,20 @@ impl JobFramework {
         // Outputs only later groups read stay where they were made (MapReduce's intermediate
         // files): replicating them to a majority of masters is what made stages wait.
         t.outputs_on_agent = self.feeds[slot.0] && t.outputs_dir.is_some();
+        let (group, index_n) = self.name(slot);
+        let attempt = 1 + self
+            .progress
+            .failures
+            .get(&(group.clone(), index_n))
+            .copied()
+            .unwrap_or(0);
+        // The master fills in the job from the framework that launches it.
+        t.slot = Some(wasmos_proto::JobSlot {
+            job: None,
+            group,
+            index: index_n,
+            attempt,
+        });
         t.args = t.args.iter().map(|a| fill(a)).collect();
         t.env = t.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
         if let Some(own) = g.inputs.get(slot.1 as usize) {

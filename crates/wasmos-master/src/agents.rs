@@ -244,13 +244,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
         conn.clone(),
         pending,
     ));
+    let (progress, reports) = mpsc::unbounded_channel();
+    let progress_writer = tokio::spawn(record_progress(shared.clone(), agent.clone(), reports));
 
     loop {
         match recv_frame::<AgentToMaster>(&mut recv).await {
             Ok(Some(AgentToMaster::Heartbeat { usage, tasks })) => {
                 shared.touch(&agent);
                 shared.offer_event(Event::Usage(agent.clone(), usage));
-                shared.record_usage(&agent, tasks);
+                let updates = shared.record_usage(&agent, tasks);
+                if !updates.is_empty() {
+                    let _ = progress.send(updates);
+                }
             }
             Ok(Some(AgentToMaster::Status(update))) => {
                 shared.touch(&agent);
@@ -287,6 +292,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
     fetcher.abort();
     // What it had not recorded yet is unacknowledged: the agent sends it again.
     recorder.abort();
+    progress_writer.abort();
     let mut agents = shared.agents();
     if agents.get(&agent).is_some_and(|l| l.conn_id == conn_id) {
         let seen = agents
@@ -334,6 +340,29 @@ const STATUS_BATCH_BYTES: usize = wasmos_raft::MAX_ENTRY_BYTES / 2;
 /// order: the state drops an update whose sequence number is not past the agent's last). One
 /// write per update, awaited in turn, would hold every tenant's updates on that agent behind
 /// a flood of one tenant's short tasks. Acknowledged cumulatively, up to the last recorded.
+/// Records the progress an agent's heartbeats carry, one write at a time and off the session's
+/// loop (a slow write must not hold up its statuses): what came while a write was under way is
+/// merged, the latest report of each task winning, into the next.
+async fn record_progress(
+    shared: Arc<Shared>,
+    agent: AgentId,
+    mut reports: mpsc::UnboundedReceiver<Vec<(TaskId, wasmos_proto::TaskProgress)>>,
+) {
+    while let Some(first) = reports.recv().await {
+        let mut latest: BTreeMap<TaskId, wasmos_proto::TaskProgress> = first.into_iter().collect();
+        while let Ok(more) = reports.try_recv() {
+            latest.extend(more);
+        }
+        let cmd = Command::Progress {
+            agent: agent.clone(),
+            updates: latest.into_iter().collect(),
+        };
+        if let Err(e) = shared.write(cmd).await {
+            tracing::debug!(%agent, "progress not recorded: {e}");
+        }
+    }
+}
+
 async fn record_statuses(
     shared: Arc<Shared>,
     agent: AgentId,

@@ -22,7 +22,8 @@ pub(crate) fn sniff_component(bytes: &[u8]) -> Result<(), String> {
     if bytes[4..8] != COMPONENT_HEADER[4..] {
         return Err("an unsupported WebAssembly version or layer".into());
     }
-    Ok(())
+    // Refused now rather than when an agent links it: a task of it could never run here.
+    wasmos_proto::check_component_imports(bytes)
 }
 
 pub(crate) struct BundleStore {
@@ -163,9 +164,10 @@ mod tests {
         let mut bytes = COMPONENT_HEADER.to_vec();
         bytes.extend(std::iter::repeat_n(7u8, 4 << 20));
         let hash = BundleHash::parse(&hex::encode(Sha256::digest(&bytes))).unwrap();
+        // Data: the bytes are no component (a component's imports are read at upload).
         std::thread::scope(|s| {
-            let a = s.spawn(|| store.put(&hash, &bytes, BlobKind::Component));
-            let b = s.spawn(|| store.put(&hash, &bytes, BlobKind::Component));
+            let a = s.spawn(|| store.put(&hash, &bytes, BlobKind::Data));
+            let b = s.spawn(|| store.put(&hash, &bytes, BlobKind::Data));
             a.join().unwrap().unwrap();
             b.join().unwrap().unwrap();
         });

@@ -449,6 +449,8 @@ async fn submit(
         );
     }
     let mut spec = spec;
+    // A task's job slot is the job host's to give (`wasmos:task/context` tells it).
+    spec.slot = None;
     if let Err(e) =
         validate_spec(&spec).and_then(|()| crate::policy::seal(&shared.secrets, &mut spec))
     {
@@ -543,12 +545,17 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
 
 /// What the leader's allocator shows; empty if the offer cycle does not answer in time.
 pub(crate) async fn snapshot(shared: &Shared) -> Snapshot {
+    try_snapshot(shared).await.unwrap_or_default()
+}
+
+/// What the leader's allocator shows, if its offer cycle answers within 5 s.
+pub(crate) async fn try_snapshot(shared: &Shared) -> Option<Snapshot> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared.offer_event(Event::Snapshot(tx));
-    match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
-        Ok(Ok(s)) => s,
-        _ => Snapshot::default(),
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
 }
 
 async fn set_role(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientResponse {

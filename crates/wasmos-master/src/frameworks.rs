@@ -601,8 +601,11 @@ impl Drop for FrameworkSession {
 /// `wasmos framework list`: frameworks not removed that `who` may see, with their sessions
 /// and offers when this master leads (a stale read from another master has none to tell).
 pub(crate) async fn list(shared: &Shared, who: &Identity) -> ClientResponse {
+    // An offer cycle that does not answer (one just starting) has nothing to tell either.
     let offers = match shared.raft.is_leader() {
-        true => Some(crate::client::snapshot(shared).await.frameworks),
+        true => crate::client::try_snapshot(shared)
+            .await
+            .map(|s| s.frameworks),
         false => None,
     };
     ClientResponse::Frameworks(shared.read(|s| {

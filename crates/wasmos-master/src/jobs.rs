@@ -445,13 +445,20 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo
         .groups
         .iter()
         .map(|g| {
-            let live = j
+            let live: Vec<_> = j
                 .tasks
                 .iter()
                 .filter(|(_, (group, _))| group == &g.name)
                 .filter_map(|(t, _)| s.tasks.get(t))
                 .filter(|t| !t.status.state.is_terminal())
-                .count() as u32;
+                .collect();
+            // What its running tasks said of their progress (`wasmos:task/progress`).
+            let reported: u64 = live
+                .iter()
+                .filter_map(|t| t.progress.as_ref())
+                .map(|p| u64::from(p.permille))
+                .sum();
+            let live = live.len() as u32;
             let done = match j.spec.kind {
                 JobKind::Batch => {
                     j.done.keys().filter(|(group, _)| group == &g.name).count() as u32
@@ -470,6 +477,14 @@ fn info(s: &wasmos_state::ClusterState, j: &JobRecord, results: bool) -> JobInfo
                 },
                 running,
                 done,
+                // A batch group: its done slots whole and its running ones as far as they
+                // said, over its count. A service: how far its running tasks said they are.
+                progress_permille: match j.spec.kind {
+                    JobKind::Batch => ((u64::from(done) * 1000 + reported)
+                        / u64::from(g.count.max(1)))
+                    .min(1000) as u32,
+                    JobKind::Service => (reported / u64::from(running.max(1))).min(1000) as u32,
+                },
                 failed: of_group(&j.failures, &g.name),
                 lost: of_group(&j.losses, &g.name),
                 depends_on: g.depends_on.clone(),

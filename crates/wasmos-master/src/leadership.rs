@@ -75,6 +75,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
         work.abort_all();
         while work.join_next().await.is_some() {}
         tracing::info!(term, "no longer leading: the leader's work has stopped");
+        // Its agents go to the new leader: what they told this one would only grow stale
+        // (and read as current if it led again).
+        shared.forget_usage();
         if closed || stopped {
             // Shutting down, or the raft core is gone: nothing here can lead again.
             return;

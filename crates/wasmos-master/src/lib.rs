@@ -317,14 +317,25 @@ impl Shared {
     }
 
     /// Records a heartbeat's per-task usage, of the tasks the state places on `agent` and not
-    /// ended (an agent speaks for its own tasks only).
-    pub(crate) fn record_usage(&self, agent: &AgentId, samples: Vec<wasmos_proto::TaskSample>) {
+    /// ended (an agent speaks for its own tasks only); returns the progress they reported,
+    /// for the caller to record in the state.
+    pub(crate) fn record_usage(
+        &self,
+        agent: &AgentId,
+        samples: Vec<wasmos_proto::TaskSample>,
+    ) -> Vec<(wasmos_proto::TaskId, wasmos_proto::TaskProgress)> {
         if samples.is_empty() {
-            return;
+            return Vec::new();
         }
+        // An agent is not trusted to keep to the bound, nor to name each task once.
+        let samples: BTreeMap<_, _> = samples
+            .into_iter()
+            .take(wasmos_proto::MAX_TASK_SAMPLES)
+            .map(|s| (s.task, s))
+            .collect();
         let own: Vec<_> = self.read(|s| {
             samples
-                .into_iter()
+                .into_values()
                 .filter(|x| {
                     s.tasks.get(&x.task).is_some_and(|t| {
                         t.agent.as_ref() == Some(agent) && !t.status.state.is_terminal()
@@ -332,10 +343,22 @@ impl Shared {
                 })
                 .collect()
         });
+        let progress = own
+            .iter()
+            .filter_map(|s| Some((s.task, s.progress.clone()?)))
+            .collect();
         self.usage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(now_ms(), own);
+        progress
+    }
+
+    pub(crate) fn forget_usage(&self) {
+        *self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
     }
 
     /// A task's usage over time (the caller checked that its caller may see the task).

@@ -1025,6 +1025,14 @@ impl<E: Env> Cycle<E> {
                     .read(|s| s.agents.get(a).map(|r| r.attributes.clone()))
             })
             .unwrap_or_default();
+        // The job whose framework this is, if any: only a job's tasks have a slot, and it is
+        // the job the framework runs, whatever the spec says (`wasmos:task/context` tells it).
+        let job = self.env.read(|s| {
+            s.jobs
+                .values()
+                .find(|j| j.framework == Some(fw))
+                .map(|j| j.id)
+        });
         let mut ops = Vec::new();
         let mut specs: BTreeMap<TaskId, TaskSpec> = BTreeMap::new();
         let mut ids = Vec::new();
@@ -1043,6 +1051,12 @@ impl<E: Env> Cycle<E> {
             };
             let mut requests = Vec::new();
             for mut spec in list {
+                spec.slot = job.and_then(|job| {
+                    spec.slot.take().map(|s| wasmos_proto::JobSlot {
+                        job: Some(job),
+                        ..s
+                    })
+                });
                 if let Err(e) = validate_spec(&spec).and_then(|()| self.env.seal(&mut spec)) {
                     self.alloc.decline(fw, offers, Some(0), now);
                     return Err(format!("task `{}`: {e}", spec.name));

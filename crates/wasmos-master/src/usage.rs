@@ -2,7 +2,7 @@
 //! memory by the master the agents report to (not replicated; a new leader starts afresh),
 //! bounded per task and in tasks, for the task page of the web UI and `wasmos task usage`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use wasmos_proto::{TaskId, TaskSample, USAGE_SAMPLES, UsageSample};
 
@@ -13,6 +13,8 @@ pub(crate) const MAX_TASKS: usize = 8192;
 #[derive(Default)]
 pub(crate) struct UsageHistory {
     tasks: HashMap<TaskId, Series>,
+    /// Every series by when it was last heard from: the stalest goes first.
+    by_last: BTreeSet<(u64, TaskId)>,
 }
 
 struct Series {
@@ -30,12 +32,16 @@ impl UsageHistory {
     /// keeps only tasks the reporting agent runs).
     pub(crate) fn record(&mut self, at_ms: u64, samples: impl IntoIterator<Item = TaskSample>) {
         for s in samples {
-            if !self.tasks.contains_key(&s.task) && self.tasks.len() >= MAX_TASKS {
-                self.evict_oldest();
+            if !self.tasks.contains_key(&s.task)
+                && self.tasks.len() >= MAX_TASKS
+                && let Some((_, stalest)) = self.by_last.pop_first()
+            {
+                self.tasks.remove(&stalest);
             }
             let series = self.tasks.entry(s.task).or_insert_with(|| Series {
                 samples: VecDeque::with_capacity(8),
             });
+            self.by_last.remove(&(series.last_ms(), s.task));
             if series.samples.len() >= USAGE_SAMPLES {
                 series.samples.pop_front();
             }
@@ -44,6 +50,7 @@ impl UsageHistory {
                 cpu_millis: s.cpu_millis,
                 mem_bytes: s.mem_bytes,
             });
+            self.by_last.insert((at_ms, s.task));
         }
     }
 
@@ -57,18 +64,8 @@ impl UsageHistory {
 
     #[cfg(test)]
     fn len(&self) -> usize {
+        assert_eq!(self.tasks.len(), self.by_last.len());
         self.tasks.len()
-    }
-
-    fn evict_oldest(&mut self) {
-        if let Some(oldest) = self
-            .tasks
-            .iter()
-            .min_by_key(|(id, s)| (s.last_ms(), **id))
-            .map(|(id, _)| *id)
-        {
-            self.tasks.remove(&oldest);
-        }
     }
 }
 
@@ -81,6 +78,7 @@ mod tests {
             task: TaskId(task),
             cpu_millis,
             mem_bytes: cpu_millis * 2,
+            progress: None,
         }
     }
 

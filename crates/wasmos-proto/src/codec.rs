@@ -7,7 +7,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Bumped whenever a wire type changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 17;
+pub const PROTOCOL_VERSION: u16 = 18;
 
 /// Largest encoded message accepted from a peer. Bundles travel as raw stream bytes, not frames,
 /// so control messages stay small; this bound keeps a hostile peer from making us allocate.
@@ -120,6 +120,10 @@ mod tests {
                     agent: AgentId::new("agent-1").ok(),
                     role: Some("acme".into()),
                     framework: None,
+                    progress: Some(crate::TaskProgress {
+                        permille: 250,
+                        message: "a quarter".into(),
+                    }),
                 },
             },
             Event {

@@ -86,6 +86,8 @@ pub enum Change {
         agent: Option<AgentId>,
         role: Option<String>,
         framework: Option<FrameworkId>,
+        /// What it last said of its progress (`wasmos:task/progress`).
+        progress: Option<crate::TaskProgress>,
     },
     Agent {
         id: AgentId,
@@ -178,9 +180,16 @@ impl fmt::Display for Change {
                 reason,
                 message,
                 agent,
+                progress,
                 ..
             } => {
                 write!(f, "{state}")?;
+                if let Some(p) = progress.as_ref().filter(|_| !state.is_terminal()) {
+                    write!(f, " {}.{}%", p.permille / 10, p.permille % 10)?;
+                    if !p.message.is_empty() {
+                        write!(f, " {}", p.message)?;
+                    }
+                }
                 if let Some(agent) = agent {
                     write!(f, " on {agent}")?;
                 }

@@ -108,6 +108,10 @@ pub struct GroupProgress {
     pub pending: u32,
     pub running: u32,
     pub done: u32,
+    /// How far the group is, in thousandths, counting what its running tasks report through
+    /// `wasmos:task/progress` (a done slot counts whole).
+    #[serde(default)]
+    pub progress_permille: u32,
     /// Failed attempts so far (retried or not).
     pub failed: u32,
     /// Times a done task's kept outputs were lost with their agent, so it ran again.

@@ -5,6 +5,7 @@ mod ceilings;
 mod codec;
 mod events;
 mod framework;
+mod guest;
 mod ids;
 mod job;
 mod messages;
@@ -20,6 +21,12 @@ pub use events::{
 };
 pub use framework::{
     DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
+};
+pub use guest::{
+    GRACE_MS, MAX_PROGRESS_MESSAGE_BYTES, MAX_RESULT_NAME_BYTES, MAX_RESULT_VALUE_BYTES,
+    MAX_RESULT_VALUES_BYTES, MAX_RESULTS, ResultError, TASK_INTERFACES, TASK_PACKAGE,
+    TASK_PACKAGE_VERSION, TaskProgress, TaskResult, WASI_PACKAGES, check_component_imports,
+    check_import, component_imports, component_interface, publish_result, results_valid,
 };
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use job::{
@@ -43,8 +50,8 @@ pub use signing::{
     MAX_SIGNING_KEYS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKeyInfo, TrustedKey,
 };
 pub use task::{
-    InputFile, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy, Qos,
-    Reason, Resources, SecretEnv, SecretValue, TaskInfo, TaskSpec, TaskState, TaskStatus,
+    InputFile, JobSlot, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy,
+    Qos, Reason, Resources, SecretEnv, SecretValue, TaskInfo, TaskSpec, TaskState, TaskStatus,
     guest_parent, valid_guest_path,
 };
 

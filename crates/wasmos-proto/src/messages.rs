@@ -354,13 +354,15 @@ pub const USAGE_SAMPLES: usize = 120;
 pub const MAX_TASK_SAMPLES: usize = 4096;
 
 /// What one running task used over one heartbeat interval, as its agent measured it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSample {
     pub task: TaskId,
     /// CPU over the interval, in thousandths of a core.
     pub cpu_millis: u64,
     /// Linear memory its instance holds.
     pub mem_bytes: u64,
+    /// What it said of its progress since the last heartbeat, if it did.
+    pub progress: Option<crate::TaskProgress>,
 }
 
 /// One point of a task's usage over time.

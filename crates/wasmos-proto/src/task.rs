@@ -225,6 +225,21 @@ pub struct TaskSpec {
     /// only on an agent that advertises every one.
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
+    /// Its slot in a batch job or service, which `wasmos:task/context` tells it. Set by the
+    /// masters' job host only: the masters clear it on anything else's tasks.
+    #[serde(default)]
+    pub slot: Option<JobSlot>,
+}
+
+/// A task's place in a batch job or service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSlot {
+    /// The job (filled in by the master from the framework that launched it).
+    pub job: Option<crate::JobId>,
+    pub group: String,
+    pub index: u32,
+    /// 1 for the slot's first run, 2 for its first retry...
+    pub attempt: u32,
 }
 
 /// A secret environment variable.
@@ -390,6 +405,7 @@ impl TaskSpec {
             outputs_on_agent: false,
             secret_env: Vec::new(),
             constraints: BTreeMap::new(),
+            slot: None,
         }
     }
 
@@ -653,6 +669,13 @@ pub struct TaskStatus {
     /// With `Reason::InputLost`: the input blob that could not be fetched.
     #[serde(default)]
     pub lost_input: Option<BundleHash>,
+    /// What it published through `wasmos:task/results`, however it ended.
+    #[serde(default)]
+    pub results: Vec<crate::TaskResult>,
+    /// On an agent's last report of a task: what it last said of its progress, which the
+    /// heartbeats may not have carried yet (the state keeps it in the task's `progress`).
+    #[serde(default)]
+    pub progress: Option<crate::TaskProgress>,
 }
 
 impl TaskStatus {
@@ -680,6 +703,8 @@ impl TaskStatus {
             peak_mem_bytes: 0,
             outputs: Vec::new(),
             lost_input: None,
+            results: Vec::new(),
+            progress: None,
         }
     }
 }
@@ -707,6 +732,9 @@ pub struct TaskInfo {
     /// is still being resent.
     #[serde(default)]
     pub acked_seq: u64,
+    /// What it last said of its progress while it ran (`wasmos:task/progress`).
+    #[serde(default)]
+    pub progress: Option<crate::TaskProgress>,
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ impl ClusterState {
             agent: t.agent.clone(),
             role: t.spec.role.clone(),
             framework: t.framework,
+            progress: t.progress.clone(),
         };
         let owner = Some(t.owner.clone());
         self.emit(owner, change);

@@ -451,6 +451,12 @@ pub enum Command {
         hash: BundleHash,
         signature: wasmos_proto::BundleSignature,
     },
+    /// What running tasks on `agent` said of their progress, from its heartbeat: recorded for
+    /// the tasks the state places on that agent and not ended; the others are ignored.
+    Progress {
+        agent: AgentId,
+        updates: Vec<(TaskId, wasmos_proto::TaskProgress)>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -582,6 +588,7 @@ impl ClusterState {
             | Command::AgentStatus { .. }
             | Command::AgentLost { .. }) => self.apply_agents(cmd),
             cmd @ (Command::SubmitTask { .. }
+            | Command::Progress { .. }
             | Command::SetStatus { .. }
             | Command::Launch { .. }) => self.apply_tasks(cmd),
             cmd @ (Command::RegisterFramework { .. }
@@ -1111,6 +1118,7 @@ fn staging(id: TaskId, spec: TaskSpec, owner: String, now_ms: u64) -> TaskInfo {
         updated_ms: now_ms,
         status_seq: 0,
         acked_seq: 0,
+        progress: None,
     }
 }
 

@@ -230,11 +230,16 @@ impl ClusterState {
             .filter(|b| !b.is_kept() && b.readers.contains(tenant))
             .map(|b| b.size)
             .sum();
+        // A task's spec, and what it published (its results, its progress message).
         let specs: u64 = self
             .tasks
             .values()
             .filter(|t| tenant_of(&t.owner) == Some(tenant))
-            .map(|t| spec_bytes(&t.spec))
+            .map(|t| {
+                spec_bytes(&t.spec)
+                    + results_bytes(&t.status.results) as u64
+                    + t.progress.as_ref().map_or(0, |p| p.message.len() as u64)
+            })
             .sum();
         blobs.saturating_add(specs)
     }
@@ -382,6 +387,13 @@ pub fn approx_bytes(cmd: &Command) -> usize {
             ..
         } => spec(s) + owner.len() + key.as_ref().map_or(0, String::len),
         Command::AgentStatus { update, .. } => status(&update.status),
+        Command::Progress { updates, .. } => {
+            FIXED
+                + updates
+                    .iter()
+                    .map(|(_, p)| 24 + p.message.len())
+                    .sum::<usize>()
+        }
         Command::SetStatus { status: s, .. } => status(s),
         Command::Launch {
             tasks,
@@ -433,4 +445,14 @@ pub fn approx_bytes(cmd: &Command) -> usize {
 pub fn status_bytes(s: &wasmos_proto::TaskStatus) -> usize {
     256 + s.message.as_ref().map_or(0, String::len)
         + s.outputs.iter().map(|o| o.path.len() + 80).sum::<usize>()
+        + results_bytes(&s.results)
+        + s.progress.as_ref().map_or(0, |p| 16 + p.message.len())
+}
+
+/// What a task's published results take (names, values and framing).
+pub fn results_bytes(results: &[wasmos_proto::TaskResult]) -> usize {
+    results
+        .iter()
+        .map(|r| 16 + r.name.len() + r.value.len())
+        .sum()
 }

@@ -137,6 +137,82 @@ fn status_updates_are_deduplicated_and_terminal_states_stick() {
 }
 
 #[test]
+fn progress_is_recorded_only_from_the_agent_running_the_task_and_results_within_bounds() {
+    use wasmos_proto::{TaskProgress, TaskResult};
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    register(&mut s, "b", vec![]);
+    let t = submitted(&mut s, 100);
+    s.apply(Command::AssignTask {
+        task: t,
+        agent: agent("a"),
+        now_ms: 3,
+    });
+    let half = TaskProgress {
+        permille: 500,
+        message: "half".into(),
+    };
+    let progress = |on: &str, p: &TaskProgress| Command::Progress {
+        agent: agent(on),
+        updates: vec![(t, p.clone())],
+    };
+    let mut events = Vec::new();
+    // Another agent cannot speak for it; an out-of-bounds report is dropped.
+    s.apply_recording(progress("b", &half), &mut events);
+    let bad = TaskProgress {
+        permille: 1001,
+        message: String::new(),
+    };
+    s.apply_recording(progress("a", &bad), &mut events);
+    assert_eq!(s.tasks[&t].progress, None);
+    assert!(events.is_empty(), "{events:?}");
+    s.apply_recording(progress("a", &half), &mut events);
+    assert_eq!(s.tasks[&t].progress, Some(half.clone()));
+    assert!(matches!(&events[..], [e] if matches!(&e.change,
+        Change::Task { progress: Some(p), .. } if *p == half)));
+    // The same report again is no change and no event.
+    s.apply_recording(progress("a", &half), &mut events);
+    assert_eq!(events.len(), 1);
+
+    // Its end: results an agent reports past the bounds are not kept, and the record says so.
+    let mut end = status(1, t, TaskState::Finished);
+    end.status.results = vec![
+        TaskResult {
+            name: "ok".into(),
+            value: b"1".to_vec(),
+        },
+        TaskResult {
+            name: "too/big".into(),
+            value: vec![0; 10],
+        },
+    ];
+    s.apply(Command::AgentStatus {
+        agent: agent("a"),
+        update: end,
+        now_ms: 4,
+    });
+    let done = &s.tasks[&t];
+    assert!(done.status.results.is_empty());
+    assert!(
+        done.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("results were refused")),
+        "{:?}",
+        done.status
+    );
+    // Ended, it takes no more progress.
+    s.apply(progress(
+        "a",
+        &TaskProgress {
+            permille: 900,
+            message: String::new(),
+        },
+    ));
+    assert_eq!(s.tasks[&t].progress, Some(half));
+}
+
+#[test]
 fn re_registering_loses_tasks_the_agent_no_longer_runs() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);

@@ -82,6 +82,10 @@ function ago(ms) {
   return `${Math.round(s / 86400)}d ago`;
 }
 const taskName = (id) => `t-${id}`;
+// A result's bytes as text when they are UTF-8, else their size.
+function utf8(bytes) {
+  try { return new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(bytes)); } catch { return `(${bytes.length} bytes)`; }
+}
 function stateCell(state) {
   const name = typeof state === "string" ? state : (Object.keys(state || {})[0] || "unknown");
   return h("span", { class: `state ${name.toLowerCase()}` }, name.toLowerCase());
@@ -146,7 +150,9 @@ async function viewAgents() {
     api("ListAgents"),
     api({ ListTasks: { filter: { states: ["Starting", "Running"], after: null, limit: 1000 } } }),
   ]);
-  // Only the tasks the viewer may see: a tenant counts its own.
+  // Only the tasks the viewer may see: a tenant counts its own. One page of them: past it
+  // the counts are a floor, and the page says so.
+  const partial = live.length >= 1000;
   const on = {};
   for (const t of live) if (t.agent) (on[t.agent] = on[t.agent] || []).push(t.id);
   const running = (id) => {
@@ -157,7 +163,9 @@ async function viewAgents() {
   };
   const sum = (m) => Object.values(m || {}).reduce((a, r) => a + r.cpu_millis, 0);
   const sumMem = (m) => Object.values(m || {}).reduce((a, r) => a + r.mem_bytes, 0);
-  main.replaceChildren(h("h1", {}, "Agents"), table(
+  main.replaceChildren(h("h1", {}, "Agents"),
+    partial ? h("p", { class: "muted" }, "Running tasks: the first 1000 counted; there are more.") : "",
+    table(
     ["agent", "state", "OS", "CPU", "memory", "running tasks", "attributes", "last heartbeat"],
     agents.map((a) => [
       h("span", { class: "mono" }, a.id),
@@ -249,8 +257,10 @@ async function viewTask(id) {
   const draw = async () => {
     // Usage over time is the leader's, from the agents' heartbeats; a task that never ran
     // for one has none.
-    const [{ Task: t }, { Usage: u }] = await Promise.all([api({ GetTask: { id } }), api({ TaskUsage: { id } })]);
-    const samples = u.samples;
+    // A refused usage read (the tenant's read rate) leaves the rest of the page standing.
+    const [{ Task: t }, usage] = await Promise.all([api({ GetTask: { id } }),
+      api({ TaskUsage: { id } }).catch(() => null)]);
+    const samples = (usage && usage.Usage && usage.Usage.samples) || [];
     const latest = samples.length ? samples[samples.length - 1] : null;
     const spec = t.spec;
     const done = ["Finished", "Failed", "Killed", "Lost", "Error"].includes(t.status.state);
@@ -266,6 +276,7 @@ async function viewTask(id) {
         ["owner", h("span", { class: "mono" }, t.owner)],
         ["role", spec.role || "-"],
         ["agent", t.agent || "-"],
+        ["progress", t.progress ? `${(t.progress.permille / 10).toFixed(1)} % ${t.progress.message}` : "-"],
         ["reason", t.status.reason || "-"],
         ["message", t.status.message || "-"],
         ["exit code", t.status.exit_code === null ? "-" : String(t.status.exit_code)],
@@ -277,6 +288,8 @@ async function viewTask(id) {
         ["using now", !done && latest ? `${cores(latest.cpu_millis)} cores, ${bytes(latest.mem_bytes)}` : "-"],
         ["used in all", done ? `${(t.status.cpu_ms / 1000).toFixed(3)} s CPU, peak ${bytes(t.status.peak_mem_bytes)}` : "- (told when it ends)"],
         ["submitted", ago(t.submitted_ms)],
+        ["results", t.status.results.length ? h("span", {}, t.status.results.map((r) => h("div", { class: "mono" },
+          `${r.name} = ${utf8(r.value)}`))) : "-"],
         ["outputs", t.status.outputs.length ? h("span", {}, t.status.outputs.map((o) => h("div", {},
           h("a", { href: `/api/v1/blobs/${o.blob}?name=${encodeURIComponent(o.path)}`, download: o.path }, o.path), ` ${bytes(o.size)}`))) : "-"],
       ]),
@@ -389,9 +402,10 @@ async function viewJob(id) {
     h("h2", {}, "Graph"),
     dag(j.groups),
     h("h2", {}, "Groups"),
-    table(["group", "count", "pending", "running", "done", "failed (retries)", "lost", "reads"], j.groups.map((g) => [
+    table(["group", "count", "pending", "running", "done", "progress", "failed (retries)", "lost", "reads"], j.groups.map((g) => [
       g.name, String(g.count), String(g.pending), String(g.running),
       h("div", {}, bar(g.count, g.done, 0, 0), h("span", { class: "barlabel" }, String(g.done))),
+      `${((g.progress_permille || 0) / 10).toFixed(1)} %`,
       String(g.failed), String(g.lost), (g.depends_on || []).join(", ") || "-"])),
     h("h2", {}, "Results"),
     table(["index", "task", "files"], j.results.map(([i, t, files]) => [String(i), link(`#/task/${t}`, taskName(t)),

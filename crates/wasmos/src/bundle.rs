@@ -24,6 +24,13 @@ pub(crate) enum BundleCmd {
         #[arg(long, conflicts_with = "signature")]
         unsigned: bool,
     },
+    /// What a component is, read locally: the world it targets, its imports and exports, its
+    /// size and hash, and whether this cluster can run it (and if not, why).
+    Inspect {
+        file: PathBuf,
+        #[command(flatten)]
+        out: crate::output::OutputArg,
+    },
     /// Make an ed25519 signing key pair: NAME.key (private) and NAME.pub; prints the key's id.
     Keygen { name: PathBuf },
     /// Sign a component with a private key (`keygen`'s, or openssl's ed25519 PEM): writes
@@ -67,6 +74,7 @@ pub(crate) async fn bundle(target: &Target, cmd: BundleCmd) -> Result<ExitCode> 
             signature,
             unsigned,
         } => (file, signature, unsigned),
+        BundleCmd::Inspect { file, out } => return inspect(&file, out.format),
         BundleCmd::Keygen { name } => return crate::signing::keygen(&name),
         BundleCmd::Sign { file, key, output } => return crate::signing::sign(&file, &key, output),
     };
@@ -97,6 +105,82 @@ pub(crate) async fn bundle(target: &Target, cmd: BundleCmd) -> Result<ExitCode> 
     }
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `bundle inspect` tells of a component.
+#[derive(serde::Serialize)]
+struct Inspected {
+    file: String,
+    size: u64,
+    sha256: String,
+    /// `wasmos:task/task` when it imports the platform's interfaces, `wasi:cli/command` for a
+    /// plain WASI command, `unknown` otherwise.
+    world: String,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    /// Whether this cluster can run it, and if not, why.
+    runs_here: bool,
+    refused: Option<String>,
+}
+
+/// `wasmos bundle inspect`: read locally, nothing sent.
+fn inspect(file: &Path, format: crate::output::Format) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (imports, exports) = wasmos_proto::component_interface(&bytes)
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let refused = wasmos_exec::validate_component(
+        &bytes,
+        wasmos_exec::ExecConfig::default().max_component_bytes,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .or_else(|| {
+        (!exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2.")))
+            .then(|| "it exports no wasi:cli/run@0.2: it is not a WASI command".to_string())
+    });
+    let platform = format!("{}/", wasmos_proto::TASK_PACKAGE);
+    let world = if imports.iter().any(|i| i.starts_with(&platform)) {
+        format!("{}/task", wasmos_proto::TASK_PACKAGE)
+    } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@")) {
+        "wasi:cli/command".to_string()
+    } else {
+        "unknown".to_string()
+    };
+    let seen = Inspected {
+        file: file.display().to_string(),
+        size: bytes.len() as u64,
+        sha256: crate::signing::bundle_hash(&bytes).to_string(),
+        world,
+        imports,
+        exports,
+        runs_here: refused.is_none(),
+        refused,
+    };
+    match format {
+        crate::output::Format::Json => crate::output::print_json(&seen)?,
+        crate::output::Format::Table => {
+            println!("file:      {}", seen.file);
+            println!("size:      {}", wasmos_proto::format_bytes(seen.size));
+            println!("sha256:    {}", seen.sha256);
+            println!("world:     {}", seen.world);
+            println!("imports:   {}", seen.imports.len());
+            for i in &seen.imports {
+                println!("  {i}");
+            }
+            println!("exports:   {}", seen.exports.len());
+            for e in &seen.exports {
+                println!("  {e}");
+            }
+            match &seen.refused {
+                None => println!("runs here: yes"),
+                Some(why) => println!("runs here: no: {why}"),
+            }
+        }
+    }
+    Ok(match seen.runs_here {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
 }
 
 /// Uploads a component file with the signature beside it (FILE.sig), when there is one: what

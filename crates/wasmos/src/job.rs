@@ -375,6 +375,15 @@ fn render(j: &JobInfo, now_ms: u64) -> String {
                 g.name.clone(),
                 // A service is never done: its bar and figure show instances running.
                 match j.kind {
+                    // With what running tasks report of their progress, when they do.
+                    JobKind::Batch if g.progress_permille > 0 => format!(
+                        "{} {}/{} {}.{}%",
+                        bar(g.done, g.running, g.count),
+                        g.done,
+                        g.count,
+                        g.progress_permille / 10,
+                        g.progress_permille % 10
+                    ),
                     JobKind::Batch => {
                         format!("{} {}/{}", bar(g.done, g.running, g.count), g.done, g.count)
                     }

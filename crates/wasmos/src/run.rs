@@ -260,6 +260,7 @@ pub(crate) fn task_spec(
         constraints: key_values(&args.constraint, "--constraint")?
             .into_iter()
             .collect(),
+        slot: None,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)

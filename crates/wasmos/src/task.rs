@@ -226,6 +226,16 @@ pub(crate) async fn task_show(target: &Target, id: &str, format: Format) -> Resu
                     },
                 ),
                 ("peak mem", format_bytes(st.peak_mem_bytes)),
+                (
+                    "progress",
+                    t.progress.as_ref().map_or_else(
+                        || "-".into(),
+                        |p| {
+                            let message = crate::output::plain(&p.message);
+                            format!("{}.{}% {message}", p.permille / 10, p.permille % 10)
+                        },
+                    ),
+                ),
                 ("owner", t.owner.clone()),
             ];
             for (k, v) in rows {
@@ -236,6 +246,19 @@ pub(crate) async fn task_show(target: &Target, id: &str, format: Format) -> Resu
                 println!("{:<11} {dir} ({} files)", "outputs:", st.outputs.len());
                 for o in &st.outputs {
                     println!("  {} {} {}", o.blob, format_bytes(o.size), o.path);
+                }
+            }
+            if !st.results.is_empty() {
+                // Text as text; anything else as its size (`-o json` has the bytes).
+                println!("{:<11} {}", "results:", st.results.len());
+                for r in &st.results {
+                    // A task's text: no terminal escapes reach the screen.
+                    match std::str::from_utf8(&r.value) {
+                        Ok(text) if !text.chars().any(char::is_control) => {
+                            println!("  {} = {text}", r.name)
+                        }
+                        _ => println!("  {} = ({} bytes)", r.name, r.value.len()),
+                    }
                 }
             }
         }

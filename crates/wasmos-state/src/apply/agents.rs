@@ -123,6 +123,20 @@ impl ClusterState {
                     )));
                 }
                 let mut status = update.status;
+                // An agent is not trusted to have kept its tasks' results within bounds: out
+                // of them, none are kept, and the task's record says why.
+                if !wasmos_proto::results_valid(&status.results) {
+                    status.results.clear();
+                    let refused = "its results were refused: over the limits";
+                    status.message = Some(match status.message.take() {
+                        Some(m) => format!("{m}; {refused}"),
+                        None => refused.to_string(),
+                    });
+                }
+                // Its last progress, which the heartbeats may not have carried, is the task's.
+                if let Some(p) = status.progress.take().filter(|p| p.is_valid()) {
+                    info.progress = Some(p);
+                }
                 // Outputs kept on the agent are recorded as held where the task ran (which
                 // the state knows, whatever the agent says), unless the masters store the
                 // same bytes already; outputs stored on masters were recorded by `AddBundle`.

@@ -56,6 +56,23 @@ impl ClusterState {
                 }
                 CommandResult::Submitted(id)
             }
+            Command::Progress { agent, updates } => {
+                for (task, progress) in updates {
+                    let Some(info) = self.tasks.get_mut(&task) else {
+                        continue;
+                    };
+                    if info.agent.as_ref() != Some(&agent)
+                        || info.status.state.is_terminal()
+                        || !progress.is_valid()
+                        || info.progress.as_ref() == Some(&progress)
+                    {
+                        continue;
+                    }
+                    info.progress = Some(progress);
+                    self.emit_task(task);
+                }
+                CommandResult::Ok
+            }
             Command::SetStatus {
                 task,
                 status,

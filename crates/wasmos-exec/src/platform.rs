@@ -1,0 +1,240 @@
+//! The `wasmos:task` interfaces (`wit/task.wit`) as the runner provides them to a task: its
+//! context, its progress and results (kept here for the agent to report), and being asked to
+//! stop. Each task's [`TaskPlatform`] is shared between its run and its agent.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wasmos_proto::{ResultError, TaskProgress, TaskResult};
+
+wasmtime::component::bindgen!({
+    path: "../../wit/task.wit",
+    world: "wasmos:task/imports",
+    imports: {
+        "wasmos:task/cancellation.wait": async,
+    },
+});
+
+use wasmos::task::{cancellation, context, progress, results};
+
+/// The task's place in the cluster, as `wasmos:task/context` tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskContext {
+    pub task_id: u64,
+    pub job_id: Option<u64>,
+    pub group: Option<String>,
+    pub index: Option<u32>,
+    pub attempt: u32,
+    pub role: String,
+}
+
+/// What one task and its agent share through the platform interfaces.
+#[derive(Debug)]
+pub struct TaskPlatform {
+    context: TaskContext,
+    grace: Duration,
+    told: Mutex<Told>,
+    cancel: watch::Sender<bool>,
+    /// Set once instantiated: a task killed before that has nothing to finish.
+    running: std::sync::atomic::AtomicBool,
+    /// Wall-clock milliseconds since the Unix epoch at which its timeout ends it: set when its
+    /// run starts (the timeout counts from there, not from its launch).
+    deadline_ms: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Told {
+    /// The latest report, and whether the agent has taken it since.
+    progress: Option<(TaskProgress, bool)>,
+    results: Vec<TaskResult>,
+}
+
+impl TaskPlatform {
+    /// A task's platform; `grace` is how long it has to stop once asked, if it imports
+    /// `cancellation`.
+    pub fn new(context: TaskContext, grace: Duration) -> Arc<TaskPlatform> {
+        Arc::new(TaskPlatform {
+            context,
+            grace,
+            told: Mutex::default(),
+            cancel: watch::Sender::new(false),
+            running: Default::default(),
+            deadline_ms: Default::default(),
+        })
+    }
+
+    pub(crate) fn set_deadline(&self, timeout: Duration) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = u64::try_from((now + timeout).as_millis()).unwrap_or(u64::MAX);
+        self.deadline_ms
+            .store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_running(&self) {
+        self.running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn told(&self) -> MutexGuard<'_, Told> {
+        self.told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The progress reported since the last call, if any.
+    pub fn take_progress(&self) -> Option<TaskProgress> {
+        match &mut self.told().progress {
+            Some((p, taken @ false)) => {
+                *taken = true;
+                Some(p.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Makes the latest report new again, for a master that may not have recorded it (a new
+    /// session, a new leader).
+    pub fn resend_progress(&self) {
+        if let Some((_, taken)) = &mut self.told().progress {
+            *taken = false;
+        }
+    }
+
+    /// The latest progress reported, taken or not.
+    pub fn latest_progress(&self) -> Option<TaskProgress> {
+        self.told().progress.as_ref().map(|(p, _)| p.clone())
+    }
+
+    /// What the task published so far.
+    pub fn results(&self) -> Vec<TaskResult> {
+        self.told().results.clone()
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Asks the task to stop (it learns it through `cancellation`).
+    pub(crate) fn request_cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        *self.cancel.borrow()
+    }
+}
+
+/// Two platforms are equal when they give a task the same context and grace (requests compare
+/// by value; what a run reports is not part of its request).
+impl PartialEq for TaskPlatform {
+    fn eq(&self, other: &Self) -> bool {
+        self.context == other.context && self.grace == other.grace
+    }
+}
+
+impl Eq for TaskPlatform {}
+
+impl Default for TaskPlatform {
+    fn default() -> Self {
+        TaskPlatform {
+            context: TaskContext::default(),
+            grace: Duration::ZERO,
+            told: Mutex::default(),
+            cancel: watch::Sender::new(false),
+            running: Default::default(),
+            deadline_ms: Default::default(),
+        }
+    }
+}
+
+/// Whether a component imports the interface `name` of `wasmos:task` (any 0.1 version).
+pub(crate) fn imports_interface(imports: &[String], name: &str) -> bool {
+    let prefix = format!("{}/{name}@", wasmos_proto::TASK_PACKAGE);
+    imports.iter().any(|i| i.starts_with(&prefix))
+}
+
+/// The store data's side of the interfaces.
+pub(crate) trait HasPlatform {
+    fn platform(&self) -> &TaskPlatform;
+}
+
+/// Adds the `wasmos:task` interfaces to `linker`.
+pub(crate) fn add_to_linker<T: HasPlatform + Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    Imports::add_to_linker::<T, HostData<T>>(linker, |t| Host(t))
+}
+
+/// The interfaces' host, over the store's data.
+pub(crate) struct Host<'a, T>(&'a mut T);
+
+/// Names [`Host`] as what the bindings' functions get from the store.
+struct HostData<T>(std::marker::PhantomData<T>);
+
+impl<T: 'static> wasmtime::component::HasData for HostData<T> {
+    type Data<'a> = Host<'a, T>;
+}
+
+impl<T: HasPlatform> context::Host for Host<'_, T> {
+    fn get(&mut self) -> context::Info {
+        let p = self.0.platform();
+        let c = &p.context;
+        context::Info {
+            task_id: c.task_id,
+            job_id: c.job_id,
+            group: c.group.clone(),
+            index: c.index,
+            attempt: c.attempt,
+            role: c.role.clone(),
+            deadline_ms: p.deadline_ms.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl<T: HasPlatform> progress::Host for Host<'_, T> {
+    fn report(&mut self, fraction: f32, message: String) {
+        let p = TaskProgress::from_guest(fraction, &message);
+        let mut told = self.0.platform().told();
+        // The same report again is nothing new to send.
+        if told.progress.as_ref().is_none_or(|(old, _)| *old != p) {
+            told.progress = Some((p, false));
+        }
+    }
+}
+
+impl<T: HasPlatform> results::Host for Host<'_, T> {
+    fn put_value(&mut self, name: String, value: Vec<u8>) -> Result<(), results::ErrorCode> {
+        let mut told = self.0.platform().told();
+        wasmos_proto::publish_result(&mut told.results, &name, value).map_err(|e| match e {
+            ResultError::InvalidName => results::ErrorCode::InvalidName,
+            ResultError::TooLarge => results::ErrorCode::TooLarge,
+            ResultError::TooMany => results::ErrorCode::TooMany,
+        })
+    }
+}
+
+impl<T: HasPlatform + Send> cancellation::Host for Host<'_, T> {
+    fn requested(&mut self) -> bool {
+        self.0.platform().cancel_requested()
+    }
+
+    async fn wait(&mut self, timeout_ms: u64) -> bool {
+        let mut rx = self.0.platform().cancel.subscribe();
+        let asked = rx.wait_for(|asked| *asked);
+        matches!(
+            tokio::time::timeout(Duration::from_millis(timeout_ms), asked).await,
+            Ok(Ok(_))
+        )
+    }
+
+    fn grace_ms(&mut self) -> u64 {
+        u64::try_from(self.0.platform().grace.as_millis()).unwrap_or(u64::MAX)
+    }
+}
