@@ -333,7 +333,7 @@ async fn imports_the_cluster_does_not_provide_are_refused_at_upload_by_name() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (import, says) in [
-        ("wasmos:task/spawn@0.1.0", "wasmos:task/spawn@0.1.0"),
+        ("wasmos:task/teleport@0.1.0", "wasmos:task/teleport@0.1.0"),
         ("wasmos:task/progress@0.2.0", "wasmos:task/progress@0.2.0"),
         ("wasi:http/types@0.2.0", "wasi:http/types@0.2.0"),
     ] {

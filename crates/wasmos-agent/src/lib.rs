@@ -2,6 +2,7 @@
 //! tasks it is given through `wasmos-exec`, and reports their status and output. Status updates
 //! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
 
+mod children;
 mod kept;
 mod renew;
 pub mod stats;
@@ -142,6 +143,8 @@ struct Agent {
     /// waits while it is over [`OUTPUT_BACKLOG`], so a task printing faster than the master
     /// takes it is slowed down instead of filling the agent's memory.
     output_backlog: Arc<AtomicU64>,
+    /// The children its tasks started (`wasmos:task/spawn`).
+    children: Arc<children::Children>,
 }
 
 /// Most bytes of task output an agent queues for its master at once, and of one task's: a
@@ -166,6 +169,11 @@ impl Agent {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current session's outgoing queue, if connected.
+    fn link(&self) -> Option<mpsc::UnboundedSender<AgentToMaster>> {
+        self.inner().link.clone()
     }
 
     fn report(&self, task: TaskId, status: TaskStatus) {
@@ -353,6 +361,7 @@ pub async fn run(
         peer_conns: Arc::default(),
         renew_now: tokio::sync::watch::Sender::new(0),
         revocations_known,
+        children: Arc::default(),
         memory,
         protected,
         cfg,
@@ -666,6 +675,8 @@ async fn read_loop(
                         m.platform.resend_progress();
                     }
                 }
+                // Children asked for or waited on, which this master may never have heard of.
+                agent.children.resend(&tx);
                 let tx = tx.clone();
                 let every = Duration::from_millis(heartbeat_interval_ms.max(100));
                 let agent = agent.clone();
@@ -701,6 +712,10 @@ async fn read_loop(
                 }
             }
             MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
+            MasterToAgent::Spawned { parent, seq, child } => {
+                agent.children.spawned(agent, parent, seq, child);
+            }
+            MasterToAgent::ChildEnded { parent, end } => agent.children.ended(agent, parent, end),
             MasterToAgent::Revoked {
                 serials,
                 identities,
@@ -878,6 +893,10 @@ fn launch(
         },
         Duration::from_millis(wasmos_proto::GRACE_MS.min(spec.timeout_ms)),
     );
+    platform.set_spawner(Arc::new(children::TaskSpawner {
+        agent: Arc::downgrade(&agent),
+        parent: task,
+    }));
     let metered = Metered {
         usage: usage.clone(),
         counted: !spec.qos.is_revocable(),
@@ -890,6 +909,7 @@ fn launch(
         .started(task, spec.role.as_deref(), usage.clone());
     agent.pool.clone().spawn(async move {
         let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, metered).await;
+        agent.children.forget(task);
         // One step, so whoever sees the task gone from the running set finds its end among
         // the unacknowledged updates, and no kill reason is left behind for it.
         let mut inner = agent.inner();
@@ -907,6 +927,7 @@ fn launch(
                         "its framework was torn down or did not return within its failover timeout"
                     }
                     Reason::AgentStopped => "its agent was stopped",
+                    Reason::ParentEnded => "its parent task ended",
                     _ => "killed by the master",
                 }
                 .into(),

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use artifact::{CompileWorker, run_compile_worker};
 pub use disk::{DiskQuota, Preopen, charged_bytes};
 pub use net::EgressPolicy;
-pub use platform::{TaskContext, TaskPlatform};
+pub use platform::{SpawnFuture, Spawner, TaskContext, TaskPlatform};
 pub use runner::{Compiled, Runner};
 
 pub use validate::validate_component;

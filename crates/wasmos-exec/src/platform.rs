@@ -6,17 +6,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use wasmos_proto::{ResultError, TaskProgress, TaskResult};
+use wasmos_proto::{ChildOutcome, ChildSpec, ResultError, SpawnRefusal, TaskProgress, TaskResult};
 
 wasmtime::component::bindgen!({
     path: "../../wit/task.wit",
     world: "wasmos:task/imports",
     imports: {
         "wasmos:task/cancellation.wait": async,
+        "wasmos:task/spawn.start": async,
+        "wasmos:task/spawn.wait": async,
     },
 });
 
-use wasmos::task::{cancellation, context, progress, results};
+use wasmos::task::{cancellation, context, progress, results, spawn};
 
 /// The task's place in the cluster, as `wasmos:task/context` tells it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +29,20 @@ pub struct TaskContext {
     pub index: Option<u32>,
     pub attempt: u32,
     pub role: String,
+}
+
+/// A future a [`Spawner`] answers with.
+pub type SpawnFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Starts a task's children and tells how they end (`wasmos:task/spawn`): the agent's side,
+/// for one parent task. Handles are the parent's own numbers for its children.
+pub trait Spawner: Send + Sync + std::fmt::Debug {
+    /// Starts a child; its handle once the cluster has taken it.
+    fn start(&self, spec: ChildSpec) -> SpawnFuture<Result<u32, SpawnRefusal>>;
+    /// How child `handle` ended, once it has (none for an unknown handle).
+    fn wait(&self, handle: u32) -> SpawnFuture<Option<ChildOutcome>>;
+    /// Asks child `handle` to stop; false for an unknown handle.
+    fn cancel(&self, handle: u32) -> bool;
 }
 
 /// What one task and its agent share through the platform interfaces.
@@ -41,6 +57,8 @@ pub struct TaskPlatform {
     /// Wall-clock milliseconds since the Unix epoch at which its timeout ends it: set when its
     /// run starts (the timeout counts from there, not from its launch).
     deadline_ms: std::sync::atomic::AtomicU64,
+    /// Starts its children, when its agent lets it.
+    spawner: std::sync::OnceLock<Arc<dyn Spawner>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +79,13 @@ impl TaskPlatform {
             cancel: watch::Sender::new(false),
             running: Default::default(),
             deadline_ms: Default::default(),
+            spawner: Default::default(),
         })
+    }
+
+    /// Lets the task start children through `spawner` (set once; later calls change nothing).
+    pub fn set_spawner(&self, spawner: Arc<dyn Spawner>) {
+        let _ = self.spawner.set(spawner);
     }
 
     pub(crate) fn set_deadline(&self, timeout: Duration) {
@@ -150,6 +174,7 @@ impl Default for TaskPlatform {
             cancel: watch::Sender::new(false),
             running: Default::default(),
             deadline_ms: Default::default(),
+            spawner: Default::default(),
         }
     }
 }
@@ -236,5 +261,74 @@ impl<T: HasPlatform + Send> cancellation::Host for Host<'_, T> {
 
     fn grace_ms(&mut self) -> u64 {
         u64::try_from(self.0.platform().grace.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl From<SpawnRefusal> for spawn::Error {
+    fn from(r: SpawnRefusal) -> Self {
+        match r {
+            SpawnRefusal::TooManyChildren => spawn::Error::TooManyChildren,
+            SpawnRefusal::TooDeep(depth) => spawn::Error::TooDeep(depth),
+            other => spawn::Error::Refused(other.to_string()),
+        }
+    }
+}
+
+impl<T: HasPlatform + Send> spawn::Host for Host<'_, T> {
+    async fn start(&mut self, spec: spawn::ChildSpec) -> Result<u32, spawn::Error> {
+        let spawner = self.0.platform().spawner.get().cloned().ok_or_else(|| {
+            spawn::Error::Refused("this agent starts no child tasks (it runs tasks alone)".into())
+        })?;
+        let bundle = match spec.bundle {
+            None => None,
+            Some(b) => Some(wasmos_proto::BundleHash::parse(&b).map_err(|_| {
+                spawn::Error::Refused(format!(
+                    "bundle `{}` is not a sha256 (64 lowercase hex digits)",
+                    b.chars().take(80).collect::<String>()
+                ))
+            })?),
+        };
+        let child = ChildSpec {
+            bundle,
+            args: spec.args,
+            env: spec.env,
+            cpu_millis: spec.cpu_millis,
+            mem_bytes: spec.mem_bytes,
+            timeout_ms: spec.timeout_ms,
+            retries: spec.retries,
+        };
+        wasmos_proto::check_child_spec(&child)?;
+        Ok(spawner.start(child).await?)
+    }
+
+    async fn wait(&mut self, child: u32) -> Result<spawn::Outcome, spawn::Error> {
+        let spawner = self.0.platform().spawner.get().cloned();
+        let outcome = match spawner {
+            Some(s) => s.wait(child).await,
+            None => None,
+        };
+        let ChildOutcome { end, attempts } = outcome.ok_or(spawn::Error::UnknownChild)?;
+        use wasmos_proto::TaskState as S;
+        Ok(spawn::Outcome {
+            task_id: end.task.0,
+            state: match end.state {
+                S::Finished => spawn::EndState::Finished,
+                S::Failed => spawn::EndState::Failed,
+                S::Killed => spawn::EndState::Killed,
+                S::Lost => spawn::EndState::Lost,
+                _ => spawn::EndState::Error,
+            },
+            exit_code: end.exit_code,
+            message: end.message,
+            attempts,
+            results: end.results.into_iter().map(|r| (r.name, r.value)).collect(),
+        })
+    }
+
+    fn cancel(&mut self, child: u32) -> Result<(), spawn::Error> {
+        match self.0.platform().spawner.get() {
+            Some(s) if s.cancel(child) => Ok(()),
+            _ => Err(spawn::Error::UnknownChild),
+        }
     }
 }

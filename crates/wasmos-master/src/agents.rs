@@ -279,6 +279,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                     break;
                 }
             }
+            Ok(Some(AgentToMaster::Spawn { parent, seq, spec })) => {
+                let (shared, agent) = (shared.clone(), agent.clone());
+                tokio::spawn(async move {
+                    let child = crate::children::spawn(&shared, &agent, parent, seq, spec).await;
+                    let answer = MasterToAgent::Spawned { parent, seq, child };
+                    shared.send_to_agent(&agent, answer);
+                });
+            }
+            Ok(Some(AgentToMaster::WatchChildren { parent, children })) => {
+                crate::children::watch(&shared, &agent, parent, children);
+            }
+            Ok(Some(AgentToMaster::KillChild { parent, child })) => {
+                let (shared, agent) = (shared.clone(), agent.clone());
+                tokio::spawn(async move {
+                    crate::children::kill_child(&shared, &agent, parent, child).await;
+                });
+            }
             Ok(Some(other)) => tracing::warn!(%agent, "unexpected message {other:?}"),
             Ok(None) => break,
             Err(_) if wasmos_net::closed_on_purpose(&conn) => break,

@@ -9,7 +9,7 @@ use wasmos_net::{
     Connection, FrameError, Identity, RecvStream, SendStream, recv_frame, send_frame,
 };
 use wasmos_proto::{
-    AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
+    AgentId, AgentInfo, AgentState, BlobKind, BundleHash, ClientRequest, ClientResponse, ErrorKind,
     MasterToAgent, Reason, RevokedInfo, RoleInfo, TaskFilter, TaskId, TaskInfo, TaskSpec,
     TaskState, TaskStatus,
 };
@@ -451,6 +451,8 @@ async fn submit(
     let mut spec = spec;
     // A task's job slot is the job host's to give (`wasmos:task/context` tells it).
     spec.slot = None;
+    // A child is its parent's to start (`wasmos:task/spawn`, through its agent).
+    spec.lineage = None;
     if let Err(e) =
         validate_spec(&spec).and_then(|()| crate::policy::seal(&shared.secrets, &mut spec))
     {
@@ -511,36 +513,39 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
             format!("task {id} already ended as {}", task.status.state),
         );
     }
-    if let Some(agent) = &task.agent
-        && shared.send_to_agent(
-            agent,
-            MasterToAgent::Kill {
-                task: id,
-                reason: None,
-            },
-        )
+    match end_task(shared, id, task.agent.as_ref(), None, "killed").await {
+        Ok(()) => ClientResponse::Ok,
+        Err(e) => raft_error(shared, e),
+    }
+}
+
+/// Ends a live task: its agent is told to kill it (for `reason`, none for a plain kill), or,
+/// when it is on no connected agent, it is recorded killed before it started (`why`).
+pub(crate) async fn end_task(
+    shared: &Shared,
+    id: TaskId,
+    agent: Option<&AgentId>,
+    reason: Option<Reason>,
+    why: &str,
+) -> Result<(), wasmos_raft::RaftError> {
+    if let Some(agent) = agent
+        && shared.send_to_agent(agent, MasterToAgent::Kill { task: id, reason })
     {
-        return ClientResponse::Ok;
+        return Ok(());
     }
     let status = TaskStatus::with_reason(
         TaskState::Killed,
-        Some(Reason::Killed),
-        "killed before it started",
+        Some(reason.unwrap_or(Reason::Killed)),
+        format!("{why} before it started"),
     );
-    match shared
-        .write(Command::SetStatus {
-            task: id,
-            status,
-            now_ms: now_ms(),
-        })
-        .await
-    {
-        Ok(_) => {
-            shared.offer_event(Event::TaskChanged(id));
-            ClientResponse::Ok
-        }
-        Err(e) => raft_error(shared, e),
-    }
+    let cmd = Command::SetStatus {
+        task: id,
+        status,
+        now_ms: now_ms(),
+    };
+    shared.write(cmd).await?;
+    shared.offer_event(Event::TaskChanged(id));
+    Ok(())
 }
 
 /// What the leader's allocator shows; empty if the offer cycle does not answer in time.

@@ -58,6 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
         let mut work = tokio::task::JoinSet::new();
         work.spawn(crate::scheduler::lead(shared.clone()));
         work.spawn(crate::jobs::lead(shared.clone()));
+        work.spawn(crate::children::lead(shared.clone()));
         let mut stopped = false;
         let deposed = async {
             loop {

@@ -11,6 +11,7 @@ mod client;
 mod events;
 mod frameworks;
 mod jobs;
+mod children;
 mod leadership;
 mod logs;
 mod metrics;
@@ -246,6 +247,8 @@ pub(crate) struct Shared {
     pub metrics: metrics::Metrics,
     /// Tasks' usage over time, from the heartbeats of the agents connected here.
     usage: Mutex<usage::UsageHistory>,
+    /// Which agents wait for which spawned tasks to end.
+    pub(crate) children: children::Watches,
 }
 
 /// An agent's registration under way (see [`Shared::registering`]); ends when dropped.
@@ -662,6 +665,7 @@ impl Master {
             revocations,
             live: wasmos_net::LiveConnections::default(),
             audit_pace: audit::Pace::default(),
+            children: Default::default(),
         });
         // The state was loaded when raft opened: the list is right before the first handshake.
         shared

@@ -1051,6 +1051,8 @@ impl<E: Env> Cycle<E> {
             };
             let mut requests = Vec::new();
             for mut spec in list {
+                // Only a task's own spawn makes a child.
+                spec.lineage = None;
                 spec.slot = job.and_then(|job| {
                     spec.slot.take().map(|s| wasmos_proto::JobSlot {
                         job: Some(job),

@@ -9,7 +9,7 @@ pub const TASK_PACKAGE: &str = "wasmos:task";
 pub const TASK_PACKAGE_VERSION: &str = "0.1.0";
 
 /// The `wasmos:task` interfaces a task may import.
-pub const TASK_INTERFACES: &[&str] = &["context", "progress", "results", "cancellation"];
+pub const TASK_INTERFACES: &[&str] = &["context", "progress", "results", "cancellation", "spawn"];
 
 /// The WASI 0.2 packages a task may import (wasmtime's WASI, with no HTTP).
 pub const WASI_PACKAGES: &[&str] = &[
@@ -340,6 +340,7 @@ mod tests {
             "wasi:sockets/tcp@0.2.3",
             "wasmos:task/progress@0.1.0",
             "wasmos:task/context@0.1.2",
+            "wasmos:task/spawn@0.1.0",
         ] {
             assert_eq!(check_import(ok), Ok(()), "{ok}");
         }
@@ -347,7 +348,7 @@ mod tests {
             ("wasi:http/types@0.2.0", "wasi:http/types@0.2.0"),
             ("wasi:cli/environment@0.3.0", "WASI 0.2"),
             ("wasi:cli/environment", "WASI 0.2"),
-            ("wasmos:task/spawn@0.1.0", "does not provide"),
+            ("wasmos:task/teleport@0.1.0", "does not provide"),
             ("wasmos:task/progress@0.2.0", "wasmos:task/progress@0.2.0"),
             ("wasmos:task/progress", "does not provide"),
             ("acme:rockets/launch@1.0.0", "acme:rockets/launch@1.0.0"),

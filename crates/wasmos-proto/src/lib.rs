@@ -12,6 +12,7 @@ mod messages;
 mod net;
 mod quantity;
 mod signing;
+mod spawn;
 mod task;
 
 pub use ceilings::{Ceilings, DEFAULT_CEILINGS, EffectiveCeilings};
@@ -48,6 +49,10 @@ pub use quantity::{
 pub use signing::{
     BundleSignature, BundleTrust, MAX_BUNDLE_SIGNATURES, MAX_KEY_ID_BYTES, MAX_ROLE_SIGNERS,
     MAX_SIGNING_KEYS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKeyInfo, TrustedKey,
+};
+pub use spawn::{
+    ChildEnd, ChildOutcome, ChildSpec, Lineage, MAX_CHILD_RETRIES, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
+    SpawnRefusal, check_child_spec,
 };
 pub use task::{
     InputFile, JobSlot, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy,

@@ -701,6 +701,25 @@ pub enum AgentToMaster {
     Renew {
         csr: Vec<u8>,
     },
+    /// Task `parent`, running here, asks to start a child (`wasmos:task/spawn`). `seq` numbers
+    /// the parent's requests: one sent again (to a new leader) starts no second child.
+    /// Answered with `Spawned` on the control stream.
+    Spawn {
+        parent: TaskId,
+        seq: u32,
+        spec: crate::ChildSpec,
+    },
+    /// Task `parent` waits for these children of its: each one's end comes as `ChildEnded`
+    /// (at once for those that already ended). Sent again to each new leader.
+    WatchChildren {
+        parent: TaskId,
+        children: Vec<TaskId>,
+    },
+    /// Task `parent` asks its child to stop.
+    KillChild {
+        parent: TaskId,
+        child: TaskId,
+    },
 }
 
 /// Master to agent, on the agent's control stream.
@@ -771,4 +790,15 @@ pub enum MasterToAgent {
     /// Renew this agent's certificate now rather than when it is due (an operator's
     /// `wasmos cert renew --agents`).
     RenewNow,
+    /// Answer to `Spawn`: the child's task, or why it was not started.
+    Spawned {
+        parent: TaskId,
+        seq: u32,
+        child: Result<TaskId, crate::SpawnRefusal>,
+    },
+    /// A child a task here waits for has ended.
+    ChildEnded {
+        parent: TaskId,
+        end: crate::ChildEnd,
+    },
 }

@@ -229,6 +229,10 @@ pub struct TaskSpec {
     /// masters' job host only: the masters clear it on anything else's tasks.
     #[serde(default)]
     pub slot: Option<JobSlot>,
+    /// The task that spawned it (`wasmos:task/spawn`), if one did. Set by the masters only:
+    /// they clear it on clients' and frameworks' tasks.
+    #[serde(default)]
+    pub lineage: Option<crate::Lineage>,
 }
 
 /// A task's place in a batch job or service.
@@ -406,6 +410,7 @@ impl TaskSpec {
             secret_env: Vec::new(),
             constraints: BTreeMap::new(),
             slot: None,
+            lineage: None,
         }
     }
 
@@ -620,6 +625,8 @@ pub enum Reason {
     /// Its agent was stopped (SIGTERM, Ctrl-C, the service stopped) and killed it on the way
     /// out; the task may run again elsewhere.
     AgentStopped,
+    /// The task that spawned it ended first: children do not outlive their parent.
+    ParentEnded,
 }
 
 impl Reason {
@@ -640,6 +647,7 @@ impl Reason {
             Reason::FrameworkRemoved => "framework_removed",
             Reason::InputLost => "input_lost",
             Reason::AgentStopped => "agent_stopped",
+            Reason::ParentEnded => "parent_ended",
         }
     }
 }

@@ -265,6 +265,9 @@ struct LiveIndex {
     built: bool,
     tasks: std::collections::BTreeSet<TaskId>,
     by_role: BTreeMap<String, u64>,
+    /// Spawned tasks not yet ended, by parent: for the limit on a parent's children and for
+    /// ending them with it.
+    children: BTreeMap<TaskId, std::collections::BTreeSet<TaskId>>,
 }
 
 impl PartialEq for LiveIndex {
@@ -515,6 +518,9 @@ impl ClusterState {
                 if let Some(r) = &t.spec.role {
                     *live.by_role.entry(r.clone()).or_default() += 1;
                 }
+                if let Some(l) = &t.spec.lineage {
+                    live.children.entry(l.parent).or_default().insert(t.id);
+                }
             }
         }
         self.live = live;
@@ -525,18 +531,23 @@ impl ClusterState {
         let Some(t) = self.tasks.get(&task) else {
             return;
         };
-        if self.live.tasks.insert(task)
-            && let Some(r) = &t.spec.role
-        {
-            *self.live.by_role.entry(r.clone()).or_default() += 1;
+        if self.live.tasks.insert(task) {
+            if let Some(r) = &t.spec.role {
+                *self.live.by_role.entry(r.clone()).or_default() += 1;
+            }
+            if let Some(l) = &t.spec.lineage {
+                self.live.children.entry(l.parent).or_default().insert(task);
+            }
         }
         self.emit_task(task);
     }
 
     /// Stops counting a task that has ended or is forgotten.
-    fn index_ended(&mut self, task: TaskId, role: Option<&str>) {
-        if self.live.tasks.remove(&task)
-            && let Some(r) = role
+    fn index_ended(&mut self, task: TaskId, role: Option<&str>, parent: Option<TaskId>) {
+        if !self.live.tasks.remove(&task) {
+            return;
+        }
+        if let Some(r) = role
             && let Some(n) = self.live.by_role.get_mut(r)
         {
             *n -= 1;
@@ -544,6 +555,38 @@ impl ClusterState {
                 self.live.by_role.remove(r);
             }
         }
+        if let Some(parent) = parent
+            && let Some(children) = self.live.children.get_mut(&parent)
+        {
+            children.remove(&task);
+            if children.is_empty() {
+                self.live.children.remove(&parent);
+            }
+        }
+    }
+
+    /// The task an earlier submission of `owner`'s with `key` made, if remembered.
+    pub fn submitted(&self, owner: &str, key: &str) -> Option<TaskId> {
+        self.submissions.get(&format!("{owner} {key}")).copied()
+    }
+
+    /// The children of `parent` (spawned through `wasmos:task/spawn`) that have not ended.
+    pub fn live_children(&self, parent: TaskId) -> impl Iterator<Item = TaskId> + '_ {
+        self.live.children.get(&parent).into_iter().flatten().copied()
+    }
+
+    /// Live spawned tasks whose parent has ended (which a new leader ends, in case the one
+    /// that saw the parent end did not get to it).
+    pub fn orphans(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.live
+            .children
+            .iter()
+            .filter(|(parent, _)| {
+                self.tasks
+                    .get(parent)
+                    .is_none_or(|p| p.status.state.is_terminal())
+            })
+            .flat_map(|(_, children)| children.iter().copied())
     }
 
     /// Live tasks by role, as (role, count): roles with none are absent.
@@ -725,7 +768,7 @@ impl ClusterState {
         let tasks = forget.len() as u64;
         for id in forget {
             if let Some(t) = self.tasks.remove(&id) {
-                self.index_ended(id, t.spec.role.as_deref());
+                self.index_ended(id, t.spec.role.as_deref(), None);
             }
         }
         let jobs_before = self.jobs.len();
@@ -1014,7 +1057,7 @@ impl ClusterState {
             .status
             .state
             .is_terminal()
-            .then(|| info.spec.role.clone());
+            .then(|| (info.spec.role.clone(), info.spec.lineage.map(|l| l.parent)));
         let framework = info.framework;
         if let Some(fw) = framework
             && self
@@ -1024,8 +1067,8 @@ impl ClusterState {
         {
             self.unacked.insert((fw, task));
         }
-        if let Some(role) = ended {
-            self.index_ended(task, role.as_deref());
+        if let Some((role, parent)) = ended {
+            self.index_ended(task, role.as_deref(), parent);
         }
         self.emit_task(task);
     }

@@ -261,6 +261,7 @@ pub(crate) fn task_spec(
             .into_iter()
             .collect(),
         slot: None,
+        lineage: None,
     };
     spec.check().map_err(|e| anyhow!("{e}"))?;
     Ok(spec)

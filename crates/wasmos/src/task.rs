@@ -172,6 +172,13 @@ pub(crate) async fn task_show(target: &Target, id: &str, format: Format) -> Resu
                         .as_ref()
                         .map_or_else(|| "-".into(), |a| a.to_string()),
                 ),
+                (
+                    "parent",
+                    t.spec.lineage.map_or_else(
+                        || "-".into(),
+                        |l| format!("{} (spawned, depth {})", l.parent, l.depth),
+                    ),
+                ),
                 ("bundle", t.spec.bundle.to_string()),
                 ("args", t.spec.args.join(" ")),
                 ("env", env.join(" ")),

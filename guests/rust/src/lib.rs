@@ -11,6 +11,11 @@
 //!     // asked to stop: wasmos_task::grace() left to finish
 //! }
 //! # let _ = me;
+//! // A child task running this same bundle with other arguments, and what it published.
+//! let child = wasmos_task::Child::start(&wasmos_task::ChildSpec::new().arg("leaf")).unwrap();
+//! let outcome = child.wait().unwrap();
+//! let sum = outcome.result("sum");
+//! # let _ = sum;
 //! ```
 
 use std::time::Duration;
@@ -20,7 +25,7 @@ wit_bindgen::generate!({
     world: "wasmos:task/imports",
 });
 
-use wasmos::task::{cancellation, context as ctx, progress as prog, results};
+use wasmos::task::{cancellation, context as ctx, progress as prog, results, spawn as sp};
 
 /// The task's place in the cluster, fixed for its whole run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,4 +114,186 @@ pub fn wait_for_cancel(timeout: Duration) -> bool {
 /// How long the task has, once asked to stop, before it is stopped.
 pub fn grace() -> Duration {
     Duration::from_millis(cancellation::grace_ms())
+}
+
+/// What to start as a child task: the parent's own bundle, resources and timeout unless set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildSpec {
+    bundle: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cpu_millis: u64,
+    mem_bytes: u64,
+    timeout_ms: u64,
+    retries: u32,
+}
+
+impl ChildSpec {
+    /// A child that runs the parent's bundle, with no arguments or environment.
+    pub fn new() -> ChildSpec {
+        ChildSpec::default()
+    }
+
+    /// Runs another bundle (its sha256, as `wasmos bundle push` prints it).
+    pub fn bundle(mut self, sha256: &str) -> ChildSpec {
+        self.bundle = Some(sha256.to_string());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> ChildSpec {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> ChildSpec {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Millicores (1000 = one core).
+    pub fn cpu_millis(mut self, millis: u64) -> ChildSpec {
+        self.cpu_millis = millis;
+        self
+    }
+
+    pub fn mem_bytes(mut self, bytes: u64) -> ChildSpec {
+        self.mem_bytes = bytes;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> ChildSpec {
+        self.timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// How many more times it is started if it fails by itself (at most 5).
+    pub fn retries(mut self, retries: u32) -> ChildSpec {
+        self.retries = retries;
+        self
+    }
+}
+
+/// Why a child could not be started or waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The task has 1024 children that have not ended.
+    TooManyChildren,
+    /// The child would be this deep; spawned tasks nest at most 8 deep.
+    TooDeep(u32),
+    /// The cluster refused it, for this reason.
+    Refused(String),
+    /// No child of this task has that handle.
+    UnknownChild,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::TooManyChildren => {
+                f.write_str("the task already has 1024 children that have not ended")
+            }
+            SpawnError::TooDeep(d) => {
+                write!(f, "a child would be {d} levels deep (spawned tasks nest at most 8 deep)")
+            }
+            SpawnError::Refused(why) => write!(f, "refused: {why}"),
+            SpawnError::UnknownChild => f.write_str("no such child"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+impl From<sp::Error> for SpawnError {
+    fn from(e: sp::Error) -> Self {
+        match e {
+            sp::Error::TooManyChildren => SpawnError::TooManyChildren,
+            sp::Error::TooDeep(d) => SpawnError::TooDeep(d),
+            sp::Error::Refused(why) => SpawnError::Refused(why),
+            sp::Error::UnknownChild => SpawnError::UnknownChild,
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndState {
+    Finished,
+    Failed,
+    Killed,
+    Lost,
+    Error,
+}
+
+/// A child's end, retries included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its last run's task id.
+    pub task_id: u64,
+    pub state: EndState,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    /// 1 plus the retries used.
+    pub attempts: u32,
+    pub results: Vec<(String, Vec<u8>)>,
+}
+
+impl Outcome {
+    /// Whether it ran to its end and exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.state == EndState::Finished && self.exit_code == Some(0)
+    }
+
+    /// The value of its result `name`, if it published one.
+    pub fn result(&self, name: &str) -> Option<&[u8]> {
+        self.results
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A child task this task started. Dropping the handle does not stop the child; the child
+/// ends with its parent at the latest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Child(u32);
+
+impl Child {
+    /// Starts a child, once the cluster has taken it (it then waits to be scheduled like any
+    /// other task).
+    pub fn start(spec: &ChildSpec) -> Result<Child, SpawnError> {
+        let spec = sp::ChildSpec {
+            bundle: spec.bundle.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cpu_millis: spec.cpu_millis,
+            mem_bytes: spec.mem_bytes,
+            timeout_ms: spec.timeout_ms,
+            retries: spec.retries,
+        };
+        Ok(Child(sp::start(&spec)?))
+    }
+
+    /// Waits until it has ended (its retries too).
+    pub fn wait(&self) -> Result<Outcome, SpawnError> {
+        let o = sp::wait(self.0)?;
+        Ok(Outcome {
+            task_id: o.task_id,
+            state: match o.state {
+                sp::EndState::Finished => EndState::Finished,
+                sp::EndState::Failed => EndState::Failed,
+                sp::EndState::Killed => EndState::Killed,
+                sp::EndState::Lost => EndState::Lost,
+                sp::EndState::Error => EndState::Error,
+            },
+            exit_code: o.exit_code,
+            message: o.message,
+            attempts: o.attempts,
+            results: o.results,
+        })
+    }
+
+    /// Asks it to stop; [`Child::wait`] still tells how it ended.
+    pub fn cancel(&self) -> Result<(), SpawnError> {
+        Ok(sp::cancel(self.0)?)
+    }
 }

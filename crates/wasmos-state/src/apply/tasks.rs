@@ -38,6 +38,11 @@ impl ClusterState {
                 if let Err(why) = check_sealed(&spec).and(signed) {
                     return CommandResult::Rejected(why);
                 }
+                if let Some(lineage) = spec.lineage
+                    && let Err(why) = self.check_lineage(&spec, &owner, lineage)
+                {
+                    return CommandResult::Rejected(why);
+                }
                 let id = match id {
                     Some(id) if self.tasks.contains_key(&id) => {
                         return CommandResult::Rejected(Rejection::Conflict(format!(
@@ -114,5 +119,51 @@ impl ClusterState {
                 "not a command of this family: {other:?}"
             ))),
         }
+    }
+}
+
+impl ClusterState {
+    /// Whether a child may be spawned as `lineage` says: its parent is running, the child is
+    /// its owner's under its role, one level deeper, within the depth and fan-out limits.
+    pub fn check_lineage(
+        &self,
+        spec: &TaskSpec,
+        owner: &str,
+        lineage: wasmos_proto::Lineage,
+    ) -> Result<(), Rejection> {
+        let parent = self
+            .tasks
+            .get(&lineage.parent)
+            .filter(|p| p.owner == owner)
+            .ok_or_else(|| Rejection::NotFound(format!("no task {}", lineage.parent)))?;
+        if parent.status.state != wasmos_proto::TaskState::Running {
+            return Err(Rejection::Conflict(format!(
+                "task {} is {}, not running: only a running task starts children",
+                parent.id, parent.status.state
+            )));
+        }
+        if parent.spec.role != spec.role {
+            return Err(Rejection::Invalid(
+                "a child runs under its parent's role".into(),
+            ));
+        }
+        let depth = parent.spec.lineage.map_or(0, |l| l.depth) + 1;
+        if lineage.depth != depth {
+            return Err(Rejection::Invalid(format!(
+                "a child of task {} is at depth {depth}, not {}",
+                parent.id, lineage.depth
+            )));
+        }
+        if depth > wasmos_proto::MAX_SPAWN_DEPTH {
+            return Err(Rejection::OverLimit(
+                wasmos_proto::SpawnRefusal::TooDeep(depth).to_string(),
+            ));
+        }
+        if self.live_children(parent.id).count() >= wasmos_proto::MAX_LIVE_CHILDREN as usize {
+            return Err(Rejection::OverLimit(
+                wasmos_proto::SpawnRefusal::TooManyChildren.to_string(),
+            ));
+        }
+        Ok(())
     }
 }
