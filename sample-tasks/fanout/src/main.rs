@@ -53,6 +53,9 @@ fn main() {
             publish("attempts", o.attempts);
             publish("state", format!("{:?}", o.state).to_lowercase());
             publish("exit", o.exit_code.unwrap_or(-1));
+            if let Some(m) = o.message {
+                publish("message", m);
+            }
         }
         "hold" => {
             let children: Vec<Child> = (0..num(1, 2))

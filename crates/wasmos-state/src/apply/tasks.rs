@@ -123,7 +123,7 @@ impl ClusterState {
 }
 
 impl ClusterState {
-    /// Whether a child may be spawned as `lineage` says: its parent is running, the child is
+    /// Whether a child may be spawned as `lineage` says: its parent is placed and live, the child is
     /// its owner's under its role, one level deeper, within the depth and fan-out limits.
     pub fn check_lineage(
         &self,
@@ -136,9 +136,11 @@ impl ClusterState {
             .get(&lineage.parent)
             .filter(|p| p.owner == owner)
             .ok_or_else(|| Rejection::NotFound(format!("no task {}", lineage.parent)))?;
-        if parent.status.state != wasmos_proto::TaskState::Running {
+        // Its agent's report that it runs may be recorded after the request it made while
+        // running: placed and not ended is what counts.
+        if parent.status.state.is_terminal() || parent.agent.is_none() {
             return Err(Rejection::Conflict(format!(
-                "task {} is {}, not running: only a running task starts children",
+                "task {} is {}: only a running task starts children",
                 parent.id, parent.status.state
             )));
         }
