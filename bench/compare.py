@@ -13,11 +13,17 @@ Workloads:
              2 cores each (one agent of 2 cores; `num_cpus=2`), the inputs already uploaded
              (Wasmos: the job's time from submission to its end, as the master recorded them;
              Ray: from the first `.remote()` to the last result).
+  spawn      nested tasks (issue 20): one parent task starts no-op children, first one at a
+             time (start, wait: the latency from asking for a child to seeing it finished),
+             then 500 at once (children finished per second). Wasmos: the `fanout` sample's
+             `bench` mode through `wasmos:task/spawn`, timed inside the parent, on one agent
+             of 2 cores; Ray: a remote task calling `ray.get(leaf.remote())`, then
+             `ray.get([leaf.remote() ...])`, with `num_cpus=2`, timed inside it too.
 
 Ray's no-op tasks take its default of one CPU each, so two run at a time; Wasmos' take 2
 millicores, so the agent runs hundreds at once: each system as its users would run it.
 
-Usage: compare.py [--only noop|wordcount] [--keep DIR]
+Usage: compare.py [--only noop|wordcount|spawn] [--keep DIR]
 """
 
 import argparse
@@ -266,9 +272,65 @@ def bench_wordcount(work, ray_py):
         f"(client-side {ray_s / client_s:.2f}); target > 1")
 
 
+SPAWN_SEQUENTIAL = 200
+SPAWN_FANOUT = 500
+
+RAY_SPAWN = r"""
+import sys, time, ray
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+@ray.remote
+def leaf():
+    return None
+@ray.remote
+def parent(sequential, fanout):
+    t = time.perf_counter()
+    for _ in range(sequential):
+        ray.get(leaf.remote())
+    per_child_ms = (time.perf_counter() - t) * 1000 / sequential
+    t = time.perf_counter()
+    ray.get([leaf.remote() for _ in range(fanout)])
+    return per_child_ms, fanout / (time.perf_counter() - t)
+ray.get(parent.remote(20, 20))  # warm-up: workers started
+print(*ray.get(parent.remote(int(sys.argv[1]), int(sys.argv[2]))))
+"""
+
+
+def bench_spawn(work, ray_py):
+    wasm = SAMPLES / "fanout.wasm"
+    dev = Dev(work, ["--agents", "1", "--agent-cpu", "2", "--agent-mem", "8GiB"])
+
+    def run(sequential, fanout):
+        out = dev.cli(["run", "-d", "--cpu", "20m", "--mem", "24Mi", "--timeout", "10m",
+                       str(wasm), "--", "bench", str(sequential), str(fanout)])
+        task = out.stdout.strip()
+        while True:
+            info = json.loads(dev.cli(["task", "show", task, "-o", "json"]).stdout)
+            if info["status"]["state"] not in ("Staging", "Starting", "Running"):
+                break
+            time.sleep(0.1)
+        if info["status"]["exit_code"] != 0:
+            raise SystemExit(f"the fanout bench task ended {info['status']}")
+        got = {r["name"]: bytes(r["value"]).decode() for r in info["status"]["results"]}
+        return float(got["sequential_ms"]), float(got["fanout_per_s"])
+
+    try:
+        run(20, 20)  # warm-up: the bundle compiled
+        w_ms, w_rate = run(SPAWN_SEQUENTIAL, SPAWN_FANOUT)
+    finally:
+        dev.stop()
+    out = subprocess.run([str(ray_py), "-c", RAY_SPAWN, str(SPAWN_SEQUENTIAL), str(SPAWN_FANOUT)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    r_ms, r_rate = float(out[-2]), float(out[-1])
+    log(f"bench compare spawn: start-to-finished per child, one at a time ({SPAWN_SEQUENTIAL}): "
+        f"wasmos {w_ms:.2f} ms, ray {r_ms:.2f} ms; {SPAWN_FANOUT} children at once: "
+        f"wasmos {w_rate:,.0f}/s, ray {r_rate:,.0f}/s")
+    log(f"bench compare spawn ratio ray/wasmos latency: {r_ms / w_ms:.2f}; "
+        f"wasmos/ray children per second: {w_rate / r_rate:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["noop", "wordcount"])
+    ap.add_argument("--only", choices=["noop", "wordcount", "spawn"])
     ap.add_argument("--keep", help="work in this directory and keep it")
     args = ap.parse_args()
     if not WASMOS.exists():
@@ -277,7 +339,8 @@ def main():
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="wasmos-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        for name, fn in (("noop", bench_noop), ("wordcount", bench_wordcount)):
+        for name, fn in (("noop", bench_noop), ("wordcount", bench_wordcount),
+                         ("spawn", bench_spawn)):
             if args.only in (None, name):
                 sub = work / name
                 sub.mkdir(exist_ok=True)

@@ -201,11 +201,14 @@ async fn depth_and_fan_out_are_limited_and_children_end_with_their_parent() {
     // A parent killed while it waits: its children are killed too.
     let hold = start(&config, &["hold", "3", "60000"]);
     let parent = task_id(&hold);
-    assert!(eventually(Duration::from_secs(30), || {
+    let mut states = Vec::new();
+    let running = eventually(Duration::from_secs(30), || {
         let tasks = futures_lite_block(all_tasks(&client));
         let kids = children_of(&tasks, parent);
+        states = kids.iter().map(|k| (k.id, k.status.state)).collect();
         kids.len() == 3 && kids.iter().all(|k| k.status.state == TaskState::Running)
-    }));
+    });
+    assert!(running, "children of {hold}: {states:?}; {}", show(&config, &hold));
     ok(&wasmos_cmd(&config, &["task", "kill", &hold]).output().unwrap());
     assert!(eventually(Duration::from_secs(30), || {
         let tasks = futures_lite_block(all_tasks(&client));

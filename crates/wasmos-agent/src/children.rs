@@ -76,6 +76,7 @@ impl Children {
         let seq = p.next_seq;
         p.next_seq += 1;
         let spec = slot.spec.clone();
+        tracing::debug!(%parent, seq, handle, connected = link.is_some(), "asking for a child");
         if let Some(link) = link {
             let _ = link.send(AgentToMaster::Spawn {
                 parent,
@@ -101,6 +102,7 @@ impl Children {
         seq: u32,
         child: Result<TaskId, SpawnRefusal>,
     ) {
+        tracing::debug!(%parent, seq, "spawn answered: {child:?}");
         let link = agent.link();
         let mut state = self.state();
         let state = &mut *state;
@@ -265,36 +267,45 @@ impl TaskSpawner {
 }
 
 impl Spawner for TaskSpawner {
-    fn start(&self, spec: ChildSpec) -> SpawnFuture<Result<u32, SpawnRefusal>> {
+    fn start(&self, specs: Vec<ChildSpec>) -> SpawnFuture<Vec<Result<u32, SpawnRefusal>>> {
         let (agent, parent) = (self.agent.clone(), self.parent);
         Box::pin(async move {
-            let agent = agent.upgrade().ok_or_else(Self::gone)?;
-            let (tx, rx) = oneshot::channel();
-            let handle = {
+            let Some(agent) = agent.upgrade() else {
+                return specs.iter().map(|_| Err(Self::gone())).collect();
+            };
+            let mut waiting = Vec::with_capacity(specs.len());
+            {
                 let link = agent.link();
                 let mut state = agent.children.state();
-                let p = state.parents.entry(parent).or_default();
-                let handle = p.next_handle;
-                p.next_handle += 1;
-                p.slots.insert(
-                    handle,
-                    Slot {
-                        spec,
-                        attempts: 1,
-                        task: None,
-                        cancelled: false,
-                        outcome: watch::Sender::new(None),
-                    },
-                );
-                Children::ask(&mut state, link.as_ref(), parent, handle, Some(tx));
-                handle
-            };
-            drop(agent);
-            match rx.await {
-                Ok(Ok(_)) => Ok(handle),
-                Ok(Err(why)) => Err(why),
-                Err(_) => Err(Self::gone()),
+                for spec in specs {
+                    let (tx, rx) = oneshot::channel();
+                    let p = state.parents.entry(parent).or_default();
+                    let handle = p.next_handle;
+                    p.next_handle += 1;
+                    p.slots.insert(
+                        handle,
+                        Slot {
+                            spec,
+                            attempts: 1,
+                            task: None,
+                            cancelled: false,
+                            outcome: watch::Sender::new(None),
+                        },
+                    );
+                    Children::ask(&mut state, link.as_ref(), parent, handle, Some(tx));
+                    waiting.push((handle, rx));
+                }
             }
+            drop(agent);
+            let mut out = Vec::with_capacity(waiting.len());
+            for (handle, rx) in waiting {
+                out.push(match rx.await {
+                    Ok(Ok(_)) => Ok(handle),
+                    Ok(Err(why)) => Err(why),
+                    Err(_) => Err(Self::gone()),
+                });
+            }
+            out
         })
     }
 

@@ -14,6 +14,7 @@ wasmtime::component::bindgen!({
     imports: {
         "wasmos:task/cancellation.wait": async,
         "wasmos:task/spawn.start": async,
+        "wasmos:task/spawn.start-all": async,
         "wasmos:task/spawn.wait": async,
     },
 });
@@ -37,8 +38,9 @@ pub type SpawnFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> 
 /// Starts a task's children and tells how they end (`wasmos:task/spawn`): the agent's side,
 /// for one parent task. Handles are the parent's own numbers for its children.
 pub trait Spawner: Send + Sync + std::fmt::Debug {
-    /// Starts a child; its handle once the cluster has taken it.
-    fn start(&self, spec: ChildSpec) -> SpawnFuture<Result<u32, SpawnRefusal>>;
+    /// Starts children, their requests sent together; each one's handle once the cluster has
+    /// taken it, or why not, in order.
+    fn start(&self, specs: Vec<ChildSpec>) -> SpawnFuture<Vec<Result<u32, SpawnRefusal>>>;
     /// How child `handle` ended, once it has (none for an unknown handle).
     fn wait(&self, handle: u32) -> SpawnFuture<Option<ChildOutcome>>;
     /// Asks child `handle` to stop; false for an unknown handle.
@@ -276,29 +278,50 @@ impl From<SpawnRefusal> for spawn::Error {
 
 impl<T: HasPlatform + Send> spawn::Host for Host<'_, T> {
     async fn start(&mut self, spec: spawn::ChildSpec) -> Result<u32, spawn::Error> {
-        let spawner = self.0.platform().spawner.get().cloned().ok_or_else(|| {
-            spawn::Error::Refused("this agent starts no child tasks (it runs tasks alone)".into())
-        })?;
-        let bundle = match spec.bundle {
-            None => None,
-            Some(b) => Some(wasmos_proto::BundleHash::parse(&b).map_err(|_| {
-                spawn::Error::Refused(format!(
-                    "bundle `{}` is not a sha256 (64 lowercase hex digits)",
-                    b.chars().take(80).collect::<String>()
-                ))
-            })?),
+        let mut started = self.start_all(vec![spec]).await;
+        started
+            .pop()
+            .unwrap_or_else(|| Err(spawn::Error::Refused("nothing was started".into())))
+    }
+
+    async fn start_all(
+        &mut self,
+        specs: Vec<spawn::ChildSpec>,
+    ) -> Vec<Result<u32, spawn::Error>> {
+        let Some(spawner) = self.0.platform().spawner.get().cloned() else {
+            let why = "this agent starts no child tasks (it runs tasks alone)";
+            return specs
+                .iter()
+                .map(|_| Err(spawn::Error::Refused(why.into())))
+                .collect();
         };
-        let child = ChildSpec {
-            bundle,
-            args: spec.args,
-            env: spec.env,
-            cpu_millis: spec.cpu_millis,
-            mem_bytes: spec.mem_bytes,
-            timeout_ms: spec.timeout_ms,
-            retries: spec.retries,
-        };
-        wasmos_proto::check_child_spec(&child)?;
-        Ok(spawner.start(child).await?)
+        // Checked here, so only well-formed requests leave; the answers keep their places.
+        let mut answers: Vec<Option<Result<u32, spawn::Error>>> = Vec::with_capacity(specs.len());
+        let mut asked = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            if i >= wasmos_proto::MAX_LIVE_CHILDREN as usize {
+                answers.push(Some(Err(spawn::Error::TooManyChildren)));
+                continue;
+            }
+            match child_spec(spec) {
+                Ok(child) => {
+                    answers.push(None);
+                    asked.push(child);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut started = spawner.start(asked).await.into_iter();
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Some(answer) => answer,
+                None => match started.next() {
+                    Some(s) => s.map_err(spawn::Error::from),
+                    None => Err(spawn::Error::Refused("no answer".into())),
+                },
+            })
+            .collect()
     }
 
     async fn wait(&mut self, child: u32) -> Result<spawn::Outcome, spawn::Error> {
@@ -331,4 +354,29 @@ impl<T: HasPlatform + Send> spawn::Host for Host<'_, T> {
             _ => Err(spawn::Error::UnknownChild),
         }
     }
+}
+
+/// A guest's child spec, checked.
+fn child_spec(spec: spawn::ChildSpec) -> Result<ChildSpec, spawn::Error> {
+    let bundle = match spec.bundle {
+        None => None,
+        Some(b) => Some(wasmos_proto::BundleHash::parse(&b).map_err(|_| {
+            spawn::Error::Refused(format!(
+                "bundle `{}` is not a sha256 (64 lowercase hex digits)",
+                b.chars().take(80).collect::<String>()
+            ))
+        })?),
+    };
+    let child = ChildSpec {
+        bundle,
+        args: spec.args,
+        env: spec.env,
+        cpu_millis: spec.cpu_millis,
+        mem_bytes: spec.mem_bytes,
+        disk_bytes: spec.disk_bytes,
+        timeout_ms: spec.timeout_ms,
+        retries: spec.retries,
+    };
+    wasmos_proto::check_child_spec(&child)?;
+    Ok(child)
 }

@@ -283,6 +283,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: Connection, name: String) {
                 let (shared, agent) = (shared.clone(), agent.clone());
                 tokio::spawn(async move {
                     let child = crate::children::spawn(&shared, &agent, parent, seq, spec).await;
+                    tracing::debug!(%agent, %parent, seq, "spawn answered: {child:?}");
                     let answer = MasterToAgent::Spawned { parent, seq, child };
                     shared.send_to_agent(&agent, answer);
                 });
@@ -443,6 +444,10 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         .iter()
         .map(|u| u.status.state == wasmos_proto::TaskState::Running)
         .collect();
+    let live: Vec<bool> = updates
+        .iter()
+        .map(|u| !u.status.state.is_terminal())
+        .collect();
     let cmds: Vec<Command> = updates
         .into_iter()
         .map(|update| Command::AgentStatus {
@@ -467,10 +472,25 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         }
     };
     let mut changed = std::collections::BTreeSet::new();
-    for (((_, task), result), running) in sent.iter().zip(&results).zip(running) {
+    for ((((_, task), result), running), live) in sent.iter().zip(&results).zip(running).zip(live)
+    {
         if let CommandResult::Rejected(why) = result {
             // Recorded as seen: resending it would be rejected again.
             tracing::warn!(%agent, %task, "status update rejected: {why}");
+            // It runs a task the cluster has ended (killed while its launch was on its way):
+            // it must stop, or it would run on resources counted free.
+            let ended = shared.read(|s| {
+                s.tasks
+                    .get(task)
+                    .is_some_and(|t| t.status.state.is_terminal())
+            });
+            if live && ended {
+                let kill = MasterToAgent::Kill {
+                    task: *task,
+                    reason: None,
+                };
+                shared.send_to_agent(agent, kill);
+            }
         }
         if running && *result == CommandResult::Ok {
             let submitted = shared.read(|s| s.tasks.get(task).map(|t| t.submitted_ms));

@@ -28,8 +28,8 @@ impl Watches {
     }
 }
 
-/// The task a parent's request makes: the parent's owner, role, QoS, priority, output cap and
-/// disk, with what the request gives (or the parent's own bundle, resources and timeout).
+/// The task a parent's request makes: the parent's owner, role, QoS, priority and output cap,
+/// with what the request gives (or the parent's own bundle, resources and timeout).
 fn child_task(parent: &TaskInfo, child: ChildSpec, depth: u32) -> TaskSpec {
     let p = &parent.spec;
     let or = |asked: u64, theirs: u64| if asked == 0 { theirs } else { asked };
@@ -43,7 +43,7 @@ fn child_task(parent: &TaskInfo, child: ChildSpec, depth: u32) -> TaskSpec {
     spec.resources = Resources::new(
         or(child.cpu_millis, p.resources.cpu_millis),
         or(child.mem_bytes, p.resources.mem_bytes),
-        p.resources.disk_bytes,
+        or(child.disk_bytes, p.resources.disk_bytes),
     );
     spec.timeout_ms = or(child.timeout_ms, p.timeout_ms);
     spec.max_output_bytes = p.max_output_bytes;

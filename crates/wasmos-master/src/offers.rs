@@ -1502,6 +1502,16 @@ impl<E: Env> Cycle<E> {
             _ => {
                 self.alloc.release(task);
                 self.dequeue(task, info.as_ref());
+                // What it held is free again: a built-in framework with tasks waiting, which
+                // declined while nothing fit, hears of it now, not after its decline's
+                // timeout (a queue longer than the cluster would otherwise drain in steps of
+                // that timeout).
+                for b in self.builtin.values_mut() {
+                    if !b.queue.is_empty() && b.id != FrameworkId(0) {
+                        self.alloc.revive(b.id);
+                        b.suppressed = false;
+                    }
+                }
             }
         }
     }

@@ -36,6 +36,8 @@ pub struct ChildSpec {
     /// 0 takes the parent's.
     pub mem_bytes: u64,
     /// 0 takes the parent's.
+    pub disk_bytes: u64,
+    /// 0 takes the parent's.
     pub timeout_ms: u64,
     /// How many more times it is started when it fails (a trap, a limit, a non-zero exit, its
     /// agent lost), at most [`MAX_CHILD_RETRIES`].

@@ -124,11 +124,25 @@ pub struct ChildSpec {
     env: Vec<(String, String)>,
     cpu_millis: u64,
     mem_bytes: u64,
+    disk_bytes: u64,
     timeout_ms: u64,
     retries: u32,
 }
 
 impl ChildSpec {
+    fn to_wit(&self) -> sp::ChildSpec {
+        sp::ChildSpec {
+            bundle: self.bundle.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cpu_millis: self.cpu_millis,
+            mem_bytes: self.mem_bytes,
+            disk_bytes: self.disk_bytes,
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+        }
+    }
+
     /// A child that runs the parent's bundle, with no arguments or environment.
     pub fn new() -> ChildSpec {
         ChildSpec::default()
@@ -158,6 +172,12 @@ impl ChildSpec {
 
     pub fn mem_bytes(mut self, bytes: u64) -> ChildSpec {
         self.mem_bytes = bytes;
+        self
+    }
+
+    /// Bytes of scratch disk it may write.
+    pub fn disk_bytes(mut self, bytes: u64) -> ChildSpec {
+        self.disk_bytes = bytes;
         self
     }
 
@@ -261,16 +281,18 @@ impl Child {
     /// Starts a child, once the cluster has taken it (it then waits to be scheduled like any
     /// other task).
     pub fn start(spec: &ChildSpec) -> Result<Child, SpawnError> {
-        let spec = sp::ChildSpec {
-            bundle: spec.bundle.clone(),
-            args: spec.args.clone(),
-            env: spec.env.clone(),
-            cpu_millis: spec.cpu_millis,
-            mem_bytes: spec.mem_bytes,
-            timeout_ms: spec.timeout_ms,
-            retries: spec.retries,
-        };
-        Ok(Child(sp::start(&spec)?))
+        Ok(Child(sp::start(&spec.to_wit())?))
+    }
+
+    /// Starts several children at once: their requests travel together, so a wide fan-out
+    /// does not wait for each answer before asking the next. Each one's child or refusal, in
+    /// order.
+    pub fn start_all(specs: &[ChildSpec]) -> Vec<Result<Child, SpawnError>> {
+        let specs: Vec<sp::ChildSpec> = specs.iter().map(ChildSpec::to_wit).collect();
+        sp::start_all(&specs)
+            .into_iter()
+            .map(|r| r.map(Child).map_err(SpawnError::from))
+            .collect()
     }
 
     /// Waits until it has ended (its retries too).

@@ -15,8 +15,9 @@
 //! - `fanout hold CHILDREN MS`: starts CHILDREN children that sleep MS and waits for them.
 //! - `fanout other SHA256`: one child running that bundle; publishes its `state`, or the
 //!   `refusal`.
-//! - `fanout bench N`: N children one after another (start, wait), then N at once; publishes
-//!   `sequential_ms` (per child) and `fanout_per_s`.
+//! - `fanout bench N M`: N no-op children one after another (start, wait), then M at once
+//!   (`start_all`);
+//!   publishes `sequential_ms` (per child) and `fanout_per_s`.
 //! - `fanout leaf`, `fanout sleep MS`, `fanout exit CODE`, `fanout hits SAMPLES SEED [MS]`:
 //!   what the children run.
 
@@ -66,7 +67,7 @@ fn main() {
                 wait(c);
             }
         }
-        "bench" => bench(num(1, 100)),
+        "bench" => bench(num(1, 100).max(1), num(2, 100).max(1)),
         "other" => match Child::start(&ChildSpec::new().bundle(arg(1)).arg("leaf")) {
             Ok(c) => publish("state", format!("{:?}", wait(&c).state).to_lowercase()),
             Err(e) => publish("refusal", e),
@@ -89,6 +90,14 @@ fn start(spec: ChildSpec) -> Child {
         Ok(c) => c,
         Err(e) => fail(&format!("cannot start a child: {e}")),
     }
+}
+
+/// Starts children together (one round of requests, not one after another).
+fn start_all(specs: &[ChildSpec]) -> Vec<Child> {
+    Child::start_all(specs)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| fail(&format!("cannot start a child: {e}"))))
+        .collect()
 }
 
 fn wait(child: &Child) -> Outcome {
@@ -141,12 +150,13 @@ fn sum(lo: u64, hi: u64, leaf: u64) {
 }
 
 fn pi(children: u64, samples: u64, ms: u64) {
-    let started: Vec<Child> = (0..children)
+    let specs: Vec<ChildSpec> = (0..children)
         .map(|i| {
             let spec = ChildSpec::new().arg("hits").arg(samples.to_string());
-            start(spec.arg((i * 7919 + 1).to_string()).arg(ms.to_string()))
+            spec.arg((i * 7919 + 1).to_string()).arg(ms.to_string())
         })
         .collect();
+    let started = start_all(&specs);
     let mut hits = 0;
     for (i, c) in started.iter().enumerate() {
         hits += number(&wait(c), "hits");
@@ -188,8 +198,11 @@ fn wide(ms: u64) {
     }
 }
 
-fn bench(n: u64) {
-    let leaf = || ChildSpec::new().arg("leaf").cpu_millis(10).mem_bytes(16 << 20);
+fn bench(n: u64, wide: u64) {
+    let leaf = || {
+        let spec = ChildSpec::new().arg("leaf").cpu_millis(10);
+        spec.mem_bytes(16 << 20).disk_bytes(1 << 20)
+    };
     let t = Instant::now();
     for _ in 0..n {
         let o = wait(&start(leaf()));
@@ -199,14 +212,14 @@ fn bench(n: u64) {
     }
     let sequential = t.elapsed().as_secs_f64() * 1000.0 / n as f64;
     let t = Instant::now();
-    let children: Vec<Child> = (0..n).map(|_| start(leaf())).collect();
+    let children = start_all(&(0..wide).map(|_| leaf()).collect::<Vec<_>>());
     for c in &children {
         let o = wait(c);
         if !o.succeeded() {
             fail(&format!("child t-{} ended {:?}", o.task_id, o.state));
         }
     }
-    let per_s = n as f64 / t.elapsed().as_secs_f64();
+    let per_s = wide as f64 / t.elapsed().as_secs_f64();
     publish("sequential_ms", format!("{sequential:.2}"));
     publish("fanout_per_s", format!("{per_s:.1}"));
 }
