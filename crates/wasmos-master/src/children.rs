@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use wasmos_proto::{
     AgentId, ChildEnd, ChildSpec, Change, Lineage, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
-    MasterToAgent, Reason, Resources, SpawnRefusal, TaskId, TaskInfo, TaskSpec,
+    MasterToAgent, Reason, Resources, SpawnRefusal, TaskId, TaskInfo, TaskSpec, TaskState,
+    TaskStatus,
 };
 use wasmos_state::{Command, CommandResult, Rejection};
 
@@ -220,19 +221,58 @@ pub(crate) async fn kill_child(shared: &Shared, agent: &AgentId, parent: TaskId,
     }
 }
 
-/// Ends every live child of `parent` (which ended).
+/// Ends every live child of `parent` (which ended): those on agents are killed there, the rest
+/// recorded killed in one write.
 async fn end_children(shared: &Shared, parent: TaskId) {
     let children: Vec<(TaskId, Option<AgentId>)> = shared.read(|s| {
         s.live_children(parent)
             .filter_map(|c| s.tasks.get(&c).map(|t| (c, t.agent.clone())))
             .collect()
     });
+    let reason = Some(Reason::ParentEnded);
+    let mut waiting = Vec::new();
     for (child, on) in children {
-        let why = format!("its parent {parent} ended");
-        let reason = Some(Reason::ParentEnded);
-        if let Err(e) = crate::client::end_task(shared, child, on.as_ref(), reason, &why).await {
-            tracing::warn!(%child, "cannot end a child whose parent ended: {e}");
+        let kill = MasterToAgent::Kill {
+            task: child,
+            reason,
+        };
+        if !on.is_some_and(|agent| shared.send_to_agent(&agent, kill)) {
+            waiting.push(child);
         }
+    }
+    if waiting.is_empty() {
+        return;
+    }
+    let status = TaskStatus::with_reason(
+        TaskState::Killed,
+        reason,
+        format!("its parent {parent} ended before it started"),
+    );
+    let now = now_ms();
+    let cmds = waiting
+        .iter()
+        .map(|task| Command::SetStatus {
+            task: *task,
+            status: status.clone(),
+            now_ms: now,
+        })
+        .collect();
+    if let Err(e) = shared.write(Command::Batch(cmds)).await {
+        tracing::warn!(%parent, "cannot end the children of a task that ended: {e}");
+        return;
+    }
+    for task in &waiting {
+        shared.offer_event(Event::TaskChanged(*task));
+    }
+    // Placed while this was written (their launch was on its way): their agents stop them.
+    let placed: Vec<(TaskId, AgentId)> = shared.read(|s| {
+        waiting
+            .iter()
+            .filter_map(|t| Some((*t, s.tasks.get(t)?.agent.clone()?)))
+            .collect()
+    });
+    for (task, agent) in placed {
+        shared.send_to_agent(&agent, MasterToAgent::Kill { task, reason });
     }
 }
 

@@ -336,16 +336,30 @@ impl Shared {
             .take(wasmos_proto::MAX_TASK_SAMPLES)
             .map(|s| (s.task, s))
             .collect();
-        let own: Vec<_> = self.read(|s| {
+        let (own, ended): (Vec<_>, Vec<_>) = self.read(|s| {
             samples
                 .into_values()
                 .filter(|x| {
-                    s.tasks.get(&x.task).is_some_and(|t| {
-                        t.agent.as_ref() == Some(agent) && !t.status.state.is_terminal()
-                    })
+                    s.tasks
+                        .get(&x.task)
+                        .is_none_or(|t| t.agent.as_ref() == Some(agent))
                 })
-                .collect()
+                .partition(|x| {
+                    s.tasks
+                        .get(&x.task)
+                        .is_some_and(|t| !t.status.state.is_terminal())
+                })
         });
+        // The agent runs tasks the cluster has ended (killed while their launch was on its
+        // way) or forgotten: they are stopped, not left to run on resources counted free.
+        for x in ended {
+            tracing::info!(%agent, task = %x.task, "agent runs a task that has ended; killing it");
+            let kill = MasterToAgent::Kill {
+                task: x.task,
+                reason: None,
+            };
+            self.send_to_agent(agent, kill);
+        }
         let progress = own
             .iter()
             .filter_map(|s| Some((s.task, s.progress.clone()?)))
