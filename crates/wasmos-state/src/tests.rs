@@ -2104,3 +2104,110 @@ fn the_event_log_resumes_without_gaps_or_repeats() {
     let r = log.read(14, 100, |_| true);
     assert_eq!((r.lost_until, r.next, r.events.len()), (Some(41), 41, 0));
 }
+
+/// A child of `parent` one level down, as the masters make it.
+fn child_of(parent: &TaskInfo, depth: u32) -> TaskSpec {
+    TaskSpec {
+        lineage: Some(wasmos_proto::Lineage {
+            parent: parent.id,
+            depth,
+        }),
+        ..parent.spec.clone()
+    }
+}
+
+#[test]
+fn children_are_their_placed_parents_within_depth_and_fan_out_and_indexed_until_they_end() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let h = hash();
+    assert_eq!(upload(&mut s, &h, 10, Some("acme")), CommandResult::Ok);
+    let CommandResult::Submitted(root) = submit_as(&mut s, ALICE, tenant_spec(&h, "acme")) else {
+        panic!("not submitted");
+    };
+    // Not placed yet: it starts nothing.
+    let parent = s.tasks[&root].clone();
+    assert_rejected(&submit_as(&mut s, ALICE, child_of(&parent, 1)), "only a running task");
+    let assign = Command::AssignTask {
+        task: root,
+        agent: agent("a"),
+        now_ms: 3,
+    };
+    assert_eq!(s.apply(assign), CommandResult::Ok);
+    let parent = s.tasks[&root].clone();
+    // Another owner, another role, a wrong depth: refused, as for a task that does not exist
+    // when it is not the owner's.
+    assert!(matches!(
+        submit_as(&mut s, BOB, child_of(&parent, 1)),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    let mut other_role = child_of(&parent, 1);
+    other_role.role = Some("acme/batch".into());
+    assert_rejected(&submit_as(&mut s, ALICE, other_role), "parent's role");
+    assert_rejected(&submit_as(&mut s, ALICE, child_of(&parent, 3)), "at depth 1");
+    let CommandResult::Submitted(kid) = submit_as(&mut s, ALICE, child_of(&parent, 1)) else {
+        panic!("the child was refused");
+    };
+    assert_eq!(s.live_children(root).collect::<Vec<_>>(), [kid]);
+    // Ending the parent leaves its child an orphan until the leader ends it too.
+    let killed = TaskStatus::new(TaskState::Killed);
+    s.apply(Command::SetStatus {
+        task: root,
+        status: killed.clone(),
+        now_ms: 4,
+    });
+    assert_eq!(s.orphans().collect::<Vec<_>>(), [kid]);
+    assert_rejected(
+        &submit_as(&mut s, ALICE, child_of(&parent, 1)),
+        "only a running task",
+    );
+    s.apply(Command::SetStatus {
+        task: kid,
+        status: killed,
+        now_ms: 5,
+    });
+    assert_eq!(s.live_children(root).count(), 0);
+    assert_eq!(s.orphans().count(), 0);
+
+    // The deepest level starts nothing below it.
+    let CommandResult::Submitted(deep) = submit_as(&mut s, ALICE, tenant_spec(&h, "acme")) else {
+        panic!("not submitted");
+    };
+    s.tasks.get_mut(&deep).unwrap().spec.lineage = Some(wasmos_proto::Lineage {
+        parent: TaskId(999),
+        depth: wasmos_proto::MAX_SPAWN_DEPTH,
+    });
+    s.tasks.get_mut(&deep).unwrap().agent = Some(agent("a"));
+    let deepest = s.tasks[&deep].clone();
+    let below = child_of(&deepest, wasmos_proto::MAX_SPAWN_DEPTH + 1);
+    assert_rejected(&submit_as(&mut s, ALICE, below), "at most 8 deep");
+
+    // At most so many live children at once; one more once one has ended.
+    let top = s.tasks[&deep].clone();
+    let mut top = TaskInfo {
+        spec: TaskSpec {
+            lineage: None,
+            ..top.spec
+        },
+        ..top
+    };
+    top.id = deep;
+    s.tasks.insert(deep, top.clone());
+    let mut first = None;
+    for _ in 0..wasmos_proto::MAX_LIVE_CHILDREN {
+        let CommandResult::Submitted(k) = submit_as(&mut s, ALICE, child_of(&top, 1)) else {
+            panic!("refused below the limit");
+        };
+        first.get_or_insert(k);
+    }
+    assert_rejected(&submit_as(&mut s, ALICE, child_of(&top, 1)), "1024 children");
+    s.apply(Command::SetStatus {
+        task: first.unwrap(),
+        status: TaskStatus::new(TaskState::Killed),
+        now_ms: 6,
+    });
+    assert!(matches!(
+        submit_as(&mut s, ALICE, child_of(&top, 1)),
+        CommandResult::Submitted(_)
+    ));
+}
