@@ -172,12 +172,13 @@ impl Children {
 
     /// Sends request `seq` of `parent` again, if it is still unanswered.
     fn resend_one(&self, agent: &Agent, parent: TaskId, seq: u32) {
+        let link = agent.link();
         let state = self.state();
         let asking = state
             .parents
             .get(&parent)
             .and_then(|p| p.asking.get(&seq));
-        if let (Some(a), Some(link)) = (asking, agent.link()) {
+        if let (Some(a), Some(link)) = (asking, link) {
             let _ = link.send(AgentToMaster::Spawn {
                 parent,
                 seq,
@@ -341,6 +342,13 @@ impl Spawner for TaskSpawner {
                     }
                 };
                 if done.is_some() {
+                    // Told once: the slot (its spec and the child's results) is not kept for a
+                    // parent that may start thousands more.
+                    if let Some(agent) = agent.upgrade()
+                        && let Some(p) = agent.children.state().parents.get_mut(&parent)
+                    {
+                        p.slots.remove(&handle);
+                    }
                     return done;
                 }
                 rx.changed().await.ok()?;
@@ -361,7 +369,10 @@ impl Spawner for TaskSpawner {
         else {
             return false;
         };
-        slot.cancelled = true;
+        // Asked once per child: a loop of cancels sends nothing more.
+        if std::mem::replace(&mut slot.cancelled, true) {
+            return true;
+        }
         if let (Some(child), Some(link)) = (slot.task, link) {
             let _ = link.send(AgentToMaster::KillChild {
                 parent: self.parent,

@@ -609,7 +609,16 @@ async fn session(
     let sender = agent.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            send_frame(&mut send, &msg).await?;
+            match send_frame(&mut send, &msg).await {
+                Ok(()) => {}
+                // One message that cannot be framed (over the frame limit) is dropped, not
+                // the session with everything else the agent has to say.
+                Err(wasmos_net::FrameError::Codec(e)) => {
+                    tracing::error!("a message to the master could not be sent: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if let AgentToMaster::Output { task, data, .. } = &msg {
                 sender.output_sent(*task, data.len());
             }

@@ -246,7 +246,7 @@ async fn end_children(shared: &Shared, parent: TaskId) {
     let status = TaskStatus::with_reason(
         TaskState::Killed,
         reason,
-        format!("its parent {parent} ended before it started"),
+        format!("its parent {parent} ended"),
     );
     let now = now_ms();
     let cmds = waiting
@@ -292,16 +292,29 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
     for p in parents {
         end_children(&shared, p).await;
     }
+    // Waits another term of this master's took in, whose children may have ended since.
+    let watched: Vec<TaskId> = shared.children.map().keys().copied().collect();
+    for c in watched {
+        tell_if_ended(&shared, c);
+    }
     loop {
         let read = shared.raft.read_events(next, 4096, |e| {
             matches!(&e.change, Change::Task { state, .. } if state.is_terminal())
         });
         next = read.next;
         if read.lost_until.is_some() {
-            // Events this loop never saw: look at every watch.
+            // Events this loop never saw: look at every watch and every orphan.
             let watched: Vec<TaskId> = shared.children.map().keys().copied().collect();
             for c in watched {
                 tell_if_ended(&shared, c);
+            }
+            let parents: std::collections::BTreeSet<TaskId> = shared.read(|s| {
+                s.orphans()
+                    .filter_map(|c| s.tasks.get(&c)?.spec.lineage.map(|l| l.parent))
+                    .collect()
+            });
+            for p in parents {
+                end_children(&shared, p).await;
             }
         }
         for e in read.events {

@@ -448,6 +448,13 @@ async fn submit(
             "a submission key must be 1 to 128 bytes",
         );
     }
+    // Spawned children's keys are `spawn PARENT SEQ`: a client's may not pose as one.
+    if key.as_ref().is_some_and(|k| k.starts_with("spawn ")) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "submission keys starting with `spawn ` are the masters' own",
+        );
+    }
     let mut spec = spec;
     // A task's job slot is the job host's to give (`wasmos:task/context` tells it).
     spec.slot = None;

@@ -350,6 +350,27 @@ impl Shared {
                         .is_some_and(|t| !t.status.state.is_terminal())
                 })
         });
+        // Live children whose parent has ended: the kill sent when it ended may have been
+        // lost (or may have come before their launch); they do not outlive it.
+        let orphans: Vec<wasmos_proto::TaskId> = self.read(|s| {
+            own.iter()
+                .filter(|x| {
+                    s.tasks
+                        .get(&x.task)
+                        .and_then(|t| t.spec.lineage)
+                        .is_some_and(|l| {
+                            s.tasks
+                                .get(&l.parent)
+                                .is_none_or(|p| p.status.state.is_terminal())
+                        })
+                })
+                .map(|x| x.task)
+                .collect()
+        });
+        for task in orphans {
+            let reason = Some(wasmos_proto::Reason::ParentEnded);
+            self.send_to_agent(agent, MasterToAgent::Kill { task, reason });
+        }
         // The agent runs tasks the cluster has ended (killed while their launch was on its
         // way) or forgotten: they are stopped, not left to run on resources counted free.
         for x in ended {

@@ -51,7 +51,8 @@ pub use signing::{
     MAX_SIGNING_KEYS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKeyInfo, TrustedKey,
 };
 pub use spawn::{
-    ChildEnd, ChildOutcome, ChildSpec, Lineage, MAX_CHILD_RETRIES, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
+    ChildEnd, ChildOutcome, ChildSpec, Lineage, MAX_CHILD_RETRIES, MAX_CHILD_SPEC_BYTES,
+    MAX_CHILD_SPEC_ITEMS, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
     SpawnRefusal, check_child_spec,
 };
 pub use task::{

@@ -13,6 +13,11 @@ pub const MAX_LIVE_CHILDREN: u32 = 1_024;
 pub const MAX_SPAWN_DEPTH: u32 = 8;
 /// Most times a failed child is started again.
 pub const MAX_CHILD_RETRIES: u32 = 5;
+/// Most bytes of arguments and environment one child is given (the default role ceiling on a
+/// spec): checked by the agent before a request leaves it, and by the masters.
+pub const MAX_CHILD_SPEC_BYTES: usize = 256 << 10;
+/// Most arguments plus environment variables one child is given.
+pub const MAX_CHILD_SPEC_ITEMS: usize = 4096;
 
 /// Where a spawned task comes from: set by the masters from the parent's record, never by a
 /// client or framework (the masters clear it on their tasks).
@@ -91,6 +96,17 @@ pub struct ChildOutcome {
 
 /// Checks what a guest asked for before it leaves the agent (the masters check it again).
 pub fn check_child_spec(spec: &ChildSpec) -> Result<(), SpawnRefusal> {
+    let bytes: usize = spec.args.iter().map(String::len).sum::<usize>()
+        + spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if bytes > MAX_CHILD_SPEC_BYTES || spec.args.len() + spec.env.len() > MAX_CHILD_SPEC_ITEMS {
+        return Err(SpawnRefusal::Refused(format!(
+            "a child's arguments and environment are at most {MAX_CHILD_SPEC_ITEMS} items and {MAX_CHILD_SPEC_BYTES} bytes"
+        )));
+    }
     if spec.retries > MAX_CHILD_RETRIES {
         return Err(SpawnRefusal::Refused(format!(
             "a child is retried at most {MAX_CHILD_RETRIES} times, not {}",
@@ -134,5 +150,15 @@ mod tests {
         assert!(check_child_spec(&spec).is_ok());
         spec.retries += 1;
         assert!(check_child_spec(&spec).is_err());
+        let huge = ChildSpec {
+            args: vec!["x".repeat(MAX_CHILD_SPEC_BYTES + 1)],
+            ..ChildSpec::default()
+        };
+        assert!(check_child_spec(&huge).is_err());
+        let many = ChildSpec {
+            env: vec![(String::new(), String::new()); MAX_CHILD_SPEC_ITEMS + 1],
+            ..ChildSpec::default()
+        };
+        assert!(check_child_spec(&many).is_err());
     }
 }

@@ -295,7 +295,8 @@ impl Child {
             .collect()
     }
 
-    /// Waits until it has ended (its retries too).
+    /// Waits until it has ended (its retries too). The outcome is told once: the handle is
+    /// spent after (waiting again is [`SpawnError::UnknownChild`]).
     pub fn wait(&self) -> Result<Outcome, SpawnError> {
         let o = sp::wait(self.0)?;
         Ok(Outcome {
