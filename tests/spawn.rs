@@ -19,7 +19,16 @@ use wasmos_tests::{DevCluster, eventually, ok, sample, text, wasmos_cmd};
 fn start(config: &std::path::Path, args: &[&str]) -> String {
     let out = wasmos_cmd(
         config,
-        &["run", "-d", "--timeout", "90s", "--cpu", "20m", "--mem", "24Mi"],
+        &[
+            "run",
+            "-d",
+            "--timeout",
+            "90s",
+            "--cpu",
+            "20m",
+            "--mem",
+            "24Mi",
+        ],
     )
     .arg(sample("fanout"))
     .arg("--")
@@ -175,7 +184,10 @@ async fn depth_and_fan_out_are_limited_and_children_end_with_their_parent() {
     let deep = start(&config, &["deep"]);
     let done = ended(&config, &deep, Duration::from_secs(90));
     assert_eq!(result(&done, "levels"), "8", "{done}");
-    assert!(result(&done, "refusal").contains("at most 8 deep"), "{done}");
+    assert!(
+        result(&done, "refusal").contains("at most 8 deep"),
+        "{done}"
+    );
 
     // 1024 children at once, then a refusal; the parent returns and takes them with it.
     let wide = start(&config, &["wide", "60000"]);
@@ -189,7 +201,10 @@ async fn depth_and_fan_out_are_limited_and_children_end_with_their_parent() {
         let tasks = futures_lite_block(all_tasks(&client));
         let kids = children_of(&tasks, parent);
         assert_eq!(kids.len(), 1024, "children of {wide}");
-        left = kids.iter().filter(|k| !k.status.state.is_terminal()).count();
+        left = kids
+            .iter()
+            .filter(|k| !k.status.state.is_terminal())
+            .count();
         left == 0
             && kids.iter().all(|k| {
                 k.status.state == TaskState::Killed
@@ -208,8 +223,14 @@ async fn depth_and_fan_out_are_limited_and_children_end_with_their_parent() {
         states = kids.iter().map(|k| (k.id, k.status.state)).collect();
         kids.len() == 3 && kids.iter().all(|k| k.status.state == TaskState::Running)
     });
-    assert!(running, "children of {hold}: {states:?}; {}", show(&config, &hold));
-    ok(&wasmos_cmd(&config, &["task", "kill", &hold]).output().unwrap());
+    assert!(
+        running,
+        "children of {hold}: {states:?}; {}",
+        show(&config, &hold)
+    );
+    ok(&wasmos_cmd(&config, &["task", "kill", &hold])
+        .output()
+        .unwrap());
     assert!(eventually(Duration::from_secs(30), || {
         let tasks = futures_lite_block(all_tasks(&client));
         children_of(&tasks, parent)
@@ -273,7 +294,10 @@ async fn a_child_is_its_parents_tenants_and_only_a_parent_makes_one() {
 
     // A client cannot make a task another's child by naming a lineage.
     let client = operator(&c).await;
-    let mut spec = TaskSpec::new("noop.wasm", wasmos_proto::BundleHash::parse(&alices).unwrap());
+    let mut spec = TaskSpec::new(
+        "noop.wasm",
+        wasmos_proto::BundleHash::parse(&alices).unwrap(),
+    );
     spec.lineage = Some(Lineage {
         parent: task_id(&hers),
         depth: 1,
@@ -312,5 +336,9 @@ async fn children_survive_a_leader_failover_and_none_starts_twice() {
     assert_eq!(result(&done, "pi"), result(&calm, "pi"));
     let client = operator(&c).await;
     let tasks = all_tasks(&client).await;
-    assert_eq!(children_of(&tasks, parent).len(), 6, "no child started twice");
+    assert_eq!(
+        children_of(&tasks, parent).len(),
+        6,
+        "no child started twice"
+    );
 }

@@ -56,7 +56,9 @@ struct Slot {
 
 impl Children {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new request of `parent`'s for `handle`: numbered, recorded, sent if connected.
@@ -174,10 +176,7 @@ impl Children {
     fn resend_one(&self, agent: &Agent, parent: TaskId, seq: u32) {
         let link = agent.link();
         let state = self.state();
-        let asking = state
-            .parents
-            .get(&parent)
-            .and_then(|p| p.asking.get(&seq));
+        let asking = state.parents.get(&parent).and_then(|p| p.asking.get(&seq));
         if let (Some(a), Some(link)) = (asking, link) {
             let _ = link.send(AgentToMaster::Spawn {
                 parent,

@@ -284,10 +284,7 @@ impl<T: HasPlatform + Send> spawn::Host for Host<'_, T> {
             .unwrap_or_else(|| Err(spawn::Error::Refused("nothing was started".into())))
     }
 
-    async fn start_all(
-        &mut self,
-        specs: Vec<spawn::ChildSpec>,
-    ) -> Vec<Result<u32, spawn::Error>> {
+    async fn start_all(&mut self, specs: Vec<spawn::ChildSpec>) -> Vec<Result<u32, spawn::Error>> {
         let Some(spawner) = self.0.platform().spawner.get().cloned() else {
             let why = "this agent starts no child tasks (it runs tasks alone)";
             return specs

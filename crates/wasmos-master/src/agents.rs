@@ -472,8 +472,7 @@ async fn record_batch(shared: &Shared, agent: &AgentId, updates: Vec<StatusUpdat
         }
     };
     let mut changed = std::collections::BTreeSet::new();
-    for ((((_, task), result), running), live) in sent.iter().zip(&results).zip(running).zip(live)
-    {
+    for ((((_, task), result), running), live) in sent.iter().zip(&results).zip(running).zip(live) {
         if let CommandResult::Rejected(why) = result {
             // Recorded as seen: resending it would be rejected again.
             tracing::warn!(%agent, %task, "status update rejected: {why}");

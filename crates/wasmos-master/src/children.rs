@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use wasmos_proto::{
-    AgentId, ChildEnd, ChildSpec, Change, Lineage, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
+    AgentId, Change, ChildEnd, ChildSpec, Lineage, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
     MasterToAgent, Reason, Resources, SpawnRefusal, TaskId, TaskInfo, TaskSpec, TaskState,
     TaskStatus,
 };
@@ -298,9 +298,11 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         tell_if_ended(&shared, c);
     }
     loop {
-        let read = shared.raft.read_events(next, 4096, |e| {
-            matches!(&e.change, Change::Task { state, .. } if state.is_terminal())
-        });
+        let read = shared.raft.read_events(
+            next,
+            4096,
+            |e| matches!(&e.change, Change::Task { state, .. } if state.is_terminal()),
+        );
         next = read.next;
         if read.lost_until.is_some() {
             // Events this loop never saw: look at every watch and every orphan.

@@ -52,8 +52,7 @@ pub use signing::{
 };
 pub use spawn::{
     ChildEnd, ChildOutcome, ChildSpec, Lineage, MAX_CHILD_RETRIES, MAX_CHILD_SPEC_BYTES,
-    MAX_CHILD_SPEC_ITEMS, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH,
-    SpawnRefusal, check_child_spec,
+    MAX_CHILD_SPEC_ITEMS, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH, SpawnRefusal, check_child_spec,
 };
 pub use task::{
     InputFile, JobSlot, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, Mount, OutputFile, OutputPolicy,

@@ -572,7 +572,12 @@ impl ClusterState {
 
     /// The children of `parent` (spawned through `wasmos:task/spawn`) that have not ended.
     pub fn live_children(&self, parent: TaskId) -> impl Iterator<Item = TaskId> + '_ {
-        self.live.children.get(&parent).into_iter().flatten().copied()
+        self.live
+            .children
+            .get(&parent)
+            .into_iter()
+            .flatten()
+            .copied()
     }
 
     /// Live spawned tasks whose parent has ended (which a new leader ends, in case the one

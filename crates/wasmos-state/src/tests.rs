@@ -2127,7 +2127,10 @@ fn children_are_their_placed_parents_within_depth_and_fan_out_and_indexed_until_
     };
     // Not placed yet: it starts nothing.
     let parent = s.tasks[&root].clone();
-    assert_rejected(&submit_as(&mut s, ALICE, child_of(&parent, 1)), "only a running task");
+    assert_rejected(
+        &submit_as(&mut s, ALICE, child_of(&parent, 1)),
+        "only a running task",
+    );
     let assign = Command::AssignTask {
         task: root,
         agent: agent("a"),
@@ -2144,7 +2147,10 @@ fn children_are_their_placed_parents_within_depth_and_fan_out_and_indexed_until_
     let mut other_role = child_of(&parent, 1);
     other_role.role = Some("acme/batch".into());
     assert_rejected(&submit_as(&mut s, ALICE, other_role), "parent's role");
-    assert_rejected(&submit_as(&mut s, ALICE, child_of(&parent, 3)), "at depth 1");
+    assert_rejected(
+        &submit_as(&mut s, ALICE, child_of(&parent, 3)),
+        "at depth 1",
+    );
     let CommandResult::Submitted(kid) = submit_as(&mut s, ALICE, child_of(&parent, 1)) else {
         panic!("the child was refused");
     };
@@ -2200,7 +2206,10 @@ fn children_are_their_placed_parents_within_depth_and_fan_out_and_indexed_until_
         };
         first.get_or_insert(k);
     }
-    assert_rejected(&submit_as(&mut s, ALICE, child_of(&top, 1)), "1024 children");
+    assert_rejected(
+        &submit_as(&mut s, ALICE, child_of(&top, 1)),
+        "1024 children",
+    );
     s.apply(Command::SetStatus {
         task: first.unwrap(),
         status: TaskStatus::new(TaskState::Killed),

@@ -213,7 +213,10 @@ impl std::fmt::Display for SpawnError {
                 f.write_str("the task already has 1024 children that have not ended")
             }
             SpawnError::TooDeep(d) => {
-                write!(f, "a child would be {d} levels deep (spawned tasks nest at most 8 deep)")
+                write!(
+                    f,
+                    "a child would be {d} levels deep (spawned tasks nest at most 8 deep)"
+                )
             }
             SpawnError::Refused(why) => write!(f, "refused: {why}"),
             SpawnError::UnknownChild => f.write_str("no such child"),

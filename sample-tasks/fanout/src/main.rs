@@ -49,7 +49,12 @@ fn main() {
         "deep" => deep(),
         "wide" => wide(num(1, 60_000)),
         "retry" => {
-            let child = start(ChildSpec::new().arg("exit").arg(arg(1)).retries(num(2, 0) as u32));
+            let child = start(
+                ChildSpec::new()
+                    .arg("exit")
+                    .arg(arg(1))
+                    .retries(num(2, 0) as u32),
+            );
             let o = wait(&child);
             publish("attempts", o.attempts);
             publish("state", format!("{:?}", o.state).to_lowercase());
@@ -187,7 +192,12 @@ fn deep() {
 fn wide(ms: u64) {
     let mut started = Vec::new();
     loop {
-        match Child::start(&ChildSpec::new().arg("sleep").arg(ms.to_string()).cpu_millis(1)) {
+        match Child::start(
+            &ChildSpec::new()
+                .arg("sleep")
+                .arg(ms.to_string())
+                .cpu_millis(1),
+        ) {
             Ok(c) => started.push(c),
             Err(e) => {
                 publish("started", started.len());

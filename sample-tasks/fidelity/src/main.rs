@@ -26,8 +26,15 @@ fn main() {
         "stdin" => {
             let mut buf = Vec::new();
             let n = io::stdin().read_to_end(&mut buf);
-            println!("read: {:?}, fnv1a {:016x}", n.map_err(|e| e.kind()), fnv1a(&buf));
-            println!("head: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(40)]));
+            println!(
+                "read: {:?}, fnv1a {:016x}",
+                n.map_err(|e| e.kind()),
+                fnv1a(&buf)
+            );
+            println!(
+                "head: {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(40)])
+            );
         }
         "bytes" => bytes(),
         "exit" => {
@@ -89,15 +96,23 @@ fn bytes() {
 }
 
 fn clocks(host_now: u64) {
-    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs());
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs());
     println!(
         "wall clock within 5 minutes of the host's: {}",
         wall.is_ok_and(|w| w.abs_diff(host_now) < 300)
     );
     let res = wasip2::clocks::wall_clock::resolution();
-    println!("wall clock resolution > 0: {}", res.seconds > 0 || res.nanoseconds > 0);
+    println!(
+        "wall clock resolution > 0: {}",
+        res.seconds > 0 || res.nanoseconds > 0
+    );
     let mono_res = wasip2::clocks::monotonic_clock::resolution();
-    println!("monotonic resolution in (0, 1ms]: {}", mono_res > 0 && mono_res <= 1_000_000);
+    println!(
+        "monotonic resolution in (0, 1ms]: {}",
+        mono_res > 0 && mono_res <= 1_000_000
+    );
     let mut last = wasip2::clocks::monotonic_clock::now();
     let mut monotonic = true;
     for _ in 0..10_000 {
@@ -109,8 +124,14 @@ fn clocks(host_now: u64) {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(30));
     let slept = t0.elapsed();
-    println!("sleep(30ms) took at least 30ms: {}", slept >= Duration::from_millis(30));
-    println!("sleep(30ms) took under 2s: {}", slept < Duration::from_secs(2));
+    println!(
+        "sleep(30ms) took at least 30ms: {}",
+        slept >= Duration::from_millis(30)
+    );
+    println!(
+        "sleep(30ms) took under 2s: {}",
+        slept < Duration::from_secs(2)
+    );
     let pollable = wasip2::clocks::monotonic_clock::subscribe_duration(0);
     println!("zero-duration pollable is ready: {}", pollable.ready());
     let far = wasip2::clocks::monotonic_clock::subscribe_duration(3_600_000_000_000);
@@ -121,7 +142,11 @@ fn random() {
     use wasip2::random::{insecure, insecure_seed, random as secure};
     let a = secure::get_random_bytes(32);
     let b = secure::get_random_bytes(32);
-    println!("secure: 32 bytes: {}, two draws differ: {}", a.len() == 32, a != b);
+    println!(
+        "secure: 32 bytes: {}, two draws differ: {}",
+        a.len() == 32,
+        a != b
+    );
     let big = secure::get_random_bytes(1 << 20);
     let zeros = big.iter().filter(|b| **b == 0).count();
     println!(
@@ -133,16 +158,26 @@ fn random() {
     println!("secure u64 draws differ: {}", x != y);
     let a = insecure::get_insecure_random_bytes(16);
     let b = insecure::get_insecure_random_bytes(16);
-    println!("insecure: 16 bytes: {}, two draws differ: {}", a.len() == 16, a != b);
+    println!(
+        "insecure: 16 bytes: {}, two draws differ: {}",
+        a.len() == 16,
+        a != b
+    );
     println!(
         "insecure u64 draws differ: {}",
         insecure::get_insecure_random_u64() != insecure::get_insecure_random_u64()
     );
-    let (s1, s2) = (insecure_seed::insecure_seed(), insecure_seed::insecure_seed());
+    let (s1, s2) = (
+        insecure_seed::insecure_seed(),
+        insecure_seed::insecure_seed(),
+    );
     println!("insecure seed is the same within one run: {}", s1 == s2);
     use std::hash::BuildHasher;
     let h = std::collections::hash_map::RandomState::new();
-    println!("std RandomState hashes consistently: {}", h.hash_one(1u8) == h.hash_one(1u8));
+    println!(
+        "std RandomState hashes consistently: {}",
+        h.hash_one(1u8) == h.hash_one(1u8)
+    );
 }
 
 /// Prints one result line: `Ok(value)` or the error's kind and WASI error number.
@@ -188,15 +223,27 @@ fn symlink(target: &str, link: &str) -> io::Result<()> {
 /// beneath the task's root: reads, writes, appends, seeks, truncation, renames, removals,
 /// links, symlinks, escapes, odd names and timestamps, then a listing of what is left.
 fn fs_semantics() {
-    show("read /data/hello.txt", fs::read_to_string("/data/hello.txt"));
-    show("read relative data/hello.txt", fs::read_to_string("data/hello.txt"));
+    show(
+        "read /data/hello.txt",
+        fs::read_to_string("/data/hello.txt"),
+    );
+    show(
+        "read relative data/hello.txt",
+        fs::read_to_string("data/hello.txt"),
+    );
     show("list /", listing("/"));
     show("list /data", listing("/data"));
     show("metadata / is dir", fs::metadata("/").map(|m| m.is_dir()));
-    show("write into a missing dir", fs::write("/data/out/x.txt", "x"));
+    show(
+        "write into a missing dir",
+        fs::write("/data/out/x.txt", "x"),
+    );
     show("create_dir /data/out", fs::create_dir("/data/out"));
     show("create_dir /data/out again", fs::create_dir("/data/out"));
-    show("create_dir_all /data/out/p/q", fs::create_dir_all("/data/out/p/q"));
+    show(
+        "create_dir_all /data/out/p/q",
+        fs::create_dir_all("/data/out/p/q"),
+    );
     show("write a.txt", fs::write("/data/out/a.txt", "alpha"));
     show(
         "append to a.txt",
@@ -228,36 +275,75 @@ fn fs_semantics() {
     );
     show("read after set_len", fs::read_to_string("/data/out/a.txt"));
     show("write c.txt", fs::write("/data/out/c.txt", "gamma"));
-    show("rename a.txt -> b.txt", fs::rename("/data/out/a.txt", "/data/out/b.txt"));
-    show("rename c.txt over b.txt", fs::rename("/data/out/c.txt", "/data/out/b.txt"));
+    show(
+        "rename a.txt -> b.txt",
+        fs::rename("/data/out/a.txt", "/data/out/b.txt"),
+    );
+    show(
+        "rename c.txt over b.txt",
+        fs::rename("/data/out/c.txt", "/data/out/b.txt"),
+    );
     show("read b.txt", fs::read_to_string("/data/out/b.txt"));
-    show("read a.txt after rename", fs::read_to_string("/data/out/a.txt"));
-    show("rename a dir into itself", fs::rename("/data/out/p", "/data/out/p/q/p"));
+    show(
+        "read a.txt after rename",
+        fs::read_to_string("/data/out/a.txt"),
+    );
+    show(
+        "rename a dir into itself",
+        fs::rename("/data/out/p", "/data/out/p/q/p"),
+    );
     show("write m.txt", fs::write("/data/out/m.txt", "moving"));
-    show("rename across preopens", fs::rename("/data/out/m.txt", "/moved.txt"));
+    show(
+        "rename across preopens",
+        fs::rename("/data/out/m.txt", "/moved.txt"),
+    );
     show("remove_dir non-empty", fs::remove_dir("/data/out/p"));
     show("remove_file on a dir", fs::remove_file("/data/out/p"));
     show("remove_dir on a file", fs::remove_dir("/data/out/b.txt"));
     show("remove_file missing", fs::remove_file("/data/out/none"));
-    show("open a dir for writing", File::create("/data/out/p").map(|_| ()));
+    show(
+        "open a dir for writing",
+        File::create("/data/out/p").map(|_| ()),
+    );
     show(
         "read a dir as a file",
         File::open("/data/out/p").and_then(|mut f| f.read(&mut [0u8; 8])),
     );
-    show("hard link", fs::hard_link("/data/out/b.txt", "/data/out/l.txt"));
+    show(
+        "hard link",
+        fs::hard_link("/data/out/b.txt", "/data/out/l.txt"),
+    );
     show("read the hard link", fs::read_to_string("/data/out/l.txt"));
     show("symlink b.txt", symlink("b.txt", "/data/out/s.txt"));
-    show("read through symlink", fs::read_to_string("/data/out/s.txt"));
+    show(
+        "read through symlink",
+        fs::read_to_string("/data/out/s.txt"),
+    );
     show("read_link", fs::read_link("/data/out/s.txt"));
     show(
         "symlink_metadata is symlink",
         fs::symlink_metadata("/data/out/s.txt").map(|m| m.file_type().is_symlink()),
     );
-    show("symlink ../../../etc/passwd", symlink("../../../etc/passwd", "/data/out/up"));
-    show("read through ../ symlink", fs::read_to_string("/data/out/up"));
-    show("symlink /etc/passwd", symlink("/etc/passwd", "/data/out/abs"));
-    show("read through absolute symlink", fs::read_to_string("/data/out/abs"));
-    show("read /data/../../../etc/passwd", fs::read_to_string("/data/../../../etc/passwd"));
+    show(
+        "symlink ../../../etc/passwd",
+        symlink("../../../etc/passwd", "/data/out/up"),
+    );
+    show(
+        "read through ../ symlink",
+        fs::read_to_string("/data/out/up"),
+    );
+    show(
+        "symlink /etc/passwd",
+        symlink("/etc/passwd", "/data/out/abs"),
+    );
+    show(
+        "read through absolute symlink",
+        fs::read_to_string("/data/out/abs"),
+    );
+    show(
+        "read /data/../../../etc/passwd",
+        fs::read_to_string("/data/../../../etc/passwd"),
+    );
     show("read /etc/passwd", fs::read_to_string("/etc/passwd"));
     show("canonicalize", fs::canonicalize("/data/out"));
     show(
@@ -292,15 +378,19 @@ fn fs_semantics() {
     );
     show(
         "modified after set_modified",
-        fs::metadata("/data/out/b.txt").and_then(|m| m.modified()).map(|t| t == stamp),
+        fs::metadata("/data/out/b.txt")
+            .and_then(|m| m.modified())
+            .map(|t| t == stamp),
     );
     show(
         "new file's mtime is recent",
-        fs::metadata("/data/out/big").and_then(|m| m.modified()).map(|t| {
-            SystemTime::now()
-                .duration_since(t)
-                .is_ok_and(|d| d < Duration::from_secs(300))
-        }),
+        fs::metadata("/data/out/big")
+            .and_then(|m| m.modified())
+            .map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .is_ok_and(|d| d < Duration::from_secs(300))
+            }),
     );
     show("write at the root", fs::write("/root-file.txt", "top"));
     show("list / at the end", listing("/"));
@@ -310,7 +400,10 @@ fn fs_semantics() {
 
 /// Seeks from the start, the end and past the end of a.txt ("alphabeta").
 fn seeks() -> io::Result<Vec<String>> {
-    let mut f = OpenOptions::new().read(true).write(true).open("/data/out/a.txt")?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/data/out/a.txt")?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4];
     f.seek(SeekFrom::Start(3))?;
@@ -326,17 +419,32 @@ fn seeks() -> io::Result<Vec<String>> {
     f.seek(SeekFrom::Start(0))?;
     f.read_to_end(&mut all)?;
     seen.push(format!("{all:?}"));
-    seen.push(format!("{:?}", f.seek(SeekFrom::Current(-100)).map_err(|e| e.kind())));
+    seen.push(format!(
+        "{:?}",
+        f.seek(SeekFrom::Current(-100)).map_err(|e| e.kind())
+    ));
     Ok(seen)
 }
 
 /// No network is granted: every attempt must fail, the same way.
 fn net() {
     use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
-    show("tcp connect 127.0.0.1:9", TcpStream::connect("127.0.0.1:9").map(|_| ()));
-    show("tcp connect [::1]:9", TcpStream::connect("[::1]:9").map(|_| ()));
-    show("tcp listen 127.0.0.1:0", TcpListener::bind("127.0.0.1:0").map(|_| ()));
-    show("udp bind 0.0.0.0:0", UdpSocket::bind("0.0.0.0:0").map(|_| ()));
+    show(
+        "tcp connect 127.0.0.1:9",
+        TcpStream::connect("127.0.0.1:9").map(|_| ()),
+    );
+    show(
+        "tcp connect [::1]:9",
+        TcpStream::connect("[::1]:9").map(|_| ()),
+    );
+    show(
+        "tcp listen 127.0.0.1:0",
+        TcpListener::bind("127.0.0.1:0").map(|_| ()),
+    );
+    show(
+        "udp bind 0.0.0.0:0",
+        UdpSocket::bind("0.0.0.0:0").map(|_| ()),
+    );
     show(
         "resolve localhost",
         ("localhost", 80).to_socket_addrs().map(|a| a.count()),

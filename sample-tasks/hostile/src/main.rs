@@ -57,13 +57,24 @@ fn main() {
         "fs" => {
             // The task's own scratch space at / is fine; nothing of the host may show.
             let mut leaked = Vec::new();
-            for path in ["/etc/passwd", "/proc/self/environ", "/etc", "/proc", "/home", "C:\\Windows"] {
+            for path in [
+                "/etc/passwd",
+                "/proc/self/environ",
+                "/etc",
+                "/proc",
+                "/home",
+                "C:\\Windows",
+            ] {
                 if std::fs::read_dir(path).is_ok() || std::fs::read(path).is_ok() {
                     leaked.push(path.to_string());
                 }
             }
             let root: Vec<String> = std::fs::read_dir("/")
-                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             if !root.is_empty() {
                 leaked.push(format!("scratch space not empty: {root:?}"));
@@ -73,8 +84,17 @@ fn main() {
         }
         "dotdot" => {
             let mut leaked = Vec::new();
-            for path in ["../etc/passwd", "../../../../etc/passwd", "/../etc/passwd", "/..", "..", "/../.."] {
-                let listing: Option<Vec<_>> = std::fs::read_dir(path).ok().map(|d| d.flatten().map(|e| e.file_name()).collect());
+            for path in [
+                "../etc/passwd",
+                "../../../../etc/passwd",
+                "/../etc/passwd",
+                "/..",
+                "..",
+                "/../..",
+            ] {
+                let listing: Option<Vec<_>> = std::fs::read_dir(path)
+                    .ok()
+                    .map(|d| d.flatten().map(|e| e.file_name()).collect());
                 if std::fs::read(path).is_ok() || listing.is_some_and(|l| !l.is_empty()) {
                     leaked.push(path);
                 }
@@ -86,15 +106,24 @@ fn main() {
             // Links may be created inside the scratch space, but never followed out of it.
             let mut leaked = Vec::new();
             let symlink_path = |target: &str, link: &str| {
-                let (Ok(t), Ok(l)) = (std::ffi::CString::new(target), std::ffi::CString::new(link)) else {
+                let (Ok(t), Ok(l)) = (std::ffi::CString::new(target), std::ffi::CString::new(link))
+                else {
                     return -1;
                 };
                 // SAFETY: both are valid NUL-terminated strings for the duration of the call.
                 unsafe { libc::symlink(t.as_ptr(), l.as_ptr()) }
             };
-            for (link, target) in [("up", "../../../../.."), ("abs", "/etc"), ("pw", "/etc/passwd"), ("deep", "../../../../etc/passwd")] {
+            for (link, target) in [
+                ("up", "../../../../.."),
+                ("abs", "/etc"),
+                ("pw", "/etc/passwd"),
+                ("deep", "../../../../etc/passwd"),
+            ] {
                 let _ = symlink_path(target, link);
-                if std::fs::read(link).is_ok() || std::fs::read(format!("{link}/passwd")).is_ok() || std::fs::read_dir(link).is_ok_and(|mut d| d.next().is_some()) {
+                if std::fs::read(link).is_ok()
+                    || std::fs::read(format!("{link}/passwd")).is_ok()
+                    || std::fs::read_dir(link).is_ok_and(|mut d| d.next().is_some())
+                {
                     leaked.push(link);
                 }
             }
@@ -168,7 +197,11 @@ fn main() {
         "clock-poll" => {
             let mut n = 0u64;
             loop {
-                n = n.wrapping_add(std::hint::black_box(std::time::Instant::now()).elapsed().as_nanos() as u64);
+                n = n.wrapping_add(
+                    std::hint::black_box(std::time::Instant::now())
+                        .elapsed()
+                        .as_nanos() as u64,
+                );
                 std::hint::black_box(n);
             }
         }
@@ -213,20 +246,34 @@ fn main() {
             let text = std::fs::read_to_string("/data/hello.txt").unwrap_or_default();
             let wrote = std::fs::write("/data/new.txt", b"written by the task").is_ok();
             let mut names: Vec<String> = std::fs::read_dir("/data")
-                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             names.sort();
-            println!("hello.txt: {}; wrote: {wrote}; /data: {names:?}", text.trim());
+            println!(
+                "hello.txt: {}; wrote: {wrote}; /data: {names:?}",
+                text.trim()
+            );
             std::process::exit(if wrote && !text.is_empty() { 0 } else { 1 });
         }
         "clocks" => {
             // Not an attack: WASI's clocks are there and behave.
-            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let t0 = std::time::Instant::now();
             std::thread::sleep(std::time::Duration::from_millis(20));
             let slept = t0.elapsed();
             println!("wall {wall}, slept {slept:?}");
-            std::process::exit(if wall > 1_700_000_000 && slept.as_millis() >= 20 { 0 } else { 1 });
+            std::process::exit(if wall > 1_700_000_000 && slept.as_millis() >= 20 {
+                0
+            } else {
+                1
+            });
         }
         "net" => {
             let mut leaked = Vec::new();
@@ -262,7 +309,11 @@ fn main() {
         "cwd" => {
             let cwd = std::env::current_dir();
             println!("current dir: {cwd:?}");
-            std::process::exit(if cwd.is_err() || cwd.is_ok_and(|p| p.as_os_str() == "/") { 0 } else { 1 });
+            std::process::exit(if cwd.is_err() || cwd.is_ok_and(|p| p.as_os_str() == "/") {
+                0
+            } else {
+                1
+            });
         }
         "random" => {
             // Large random requests are served in bounded chunks by the host.
@@ -292,5 +343,9 @@ fn stack_huge() -> u8 {
 
 fn recurse(n: u64) -> u64 {
     let pad = std::hint::black_box([n; 64]);
-    if n == 0 { 0 } else { recurse(pad[1] + 1) + pad[63] }
+    if n == 0 {
+        0
+    } else {
+        recurse(pad[1] + 1) + pad[63]
+    }
 }

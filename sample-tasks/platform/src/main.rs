@@ -55,12 +55,7 @@ fn main() {
             eprintln!("attempt {} fails on purpose", me.attempt);
             std::process::exit(1);
         }
-        Some("flaky") => {
-            report(wasmos_task::put_result(
-                "attempt",
-                me.attempt.to_string(),
-            ))
-        }
+        Some("flaky") => report(wasmos_task::put_result("attempt", me.attempt.to_string())),
         _ => eprintln!("usage: platform steps N MS | linger | stubborn | flaky"),
     }
 }

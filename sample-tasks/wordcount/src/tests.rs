@@ -43,7 +43,11 @@ fn chunks_never_cut_words_or_chars() {
     for chunk in 1..=17 {
         let mut got = Counts::default();
         let n = count_stream(&bytes[..], chunk, &mut got).unwrap();
-        assert_eq!(got.into_iter().collect::<HashMap<_, _>>(), want, "chunk {chunk}");
+        assert_eq!(
+            got.into_iter().collect::<HashMap<_, _>>(),
+            want,
+            "chunk {chunk}"
+        );
         assert_eq!(n, want.values().sum::<u64>());
     }
 }
@@ -55,7 +59,11 @@ fn ascii_text_counts_like_any_text() {
     for chunk in 1..=9 {
         let mut got = Counts::default();
         let n = count_stream(text.as_bytes(), chunk, &mut got).unwrap();
-        assert_eq!(got.into_iter().collect::<HashMap<_, _>>(), want, "chunk {chunk}");
+        assert_eq!(
+            got.into_iter().collect::<HashMap<_, _>>(),
+            want,
+            "chunk {chunk}"
+        );
         assert_eq!(n, want.values().sum::<u64>());
     }
 }
