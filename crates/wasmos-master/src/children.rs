@@ -282,21 +282,8 @@ async fn end_children(shared: &Shared, parent: TaskId) {
 pub(crate) async fn lead(shared: Arc<Shared>) {
     let mut changes = shared.raft.subscribe();
     let mut next = *changes.borrow_and_update() + 1;
-    let orphans: Vec<TaskId> = shared.read(|s| s.orphans().collect());
-    let parents: std::collections::BTreeSet<TaskId> = shared.read(|s| {
-        orphans
-            .iter()
-            .filter_map(|c| s.tasks.get(c)?.spec.lineage.map(|l| l.parent))
-            .collect()
-    });
-    for p in parents {
-        end_children(&shared, p).await;
-    }
     // Waits another term of this master's took in, whose children may have ended since.
-    let watched: Vec<TaskId> = shared.children.map().keys().copied().collect();
-    for c in watched {
-        tell_if_ended(&shared, c);
-    }
+    sweep(&shared).await;
     loop {
         let read = shared.raft.read_events(
             next,
@@ -305,19 +292,8 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         );
         next = read.next;
         if read.lost_until.is_some() {
-            // Events this loop never saw: look at every watch and every orphan.
-            let watched: Vec<TaskId> = shared.children.map().keys().copied().collect();
-            for c in watched {
-                tell_if_ended(&shared, c);
-            }
-            let parents: std::collections::BTreeSet<TaskId> = shared.read(|s| {
-                s.orphans()
-                    .filter_map(|c| s.tasks.get(&c)?.spec.lineage.map(|l| l.parent))
-                    .collect()
-            });
-            for p in parents {
-                end_children(&shared, p).await;
-            }
+            // Events this loop never saw.
+            sweep(&shared).await;
         }
         for e in read.events {
             let Change::Task { id, .. } = e.change else {
@@ -334,5 +310,22 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Looks at everything the event log may not tell: every orphan's parent has its children
+/// ended, every watched child that ended is told.
+async fn sweep(shared: &Shared) {
+    let parents: std::collections::BTreeSet<TaskId> = shared.read(|s| {
+        s.orphans()
+            .filter_map(|c| s.tasks.get(&c)?.spec.lineage.map(|l| l.parent))
+            .collect()
+    });
+    for p in parents {
+        end_children(shared, p).await;
+    }
+    let watched: Vec<TaskId> = shared.children.map().keys().copied().collect();
+    for c in watched {
+        tell_if_ended(shared, c);
     }
 }

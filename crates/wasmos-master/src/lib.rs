@@ -336,50 +336,38 @@ impl Shared {
             .take(wasmos_proto::MAX_TASK_SAMPLES)
             .map(|s| (s.task, s))
             .collect();
-        let (own, ended): (Vec<_>, Vec<_>) = self.read(|s| {
-            samples
-                .into_values()
-                .filter(|x| {
-                    s.tasks
-                        .get(&x.task)
-                        .is_none_or(|t| t.agent.as_ref() == Some(agent))
-                })
-                .partition(|x| {
-                    s.tasks
-                        .get(&x.task)
-                        .is_some_and(|t| !t.status.state.is_terminal())
-                })
-        });
-        // Live children whose parent has ended: the kill sent when it ended may have been
-        // lost (or may have come before their launch); they do not outlive it.
-        let orphans: Vec<wasmos_proto::TaskId> = self.read(|s| {
-            own.iter()
-                .filter(|x| {
-                    s.tasks
-                        .get(&x.task)
-                        .and_then(|t| t.spec.lineage)
-                        .is_some_and(|l| {
+        // In one look at the state: the samples of its own live tasks, and the tasks it runs
+        // that must stop. Those are tasks the cluster has ended (killed while their launch was
+        // on its way) or forgotten, which would run on resources counted free, and live
+        // children whose parent has ended (the kill sent then may have been lost, or come
+        // before their launch): no child outlives its parent.
+        let (own, stop) = self.read(|s| {
+            let mut own = Vec::new();
+            let mut stop = Vec::new();
+            for x in samples.into_values() {
+                match s.tasks.get(&x.task) {
+                    Some(t) if t.agent.as_ref() != Some(agent) => {}
+                    Some(t) if !t.status.state.is_terminal() => {
+                        let orphan = t.spec.lineage.is_some_and(|l| {
                             s.tasks
                                 .get(&l.parent)
                                 .is_none_or(|p| p.status.state.is_terminal())
-                        })
-                })
-                .map(|x| x.task)
-                .collect()
+                        });
+                        if orphan {
+                            stop.push((x.task, Some(wasmos_proto::Reason::ParentEnded)));
+                        }
+                        own.push(x);
+                    }
+                    _ => stop.push((x.task, None)),
+                }
+            }
+            (own, stop)
         });
-        for task in orphans {
-            let reason = Some(wasmos_proto::Reason::ParentEnded);
+        for (task, reason) in stop {
+            if reason.is_none() {
+                tracing::info!(%agent, %task, "agent runs a task that has ended; killing it");
+            }
             self.send_to_agent(agent, MasterToAgent::Kill { task, reason });
-        }
-        // The agent runs tasks the cluster has ended (killed while their launch was on its
-        // way) or forgotten: they are stopped, not left to run on resources counted free.
-        for x in ended {
-            tracing::info!(%agent, task = %x.task, "agent runs a task that has ended; killing it");
-            let kill = MasterToAgent::Kill {
-                task: x.task,
-                reason: None,
-            };
-            self.send_to_agent(agent, kill);
         }
         let progress = own
             .iter()
