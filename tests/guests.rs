@@ -61,9 +61,10 @@ fn a_task_learns_its_context_reports_progress_and_publishes_results() {
         said.contains(&format!("task {id} role default attempt 1 job None")),
         "{said}"
     );
-    // Over-long and badly named results are refused to the task, not kept.
-    assert!(said.contains("result published"), "{said}");
-    assert_eq!(said.matches("result refused").count(), 2, "{said}");
+    // Over-long and badly named results and a relative file path are refused to the task,
+    // not kept.
+    assert_eq!(said.matches("result published").count(), 2, "{said}");
+    assert_eq!(said.matches("result refused").count(), 3, "{said}");
 
     let done = show(&c, &id);
     assert_eq!(done["status"]["state"], "Finished", "{done}");
@@ -76,6 +77,13 @@ fn a_task_learns_its_context_reports_progress_and_publishes_results() {
         .output()
         .unwrap());
     assert!(table.contains("steps = 3"), "{table}");
+    // The file it published by name, stored when it ended: its tenant reads it back.
+    let files = done["status"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{done}");
+    assert_eq!(files[0]["name"], "log");
+    let log = blob_text(&c, &files[0]);
+    assert_eq!(log, "step 1 of 3\nstep 2 of 3\nstep 3 of 3\n");
+    assert!(table.contains("files:      1"), "{table}");
     assert!(table.contains("100.0% step 3 of 3"), "{table}");
 
     // The event stream carried the progress as it came, while it ran.
@@ -95,6 +103,17 @@ fn a_task_learns_its_context_reports_progress_and_publishes_results() {
         "{:?}",
         events.events()
     );
+}
+
+/// The bytes of a file result (`{name, blob, size}`), as its tenant reads them back.
+fn blob_text(c: &DevCluster, file: &Value) -> String {
+    let hash = file["blob"].as_str().unwrap();
+    let got = wasmos_cmd(&c.config(), &["blob", "get", hash])
+        .output()
+        .unwrap();
+    let bytes = ok(&got);
+    assert_eq!(got.stdout.len() as u64, file["size"].as_u64().unwrap());
+    bytes
 }
 
 /// A sample componentize-py or componentize-js built (`cargo xtask test` builds them).
@@ -136,6 +155,16 @@ fn run_other_language(wasm: &std::path::Path, lang: &str, steps: u32, language: 
         serde_json::json!(language.as_bytes()),
         "{done}"
     );
+    match lang {
+        // Python writes a file and publishes it by name.
+        "python" => {
+            assert_eq!(done["status"]["files"][0]["name"], "report", "{done}");
+            let report = blob_text(&c, &done["status"]["files"][0]);
+            assert_eq!(report, format!("python took {steps} steps\n"));
+        }
+        // JavaScript (no filesystem of its own) names a relative path: refused at once.
+        _ => assert!(said.contains("file refused"), "{said}"),
+    }
 }
 
 #[test]

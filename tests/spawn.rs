@@ -2,7 +2,8 @@
 //! recursive sum and a Monte Carlo fan-out aggregate their children; a failing child is retried
 //! and its parent told how it ended; the limits on depth and fan-out hold; children end with
 //! their parent; a child of another tenant's bundle is refused as unknown; a leader failover
-//! in the middle loses no child and starts none twice.
+//! in the middle loses no child and starts none twice; files published by name reach the
+//! parent and are readable by their tenant only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -306,6 +307,77 @@ async fn a_child_is_its_parents_tenants_and_only_a_parent_makes_one() {
     let tasks = all_tasks(&client).await;
     let made = tasks.iter().find(|t| t.id == id).unwrap();
     assert_eq!(made.spec.lineage, None, "the lineage was cleared");
+}
+
+/// `wasmos blob get HASH` as the user of `config`.
+fn blob_get(config: &std::path::Path, hash: &str) -> std::process::Output {
+    wasmos_cmd(config, &["blob", "get", hash]).output().unwrap()
+}
+
+#[test]
+fn files_published_by_name_reach_the_parent_and_only_their_tenant() {
+    let c = DevCluster::start(1).unwrap();
+    let alice = c.user_config("wasmos://tenant/alice/ci");
+    let bob = c.user_config("wasmos://tenant/bob/ci");
+    let parent = start(&alice, &["files", "3"]);
+    let done = ended(&alice, &parent, Duration::from_secs(90));
+    assert_eq!(done["status"]["state"], "Finished", "{done}");
+    let files = done["status"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{done}");
+    assert_eq!(files[0]["name"], "index");
+    let index_hash = files[0]["blob"].as_str().unwrap();
+    let got = blob_get(&alice, index_hash);
+    let index = ok(&got);
+    assert_eq!(got.stdout.len() as u64, files[0]["size"].as_u64().unwrap());
+    // The parent's index lists each child's file as its wait told it: the child's record
+    // and the stored bytes agree with it.
+    let lines: Vec<&str> = index.lines().collect();
+    assert_eq!(lines.len(), 3, "{index}");
+    let mut parts = Vec::new();
+    for line in &lines {
+        let [hash, size, child] = line.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{line}");
+        };
+        let record = show(&alice, child);
+        assert_eq!(record["status"]["files"][0]["name"], "part", "{record}");
+        assert_eq!(record["status"]["files"][0]["blob"], *hash, "{record}");
+        let part = blob_get(&alice, hash);
+        assert_eq!(part.stdout.len().to_string(), size, "{line}");
+        parts.push(ok(&part));
+    }
+    parts.sort();
+    assert_eq!(
+        parts,
+        ["part 0 of the work\n", "part 1 of the work\n", "part 2 of the work\n"]
+    );
+    let shown = ok(&wasmos_cmd(&alice, &["task", "show", &parent])
+        .output()
+        .unwrap());
+    assert!(
+        shown.contains("files:      1") && shown.contains(&format!("{index_hash} ")),
+        "{shown}"
+    );
+
+    // Bob cannot read Alice's files, nor tell them from blobs that do not exist.
+    let theirs = blob_get(&bob, index_hash);
+    assert!(!theirs.status.success(), "{}", text(&theirs.stdout));
+    let none = blob_get(&bob, &"0".repeat(64));
+    assert_eq!(
+        text(&theirs.stderr).replace(index_hash, "HASH"),
+        text(&none.stderr).replace(&"0".repeat(64), "HASH"),
+    );
+
+    // A file published but never written: the task ends in error naming it, and nothing of
+    // it is stored.
+    let lost = start(&alice, &["lost-file"]);
+    let done = ended(&alice, &lost, Duration::from_secs(60));
+    assert_eq!(done["status"]["state"], "Error", "{done}");
+    let message = done["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("/never/written.txt") && message.contains("does not exist"),
+        "{done}"
+    );
+    assert_eq!(done["status"]["files"].as_array().map(Vec::len), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

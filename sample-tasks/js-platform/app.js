@@ -4,7 +4,7 @@
 
 import { get } from "wasmos:task/context@0.1.0";
 import { report } from "wasmos:task/progress@0.1.0";
-import { putValue } from "wasmos:task/results@0.1.0";
+import { putFile, putValue } from "wasmos:task/results@0.1.0";
 
 export const run = {
   run() {
@@ -19,6 +19,12 @@ export const run = {
       putValue("bad name!", new Uint8Array([1]));
     } catch (e) {
       console.log(`result refused: ${e.payload}`);
+    }
+    // A file result names an absolute path; a relative one is refused at once.
+    try {
+      putFile("notes", "notes.txt");
+    } catch (e) {
+      console.log(`file refused: ${e.payload}`);
     }
   },
 };

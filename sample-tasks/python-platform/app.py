@@ -1,7 +1,7 @@
 """A Python task on the `wasmos:task` world, built with componentize-py against target/wit
 (`cargo xtask python-sample` builds it into sample-tasks/target/python/platform-py.wasm): it
-reads its context, reports progress and publishes results. `platform-py.wasm N` takes N steps
-of a second each."""
+reads its context, reports progress and publishes results (a value and a file).
+`platform-py.wasm N` takes N steps of a second each."""
 
 import sys
 import time
@@ -21,6 +21,10 @@ class Run(exports.Run):
             progress.report(i / n, f"python step {i} of {n}")
             print(f"python step {i} of {n}", flush=True)
         results.put_value("language", b"python")
+        # A file result: the agent stores it once the task has ended.
+        with open("/report.txt", "w") as f:
+            f.write(f"python took {n} steps\n")
+        results.put_file("report", "/report.txt")
         try:
             results.put_value("bad name!", b"x")
         except Err as e:

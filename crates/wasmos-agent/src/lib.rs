@@ -1119,7 +1119,7 @@ async fn run_task(
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
         usage: Some(metered.usage),
-        platform: Some(metered.platform),
+        platform: Some(metered.platform.clone()),
         burst: burstable.then(|| Burst {
             request_bytes: spec.resources.mem_bytes,
             pool: agent.memory.clone(),
@@ -1141,12 +1141,10 @@ async fn run_task(
     // All output is queued before the final status, so watchers see it first.
     let _ = forward.await;
     let mut status = outcome.status;
-    if let Some(guest) = &spec.outputs_dir
-        && status.state == TaskState::Finished
-        && status.exit_code == Some(0)
-    {
-        // Results are stored before the task is reported finished: whoever reads the final
-        // status can fetch them.
+    // Results are stored before the task is reported finished: whoever reads the final status
+    // can fetch them.
+    let succeeded = status.state == TaskState::Finished && status.exit_code == Some(0);
+    if let Some(guest) = spec.outputs_dir.as_ref().filter(|_| succeeded) {
         // An agent that serves no other agent keeps nothing: readers elsewhere could not
         // fetch it.
         let result = if spec.outputs_on_agent && agent.peer_addr.is_some() {
@@ -1161,8 +1159,16 @@ async fn run_task(
                 status.message = Some(format!("cannot store its outputs: {e}"));
             }
         }
-        let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
-        return status;
+    }
+    let named = metered.platform.files();
+    if status.state == TaskState::Finished && succeeded && !named.is_empty() {
+        match store_result_files(agent, dir.scratch_root(), named).await {
+            Ok(files) => status.files = files,
+            Err(e) => {
+                status.state = TaskState::Error;
+                status.message = Some(format!("cannot store its result files: {e}"));
+            }
+        }
     }
     // Deleting a full scratch space can take a while: not on the task workers.
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
@@ -1252,41 +1258,72 @@ async fn store_outputs(
         .map_err(|e| format!("listing the outputs panicked: {e}"))??;
     let mut out = Vec::new();
     for (path, host, size) in files {
-        // The master takes blobs up to the size of a bundle; larger ones are refused there.
-        if size > agent.cfg.exec.max_component_bytes {
-            return Err(format!(
-                "output {path} is {size} bytes, over the {}-byte blob limit",
-                agent.cfg.exec.max_component_bytes
-            ));
-        }
-        let bytes = tokio::fs::read(&host)
-            .await
-            .map_err(|e| format!("cannot read output {path}: {e}"))?;
-        let hash = BundleHash::from_digest(&Sha256::digest(&bytes).into());
-        let size = bytes.len() as u64;
-        let deadline = tokio::time::Instant::now() + OUTPUT_UPLOAD_PATIENCE;
-        loop {
-            match put_blob(agent, &hash, &bytes).await {
-                Ok(()) => break,
-                // The master looked at it and said no: sending it again changes nothing.
-                Err(Put::Refused(e)) => return Err(format!("output {path} refused: {e}")),
-                Err(Put::Lost(e)) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("cannot upload output {path}: {e}"));
-                }
-                Err(Put::Lost(e)) => {
-                    tracing::debug!("output {path} not stored yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+        let (blob, size) = store_file(agent, &format!("output {path}"), &host, size).await?;
         out.push(OutputFile {
             path,
-            blob: hash,
+            blob,
             size,
             held_by: None,
         });
     }
     Ok(out)
+}
+
+/// Uploads the files a task published by name (`put-file`), as (name, guest path) resolved in
+/// the scratch space at `scratch`.
+async fn store_result_files(
+    agent: &Arc<Agent>,
+    scratch: std::path::PathBuf,
+    named: Vec<(String, String)>,
+) -> Result<Vec<wasmos_proto::ResultFile>, String> {
+    let mut out = Vec::with_capacity(named.len());
+    for (name, guest) in named {
+        let root = scratch.clone();
+        let path = guest.clone();
+        let (host, size) =
+            tokio::task::spawn_blocking(move || taskdir::result_file(&root, &path))
+                .await
+                .map_err(|e| format!("resolving {guest} panicked: {e}"))??;
+        let (blob, size) = store_file(agent, &format!("{name} ({guest})"), &host, size).await?;
+        out.push(wasmos_proto::ResultFile { name, blob, size });
+    }
+    Ok(out)
+}
+
+/// Uploads one file of a task's (`what` names it in errors) to the masters as a data blob,
+/// retrying while no master takes it; its hash and size.
+async fn store_file(
+    agent: &Arc<Agent>,
+    what: &str,
+    host: &std::path::Path,
+    size: u64,
+) -> Result<(BundleHash, u64), String> {
+    // The master takes blobs up to the size of a bundle; larger ones are refused there.
+    if size > agent.cfg.exec.max_component_bytes {
+        return Err(format!(
+            "{what} is {size} bytes, over the {}-byte blob limit",
+            agent.cfg.exec.max_component_bytes
+        ));
+    }
+    let bytes = tokio::fs::read(host)
+        .await
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    let hash = BundleHash::from_digest(&Sha256::digest(&bytes).into());
+    let deadline = tokio::time::Instant::now() + OUTPUT_UPLOAD_PATIENCE;
+    loop {
+        match put_blob(agent, &hash, &bytes).await {
+            Ok(()) => return Ok((hash, bytes.len() as u64)),
+            // The master looked at it and said no: sending it again changes nothing.
+            Err(Put::Refused(e)) => return Err(format!("{what} refused: {e}")),
+            Err(Put::Lost(e)) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("cannot upload {what}: {e}"));
+            }
+            Err(Put::Lost(e)) => {
+                tracing::debug!("{what} not stored yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// Opens a side stream to the master this agent is connected to and sends its first message.

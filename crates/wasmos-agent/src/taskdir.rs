@@ -314,6 +314,50 @@ pub(crate) fn output_files(
     }
 }
 
+/// The file a task published by name (`put-file`) at guest path `guest`, resolved in the
+/// scratch space at `scratch`: its host path and size. Blocking; only once the task has ended.
+///
+/// Like [`output_files`], nothing on the way may be a link (the agent would read a host file
+/// outside the scratch space), each part must be a plain name on this host too (a Windows
+/// drive or prefix is not one), and the file must be a regular file.
+pub(crate) fn result_file(scratch: &Path, guest: &str) -> Result<(PathBuf, u64), String> {
+    let parts: Vec<&str> = guest.split('/').filter(|c| !c.is_empty()).collect();
+    let mut at = scratch.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        let plain = matches!(
+            Path::new(part).components().collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if !plain {
+            return Err(format!("{guest} is not a path in the task's filesystem"));
+        }
+        at.push(part);
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("{guest} does not exist"));
+            }
+            Err(e) => return Err(format!("cannot read {guest}: {e}")),
+        };
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{guest} leads through a symbolic link; result files must be plain files"
+            ));
+        }
+        if last && !meta.is_file() {
+            return Err(format!("{guest} is not a regular file"));
+        }
+        if last {
+            return Ok((at, meta.len()));
+        }
+        if !meta.is_dir() {
+            return Err(format!("{guest} does not exist"));
+        }
+    }
+    Err(format!("{guest} is not a file"))
+}
+
 impl TaskDir {
     pub(crate) fn quota(&self, spec: &TaskSpec) -> DiskQuota {
         DiskQuota {
@@ -478,6 +522,34 @@ fn unpack(archive: &[u8], dest: &Path, budget: &mut Budget) -> Result<(), Unpack
 mod tests {
     use super::*;
     use wasmos_proto::{BundleHash, InputFile, Mount};
+
+    #[cfg(unix)]
+    #[test]
+    fn result_files_are_plain_files_inside_the_scratch_space() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"key").unwrap();
+        std::fs::create_dir_all(scratch.path().join("out/dir")).unwrap();
+        std::fs::write(scratch.path().join("out/model.bin"), b"weights").unwrap();
+        let (host, size) = result_file(scratch.path(), "/out/model.bin").unwrap();
+        assert_eq!((std::fs::read(host).unwrap(), size), (b"weights".to_vec(), 7));
+        std::os::unix::fs::symlink(outside.path(), scratch.path().join("up")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            scratch.path().join("out/link"),
+        )
+        .unwrap();
+        for (guest, says) in [
+            ("/up/secret", "symbolic link"),
+            ("/out/link", "symbolic link"),
+            ("/out/dir", "not a regular file"),
+            ("/out/none", "does not exist"),
+            ("/out/model.bin/x", "does not exist"),
+        ] {
+            let err = result_file(scratch.path(), guest).unwrap_err();
+            assert!(err.contains(says) && err.contains(guest), "{guest}: {err}");
+        }
+    }
 
     #[cfg(unix)]
     #[test]

@@ -68,6 +68,8 @@ struct Told {
     /// The latest report, and whether the agent has taken it since.
     progress: Option<(TaskProgress, bool)>,
     results: Vec<TaskResult>,
+    /// Files published by name, as (name, guest path): read by the agent once the task ends.
+    files: Vec<(String, String)>,
 }
 
 impl TaskPlatform {
@@ -141,6 +143,11 @@ impl TaskPlatform {
     /// What the task published so far.
     pub fn results(&self) -> Vec<TaskResult> {
         self.told().results.clone()
+    }
+
+    /// The files the task published by name, as (name, guest path), in the order named.
+    pub fn files(&self) -> Vec<(String, String)> {
+        self.told().files.clone()
     }
 
     pub fn grace(&self) -> Duration {
@@ -239,11 +246,21 @@ impl<T: HasPlatform> progress::Host for Host<'_, T> {
 impl<T: HasPlatform> results::Host for Host<'_, T> {
     fn put_value(&mut self, name: String, value: Vec<u8>) -> Result<(), results::ErrorCode> {
         let mut told = self.0.platform().told();
-        wasmos_proto::publish_result(&mut told.results, &name, value).map_err(|e| match e {
-            ResultError::InvalidName => results::ErrorCode::InvalidName,
-            ResultError::TooLarge => results::ErrorCode::TooLarge,
-            ResultError::TooMany => results::ErrorCode::TooMany,
-        })
+        wasmos_proto::publish_result(&mut told.results, &name, value).map_err(result_error)
+    }
+
+    fn put_file(&mut self, name: String, path: String) -> Result<(), results::ErrorCode> {
+        let mut told = self.0.platform().told();
+        wasmos_proto::publish_file(&mut told.files, &name, &path).map_err(result_error)
+    }
+}
+
+fn result_error(e: ResultError) -> results::ErrorCode {
+    match e {
+        ResultError::InvalidName => results::ErrorCode::InvalidName,
+        ResultError::TooLarge => results::ErrorCode::TooLarge,
+        ResultError::TooMany => results::ErrorCode::TooMany,
+        ResultError::InvalidPath => results::ErrorCode::InvalidPath,
     }
 }
 
@@ -342,6 +359,15 @@ impl<T: HasPlatform + Send> spawn::Host for Host<'_, T> {
             message: end.message,
             attempts,
             results: end.results.into_iter().map(|r| (r.name, r.value)).collect(),
+            files: end
+                .files
+                .into_iter()
+                .map(|f| spawn::ResultFile {
+                    name: f.name,
+                    sha256: f.blob.to_string(),
+                    size: f.size,
+                })
+                .collect(),
         })
     }
 

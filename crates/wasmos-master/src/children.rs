@@ -151,6 +151,7 @@ fn ended(shared: &Shared, child: TaskId) -> Option<ChildEnd> {
             exit_code: t.status.exit_code,
             message: t.status.message.clone(),
             results: t.status.results.clone(),
+            files: t.status.files.clone(),
         })
     })
 }

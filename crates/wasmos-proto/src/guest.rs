@@ -31,6 +31,10 @@ pub const MAX_RESULT_NAME_BYTES: usize = 128;
 pub const MAX_RESULT_VALUE_BYTES: usize = 16 * 1024;
 /// Largest total of one task's result values: they live in the replicated state.
 pub const MAX_RESULT_VALUES_BYTES: usize = 64 * 1024;
+/// Most files one task publishes by name (`put-file`).
+pub const MAX_RESULT_FILES: usize = 64;
+/// Longest guest path `put-file` takes.
+pub const MAX_RESULT_PATH_BYTES: usize = 1024;
 /// How long a task that imports `cancellation` has to stop once asked (a kill, a preemption,
 /// its job's end), bounded by its own timeout.
 pub const GRACE_MS: u64 = 5_000;
@@ -71,6 +75,15 @@ pub struct TaskResult {
     pub value: Vec<u8>,
 }
 
+/// A file a task published by name (`put-file`), as its agent stored it on the masters: a data
+/// blob its task's tenant may read (`wasmos blob get`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultFile {
+    pub name: String,
+    pub blob: crate::BundleHash,
+    pub size: u64,
+}
+
 /// Why a result was refused, as `wasmos:task/results` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResultError {
@@ -80,8 +93,66 @@ pub enum ResultError {
         "a result value is at most {MAX_RESULT_VALUE_BYTES} bytes, and all of a task's at most {MAX_RESULT_VALUES_BYTES}"
     )]
     TooLarge,
-    #[error("a task publishes at most {MAX_RESULTS} results")]
+    #[error("a task publishes at most {MAX_RESULTS} values and {MAX_RESULT_FILES} files")]
     TooMany,
+    #[error(
+        "a result file is named by an absolute guest path of at most {MAX_RESULT_PATH_BYTES} bytes, without `.` or `..`"
+    )]
+    InvalidPath,
+}
+
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_RESULT_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Whether `path` names a file the way `put-file` takes it: absolute, `/`-separated, with no
+/// empty, `.` or `..` part (its agent resolves it inside the task's scratch space, never
+/// through a link), and not the root.
+pub fn result_path_ok(path: &str) -> bool {
+    path.len() <= MAX_RESULT_PATH_BYTES
+        && path.strip_prefix('/').is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .split('/')
+                    .all(|part| !matches!(part, "" | "." | ".."))
+        })
+        && !path.contains(['\\', '\0'])
+}
+
+/// Adds or replaces the file result `name` (a guest path, read when the task ends) in `files`;
+/// on refusal `files` is unchanged.
+pub fn publish_file(
+    files: &mut Vec<(String, String)>,
+    name: &str,
+    path: &str,
+) -> Result<(), ResultError> {
+    if !name_ok(name) {
+        return Err(ResultError::InvalidName);
+    }
+    if !result_path_ok(path) {
+        return Err(ResultError::InvalidPath);
+    }
+    let full = files.len() >= MAX_RESULT_FILES;
+    match files.iter_mut().find(|(n, _)| n == name) {
+        Some((_, p)) => *p = path.to_string(),
+        None if full => return Err(ResultError::TooMany),
+        None => files.push((name.to_string(), path.to_string())),
+    }
+    Ok(())
+}
+
+/// Whether file results reported by an agent are within the bounds a task could have published.
+pub fn result_files_valid(files: &[ResultFile]) -> bool {
+    let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    files.len() <= MAX_RESULT_FILES
+        && names.len() == files.len()
+        && names.iter().all(|n| name_ok(n))
 }
 
 /// Adds or replaces the result `name` in `results`, within the bounds above; on refusal
@@ -91,12 +162,7 @@ pub fn publish_result(
     name: &str,
     value: Vec<u8>,
 ) -> Result<(), ResultError> {
-    let name_ok = !name.is_empty()
-        && name.len() <= MAX_RESULT_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !name_ok {
+    if !name_ok(name) {
         return Err(ResultError::InvalidName);
     }
     let others: usize = results
@@ -305,6 +371,52 @@ mod tests {
             },
         ];
         assert!(!results_valid(&dup), "an agent's duplicates are refused");
+    }
+
+    #[test]
+    fn file_results_name_absolute_plain_paths() {
+        let mut f = Vec::new();
+        publish_file(&mut f, "model", "/out/model.bin").unwrap();
+        publish_file(&mut f, "model", "/out/model-2.bin").unwrap();
+        assert_eq!(f, [("model".to_string(), "/out/model-2.bin".to_string())]);
+        for bad in [
+            "",
+            "/",
+            "relative/x",
+            "/a/../etc/passwd",
+            "/a/./b",
+            "//a",
+            "/a/",
+            "/a\\b",
+            "/a\0b",
+            &format!("/{}", "p".repeat(MAX_RESULT_PATH_BYTES)),
+        ] {
+            assert_eq!(
+                publish_file(&mut f, "x", bad),
+                Err(ResultError::InvalidPath),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            publish_file(&mut f, "a/b", "/x"),
+            Err(ResultError::InvalidName)
+        );
+        for i in 1..MAX_RESULT_FILES {
+            publish_file(&mut f, &format!("f{i}"), "/x").unwrap();
+        }
+        assert_eq!(
+            publish_file(&mut f, "one-more", "/x"),
+            Err(ResultError::TooMany)
+        );
+        assert_eq!(f.len(), MAX_RESULT_FILES);
+        let file = |name: &str| ResultFile {
+            name: name.into(),
+            blob: crate::BundleHash::from_digest(&[0; 32]),
+            size: 1,
+        };
+        assert!(result_files_valid(&[file("a"), file("b")]));
+        assert!(!result_files_valid(&[file("a"), file("a")]));
+        assert!(!result_files_valid(&[file("../a")]));
     }
 
     #[test]

@@ -24,10 +24,12 @@ pub use framework::{
     DEFAULT_FAILOVER_TIMEOUT_MS, FrameworkCall, FrameworkEvent, OfferInfo, OfferOperation,
 };
 pub use guest::{
-    GRACE_MS, MAX_PROGRESS_MESSAGE_BYTES, MAX_RESULT_NAME_BYTES, MAX_RESULT_VALUE_BYTES,
-    MAX_RESULT_VALUES_BYTES, MAX_RESULTS, ResultError, TASK_INTERFACES, TASK_PACKAGE,
-    TASK_PACKAGE_VERSION, TaskProgress, TaskResult, WASI_PACKAGES, check_component_imports,
-    check_import, component_imports, component_interface, publish_result, results_valid,
+    GRACE_MS, MAX_PROGRESS_MESSAGE_BYTES, MAX_RESULT_FILES, MAX_RESULT_NAME_BYTES,
+    MAX_RESULT_PATH_BYTES, MAX_RESULT_VALUE_BYTES, MAX_RESULT_VALUES_BYTES, MAX_RESULTS,
+    ResultError, ResultFile, TASK_INTERFACES, TASK_PACKAGE, TASK_PACKAGE_VERSION, TaskProgress,
+    TaskResult, WASI_PACKAGES, check_component_imports, check_import, component_imports,
+    component_interface, publish_file, publish_result, result_files_valid, result_path_ok,
+    results_valid,
 };
 pub use ids::{AgentId, BundleHash, FrameworkId, IdError, OfferId, TaskId};
 pub use job::{

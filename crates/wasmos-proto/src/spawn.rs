@@ -72,6 +72,8 @@ pub struct ChildEnd {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub results: Vec<TaskResult>,
+    /// The files it published by name (`put-file`).
+    pub files: Vec<crate::ResultFile>,
 }
 
 impl ChildEnd {
@@ -128,6 +130,7 @@ mod tests {
             exit_code,
             message: None,
             results: Vec::new(),
+            files: Vec::new(),
         }
     }
 

@@ -680,6 +680,10 @@ pub struct TaskStatus {
     /// What it published through `wasmos:task/results`, however it ended.
     #[serde(default)]
     pub results: Vec<crate::TaskResult>,
+    /// The files it published by name through `wasmos:task/results` (`put-file`), stored on
+    /// the masters (finished with exit code 0 only, like `outputs`).
+    #[serde(default)]
+    pub files: Vec<crate::ResultFile>,
     /// On an agent's last report of a task: what it last said of its progress, which the
     /// heartbeats may not have carried yet (the state keeps it in the task's `progress`).
     #[serde(default)]
@@ -712,6 +716,7 @@ impl TaskStatus {
             outputs: Vec::new(),
             lost_input: None,
             results: Vec::new(),
+            files: Vec::new(),
             progress: None,
         }
     }

@@ -786,6 +786,7 @@ impl ClusterState {
                 named.extend(spec_blobs(&t.spec));
             }
             named.extend(t.status.outputs.iter().map(|o| &o.blob));
+            named.extend(t.status.files.iter().map(|f| &f.blob));
         }
         for j in self.jobs.values() {
             for g in &j.spec.groups {

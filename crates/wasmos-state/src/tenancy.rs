@@ -446,6 +446,7 @@ pub fn status_bytes(s: &wasmos_proto::TaskStatus) -> usize {
     256 + s.message.as_ref().map_or(0, String::len)
         + s.outputs.iter().map(|o| o.path.len() + 80).sum::<usize>()
         + results_bytes(&s.results)
+        + s.files.iter().map(|f| f.name.len() + 80).sum::<usize>()
         + s.progress.as_ref().map_or(0, |p| 16 + p.message.len())
 }
 

@@ -255,6 +255,13 @@ pub(crate) async fn task_show(target: &Target, id: &str, format: Format) -> Resu
                     println!("  {} {} {}", o.blob, format_bytes(o.size), o.path);
                 }
             }
+            if !st.files.is_empty() {
+                // One per line with the whole hash: what `wasmos blob get` takes.
+                println!("{:<11} {}", "files:", st.files.len());
+                for f in &st.files {
+                    println!("  {} {} {}", f.blob, format_bytes(f.size), f.name);
+                }
+            }
             if !st.results.is_empty() {
                 // Text as text; anything else as its size (`-o json` has the bytes).
                 println!("{:<11} {}", "results:", st.results.len());

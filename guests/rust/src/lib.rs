@@ -73,8 +73,10 @@ pub enum ResultError {
     InvalidName,
     /// A value over 16 KiB, or all of the task's over 64 KiB.
     TooLarge,
-    /// More than 64 results.
+    /// More than 64 values, or more than 64 files.
     TooMany,
+    /// A file's path is not absolute, has an empty, `.` or `..` part, or is over 1024 bytes.
+    InvalidPath,
 }
 
 impl std::fmt::Display for ResultError {
@@ -84,7 +86,10 @@ impl std::fmt::Display for ResultError {
                 "result names are 1 to 128 letters, digits, '-', '_' or '.'"
             }
             ResultError::TooLarge => "a result is at most 16 KiB, and all of a task's 64 KiB",
-            ResultError::TooMany => "a task publishes at most 64 results",
+            ResultError::TooMany => "a task publishes at most 64 values and 64 files",
+            ResultError::InvalidPath => {
+                "a result file is an absolute path of at most 1024 bytes, without '.' or '..'"
+            }
         })
     }
 }
@@ -94,11 +99,32 @@ impl std::error::Error for ResultError {}
 /// Publishes a small value under `name` (replacing an earlier one), kept with the task when
 /// it ends and shown by `wasmos task show`.
 pub fn put_result(name: &str, value: impl AsRef<[u8]>) -> Result<(), ResultError> {
-    results::put_value(name, value.as_ref()).map_err(|e| match e {
-        results::ErrorCode::InvalidName => ResultError::InvalidName,
-        results::ErrorCode::TooLarge => ResultError::TooLarge,
-        results::ErrorCode::TooMany => ResultError::TooMany,
-    })
+    results::put_value(name, value.as_ref()).map_err(ResultError::from)
+}
+
+/// Publishes the file at `path` (absolute, in the task's writable filesystem) under `name`,
+/// replacing an earlier file of that name. It is read when the task ends: if the task exits
+/// 0 its agent stores it as a data blob of the task's tenant (`wasmos blob get`), listed by
+/// `wasmos task show` and in a parent's [`Outcome::files`]. A file then missing, reached
+/// through a link, or over the cluster's blob size ends the task in error.
+///
+/// ```no_run
+/// std::fs::write("/model.bin", b"weights").unwrap();
+/// wasmos_task::put_file("model", "/model.bin").expect("an absolute path and a good name");
+/// ```
+pub fn put_file(name: &str, path: &str) -> Result<(), ResultError> {
+    results::put_file(name, path).map_err(ResultError::from)
+}
+
+impl From<results::ErrorCode> for ResultError {
+    fn from(e: results::ErrorCode) -> Self {
+        match e {
+            results::ErrorCode::InvalidName => ResultError::InvalidName,
+            results::ErrorCode::TooLarge => ResultError::TooLarge,
+            results::ErrorCode::TooMany => ResultError::TooMany,
+            results::ErrorCode::InvalidPath => ResultError::InvalidPath,
+        }
+    }
 }
 
 /// Whether the task has been asked to stop (a kill, a preemption, its job's end).
@@ -258,6 +284,17 @@ pub struct Outcome {
     /// 1 plus the retries used.
     pub attempts: u32,
     pub results: Vec<(String, Vec<u8>)>,
+    /// The files it published by name ([`put_file`]).
+    pub files: Vec<ResultFile>,
+}
+
+/// A file a child published by name, as stored on the masters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultFile {
+    pub name: String,
+    /// Its content's sha256 in hex: what `wasmos blob get` takes.
+    pub sha256: String,
+    pub size: u64,
 }
 
 impl Outcome {
@@ -272,6 +309,11 @@ impl Outcome {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    /// Its file result `name`, if it published one.
+    pub fn file(&self, name: &str) -> Option<&ResultFile> {
+        self.files.iter().find(|f| f.name == name)
     }
 }
 
@@ -315,6 +357,15 @@ impl Child {
             message: o.message,
             attempts: o.attempts,
             results: o.results,
+            files: o
+                .files
+                .into_iter()
+                .map(|f| ResultFile {
+                    name: f.name,
+                    sha256: f.sha256,
+                    size: f.size,
+                })
+                .collect(),
         })
     }
 

@@ -18,8 +18,12 @@
 //! - `fanout bench N M`: N no-op children one after another (start, wait), then M at once
 //!   (`start_all`);
 //!   publishes `sequential_ms` (per child) and `fanout_per_s`.
-//! - `fanout leaf`, `fanout sleep MS`, `fanout exit CODE`, `fanout hits SAMPLES SEED [MS]`:
-//!   what the children run.
+//! - `fanout files CHILDREN`: CHILDREN children each write a part file and publish it by name
+//!   (`put-file`); the parent writes an index of their files' sha256s and publishes that
+//!   file as `index`. `fanout lost-file`: publishes a file it never writes (its task ends in
+//!   error, naming it).
+//! - `fanout leaf`, `fanout sleep MS`, `fanout exit CODE`, `fanout hits SAMPLES SEED [MS]`,
+//!   `fanout part I`: what the children run.
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +81,16 @@ fn main() {
             Ok(c) => publish("state", format!("{:?}", wait(&c).state).to_lowercase()),
             Err(e) => publish("refusal", e),
         },
+        "files" => files(num(1, 3)),
+        "part" => {
+            let text = format!("part {} of the work\n", arg(1));
+            put_file("part", "/part.txt", text.as_bytes());
+        }
+        "lost-file" => {
+            if let Err(e) = wasmos_task::put_file("never", "/never/written.txt") {
+                fail(&format!("cannot publish never: {e}"));
+            }
+        }
         "leaf" => {}
         "sleep" => {
             std::thread::sleep(Duration::from_millis(num(1, 1000)));
@@ -87,6 +101,38 @@ fn main() {
             eprintln!("usage: fanout sum|pi|deep|wide|retry|hold|bench ... (see its source)");
             std::process::exit(2);
         }
+    }
+}
+
+/// Children that each publish a file; an index of them, published as a file too.
+fn files(children: u64) {
+    let specs: Vec<ChildSpec> = (0..children)
+        .map(|i| ChildSpec::new().arg("part").arg(i.to_string()))
+        .collect();
+    let mut index = String::new();
+    for child in start_all(&specs) {
+        let o = wait(&child);
+        match o.file("part") {
+            Some(f) if o.succeeded() => {
+                index.push_str(&format!("{} {} t-{}\n", f.sha256, f.size, o.task_id))
+            }
+            _ => fail(&format!(
+                "child t-{} ended {:?} ({:?}) without its file",
+                o.task_id, o.state, o.message
+            )),
+        }
+    }
+    print!("{index}");
+    put_file("index", "/index.txt", index.as_bytes());
+}
+
+/// Writes `bytes` at `path` and publishes it as the file result `name`.
+fn put_file(name: &str, path: &str, bytes: &[u8]) {
+    if let Err(e) = std::fs::write(path, bytes) {
+        fail(&format!("cannot write {path}: {e}"));
+    }
+    if let Err(e) = wasmos_task::put_file(name, path) {
+        fail(&format!("cannot publish {name}: {e}"));
     }
 }
 

@@ -2,10 +2,10 @@
 //! its context, reports progress and publishes results.
 //!
 //! `platform steps N MS`: N steps of MS milliseconds each, reporting progress after each,
-//! then the result `steps` = N. `platform linger`: waits to be asked to stop (up to a minute),
-//! then publishes `stopped` and returns within its grace period. `platform flaky`: fails its
-//! job slot's first attempt, and publishes `attempt` on the next. `platform stubborn` ignores
-//! being asked to stop.
+//! then the result `steps` = N and the file result `log` (one line a step). `platform
+//! linger`: waits to be asked to stop (up to a minute), then publishes `stopped` and returns
+//! within its grace period. `platform flaky`: fails its job slot's first attempt, and
+//! publishes `attempt` on the next. `platform stubborn` ignores being asked to stop.
 
 use std::time::Duration;
 
@@ -26,6 +26,13 @@ fn main() {
                 println!("step {i} of {n}");
             }
             report(wasmos_task::put_result("steps", n.to_string()));
+            // A file result: read by the agent once the task has ended.
+            let log: String = (1..=n).map(|i| format!("step {i} of {n}\n")).collect();
+            match std::fs::write("/steps.log", log) {
+                Ok(()) => report(wasmos_task::put_file("log", "/steps.log")),
+                Err(e) => println!("cannot write /steps.log: {e}"),
+            }
+            report(wasmos_task::put_file("bad", "steps.log"));
             report(wasmos_task::put_result("bad name!", "x"));
             report(wasmos_task::put_result("huge", vec![0u8; 20_000]));
         }

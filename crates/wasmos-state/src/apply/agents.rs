@@ -125,8 +125,11 @@ impl ClusterState {
                 let mut status = update.status;
                 // An agent is not trusted to have kept its tasks' results within bounds: out
                 // of them, none are kept, and the task's record says why.
-                if !wasmos_proto::results_valid(&status.results) {
+                if !wasmos_proto::results_valid(&status.results)
+                    || !wasmos_proto::result_files_valid(&status.files)
+                {
                     status.results.clear();
+                    status.files.clear();
                     let refused = "its results were refused: over the limits";
                     status.message = Some(match status.message.take() {
                         Some(m) => format!("{m}; {refused}"),
@@ -161,8 +164,10 @@ impl ClusterState {
                 info.updated_ms = now_ms;
                 let ended = info.status.state.is_terminal();
                 // What a task produced, its tenant may read.
-                let grant: Vec<BundleHash> =
-                    info.status.outputs.iter().map(|o| o.blob.clone()).collect();
+                let grant: Vec<BundleHash> = (info.status.outputs.iter().map(|o| &o.blob))
+                    .chain(info.status.files.iter().map(|f| &f.blob))
+                    .cloned()
+                    .collect();
                 let tenant = tenant_of(&info.owner).map(str::to_string);
                 if ended {
                     self.charges.remove(&update.task);
