@@ -348,7 +348,11 @@ fn files_published_by_name_reach_the_parent_and_only_their_tenant() {
     parts.sort();
     assert_eq!(
         parts,
-        ["part 0 of the work\n", "part 1 of the work\n", "part 2 of the work\n"]
+        [
+            "part 0 of the work\n",
+            "part 1 of the work\n",
+            "part 2 of the work\n"
+        ]
     );
     let shown = ok(&wasmos_cmd(&alice, &["task", "show", &parent])
         .output()

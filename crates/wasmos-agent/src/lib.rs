@@ -1280,10 +1280,9 @@ async fn store_result_files(
     for (name, guest) in named {
         let root = scratch.clone();
         let path = guest.clone();
-        let (host, size) =
-            tokio::task::spawn_blocking(move || taskdir::result_file(&root, &path))
-                .await
-                .map_err(|e| format!("resolving {guest} panicked: {e}"))??;
+        let (host, size) = tokio::task::spawn_blocking(move || taskdir::result_file(&root, &path))
+            .await
+            .map_err(|e| format!("resolving {guest} panicked: {e}"))??;
         let (blob, size) = store_file(agent, &format!("{name} ({guest})"), &host, size).await?;
         out.push(wasmos_proto::ResultFile { name, blob, size });
     }

@@ -532,7 +532,10 @@ mod tests {
         std::fs::create_dir_all(scratch.path().join("out/dir")).unwrap();
         std::fs::write(scratch.path().join("out/model.bin"), b"weights").unwrap();
         let (host, size) = result_file(scratch.path(), "/out/model.bin").unwrap();
-        assert_eq!((std::fs::read(host).unwrap(), size), (b"weights".to_vec(), 7));
+        assert_eq!(
+            (std::fs::read(host).unwrap(), size),
+            (b"weights".to_vec(), 7)
+        );
         std::os::unix::fs::symlink(outside.path(), scratch.path().join("up")).unwrap();
         std::os::unix::fs::symlink(
             outside.path().join("secret"),

@@ -115,10 +115,7 @@ fn name_ok(name: &str) -> bool {
 pub fn result_path_ok(path: &str) -> bool {
     path.len() <= MAX_RESULT_PATH_BYTES
         && path.strip_prefix('/').is_some_and(|rest| {
-            !rest.is_empty()
-                && rest
-                    .split('/')
-                    .all(|part| !matches!(part, "" | "." | ".."))
+            !rest.is_empty() && rest.split('/').all(|part| !matches!(part, "" | "." | ".."))
         })
         && !path.contains(['\\', '\0'])
 }
