@@ -77,7 +77,8 @@ fn a_task_learns_its_context_reports_progress_and_publishes_results() {
         .output()
         .unwrap());
     assert!(table.contains("steps = 3"), "{table}");
-    // The file it published by name, stored when it ended: its tenant reads it back.
+    // The file it published by name, stored when it ended, read back (tests/spawn.rs checks
+    // that only its tenant may).
     let files = done["status"]["files"].as_array().unwrap();
     assert_eq!(files.len(), 1, "{done}");
     assert_eq!(files[0]["name"], "log");

@@ -1142,9 +1142,21 @@ async fn run_task(
     let _ = forward.await;
     let mut status = outcome.status;
     // Results are stored before the task is reported finished: whoever reads the final status
-    // can fetch them.
-    let succeeded = status.state == TaskState::Finished && status.exit_code == Some(0);
-    if let Some(guest) = spec.outputs_dir.as_ref().filter(|_| succeeded) {
+    // can fetch them. The files it named are opened first: one that cannot be ends it in
+    // error before anything of it is stored.
+    let finished = |s: &TaskStatus| s.state == TaskState::Finished && s.exit_code == Some(0);
+    let named = metered.platform.files();
+    let mut opened = Vec::new();
+    if finished(&status) && !named.is_empty() {
+        match open_result_files(dir.scratch_root(), named).await {
+            Ok(files) => opened = files,
+            Err(e) => {
+                status.state = TaskState::Error;
+                status.message = Some(format!("cannot store its result files: {e}"));
+            }
+        }
+    }
+    if let Some(guest) = spec.outputs_dir.as_ref().filter(|_| finished(&status)) {
         // An agent that serves no other agent keeps nothing: readers elsewhere could not
         // fetch it.
         let result = if spec.outputs_on_agent && agent.peer_addr.is_some() {
@@ -1160,11 +1172,12 @@ async fn run_task(
             }
         }
     }
-    let named = metered.platform.files();
-    if status.state == TaskState::Finished && succeeded && !named.is_empty() {
-        match store_result_files(agent, dir.scratch_root(), named).await {
+    if finished(&status) && !opened.is_empty() {
+        match store_result_files(agent, opened).await {
             Ok(files) => status.files = files,
             Err(e) => {
+                // An errored task lists nothing it made, so its tenant is granted nothing.
+                status.outputs.clear();
                 status.state = TaskState::Error;
                 status.message = Some(format!("cannot store its result files: {e}"));
             }
@@ -1258,7 +1271,9 @@ async fn store_outputs(
         .map_err(|e| format!("listing the outputs panicked: {e}"))??;
     let mut out = Vec::new();
     for (path, host, size) in files {
-        let (blob, size) = store_file(agent, &format!("output {path}"), &host, size).await?;
+        let file =
+            std::fs::File::open(&host).map_err(|e| format!("cannot read output {path}: {e}"))?;
+        let (blob, size) = store_file(agent, &format!("output {path}"), file, size).await?;
         out.push(OutputFile {
             path,
             blob,
@@ -1269,44 +1284,67 @@ async fn store_outputs(
     Ok(out)
 }
 
-/// Uploads the files a task published by name (`put-file`), as (name, guest path) resolved in
-/// the scratch space at `scratch`.
-async fn store_result_files(
-    agent: &Arc<Agent>,
+/// A file a task published by name, opened: (name, guest path, file, size).
+type OpenedFile = (String, String, std::fs::File, u64);
+
+/// Opens the files a task published by name (`put-file`), as (name, guest path), in the
+/// scratch space at `scratch`; the first that cannot be is the error.
+async fn open_result_files(
     scratch: std::path::PathBuf,
     named: Vec<(String, String)>,
+) -> Result<Vec<OpenedFile>, String> {
+    tokio::task::spawn_blocking(move || {
+        named
+            .into_iter()
+            .map(|(name, guest)| {
+                let (file, size) = taskdir::result_file(&scratch, &guest)?;
+                Ok((name, guest, file, size))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| format!("opening the result files panicked: {e}"))?
+}
+
+/// Uploads the files a task published by name, opened.
+async fn store_result_files(
+    agent: &Arc<Agent>,
+    opened: Vec<OpenedFile>,
 ) -> Result<Vec<wasmos_proto::ResultFile>, String> {
-    let mut out = Vec::with_capacity(named.len());
-    for (name, guest) in named {
-        let root = scratch.clone();
-        let path = guest.clone();
-        let (host, size) = tokio::task::spawn_blocking(move || taskdir::result_file(&root, &path))
-            .await
-            .map_err(|e| format!("resolving {guest} panicked: {e}"))??;
-        let (blob, size) = store_file(agent, &format!("{name} ({guest})"), &host, size).await?;
+    let mut out = Vec::with_capacity(opened.len());
+    for (name, guest, file, size) in opened {
+        let (blob, size) = store_file(agent, &format!("{name} ({guest})"), file, size).await?;
         out.push(wasmos_proto::ResultFile { name, blob, size });
     }
     Ok(out)
 }
 
-/// Uploads one file of a task's (`what` names it in errors) to the masters as a data blob,
-/// retrying while no master takes it; its hash and size.
+/// Uploads one file of a task's (`what` names it in errors), `size` bytes as listed, to the
+/// masters as a data blob, retrying while no master takes it; its hash and size. A file that
+/// grew since it was listed is read no further than the blob limit allows.
 async fn store_file(
     agent: &Arc<Agent>,
     what: &str,
-    host: &std::path::Path,
+    file: std::fs::File,
     size: u64,
 ) -> Result<(BundleHash, u64), String> {
     // The master takes blobs up to the size of a bundle; larger ones are refused there.
-    if size > agent.cfg.exec.max_component_bytes {
-        return Err(format!(
-            "{what} is {size} bytes, over the {}-byte blob limit",
-            agent.cfg.exec.max_component_bytes
-        ));
+    let max = agent.cfg.exec.max_component_bytes;
+    let too_big = |size: u64| format!("{what} is {size} bytes, over the {max}-byte blob limit");
+    if size > max {
+        return Err(too_big(size));
     }
-    let bytes = tokio::fs::read(host)
-        .await
-        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)
+            .map(|_| bytes)
+    })
+    .await
+    .map_err(|e| format!("reading {what} panicked: {e}"))?
+    .map_err(|e| format!("cannot read {what}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
     let hash = BundleHash::from_digest(&Sha256::digest(&bytes).into());
     let deadline = tokio::time::Instant::now() + OUTPUT_UPLOAD_PATIENCE;
     loop {

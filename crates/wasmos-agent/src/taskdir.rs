@@ -314,13 +314,16 @@ pub(crate) fn output_files(
     }
 }
 
-/// The file a task published by name (`put-file`) at guest path `guest`, resolved in the
-/// scratch space at `scratch`: its host path and size. Blocking; only once the task has ended.
+/// The file a task published by name (`put-file`) at guest path `guest`, opened for reading
+/// in the scratch space at `scratch`, and its size. Blocking; only once the task has ended.
 ///
 /// Like [`output_files`], nothing on the way may be a link (the agent would read a host file
 /// outside the scratch space), each part must be a plain name on this host too (a Windows
-/// drive or prefix is not one), and the file must be a regular file.
-pub(crate) fn result_file(scratch: &Path, guest: &str) -> Result<(PathBuf, u64), String> {
+/// drive or prefix is not one), and the file must be a regular file. The walk gives those
+/// refusals their words; the open itself resolves beneath the scratch space and follows no
+/// link, so a directory changed after the walk (a late write of a killed task of the same
+/// tenant in a reused directory) still opens nothing outside it.
+pub(crate) fn result_file(scratch: &Path, guest: &str) -> Result<(std::fs::File, u64), String> {
     let parts: Vec<&str> = guest.split('/').filter(|c| !c.is_empty()).collect();
     let mut at = scratch.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
@@ -348,14 +351,29 @@ pub(crate) fn result_file(scratch: &Path, guest: &str) -> Result<(PathBuf, u64),
         if last && !meta.is_file() {
             return Err(format!("{guest} is not a regular file"));
         }
-        if last {
-            return Ok((at, meta.len()));
-        }
-        if !meta.is_dir() {
-            return Err(format!("{guest} does not exist"));
+        if !last && !meta.is_dir() {
+            return Err(format!("{guest} does not exist: {part} is a file"));
         }
     }
-    Err(format!("{guest} is not a file"))
+    if parts.is_empty() {
+        return Err(format!("{guest} is not a file"));
+    }
+    use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+    let root = cap_std::fs::Dir::open_ambient_dir(scratch, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open the task's scratch space: {e}"))?;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).follow(FollowSymlinks::No);
+    let relative: PathBuf = parts.iter().collect();
+    let file = root
+        .open_with(&relative, &options)
+        .map_err(|e| format!("cannot open {guest}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {guest}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{guest} is not a regular file"));
+    }
+    Ok((file.into_std(), meta.len()))
 }
 
 impl TaskDir {
@@ -531,11 +549,10 @@ mod tests {
         std::fs::write(outside.path().join("secret"), b"key").unwrap();
         std::fs::create_dir_all(scratch.path().join("out/dir")).unwrap();
         std::fs::write(scratch.path().join("out/model.bin"), b"weights").unwrap();
-        let (host, size) = result_file(scratch.path(), "/out/model.bin").unwrap();
-        assert_eq!(
-            (std::fs::read(host).unwrap(), size),
-            (b"weights".to_vec(), 7)
-        );
+        let (mut file, size) = result_file(scratch.path(), "/out/model.bin").unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+        assert_eq!((bytes, size), (b"weights".to_vec(), 7));
         std::os::unix::fs::symlink(outside.path(), scratch.path().join("up")).unwrap();
         std::os::unix::fs::symlink(
             outside.path().join("secret"),
@@ -547,7 +564,7 @@ mod tests {
             ("/out/link", "symbolic link"),
             ("/out/dir", "not a regular file"),
             ("/out/none", "does not exist"),
-            ("/out/model.bin/x", "does not exist"),
+            ("/out/model.bin/x", "model.bin is a file"),
         ] {
             let err = result_file(scratch.path(), guest).unwrap_err();
             assert!(err.contains(says) && err.contains(guest), "{guest}: {err}");

@@ -102,7 +102,8 @@ pub enum ResultError {
 }
 
 fn name_ok(name: &str) -> bool {
-    !name.is_empty()
+    // `.` and `..` would read as directories wherever a name becomes a file's (a download).
+    !matches!(name, "" | "." | "..")
         && name.len() <= MAX_RESULT_NAME_BYTES
         && name
             .bytes()
@@ -150,6 +151,9 @@ pub fn result_files_valid(files: &[ResultFile]) -> bool {
     files.len() <= MAX_RESULT_FILES
         && names.len() == files.len()
         && names.iter().all(|n| name_ok(n))
+        && files
+            .iter()
+            .all(|f| crate::BundleHash::parse(f.blob.as_str()).is_ok())
 }
 
 /// Adds or replaces the result `name` in `results`, within the bounds above; on refusal
@@ -327,6 +331,7 @@ mod tests {
             "",
             "a/b",
             "../x",
+            "..",
             "sp ace",
             &"n".repeat(MAX_RESULT_NAME_BYTES + 1),
         ] {
@@ -414,6 +419,11 @@ mod tests {
         assert!(result_files_valid(&[file("a"), file("b")]));
         assert!(!result_files_valid(&[file("a"), file("a")]));
         assert!(!result_files_valid(&[file("../a")]));
+        assert!(!result_files_valid(&[file("..")]));
+        let forged: ResultFile =
+            serde_json::from_value(serde_json::json!({"name": "a", "blob": "../x", "size": 1}))
+                .unwrap();
+        assert!(!result_files_valid(&[forged]), "a blob that is no sha256");
     }
 
     #[test]

@@ -868,6 +868,63 @@ fn outputs_are_readable_by_the_producing_tenant_only() {
 }
 
 #[test]
+fn result_files_are_readable_by_the_producing_tenant_only_and_bounded() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let file = |name: &str, blob: &BundleHash| wasmos_proto::ResultFile {
+        name: name.into(),
+        blob: blob.clone(),
+        size: 5,
+    };
+    let finish = |s: &mut ClusterState, seq: u64, files: Vec<wasmos_proto::ResultFile>| {
+        let CommandResult::Submitted(t) = submit_as(s, ALICE, tenant_spec(&bundle, "acme")) else {
+            panic!()
+        };
+        s.apply(Command::AssignTask {
+            task: t,
+            agent: agent("a"),
+            now_ms: 21,
+        });
+        let mut done = TaskStatus::new(TaskState::Finished);
+        done.files = files;
+        s.apply(Command::AgentStatus {
+            agent: agent("a"),
+            update: StatusUpdate {
+                seq,
+                task: t,
+                status: done,
+            },
+            now_ms: 22,
+        });
+        t
+    };
+    let model = other_hash(7);
+    upload(&mut s, &model, 5, None);
+    assert!(!s.may_read(ALICE, &model));
+    let t = finish(&mut s, 1, vec![file("model", &model)]);
+    assert_eq!(s.tasks[&t].status.files, [file("model", &model)]);
+    assert!(s.may_read(ALICE, &model) && s.may_read(CAROL, &model));
+    assert!(!s.may_read(BOB, &model));
+    // An agent's report out of bounds (two files of one name) is dropped, and grants nothing.
+    let other = other_hash(8);
+    upload(&mut s, &other, 5, None);
+    let t = finish(&mut s, 2, vec![file("x", &other), file("x", &other)]);
+    assert!(s.tasks[&t].status.files.is_empty());
+    assert!(
+        s.tasks[&t]
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("refused")),
+        "{:?}",
+        s.tasks[&t].status
+    );
+    assert!(!s.may_read(ALICE, &other));
+}
+
+#[test]
 fn kept_outputs_are_held_where_the_task_ran_for_its_tenant_only() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);

@@ -292,6 +292,8 @@ async function viewTask(id) {
           `${r.name} = ${utf8(r.value)}`))) : "-"],
         ["outputs", t.status.outputs.length ? h("span", {}, t.status.outputs.map((o) => h("div", {},
           h("a", { href: `/api/v1/blobs/${o.blob}?name=${encodeURIComponent(o.path)}`, download: o.path }, o.path), ` ${bytes(o.size)}`))) : "-"],
+        ["files", (t.status.files || []).length ? h("span", {}, t.status.files.map((f) => h("div", {},
+          h("a", { href: `/api/v1/blobs/${f.blob}?name=${encodeURIComponent(f.name)}`, download: f.name }, f.name), ` ${bytes(f.size)}`))) : "-"],
       ]),
       h("h2", {}, "CPU and memory ", h("span", { class: "muted" }, samples.length ? `(the last ${ago(samples[0].at_ms).replace(" ago", "")}, one point per heartbeat)` : "(no samples: the task has not run for a heartbeat)")),
       h("div", { class: "cards", id: "usage" },

@@ -75,7 +75,8 @@ pub enum ResultError {
     TooLarge,
     /// More than 64 values, or more than 64 files.
     TooMany,
-    /// A file's path is not absolute, has an empty, `.` or `..` part, or is over 1024 bytes.
+    /// A file's path is not absolute, is `/` alone, has an empty, `.` or `..` part, a `\` or a
+    /// NUL, or is over 1024 bytes.
     InvalidPath,
 }
 
