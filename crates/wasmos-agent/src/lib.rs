@@ -937,6 +937,7 @@ fn launch(
                     }
                     Reason::AgentStopped => "its agent was stopped",
                     Reason::ParentEnded => "its parent task ended",
+                    Reason::Maintenance => "its agent was drained for maintenance",
                     _ => "killed by the master",
                 }
                 .into(),

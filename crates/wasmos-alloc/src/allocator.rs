@@ -148,6 +148,8 @@ pub enum RescindReason {
     Timeout,
     /// The agent left the cluster.
     AgentRemoved,
+    /// An operator drained the agent.
+    AgentDraining,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +333,8 @@ struct AgentState {
     offers: Vec<(FrameworkId, OfferId)>,
     /// Best-effort tasks, in preemption order: lowest priority, then newest, first.
     revocable_tasks: BTreeSet<(i32, std::cmp::Reverse<TaskId>)>,
+    /// Drained by an operator: offered nothing (its tasks keep what they hold until they end).
+    draining: bool,
 }
 
 /// Agents by name (ordered, for every iteration that decides something) and by slot index
@@ -717,6 +721,7 @@ impl Allocator {
             usage: None,
             offers: Vec::new(),
             revocable_tasks: BTreeSet::new(),
+            draining: false,
         });
         self.stale_order = true;
         Ok(())
@@ -747,6 +752,31 @@ impl Allocator {
             *r = r.saturating_add(&resources);
         }
         Ok(())
+    }
+
+    /// Drains an agent (it is offered nothing more, and its outstanding offers are rescinded)
+    /// or ends its drain.
+    pub fn set_draining(&mut self, id: &AgentId, draining: bool) -> Vec<Rescind> {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return Vec::new();
+        };
+        agent.draining = draining;
+        if !draining {
+            return Vec::new();
+        }
+        let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
+        offers
+            .into_iter()
+            .filter_map(|o| {
+                let offer = self.withdraw_offer(o)?;
+                Some(Rescind {
+                    offer: o,
+                    framework: offer.framework,
+                    agent: offer.agent,
+                    reason: RescindReason::AgentDraining,
+                })
+            })
+            .collect()
     }
 
     /// Removes an agent: its offers are rescinded and its tasks are released (they are lost).
@@ -1103,7 +1133,7 @@ impl Allocator {
     fn offerable(&self, fw: FrameworkId, agent: usize, scope: Scope, now: u64) -> Option<Pools> {
         let f = self.frameworks.get(&fw)?;
         let agent = self.agents.at(agent)?;
-        if agent.offers.iter().any(|(f, _)| *f == fw) {
+        if agent.draining || agent.offers.iter().any(|(f, _)| *f == fw) {
             return None;
         }
         let mut pools = Pools::default();
@@ -1282,6 +1312,9 @@ impl Allocator {
         let mut free_total = Resources::default();
         let mut ids: Vec<(u64, u64, usize, usize)> = Vec::with_capacity(n);
         for (i, (slot, a)) in self.agents.iter().enumerate() {
+            if a.draining {
+                continue;
+            }
             let free = a.free_unreserved();
             let any = !free.is_empty()
                 || a.reserved

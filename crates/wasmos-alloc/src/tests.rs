@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use wasmos_proto::{AgentId, FrameworkId, OfferId, Qos, Resources, TaskId};
 
-use crate::{AcceptError, Allocator, Config, Offer, Operation, Pools, Quota, Role, TaskRequest};
+use crate::{
+    AcceptError, Allocator, Config, Offer, Operation, Pools, Quota, RescindReason, Role,
+    TaskRequest,
+};
 
 const GIB: u64 = 1 << 30;
 
@@ -708,6 +711,32 @@ fn removing_an_agent_rescinds_its_offers_and_loses_its_tasks() {
     assert!(rescinds.is_empty());
     assert_eq!(lost, vec![TaskId(7)]);
     assert_eq!(a.cluster_total(), &Resources::default());
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_drained_agent_is_offered_nothing_until_undrained() {
+    let mut a = cluster(2, res(1000, 4));
+    a.add_framework(FrameworkId(1), role("a"), false).unwrap();
+    let o = a.allocate(0);
+    assert_eq!(o.len(), 2, "{o:?}");
+    let on1 = o.iter().find(|o| o.agent == agent(1)).unwrap().id;
+    let rescinds = a.set_draining(&agent(1), true);
+    assert_eq!(rescinds.len(), 1);
+    assert_eq!(
+        (rescinds[0].offer, &rescinds[0].reason),
+        (on1, &RescindReason::AgentDraining)
+    );
+    let on0 = o.iter().find(|o| o.agent == agent(0)).unwrap().id;
+    a.decline(FrameworkId(1), &[on0], None, 1);
+    for now in [10_000, 20_000] {
+        let again = a.allocate(now);
+        assert!(again.iter().all(|o| o.agent != agent(1)), "{again:?}");
+    }
+    a.check_invariants().unwrap();
+    assert!(a.set_draining(&agent(1), false).is_empty());
+    let back = a.allocate(30_000);
+    assert!(back.iter().any(|o| o.agent == agent(1)), "{back:?}");
     a.check_invariants().unwrap();
 }
 

@@ -539,9 +539,14 @@ impl Scheduler for JobFramework {
             }
             return;
         }
-        if status.reason == Some(Reason::AgentStopped) && !killed_by_us && !self.ended {
-            // Its agent was stopped on purpose (maintenance, a deploy): not the task's fault,
-            // so it runs again elsewhere without using up a retry.
+        if matches!(
+            status.reason,
+            Some(Reason::AgentStopped | Reason::Maintenance)
+        ) && !killed_by_us
+            && !self.ended
+        {
+            // Its agent was stopped or drained on purpose (maintenance, a deploy): not the
+            // task's fault, so it runs again elsewhere without using up a retry.
             self.events.push(JobEvent::Stopped { task });
             let at = cx.now_ms() + self.spec.groups[slot.0].backoff_ms;
             self.retry_at.insert(slot, at);

@@ -270,6 +270,9 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::RemoveReservation { agent, role } => {
             ("unreserve", format!("{}@{agent}", audit_field(role)))
         }
+        R::DrainAgent { agent, drain } => {
+            (if *drain { "drain" } else { "undrain" }, agent.to_string())
+        }
         R::ListRoles => ("list-roles", String::new()),
         R::ListFrameworks => ("list-frameworks", String::new()),
         R::TeardownFramework { id } => ("teardown", id.to_string()),

@@ -302,6 +302,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::TeardownFramework { id } => {
             crate::frameworks::teardown(shared, who, id).await
         }
+        ClientRequest::DrainAgent { agent, drain } => drain_agent(shared, who, agent, drain).await,
         ClientRequest::RemoveReservation { agent, role } => {
             remove_reservation(shared, who, agent, &role).await
         }
@@ -358,6 +359,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             registered_ms: a.registered_ms,
                             last_seen_ms: seen.copied().unwrap_or(a.registered_ms),
                             peer_addr: a.peer_addr.clone().filter(|_| own_role.is_none()),
+                            draining: a.draining,
                         }
                     })
                     .collect()
@@ -699,6 +701,55 @@ async fn remove_reservation(
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }
+}
+
+/// `wasmos agent drain/undrain`: the drain is recorded (nothing is placed on the agent from
+/// then on, and it outlives the agent's restarts and the masters' failovers), the offer cycle
+/// rescinds the agent's offers, and a drain kills its live tasks with reason `maintenance`
+/// (each asked to stop first, within its grace period, when it imports `cancellation`); the
+/// frameworks of jobs and services run them again elsewhere.
+async fn drain_agent(
+    shared: &Shared,
+    who: &Identity,
+    agent: wasmos_proto::AgentId,
+    drain: bool,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(ErrorKind::InvalidRequest, "only operators may drain agents");
+    }
+    match shared
+        .write(Command::DrainAgent {
+            agent: agent.clone(),
+            drain,
+        })
+        .await
+    {
+        Ok(CommandResult::Ok) => {}
+        Ok(CommandResult::Rejected(why)) => return rejected(why),
+        Ok(other) => return error(ErrorKind::Internal, format!("unexpected result {other:?}")),
+        Err(e) => return raft_error(shared, e),
+    }
+    shared.offer_event(Event::DrainChanged(agent.clone()));
+    if !drain {
+        return ClientResponse::Drained { killed: 0 };
+    }
+    let live: Vec<TaskId> = shared.read(|s| s.live_tasks_on(&agent).collect());
+    let mut killed = 0;
+    for id in live {
+        let ended = end_task(
+            shared,
+            id,
+            Some(&agent),
+            Some(Reason::Maintenance),
+            "its agent was drained",
+        )
+        .await;
+        match ended {
+            Ok(()) => killed += 1,
+            Err(e) => return raft_error(shared, e),
+        }
+    }
+    ClientResponse::Drained { killed }
 }
 
 /// `wasmos cert revoke`: the revocation is replicated, then every master closes what it

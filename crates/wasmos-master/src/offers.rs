@@ -90,6 +90,8 @@ pub(crate) enum Event {
     RolesChanged,
     /// An agent's reservations changed outside an offer (an operator removed one).
     ReservationsChanged(AgentId),
+    /// An operator drained an agent or ended its drain (the state says which).
+    DrainChanged(AgentId),
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
     /// A framework subscribed on connection `conn`; its events go to `tx`.
@@ -559,6 +561,14 @@ impl<E: Env> Cycle<E> {
                 self.removed(fw);
             }
             Event::ReservationsChanged(agent) => self.refresh_agent(&agent),
+            Event::DrainChanged(agent) => {
+                let draining = self
+                    .env
+                    .read(|s| s.agents.get(&agent).is_some_and(|a| a.draining));
+                let rescinds = self.alloc.set_draining(&agent, draining);
+                self.rescinded(rescinds);
+                self.recheck_all = true;
+            }
             Event::RolesChanged => {
                 self.apply_roles();
                 // A new limit may leave waiting tasks unable ever to run.
@@ -1414,6 +1424,9 @@ impl<E: Env> Cycle<E> {
         {
             tracing::error!(%agent, "agent not offered: {e}");
             return;
+        }
+        if record.draining {
+            self.alloc.set_draining(&agent, true);
         }
         for (role, r) in dynamic {
             if let Err(e) = self.alloc.restore_reservation(&agent, role, r) {

@@ -139,6 +139,11 @@ impl Change {
 pub enum AgentChange {
     Registered,
     Lost,
+    /// An operator drained it (`wasmos agent drain`): no new tasks, its running ones killed
+    /// with reason `maintenance`.
+    Draining,
+    /// An operator ended its drain (`wasmos agent undrain`): it is offered again.
+    Undrained,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +209,8 @@ impl fmt::Display for Change {
             Change::Agent { change, .. } => match change {
                 AgentChange::Registered => f.write_str("registered"),
                 AgentChange::Lost => f.write_str("lost"),
+                AgentChange::Draining => f.write_str("draining"),
+                AgentChange::Undrained => f.write_str("undrained"),
             },
             Change::Job { name, change, .. } => match change {
                 JobChange::Submitted => write!(f, "{name} submitted"),

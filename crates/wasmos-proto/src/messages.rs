@@ -110,6 +110,14 @@ pub enum ClientRequest {
         agent: AgentId,
         role: String,
     },
+    /// Operators only: drains `agent` (`drain`: no new tasks are placed there and its live ones
+    /// are killed with reason `maintenance`, each task that imports `cancellation` within its
+    /// grace period) or ends its drain (it is offered again). Kept across the agent's
+    /// restarts and the masters' failovers until undone.
+    DrainAgent {
+        agent: AgentId,
+        drain: bool,
+    },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
     /// Frameworks not removed (tenants see their tenant's).
@@ -427,6 +435,10 @@ pub enum ClientResponse {
         task: TaskId,
         samples: Vec<UsageSample>,
     },
+    /// A `DrainAgent` done: how many of the agent's live tasks were asked to stop.
+    Drained {
+        killed: u32,
+    },
     /// A `RemoveReservation` done: what was removed, and what live tasks still hold.
     Unreserved {
         removed: Resources,
@@ -511,6 +523,9 @@ pub struct AgentInfo {
     /// Where it serves its kept outputs to other agents; shown to operators only.
     #[serde(default)]
     pub peer_addr: Option<String>,
+    /// Drained by an operator (`wasmos agent drain`): offered nothing until undrained.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// One master's view of the master group, as `wasmos cluster status` shows it.

@@ -627,6 +627,8 @@ pub enum Reason {
     AgentStopped,
     /// The task that spawned it ended first: children do not outlive their parent.
     ParentEnded,
+    /// An operator drained its agent (`wasmos agent drain`); the task may run again elsewhere.
+    Maintenance,
 }
 
 impl Reason {
@@ -648,6 +650,7 @@ impl Reason {
             Reason::InputLost => "input_lost",
             Reason::AgentStopped => "agent_stopped",
             Reason::ParentEnded => "parent_ended",
+            Reason::Maintenance => "maintenance",
         }
     }
 }

@@ -211,6 +211,14 @@ impl ClusterState {
         Some(match cmd {
             Command::RegisterAgent { id, .. } => Note::Agent(id.clone(), AgentChange::Registered),
             Command::AgentLost { agent, .. } => Note::Agent(agent.clone(), AgentChange::Lost),
+            Command::DrainAgent { agent, drain } => Note::Agent(
+                agent.clone(),
+                if *drain {
+                    AgentChange::Draining
+                } else {
+                    AgentChange::Undrained
+                },
+            ),
             Command::RegisterFramework {
                 name, role, owner, ..
             } => Note::NewFramework {

@@ -40,6 +40,9 @@ pub struct AgentRecord {
     /// Where other agents fetch the outputs it keeps (`wasmos-agent-peer/1`), if it serves.
     #[serde(default)]
     pub peer_addr: Option<String>,
+    /// Drained by an operator: nothing is placed on it (kept across its re-registrations).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A role's share settings. Roles without a record have weight 1 and no quota.
@@ -410,6 +413,11 @@ pub enum Command {
         agent: AgentId,
         role: Role,
     },
+    /// Operators: drains `agent` (nothing more is placed on it) or ends its drain.
+    DrainAgent {
+        agent: AgentId,
+        drain: bool,
+    },
     /// Retention: forgets tasks that ended before `before_ms` or beyond the newest `keep`
     /// ended ones, jobs that ended before `before_ms`, and blobs added before `before_ms`
     /// that nothing kept names.
@@ -634,7 +642,8 @@ impl ClusterState {
             cmd @ (Command::RegisterAgent { .. }
             | Command::AssignTask { .. }
             | Command::AgentStatus { .. }
-            | Command::AgentLost { .. }) => self.apply_agents(cmd),
+            | Command::AgentLost { .. }
+            | Command::DrainAgent { .. }) => self.apply_agents(cmd),
             cmd @ (Command::SubmitTask { .. }
             | Command::Progress { .. }
             | Command::SetStatus { .. }
@@ -855,6 +864,9 @@ impl ClusterState {
             .agents
             .get(agent)
             .ok_or_else(|| Rejection::NotFound(format!("unknown agent {agent}")))?;
+        if record.draining && !tasks.is_empty() {
+            return Err(draining(agent));
+        }
         let mut reserved = self.reserved_on(agent);
         let mut dynamic = self.reservations.get(agent).cloned().unwrap_or_default();
         let mut held = self.held_on(agent);
@@ -1169,6 +1181,13 @@ fn staging(id: TaskId, spec: TaskSpec, owner: String, now_ms: u64) -> TaskInfo {
         acked_seq: 0,
         progress: None,
     }
+}
+
+/// Why nothing is placed on `agent`: an operator drained it.
+fn draining(agent: &AgentId) -> Rejection {
+    Rejection::Conflict(format!(
+        "agent {agent} is draining (wasmos agent undrain {agent} ends it)"
+    ))
 }
 
 #[cfg(test)]

@@ -925,6 +925,42 @@ fn result_files_are_readable_by_the_producing_tenant_only_and_bounded() {
 }
 
 #[test]
+fn nothing_is_placed_on_a_drained_agent_and_a_restart_keeps_the_drain() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let drain = |s: &mut ClusterState, name: &str, drain: bool| {
+        s.apply(Command::DrainAgent {
+            agent: agent(name),
+            drain,
+        })
+    };
+    assert!(matches!(
+        drain(&mut s, "nope", true),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    assert_eq!(drain(&mut s, "a", true), CommandResult::Ok);
+    let CommandResult::Submitted(t) = submit_as(&mut s, ALICE, tenant_spec(&bundle, "acme")) else {
+        panic!()
+    };
+    let assign = |s: &mut ClusterState| {
+        s.apply(Command::AssignTask {
+            task: t,
+            agent: agent("a"),
+            now_ms: 21,
+        })
+    };
+    assert_rejected(&assign(&mut s), "is draining");
+    // The agent restarting does not end an operator's drain.
+    register(&mut s, "a", vec![]);
+    assert!(s.agents[&agent("a")].draining);
+    assert_rejected(&assign(&mut s), "is draining");
+    assert_eq!(drain(&mut s, "a", false), CommandResult::Ok);
+    assert_eq!(assign(&mut s), CommandResult::Ok);
+}
+
+#[test]
 fn kept_outputs_are_held_where_the_task_ran_for_its_tenant_only() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);

@@ -19,6 +19,19 @@ use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes,
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
     List(OutputArg),
+    /// Operators: drain an agent for maintenance. Nothing more is placed on it, and its
+    /// running tasks are killed with reason `maintenance` (a task that imports
+    /// `cancellation` is asked to stop first and gets its grace period); jobs and services
+    /// run theirs again on other agents. The drain lasts, across the agent's restarts and the
+    /// masters' failovers, until `wasmos agent undrain`.
+    Drain {
+        /// The agent's id, as `wasmos agent list` shows it.
+        id: String,
+    },
+    /// Operators: end an agent's drain; it is offered again.
+    Undrain {
+        id: String,
+    },
     /// Run the agent as a Windows service: install, start, stop, status, uninstall.
     Service {
         #[command(subcommand)]
@@ -282,6 +295,30 @@ pub(crate) async fn agent_until(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `wasmos agent drain ID` and `wasmos agent undrain ID`.
+pub(crate) async fn agent_drain(target: &Target, id: &str, drain: bool) -> Result<ExitCode> {
+    let agent = wasmos_proto::AgentId::new(id)
+        .map_err(|e| anyhow::anyhow!("invalid agent id {id:?}: {e}"))?;
+    let ClientResponse::Drained { killed } = target
+        .ask(ClientRequest::DrainAgent {
+            agent: agent.clone(),
+            drain,
+        })
+        .await?
+    else {
+        bail!("unexpected answer to agent drain");
+    };
+    if drain {
+        println!(
+            "{agent} is draining: nothing more is placed on it; {killed} running task{} asked to stop (maintenance)",
+            if killed == 1 { "" } else { "s" }
+        );
+    } else {
+        println!("{agent} is no longer draining: it is offered again");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCode> {
     let ClientResponse::Agents(agents) = target.ask(ClientRequest::ListAgents).await? else {
         bail!("unexpected answer to agent list");
@@ -300,9 +337,11 @@ pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCo
                         .collect();
                     vec![
                         a.id.to_string(),
-                        match a.state {
-                            AgentState::Active => "active".into(),
-                            AgentState::Disconnected => "disconnected".into(),
+                        match (a.state, a.draining) {
+                            (AgentState::Active, false) => "active".into(),
+                            (AgentState::Active, true) => "draining".into(),
+                            (AgentState::Disconnected, false) => "disconnected".into(),
+                            (AgentState::Disconnected, true) => "disconnected, draining".into(),
                         },
                         format!(
                             "{}/{}",

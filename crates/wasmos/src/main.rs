@@ -269,6 +269,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ..
         } => agent::agent_list(target, out.format).await,
         Cmd::Agent {
+            cmd: Some(agent::AgentCmd::Drain { id }),
+            ..
+        } => agent::agent_drain(target, &id, true).await,
+        Cmd::Agent {
+            cmd: Some(agent::AgentCmd::Undrain { id }),
+            ..
+        } => agent::agent_drain(target, &id, false).await,
+        Cmd::Agent {
             cmd: Some(agent::AgentCmd::Service { cmd }),
             ..
         } => winsvc::run(cmd),

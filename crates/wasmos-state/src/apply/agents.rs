@@ -16,6 +16,8 @@ impl ClusterState {
                 now_ms,
             } => {
                 let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
+                // A drain is the operator's, not the agent's: a restart does not end it.
+                let draining = self.agents.get(&id).is_some_and(|a| a.draining);
                 self.agents.insert(
                     id.clone(),
                     AgentRecord {
@@ -27,6 +29,7 @@ impl ClusterState {
                         last_status_seq,
                         reserved,
                         peer_addr,
+                        draining,
                     },
                 );
                 // A task still staging was never reported on by the agent: its launch never
@@ -63,6 +66,9 @@ impl ClusterState {
                         "unknown agent {agent}"
                     )));
                 };
+                if record.draining {
+                    return CommandResult::Rejected(crate::draining(&agent));
+                }
                 let free = record.total.saturating_sub(&self.used_on(&agent));
                 let Some(info) = self.tasks.get_mut(&task) else {
                     return CommandResult::Rejected(Rejection::NotFound(format!(
@@ -224,6 +230,15 @@ impl ClusterState {
                 }
                 CommandResult::Ok
             }
+            Command::DrainAgent { agent, drain } => match self.agents.get_mut(&agent) {
+                Some(record) => {
+                    record.draining = drain;
+                    CommandResult::Ok
+                }
+                None => {
+                    CommandResult::Rejected(Rejection::NotFound(format!("unknown agent {agent}")))
+                }
+            },
             other => CommandResult::Rejected(Rejection::Invalid(format!(
                 "not a command of this family: {other:?}"
             ))),
