@@ -169,7 +169,7 @@ async function viewAgents() {
     ["agent", "state", "OS", "CPU", "memory", "running tasks", "attributes", "last heartbeat"],
     agents.map((a) => [
       h("span", { class: "mono" }, a.id),
-      stateCell(a.state),
+      a.draining ? h("span", {}, stateCell(a.state), " ", stateCell("Draining")) : stateCell(a.state),
       `${a.attributes.os || "?"}/${a.attributes.arch || "?"}`,
       h("div", {}, bar(a.total.cpu_millis, a.used.cpu_millis, a.offered.cpu_millis, sum(a.reserved)),
         h("span", { class: "barlabel" }, `${cores(a.used.cpu_millis)} used, ${cores(a.offered.cpu_millis)} offered of ${cores(a.total.cpu_millis)} cores`)),
