@@ -1780,10 +1780,11 @@ impl Allocator {
                 *d = d.saturating_add(&t.charge.unreserved);
             }
             let pending = |a: &AgentState| dying.get(&a.id).cloned().unwrap_or_default();
+            // A drained agent's room serves nobody, nor does preempting its tasks.
             if self
                 .agents
                 .values()
-                .any(|a| want.fits_in(&room(a).saturating_add(&pending(a))))
+                .any(|a| !a.draining && want.fits_in(&room(a).saturating_add(&pending(a))))
             {
                 continue;
             }
@@ -1792,7 +1793,10 @@ impl Allocator {
             type Queue = Vec<(i32, std::cmp::Reverse<TaskId>)>;
             let mut by_agent: BTreeMap<&AgentId, BTreeMap<RoleIx, Queue>> = BTreeMap::new();
             for (id, t) in &self.tasks {
-                if t.preempting || t.charge.unreserved.is_empty() {
+                if t.preempting
+                    || t.charge.unreserved.is_empty()
+                    || self.agents.get(&t.agent).is_none_or(|a| a.draining)
+                {
                     continue;
                 }
                 let Some(f) = self.frameworks.get(&t.framework) else {

@@ -30,6 +30,16 @@ pub const MAX_LOSSES: u32 = 4;
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long declined offers stay away: short, so a slot whose wait ends soon gets offers.
 const DECLINE_MS: u64 = 1_000;
+/// A fault domain (a `spread` attribute's value) counts as there for this long after an
+/// agent in it last offered anything: a domain lost whole is forgotten after it.
+const DOMAIN_MEMORY_MS: u64 = 10_000;
+/// How long a task of a spread group waits for an offer from its least used domain before it
+/// takes any (a domain whose agents are full, or too small for it, does not hold it up).
+pub const SPREAD_WAIT_MS: u64 = 5_000;
+/// For this long after its first offers a framework learns which domains there are (an offer
+/// cycle may bring one agent's offer before the others'): meanwhile a spread group puts at most
+/// one task in each domain.
+pub const DOMAIN_DISCOVERY_MS: u64 = 2_000;
 
 /// What a job has recorded so far (from the replicated state), to resume from.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +90,10 @@ pub struct JobFramework {
     stop: bool,
     ended: bool,
     pub locality_wait_ms: u64,
+    /// The attributes of the agents that offered, and when each last did (for `spread`).
+    seen: BTreeMap<AgentId, (BTreeMap<String, String>, u64)>,
+    /// When this framework got its first offers.
+    first_offers_ms: Option<u64>,
 }
 
 impl JobFramework {
@@ -135,6 +149,8 @@ impl JobFramework {
             stop: false,
             ended: false,
             locality_wait_ms: LOCALITY_WAIT_MS,
+            seen: BTreeMap::new(),
+            first_offers_ms: None,
         }
     }
 
@@ -370,7 +386,16 @@ impl Scheduler for JobFramework {
             }
             return;
         }
+        self.first_offers_ms.get_or_insert(now);
+        for offer in &offers {
+            self.seen
+                .insert(offer.agent.clone(), (offer.attributes.clone(), now));
+        }
+        self.seen
+            .retain(|_, (_, at)| now.saturating_sub(*at) <= DOMAIN_MEMORY_MS);
         let mut taken: BTreeSet<Slot> = BTreeSet::new();
+        // Where this round's choices go, for the spread of the offers after.
+        let mut placed: Vec<(usize, AgentId)> = Vec::new();
         for offer in offers {
             let mut left = offer
                 .reserved
@@ -389,9 +414,21 @@ impl Scheduler for JobFramework {
                 // A service spreads its instances: one per group per offer (each agent's
                 // offer), and none where the group already runs more than elsewhere.
                 if self.spec.kind == JobKind::Service
+                    && g.spread.is_none()
                     && (chosen.iter().any(|s| s.0 == slot.0) || self.crowded(slot.0, &offer.agent))
                 {
                     continue;
+                }
+                // A group spread over fault domains: none where its domain holds more of the
+                // group than another does, unless the task has waited long enough for one.
+                if let Some(key) = &g.spread
+                    && self.domain_crowded(slot.0, key, &offer, &placed, now)
+                {
+                    let since = *self.waiting_since.entry(*slot).or_insert(now);
+                    if now < since + SPREAD_WAIT_MS {
+                        cx.wake_at(since + SPREAD_WAIT_MS);
+                        continue;
+                    }
                 }
                 let matches = g
                     .constraints
@@ -426,6 +463,7 @@ impl Scheduler for JobFramework {
                 *pool = pool.saturating_sub(need);
                 taken.insert(*slot);
                 chosen.push(*slot);
+                placed.push((slot.0, offer.agent.clone()));
             }
             if chosen.is_empty() {
                 cx.decline(vec![offer.id], Some(DECLINE_MS));
@@ -849,6 +887,56 @@ impl JobFramework {
         let here = per_agent.get(agent).copied().unwrap_or(0);
         let fewest = per_agent.values().copied().min().unwrap_or(0);
         here > fewest
+    }
+
+    /// Whether a task of group `g` on `offer`'s agent would put more of the group in that
+    /// agent's fault domain (its attribute `key`; none is a domain of its own) than in the
+    /// least used domain known: one an agent offered from lately, or one the group runs in.
+    /// The group's tasks count where they run, are being launched, or were chosen this round
+    /// (`placed`). While the framework is still learning the domains, one is crowded once it
+    /// holds any.
+    fn domain_crowded(
+        &self,
+        g: usize,
+        key: &str,
+        offer: &OfferInfo,
+        placed: &[(usize, AgentId)],
+        now: u64,
+    ) -> bool {
+        let domain = |agent: &AgentId| -> String {
+            self.seen
+                .get(agent)
+                .and_then(|(attrs, _)| attrs.get(key))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut per: BTreeMap<String, usize> = self
+            .seen
+            .values()
+            .map(|(attrs, _)| (attrs.get(key).cloned().unwrap_or_default(), 0))
+            .collect();
+        let running = self
+            .live
+            .iter()
+            .filter(|(_, slot)| slot.0 == g)
+            .filter_map(|(task, _)| self.agent_of.get(task));
+        let launching = self
+            .launching
+            .values()
+            .flatten()
+            .filter(|(slot, _)| slot.0 == g)
+            .map(|(_, agent)| agent);
+        let chosen = placed.iter().filter(|(pg, _)| *pg == g).map(|(_, a)| a);
+        for agent in running.chain(launching).chain(chosen) {
+            *per.entry(domain(agent)).or_default() += 1;
+        }
+        let here = offer.attributes.get(key).cloned().unwrap_or_default();
+        let count = per.get(&here).copied().unwrap_or(0);
+        let fewest = per.values().copied().min().unwrap_or(0);
+        let learning = self
+            .first_offers_ms
+            .is_none_or(|first| now < first + DOMAIN_DISCOVERY_MS);
+        count > fewest || (learning && count > 0)
     }
 
     /// Past its group's count (a service scaled down).

@@ -130,6 +130,7 @@ impl Sim {
                     constraints: BTreeMap::new(),
                     retries: 2 * DISRUPTIONS,
                     backoff_ms: 100,
+                    spread: None,
                 })
                 .collect(),
         };

@@ -30,6 +30,7 @@ fn group(name: &str, count: u32, deps: &[&str]) -> GroupSpec {
         constraints: BTreeMap::new(),
         retries: 1,
         backoff_ms: 1000,
+        spread: None,
     }
 }
 
@@ -387,6 +388,72 @@ fn a_service_spreads_its_instances_over_agents() {
         "a1 already runs more than a2"
     );
     assert_eq!(h.offer("a2", 8000, &[]).len(), 1);
+}
+
+#[test]
+fn a_spread_group_balances_fault_domains_and_waits_only_so_long() {
+    let mut spec = job(vec![group("web", 4, &[])]);
+    spec.groups[0].spread = Some("zone".into());
+    let zone = |z: &'static str| [("zone", z)];
+
+    // While the domains are being learnt, one task to each: zone a's first offer does not
+    // take all four, though no other zone is known yet.
+    let mut h = Harness::new(spec.clone());
+    assert_eq!(h.offer("a1", 8000, &zone("a")).len(), 1);
+    assert!(h.offer("a2", 8000, &zone("a")).is_empty());
+    assert_eq!(h.offer("b1", 8000, &zone("b")).len(), 1);
+    h.now = crate::DOMAIN_DISCOVERY_MS;
+    assert_eq!(h.offer("a2", 8000, &zone("a")).len(), 1);
+    assert_eq!(h.offer("b1", 8000, &zone("b")).len(), 1, "2 and 2");
+
+    // Known domains, learnt: a domain takes tasks up to one more than the least used.
+    let mut h = Harness::new(spec.clone());
+    assert!(
+        h.offer("b1", 100, &zone("b")).is_empty(),
+        "too small: only known"
+    );
+    h.now = crate::DOMAIN_DISCOVERY_MS;
+    assert_eq!(h.offer("a1", 8000, &zone("a")).len(), 1, "a: 1, b: 0");
+    assert!(
+        h.offer("a2", 8000, &zone("a")).is_empty(),
+        "zone a has more"
+    );
+    assert_eq!(h.offer("b1", 8000, &zone("b")).len(), 2, "b: 0 to 2");
+    assert_eq!(h.offer("a2", 8000, &zone("a")).len(), 1, "the last to a");
+
+    // A domain that never fits the task holds a slot up only for the spread wait.
+    let mut h = Harness::new(spec);
+    assert!(h.offer("b1", 100, &zone("b")).is_empty());
+    h.now = crate::DOMAIN_DISCOVERY_MS;
+    assert_eq!(h.offer("a1", 8000, &zone("a")).len(), 1);
+    h.now += 1000;
+    assert!(h.offer("b1", 100, &zone("b")).is_empty());
+    assert!(h.offer("a1", 8000, &zone("a")).is_empty(), "still waiting");
+    h.now = crate::DOMAIN_DISCOVERY_MS + crate::SPREAD_WAIT_MS;
+    assert_eq!(
+        h.offer("a1", 8000, &zone("a")).len(),
+        3,
+        "waited long enough: anywhere"
+    );
+}
+
+#[test]
+fn a_drained_agents_tasks_run_again_without_using_a_retry() {
+    let mut spec = job(vec![group("map", 1, &[])]);
+    spec.groups[0].retries = 0;
+    let mut h = Harness::new(spec);
+    let (t1, _) = h.offer("a1", 4000, &[])[0].clone();
+    h.update(
+        t1,
+        TaskStatus::with_reason(TaskState::Killed, Some(Reason::Maintenance), "drained"),
+    );
+    h.now = 1000;
+    let (t2, _) = h.offer("a2", 4000, &[])[0].clone();
+    h.finish(t2, vec![]);
+    assert!(matches!(
+        h.d.scheduler_mut().take_events().last(),
+        Some(JobEvent::Ended(JobState::Finished))
+    ));
 }
 
 #[test]

@@ -215,7 +215,7 @@ pub(crate) async fn kill_child(shared: &Shared, agent: &AgentId, parent: TaskId,
         (parent_here && theirs && !t.status.state.is_terminal()).then(|| t.agent.clone())
     });
     if let Some(on) = target {
-        let why = "killed by its parent";
+        let why = "killed by its parent before it started";
         if let Err(e) = crate::client::end_task(shared, child, on.as_ref(), None, why).await {
             tracing::warn!(%child, "cannot kill: {e}");
         }

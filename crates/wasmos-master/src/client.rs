@@ -522,20 +522,28 @@ async fn kill(shared: &Shared, who: &Identity, id: TaskId) -> ClientResponse {
             format!("task {id} already ended as {}", task.status.state),
         );
     }
-    match end_task(shared, id, task.agent.as_ref(), None, "killed").await {
+    match end_task(
+        shared,
+        id,
+        task.agent.as_ref(),
+        None,
+        "killed before it started",
+    )
+    .await
+    {
         Ok(()) => ClientResponse::Ok,
         Err(e) => raft_error(shared, e),
     }
 }
 
 /// Ends a live task: its agent is told to kill it (for `reason`, none for a plain kill), or,
-/// when it is on no connected agent, it is recorded killed before it started (`why`).
+/// when it is on no connected agent, it is recorded killed with the message `unsent`.
 pub(crate) async fn end_task(
     shared: &Shared,
     id: TaskId,
     agent: Option<&AgentId>,
     reason: Option<Reason>,
-    why: &str,
+    unsent: &str,
 ) -> Result<(), wasmos_raft::RaftError> {
     if let Some(agent) = agent
         && shared.send_to_agent(agent, MasterToAgent::Kill { task: id, reason })
@@ -545,7 +553,7 @@ pub(crate) async fn end_task(
     let status = TaskStatus::with_reason(
         TaskState::Killed,
         Some(reason.unwrap_or(Reason::Killed)),
-        format!("{why} before it started"),
+        unsent,
     );
     let cmd = Command::SetStatus {
         task: id,
@@ -724,7 +732,8 @@ async fn drain_agent(
         })
         .await
     {
-        Ok(CommandResult::Ok) => {}
+        // Already so: a drain kills what may have started since, all the same.
+        Ok(CommandResult::Ok | CommandResult::Duplicate) => {}
         Ok(CommandResult::Rejected(why)) => return rejected(why),
         Ok(other) => return error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => return raft_error(shared, e),
@@ -741,7 +750,7 @@ async fn drain_agent(
             id,
             Some(&agent),
             Some(Reason::Maintenance),
-            "its agent was drained",
+            "its agent was drained while it was not running there, or while that agent was away",
         )
         .await;
         match ended {

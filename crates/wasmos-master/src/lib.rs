@@ -340,10 +340,12 @@ impl Shared {
         // that must stop. Those are tasks the cluster has ended (killed while their launch was
         // on its way) or forgotten, which would run on resources counted free, and live
         // children whose parent has ended (the kill sent then may have been lost, or come
-        // before their launch): no child outlives its parent.
+        // before their launch): no child outlives its parent. On a drained agent every task
+        // must stop: one its drain missed (launched after it, a kill lost) is stopped here.
         let (own, stop) = self.read(|s| {
             let mut own = Vec::new();
             let mut stop = Vec::new();
+            let draining = s.agents.get(agent).is_some_and(|a| a.draining);
             for x in samples.into_values() {
                 match s.tasks.get(&x.task) {
                     Some(t) if t.agent.as_ref() != Some(agent) => {}
@@ -355,6 +357,8 @@ impl Shared {
                         });
                         if orphan {
                             stop.push((x.task, Some(wasmos_proto::Reason::ParentEnded)));
+                        } else if draining {
+                            stop.push((x.task, Some(wasmos_proto::Reason::Maintenance)));
                         }
                         own.push(x);
                     }

@@ -72,6 +72,10 @@ pub struct GroupSpec {
     pub retries: u32,
     /// The wait before the first retry; doubled for each further one.
     pub backoff_ms: u64,
+    /// An agent attribute whose values are fault domains (`zone`, `region`): the group's
+    /// tasks are spread evenly over them, so losing one domain leaves the others' running.
+    #[serde(default)]
+    pub spread: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1186,7 +1186,7 @@ fn staging(id: TaskId, spec: TaskSpec, owner: String, now_ms: u64) -> TaskInfo {
 /// Why nothing is placed on `agent`: an operator drained it.
 fn draining(agent: &AgentId) -> Rejection {
     Rejection::Conflict(format!(
-        "agent {agent} is draining (wasmos agent undrain {agent} ends it)"
+        "agent {agent} is draining for maintenance: nothing is placed on it"
     ))
 }
 

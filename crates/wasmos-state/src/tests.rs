@@ -941,6 +941,11 @@ fn nothing_is_placed_on_a_drained_agent_and_a_restart_keeps_the_drain() {
         CommandResult::Rejected(Rejection::NotFound(_))
     ));
     assert_eq!(drain(&mut s, "a", true), CommandResult::Ok);
+    assert_eq!(
+        drain(&mut s, "a", true),
+        CommandResult::Duplicate,
+        "no change"
+    );
     let CommandResult::Submitted(t) = submit_as(&mut s, ALICE, tenant_spec(&bundle, "acme")) else {
         panic!()
     };
@@ -1226,6 +1231,7 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
             constraints: BTreeMap::new(),
             retries: 0,
             backoff_ms: 0,
+            spread: None,
         }],
     };
     let submit = |s: &mut ClusterState| {
@@ -1408,6 +1414,7 @@ fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
         constraints: BTreeMap::new(),
         retries: 0,
         backoff_ms: 0,
+        spread: None,
     };
     let spec = wasmos_proto::JobSpec {
         name: "wc".into(),

@@ -68,6 +68,14 @@ pub(crate) struct AgentArgs {
     /// Extra attribute to advertise, KEY=VALUE (repeatable).
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     pub(crate) attrs: Vec<String>,
+    /// The region this agent is in (the attribute `region`): jobs and services constrain to
+    /// it (`constraints = { region = "eu" }`) and spread over regions (`spread = "region"`).
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+    /// Its zone within the region (the attribute `zone`), a fault domain: services spread
+    /// over zones with `spread = "zone"`, so losing one leaves the others running.
+    #[arg(long)]
+    pub(crate) zone: Option<String>,
     /// Where to serve the outputs this agent keeps (a batch job's intermediate files) to other
     /// agents, over mutual TLS; port 0 takes a free port, `off` serves none (its outputs then
     /// go to the masters).
@@ -227,6 +235,14 @@ pub(crate) async fn agent_until(
     };
     let mut attributes = wasmos_agent::default_attributes();
     attributes.extend(key_values(&args.attrs, "attribute")?);
+    for (key, value) in [("region", &args.region), ("zone", &args.zone)] {
+        if let Some(v) = value {
+            if v.is_empty() {
+                bail!("--{key} must not be empty");
+            }
+            attributes.insert(key.to_string(), v.clone());
+        }
+    }
     let work_dir = match args.work_dir {
         Some(d) => d,
         None => wasmos_client::default_data_dir()?.with_file_name("agent"),

@@ -39,6 +39,9 @@ pub struct DevOptions {
     pub leaf_lifetime: Option<std::time::Duration>,
     /// Where to serve every agent's metrics, in plain HTTP (`--agent-metrics-listen`).
     pub agent_metrics: Option<SocketAddr>,
+    /// The agents' zones, given round-robin (`--agent-zones a,b`: agent-1 in a, agent-2 in
+    /// b, agent-3 in a...); empty: no zone.
+    pub agent_zones: Vec<String>,
 }
 
 /// A running dev cluster.
@@ -136,6 +139,9 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
         )?;
         let mut attributes = wasmos_agent::default_attributes();
         attributes.insert("dev".into(), "true".into());
+        if let Some(zone) = zone_of(&opts.agent_zones, i) {
+            attributes.insert("zone".into(), zone.to_string());
+        }
         let cfg = wasmos_agent::AgentConfig {
             master: addr,
             other_masters: Vec::new(),
@@ -255,6 +261,10 @@ pub(crate) struct DevArgs {
     /// (repeatable).
     #[arg(long, value_name = "ROLE:RESOURCES")]
     pub(crate) agent_reserve: Vec<String>,
+    /// Put the agents in these zones (the attribute `zone`), round-robin: `--agents 4
+    /// --agent-zones a,b` makes agent-1 and agent-3 zone a, agent-2 and agent-4 zone b.
+    #[arg(long, value_name = "ZONE,...", value_delimiter = ',')]
+    pub(crate) agent_zones: Vec<String>,
     /// Run the demo job, print its output, then stop.
     #[arg(long)]
     pub(crate) demo: bool,
@@ -325,7 +335,9 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
             agent_args.extend(["--reserve".to_string(), r.clone()]);
         }
         agent_args.extend(args.exec.to_args());
+        check_zones(&args.agent_zones)?;
         dev_group::run(dev_group::GroupOptions {
+            agent_zones: args.agent_zones.clone(),
             data_dir,
             masters: args.masters,
             agents: args.agents,
@@ -375,6 +387,7 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
         allocator: args.offers.config()?,
         leaf_lifetime: leaf_lifetime(&args)?,
         agent_metrics: args.agent_metrics_listen,
+        agent_zones: check_zones(&args.agent_zones)?.to_vec(),
     };
     if args.demo {
         // Check before starting anything, so a missing build is one clear line.
@@ -394,4 +407,17 @@ pub(crate) async fn dev_cmd(args: DevArgs) -> Result<ExitCode> {
     };
     cluster.stop().await;
     Ok(code)
+}
+
+/// The zone of agent `i` (from 1) when zones are handed out round-robin.
+pub(crate) fn zone_of(zones: &[String], i: u32) -> Option<&str> {
+    let n = zones.len();
+    (n > 0).then(|| zones[(i as usize - 1) % n].as_str())
+}
+
+fn check_zones(zones: &[String]) -> Result<&[String]> {
+    if zones.iter().any(String::is_empty) {
+        bail!("--agent-zones takes zone names separated by commas, none empty");
+    }
+    Ok(zones)
 }

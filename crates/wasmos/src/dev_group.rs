@@ -38,6 +38,8 @@ pub struct GroupOptions {
     /// Arguments every agent gets besides its identity, masters and work dir (resources,
     /// reservations, execution settings).
     pub agent_args: Vec<String>,
+    /// The agents' zones, round-robin (`--agent-zones`).
+    pub agent_zones: Vec<String>,
     /// Arguments every master gets besides its id, address, peers, data dir and certificate.
     pub master_args: Vec<String>,
     /// Restart children that die.
@@ -247,6 +249,9 @@ pub async fn run(opts: GroupOptions) -> Result<()> {
         args.push(dir.clone().into());
         args.extend(tls_args(&pki, &files));
         args.extend(opts.agent_args.iter().map(OsString::from));
+        if let Some(zone) = crate::dev::zone_of(&opts.agent_zones, i) {
+            args.extend(os(&["--zone", zone]));
+        }
         procs.push(Proc::new(&data, "agent", name, None, dir, args));
     }
 

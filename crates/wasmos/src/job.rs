@@ -117,6 +117,8 @@ struct GroupFile {
     priority: i32,
     #[serde(default)]
     constraints: BTreeMap<String, String>,
+    /// An agent attribute to spread the group's tasks over (`zone`, `region`).
+    spread: Option<String>,
     #[serde(default)]
     retries: u32,
     backoff: Option<String>,
@@ -309,6 +311,15 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
             input_pattern: g.input_pattern,
             inputs,
             constraints: g.constraints,
+            spread: match g.spread {
+                Some(key) if key.is_empty() || key.len() > 64 => {
+                    bail!(
+                        "{}: spread names an agent attribute, such as \"zone\"",
+                        what("spread")
+                    )
+                }
+                other => other,
+            },
             retries: g.retries,
             backoff_ms: match &g.backoff {
                 Some(b) => duration_ms(&what("backoff"), b)?,

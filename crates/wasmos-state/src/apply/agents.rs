@@ -231,6 +231,8 @@ impl ClusterState {
                 CommandResult::Ok
             }
             Command::DrainAgent { agent, drain } => match self.agents.get_mut(&agent) {
+                // Nothing changes: no event says it did.
+                Some(record) if record.draining == drain => CommandResult::Duplicate,
                 Some(record) => {
                     record.draining = drain;
                     CommandResult::Ok
