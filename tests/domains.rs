@@ -59,7 +59,7 @@ fn a_zone_spread_service_balances_zones_and_outlives_losing_one() {
         ])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
-    let mut agent = Logged::spawn(agent);
+    let agent = Logged::spawn(agent);
     let zones = || {
         let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
         let mut z: Vec<String> = agents
