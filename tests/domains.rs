@@ -6,10 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use wasmos_tests::{DevCluster, Logged, eventually, kill_dash_nine, ok, sample, wasmos_bin};
+use wasmos_tests::{DevCluster, eventually, kill_dash_nine, ok, sample};
 
 /// The agents of the running tasks, sorted.
 fn running_on(c: &DevCluster) -> Vec<String> {
@@ -41,25 +40,13 @@ fn a_zone_spread_service_balances_zones_and_outlives_losing_one() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let issued = c.issue("wasmos://agent/zone-b-1");
-    std::fs::write(dir.path().join("a.pem"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.path().join("a.key"), &issued.key_pem).unwrap();
-    let mut agent = std::process::Command::new(wasmos_bin());
-    agent
-        .args(["agent", "--master", &c.master_addr().to_string(), "--ca"])
-        .arg(c.dir.path().join("pki/ca.pem"))
-        .arg("--cert")
-        .arg(dir.path().join("a.pem"))
-        .arg("--key")
-        .arg(dir.path().join("a.key"))
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .args([
+    let agent = c.start_agent(
+        "zone-b-1",
+        dir.path(),
+        &[
             "--cpu", "2", "--mem", "1GiB", "--region", "dev", "--zone", "b",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-    let agent = Logged::spawn(agent);
+        ],
+    );
     let zones = || {
         let agents = c.json(&["agent", "list", "-o", "json"]).unwrap();
         let mut z: Vec<String> = agents

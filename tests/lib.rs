@@ -448,6 +448,32 @@ impl DevCluster {
             .unwrap_or_else(|e| panic!("issuing {identity}: {e}"))
     }
 
+    /// `wasmos agent NAME` as a process of its own, registered with this cluster's master, its
+    /// certificate and work directory under `dir`, with `extra` flags (`--cpu 2 --zone b`).
+    pub fn start_agent(&self, name: &str, dir: &Path, extra: &[&str]) -> Logged {
+        let issued = self.issue(&format!("wasmos://agent/{name}"));
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &issued.cert_pem).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::write(&key, &issued.key_pem).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut agent = Command::new(wasmos_bin());
+        agent
+            .args(["agent", "--master", &self.master_addr().to_string(), "--ca"])
+            .arg(self.dir.path().join("pki/ca.pem"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg("--work-dir")
+            .arg(dir.join(format!("{name}-work")))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        Logged::spawn(agent)
+    }
+
     /// Credentials for `identity` (an agent's, a tenant's...), signed by the dev cluster's CA.
     pub fn credentials_for(&self, identity: &str) -> wasmos_net::Credentials {
         let issued = self.issue(identity);

@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmos_tests::{DevCluster, Logged, eventually, send_signal, text, wait_exit, wasmos_bin};
+use wasmos_tests::{DevCluster, eventually, send_signal, text, wait_exit};
 
 #[test]
 fn tasks_survive_kill_dash_nine() {
@@ -63,23 +63,11 @@ fn stop_signals_end_clients_agents_and_the_cluster_cleanly() {
     // The dev cluster's own agent stays; the tasks here go to the separate agent process.
     let mut c = DevCluster::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let issued = c.issue("wasmos://agent/lin-1");
-    std::fs::write(dir.path().join("a.pem"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.path().join("a.key"), &issued.key_pem).unwrap();
-    let mut agent = std::process::Command::new(wasmos_bin());
-    agent
-        .args(["agent", "--master", &c.master_addr().to_string(), "--ca"])
-        .arg(c.dir.path().join("pki/ca.pem"))
-        .arg("--cert")
-        .arg(dir.path().join("a.pem"))
-        .arg("--key")
-        .arg(dir.path().join("a.key"))
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .args(["--cpu", "2", "--mem", "1GiB", "--attr", "proc=own"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-    let mut agent = Logged::spawn(agent);
+    let mut agent = c.start_agent(
+        "lin-1",
+        dir.path(),
+        &["--cpu", "2", "--mem", "1GiB", "--attr", "proc=own"],
+    );
     let active = || {
         c.json(&["agent", "list", "-o", "json"])
             .unwrap()
