@@ -221,6 +221,16 @@ impl JobSpec {
                 .check()
                 .and_then(|()| crate::task::check_constraints(&g.constraints))
                 .map_err(|e| format!("group `{}`: {e}", g.name))?;
+            // An attribute key, bounded like a constraint's: the masters keep it.
+            if let Some(key) = &g.spread
+                && (key.is_empty() || key.len() > crate::task::MAX_ATTRIBUTE_BYTES)
+            {
+                return Err(format!(
+                    "group `{}`: spread names an agent attribute of 1 to {} bytes",
+                    g.name,
+                    crate::task::MAX_ATTRIBUTE_BYTES
+                ));
+            }
             // The framework places by the group's constraints and the master holds every
             // launch to its task's: they must be the same.
             if !g.task.constraints.is_empty() && g.task.constraints != g.constraints {
@@ -299,4 +309,42 @@ pub enum JobEvent {
         count: u32,
     },
     Ended(JobState),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_groups_spread_is_an_attribute_key_of_bounded_length() {
+        let group = |spread: Option<String>| GroupSpec {
+            name: "web".into(),
+            count: 1,
+            task: TaskSpec::new("t.wasm", crate::BundleHash::from_digest(&[1; 32])),
+            depends_on: Vec::new(),
+            input_pattern: None,
+            inputs: Vec::new(),
+            constraints: BTreeMap::new(),
+            retries: 0,
+            backoff_ms: 0,
+            spread,
+        };
+        let job = |spread: Option<String>| JobSpec {
+            name: "j".into(),
+            kind: JobKind::Service,
+            role: None,
+            deadline_ms: None,
+            groups: vec![group(spread)],
+        };
+        assert_eq!(job(None).check(), Ok(()));
+        assert_eq!(job(Some("zone".into())).check(), Ok(()));
+        for bad in [
+            String::new(),
+            "z".repeat(crate::task::MAX_ATTRIBUTE_BYTES + 1),
+        ] {
+            let err = job(Some(bad)).check().unwrap_err();
+            assert!(err.contains("spread"), "{err}");
+        }
+    }
 }
