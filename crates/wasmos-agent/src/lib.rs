@@ -1116,6 +1116,7 @@ async fn run_task(
         truncate_output: spec.on_output_limit == OutputPolicy::Truncate,
         stdin,
         net_allow: spec.net_allow.clone(),
+        net_rate: net_rate(&spec, &agent.cfg.resources),
         cpu_budget: spec.cpu_budget_ms.map(Duration::from_millis),
         preopens: dir.preopens(&spec),
         disk: Some(dir.quota(&spec)),
@@ -1187,6 +1188,20 @@ async fn run_task(
     // Deleting a full scratch space can take a while: not on the task workers.
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     status
+}
+
+/// What a task that requested no `net` may use each way on an agent that advertises `net`: a
+/// trickle, so leaving the request out cannot take the agent's link from the tasks that asked.
+pub const UNREQUESTED_NET_RATE: u64 = 64 << 10;
+
+/// Bytes per second a task's sockets may carry each way: its `net` request; on an agent that
+/// advertises no `net` (bandwidth is not managed there), unlimited.
+fn net_rate(spec: &TaskSpec, agent_total: &Resources) -> Option<u64> {
+    match spec.resources.scalar(wasmos_proto::NET) {
+        0 if agent_total.scalar(wasmos_proto::NET) == 0 => None,
+        0 => Some(UNREQUESTED_NET_RATE),
+        rate => Some(rate),
+    }
 }
 
 /// The inputs' bytes, in order: those other agents keep from them (a missing one ends the task

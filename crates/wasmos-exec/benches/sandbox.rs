@@ -92,6 +92,7 @@ fn request(args: &[&str], cpu_millis: u64, timeout: Duration) -> RunRequest {
         stdin: Vec::new(),
         net_allow: Vec::new(),
         egress: Default::default(),
+        net_rate: None,
         preopens: Vec::new(),
         disk: None,
         usage: None,
@@ -384,6 +385,76 @@ async fn density(runner: &Runner, label: &str) -> Res<()> {
     Ok(())
 }
 
+/// A loopback listener that reads every connection to its end, forever (the bench's sink).
+fn sink() -> Res<u16> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0_u8; 256 << 10];
+                while let Ok(1..) = s.read(&mut buf) {}
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The bandwidth limiter's cost on a socket-heavy task: `netio send` of 256 MiB to a loopback
+/// sink, under a limit too high to ever wait (every read and write still goes through the
+/// bucket) against no limit, interleaved; then how close a reachable limit comes to its rate.
+async fn bandwidth(runner: &Runner) -> Res<()> {
+    let compiled = runner.compile(&sample("netio")?)?;
+    let port = sink()?;
+    let target = format!("127.0.0.1:{port}");
+    let send = |bytes: u64, rate: Option<u64>| {
+        let mut req = request(
+            &["netio", "send", &target, &bytes.to_string()],
+            1000,
+            Duration::from_secs(120),
+        );
+        req.net_allow = vec![wasmos_proto::NetRule {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+        }];
+        req.net_rate = rate;
+        req
+    };
+    let bytes = 256_u64 << 20;
+    let (mut ratios, mut unlimited) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let (free, status) = run_sandbox(runner, &compiled, send(bytes, None)).await;
+        if status.exit_code != Some(0) {
+            return Err(format!("unlimited netio failed: {status:?}").into());
+        }
+        let (limited, status) = run_sandbox(runner, &compiled, send(bytes, Some(1 << 40))).await;
+        if status.exit_code != Some(0) {
+            return Err(format!("limited netio failed: {status:?}").into());
+        }
+        unlimited.push(bytes as f64 / free.as_secs_f64());
+        ratios.push(limited.as_secs_f64() / free.as_secs_f64());
+    }
+    unlimited.sort_by(f64::total_cmp);
+    println!(
+        "bench bandwidth: netio send 256 MiB over loopback, unlimited {:.0} MiB/s: limiter in the path (1 TiB/s limit) {:.3}x the time (median of 9 interleaved rounds)",
+        unlimited[unlimited.len() / 2] / 1048576.0,
+        median_ratio(ratios)
+    );
+    let rate = 32_u64 << 20;
+    let (took, status) = run_sandbox(runner, &compiled, send(4 * rate, Some(rate))).await;
+    if status.exit_code != Some(0) {
+        return Err(format!("limited netio failed: {status:?}").into());
+    }
+    println!(
+        "bench bandwidth: 128 MiB at a 32 MiB/s limit took {:.2} s: {:.3} of the rate",
+        took.as_secs_f64(),
+        (4 * rate) as f64 / took.as_secs_f64() / rate as f64
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let runner = Runner::new(ExecConfig::default())?;
     let fuel = Runner::new(ExecConfig {
@@ -420,6 +491,9 @@ fn main() -> Res<()> {
             ..ExecConfig::default()
         })?;
         rt.block_on(launch(&pooled, "pooling"))?;
+    }
+    if want("bandwidth") {
+        rt.block_on(bandwidth(&runner))?;
     }
     if want("density") {
         // As an agent runs them: the pooling allocator with a slot for each task.

@@ -6,6 +6,7 @@
 //! (thread CPU time, or fuel at a calibrated rate), and a cache of compiled components.
 
 mod artifact;
+mod bandwidth;
 mod calibrate;
 mod disk;
 mod limits;
@@ -107,6 +108,8 @@ pub struct RunRequest {
     pub net_allow: Vec<wasmos_proto::NetRule>,
     /// What of those it may really reach (operators' rules, the host's protection).
     pub egress: std::sync::Arc<EgressPolicy>,
+    /// Bytes per second the task's TCP streams may carry in each direction; `None`: unlimited.
+    pub net_rate: Option<u64>,
     /// Host directories the guest sees; empty means no filesystem at all.
     pub preopens: Vec<Preopen>,
     /// The quota on the writable part of those, if any.

@@ -126,6 +126,13 @@ struct TaskData {
     disk: Option<DiskWatch>,
     usage: Option<Arc<crate::TaskUsage>>,
     platform: Arc<crate::TaskPlatform>,
+    net_limit: Option<crate::bandwidth::NetLimit>,
+}
+
+impl crate::bandwidth::HasNetLimit for TaskData {
+    fn net_limit(&self) -> Option<&crate::bandwidth::NetLimit> {
+        self.net_limit.as_ref()
+    }
 }
 
 impl crate::platform::HasPlatform for TaskData {
@@ -238,6 +245,8 @@ impl Runner {
         // is linked without `LinkOptions`.
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err("linking WASI"))?;
+        crate::bandwidth::add_to_linker(&mut linker)
+            .map_err(engine_err("linking the bandwidth limiter"))?;
         crate::platform::add_to_linker(&mut linker)
             .map_err(engine_err("linking the wasmos:task interfaces"))?;
 
@@ -481,6 +490,7 @@ impl Runner {
             disk: req.disk.map(|q| DiskWatch::new(q, Instant::now())),
             usage: req.usage.clone(),
             platform: platform.clone(),
+            net_limit: req.net_rate.map(crate::bandwidth::NetLimit::new),
         };
         let mut store = Store::new(&self.inner.engine, data);
         store.limiter(|data| &mut data.memory);

@@ -72,6 +72,7 @@ fn request() -> RunRequest {
         stdin: Vec::new(),
         net_allow: Vec::new(),
         egress: Default::default(),
+        net_rate: None,
         preopens: Vec::new(),
         disk: None,
         usage: None,

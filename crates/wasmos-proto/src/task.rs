@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AgentId, BundleHash, TaskId};
 
+/// The custom scalar that is network bandwidth, in bytes per second each way (ingress and
+/// egress are limited separately, each to the amount). Agents enforce it on the task's sockets.
+pub const NET: &str = "net";
+
 /// A bundle of resources. Integers only, so comparisons and sums are exact and deterministic.
 /// Besides CPU, memory and disk, an agent may advertise custom scalars (`gpu`, `fpga`, ...)
 /// that tasks request by name.
@@ -133,7 +137,10 @@ impl fmt::Display for Resources {
             crate::format_bytes(self.disk_bytes)
         )?;
         for (k, v) in &self.scalars {
-            write!(f, " {k} {v}")?;
+            match k.as_str() {
+                NET => write!(f, " {k} {}/s", crate::format_bytes(*v))?,
+                _ => write!(f, " {k} {v}")?,
+            }
         }
         Ok(())
     }

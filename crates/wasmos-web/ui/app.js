@@ -65,6 +65,8 @@ async function api(req) {
 }
 
 // Formatting.
+// Network bandwidth (the custom resource `net`, bytes per second) of a resources object.
+const netOf = (r) => (r && r.scalars && r.scalars.net) || 0;
 const cores = (m) => (m / 1000).toFixed(m % 1000 ? 2 : 0);
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -166,7 +168,7 @@ async function viewAgents() {
   main.replaceChildren(h("h1", {}, "Agents"),
     partial ? h("p", { class: "muted" }, "Running tasks: the first 1000 counted; there are more.") : "",
     table(
-    ["agent", "state", "OS", "CPU", "memory", "running tasks", "attributes", "last heartbeat"],
+    ["agent", "state", "OS", "CPU", "memory", "network", "running tasks", "attributes", "last heartbeat"],
     agents.map((a) => [
       h("span", { class: "mono" }, a.id),
       a.draining ? h("span", {}, stateCell(a.state), " ", stateCell("Draining")) : stateCell(a.state),
@@ -175,6 +177,7 @@ async function viewAgents() {
         h("span", { class: "barlabel" }, `${cores(a.used.cpu_millis)} used, ${cores(a.offered.cpu_millis)} offered of ${cores(a.total.cpu_millis)} cores`)),
       h("div", {}, bar(a.total.mem_bytes, a.used.mem_bytes, a.offered.mem_bytes, sumMem(a.reserved)),
         h("span", { class: "barlabel" }, `${bytes(a.used.mem_bytes)} used of ${bytes(a.total.mem_bytes)}`)),
+      netOf(a.total) ? `${bytes(netOf(a.used))}/s used of ${bytes(netOf(a.total))}/s` : "not managed",
       running(a.id),
       h("span", { class: "mono" }, Object.entries(a.attributes).map(([k, v]) => `${k}=${v}`).join(" ")),
       ago(a.last_seen_ms),
@@ -284,7 +287,7 @@ async function viewTask(id) {
         ["args", h("span", { class: "mono" }, JSON.stringify(spec.args))],
         ["environment", h("span", { class: "mono" }, spec.env.map(([k, v]) => `${k}=${v}`).join(" ") || "-")],
         ["secrets", spec.secret_env.length ? spec.secret_env.map((x) => `${x.name}=(hidden)`).join(" ") : "-"],
-        ["requested", `${cores(spec.resources.cpu_millis)} cores, ${bytes(spec.resources.mem_bytes)}, timeout ${spec.timeout_ms / 1000}s`],
+        ["requested", `${cores(spec.resources.cpu_millis)} cores, ${bytes(spec.resources.mem_bytes)}${netOf(spec.resources) ? `, ${bytes(netOf(spec.resources))}/s network` : ""}, timeout ${spec.timeout_ms / 1000}s`],
         ["using now", !done && latest ? `${cores(latest.cpu_millis)} cores, ${bytes(latest.mem_bytes)}` : "-"],
         ["used in all", done ? `${(t.status.cpu_ms / 1000).toFixed(3)} s CPU, peak ${bytes(t.status.peak_mem_bytes)}` : "- (told when it ends)"],
         ["submitted", ago(t.submitted_ms)],

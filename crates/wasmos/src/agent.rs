@@ -14,7 +14,9 @@ use crate::output::{list_or_dash, now_ms};
 use crate::process::wait_for_stop;
 use crate::roles;
 use std::net::SocketAddr;
-use wasmos_proto::{AgentState, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu};
+use wasmos_proto::{
+    AgentState, NET, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu,
+};
 
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
@@ -369,6 +371,14 @@ pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCo
                             format_bytes(a.used.mem_bytes),
                             format_bytes(a.total.mem_bytes)
                         ),
+                        match a.total.scalar(NET) {
+                            0 => "-".to_string(),
+                            total => format!(
+                                "{}/{}",
+                                format_bytes(a.used.scalar(NET)),
+                                format_bytes(total)
+                            ),
+                        },
                         roles::short(&a.offered),
                         list_or_dash(
                             a.reserved
@@ -393,6 +403,7 @@ pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCo
                         "STATE",
                         "CPU",
                         "MEM",
+                        "NET/S",
                         "OFFERED",
                         "RESERVED",
                         "REVOCABLE",

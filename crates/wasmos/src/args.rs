@@ -55,9 +55,15 @@ pub(crate) fn with_scalars(mut base: Resources, pairs: &[String], flag: &str) ->
                 "{flag} `{name}={amount}`: a custom resource name is lowercase letters, digits, `-` and `_` (not cpu, mem or disk, which have their own flags)"
             );
         }
-        let amount: u64 = amount
-            .parse()
-            .map_err(|_| anyhow!("{flag} `{name}={amount}`: the amount is not a whole number"))?;
+        // Bandwidth is bytes per second, so it takes byte units (`net=10MiB`).
+        let amount: u64 = match name.as_str() {
+            wasmos_proto::NET => wasmos_proto::parse_bytes(&amount).map_err(|_| {
+                anyhow!("{flag} `{name}={amount}`: the amount is not bytes per second (e.g. 10MiB)")
+            })?,
+            _ => amount.parse().map_err(|_| {
+                anyhow!("{flag} `{name}={amount}`: the amount is not a whole number")
+            })?,
+        };
         let total = base.scalar(&name).saturating_add(amount);
         base = base.with_scalar(&name, total);
     }

@@ -334,7 +334,10 @@ pub(crate) fn short(r: &Resources) -> String {
     if r.mem_bytes > 0 {
         parts.push(format_bytes(r.mem_bytes));
     }
-    parts.extend(r.scalars.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.extend(r.scalars.iter().map(|(k, v)| match k.as_str() {
+        wasmos_proto::NET => format!("{k}={}/s", format_bytes(*v)),
+        _ => format!("{k}={v}"),
+    }));
     parts.join(" ")
 }
 
