@@ -150,6 +150,8 @@ pub enum RescindReason {
     AgentRemoved,
     /// An operator drained the agent.
     AgentDraining,
+    /// An operator changed what the agent offers: its offers are made again from the new total.
+    AgentResized,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +337,8 @@ struct AgentState {
     revocable_tasks: BTreeSet<(i32, std::cmp::Reverse<TaskId>)>,
     /// Drained by an operator: offered nothing (its tasks keep what they hold until they end).
     draining: bool,
+    /// Its total was changed by an operator: tasks placed before may hold more than it has.
+    resized: bool,
 }
 
 /// Agents by name (ordered, for every iteration that decides something) and by slot index
@@ -722,6 +726,7 @@ impl Allocator {
             offers: Vec::new(),
             revocable_tasks: BTreeSet::new(),
             draining: false,
+            resized: false,
         });
         self.stale_order = true;
         Ok(())
@@ -752,6 +757,45 @@ impl Allocator {
             *r = r.saturating_add(&resources);
         }
         Ok(())
+    }
+
+    /// Changes what an agent has in all (an operator's live resize). Its outstanding offers are
+    /// rescinded, to be made again from the new total at the next cycle. Tasks already placed
+    /// keep what they hold, even beyond a smaller total: the agent is then offered nothing
+    /// until enough of them end, so it is never over-committed by new ones.
+    pub fn resize_agent(
+        &mut self,
+        id: &AgentId,
+        total: Resources,
+    ) -> Result<Vec<Rescind>, ConfigError> {
+        let agent = self
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| ConfigError::UnknownAgent(id.clone()))?;
+        let reserved = agent.reserved_total();
+        if !reserved.fits_in(&total) {
+            return Err(ConfigError::OverReserved {
+                agent: id.clone(),
+                reserved,
+                total,
+            });
+        }
+        let old = std::mem::replace(&mut agent.total, total.clone());
+        agent.resized = true;
+        self.total = self.total.saturating_sub(&old).saturating_add(&total);
+        let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
+        Ok(offers
+            .into_iter()
+            .filter_map(|o| {
+                let offer = self.withdraw_offer(o)?;
+                Some(Rescind {
+                    offer: o,
+                    framework: offer.framework,
+                    agent: offer.agent,
+                    reason: RescindReason::AgentResized,
+                })
+            })
+            .collect())
     }
 
     /// Drains an agent (it is offered nothing more, and its outstanding offers are rescinded)
@@ -2000,17 +2044,25 @@ impl Allocator {
             if !reserved.fits_in(&a.total) {
                 return Err(format!("{id}: reservations {reserved} exceed {}", a.total));
             }
+            // Tasks may hold more than an agent has only after an operator shrank it; even
+            // then nothing more is offered of a kind it is out of.
+            let capacity = a.total.saturating_sub(&reserved);
             let unreserved = a.taken.unreserved.saturating_add(&a.offered.unreserved);
-            if !unreserved.fits_in(&a.total.saturating_sub(&reserved)) {
+            if !unreserved.fits_in(&capacity)
+                && !(a.resized
+                    && a.offered
+                        .unreserved
+                        .fits_in(&capacity.saturating_sub(&a.taken.unreserved)))
+            {
                 return Err(format!(
                     "{id}: unreserved pool over-committed: {unreserved}"
                 ));
             }
-            let in_use = a
-                .taken
-                .non_revocable()
-                .saturating_add(&a.offered.non_revocable());
-            if !in_use.fits_in(&a.total) {
+            let (taken, offered) = (a.taken.non_revocable(), a.offered.non_revocable());
+            let in_use = taken.saturating_add(&offered);
+            if !in_use.fits_in(&a.total)
+                && !(a.resized && offered.fits_in(&a.total.saturating_sub(&taken)))
+            {
                 return Err(format!("{id}: over-committed: {in_use} of {}", a.total));
             }
             for (role, r) in &a.reserved {

@@ -741,6 +741,41 @@ fn a_drained_agent_is_offered_nothing_until_undrained() {
 }
 
 #[test]
+fn a_resized_agent_is_offered_its_new_total_and_never_over_committed() {
+    let mut a = cluster(1, res(1000, 4));
+    a.add_framework(FrameworkId(1), role("a"), false).unwrap();
+    let o = a.allocate(0);
+    a.accept(
+        FrameworkId(1),
+        &[o[0].id],
+        &[Operation::Launch(vec![task(1, res(600, 1))])],
+        Some(0),
+        1,
+    )
+    .unwrap();
+    let o = a.allocate(10_000);
+    assert_eq!(o[0].resources.unreserved.cpu_millis, 400);
+    // Shrunk below what its task holds: the offer is rescinded and nothing more is offered.
+    let rescinds = a.resize_agent(&agent(0), res(500, 4)).unwrap();
+    assert_eq!(
+        (rescinds[0].offer, &rescinds[0].reason),
+        (o[0].id, &RescindReason::AgentResized)
+    );
+    let none = a.allocate(20_000);
+    assert!(
+        none.iter().all(|o| o.resources.unreserved.cpu_millis == 0),
+        "{none:?}"
+    );
+    a.check_invariants().unwrap();
+    // Grown: offered what the task leaves of the new total.
+    a.resize_agent(&agent(0), res(2000, 8)).unwrap();
+    let o = a.allocate(30_000);
+    assert_eq!(o[0].resources.unreserved.cpu_millis, 1400, "{o:?}");
+    a.check_invariants().unwrap();
+    assert!(a.resize_agent(&agent(7), res(1, 1)).is_err());
+}
+
+#[test]
 fn bad_configuration_is_refused_with_a_reason() {
     let mut a = cluster(1, res(1000, 4));
     assert!(a.add_agent(agent(0), res(1, 1), BTreeMap::new()).is_err());

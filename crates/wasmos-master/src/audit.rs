@@ -273,6 +273,13 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::DrainAgent { agent, drain } => {
             (if *drain { "drain" } else { "undrain" }, agent.to_string())
         }
+        R::ResizeAgent { agent, total } => (
+            "resize",
+            match total {
+                Some(t) => format!("{agent} {}", audit_field(&t.to_string())),
+                None => format!("{agent} reset"),
+            },
+        ),
         R::ListRoles => ("list-roles", String::new()),
         R::ListFrameworks => ("list-frameworks", String::new()),
         R::TeardownFramework { id } => ("teardown", id.to_string()),

@@ -303,6 +303,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             crate::frameworks::teardown(shared, who, id).await
         }
         ClientRequest::DrainAgent { agent, drain } => drain_agent(shared, who, agent, drain).await,
+        ClientRequest::ResizeAgent { agent, total } => resize_agent(shared, who, agent, total).await,
         ClientRequest::RemoveReservation { agent, role } => {
             remove_reservation(shared, who, agent, &role).await
         }
@@ -360,6 +361,7 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             last_seen_ms: seen.copied().unwrap_or(a.registered_ms),
                             peer_addr: a.peer_addr.clone().filter(|_| own_role.is_none()),
                             draining: a.draining,
+                            resized: a.resized,
                         }
                     })
                     .collect()
@@ -709,6 +711,45 @@ async fn remove_reservation(
         Ok(other) => error(ErrorKind::Internal, format!("unexpected result {other:?}")),
         Err(e) => raft_error(shared, e),
     }
+}
+
+/// `wasmos agent set`: the new total is recorded (refused if the agent's reservations would not
+/// fit), and the offer cycle rescinds the agent's offers and makes them again from it.
+async fn resize_agent(
+    shared: &Shared,
+    who: &Identity,
+    agent: wasmos_proto::AgentId,
+    total: Option<wasmos_proto::Resources>,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(ErrorKind::InvalidRequest, "only operators may resize agents");
+    }
+    if let Some(t) = &total
+        && let Err(why) = t.check_scalars()
+    {
+        return error(ErrorKind::InvalidRequest, why);
+    }
+    match shared
+        .write(Command::ResizeAgent {
+            agent: agent.clone(),
+            total,
+        })
+        .await
+    {
+        Ok(CommandResult::Ok) => shared.offer_event(Event::AgentResized(agent.clone())),
+        Ok(CommandResult::Duplicate) => {}
+        Ok(CommandResult::Rejected(why)) => return rejected(why),
+        Ok(other) => return error(ErrorKind::Internal, format!("unexpected result {other:?}")),
+        Err(e) => return raft_error(shared, e),
+    }
+    shared.read(|s| ClientResponse::Resized {
+        total: s
+            .agents
+            .get(&agent)
+            .map(|a| a.total.clone())
+            .unwrap_or_default(),
+        used: s.used_by_agent().remove(&agent).unwrap_or_default(),
+    })
 }
 
 /// `wasmos agent drain/undrain`: the drain is recorded (nothing is placed on the agent from

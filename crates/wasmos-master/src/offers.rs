@@ -92,6 +92,8 @@ pub(crate) enum Event {
     ReservationsChanged(AgentId),
     /// An operator drained an agent or ended its drain (the state says which).
     DrainChanged(AgentId),
+    /// An operator changed what an agent offers.
+    AgentResized(AgentId),
     /// An agent's report of what its non-revocable tasks use.
     Usage(AgentId, Option<Resources>),
     /// A framework subscribed on connection `conn`; its events go to `tx`.
@@ -567,6 +569,24 @@ impl<E: Env> Cycle<E> {
                     .read(|s| s.agents.get(&agent).is_some_and(|a| a.draining));
                 let rescinds = self.alloc.set_draining(&agent, draining);
                 self.rescinded(rescinds);
+                self.recheck_all = true;
+            }
+            Event::AgentResized(agent) => {
+                let Some(total) = self
+                    .env
+                    .read(|s| s.agents.get(&agent).map(|a| a.total.clone()))
+                else {
+                    return;
+                };
+                // Not connected: it is built from the record when it comes back.
+                if !self.agent_totals.contains_key(&agent) {
+                    return;
+                }
+                match self.alloc.resize_agent(&agent, total.clone()) {
+                    Ok(rescinds) => self.rescinded(rescinds),
+                    Err(e) => tracing::error!(%agent, "cannot resize the agent: {e}"),
+                }
+                self.agent_totals.insert(agent, total);
                 self.recheck_all = true;
             }
             Event::RolesChanged => {
@@ -1427,6 +1447,12 @@ impl<E: Env> Cycle<E> {
         }
         if record.draining {
             self.alloc.set_draining(&agent, true);
+        }
+        // Tasks placed before an operator shrank it may hold more than it has now.
+        if record.resized
+            && let Err(e) = self.alloc.resize_agent(&agent, record.total.clone())
+        {
+            tracing::error!(%agent, "cannot resize the agent: {e}");
         }
         for (role, r) in dynamic {
             if let Err(e) = self.alloc.restore_reservation(&agent, role, r) {

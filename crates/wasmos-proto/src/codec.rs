@@ -7,7 +7,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Bumped whenever a wire type changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 21;
+pub const PROTOCOL_VERSION: u16 = 22;
 
 /// Largest encoded message accepted from a peer. Bundles travel as raw stream bytes, not frames,
 /// so control messages stay small; this bound keeps a hostile peer from making us allocate.

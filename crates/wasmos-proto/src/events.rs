@@ -144,6 +144,8 @@ pub enum AgentChange {
     Draining,
     /// An operator ended its drain (`wasmos agent undrain`): it is offered again.
     Undrained,
+    /// An operator changed what it offers (`wasmos agent set`).
+    Resized,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +213,7 @@ impl fmt::Display for Change {
                 AgentChange::Lost => f.write_str("lost"),
                 AgentChange::Draining => f.write_str("draining"),
                 AgentChange::Undrained => f.write_str("undrained"),
+                AgentChange::Resized => f.write_str("resized"),
             },
             Change::Job { name, change, .. } => match change {
                 JobChange::Submitted => write!(f, "{name} submitted"),

@@ -118,6 +118,14 @@ pub enum ClientRequest {
         agent: AgentId,
         drain: bool,
     },
+    /// Operators only: `agent` offers `total` from now on in place of what it advertises (kept
+    /// across its restarts), or again what it advertises (`None`). Its outstanding offers are
+    /// rescinded and made again; tasks already placed keep running, and nothing new is placed
+    /// while they hold more than the new total.
+    ResizeAgent {
+        agent: AgentId,
+        total: Option<Resources>,
+    },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
     /// Frameworks not removed (tenants see their tenant's).
@@ -439,6 +447,11 @@ pub enum ClientResponse {
     Drained {
         killed: u32,
     },
+    /// A `ResizeAgent` done: what the agent has in all now, and what its tasks hold.
+    Resized {
+        total: Resources,
+        used: Resources,
+    },
     /// A `RemoveReservation` done: what was removed, and what live tasks still hold.
     Unreserved {
         removed: Resources,
@@ -526,6 +539,9 @@ pub struct AgentInfo {
     /// Drained by an operator (`wasmos agent drain`): offered nothing until undrained.
     #[serde(default)]
     pub draining: bool,
+    /// `total` is an operator's (`wasmos agent set`), not what the agent advertises.
+    #[serde(default)]
+    pub resized: bool,
 }
 
 /// One master's view of the master group, as `wasmos cluster status` shows it.

@@ -12,6 +12,9 @@ use crate::{AgentId, BundleHash, TaskId};
 /// egress are limited separately, each to the amount). Agents enforce it on the task's sockets.
 pub const NET: &str = "net";
 
+/// Most kinds of custom resource one bundle of resources may name.
+pub const MAX_SCALAR_KINDS: usize = 16;
+
 /// A bundle of resources. Integers only, so comparisons and sums are exact and deterministic.
 /// Besides CPU, memory and disk, an agent may advertise custom scalars (`gpu`, `fpga`, ...)
 /// that tasks request by name.
@@ -47,6 +50,30 @@ impl Resources {
             self.scalars.insert(name.to_string(), amount);
         }
         self
+    }
+
+    /// Whether the custom scalars are few and well named: at most [`MAX_SCALAR_KINDS`], each
+    /// name 1 to 32 bytes of lowercase letters, digits, `-` and `_`. Names the problem if not.
+    pub fn check_scalars(&self) -> Result<(), String> {
+        if self.scalars.len() > MAX_SCALAR_KINDS {
+            return Err(format!(
+                "at most {MAX_SCALAR_KINDS} custom resources, not {}",
+                self.scalars.len()
+            ));
+        }
+        for name in self.scalars.keys() {
+            let ok = (1..=32).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                let shown: String = name.chars().take(40).collect();
+                return Err(format!(
+                    "`{shown}` is not a custom resource name (1 to 32 lowercase letters, digits, `-`, `_`)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn scalar(&self, name: &str) -> u64 {

@@ -55,7 +55,7 @@ pub(crate) const KEY_FORMAT: &str = "format";
 /// framework acknowledgements, 5 outputs kept on agents and the registration a lost-agent
 /// verdict names, 6 tasks' placement constraints, 7 revocations; postcard has no optional
 /// fields, so older layouts do not decode). Format 1, JSON, was never marked.
-pub(crate) const FORMAT: &[u8] = b"postcard-13";
+pub(crate) const FORMAT: &[u8] = b"postcard-14";
 
 /// The redb page cache. The file holds a bounded log (purged behind snapshots) and one snapshot,
 /// so redb's 1 GiB default would only reserve memory the master needs elsewhere.

@@ -219,6 +219,9 @@ impl ClusterState {
                     AgentChange::Undrained
                 },
             ),
+            Command::ResizeAgent { agent, .. } => {
+                Note::Agent(agent.clone(), AgentChange::Resized)
+            }
             Command::RegisterFramework {
                 name, role, owner, ..
             } => Note::NewFramework {

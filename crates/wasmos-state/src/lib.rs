@@ -28,7 +28,16 @@ use wasmos_proto::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub id: AgentId,
+    /// What is offered and placed on: the operator's resize (`resized`), else what the agent
+    /// advertised.
     pub total: Resources,
+    /// What the agent itself advertised at its last registration.
+    #[serde(default)]
+    pub advertised: Resources,
+    /// `total` is an operator's (`wasmos agent set`), kept across the agent's re-registrations
+    /// until reset.
+    #[serde(default)]
+    pub resized: bool,
     pub attributes: BTreeMap<String, String>,
     pub fuel_per_core_second: u64,
     pub registered_ms: u64,
@@ -414,6 +423,13 @@ pub enum Command {
         role: Role,
     },
     /// Operators: drains `agent` (nothing more is placed on it) or ends its drain.
+    /// Sets what `agent` offers to `total` (the operator's `wasmos agent set`), or back to
+    /// what it advertises (`None`). Refused when its reservations would not fit; its tasks
+    /// keep running whatever they hold.
+    ResizeAgent {
+        agent: AgentId,
+        total: Option<Resources>,
+    },
     DrainAgent {
         agent: AgentId,
         drain: bool,
@@ -643,7 +659,8 @@ impl ClusterState {
             | Command::AssignTask { .. }
             | Command::AgentStatus { .. }
             | Command::AgentLost { .. }
-            | Command::DrainAgent { .. }) => self.apply_agents(cmd),
+            | Command::DrainAgent { .. }
+            | Command::ResizeAgent { .. }) => self.apply_agents(cmd),
             cmd @ (Command::SubmitTask { .. }
             | Command::Progress { .. }
             | Command::SetStatus { .. }

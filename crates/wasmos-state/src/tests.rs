@@ -966,6 +966,65 @@ fn nothing_is_placed_on_a_drained_agent_and_a_restart_keeps_the_drain() {
 }
 
 #[test]
+fn an_operators_resize_lasts_across_restarts_until_reset() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let resize = |s: &mut ClusterState, name: &str, total: Option<Resources>| {
+        s.apply(Command::ResizeAgent {
+            agent: agent(name),
+            total,
+        })
+    };
+    let small = Resources::new(300, 1 << 20, 0);
+    assert!(matches!(
+        resize(&mut s, "nope", Some(small.clone())),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    assert_eq!(resize(&mut s, "a", Some(small.clone())), CommandResult::Ok);
+    assert_eq!(
+        resize(&mut s, "a", Some(small.clone())),
+        CommandResult::Duplicate
+    );
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let CommandResult::Submitted(t) = submit_as(&mut s, ALICE, tenant_spec(&bundle, "acme")) else {
+        panic!()
+    };
+    // 100m of 300m fits; a restart keeps the operator's total, not the advertised one.
+    register(&mut s, "a", vec![]);
+    assert_eq!(s.agents[&agent("a")].total, small);
+    assert!(s.agents[&agent("a")].resized);
+    assert_eq!(
+        s.agents[&agent("a")].advertised,
+        Resources::new(1000, 1 << 30, 0)
+    );
+    // Too small for the task's memory: nothing is assigned there.
+    assert_eq!(
+        resize(&mut s, "a", Some(Resources::new(300, 1, 0))),
+        CommandResult::Ok
+    );
+    assert!(matches!(
+        s.apply(Command::AssignTask {
+            task: t,
+            agent: agent("a"),
+            now_ms: 2,
+        }),
+        CommandResult::Rejected(_)
+    ));
+    assert_eq!(resize(&mut s, "a", None), CommandResult::Ok);
+    assert!(!s.agents[&agent("a")].resized);
+    assert_eq!(s.agents[&agent("a")].total, Resources::new(1000, 1 << 30, 0));
+    assert_eq!(
+        s.apply(Command::AssignTask {
+            task: t,
+            agent: agent("a"),
+            now_ms: 3,
+        }),
+        CommandResult::Ok
+    );
+}
+
+#[test]
 fn kept_outputs_are_held_where_the_task_ran_for_its_tenant_only() {
     let mut s = ClusterState::default();
     register(&mut s, "a", vec![]);

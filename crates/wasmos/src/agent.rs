@@ -34,11 +34,36 @@ pub(crate) enum AgentCmd {
     Undrain {
         id: String,
     },
+    /// Operators: change what an agent offers, live, without restarting it. Kinds not named
+    /// keep their value. Its outstanding offers are rescinded and made again; tasks already
+    /// running keep running, and nothing new is placed while they hold more than the new
+    /// total. The change lasts across the agent's restarts until `--reset`.
+    Set(SetArgs),
     /// Run the agent as a Windows service: install, start, stop, status, uninstall.
     Service {
         #[command(subcommand)]
         cmd: crate::winsvc::ServiceCmd,
     },
+}
+
+#[derive(Args)]
+pub(crate) struct SetArgs {
+    /// The agent's id, as `wasmos agent list` shows it.
+    id: String,
+    /// CPU in cores or millicores (2, 500m).
+    #[arg(long)]
+    cpu: Option<String>,
+    #[arg(long)]
+    mem: Option<String>,
+    #[arg(long)]
+    disk: Option<String>,
+    /// A custom resource, NAME=AMOUNT (repeatable; 0 removes it), e.g. `net=100MiB` for
+    /// network bandwidth in bytes per second.
+    #[arg(long, value_name = "NAME=AMOUNT")]
+    resource: Vec<String>,
+    /// Offer again what the agent itself advertises.
+    #[arg(long, conflicts_with_all = ["cpu", "mem", "disk", "resource"])]
+    reset: bool,
 }
 
 #[derive(Args)]
@@ -337,6 +362,62 @@ pub(crate) async fn agent_drain(target: &Target, id: &str, drain: bool) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// `wasmos agent set ID ...`: the new total is the agent's current one with the named kinds
+/// replaced, sent whole (the masters check it against the agent's reservations).
+pub(crate) async fn agent_set(target: &Target, args: SetArgs) -> Result<ExitCode> {
+    let agent = wasmos_proto::AgentId::new(&args.id)
+        .map_err(|e| anyhow::anyhow!("invalid agent id {:?}: {e}", args.id))?;
+    let total = if args.reset {
+        None
+    } else {
+        if args.cpu.is_none() && args.mem.is_none() && args.disk.is_none() && args.resource.is_empty()
+        {
+            bail!("nothing to set: name --cpu, --mem, --disk or --resource (or --reset)");
+        }
+        let ClientResponse::Agents(agents) = target.ask(ClientRequest::ListAgents).await? else {
+            bail!("unexpected answer to agent list");
+        };
+        let Some(now) = agents.into_iter().find(|a| a.id == agent) else {
+            bail!("unknown agent {agent}");
+        };
+        let mut total = now.total;
+        if let Some(cpu) = &args.cpu {
+            total.cpu_millis = parse_cpu(cpu).map_err(|e| anyhow::anyhow!("--cpu {cpu}: {e}"))?;
+        }
+        if let Some(mem) = &args.mem {
+            total.mem_bytes = parse_bytes(mem).map_err(|e| anyhow::anyhow!("--mem {mem}: {e}"))?;
+        }
+        if let Some(disk) = &args.disk {
+            total.disk_bytes =
+                parse_bytes(disk).map_err(|e| anyhow::anyhow!("--disk {disk}: {e}"))?;
+        }
+        // Each named kind is replaced, not added to.
+        let named = with_scalars(Resources::default(), &args.resource, "--resource")?;
+        for pair in &args.resource {
+            if let Some((name, _)) = pair.split_once('=') {
+                total = total.with_scalar(name, named.scalar(name));
+            }
+        }
+        Some(total)
+    };
+    let ClientResponse::Resized { total, used } = target
+        .ask(ClientRequest::ResizeAgent {
+            agent: agent.clone(),
+            total,
+        })
+        .await?
+    else {
+        bail!("unexpected answer to agent set");
+    };
+    println!("{agent} now offers {total}");
+    if !used.fits_in(&total) {
+        println!(
+            "its tasks hold {used}, more than that: they keep running, and nothing new is placed until enough of them end"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCode> {
     let ClientResponse::Agents(agents) = target.ask(ClientRequest::ListAgents).await? else {
         bail!("unexpected answer to agent list");
@@ -355,11 +436,17 @@ pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCo
                         .collect();
                     vec![
                         a.id.to_string(),
-                        match (a.state, a.draining) {
-                            (AgentState::Active, false) => "active".into(),
-                            (AgentState::Active, true) => "draining".into(),
-                            (AgentState::Disconnected, false) => "disconnected".into(),
-                            (AgentState::Disconnected, true) => "disconnected, draining".into(),
+                        {
+                            let mut state = match (a.state, a.draining) {
+                                (AgentState::Active, false) => "active".to_string(),
+                                (AgentState::Active, true) => "draining".into(),
+                                (AgentState::Disconnected, false) => "disconnected".into(),
+                                (AgentState::Disconnected, true) => "disconnected, draining".into(),
+                            };
+                            if a.resized {
+                                state.push_str(", resized");
+                            }
+                            state
                         },
                         format!(
                             "{}/{}",

@@ -277,6 +277,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ..
         } => agent::agent_drain(target, &id, false).await,
         Cmd::Agent {
+            cmd: Some(agent::AgentCmd::Set(args)),
+            ..
+        } => agent::agent_set(target, args).await,
+        Cmd::Agent {
             cmd: Some(agent::AgentCmd::Service { cmd }),
             ..
         } => winsvc::run(cmd),

@@ -18,11 +18,22 @@ impl ClusterState {
                 let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
                 // A drain is the operator's, not the agent's: a restart does not end it.
                 let draining = self.agents.get(&id).is_some_and(|a| a.draining);
+                // So is a resize, unless the agent's own reservations no longer fit in it.
+                let all_reserved = reserved
+                    .values()
+                    .fold(Resources::default(), |acc, r| acc.saturating_add(r));
+                let resized = self
+                    .agents
+                    .get(&id)
+                    .filter(|a| a.resized && all_reserved.fits_in(&a.total))
+                    .map(|a| a.total.clone());
                 self.agents.insert(
                     id.clone(),
                     AgentRecord {
                         id: id.clone(),
-                        total,
+                        resized: resized.is_some(),
+                        total: resized.unwrap_or_else(|| total.clone()),
+                        advertised: total,
                         attributes,
                         fuel_per_core_second,
                         registered_ms: now_ms,
@@ -227,6 +238,31 @@ impl ClusterState {
                         "the agent stopped responding",
                         now_ms,
                     );
+                }
+                CommandResult::Ok
+            }
+            Command::ResizeAgent { agent, total } => {
+                let Some(record) = self.agents.get(&agent) else {
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown agent {agent}"
+                    )));
+                };
+                let new = total.clone().unwrap_or_else(|| record.advertised.clone());
+                let reserved = self
+                    .reserved_on(&agent)
+                    .values()
+                    .fold(Resources::default(), |acc, r| acc.saturating_add(r));
+                if !reserved.fits_in(&new) {
+                    return CommandResult::Rejected(Rejection::OverLimit(format!(
+                        "agent {agent} has {reserved} reserved for roles, which would not fit in {new}: remove reservations first"
+                    )));
+                }
+                if record.total == new && record.resized == total.is_some() {
+                    return CommandResult::Duplicate;
+                }
+                if let Some(record) = self.agents.get_mut(&agent) {
+                    record.total = new;
+                    record.resized = total.is_some();
                 }
                 CommandResult::Ok
             }
