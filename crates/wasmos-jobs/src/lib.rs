@@ -32,7 +32,7 @@ const MAX_BACKOFF_MS: u64 = 60_000;
 const DECLINE_MS: u64 = 1_000;
 /// A fault domain (a `spread` attribute's value) counts as there for this long after an
 /// agent in it last offered anything: a domain lost whole is forgotten after it.
-const DOMAIN_MEMORY_MS: u64 = 10_000;
+pub const DOMAIN_MEMORY_MS: u64 = 10_000;
 /// How long a task of a spread group waits for an offer from its least used domain before it
 /// takes any (a domain whose agents are full, or too small for it, does not hold it up).
 pub const SPREAD_WAIT_MS: u64 = 5_000;
@@ -90,8 +90,11 @@ pub struct JobFramework {
     stop: bool,
     ended: bool,
     pub locality_wait_ms: u64,
-    /// The attributes of the agents that offered, and when each last did (for `spread`).
-    seen: BTreeMap<AgentId, (BTreeMap<String, String>, u64)>,
+    /// The attributes of the agents that offered, kept for as long as the framework runs:
+    /// a task on an agent that is full, and so offers nothing, still counts in its domain.
+    attributes: BTreeMap<AgentId, BTreeMap<String, String>>,
+    /// When each agent last offered: a domain is known while one of its agents did lately.
+    offered_ms: BTreeMap<AgentId, u64>,
     /// When this framework got its first offers.
     first_offers_ms: Option<u64>,
 }
@@ -149,7 +152,8 @@ impl JobFramework {
             stop: false,
             ended: false,
             locality_wait_ms: LOCALITY_WAIT_MS,
-            seen: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+            offered_ms: BTreeMap::new(),
             first_offers_ms: None,
         }
     }
@@ -388,11 +392,12 @@ impl Scheduler for JobFramework {
         }
         self.first_offers_ms.get_or_insert(now);
         for offer in &offers {
-            self.seen
-                .insert(offer.agent.clone(), (offer.attributes.clone(), now));
+            self.attributes
+                .insert(offer.agent.clone(), offer.attributes.clone());
+            self.offered_ms.insert(offer.agent.clone(), now);
         }
-        self.seen
-            .retain(|_, (_, at)| now.saturating_sub(*at) <= DOMAIN_MEMORY_MS);
+        self.offered_ms
+            .retain(|_, at| now.saturating_sub(*at) <= DOMAIN_MEMORY_MS);
         let mut taken: BTreeSet<Slot> = BTreeSet::new();
         // Where this round's choices go, for the spread of the offers after.
         let mut placed: Vec<(usize, AgentId)> = Vec::new();
@@ -874,15 +879,37 @@ impl JobFramework {
         }
     }
 
+    /// The agents group `g`'s tasks run on, one per task; with `pending`, also those being
+    /// launched and those chosen this round (`placed`).
+    fn group_agents<'a>(
+        &'a self,
+        g: usize,
+        pending: bool,
+        placed: &'a [(usize, AgentId)],
+    ) -> impl Iterator<Item = &'a AgentId> {
+        let running = self
+            .live
+            .iter()
+            .filter(move |(_, slot)| slot.0 == g)
+            .filter_map(|(task, _)| self.agent_of.get(task));
+        let launching = self
+            .launching
+            .values()
+            .flatten()
+            .filter(move |(slot, _)| pending && slot.0 == g)
+            .map(|(_, agent)| agent);
+        let chosen = placed
+            .iter()
+            .filter(move |(pg, _)| pending && *pg == g)
+            .map(|(_, a)| a);
+        running.chain(launching).chain(chosen)
+    }
+
     /// Whether `agent` runs more instances of group `g` than some other agent that runs it.
     fn crowded(&self, g: usize, agent: &AgentId) -> bool {
         let mut per_agent: BTreeMap<&AgentId, usize> = BTreeMap::new();
-        for (task, slot) in &self.live {
-            if slot.0 == g
-                && let Some(a) = self.agent_of.get(task)
-            {
-                *per_agent.entry(a).or_default() += 1;
-            }
+        for a in self.group_agents(g, false, &[]) {
+            *per_agent.entry(a).or_default() += 1;
         }
         let here = per_agent.get(agent).copied().unwrap_or(0);
         let fewest = per_agent.values().copied().min().unwrap_or(0);
@@ -904,30 +931,18 @@ impl JobFramework {
         now: u64,
     ) -> bool {
         let domain = |agent: &AgentId| -> String {
-            self.seen
+            self.attributes
                 .get(agent)
-                .and_then(|(attrs, _)| attrs.get(key))
+                .and_then(|attrs| attrs.get(key))
                 .cloned()
                 .unwrap_or_default()
         };
         let mut per: BTreeMap<String, usize> = self
-            .seen
-            .values()
-            .map(|(attrs, _)| (attrs.get(key).cloned().unwrap_or_default(), 0))
+            .offered_ms
+            .keys()
+            .map(|agent| (domain(agent), 0))
             .collect();
-        let running = self
-            .live
-            .iter()
-            .filter(|(_, slot)| slot.0 == g)
-            .filter_map(|(task, _)| self.agent_of.get(task));
-        let launching = self
-            .launching
-            .values()
-            .flatten()
-            .filter(|(slot, _)| slot.0 == g)
-            .map(|(_, agent)| agent);
-        let chosen = placed.iter().filter(|(pg, _)| *pg == g).map(|(_, a)| a);
-        for agent in running.chain(launching).chain(chosen) {
+        for agent in self.group_agents(g, true, placed) {
             *per.entry(domain(agent)).or_default() += 1;
         }
         let here = offer.attributes.get(key).cloned().unwrap_or_default();

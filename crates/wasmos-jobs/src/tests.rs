@@ -437,6 +437,40 @@ fn a_spread_group_balances_fault_domains_and_waits_only_so_long() {
     );
 }
 
+/// Tasks on agents that have been full (offering nothing) for longer than the domain memory
+/// still count in their domains.
+#[test]
+fn tasks_on_full_agents_still_count_in_their_domain() {
+    let mut spec = job(vec![group("web", 4, &[])]);
+    spec.kind = JobKind::Service;
+    spec.groups[0].spread = Some("zone".into());
+    let zone = |z: &'static str| [("zone", z)];
+    let mut h = Harness::new(spec);
+    // Not waiting for agents that ran the bundle: only the spread decides.
+    h.d.scheduler_mut().locality_wait_ms = 0;
+    let mut tasks = Vec::new();
+    for (i, agent) in ["a1", "b1", "a1", "b1"].into_iter().enumerate() {
+        // The second round after the framework has learnt the domains.
+        if i == 2 {
+            h.now = crate::DOMAIN_DISCOVERY_MS;
+        }
+        let z = if agent == "a1" { "a" } else { "b" };
+        for (t, _) in h.offer(agent, 500, &zone(z)) {
+            h.update(t, TaskStatus::new(TaskState::Running));
+            tasks.push((t, agent));
+        }
+    }
+    assert_eq!(tasks.len(), 4, "two on each agent, which are then full: {tasks:?}");
+    // Long after a1 and b1 last offered, one of b's instances ends. A new agent in zone a
+    // offers: a runs 2 and b 1, so a is crowded and waits for b.
+    h.now += crate::DOMAIN_MEMORY_MS * 3;
+    let on_b = tasks[1].0;
+    h.update(on_b, TaskStatus::new(TaskState::Finished));
+    h.now += 60_000;
+    assert!(h.offer("a2", 8000, &zone("a")).is_empty(), "zone a has more");
+    assert_eq!(h.offer("b2", 8000, &zone("b")).len(), 1);
+}
+
 #[test]
 fn a_drained_agents_tasks_run_again_without_using_a_retry() {
     let mut spec = job(vec![group("map", 1, &[])]);
