@@ -105,7 +105,10 @@ fn tasks_get_the_bandwidth_they_asked_for() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(&format!("recv {} bytes", 4 * 512 * 1024)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("recv {} bytes", 4 * 512 * 1024)),
+        "{stdout}"
+    );
     assert_near("ingress", printed_rate(&stdout), rate);
 
     // The request is part of the task's resources.
@@ -117,7 +120,7 @@ fn tasks_get_the_bandwidth_they_asked_for() {
     // Asking for none on an agent that manages bandwidth: 64 KiB/s, not the whole link.
     let (port, got) = sink();
     let target = format!("127.0.0.1:{port}");
-    let bytes = 128 << 10;
+    let bytes = 192 << 10;
     let out = c
         .cmd(&["run", "--net", &target])
         .arg(&netio)
@@ -135,7 +138,14 @@ fn bandwidth_is_allocated_like_any_resource() {
     let c = DevCluster::start_with(1, &["--agent-resource", "net=1MiB"]).unwrap();
     // Two tasks of 600 KiB/s cannot share a 1 MiB/s agent: the second waits for the first.
     let first = c
-        .cmd(&["run", "--detach", "--resource", "net=600KiB", "--timeout", "4s"])
+        .cmd(&[
+            "run",
+            "--detach",
+            "--resource",
+            "net=600KiB",
+            "--timeout",
+            "4s",
+        ])
         .arg(sample("spin"))
         .output()
         .unwrap();

@@ -16,24 +16,28 @@ fn agent(c: &DevCluster) -> Value {
 
 fn state(c: &DevCluster, task: &str) -> String {
     let t = c.json(&["task", "show", task, "-o", "json"]).unwrap();
-    let placed = if t["agent"].is_null() { ", unplaced" } else { "" };
-    format!("{}{placed}", t["status"]["state"].as_str().unwrap_or_default())
+    let placed = if t["agent"].is_null() {
+        ", unplaced"
+    } else {
+        ""
+    };
+    format!(
+        "{}{placed}",
+        t["status"]["state"].as_str().unwrap_or_default()
+    )
 }
 
 #[test]
 fn an_agent_is_resized_live_with_its_tasks_running() {
-    let mut c = DevCluster::start_with(
-        1,
-        &["--agent-cpu", "2", "--agent-reserve", "team:cpu=200m"],
-    )
-    .unwrap();
+    let mut c =
+        DevCluster::start_with(1, &["--agent-cpu", "2", "--agent-reserve", "team:cpu=200m"])
+            .unwrap();
     let spin = sample("spin");
     let spin = spin.to_str().unwrap();
     ok(&c
         .cli(&["run", "--detach", "--cpu", "1", "--timeout", "5m", spin])
         .unwrap());
-    assert!(eventually(Duration::from_secs(20), || state(&c, "t-1")
-        == "Running"));
+    assert!(eventually(Duration::from_secs(20), || state(&c, "t-1") == "Running"));
 
     // Only operators; an unknown agent is named; reservations must still fit.
     let tenant = c.user_config("wasmos://tenant/acme/ci");
@@ -46,7 +50,8 @@ fn an_agent_is_resized_live_with_its_tasks_running() {
         "unknown agent agent-9",
     );
     assert_clean_error(
-        &c.cli(&["agent", "set", "agent-1", "--cpu", "100m"]).unwrap(),
+        &c.cli(&["agent", "set", "agent-1", "--cpu", "100m"])
+            .unwrap(),
         "reserved for roles",
     );
     assert_clean_error(
@@ -56,15 +61,17 @@ fn an_agent_is_resized_live_with_its_tasks_running() {
 
     // Shrunk to 1.5 cores with 1 in use: a second 1-core task is not placed.
     let said = ok(&c
-        .cli(&["agent", "set", "agent-1", "--cpu", "1500m", "--resource", "net=1MiB"])
+        .cli(&["agent", "set", "agent-1", "--cpu", "1500m"])
         .unwrap());
     assert!(said.contains("now offers cpu 1500m"), "{said}");
     let a = agent(&c);
     assert_eq!(a["total"]["cpu_millis"], 1500, "{a}");
-    assert_eq!(a["total"]["scalars"]["net"], 1 << 20, "{a}");
     assert!(a["resized"].as_bool().unwrap());
     let table = ok(&c.cli(&["agent", "list"]).unwrap());
-    assert!(table.contains("active, resized") && table.contains("1/1500m"), "{table}");
+    assert!(
+        table.contains("active, resized") && table.contains("1/1500m"),
+        "{table}"
+    );
     ok(&c
         .cli(&["run", "--detach", "--cpu", "1", "--timeout", "5m", spin])
         .unwrap());
@@ -72,15 +79,14 @@ fn an_agent_is_resized_live_with_its_tasks_running() {
     assert_eq!(state(&c, "t-2"), "Staging, unplaced");
     assert_eq!(state(&c, "t-1"), "Running");
 
-    // Below what its task holds: the task keeps running. The waiting task now needs more
-    // than any agent has, and ends as unschedulable, as it would on a cluster that small.
-    let said = ok(&c.cli(&["agent", "set", "agent-1", "--cpu", "500m"]).unwrap());
+    // Below what its task holds: the task keeps running, and the waiting one keeps waiting
+    // (the agent could run it once given its cores back).
+    let said = ok(&c
+        .cli(&["agent", "set", "agent-1", "--cpu", "500m"])
+        .unwrap());
     assert!(said.contains("they keep running"), "{said}");
-    assert!(eventually(Duration::from_secs(10), || state(&c, "t-2")
-        == "Error, unplaced"));
-    let t2 = c.json(&["task", "show", "t-2", "-o", "json"]).unwrap();
-    let why = t2["status"]["message"].as_str().unwrap_or_default();
-    assert!(why.contains("the largest agent has cpu 500m"), "{why}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(state(&c, "t-2"), "Staging, unplaced");
     assert_eq!(state(&c, "t-1"), "Running");
 
     // The resize is the operator's: the agent's restart (with the whole cluster) keeps it.
@@ -91,30 +97,32 @@ fn an_agent_is_resized_live_with_its_tasks_running() {
         a["state"] == "Active" && a["total"]["cpu_millis"] == 500
     }));
 
-    // Grown to 3 cores, more than it advertises: two 1.4-core tasks run side by side (200m is reserved). (The
-    // restart stopped t-1 with its agent.)
-    ok(&c.cli(&["agent", "set", "agent-1", "--cpu", "3"]).unwrap());
-    for _ in 0..2 {
-        ok(&c
-            .cli(&["run", "--detach", "--cpu", "1400m", "--timeout", "5m", spin])
-            .unwrap());
-    }
+    // More than it advertises is refused: its host has what it says it has.
+    assert_clean_error(
+        &c.cli(&["agent", "set", "agent-1", "--cpu", "3"]).unwrap(),
+        "it can offer less, not more",
+    );
+    // Given its 2 cores back: the waiting task is placed at last, and an 800m one beside it
+    // (200m is reserved). (The restart stopped t-1 with its agent.)
+    ok(&c.cli(&["agent", "set", "agent-1", "--cpu", "2"]).unwrap());
+    ok(&c
+        .cli(&["run", "--detach", "--cpu", "800m", "--timeout", "5m", spin])
+        .unwrap());
     let both = eventually(Duration::from_secs(20), || {
-        state(&c, "t-3") == "Running" && state(&c, "t-4") == "Running"
+        state(&c, "t-2") == "Running" && state(&c, "t-3") == "Running"
     });
     assert!(
         both,
         "{} {} {}",
+        state(&c, "t-2"),
         state(&c, "t-3"),
-        state(&c, "t-4"),
         agent(&c)
     );
-    assert_eq!(agent(&c)["used"]["cpu_millis"], 2800);
+    assert_eq!(agent(&c)["used"]["cpu_millis"], 1800);
 
     // Reset: what the agent advertises again.
     let said = ok(&c.cli(&["agent", "set", "agent-1", "--reset"]).unwrap());
     assert!(said.contains("now offers cpu 2 "), "{said}");
     let a = agent(&c);
     assert!(!a["resized"].as_bool().unwrap(), "{a}");
-    assert!(a["total"]["scalars"].get("net").is_none(), "{a}");
 }

@@ -443,10 +443,15 @@ impl AgentState {
             .unwrap_or_default()
     }
 
-    /// What best-effort tasks may use here: allocated to others but not used by them.
+    /// What best-effort tasks may use here: allocated to others but not used by them (and
+    /// never beyond the total: after a shrink, tasks may hold more than there is).
     fn revocable_capacity(&self) -> Resources {
         match &self.usage {
-            Some(used) => self.taken.non_revocable().saturating_sub(used),
+            Some(used) => self
+                .taken
+                .non_revocable()
+                .min_each(&self.total)
+                .saturating_sub(used),
             None => Resources::default(),
         }
     }
@@ -781,8 +786,12 @@ impl Allocator {
             });
         }
         let old = std::mem::replace(&mut agent.total, total.clone());
+        // Kept after a return to the agent's own total: tasks placed before may still hold
+        // more than that.
         agent.resized = true;
         self.total = self.total.saturating_sub(&old).saturating_add(&total);
+        // Every share is a fraction of the cluster total.
+        self.stale_order = true;
         let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
         Ok(offers
             .into_iter()
@@ -2048,21 +2057,19 @@ impl Allocator {
             // then nothing more is offered of a kind it is out of.
             let capacity = a.total.saturating_sub(&reserved);
             let unreserved = a.taken.unreserved.saturating_add(&a.offered.unreserved);
-            if !unreserved.fits_in(&capacity)
-                && !(a.resized
-                    && a.offered
-                        .unreserved
-                        .fits_in(&capacity.saturating_sub(&a.taken.unreserved)))
-            {
+            let shrunk_ok = a.resized
+                && a.offered
+                    .unreserved
+                    .fits_in(&capacity.saturating_sub(&a.taken.unreserved));
+            if !(unreserved.fits_in(&capacity) || shrunk_ok) {
                 return Err(format!(
                     "{id}: unreserved pool over-committed: {unreserved}"
                 ));
             }
             let (taken, offered) = (a.taken.non_revocable(), a.offered.non_revocable());
             let in_use = taken.saturating_add(&offered);
-            if !in_use.fits_in(&a.total)
-                && !(a.resized && offered.fits_in(&a.total.saturating_sub(&taken)))
-            {
+            let shrunk_ok = a.resized && offered.fits_in(&a.total.saturating_sub(&taken));
+            if !(in_use.fits_in(&a.total) || shrunk_ok) {
                 return Err(format!("{id}: over-committed: {in_use} of {}", a.total));
             }
             for (role, r) in &a.reserved {

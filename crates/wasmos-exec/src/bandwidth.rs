@@ -15,10 +15,12 @@ use tokio::time::Instant;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::WasiView;
+use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode;
 use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
 use wasmtime_wasi::p2::pipe::{ClosedInputStream, ClosedOutputStream};
 use wasmtime_wasi::p2::{
-    DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable, StreamResult, TcpSocket,
+    DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable, StreamError,
+    StreamResult, TcpSocket,
 };
 use wasmtime_wasi::sockets::WasiSocketsView;
 
@@ -161,6 +163,9 @@ impl InputStream for LimitedInput {
 struct LimitedOutput {
     inner: DynOutputStream,
     bucket: Shared,
+    /// What the last `check_write` allowed: the inner stream's own permit is larger, and a
+    /// guest that wrote past ours would escape the limit.
+    permit: usize,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -175,7 +180,13 @@ impl Pollable for LimitedOutput {
 impl OutputStream for LimitedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         let len = bytes.len();
+        if len > self.permit {
+            return Err(StreamError::trap(
+                "write exceeded the permit check-write gave (the task's network bandwidth)",
+            ));
+        }
         self.inner.write(bytes)?;
+        self.permit -= len;
         with(&self.bucket, |b, now| b.take(len, now));
         Ok(())
     }
@@ -186,7 +197,8 @@ impl OutputStream for LimitedOutput {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         let permit = self.inner.check_write()?;
-        Ok(permit.min(with(&self.bucket, |b, now| b.available(now))))
+        self.permit = permit.min(with(&self.bucket, |b, now| b.available(now)));
+        Ok(self.permit)
     }
 
     async fn cancel(&mut self) {
@@ -204,36 +216,55 @@ pub(crate) trait HasNetLimit: WasiView {
 pub(crate) fn add_to_linker<T: HasNetLimit + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
+    const FUNC: &str = "[method]tcp-socket.finish-connect";
+    // Defining it without shadowing must fail, because wasmtime-wasi's is there: a wasmtime
+    // whose WASI moved to another name would otherwise leave tasks the unlimited original.
+    if linker
+        .instance(TCP_INSTANCE)?
+        .func_wrap(FUNC, finish_connect::<T>)
+        .is_ok()
+    {
+        return Err(wasmtime::format_err!(
+            "wasmtime-wasi does not link {FUNC} under {TCP_INSTANCE}: the bandwidth limit cannot apply"
+        ));
+    }
     linker.allow_shadowing(true);
-    let mut tcp = linker.instance(TCP_INSTANCE)?;
-    tcp.func_wrap(
-        "[method]tcp-socket.finish-connect",
-        |mut store: StoreContextMut<'_, T>, (socket,): (Resource<TcpSocket>,)| {
-            let data = store.data_mut();
-            let streams = match HostTcpSocket::finish_connect(&mut data.sockets(), socket) {
-                Ok(streams) => streams,
-                Err(e) => return Ok((Err(e.downcast()?),)),
-            };
-            if let Some(limit) = data.net_limit().cloned() {
-                let table = &mut data.ctx().table;
-                let input = table.get_mut(&streams.0)?;
-                let inner = std::mem::replace(input, Box::new(ClosedInputStream));
-                *input = Box::new(LimitedInput {
-                    inner,
-                    bucket: limit.ingress,
-                });
-                let output = table.get_mut(&streams.1)?;
-                let inner = std::mem::replace(output, Box::new(ClosedOutputStream));
-                *output = Box::new(LimitedOutput {
-                    inner,
-                    bucket: limit.egress,
-                });
-            }
-            Ok((Ok(streams),))
-        },
-    )?;
+    let defined = linker
+        .instance(TCP_INSTANCE)?
+        .func_wrap(FUNC, finish_connect::<T>);
     linker.allow_shadowing(false);
-    Ok(())
+    defined
+}
+
+type Connected = (Resource<DynInputStream>, Resource<DynOutputStream>);
+
+/// wasmtime-wasi's `finish-connect`, then the two streams swapped for limited ones.
+fn finish_connect<T: HasNetLimit>(
+    mut store: StoreContextMut<'_, T>,
+    (socket,): (Resource<TcpSocket>,),
+) -> wasmtime::Result<(Result<Connected, ErrorCode>,)> {
+    let data = store.data_mut();
+    let streams = match HostTcpSocket::finish_connect(&mut data.sockets(), socket) {
+        Ok(streams) => streams,
+        Err(e) => return Ok((Err(e.downcast()?),)),
+    };
+    if let Some(limit) = data.net_limit().cloned() {
+        let table = &mut data.ctx().table;
+        let input = table.get_mut(&streams.0)?;
+        let inner = std::mem::replace(input, Box::new(ClosedInputStream));
+        *input = Box::new(LimitedInput {
+            inner,
+            bucket: limit.ingress,
+        });
+        let output = table.get_mut(&streams.1)?;
+        let inner = std::mem::replace(output, Box::new(ClosedOutputStream));
+        *output = Box::new(LimitedOutput {
+            inner,
+            bucket: limit.egress,
+            permit: 0,
+        });
+    }
+    Ok((Ok(streams),))
 }
 
 #[cfg(test)]
@@ -267,6 +298,31 @@ mod tests {
         assert!(wait >= Duration::from_millis(100), "{wait:?}");
         assert_eq!(b.available(t0 + Duration::from_millis(99)), 0);
         assert!(b.available(t0 + Duration::from_millis(120)) > 0);
+    }
+
+    /// A guest cannot write past what `check-write` allowed it, though the stream beneath
+    /// would take it.
+    #[tokio::test]
+    async fn writes_past_the_permit_trap() {
+        let inner = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
+        let mut out = LimitedOutput {
+            inner: Box::new(inner.clone()),
+            bucket: NetLimit::new(10_000).egress,
+            permit: 0,
+        };
+        // 100 ms at 10 kB/s, not the pipe's megabyte.
+        assert_eq!(out.check_write().unwrap(), 1_500);
+        assert!(matches!(
+            out.write(Bytes::from(vec![0; 1_501])),
+            Err(StreamError::Trap(_))
+        ));
+        out.write(Bytes::from(vec![0; 1_000])).unwrap();
+        assert!(
+            out.write(Bytes::from(vec![0; 501])).is_err(),
+            "the rest of the permit"
+        );
+        assert_eq!(inner.contents().len(), 1_000);
+        assert_eq!(out.check_write().unwrap(), 500);
     }
 
     #[test]

@@ -97,6 +97,14 @@ pub struct JobFramework {
     offered_ms: BTreeMap<AgentId, u64>,
     /// When this framework got its first offers.
     first_offers_ms: Option<u64>,
+    /// Per group: how many times its definition changed (`wasmos service update`) since this
+    /// framework started.
+    generation: Vec<u32>,
+    /// The generation of each slot's task on its way or live; a slot without one holds a task
+    /// this framework found running (after a failover), taken as current.
+    slot_gen: BTreeMap<Slot, u32>,
+    /// Live tasks reported running: what a rolling update keeps available.
+    running: BTreeSet<TaskId>,
 }
 
 impl JobFramework {
@@ -121,6 +129,7 @@ impl JobFramework {
                 done_idx[*g].insert(*i);
             }
         }
+        let groups = spec.groups.len();
         let feeds = spec
             .groups
             .iter()
@@ -155,6 +164,9 @@ impl JobFramework {
             attributes: BTreeMap::new(),
             offered_ms: BTreeMap::new(),
             first_offers_ms: None,
+            generation: vec![0; groups],
+            slot_gen: BTreeMap::new(),
+            running: BTreeSet::new(),
         }
     }
 
@@ -177,6 +189,70 @@ impl JobFramework {
     pub fn set_count(&mut self, group: &str, count: u32) {
         if let Some(g) = self.spec.groups.iter_mut().find(|g| g.name == group) {
             g.count = count;
+        }
+    }
+
+    /// A service group's new definition: instances of the old one are replaced, at most its
+    /// `max_unavailable` at a time (see [`JobFramework::roll`]), when the task changed.
+    pub fn update_group(&mut self, group: wasmos_proto::GroupSpec) {
+        let Some(g) = self.spec.groups.iter().position(|x| x.name == group.name) else {
+            return;
+        };
+        let old = &self.spec.groups[g];
+        if old.task != group.task
+            || old.constraints != group.constraints
+            || old.spread != group.spread
+        {
+            self.generation[g] += 1;
+        }
+        self.spec.groups[g] = group;
+    }
+
+    /// One step of each service group's rolling update: instances of an older definition are
+    /// stopped (the framework's own kill, so no failure and no backoff: the slot launches
+    /// again at once, from the new definition) while at most `max_unavailable` of the group's
+    /// count is not running. Those not running yet are stopped at once: that costs nothing.
+    fn roll(&mut self, cx: &mut Context) {
+        if self.spec.kind != JobKind::Service || self.ended {
+            return;
+        }
+        for g in 0..self.spec.groups.len() {
+            let group = &self.spec.groups[g];
+            let (count, current) = (group.count, self.generation[g]);
+            let live: Vec<(TaskId, Slot)> = self
+                .live
+                .iter()
+                .filter(|(t, s)| s.0 == g && s.1 < count && !self.killing.contains(t))
+                .map(|(t, s)| (*t, *s))
+                .collect();
+            let outdated = |s: &Slot| self.slot_gen.get(s).is_some_and(|v| *v < current);
+            if !live.iter().any(|(_, s)| outdated(s)) {
+                continue;
+            }
+            let available = live
+                .iter()
+                .filter(|(t, _)| self.running.contains(t))
+                .count() as u32;
+            let mut budget = group
+                .max_unavailable
+                .max(1)
+                .saturating_sub(count.saturating_sub(available));
+            let mut stop = Vec::new();
+            for (t, s) in &live {
+                if !outdated(s) {
+                    continue;
+                }
+                if !self.running.contains(t) {
+                    stop.push(*t);
+                } else if budget > 0 {
+                    budget -= 1;
+                    stop.push(*t);
+                }
+            }
+            for t in stop {
+                self.killing.insert(t);
+                cx.kill(t);
+            }
         }
     }
 
@@ -493,6 +569,7 @@ impl Scheduler for JobFramework {
             let request = cx.launch(offer.id, specs);
             for s in &chosen {
                 self.busy.insert(*s, None);
+                self.slot_gen.insert(*s, self.generation[s.0]);
                 self.waiting_since.remove(s);
                 let producers = self.producers_of(*s);
                 self.reading.insert(*s, producers);
@@ -556,8 +633,13 @@ impl Scheduler for JobFramework {
             if self.slot_retired(slot) && self.killing.insert(task) {
                 cx.kill(task);
             }
+            if status.state == TaskState::Running && self.running.insert(task) {
+                // One more instance up: a rolling update may stop the next old one.
+                self.roll(cx);
+            }
             return;
         }
+        self.running.remove(&task);
         self.live.remove(&task);
         self.agent_of.remove(&task);
         self.progress.tasks.remove(&task);
@@ -663,6 +745,7 @@ impl Scheduler for JobFramework {
             self.killing.insert(t);
             cx.kill(t);
         }
+        self.roll(cx);
         if self.pending(now).next().is_some() {
             self.revive(cx);
         }

@@ -131,6 +131,7 @@ impl Sim {
                     retries: 2 * DISRUPTIONS,
                     backoff_ms: 100,
                     spread: None,
+                    max_unavailable: 0,
                 })
                 .collect(),
         };

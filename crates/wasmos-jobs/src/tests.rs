@@ -31,6 +31,7 @@ fn group(name: &str, count: u32, deps: &[&str]) -> GroupSpec {
         retries: 1,
         backoff_ms: 1000,
         spread: None,
+        max_unavailable: 0,
     }
 }
 
@@ -460,15 +461,81 @@ fn tasks_on_full_agents_still_count_in_their_domain() {
             tasks.push((t, agent));
         }
     }
-    assert_eq!(tasks.len(), 4, "two on each agent, which are then full: {tasks:?}");
+    assert_eq!(
+        tasks.len(),
+        4,
+        "two on each agent, which are then full: {tasks:?}"
+    );
     // Long after a1 and b1 last offered, one of b's instances ends. A new agent in zone a
     // offers: a runs 2 and b 1, so a is crowded and waits for b.
     h.now += crate::DOMAIN_MEMORY_MS * 3;
     let on_b = tasks[1].0;
     h.update(on_b, TaskStatus::new(TaskState::Finished));
     h.now += 60_000;
-    assert!(h.offer("a2", 8000, &zone("a")).is_empty(), "zone a has more");
+    assert!(
+        h.offer("a2", 8000, &zone("a")).is_empty(),
+        "zone a has more"
+    );
     assert_eq!(h.offer("b2", 8000, &zone("b")).len(), 1);
+}
+
+/// `wasmos service update`: old instances are replaced one at a time (max-unavailable 1),
+/// each only once the one before it runs, and the new ones run the new task.
+#[test]
+fn a_rolling_update_keeps_all_but_max_unavailable_running() {
+    let mut spec = job(vec![group("web", 3, &[])]);
+    spec.kind = JobKind::Service;
+    let mut h = Harness::new(spec.clone());
+    h.d.scheduler_mut().locality_wait_ms = 0;
+    let mut old = Vec::new();
+    for agent in ["a1", "a2", "a3"] {
+        for (t, _) in h.offer(agent, 4000, &[]) {
+            h.update(t, TaskStatus::new(TaskState::Running));
+            old.push(t);
+        }
+    }
+    assert_eq!(old.len(), 3);
+    let kills = |actions: &[Action]| -> Vec<TaskId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(FrameworkCall::Kill { task }) => Some(*task),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut new_group = spec.groups[0].clone();
+    new_group.task.resources = Resources::new(700, 1 << 20, 0);
+    h.d.scheduler_mut().update_group(new_group.clone());
+    // Nothing changes for a definition that is the same.
+    h.d.scheduler_mut().update_group(new_group);
+    h.now = 1;
+    let first = kills(&h.d.tick(h.now));
+    assert_eq!(first.len(), 1, "one at a time");
+    assert!(kills(&h.d.tick(h.now)).is_empty(), "the next waits");
+    let mut replaced = Vec::new();
+    let mut stopping = first;
+    for round in 0..3 {
+        let t = stopping[0];
+        h.update(
+            t,
+            TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "update"),
+        );
+        let agent = ["a1", "a2", "a3"][round];
+        let launched = h.offer(agent, 4000, &[]);
+        assert_eq!(launched.len(), 1, "round {round}: replaced at once");
+        assert_eq!(launched[0].1.resources.cpu_millis, 700, "the new task");
+        assert!(kills(&h.d.tick(h.now)).is_empty(), "not before it runs");
+        let next = kills(&h.update(launched[0].0, TaskStatus::new(TaskState::Running)));
+        replaced.push(launched[0].0);
+        if round < 2 {
+            assert_eq!(next.len(), 1, "round {round}: the next old one");
+            assert!(old.contains(&next[0]) && !replaced.contains(&next[0]));
+            stopping = next;
+        } else {
+            assert!(next.is_empty(), "all replaced");
+        }
+    }
 }
 
 #[test]

@@ -259,6 +259,7 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
         R::ListJobs { .. } => ("list-jobs", String::new()),
         R::GetJob { id } => ("get-job", id.to_string()),
         R::KillJob { id } => ("kill-job", id.to_string()),
+        R::UpdateService { id, group } => ("update", format!("{id} {}", audit_field(&group.name))),
         R::ScaleJob { id, group, count } => {
             ("scale-job", format!("{id} {}={count}", audit_field(group)))
         }

@@ -295,7 +295,8 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         | ClientRequest::ListJobs { .. }
         | ClientRequest::GetJob { .. }
         | ClientRequest::KillJob { .. }
-        | ClientRequest::ScaleJob { .. }) => crate::jobs::answer(shared, who, req).await,
+        | ClientRequest::ScaleJob { .. }
+        | ClientRequest::UpdateService { .. }) => crate::jobs::answer(shared, who, req).await,
         ClientRequest::ListTasks { filter } => list_tasks(shared, who, &filter),
         ClientRequest::ListReservations => list_reservations(shared, who),
         ClientRequest::ListFrameworks => crate::frameworks::list(shared, who).await,
@@ -303,7 +304,9 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
             crate::frameworks::teardown(shared, who, id).await
         }
         ClientRequest::DrainAgent { agent, drain } => drain_agent(shared, who, agent, drain).await,
-        ClientRequest::ResizeAgent { agent, total } => resize_agent(shared, who, agent, total).await,
+        ClientRequest::ResizeAgent { agent, total } => {
+            resize_agent(shared, who, agent, total).await
+        }
         ClientRequest::RemoveReservation { agent, role } => {
             remove_reservation(shared, who, agent, &role).await
         }
@@ -722,7 +725,10 @@ async fn resize_agent(
     total: Option<wasmos_proto::Resources>,
 ) -> ClientResponse {
     if !matches!(who, Identity::Operator(_)) {
-        return error(ErrorKind::InvalidRequest, "only operators may resize agents");
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may resize agents",
+        );
     }
     if let Some(t) = &total
         && let Err(why) = t.check_scalars()

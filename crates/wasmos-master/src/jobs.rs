@@ -195,11 +195,13 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
     // framework, its events end and this runner ends.
     let mut session: Option<FrameworkSession> = None;
     let mut poll = tokio::time::interval(POLL);
-    let mut counts: BTreeMap<String, u32> = rec
+    // The groups as the framework has them: a change of count scales, any other change of a
+    // group (`service update`) rolls its instances over to the new definition.
+    let mut known: BTreeMap<String, wasmos_proto::GroupSpec> = rec
         .spec
         .groups
         .iter()
-        .map(|g| (g.name.clone(), g.count))
+        .map(|g| (g.name.clone(), g.clone()))
         .collect();
     let mut actions = driver.connected(now_ms());
     'run: loop {
@@ -272,9 +274,9 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
                     Some(r) if r.state.is_terminal() => driver.scheduler_mut().stop(),
                     Some(r) => {
                         for g in &r.spec.groups {
-                            if counts.get(&g.name) != Some(&g.count) {
-                                counts.insert(g.name.clone(), g.count);
-                                driver.scheduler_mut().set_count(&g.name, g.count);
+                            if known.get(&g.name) != Some(g) {
+                                known.insert(g.name.clone(), g.clone());
+                                driver.scheduler_mut().update_group(g.clone());
                             }
                         }
                         // The state machine undoes slots whose kept outputs are gone.
@@ -384,12 +386,16 @@ pub(crate) async fn answer(
                 None => error(ErrorKind::NotFound, format!("no job {id} of yours")),
             }
         }
-        ClientRequest::KillJob { id } | ClientRequest::ScaleJob { id, .. }
+        ClientRequest::KillJob { id }
+        | ClientRequest::ScaleJob { id, .. }
+        | ClientRequest::UpdateService { id, .. }
             if !shared.read(|s| s.jobs.get(&id).is_some_and(mine)) =>
         {
             error(ErrorKind::NotFound, format!("no job {id} of yours"))
         }
-        ClientRequest::KillJob { id } | ClientRequest::ScaleJob { id, .. }
+        ClientRequest::KillJob { id }
+        | ClientRequest::ScaleJob { id, .. }
+        | ClientRequest::UpdateService { id, .. }
             if !shared.read(|s| s.jobs.get(&id).is_some_and(changeable)) =>
         {
             error(
@@ -414,6 +420,22 @@ pub(crate) async fn answer(
                 );
             }
             write_event(shared, id, JobEvent::Scaled { group, count }).await
+        }
+        ClientRequest::UpdateService { id, mut group } => {
+            // The job's role, as its submission had: the caller cannot move it.
+            let Some(role) = shared.read(|s| s.jobs.get(&id).map(|j| j.role.to_string())) else {
+                return error(ErrorKind::NotFound, format!("no job {id} of yours"));
+            };
+            if let Err(e) = crate::policy::validate_spec(&group.task)
+                .and_then(|()| crate::policy::seal(&shared.secrets, &mut group.task))
+            {
+                return error(
+                    ErrorKind::InvalidRequest,
+                    format!("group `{}`: {e}", group.name),
+                );
+            }
+            group.task.role = Some(role);
+            write_event(shared, id, JobEvent::Updated { group }).await
         }
         other => error(
             ErrorKind::InvalidRequest,

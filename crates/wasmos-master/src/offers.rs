@@ -322,7 +322,8 @@ pub(crate) struct Cycle<E: Env> {
     alloc: Allocator,
     builtin: BTreeMap<Role, Builtin>,
     builtin_ids: BTreeMap<FrameworkId, Role>,
-    /// Connected agents' totals, for the unschedulable check.
+    /// Connected agents' totals as they advertise them (an operator may offer less for a
+    /// while), for the unschedulable check.
     agent_totals: BTreeMap<AgentId, Resources>,
     /// Queued tasks not yet checked against the agents' sizes and their roles' limits.
     unchecked: BTreeMap<TaskId, (Role, TaskRequest)>,
@@ -582,12 +583,10 @@ impl<E: Env> Cycle<E> {
                 if !self.agent_totals.contains_key(&agent) {
                     return;
                 }
-                match self.alloc.resize_agent(&agent, total.clone()) {
+                match self.alloc.resize_agent(&agent, total) {
                     Ok(rescinds) => self.rescinded(rescinds),
                     Err(e) => tracing::error!(%agent, "cannot resize the agent: {e}"),
                 }
-                self.agent_totals.insert(agent, total);
-                self.recheck_all = true;
             }
             Event::RolesChanged => {
                 self.apply_roles();
@@ -1489,7 +1488,9 @@ impl<E: Env> Cycle<E> {
                 }
             }
         }
-        self.agent_totals.insert(agent, record.total);
+        // What it advertises, not an operator's smaller total: a task too large for that is
+        // still one the agent can run once the operator gives its resources back.
+        self.agent_totals.insert(agent, record.advertised);
         self.recheck_all = true;
     }
 

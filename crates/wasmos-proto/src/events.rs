@@ -163,6 +163,10 @@ pub enum JobChange {
         group: String,
         count: u32,
     },
+    /// Its group's task was changed: a rolling update began.
+    Updated {
+        group: String,
+    },
     Ended(JobState),
 }
 
@@ -230,6 +234,7 @@ impl fmt::Display for Change {
                     Ok(())
                 }
                 JobChange::Scaled { group, count } => write!(f, "{name} {group} scaled to {count}"),
+                JobChange::Updated { group } => write!(f, "{name} {group} updated: rolling out"),
                 JobChange::Ended(state) => write!(f, "{name} {state}"),
             },
             Change::Framework {

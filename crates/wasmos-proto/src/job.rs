@@ -76,6 +76,10 @@ pub struct GroupSpec {
     /// tasks are spread evenly over them, so losing one domain leaves the others' running.
     #[serde(default)]
     pub spread: Option<String>,
+    /// A service group's rolling updates (`wasmos service update`) stop at most this many of
+    /// its instances at a time; 0 counts as 1.
+    #[serde(default)]
+    pub max_unavailable: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +312,11 @@ pub enum JobEvent {
         group: String,
         count: u32,
     },
+    /// A service group's new definition (`wasmos service update`): its instances are replaced
+    /// by ones of the new task, at most `max_unavailable` at a time.
+    Updated {
+        group: Box<GroupSpec>,
+    },
     Ended(JobState),
 }
 
@@ -329,6 +338,7 @@ mod tests {
             retries: 0,
             backoff_ms: 0,
             spread,
+            max_unavailable: 0,
         };
         let job = |spread: Option<String>| JobSpec {
             name: "j".into(),

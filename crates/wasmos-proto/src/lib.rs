@@ -57,9 +57,9 @@ pub use spawn::{
     MAX_CHILD_SPEC_ITEMS, MAX_LIVE_CHILDREN, MAX_SPAWN_DEPTH, SpawnRefusal, check_child_spec,
 };
 pub use task::{
-    InputFile, JobSlot, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, MAX_SCALAR_KINDS, Mount, NET, OutputFile, OutputPolicy,
-    Qos, Reason, Resources, SecretEnv, SecretValue, TaskInfo, TaskSpec, TaskState, TaskStatus,
-    guest_parent, valid_guest_path,
+    InputFile, JobSlot, MAX_INPUTS, MAX_MOUNTS, MAX_OUTPUT_FILES, MAX_SCALAR_KINDS, Mount, NET,
+    OutputFile, OutputPolicy, Qos, Reason, Resources, SecretEnv, SecretValue, TaskInfo, TaskSpec,
+    TaskState, TaskStatus, guest_parent, valid_guest_path,
 };
 
 /// ALPN protocol names: one per channel, so a peer on the wrong channel fails the TLS handshake.

@@ -73,6 +73,12 @@ pub enum ClientRequest {
         group: String,
         count: u32,
     },
+    /// A service group's new definition (same name): its instances are replaced by ones of the
+    /// new task, at most the group's `max_unavailable` at a time.
+    UpdateService {
+        id: crate::JobId,
+        group: Box<crate::GroupSpec>,
+    },
     ListAgents,
     /// Streams the task's output from the start; with `follow`, keeps streaming until the task
     /// ends and closes with `TaskEnded`.
@@ -118,10 +124,10 @@ pub enum ClientRequest {
         agent: AgentId,
         drain: bool,
     },
-    /// Operators only: `agent` offers `total` from now on in place of what it advertises (kept
-    /// across its restarts), or again what it advertises (`None`). Its outstanding offers are
-    /// rescinded and made again; tasks already placed keep running, and nothing new is placed
-    /// while they hold more than the new total.
+    /// Operators only: `agent` offers `total` from now on in place of what it advertises (at
+    /// most that, in every kind; kept across its restarts), or again what it advertises
+    /// (`None`). Its outstanding offers are rescinded and made again; tasks already placed keep
+    /// running, and nothing more of a kind they hold beyond the new total is offered.
     ResizeAgent {
         agent: AgentId,
         total: Option<Resources>,

@@ -62,10 +62,11 @@ impl Resources {
             ));
         }
         for name in self.scalars.keys() {
-            let ok = (1..=32).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            let ok = !matches!(name.as_str(), "cpu" | "mem" | "disk")
+                && (1..=32).contains(&name.len())
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !ok {
                 let shown: String = name.chars().take(40).collect();
                 return Err(format!(
@@ -110,6 +111,22 @@ impl Resources {
             let left = v.saturating_sub(other.scalar(k));
             if left > 0 {
                 out.scalars.insert(k.clone(), left);
+            }
+        }
+        out
+    }
+
+    /// The smaller of the two in each kind.
+    pub fn min_each(&self, other: &Resources) -> Resources {
+        let mut out = Resources::new(
+            self.cpu_millis.min(other.cpu_millis),
+            self.mem_bytes.min(other.mem_bytes),
+            self.disk_bytes.min(other.disk_bytes),
+        );
+        for (k, v) in &self.scalars {
+            let least = (*v).min(other.scalar(k));
+            if least > 0 {
+                out.scalars.insert(k.clone(), least);
             }
         }
         out

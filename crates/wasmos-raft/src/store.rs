@@ -53,7 +53,7 @@ pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
 pub(crate) const KEY_FORMAT: &str = "format";
 /// The encoding this build writes and reads: postcard, with the state's layout version (3 added
 /// framework acknowledgements, 5 outputs kept on agents and the registration a lost-agent
-/// verdict names, 6 tasks' placement constraints, 7 revocations; postcard has no optional
+/// verdict names, 6 tasks' placement constraints, 7 revocations, 14 agents' operator resizes; postcard has no optional
 /// fields, so older layouts do not decode). Format 1, JSON, was never marked.
 pub(crate) const FORMAT: &[u8] = b"postcard-14";
 

@@ -219,9 +219,7 @@ impl ClusterState {
                     AgentChange::Undrained
                 },
             ),
-            Command::ResizeAgent { agent, .. } => {
-                Note::Agent(agent.clone(), AgentChange::Resized)
-            }
+            Command::ResizeAgent { agent, .. } => Note::Agent(agent.clone(), AgentChange::Resized),
             Command::RegisterFramework {
                 name, role, owner, ..
             } => Note::NewFramework {
@@ -282,6 +280,9 @@ impl ClusterState {
                     JobEvent::Scaled { group, count } => JobChange::Scaled {
                         group: group.clone(),
                         count: *count,
+                    },
+                    JobEvent::Updated { group } => JobChange::Updated {
+                        group: group.name.clone(),
                     },
                     JobEvent::Ended(state) => JobChange::Ended(state.clone()),
                 };

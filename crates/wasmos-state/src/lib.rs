@@ -422,14 +422,14 @@ pub enum Command {
         agent: AgentId,
         role: Role,
     },
-    /// Operators: drains `agent` (nothing more is placed on it) or ends its drain.
-    /// Sets what `agent` offers to `total` (the operator's `wasmos agent set`), or back to
-    /// what it advertises (`None`). Refused when its reservations would not fit; its tasks
-    /// keep running whatever they hold.
+    /// Sets what `agent` offers to `total` (the operator's `wasmos agent set`; at most what it
+    /// advertises, in every kind), or back to what it advertises (`None`). Refused when its
+    /// reservations would not fit; its tasks keep running whatever they hold.
     ResizeAgent {
         agent: AgentId,
         total: Option<Resources>,
     },
+    /// Operators: drains `agent` (nothing more is placed on it) or ends its drain.
     DrainAgent {
         agent: AgentId,
         drain: bool,

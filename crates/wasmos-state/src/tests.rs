@@ -1013,7 +1013,10 @@ fn an_operators_resize_lasts_across_restarts_until_reset() {
     ));
     assert_eq!(resize(&mut s, "a", None), CommandResult::Ok);
     assert!(!s.agents[&agent("a")].resized);
-    assert_eq!(s.agents[&agent("a")].total, Resources::new(1000, 1 << 30, 0));
+    assert_eq!(
+        s.agents[&agent("a")].total,
+        Resources::new(1000, 1 << 30, 0)
+    );
     assert_eq!(
         s.apply(Command::AssignTask {
             task: t,
@@ -1291,6 +1294,7 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
             retries: 0,
             backoff_ms: 0,
             spread: None,
+            max_unavailable: 0,
         }],
     };
     let submit = |s: &mut ClusterState| {
@@ -1474,6 +1478,7 @@ fn a_lost_agent_undoes_the_job_slots_whose_kept_outputs_are_still_needed() {
         retries: 0,
         backoff_ms: 0,
         spread: None,
+        max_unavailable: 0,
     };
     let spec = wasmos_proto::JobSpec {
         name: "wc".into(),

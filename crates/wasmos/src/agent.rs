@@ -14,9 +14,7 @@ use crate::output::{list_or_dash, now_ms};
 use crate::process::wait_for_stop;
 use crate::roles;
 use std::net::SocketAddr;
-use wasmos_proto::{
-    AgentState, NET, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu,
-};
+use wasmos_proto::{AgentState, NET, Resources, format_bytes, format_cpu, parse_bytes, parse_cpu};
 
 #[derive(Subcommand)]
 pub(crate) enum AgentCmd {
@@ -370,7 +368,10 @@ pub(crate) async fn agent_set(target: &Target, args: SetArgs) -> Result<ExitCode
     let total = if args.reset {
         None
     } else {
-        if args.cpu.is_none() && args.mem.is_none() && args.disk.is_none() && args.resource.is_empty()
+        if args.cpu.is_none()
+            && args.mem.is_none()
+            && args.disk.is_none()
+            && args.resource.is_empty()
         {
             bail!("nothing to set: name --cpu, --mem, --disk or --resource (or --reset)");
         }
@@ -391,11 +392,15 @@ pub(crate) async fn agent_set(target: &Target, args: SetArgs) -> Result<ExitCode
             total.disk_bytes =
                 parse_bytes(disk).map_err(|e| anyhow::anyhow!("--disk {disk}: {e}"))?;
         }
-        // Each named kind is replaced, not added to.
-        let named = with_scalars(Resources::default(), &args.resource, "--resource")?;
+        // Each named kind is replaced, not added to; the last of a name counts.
         for pair in &args.resource {
+            let one = with_scalars(
+                Resources::default(),
+                std::slice::from_ref(pair),
+                "--resource",
+            )?;
             if let Some((name, _)) = pair.split_once('=') {
-                total = total.with_scalar(name, named.scalar(name));
+                total = total.with_scalar(name, one.scalar(name));
             }
         }
         Some(total)

@@ -63,6 +63,18 @@ pub(crate) enum ServiceCmd {
         group: String,
         count: u32,
     },
+    /// Roll out a new definition of a service's groups from a service file (the same groups;
+    /// new resources, bundle, arguments, environment...): each group's instances are replaced
+    /// by new ones, at most --max-unavailable (or the group's `max_unavailable`, default 1)
+    /// stopped at a time, the next only once its replacement runs. Watch it with `service
+    /// status` or `events`.
+    Update {
+        id: String,
+        file: PathBuf,
+        /// Instances of a group that may be down at once during the update.
+        #[arg(long)]
+        max_unavailable: Option<u32>,
+    },
     /// Stop a service: its instances are killed.
     Stop { id: String },
     /// Each group's instances, as `job status` shows them.
@@ -122,6 +134,8 @@ struct GroupFile {
     #[serde(default)]
     retries: u32,
     backoff: Option<String>,
+    /// A service's rolling updates stop at most this many instances at a time (default 1).
+    max_unavailable: Option<u32>,
 }
 
 fn duration_ms(what: &str, s: &str) -> Result<u64> {
@@ -320,6 +334,7 @@ async fn load(client: &Client, file: &Path, service: bool) -> Result<JobSpec> {
                 }
                 other => other,
             },
+            max_unavailable: g.max_unavailable.unwrap_or(1),
             retries: g.retries,
             backoff_ms: match &g.backoff {
                 Some(b) => duration_ms(&what("backoff"), b)?,
@@ -613,6 +628,34 @@ async fn service(client: &Client, cmd: ServiceCmd) -> Result<ExitCode> {
                 count,
             };
             client.request(req).await?;
+        }
+        ServiceCmd::Update {
+            id,
+            file,
+            max_unavailable,
+        } => {
+            let id = job_id(&id)?;
+            let spec = load(client, &file, true).await?;
+            let now = get(client, id).await?;
+            for mut group in spec.groups {
+                if !now.groups.iter().any(|g| g.name == group.name) {
+                    bail!(
+                        "{}: service {id} has no group `{}` (an update changes the groups it has)",
+                        file.display(),
+                        group.name
+                    );
+                }
+                if let Some(n) = max_unavailable {
+                    group.max_unavailable = n;
+                }
+                let name = group.name.clone();
+                let req = ClientRequest::UpdateService {
+                    id,
+                    group: Box::new(group),
+                };
+                client.request(req).await?;
+                println!("{id} {name}: rolling out the new definition");
+            }
         }
         ServiceCmd::Stop { id } => {
             client

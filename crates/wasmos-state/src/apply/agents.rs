@@ -18,15 +18,23 @@ impl ClusterState {
                 let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
                 // A drain is the operator's, not the agent's: a restart does not end it.
                 let draining = self.agents.get(&id).is_some_and(|a| a.draining);
-                // So is a resize, unless the agent's own reservations no longer fit in it.
+                // So is a resize, unless it no longer fits: in what the agent advertises now,
+                // or around its reservations, static and dynamic.
                 let all_reserved = reserved
                     .values()
+                    .chain(
+                        self.reservations
+                            .get(&id)
+                            .into_iter()
+                            .flat_map(|r| r.values()),
+                    )
                     .fold(Resources::default(), |acc, r| acc.saturating_add(r));
                 let resized = self
                     .agents
                     .get(&id)
-                    .filter(|a| a.resized && all_reserved.fits_in(&a.total))
-                    .map(|a| a.total.clone());
+                    .filter(|a| a.resized)
+                    .map(|a| a.total.clone())
+                    .filter(|t| all_reserved.fits_in(t) && t.fits_in(&total));
                 self.agents.insert(
                     id.clone(),
                     AgentRecord {
@@ -248,6 +256,14 @@ impl ClusterState {
                     )));
                 };
                 let new = total.clone().unwrap_or_else(|| record.advertised.clone());
+                // The agent sized its task threads, memory pool and bandwidth management from
+                // what it advertises: it cannot be given more without a restart.
+                if !new.fits_in(&record.advertised) {
+                    return CommandResult::Rejected(Rejection::OverLimit(format!(
+                        "agent {agent} advertises {}: it can offer less, not more (restart it with larger flags for more)",
+                        record.advertised
+                    )));
+                }
                 let reserved = self
                     .reserved_on(&agent)
                     .values()

@@ -62,6 +62,27 @@ impl ClusterState {
                 CommandResult::Job(id)
             }
             Command::Job { job, event, now_ms } => {
+                // A new group definition is checked as a submission's groups are.
+                if let JobEvent::Updated { group } = &event
+                    && let Some(r) = self.jobs.get(&job)
+                {
+                    let role = r.role.as_str();
+                    let checked = if group.task.role.as_deref() != Some(role) {
+                        Err(Rejection::Invalid(format!(
+                            "the task's role must be the job's, {role}"
+                        )))
+                    } else {
+                        self.check_blobs(&group.task, &r.owner)
+                            .and_then(|()| self.check_spec_ceilings(&group.task, &r.role))
+                            .and_then(|()| check_sealed(&group.task))
+                            .and_then(|()| self.check_signed(&group.task.bundle, role))
+                    };
+                    if let Err(why) = checked {
+                        return CommandResult::Rejected(
+                            why.within(&format!("group `{}`", group.name)),
+                        );
+                    }
+                }
                 let Some(record) = self.jobs.get_mut(&job) else {
                     return CommandResult::Rejected(Rejection::NotFound(format!(
                         "unknown job {job}"
@@ -117,6 +138,26 @@ impl ClusterState {
                                 )));
                             }
                         }
+                    }
+                    JobEvent::Updated { group } => {
+                        if record.spec.kind != wasmos_proto::JobKind::Service {
+                            return CommandResult::Rejected(Rejection::Invalid(format!(
+                                "{job} is a batch job; only services are updated"
+                            )));
+                        }
+                        let Some(at) = record.spec.groups.iter().position(|g| g.name == group.name)
+                        else {
+                            return CommandResult::Rejected(Rejection::NotFound(format!(
+                                "job {job} has no group `{}`",
+                                group.name
+                            )));
+                        };
+                        let mut spec = record.spec.clone();
+                        spec.groups[at] = *group;
+                        if let Err(why) = spec.check() {
+                            return CommandResult::Rejected(Rejection::Invalid(why));
+                        }
+                        record.spec = spec;
                     }
                     JobEvent::Ended(state) => {
                         record.state = state;
