@@ -105,6 +105,9 @@ pub struct JobFramework {
     slot_gen: BTreeMap<Slot, u32>,
     /// Live tasks reported running: what a rolling update keeps available.
     running: BTreeSet<TaskId>,
+    /// Agents with maintenance ahead this framework moved its work off, until the window ends:
+    /// their offers are declined.
+    avoid: BTreeMap<AgentId, u64>,
 }
 
 impl JobFramework {
@@ -167,6 +170,7 @@ impl JobFramework {
             generation: vec![0; groups],
             slot_gen: BTreeMap::new(),
             running: BTreeSet::new(),
+            avoid: BTreeMap::new(),
         }
     }
 
@@ -474,6 +478,14 @@ impl Scheduler for JobFramework {
         }
         self.offered_ms
             .retain(|_, at| now.saturating_sub(*at) <= DOMAIN_MEMORY_MS);
+        self.avoid.retain(|_, until| now < *until);
+        let (offers, avoided): (Vec<OfferInfo>, Vec<OfferInfo>) = offers
+            .into_iter()
+            .partition(|o| !self.avoid.contains_key(&o.agent));
+        for o in avoided {
+            let until = self.avoid.get(&o.agent).copied().unwrap_or(now);
+            cx.decline(vec![o.id], Some(until.saturating_sub(now)));
+        }
         let mut taken: BTreeSet<Slot> = BTreeSet::new();
         // Where this round's choices go, for the spread of the offers after.
         let mut placed: Vec<(usize, AgentId)> = Vec::new();
@@ -713,6 +725,25 @@ impl Scheduler for JobFramework {
         if !self.ended {
             self.revive(cx);
         }
+    }
+
+    /// Maintenance ahead: accepted, and the job's tasks there are moved off now (stopped as
+    /// the framework's own kills, so they start again elsewhere at once, using no retry), and
+    /// the agent is not used again until the window ends.
+    fn inverse_offer(&mut self, cx: &mut Context, agent: &AgentId, _start_ms: u64, end_ms: u64) {
+        cx.answer_inverse_offer(agent.clone(), true);
+        self.avoid.insert(agent.clone(), end_ms);
+        let there: Vec<TaskId> = self
+            .agent_of
+            .iter()
+            .filter(|(t, a)| *a == agent && !self.killing.contains(t))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in there {
+            self.killing.insert(t);
+            cx.kill(t);
+        }
+        cx.wake_at(end_ms);
     }
 
     fn failure(&mut self, cx: &mut Context, agent: &AgentId) {

@@ -281,6 +281,19 @@ pub(crate) fn describe(req: &ClientRequest) -> (&'static str, String) {
                 None => format!("{agent} reset"),
             },
         ),
+        R::ScheduleMaintenance { agents, window } => (
+            if window.is_some() {
+                "maintenance"
+            } else {
+                "maintenance-cancel"
+            },
+            agents
+                .iter()
+                .take(8)
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         R::ListRoles => ("list-roles", String::new()),
         R::ListFrameworks => ("list-frameworks", String::new()),
         R::TeardownFramework { id } => ("teardown", id.to_string()),

@@ -307,6 +307,9 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
         ClientRequest::ResizeAgent { agent, total } => {
             resize_agent(shared, who, agent, total).await
         }
+        ClientRequest::ScheduleMaintenance { agents, window } => {
+            schedule_maintenance(shared, who, agents, window).await
+        }
         ClientRequest::RemoveReservation { agent, role } => {
             remove_reservation(shared, who, agent, &role).await
         }
@@ -365,6 +368,22 @@ async fn answer(shared: &Shared, who: &Identity, req: ClientRequest) -> ClientRe
                             peer_addr: a.peer_addr.clone().filter(|_| own_role.is_none()),
                             draining: a.draining,
                             resized: a.resized,
+                            maintenance: a.maintenance.as_ref().map(|m| {
+                                // Which frameworks answered what: operators only.
+                                let answered = |accept: bool| {
+                                    m.answers
+                                        .iter()
+                                        .filter(|(_, a)| **a == accept && own_role.is_none())
+                                        .map(|(f, _)| *f)
+                                        .collect()
+                                };
+                                wasmos_proto::MaintenanceInfo {
+                                    window: m.window,
+                                    active: m.begun,
+                                    accepted: answered(true),
+                                    declined: answered(false),
+                                }
+                            }),
                         }
                     })
                     .collect()
@@ -789,23 +808,87 @@ async fn drain_agent(
     if !drain {
         return ClientResponse::Drained { killed: 0 };
     }
-    let live: Vec<TaskId> = shared.read(|s| s.live_tasks_on(&agent).collect());
+    match stop_drained(shared, &agent).await {
+        Ok(killed) => ClientResponse::Drained { killed },
+        Err(e) => raft_error(shared, e),
+    }
+}
+
+/// Kills the live tasks of a drained agent with reason `maintenance`; how many.
+pub(crate) async fn stop_drained(
+    shared: &Shared,
+    agent: &wasmos_proto::AgentId,
+) -> Result<u32, wasmos_raft::RaftError> {
+    let live: Vec<TaskId> = shared.read(|s| s.live_tasks_on(agent).collect());
     let mut killed = 0;
     for id in live {
-        let ended = end_task(
+        end_task(
             shared,
             id,
-            Some(&agent),
+            Some(agent),
             Some(Reason::Maintenance),
             "its agent was drained while it was not running there, or while that agent was away",
         )
-        .await;
-        match ended {
-            Ok(()) => killed += 1,
-            Err(e) => return raft_error(shared, e),
+        .await?;
+        killed += 1;
+    }
+    Ok(killed)
+}
+
+/// `wasmos maintenance schedule/cancel`: the windows are recorded, and the offer cycle sends
+/// inverse offers to the frameworks running tasks on those agents; the reaper's loop begins
+/// and ends each window on time.
+async fn schedule_maintenance(
+    shared: &Shared,
+    who: &Identity,
+    agents: Vec<wasmos_proto::AgentId>,
+    window: Option<wasmos_proto::MaintenanceWindow>,
+) -> ClientResponse {
+    if !matches!(who, Identity::Operator(_)) {
+        return error(
+            ErrorKind::InvalidRequest,
+            "only operators may schedule maintenance",
+        );
+    }
+    if agents.is_empty() || agents.len() > wasmos_proto::MAX_MAINTENANCE_AGENTS {
+        return error(
+            ErrorKind::InvalidRequest,
+            format!(
+                "name 1 to {} agents for maintenance",
+                wasmos_proto::MAX_MAINTENANCE_AGENTS
+            ),
+        );
+    }
+    if let Some(w) = window {
+        let now = now_ms();
+        let length = w.end_ms.saturating_sub(w.start_ms);
+        if length == 0 || length > wasmos_proto::MAX_MAINTENANCE_MS {
+            return error(
+                ErrorKind::InvalidRequest,
+                "a maintenance window lasts from a second to a week",
+            );
+        }
+        if w.end_ms <= now || w.start_ms > now + 365 * 24 * 3_600_000 {
+            return error(
+                ErrorKind::InvalidRequest,
+                "a maintenance window ends in the future and starts within a year",
+            );
         }
     }
-    ClientResponse::Drained { killed }
+    match shared
+        .write(Command::ScheduleMaintenance {
+            agents: agents.clone(),
+            window,
+        })
+        .await
+    {
+        Ok(CommandResult::Ok) => {}
+        Ok(CommandResult::Rejected(why)) => return rejected(why),
+        Ok(other) => return error(ErrorKind::Internal, format!("unexpected result {other:?}")),
+        Err(e) => return raft_error(shared, e),
+    }
+    shared.offer_event(Event::MaintenanceChanged(agents));
+    ClientResponse::Ok
 }
 
 /// `wasmos cert revoke`: the revocation is replicated, then every master closes what it

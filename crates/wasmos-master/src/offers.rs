@@ -92,6 +92,8 @@ pub(crate) enum Event {
     ReservationsChanged(AgentId),
     /// An operator drained an agent or ended its drain (the state says which).
     DrainChanged(AgentId),
+    /// Maintenance windows were scheduled or cancelled for these agents.
+    MaintenanceChanged(Vec<AgentId>),
     /// An operator changed what an agent offers.
     AgentResized(AgentId),
     /// An agent's report of what its non-revocable tasks use.
@@ -237,6 +239,10 @@ pub(crate) enum Proposal {
         framework: FrameworkId,
         task: TaskId,
     },
+    /// A framework's answer to an inverse offer: shown to operators, nothing follows.
+    InverseOfferAnswer {
+        framework: FrameworkId,
+    },
 }
 
 /// What follows a proposal's result, whoever proposed it: a committed launch is sent to its
@@ -299,6 +305,10 @@ pub(crate) fn settle<E: Env>(
                 tracing::debug!(%framework, %task, "acknowledgement not recorded: {e}");
             }
         }
+        Proposal::InverseOfferAnswer { framework } => match result {
+            Ok(CommandResult::Ok) => {}
+            other => tracing::debug!(%framework, "inverse offer answer not recorded: {other:?}"),
+        },
     }
 }
 
@@ -572,6 +582,12 @@ impl<E: Env> Cycle<E> {
                 self.rescinded(rescinds);
                 self.recheck_all = true;
             }
+            Event::MaintenanceChanged(agents) => {
+                let frameworks: Vec<FrameworkId> = self.external.keys().copied().collect();
+                for fw in frameworks {
+                    self.inverse_offers(fw, Some(&agents));
+                }
+            }
             Event::AgentResized(agent) => {
                 let Some(total) = self
                     .env
@@ -721,6 +737,36 @@ impl<E: Env> Cycle<E> {
         // Everything it has not acknowledged goes out again at once.
         self.resend.retain(|(f, _), _| *f != id);
         self.next_resend_scan_ms = 0;
+        self.inverse_offers(id, None);
+    }
+
+    /// Sends `fw` an inverse offer for each agent (of `only`, if given) with a maintenance
+    /// window not begun where it runs tasks and that it has not answered.
+    fn inverse_offers(&self, fw: FrameworkId, only: Option<&[AgentId]>) {
+        let due: Vec<(AgentId, wasmos_proto::MaintenanceWindow)> = self.env.read(|s| {
+            s.agents
+                .iter()
+                .filter(|(a, _)| only.is_none_or(|o| o.contains(a)))
+                .filter_map(|(a, r)| {
+                    let m = r.maintenance.as_ref()?;
+                    let runs_there = s
+                        .live_tasks_on(a)
+                        .any(|t| s.tasks.get(&t).is_some_and(|t| t.framework == Some(fw)));
+                    (!m.begun && !m.answers.contains_key(&fw) && runs_there)
+                        .then(|| (a.clone(), m.window))
+                })
+                .collect()
+        });
+        for (agent, w) in due {
+            self.send(
+                fw,
+                FrameworkEvent::InverseOffer {
+                    agent,
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                },
+            );
+        }
     }
 
     /// Sends unacknowledged updates to subscribed frameworks: those never sent by this leader
@@ -969,6 +1015,16 @@ impl<E: Env> Cycle<E> {
                 }
             },
             FrameworkCall::Revive => self.alloc.revive(fw),
+            FrameworkCall::AnswerInverseOffer { agent, accept } => {
+                self.env.propose(
+                    Command::AnswerInverseOffer {
+                        agent,
+                        framework: fw,
+                        accept,
+                    },
+                    Proposal::InverseOfferAnswer { framework: fw },
+                );
+            }
             FrameworkCall::Kill { task } => {
                 let info = self.env.read(|s| s.tasks.get(&task).cloned());
                 match info {

@@ -19,7 +19,48 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         if let Err(e) = reap_lost_agents(&shared, since).await {
             tracing::error!("lost-agent pass failed: {e}");
         }
+        if let Err(e) = maintenance_windows(&shared).await {
+            tracing::error!("maintenance pass failed: {e}");
+        }
     }
+}
+
+/// Begins the maintenance windows whose start has come (the agent drained, its tasks stopped
+/// with reason `maintenance`) and ends those whose end has (offered again).
+async fn maintenance_windows(shared: &Shared) -> Result<(), wasmos_raft::RaftError> {
+    let now = now_ms();
+    let due: Vec<(AgentId, bool)> = shared.read(|s| {
+        s.agents
+            .iter()
+            .filter_map(|(a, r)| {
+                let m = r.maintenance.as_ref()?;
+                if now >= m.window.end_ms {
+                    Some((a.clone(), false))
+                } else if now >= m.window.start_ms && !m.begun {
+                    Some((a.clone(), true))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    });
+    for (agent, begun) in due {
+        let result = shared
+            .write(Command::MaintenanceWindowAt {
+                agent: agent.clone(),
+                begun,
+            })
+            .await?;
+        if result != wasmos_state::CommandResult::Ok {
+            continue;
+        }
+        tracing::info!(%agent, begun, "maintenance window");
+        shared.offer_event(Event::DrainChanged(agent.clone()));
+        if begun {
+            crate::client::stop_drained(shared, &agent).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn reap_lost_agents(

@@ -146,6 +146,8 @@ pub enum AgentChange {
     Undrained,
     /// An operator changed what it offers (`wasmos agent set`).
     Resized,
+    /// An operator scheduled (or cancelled) a maintenance window for it.
+    MaintenanceScheduled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +220,7 @@ impl fmt::Display for Change {
                 AgentChange::Draining => f.write_str("draining"),
                 AgentChange::Undrained => f.write_str("undrained"),
                 AgentChange::Resized => f.write_str("resized"),
+                AgentChange::MaintenanceScheduled => f.write_str("maintenance scheduled"),
             },
             Change::Job { name, change, .. } => match change {
                 JobChange::Submitted => write!(f, "{name} submitted"),

@@ -72,6 +72,13 @@ pub enum FrameworkCall {
     Waiting {
         resources: Option<Resources>,
     },
+    /// The answer to an `InverseOffer` for `agent`: `accept`, the framework moves its work
+    /// off the agent before the window starts; or not, it leaves it there (stopped at the
+    /// start all the same). Shown to operators (`wasmos maintenance list`).
+    AnswerInverseOffer {
+        agent: AgentId,
+        accept: bool,
+    },
     /// Only as the first and only call of a probe connection: which master leads? Answered
     /// with `NotLeader { addr }` naming the leader (the master itself when it leads), none
     /// during an election. A framework whose master went silent asks the others this, to
@@ -141,6 +148,16 @@ pub enum FrameworkEvent {
     /// An agent was declared lost (its tasks are reported lost in their own updates).
     Failure {
         agent: AgentId,
+    },
+    /// An inverse offer (as in Mesos' maintenance primitives): an operator scheduled
+    /// maintenance of `agent`, where this framework runs tasks. From `start_ms` to `end_ms` the
+    /// agent is drained: nothing is placed there and its tasks are stopped with reason
+    /// `maintenance` at the start. Answer with `AnswerInverseOffer`; sent again at each
+    /// subscription until answered, while the window has not started.
+    InverseOffer {
+        agent: AgentId,
+        start_ms: u64,
+        end_ms: u64,
     },
     /// The master is alive and this stream still works.
     Heartbeat,

@@ -39,8 +39,9 @@ pub use job::{
 pub use messages::{
     AgentInfo, AgentPeerRequest, AgentPeerResponse, AgentState, AgentToMaster, AuditEntry,
     AuditFilter, BlobKind, ClientRequest, ClientResponse, ClusterInfo, ErrorKind, FrameworkOffers,
-    FrameworkSummary, InputSource, MAX_AUDIT_PAGE, MAX_AUDIT_SCAN, MAX_CSR_BYTES, MAX_REVOKED_PAGE,
-    MAX_TASK_PAGE, MAX_TASK_SAMPLES, MasterInfo, MasterToAgent, OutputStream, PeerRequest,
+    FrameworkSummary, InputSource, MAX_AUDIT_PAGE, MAX_AUDIT_SCAN, MAX_CSR_BYTES,
+    MAX_MAINTENANCE_AGENTS, MAX_MAINTENANCE_MS, MAX_REVOKED_PAGE, MAX_TASK_PAGE, MAX_TASK_SAMPLES,
+    MaintenanceInfo, MaintenanceWindow, MasterInfo, MasterToAgent, OutputStream, PeerRequest,
     PeerResponse, ReservationInfo, RevokedInfo, RoleInfo, StatusUpdate, TaskFilter, TaskSample,
     USAGE_SAMPLES, UsageSample,
 };

@@ -132,6 +132,13 @@ pub enum ClientRequest {
         agent: AgentId,
         total: Option<Resources>,
     },
+    /// Operators only: a maintenance window for `agents` (`None` cancels theirs). Frameworks
+    /// running tasks there get inverse offers at once; at `start_ms` each agent is drained (its
+    /// tasks stopped with reason `maintenance`), at `end_ms` offered again.
+    ScheduleMaintenance {
+        agents: Vec<AgentId>,
+        window: Option<MaintenanceWindow>,
+    },
     /// Roles with their configuration and what they hold now (tenants see their own).
     ListRoles,
     /// Frameworks not removed (tenants see their tenant's).
@@ -548,6 +555,31 @@ pub struct AgentInfo {
     /// `total` is an operator's (`wasmos agent set`), not what the agent advertises.
     #[serde(default)]
     pub resized: bool,
+    /// Its scheduled or current maintenance window (operators see the answers).
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceInfo>,
+}
+
+/// When an agent is down for maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// Most agents one `ScheduleMaintenance` names.
+pub const MAX_MAINTENANCE_AGENTS: usize = 256;
+/// Longest maintenance window: a week.
+pub const MAX_MAINTENANCE_MS: u64 = 7 * 24 * 3_600_000;
+
+/// An agent's maintenance window and what frameworks answered its inverse offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceInfo {
+    pub window: MaintenanceWindow,
+    /// Under way: the agent is drained.
+    pub active: bool,
+    pub accepted: Vec<crate::FrameworkId>,
+    pub declined: Vec<crate::FrameworkId>,
 }
 
 /// One master's view of the master group, as `wasmos cluster status` shows it.

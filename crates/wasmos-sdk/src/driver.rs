@@ -32,6 +32,13 @@ pub trait Scheduler {
     fn failure(&mut self, cx: &mut Context, agent: &AgentId) {
         let _ = (cx, agent);
     }
+    /// An operator scheduled maintenance of `agent`, where this framework runs tasks: it is
+    /// drained from `start_ms` (its tasks stopped with reason `maintenance`) to `end_ms`.
+    /// Answer with [`Context::answer_inverse_offer`]: accept and move the work away first, or
+    /// decline. Ignoring it is a decline nobody hears of; the default ignores it.
+    fn inverse_offer(&mut self, cx: &mut Context, agent: &AgentId, start_ms: u64, end_ms: u64) {
+        let _ = (cx, agent, start_ms, end_ms);
+    }
     /// A call was refused; `request` names the accept if it was one. Nothing it asked for
     /// happened.
     fn error(&mut self, cx: &mut Context, request: Option<u64>, message: &str) {
@@ -105,6 +112,12 @@ impl Context {
 
     pub fn kill(&mut self, task: TaskId) {
         self.calls.push(FrameworkCall::Kill { task });
+    }
+
+    /// Answers an inverse offer (see [`Scheduler::inverse_offer`]).
+    pub fn answer_inverse_offer(&mut self, agent: AgentId, accept: bool) {
+        self.calls
+            .push(FrameworkCall::AnswerInverseOffer { agent, accept });
     }
 
     /// The latest status of `tasks`, or of all live ones when empty, comes as updates.
@@ -358,6 +371,13 @@ impl<S: Scheduler> Driver<S> {
                 }
                 self.callback(now_ms, |s, cx| s.error(cx, request, &message))
             }
+            FrameworkEvent::InverseOffer {
+                agent,
+                start_ms,
+                end_ms,
+            } => self.callback(now_ms, |s, cx| {
+                s.inverse_offer(cx, &agent, start_ms, end_ms)
+            }),
             FrameworkEvent::Heartbeat => Vec::new(),
             FrameworkEvent::NotLeader { addr } => {
                 self.phase = Phase::Disconnected;

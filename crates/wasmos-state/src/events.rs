@@ -220,6 +220,19 @@ impl ClusterState {
                 },
             ),
             Command::ResizeAgent { agent, .. } => Note::Agent(agent.clone(), AgentChange::Resized),
+            // One event per command: the first agent stands for all of them.
+            Command::ScheduleMaintenance { agents, .. } => match agents.first() {
+                Some(a) => Note::Agent(a.clone(), AgentChange::MaintenanceScheduled),
+                None => return None,
+            },
+            Command::MaintenanceWindowAt { agent, begun } => Note::Agent(
+                agent.clone(),
+                if *begun {
+                    AgentChange::Draining
+                } else {
+                    AgentChange::Undrained
+                },
+            ),
             Command::RegisterFramework {
                 name, role, owner, ..
             } => Note::NewFramework {

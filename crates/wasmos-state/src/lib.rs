@@ -52,6 +52,20 @@ pub struct AgentRecord {
     /// Drained by an operator: nothing is placed on it (kept across its re-registrations).
     #[serde(default)]
     pub draining: bool,
+    /// A maintenance window an operator scheduled for it, until the window is over.
+    #[serde(default)]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// An agent's maintenance window, what frameworks answered its inverse offers, and whether it
+/// has begun.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub window: wasmos_proto::MaintenanceWindow,
+    pub answers: BTreeMap<FrameworkId, bool>,
+    /// The window's start drained the agent: its end undrains it (a drain of the operator's
+    /// own, from before, is left).
+    pub begun: bool,
 }
 
 /// A role's share settings. Roles without a record have weight 1 and no quota.
@@ -429,6 +443,23 @@ pub enum Command {
         agent: AgentId,
         total: Option<Resources>,
     },
+    /// Operators: a maintenance window for each of `agents` (all known), or none.
+    ScheduleMaintenance {
+        agents: Vec<AgentId>,
+        window: Option<wasmos_proto::MaintenanceWindow>,
+    },
+    /// A framework's answer to the inverse offer of `agent`'s window.
+    AnswerInverseOffer {
+        agent: AgentId,
+        framework: FrameworkId,
+        accept: bool,
+    },
+    /// `agent`'s window began (drained, unless it already was) or ended (`begun: false`: the
+    /// window is gone, and so is the drain it began).
+    MaintenanceWindowAt {
+        agent: AgentId,
+        begun: bool,
+    },
     /// Operators: drains `agent` (nothing more is placed on it) or ends its drain.
     DrainAgent {
         agent: AgentId,
@@ -660,7 +691,10 @@ impl ClusterState {
             | Command::AgentStatus { .. }
             | Command::AgentLost { .. }
             | Command::DrainAgent { .. }
-            | Command::ResizeAgent { .. }) => self.apply_agents(cmd),
+            | Command::ResizeAgent { .. }
+            | Command::ScheduleMaintenance { .. }
+            | Command::AnswerInverseOffer { .. }
+            | Command::MaintenanceWindowAt { .. }) => self.apply_agents(cmd),
             cmd @ (Command::SubmitTask { .. }
             | Command::Progress { .. }
             | Command::SetStatus { .. }

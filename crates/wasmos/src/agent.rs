@@ -451,6 +451,11 @@ pub(crate) async fn agent_list(target: &Target, format: Format) -> Result<ExitCo
                             if a.resized {
                                 state.push_str(", resized");
                             }
+                            match &a.maintenance {
+                                Some(m) if m.active => state.push_str(", in maintenance"),
+                                Some(_) => state.push_str(", maintenance ahead"),
+                                None => {}
+                            }
                             state
                         },
                         format!(

@@ -16,6 +16,7 @@ mod files;
 mod frameworks;
 mod job;
 mod logs;
+mod maintenance;
 mod master;
 mod output;
 mod process;
@@ -87,6 +88,11 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: job::ServiceCmd,
+    },
+    /// Operators: maintenance windows for agents (inverse offers, then a drain).
+    Maintenance {
+        #[command(subcommand)]
+        cmd: maintenance::MaintenanceCmd,
     },
     /// Download stored blobs, such as the files tasks leave in their outputs directory.
     Blob {
@@ -299,6 +305,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Ui(args) => ui::run(target, args).await,
         Cmd::Job { cmd } => job::run_job(target, cmd).await,
         Cmd::Service { cmd } => job::run_service(target, cmd).await,
+        Cmd::Maintenance { cmd } => maintenance::run(target, cmd).await,
         Cmd::Blob { cmd } => bundle::blob(target, cmd).await,
         Cmd::Bundle { cmd } => bundle::bundle(target, cmd).await,
         Cmd::Sim(args) => sim::sim_cmd(&args),

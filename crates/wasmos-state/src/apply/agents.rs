@@ -18,6 +18,7 @@ impl ClusterState {
                 let last_status_seq = self.agents.get(&id).map_or(0, |a| a.last_status_seq);
                 // A drain is the operator's, not the agent's: a restart does not end it.
                 let draining = self.agents.get(&id).is_some_and(|a| a.draining);
+                let maintenance = self.agents.get(&id).and_then(|a| a.maintenance.clone());
                 // So is a resize, unless it no longer fits: in what the agent advertises now,
                 // or around its reservations, static and dynamic.
                 let all_reserved = reserved
@@ -49,6 +50,7 @@ impl ClusterState {
                         reserved,
                         peer_addr,
                         draining,
+                        maintenance,
                     },
                 );
                 // A task still staging was never reported on by the agent: its launch never
@@ -281,6 +283,83 @@ impl ClusterState {
                     record.resized = total.is_some();
                 }
                 CommandResult::Ok
+            }
+            Command::ScheduleMaintenance { agents, window } => {
+                if let Some(missing) = agents.iter().find(|a| !self.agents.contains_key(a)) {
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown agent {missing}"
+                    )));
+                }
+                if let Some(w) = window
+                    && w.end_ms <= w.start_ms
+                {
+                    return CommandResult::Rejected(Rejection::Invalid(
+                        "a maintenance window ends after it starts".into(),
+                    ));
+                }
+                if let Some(busy) = agents.iter().find(|a| {
+                    self.agents
+                        .get(*a)
+                        .and_then(|r| r.maintenance.as_ref())
+                        .is_some_and(|m| m.begun)
+                }) {
+                    return CommandResult::Rejected(Rejection::Conflict(format!(
+                        "agent {busy} is in its maintenance window: undrain it to end it"
+                    )));
+                }
+                for a in &agents {
+                    if let Some(record) = self.agents.get_mut(a) {
+                        record.maintenance = window.map(|window| Maintenance {
+                            window,
+                            answers: BTreeMap::new(),
+                            begun: false,
+                        });
+                    }
+                }
+                CommandResult::Ok
+            }
+            Command::AnswerInverseOffer {
+                agent,
+                framework,
+                accept,
+            } => match self
+                .agents
+                .get_mut(&agent)
+                .and_then(|a| a.maintenance.as_mut())
+            {
+                Some(m) if !m.begun => {
+                    m.answers.insert(framework, accept);
+                    CommandResult::Ok
+                }
+                _ => CommandResult::Rejected(Rejection::NotFound(format!(
+                    "no maintenance of agent {agent} to answer for"
+                ))),
+            },
+            Command::MaintenanceWindowAt { agent, begun } => {
+                let Some(record) = self.agents.get_mut(&agent) else {
+                    return CommandResult::Rejected(Rejection::NotFound(format!(
+                        "unknown agent {agent}"
+                    )));
+                };
+                match (&mut record.maintenance, begun) {
+                    (Some(m), true) if !m.begun => {
+                        // An operator's drain from before is the operator's to end.
+                        m.begun = !record.draining;
+                        record.draining = true;
+                        if !m.begun {
+                            record.maintenance = None;
+                        }
+                        CommandResult::Ok
+                    }
+                    (Some(m), false) => {
+                        if m.begun {
+                            record.draining = false;
+                        }
+                        record.maintenance = None;
+                        CommandResult::Ok
+                    }
+                    _ => CommandResult::Duplicate,
+                }
             }
             Command::DrainAgent { agent, drain } => match self.agents.get_mut(&agent) {
                 // Nothing changes: no event says it did.
