@@ -94,11 +94,9 @@ fn a_service_rolls_to_its_new_definition_one_instance_at_a_time() {
         .unwrap());
     assert!(said.contains("rolling out"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut least = u32::MAX;
     loop {
         let now = instances(&c);
         let up = now.iter().filter(|(_, s, _)| s == "Running").count() as u32;
-        least = least.min(up);
         assert!(up >= 2, "more than 2 down: {now:?}");
         if running(300) == 4 && now.len() == 4 {
             break;
@@ -106,7 +104,6 @@ fn a_service_rolls_to_its_new_definition_one_instance_at_a_time() {
         assert!(Instant::now() < deadline, "not rolled out: {now:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(least <= 3, "the update stopped instances while it rolled");
     // Every first instance was stopped by the update, none failed.
     for t in first {
         let t = c
