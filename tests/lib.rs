@@ -641,6 +641,25 @@ pub fn write_corpus(dir: &Path, files: usize, total: usize) -> Vec<PathBuf> {
 
 /// A TCP listener on loopback that reports what each connection sent: its port, and a channel
 /// of what arrived (one message per connection, read to its end).
+/// Writes a service file of one group `web` running `sample` (`count` instances of `cpu`,
+/// backoff 200 ms, timeout 10 minutes), plus `extra` lines; its path.
+pub fn service_file(
+    dir: &Path,
+    file: &str,
+    sample_name: &str,
+    count: u32,
+    cpu: &str,
+    extra: &str,
+) -> String {
+    let path = dir.join(file);
+    let text = format!(
+        "name = \"web\"\n[[group]]\nname = \"web\"\nbundle = \"{}\"\ncount = {count}\ncpu = \"{cpu}\"\ntimeout = \"10m\"\nbackoff = \"200ms\"\n{extra}",
+        sample(sample_name).display()
+    );
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path.to_string_lossy().into_owned()
+}
+
 pub fn loopback_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wasmos_tests::{DevCluster, assert_clean_error, eventually, ok, sample, wasmos_cmd};
+use wasmos_tests::{
+    DevCluster, assert_clean_error, eventually, ok, sample, service_file, wasmos_cmd,
+};
 
 fn tasks(c: &DevCluster) -> Vec<Value> {
     let all = c.json(&["task", "list", "-o", "json"]).unwrap();
@@ -23,16 +25,8 @@ fn on(t: &Value) -> &str {
 fn a_window_moves_what_accepts_and_stops_what_does_not() {
     let c = DevCluster::start_with(2, &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let svc = dir.path().join("svc.toml");
-    std::fs::write(
-        &svc,
-        format!(
-            "name = \"web\"\n[[group]]\nname = \"web\"\nbundle = \"{}\"\ncount = 2\ncpu = \"100m\"\ntimeout = \"10m\"\nbackoff = \"200ms\"\n",
-            sample("spin").display()
-        ),
-    )
-    .unwrap();
-    ok(&c.cli(&["service", "run", svc.to_str().unwrap()]).unwrap());
+    let svc = service_file(dir.path(), "svc.toml", "spin", 2, "100m", "");
+    ok(&c.cli(&["service", "run", &svc]).unwrap());
     let running = |c: &DevCluster| -> Vec<Value> {
         tasks(c)
             .into_iter()

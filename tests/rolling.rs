@@ -6,20 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasmos_tests::{DevCluster, assert_clean_error, ok, sample, text, wasmos_cmd};
-
-fn service_file(dir: &std::path::Path, name: &str, cpu: &str, count: u32) -> String {
-    let file = dir.join(name);
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"web\"\n[[group]]\nname = \"web\"\nbundle = \"{}\"\ncount = {count}\ncpu = \"{cpu}\"\ntimeout = \"10m\"\nbackoff = \"200ms\"\n",
-            sample("spin").display()
-        ),
-    )
-    .unwrap();
-    file.to_str().unwrap().to_string()
-}
+use wasmos_tests::{DevCluster, assert_clean_error, ok, service_file, text, wasmos_cmd};
 
 /// The service's live tasks: (id, state, cpu in millicores).
 fn instances(c: &DevCluster) -> Vec<(u64, String, u64)> {
@@ -49,7 +36,7 @@ fn instances(c: &DevCluster) -> Vec<(u64, String, u64)> {
 fn a_service_rolls_to_its_new_definition_one_instance_at_a_time() {
     let c = DevCluster::start_with(2, &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let v1 = service_file(dir.path(), "v1.toml", "200m", 4);
+    let v1 = service_file(dir.path(), "v1.toml", "spin", 4, "200m", "");
     let id = ok(&c.cli(&["service", "run", &v1]).unwrap())
         .trim()
         .to_string();
@@ -68,7 +55,7 @@ fn a_service_rolls_to_its_new_definition_one_instance_at_a_time() {
 
     // Only the owner's tenant sees it; an unknown group is named.
     let other = c.user_config("wasmos://tenant/other/ci");
-    let v2 = service_file(dir.path(), "v2.toml", "300m", 4);
+    let v2 = service_file(dir.path(), "v2.toml", "spin", 4, "300m", "");
     let refused = wasmos_cmd(&other, &["service", "update", &id, &v2])
         .output()
         .unwrap();

@@ -792,8 +792,17 @@ impl Allocator {
         self.total = self.total.saturating_sub(&old).saturating_add(&total);
         // Every share is a fraction of the cluster total.
         self.stale_order = true;
-        let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
-        Ok(offers
+        Ok(self.rescind_all(id, RescindReason::AgentResized))
+    }
+
+    /// Withdraws every outstanding offer of an agent.
+    fn rescind_all(&mut self, id: &AgentId, reason: RescindReason) -> Vec<Rescind> {
+        let offers: Vec<OfferId> = self
+            .agents
+            .get(id)
+            .map(|a| a.offers.iter().map(|(_, o)| *o).collect())
+            .unwrap_or_default();
+        offers
             .into_iter()
             .filter_map(|o| {
                 let offer = self.withdraw_offer(o)?;
@@ -801,10 +810,10 @@ impl Allocator {
                     offer: o,
                     framework: offer.framework,
                     agent: offer.agent,
-                    reason: RescindReason::AgentResized,
+                    reason,
                 })
             })
-            .collect())
+            .collect()
     }
 
     /// Drains an agent (it is offered nothing more, and its outstanding offers are rescinded)
@@ -817,19 +826,7 @@ impl Allocator {
         if !draining {
             return Vec::new();
         }
-        let offers: Vec<OfferId> = agent.offers.iter().map(|(_, o)| *o).collect();
-        offers
-            .into_iter()
-            .filter_map(|o| {
-                let offer = self.withdraw_offer(o)?;
-                Some(Rescind {
-                    offer: o,
-                    framework: offer.framework,
-                    agent: offer.agent,
-                    reason: RescindReason::AgentDraining,
-                })
-            })
-            .collect()
+        self.rescind_all(id, RescindReason::AgentDraining)
     }
 
     /// Removes an agent: its offers are rescinded and its tasks are released (they are lost).
