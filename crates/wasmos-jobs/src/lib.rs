@@ -229,8 +229,17 @@ impl JobFramework {
                 .filter(|(t, s)| s.0 == g && s.1 < count && !self.killing.contains(t))
                 .map(|(t, s)| (*t, *s))
                 .collect();
-            let outdated = |s: &Slot| self.slot_gen.get(s).is_some_and(|v| *v < current);
-            if !live.iter().any(|(_, s)| outdated(s)) {
+            // Of an older definition (a task found running after a failover, of unknown
+            // definition, counts as older once the group has changed), or on an agent with
+            // maintenance ahead that this framework agreed to leave.
+            let outdated = |t: &TaskId, s: &Slot| {
+                self.slot_gen.get(s).map_or(current > 0, |v| *v < current)
+                    || self
+                        .agent_of
+                        .get(t)
+                        .is_some_and(|a| self.avoid.contains_key(a))
+            };
+            if !live.iter().any(|(t, s)| outdated(t, s)) {
                 continue;
             }
             let available = live
@@ -243,7 +252,7 @@ impl JobFramework {
                 .saturating_sub(count.saturating_sub(available));
             let mut stop = Vec::new();
             for (t, s) in &live {
-                if !outdated(s) {
+                if !outdated(t, s) {
                     continue;
                 }
                 if !self.running.contains(t) {
@@ -727,22 +736,15 @@ impl Scheduler for JobFramework {
         }
     }
 
-    /// Maintenance ahead: accepted, and the job's tasks there are moved off now (stopped as
-    /// the framework's own kills, so they start again elsewhere at once, using no retry), and
-    /// the agent is not used again until the window ends.
+    /// Maintenance ahead: accepted. Nothing more is placed on the agent until the window
+    /// ends; a service's instances there move off as a rolling update moves them (at most
+    /// `max_unavailable` of a group down at once, each the framework's own kill, using no
+    /// retry). A batch task there is left to finish: the drain at the start stops it if it
+    /// has not, and it runs again elsewhere without using a retry.
     fn inverse_offer(&mut self, cx: &mut Context, agent: &AgentId, _start_ms: u64, end_ms: u64) {
         cx.answer_inverse_offer(agent.clone(), true);
         self.avoid.insert(agent.clone(), end_ms);
-        let there: Vec<TaskId> = self
-            .agent_of
-            .iter()
-            .filter(|(t, a)| *a == agent && !self.killing.contains(t))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in there {
-            self.killing.insert(t);
-            cx.kill(t);
-        }
+        self.roll(cx);
         cx.wake_at(end_ms);
     }
 

@@ -1016,6 +1016,22 @@ impl<E: Env> Cycle<E> {
             },
             FrameworkCall::Revive => self.alloc.revive(fw),
             FrameworkCall::AnswerInverseOffer { agent, accept } => {
+                // Only where it runs tasks (where it was sent an inverse offer): no answer
+                // for agents it has nothing on.
+                let runs_there = self.env.read(|s| {
+                    s.live_tasks_on(&agent)
+                        .any(|t| s.tasks.get(&t).is_some_and(|t| t.framework == Some(fw)))
+                });
+                if !runs_there {
+                    self.send(
+                        fw,
+                        FrameworkEvent::Error {
+                            request: None,
+                            message: format!("no inverse offer for agent {agent} to answer"),
+                        },
+                    );
+                    return;
+                }
                 self.env.propose(
                     Command::AnswerInverseOffer {
                         agent,

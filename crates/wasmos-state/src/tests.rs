@@ -2384,3 +2384,156 @@ fn children_are_their_placed_parents_within_depth_and_fan_out_and_indexed_until_
         CommandResult::Submitted(_)
     ));
 }
+
+/// A service update is checked as a submission is: an input blob another tenant uploaded is
+/// refused, as if it did not exist.
+#[test]
+fn a_service_update_cannot_name_another_tenants_blob() {
+    let mut s = ClusterState::default();
+    let bundle = other_hash(1);
+    upload(&mut s, &bundle, 10, Some("acme"));
+    let theirs = other_hash(9);
+    upload(&mut s, &theirs, 10, Some("evil"));
+    let group = wasmos_proto::GroupSpec {
+        name: "web".into(),
+        count: 1,
+        task: tenant_spec(&bundle, "acme"),
+        depends_on: vec![],
+        input_pattern: None,
+        inputs: vec![],
+        constraints: BTreeMap::new(),
+        retries: 0,
+        backoff_ms: 0,
+        spread: None,
+        max_unavailable: 1,
+    };
+    let spec = wasmos_proto::JobSpec {
+        name: "svc".into(),
+        kind: wasmos_proto::JobKind::Service,
+        role: None,
+        deadline_ms: None,
+        groups: vec![group.clone()],
+    };
+    let CommandResult::Job(job) = s.apply(Command::SubmitJob {
+        spec,
+        owner: ALICE.into(),
+        role: role("acme"),
+        now_ms: 1,
+    }) else {
+        panic!()
+    };
+    let update = |s: &mut ClusterState, g: &wasmos_proto::GroupSpec| {
+        s.apply(Command::Job {
+            job,
+            event: wasmos_proto::JobEvent::Updated {
+                group: Box::new(g.clone()),
+            },
+            now_ms: 2,
+        })
+    };
+    let mut stealing = group.clone();
+    stealing.inputs = vec![vec![wasmos_proto::InputFile {
+        blob: theirs,
+        guest: "/in/input/x".into(),
+    }]];
+    assert_rejected(&update(&mut s, &stealing), "has not been uploaded");
+    let mut other_role = group.clone();
+    other_role.task.role = Some("evil".into());
+    assert_rejected(&update(&mut s, &other_role), "role must be the job's");
+    let mut bigger = group;
+    bigger.task.resources.cpu_millis = 700;
+    assert_eq!(update(&mut s, &bigger), CommandResult::Ok);
+    assert_eq!(s.jobs[&job].spec.groups[0].task.resources.cpu_millis, 700);
+}
+
+/// A window begins with a drain and ends with an undrain; an operator's undrain ends it early,
+/// and a drain of the operator's during it outlives it. Answers are kept once.
+#[test]
+fn maintenance_windows_drain_and_undrain_their_agents() {
+    let mut s = ClusterState::default();
+    register(&mut s, "a", vec![]);
+    let window = wasmos_proto::MaintenanceWindow {
+        start_ms: 10,
+        end_ms: 20,
+    };
+    let schedule = |s: &mut ClusterState, w: Option<wasmos_proto::MaintenanceWindow>| {
+        s.apply(Command::ScheduleMaintenance {
+            agents: vec![agent("a")],
+            window: w,
+        })
+    };
+    let at = |s: &mut ClusterState, begun: bool| {
+        s.apply(Command::MaintenanceWindowAt {
+            agent: agent("a"),
+            begun,
+        })
+    };
+    assert!(matches!(
+        s.apply(Command::ScheduleMaintenance {
+            agents: vec![agent("a"), agent("nope")],
+            window: Some(window),
+        }),
+        CommandResult::Rejected(Rejection::NotFound(_))
+    ));
+    assert_eq!(schedule(&mut s, Some(window)), CommandResult::Ok);
+    let answer = |s: &mut ClusterState, accept: bool| {
+        s.apply(Command::AnswerInverseOffer {
+            agent: agent("a"),
+            framework: FrameworkId(3),
+            accept,
+        })
+    };
+    assert_eq!(answer(&mut s, true), CommandResult::Ok);
+    assert_eq!(answer(&mut s, true), CommandResult::Duplicate);
+    // Begun: drained, and not to be rescheduled while under way.
+    assert_eq!(at(&mut s, true), CommandResult::Ok);
+    assert!(s.agents[&agent("a")].draining);
+    assert_rejected(&schedule(&mut s, Some(window)), "in its maintenance window");
+    assert_rejected(&answer(&mut s, false), "no maintenance");
+    // Ended: undrained, window gone.
+    assert_eq!(at(&mut s, false), CommandResult::Ok);
+    assert!(!s.agents[&agent("a")].draining);
+    assert!(s.agents[&agent("a")].maintenance.is_none());
+    // An undrain ends one under way.
+    schedule(&mut s, Some(window));
+    at(&mut s, true);
+    let drain = |s: &mut ClusterState, drain: bool| {
+        s.apply(Command::DrainAgent {
+            agent: agent("a"),
+            drain,
+        })
+    };
+    assert_eq!(drain(&mut s, false), CommandResult::Ok);
+    assert!(s.agents[&agent("a")].maintenance.is_none());
+    // A drain during one changes nothing: the window drained it.
+    schedule(&mut s, Some(window));
+    at(&mut s, true);
+    assert_eq!(
+        drain(&mut s, true),
+        CommandResult::Duplicate,
+        "already drained"
+    );
+    // Already drained by the operator when the window begins: the window steps aside.
+    let mut s2 = ClusterState::default();
+    register(&mut s2, "a", vec![]);
+    s2.apply(Command::DrainAgent {
+        agent: agent("a"),
+        drain: true,
+    });
+    s2.apply(Command::ScheduleMaintenance {
+        agents: vec![agent("a")],
+        window: Some(window),
+    });
+    s2.apply(Command::MaintenanceWindowAt {
+        agent: agent("a"),
+        begun: true,
+    });
+    assert!(s2.agents[&agent("a")].draining);
+    assert!(s2.agents[&agent("a")].maintenance.is_none());
+    // Cancelled before it begins: nothing drained.
+    assert_eq!(at(&mut s, false), CommandResult::Ok);
+    schedule(&mut s, Some(window));
+    assert_eq!(schedule(&mut s, None), CommandResult::Ok);
+    assert!(s.agents[&agent("a")].maintenance.is_none());
+    assert!(!s.agents[&agent("a")].draining);
+}

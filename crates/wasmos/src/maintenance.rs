@@ -48,7 +48,10 @@ fn when(s: &str) -> Result<u64> {
         return Ok(now_ms());
     }
     if let Ok(wait) = s.parse::<humantime::Duration>() {
-        return Ok(now_ms() + Duration::from(wait).as_millis() as u64);
+        return u64::try_from(Duration::from(wait).as_millis())
+            .ok()
+            .and_then(|w| now_ms().checked_add(w))
+            .ok_or_else(|| anyhow!("--start `{s}` is too far away"));
     }
     let at = humantime::parse_rfc3339_weak(s).map_err(|_| {
         anyhow!("--start `{s}` is not `now`, a wait (10m) or a time (2026-12-24T22:00:00Z)")
@@ -70,7 +73,10 @@ pub(crate) async fn run(target: &Target, cmd: MaintenanceCmd) -> Result<ExitCode
             let length: humantime::Duration = duration
                 .parse()
                 .map_err(|e| anyhow!("--duration `{duration}`: {e} (e.g. 30m, 2h)"))?;
-            let end_ms = start_ms + Duration::from(length).as_millis() as u64;
+            let end_ms = u64::try_from(Duration::from(length).as_millis())
+                .ok()
+                .and_then(|l| start_ms.checked_add(l))
+                .ok_or_else(|| anyhow!("--duration `{duration}` is too long"))?;
             (agents(&list)?, Some(MaintenanceWindow { start_ms, end_ms }))
         }
         MaintenanceCmd::Cancel { agents: list } => (agents(&list)?, None),

@@ -327,10 +327,10 @@ impl ClusterState {
                 .get_mut(&agent)
                 .and_then(|a| a.maintenance.as_mut())
             {
-                Some(m) if !m.begun => {
-                    m.answers.insert(framework, accept);
-                    CommandResult::Ok
-                }
+                Some(m) if !m.begun => match m.answers.insert(framework, accept) {
+                    Some(before) if before == accept => CommandResult::Duplicate,
+                    _ => CommandResult::Ok,
+                },
                 _ => CommandResult::Rejected(Rejection::NotFound(format!(
                     "no maintenance of agent {agent} to answer for"
                 ))),
@@ -366,6 +366,11 @@ impl ClusterState {
                 Some(record) if record.draining == drain => CommandResult::Duplicate,
                 Some(record) => {
                     record.draining = drain;
+                    // An undrain ends a window under way (a window drains its agent, so a
+                    // drain never meets one under way).
+                    if !drain && record.maintenance.as_ref().is_some_and(|m| m.begun) {
+                        record.maintenance = None;
+                    }
                     CommandResult::Ok
                 }
                 None => {

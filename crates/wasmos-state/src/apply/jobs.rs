@@ -82,6 +82,14 @@ impl ClusterState {
                             why.within(&format!("group `{}`", group.name)),
                         );
                     }
+                    for input in group.inputs.iter().flatten() {
+                        if !self.may_read(&r.owner, &input.blob) {
+                            return CommandResult::Rejected(Rejection::NotFound(format!(
+                                "group `{}`: input blob {} has not been uploaded",
+                                group.name, input.blob
+                            )));
+                        }
+                    }
                 }
                 let Some(record) = self.jobs.get_mut(&job) else {
                     return CommandResult::Rejected(Rejection::NotFound(format!(
