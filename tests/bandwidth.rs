@@ -78,20 +78,27 @@ fn tasks_get_the_bandwidth_they_asked_for() {
     let netio = sample("netio");
     let rate = 512.0 * KIB;
 
-    // Egress, measured where the bytes arrive: 4 s at 512 KiB/s.
-    let (port, got) = sink();
-    let target = format!("127.0.0.1:{port}");
-    let bytes = (4.0 * rate) as u64;
-    let out = c
-        .cmd(&["run", "--net", &target, "--resource", "net=512KiB"])
-        .arg(&netio)
-        .args(["--", "send", &target, &bytes.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (total, secs) = got.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(total, bytes);
-    assert_near("egress", total as f64 / secs, rate);
+    // `netio send` of `bytes` to a sink, with `request` (`--resource ...`, or none): the rate
+    // measured where the bytes arrive.
+    let send = |request: &[&str], bytes: u64| -> f64 {
+        let (port, got) = sink();
+        let target = format!("127.0.0.1:{port}");
+        let out = c
+            .cmd(&["run", "--net", &target])
+            .args(request)
+            .arg(&netio)
+            .args(["--", "send", &target, &bytes.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (total, secs) = got.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(total, bytes);
+        total as f64 / secs
+    };
+
+    // Egress: 4 s at 512 KiB/s.
+    let egress = send(&["--resource", "net=512KiB"], (4.0 * rate) as u64);
+    assert_near("egress", egress, rate);
 
     // Ingress, measured by the task as it reads: the sender's socket buffers fill at once, so
     // only the reader sees the pace.
@@ -118,19 +125,7 @@ fn tasks_get_the_bandwidth_they_asked_for() {
     assert!(agents.contains("0B/8MiB"), "{agents}");
 
     // Asking for none on an agent that manages bandwidth: 64 KiB/s, not the whole link.
-    let (port, got) = sink();
-    let target = format!("127.0.0.1:{port}");
-    let bytes = 192 << 10;
-    let out = c
-        .cmd(&["run", "--net", &target])
-        .arg(&netio)
-        .args(["--", "send", &target, &bytes.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (total, secs) = got.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(total, bytes);
-    assert_near("unrequested", total as f64 / secs, 64.0 * KIB);
+    assert_near("unrequested", send(&[], 192 << 10), 64.0 * KIB);
 }
 
 #[test]

@@ -189,15 +189,9 @@ impl JobFramework {
         self.stop = true;
     }
 
-    /// A service group's new instance count: more start, the highest indexes stop.
-    pub fn set_count(&mut self, group: &str, count: u32) {
-        if let Some(g) = self.spec.groups.iter_mut().find(|g| g.name == group) {
-            g.count = count;
-        }
-    }
-
-    /// A service group's new definition: instances of the old one are replaced, at most its
-    /// `max_unavailable` at a time (see [`JobFramework::roll`]), when the task changed.
+    /// A service group's new definition: a new count starts more instances or stops the
+    /// highest indexes; a new task replaces the old one's instances, at most its
+    /// `max_unavailable` at a time (see [`JobFramework::roll`]).
     pub fn update_group(&mut self, group: wasmos_proto::GroupSpec) {
         let Some(g) = self.spec.groups.iter().position(|x| x.name == group.name) else {
             return;

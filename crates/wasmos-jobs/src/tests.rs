@@ -561,7 +561,7 @@ fn a_drained_agents_tasks_run_again_without_using_a_retry() {
 fn a_service_replaces_ended_instances_and_scales() {
     let mut spec = job(vec![group("web", 2, &[])]);
     spec.kind = JobKind::Service;
-    let mut h = Harness::new(spec);
+    let mut h = Harness::new(spec.clone());
     // One agent: one instance per offer, until the group's count runs there.
     let mut running = h.offer("a1", 4000, &[]);
     assert_eq!(running.len(), 1);
@@ -572,7 +572,9 @@ fn a_service_replaces_ended_instances_and_scales() {
     h.now = 1000;
     let replaced = h.offer("a1", 4000, &[]);
     assert_eq!(replaced.len(), 1, "one instance replaced after its backoff");
-    h.d.scheduler_mut().set_count("web", 1);
+    let mut one = spec.groups[0].clone();
+    one.count = 1;
+    h.d.scheduler_mut().update_group(one);
     let actions = h.d.tick(1001);
     let killed: Vec<_> = actions
         .iter()

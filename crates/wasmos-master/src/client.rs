@@ -743,11 +743,8 @@ async fn resize_agent(
     agent: wasmos_proto::AgentId,
     total: Option<wasmos_proto::Resources>,
 ) -> ClientResponse {
-    if !matches!(who, Identity::Operator(_)) {
-        return error(
-            ErrorKind::InvalidRequest,
-            "only operators may resize agents",
-        );
+    if let Some(no) = crate::signing::operator_only(who, "resize agents") {
+        return no;
     }
     if let Some(t) = &total
         && let Err(why) = t.check_scalars()
@@ -773,7 +770,7 @@ async fn resize_agent(
             .get(&agent)
             .map(|a| a.total.clone())
             .unwrap_or_default(),
-        used: s.used_by_agent().remove(&agent).unwrap_or_default(),
+        used: s.used_on(&agent),
     })
 }
 
@@ -788,8 +785,8 @@ async fn drain_agent(
     agent: wasmos_proto::AgentId,
     drain: bool,
 ) -> ClientResponse {
-    if !matches!(who, Identity::Operator(_)) {
-        return error(ErrorKind::InvalidRequest, "only operators may drain agents");
+    if let Some(no) = crate::signing::operator_only(who, "drain agents") {
+        return no;
     }
     match shared
         .write(Command::DrainAgent {
@@ -844,11 +841,8 @@ async fn schedule_maintenance(
     agents: Vec<wasmos_proto::AgentId>,
     window: Option<wasmos_proto::MaintenanceWindow>,
 ) -> ClientResponse {
-    if !matches!(who, Identity::Operator(_)) {
-        return error(
-            ErrorKind::InvalidRequest,
-            "only operators may schedule maintenance",
-        );
+    if let Some(no) = crate::signing::operator_only(who, "schedule maintenance") {
+        return no;
     }
     if agents.is_empty() || agents.len() > wasmos_proto::MAX_MAINTENANCE_AGENTS {
         return error(

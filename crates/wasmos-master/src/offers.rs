@@ -312,6 +312,13 @@ pub(crate) fn settle<E: Env>(
     }
 }
 
+/// Whether framework `fw` has live tasks on `agent` (the frameworks an agent's maintenance
+/// concerns).
+fn runs_tasks_on(s: &wasmos_state::ClusterState, agent: &AgentId, fw: FrameworkId) -> bool {
+    s.live_tasks_on(agent)
+        .any(|t| s.tasks.get(&t).is_some_and(|t| t.framework == Some(fw)))
+}
+
 pub(crate) struct Cycle<E: Env> {
     env: E,
     /// The time of the events or the cycle being handled (milliseconds since the epoch).
@@ -749,10 +756,7 @@ impl<E: Env> Cycle<E> {
                 .filter(|(a, _)| only.is_none_or(|o| o.contains(a)))
                 .filter_map(|(a, r)| {
                     let m = r.maintenance.as_ref()?;
-                    let runs_there = s
-                        .live_tasks_on(a)
-                        .any(|t| s.tasks.get(&t).is_some_and(|t| t.framework == Some(fw)));
-                    (!m.begun && !m.answers.contains_key(&fw) && runs_there)
+                    (!m.begun && !m.answers.contains_key(&fw) && runs_tasks_on(s, a, fw))
                         .then(|| (a.clone(), m.window))
                 })
                 .collect()
@@ -1018,11 +1022,7 @@ impl<E: Env> Cycle<E> {
             FrameworkCall::AnswerInverseOffer { agent, accept } => {
                 // Only where it runs tasks (where it was sent an inverse offer): no answer
                 // for agents it has nothing on.
-                let runs_there = self.env.read(|s| {
-                    s.live_tasks_on(&agent)
-                        .any(|t| s.tasks.get(&t).is_some_and(|t| t.framework == Some(fw)))
-                });
-                if !runs_there {
+                if !self.env.read(|s| runs_tasks_on(s, &agent, fw)) {
                     self.send(
                         fw,
                         FrameworkEvent::Error {

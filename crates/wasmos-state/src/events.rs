@@ -211,9 +211,11 @@ impl ClusterState {
         Some(match cmd {
             Command::RegisterAgent { id, .. } => Note::Agent(id.clone(), AgentChange::Registered),
             Command::AgentLost { agent, .. } => Note::Agent(agent.clone(), AgentChange::Lost),
-            Command::DrainAgent { agent, drain } => Note::Agent(
+            // A window's start drains its agent, its end undrains it.
+            Command::DrainAgent { agent, drain: on }
+            | Command::MaintenanceWindowAt { agent, begun: on } => Note::Agent(
                 agent.clone(),
-                if *drain {
+                if *on {
                     AgentChange::Draining
                 } else {
                     AgentChange::Undrained
@@ -225,14 +227,6 @@ impl ClusterState {
                 Some(a) => Note::Agent(a.clone(), AgentChange::MaintenanceScheduled),
                 None => return None,
             },
-            Command::MaintenanceWindowAt { agent, begun } => Note::Agent(
-                agent.clone(),
-                if *begun {
-                    AgentChange::Draining
-                } else {
-                    AgentChange::Undrained
-                },
-            ),
             Command::RegisterFramework {
                 name, role, owner, ..
             } => Note::NewFramework {

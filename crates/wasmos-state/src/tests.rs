@@ -748,6 +748,23 @@ fn submit_as(s: &mut ClusterState, owner: &str, spec: TaskSpec) -> CommandResult
     })
 }
 
+/// A group of one task, no inputs, no retries.
+fn one_group(name: &str, task: TaskSpec) -> wasmos_proto::GroupSpec {
+    wasmos_proto::GroupSpec {
+        name: name.into(),
+        count: 1,
+        task,
+        depends_on: vec![],
+        input_pattern: None,
+        inputs: vec![],
+        constraints: BTreeMap::new(),
+        retries: 0,
+        backoff_ms: 0,
+        spread: None,
+        max_unavailable: 0,
+    }
+}
+
 fn tenant_spec(bundle: &BundleHash, role: &str) -> TaskSpec {
     TaskSpec {
         role: Some(role.into()),
@@ -1283,19 +1300,7 @@ fn a_job_that_takes_the_last_framework_slot_still_attaches_its_framework() {
         kind: wasmos_proto::JobKind::Batch,
         role: None,
         deadline_ms: None,
-        groups: vec![wasmos_proto::GroupSpec {
-            name: "g".into(),
-            count: 1,
-            task: tenant_spec(&b, "acme"),
-            depends_on: vec![],
-            input_pattern: None,
-            inputs: vec![],
-            constraints: BTreeMap::new(),
-            retries: 0,
-            backoff_ms: 0,
-            spread: None,
-            max_unavailable: 0,
-        }],
+        groups: vec![one_group("g", tenant_spec(&b, "acme"))],
     };
     let submit = |s: &mut ClusterState| {
         s.apply(Command::SubmitJob {
@@ -2395,17 +2400,8 @@ fn a_service_update_cannot_name_another_tenants_blob() {
     let theirs = other_hash(9);
     upload(&mut s, &theirs, 10, Some("evil"));
     let group = wasmos_proto::GroupSpec {
-        name: "web".into(),
-        count: 1,
-        task: tenant_spec(&bundle, "acme"),
-        depends_on: vec![],
-        input_pattern: None,
-        inputs: vec![],
-        constraints: BTreeMap::new(),
-        retries: 0,
-        backoff_ms: 0,
-        spread: None,
         max_unavailable: 1,
+        ..one_group("web", tenant_spec(&bundle, "acme"))
     };
     let spec = wasmos_proto::JobSpec {
         name: "svc".into(),

@@ -32,10 +32,11 @@ pub(crate) enum AgentCmd {
     Undrain {
         id: String,
     },
-    /// Operators: change what an agent offers, live, without restarting it. Kinds not named
-    /// keep their value. Its outstanding offers are rescinded and made again; tasks already
-    /// running keep running, and nothing new is placed while they hold more than the new
-    /// total. The change lasts across the agent's restarts until `--reset`.
+    /// Operators: change what an agent offers, live, without restarting it: at most what it
+    /// advertises. Kinds not named keep their value. Its outstanding offers are rescinded and
+    /// made again; tasks already running keep running, and nothing more of a kind they hold
+    /// beyond the new total is placed. The change lasts across the agent's restarts until
+    /// `--reset`.
     Set(SetArgs),
     /// Run the agent as a Windows service: install, start, stop, status, uninstall.
     Service {
@@ -417,7 +418,7 @@ pub(crate) async fn agent_set(target: &Target, args: SetArgs) -> Result<ExitCode
     println!("{agent} now offers {total}");
     if !used.fits_in(&total) {
         println!(
-            "its tasks hold {used}, more than that: they keep running, and nothing new is placed until enough of them end"
+            "its tasks hold {used}, more than that: they keep running, and nothing more of a kind they are over in is placed until enough of them end"
         );
     }
     Ok(ExitCode::SUCCESS)
