@@ -51,6 +51,9 @@ pub struct Progress {
     pub failures: BTreeMap<(String, u32), u32>,
     /// Times a done slot's kept outputs were lost.
     pub losses: BTreeMap<(String, u32), u32>,
+    /// Where the live tasks were placed, and whether they run, as the state has them: a
+    /// framework started again (after a failover) knows their agents before any update.
+    pub placed: BTreeMap<TaskId, (AgentId, bool)>,
 }
 
 #[derive(Debug)]
@@ -120,10 +123,17 @@ impl JobFramework {
             .collect();
         let mut busy = BTreeMap::new();
         let mut live = BTreeMap::new();
+        let (mut agent_of, mut running) = (BTreeMap::new(), BTreeSet::new());
         for (task, (group, i)) in &progress.tasks {
             if let Some(g) = index.get(group.as_str()) {
                 busy.insert((*g, *i), Some(*task));
                 live.insert(*task, (*g, *i));
+                if let Some((agent, runs)) = progress.placed.get(task) {
+                    agent_of.insert(*task, agent.clone());
+                    if *runs {
+                        running.insert(*task);
+                    }
+                }
             }
         }
         let mut done_idx = vec![BTreeSet::new(); spec.groups.len()];
@@ -152,7 +162,7 @@ impl JobFramework {
             progress,
             busy,
             live,
-            agent_of: BTreeMap::new(),
+            agent_of,
             launching: BTreeMap::new(),
             killing: BTreeSet::new(),
             retry_at: BTreeMap::new(),
@@ -169,7 +179,7 @@ impl JobFramework {
             first_offers_ms: None,
             generation: vec![0; groups],
             slot_gen: BTreeMap::new(),
-            running: BTreeSet::new(),
+            running,
             avoid: BTreeMap::new(),
         }
     }

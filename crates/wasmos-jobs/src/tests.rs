@@ -56,7 +56,12 @@ struct Harness {
 
 impl Harness {
     fn new(spec: JobSpec) -> Harness {
-        let fw = JobFramework::new(spec, 0, Progress::default());
+        Harness::resumed(spec, Progress::default())
+    }
+
+    /// A framework started again from what an earlier one recorded.
+    fn resumed(spec: JobSpec, progress: Progress) -> Harness {
+        let fw = JobFramework::new(spec, 0, progress);
         let mut d = Driver::new(fw, Options::new("job"));
         d.connected(0);
         d.event(
@@ -536,6 +541,58 @@ fn a_rolling_update_keeps_all_but_max_unavailable_running() {
             assert!(next.is_empty(), "all replaced");
         }
     }
+}
+
+/// A framework started again after a failover knows where its running instances are from the
+/// state: an inverse offer moves the one on that agent at once, within max-unavailable.
+#[test]
+fn a_resumed_service_knows_where_its_instances_run() {
+    let mut spec = job(vec![group("web", 2, &[])]);
+    spec.kind = JobKind::Service;
+    let a = |n: &str| AgentId::new(n).unwrap();
+    let progress = Progress {
+        tasks: BTreeMap::from([
+            (TaskId(1), ("web".into(), 0)),
+            (TaskId(2), ("web".into(), 1)),
+        ]),
+        placed: BTreeMap::from([(TaskId(1), (a("a1"), true)), (TaskId(2), (a("a2"), true))]),
+        ..Progress::default()
+    };
+    let mut h = Harness::resumed(spec, progress);
+    let actions = h.d.event(
+        FrameworkEvent::InverseOffer {
+            agent: a("a2"),
+            start_ms: 60_000,
+            end_ms: 120_000,
+        },
+        h.now,
+    );
+    let calls: Vec<&FrameworkCall> = actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::Send(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        calls.contains(&&FrameworkCall::AnswerInverseOffer {
+            agent: a("a2"),
+            accept: true
+        }),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&&FrameworkCall::Kill { task: TaskId(2) }),
+        "{calls:?}"
+    );
+    assert!(!calls.contains(&&FrameworkCall::Kill { task: TaskId(1) }));
+    // Its replacement goes elsewhere: a2 is declined until the window ends.
+    h.update(
+        TaskId(2),
+        TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "moved"),
+    );
+    assert!(h.offer("a2", 4000, &[]).is_empty());
+    assert_eq!(h.offer("a3", 4000, &[]).len(), 1);
 }
 
 #[test]

@@ -174,12 +174,23 @@ async fn runner(shared: Arc<Shared>, job: JobId) {
         }
     };
     let revocable = JobFramework::wants_revocable(&rec.spec);
+    let placed = shared.read(|s| {
+        rec.tasks
+            .keys()
+            .filter_map(|t| s.tasks.get(t))
+            .filter_map(|t| {
+                let runs = t.status.state == wasmos_proto::TaskState::Running;
+                Some((t.id, (t.agent.clone()?, runs)))
+            })
+            .collect()
+    });
     let progress = Progress {
         framework: rec.framework,
         tasks: rec.tasks.clone(),
         done: rec.done.clone(),
         failures: rec.failures.clone(),
         losses: rec.losses.clone(),
+        placed,
     };
     let fw = JobFramework::new(rec.spec.clone(), rec.submitted_ms, progress);
     let options = Options {
