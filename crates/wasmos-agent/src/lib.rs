@@ -3,7 +3,9 @@
 //! are numbered and kept until the master acknowledges them, so none is lost to a reconnect.
 
 mod children;
+pub mod executor;
 mod kept;
+mod recovery;
 mod renew;
 pub mod stats;
 mod taskdir;
@@ -35,6 +37,8 @@ pub enum AgentError {
     Exec(#[from] wasmos_exec::ExecError),
     #[error("cannot start the task worker pool: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot start or attach to the executor: {0}")]
+    Executor(executor::ExecutorError),
     #[error("cannot create work directory {path}: {source}")]
     WorkDir {
         path: PathBuf,
@@ -74,6 +78,9 @@ pub struct AgentConfig {
     pub cert_files: Option<wasmos_net::CredentialFiles>,
     /// Where this agent counts what its metrics tell (`stats::render`).
     pub stats: Arc<stats::AgentStats>,
+    /// Run tasks in an executor process that outlives the agent (see `executor`), started
+    /// this way; `None` runs them in the agent's own process.
+    pub executor: Option<executor::ExecutorProgram>,
 }
 
 /// The default of [`AgentConfig::keep_max_bytes`].
@@ -145,6 +152,8 @@ struct Agent {
     output_backlog: Arc<AtomicU64>,
     /// The children its tasks started (`wasmos:task/spawn`).
     children: Arc<children::Children>,
+    /// The executor running its tasks, when they run in one (`AgentConfig::executor`).
+    executor: tokio::sync::Mutex<Option<Arc<executor::Client>>>,
 }
 
 /// Most bytes of task output an agent queues for its master at once, and of one task's: a
@@ -294,17 +303,6 @@ pub async fn run(
             path: bundles.clone(),
             source,
         })?;
-    // Task directories left by a previous life of this agent belong to tasks that are gone.
-    let task_dirs = taskdir::TaskDir::parent(&cfg.work_dir);
-    if !cfg.keep_task_dirs
-        && let Err(source) = std::fs::remove_dir_all(&task_dirs)
-        && source.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(AgentError::WorkDir {
-            path: task_dirs,
-            source,
-        });
-    }
     // Fuel calibration keeps a core busy for a moment: not on the async workers.
     let mut exec = cfg.exec.clone();
     if exec.cache_dir.is_none() {
@@ -384,7 +382,26 @@ pub async fn run(
             stopping: false,
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
+        executor: Default::default(),
     });
+    // Tasks an executor left by a previous life of this agent still runs (or ran) are taken
+    // back; every other task directory of that life belongs to a task that is gone.
+    let recovered = match &agent.cfg.executor {
+        Some(_) => recovery::attach(&agent)
+            .await
+            .map_err(AgentError::Executor)?,
+        None => executor::Recovered::default(),
+    };
+    let resumed = recovery::resume_all(&agent, recovered);
+    let task_dirs = taskdir::TaskDir::parent(&agent.cfg.work_dir);
+    if !agent.cfg.keep_task_dirs
+        && let Err(source) = recovery::remove_all_but(&task_dirs, &resumed)
+    {
+        return Err(AgentError::WorkDir {
+            path: task_dirs,
+            source,
+        });
+    }
     if let Some((ep, addr)) = &peer_server {
         let me = format!("at {addr}");
         tokio::spawn(kept::serve(
@@ -505,6 +522,10 @@ const STOP_REPORT_WAIT: Duration = Duration::from_millis(wasmos_proto::GRACE_MS 
 fn stop_tasks(agent: &Agent) {
     let mut inner = agent.inner();
     inner.stopping = true;
+    // Tasks in an executor keep running: the agent's next life attaches to them.
+    if agent.cfg.executor.is_some() {
+        return;
+    }
     let Inner {
         tasks,
         kill_reasons,
@@ -524,7 +545,8 @@ async fn reported(agent: &Agent) {
     loop {
         {
             let inner = agent.inner();
-            if inner.tasks.is_empty() && inner.unacked.is_empty() {
+            let left = agent.cfg.executor.is_some() || inner.tasks.is_empty();
+            if left && inner.unacked.is_empty() {
                 return;
             }
         }
@@ -890,6 +912,21 @@ fn launch(
         }
         inner.tasks.insert(task, kill_tx);
     }
+    let metered = metered(&agent, task, &spec);
+    metered
+        .platform
+        .set_spawner(Arc::new(children::TaskSpawner {
+            agent: Arc::downgrade(&agent),
+            parent: task,
+        }));
+    agent.pool.clone().spawn(async move {
+        let status = run_task(&agent, task, spec, egress, sources, kill_rx, metered).await;
+        end_task(&agent, task, status);
+    });
+}
+
+/// A task's meters and platform, counted in the agent's books from now on.
+fn metered(agent: &Agent, task: TaskId, spec: &TaskSpec) -> Metered {
     let usage = Arc::new(TaskUsage::default());
     let platform = TaskPlatform::new(
         TaskContext {
@@ -902,22 +939,19 @@ fn launch(
         },
         Duration::from_millis(wasmos_proto::GRACE_MS.min(spec.timeout_ms)),
     );
-    platform.set_spawner(Arc::new(children::TaskSpawner {
-        agent: Arc::downgrade(&agent),
-        parent: task,
-    }));
     let metered = Metered {
         usage: usage.clone(),
         counted: !spec.qos.is_revocable(),
         platform,
     };
     agent.inner().usage.insert(task, metered.clone());
-    agent
-        .cfg
-        .stats
-        .started(task, spec.role.as_deref(), usage.clone());
-    agent.pool.clone().spawn(async move {
-        let mut status = run_task(&agent, task, spec, egress, sources, kill_rx, metered).await;
+    agent.cfg.stats.started(task, spec.role.as_deref(), usage);
+    metered
+}
+
+/// Reports a task's end, with why the master killed it when it did.
+fn end_task(agent: &Arc<Agent>, task: TaskId, mut status: TaskStatus) {
+    {
         agent.children.forget(task);
         // One step, so whoever sees the task gone from the running set finds its end among
         // the unacknowledged updates, and no kill reason is left behind for it.
@@ -946,7 +980,10 @@ fn launch(
         inner.tasks.remove(&task);
         agent.cfg.stats.ended(task, &status);
         Agent::push_report(&mut inner, task, status);
-    });
+    }
+    if agent.cfg.executor.is_some() {
+        recovery::forget(agent, task);
+    }
 }
 
 async fn run_task(
@@ -1067,16 +1104,6 @@ async fn run_task(
         }
     };
     agent.report(task, TaskStatus::new(TaskState::Running));
-    let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
-    let forward = {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            while let Some((stream, data)) = out_rx.recv().await {
-                agent.output_room(task).await;
-                agent.output(task, stream, data);
-            }
-        })
-    };
     let mut args = vec![spec.name.clone()];
     args.extend(spec.args.iter().cloned());
     let mut env = spec.env.clone();
@@ -1127,27 +1154,63 @@ async fn run_task(
             pool: agent.memory.clone(),
         }),
     };
+    let status = match agent.cfg.executor {
+        Some(_) => recovery::in_executor(agent, task, &spec, &dir, req, kill).await,
+        None => in_process(agent, task, &compiled, req, kill, spec.resources.mem_bytes).await,
+    };
+    collect(agent, &spec, dir, status, &metered.platform).await
+}
+
+/// Runs a task on this process's runner.
+async fn in_process(
+    agent: &Arc<Agent>,
+    task: TaskId,
+    compiled: &wasmos_exec::Compiled,
+    req: RunRequest,
+    kill: watch::Receiver<bool>,
+    request_bytes: u64,
+) -> TaskStatus {
     let mut waiting = kill.clone();
     let slot = tokio::select! {
         permit = agent.slots.clone().acquire_owned() => permit.ok(),
         _ = waiting.wait_for(|k| *k) => None,
     };
     let Some(_slot) = slot else {
-        let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
         return TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "killed");
     };
+    let (out_tx, mut out_rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
+    let forward = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Some((stream, data)) = out_rx.recv().await {
+                agent.output_room(task).await;
+                agent.output(task, stream, data);
+            }
+        })
+    };
     // The request is set aside while the task runs, so no burst borrows it.
-    agent.memory.reserve(spec.resources.mem_bytes);
-    let outcome = agent.runner.run(&compiled, req, out_tx, kill).await;
-    agent.memory.release(spec.resources.mem_bytes);
+    agent.memory.reserve(request_bytes);
+    let outcome = agent.runner.run(compiled, req, out_tx, kill).await;
+    agent.memory.release(request_bytes);
     // All output is queued before the final status, so watchers see it first.
     let _ = forward.await;
-    let mut status = outcome.status;
+    outcome.status
+}
+
+/// What a task made, stored or kept once it has ended (a finished task's outputs and result
+/// files), then its directory emptied; its final status.
+async fn collect(
+    agent: &Arc<Agent>,
+    spec: &TaskSpec,
+    dir: taskdir::TaskDir,
+    mut status: TaskStatus,
+    platform: &TaskPlatform,
+) -> TaskStatus {
     // Results are stored before the task is reported finished: whoever reads the final status
     // can fetch them. The files it named are opened first: one that cannot be ends it in
     // error before anything of it is stored.
     let finished = |s: &TaskStatus| s.state == TaskState::Finished && s.exit_code == Some(0);
-    let named = metered.platform.files();
+    let named = platform.files();
     let mut opened = Vec::new();
     if finished(&status) && !named.is_empty() {
         match open_result_files(dir.scratch_root(), named).await {

@@ -238,6 +238,26 @@ impl TaskDir {
         preopens
     }
 
+    /// A directory prepared by an earlier life of this agent, for a task its executor ran.
+    pub(crate) fn adopt(
+        path: PathBuf,
+        keep: bool,
+        pool: Arc<DirPool>,
+        pool_key: String,
+    ) -> TaskDir {
+        TaskDir {
+            path,
+            keep,
+            pool,
+            pool_key,
+        }
+    }
+
+    /// Where it is and which pool it goes back to: what [`TaskDir::adopt`] takes.
+    pub(crate) fn parts(&self) -> (PathBuf, String) {
+        (self.path.clone(), self.pool_key.clone())
+    }
+
     /// The scratch space, where guest path `/` is.
     pub(crate) fn scratch_root(&self) -> PathBuf {
         self.scratch()

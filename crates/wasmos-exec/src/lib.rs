@@ -220,6 +220,13 @@ impl TaskUsage {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Mirrors a meter read elsewhere (a task run by an executor process).
+    pub fn mirror(&self, cpu_ns: u64, mem_bytes: u64, started: bool) {
+        self.record(cpu_ns, mem_bytes);
+        self.started
+            .store(started, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn record(&self, cpu_ns: u64, mem_bytes: u64) {
         self.cpu_ns
             .store(cpu_ns, std::sync::atomic::Ordering::Relaxed);

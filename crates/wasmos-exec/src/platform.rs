@@ -135,6 +135,17 @@ impl TaskPlatform {
         }
     }
 
+    /// Records progress reported elsewhere (by the task's run in an executor process), as if
+    /// the task had reported it here.
+    pub fn record_progress(&self, progress: TaskProgress) {
+        self.told().progress = Some((progress, false));
+    }
+
+    /// Records the files the task published elsewhere (in an executor process).
+    pub fn record_files(&self, files: Vec<(String, String)>) {
+        self.told().files = files;
+    }
+
     /// The latest progress reported, taken or not.
     pub fn latest_progress(&self) -> Option<TaskProgress> {
         self.told().progress.as_ref().map(|(p, _)| p.clone())
@@ -148,6 +159,11 @@ impl TaskPlatform {
     /// The files the task published by name, as (name, guest path), in the order named.
     pub fn files(&self) -> Vec<(String, String)> {
         self.told().files.clone()
+    }
+
+    /// The task's place in the cluster, as it was given.
+    pub fn context(&self) -> &TaskContext {
+        &self.context
     }
 
     pub fn grace(&self) -> Duration {

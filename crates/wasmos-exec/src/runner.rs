@@ -317,7 +317,25 @@ impl Runner {
         }
         validate_component(bytes, self.inner.max_component_bytes)?;
         let component = self.compile_or_load(&digest, bytes)?;
+        self.link(digest, component)
+    }
 
+    /// The component whose SHA-256 is `digest` from the memory or disk cache, where a runner
+    /// sharing this one's cache directory (and engine settings) put it; `None` if neither has
+    /// it. Blocking.
+    pub fn load_cached(&self, digest: &[u8; 32]) -> Result<Option<Compiled>, ExecError> {
+        if let Some(hit) = self.cached(digest) {
+            return Ok(Some(hit));
+        }
+        let disk = self.inner.disk_cache.as_ref();
+        match disk.and_then(|d| d.get(&self.inner.engine, digest)) {
+            Some(component) => self.link(*digest, component).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Links a compiled component and keeps it in the memory cache.
+    fn link(&self, digest: [u8; 32], component: Component) -> Result<Compiled, ExecError> {
         // Checked against what the cluster provides by `validate_component` above.
         let imports: Vec<String> = component
             .component_type()

@@ -128,8 +128,45 @@ pub(crate) struct AgentArgs {
     /// `wasmos agent service install`).
     #[arg(long, value_name = "NAME", hide = true)]
     pub(crate) windows_service: Option<String>,
+    /// Run tasks in an executor process that outlives the agent: stopping, upgrading or
+    /// crashing the agent leaves its tasks running, and the agent started again with the same
+    /// --work-dir takes them back (their output, progress and ends included). To stop its
+    /// tasks too, drain the agent first (`wasmos agent drain`).
+    #[arg(long)]
+    pub(crate) executor: bool,
+    /// With --executor: how long the executor keeps tasks running while no agent is
+    /// attached; then it kills them and exits.
+    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    pub(crate) recovery_timeout: humantime::Duration,
     #[command(flatten)]
     pub(crate) exec: ExecArgs,
+}
+
+/// The hidden `wasmos executor` an agent with `--executor` starts.
+#[derive(Args)]
+pub(crate) struct ExecutorArgs {
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// The agent's memory, in bytes (what burstable tasks borrow from).
+    #[arg(long)]
+    mem: u64,
+    #[arg(long)]
+    recovery_timeout_ms: u64,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+pub(crate) async fn executor_cmd(args: ExecutorArgs) -> Result<ExitCode> {
+    let mut exec = args.exec.config()?;
+    exec.cache_dir = Some(args.work_dir.join("artifacts"));
+    wasmos_agent::executor::serve(wasmos_agent::executor::ExecutorSettings {
+        work_dir: args.work_dir,
+        exec,
+        mem_bytes: args.mem,
+        recovery_timeout: std::time::Duration::from_millis(args.recovery_timeout_ms),
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -309,6 +346,17 @@ pub(crate) async fn agent_until(
         keep_max_bytes: parse_bytes(&args.keep_max).context("--keep-max")?,
         cert_files: args.tls.files(),
         stats: Default::default(),
+        executor: match args.executor {
+            false => None,
+            true => Some(wasmos_agent::executor::ExecutorProgram {
+                program: std::env::current_exe()
+                    .context("cannot find this program's path to start the executor")?,
+                args: std::iter::once("executor".to_string())
+                    .chain(args.exec.to_args())
+                    .collect(),
+                recovery_timeout: args.recovery_timeout.into(),
+            }),
+        },
     };
     let _metrics = match args.metrics_listen {
         Some(addr) => {

@@ -162,6 +162,7 @@ pub async fn start(opts: &DevOptions) -> Result<DevCluster> {
                 key: files.key.clone(),
             }),
             stats: Default::default(),
+            executor: None,
         };
         stats.push((name.clone(), cfg.resources.clone(), cfg.stats.clone()));
         let creds = credentials(&ca, &files)?;

@@ -155,6 +155,10 @@ enum Cmd {
     /// Run the real allocator in virtual time against simulated agents and frameworks, and
     /// print shares, utilization, latency and the error against ideal weighted DRF.
     Sim(sim::SimArgs),
+    /// Internal: the agent's executor, which runs its tasks and outlives it (`wasmos agent
+    /// --executor`).
+    #[command(hide = true)]
+    Executor(agent::ExecutorArgs),
     /// Internal: the agent's compile worker (component on stdin, artifact on stdout).
     #[command(hide = true)]
     CompileWorker {
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
     let default_log = match &cli.cmd {
         Cmd::Dev(a) if !a.demo => "info,openraft=warn",
         Cmd::Master(_) | Cmd::Agent { cmd: None, .. } => "info,openraft=warn",
+        Cmd::Executor(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -291,6 +296,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ..
         } => winsvc::run(cmd),
         Cmd::Agent { cmd: None, daemon } => agent::agent_cmd(daemon).await,
+        Cmd::Executor(args) => agent::executor_cmd(args).await,
         Cmd::Run(args) => run::run_cmd(target, args).await,
         Cmd::Task { cmd } => task::run(target, cmd).await,
         Cmd::Logs { id, follow } => logs::logs_cmd(target, &id, follow).await,

@@ -1,0 +1,286 @@
+//! Tasks run by an executor process (`executor`), across the agent's restarts: what the agent
+//! writes down for each before it starts (its spec, less what is secret, and its directory),
+//! and how a restarted agent takes back the ones its executor still runs or has ended.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use wasmos_exec::RunRequest;
+use wasmos_proto::{OutputStream, Reason, TaskId, TaskProgress, TaskSpec, TaskState, TaskStatus};
+
+use crate::executor::{Client, Ended, ExecutorError, Launch, Mirror, Recovered};
+use crate::{Agent, end_task, metered, taskdir};
+
+/// What a restarted agent needs to finish a task its executor ran: where its outputs go and
+/// where its directory is. Nothing secret: the environment and stdin are left out.
+#[derive(Debug, Serialize, Deserialize)]
+struct Note {
+    spec: TaskSpec,
+    dir: PathBuf,
+    pool_key: String,
+}
+
+fn notes_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("executor-tasks")
+}
+
+fn note_path(work_dir: &Path, task: TaskId) -> PathBuf {
+    notes_dir(work_dir).join(task.0.to_string())
+}
+
+/// The output, meters and progress of the executor's tasks, into the agent's books.
+pub(crate) struct AgentMirror(pub(crate) Weak<Agent>);
+
+impl Mirror for AgentMirror {
+    fn output(
+        &self,
+        task: TaskId,
+        stream: OutputStream,
+        data: Vec<u8>,
+    ) -> wasmos_exec::SpawnFuture<()> {
+        let agent = self.0.clone();
+        Box::pin(async move {
+            if let Some(agent) = agent.upgrade() {
+                agent.output_room(task).await;
+                agent.output(task, stream, data);
+            }
+        })
+    }
+
+    fn usage(
+        &self,
+        task: TaskId,
+        cpu_ns: u64,
+        mem_bytes: u64,
+        started: bool,
+        progress: Option<TaskProgress>,
+    ) {
+        let Some(agent) = self.0.upgrade() else {
+            return;
+        };
+        let inner = agent.inner();
+        if let Some(m) = inner.usage.get(&task) {
+            m.usage.mirror(cpu_ns, mem_bytes, started);
+            if let Some(p) = progress {
+                m.platform.record_progress(p);
+            }
+        }
+    }
+}
+
+/// Attaches to the executor the agent's last life left, or starts one; what it already had.
+pub(crate) async fn attach(agent: &Arc<Agent>) -> Result<Recovered, ExecutorError> {
+    let mut current = agent.executor.lock().await;
+    attach_locked(agent, &mut current).await
+}
+
+async fn attach_locked(
+    agent: &Arc<Agent>,
+    current: &mut Option<Arc<Client>>,
+) -> Result<Recovered, ExecutorError> {
+    let program = agent
+        .cfg
+        .executor
+        .as_ref()
+        .ok_or_else(|| ExecutorError::Start("this agent runs no executor".into()))?;
+    let mirror = Arc::new(AgentMirror(Arc::downgrade(agent)));
+    let (c, recovered) = Client::attach_or_start(
+        &agent.cfg.work_dir,
+        program,
+        agent.cfg.resources.mem_bytes,
+        agent.runner.fuel_per_core_second(),
+        mirror,
+    )
+    .await?;
+    *current = Some(Arc::new(c));
+    Ok(recovered)
+}
+
+/// The executor, started again if the last one ended.
+async fn client(agent: &Arc<Agent>) -> Result<Arc<Client>, String> {
+    let mut current = agent.executor.lock().await;
+    if let Some(c) = current.as_ref().filter(|c| c.alive()) {
+        return Ok(c.clone());
+    }
+    let recovered = attach_locked(agent, &mut current)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !recovered.running.is_empty() {
+        tracing::warn!(
+            tasks = recovered.running.len(),
+            "a new executor reports tasks this agent did not know of"
+        );
+    }
+    current
+        .clone()
+        .ok_or_else(|| "the executor is gone".to_string())
+}
+
+/// Runs a prepared task in the executor, after writing down what a restarted agent needs to
+/// finish it.
+pub(crate) async fn in_executor(
+    agent: &Arc<Agent>,
+    task: TaskId,
+    spec: &TaskSpec,
+    dir: &taskdir::TaskDir,
+    req: RunRequest,
+    kill: watch::Receiver<bool>,
+) -> TaskStatus {
+    let client = match client(agent).await {
+        Ok(c) => c,
+        Err(e) => {
+            return TaskStatus::with_reason(
+                TaskState::Error,
+                None,
+                format!("cannot start the executor: {e}"),
+            );
+        }
+    };
+    let (path, pool_key) = dir.parts();
+    let mut kept = spec.clone();
+    kept.env.clear();
+    kept.secret_env.clear();
+    kept.stdin = None;
+    let note = Note {
+        spec: kept,
+        dir: path,
+        pool_key,
+    };
+    let written = postcard::to_stdvec(&note)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let dir = notes_dir(&agent.cfg.work_dir);
+            wasmos_net::create_private_dir(&dir)
+                .and_then(|()| {
+                    wasmos_net::write_private(&note_path(&agent.cfg.work_dir, task), &bytes)
+                })
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        return TaskStatus::with_reason(
+            TaskState::Error,
+            None,
+            format!("cannot write down the task for the agent's restarts: {e}"),
+        );
+    }
+    let bundle_file = agent
+        .cfg
+        .work_dir
+        .join("bundles")
+        .join(format!("{}.wasm", spec.bundle));
+    let platform = req.platform.clone();
+    let launch = Launch::new(
+        task,
+        spec.bundle.clone(),
+        bundle_file,
+        &req,
+        spec.resources.mem_bytes,
+    );
+    let ended = client.run(launch, kill).await;
+    if let Some(p) = platform {
+        p.record_files(ended.files);
+    }
+    ended.status
+}
+
+/// Takes back the tasks an executor left by the previous life still runs or has ended, from
+/// what was written down for them; forgets what was written for any other. The directories
+/// of the tasks taken back.
+pub(crate) fn resume_all(agent: &Arc<Agent>, recovered: Recovered) -> Vec<PathBuf> {
+    let dir = notes_dir(&agent.cfg.work_dir);
+    let mut dirs = Vec::new();
+    let tasks: Vec<TaskId> = recovered
+        .running
+        .iter()
+        .chain(&recovered.ended)
+        .copied()
+        .collect();
+    for task in &tasks {
+        let read = std::fs::read(note_path(&agent.cfg.work_dir, *task))
+            .map_err(|e| e.to_string())
+            .and_then(|b| postcard::from_bytes::<Note>(&b).map_err(|e| e.to_string()));
+        match read {
+            Ok(note) => {
+                dirs.push(note.dir.clone());
+                resume(agent, *task, note);
+            }
+            Err(e) => {
+                tracing::warn!(%task, "the executor runs a task this agent cannot take back: {e}")
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let known = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| tasks.contains(&TaskId(n)));
+            if !known {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    dirs
+}
+
+fn resume(agent: &Arc<Agent>, task: TaskId, note: Note) {
+    let (kill_tx, kill) = watch::channel(false);
+    agent.inner().tasks.insert(task, kill_tx);
+    let metered = metered(agent, task, &note.spec);
+    tracing::info!(%task, "taken back from the executor");
+    let agent2 = agent.clone();
+    agent.pool.spawn(async move {
+        let agent = agent2;
+        let ended = match client(&agent).await {
+            Ok(c) => c.wait(task, kill).await,
+            Err(e) => Ended {
+                status: TaskStatus::with_reason(TaskState::Lost, Some(Reason::AgentLost), e),
+                files: Vec::new(),
+            },
+        };
+        metered.platform.record_files(ended.files);
+        let dir = taskdir::TaskDir::adopt(
+            note.dir,
+            agent.cfg.keep_task_dirs,
+            agent.dir_pool.clone(),
+            note.pool_key,
+        );
+        let status = crate::collect(&agent, &note.spec, dir, ended.status, &metered.platform).await;
+        end_task(&agent, task, status);
+    });
+}
+
+/// The task's end is reported: the executor and the notes forget it.
+pub(crate) fn forget(agent: &Arc<Agent>, task: TaskId) {
+    let _ = std::fs::remove_file(note_path(&agent.cfg.work_dir, task));
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        if let Some(c) = agent.executor.lock().await.as_ref() {
+            c.taken(task);
+        }
+    });
+}
+
+/// Empties `dir` of everything but `keep`.
+pub(crate) fn remove_all_but(dir: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let path = e?.path();
+        if keep.iter().any(|k| k.starts_with(&path)) {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Agent recovery: an agent run with `--executor` is killed with `kill -9` while its task runs;
+//! the task keeps running in the executor, and the agent started again takes it back, with
+//! its output, progress, results and end, in the same executor.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use wasmos_tests::{DevCluster, Logged, eventually, kill_dash_nine, sample, send_signal, text};
+
+fn executor_pid(work: &Path) -> Option<u64> {
+    let record = std::fs::read(work.join("executor.json")).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&record).ok()?;
+    record["pid"].as_u64()
+}
+
+/// Running, not a zombie waiting to be reaped.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn task(c: &DevCluster, id: &str) -> serde_json::Value {
+    c.json(&["task", "show", id, "-o", "json"])
+        .unwrap_or_default()
+}
+
+fn active(c: &DevCluster, name: &str) -> bool {
+    c.json(&["agent", "list", "-o", "json"])
+        .ok()
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a["id"] == name && a["state"] == "Active")
+}
+
+const AGENT: &[&str] = &[
+    "--executor",
+    "--recovery-timeout",
+    "20s",
+    "--cpu",
+    "2",
+    "--mem",
+    "1GiB",
+    "--attr",
+    "proc=own",
+    "--peer-listen",
+    "off",
+];
+
+#[test]
+fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
+    let c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("rec-1-work");
+    let mut agent: Logged = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
+        "{}",
+        agent.log()
+    );
+    let platform = sample("platform");
+    let run = c
+        .cli(&[
+            "run",
+            "--detach",
+            "--constraint",
+            "proc=own",
+            platform.to_str().unwrap(),
+            "--",
+            "steps",
+            "16",
+            "500",
+        ])
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            text(&c.cli(&["logs", "t-1"]).unwrap().stdout).contains("step 2 of 16")
+        }),
+        "{}\n{}",
+        task(&c, "t-1"),
+        agent.log()
+    );
+    let executor = executor_pid(&work).expect("the agent wrote no executor record");
+    assert_ne!(u64::from(agent.id()), executor);
+
+    kill_dash_nine(u64::from(agent.id()));
+    let _ = agent.child().wait();
+    // The task goes on without its agent.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(executor), "the executor died with its agent");
+    assert_eq!(task(&c, "t-1")["status"]["state"], "Running");
+
+    let agent = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            task(&c, "t-1")["status"]["state"] == "Finished"
+        }),
+        "{}\n{}",
+        task(&c, "t-1"),
+        agent.log()
+    );
+    let t1 = task(&c, "t-1");
+    assert_eq!(t1["status"]["exit_code"], 0, "{t1}");
+    assert_eq!(t1["agent"], "rec-1", "{t1}");
+    // What it did while its agent was away reached the cluster: output, results, files.
+    let logs = text(&c.cli(&["logs", "t-1"]).unwrap().stdout);
+    for step in 10..=16 {
+        assert!(logs.contains(&format!("step {step} of 16")), "{logs}");
+    }
+    let results = t1["status"]["results"].to_string();
+    assert!(results.contains("steps"), "{t1}");
+    assert!(
+        !t1["status"]["files"].as_array().unwrap().is_empty(),
+        "{t1}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("attached to the executor left running"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        executor_pid(&work),
+        Some(executor),
+        "a new executor was started"
+    );
+
+    // New tasks run in the same executor.
+    let hello = sample("hello");
+    let out = c
+        .cli(&[
+            "run",
+            "--constraint",
+            "proc=own",
+            hello.to_str().unwrap(),
+            "--",
+            "again",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("args: again"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(executor_pid(&work), Some(executor));
+
+    // Stopped (SIGTERM) with nothing running, the agent leaves an idle executor, which exits.
+    send_signal(u64::from(agent.id()), "TERM");
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(executor)),
+        "the idle executor outlived its agent"
+    );
+}
