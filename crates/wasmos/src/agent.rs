@@ -139,7 +139,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value = "15m", value_name = "DURATION")]
     pub(crate) recovery_timeout: humantime::Duration,
     #[command(flatten)]
-    pub(crate) exec: ExecArgs,
+    pub(crate) exec: Box<ExecArgs>,
 }
 
 /// The hidden `wasmos executor` an agent with `--executor` starts.
