@@ -2,6 +2,7 @@
 //! the task keeps running in the executor, and the agent started again takes it back, with
 //! its output, progress, results and end, in the same executor.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -50,6 +51,121 @@ const AGENT: &[&str] = &[
     "--peer-listen",
     "off",
 ];
+
+/// Platform's `steps N MS`, on the agent with `proc=own`, detached.
+fn steps(c: &DevCluster, n: u32, ms: u32) {
+    let platform = sample("platform");
+    let (n, ms) = (n.to_string(), ms.to_string());
+    let run = c
+        .cli(&[
+            "run",
+            "--detach",
+            "--constraint",
+            "proc=own",
+            platform.to_str().unwrap(),
+            "--",
+            "steps",
+            &n,
+            &ms,
+        ])
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run.stderr));
+}
+
+/// Finished with exit code 0 on rec-1, every step in its output, its results and its file.
+fn finished_in_full(c: &DevCluster, id: &str, n: u32) {
+    let t = task(c, id);
+    assert_eq!(
+        (
+            &t["status"]["state"],
+            &t["status"]["exit_code"],
+            &t["agent"]
+        ),
+        (&"Finished".into(), &0.into(), &"rec-1".into()),
+        "{t}"
+    );
+    assert!(t["status"]["results"].to_string().contains("steps"), "{t}");
+    assert_eq!(
+        t["status"]["files"].as_array().map(Vec::len),
+        Some(1),
+        "{t}"
+    );
+    let logs = text(&c.cli(&["logs", id]).unwrap().stdout);
+    assert!(logs.contains(&format!("step {n} of {n}")), "{logs}");
+}
+
+fn state(c: &DevCluster, id: &str) -> serde_json::Value {
+    task(c, id)["status"]["state"].clone()
+}
+
+/// An agent upgraded the way an operator would: two restarts, one after `kill -9` and one
+/// after SIGTERM, with tasks running across both, one ending while no agent was there, and one
+/// started between them beside a task taken back.
+#[test]
+fn tasks_outlive_their_agents_restarts() {
+    let c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("rec-1-work");
+    let mut agent: Logged = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
+        "{}",
+        agent.log()
+    );
+    steps(&c, 40, 400);
+    steps(&c, 4, 400);
+    assert!(
+        eventually(Duration::from_secs(30), || state(&c, "t-2") == "Running"),
+        "{}",
+        agent.log()
+    );
+    let executor = executor_pid(&work).expect("the agent wrote no executor record");
+    kill_dash_nine(u64::from(agent.id()));
+    let _ = agent.child().wait();
+    // t-2 ends meanwhile, in the executor.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut agent = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(30), || state(&c, "t-2") == "Finished"),
+        "{}\n{}",
+        task(&c, "t-2"),
+        agent.log()
+    );
+    finished_in_full(&c, "t-2", 4);
+    // A new task beside the one taken back: directories of their own.
+    steps(&c, 2, 200);
+    assert!(
+        eventually(Duration::from_secs(30), || state(&c, "t-3") == "Finished"),
+        "{}\n{}",
+        task(&c, "t-3"),
+        agent.log()
+    );
+    finished_in_full(&c, "t-3", 2);
+    assert_eq!(state(&c, "t-1"), "Running");
+
+    // Stopped as for an upgrade, t-1 still running; the next agent takes it back.
+    send_signal(u64::from(agent.id()), "TERM");
+    let _ = agent.child().wait();
+    assert_eq!(state(&c, "t-1"), "Running");
+    let agent = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(60), || state(&c, "t-1") == "Finished"),
+        "{}\n{}",
+        task(&c, "t-1"),
+        agent.log()
+    );
+    finished_in_full(&c, "t-1", 40);
+    assert_eq!(
+        executor_pid(&work),
+        Some(executor),
+        "a new executor was started"
+    );
+    send_signal(u64::from(agent.id()), "TERM");
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(executor)),
+        "the idle executor outlived its agent"
+    );
+}
 
 #[test]
 fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {

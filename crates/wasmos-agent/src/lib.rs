@@ -110,6 +110,9 @@ struct Inner {
     conn: Option<Connection>,
     /// The agent is on its way out: launches that still arrive are turned away at once.
     stopping: bool,
+    /// Tasks handed to the executor: they outlive this agent, and their ends are written
+    /// down until the masters record them.
+    handed: std::collections::BTreeSet<TaskId>,
 }
 
 struct Agent {
@@ -229,6 +232,13 @@ impl Agent {
             });
     }
 
+    /// Waits until the agent's output queued for the master is under [`OUTPUT_BACKLOG`].
+    async fn backlog_room(&self) {
+        while self.output_backlog.load(Ordering::Relaxed) >= OUTPUT_BACKLOG {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Waits until `task`'s output queued for the master is under [`TASK_OUTPUT_BACKLOG`] and
     /// the agent's under [`OUTPUT_BACKLOG`].
     async fn output_room(&self, task: TaskId) {
@@ -308,6 +318,10 @@ pub async fn run(
     if exec.cache_dir.is_none() {
         exec.cache_dir = Some(cfg.work_dir.join("artifacts"));
     }
+    if cfg.executor.is_some() {
+        // Tasks run in the executor, whose runner reserves the instance slots.
+        exec.pool = None;
+    }
     let runner = tokio::task::spawn_blocking(move || Runner::new(exec))
         .await
         .map_err(|e| wasmos_exec::ExecError::Engine(format!("runner setup panicked: {e}")))??;
@@ -380,6 +394,7 @@ pub async fn run(
             output_queued: BTreeMap::new(),
             conn: None,
             stopping: false,
+            handed: Default::default(),
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
         executor: Default::default(),
@@ -392,9 +407,21 @@ pub async fn run(
             .map_err(AgentError::Executor)?,
         None => executor::Recovered::default(),
     };
-    let resumed = recovery::resume_all(&agent, recovered);
+    let client = agent.executor.lock().await.clone();
+    let left_alone = recovered.left_alone;
+    let resumed = recovery::resume_all(&agent, recovered, client.as_deref());
     let task_dirs = taskdir::TaskDir::parent(&agent.cfg.work_dir);
+    // An executor this agent cannot attach to (or, without --executor, one an earlier life
+    // started) may still run tasks in their directories.
+    let foreign = left_alone
+        || (agent.cfg.executor.is_none() && agent.cfg.work_dir.join("executor.json").exists());
+    if foreign {
+        tracing::warn!(
+            "an executor of an earlier life of this agent may still run tasks: their directories are left alone"
+        );
+    }
     if !agent.cfg.keep_task_dirs
+        && !foreign
         && let Err(source) = recovery::remove_all_but(&task_dirs, &resumed)
     {
         return Err(AgentError::WorkDir {
@@ -522,16 +549,15 @@ const STOP_REPORT_WAIT: Duration = Duration::from_millis(wasmos_proto::GRACE_MS 
 fn stop_tasks(agent: &Agent) {
     let mut inner = agent.inner();
     inner.stopping = true;
-    // Tasks in an executor keep running: the agent's next life attaches to them.
-    if agent.cfg.executor.is_some() {
-        return;
-    }
     let Inner {
         tasks,
         kill_reasons,
+        handed,
         ..
     } = &mut *inner;
-    for (task, kill) in tasks.iter() {
+    // Tasks in the executor keep running: the agent's next life attaches to them. Those not
+    // handed to it yet are stopped.
+    for (task, kill) in tasks.iter().filter(|(t, _)| !handed.contains(t)) {
         // One the master already killed keeps its own reason (or none: a user's kill).
         if !*kill.borrow() {
             kill_reasons.insert(*task, Reason::AgentStopped);
@@ -545,8 +571,7 @@ async fn reported(agent: &Agent) {
     loop {
         {
             let inner = agent.inner();
-            let left = agent.cfg.executor.is_some() || inner.tasks.is_empty();
-            if left && inner.unacked.is_empty() {
+            if inner.tasks.len() == inner.handed.len() && inner.unacked.is_empty() {
                 return;
             }
         }
@@ -742,7 +767,21 @@ async fn read_loop(
                     }
                 }
             }
-            MasterToAgent::Ack { seq } => agent.inner().unacked.retain(|u| u.seq > seq),
+            MasterToAgent::Ack { seq } => {
+                let mut recorded = Vec::new();
+                agent.inner().unacked.retain(|u| {
+                    let acked = u.seq <= seq;
+                    if acked && u.status.state.is_terminal() {
+                        recorded.push(u.task);
+                    }
+                    !acked
+                });
+                if agent.cfg.executor.is_some() {
+                    for task in recorded {
+                        recovery::recorded(agent, task);
+                    }
+                }
+            }
             MasterToAgent::Spawned { parent, seq, child } => {
                 agent.children.spawned(agent, parent, seq, child);
             }
@@ -978,11 +1017,12 @@ fn end_task(agent: &Arc<Agent>, task: TaskId, mut status: TaskStatus) {
             );
         }
         inner.tasks.remove(&task);
+        if inner.handed.remove(&task) {
+            // Kept until the masters record it, for the agent's next life.
+            recovery::ended(agent, task, &status);
+        }
         agent.cfg.stats.ended(task, &status);
         Agent::push_report(&mut inner, task, status);
-    }
-    if agent.cfg.executor.is_some() {
-        recovery::forget(agent, task);
     }
 }
 

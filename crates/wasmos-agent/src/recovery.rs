@@ -1,6 +1,7 @@
 //! Tasks run by an executor process (`executor`), across the agent's restarts: what the agent
-//! writes down for each before it starts (its spec, less what is secret, and its directory),
-//! and how a restarted agent takes back the ones its executor still runs or has ended.
+//! writes down for each before it starts (its spec, less what is secret, and its directory)
+//! and once it has ended (its final status, until the masters have recorded it), and how a
+//! restarted agent takes back the ones its executor still runs or has ended.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -14,12 +15,15 @@ use crate::executor::{Client, Ended, ExecutorError, Launch, Mirror, Recovered};
 use crate::{Agent, end_task, metered, taskdir};
 
 /// What a restarted agent needs to finish a task its executor ran: where its outputs go and
-/// where its directory is. Nothing secret: the environment and stdin are left out.
+/// where its directory is; once it has ended, its final status. Nothing secret: the
+/// environment and stdin are left out. JSON, so an upgraded agent reads an older one's.
 #[derive(Debug, Serialize, Deserialize)]
 struct Note {
     spec: TaskSpec,
     dir: PathBuf,
     pool_key: String,
+    #[serde(default)]
+    ended: Option<TaskStatus>,
 }
 
 fn notes_dir(work_dir: &Path) -> PathBuf {
@@ -28,6 +32,21 @@ fn notes_dir(work_dir: &Path) -> PathBuf {
 
 fn note_path(work_dir: &Path, task: TaskId) -> PathBuf {
     notes_dir(work_dir).join(task.0.to_string())
+}
+
+fn write_note(work_dir: &Path, task: TaskId, note: &Note) -> Result<(), String> {
+    let bytes = serde_json::to_vec(note).map_err(|e| e.to_string())?;
+    let dir = notes_dir(work_dir);
+    let tmp = dir.join(format!("{}.tmp", task.0));
+    wasmos_net::create_private_dir(&dir)
+        .and_then(|()| wasmos_net::write_private(&tmp, &bytes))
+        .and_then(|()| std::fs::rename(&tmp, note_path(work_dir, task)))
+        .map_err(|e| e.to_string())
+}
+
+fn read_note(work_dir: &Path, task: TaskId) -> Result<Note, String> {
+    let bytes = std::fs::read(note_path(work_dir, task)).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// The output, meters and progress of the executor's tasks, into the agent's books.
@@ -42,9 +61,18 @@ impl Mirror for AgentMirror {
     ) -> wasmos_exec::SpawnFuture<()> {
         let agent = self.0.clone();
         Box::pin(async move {
-            if let Some(agent) = agent.upgrade() {
-                agent.output_room(task).await;
-                agent.output(task, stream, data);
+            // Held (and the executor's tasks with it, once their pipes fill) until there is a
+            // master to take it: a restarted agent attaches to its executor before it has
+            // registered. One connection carries every task's output, usage and end, so it
+            // waits for the agent's backlog only, not for one task's.
+            while let Some(agent) = agent.upgrade() {
+                if agent.link().is_some() {
+                    agent.backlog_room().await;
+                    agent.output(task, stream, data);
+                    return;
+                }
+                drop(agent);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         })
     }
@@ -89,7 +117,10 @@ async fn attach_locked(
     let (c, recovered) = Client::attach_or_start(
         &agent.cfg.work_dir,
         program,
-        agent.cfg.resources.mem_bytes,
+        (
+            agent.cfg.resources.mem_bytes,
+            agent.cfg.resources.cpu_millis,
+        ),
         agent.runner.fuel_per_core_second(),
         mirror,
     )
@@ -98,7 +129,7 @@ async fn attach_locked(
     Ok(recovered)
 }
 
-/// The executor, started again if the last one ended.
+/// The executor, started again if the last one is gone.
 async fn client(agent: &Arc<Agent>) -> Result<Arc<Client>, String> {
     let mut current = agent.executor.lock().await;
     if let Some(c) = current.as_ref().filter(|c| c.alive()) {
@@ -107,15 +138,14 @@ async fn client(agent: &Arc<Agent>) -> Result<Arc<Client>, String> {
     let recovered = attach_locked(agent, &mut current)
         .await
         .map_err(|e| e.to_string())?;
-    if !recovered.running.is_empty() {
-        tracing::warn!(
-            tasks = recovered.running.len(),
-            "a new executor reports tasks this agent did not know of"
-        );
-    }
-    current
+    let c = current
         .clone()
-        .ok_or_else(|| "the executor is gone".to_string())
+        .ok_or_else(|| "the executor is gone".to_string())?;
+    // A new executor runs nothing of this agent's.
+    for task in recovered.running.iter().chain(&recovered.ended) {
+        c.discard(*task);
+    }
+    Ok(c)
 }
 
 /// Runs a prepared task in the executor, after writing down what a restarted agent needs to
@@ -147,23 +177,24 @@ pub(crate) async fn in_executor(
         spec: kept,
         dir: path,
         pool_key,
+        ended: None,
     };
-    let written = postcard::to_stdvec(&note)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            let dir = notes_dir(&agent.cfg.work_dir);
-            wasmos_net::create_private_dir(&dir)
-                .and_then(|()| {
-                    wasmos_net::write_private(&note_path(&agent.cfg.work_dir, task), &bytes)
-                })
-                .map_err(|e| e.to_string())
-        });
-    if let Err(e) = written {
+    if let Err(e) = write_note(&agent.cfg.work_dir, task, &note) {
         return TaskStatus::with_reason(
             TaskState::Error,
             None,
             format!("cannot write down the task for the agent's restarts: {e}"),
         );
+    }
+    {
+        // Killed while it was prepared, or the agent stops: it is not started at all.
+        let mut inner = agent.inner();
+        if *kill.borrow() || inner.stopping {
+            drop(inner);
+            let _ = std::fs::remove_file(note_path(&agent.cfg.work_dir, task));
+            return TaskStatus::with_reason(TaskState::Killed, Some(Reason::Killed), "killed");
+        }
+        inner.handed.insert(task);
     }
     let bundle_file = agent
         .cfg
@@ -186,41 +217,60 @@ pub(crate) async fn in_executor(
 }
 
 /// Takes back the tasks an executor left by the previous life still runs or has ended, from
-/// what was written down for them; forgets what was written for any other. The directories
-/// of the tasks taken back.
-pub(crate) fn resume_all(agent: &Arc<Agent>, recovered: Recovered) -> Vec<PathBuf> {
-    let dir = notes_dir(&agent.cfg.work_dir);
-    let mut dirs = Vec::new();
-    let tasks: Vec<TaskId> = recovered
+/// what was written down for them, and reports again the ends the masters had not recorded;
+/// has the executor drop what it runs without a note. The directories still in use.
+pub(crate) fn resume_all(
+    agent: &Arc<Agent>,
+    recovered: Recovered,
+    client: Option<&Client>,
+) -> Vec<PathBuf> {
+    let work_dir = &agent.cfg.work_dir;
+    let known: Vec<TaskId> = recovered
         .running
         .iter()
         .chain(&recovered.ended)
         .copied()
         .collect();
-    for task in &tasks {
-        let read = std::fs::read(note_path(&agent.cfg.work_dir, *task))
-            .map_err(|e| e.to_string())
-            .and_then(|b| postcard::from_bytes::<Note>(&b).map_err(|e| e.to_string()));
-        match read {
-            Ok(note) => {
-                dirs.push(note.dir.clone());
-                resume(agent, *task, note);
-            }
-            Err(e) => {
-                tracing::warn!(%task, "the executor runs a task this agent cannot take back: {e}")
+    let noted: Vec<TaskId> = std::fs::read_dir(notes_dir(work_dir))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .map(TaskId)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut dirs = Vec::new();
+    for task in &known {
+        if !noted.contains(task) {
+            tracing::warn!(%task, "the executor runs a task this agent has no note of: killing it");
+            if let Some(c) = client {
+                c.discard(*task);
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let known = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| tasks.contains(&TaskId(n)));
-            if !known {
-                let _ = std::fs::remove_file(e.path());
+    for task in noted {
+        let note = match read_note(work_dir, task) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%task, "cannot read what was written down for a task: {e}");
+                if let Some(c) = client.filter(|_| known.contains(&task)) {
+                    c.discard(task);
+                }
+                let _ = std::fs::remove_file(note_path(work_dir, task));
+                continue;
             }
+        };
+        if let Some(status) = note.ended {
+            // Ended in the last life, its end not yet recorded by the masters.
+            Agent::push_report(&mut agent.inner(), task, status);
+        } else if known.contains(&task) {
+            dirs.push(note.dir.clone());
+            resume(agent, task, note);
+        } else if !recovered.left_alone {
+            let _ = std::fs::remove_file(note_path(work_dir, task));
+        } else {
+            dirs.push(note.dir);
         }
     }
     dirs
@@ -228,7 +278,11 @@ pub(crate) fn resume_all(agent: &Arc<Agent>, recovered: Recovered) -> Vec<PathBu
 
 fn resume(agent: &Arc<Agent>, task: TaskId, note: Note) {
     let (kill_tx, kill) = watch::channel(false);
-    agent.inner().tasks.insert(task, kill_tx);
+    {
+        let mut inner = agent.inner();
+        inner.tasks.insert(task, kill_tx);
+        inner.handed.insert(task);
+    }
     let metered = metered(agent, task, &note.spec);
     tracing::info!(%task, "taken back from the executor");
     let agent2 = agent.clone();
@@ -253,8 +307,21 @@ fn resume(agent: &Arc<Agent>, task: TaskId, note: Note) {
     });
 }
 
-/// The task's end is reported: the executor and the notes forget it.
-pub(crate) fn forget(agent: &Arc<Agent>, task: TaskId) {
+/// A task's end is reported: written down until the masters record it.
+pub(crate) fn ended(agent: &Agent, task: TaskId, status: &TaskStatus) {
+    let work_dir = &agent.cfg.work_dir;
+    let Ok(mut note) = read_note(work_dir, task) else {
+        // Never handed to the executor.
+        return;
+    };
+    note.ended = Some(status.clone());
+    if let Err(e) = write_note(work_dir, task, &note) {
+        tracing::warn!(%task, "cannot write down the end of a task: {e}");
+    }
+}
+
+/// The masters recorded a task's end: the executor and the notes forget it.
+pub(crate) fn recorded(agent: &Arc<Agent>, task: TaskId) {
     let _ = std::fs::remove_file(note_path(&agent.cfg.work_dir, task));
     let agent = agent.clone();
     tokio::spawn(async move {

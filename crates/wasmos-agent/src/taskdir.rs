@@ -103,10 +103,15 @@ impl DirPool {
         };
         match pooled {
             Some(p) => (p, true),
-            None => {
+            // A directory an executor's task from this agent's earlier life still uses keeps
+            // its name: new ones go around it.
+            None => loop {
                 let k = self.next.fetch_add(1, Ordering::Relaxed);
-                (parent.join(format!("d-{k}")), false)
-            }
+                let path = parent.join(format!("d-{k}"));
+                if !path.exists() {
+                    break (path, false);
+                }
+            },
         }
     }
 

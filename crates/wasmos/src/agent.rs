@@ -135,8 +135,14 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     pub(crate) executor: bool,
     /// With --executor: how long the executor keeps tasks running while no agent is
-    /// attached; then it kills them and exits.
-    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    /// attached; then it kills them and exits. Past the masters' --agent-timeout they have
+    /// declared the tasks lost and run them elsewhere, so keep it a little above that.
+    #[arg(
+        long,
+        default_value = "30s",
+        value_name = "DURATION",
+        requires = "executor"
+    )]
     pub(crate) recovery_timeout: humantime::Duration,
     #[command(flatten)]
     pub(crate) exec: Box<ExecArgs>,
@@ -150,6 +156,9 @@ pub(crate) struct ExecutorArgs {
     /// The agent's memory, in bytes (what burstable tasks borrow from).
     #[arg(long)]
     mem: u64,
+    /// The agent's CPU in millicores (one task thread per core).
+    #[arg(long)]
+    cpu_millis: u64,
     #[arg(long)]
     recovery_timeout_ms: u64,
     #[command(flatten)]
@@ -163,6 +172,7 @@ pub(crate) async fn executor_cmd(args: ExecutorArgs) -> Result<ExitCode> {
         work_dir: args.work_dir,
         exec,
         mem_bytes: args.mem,
+        cpu_millis: args.cpu_millis,
         recovery_timeout: std::time::Duration::from_millis(args.recovery_timeout_ms),
     })
     .await?;

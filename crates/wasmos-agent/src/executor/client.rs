@@ -1,0 +1,623 @@
+//! The agent's side of its executor: starting it or attaching to the one its last life left,
+//! the handshake in which the executor proves itself before it is sent anything, running and
+//! waiting for tasks there, and attaching again when the connection drops while the executor
+//! lives (a task is called lost only once the executor is gone).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use wasmos_proto::{OutputStream, Reason, TaskId, TaskProgress, TaskState, TaskStatus};
+
+use super::wire::{
+    Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, nonce, prove,
+    proven, read_frame, read_frame_within, write_frame,
+};
+use super::{ExecutorError, ExecutorProgram};
+
+/// What the agent mirrors of the tasks the executor runs.
+pub(crate) trait Mirror: Send + Sync {
+    /// Done once the output is queued for the master (or dropped, with no master).
+    fn output(
+        &self,
+        task: TaskId,
+        stream: OutputStream,
+        data: Vec<u8>,
+    ) -> wasmos_exec::SpawnFuture<()>;
+    fn usage(
+        &self,
+        task: TaskId,
+        cpu_ns: u64,
+        mem_bytes: u64,
+        started: bool,
+        progress: Option<TaskProgress>,
+    );
+}
+
+/// Tasks an attached executor already had.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub(crate) running: Vec<TaskId>,
+    pub(crate) ended: Vec<TaskId>,
+    /// An executor answered at the recorded address but could not be attached (another
+    /// protocol, too busy to answer): it may still run tasks in their directories, so
+    /// nothing of the last life is cleaned up.
+    pub(crate) left_alone: bool,
+}
+
+#[derive(Default)]
+struct Books {
+    /// The current connection's queue; `None` while attaching again.
+    tx: Option<mpsc::UnboundedSender<ToExecutor>>,
+    /// What waits to be sent once attached again.
+    queued: Vec<ToExecutor>,
+    waiting: BTreeMap<TaskId, oneshot::Sender<Ended>>,
+    /// Tasks recovered at attach whose end may arrive before anyone waits for it.
+    expected: BTreeSet<TaskId>,
+    early: BTreeMap<TaskId, Ended>,
+    /// Tasks the agent asked to kill, sent again on a new connection.
+    killed: BTreeSet<TaskId>,
+    /// The executor is gone: nobody waits any more.
+    gone: bool,
+}
+
+/// The agent's connection to its executor.
+pub(crate) struct Client {
+    books: Arc<Mutex<Books>>,
+}
+
+fn lock(books: &Mutex<Books>) -> MutexGuard<'_, Books> {
+    books
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An attached connection, before its halves go to their tasks.
+struct Attached {
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    version: String,
+    running: Vec<TaskId>,
+    ended: Vec<(TaskId, Ended)>,
+}
+
+/// Why an attach failed: nobody there (the executor is gone), or someone there that could
+/// not be attached.
+enum AttachError {
+    Absent(ExecutorError),
+    Unattachable(ExecutorError),
+}
+
+impl Client {
+    fn books(&self) -> MutexGuard<'_, Books> {
+        lock(&self.books)
+    }
+
+    /// Attaches to the executor a previous life of this agent left running, or starts one.
+    pub(crate) async fn attach_or_start(
+        work_dir: &Path,
+        program: &ExecutorProgram,
+        resources: (u64, u64),
+        fuel_rate: Option<u64>,
+        mirror: Arc<dyn Mirror>,
+    ) -> Result<(Client, Recovered), ExecutorError> {
+        let mut left_alone = false;
+        if let Some(record) = read_record(work_dir) {
+            match attach_patiently(&record).await {
+                Ok(attached) => {
+                    tracing::info!(
+                        pid = record.pid,
+                        version = %attached.version,
+                        running = attached.running.len(),
+                        ended = attached.ended.len(),
+                        "attached to the executor left running"
+                    );
+                    return Ok(Client::install(attached, work_dir, mirror, true));
+                }
+                Err(AttachError::Absent(e)) => {
+                    tracing::info!(pid = record.pid, "the last executor is gone ({e})")
+                }
+                Err(AttachError::Unattachable(e)) => {
+                    left_alone = true;
+                    tracing::warn!(
+                        pid = record.pid,
+                        "cannot attach to the executor left running ({e}); starting a new one and leaving its tasks' directories alone"
+                    );
+                }
+            }
+        }
+        let record = start(work_dir, program, resources, fuel_rate).await?;
+        let attached = attach(&record).await.map_err(|e| match e {
+            AttachError::Absent(e) | AttachError::Unattachable(e) => e,
+        })?;
+        let (client, mut recovered) = Client::install(attached, work_dir, mirror, true);
+        recovered.left_alone = left_alone;
+        Ok((client, recovered))
+    }
+
+    /// Starts the halves' tasks and returns the client with what the executor had.
+    fn install(
+        attached: Attached,
+        work_dir: &Path,
+        mirror: Arc<dyn Mirror>,
+        first: bool,
+    ) -> (Client, Recovered) {
+        let recovered = Recovered {
+            running: attached.running.clone(),
+            ended: attached.ended.iter().map(|(t, _)| *t).collect(),
+            left_alone: false,
+        };
+        let books = Arc::new(Mutex::new(Books::default()));
+        {
+            let mut b = lock(&books);
+            if first {
+                b.expected = recovered.running.iter().copied().collect();
+                b.early = attached.ended.iter().cloned().collect();
+            }
+        }
+        connect_halves(books.clone(), attached, work_dir.to_path_buf(), mirror);
+        (Client { books }, recovered)
+    }
+
+    /// Whether the executor is still there (or being attached to again).
+    pub(crate) fn alive(&self) -> bool {
+        !self.books().gone
+    }
+
+    fn send(&self, msg: ToExecutor) {
+        let mut b = self.books();
+        match &b.tx {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
+                    b.queued.push(msg);
+                }
+            }
+            None => b.queued.push(msg),
+        }
+    }
+
+    /// Runs `launch` in the executor; `kill` turning true kills it there.
+    pub(crate) async fn run(&self, launch: Launch, kill: watch::Receiver<bool>) -> Ended {
+        let task = launch.task;
+        let ended = self.wait_for(task);
+        self.send(ToExecutor::Run(Box::new(launch)));
+        self.await_end(task, ended, kill).await
+    }
+
+    /// Waits for the end of `task`, which the executor runs already.
+    pub(crate) async fn wait(&self, task: TaskId, kill: watch::Receiver<bool>) -> Ended {
+        let ended = self.wait_for(task);
+        self.await_end(task, ended, kill).await
+    }
+
+    fn wait_for(&self, task: TaskId) -> oneshot::Receiver<Ended> {
+        let (tx, rx) = oneshot::channel();
+        let mut b = self.books();
+        b.expected.remove(&task);
+        if let Some(ended) = b.early.remove(&task) {
+            let _ = tx.send(ended);
+        } else if !b.gone {
+            b.waiting.insert(task, tx);
+        }
+        rx
+    }
+
+    async fn await_end(
+        &self,
+        task: TaskId,
+        mut ended: oneshot::Receiver<Ended>,
+        mut kill: watch::Receiver<bool>,
+    ) -> Ended {
+        let mut killed = false;
+        let end = loop {
+            tokio::select! {
+                e = &mut ended => break e.unwrap_or_else(|_| gone()),
+                changed = kill.wait_for(|k| *k), if !killed => {
+                    killed = true;
+                    if changed.is_ok() {
+                        self.books().killed.insert(task);
+                        self.send(ToExecutor::Kill { task });
+                    }
+                }
+            }
+        };
+        self.books().killed.remove(&task);
+        end
+    }
+
+    /// The masters have recorded `task`'s end: the executor may forget it.
+    pub(crate) fn taken(&self, task: TaskId) {
+        self.send(ToExecutor::Taken { task });
+    }
+
+    /// Kills a task nobody will wait for and has the executor forget it.
+    pub(crate) fn discard(&self, task: TaskId) {
+        self.send(ToExecutor::Kill { task });
+        self.send(ToExecutor::Taken { task });
+    }
+}
+
+/// Starts a connection's writer and reader; when the reader ends, attaches again if the
+/// executor is still there, and otherwise ends every wait as lost.
+fn connect_halves(
+    books: Arc<Mutex<Books>>,
+    attached: Attached,
+    work_dir: PathBuf,
+    mirror: Arc<dyn Mirror>,
+) {
+    let Attached { mut r, mut w, .. } = attached;
+    let (tx, mut rx) = mpsc::unbounded_channel::<ToExecutor>();
+    {
+        let mut b = lock(&books);
+        for msg in b.queued.drain(..) {
+            let _ = tx.send(msg);
+        }
+        b.tx = Some(tx);
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if let Err(e) = write_frame(&mut w, &msg).await {
+                tracing::warn!("cannot write to the executor: {e}");
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            match read_frame::<_, FromExecutor>(&mut r).await {
+                Ok(Some(FromExecutor::Output { task, stream, data })) => {
+                    mirror.output(task, stream, data).await
+                }
+                Ok(Some(FromExecutor::Usage(usage))) => {
+                    for u in usage {
+                        mirror.usage(u.task, u.cpu_ns, u.mem_bytes, u.started, u.progress);
+                    }
+                }
+                Ok(Some(FromExecutor::Ended { task, ended })) => deliver(&books, task, ended),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!("the executor closed the connection");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("the executor connection failed: {e}");
+                    break;
+                }
+            }
+        }
+        writer.abort();
+        lock(&books).tx = None;
+        reattach(books, work_dir, mirror).await;
+    });
+}
+
+/// An end, to whoever waits for it; kept if it is one of a recovered task nobody waits for
+/// yet; dropped otherwise (sent again: its first copy was taken).
+fn deliver(books: &Mutex<Books>, task: TaskId, ended: Ended) {
+    let mut b = lock(books);
+    match b.waiting.remove(&task) {
+        Some(waiter) => {
+            let _ = waiter.send(ended);
+        }
+        None => {
+            if b.expected.remove(&task) {
+                b.early.insert(task, ended);
+            }
+        }
+    }
+}
+
+/// After a dropped connection: attaches again to the same executor if it answers within a
+/// few seconds, else gives up on it.
+async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn Mirror>) {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(record) = read_record(&work_dir) else {
+            break;
+        };
+        let attached = match attach(&record).await {
+            Ok(a) => a,
+            Err(AttachError::Absent(_)) => break,
+            Err(AttachError::Unattachable(e)) => {
+                tracing::warn!("attaching to the executor again: {e}");
+                continue;
+            }
+        };
+        tracing::info!("attached to the executor again");
+        {
+            let mut b = lock(&books);
+            for (task, ended) in &attached.ended {
+                if let Some(waiter) = b.waiting.remove(task) {
+                    let _ = waiter.send(ended.clone());
+                }
+            }
+            // Launched on the old connection but never received: lost with it.
+            let queued: BTreeSet<TaskId> = b
+                .queued
+                .iter()
+                .filter_map(|m| match m {
+                    ToExecutor::Run(l) => Some(l.task),
+                    _ => None,
+                })
+                .collect();
+            let unknown: Vec<TaskId> = b
+                .waiting
+                .keys()
+                .filter(|t| !attached.running.contains(t) && !queued.contains(t))
+                .copied()
+                .collect();
+            for task in unknown {
+                if let Some(waiter) = b.waiting.remove(&task) {
+                    let _ = waiter.send(gone());
+                }
+            }
+            let kills: Vec<TaskId> = b.killed.iter().copied().collect();
+            b.queued
+                .extend(kills.into_iter().map(|task| ToExecutor::Kill { task }));
+        }
+        connect_halves(books, attached, work_dir, mirror);
+        return;
+    }
+    tracing::error!("the executor is gone: its tasks are lost");
+    let mut b = lock(&books);
+    b.gone = true;
+    b.queued.clear();
+    for (_, waiter) in std::mem::take(&mut b.waiting) {
+        let _ = waiter.send(gone());
+    }
+}
+
+fn gone() -> Ended {
+    Ended {
+        status: TaskStatus::with_reason(
+            TaskState::Lost,
+            Some(Reason::AgentLost),
+            "its executor process ended while it ran",
+        ),
+        files: Vec::new(),
+    }
+}
+
+fn read_record(work_dir: &Path) -> Option<Record> {
+    let bytes = std::fs::read(work_dir.join(RECORD)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Attaches, trying for a while when someone is there but does not answer in time (an
+/// executor busy with its tasks).
+async fn attach_patiently(record: &Record) -> Result<Attached, AttachError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match attach(record).await {
+            Ok(a) => return Ok(a),
+            Err(AttachError::Unattachable(ExecutorError::Io(e)))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                last = Some(e)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AttachError::Unattachable(ExecutorError::Io(
+        last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut)),
+    )))
+}
+
+/// Connects and runs the handshake: the executor's challenge, this agent's proof and
+/// challenge, the executor's proof. Nothing else is sent before the executor has proven
+/// itself.
+async fn attach(record: &Record) -> Result<Attached, AttachError> {
+    use AttachError::{Absent, Unattachable};
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(record.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Absent(e.into())),
+            Err(_) => return Err(Unattachable(timed_out().into())),
+        };
+    let _ = stream.set_nodelay(true);
+    let (mut r, mut w) = stream.into_split();
+    let within = |secs| Duration::from_secs(secs);
+    let challenge = tokio::time::timeout(within(5), read_frame_within(&mut r, MAX_HELLO))
+        .await
+        .map_err(|_| Unattachable(timed_out().into()))?
+        .map_err(Unattachable)?;
+    let Some(FromExecutor::Challenge { nonce: theirs }) = challenge else {
+        return Err(Unattachable(ExecutorError::Impostor));
+    };
+    let mine = nonce().map_err(Unattachable)?;
+    let hello = ToExecutor::Hello {
+        protocol: PROTOCOL,
+        proof: prove(&record.token, "agent", &theirs),
+        nonce: mine.clone(),
+    };
+    write_frame(&mut w, &hello).await.map_err(Unattachable)?;
+    let answer = tokio::time::timeout(within(10), read_frame(&mut r))
+        .await
+        .map_err(|_| Unattachable(timed_out().into()))?
+        .map_err(Unattachable)?;
+    match answer {
+        Some(FromExecutor::Attached {
+            proof,
+            version,
+            running,
+            ended,
+        }) => {
+            if !proven(&record.token, "executor", &mine, &proof) {
+                return Err(Unattachable(ExecutorError::Impostor));
+            }
+            Ok(Attached {
+                r,
+                w,
+                version,
+                running,
+                ended,
+            })
+        }
+        Some(FromExecutor::Refused { message }) => {
+            Err(Unattachable(ExecutorError::Refused(message)))
+        }
+        _ => Err(Unattachable(ExecutorError::Unexpected)),
+    }
+}
+
+/// Starts an executor and reads the record it writes.
+async fn start(
+    work_dir: &Path,
+    program: &ExecutorProgram,
+    (mem_bytes, cpu_millis): (u64, u64),
+    fuel_rate: Option<u64>,
+) -> Result<Record, ExecutorError> {
+    let log_path = work_dir.join("executor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = tokio::process::Command::new(&program.program);
+    cmd.args(&program.args)
+        .arg("--work-dir")
+        .arg(work_dir)
+        .arg("--mem")
+        .arg(mem_bytes.to_string())
+        .arg("--cpu-millis")
+        .arg(cpu_millis.to_string())
+        .arg("--recovery-timeout-ms")
+        .arg(program.recovery_timeout.as_millis().to_string())
+        // The rate the agent measured, so the two meter alike.
+        .args(
+            fuel_rate
+                .filter(|_| !program.args.iter().any(|a| a == "--fuel-rate"))
+                .map(|r| vec!["--fuel-rate".to_string(), r.to_string()])
+                .unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    // Its own process group (on Windows, detached from the console), so a signal to the
+    // agent's group, or the agent's console closing, does not reach the tasks.
+    #[cfg(unix)]
+    cmd.process_group(0);
+    #[cfg(windows)]
+    cmd.creation_flags(0x0000_0008 | 0x0000_0200);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ExecutorError::Start(format!("{}: {e}", program.program.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ExecutorError::Start("no stdout".into()))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let ready = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line),
+    )
+    .await;
+    if !matches!(ready, Ok(Ok(_))) || line.trim() != "ready" {
+        let _ = child.start_kill();
+        return Err(ExecutorError::Start(format!(
+            "it did not get ready; see {}",
+            log_path.display()
+        )));
+    }
+    // Reaped when it ends, while this agent lives; after that, init's.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    read_record(work_dir).ok_or_else(|| ExecutorError::Start("it wrote no record".into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::executor::{ExecutorSettings, serve};
+    use tokio::net::TcpListener;
+
+    /// A real executor on a temporary work directory, and its record.
+    async fn executor(dir: &Path) -> Record {
+        let settings = ExecutorSettings {
+            work_dir: dir.to_path_buf(),
+            exec: wasmos_exec::ExecConfig::default(),
+            mem_bytes: 64 << 20,
+            cpu_millis: 1000,
+            recovery_timeout: Duration::from_secs(20),
+        };
+        tokio::spawn(serve(settings));
+        for _ in 0..200 {
+            if let Some(r) = read_record(dir) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the executor wrote no record");
+    }
+
+    #[tokio::test]
+    async fn the_executor_attaches_only_an_agent_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = executor(dir.path()).await;
+        let mut wrong = record.clone();
+        wrong.token = "0".repeat(64);
+        match attach(&wrong).await {
+            Err(AttachError::Unattachable(ExecutorError::Refused(m))) => {
+                assert!(m.contains("wrong token"), "{m}")
+            }
+            Err(AttachError::Unattachable(e) | AttachError::Absent(e)) => panic!("{e}"),
+            Ok(_) => panic!("attached without the token"),
+        }
+        let attached = attach(&record).await.map_err(|_| ()).expect("attach");
+        assert!(attached.running.is_empty() && attached.ended.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_impostor_at_the_executors_address_is_told_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let record = Record {
+            addr: listener.local_addr().unwrap(),
+            token: "a".repeat(64),
+            pid: 1,
+            protocol: PROTOCOL,
+            version: "x".into(),
+        };
+        let impostor = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let challenge = FromExecutor::Challenge { nonce: "n".into() };
+            write_frame(&mut w, &challenge).await.unwrap();
+            let hello: Option<ToExecutor> = read_frame(&mut r).await.unwrap();
+            let fake = FromExecutor::Attached {
+                proof: vec![0; 32],
+                version: "x".into(),
+                running: vec![],
+                ended: vec![],
+            };
+            write_frame(&mut w, &fake).await.unwrap();
+            // Whatever else the agent sends, if anything.
+            let after: Result<Option<ToExecutor>, _> = read_frame(&mut r).await;
+            (hello, after.ok().flatten())
+        });
+        let result = attach(&record).await;
+        assert!(
+            matches!(
+                result,
+                Err(AttachError::Unattachable(ExecutorError::Impostor))
+            ),
+            "the impostor was attached"
+        );
+        drop(result);
+        let (hello, after) = impostor.await.unwrap();
+        // The hello proves the token without revealing it, and nothing follows it.
+        match hello {
+            Some(ToExecutor::Hello { proof, .. }) => {
+                assert!(!String::from_utf8_lossy(&proof).contains(&record.token))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(after.is_none(), "{after:?}");
+    }
+}
