@@ -274,3 +274,50 @@ fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
         "the idle executor outlived its agent"
     );
 }
+
+/// `wasmos:task/spawn` from a task in the executor: its calls go through the agent.
+#[test]
+fn a_task_in_the_executor_starts_children() {
+    let c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
+        "{}",
+        agent.log()
+    );
+    let fanout = sample("fanout");
+    let out = c
+        .cli(&[
+            "run",
+            "--constraint",
+            "proc=own",
+            "--cpu",
+            "20m",
+            "--mem",
+            "24Mi",
+            "--timeout",
+            "90s",
+            fanout.to_str().unwrap(),
+            "--",
+            "sum",
+            "1",
+            "100",
+            "25",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), agent.log());
+    let t1 = task(&c, "t-1");
+    assert_eq!(t1["agent"], "rec-1", "{t1}");
+    let sum = t1["status"]["results"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "sum"))
+        .map(|r| serde_json::from_value::<Vec<u8>>(r["value"].clone()).unwrap())
+        .unwrap_or_else(|| panic!("no sum: {t1}"));
+    assert_eq!(String::from_utf8(sum).unwrap(), "5050", "{t1}");
+    let children = c.json(&["task", "list", "-o", "json"]).unwrap();
+    assert!(
+        children.as_array().unwrap().len() > 1,
+        "no children ran: {children}"
+    );
+}

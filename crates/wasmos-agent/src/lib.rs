@@ -157,7 +157,15 @@ struct Agent {
     children: Arc<children::Children>,
     /// The executor running its tasks, when they run in one (`AgentConfig::executor`).
     executor: tokio::sync::Mutex<Option<Arc<executor::Client>>>,
+    /// The executor's tasks' spawn calls, by task and call number: their answers, once
+    /// given (none while the masters are asked), to answer a call sent again.
+    spawn_calls: Mutex<SpawnCalls>,
 }
+
+type SpawnCalls = std::collections::HashMap<
+    (TaskId, u64),
+    Option<Vec<Result<u32, wasmos_proto::SpawnRefusal>>>,
+>;
 
 /// Most bytes of task output an agent queues for its master at once, and of one task's: a
 /// flooding task holds up only itself until sixteen of them flood at once. Each chunk counts
@@ -175,6 +183,12 @@ impl Agent {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.retain(|_, l| Arc::strong_count(l) > 1);
         locks.entry(bundle.clone()).or_default().clone()
+    }
+
+    fn spawn_calls(&self) -> MutexGuard<'_, SpawnCalls> {
+        self.spawn_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -398,6 +412,7 @@ pub async fn run(
         }),
         output_backlog: Arc::new(AtomicU64::new(0)),
         executor: Default::default(),
+        spawn_calls: Default::default(),
     });
     // Tasks an executor left by a previous life of this agent still runs (or ran) are taken
     // back; every other task directory of that life belongs to a task that is gone.
@@ -990,6 +1005,7 @@ fn metered(agent: &Agent, task: TaskId, spec: &TaskSpec) -> Metered {
 
 /// Reports a task's end, with why the master killed it when it did.
 fn end_task(agent: &Arc<Agent>, task: TaskId, mut status: TaskStatus) {
+    agent.spawn_calls().retain(|(t, _), _| *t != task);
     {
         agent.children.forget(task);
         // One step, so whoever sees the task gone from the running set finds its end among

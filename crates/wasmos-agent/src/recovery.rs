@@ -9,7 +9,10 @@ use std::sync::{Arc, Weak};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use wasmos_exec::RunRequest;
-use wasmos_proto::{OutputStream, Reason, TaskId, TaskProgress, TaskSpec, TaskState, TaskStatus};
+use wasmos_proto::{
+    ChildSpec, OutputStream, Reason, SpawnRefusal, TaskId, TaskProgress, TaskSpec, TaskState,
+    TaskStatus,
+};
 
 use crate::executor::{Client, Ended, ExecutorError, Launch, Mirror, Recovered};
 use crate::{Agent, end_task, metered, taskdir};
@@ -96,6 +99,83 @@ impl Mirror for AgentMirror {
             }
         }
     }
+
+    fn spawn_start(&self, task: TaskId, req: u64, specs: Vec<ChildSpec>) {
+        let Some(agent) = self.0.upgrade() else {
+            return;
+        };
+        let spawner = spawner_of(&agent, task);
+        {
+            // A call sent again (after a reconnect) is answered again, never started twice.
+            let mut calls = agent.spawn_calls();
+            match calls.get(&(task, req)) {
+                Some(Some(results)) => {
+                    let results = results.clone();
+                    drop(calls);
+                    tokio::spawn(async move {
+                        if let Some(c) = agent.executor.lock().await.clone() {
+                            c.answer_start(req, results);
+                        }
+                    });
+                    return;
+                }
+                Some(None) => return,
+                None => {
+                    calls.insert((task, req), None);
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let results = match spawner {
+                Some(s) => s.start(specs).await,
+                None => specs.iter().map(|_| Err(restarted())).collect(),
+            };
+            if let Some(r) = agent.spawn_calls().get_mut(&(task, req)) {
+                *r = Some(results.clone());
+            }
+            if let Some(c) = agent.executor.lock().await.clone() {
+                c.answer_start(req, results);
+            }
+        });
+    }
+
+    fn spawn_wait(&self, task: TaskId, req: u64, handle: u32) {
+        let Some(agent) = self.0.upgrade() else {
+            return;
+        };
+        let spawner = spawner_of(&agent, task);
+        tokio::spawn(async move {
+            let outcome = match spawner {
+                Some(s) => s.wait(handle).await,
+                None => None,
+            };
+            if let Some(c) = agent.executor.lock().await.clone() {
+                c.answer_wait(req, outcome.map(|o| (o.end, o.attempts)));
+            }
+        });
+    }
+
+    fn spawn_cancel(&self, task: TaskId, handle: u32) {
+        if let Some(s) = self.0.upgrade().and_then(|a| spawner_of(&a, task)) {
+            s.cancel(handle);
+        }
+    }
+}
+
+/// What starts `task`'s children: none for a task taken back from the last life, whose
+/// children this agent does not know (and whose requests it would number anew).
+fn spawner_of(agent: &Agent, task: TaskId) -> Option<Arc<dyn wasmos_exec::Spawner>> {
+    agent
+        .inner()
+        .usage
+        .get(&task)
+        .and_then(|m| m.platform.spawner())
+}
+
+fn restarted() -> SpawnRefusal {
+    SpawnRefusal::Refused(
+        "its agent restarted since it started: it can start no more child tasks".into(),
+    )
 }
 
 /// Attaches to the executor the agent's last life left, or starts one; what it already had.

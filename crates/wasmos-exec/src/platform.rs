@@ -87,6 +87,11 @@ impl TaskPlatform {
         })
     }
 
+    /// What starts the task's children, if its agent lets it start any.
+    pub fn spawner(&self) -> Option<Arc<dyn Spawner>> {
+        self.spawner.get().cloned()
+    }
+
     /// Lets the task start children through `spawner` (set once; later calls change nothing).
     pub fn set_spawner(&self, spawner: Arc<dyn Spawner>) {
         let _ = self.spawner.set(spawner);

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
-use wasmos_proto::{OutputStream, Reason, TaskId, TaskProgress, TaskState, TaskStatus};
+use wasmos_proto::{
+    ChildEnd, ChildSpec, OutputStream, Reason, SpawnRefusal, TaskId, TaskProgress, TaskState,
+    TaskStatus,
+};
 
 use super::wire::{
     Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, nonce, prove,
@@ -36,6 +39,11 @@ pub(crate) trait Mirror: Send + Sync {
         started: bool,
         progress: Option<TaskProgress>,
     );
+    /// A task's `wasmos:task/spawn` calls; answered through [`Client::answer_start`] and
+    /// [`Client::answer_wait`].
+    fn spawn_start(&self, task: TaskId, req: u64, specs: Vec<ChildSpec>);
+    fn spawn_wait(&self, task: TaskId, req: u64, handle: u32);
+    fn spawn_cancel(&self, task: TaskId, handle: u32);
 }
 
 /// Tasks an attached executor already had.
@@ -234,6 +242,16 @@ impl Client {
         self.send(ToExecutor::Taken { task });
     }
 
+    /// The answer to a task's spawn call number `req`.
+    pub(crate) fn answer_start(&self, req: u64, results: Vec<Result<u32, SpawnRefusal>>) {
+        self.send(ToExecutor::SpawnStarted { req, results });
+    }
+
+    /// How the child a task waited for (call number `req`) ended.
+    pub(crate) fn answer_wait(&self, req: u64, outcome: Option<(ChildEnd, u32)>) {
+        self.send(ToExecutor::SpawnWaited { req, outcome });
+    }
+
     /// Kills a task nobody will wait for and has the executor forget it.
     pub(crate) fn discard(&self, task: TaskId) {
         self.send(ToExecutor::Kill { task });
@@ -278,6 +296,15 @@ fn connect_halves(
                     }
                 }
                 Ok(Some(FromExecutor::Ended { task, ended })) => deliver(&books, task, ended),
+                Ok(Some(FromExecutor::SpawnStart { task, req, specs })) => {
+                    mirror.spawn_start(task, req, specs)
+                }
+                Ok(Some(FromExecutor::SpawnWait { task, req, handle })) => {
+                    mirror.spawn_wait(task, req, handle)
+                }
+                Ok(Some(FromExecutor::SpawnCancel { task, handle })) => {
+                    mirror.spawn_cancel(task, handle)
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     tracing::warn!("the executor closed the connection");

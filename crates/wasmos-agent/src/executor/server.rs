@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use wasmos_exec::{Runner, TaskPlatform, TaskUsage};
-use wasmos_proto::{OutputStream, Reason, TaskId, TaskState, TaskStatus};
+use tokio::sync::oneshot;
+use wasmos_exec::{Runner, SpawnFuture, Spawner, TaskPlatform, TaskUsage};
+use wasmos_proto::{
+    ChildEnd, ChildOutcome, ChildSpec, OutputStream, Reason, SpawnRefusal, TaskId, TaskState,
+    TaskStatus,
+};
 
 use super::ExecutorError;
 use super::wire::{
@@ -52,6 +56,125 @@ struct ExecState {
     /// Ends the agent has not taken yet.
     ended: BTreeMap<TaskId, Ended>,
     next_conn: u64,
+    /// Spawn calls of its tasks the agent has not answered, by number: sent again to each
+    /// agent that attaches.
+    calls: BTreeMap<u64, Call>,
+    next_call: u64,
+}
+
+/// A task's `wasmos:task/spawn` call, waiting for the agent.
+enum Call {
+    Start {
+        task: TaskId,
+        specs: Vec<ChildSpec>,
+        reply: oneshot::Sender<Vec<Result<u32, SpawnRefusal>>>,
+    },
+    Wait {
+        task: TaskId,
+        handle: u32,
+        reply: oneshot::Sender<Option<(ChildEnd, u32)>>,
+    },
+}
+
+impl Call {
+    fn task(&self) -> TaskId {
+        match self {
+            Call::Start { task, .. } | Call::Wait { task, .. } => *task,
+        }
+    }
+
+    fn message(&self, req: u64) -> FromExecutor {
+        match self {
+            Call::Start { task, specs, .. } => FromExecutor::SpawnStart {
+                task: *task,
+                req,
+                specs: specs.clone(),
+            },
+            Call::Wait { task, handle, .. } => FromExecutor::SpawnWait {
+                task: *task,
+                req,
+                handle: *handle,
+            },
+        }
+    }
+}
+
+/// A task's `wasmos:task/spawn`, through the agent.
+struct Forward {
+    exec: std::sync::Weak<Exec>,
+    task: TaskId,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spawns of {} through the agent", self.task)
+    }
+}
+
+impl Forward {
+    /// Records `call` and sends it to the agent (now or once one attaches).
+    async fn call(&self, call: Call) {
+        let Some(exec) = self.exec.upgrade() else {
+            return;
+        };
+        let msg = {
+            let mut s = exec.state();
+            s.next_call += 1;
+            let req = s.next_call;
+            let msg = call.message(req);
+            s.calls.insert(req, call);
+            msg
+        };
+        exec.deliver(msg).await;
+    }
+}
+
+fn stopping(n: usize) -> Vec<Result<u32, SpawnRefusal>> {
+    (0..n)
+        .map(|_| Err(SpawnRefusal::Refused("the executor is stopping".into())))
+        .collect()
+}
+
+impl Spawner for Forward {
+    fn start(&self, specs: Vec<ChildSpec>) -> SpawnFuture<Vec<Result<u32, SpawnRefusal>>> {
+        let forward = Forward {
+            exec: self.exec.clone(),
+            task: self.task,
+        };
+        Box::pin(async move {
+            let n = specs.len();
+            let (reply, answer) = oneshot::channel();
+            let task = forward.task;
+            forward.call(Call::Start { task, specs, reply }).await;
+            answer.await.unwrap_or_else(|_| stopping(n))
+        })
+    }
+
+    fn wait(&self, handle: u32) -> SpawnFuture<Option<ChildOutcome>> {
+        let forward = Forward {
+            exec: self.exec.clone(),
+            task: self.task,
+        };
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let task = forward.task;
+            forward.call(Call::Wait { task, handle, reply }).await;
+            let (end, attempts) = answer.await.ok()??;
+            Some(ChildOutcome { end, attempts })
+        })
+    }
+
+    fn cancel(&self, handle: u32) -> bool {
+        let Some(exec) = self.exec.upgrade() else {
+            return false;
+        };
+        let task = self.task;
+        tokio::spawn(async move {
+            exec.deliver(FromExecutor::SpawnCancel { task, handle })
+                .await
+        });
+        true
+    }
 }
 
 struct Exec {
@@ -119,7 +242,7 @@ impl Exec {
     }
 
     /// Takes a launch into the books at once, so a kill that follows it finds it.
-    fn admit(&self, launch: &Launch) -> Admitted {
+    fn admit(self: &Arc<Self>, launch: &Launch) -> Admitted {
         let mut s = self.state();
         if let Some(ended) = s.ended.get(&launch.task) {
             return Admitted::Ended(ended.clone());
@@ -130,6 +253,10 @@ impl Exec {
         let (kill_tx, kill) = watch::channel(false);
         let usage = Arc::new(TaskUsage::default());
         let platform = launch.platform();
+        platform.set_spawner(Arc::new(Forward {
+            exec: Arc::downgrade(self),
+            task: launch.task,
+        }));
         s.running.insert(
             launch.task,
             Running {
@@ -322,6 +449,16 @@ async fn session(exec: Arc<Exec>, stream: TcpStream, permit: tokio::sync::OwnedS
         for r in s.running.values() {
             r.platform.resend_progress();
         }
+        // Calls the last agent did not answer go to this one, after the handshake.
+        let calls: Vec<FromExecutor> = s.calls.iter().map(|(r, c)| c.message(*r)).collect();
+        let resend = tx.clone();
+        tokio::spawn(async move {
+            for msg in calls {
+                if resend.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
         s.link = Some((conn, tx));
         conn
     };
@@ -362,6 +499,16 @@ async fn session(exec: Arc<Exec>, stream: TcpStream, permit: tokio::sync::OwnedS
             Ok(Some(ToExecutor::Taken { task })) => {
                 exec.state().ended.remove(&task);
                 exec.attached.send_modify(|_| {});
+            }
+            Ok(Some(ToExecutor::SpawnStarted { req, results })) => {
+                if let Some(Call::Start { reply, .. }) = exec.state().calls.remove(&req) {
+                    let _ = reply.send(results);
+                }
+            }
+            Ok(Some(ToExecutor::SpawnWaited { req, outcome })) => {
+                if let Some(Call::Wait { reply, .. }) = exec.state().calls.remove(&req) {
+                    let _ = reply.send(outcome);
+                }
             }
             Ok(Some(ToExecutor::Hello { .. })) => {}
             Ok(None) => break,
@@ -424,6 +571,7 @@ async fn run(
     let link = {
         let mut s = exec.state();
         s.running.remove(&task);
+        s.calls.retain(|_, c| c.task() != task);
         s.ended.insert(task, ended.clone());
         s.link.clone()
     };

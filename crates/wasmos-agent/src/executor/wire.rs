@@ -13,7 +13,9 @@ use wasmos_exec::{
     Burst, DiskQuota, EgressPolicy, MemoryPool, Preopen, RunRequest, TaskContext, TaskPlatform,
     TaskUsage,
 };
-use wasmos_proto::{BundleHash, OutputStream, TaskId, TaskProgress, TaskStatus};
+use wasmos_proto::{
+    BundleHash, ChildEnd, ChildSpec, OutputStream, SpawnRefusal, TaskId, TaskProgress, TaskStatus,
+};
 
 use super::ExecutorError;
 
@@ -58,6 +60,17 @@ pub(crate) enum ToExecutor {
     Taken {
         task: TaskId,
     },
+    /// The answer to [`FromExecutor::SpawnStart`] number `req`.
+    SpawnStarted {
+        req: u64,
+        results: Vec<Result<u32, SpawnRefusal>>,
+    },
+    /// The answer to [`FromExecutor::SpawnWait`] number `req`: how the child ended, with the
+    /// attempts it took; none for a handle the agent does not know.
+    SpawnWaited {
+        req: u64,
+        outcome: Option<(ChildEnd, u32)>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +99,24 @@ pub(crate) enum FromExecutor {
     Ended {
         task: TaskId,
         ended: Ended,
+    },
+    /// `wasmos:task/spawn` of a task: children to start (numbered `req` by the executor, sent
+    /// again to each agent that attaches until answered).
+    SpawnStart {
+        task: TaskId,
+        req: u64,
+        specs: Vec<ChildSpec>,
+    },
+    /// Waits for the end of the task's child `handle`.
+    SpawnWait {
+        task: TaskId,
+        req: u64,
+        handle: u32,
+    },
+    /// Asks the task's child `handle` to stop.
+    SpawnCancel {
+        task: TaskId,
+        handle: u32,
     },
 }
 
