@@ -162,10 +162,8 @@ struct Agent {
     spawn_calls: Mutex<SpawnCalls>,
 }
 
-type SpawnCalls = std::collections::HashMap<
-    (TaskId, u64),
-    Option<Vec<Result<u32, wasmos_proto::SpawnRefusal>>>,
->;
+type SpawnCalls =
+    std::collections::HashMap<(TaskId, u64), Option<Vec<Result<u32, wasmos_proto::SpawnRefusal>>>>;
 
 /// Most bytes of task output an agent queues for its master at once, and of one task's: a
 /// flooding task holds up only itself until sixteen of them flood at once. Each chunk counts
@@ -439,10 +437,15 @@ pub async fn run(
         && !foreign
         && let Err(source) = recovery::remove_all_but(&task_dirs, &resumed)
     {
-        return Err(AgentError::WorkDir {
-            path: task_dirs,
-            source,
-        });
+        // A task the executor is killing may still write in its directory: with an executor,
+        // what is left is removed next time.
+        if agent.cfg.executor.is_none() {
+            return Err(AgentError::WorkDir {
+                path: task_dirs,
+                source,
+            });
+        }
+        tracing::warn!("cannot empty {}: {source}", task_dirs.display());
     }
     if let Some((ep, addr)) = &peer_server {
         let me = format!("at {addr}");
@@ -546,6 +549,7 @@ pub async fn run(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     stop_tasks(&agent);
+    recovery::flush(&agent).await;
     endpoint.close(0u32.into(), b"agent shutting down");
     if let Some((ep, _)) = &peer_server {
         ep.close(0u32.into(), b"agent shutting down");
@@ -1305,6 +1309,12 @@ async fn collect(
         }
     }
     // Deleting a full scratch space can take a while: not on the task workers.
+    // A task of the executor's: its end is written down before what it made is deleted, so a
+    // restart meanwhile reports it instead of collecting from a half-emptied directory.
+    let task = TaskId(platform.context().task_id);
+    if agent.inner().handed.contains(&task) {
+        recovery::note_end(agent, task, &status);
+    }
     let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     status
 }

@@ -311,15 +311,20 @@ pub(crate) fn resume_all(
         .chain(&recovered.ended)
         .copied()
         .collect();
-    let noted: Vec<TaskId> = std::fs::read_dir(notes_dir(work_dir))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-                .map(TaskId)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut noted = Vec::new();
+    for e in std::fs::read_dir(notes_dir(work_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        match e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) => noted.push(TaskId(n)),
+            // A note half written when the agent died.
+            None => {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let mut dirs = Vec::new();
     for task in &known {
         if !noted.contains(task) {
@@ -344,6 +349,9 @@ pub(crate) fn resume_all(
         if let Some(status) = note.ended {
             // Ended in the last life, its end not yet recorded by the masters.
             Agent::push_report(&mut agent.inner(), task, status);
+            if let Some(c) = client.filter(|_| known.contains(&task)) {
+                c.taken(task);
+            }
         } else if known.contains(&task) {
             dirs.push(note.dir.clone());
             resume(agent, task, note);
@@ -387,28 +395,60 @@ fn resume(agent: &Arc<Agent>, task: TaskId, note: Note) {
     });
 }
 
-/// A task's end is reported: written down until the masters record it.
-pub(crate) fn ended(agent: &Agent, task: TaskId, status: &TaskStatus) {
+/// Writes down a task's end, before its directory is emptied (a restart then reports it
+/// again rather than collect what it made a second time); true if it was written.
+pub(crate) fn note_end(agent: &Agent, task: TaskId, status: &TaskStatus) -> bool {
     let work_dir = &agent.cfg.work_dir;
     let Ok(mut note) = read_note(work_dir, task) else {
         // Never handed to the executor.
-        return;
+        return false;
     };
     note.ended = Some(status.clone());
-    if let Err(e) = write_note(work_dir, task, &note) {
-        tracing::warn!(%task, "cannot write down the end of a task: {e}");
+    match write_note(work_dir, task, &note) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%task, "cannot write down the end of a task: {e}");
+            false
+        }
     }
 }
 
-/// The masters recorded a task's end: the executor and the notes forget it.
-pub(crate) fn recorded(agent: &Arc<Agent>, task: TaskId) {
-    let _ = std::fs::remove_file(note_path(&agent.cfg.work_dir, task));
+/// A task's end is reported and written down (until the masters record it): the executor
+/// may forget it.
+pub(crate) fn ended(agent: &Arc<Agent>, task: TaskId, status: &TaskStatus) {
+    if note_end(agent, task, status) {
+        with_client(agent, move |c| c.taken(task));
+    }
+}
+
+/// Runs `f` on the executor's client: at once when nobody holds it (messages keep their
+/// order), else as soon as it is free.
+fn with_client(agent: &Arc<Agent>, f: impl FnOnce(&Client) + Send + 'static) {
+    if let Ok(current) = agent.executor.try_lock() {
+        if let Some(c) = current.as_ref() {
+            f(c);
+        }
+        return;
+    }
     let agent = agent.clone();
     tokio::spawn(async move {
         if let Some(c) = agent.executor.lock().await.as_ref() {
-            c.taken(task);
+            f(c);
         }
     });
+}
+
+/// The masters recorded a task's end: its note is no longer needed.
+pub(crate) fn recorded(agent: &Agent, task: TaskId) {
+    let _ = std::fs::remove_file(note_path(&agent.cfg.work_dir, task));
+}
+
+/// Before a stopping agent exits: what it told the executor is written.
+pub(crate) async fn flush(agent: &Agent) {
+    let client = agent.executor.lock().await.clone();
+    if let Some(c) = client {
+        c.flush().await;
+    }
 }
 
 /// Empties `dir` of everything but `keep`.

@@ -64,6 +64,9 @@ struct Books {
     /// What waits to be sent once attached again.
     queued: Vec<ToExecutor>,
     waiting: BTreeMap<TaskId, oneshot::Sender<Ended>>,
+    /// Launches the executor has not confirmed yet (listed as running in a handshake, metered
+    /// or ended): sent again after a reconnect, since the first may have died with it.
+    launched: BTreeMap<TaskId, Launch>,
     /// Tasks recovered at attach whose end may arrive before anyone waits for it.
     expected: BTreeSet<TaskId>,
     early: BTreeMap<TaskId, Ended>,
@@ -71,6 +74,20 @@ struct Books {
     killed: BTreeSet<TaskId>,
     /// The executor is gone: nobody waits any more.
     gone: bool,
+    /// Messages handed to the current connection's writer and not written yet.
+    unsent: usize,
+}
+
+impl Books {
+    fn send(&mut self, msg: ToExecutor) {
+        match &self.tx {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => self.unsent += 1,
+                Err(mpsc::error::SendError(msg)) => self.queued.push(msg),
+            },
+            None => self.queued.push(msg),
+        }
+    }
 }
 
 /// The agent's connection to its executor.
@@ -93,12 +110,28 @@ struct Attached {
     ended: Vec<(TaskId, Ended)>,
 }
 
-/// Why an attach failed: nobody there (the executor is gone), or someone there that could
-/// not be attached.
+/// Why an attach failed.
 enum AttachError {
+    /// Nobody there, or someone who is not this agent's executor: the executor is gone.
     Absent(ExecutorError),
-    Unattachable(ExecutorError),
+    /// The executor is there but did not answer in time, or turned the connection away
+    /// before its challenge (a flood of other connections): worth trying again.
+    Busy(ExecutorError),
+    /// The executor speaks another protocol (an older or newer agent's).
+    Incompatible(ExecutorError),
 }
+
+impl AttachError {
+    fn into_inner(self) -> ExecutorError {
+        match self {
+            AttachError::Absent(e) | AttachError::Busy(e) | AttachError::Incompatible(e) => e,
+        }
+    }
+}
+
+/// How long a restarting agent keeps trying an executor that is there but does not answer,
+/// before it gives up starting (its supervisor starts it again).
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Client {
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -115,34 +148,50 @@ impl Client {
     ) -> Result<(Client, Recovered), ExecutorError> {
         let mut left_alone = false;
         if let Some(record) = read_record(work_dir) {
-            match attach_patiently(&record).await {
-                Ok(attached) => {
-                    tracing::info!(
-                        pid = record.pid,
-                        version = %attached.version,
-                        running = attached.running.len(),
-                        ended = attached.ended.len(),
-                        "attached to the executor left running"
-                    );
-                    return Ok(Client::install(attached, work_dir, mirror, true));
-                }
-                Err(AttachError::Absent(e)) => {
-                    tracing::info!(pid = record.pid, "the last executor is gone ({e})")
-                }
-                Err(AttachError::Unattachable(e)) => {
-                    left_alone = true;
-                    tracing::warn!(
-                        pid = record.pid,
-                        "cannot attach to the executor left running ({e}); starting a new one and leaving its tasks' directories alone"
-                    );
+            let since = tokio::time::Instant::now();
+            loop {
+                match attach(&record).await {
+                    Ok(attached) => {
+                        tracing::info!(
+                            pid = record.pid,
+                            version = %attached.version,
+                            running = attached.running.len(),
+                            ended = attached.ended.len(),
+                            "attached to the executor left running"
+                        );
+                        return Ok(Client::install(attached, work_dir, mirror));
+                    }
+                    Err(AttachError::Absent(e)) => {
+                        tracing::info!(pid = record.pid, "the last executor is gone ({e})");
+                        break;
+                    }
+                    Err(AttachError::Busy(e)) if since.elapsed() < BUSY_PATIENCE => {
+                        tracing::warn!(
+                            pid = record.pid,
+                            "the executor left running does not answer yet ({e}); trying again"
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(AttachError::Busy(e)) => {
+                        return Err(ExecutorError::Start(format!(
+                            "the executor left running (pid {}) does not answer: {e}",
+                            record.pid
+                        )));
+                    }
+                    Err(AttachError::Incompatible(e)) => {
+                        left_alone = true;
+                        tracing::warn!(
+                            pid = record.pid,
+                            "cannot attach to the executor left running ({e}); starting a new one and leaving its tasks' directories alone"
+                        );
+                        break;
+                    }
                 }
             }
         }
         let record = start(work_dir, program, resources, fuel_rate).await?;
-        let attached = attach(&record).await.map_err(|e| match e {
-            AttachError::Absent(e) | AttachError::Unattachable(e) => e,
-        })?;
-        let (client, mut recovered) = Client::install(attached, work_dir, mirror, true);
+        let attached = attach(&record).await.map_err(AttachError::into_inner)?;
+        let (client, mut recovered) = Client::install(attached, work_dir, mirror);
         recovered.left_alone = left_alone;
         Ok((client, recovered))
     }
@@ -152,21 +201,17 @@ impl Client {
         attached: Attached,
         work_dir: &Path,
         mirror: Arc<dyn Mirror>,
-        first: bool,
     ) -> (Client, Recovered) {
         let recovered = Recovered {
             running: attached.running.clone(),
             ended: attached.ended.iter().map(|(t, _)| *t).collect(),
             left_alone: false,
         };
-        let books = Arc::new(Mutex::new(Books::default()));
-        {
-            let mut b = lock(&books);
-            if first {
-                b.expected = recovered.running.iter().copied().collect();
-                b.early = attached.ended.iter().cloned().collect();
-            }
-        }
+        let books = Arc::new(Mutex::new(Books {
+            expected: recovered.running.iter().copied().collect(),
+            early: attached.ended.iter().cloned().collect(),
+            ..Default::default()
+        }));
         connect_halves(books.clone(), attached, work_dir.to_path_buf(), mirror);
         (Client { books }, recovered)
     }
@@ -176,42 +221,39 @@ impl Client {
         !self.books().gone
     }
 
-    fn send(&self, msg: ToExecutor) {
-        let mut b = self.books();
-        match &b.tx {
-            Some(tx) => {
-                if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
-                    b.queued.push(msg);
-                }
-            }
-            None => b.queued.push(msg),
-        }
-    }
-
     /// Runs `launch` in the executor; `kill` turning true kills it there.
     pub(crate) async fn run(&self, launch: Launch, kill: watch::Receiver<bool>) -> Ended {
         let task = launch.task;
-        let ended = self.wait_for(task);
-        self.send(ToExecutor::Run(Box::new(launch)));
+        let (tx, ended) = oneshot::channel();
+        {
+            // One step: a reconnect in between would find a waiter without its launch.
+            let mut b = self.books();
+            if b.gone {
+                return gone();
+            }
+            b.waiting.insert(task, tx);
+            b.launched.insert(task, launch.clone());
+            b.send(ToExecutor::Run(Box::new(launch)));
+        }
         self.await_end(task, ended, kill).await
     }
 
-    /// Waits for the end of `task`, which the executor runs already.
+    /// Waits for the end of `task`, which this executor ran when it was attached (a task it
+    /// never knew ends at once, lost).
     pub(crate) async fn wait(&self, task: TaskId, kill: watch::Receiver<bool>) -> Ended {
-        let ended = self.wait_for(task);
-        self.await_end(task, ended, kill).await
-    }
-
-    fn wait_for(&self, task: TaskId) -> oneshot::Receiver<Ended> {
-        let (tx, rx) = oneshot::channel();
-        let mut b = self.books();
-        b.expected.remove(&task);
-        if let Some(ended) = b.early.remove(&task) {
-            let _ = tx.send(ended);
-        } else if !b.gone {
+        let (tx, ended) = oneshot::channel();
+        {
+            let mut b = self.books();
+            let expected = b.expected.remove(&task);
+            if let Some(e) = b.early.remove(&task) {
+                return e;
+            }
+            if !expected || b.gone {
+                return gone();
+            }
             b.waiting.insert(task, tx);
         }
-        rx
+        self.await_end(task, ended, kill).await
     }
 
     async fn await_end(
@@ -227,35 +269,54 @@ impl Client {
                 changed = kill.wait_for(|k| *k), if !killed => {
                     killed = true;
                     if changed.is_ok() {
-                        self.books().killed.insert(task);
-                        self.send(ToExecutor::Kill { task });
+                        let mut b = self.books();
+                        b.killed.insert(task);
+                        b.send(ToExecutor::Kill { task });
                     }
                 }
             }
         };
-        self.books().killed.remove(&task);
+        let mut b = self.books();
+        b.killed.remove(&task);
+        b.launched.remove(&task);
         end
     }
 
-    /// The masters have recorded `task`'s end: the executor may forget it.
+    /// The agent has written `task`'s end down: the executor may forget it.
     pub(crate) fn taken(&self, task: TaskId) {
-        self.send(ToExecutor::Taken { task });
+        self.books().send(ToExecutor::Taken { task });
     }
 
     /// The answer to a task's spawn call number `req`.
     pub(crate) fn answer_start(&self, req: u64, results: Vec<Result<u32, SpawnRefusal>>) {
-        self.send(ToExecutor::SpawnStarted { req, results });
+        self.books().send(ToExecutor::SpawnStarted { req, results });
     }
 
     /// How the child a task waited for (call number `req`) ended.
     pub(crate) fn answer_wait(&self, req: u64, outcome: Option<(ChildEnd, u32)>) {
-        self.send(ToExecutor::SpawnWaited { req, outcome });
+        self.books().send(ToExecutor::SpawnWaited { req, outcome });
     }
 
-    /// Kills a task nobody will wait for and has the executor forget it.
+    /// Kills a task nobody will wait for and has the executor forget it (its end too, when
+    /// it comes).
     pub(crate) fn discard(&self, task: TaskId) {
-        self.send(ToExecutor::Kill { task });
-        self.send(ToExecutor::Taken { task });
+        let mut b = self.books();
+        b.send(ToExecutor::Kill { task });
+        b.send(ToExecutor::Taken { task });
+    }
+
+    /// Waits (a little) until what was sent is written: before a stopping agent exits.
+    pub(crate) async fn flush(&self) {
+        for _ in 0..50 {
+            let idle = {
+                let b = self.books();
+                b.tx.is_none() || b.unsent == 0
+            };
+            if idle {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -271,17 +332,21 @@ fn connect_halves(
     let (tx, mut rx) = mpsc::unbounded_channel::<ToExecutor>();
     {
         let mut b = lock(&books);
-        for msg in b.queued.drain(..) {
-            let _ = tx.send(msg);
-        }
         b.tx = Some(tx);
+        b.unsent = 0;
+        for msg in std::mem::take(&mut b.queued) {
+            b.send(msg);
+        }
     }
+    let written = books.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             if let Err(e) = write_frame(&mut w, &msg).await {
                 tracing::warn!("cannot write to the executor: {e}");
                 break;
             }
+            let mut b = lock(&written);
+            b.unsent = b.unsent.saturating_sub(1);
         }
     });
     tokio::spawn(async move {
@@ -291,6 +356,12 @@ fn connect_halves(
                     mirror.output(task, stream, data).await
                 }
                 Ok(Some(FromExecutor::Usage(usage))) => {
+                    {
+                        let mut b = lock(&books);
+                        for u in &usage {
+                            b.launched.remove(&u.task);
+                        }
+                    }
                     for u in usage {
                         mirror.usage(u.task, u.cpu_ns, u.mem_bytes, u.started, u.progress);
                     }
@@ -316,16 +387,19 @@ fn connect_halves(
                 }
             }
         }
-        writer.abort();
+        // What the writer had not written is made good after the next handshake: launches
+        // not confirmed are sent again, kills too, and ends nobody wants are taken.
         lock(&books).tx = None;
+        writer.abort();
         reattach(books, work_dir, mirror).await;
     });
 }
 
 /// An end, to whoever waits for it; kept if it is one of a recovered task nobody waits for
-/// yet; dropped otherwise (sent again: its first copy was taken).
+/// yet; otherwise (sent again: its first copy was taken) the executor is told to forget it.
 fn deliver(books: &Mutex<Books>, task: TaskId, ended: Ended) {
     let mut b = lock(books);
+    b.launched.remove(&task);
     match b.waiting.remove(&task) {
         Some(waiter) => {
             let _ = waiter.send(ended);
@@ -338,43 +412,40 @@ fn deliver(books: &Mutex<Books>, task: TaskId, ended: Ended) {
     }
 }
 
-/// After a dropped connection: attaches again to the same executor if it answers within a
-/// few seconds, else gives up on it.
+/// After a dropped connection: attaches again to the same executor while it is there,
+/// else gives up on it.
 async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn Mirror>) {
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
         let Some(record) = read_record(&work_dir) else {
             break;
         };
         let attached = match attach(&record).await {
             Ok(a) => a,
-            Err(AttachError::Absent(_)) => break,
-            Err(AttachError::Unattachable(e)) => {
+            Err(AttachError::Busy(e)) => {
                 tracing::warn!("attaching to the executor again: {e}");
                 continue;
             }
+            Err(AttachError::Absent(_) | AttachError::Incompatible(_)) => break,
         };
         tracing::info!("attached to the executor again");
         {
             let mut b = lock(&books);
             for (task, ended) in &attached.ended {
+                b.launched.remove(task);
                 if let Some(waiter) = b.waiting.remove(task) {
                     let _ = waiter.send(ended.clone());
+                } else if b.expected.remove(task) {
+                    b.early.insert(*task, ended.clone());
                 }
             }
-            // Launched on the old connection but never received: lost with it.
-            let queued: BTreeSet<TaskId> = b
-                .queued
-                .iter()
-                .filter_map(|m| match m {
-                    ToExecutor::Run(l) => Some(l.task),
-                    _ => None,
-                })
-                .collect();
+            b.launched.retain(|t, _| !attached.running.contains(t));
             let unknown: Vec<TaskId> = b
                 .waiting
                 .keys()
-                .filter(|t| !attached.running.contains(t) && !queued.contains(t))
+                .filter(|t| !attached.running.contains(t) && !b.launched.contains_key(t))
                 .copied()
                 .collect();
             for task in unknown {
@@ -382,9 +453,20 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
                     let _ = waiter.send(gone());
                 }
             }
-            let kills: Vec<TaskId> = b.killed.iter().copied().collect();
-            b.queued
-                .extend(kills.into_iter().map(|task| ToExecutor::Kill { task }));
+            // The writer's queue died with the connection: what it held is sent again.
+            b.queued.clear();
+            let relaunch: Vec<ToExecutor> = b
+                .launched
+                .values()
+                .map(|l| ToExecutor::Run(Box::new(l.clone())))
+                .collect();
+            b.queued.extend(relaunch);
+            let kills: Vec<ToExecutor> = b
+                .killed
+                .iter()
+                .map(|&task| ToExecutor::Kill { task })
+                .collect();
+            b.queued.extend(kills);
         }
         connect_halves(books, attached, work_dir, mirror);
         return;
@@ -393,6 +475,7 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
     let mut b = lock(&books);
     b.gone = true;
     b.queued.clear();
+    b.launched.clear();
     for (_, waiter) in std::mem::take(&mut b.waiting) {
         let _ = waiter.send(gone());
     }
@@ -414,59 +497,49 @@ fn read_record(work_dir: &Path) -> Option<Record> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Attaches, trying for a while when someone is there but does not answer in time (an
-/// executor busy with its tasks).
-async fn attach_patiently(record: &Record) -> Result<Attached, AttachError> {
-    let mut last = None;
-    for _ in 0..5 {
-        match attach(record).await {
-            Ok(a) => return Ok(a),
-            Err(AttachError::Unattachable(ExecutorError::Io(e)))
-                if e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                last = Some(e)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(AttachError::Unattachable(ExecutorError::Io(
-        last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut)),
-    )))
-}
-
 /// Connects and runs the handshake: the executor's challenge, this agent's proof and
 /// challenge, the executor's proof. Nothing else is sent before the executor has proven
 /// itself.
 async fn attach(record: &Record) -> Result<Attached, AttachError> {
-    use AttachError::{Absent, Unattachable};
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    use AttachError::{Absent, Busy, Incompatible};
+    let timed_out = || ExecutorError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut));
     let stream =
         match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(record.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Absent(e.into())),
-            Err(_) => return Err(Unattachable(timed_out().into())),
+            Err(_) => return Err(Busy(timed_out())),
         };
     let _ = stream.set_nodelay(true);
     let (mut r, mut w) = stream.into_split();
-    let within = |secs| Duration::from_secs(secs);
-    let challenge = tokio::time::timeout(within(5), read_frame_within(&mut r, MAX_HELLO))
-        .await
-        .map_err(|_| Unattachable(timed_out().into()))?
-        .map_err(Unattachable)?;
-    let Some(FromExecutor::Challenge { nonce: theirs }) = challenge else {
-        return Err(Unattachable(ExecutorError::Impostor));
+    let challenge =
+        match tokio::time::timeout(Duration::from_secs(5), read_frame_within(&mut r, MAX_HELLO))
+            .await
+        {
+            Err(_) => return Err(Busy(timed_out())),
+            // Closed before its challenge: too many handshakes at once.
+            Ok(Ok(None)) | Ok(Err(ExecutorError::Io(_))) => {
+                return Err(Busy(ExecutorError::Unexpected));
+            }
+            Ok(Err(e)) => return Err(Absent(e)),
+            Ok(Ok(Some(c))) => c,
+        };
+    let FromExecutor::Challenge { nonce: theirs } = challenge else {
+        return Err(Absent(ExecutorError::Impostor));
     };
-    let mine = nonce().map_err(Unattachable)?;
+    let mine = nonce().map_err(Busy)?;
     let hello = ToExecutor::Hello {
         protocol: PROTOCOL,
         proof: prove(&record.token, "agent", &theirs),
         nonce: mine.clone(),
     };
-    write_frame(&mut w, &hello).await.map_err(Unattachable)?;
-    let answer = tokio::time::timeout(within(10), read_frame(&mut r))
-        .await
-        .map_err(|_| Unattachable(timed_out().into()))?
-        .map_err(Unattachable)?;
+    write_frame(&mut w, &hello).await.map_err(Busy)?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame_within(&mut r, MAX_ATTACHED),
+    )
+    .await
+    .map_err(|_| Busy(timed_out()))?
+    .map_err(Busy)?;
     match answer {
         Some(FromExecutor::Attached {
             proof,
@@ -475,7 +548,7 @@ async fn attach(record: &Record) -> Result<Attached, AttachError> {
             ended,
         }) => {
             if !proven(&record.token, "executor", &mine, &proof) {
-                return Err(Unattachable(ExecutorError::Impostor));
+                return Err(Absent(ExecutorError::Impostor));
             }
             Ok(Attached {
                 r,
@@ -485,12 +558,18 @@ async fn attach(record: &Record) -> Result<Attached, AttachError> {
                 ended,
             })
         }
-        Some(FromExecutor::Refused { message }) => {
-            Err(Unattachable(ExecutorError::Refused(message)))
-        }
-        _ => Err(Unattachable(ExecutorError::Unexpected)),
+        Some(FromExecutor::Refused {
+            message,
+            incompatible: true,
+        }) => Err(Incompatible(ExecutorError::Refused(message))),
+        // Not its token: another executor took the port.
+        Some(FromExecutor::Refused { message, .. }) => Err(Absent(ExecutorError::Refused(message))),
+        _ => Err(Busy(ExecutorError::Unexpected)),
     }
 }
+
+/// Largest handshake answer: the ends an executor holds travel in it.
+const MAX_ATTACHED: usize = 64 << 20;
 
 /// Starts an executor and reads the record it writes.
 async fn start(
@@ -591,10 +670,10 @@ mod tests {
         let mut wrong = record.clone();
         wrong.token = "0".repeat(64);
         match attach(&wrong).await {
-            Err(AttachError::Unattachable(ExecutorError::Refused(m))) => {
+            Err(AttachError::Absent(ExecutorError::Refused(m))) => {
                 assert!(m.contains("wrong token"), "{m}")
             }
-            Err(AttachError::Unattachable(e) | AttachError::Absent(e)) => panic!("{e}"),
+            Err(e) => panic!("{}", e.into_inner()),
             Ok(_) => panic!("attached without the token"),
         }
         let attached = attach(&record).await.map_err(|_| ()).expect("attach");

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 use tokio::sync::oneshot;
+use tokio::sync::{mpsc, watch};
 use wasmos_exec::{Runner, SpawnFuture, Spawner, TaskPlatform, TaskUsage};
 use wasmos_proto::{
     ChildEnd, ChildOutcome, ChildSpec, OutputStream, Reason, SpawnRefusal, TaskId, TaskState,
@@ -56,6 +56,8 @@ struct ExecState {
     /// Ends the agent has not taken yet.
     ended: BTreeMap<TaskId, Ended>,
     next_conn: u64,
+    /// Running tasks whose ends nobody will take (the agent killed and forgot them).
+    discarded: std::collections::BTreeSet<TaskId>,
     /// Spawn calls of its tasks the agent has not answered, by number: sent again to each
     /// agent that attaches.
     calls: BTreeMap<u64, Call>,
@@ -158,7 +160,13 @@ impl Spawner for Forward {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             let task = forward.task;
-            forward.call(Call::Wait { task, handle, reply }).await;
+            forward
+                .call(Call::Wait {
+                    task,
+                    handle,
+                    reply,
+                })
+                .await;
             let (end, attempts) = answer.await.ok()??;
             Some(ChildOutcome { end, attempts })
         })
@@ -296,12 +304,6 @@ pub async fn serve(settings: ExecutorSettings) -> Result<(), ExecutorError> {
     let slots = runner
         .pool_slots()
         .map_or(tokio::sync::Semaphore::MAX_PERMITS, |n| n as usize);
-    let workers = settings.cpu_millis.div_ceil(1000).clamp(1, 1024) as usize;
-    let tasks = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("wasmos-task")
-        .enable_all()
-        .build()?;
     let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let token = nonce()?;
     let record = Record {
@@ -319,6 +321,13 @@ pub async fn serve(settings: ExecutorSettings) -> Result<(), ExecutorError> {
         .join(format!("{RECORD}.{}", std::process::id()));
     wasmos_net::write_private(&tmp, &json)?;
     std::fs::rename(&tmp, &path)?;
+    // Built last: a runtime dropped in async code (an early error) would panic.
+    let workers = settings.cpu_millis.div_ceil(1000).clamp(1, 1024) as usize;
+    let tasks = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("wasmos-task")
+        .enable_all()
+        .build()?;
     let exec = Arc::new(Exec {
         runner: Arc::new(runner),
         memory: wasmos_exec::MemoryPool::new(settings.mem_bytes),
@@ -338,7 +347,11 @@ pub async fn serve(settings: ExecutorSettings) -> Result<(), ExecutorError> {
         let deadline = detached_since.map(|t| t + settings.recovery_timeout);
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of descriptors, say: not a reason to spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 // Past the cap, a connection is closed unanswered: a flood of them cannot
                 // hold the executor's memory.
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else { continue };
@@ -404,26 +417,31 @@ async fn handshake(
         Duration::from_secs(5),
         read_frame_within::<_, ToExecutor>(r, MAX_HELLO),
     );
-    let refusal = match hello.await {
+    let (message, incompatible) = match hello.await {
         Ok(Ok(Some(ToExecutor::Hello {
             protocol,
             proof,
             nonce,
         }))) => {
             if !proven(&exec.token, "agent", &mine, &proof) {
-                "wrong token".to_string()
+                ("wrong token".to_string(), false)
             } else if protocol != PROTOCOL {
-                format!(
+                let message = format!(
                     "it speaks executor protocol {PROTOCOL:?}, the agent {protocol:?}: a new executor serves this agent"
-                )
+                );
+                (message, true)
             } else {
                 return Some(nonce);
             }
         }
-        _ => "expected a hello with the agent's proof".to_string(),
+        _ => ("expected a hello with the agent's proof".to_string(), false),
     };
-    tracing::warn!("refused a connection: {refusal}");
-    let _ = write_frame(w, &FromExecutor::Refused { message: refusal }).await;
+    tracing::warn!("refused a connection: {message}");
+    let refused = FromExecutor::Refused {
+        message,
+        incompatible,
+    };
+    let _ = write_frame(w, &refused).await;
     None
 }
 
@@ -497,7 +515,12 @@ async fn session(exec: Arc<Exec>, stream: TcpStream, permit: tokio::sync::OwnedS
                 }
             }
             Ok(Some(ToExecutor::Taken { task })) => {
-                exec.state().ended.remove(&task);
+                {
+                    let mut s = exec.state();
+                    if s.ended.remove(&task).is_none() && s.running.contains_key(&task) {
+                        s.discarded.insert(task);
+                    }
+                }
                 exec.attached.send_modify(|_| {});
             }
             Ok(Some(ToExecutor::SpawnStarted { req, results })) => {
@@ -572,8 +595,12 @@ async fn run(
         let mut s = exec.state();
         s.running.remove(&task);
         s.calls.retain(|_, c| c.task() != task);
-        s.ended.insert(task, ended.clone());
-        s.link.clone()
+        if s.discarded.remove(&task) {
+            None
+        } else {
+            s.ended.insert(task, ended.clone());
+            s.link.clone()
+        }
     };
     if let Some((_, link)) = link {
         let _ = link.send(FromExecutor::Ended { task, ended }).await;

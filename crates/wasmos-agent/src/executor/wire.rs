@@ -89,6 +89,8 @@ pub(crate) enum FromExecutor {
     },
     Refused {
         message: String,
+        /// Turned away for speaking another protocol (not for a wrong proof).
+        incompatible: bool,
     },
     Output {
         task: TaskId,
@@ -173,8 +175,12 @@ pub(crate) async fn read_frame_within<R: AsyncRead + Unpin, T: for<'a> Deseriali
     if len > max {
         return Err(ExecutorError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Grown as the bytes arrive: a length alone reserves nothing.
+    let mut body = Vec::new();
+    r.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(Some(postcard::from_bytes(&body)?))
 }
 
