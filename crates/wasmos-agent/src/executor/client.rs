@@ -433,12 +433,16 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
         tracing::info!("attached to the executor again");
         {
             let mut b = lock(&books);
+            let mut unwanted = Vec::new();
             for (task, ended) in &attached.ended {
                 b.launched.remove(task);
                 if let Some(waiter) = b.waiting.remove(task) {
                     let _ = waiter.send(ended.clone());
                 } else if b.expected.remove(task) {
                     b.early.insert(*task, ended.clone());
+                } else {
+                    // Already written down (its `Taken` died with the connection).
+                    unwanted.push(*task);
                 }
             }
             b.launched.retain(|t, _| !attached.running.contains(t));
@@ -467,6 +471,8 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
                 .map(|&task| ToExecutor::Kill { task })
                 .collect();
             b.queued.extend(kills);
+            b.queued
+                .extend(unwanted.into_iter().map(|task| ToExecutor::Taken { task }));
         }
         connect_halves(books, attached, work_dir, mirror);
         return;
