@@ -78,6 +78,8 @@ fn steps(c: &DevCluster, n: u32, ms: u32) {
         .cli(&[
             "run",
             "--detach",
+            "--timeout",
+            "3m",
             "--constraint",
             "proc=own",
             platform.to_str().unwrap(),
