@@ -715,10 +715,7 @@ mod tests {
         });
         let result = attach(&record).await;
         assert!(
-            matches!(
-                result,
-                Err(AttachError::Unattachable(ExecutorError::Impostor))
-            ),
+            matches!(result, Err(AttachError::Absent(ExecutorError::Impostor))),
             "the impostor was attached"
         );
         drop(result);
