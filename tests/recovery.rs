@@ -56,6 +56,34 @@ fn printed(c: &DevCluster, id: &str, line: &str) -> bool {
     })
 }
 
+/// A dev cluster with the agent rec-1 (`--executor`, attribute `proc=own`) active beside its
+/// own agent; a stray executor is killed when it is dropped.
+struct Setup {
+    _reap: Reap,
+    c: DevCluster,
+    dir: tempfile::TempDir,
+    work: std::path::PathBuf,
+}
+
+fn setup() -> (Setup, Logged) {
+    let c = DevCluster::start(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("rec-1-work");
+    let agent = c.start_agent("rec-1", dir.path(), AGENT);
+    assert!(
+        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
+        "{}",
+        agent.log()
+    );
+    let s = Setup {
+        _reap: Reap(work.clone()),
+        c,
+        dir,
+        work,
+    };
+    (s, agent)
+}
+
 const AGENT: &[&str] = &[
     "--executor",
     "--recovery-timeout",
@@ -123,22 +151,14 @@ fn state(c: &DevCluster, id: &str) -> serde_json::Value {
 /// started between them beside a task taken back.
 #[test]
 fn tasks_outlive_their_agents_restarts() {
-    let c = DevCluster::start(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("rec-1-work");
-    let _reap = Reap(work.clone());
-    let mut agent: Logged = c.start_agent("rec-1", dir.path(), AGENT);
-    assert!(
-        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
-        "{}",
-        agent.log()
-    );
-    steps(&c, 120, 250);
-    steps(&c, 8, 250);
+    let (s, mut agent) = setup();
+    let (c, dir, work) = (&s.c, &s.dir, &s.work);
+    steps(c, 120, 250);
+    steps(c, 8, 250);
     // Both run in the executor: each has printed.
-    assert!(printed(&c, "t-1", "step 1 of 120"), "{}", agent.log());
-    assert!(printed(&c, "t-2", "step 1 of 8"), "{}", agent.log());
-    let executor = executor_pid(&work).expect("the agent wrote no executor record");
+    assert!(printed(c, "t-1", "step 1 of 120"), "{}", agent.log());
+    assert!(printed(c, "t-2", "step 1 of 8"), "{}", agent.log());
+    let executor = executor_pid(work).expect("the agent wrote no executor record");
     kill_dash_nine(u64::from(agent.id()));
     let _ = agent.child().wait();
     // t-2 ends meanwhile, in the executor.
@@ -146,37 +166,37 @@ fn tasks_outlive_their_agents_restarts() {
     assert!(alive(executor), "the executor died with its agent");
     let mut agent = c.start_agent("rec-1", dir.path(), AGENT);
     assert!(
-        eventually(Duration::from_secs(30), || state(&c, "t-2") == "Finished"),
+        eventually(Duration::from_secs(30), || state(c, "t-2") == "Finished"),
         "{}\n{}",
-        task(&c, "t-2"),
+        task(c, "t-2"),
         agent.log()
     );
-    finished_in_full(&c, "t-2", 8);
+    finished_in_full(c, "t-2", 8);
     // A new task beside the one taken back: directories of their own.
-    steps(&c, 2, 200);
+    steps(c, 2, 200);
     assert!(
-        eventually(Duration::from_secs(30), || state(&c, "t-3") == "Finished"),
+        eventually(Duration::from_secs(30), || state(c, "t-3") == "Finished"),
         "{}\n{}",
-        task(&c, "t-3"),
+        task(c, "t-3"),
         agent.log()
     );
-    finished_in_full(&c, "t-3", 2);
-    assert_eq!(state(&c, "t-1"), "Running");
+    finished_in_full(c, "t-3", 2);
+    assert_eq!(state(c, "t-1"), "Running");
 
     // Stopped as for an upgrade, t-1 still running; the next agent takes it back.
     send_signal(u64::from(agent.id()), "TERM");
     let _ = agent.child().wait();
-    assert_eq!(state(&c, "t-1"), "Running");
+    assert_eq!(state(c, "t-1"), "Running");
     let agent = c.start_agent("rec-1", dir.path(), AGENT);
     assert!(
-        eventually(Duration::from_secs(90), || state(&c, "t-1") == "Finished"),
+        eventually(Duration::from_secs(90), || state(c, "t-1") == "Finished"),
         "{}\n{}",
-        task(&c, "t-1"),
+        task(c, "t-1"),
         agent.log()
     );
-    finished_in_full(&c, "t-1", 120);
+    finished_in_full(c, "t-1", 120);
     assert_eq!(
-        executor_pid(&work),
+        executor_pid(work),
         Some(executor),
         "a new executor was started"
     );
@@ -189,40 +209,16 @@ fn tasks_outlive_their_agents_restarts() {
 
 #[test]
 fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
-    let c = DevCluster::start(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("rec-1-work");
-    let _reap = Reap(work.clone());
-    let mut agent: Logged = c.start_agent("rec-1", dir.path(), AGENT);
+    let (s, mut agent) = setup();
+    let (c, dir, work) = (&s.c, &s.dir, &s.work);
+    steps(c, 16, 500);
     assert!(
-        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
-        "{}",
-        agent.log()
-    );
-    let platform = sample("platform");
-    let run = c
-        .cli(&[
-            "run",
-            "--detach",
-            "--constraint",
-            "proc=own",
-            platform.to_str().unwrap(),
-            "--",
-            "steps",
-            "16",
-            "500",
-        ])
-        .unwrap();
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            text(&c.cli(&["logs", "t-1"]).unwrap().stdout).contains("step 2 of 16")
-        }),
+        printed(c, "t-1", "step 2 of 16"),
         "{}\n{}",
-        task(&c, "t-1"),
+        task(c, "t-1"),
         agent.log()
     );
-    let executor = executor_pid(&work).expect("the agent wrote no executor record");
+    let executor = executor_pid(work).expect("the agent wrote no executor record");
     assert_ne!(u64::from(agent.id()), executor);
 
     kill_dash_nine(u64::from(agent.id()));
@@ -230,18 +226,18 @@ fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
     // The task goes on without its agent.
     std::thread::sleep(Duration::from_secs(2));
     assert!(alive(executor), "the executor died with its agent");
-    assert_eq!(task(&c, "t-1")["status"]["state"], "Running");
+    assert_eq!(task(c, "t-1")["status"]["state"], "Running");
 
     let agent = c.start_agent("rec-1", dir.path(), AGENT);
     assert!(
         eventually(Duration::from_secs(60), || {
-            task(&c, "t-1")["status"]["state"] == "Finished"
+            task(c, "t-1")["status"]["state"] == "Finished"
         }),
         "{}\n{}",
-        task(&c, "t-1"),
+        task(c, "t-1"),
         agent.log()
     );
-    let t1 = task(&c, "t-1");
+    let t1 = task(c, "t-1");
     assert_eq!(t1["status"]["exit_code"], 0, "{t1}");
     assert_eq!(t1["agent"], "rec-1", "{t1}");
     // What it did while its agent was away reached the cluster: output, results, files.
@@ -263,7 +259,7 @@ fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
         agent.log()
     );
     assert_eq!(
-        executor_pid(&work),
+        executor_pid(work),
         Some(executor),
         "a new executor was started"
     );
@@ -286,7 +282,7 @@ fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(executor_pid(&work), Some(executor));
+    assert_eq!(executor_pid(work), Some(executor));
 
     // Stopped (SIGTERM) with nothing running, the agent leaves an idle executor, which exits.
     send_signal(u64::from(agent.id()), "TERM");
@@ -299,15 +295,8 @@ fn a_task_outlives_kill_dash_nine_of_its_agent_and_finishes() {
 /// `wasmos:task/spawn` from a task in the executor: its calls go through the agent.
 #[test]
 fn a_task_in_the_executor_starts_children() {
-    let c = DevCluster::start(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _reap = Reap(dir.path().join("rec-1-work"));
-    let agent = c.start_agent("rec-1", dir.path(), AGENT);
-    assert!(
-        eventually(Duration::from_secs(30), || active(&c, "rec-1")),
-        "{}",
-        agent.log()
-    );
+    let (s, agent) = setup();
+    let c = &s.c;
     let fanout = sample("fanout");
     let out = c
         .cli(&[
@@ -334,7 +323,7 @@ fn a_task_in_the_executor_starts_children() {
         text(&out.stderr),
         agent.log()
     );
-    let t1 = task(&c, "t-1");
+    let t1 = task(c, "t-1");
     assert_eq!(t1["agent"], "rec-1", "{t1}");
     let sum = t1["status"]["results"]
         .as_array()
