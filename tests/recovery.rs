@@ -153,10 +153,10 @@ fn state(c: &DevCluster, id: &str) -> serde_json::Value {
 fn tasks_outlive_their_agents_restarts() {
     let (s, mut agent) = setup();
     let (c, dir, work) = (&s.c, &s.dir, &s.work);
-    steps(c, 120, 250);
+    steps(c, 240, 250);
     steps(c, 8, 250);
     // Both run in the executor: each has printed.
-    assert!(printed(c, "t-1", "step 1 of 120"), "{}", agent.log());
+    assert!(printed(c, "t-1", "step 1 of 240"), "{}", agent.log());
     assert!(printed(c, "t-2", "step 1 of 8"), "{}", agent.log());
     let executor = executor_pid(work).expect("the agent wrote no executor record");
     kill_dash_nine(u64::from(agent.id()));
@@ -189,12 +189,12 @@ fn tasks_outlive_their_agents_restarts() {
     assert_eq!(state(c, "t-1"), "Running");
     let agent = c.start_agent("rec-1", dir.path(), AGENT);
     assert!(
-        eventually(Duration::from_secs(90), || state(c, "t-1") == "Finished"),
+        eventually(Duration::from_secs(150), || state(c, "t-1") == "Finished"),
         "{}\n{}",
         task(c, "t-1"),
         agent.log()
     );
-    finished_in_full(c, "t-1", 120);
+    finished_in_full(c, "t-1", 240);
     assert_eq!(
         executor_pid(work),
         Some(executor),

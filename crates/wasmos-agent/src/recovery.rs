@@ -114,7 +114,7 @@ impl Mirror for AgentMirror {
                     drop(calls);
                     tokio::spawn(async move {
                         if let Some(c) = agent.executor.lock().await.clone() {
-                            c.answer_start(req, results);
+                            c.answer_start(task, req, results);
                         }
                     });
                     return;
@@ -134,7 +134,7 @@ impl Mirror for AgentMirror {
                 *r = Some(results.clone());
             }
             if let Some(c) = agent.executor.lock().await.clone() {
-                c.answer_start(req, results);
+                c.answer_start(task, req, results);
             }
         });
     }
@@ -150,7 +150,7 @@ impl Mirror for AgentMirror {
                 None => None,
             };
             if let Some(c) = agent.executor.lock().await.clone() {
-                c.answer_wait(req, outcome.map(|o| (o.end, o.attempts)));
+                c.answer_wait(task, req, outcome.map(|o| (o.end, o.attempts)));
             }
         });
     }

@@ -17,8 +17,8 @@ use wasmos_proto::{
 };
 
 use super::wire::{
-    Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, nonce, prove,
-    proven, read_frame, read_frame_within, write_frame,
+    Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, WRONG_TOKEN,
+    nonce, prove, proven, read_frame, read_frame_within, write_frame,
 };
 use super::{ExecutorError, ExecutorProgram};
 
@@ -72,6 +72,9 @@ struct Books {
     early: BTreeMap<TaskId, Ended>,
     /// Tasks the agent asked to kill, sent again on a new connection.
     killed: BTreeSet<TaskId>,
+    /// Ends handed over (or kept for a later wait) that the agent has not written down yet:
+    /// the executor must keep them until it has.
+    delivered: BTreeSet<TaskId>,
     /// The executor is gone: nobody waits any more.
     gone: bool,
     /// Messages handed to the current connection's writer and not written yet.
@@ -79,6 +82,13 @@ struct Books {
 }
 
 impl Books {
+    /// Nothing more of `task` is kept here.
+    fn forget(&mut self, task: TaskId) {
+        self.delivered.remove(&task);
+        self.early.remove(&task);
+        self.expected.remove(&task);
+    }
+
     fn send(&mut self, msg: ToExecutor) {
         match &self.tx {
             Some(tx) => match tx.send(msg) {
@@ -210,6 +220,7 @@ impl Client {
         let books = Arc::new(Mutex::new(Books {
             expected: recovered.running.iter().copied().collect(),
             early: attached.ended.iter().cloned().collect(),
+            delivered: recovered.ended.iter().copied().collect(),
             ..Default::default()
         }));
         connect_halves(books.clone(), attached, work_dir.to_path_buf(), mirror);
@@ -284,23 +295,33 @@ impl Client {
 
     /// The agent has written `task`'s end down: the executor may forget it.
     pub(crate) fn taken(&self, task: TaskId) {
-        self.books().send(ToExecutor::Taken { task });
+        let mut b = self.books();
+        b.forget(task);
+        b.send(ToExecutor::Taken { task });
     }
 
     /// The answer to a task's spawn call number `req`.
-    pub(crate) fn answer_start(&self, req: u64, results: Vec<Result<u32, SpawnRefusal>>) {
-        self.books().send(ToExecutor::SpawnStarted { req, results });
+    pub(crate) fn answer_start(
+        &self,
+        task: TaskId,
+        req: u64,
+        results: Vec<Result<u32, SpawnRefusal>>,
+    ) {
+        self.books()
+            .send(ToExecutor::SpawnStarted { task, req, results });
     }
 
     /// How the child a task waited for (call number `req`) ended.
-    pub(crate) fn answer_wait(&self, req: u64, outcome: Option<(ChildEnd, u32)>) {
-        self.books().send(ToExecutor::SpawnWaited { req, outcome });
+    pub(crate) fn answer_wait(&self, task: TaskId, req: u64, outcome: Option<(ChildEnd, u32)>) {
+        self.books()
+            .send(ToExecutor::SpawnWaited { task, req, outcome });
     }
 
     /// Kills a task nobody will wait for and has the executor forget it (its end too, when
     /// it comes).
     pub(crate) fn discard(&self, task: TaskId) {
         let mut b = self.books();
+        b.forget(task);
         b.send(ToExecutor::Kill { task });
         b.send(ToExecutor::Taken { task });
     }
@@ -396,16 +417,18 @@ fn connect_halves(
 }
 
 /// An end, to whoever waits for it; kept if it is one of a recovered task nobody waits for
-/// yet; otherwise (sent again: its first copy was taken) the executor is told to forget it.
+/// yet; otherwise dropped (sent again: its first copy was taken).
 fn deliver(books: &Mutex<Books>, task: TaskId, ended: Ended) {
     let mut b = lock(books);
     b.launched.remove(&task);
     match b.waiting.remove(&task) {
         Some(waiter) => {
+            b.delivered.insert(task);
             let _ = waiter.send(ended);
         }
         None => {
             if b.expected.remove(&task) {
+                b.delivered.insert(task);
                 b.early.insert(task, ended);
             }
         }
@@ -416,6 +439,7 @@ fn deliver(books: &Mutex<Books>, task: TaskId, ended: Ended) {
 /// else gives up on it.
 async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn Mirror>) {
     let mut pause = Duration::from_millis(200);
+    let since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
@@ -424,10 +448,13 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
         };
         let attached = match attach(&record).await {
             Ok(a) => a,
-            Err(AttachError::Busy(e)) => {
+            // An executor that does not answer for minutes is as good as gone (the masters
+            // have long declared its tasks lost).
+            Err(AttachError::Busy(e)) if since.elapsed() < 5 * BUSY_PATIENCE => {
                 tracing::warn!("attaching to the executor again: {e}");
                 continue;
             }
+            Err(AttachError::Busy(_)) => break,
             Err(AttachError::Absent(_) | AttachError::Incompatible(_)) => break,
         };
         tracing::info!("attached to the executor again");
@@ -437,11 +464,13 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
             for (task, ended) in &attached.ended {
                 b.launched.remove(task);
                 if let Some(waiter) = b.waiting.remove(task) {
+                    b.delivered.insert(*task);
                     let _ = waiter.send(ended.clone());
                 } else if b.expected.remove(task) {
+                    b.delivered.insert(*task);
                     b.early.insert(*task, ended.clone());
-                } else {
-                    // Already written down (its `Taken` died with the connection).
+                } else if !b.delivered.contains(task) {
+                    // Written down already (its `Taken` died with the connection).
                     unwanted.push(*task);
                 }
             }
@@ -457,8 +486,10 @@ async fn reattach(books: Arc<Mutex<Books>>, work_dir: PathBuf, mirror: Arc<dyn M
                     let _ = waiter.send(gone());
                 }
             }
-            // The writer's queue died with the connection: what it held is sent again.
-            b.queued.clear();
+            // The writer's queue died with the connection: launches and kills are made anew,
+            // the rest queued since is kept.
+            b.queued
+                .retain(|m| !matches!(m, ToExecutor::Run(_) | ToExecutor::Kill { .. }));
             let relaunch: Vec<ToExecutor> = b
                 .launched
                 .values()
@@ -569,7 +600,11 @@ async fn attach(record: &Record) -> Result<Attached, AttachError> {
             incompatible: true,
         }) => Err(Incompatible(ExecutorError::Refused(message))),
         // Not its token: another executor took the port.
-        Some(FromExecutor::Refused { message, .. }) => Err(Absent(ExecutorError::Refused(message))),
+        Some(FromExecutor::Refused { message, .. }) if message == WRONG_TOKEN => {
+            Err(Absent(ExecutorError::Refused(message)))
+        }
+        // Turned away for a hello too slow (a starved agent): worth trying again.
+        Some(FromExecutor::Refused { message, .. }) => Err(Busy(ExecutorError::Refused(message))),
         _ => Err(Busy(ExecutorError::Unexpected)),
     }
 }

@@ -18,8 +18,8 @@ use wasmos_proto::{
 
 use super::ExecutorError;
 use super::wire::{
-    Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, Usage, nonce,
-    prove, proven, read_frame, read_frame_within, write_frame,
+    Ended, FromExecutor, Launch, MAX_HELLO, PROTOCOL, RECORD, Record, ToExecutor, Usage,
+    WRONG_TOKEN, nonce, prove, proven, read_frame, read_frame_within, write_frame,
 };
 
 /// How often a running task's meters and progress go to the agent.
@@ -424,7 +424,7 @@ async fn handshake(
             nonce,
         }))) => {
             if !proven(&exec.token, "agent", &mine, &proof) {
-                ("wrong token".to_string(), false)
+                (WRONG_TOKEN.to_string(), false)
             } else if protocol != PROTOCOL {
                 let message = format!(
                     "it speaks executor protocol {PROTOCOL:?}, the agent {protocol:?}: a new executor serves this agent"
@@ -523,13 +523,23 @@ async fn session(exec: Arc<Exec>, stream: TcpStream, permit: tokio::sync::OwnedS
                 }
                 exec.attached.send_modify(|_| {});
             }
-            Ok(Some(ToExecutor::SpawnStarted { req, results })) => {
-                if let Some(Call::Start { reply, .. }) = exec.state().calls.remove(&req) {
+            // An answer is taken only for the task that asked: a call number names a call of
+            // this executor's, and an answer meant for another executor's must not reach it.
+            Ok(Some(ToExecutor::SpawnStarted { task, req, results })) => {
+                let mut s = exec.state();
+                if let Some(Call::Start { task: t, .. }) = s.calls.get(&req)
+                    && *t == task
+                    && let Some(Call::Start { reply, .. }) = s.calls.remove(&req)
+                {
                     let _ = reply.send(results);
                 }
             }
-            Ok(Some(ToExecutor::SpawnWaited { req, outcome })) => {
-                if let Some(Call::Wait { reply, .. }) = exec.state().calls.remove(&req) {
+            Ok(Some(ToExecutor::SpawnWaited { task, req, outcome })) => {
+                let mut s = exec.state();
+                if let Some(Call::Wait { task: t, .. }) = s.calls.get(&req)
+                    && *t == task
+                    && let Some(Call::Wait { reply, .. }) = s.calls.remove(&req)
+                {
                     let _ = reply.send(outcome);
                 }
             }

@@ -27,6 +27,9 @@ pub(crate) const PROTOCOL: (u32, u32) = (1, wasmos_proto::PROTOCOL_VERSION as u3
 /// Largest frame either side accepts: a task's stdin travels in its launch.
 const MAX_FRAME: usize = 512 << 20;
 
+/// The refusal of a wrong proof: the only one that says the executor is not this agent's.
+pub(crate) const WRONG_TOKEN: &str = "wrong token";
+
 /// Largest frame before the other side has proven it holds the token.
 pub(crate) const MAX_HELLO: usize = 4 << 10;
 
@@ -62,12 +65,14 @@ pub(crate) enum ToExecutor {
     },
     /// The answer to [`FromExecutor::SpawnStart`] number `req`.
     SpawnStarted {
+        task: TaskId,
         req: u64,
         results: Vec<Result<u32, SpawnRefusal>>,
     },
     /// The answer to [`FromExecutor::SpawnWait`] number `req`: how the child ended, with the
     /// attempts it took; none for a handle the agent does not know.
     SpawnWaited {
+        task: TaskId,
         req: u64,
         outcome: Option<(ChildEnd, u32)>,
     },
