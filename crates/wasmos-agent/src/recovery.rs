@@ -403,6 +403,11 @@ pub(crate) fn note_end(agent: &Agent, task: TaskId, status: &TaskStatus) -> bool
         // Never handed to the executor.
         return false;
     };
+    // Written already before its directory was emptied, and unchanged since (no kill reason
+    // added): not written again.
+    if note.ended.as_ref() == Some(status) {
+        return true;
+    }
     note.ended = Some(status.clone());
     match write_note(work_dir, task, &note) {
         Ok(()) => true,
